@@ -1,0 +1,95 @@
+"""``t2mlx``: command-line front end. Parses arguments and calls the library; holds no logic of its own."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import __version__
+from .errors import Torch2MLXError
+
+STREAM_EPILOG = """\
+examples:
+  t2mlx stream ./my-model ./my-model-mlx
+  t2mlx stream resnet.pth ./resnet-mlx --dtype float16 --max-shard-size 2GB
+  t2mlx stream ./ckpt ./out --dry-run            # print the plan; no tensor data is read
+  t2mlx stream model.ckpt ./out --key state_dict --strip-prefix model.
+
+Rules (layouts): identity, conv1d, conv2d, conv3d, conv_transpose1d,
+conv_transpose2d, conv_transpose3d, linear_transposed. Without model
+information a 3/4/5-D float '*.weight' is assumed to be a convolution
+(reported as 'inferred'); override with --rule REGEX=RULE.
+"""
+
+
+def _add_stream(sub):
+    p = sub.add_parser("stream", help="convert a checkpoint to sharded MLX safetensors, tensor by tensor",
+                       description="Convert a PyTorch checkpoint (.safetensors, .bin, .pt, .pth, .ckpt, or a "
+                                   "directory of shards with or without an index) to MLX safetensors shards in OUT, "
+                                   "reading one block at a time. Never imports torch; never runs pickle code.",
+                       epilog=STREAM_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", metavar="SRC", help="checkpoint file or directory")
+    p.add_argument("out", metavar="OUT", nargs="?", help="output directory (optional with --dry-run)")
+    p.add_argument("--dtype", default="keep", choices=("keep", "float16", "bfloat16", "float32"),
+                   help="output dtype for floating tensors (default: keep; float64 becomes float32, float8 bfloat16)")
+    p.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
+                   help="largest output shard, e.g. 5GB, 500MB, 2GiB (default: 5GB)")
+    p.add_argument("--strip-prefix", action="append", default=[], metavar="PREFIX",
+                   help="remove PREFIX from tensor names (repeatable), e.g. _orig_mod. or module.")
+    p.add_argument("--exclude", action="append", default=[], metavar="REGEX",
+                   help="drop tensors whose name matches REGEX (repeatable)")
+    p.add_argument("--rule", action="append", default=[], metavar="REGEX=RULE",
+                   help="force the layout rule of tensors matching REGEX (repeatable; first match wins)")
+    p.add_argument("--key", metavar="KEY", help="which entry of a nested checkpoint holds the weights (dotted path)")
+    p.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty OUT")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and stop; reads headers only")
+    p.add_argument("--json", action="store_true", help="print the report (or plan) as JSON on stdout")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=int, default=None, metavar="N", help="worker threads (default: cores + 1, max 4)")
+    p.set_defaults(func=_cmd_stream)
+
+
+def _cmd_stream(args) -> int:
+    from .stream import convert
+    if not args.dry_run and not args.out:
+        raise Torch2MLXError("OUT is required (or use --dry-run)")
+    res = convert(args.src, args.out, dtype=args.dtype, max_shard_size=args.max_shard_size,
+                  strip_prefix=args.strip_prefix, exclude=args.exclude, rules=args.rule, key=args.key,
+                  overwrite=args.overwrite, dry_run=args.dry_run,
+                  progress=not args.quiet and not args.json and sys.stderr.isatty(), workers=args.workers)
+    if args.json:
+        print(json.dumps(res.to_dict(), indent=2))
+    else:
+        print(res.report())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="t2mlx", description="Move PyTorch checkpoints and models to Apple MLX.")
+    ap.add_argument("--version", action="version", version=f"torch2mlx {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_stream(sub)
+    return ap
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except Torch2MLXError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted (no index was written; the output is incomplete)", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception as e:  # a bug in torch2mlx, not in the input
+        if os.environ.get("T2MLX_DEBUG"):
+            raise
+        print(f"error: internal error: {type(e).__name__}: {e} (set T2MLX_DEBUG=1 for a traceback; please report it)",
+              file=sys.stderr)
+        return 2

@@ -1,0 +1,19 @@
+"""The streaming engine's library API, for custom pipelines.
+
+    ck = torch2mlx.stream.open("model_dir")      # metadata only
+    for e in ck.entries: ...                      # name, dtype, shape, file, offset
+    for name, arr in ck.tensors(): ...            # one tensor in memory at a time
+    torch2mlx.stream.convert("model_dir", "out", dtype="float16")
+    with torch2mlx.stream.ShardWriter("out") as w: w.add("x", array)
+
+Nothing here imports torch.
+"""
+from .checkpoint import Checkpoint, open_checkpoint as open  # noqa: A001  (mirrors builtins.open on purpose)
+from .convert import Result, convert
+from .entry import TensorEntry
+from .options import Options, parse_size
+from .plan import Plan, RuleSpec, build as build_plan
+from .writers.incremental import ShardWriter
+
+__all__ = ["open", "convert", "Checkpoint", "TensorEntry", "Result", "Options", "parse_size",
+           "Plan", "RuleSpec", "build_plan", "ShardWriter"]

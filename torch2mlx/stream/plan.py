@@ -1,0 +1,281 @@
+"""Plan: what every output tensor is, where it comes from and where it goes. No data is read.
+
+A plan is pure data: ops (sources -> rule -> outputs), shards (which outputs,
+at which byte offsets, with the header bytes already rendered) and the notes
+the report shows. ``--dry-run`` prints it; execution only follows it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+from .. import dtypes, rules
+from ..dtypes import DType
+from ..errors import Torch2MLXError
+from .checkpoint import Checkpoint
+from .entry import TensorEntry
+from .options import Options
+
+SHARD_METADATA = {"format": "mlx"}
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """One planned output from the analyzer (or another rule provider)."""
+
+    out: str
+    sources: tuple[str, ...]
+    rule: str
+    args: dict = field(default_factory=dict)
+    rule_source: str = "model"
+
+
+@dataclass
+class Output:
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+    shard: int = -1
+    offset: int = -1          # byte offset inside the shard's data buffer
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+@dataclass
+class Op:
+    sources: list[TensorEntry]
+    rule: str
+    rule_source: str          # model | user | inferred | default
+    args: dict
+    outputs: list[Output]
+
+    @property
+    def source_dtype(self) -> DType:
+        return self.sources[0].dtype
+
+    @property
+    def nbytes_in(self) -> int:
+        return sum(e.nbytes for e in self.sources)
+
+    @property
+    def nbytes_out(self) -> int:
+        return sum(o.nbytes for o in self.outputs)
+
+    @property
+    def passthrough(self) -> bool:
+        """Bytes can be copied as they are (by the kernel, when they live in a file)."""
+        (src,) = self.sources if len(self.sources) == 1 else (None,)
+        return (src is not None and self.rule == "identity" and len(self.outputs) == 1
+                and self.outputs[0].dtype == src.dtype and src.contiguous
+                and (src.byteorder == "little" or src.dtype.itemsize == 1))
+
+
+@dataclass
+class Shard:
+    file: str
+    outputs: list[Output]
+    header: bytes = b""
+
+    @property
+    def data_size(self) -> int:
+        return sum(o.nbytes for o in self.outputs)
+
+    @property
+    def size(self) -> int:
+        return len(self.header) + self.data_size
+
+
+@dataclass
+class Plan:
+    ops: list[Op]
+    shards: list[Shard]
+    dropped: list[tuple[str, str]] = field(default_factory=list)   # (source name, why)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def nbytes_in(self) -> int:
+        return sum(op.nbytes_in for op in self.ops)
+
+    @property
+    def nbytes_out(self) -> int:
+        return sum(s.data_size for s in self.shards)
+
+    def rules_by_source(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for op in self.ops:
+            counts[op.rule_source] = counts.get(op.rule_source, 0) + len(op.outputs)
+        return dict(sorted(counts.items()))
+
+    def tensor_records(self) -> dict[str, dict]:
+        """Manifest records, one per output tensor."""
+        recs = {}
+        for op in self.ops:
+            src = op.sources[0]
+            for out in op.outputs:
+                rec = {"source": src.name if len(op.sources) == 1 else [s.name for s in op.sources],
+                       "rule": op.rule, "rule_source": op.rule_source,
+                       "dtype": out.dtype.name, "shape": list(out.shape),
+                       "source_dtype": src.dtype.name, "source_shape": list(src.shape),
+                       "shard": self.shards[out.shard].file}
+                if op.args:
+                    rec["args"] = op.args
+                recs[out.name] = rec
+        return recs
+
+    def to_dict(self) -> dict:
+        return {"tensors": self.tensor_records(),
+                "shards": {s.file: {"bytes": s.size, "tensors": len(s.outputs)} for s in self.shards},
+                "dropped": [{"source": n, "why": w} for n, w in self.dropped],
+                "warnings": self.warnings, "notes": self.notes,
+                "bytes_in": self.nbytes_in, "bytes_out": self.nbytes_out,
+                "rules_by_source": self.rules_by_source()}
+
+
+def shard_name(i: int, n: int) -> str:
+    return "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+
+
+def render_header(outputs: list[Output], metadata: dict | None = None) -> bytes:
+    """safetensors header: compact JSON padded with spaces to a multiple of 8 bytes."""
+    head = {"__metadata__": dict(metadata if metadata is not None else SHARD_METADATA)}
+    for o in outputs:
+        head[o.name] = {"dtype": o.dtype.safetensors, "shape": list(o.shape),
+                        "data_offsets": [o.offset, o.offset + o.nbytes]}
+    raw = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-(8 + len(raw)) % 8)
+    import struct
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def layout_shard(outputs: list[Output]) -> list[Output]:
+    """Order a shard's tensors widest dtype first, then by name, so each starts aligned."""
+    ordered = sorted(outputs, key=lambda o: (-o.dtype.itemsize, o.name))
+    pos = 0
+    for o in ordered:
+        o.offset = pos
+        pos += o.nbytes
+    return ordered
+
+
+def _strip(name: str, prefixes: list[str]) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for p in prefixes:
+            if p and name.startswith(p) and len(name) > len(p):
+                name, changed = name[len(p):], True
+    return name
+
+
+def out_dtype(src: DType, opts: Options, warn: list[str], name: str) -> DType:
+    target = dtypes.mlx_target(src)
+    if opts.dtype != "keep" and src.is_float:
+        target = dtypes.get(opts.dtype)
+    elif target != src:
+        warn.append(f"{name}: {src.name} has no MLX equivalent; stored as {target.name}"
+                    + (" (exact)" if src.name.startswith("float8") else " (rounded)"))
+    return target
+
+
+def _user_rule(name: str, opts: Options) -> str | None:
+    for pattern, rule in opts.rules:
+        if pattern.search(name):
+            return rule
+    return None
+
+
+def build(ck: Checkpoint, opts: Options, specs: list[RuleSpec] | None = None,
+          drop: dict[str, str] | None = None) -> Plan:
+    """Plan the conversion of ``ck``. ``specs`` (from the analyzer) fix rules and names exactly."""
+    warnings: list[str] = []
+    dropped: list[tuple[str, str]] = []
+    by_name = {e.name: e for e in ck.entries}
+    drop = dict(drop or {})
+    ops: list[Op] = []
+    covered: set[str] = set()
+
+    def excluded(*names) -> bool:
+        return any(p.search(n) for p in opts.exclude for n in names)
+
+    for spec in specs or []:
+        srcs = [by_name.get(s) for s in spec.sources]
+        if any(s is None for s in srcs):
+            continue  # the analyzer knows the module; this checkpoint lacks the tensor
+        covered.update(spec.sources)
+        out_name = _strip(spec.out, opts.strip_prefix)
+        if excluded(out_name, *spec.sources):
+            dropped.append((",".join(spec.sources), "excluded by --exclude"))
+            continue
+        rule, source, args = spec.rule, spec.rule_source, dict(spec.args)
+        user = _user_rule(spec.sources[0], opts) if len(spec.sources) == 1 else None
+        if user:
+            rule, source, args = user, "user", {}
+        ops.append(_make_op(srcs, out_name, rule, source, args, opts, warnings))
+
+    for e in ck.entries:
+        if e.name in covered:
+            continue
+        if e.name in drop:
+            dropped.append((e.name, drop[e.name]))
+            continue
+        out_name = _strip(e.name, opts.strip_prefix)
+        if excluded(out_name, e.name):
+            dropped.append((e.name, "excluded by --exclude"))
+            continue
+        rule = _user_rule(e.name, opts)
+        source = "user"
+        if rule is None:
+            guess = rules.infer(e.name, e.shape, e.dtype.is_float)
+            rule, source = (guess, "inferred") if guess else ("identity", "default")
+            if guess:
+                warnings.append(f"{e.name}: rule {guess} inferred from its {len(e.shape)}-D shape "
+                                f"(override with --rule '{e.name}=identity')")
+        ops.append(_make_op([e], out_name, rule, source, {}, opts, warnings))
+
+    if not ops:
+        raise Torch2MLXError(f"{ck.path}: nothing to convert (all {len(ck.entries)} tensors were dropped or excluded)")
+    seen: dict[str, str] = {}
+    for op in ops:
+        for o in op.outputs:
+            if o.name in seen:
+                raise Torch2MLXError(f"two tensors would both be written as {o.name!r} "
+                                     f"({seen[o.name]} and {op.sources[0].name}); check --strip-prefix")
+            seen[o.name] = op.sources[0].name
+    ops.sort(key=lambda op: (op.sources[0].path or "", op.sources[0].offset))
+    return Plan(ops, _assign_shards(ops, opts.max_shard_size), dropped, warnings, list(ck.notes))
+
+
+def _make_op(srcs: list[TensorEntry], out_name: str, rule_name: str, source: str, args: dict,
+             opts: Options, warnings: list[str]) -> Op:
+    rule = rules.get(rule_name)
+    shapes = [e.shape for e in srcs]
+    why = rule.check(shapes, args)
+    if why:
+        raise Torch2MLXError(f"{srcs[0].name}: rule {rule_name} ({source}) does not fit: {why}")
+    if len({e.dtype for e in srcs}) != 1:
+        raise Torch2MLXError(f"{out_name}: sources have different dtypes")
+    dt = out_dtype(srcs[0].dtype, opts, warnings, srcs[0].name)
+    return Op(srcs, rule_name, source, args, [Output(out_name, dt, rule.out_shape(shapes, args))])
+
+
+def _assign_shards(ops: list[Op], max_size: int) -> list[Shard]:
+    groups: list[list[Output]] = [[]]
+    size = 0
+    for op in ops:
+        n = op.nbytes_out
+        if groups[-1] and size + n > max_size:
+            groups.append([])
+            size = 0
+        groups[-1].extend(op.outputs)
+        size += n
+    shards = []
+    for i, outs in enumerate(groups):
+        for o in outs:
+            o.shard = i
+        ordered = layout_shard(outs)
+        shards.append(Shard(shard_name(i, len(groups)), ordered, render_header(ordered)))
+    return shards

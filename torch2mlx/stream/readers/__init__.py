@@ -1,0 +1,1 @@
+"""Readers turn checkpoint files into ``TensorEntry`` records without reading tensor data."""

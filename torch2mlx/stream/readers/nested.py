@@ -1,0 +1,128 @@
+"""Find the state dict inside a checkpoint's unpickled object graph.
+
+Checkpoints in the wild wrap their weights: ``{"state_dict": ...}``
+(Lightning), ``{"model": ...}``, ``{"model_state": ..., "optimizer_state": ...}``,
+or a whole pickled ``nn.Module``. We pick the weights when that is
+unambiguous (top-level tensors, a well-known key, else the container holding
+the most tensors) and say which we picked; ``key`` overrides.
+"""
+from __future__ import annotations
+
+from ...errors import CheckpointError
+from .unpickler import Opaque, TensorRef
+
+KNOWN_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "module", "net", "network",
+              "params", "weights", "generator", "ema", "params_ema")
+
+
+def _children(obj):
+    """(name, child) pairs of a container; whole pickled modules expose their tensors."""
+    if isinstance(obj, dict):
+        return [(k if isinstance(k, str) else str(k), v) for k, v in obj.items()]
+    if isinstance(obj, (list, tuple)):
+        return [(str(i), v) for i, v in enumerate(obj)]
+    if isinstance(obj, Opaque):
+        state = obj.state
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
+            state = {**(state[0] or {}), **state[1]} if isinstance(state[0], dict) else state[1]
+        if isinstance(state, dict) and ("_parameters" in state or "_modules" in state):
+            out = []
+            for group in ("_parameters", "_buffers"):
+                out += [(k, v) for k, v in _children(state.get(group) or {}) if v is not None]
+            out += _children(state.get("_modules") or {})
+            return out
+        if obj._t2m_items:
+            return _children(obj._t2m_items)
+        if isinstance(state, dict):
+            return _children(state)
+    return []
+
+
+def _is_module(obj) -> bool:
+    return isinstance(obj, Opaque) and isinstance(obj.state, dict) and "_modules" in obj.state
+
+
+def flatten(obj, prefix: str = "", out: dict | None = None, skipped: list | None = None, depth: int = 0):
+    """name -> TensorRef for every tensor under ``obj``; other leaves are listed in ``skipped``."""
+    out = {} if out is None else out
+    if depth > 64:
+        raise ValueError("nesting deeper than 64 levels")
+    for name, child in _children(obj):
+        full = f"{prefix}{name}"
+        if isinstance(child, TensorRef):
+            if full in out:
+                raise ValueError(f"tensor name {full!r} appears twice")
+            out[full] = child
+        elif _children(child):
+            flatten(child, full + ".", out, skipped, depth + 1)
+        elif skipped is not None:
+            skipped.append(full)
+    return out
+
+
+def _count(obj, depth=0) -> int:
+    if isinstance(obj, TensorRef):
+        return 1
+    if depth > 64:
+        return 0
+    return sum(_count(c, depth + 1) for _, c in _children(obj))
+
+
+def _walk(obj, path=(), depth=0):
+    yield path, obj
+    if depth < 16:
+        for name, child in _children(obj):
+            if not isinstance(child, TensorRef):
+                yield from _walk(child, path + (name,), depth + 1)
+
+
+def _lookup(root, key: str):
+    if isinstance(root, dict) and key in root:
+        return root[key]
+    node = root
+    for part in key.split("."):
+        kids = dict(_children(node))
+        if part not in kids:
+            return None
+        node = kids[part]
+    return node
+
+
+def select(root, path: str, key: str | None = None) -> tuple[dict[str, TensorRef], str, list[str]]:
+    """Return (tensors, how they were chosen, names of skipped non-tensor leaves)."""
+    if isinstance(root, TensorRef):
+        return {"tensor": root}, "the file holds a single tensor, named 'tensor'", []
+    if key is not None:
+        node = _lookup(root, key)
+        if node is None or _count(node) == 0:
+            tops = ", ".join(n for n, _ in _children(root)[:12])
+            raise CheckpointError(path, f"--key {key!r} does not name a container of tensors (top-level keys: {tops})")
+        how, chosen = f"key {key!r} (chosen by --key)", node
+    else:
+        direct = sum(isinstance(c, TensorRef) for _, c in _children(root))
+        if direct and not _is_module(root):
+            how, chosen = "top-level tensors", root
+        else:
+            how, chosen = None, None
+            kids = dict(_children(root)) if isinstance(root, dict) else {}
+            for k in KNOWN_KEYS:
+                if k in kids and _count(kids[k]):
+                    how, chosen = f"key {k!r} (a well-known state-dict key)", kids[k]
+                    break
+            if chosen is None and _is_module(root):
+                how, chosen = "a whole pickled nn.Module (its parameters and buffers)", root
+            if chosen is None:
+                best = max(((sum(isinstance(c, TensorRef) for _, c in _children(node)), p, node)
+                            for p, node in _walk(root)), key=lambda t: t[0], default=(0, (), None))
+                if best[0] == 0:
+                    raise CheckpointError(path, "no tensors found in the checkpoint")
+                chosen = best[2]
+                how = f"key {'.'.join(best[1])!r} (the container holding the most tensors, {best[0]})"
+    skipped: list[str] = []
+    try:
+        tensors = flatten(chosen, skipped=skipped)
+    except ValueError as e:
+        raise CheckpointError(path, str(e)) from None
+    if not tensors:
+        raise CheckpointError(path, "no tensors found in the checkpoint")
+    return tensors, how, skipped

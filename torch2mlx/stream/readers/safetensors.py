@@ -1,0 +1,100 @@
+"""safetensors header parser, validated against the format's rules before any data is read.
+
+Layout: 8-byte little-endian header length N, N bytes of JSON (an object of
+tensor records plus an optional ``__metadata__`` of string pairs), then the
+data buffer. Each record's ``data_offsets`` are relative to the buffer; the
+records must tile the buffer exactly, without overlaps or holes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+
+from ... import dtypes
+from ...errors import CheckpointError
+from ..entry import TensorEntry
+
+MAX_HEADER = 100 * 1024 * 1024
+
+
+def _no_duplicates(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def read_header(path: str) -> tuple[dict, dict, int]:
+    """Return (records, metadata, data_start) after checking the header's framing."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(path, f"truncated safetensors file ({size} bytes, no header length)")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER:
+                raise CheckpointError(path, f"safetensors header length {n} exceeds the {MAX_HEADER}-byte limit")
+            if 8 + n > size:
+                raise CheckpointError(path, f"safetensors header length {n} runs past the end of the file ({size} bytes)")
+            raw = f.read(n)
+    except OSError as e:
+        raise CheckpointError(path, f"cannot read: {e.strerror or e}") from None
+    if not raw.lstrip(b" ").startswith(b"{"):
+        raise CheckpointError(path, "safetensors header is not a JSON object")
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(path, f"safetensors header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(path, "safetensors header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise CheckpointError(path, "safetensors __metadata__ must map strings to strings")
+    return header, metadata, 8 + n
+
+
+def _int_list(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+
+
+def read_entries(path: str) -> tuple[list[TensorEntry], dict]:
+    """Entries of one safetensors file, in data order, and its ``__metadata__``."""
+    header, metadata, start = read_header(path)
+    data_len = os.path.getsize(path) - start
+    spans = []
+    for name, rec in header.items():
+        if not isinstance(rec, dict) or set(rec) != {"dtype", "shape", "data_offsets"}:
+            raise CheckpointError(path, f"tensor {name!r}: record must have exactly dtype, shape, data_offsets")
+        dt = dtypes.by_safetensors(rec["dtype"]) if isinstance(rec["dtype"], str) else None
+        if dt is None:
+            raise CheckpointError(path, f"tensor {name!r}: unknown dtype {rec['dtype']!r}")
+        shape, offs = rec["shape"], rec["data_offsets"]
+        if not _int_list(shape) or any(d < 0 for d in shape):
+            raise CheckpointError(path, f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
+        if not _int_list(offs) or len(offs) != 2 or not 0 <= offs[0] <= offs[1]:
+            raise CheckpointError(path, f"tensor {name!r}: bad data_offsets {offs!r}")
+        nbytes = math.prod(shape) * dt.itemsize
+        if offs[1] - offs[0] != nbytes:
+            raise CheckpointError(path, f"tensor {name!r}: shape {shape} of {dt.safetensors} needs {nbytes} bytes "
+                                        f"but data_offsets span {offs[1] - offs[0]}")
+        if offs[1] > data_len:
+            raise CheckpointError(path, f"tensor {name!r}: data_offsets {offs} run past the end of the data ({data_len} bytes)")
+        spans.append((offs[0], offs[1], name, dt, tuple(shape)))
+    spans.sort(key=lambda s: (s[0], s[1]))
+    pos = 0
+    entries = []
+    for begin, end, name, dt, shape in spans:
+        if begin < pos:
+            raise CheckpointError(path, f"tensor {name!r}: data_offsets [{begin}, {end}] overlap the previous tensor")
+        if begin > pos:
+            raise CheckpointError(path, f"hole in the data buffer before tensor {name!r} (bytes {pos}..{begin})")
+        pos = end
+        entries.append(TensorEntry(name, dt, shape, path=path, offset=start + begin, origin=path))
+    if pos != data_len:
+        raise CheckpointError(path, f"{data_len - pos} trailing bytes after the last tensor")
+    return entries, metadata

@@ -1,0 +1,105 @@
+"""PyTorch zip checkpoints (``torch.save`` since 1.6).
+
+The archive holds ``<root>/data.pkl`` (the object graph), ``<root>/data/<key>``
+(one member per storage, stored uncompressed) and ``<root>/byteorder``. We
+read the central directory, unpickle ``data.pkl`` with the restricted
+unpickler and map every storage to the byte offset of its member's data, so
+tensor bytes are later read in place.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import zipfile
+
+from ...errors import CheckpointError
+from . import unpickler
+from .unpickler import StorageRef
+
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+MAX_PICKLE = 1 << 30
+
+
+def is_zip(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+class ZipCheckpoint:
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self.size = os.path.getsize(path)
+            zf = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+            raise CheckpointError(path, f"not a readable zip archive ({e})") from None
+        with zf:
+            infos = zf.infolist()
+            pkl = [i for i in infos if i.filename == "data.pkl" or i.filename.endswith("/data.pkl")]
+            if len(pkl) != 1:
+                raise CheckpointError(path, "zip archive has no single data.pkl: not a torch.save checkpoint")
+            self.root = pkl[0].filename[: -len("data.pkl")]
+            self.members = {i.filename: i for i in infos}
+            self.data_offsets: dict[str, int] = {}
+            self._check_members(infos)
+            if pkl[0].file_size > MAX_PICKLE:
+                raise CheckpointError(path, f"data.pkl is {pkl[0].file_size} bytes, over the 1 GiB limit")
+            self.pickle_bytes = self._read_member(pkl[0])
+            order = self.members.get(self.root + "byteorder")
+            self.byteorder = self._read_member(order).decode("ascii", "replace").strip() if order else "little"
+        if self.byteorder not in ("little", "big"):
+            raise CheckpointError(path, f"unknown byteorder record {self.byteorder!r}")
+
+    def _data_offset(self, info: zipfile.ZipInfo) -> int:
+        with open(self.path, "rb") as f:
+            f.seek(info.header_offset)
+            raw = f.read(_LOCAL_HEADER.size)
+        if len(raw) != _LOCAL_HEADER.size:
+            raise CheckpointError(self.path, f"zip member {info.filename}: local header past the end of the file")
+        fields = _LOCAL_HEADER.unpack(raw)
+        if fields[0] != b"PK\x03\x04":
+            raise CheckpointError(self.path, f"zip member {info.filename}: bad local header signature")
+        return info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
+
+    def _check_members(self, infos):
+        spans = []
+        for info in infos:
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise CheckpointError(self.path, f"zip member {info.filename} is compressed; torch checkpoints store data uncompressed")
+            if info.flag_bits & 0x1:
+                raise CheckpointError(self.path, f"zip member {info.filename} is encrypted")
+            start = self._data_offset(info)
+            end = start + info.file_size
+            if end > self.size:
+                raise CheckpointError(self.path, f"zip member {info.filename} runs past the end of the file (truncated?)")
+            self.data_offsets[info.filename] = start
+            spans.append((info.header_offset, end, info.filename))
+        spans.sort()
+        for (s0, e0, n0), (s1, e1, n1) in zip(spans, spans[1:]):
+            if s1 < e0:
+                raise CheckpointError(self.path, f"zip members {n0} and {n1} overlap")
+
+    def _read_member(self, info: zipfile.ZipInfo) -> bytes:
+        with open(self.path, "rb") as f:
+            f.seek(self.data_offsets[info.filename])
+            data = f.read(info.file_size)
+        if len(data) != info.file_size:
+            raise CheckpointError(self.path, f"zip member {info.filename} is truncated")
+        return data
+
+    def _persistent_load(self, pid):
+        key, stype, numel, location, view = unpickler.storage_ref(pid, self.path)
+        dtype = stype.dtype or unpickler.UINT8
+        info = self.members.get(f"{self.root}data/{key}")
+        if info is None:
+            raise CheckpointError(self.path, f"storage {key!r} has no data/{key} member in the archive")
+        if numel * dtype.itemsize != info.file_size:
+            raise CheckpointError(self.path, f"storage {key!r}: {numel} x {dtype.name} needs {numel * dtype.itemsize} bytes "
+                                             f"but its member holds {info.file_size}")
+        return StorageRef(key, dtype, numel, location)
+
+    def load(self):
+        return unpickler.load(self.pickle_bytes, self.path, self._persistent_load)
+
+    def storage_offset(self, ref: StorageRef) -> int:
+        return self.data_offsets[f"{self.root}data/{ref.key}"]

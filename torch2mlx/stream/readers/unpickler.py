@@ -1,0 +1,303 @@
+"""A restricted unpickler for PyTorch checkpoints: nothing from the file is ever called.
+
+``find_class`` is the only door through which a pickle reaches code. Here it
+returns our own inert stand-ins: tensor rebuilds become ``TensorRef`` records,
+storages become ``StorageRef`` records, and classes we do not know become
+``Opaque`` placeholder types that only remember their arguments. Globals that
+name code execution (``os.system``, ``eval``, ``subprocess``, ...) are refused
+outright so the user hears about the hostile file.
+"""
+from __future__ import annotations
+
+import collections
+import io
+import pickle
+from dataclasses import dataclass
+
+from ... import dtypes
+from ...dtypes import DType
+from ...errors import CheckpointError
+
+# Modules whose globals only ever appear in a pickle to run code.
+_DANGEROUS_MODULES = {
+    "os", "posix", "nt", "subprocess", "sys", "builtins", "__builtin__", "importlib", "runpy",
+    "shutil", "socket", "pickle", "_pickle", "marshal", "ctypes", "code", "codeop", "pty",
+    "webbrowser", "multiprocessing", "threading", "_thread", "asyncio", "io", "_io",
+    "tempfile", "signal", "operator", "_operator", "functools", "types", "inspect", "gc", "platform",
+    "pdb", "timeit", "commands", "popen2", "posixpath", "ntpath", "urllib", "http", "ftplib",
+    "smtplib", "telnetlib", "zipimport", "pkgutil", "site", "cProfile", "profile", "trace",
+    "dill", "cloudpickle", "joblib", "shelve", "sqlite3", "_posixsubprocess", "pydoc", "ensurepip",
+}
+_DANGEROUS_NAMES = {
+    "eval", "exec", "execfile", "compile", "system", "popen", "spawn", "spawnl", "spawnv", "execv",
+    "execve", "execl", "fork", "__import__", "import_module", "getattr", "setattr", "delattr",
+    "globals", "locals", "vars", "open", "input", "breakpoint", "load", "loads", "run", "call",
+    "check_call", "check_output", "Popen", "apply", "attrgetter", "methodcaller", "remove",
+    "unlink", "rmtree", "kill", "getoutput", "getstatusoutput", "startfile", "__reduce__",
+    "__reduce_ex__", "__getattribute__", "__setstate__", "_load", "_loads",
+}
+# Plain-data builtins a checkpoint may legitimately name (protocol 0-2 spell these as globals).
+_SAFE_BUILTINS = {"set": set, "frozenset": frozenset, "complex": complex, "slice": slice, "object": object}
+
+
+@dataclass(frozen=True)
+class StorageRef:
+    key: str
+    dtype: DType
+    numel: int            # elements of ``dtype`` in the storage
+    location: str
+    view: tuple | None = None  # legacy view metadata (view_key, offset, size)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    storage: StorageRef
+    dtype: DType
+    storage_offset: int   # in elements of ``dtype``
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+
+
+class _StorageType:
+    """Stand-in for ``torch.FloatStorage`` & co. and ``torch.UntypedStorage``."""
+
+    def __init__(self, name: str, dtype: DType | None):
+        self.name, self.dtype = name, dtype
+
+    def __repr__(self):
+        return f"<storage type {self.name}>"
+
+
+@dataclass(frozen=True)
+class DTypeRef:
+    dtype: DType
+
+
+class Opaque:
+    """Instance of a class we do not import: arguments and state are kept, nothing runs."""
+
+    _t2m_global = "?"
+
+    def __new__(cls, *args, **kwargs):
+        obj = object.__new__(cls)
+        obj.__dict__["_t2m_args"] = args
+        obj.__dict__["_t2m_state"] = None
+        obj.__dict__["_t2m_items"] = {}
+        obj.__dict__["_t2m_list"] = []
+        return obj
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        self.__dict__["_t2m_state"] = state
+
+    def __setitem__(self, key, value):
+        self._t2m_items[key] = value
+
+    def append(self, value):
+        self._t2m_list.append(value)
+
+    def extend(self, values):
+        self._t2m_list.extend(values)
+
+    def __repr__(self):
+        return f"<opaque {self._t2m_global}>"
+
+    @property
+    def state(self):
+        return self._t2m_state
+
+
+_opaque_types: dict[str, type] = {}
+
+
+def opaque_type(qualname: str) -> type:
+    t = _opaque_types.get(qualname)
+    if t is None:
+        t = type("Opaque_" + qualname.replace(".", "_"), (Opaque,), {"_t2m_global": qualname})
+        _opaque_types[qualname] = t
+    return t
+
+
+def _as_int(v, what: str) -> int:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise pickle.UnpicklingError(f"{what} is not an integer: {type(v).__name__}")
+    return v
+
+
+def _int_tuple(v, what: str) -> tuple[int, ...]:
+    if not isinstance(v, (tuple, list)):
+        raise pickle.UnpicklingError(f"{what} is not a tuple")
+    return tuple(_as_int(x, what) for x in v)
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, dtype: DType | None = None) -> TensorRef:
+    if not isinstance(storage, StorageRef):
+        raise pickle.UnpicklingError("tensor rebuilt from something that is not a storage")
+    shape = _int_tuple(size, "tensor size")
+    strides = _int_tuple(stride, "tensor stride")
+    if len(shape) != len(strides):
+        raise pickle.UnpicklingError("tensor size and stride differ in length")
+    return TensorRef(storage, dtype or storage.dtype, _as_int(storage_offset, "storage offset"), shape, strides)
+
+
+def _rebuild_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+    return _rebuild_tensor(storage, storage_offset, size, stride)
+
+
+def _rebuild_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None):
+    if not isinstance(dtype, DTypeRef):
+        raise pickle.UnpicklingError("_rebuild_tensor_v3 without a dtype")
+    return _rebuild_tensor(storage, storage_offset, size, stride, dtype.dtype)
+
+
+def _rebuild_v1(storage, storage_offset, size, stride):
+    return _rebuild_tensor(storage, storage_offset, size, stride)
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
+    if not isinstance(data, TensorRef):
+        raise pickle.UnpicklingError("parameter rebuilt from something that is not a tensor")
+    return data
+
+
+_REBUILDERS = {_rebuild_v1, _rebuild_v2, _rebuild_v3, _rebuild_parameter}
+
+
+def _rebuild_from_type_v2(func, new_type, args, state):
+    if func not in _REBUILDERS:
+        raise pickle.UnpicklingError("_rebuild_from_type_v2 with a function that is not a tensor rebuild")
+    if not isinstance(args, tuple):
+        raise pickle.UnpicklingError("_rebuild_from_type_v2 arguments are not a tuple")
+    return func(*args)
+
+
+def _torch_size(dims=()):
+    return _int_tuple(dims, "torch.Size")
+
+
+def _codecs_encode(obj, encoding="utf-8", errors="strict"):
+    # Protocol-2 pickles spell bytes as _codecs.encode(str, "latin1").
+    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8") or errors != "strict":
+        raise pickle.UnpicklingError("_codecs.encode used outside of bytes encoding")
+    return obj.encode(encoding)
+
+
+def _reconstructor(cls, base, state=None):
+    # copyreg._reconstructor(cls, object, None): protocol 0/1 object creation.
+    if isinstance(cls, type) and issubclass(cls, Opaque):
+        return cls()
+    if cls is collections.OrderedDict and base is dict:
+        return collections.OrderedDict()
+    raise pickle.UnpicklingError("copyreg._reconstructor for a class that is not a placeholder")
+
+
+_TORCH_GLOBALS = {
+    ("torch._utils", "_rebuild_tensor"): _rebuild_v1,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_v2,
+    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_v3,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+    ("torch", "Size"): _torch_size,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("_codecs", "encode"): _codecs_encode,
+    ("copyreg", "_reconstructor"): _reconstructor,
+    ("copy_reg", "_reconstructor"): _reconstructor,
+}
+
+
+def refuse_reason(module: str, name: str) -> str | None:
+    top = module.split(".")[0]
+    leaf = name.split(".")[-1]
+    if module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS:
+        return None
+    if top in _DANGEROUS_MODULES or leaf in _DANGEROUS_NAMES or name.startswith("__"):
+        return f"refusing pickle global {module}.{name} (it can run code; nothing was executed)"
+    return None
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles a checkpoint's object graph; ``persistent_load`` resolves storages."""
+
+    def __init__(self, stream, path: str, persistent_load):
+        super().__init__(stream, encoding="utf-8")
+        self._path = path
+        self._persistent = persistent_load
+        self.placeholders: set[str] = set()
+
+    def find_class(self, module, name):
+        if not isinstance(module, str) or not isinstance(name, str):
+            raise pickle.UnpicklingError("pickle global with a non-string name")
+        reason = refuse_reason(module, name)
+        if reason:
+            raise CheckpointError(self._path, reason)
+        if (module, name) in _TORCH_GLOBALS:
+            return _TORCH_GLOBALS[(module, name)]
+        if module in ("builtins", "__builtin__"):
+            return _SAFE_BUILTINS[name]
+        if module in ("torch", "torch.storage", "torch.cuda"):
+            if name in ("UntypedStorage", "TypedStorage", "_UntypedStorage"):
+                return _StorageType(name, None)
+            if name.endswith("Storage"):
+                dt = dtypes.by_storage(name)
+                if dt is None:
+                    raise CheckpointError(self._path, f"unsupported storage type torch.{name} (quantized or sparse tensors are not supported)")
+                return _StorageType(name, dt)
+            dt = dtypes.by_name(name)
+            if dt is not None:
+                return DTypeRef(dt)
+        if module == "torch._utils" and name.startswith("_rebuild"):
+            raise CheckpointError(self._path, f"unsupported tensor kind torch._utils.{name} (only dense tensors can be converted)")
+        qual = f"{module}.{name}"
+        self.placeholders.add(qual)
+        return opaque_type(qual)
+
+    def persistent_load(self, pid):
+        return self._persistent(pid)
+
+
+def storage_ref(pid, path: str) -> tuple[str, _StorageType, int, str, tuple | None]:
+    """Validate a ``('storage', type, key, location, numel[, view])`` persistent id."""
+    if not isinstance(pid, tuple) or len(pid) not in (5, 6) or pid[0] != "storage":
+        raise CheckpointError(path, f"persistent id is not a storage record: {str(pid)[:80]}")
+    _, stype, key, location, numel = pid[:5]
+    view = pid[5] if len(pid) == 6 else None
+    if not isinstance(stype, _StorageType):
+        raise CheckpointError(path, "persistent id names something that is not a storage type")
+    if not isinstance(key, str) or not isinstance(location, str):
+        raise CheckpointError(path, "storage key or location is not a string")
+    if not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
+        raise CheckpointError(path, f"storage {key!r} has an invalid size {numel!r}")
+    if view is not None and not (isinstance(view, tuple) and len(view) == 3):
+        raise CheckpointError(path, f"storage {key!r} has invalid view metadata")
+    return key, stype, numel, location, view
+
+
+UINT8 = dtypes.get("uint8")
+
+
+def load(data, path: str, persistent_load) -> tuple[object, set[str]]:
+    """Unpickle ``data`` (bytes or a binary file positioned at a pickle).
+
+    Any failure becomes a one-line CheckpointError naming ``path``; a file is
+    left positioned just after the pickle's STOP opcode.
+    """
+    stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    up = RestrictedUnpickler(stream, path, persistent_load)
+    try:
+        obj = up.load()
+    except CheckpointError:
+        raise
+    except RecursionError:
+        raise CheckpointError(path, "pickle nests too deeply") from None
+    except MemoryError:
+        raise CheckpointError(path, "pickle asks for more memory than is available") from None
+    except Exception as e:  # malformed pickles raise a zoo of types; all mean "corrupt"
+        raise CheckpointError(path, f"corrupt pickle: {type(e).__name__}: {str(e)[:200]}") from None
+    return obj, up.placeholders

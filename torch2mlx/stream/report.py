@@ -1,0 +1,58 @@
+"""Human-readable plan and report text (the CLI prints these; ``--json`` prints the dicts)."""
+from __future__ import annotations
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def format_plan(plan, limit: int | None = None) -> str:
+    rows = []
+    for op in plan.ops:
+        src = "+".join(e.name for e in op.sources)
+        for o in op.outputs:
+            rows.append((o.name, src if src != o.name else "=", op.rule, op.rule_source,
+                         f"{op.source_dtype.name}->{o.dtype.name}" if o.dtype != op.source_dtype else o.dtype.name,
+                         "x".join(map(str, o.shape)) or "scalar", plan.shards[o.shard].file))
+    head = ("output", "source", "rule", "from", "dtype", "shape", "shard")
+    shown = rows if limit is None else rows[:limit]
+    widths = [min(max(len(str(r[i])) for r in [head] + shown), 60) for i in range(len(head))]
+    lines = ["  ".join(str(c)[:60].ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head] + shown]
+    if len(shown) < len(rows):
+        lines.append(f"... {len(rows) - len(shown)} more (use --json for all)")
+    lines.append("")
+    lines.append(f"{len(rows)} output tensors in {len(plan.shards)} shard(s), "
+                 f"{human_bytes(plan.nbytes_in)} in -> {human_bytes(plan.nbytes_out)} out")
+    lines += _tail(plan)
+    return "\n".join(lines)
+
+
+def _tail(plan) -> list[str]:
+    lines = ["rules: " + ", ".join(f"{k} {v}" for k, v in plan.rules_by_source().items())]
+    if plan.dropped:
+        lines.append(f"dropped: {len(plan.dropped)} ("
+                     + "; ".join(f"{n}: {w}" for n, w in plan.dropped[:5]) + (" ..." if len(plan.dropped) > 5 else "") + ")")
+    for n in plan.notes:
+        lines.append(f"note: {n}")
+    for w in plan.warnings[:20]:
+        lines.append(f"warning: {w}")
+    if len(plan.warnings) > 20:
+        lines.append(f"warning: ... and {len(plan.warnings) - 20} more (see torch2mlx.json)")
+    return lines
+
+
+def format_result(res) -> str:
+    if res.dry_run:
+        return format_plan(res.plan, limit=200)
+    p = res.plan
+    n_out = sum(len(op.outputs) for op in p.ops)
+    rate = p.nbytes_in / res.seconds / 1e6 if res.seconds else 0.0
+    lines = [f"converted {len(res.checkpoint.entries)} tensors -> {n_out} in {len(res.shards)} shard(s) at {res.out}",
+             f"{human_bytes(p.nbytes_in)} in, {human_bytes(p.nbytes_out)} out, {res.seconds:.2f} s, {rate:.0f} MB/s"]
+    if res.sidecars:
+        lines.append("copied: " + ", ".join(res.sidecars))
+    return "\n".join(lines + _tail(p))

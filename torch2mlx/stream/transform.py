@@ -1,0 +1,46 @@
+"""Conversions with a user ``transform``: each planned tensor is computed, handed to the callable,
+and whatever it returns is written by ``ShardWriter`` (sizes are no longer known in advance)."""
+from __future__ import annotations
+
+from ..errors import Torch2MLXError
+from .data import DataReader
+from .execute import ShardResult, compute_block
+from .options import Options
+from .plan import Plan
+from .writers.incremental import ShardWriter
+
+
+def _results(value, name, dtype):
+    if value is None:
+        return []
+    if isinstance(value, list):
+        out = []
+        for v in value:
+            out += _results(v, name, dtype)
+        return out
+    if isinstance(value, tuple) and len(value) in (2, 3) and isinstance(value[0], str):
+        return [value if len(value) == 3 else (value[0], value[1], None)]
+    raise Torch2MLXError(f"transform returned {type(value).__name__} for {name!r}; "
+                         "expected None, (name, array), (name, array, dtype) or a list of those")
+
+
+def run_transform(plan: Plan, out: str, transform, opts: Options, progress=None) -> list[ShardResult]:
+    writer = ShardWriter(out, opts.max_shard_size, overwrite=True)
+    try:
+        with DataReader() as reader:
+            for op in plan.ops:
+                o = op.outputs[0]
+                rows = o.shape[0] if o.shape else 1
+                arr = compute_block(op, reader, 0, rows).reshape(o.shape)
+                for name, array, dt in _results(transform(o.name, arr, o.dtype.name), o.name, o.dtype):
+                    if dt is None and array is arr:
+                        dt = o.dtype
+                    writer.add(name, array, dt, record={"source": op.sources[0].name, "rule": op.rule,
+                                                        "rule_source": op.rule_source, "transformed": True})
+                if progress:
+                    progress(op.nbytes_in)
+        results = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return [ShardResult(r["file"], r["bytes"], r["sha256"]) for r in results]

@@ -1,0 +1,1 @@
+"""Writers: sharded MLX safetensors, the index and the manifest."""

@@ -1,0 +1,101 @@
+"""File primitives every writer uses: temp-then-rename, fsync, positional writes, kernel copies."""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+
+from ...errors import Torch2MLXError
+
+COPY_CHUNK = 64 * 1024 * 1024
+
+
+def os_error(path: str, e: OSError) -> Torch2MLXError:
+    if e.errno == errno.ENOSPC:
+        return Torch2MLXError(f"{path}: no space left on device (partial output removed)")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return Torch2MLXError(f"{path}: cannot write ({e.strerror})")
+    return Torch2MLXError(f"{path}: {e.strerror or e}")
+
+
+def temp_name(final: str) -> str:
+    d, base = os.path.split(final)
+    return os.path.join(d, f".{base}.tmp")
+
+
+def pwrite_all(fd: int, data, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
+def copy_range(src_fd: int, dst_fd: int, src_off: int, dst_off: int, count: int, buf: bytearray | None = None) -> None:
+    """Copy bytes file to file; the kernel does it when it can (no user-space buffer)."""
+    if hasattr(os, "copy_file_range"):
+        try:
+            while count > 0:
+                n = os.copy_file_range(src_fd, dst_fd, min(count, COPY_CHUNK), src_off, dst_off)
+                if n == 0:
+                    raise Torch2MLXError("source file ended during a copy (truncated while converting?)")
+                src_off, dst_off, count = src_off + n, dst_off + n, count - n
+            return
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF):
+                raise
+    buf = buf if buf is not None else bytearray(min(count, 8 << 20) or 1)
+    view = memoryview(buf)
+    while count > 0:
+        n = os.preadv(src_fd, [view[: min(count, len(view))]], src_off)
+        if n == 0:
+            raise Torch2MLXError("source file ended during a copy (truncated while converting?)")
+        pwrite_all(dst_fd, view[:n], dst_off)
+        src_off, dst_off, count = src_off + n, dst_off + n, count - n
+
+
+def sha256_file(fd: int, size: int, chunk: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    pos = 0
+    while pos < size:
+        n = os.preadv(fd, [view[: min(chunk, size - pos)]], pos)
+        if n == 0:
+            break
+        h.update(view[:n])
+        pos += n
+    return h.hexdigest()
+
+
+def fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: str, obj) -> None:
+    """Write JSON to a temp file, fsync, rename: readers see the old file or the new one."""
+    tmp = temp_name(path)
+    data = (json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n").encode("utf-8")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            pwrite_all(fd, data, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise os_error(path, e) from None

@@ -1,0 +1,174 @@
+"""``ShardWriter``: feed tensors one at a time, sizes not known in advance, memory bounded by one tensor.
+
+Each tensor's bytes go straight to a per-width spill file (8-, 4-, 2- and
+1-byte dtypes apart), so a shard can later be laid out widest first — every
+tensor aligned to its element size — without holding data in memory. When a
+shard is full its header is written and the spill files are appended after it
+by the kernel. Shards are renamed to ``model-0000i-of-0000N`` names once N is
+known, and the index is written last.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ... import dtypes
+from ...errors import Torch2MLXError
+from ..plan import Output, render_header, shard_name
+from .files import copy_range, fsync_dir, os_error, pwrite_all, sha256_file
+from . import output_dir
+
+_WIDTHS = (16, 8, 4, 2, 1)
+
+
+def _dtype_of(array: np.ndarray, dtype) -> dtypes.DType:
+    if dtype is not None:
+        dt = dtype if isinstance(dtype, dtypes.DType) else dtypes.get(str(dtype))
+        if dt.np_dtype.itemsize != array.dtype.itemsize:
+            raise Torch2MLXError(f"array of {array.dtype} cannot carry {dt.name}")
+        return dt
+    for d in dtypes.DTYPES:
+        if d.exact_numpy and d.np_dtype == array.dtype.newbyteorder("<"):
+            return d
+    raise Torch2MLXError(f"numpy dtype {array.dtype} has no safetensors equivalent")
+
+
+class ShardWriter:
+    def __init__(self, out_dir: str, max_shard_size="5GB", *, overwrite: bool = False,
+                 metadata: dict | None = None, manifest_extra: dict | None = None):
+        from ..options import parse_size
+        self.out_dir = os.fspath(out_dir)
+        self.max = parse_size(max_shard_size)
+        self.metadata = metadata
+        self.manifest_extra = manifest_extra or {}
+        output_dir.prepare(self.out_dir, overwrite=overwrite, src_paths=[])
+        self._spill = {}
+        self._pending: list[tuple[Output, int]] = []   # (output, offset in its spill file)
+        self._spill_size = {w: 0 for w in _WIDTHS}
+        self._sealed: list[tuple[str, list[Output], int]] = []  # (temp path, outputs, size)
+        self._names: set[str] = set()
+        self.records: dict[str, dict] = {}
+        self.results = []
+        self._closed = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def _spill_fd(self, width: int) -> int:
+        fd = self._spill.get(width)
+        if fd is None:
+            path = os.path.join(self.out_dir, f".spill-{width}.tmp")
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            except OSError as e:
+                raise os_error(path, e) from None
+            self._spill[width] = fd
+        return fd
+
+    def add(self, name: str, array, dtype=None, record: dict | None = None) -> None:
+        """Append one tensor. ``dtype`` names the dtype when ``array`` only carries raw bits (bfloat16)."""
+        if self._closed:
+            raise Torch2MLXError("ShardWriter is closed")
+        if name in self._names:
+            raise Torch2MLXError(f"tensor {name!r} was already written")
+        array = np.asarray(array)
+        dt = _dtype_of(array, dtype)
+        if dt.safetensors is None:
+            raise Torch2MLXError(f"{name}: {dt.name} cannot be stored in safetensors")
+        data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).reshape(-1).view(np.uint8)
+        size = sum(o.nbytes for o, _ in self._pending)
+        if self._pending and size + data.nbytes > self.max:
+            self._seal()
+        width = dt.itemsize
+        fd = self._spill_fd(width)
+        try:
+            pwrite_all(fd, data, self._spill_size[width])
+        except OSError as e:
+            raise os_error(self.out_dir, e) from None
+        self._pending.append((Output(name, dt, tuple(array.shape)), self._spill_size[width]))
+        self._spill_size[width] += data.nbytes
+        self._names.add(name)
+        self.records[name] = dict(record or {}, dtype=dt.name, shape=list(array.shape))
+
+    def _seal(self) -> None:
+        outs = sorted(self._pending, key=lambda p: (-p[0].dtype.itemsize, p[1]))
+        pos = 0
+        for o, _ in outs:
+            o.offset = pos
+            pos += o.nbytes
+        header = render_header([o for o, _ in outs], self.metadata)
+        path = os.path.join(self.out_dir, f".shard-{len(self._sealed):05d}.tmp")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                pwrite_all(fd, header, 0)
+                dst = len(header)
+                for w in _WIDTHS:
+                    if self._spill_size[w]:
+                        copy_range(self._spill[w], fd, 0, dst, self._spill_size[w])
+                        dst += self._spill_size[w]
+                        os.ftruncate(self._spill[w], 0)
+                        self._spill_size[w] = 0
+                os.fsync(fd)
+                digest = sha256_file(fd, dst)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise os_error(path, e) from None
+        self._sealed.append((path, [o for o, _ in outs], dst, digest))
+        self._pending = []
+
+    def close(self) -> list[dict]:
+        """Finish the last shard, name every shard, write the manifest and then the index."""
+        if self._closed:
+            return self.results
+        if self._pending or not self._sealed:
+            self._seal()
+        n = len(self._sealed)
+        weight_map, shards, total = {}, {}, 0
+        try:
+            for i, (tmp, outs, size, digest) in enumerate(self._sealed):
+                name = shard_name(i, n)
+                os.replace(tmp, os.path.join(self.out_dir, name))
+                shards[name] = {"bytes": size, "sha256": digest}
+                for o in outs:
+                    weight_map[o.name] = name
+                    self.records[o.name]["shard"] = name
+                    total += o.nbytes
+            fsync_dir(self.out_dir)
+        except OSError as e:
+            raise os_error(self.out_dir, e) from None
+        self._close_spill()
+        from ... import __version__
+        output_dir.write_manifest(self.out_dir, {"torch2mlx": __version__, **self.manifest_extra,
+                                                 "tensors": self.records, "shards": shards})
+        output_dir.write_index(self.out_dir, weight_map, total)
+        self._closed = True
+        self.results = [{"file": k, **v} for k, v in shards.items()]
+        return self.results
+
+    def _close_spill(self):
+        for w, fd in self._spill.items():
+            os.close(fd)
+            try:
+                os.unlink(os.path.join(self.out_dir, f".spill-{w}.tmp"))
+            except OSError:
+                pass
+        self._spill = {}
+
+    def abort(self) -> None:
+        """Remove everything this writer created; no index is ever left behind."""
+        self._close_spill()
+        for tmp, *_ in self._sealed:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        self._closed = True

@@ -1,0 +1,70 @@
+"""The output directory: refuse to clobber, clear our own old files, copy sidecars, write index last."""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+
+from ...errors import Torch2MLXError
+from .files import os_error, write_json_atomic
+
+INDEX = "model.safetensors.index.json"
+MANIFEST = "torch2mlx.json"
+
+
+def prepare(out_dir: str, *, overwrite: bool, src_paths: list[str], resume: bool = False) -> None:
+    out_abs = os.path.realpath(out_dir)
+    for p in src_paths:
+        if os.path.dirname(os.path.realpath(p)) == out_abs:
+            raise Torch2MLXError(f"{out_dir}: output directory holds the source files; choose another OUT")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise Torch2MLXError(f"{out_dir}: exists and is not a directory")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not (overwrite or resume):
+        raise Torch2MLXError(f"{out_dir}: exists and is not empty (use --overwrite to replace its contents)")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        # The index goes first so the directory never looks complete while we work.
+        for name in (INDEX,) if resume else (INDEX, MANIFEST):
+            if os.path.exists(os.path.join(out_dir, name)):
+                os.unlink(os.path.join(out_dir, name))
+        if not resume:
+            for f in glob.glob(os.path.join(glob.escape(out_dir), "model*.safetensors")):
+                os.unlink(f)
+        for f in glob.glob(os.path.join(glob.escape(out_dir), ".*.tmp")):
+            os.unlink(f)
+        probe = os.path.join(out_dir, ".t2mlx-write-test.tmp")
+        with open(probe, "wb"):
+            pass
+        os.unlink(probe)
+    except OSError as e:
+        raise os_error(out_dir, e) from None
+
+
+def copy_sidecars(paths: list[str], out_dir: str, rewrite: dict[str, dict] | None = None) -> list[str]:
+    """Copy config/tokenizer files next to the weights; ``rewrite`` replaces a JSON file's content."""
+    copied = []
+    for p in paths:
+        name = os.path.basename(p)
+        dst = os.path.join(out_dir, name)
+        try:
+            if rewrite and name in rewrite:
+                write_json_atomic(dst, rewrite[name])
+            else:
+                shutil.copyfile(p, dst)
+        except OSError as e:
+            raise os_error(dst, e) from None
+        copied.append(name)
+    return copied
+
+
+def write_index(out_dir: str, weight_map: dict[str, str], total_size: int) -> str:
+    path = os.path.join(out_dir, INDEX)
+    write_json_atomic(path, {"metadata": {"total_size": total_size},
+                             "weight_map": dict(sorted(weight_map.items()))})
+    return path
+
+
+def write_manifest(out_dir: str, manifest: dict) -> str:
+    path = os.path.join(out_dir, MANIFEST)
+    write_json_atomic(path, manifest)
+    return path
