@@ -1,0 +1,42 @@
+# The two commands a new user runs: `make demo` and `make test`.
+# Both build ./.venv from scratch when it is missing and refresh it when pyproject.toml changes.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+UNAME  := $(shell uname -s)
+# A pinned CPU build of torch: an open range would pull a multi-GB CUDA wheel on Linux.
+ifeq ($(UNAME),Linux)
+TORCH  ?= torch==2.13.0
+else
+TORCH  ?= torch
+endif
+PYTEST_ARGS ?=
+
+.PHONY: demo test venv clean bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Runtime + torch (the demo builds its sample checkpoint with torch; the conversion itself never imports it).
+$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e . "$(TORCH)"
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.dev-installed
+
+demo: $(VENV)/.demo-installed
+	$(BIN)/python examples/demo.py
+
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache
