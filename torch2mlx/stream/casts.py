@@ -1,15 +1,24 @@
-"""Exact dtype casts on numpy arrays, bit-identical to torch's ``Tensor.to``.
+"""Exact dtype casts on numpy arrays, bit-identical to torch's ``Tensor.to`` on CPU.
 
 bfloat16 and float8 arrive as raw bits (uint16 / uint8). Widening casts are
 exact; narrowing casts round to nearest even as torch does, going through
 float32 where torch does (float64 -> bfloat16/float16 is rounded twice in
-torch, so it is here too).
+torch, so it is here too). NaNs get the bit patterns torch's x86 CPU kernels
+give them (IEEE leaves NaN payloads to the implementation).
+
+numpy's own float32 -> float16 cast runs at ~30 MB/s, so the narrowing casts
+are written as integer arithmetic, and 16-bit -> 16-bit casts are table
+lookups: every bfloat16 value in float16's range is exact there, so a
+65,536-entry table is the whole function.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..dtypes import DType
+
+_F32_NAN_TO_BF16 = np.uint16(0xFFFF)   # torch's vectorized float->bfloat16 kernel
+_F16_NAN_TO_BF16 = np.uint16(0x7FC0)   # torch's scalar Half->BFloat16 path
 
 
 def _float8_table(exp_bits: int, man_bits: int, bias: int, *, ieee: bool, fnuz: bool) -> np.ndarray:
@@ -39,13 +48,22 @@ def _e8m0_table() -> np.ndarray:
     e = np.arange(256, dtype=np.int32)
     val = np.ldexp(np.ones(256), e - 127)
     val[255] = np.nan
-    val = val.astype(np.float32)
-    return val
+    return val.astype(np.float32)
+
+
+def _torch_nans(table: np.ndarray, man_bits: int) -> np.ndarray:
+    """float32 bits torch gives each float8 NaN: sign, quiet bit, mantissa moved to the top."""
+    bits = table.view(np.uint32).copy()
+    codes = np.arange(256, dtype=np.uint32)
+    nan = np.isnan(table)
+    payload = (codes & ((1 << man_bits) - 1)) << (23 - man_bits)
+    bits[nan] = ((codes[nan] >> 7) << 31) | 0x7FC00000 | payload[nan]
+    return bits.view(np.float32)
 
 
 FLOAT8_TABLES = {
-    "float8_e4m3fn": _float8_table(4, 3, 7, ieee=False, fnuz=False),
-    "float8_e5m2": _float8_table(5, 2, 15, ieee=True, fnuz=False),
+    "float8_e4m3fn": _torch_nans(_float8_table(4, 3, 7, ieee=False, fnuz=False), 3),
+    "float8_e5m2": _torch_nans(_float8_table(5, 2, 15, ieee=True, fnuz=False), 2),
     "float8_e4m3fnuz": _float8_table(4, 3, 8, ieee=False, fnuz=True),
     "float8_e5m2fnuz": _float8_table(5, 2, 16, ieee=False, fnuz=True),
     "float8_e8m0fnu": _e8m0_table(),
@@ -53,19 +71,80 @@ FLOAT8_TABLES = {
 
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+    out = np.empty(bits.shape, dtype=np.uint32)
+    np.left_shift(bits, 16, out=out, dtype=np.uint32)
+    return out.view(np.float32)
 
 
-def f32_to_bf16(x: np.ndarray) -> np.ndarray:
-    """Round float32 to bfloat16 bits, nearest even; NaN stays a quiet NaN of the same sign."""
+def f32_to_bf16(x: np.ndarray, nan_bits=_F32_NAN_TO_BF16) -> np.ndarray:
+    """Round float32 to bfloat16 bits, nearest even."""
     u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    out = u + (((u >> 16) & 1) + np.uint32(0x7FFF))
-    out >>= 16
-    out = out.astype(np.uint16)
-    nan = np.isnan(x)
+    t = u >> 16
+    t &= 1
+    t += np.uint32(0x7FFF)
+    t += u
+    t >>= 16
+    out = t.astype(np.uint16)
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
     if nan.any():
-        out[nan] = ((u[nan] >> 16) | 0x0040).astype(np.uint16)
+        out[nan] = nan_bits
     return out
+
+
+_L2_ELEMS = 1 << 16   # slices that stay in cache across the ~10 passes below
+
+
+def f32_to_f16(x: np.ndarray) -> np.ndarray:
+    """Round float32 to float16 bits, nearest even (what F16C's vcvtps2ph does)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).reshape(-1).view(np.uint32)
+    out = np.empty(u.shape, dtype=np.uint16)
+    for i in range(0, len(u), _L2_ELEMS):
+        out[i:i + _L2_ELEMS] = _f32_to_f16_slice(u[i:i + _L2_ELEMS])
+    return out.reshape(np.shape(x))
+
+
+def _f32_to_f16_slice(u: np.ndarray) -> np.ndarray:
+    a = u & np.uint32(0x7FFFFFFF)
+    # Normal range: rebias the exponent, round the 13 dropped mantissa bits to even.
+    res = (a >> 13) & 1
+    res += a
+    res += np.uint32(0xC8000FFF)          # ((15 - 127) << 23) + 0xFFF, wrapping
+    res >>= 13
+    # Below float16's smallest normal (2**-14), adding 0.5 makes the FPU round
+    # at float16's subnormal spacing (2**-24); computed everywhere, kept where small.
+    with np.errstate(all="ignore"):
+        sub = (a.view(np.float32) + np.float32(0.5)).view(np.uint32)
+    sub -= np.uint32(0x3F000000)
+    np.copyto(res, sub, where=a < np.uint32(0x38800000))
+    np.copyto(res, np.uint32(0x7C00), where=a >= np.uint32(0x47800000))   # overflow, infinity
+    nan = a > np.uint32(0x7F800000)
+    if nan.any():
+        res[nan] = np.uint32(0x7E00) | ((a[nan] >> 13) & np.uint32(0x3FF))
+    res |= (u >> 16) & np.uint32(0x8000)
+    return res
+
+
+def _tables():
+    bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    bf16_to_f16 = f32_to_f16(bf16_to_f32(bits))
+    with np.errstate(all="ignore"):
+        f16_to_bf16 = f32_to_bf16(bits.view(np.float16).astype(np.float32), _F16_NAN_TO_BF16)
+    return bf16_to_f16, f16_to_bf16
+
+
+BF16_TO_F16, F16_TO_BF16 = _tables()
+
+
+_F8_CACHE: dict = {}
+
+
+def _float8_to(src: str, dst: str) -> np.ndarray:
+    """256-entry table float8 -> float16/bfloat16 bits (torch's float8 -> bfloat16 NaN is 0x7FC0)."""
+    key = (src, dst)
+    if key not in _F8_CACHE:
+        f = FLOAT8_TABLES[src]
+        _F8_CACHE[key] = f32_to_f16(f) if dst == "float16" else f32_to_bf16(f, _F16_NAN_TO_BF16)
+    return _F8_CACHE[key]
 
 
 def to_f32(arr: np.ndarray, src: DType) -> np.ndarray:
@@ -74,7 +153,15 @@ def to_f32(arr: np.ndarray, src: DType) -> np.ndarray:
         return bf16_to_f32(arr)
     if src.name in FLOAT8_TABLES:
         return FLOAT8_TABLES[src.name][arr]
-    return arr.astype(np.float32)
+    if src.name == "float32":
+        return arr
+    with np.errstate(all="ignore"):
+        out = arr.astype(np.float32)
+    if src.name == "float16":
+        # The hardware conversion torch uses quiets signalling NaNs; numpy keeps them signalling.
+        bits = out.view(np.uint32)
+        np.bitwise_or(bits, np.uint32(0x00400000), out=bits, where=np.isnan(out))
+    return out
 
 
 def cast(arr: np.ndarray, src: DType, dst: DType) -> np.ndarray:
@@ -85,15 +172,19 @@ def cast(arr: np.ndarray, src: DType, dst: DType) -> np.ndarray:
         if src.exact_numpy and dst.exact_numpy:
             return arr.astype(dst.np_dtype)
         raise ValueError(f"no exact cast from {src.name} to {dst.name}")
+    if src.name == "bfloat16" and dst.name == "float16":
+        return BF16_TO_F16[arr]
+    if src.name == "float16" and dst.name == "bfloat16":
+        return F16_TO_BF16[arr.view(np.uint16)]
+    if src.name in FLOAT8_TABLES and dst.name in ("float16", "bfloat16"):
+        return _float8_to(src.name, dst.name)[arr]
     if dst.name == "float64":
-        if src.name == "float32" or src.name == "float16":
-            return arr.astype(np.float64)
         return to_f32(arr, src).astype(np.float64)
-    wide = to_f32(arr, src) if src.name != "float32" else arr
+    wide = to_f32(arr, src)
     if dst.name == "float32":
-        return wide if wide is not arr else arr.astype(np.float32)
+        return wide
     if dst.name == "float16":
-        return wide.astype(np.float16)
+        return f32_to_f16(wide).view(np.float16)
     if dst.name == "bfloat16":
         return f32_to_bf16(wide)
     raise ValueError(f"casting to {dst.name} is not supported")

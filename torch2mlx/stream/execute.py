@@ -1,11 +1,13 @@
 """Execute a plan: bytes on disk in bounded memory, several tensors in flight at once.
 
 Every output's byte offset is known from the plan, so work is cut into
-independent tasks (a byte range of a tensor that needs no change, or a block
-of rows that is transformed) that worker threads run in any order with
-positional writes. numpy and file I/O release the GIL, so reading, casting
-and writing overlap. When the last task of a shard is done the shard is
-fsynced, hashed and renamed into place by a separate finisher thread.
+independent tasks — a byte range of a tensor that needs no change (copied by
+the kernel), or a block of rows that is transformed — which worker threads
+run with positional writes. numpy and file I/O release the GIL, so reading,
+casting and writing overlap. Tasks run in output order, so a hasher thread
+can follow the written prefix of each shard (sha256 is sequential) while
+the workers move on; a shard is fsynced and renamed into place as soon as
+its last byte is hashed.
 """
 from __future__ import annotations
 
@@ -20,10 +22,11 @@ from .. import rules
 from ..errors import Torch2MLXError
 from . import casts
 from .data import DataReader
-from .plan import Op, Plan, Shard
-from .writers.files import copy_range, fsync_dir, os_error, pwrite_all, sha256_file, temp_name
+from .plan import Op, Plan
+from .writers.files import copy_range, fsync_dir, os_error, pwrite_all, temp_name
 
 CHUNK = 16 * 1024 * 1024
+HASH_CHUNK = 8 * 1024 * 1024
 
 
 @dataclass
@@ -36,7 +39,7 @@ class ShardResult:
 @dataclass
 class _Task:
     op: Op
-    start: int      # rows (or bytes, for copies)
+    start: int      # rows (elements when flat, bytes when copying)
     stop: int
     copy: bool
     flat: bool = False
@@ -52,20 +55,19 @@ def _row_bytes(shape: tuple[int, ...], itemsize: int) -> int:
 def plan_tasks(op: Op, chunk: int) -> list[_Task]:
     if op.passthrough:
         total = op.outputs[0].nbytes
-        step = max(chunk * 4, 1)  # kernel copies need no buffer; bigger pieces, fewer syscalls
+        step = max(chunk * 4, 1)  # kernel copies need no buffer: bigger pieces, fewer syscalls
         return [_Task(op, s, min(s + step, total), True) for s in range(0, total, step)] or [_Task(op, 0, 0, True)]
     out = op.outputs[0]
-    rule = rules.get(op.rule)
     if not out.shape:
         return [_Task(op, 0, 1, False)]
-    flat = rule.elementwise and all(e.contiguous for e in op.sources) and len(out.shape) > 1
+    flat = rules.get(op.rule).elementwise and all(e.contiguous for e in op.sources) and len(out.shape) > 1
     if flat:
-        rows, row = out.nbytes // out.dtype.itemsize, max(e.dtype.itemsize for e in op.sources)
+        rows, row = out.nbytes // out.dtype.itemsize, 1
     else:
         rows = out.shape[0]
-        row = max([_row_bytes(out.shape, 4)] + [_row_bytes(e.shape, e.dtype.itemsize) for e in op.sources])
-    # Blocks widen to float32 on the way, so budget 4 bytes an element.
-    per = max(1, chunk // max(row * 4 // max(out.dtype.itemsize, 1), 1))
+        row = max(1, _row_bytes(out.shape, 1))
+    # Blocks pass through float32 on the way: budget 4 bytes an element, twice.
+    per = max(1, chunk // (row * 8))
     return [_Task(op, s, min(s + per, rows), False, flat) for s in range(0, rows, per)] or [_Task(op, 0, 0, False, flat)]
 
 
@@ -74,17 +76,30 @@ def compute_block(op: Op, reader: DataReader, start: int, stop: int, flat: bool 
     rule = rules.get(op.rule)
     out = op.outputs[0]
     if flat:
-        blocks = [reader.read_flat(e, start, stop) for e in op.sources]
-        block = rule.apply(blocks, op.args, start)
+        block = rule.apply([reader.read_flat(e, start, stop) for e in op.sources], op.args, start)
     elif not out.shape:
-        blocks = [reader.read_all(e) for e in op.sources]
-        block = rule.apply([b.reshape(()) for b in blocks], op.args, 0)
+        block = rule.apply([reader.read_all(e).reshape(()) for e in op.sources], op.args, 0)
     else:
         shapes = [e.shape for e in op.sources]
         blocks = [reader.read_rows(e, s, t, axis) if e.shape else reader.read_all(e)
                   for e, (axis, s, t) in zip(op.sources, rule.source_slices(start, stop, shapes, op.args))]
         block = rule.apply(blocks, op.args, start)
     return casts.cast(block, op.source_dtype, out.dtype)
+
+
+class _ShardState:
+    """Which bytes of a shard are written, so the hasher can follow the contiguous prefix."""
+
+    def __init__(self, index: int, size: int, header_len: int):
+        self.index, self.size = index, size
+        self.done: dict[int, int] = {}
+        self.watermark = header_len
+
+    def add(self, lo: int, hi: int) -> None:
+        if hi > lo:
+            self.done[lo] = hi
+            while self.watermark in self.done:
+                self.watermark = self.done.pop(self.watermark)
 
 
 class Executor:
@@ -94,28 +109,29 @@ class Executor:
         self.workers = workers or min(4, (os.cpu_count() or 2) + 1)
         self.chunk, self.progress, self.drop_cache = chunk, progress, drop_cache
         self._fds: dict[int, int] = {}
-        self._pending: dict[int, int] = {}
-        self._lock = threading.Lock()
+        self._states: dict[int, _ShardState] = {}
+        self._cond = threading.Condition()
+        self._failed = False
         self._local = threading.local()
         self.results: dict[int, ShardResult] = {}
 
-    def _open_shards(self, indices):
-        for i in indices:
-            sh = self.plan.shards[i]
-            tmp = temp_name(os.path.join(self.out_dir, sh.file))
-            try:
-                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-                self._fds[i] = fd
-                pwrite_all(fd, sh.header, 0)
-                if hasattr(os, "posix_fallocate") and sh.size:
-                    try:
-                        os.posix_fallocate(fd, 0, sh.size)  # claim the space now: ENOSPC before hours of work
-                    except OSError as e:
-                        if e.errno not in (95, 22):  # EOPNOTSUPP / EINVAL: filesystem cannot; write will tell
-                            raise
-                os.ftruncate(fd, sh.size)
-            except OSError as e:
-                raise os_error(tmp, e) from None
+    def _open_shard(self, i: int) -> None:
+        sh = self.plan.shards[i]
+        tmp = temp_name(os.path.join(self.out_dir, sh.file))
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._fds[i] = fd
+            pwrite_all(fd, sh.header, 0)
+            if hasattr(os, "posix_fallocate") and sh.size:
+                try:
+                    os.posix_fallocate(fd, 0, sh.size)  # claim the space now: ENOSPC before hours of work
+                except OSError as e:
+                    if e.errno not in (95, 22):  # EOPNOTSUPP / EINVAL: the filesystem cannot; writes will tell
+                        raise
+            os.ftruncate(fd, sh.size)
+        except OSError as e:
+            raise os_error(tmp, e) from None
+        self._states[i] = _ShardState(i, sh.size, len(sh.header))
 
     def _buf(self) -> bytearray:
         b = getattr(self._local, "buf", None)
@@ -135,33 +151,54 @@ class Executor:
                     data = np.ascontiguousarray(src.array).reshape(-1).view(np.uint8)[t.start:t.stop]
                     pwrite_all(fd, data, base + t.start)
                 else:
-                    copy_range(self.reader.fd(src.path), fd, src.offset + t.start, base + t.start, t.stop - t.start, self._buf())
+                    copy_range(self.reader.fd(src.path), fd, src.offset + t.start, base + t.start,
+                               t.stop - t.start, self._buf())
                     self.reader.done_with(src, t.start, t.stop - t.start)
-                return t.stop - t.start
-            block = compute_block(op, self.reader, t.start, t.stop, t.flat)
-            if t.flat:
-                pos = t.start * out.dtype.itemsize
+                lo, hi, done_in = base + t.start, base + t.stop, t.stop - t.start
             else:
-                pos = t.start * _row_bytes(out.shape, out.dtype.itemsize) if out.shape else 0
-            pwrite_all(fd, np.ascontiguousarray(block).reshape(-1).view(np.uint8), base + pos)
+                block = np.ascontiguousarray(compute_block(op, self.reader, t.start, t.stop, t.flat))
+                unit = out.dtype.itemsize if t.flat else (_row_bytes(out.shape, out.dtype.itemsize) if out.shape else 0)
+                lo = base + t.start * unit
+                pwrite_all(fd, block.reshape(-1).view(np.uint8), lo)
+                hi = lo + block.nbytes
+                total = out.nbytes // out.dtype.itemsize if t.flat else (out.shape[0] if out.shape else 1)
+                done_in = op.nbytes_in * (t.stop - t.start) // max(total, 1)
         except OSError as e:
             raise os_error(os.path.join(self.out_dir, self.plan.shards[out.shard].file), e) from None
-        return sum(e.nbytes for e in op.sources) * (t.stop - t.start) // max(self._rows(t), 1)
+        with self._cond:
+            self._states[out.shard].add(lo, hi)
+            self._cond.notify_all()
+        return done_in
 
-    @staticmethod
-    def _rows(t: _Task) -> int:
-        out = t.op.outputs[0]
-        if t.flat:
-            return out.nbytes // out.dtype.itemsize
-        return out.shape[0] if out.shape else 1
+    def _hash_and_finish(self, indices: list[int]) -> None:
+        """Follow each shard's written prefix with sha256; fsync and rename the shard once complete."""
+        import hashlib
+        buf = bytearray(HASH_CHUNK)
+        view = memoryview(buf)
+        for i in indices:
+            st, fd = self._states[i], self._fds[i]
+            h, pos = hashlib.sha256(), 0
+            while pos < st.size:
+                with self._cond:
+                    while st.watermark <= pos and not self._failed:
+                        self._cond.wait()
+                    if self._failed:
+                        return
+                    limit = st.watermark
+                while pos < limit:
+                    n = os.preadv(fd, [view[: min(HASH_CHUNK, limit - pos)]], pos)
+                    if n == 0:
+                        raise Torch2MLXError(f"{self.plan.shards[i].file}: shard shorter than planned")
+                    h.update(view[:n])
+                    pos += n
+            self._finish(i, h.hexdigest())
 
-    def _finish(self, i: int) -> ShardResult:
-        sh: Shard = self.plan.shards[i]
+    def _finish(self, i: int, digest: str) -> None:
+        sh = self.plan.shards[i]
         fd = self._fds[i]
         final = os.path.join(self.out_dir, sh.file)
         try:
             os.fsync(fd)
-            digest = sha256_file(fd, sh.size)
             if self.drop_cache and hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             os.close(fd)
@@ -169,42 +206,38 @@ class Executor:
             os.replace(temp_name(final), final)
         except OSError as e:
             raise os_error(final, e) from None
-        res = ShardResult(sh.file, sh.size, digest)
-        self.results[i] = res
-        return res
+        self.results[i] = ShardResult(sh.file, sh.size, digest)
 
     def run(self, shard_indices=None) -> list[ShardResult]:
         """Write the given shards (default: all); returns their results in shard order."""
-        indices = list(range(len(self.plan.shards))) if shard_indices is None else list(shard_indices)
+        indices = sorted(range(len(self.plan.shards)) if shard_indices is None else shard_indices)
         wanted = set(indices)
-        tasks = [t for op in self.plan.ops if op.outputs[0].shard in wanted for t in plan_tasks(op, self.chunk)]
-        for t in tasks:
-            self._pending[t.op.outputs[0].shard] = self._pending.get(t.op.outputs[0].shard, 0) + 1
-        finisher = ThreadPoolExecutor(1, thread_name_prefix="t2mlx-finish")
+        ops = sorted((op for op in self.plan.ops if op.outputs[0].shard in wanted),
+                     key=lambda op: (op.outputs[0].shard, op.outputs[0].offset))
+        tasks = [t for op in ops for t in plan_tasks(op, self.chunk)]
+        hasher = ThreadPoolExecutor(1, thread_name_prefix="t2mlx-hash")
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="t2mlx-work")
         try:
-            self._open_shards(indices)
-            finishing = [finisher.submit(self._finish, i) for i in indices if not self._pending.get(i)]
-            futures = {pool.submit(self._run, t): t for t in tasks}
+            for i in indices:
+                self._open_shard(i)
+            hashing = hasher.submit(self._hash_and_finish, indices)
+            futures = [pool.submit(self._run, t) for t in tasks]
             for f in as_completed(futures):
-                t = futures[f]
-                n = f.result()  # re-raises the worker's error
+                n = f.result()  # re-raises a worker's error
                 if self.progress:
                     self.progress(n)
-                s = t.op.outputs[0].shard
-                self._pending[s] -= 1
-                if self._pending[s] == 0:
-                    finishing.append(finisher.submit(self._finish, s))
-            for f in finishing:
-                f.result()
+            hashing.result()
             fsync_dir(self.out_dir)
         except BaseException:
+            with self._cond:
+                self._failed = True
+                self._cond.notify_all()
             pool.shutdown(wait=True, cancel_futures=True)
-            finisher.shutdown(wait=True, cancel_futures=True)
+            hasher.shutdown(wait=True, cancel_futures=True)
             self.abort()
             raise
         pool.shutdown()
-        finisher.shutdown()
+        hasher.shutdown()
         return [self.results[i] for i in indices]
 
     def abort(self):
