@@ -43,6 +43,9 @@ def _add_stream(sub):
                    help="force the layout rule of tensors matching REGEX (repeatable; first match wins)")
     p.add_argument("--key", metavar="KEY", help="which entry of a nested checkpoint holds the weights (dotted path)")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty OUT")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted conversion in OUT: keep shards whose size and sha256 match "
+                        "its manifest, redo the rest (output identical to an uninterrupted run)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop; reads headers only")
     p.add_argument("--json", action="store_true", help="print the report (or plan) as JSON on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -56,7 +59,7 @@ def _cmd_stream(args) -> int:
         raise Torch2MLXError("OUT is required (or use --dry-run)")
     res = convert(args.src, args.out, dtype=args.dtype, max_shard_size=args.max_shard_size,
                   strip_prefix=args.strip_prefix, exclude=args.exclude, rules=args.rule, key=args.key,
-                  overwrite=args.overwrite, dry_run=args.dry_run,
+                  overwrite=args.overwrite, dry_run=args.dry_run, resume=args.resume,
                   progress=not args.quiet and not args.json and sys.stderr.isatty(), workers=args.workers)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))

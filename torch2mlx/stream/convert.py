@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -12,6 +13,7 @@ from .checkpoint import Checkpoint, open_checkpoint
 from .data import DataReader
 from .execute import Executor, ShardResult
 from .options import Options
+from . import resume as resume_mod
 from .plan import Plan, RuleSpec, build
 from .writers import output_dir
 
@@ -50,7 +52,7 @@ class Result:
         return format_result(self)
 
 
-def manifest(res: Result, opts: Options) -> dict:
+def manifest(res: Result, opts: Options, complete: bool = True) -> dict:
     return {
         "torch2mlx": __version__,
         "source": res.source,
@@ -61,6 +63,8 @@ def manifest(res: Result, opts: Options) -> dict:
         "shards": {s.file: {"bytes": s.bytes, "sha256": s.sha256} for s in res.shards},
         "dropped": [{"source": n, "why": w} for n, w in res.plan.dropped],
         "warnings": res.plan.warnings,
+        "plan_sha256": resume_mod.fingerprint(res.plan),
+        "complete": complete,
     }
 
 
@@ -76,10 +80,12 @@ def _progress_bar(total: int, enabled: bool):
 def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix=(), exclude=(), rules=(),
             key: str | None = None, overwrite: bool = False, dry_run: bool = False, progress: bool = False,
             workers: int | None = None, specs: list[RuleSpec] | None = None, drop: dict[str, str] | None = None,
-            transform=None, checkpoint: Checkpoint | None = None, drop_cache: bool = False) -> Result:
+            transform=None, checkpoint: Checkpoint | None = None, drop_cache: bool = False,
+            resume: bool = False) -> Result:
     """Convert checkpoint ``src`` (file or directory) into MLX safetensors shards in directory ``out``.
 
-    Options mirror ``t2mlx stream``. ``transform(name, array, dtype)`` may rename
+    Options mirror ``t2mlx stream``. ``resume`` reuses the shards of an interrupted run
+    whose size and sha256 still match its manifest and converts the rest. ``transform(name, array, dtype)`` may rename
     (return ``(new_name, array[, dtype])``), drop (return ``None``) or replace each
     tensor; with a transform, tensors go through ``ShardWriter`` one at a time.
     """
@@ -91,17 +97,38 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
     if dry_run:
         return res
     out = os.fspath(out)
-    output_dir.prepare(out, overwrite=overwrite, src_paths=ck.files)
+    if resume and transform is not None:
+        raise Torch2MLXError("--resume cannot be combined with a transform")
+    do_resume = resume and os.path.isdir(out) and bool(os.listdir(out))
+    output_dir.prepare(out, overwrite=overwrite, src_paths=ck.files, resume=do_resume)
     t0 = time.perf_counter()
-    bar, update = _progress_bar(plan.nbytes_in, progress)
+    todo = list(range(len(plan.shards)))
+    done: dict[int, ShardResult] = {}
+    if do_resume:
+        keep, digests, notes = resume_mod.finished_shards(plan, out, resume_mod.fingerprint(plan))
+        plan.notes += notes
+        done = {i: ShardResult(plan.shards[i].file, plan.shards[i].size, digests[i]) for i in keep}
+        todo = [i for i in todo if i not in done]
+    bar, update = _progress_bar(sum(op.nbytes_in for op in plan.ops if op.outputs[0].shard in todo), progress)
+    lock = threading.Lock()
+    index_of = {s.file: i for i, s in enumerate(plan.shards)}
+
+    def shard_done(r: ShardResult):
+        # Record each finished shard at once: a crash later loses only unfinished shards.
+        with lock:
+            done[index_of[r.file]] = r
+            res.shards = [done[i] for i in sorted(done)]
+            output_dir.write_manifest(out, manifest(res, opts, complete=False))
     try:
         if transform is not None:
             from .transform import run_transform
             res.shards = run_transform(plan, out, transform, opts, update)
         else:
             with DataReader(drop_cache=drop_cache) as reader:
-                ex = Executor(plan, out, reader=reader, workers=workers, progress=update, drop_cache=drop_cache)
-                res.shards = ex.run()
+                ex = Executor(plan, out, reader=reader, workers=workers, progress=update, drop_cache=drop_cache,
+                              on_shard=shard_done)
+                ex.run(todo)
+            res.shards = [done[i] for i in sorted(done)]
     finally:
         if bar is not None:
             bar.close()

@@ -73,6 +73,11 @@ def plan_tasks(op: Op, chunk: int) -> list[_Task]:
 
 def compute_block(op: Op, reader: DataReader, start: int, stop: int, flat: bool = False) -> np.ndarray:
     """Output rows [start, stop) of ``op``'s first output, cast to its dtype."""
+    return compute_outputs(op, reader, start, stop, flat)[0]
+
+
+def compute_outputs(op: Op, reader: DataReader, start: int, stop: int, flat: bool = False) -> list[np.ndarray]:
+    """Rows [start, stop) of every output of ``op`` (several when a tensor is quantized)."""
     rule = rules.get(op.rule)
     out = op.outputs[0]
     if flat:
@@ -84,7 +89,9 @@ def compute_block(op: Op, reader: DataReader, start: int, stop: int, flat: bool 
         blocks = [reader.read_rows(e, s, t, axis) if e.shape else reader.read_all(e)
                   for e, (axis, s, t) in zip(op.sources, rule.source_slices(start, stop, shapes, op.args))]
         block = rule.apply(blocks, op.args, start)
-    return casts.cast(block, op.source_dtype, out.dtype)
+    if op.transform is not None:
+        return op.transform(block, op)
+    return [casts.cast(block, op.source_dtype, out.dtype)]
 
 
 class _ShardState:
@@ -104,8 +111,9 @@ class _ShardState:
 
 class Executor:
     def __init__(self, plan: Plan, out_dir: str, *, reader: DataReader, workers: int | None = None,
-                 chunk: int = CHUNK, progress=None, drop_cache: bool = False):
+                 chunk: int = CHUNK, progress=None, drop_cache: bool = False, on_shard=None):
         self.plan, self.out_dir, self.reader = plan, out_dir, reader
+        self.on_shard = on_shard  # called with each ShardResult once the shard is in place
         self.workers = workers or min(4, (os.cpu_count() or 2) + 1)
         self.chunk, self.progress, self.drop_cache = chunk, progress, drop_cache
         self._fds: dict[int, int] = {}
@@ -154,19 +162,22 @@ class Executor:
                     copy_range(self.reader.fd(src.path), fd, src.offset + t.start, base + t.start,
                                t.stop - t.start, self._buf())
                     self.reader.done_with(src, t.start, t.stop - t.start)
-                lo, hi, done_in = base + t.start, base + t.stop, t.stop - t.start
+                ranges, done_in = [(out.shard, base + t.start, base + t.stop)], t.stop - t.start
             else:
-                block = np.ascontiguousarray(compute_block(op, self.reader, t.start, t.stop, t.flat))
-                unit = out.dtype.itemsize if t.flat else (_row_bytes(out.shape, out.dtype.itemsize) if out.shape else 0)
-                lo = base + t.start * unit
-                pwrite_all(fd, block.reshape(-1).view(np.uint8), lo)
-                hi = lo + block.nbytes
+                ranges = []
+                for o, block in zip(op.outputs, compute_outputs(op, self.reader, t.start, t.stop, t.flat)):
+                    block = np.ascontiguousarray(block)
+                    unit = o.dtype.itemsize if t.flat else (_row_bytes(o.shape, o.dtype.itemsize) if o.shape else 0)
+                    at = len(self.plan.shards[o.shard].header) + o.offset + t.start * unit
+                    pwrite_all(self._fds[o.shard], block.reshape(-1).view(np.uint8), at)
+                    ranges.append((o.shard, at, at + block.nbytes))
                 total = out.nbytes // out.dtype.itemsize if t.flat else (out.shape[0] if out.shape else 1)
                 done_in = op.nbytes_in * (t.stop - t.start) // max(total, 1)
         except OSError as e:
             raise os_error(os.path.join(self.out_dir, self.plan.shards[out.shard].file), e) from None
         with self._cond:
-            self._states[out.shard].add(lo, hi)
+            for shard, lo, hi in ranges:
+                self._states[shard].add(lo, hi)
             self._cond.notify_all()
         return done_in
 
@@ -207,6 +218,8 @@ class Executor:
         except OSError as e:
             raise os_error(final, e) from None
         self.results[i] = ShardResult(sh.file, sh.size, digest)
+        if self.on_shard:
+            self.on_shard(self.results[i])
 
     def run(self, shard_indices=None) -> list[ShardResult]:
         """Write the given shards (default: all); returns their results in shard order."""

@@ -51,6 +51,9 @@ class Op:
     rule_source: str          # model | user | inferred | default
     args: dict
     outputs: list[Output]
+    # Replaces the final cast: block -> one array per output (quantization, fp8 scaling).
+    transform: object = None
+    transform_info: dict | None = None
 
     @property
     def source_dtype(self) -> DType:
@@ -68,7 +71,7 @@ class Op:
     def passthrough(self) -> bool:
         """Bytes can be copied as they are (by the kernel, when they live in a file)."""
         (src,) = self.sources if len(self.sources) == 1 else (None,)
-        return (src is not None and self.rule == "identity" and len(self.outputs) == 1
+        return (src is not None and self.rule == "identity" and len(self.outputs) == 1 and self.transform is None
                 and self.outputs[0].dtype == src.dtype and src.contiguous
                 and (src.byteorder == "little" or src.dtype.itemsize == 1))
 
