@@ -68,12 +68,32 @@ def _cmd_stream(args) -> int:
     return 0
 
 
+def _add_verify(sub):
+    p = sub.add_parser("verify", help="check a conversion: hashes, headers, index, and every tensor against its source",
+                       description="Re-read SRC and OUT tensor by tensor (bounded memory) and check that every output "
+                                   "tensor equals its rule applied to its source, every shard's sha256 matches the "
+                                   "manifest and the index matches the shards. Exit 0 only when all hold.")
+    p.add_argument("src", metavar="SRC", help="the checkpoint that was converted")
+    p.add_argument("out", metavar="OUT", help="the conversion's output directory")
+    p.add_argument("--quick", action="store_true", help="hashes, headers and index only; no tensor values")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_verify)
+
+
+def _cmd_verify(args) -> int:
+    from .stream.verify import verify
+    rep = verify(args.src, args.out, quick=args.quick)
+    print(json.dumps(rep.to_dict(), indent=2) if args.json else rep.text())
+    return 0 if rep.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="t2mlx", description="Move PyTorch checkpoints and models to Apple MLX.")
     ap.add_argument("--version", action="version", version=f"torch2mlx {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_stream(sub)
+    _add_verify(sub)
     return ap
 
 

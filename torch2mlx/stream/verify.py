@@ -1,0 +1,144 @@
+"""``verify``: re-read source and output tensor by tensor and check the conversion holds.
+
+Checks, in order: every shard's size and sha256 against the manifest; every
+shard's safetensors header against the format's rules; the index against the
+shards; then (unless ``quick``) every output tensor against its rule applied
+to its source, block by block, in the same bounded memory as the conversion.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import dtypes
+from ..errors import Torch2MLXError
+from .checkpoint import open_checkpoint
+from .data import DataReader
+from .execute import CHUNK, compute_outputs, plan_tasks
+from .plan import Op, Output
+from .readers import safetensors as st_reader
+from .writers.files import sha256_file
+from .writers.output_dir import INDEX, MANIFEST
+
+
+@dataclass
+class VerifyReport:
+    out: str
+    checked_shards: int = 0
+    checked_tensors: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return {"out": self.out, "ok": self.ok, "shards": self.checked_shards,
+                "tensors": self.checked_tensors, "problems": self.problems}
+
+    def text(self) -> str:
+        head = (f"verified {self.checked_shards} shard(s), {self.checked_tensors} tensor(s) in {self.out}: "
+                + ("OK" if self.ok else f"{len(self.problems)} problem(s)"))
+        return "\n".join([head] + [f"  {p}" for p in self.problems[:50]]
+                         + ([f"  ... and {len(self.problems) - 50} more"] if len(self.problems) > 50 else []))
+
+
+def _load_json(path: str, what: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            obj = json.loads(f.read())
+    except FileNotFoundError:
+        raise Torch2MLXError(f"{path}: missing {what} (not a complete torch2mlx output)") from None
+    except (OSError, ValueError) as e:
+        raise Torch2MLXError(f"{path}: unreadable {what} ({e})") from None
+    if not isinstance(obj, dict):
+        raise Torch2MLXError(f"{path}: {what} is not a JSON object")
+    return obj
+
+
+def verify(src, out, *, quick: bool = False, progress=None) -> VerifyReport:
+    out = os.fspath(out)
+    rep = VerifyReport(out)
+    manifest = _load_json(os.path.join(out, MANIFEST), "manifest torch2mlx.json")
+    index = _load_json(os.path.join(out, INDEX), "index " + INDEX)
+    shards = manifest.get("shards") or {}
+    outputs: dict[str, object] = {}
+    for file, rec in sorted(shards.items()):
+        path = os.path.join(out, file)
+        if not os.path.isfile(path):
+            rep.problems.append(f"{file}: listed in the manifest but missing")
+            continue
+        size = os.path.getsize(path)
+        if size != rec.get("bytes"):
+            rep.problems.append(f"{file}: {size} bytes, manifest says {rec.get('bytes')}")
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            digest = sha256_file(fd, size)
+        finally:
+            os.close(fd)
+        if digest != rec.get("sha256"):
+            rep.problems.append(f"{file}: sha256 {digest[:12]}... differs from the manifest's {str(rec.get('sha256'))[:12]}...")
+        try:
+            entries, meta = st_reader.read_entries(path)
+        except Torch2MLXError as e:
+            rep.problems.append(str(e))
+            continue
+        for e in entries:
+            outputs[e.name] = e
+        rep.checked_shards += 1
+    wm = index.get("weight_map") or {}
+    for name, file in wm.items():
+        e = outputs.get(name)
+        if e is None or os.path.basename(e.path) != file:
+            rep.problems.append(f"index: {name!r} -> {file}, but that shard does not hold it")
+    for name in outputs.keys() - wm.keys():
+        rep.problems.append(f"index: {name!r} is in a shard but not in the index")
+    total = sum(e.nbytes for e in outputs.values())
+    if (index.get("metadata") or {}).get("total_size") != total:
+        rep.problems.append(f"index: total_size {(index.get('metadata') or {}).get('total_size')} != {total} bytes of tensors")
+    if quick:
+        return rep
+    _verify_values(src, manifest, outputs, rep, progress)
+    return rep
+
+
+def _verify_values(src, manifest, outputs, rep: VerifyReport, progress) -> None:
+    opts = manifest.get("options") or {}
+    ck = open_checkpoint(src, key=opts.get("key"))
+    by_name = {e.name: e for e in ck.entries}
+    with DataReader() as reader:
+        for name, rec in (manifest.get("tensors") or {}).items():
+            srcs = rec["source"] if isinstance(rec["source"], list) else [rec["source"]]
+            missing = [s for s in srcs if s not in by_name]
+            got = outputs.get(name)
+            if missing or got is None:
+                rep.problems.append(f"{name}: " + (f"source {missing[0]!r} not in {src}" if missing else "missing from the shards"))
+                continue
+            entries = [by_name[s] for s in srcs]
+            op = Op(entries, rec["rule"], rec.get("rule_source", "?"), rec.get("args") or {},
+                    [Output(name, dtypes.get(rec["dtype"]), tuple(rec["shape"]))])
+            why = _compare(op, got, reader)
+            if why:
+                rep.problems.append(f"{name}: {why}")
+            rep.checked_tensors += 1
+            if progress:
+                progress(sum(e.nbytes for e in entries))
+
+
+def _compare(op: Op, got, reader: DataReader) -> str | None:
+    out = op.outputs[0]
+    if tuple(got.shape) != out.shape or got.dtype != out.dtype:
+        return f"is {got.dtype.name}{list(got.shape)}, expected {out.dtype.name}{list(out.shape)}"
+    for t in plan_tasks(op, CHUNK):
+        if t.copy:
+            want = reader.read_flat(op.sources[0], t.start // out.dtype.itemsize, t.stop // out.dtype.itemsize)
+            have = reader.read_flat(got, t.start // out.dtype.itemsize, t.stop // out.dtype.itemsize)
+        else:
+            want = compute_outputs(op, reader, t.start, t.stop, t.flat)[0]
+            have = reader.read_flat(got, t.start, t.stop) if t.flat else reader.read_rows(got, t.start, t.stop)
+        if np.ascontiguousarray(want).tobytes() != np.ascontiguousarray(have).tobytes():
+            return f"differs from rule {op.rule} applied to {'+'.join(e.name for e in op.sources)}"
+    return None
