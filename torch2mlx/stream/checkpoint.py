@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 from ..errors import CheckpointError, Torch2MLXError
 from .entry import TensorEntry
-from .readers import pickled, safetensors
+from .readers import npz, pickled, safetensors
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-WEIGHT_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
+WEIGHT_SUFFIXES = (".safetensors", ".npz") + PICKLE_SUFFIXES
 # Files in model directories that hold training state, not weights.
 NOT_WEIGHTS = ("optimizer.pt", "scheduler.pt", "training_args.bin", "rng_state.pth", "scaler.pt")
 SIDECAR_SUFFIXES = (".json", ".txt", ".model", ".py", ".jinja", ".tiktoken", ".md")
@@ -29,6 +29,7 @@ class Checkpoint:
     notes: list[str] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
     config: dict | None = None
+    layout: str = "torch"     # "mlx" when the source is already in MLX layout (mx.savez, format=mlx shards)
 
     @property
     def nbytes(self) -> int:
@@ -56,6 +57,8 @@ class Checkpoint:
 def _file_format(path: str) -> str:
     if path.endswith(".safetensors"):
         return "safetensors"
+    if path.endswith(".npz"):
+        return "npz"
     if path.endswith(PICKLE_SUFFIXES):
         return "pickle"
     # Unknown suffix: sniff the first bytes.
@@ -71,6 +74,9 @@ def _read_file(path: str, key: str | None) -> tuple[list[TensorEntry], list[str]
     if fmt == "safetensors":
         entries, meta = safetensors.read_entries(path)
         return entries, [], meta, "safetensors"
+    if fmt == "npz":
+        entries, notes = npz.read_entries(path)
+        return entries, notes, {}, "npz"
     entries, notes = pickled.read_entries(path, key)
     return entries, notes, {}, "pickle"
 
@@ -101,7 +107,7 @@ def _find_index(d: str, names: list[str]) -> str | None:
 
 def _weight_files(d: str, names: list[str], notes: list[str]) -> list[str]:
     st = sorted(n for n in names if n.endswith(".safetensors"))
-    pk = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES) and n not in NOT_WEIGHTS)
+    pk = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES + (".npz",)) and n not in NOT_WEIGHTS)
     skipped = sorted(n for n in names if n in NOT_WEIGHTS)
     if skipped:
         notes.append(f"{d}: skipped training-state files {', '.join(skipped)}")
@@ -118,7 +124,7 @@ def open_checkpoint(path: str, key: str | None = None) -> Checkpoint:
         raise Torch2MLXError(f"{path}: no such file or directory")
     if os.path.isfile(path):
         entries, notes, meta, fmt = _read_file(path, key)
-        ck = Checkpoint(path, entries, [path], fmt, notes=notes, metadata=meta)
+        ck = Checkpoint(path, entries, [path], fmt, notes=notes, metadata=meta, layout=_layout(fmt, meta))
         _check_duplicates(ck)
         return ck
     if not os.path.isdir(path):
@@ -170,9 +176,14 @@ def open_checkpoint(path: str, key: str | None = None) -> Checkpoint:
         except (OSError, ValueError):
             notes.append(f"{path}/config.json is not valid JSON; copied as is")
     ck = Checkpoint(path, entries, [os.path.join(path, f) for f in files], "+".join(sorted(fmts)),
-                    sidecars=sidecars, notes=notes, metadata=meta, config=config if isinstance(config, dict) else None)
+                    sidecars=sidecars, notes=notes, metadata=meta, config=config if isinstance(config, dict) else None,
+                    layout=_layout("+".join(sorted(fmts)), meta))
     _check_duplicates(ck)
     return ck
+
+
+def _layout(fmt: str, meta: dict) -> str:
+    return "mlx" if fmt == "npz" or meta.get("format") == "mlx" else "torch"
 
 
 def _check_duplicates(ck: Checkpoint):

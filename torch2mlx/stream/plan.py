@@ -231,7 +231,9 @@ def build(ck: Checkpoint, opts: Options, specs: list[RuleSpec] | None = None,
             continue
         rule = _user_rule(e.name, opts)
         source = "user"
-        if rule is None:
+        if rule is None and ck.layout == "mlx":
+            rule, source = "identity", "default"
+        elif rule is None:
             guess = rules.infer(e.name, e.shape, e.dtype.is_float)
             rule, source = (guess, "inferred") if guess else ("identity", "default")
             if guess:
@@ -239,6 +241,8 @@ def build(ck: Checkpoint, opts: Options, specs: list[RuleSpec] | None = None,
                                 f"(override with --rule '{e.name}=identity')")
         ops.append(_make_op([e], out_name, rule, source, {}, opts, warnings))
 
+    if ck.layout == "mlx" and not specs:
+        warnings.append("source is already in MLX layout (format=mlx / .npz): no layout rules inferred")
     if not ops:
         raise Torch2MLXError(f"{ck.path}: nothing to convert (all {len(ck.entries)} tensors were dropped or excluded)")
     seen: dict[str, str] = {}
