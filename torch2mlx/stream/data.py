@@ -66,10 +66,10 @@ class DataReader:
                     self._fds[path] = fd
         return fd
 
-    def done_with(self, entry: TensorEntry, start: int, length: int) -> None:
+    def done_with_range(self, path: str, offset: int, length: int) -> None:
         """Let the kernel drop source pages we will not read again (keeps the page cache for the user)."""
-        if self.drop_cache and entry.path and hasattr(os, "posix_fadvise") and length > 0:
-            os.posix_fadvise(self.fd(entry.path), entry.offset + start, length, os.POSIX_FADV_DONTNEED)
+        if self.drop_cache and hasattr(os, "posix_fadvise") and length > 0:
+            os.posix_fadvise(self.fd(path), offset, length, os.POSIX_FADV_DONTNEED)
 
     def read_rows(self, entry: TensorEntry, start: int, stop: int, axis: int = 0) -> np.ndarray:
         """Elements ``[start, stop)`` along ``axis`` as a C-contiguous little-endian array."""

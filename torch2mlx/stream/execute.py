@@ -45,6 +45,21 @@ class _Task:
     flat: bool = False
 
 
+@dataclass
+class _Copy:
+    """Bytes copied file to file unchanged; adjacent tensors merge into one run."""
+
+    path: str
+    src: int
+    shard: int
+    dst: int            # absolute offset in the shard file
+    n: int
+
+    def follows(self, other: "_Copy") -> bool:
+        return (other.path == self.path and other.shard == self.shard
+                and other.src + other.n == self.src and other.dst + other.n == self.dst)
+
+
 def _row_bytes(shape: tuple[int, ...], itemsize: int) -> int:
     n = itemsize
     for d in shape[1:]:
@@ -69,6 +84,48 @@ def plan_tasks(op: Op, chunk: int) -> list[_Task]:
     # Blocks pass through float32 on the way: budget 4 bytes an element, twice.
     per = max(1, chunk // (row * 8))
     return [_Task(op, s, min(s + per, rows), False, flat) for s in range(0, rows, per)] or [_Task(op, 0, 0, False, flat)]
+
+
+def batches(plan: Plan, ops: list[Op], chunk: int) -> list[list]:
+    """Units of work grouped so each batch moves about ``chunk`` bytes.
+
+    Thousands of small tensors would otherwise cost a thread hand-off each;
+    kernel copies of tensors that sit back to back in both files become one copy.
+    """
+    units: list = []
+    for op in ops:
+        for t in plan_tasks(op, chunk):
+            src = op.sources[0]
+            if t.copy and src.array is None:
+                out = op.outputs[0]
+                c = _Copy(src.path, src.offset + t.start, out.shard,
+                          len(plan.shards[out.shard].header) + out.offset + t.start, t.stop - t.start)
+                if units and isinstance(units[-1], _Copy) and c.follows(units[-1]) and units[-1].n + c.n <= 4 * chunk:
+                    units[-1].n += c.n
+                    continue
+                units.append(c)
+            else:
+                units.append(t)
+    out, cur, size = [], [], 0
+    for u in units:
+        n = u.n if isinstance(u, _Copy) else u.op.nbytes_out * (u.stop - u.start) // max(_rows_of(u), 1)
+        if cur and size + n > chunk:
+            out.append(cur)
+            cur, size = [], 0
+        cur.append(u)
+        size += n
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _rows_of(t: _Task) -> int:
+    out = t.op.outputs[0]
+    if t.copy:
+        return out.nbytes
+    if t.flat:
+        return out.nbytes // out.dtype.itemsize
+    return out.shape[0] if out.shape else 1
 
 
 def compute_block(op: Op, reader: DataReader, start: int, stop: int, flat: bool = False) -> np.ndarray:
@@ -147,39 +204,42 @@ class Executor:
             b = self._local.buf = bytearray(8 << 20)
         return b
 
-    def _run(self, t: _Task) -> int:
-        op = t.op
-        out = op.outputs[0]
-        fd = self._fds[out.shard]
-        base = len(self.plan.shards[out.shard].header) + out.offset
-        try:
-            if t.copy:
-                src = op.sources[0]
-                if src.array is not None:
-                    data = np.ascontiguousarray(src.array).reshape(-1).view(np.uint8)[t.start:t.stop]
-                    pwrite_all(fd, data, base + t.start)
-                else:
-                    copy_range(self.reader.fd(src.path), fd, src.offset + t.start, base + t.start,
-                               t.stop - t.start, self._buf())
-                    self.reader.done_with(src, t.start, t.stop - t.start)
-                ranges, done_in = [(out.shard, base + t.start, base + t.stop)], t.stop - t.start
-            else:
-                ranges = []
-                for o, block in zip(op.outputs, compute_outputs(op, self.reader, t.start, t.stop, t.flat)):
-                    block = np.ascontiguousarray(block)
-                    unit = o.dtype.itemsize if t.flat else (_row_bytes(o.shape, o.dtype.itemsize) if o.shape else 0)
-                    at = len(self.plan.shards[o.shard].header) + o.offset + t.start * unit
-                    pwrite_all(self._fds[o.shard], block.reshape(-1).view(np.uint8), at)
-                    ranges.append((o.shard, at, at + block.nbytes))
-                total = out.nbytes // out.dtype.itemsize if t.flat else (out.shape[0] if out.shape else 1)
-                done_in = op.nbytes_in * (t.stop - t.start) // max(total, 1)
-        except OSError as e:
-            raise os_error(os.path.join(self.out_dir, self.plan.shards[out.shard].file), e) from None
+    def _run(self, batch: list) -> int:
+        ranges, done_in = [], 0
+        for u in batch:
+            try:
+                done_in += self._copy(u, ranges) if isinstance(u, _Copy) else self._unit(u, ranges)
+            except OSError as e:
+                shard = u.shard if isinstance(u, _Copy) else u.op.outputs[0].shard
+                raise os_error(os.path.join(self.out_dir, self.plan.shards[shard].file), e) from None
         with self._cond:
             for shard, lo, hi in ranges:
                 self._states[shard].add(lo, hi)
             self._cond.notify_all()
         return done_in
+
+    def _copy(self, c: _Copy, ranges: list) -> int:
+        copy_range(self.reader.fd(c.path), self._fds[c.shard], c.src, c.dst, c.n, self._buf())
+        self.reader.done_with_range(c.path, c.src, c.n)
+        ranges.append((c.shard, c.dst, c.dst + c.n))
+        return c.n
+
+    def _unit(self, t: _Task, ranges: list) -> int:
+        op = t.op
+        if t.copy:  # an in-memory source: its bytes are already here
+            out = op.outputs[0]
+            at = len(self.plan.shards[out.shard].header) + out.offset + t.start
+            data = np.ascontiguousarray(op.sources[0].array).reshape(-1).view(np.uint8)[t.start:t.stop]
+            pwrite_all(self._fds[out.shard], data, at)
+            ranges.append((out.shard, at, at + data.nbytes))
+            return data.nbytes
+        for o, block in zip(op.outputs, compute_outputs(op, self.reader, t.start, t.stop, t.flat)):
+            block = np.ascontiguousarray(block)
+            unit = o.dtype.itemsize if t.flat else (_row_bytes(o.shape, o.dtype.itemsize) if o.shape else 0)
+            at = len(self.plan.shards[o.shard].header) + o.offset + t.start * unit
+            pwrite_all(self._fds[o.shard], block.reshape(-1).view(np.uint8), at)
+            ranges.append((o.shard, at, at + block.nbytes))
+        return op.nbytes_in * (t.stop - t.start) // max(_rows_of(t), 1)
 
     def _hash_and_finish(self, indices: list[int]) -> None:
         """Follow each shard's written prefix with sha256; fsync and rename the shard once complete."""
@@ -227,14 +287,14 @@ class Executor:
         wanted = set(indices)
         ops = sorted((op for op in self.plan.ops if op.outputs[0].shard in wanted),
                      key=lambda op: (op.outputs[0].shard, op.outputs[0].offset))
-        tasks = [t for op in ops for t in plan_tasks(op, self.chunk)]
+        work = batches(self.plan, ops, self.chunk)
         hasher = ThreadPoolExecutor(1, thread_name_prefix="t2mlx-hash")
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="t2mlx-work")
         try:
             for i in indices:
                 self._open_shard(i)
             hashing = hasher.submit(self._hash_and_finish, indices)
-            futures = [pool.submit(self._run, t) for t in tasks]
+            futures = [pool.submit(self._run, b) for b in work]
             for f in as_completed(futures):
                 n = f.result()  # re-raises a worker's error
                 if self.progress:
