@@ -49,6 +49,8 @@ def _add_stream(sub):
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop; reads headers only")
     p.add_argument("--json", action="store_true", help="print the report (or plan) as JSON on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--keep-cache", action="store_true",
+                   help="leave converted bytes in the page cache (default: drop them, so big runs do not evict your apps)")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="worker threads (default: cores + 1, max 4)")
     p.set_defaults(func=_cmd_stream)
 
@@ -59,7 +61,7 @@ def _cmd_stream(args) -> int:
         raise Torch2MLXError("OUT is required (or use --dry-run)")
     res = convert(args.src, args.out, dtype=args.dtype, max_shard_size=args.max_shard_size,
                   strip_prefix=args.strip_prefix, exclude=args.exclude, rules=args.rule, key=args.key,
-                  overwrite=args.overwrite, dry_run=args.dry_run, resume=args.resume,
+                  overwrite=args.overwrite, dry_run=args.dry_run, resume=args.resume, drop_cache=not args.keep_cache,
                   progress=not args.quiet and not args.json and sys.stderr.isatty(), workers=args.workers)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))

@@ -80,12 +80,14 @@ def _progress_bar(total: int, enabled: bool):
 def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix=(), exclude=(), rules=(),
             key: str | None = None, overwrite: bool = False, dry_run: bool = False, progress: bool = False,
             workers: int | None = None, specs: list[RuleSpec] | None = None, drop: dict[str, str] | None = None,
-            transform=None, checkpoint: Checkpoint | None = None, drop_cache: bool = False,
+            transform=None, checkpoint: Checkpoint | None = None, drop_cache: bool = True,
             resume: bool = False) -> Result:
     """Convert checkpoint ``src`` (file or directory) into MLX safetensors shards in directory ``out``.
 
     Options mirror ``t2mlx stream``. ``resume`` reuses the shards of an interrupted run
-    whose size and sha256 still match its manifest and converts the rest. ``transform(name, array, dtype)`` may rename
+    whose size and sha256 still match its manifest and converts the rest. ``drop_cache``
+    tells the kernel to drop the pages of bytes already converted, so a 140 GB run
+    does not push the user's applications out of memory. ``transform(name, array, dtype)`` may rename
     (return ``(new_name, array[, dtype])``), drop (return ``None``) or replace each
     tensor; with a transform, tensors go through ``ShardWriter`` one at a time.
     """

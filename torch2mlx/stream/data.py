@@ -88,6 +88,7 @@ class DataReader:
             out = np.empty(sub, dtype=carrier)
             if out.nbytes:
                 pread_into(self.fd(entry.path), out, entry.offset + start * row, entry.path)
+                self.done_with_range(entry.path, entry.offset + start * row, out.nbytes)
         else:
             out = self._strided(entry, start, stop, axis, shape, carrier)
         if entry.byteorder == "big" and entry.dtype.itemsize > 1:
@@ -132,6 +133,7 @@ class DataReader:
         out = np.empty(stop - start, dtype=entry.dtype.np_dtype)
         if out.nbytes:
             pread_into(self.fd(entry.path), out, entry.offset + start * entry.dtype.itemsize, entry.path)
+            self.done_with_range(entry.path, entry.offset + start * entry.dtype.itemsize, out.nbytes)
         if entry.byteorder == "big" and entry.dtype.itemsize > 1:
             out.byteswap(inplace=True)
         return out
