@@ -119,6 +119,12 @@ def test_row_blocks_equal_whole(bits):
     assert whole[0].shape == (6, 37, 256 * bits // 32) and whole[1].shape == (6, 37, 4)
 
 
+def test_empty_rows():
+    packed, scales, biases = quant.quantize(np.zeros((2, 0, 128), np.float32), 3, 64)
+    assert packed.shape == (2, 0, 12) and scales.shape == biases.shape == (2, 0, 2)
+    assert quant.dequantize(packed, scales, biases, 3, 64).shape == (2, 0, 128)
+
+
 @pytest.mark.parametrize("src,out", [("bfloat16", "float16"), ("float32", "bfloat16"),
                                      ("float16", "float32"), ("float8_e4m3fn", "bfloat16")])
 def test_out_dtype_casts_first(src, out):

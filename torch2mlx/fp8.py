@@ -122,8 +122,9 @@ def dequantize(w: np.ndarray, fp8_dtype: DType | str, scale: np.ndarray | None =
     if scale is None:
         return cast(w, src, out)
     shape = tuple(w.shape) if weight_shape is None else tuple(weight_shape)
-    if tuple(w.shape[1:]) != shape[1:] or start + (w.shape[0] if w.ndim else 1) > (shape[0] if shape else 1):
-        raise ValueError(f"rows of shape {w.shape} from {start} do not fit a weight of shape {shape}")
+    if not shape or tuple(w.shape[1:]) != shape[1:] or start + len(w) > shape[0]:
+        raise ValueError(f"rows of shape {w.shape} from {start} do not fit a weight of shape {shape}"
+                         " (a scaled float8 tensor needs at least one axis)")
     scale = np.asarray(scale)
     blocks = block_shape(shape, scale.shape, block)
     s = _scale_rows(to_f32(scale, _dtype(scale_dtype)), blocks, tuple(w.shape), start)

@@ -29,6 +29,12 @@ least-significant bits first into one continuous little-endian bit stream, so
 
 ``mx.dequantize`` is ``T(T(scale * q) + bias)``: two rounded ops, no fused
 multiply-add.
+
+MLX's Metal kernel (a Mac's default device) is not this path: it starts the
+group max at 0 rather than -inf, rounds half away from zero and divides in
+Metal float arithmetic, so mlx-lm converting on a GPU can differ from this
+module (and from MLX on the CPU) in groups with no positive value and in codes
+at a rounding tie.
 """
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ import numpy as np
 
 from . import dtypes
 from .dtypes import DType
-from .stream.casts import bf16_to_f32, cast, f32_to_bf16
+from .stream.casts import cast, f32_to_bf16, to_f32
 
 BITS = (1, 2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
@@ -56,12 +62,6 @@ def _check(bits: int, group_size: int) -> None:
         raise ValueError(f"bits must be one of {BITS}, got {bits}")
     if group_size not in GROUP_SIZES:
         raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {group_size}")
-
-
-def _as_f32(arr: np.ndarray, dt: DType) -> np.ndarray:
-    if dt.name == "bfloat16":
-        return bf16_to_f32(arr)
-    return arr.astype(np.float32, copy=False)
 
 
 def _from_f32(x: np.ndarray, dt: DType) -> np.ndarray:
@@ -212,7 +212,7 @@ def _pack_T(codesT: np.ndarray, bits: int, rows: int) -> np.ndarray:
 def _groups_T(block: np.ndarray, dt: DType, group_size: int) -> np.ndarray:
     """Rows of ``dt`` values/bits -> float32 groups as columns ``(group_size, G)``."""
     # Transposing the (narrower) source before widening moves fewer bytes.
-    return _as_f32(np.ascontiguousarray(block.reshape(-1, group_size).T), dt)
+    return to_f32(np.ascontiguousarray(block.reshape(-1, group_size).T), dt)
 
 
 def quantize(w: np.ndarray, bits: int = 4, group_size: int = 64,
@@ -252,7 +252,7 @@ def quantize(w: np.ndarray, bits: int = 4, group_size: int = 64,
         packed[r:r + step] = _pack_T(codes, bits, block.shape[0])
         scales[r:r + step] = scale.reshape(-1, groups)
         biases[r:r + step] = bias.reshape(-1, groups)
-    return (packed.reshape(*lead, -1), _from_f32(scales, out).reshape(*lead, groups),
+    return (packed.reshape(*lead, k * bits // 32), _from_f32(scales, out).reshape(*lead, groups),
             _from_f32(biases, out).reshape(*lead, groups))
 
 
@@ -268,8 +268,8 @@ def dequantize(packed: np.ndarray, scales: np.ndarray, biases: np.ndarray, bits:
     q = unpack_codes(np.asarray(packed), bits).astype(np.float32)
     lead, k = q.shape[:-1], q.shape[-1]
     q = q.reshape(*lead, k // group_size, group_size)
-    s = _as_f32(np.asarray(scales), dt)[..., None]
-    b = _as_f32(np.asarray(biases), dt)[..., None]
+    s = to_f32(np.asarray(scales), dt)[..., None]
+    b = to_f32(np.asarray(biases), dt)[..., None]
     with np.errstate(invalid="ignore", over="ignore"):
-        prod = _as_f32(_from_f32(q * s, dt), dt)
+        prod = to_f32(_from_f32(q * s, dt), dt)
         return _from_f32(prod + b, dt).reshape(*lead, k)
