@@ -181,6 +181,13 @@ def test_rejects_what_mlx_cannot_do(kwargs, msg):
         quant.quantize(np.zeros((2, 128), np.float32), **kwargs)
 
 
+def test_src_dtype_from_numpy_or_named():
+    x = np.random.default_rng(1).standard_normal((2, 64)).astype(np.float16)
+    assert all(same_bits(a, b) for a, b in zip(quant.quantize(x, 4, 32), quant.quantize(x, 4, 32, "float16")))
+    with pytest.raises(ValueError, match="raw bits"):
+        quant.quantize(x.view(np.uint16), 4, 32)
+
+
 def test_rejects_indivisible_last_axis():
     with pytest.raises(ValueError, match="divisible"):
         quant.quantize(np.zeros((2, 96), np.float32), 4, 64)

@@ -216,12 +216,14 @@ def _groups_T(block: np.ndarray, dt: DType, group_size: int) -> np.ndarray:
 
 
 def quantize(w: np.ndarray, bits: int = 4, group_size: int = 64,
-             src_dtype: DType | str = "float32", out_dtype: DType | str | None = None):
+             src_dtype: DType | str | None = None, out_dtype: DType | str | None = None):
     """Quantize ``w`` along its last axis exactly as ``mx.quantize(w.astype(T), group_size, bits)``.
 
     ``w``: values (float32/float16/...) or raw bits (bfloat16 as uint16, float8 as
-    uint8) of ``src_dtype``; any leading axes; last axis divisible by ``group_size``.
-    ``out_dtype`` (default ``src_dtype``) is ``T``, the float dtype the MLX model
+    uint8) of ``src_dtype`` (default: ``w``'s numpy float dtype; raw bits need it
+    named); any leading axes; last axis divisible by ``group_size``.
+    ``out_dtype`` (default: what MLX stores for ``src_dtype``, i.e. itself, or
+    float32 for float64, bfloat16 for float8) is ``T``, the float dtype the MLX model
     holds: the input is first cast to it exactly, and scales/biases come back in it
     (bfloat16 as uint16 bits).
 
@@ -230,11 +232,15 @@ def quantize(w: np.ndarray, bits: int = 4, group_size: int = 64,
     rows gives those rows of the whole result, so a stream can bound its memory.
     """
     _check(bits, group_size)
+    w = np.asarray(w)
+    if src_dtype is None:
+        if w.dtype.kind != "f":
+            raise ValueError(f"{w.dtype} holds raw bits: name src_dtype (e.g. 'bfloat16')")
+        src_dtype = str(w.dtype)
     src = _dtype(src_dtype)
-    out = _dtype(out_dtype) if out_dtype is not None else src
+    out = _dtype(out_dtype) if out_dtype is not None else dtypes.mlx_target(src)
     if out.name not in SCALE_DTYPES:
         raise ValueError(f"MLX quantizes only {SCALE_DTYPES}, not {out.name}")
-    w = np.asarray(w)
     if w.ndim < 1 or w.shape[-1] % group_size:
         raise ValueError(f"last axis of shape {w.shape} is not divisible by group_size {group_size}")
     lead, k = w.shape[:-1], w.shape[-1]
