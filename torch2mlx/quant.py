@@ -42,7 +42,7 @@ import numpy as np
 
 from . import dtypes
 from .dtypes import DType
-from .stream.casts import cast, f32_to_bf16, to_f32
+from .stream.casts import cast, f32_to_bf16, f32_to_f16, to_f32
 
 BITS = (1, 2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
@@ -69,7 +69,7 @@ def _from_f32(x: np.ndarray, dt: DType) -> np.ndarray:
     if dt.name == "float32":
         return x
     with np.errstate(over="ignore"):  # out of range -> inf, as MLX's cast gives
-        out = f32_to_bf16(x) if dt.name == "bfloat16" else x.astype(np.float16)
+        out = f32_to_bf16(x) if dt.name == "bfloat16" else f32_to_f16(x).view(np.float16)
     nan = np.isnan(x)
     if nan.any():
         # Reached when a group holds +-inf (inf - inf) or NaN. MLX writes bfloat16 NaN

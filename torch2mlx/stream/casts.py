@@ -173,11 +173,11 @@ def cast(arr: np.ndarray, src: DType, dst: DType) -> np.ndarray:
             return arr.astype(dst.np_dtype)
         raise ValueError(f"no exact cast from {src.name} to {dst.name}")
     if src.name == "bfloat16" and dst.name == "float16":
-        return BF16_TO_F16[arr]
+        return BF16_TO_F16[arr].view(np.float16)
     if src.name == "float16" and dst.name == "bfloat16":
         return F16_TO_BF16[arr.view(np.uint16)]
     if src.name in FLOAT8_TABLES and dst.name in ("float16", "bfloat16"):
-        return _float8_to(src.name, dst.name)[arr]
+        return _float8_to(src.name, dst.name)[arr].view(dst.np_dtype)
     if dst.name == "float64":
         return to_f32(arr, src).astype(np.float64)
     wide = to_f32(arr, src)
