@@ -41,6 +41,13 @@ def _add_stream(sub):
                    help="drop tensors whose name matches REGEX (repeatable)")
     p.add_argument("--rule", action="append", default=[], metavar="REGEX=RULE",
                    help="force the layout rule of tensors matching REGEX (repeatable; first match wins)")
+    p.add_argument("--q-bits", type=int, metavar="BITS", choices=(2, 3, 4, 5, 6, 8),
+                   help="quantize Linear/Embedding weights to BITS (2,3,4,5,6,8) as mlx.core.quantize (affine) "
+                        "does, stored as mlx-lm stores them; config.json gets the quantization block")
+    p.add_argument("--q-group-size", type=int, default=64, metavar="N", choices=(32, 64, 128),
+                   help="quantization group size: 32, 64 or 128 (default 64)")
+    p.add_argument("--q-recipe", metavar="NAME", choices=("mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6"),
+                   help="mlx-lm's mixed-precision recipes: higher bits for lm_head and some v_proj/down_proj")
     p.add_argument("--key", metavar="KEY", help="which entry of a nested checkpoint holds the weights (dotted path)")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty OUT")
     p.add_argument("--resume", action="store_true",
@@ -61,6 +68,7 @@ def _cmd_stream(args) -> int:
         raise Torch2MLXError("OUT is required (or use --dry-run)")
     res = convert(args.src, args.out, dtype=args.dtype, max_shard_size=args.max_shard_size,
                   strip_prefix=args.strip_prefix, exclude=args.exclude, rules=args.rule, key=args.key,
+                  q_bits=args.q_bits, q_group_size=args.q_group_size, q_recipe=args.q_recipe,
                   overwrite=args.overwrite, dry_run=args.dry_run, resume=args.resume, drop_cache=not args.keep_cache,
                   progress=not args.quiet and not args.json and sys.stderr.isatty(), workers=args.workers)
     if args.json:

@@ -56,9 +56,7 @@ def manifest(res: Result, opts: Options, complete: bool = True) -> dict:
     return {
         "torch2mlx": __version__,
         "source": res.source,
-        "options": {"dtype": opts.dtype, "max_shard_size": opts.max_shard_size,
-                    "strip_prefix": opts.strip_prefix, "exclude": [p.pattern for p in opts.exclude],
-                    "rules": [f"{p.pattern}={r}" for p, r in opts.rules], "key": opts.key},
+        "options": opts.to_dict(),
         "tensors": res.plan.tensor_records(),
         "shards": {s.file: {"bytes": s.bytes, "sha256": s.sha256} for s in res.shards},
         "dropped": [{"source": n, "why": w} for n, w in res.plan.dropped],
@@ -66,6 +64,21 @@ def manifest(res: Result, opts: Options, complete: bool = True) -> dict:
         "plan_sha256": resume_mod.fingerprint(res.plan),
         "complete": complete,
     }
+
+
+def _config_rewrite(ck: Checkpoint, opts: Options, plan: Plan) -> dict[str, dict] | None:
+    """config.json as the converted weights need it: quantization block, new dtype."""
+    if ck.config is None or (plan.quantization is None and opts.dtype == "keep"):
+        return None
+    cfg = dict(ck.config)
+    if plan.quantization is not None:
+        from ..quant_recipes import with_quantization
+        cfg = with_quantization(cfg, plan.quantization)
+    if opts.dtype != "keep":
+        for k in ("torch_dtype", "dtype"):
+            if k in cfg or k == "torch_dtype":
+                cfg[k] = opts.dtype
+    return {"config.json": cfg}
 
 
 def _progress_bar(total: int, enabled: bool):
@@ -77,11 +90,21 @@ def _progress_bar(total: int, enabled: bool):
     return bar, bar.update
 
 
+def prepare(src, *, checkpoint: Checkpoint | None = None, specs: list[RuleSpec] | None = None,
+            drop: dict[str, str] | None = None, module_types: dict[str, str] | None = None,
+            **options) -> tuple[Checkpoint, Options, Plan]:
+    """Open ``src`` and plan its conversion; no tensor data is read. ``options`` as for ``convert``."""
+    opts = Options.make(**options)
+    ck = checkpoint or open_checkpoint(src, key=opts.key)
+    return ck, opts, build(ck, opts, specs, drop, module_types)
+
+
 def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix=(), exclude=(), rules=(),
-            key: str | None = None, overwrite: bool = False, dry_run: bool = False, progress: bool = False,
+            key: str | None = None, q_bits: int | None = None, q_group_size: int = 64, q_recipe: str | None = None,
+            overwrite: bool = False, dry_run: bool = False, progress: bool = False,
             workers: int | None = None, specs: list[RuleSpec] | None = None, drop: dict[str, str] | None = None,
-            transform=None, checkpoint: Checkpoint | None = None, drop_cache: bool = True,
-            resume: bool = False) -> Result:
+            module_types: dict[str, str] | None = None, transform=None, checkpoint: Checkpoint | None = None,
+            drop_cache: bool = True, resume: bool = False) -> Result:
     """Convert checkpoint ``src`` (file or directory) into MLX safetensors shards in directory ``out``.
 
     Options mirror ``t2mlx stream``. ``resume`` reuses the shards of an interrupted run
@@ -91,10 +114,10 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
     (return ``(new_name, array[, dtype])``), drop (return ``None``) or replace each
     tensor; with a transform, tensors go through ``ShardWriter`` one at a time.
     """
-    opts = Options.make(dtype=dtype, max_shard_size=max_shard_size, strip_prefix=strip_prefix,
-                        exclude=exclude, rules=rules, key=key)
-    ck = checkpoint or open_checkpoint(src, key=key)
-    plan = build(ck, opts, specs, drop)
+    ck, opts, plan = prepare(src, checkpoint=checkpoint, specs=specs, drop=drop, module_types=module_types,
+                             dtype=dtype, max_shard_size=max_shard_size, strip_prefix=strip_prefix,
+                             exclude=exclude, rules=rules, key=key, q_bits=q_bits, q_group_size=q_group_size,
+                             q_recipe=q_recipe)
     res = Result(str(src), None if dry_run else str(out), plan, ck, dry_run=dry_run)
     if dry_run:
         return res
@@ -134,7 +157,7 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
     finally:
         if bar is not None:
             bar.close()
-    res.sidecars = output_dir.copy_sidecars(ck.sidecars, out)
+    res.sidecars = output_dir.copy_sidecars(ck.sidecars, out, rewrite=_config_rewrite(ck, opts, plan))
     if transform is None:  # the ShardWriter behind a transform wrote its own manifest and index
         output_dir.write_manifest(out, manifest(res, opts))
         weight_map = {o.name: plan.shards[o.shard].file for op in plan.ops for o in op.outputs}

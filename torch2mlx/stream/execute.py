@@ -75,12 +75,13 @@ def plan_tasks(op: Op, chunk: int) -> list[_Task]:
     out = op.outputs[0]
     if not out.shape:
         return [_Task(op, 0, 1, False)]
-    flat = rules.get(op.rule).elementwise and all(e.contiguous for e in op.sources) and len(out.shape) > 1
+    flat = (rules.get(op.rule).elementwise and op.transform is None
+            and all(e.contiguous for e in op.sources) and len(out.shape) > 1)
     if flat:
         rows, row = out.nbytes // out.dtype.itemsize, 1
     else:
         rows = out.shape[0]
-        row = max(1, _row_bytes(out.shape, 1))
+        row = max([1, _row_bytes(out.shape, 1)] + [_row_bytes(e.shape, 1) for e in op.sources])
     # Blocks pass through float32 on the way: budget 4 bytes an element, twice.
     per = max(1, chunk // (row * 8))
     return [_Task(op, s, min(s + per, rows), False, flat) for s in range(0, rows, per)] or [_Task(op, 0, 0, False, flat)]
@@ -147,7 +148,7 @@ def compute_outputs(op: Op, reader: DataReader, start: int, stop: int, flat: boo
                   for e, (axis, s, t) in zip(op.sources, rule.source_slices(start, stop, shapes, op.args))]
         block = rule.apply(blocks, op.args, start)
     if op.transform is not None:
-        return op.transform(block, op)
+        return op.transform(block, op, start, reader)
     return [casts.cast(block, op.source_dtype, out.dtype)]
 
 

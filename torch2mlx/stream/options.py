@@ -36,6 +36,14 @@ def parse_rule(text: str) -> tuple[re.Pattern, str]:
     return _regex(pattern, "--rule"), rule
 
 
+def _rule_pair(r) -> tuple[re.Pattern, str]:
+    """A rule given as 'REGEX=RULE' or as a (regex, rule) pair."""
+    if isinstance(r, tuple) and len(r) == 2:
+        pattern, rule = r
+        return parse_rule(f"{pattern.pattern if isinstance(pattern, re.Pattern) else pattern}={rule}")
+    return parse_rule(r)
+
+
 def _regex(pattern: str, what: str) -> re.Pattern:
     try:
         return re.compile(pattern)
@@ -51,16 +59,32 @@ class Options:
     exclude: list[re.Pattern] = field(default_factory=list)
     rules: list[tuple[re.Pattern, str]] = field(default_factory=list)
     key: str | None = None
+    q_bits: int | None = None
+    q_group_size: int = 64
+    q_recipe: str | None = None
+
+    def to_dict(self) -> dict:
+        """The options as ``make`` takes them (recorded in the manifest, so verify can re-plan)."""
+        return {"dtype": self.dtype, "max_shard_size": self.max_shard_size, "strip_prefix": self.strip_prefix,
+                "exclude": [p.pattern for p in self.exclude], "rules": [f"{p.pattern}={r}" for p, r in self.rules],
+                "key": self.key, "q_bits": self.q_bits, "q_group_size": self.q_group_size,
+                "q_recipe": self.q_recipe}
 
     @classmethod
-    def make(cls, *, dtype="keep", max_shard_size="5GB", strip_prefix=(), exclude=(), rules=(), key=None) -> "Options":
+    def make(cls, *, dtype="keep", max_shard_size="5GB", strip_prefix=(), exclude=(), rules=(), key=None,
+             q_bits=None, q_group_size=64, q_recipe=None) -> "Options":
         """Build options from user-facing values (strings as the CLI takes them)."""
+        from .. import quant, quant_recipes
         if dtype not in OUT_DTYPES:
             raise Torch2MLXError(f"--dtype must be one of {', '.join(OUT_DTYPES)}, got {dtype!r}")
-        parsed_rules = []
-        for r in rules:
-            parsed_rules.append(r if isinstance(r, tuple) else parse_rule(r))
+        if q_bits is not None and q_bits not in quant.BITS:
+            raise Torch2MLXError(f"--q-bits must be one of {', '.join(map(str, quant.BITS))}, got {q_bits!r}")
+        if q_group_size not in quant.GROUP_SIZES:
+            raise Torch2MLXError(f"--q-group-size must be one of {', '.join(map(str, quant.GROUP_SIZES))}, got {q_group_size!r}")
+        if q_recipe is not None and q_recipe not in quant_recipes.MIXED_RECIPES:
+            raise Torch2MLXError(f"--q-recipe must be one of {', '.join(sorted(quant_recipes.MIXED_RECIPES))}, got {q_recipe!r}")
+        parsed_rules = [_rule_pair(r) for r in rules]
         return cls(dtype=dtype, max_shard_size=parse_size(max_shard_size),
                    strip_prefix=[p for p in strip_prefix if p],
                    exclude=[x if isinstance(x, re.Pattern) else _regex(x, "--exclude") for x in exclude],
-                   rules=parsed_rules, key=key)
+                   rules=parsed_rules, key=key, q_bits=q_bits, q_group_size=q_group_size, q_recipe=q_recipe)

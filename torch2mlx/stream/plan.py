@@ -98,6 +98,7 @@ class Plan:
     dropped: list[tuple[str, str]] = field(default_factory=list)   # (source name, why)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    quantization: dict | None = None     # the config block mlx-lm reads, when quantizing
 
     @property
     def nbytes_in(self) -> int:
@@ -126,6 +127,10 @@ class Plan:
                        "shard": self.shards[out.shard].file}
                 if op.args:
                     rec["args"] = op.args
+                if op.transform_info:
+                    rec.update(op.transform_info)
+                    if len(op.outputs) > 1:
+                        rec["role"] = out.name.rsplit(".", 1)[-1]
                 recs[out.name] = rec
         return recs
 
@@ -192,12 +197,21 @@ def _user_rule(name: str, opts: Options) -> str | None:
 
 
 def build(ck: Checkpoint, opts: Options, specs: list[RuleSpec] | None = None,
-          drop: dict[str, str] | None = None) -> Plan:
-    """Plan the conversion of ``ck``. ``specs`` (from the analyzer) fix rules and names exactly."""
+          drop: dict[str, str] | None = None, module_types: dict[str, str] | None = None) -> Plan:
+    """Plan the conversion of ``ck``. ``specs`` (from the analyzer) fix rules and names exactly;
+    ``module_types`` (module path -> torch class name) sharpens which weights get quantized."""
+    from . import transforms
     warnings: list[str] = []
     dropped: list[tuple[str, str]] = []
     by_name = {e.name: e for e in ck.entries}
     drop = dict(drop or {})
+    if ck.config is not None:
+        # A cached RoPE table: recomputed from the config by MLX (and rejected by mlx-lm's loader).
+        drop.update({e.name: "rotary cache, recomputed at load time" for e in ck.entries
+                     if e.name.endswith("rotary_emb.inv_freq")})
+    dequant, fp8_drop, fp8_errors = transforms.plan_fp8(ck, by_name)
+    drop.update(fp8_drop)
+    warnings += fp8_errors
     ops: list[Op] = []
     covered: set[str] = set()
 
@@ -253,7 +267,11 @@ def build(ck: Checkpoint, opts: Options, specs: list[RuleSpec] | None = None,
                                      f"({seen[o.name]} and {op.sources[0].name}); check --strip-prefix")
             seen[o.name] = op.sources[0].name
     ops.sort(key=lambda op: (op.sources[0].path or "", op.sources[0].offset))
-    return Plan(ops, _assign_shards(ops, opts.max_shard_size), dropped, warnings, list(ck.notes))
+    recipe = transforms.recipe_for(opts, [o.name for op in ops for o in op.outputs], ck.config)
+    block = transforms.attach(ops, dequant, recipe, module_types, warnings)
+    plan = Plan(ops, _assign_shards(ops, opts.max_shard_size), dropped, warnings, list(ck.notes))
+    plan.quantization = block
+    return plan
 
 
 def _make_op(srcs: list[TensorEntry], out_name: str, rule_name: str, source: str, args: dict,

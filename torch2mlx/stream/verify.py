@@ -105,40 +105,70 @@ def verify(src, out, *, quick: bool = False, progress=None) -> VerifyReport:
     return rep
 
 
+def _ops_from_manifest(records: dict, by_name: dict, problems: list[str]):
+    """Rebuild the conversion's ops from manifest records (a quantized weight: three records, one op)."""
+    from .transforms import rebuild
+    for name, rec in records.items():
+        role = rec.get("role")
+        if role in ("scales", "biases"):
+            continue  # built with its weight
+        srcs = rec["source"] if isinstance(rec["source"], list) else [rec["source"]]
+        missing = [s for s in srcs + ([rec["fp8_scale"]] if rec.get("fp8_scale") else []) if s not in by_name]
+        if missing:
+            problems.append(f"{name}: source {missing[0]!r} is not in the source checkpoint")
+            continue
+        entries = [by_name[s] for s in srcs]
+        names = [name]
+        if role == "weight":
+            base = name[: -len(".weight")]
+            names += [base + ".scales", base + ".biases"]
+        outs = []
+        for n in names:
+            r = records.get(n)
+            if r is None:
+                problems.append(f"{n}: missing from the manifest")
+                break
+            outs.append(Output(n, dtypes.get(r["dtype"]), tuple(r["shape"])))
+        else:
+            op = Op(entries, rec["rule"], rec.get("rule_source", "?"), rec.get("args") or {}, outs)
+            if rec.get("quantization") or rec.get("fp8_scale"):
+                op.transform = rebuild(rec, entries[0], by_name)
+            yield op
+
+
 def _verify_values(src, manifest, outputs, rep: VerifyReport, progress) -> None:
     opts = manifest.get("options") or {}
     ck = open_checkpoint(src, key=opts.get("key"))
     by_name = {e.name: e for e in ck.entries}
     with DataReader() as reader:
-        for name, rec in (manifest.get("tensors") or {}).items():
-            srcs = rec["source"] if isinstance(rec["source"], list) else [rec["source"]]
-            missing = [s for s in srcs if s not in by_name]
-            got = outputs.get(name)
-            if missing or got is None:
-                rep.problems.append(f"{name}: " + (f"source {missing[0]!r} not in {src}" if missing else "missing from the shards"))
+        for op in _ops_from_manifest(manifest.get("tensors") or {}, by_name, rep.problems):
+            got = [outputs.get(o.name) for o in op.outputs]
+            if any(g is None for g in got):
+                rep.problems.append(f"{op.outputs[0].name}: missing from the shards")
                 continue
-            entries = [by_name[s] for s in srcs]
-            op = Op(entries, rec["rule"], rec.get("rule_source", "?"), rec.get("args") or {},
-                    [Output(name, dtypes.get(rec["dtype"]), tuple(rec["shape"]))])
             why = _compare(op, got, reader)
             if why:
-                rep.problems.append(f"{name}: {why}")
-            rep.checked_tensors += 1
+                rep.problems.append(f"{op.outputs[0].name}: {why}")
+            rep.checked_tensors += len(op.outputs)
             if progress:
-                progress(sum(e.nbytes for e in entries))
+                progress(op.nbytes_in)
 
 
-def _compare(op: Op, got, reader: DataReader) -> str | None:
-    out = op.outputs[0]
-    if tuple(got.shape) != out.shape or got.dtype != out.dtype:
-        return f"is {got.dtype.name}{list(got.shape)}, expected {out.dtype.name}{list(out.shape)}"
+def _compare(op: Op, got: list, reader: DataReader) -> str | None:
+    for o, g in zip(op.outputs, got):
+        if tuple(g.shape) != o.shape or g.dtype != o.dtype:
+            return f"{o.name} is {g.dtype.name}{list(g.shape)}, expected {o.dtype.name}{list(o.shape)}"
     for t in plan_tasks(op, CHUNK):
         if t.copy:
-            want = reader.read_flat(op.sources[0], t.start // out.dtype.itemsize, t.stop // out.dtype.itemsize)
-            have = reader.read_flat(got, t.start // out.dtype.itemsize, t.stop // out.dtype.itemsize)
+            item = op.outputs[0].dtype.itemsize
+            wants = [reader.read_flat(op.sources[0], t.start // item, t.stop // item)]
+            haves = [reader.read_flat(got[0], t.start // item, t.stop // item)]
         else:
-            want = compute_outputs(op, reader, t.start, t.stop, t.flat)[0]
-            have = reader.read_flat(got, t.start, t.stop) if t.flat else reader.read_rows(got, t.start, t.stop)
-        if np.ascontiguousarray(want).tobytes() != np.ascontiguousarray(have).tobytes():
-            return f"differs from rule {op.rule} applied to {'+'.join(e.name for e in op.sources)}"
+            wants = compute_outputs(op, reader, t.start, t.stop, t.flat)
+            haves = [reader.read_flat(g, t.start, t.stop) if t.flat else
+                     (reader.read_rows(g, t.start, t.stop) if g.shape else reader.read_all(g)) for g in got]
+        for o, want, have in zip(op.outputs, wants, haves):
+            if np.ascontiguousarray(want).tobytes() != np.ascontiguousarray(have).tobytes():
+                what = f"rule {op.rule}" + (" + " + ", ".join(sorted(op.transform.info())) if op.transform else "")
+                return f"{o.name} differs from {what} applied to {'+'.join(e.name for e in op.sources)}"
     return None

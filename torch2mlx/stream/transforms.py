@@ -1,0 +1,148 @@
+"""Per-tensor transforms applied after the layout rule: float8 dequantization and quantization.
+
+Both are decided at plan time from names, shapes and dtypes alone, and both
+work on a block of rows at a time, so a 0.7 GB tensor is dequantized or
+quantized in bounded memory. A transform replaces an op's final cast: it takes
+the block the rule produced (in the source dtype) and returns one array per
+output — three for a quantized weight (``weight`` uint32, ``scales``, ``biases``).
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from .. import dtypes, fp8, quant, quant_recipes
+from ..dtypes import DType
+from ..errors import Torch2MLXError
+from . import casts
+from .checkpoint import Checkpoint
+from .entry import TensorEntry
+from .options import Options
+from .plan import Op, Output
+
+F32 = dtypes.get("float32")
+
+
+class _FP8Dequant:
+    """Dequantize float8 rows with their scale tensor (read once, it is small)."""
+
+    def __init__(self, scale: TensorEntry, weight: fp8.FP8Weight):
+        self.scale, self.weight = scale, weight
+        self._arr = None
+        self._lock = threading.Lock()
+
+    def scale_array(self, reader) -> np.ndarray:
+        with self._lock:
+            if self._arr is None:
+                self._arr = reader.read_all(self.scale)
+            return self._arr
+
+    def __call__(self, block, op: Op, start: int, reader, dtype: DType) -> np.ndarray:
+        return fp8.dequantize(block, op.source_dtype, self.scale_array(reader), self.scale.dtype,
+                              weight_shape=op.sources[0].shape, start=start, block=self.weight.blocks,
+                              out_dtype=dtype)
+
+
+class Chain:
+    """What happens to a block after the rule: optional float8 scaling, then cast or quantize."""
+
+    def __init__(self, dequant: _FP8Dequant | None = None, spec: quant_recipes.QuantSpec | None = None):
+        self.dequant, self.spec = dequant, spec
+
+    def __call__(self, block, op: Op, start: int, reader) -> list[np.ndarray]:
+        float_dtype = op.outputs[1].dtype if self.spec else op.outputs[0].dtype
+        if self.dequant is not None:
+            block, src = self.dequant(block, op, start, reader, float_dtype), float_dtype
+        else:
+            src = op.source_dtype
+        if self.spec is None:
+            return [casts.cast(block, src, float_dtype)]
+        return list(quant.quantize(block, self.spec.bits, self.spec.group_size, src, float_dtype))
+
+    def info(self) -> dict:
+        d = {}
+        if self.dequant is not None:
+            d["fp8_scale"] = self.dequant.scale.name
+            d["fp8_blocks"] = list(self.dequant.weight.blocks)
+        if self.spec is not None:
+            d["quantization"] = self.spec.as_config()
+        return d
+
+
+def rebuild(info: dict, weight: TensorEntry, by_name: dict[str, TensorEntry]) -> Chain:
+    """The transform a manifest record describes (``verify`` recomputes outputs with it)."""
+    dequant = None
+    if info.get("fp8_scale"):
+        scale = by_name[info["fp8_scale"]]
+        blocks = tuple(info.get("fp8_blocks") or fp8.block_shape(weight.shape, scale.shape))
+        dequant = _FP8Dequant(scale, fp8.FP8Weight(weight.name, weight.dtype.name, scale.name,
+                                                   scale.dtype.name, blocks))
+    q = info.get("quantization")
+    spec = quant_recipes.QuantSpec(q["group_size"], q["bits"], q.get("mode", "affine")) if q else None
+    return Chain(dequant, spec)
+
+
+def plan_fp8(ck: Checkpoint, by_name: dict[str, TensorEntry]) -> tuple[dict[str, _FP8Dequant], dict[str, str], list[str]]:
+    """(dequantizer per float8 weight with a scale, tensors to drop, warnings)."""
+    block = None
+    qc = (ck.config or {}).get("quantization_config") or {}
+    if isinstance(qc, dict) and isinstance(qc.get("weight_block_size"), list):
+        block = tuple(qc["weight_block_size"])
+    pairing = fp8.pair_scales(((e.name, e.shape, e.dtype) for e in ck.entries), block)
+    deq = {name: _FP8Dequant(by_name[w.scale], w) for name, w in pairing.weights.items() if w.scale}
+    drop = {n: "float8 scale, folded into its weight" for n in pairing.drop}
+    return deq, drop, list(pairing.errors)
+
+
+def recipe_for(opts: Options, out_names: list[str], config: dict | None) -> quant_recipes.Recipe | None:
+    if not opts.q_bits and not opts.q_recipe:
+        return None
+    if opts.q_recipe:
+        paths = [p for p in (quant_recipes.module_path(n) for n in out_names) if p]
+        try:
+            loc = quant_recipes.layer_location(paths)
+        except ValueError as e:
+            raise Torch2MLXError(f"--q-recipe {opts.q_recipe}: {e}") from None
+        layers = (config or {}).get("num_hidden_layers") or 1 + max(
+            (int(p.split(".")[loc]) for p in paths if len(p.split(".")) > loc and p.split(".")[loc].isdigit()),
+            default=0)
+        return quant_recipes.mixed_recipe(opts.q_recipe, layers, loc, opts.q_group_size, opts.q_bits)
+    return quant_recipes.Recipe(quant_recipes.QuantSpec(opts.q_group_size, opts.q_bits))
+
+
+def attach(ops: list[Op], deq: dict[str, _FP8Dequant], recipe, module_types: dict[str, str] | None,
+           warnings: list[str]) -> dict | None:
+    """Give ops their float8 / quantization transforms; returns the config ``quantization`` block."""
+    explicit: dict[str, quant_recipes.QuantSpec] = {}
+    quantized = 0
+    for op in ops:
+        if len(op.outputs) != 1:
+            continue
+        out = op.outputs[0]
+        d = deq.get(op.sources[0].name) if len(op.sources) == 1 else None
+        spec = None
+        if recipe is not None:
+            path = quant_recipes.module_path(out.name)
+            mtype = (module_types or {}).get(path) if path else None
+            spec, is_entry = quant_recipes.decide(out.name, out.shape, out.dtype, recipe, mtype)
+            if spec and is_entry:
+                explicit[path] = spec
+        if d is None and spec is None:
+            continue
+        op.transform = Chain(d, spec)
+        if spec is not None:
+            quantized += 1
+            lead, k = out.shape[:-1], out.shape[-1]
+            groups = k // spec.group_size
+            base = out.name[: -len(".weight")]
+            op.outputs = [Output(out.name, dtypes.get("uint32"), lead + (k * spec.bits // 32,)),
+                          Output(base + ".scales", out.dtype, lead + (groups,)),
+                          Output(base + ".biases", out.dtype, lead + (groups,))]
+        op.transform_info = op.transform.info()
+    if recipe is None:
+        return None
+    if not quantized:
+        warnings.append("quantization asked for, but no tensor qualifies (2-D float *.weight with a last "
+                        "dimension divisible by the group size)")
+    return quant_recipes.quantization_config(recipe, explicit)
