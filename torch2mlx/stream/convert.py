@@ -30,11 +30,16 @@ class Result:
     seconds: float = 0.0
     dry_run: bool = False
     sidecars: list[str] = field(default_factory=list)
+    written: int | None = None    # tensors actually written, when a transform changed the plan's count
+
+    @property
+    def tensors_out(self) -> int:
+        return self.written if self.written is not None else sum(len(op.outputs) for op in self.plan.ops)
 
     def to_dict(self) -> dict:
         d = {"source": self.source, "out": self.out, "dry_run": self.dry_run,
              "tensors_in": len(self.checkpoint.entries),
-             "tensors_out": sum(len(op.outputs) for op in self.plan.ops),
+             "tensors_out": self.tensors_out,
              "bytes_in": self.plan.nbytes_in, "bytes_out": self.plan.nbytes_out,
              "seconds": round(self.seconds, 3),
              "mb_per_s": round(self.plan.nbytes_in / 1e6 / self.seconds, 1) if self.seconds else None,
@@ -147,7 +152,7 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
     try:
         if transform is not None:
             from .transform import run_transform
-            res.shards = run_transform(plan, out, transform, opts, update)
+            res.shards, res.written = run_transform(plan, out, transform, opts, update)
         else:
             with DataReader(drop_cache=drop_cache) as reader:
                 ex = Executor(plan, out, reader=reader, workers=workers, progress=update, drop_cache=drop_cache,

@@ -49,7 +49,7 @@ def format_result(res) -> str:
     if res.dry_run:
         return format_plan(res.plan, limit=200)
     p = res.plan
-    n_out = sum(len(op.outputs) for op in p.ops)
+    n_out = res.tensors_out
     rate = p.nbytes_in / res.seconds / 1e6 if res.seconds else 0.0
     lines = [f"converted {len(res.checkpoint.entries)} tensors -> {n_out} in {len(res.shards)} shard(s) at {res.out}",
              f"{human_bytes(p.nbytes_in)} in, {human_bytes(p.nbytes_out)} out, {res.seconds:.2f} s, {rate:.0f} MB/s"]

@@ -24,7 +24,7 @@ def _results(value, name, dtype):
                          "expected None, (name, array), (name, array, dtype) or a list of those")
 
 
-def run_transform(plan: Plan, out: str, transform, opts: Options, progress=None) -> list[ShardResult]:
+def run_transform(plan: Plan, out: str, transform, opts: Options, progress=None) -> tuple[list[ShardResult], int]:
     writer = ShardWriter(out, opts.max_shard_size, overwrite=True)
     try:
         with DataReader() as reader:
@@ -43,4 +43,4 @@ def run_transform(plan: Plan, out: str, transform, opts: Options, progress=None)
     except BaseException:
         writer.abort()
         raise
-    return [ShardResult(r["file"], r["bytes"], r["sha256"]) for r in results]
+    return [ShardResult(r["file"], r["bytes"], r["sha256"]) for r in results], len(writer.records)
