@@ -27,8 +27,11 @@ def _children(obj):
             state = {**(state[0] or {}), **state[1]} if isinstance(state[0], dict) else state[1]
         if isinstance(state, dict) and ("_parameters" in state or "_modules" in state):
             out = []
+            transient = state.get("_non_persistent_buffers_set")  # buffers state_dict() leaves out
+            transient = transient if isinstance(transient, (set, frozenset, list, tuple)) else ()
             for group in ("_parameters", "_buffers"):
-                out += [(k, v) for k, v in _children(state.get(group) or {}) if v is not None]
+                out += [(k, v) for k, v in _children(state.get(group) or {})
+                        if v is not None and not (group == "_buffers" and k in transient)]
             out += _children(state.get("_modules") or {})
             return out
         if obj._t2m_items:
