@@ -65,6 +65,12 @@ class LegacyCheckpoint:
         return obj
 
     def _persistent_load(self, pid):
+        if isinstance(pid, tuple) and len(pid) == 4 and pid[0] == "module":
+            # ('module', class, source file, source text): the legacy format records each nn.Module
+            # class's source; the class is our inert placeholder and the source is never used.
+            if not (isinstance(pid[1], type) and issubclass(pid[1], unpickler.Opaque)):
+                raise CheckpointError(self.path, "module record names something that is not a class")
+            return pid[1]
         key, stype, numel, location, view = unpickler.storage_ref(pid, self.path)
         dtype = stype.dtype or unpickler.UINT8
         ref = StorageRef(key, dtype, numel, location, view)
