@@ -92,6 +92,8 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
         return res
     out = os.fspath(out)
     output_dir.prepare(out, overwrite=overwrite, src_paths=ck.files)
+    # Sidecars first: a ShardWriter (transform) writes its index when it closes, and the index comes last.
+    res.sidecars = output_dir.copy_sidecars(ck.sidecars, out)
     t0 = time.perf_counter()
     bar, update = _progress_bar(plan.nbytes_in, progress)
     try:
@@ -105,7 +107,6 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
     finally:
         if bar is not None:
             bar.close()
-    res.sidecars = output_dir.copy_sidecars(ck.sidecars, out)
     if transform is None:  # the ShardWriter behind a transform wrote its own manifest and index
         output_dir.write_manifest(out, manifest(res, opts))
         weight_map = {o.name: plan.shards[o.shard].file for op in plan.ops for o in op.outputs}
