@@ -27,7 +27,8 @@ def _no_persistent(pid):
 def is_legacy(path: str) -> bool:
     with open(path, "rb") as f:
         head = f.read(2)
-    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+    # protocol 2+: PROTO opcode; protocol 0/1 (torch.save(pickle_protocol=1)): the magic number as a text LONG
+    return len(head) == 2 and ((head[0] == 0x80 and 2 <= head[1] <= 5) or (head[:1] == b"L" and head[1:].isdigit()))
 
 
 class LegacyCheckpoint:
