@@ -123,3 +123,13 @@ def test_parameters_and_protocol_2_module_state(tmp_path, out, fmt):
     convert(src, out)
     check_converted(out, torch_load(src))
     assert set(read_output(out)) == set(params)
+
+
+@pytest.mark.parametrize("protocol", [1, 3, 4, 5])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_other_pickle_protocols(views_files, tmp_path, out, fmt, protocol):
+    """torch.save(..., pickle_protocol=N) files that torch.load reads back."""
+    src = tmp_path / f"p{protocol}.pt"
+    torch.save(views_state_dict(), src, pickle_protocol=protocol, _use_new_zipfile_serialization=fmt == "zip")
+    convert(src, out)
+    check_converted(out, torch_load(src))
