@@ -266,6 +266,21 @@ def run_cli(*args, env: dict | None = None, cwd=None, timeout: float = 120) -> s
                           cwd=cwd, stdin=subprocess.DEVNULL, timeout=timeout)
 
 
+def run_main(*args) -> subprocess.CompletedProcess:
+    """``t2mlx ARGS`` in this process (fast; the same ``main`` the console script runs)."""
+    import contextlib
+    import io
+
+    from torch2mlx.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:  # argparse
+            rc = e.code
+    return subprocess.CompletedProcess(["t2mlx", *map(str, args)], rc, out.getvalue(), err.getvalue())
+
+
 def assert_one_error(proc: subprocess.CompletedProcess, *mentions: str) -> str:
     """Exit status != 0, stderr is a single ``error: ...`` line (no traceback), naming ``mentions``."""
     err = proc.stderr.strip()
