@@ -143,6 +143,9 @@ def test_shard_writer_fed_one_tensor_at_a_time(tmp_path):
             else:
                 w.add(name, t.numpy())
             tensors[name] = t
+        big_endian = np.arange(-5, 5, dtype=">i4").reshape(2, 5).T  # big-endian and non-contiguous
+        w.add("big_endian", big_endian)
+        tensors["big_endian"] = torch.arange(-5, 5, dtype=torch.int32).reshape(2, 5).t()
         with pytest.raises(torch2mlx.Torch2MLXError, match="already"):
             w.add("t00.float32", np.zeros(1, np.float32))
     files = sorted(set(read_json(out / INDEX)["weight_map"].values()))
