@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import LEGACY_LOADABLE, SEED, all_dtypes_state_dict, views_state_dict
-from helpers import canon_torch, assert_same, check_converted, convert, read_output, torch_load, torch_save
+from helpers import (assert_one_error, assert_same, canon_torch, check_converted, convert, read_output, run_main,
+                     torch_load, torch_save)
 
 FORMATS = ("zip", "legacy")
 
@@ -131,5 +132,28 @@ def test_other_pickle_protocols(views_files, tmp_path, out, fmt, protocol):
     """torch.save(..., pickle_protocol=N) files that torch.load reads back."""
     src = tmp_path / f"p{protocol}.pt"
     torch.save(views_state_dict(), src, pickle_protocol=protocol, _use_new_zipfile_serialization=fmt == "zip")
+    convert(src, out)
+    check_converted(out, torch_load(src))
+
+
+@pytest.mark.parametrize("view", ["conj", "neg"])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_conjugate_and_negative_views_are_refused_not_silently_wrong(tmp_path, out, fmt, view):
+    """torch saves a lazy conj/neg view as its storage plus a flag; copying the storage would give wrong values."""
+    z = torch.randn(4, dtype=torch.complex64)
+    t = z.conj() if view == "conj" else z.conj().imag  # .imag of a conj view is a negative view
+    assert (t.is_conj() if view == "conj" else t.is_neg())
+    src = torch_save({"ok": torch.ones(2), "lazy": t}, tmp_path / f"{view}.pt", fmt)
+    proc = run_main("stream", src, out)
+    assert_one_error(proc, str(src), view, "resolve")
+    assert not out.exists()
+
+
+def test_tensor_subclasses_and_attributes(tmp_path, out):
+    """Tensors saved through _rebuild_from_type_v2 (a subclass, python attributes) keep their values."""
+    p = torch.nn.Parameter(torch.randn(3, 4))
+    t = torch.randn(5)
+    t.note = "python attribute"
+    src = torch_save({"p": p, "t": t, "buf": torch.nn.Buffer(torch.arange(3.0))}, tmp_path / "sub.pt")
     convert(src, out)
     check_converted(out, torch_load(src))
