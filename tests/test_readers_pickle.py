@@ -157,3 +157,21 @@ def test_tensor_subclasses_and_attributes(tmp_path, out):
     src = torch_save({"p": p, "t": t, "buf": torch.nn.Buffer(torch.arange(3.0))}, tmp_path / "sub.pt")
     convert(src, out)
     check_converted(out, torch_load(src))
+
+
+@pytest.mark.parametrize("dtype", ["keep", "bfloat16"])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_tiny_work_blocks(dtype_files, views_files, tmp_path, monkeypatch, fmt, dtype):
+    """The same conversions cut into blocks of ~1 KiB: every block boundary must be seamless."""
+    from torch2mlx.stream import execute
+    real = execute.plan_tasks
+    monkeypatch.setattr(execute, "plan_tasks", lambda op, chunk: real(op, 1024))
+    rules = [r"^conv\.float32\.weight$=conv_transpose2d", r"^conv1\.weight$=conv_transpose1d",
+             r"^conv3\.weight$=conv_transpose3d", r"^ints\.permuted$=conv_transpose1d"]
+    forced = {"conv.float32.weight": "conv_transpose2d", "conv1.weight": "conv_transpose1d",
+              "conv3.weight": "conv_transpose3d", "ints.permuted": "conv_transpose1d"}
+    for name, files in (("dtypes", dtype_files), ("views", views_files)):
+        out = tmp_path / name
+        convert(files[fmt], out, dtype=dtype, rules=rules)
+        source = torch_load(files["zip" if name == "dtypes" else fmt])
+        check_converted(out, source, dtype=dtype, rules={k: v for k, v in forced.items() if k in source})
