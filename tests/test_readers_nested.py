@@ -72,6 +72,8 @@ def test_lightning_checkpoint_with_strip_prefix(tmp_path, out, fmt):
     ("model", "model"),
     ("model_state", "model_state"),
     ("most_tensors", "net_g"),
+    ("imagenet_example", "state_dict"),
+    ("stray_top_level_tensor", "net_g"),
 ])
 def test_state_dict_found_automatically(tmp_path, out, layout, key):
     model = _model()
@@ -79,11 +81,24 @@ def test_state_dict_found_automatically(tmp_path, out, layout, key):
     small = {"bias": torch.zeros(3)}
     ckpt = {"model": {"model": sd, "optimizer": _optimizer_state(model), "epoch": 2},
             "model_state": {"model_state": sd, "optimizer_state": _optimizer_state(model), "scheduler_state": {"step": 4}},
-            "most_tensors": {"iters": 100, "disc": small, "net_g": sd, "cfg": HParams()}}[layout]
+            "most_tensors": {"iters": 100, "disc": small, "net_g": sd, "cfg": HParams()},
+            # what pytorch/examples' ImageNet script saves: best_acc1 is a tensor next to the state dict
+            "imagenet_example": {"epoch": 90, "arch": "resnet18", "state_dict": sd, "best_acc1": torch.tensor(71.5),
+                                 "optimizer": _optimizer_state(model), "scheduler": {"last_epoch": 89}},
+            "stray_top_level_tensor": {"iters": torch.tensor(100), "disc": small, "net_g": sd}}[layout]
     src = torch_save(ckpt, tmp_path / f"{layout}.pt")
     assert repr(key) in _notes(src)
     convert(src, out)
     check_converted(out, torch_load(src)[key])
+
+
+def test_flat_state_dict_with_a_nested_group_stays_whole(tmp_path, out):
+    g = torch.Generator().manual_seed(SEED)
+    sd = {"w": torch.randn(2, generator=g), "b": torch.randn(2, generator=g), "extra": {"scale": torch.ones(1)}}
+    src = torch_save(sd, tmp_path / "flat.pt")
+    convert(src, out)
+    loaded = torch_load(src)
+    check_converted(out, {"w": loaded["w"], "b": loaded["b"], "extra.scale": loaded["extra"]["scale"]})
 
 
 @pytest.mark.parametrize("key", ["discriminator", "nets.generator"])
