@@ -149,6 +149,11 @@ def _float8_to(src: str, dst: str) -> np.ndarray:
 
 def to_f32(arr: np.ndarray, src: DType) -> np.ndarray:
     """Widen any float dtype to float32 (exact except float64, which rounds)."""
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, as in torch
+        return _to_f32(arr, src)
+
+
+def _to_f32(arr: np.ndarray, src: DType) -> np.ndarray:
     if src.name == "bfloat16":
         return bf16_to_f32(arr)
     if src.name in FLOAT8_TABLES:
@@ -166,6 +171,11 @@ def to_f32(arr: np.ndarray, src: DType) -> np.ndarray:
 
 def cast(arr: np.ndarray, src: DType, dst: DType) -> np.ndarray:
     """Cast ``arr`` (values or raw bits of ``src``) to ``dst`` exactly as torch does."""
+    with np.errstate(over="ignore"):  # overflow to inf is the cast's defined result, not a warning
+        return _cast(arr, src, dst)
+
+
+def _cast(arr: np.ndarray, src: DType, dst: DType) -> np.ndarray:
     if src.name == dst.name:
         return arr
     if not src.is_float or not dst.is_float:

@@ -131,6 +131,8 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
         raise Torch2MLXError("--resume cannot be combined with a transform")
     do_resume = resume and os.path.isdir(out) and bool(os.listdir(out))
     output_dir.prepare(out, overwrite=overwrite, src_paths=ck.files, resume=do_resume)
+    # Sidecars first: a ShardWriter (transform) writes its index when it closes, and the index comes last.
+    res.sidecars = output_dir.copy_sidecars(ck.sidecars, out, rewrite=_config_rewrite(ck, opts, plan))
     t0 = time.perf_counter()
     todo = list(range(len(plan.shards)))
     done: dict[int, ShardResult] = {}
@@ -162,7 +164,6 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
     finally:
         if bar is not None:
             bar.close()
-    res.sidecars = output_dir.copy_sidecars(ck.sidecars, out, rewrite=_config_rewrite(ck, opts, plan))
     if transform is None:  # the ShardWriter behind a transform wrote its own manifest and index
         output_dir.write_manifest(out, manifest(res, opts))
         weight_map = {o.name: plan.shards[o.shard].file for op in plan.ops for o in op.outputs}

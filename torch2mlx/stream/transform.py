@@ -35,8 +35,11 @@ def run_transform(plan: Plan, out: str, transform, opts: Options, progress=None)
                 for name, array, dt in _results(transform(o.name, arr, o.dtype.name), o.name, o.dtype):
                     if dt is None and array is arr:
                         dt = o.dtype
-                    writer.add(name, array, dt, record={"source": op.sources[0].name, "rule": op.rule,
-                                                        "rule_source": op.rule_source, "transformed": True})
+                    src = op.sources[0]
+                    writer.add(name, array, dt, record={"source": src.name, "rule": op.rule,
+                                                        "rule_source": op.rule_source, "transformed": True,
+                                                        "source_dtype": src.dtype.name,
+                                                        "source_shape": list(src.shape)})
                 if progress:
                     progress(op.nbytes_in)
         results = writer.close()

@@ -27,8 +27,11 @@ def _children(obj):
             state = {**(state[0] or {}), **state[1]} if isinstance(state[0], dict) else state[1]
         if isinstance(state, dict) and ("_parameters" in state or "_modules" in state):
             out = []
+            transient = state.get("_non_persistent_buffers_set")  # buffers state_dict() leaves out
+            transient = transient if isinstance(transient, (set, frozenset, list, tuple)) else ()
             for group in ("_parameters", "_buffers"):
-                out += [(k, v) for k, v in _children(state.get(group) or {}) if v is not None]
+                out += [(k, v) for k, v in _children(state.get(group) or {})
+                        if v is not None and not (group == "_buffers" and k in transient)]
             out += _children(state.get("_modules") or {})
             return out
         if obj._t2m_items:
@@ -99,25 +102,25 @@ def select(root, path: str, key: str | None = None) -> tuple[dict[str, TensorRef
             raise CheckpointError(path, f"--key {key!r} does not name a container of tensors (top-level keys: {tops})")
         how, chosen = f"key {key!r} (chosen by --key)", node
     else:
-        direct = sum(isinstance(c, TensorRef) for _, c in _children(root))
-        if direct and not _is_module(root):
-            how, chosen = "top-level tensors", root
-        else:
-            how, chosen = None, None
-            kids = dict(_children(root)) if isinstance(root, dict) else {}
-            for k in KNOWN_KEYS:
-                if k in kids and _count(kids[k]):
-                    how, chosen = f"key {k!r} (a well-known state-dict key)", kids[k]
-                    break
-            if chosen is None and _is_module(root):
-                how, chosen = "a whole pickled nn.Module (its parameters and buffers)", root
-            if chosen is None:
-                best = max(((sum(isinstance(c, TensorRef) for _, c in _children(node)), p, node)
-                            for p, node in _walk(root)), key=lambda t: t[0], default=(0, (), None))
-                if best[0] == 0:
-                    raise CheckpointError(path, "no tensors found in the checkpoint")
-                chosen = best[2]
-                how = f"key {'.'.join(best[1])!r} (the container holding the most tensors, {best[0]})"
+        # A well-known key holding a container of tensors wins even over stray top-level tensors
+        # ({"state_dict": ..., "best_acc1": tensor(71.5), "optimizer": ...}); a flat state dict has none.
+        how, chosen = None, None
+        kids = dict(_children(root)) if isinstance(root, dict) else {}
+        for k in KNOWN_KEYS:
+            if k in kids and not isinstance(kids[k], TensorRef) and _count(kids[k]):
+                how, chosen = f"key {k!r} (a well-known state-dict key)", kids[k]
+                break
+        if chosen is None and _is_module(root):
+            how, chosen = "a whole pickled nn.Module (its parameters and buffers)", root
+        if chosen is None:
+            # the container with the most tensors of its own; the root first, so it wins ties
+            best = max(((sum(isinstance(c, TensorRef) for _, c in _children(node)), p, node)
+                        for p, node in _walk(root)), key=lambda t: t[0], default=(0, (), None))
+            if best[0] == 0:
+                raise CheckpointError(path, "no tensors found in the checkpoint")
+            chosen = best[2]
+            how = "top-level tensors" if chosen is root else \
+                f"key {'.'.join(best[1])!r} (the container holding the most tensors, {best[0]})"
     skipped: list[str] = []
     try:
         tensors = flatten(chosen, skipped=skipped)

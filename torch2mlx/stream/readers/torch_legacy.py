@@ -27,7 +27,8 @@ def _no_persistent(pid):
 def is_legacy(path: str) -> bool:
     with open(path, "rb") as f:
         head = f.read(2)
-    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+    # protocol 2+: PROTO opcode; protocol 0/1 (torch.save(pickle_protocol=1)): the magic number as a text LONG
+    return len(head) == 2 and ((head[0] == 0x80 and 2 <= head[1] <= 5) or (head[:1] == b"L" and head[1:].isdigit()))
 
 
 class LegacyCheckpoint:
@@ -65,6 +66,12 @@ class LegacyCheckpoint:
         return obj
 
     def _persistent_load(self, pid):
+        if isinstance(pid, tuple) and len(pid) == 4 and pid[0] == "module":
+            # ('module', class, source file, source text): the legacy format records each nn.Module
+            # class's source; the class is our inert placeholder and the source is never used.
+            if not (isinstance(pid[1], type) and issubclass(pid[1], unpickler.Opaque)):
+                raise CheckpointError(self.path, "module record names something that is not a class")
+            return pid[1]
         key, stype, numel, location, view = unpickler.storage_ref(pid, self.path)
         dtype = stype.dtype or unpickler.UINT8
         ref = StorageRef(key, dtype, numel, location, view)

@@ -136,6 +136,19 @@ def _int_tuple(v, what: str) -> tuple[int, ...]:
     return tuple(_as_int(x, what) for x in v)
 
 
+class UnsupportedTensor(Exception):
+    """A tensor whose values are not its storage's bytes; ``load`` reports it as a CheckpointError."""
+
+
+def _check_view_flags(metadata) -> None:
+    # torch saves a lazy conjugate / negative view as its storage plus a flag in the metadata
+    # dict; the values torch.load returns are conj(storage) / -storage, so a byte copy would be wrong.
+    flags = [k for k in ("conj", "neg") if isinstance(metadata, dict) and metadata.get(k)]
+    if flags:
+        raise UnsupportedTensor(f"a tensor is saved as a lazy {'/'.join(flags)} view, which is not supported "
+                                "(call .resolve_conj() / .resolve_neg() on it before saving)")
+
+
 def _rebuild_tensor(storage, storage_offset, size, stride, dtype: DType | None = None) -> TensorRef:
     if not isinstance(storage, StorageRef):
         raise pickle.UnpicklingError("tensor rebuilt from something that is not a storage")
@@ -147,10 +160,12 @@ def _rebuild_tensor(storage, storage_offset, size, stride, dtype: DType | None =
 
 
 def _rebuild_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+    _check_view_flags(metadata)
     return _rebuild_tensor(storage, storage_offset, size, stride)
 
 
 def _rebuild_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None):
+    _check_view_flags(metadata)
     if not isinstance(dtype, DTypeRef):
         raise pickle.UnpicklingError("_rebuild_tensor_v3 without a dtype")
     return _rebuild_tensor(storage, storage_offset, size, stride, dtype.dtype)
@@ -294,6 +309,8 @@ def load(data, path: str, persistent_load) -> tuple[object, set[str]]:
         obj = up.load()
     except CheckpointError:
         raise
+    except UnsupportedTensor as e:
+        raise CheckpointError(path, str(e)) from None
     except RecursionError:
         raise CheckpointError(path, "pickle nests too deeply") from None
     except MemoryError:
