@@ -154,7 +154,7 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
     try:
         if transform is not None:
             from .transform import run_transform
-            res.shards, res.written = run_transform(plan, out, transform, opts, update)
+            res.shards, res.written = run_transform(plan, out, transform, opts, update, res.source)
         else:
             with DataReader(drop_cache=drop_cache) as reader:
                 ex = Executor(plan, out, reader=reader, workers=workers, progress=update, drop_cache=drop_cache,

@@ -24,8 +24,11 @@ def _results(value, name, dtype):
                          "expected None, (name, array), (name, array, dtype) or a list of those")
 
 
-def run_transform(plan: Plan, out: str, transform, opts: Options, progress=None) -> tuple[list[ShardResult], int]:
-    writer = ShardWriter(out, opts.max_shard_size, overwrite=True)
+def run_transform(plan: Plan, out: str, transform, opts: Options, progress=None,
+                  source: str = "") -> tuple[list[ShardResult], int]:
+    writer = ShardWriter(out, opts.max_shard_size, overwrite=True, manifest_extra={
+        "source": source, "options": opts.to_dict(), "transform": True,
+        "dropped": [{"source": n, "why": w} for n, w in plan.dropped], "warnings": plan.warnings})
     try:
         with DataReader() as reader:
             for op in plan.ops:
