@@ -30,6 +30,7 @@ class VerifyReport:
     checked_shards: int = 0
     checked_tensors: int = 0
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -37,12 +38,12 @@ class VerifyReport:
 
     def to_dict(self) -> dict:
         return {"out": self.out, "ok": self.ok, "shards": self.checked_shards,
-                "tensors": self.checked_tensors, "problems": self.problems}
+                "tensors": self.checked_tensors, "problems": self.problems, "notes": self.notes}
 
     def text(self) -> str:
         head = (f"verified {self.checked_shards} shard(s), {self.checked_tensors} tensor(s) in {self.out}: "
                 + ("OK" if self.ok else f"{len(self.problems)} problem(s)"))
-        return "\n".join([head] + [f"  {p}" for p in self.problems[:50]]
+        return "\n".join([head] + [f"  note: {n}" for n in self.notes] + [f"  {p}" for p in self.problems[:50]]
                          + ([f"  ... and {len(self.problems) - 50} more"] if len(self.problems) > 50 else []))
 
 
@@ -100,6 +101,10 @@ def verify(src, out, *, quick: bool = False, progress=None) -> VerifyReport:
     if (index.get("metadata") or {}).get("total_size") != total:
         rep.problems.append(f"index: total_size {(index.get('metadata') or {}).get('total_size')} != {total} bytes of tensors")
     if quick:
+        return rep
+    if manifest.get("transform"):
+        rep.notes.append("written through a user transform: tensor values cannot be recomputed; "
+                         "hashes, headers and index checked")
         return rep
     _verify_values(src, manifest, outputs, rep, progress)
     return rep
