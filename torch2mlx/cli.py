@@ -48,6 +48,11 @@ def _add_stream(sub):
                    help="quantization group size: 32, 64 or 128 (default 64)")
     p.add_argument("--q-recipe", metavar="NAME", choices=("mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6"),
                    help="mlx-lm's mixed-precision recipes: higher bits for lm_head and some v_proj/down_proj")
+    p.add_argument("--format", default="safetensors", choices=("safetensors", "zarr"),
+                   help="output format: sharded MLX safetensors (default) or a zarr store, one chunked array per "
+                        "tensor (for analysis pipelines; pip install 'torch2mlx[zarr]')")
+    p.add_argument("--zarr-compressor", default="none", choices=("none", "zstd", "blosc", "gzip"),
+                   help="compression of zarr chunks (default none: fastest)")
     p.add_argument("--key", metavar="KEY", help="which entry of a nested checkpoint holds the weights (dotted path)")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty OUT")
     p.add_argument("--resume", action="store_true",
@@ -70,6 +75,7 @@ def _cmd_stream(args) -> int:
                   strip_prefix=args.strip_prefix, exclude=args.exclude, rules=args.rule, key=args.key,
                   q_bits=args.q_bits, q_group_size=args.q_group_size, q_recipe=args.q_recipe,
                   overwrite=args.overwrite, dry_run=args.dry_run, resume=args.resume, drop_cache=not args.keep_cache,
+                  format=args.format, zarr_compressor=args.zarr_compressor,
                   progress=not args.quiet and not args.json and sys.stderr.isatty(), workers=args.workers)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))

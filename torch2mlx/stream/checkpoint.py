@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ..errors import CheckpointError, Torch2MLXError
 from .entry import TensorEntry
-from .readers import npz, pickled, safetensors
+from .readers import npz, pickled, safetensors, zarr_store
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 WEIGHT_SUFFIXES = (".safetensors", ".npz") + PICKLE_SUFFIXES
@@ -122,6 +122,12 @@ def open_checkpoint(path: str, key: str | None = None) -> Checkpoint:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise Torch2MLXError(f"{path}: no such file or directory")
+    if os.path.isdir(path) and zarr_store.is_zarr(path):
+        entries, notes, attrs = zarr_store.read_entries(path)
+        ck = Checkpoint(path, entries, [], "zarr", notes=notes, metadata=attrs,
+                        layout=_layout("zarr", attrs))
+        _check_duplicates(ck)
+        return ck
     if os.path.isfile(path):
         entries, notes, meta, fmt = _read_file(path, key)
         ck = Checkpoint(path, entries, [path], fmt, notes=notes, metadata=meta, layout=_layout(fmt, meta))

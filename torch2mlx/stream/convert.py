@@ -31,6 +31,7 @@ class Result:
     dry_run: bool = False
     sidecars: list[str] = field(default_factory=list)
     written: int | None = None    # tensors actually written, when a transform changed the plan's count
+    format: str = "safetensors"
 
     @property
     def tensors_out(self) -> int:
@@ -71,6 +72,26 @@ def manifest(res: Result, opts: Options, complete: bool = True) -> dict:
     }
 
 
+def _convert_zarr(res: Result, ck: Checkpoint, opts: Options, plan: Plan, out: str, overwrite: bool,
+                  progress: bool, workers, compressor: str, unsupported) -> Result:
+    from .writers import zarr_store
+    if unsupported:
+        raise Torch2MLXError("--format zarr does not combine with --resume or a transform")
+    output_dir.prepare(out, overwrite=overwrite, src_paths=ck.files)
+    res.sidecars = output_dir.copy_sidecars(ck.sidecars, out, rewrite=_config_rewrite(ck, opts, plan))
+    t0 = time.perf_counter()
+    bar, update = _progress_bar(plan.nbytes_in, progress)
+    try:
+        zarr_store.write(plan, out, compressor=compressor, workers=workers, progress=update)
+    finally:
+        if bar is not None:
+            bar.close()
+    zarr_store.finish(out, zarr_store.manifest(plan, res.source, opts.to_dict(), compressor))
+    res.seconds = time.perf_counter() - t0
+    res.format = "zarr"
+    return res
+
+
 def _config_rewrite(ck: Checkpoint, opts: Options, plan: Plan) -> dict[str, dict] | None:
     """config.json as the converted weights need it: quantization block, new dtype."""
     if ck.config is None or (plan.quantization is None and opts.dtype == "keep"):
@@ -109,7 +130,8 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
             overwrite: bool = False, dry_run: bool = False, progress: bool = False,
             workers: int | None = None, specs: list[RuleSpec] | None = None, drop: dict[str, str] | None = None,
             module_types: dict[str, str] | None = None, transform=None, checkpoint: Checkpoint | None = None,
-            drop_cache: bool = True, resume: bool = False) -> Result:
+            drop_cache: bool = True, resume: bool = False, format: str = "safetensors",
+            zarr_compressor: str = "none") -> Result:
     """Convert checkpoint ``src`` (file or directory) into MLX safetensors shards in directory ``out``.
 
     Options mirror ``t2mlx stream``. ``resume`` reuses the shards of an interrupted run
@@ -129,6 +151,10 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
     out = os.fspath(out)
     if resume and transform is not None:
         raise Torch2MLXError("--resume cannot be combined with a transform")
+    if format not in ("safetensors", "zarr"):
+        raise Torch2MLXError(f"--format must be safetensors or zarr, got {format!r}")
+    if format == "zarr":
+        return _convert_zarr(res, ck, opts, plan, out, overwrite, progress, workers, zarr_compressor, transform or resume)
     do_resume = resume and os.path.isdir(out) and bool(os.listdir(out))
     output_dir.prepare(out, overwrite=overwrite, src_paths=ck.files, resume=do_resume)
     # Sidecars first: a ShardWriter (transform) writes its index when it closes, and the index comes last.

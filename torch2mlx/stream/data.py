@@ -77,7 +77,9 @@ class DataReader:
         shape = list(entry.shape) or [1]
         sub = list(shape)
         sub[axis] = stop - start
-        if entry.array is not None:
+        if entry.loader is not None:
+            out = np.ascontiguousarray(entry.loader.read(axis, start, stop)).reshape(sub)
+        elif entry.array is not None:
             idx = [slice(None)] * len(shape)
             idx[axis] = slice(start, stop)
             out = np.ascontiguousarray(entry.array.reshape(shape)[tuple(idx)])

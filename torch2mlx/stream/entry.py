@@ -27,6 +27,8 @@ class TensorEntry:
     strides: tuple[int, ...] | None = None  # element strides; None means C-contiguous
     byteorder: str = "little"
     array: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # A chunked store (zarr) reading its own blocks: ``loader.read(axis, start, stop) -> array``.
+    loader: object | None = field(default=None, compare=False, repr=False)
     origin: str = ""                  # where it came from, for messages (file, member)
 
     @property
@@ -36,6 +38,11 @@ class TensorEntry:
     @property
     def nbytes(self) -> int:
         return self.numel * self.dtype.itemsize
+
+    @property
+    def in_file(self) -> bool:
+        """Bytes lie in place in a file (kernel copies and flat reads are possible)."""
+        return self.path is not None and self.array is None and self.loader is None
 
     @property
     def contiguous(self) -> bool:

@@ -75,8 +75,8 @@ def plan_tasks(op: Op, chunk: int) -> list[_Task]:
     out = op.outputs[0]
     if not out.shape:
         return [_Task(op, 0, 1, False)]
-    flat = (rules.get(op.rule).elementwise and op.transform is None
-            and all(e.contiguous for e in op.sources) and len(out.shape) > 1)
+    flat = (rules.get(op.rule).elementwise and op.transform is None and len(out.shape) > 1
+            and all(e.contiguous and e.loader is None for e in op.sources))
     if flat:
         rows, row = out.nbytes // out.dtype.itemsize, 1
     else:

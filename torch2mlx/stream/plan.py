@@ -72,6 +72,7 @@ class Op:
         """Bytes can be copied as they are (by the kernel, when they live in a file)."""
         (src,) = self.sources if len(self.sources) == 1 else (None,)
         return (src is not None and self.rule == "identity" and len(self.outputs) == 1 and self.transform is None
+                and src.loader is None
                 and self.outputs[0].dtype == src.dtype and src.contiguous
                 and (src.byteorder == "little" or src.dtype.itemsize == 1))
 

@@ -51,7 +51,8 @@ def format_result(res) -> str:
     p = res.plan
     n_out = res.tensors_out
     rate = p.nbytes_in / res.seconds / 1e6 if res.seconds else 0.0
-    lines = [f"converted {len(res.checkpoint.entries)} tensors -> {n_out} in {len(res.shards)} shard(s) at {res.out}",
+    where = f"{len(res.shards)} shard(s)" if res.format == "safetensors" else f"a {res.format} store"
+    lines = [f"converted {len(res.checkpoint.entries)} tensors -> {n_out} in {where} at {res.out}",
              f"{human_bytes(p.nbytes_in)} in, {human_bytes(p.nbytes_out)} out, {res.seconds:.2f} s, {rate:.0f} MB/s"]
     if res.sidecars:
         lines.append("copied: " + ", ".join(res.sidecars))
