@@ -76,17 +76,30 @@ def _progress_bar(total: int, enabled: bool):
 def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix=(), exclude=(), rules=(),
             key: str | None = None, overwrite: bool = False, dry_run: bool = False, progress: bool = False,
             workers: int | None = None, specs: list[RuleSpec] | None = None, drop: dict[str, str] | None = None,
-            transform=None, checkpoint: Checkpoint | None = None, drop_cache: bool = False) -> Result:
+            transform=None, checkpoint: Checkpoint | None = None, drop_cache: bool = False,
+            model: str | None = None, model_kwargs=None, use_model: bool = True) -> Result:
     """Convert checkpoint ``src`` (file or directory) into MLX safetensors shards in directory ``out``.
 
     Options mirror ``t2mlx stream``. ``transform(name, array, dtype)`` may rename
     (return ``(new_name, array[, dtype])``), drop (return ``None``) or replace each
     tensor; with a transform, tensors go through ``ShardWriter`` one at a time.
+
+    Without ``specs``, rules come from the model when there is one: ``model``
+    (a class path, with ``model_kwargs``) or a config.json transformers knows
+    next to the weights (the analyzer builds it on the meta device; that needs
+    torch). ``use_model=False`` keeps to shape inference and never imports torch.
     """
     opts = Options.make(dtype=dtype, max_shard_size=max_shard_size, strip_prefix=strip_prefix,
                         exclude=exclude, rules=rules, key=key)
     ck = checkpoint or open_checkpoint(src, key=key)
+    notes, warnings = [], []
+    if specs is None and drop is None and (use_model or model is not None):
+        from ..analysis.stream_inputs import stream_inputs
+        got = stream_inputs(ck, model=model, model_kwargs=model_kwargs)
+        specs, drop, notes, warnings = got.specs, got.drop, got.notes, got.warnings
     plan = build(ck, opts, specs, drop)
+    plan.notes += notes
+    plan.warnings[:0] = warnings
     res = Result(str(src), None if dry_run else str(out), plan, ck, dry_run=dry_run)
     if dry_run:
         return res
