@@ -102,6 +102,7 @@ def _attr(module, name, default=None):
 
 
 def _padding_mode(module):
+    """not expressible: padding_mode='circular'."""
     mode = _attr(module, "padding_mode", "zeros")
     if mode == "circular":
         return "padding_mode='circular' (MLX's mx.pad has no circular mode)"
@@ -109,12 +110,14 @@ def _padding_mode(module):
 
 
 def _conv_transpose(module):
+    """not expressible: groups > 1, padding_mode='circular'."""
     if _attr(module, "groups", 1) != 1:
         return f"groups={module.groups} (MLX ConvTranspose has no groups)"
     return _padding_mode(module)
 
 
 def _trailing_axes(module):
+    """not expressible: normalized_shape over more than one axis."""
     shape = _attr(module, "normalized_shape", ()) or ()
     if len(tuple(shape)) > 1:
         return f"normalizes over {len(tuple(shape))} trailing axes (MLX normalizes the last axis only)"
@@ -122,18 +125,21 @@ def _trailing_axes(module):
 
 
 def _instance_norm(module):
+    """not expressible: track_running_stats=True."""
     if _attr(module, "track_running_stats", False):
         return "track_running_stats=True (torch uses running statistics in eval; MLX InstanceNorm never does)"
     return None
 
 
 def _embedding(module):
+    """not expressible: max_norm."""
     if _attr(module, "max_norm") is not None:
         return "max_norm renormalizes rows at lookup time (MLX Embedding does not)"
     return None
 
 
 def _adaptive_pool(module):
+    """not expressible: output_size other than 1."""
     size = _attr(module, "output_size", 1)
     sizes = size if isinstance(size, (tuple, list)) else (size,)
     if any(s not in (1, None) for s in sizes):
@@ -142,6 +148,7 @@ def _adaptive_pool(module):
 
 
 def _avg_pool(module):
+    """not expressible: ceil_mode=True; count_include_pad=False with padding."""
     if _attr(module, "ceil_mode", False):
         return "ceil_mode=True (MLX pooling floors the output size)"
     pad = _attr(module, "padding", 0)
@@ -151,6 +158,7 @@ def _avg_pool(module):
 
 
 def _max_pool(module):
+    """not expressible: ceil_mode=True, dilation > 1, return_indices=True."""
     if _attr(module, "ceil_mode", False):
         return "ceil_mode=True (MLX pooling floors the output size)"
     dil = _attr(module, "dilation", 1)
@@ -162,6 +170,7 @@ def _max_pool(module):
 
 
 def _upsample(module):
+    """not expressible: mode 'area' / 'nearest-exact'; a fixed output size."""
     if _attr(module, "mode", "nearest") not in ("nearest", "linear", "bilinear", "trilinear", "bicubic"):
         return f"mode={module.mode!r} (MLX Upsample has nearest, linear and cubic)"
     if _attr(module, "scale_factor") is None:
@@ -170,6 +179,7 @@ def _upsample(module):
 
 
 def _mha(module):
+    """not expressible: add_bias_kv=True, add_zero_attn=True."""
     if _attr(module, "bias_k") is not None:
         return "add_bias_kv=True (MLX MultiHeadAttention has no learned key/value bias rows)"
     if _attr(module, "add_zero_attn", False):
@@ -197,6 +207,7 @@ _RNN_NAMES = {"LSTM": ("Wx", "Wh", "bias"), "GRU": ("Wx", "Wh", "b"), "RNN": ("W
 
 
 def _recurrent(module):
+    """not expressible: bidirectional=True (reported as a blocker), proj_size > 0."""
     if _attr(module, "bidirectional", False):
         return "bidirectional=True (MLX recurrent layers run one direction; the reverse weights get reverse.* names)"
     if _attr(module, "proj_size", 0):
@@ -233,11 +244,11 @@ def _recurrent_expander(kind: str):
 
 _RNN_DOC = {
     "LSTM": "`weight_ih_lK` -> `Wx`, `weight_hh_lK` -> `Wh`, `bias_ih_lK + bias_hh_lK` -> `bias` (sum); "
-            "K > 0 under `layers.K.`",
+            "with num_layers > 1 each layer under `layers.K.`",
     "GRU": "`weight_ih_lK` -> `Wx`, `weight_hh_lK` -> `Wh`, `bias_ih_lK` + reset/update thirds of `bias_hh_lK` "
-           "-> `b` (gru_input_bias), new-gate third of `bias_hh_lK` -> `bhn` (split); K > 0 under `layers.K.`",
+           "-> `b` (gru_input_bias), new-gate third of `bias_hh_lK` -> `bhn` (split); with num_layers > 1 each layer under `layers.K.`",
     "RNN": "`weight_ih_lK` -> `Wxh`, `weight_hh_lK` -> `Whh`, `bias_ih_lK + bias_hh_lK` -> `bias` (sum); "
-           "K > 0 under `layers.K.`",
+           "with num_layers > 1 each layer under `layers.K.`",
 }
 
 
@@ -301,7 +312,7 @@ LAYERS: list[Layer] = [
                                                                               "nonlinearity=nn.relu" if k == "RNN" else ""))
       for k in ("LSTM", "GRU", "RNN")],
     *[Layer(f"torch.nn.{k}Cell", f"mlx.nn.{k}", "recurrent", expand=_recurrent_expander(k),
-            tensors_doc=_RNN_DOC[k].replace("_lK", "").split("; K")[0], note="one step: a length-1 sequence")
+            tensors_doc=_RNN_DOC[k].replace("_lK", "").split("; with")[0], note="one step: a length-1 sequence")
       for k in ("LSTM", "GRU", "RNN")],
     Layer("torch.nn.RNNBase", None, "recurrent", note="use RNN, LSTM or GRU"),
     Layer("torch.nn.RNNCellBase", None, "recurrent", note="use RNNCell, LSTMCell or GRUCell"),

@@ -343,3 +343,11 @@ def infer(name: str, shape: tuple[int, ...], is_float: bool) -> str | None:
     if is_float and name.endswith("weight") and len(shape) in (3, 4, 5):
         return {3: "conv1d", 4: "conv2d", 5: "conv3d"}[len(shape)]
     return None
+
+
+def apply_specs(specs, arrays: dict) -> dict:
+    """Whole-array conversion in memory: ``{spec.out: rule(spec.sources)}`` for specs (out, sources, rule, args).
+
+    The stream does the same block by block from files; this is for tensors already in memory.
+    """
+    return {s.out: get(s.rule).forward([arrays[n] for n in s.sources], dict(s.args)) for s in specs}
