@@ -196,3 +196,31 @@ def functional_layouts(cls) -> dict[str, str]:
         if isinstance(weight, ast.Attribute) and isinstance(weight.value, ast.Name) and weight.value.id == "self":
             found[weight.attr] = rule
     return found
+
+
+def _root_attr(node):
+    """``self.weight`` for ``self.weight``, ``self.weight.float()``, ``self.weight.to(x)``."""
+    while True:
+        if isinstance(node, ast.Call):
+            node = node.func
+        elif isinstance(node, ast.Attribute) and not (isinstance(node.value, ast.Name) and node.value.id == "self"):
+            node = node.value
+        else:
+            return node
+
+
+@functools.lru_cache(maxsize=None)
+def offset_weight(cls) -> bool:
+    """``forward`` scales by ``1 + self.weight`` (Gemma's norms): the stored weight is an offset from 1."""
+    forward = cls.__dict__.get("forward")
+    src = _parse(forward) if forward is not None else None
+    if src is None:
+        return False
+    for node in ast.walk(src.tree):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            for one, other in ((node.left, node.right), (node.right, node.left)):
+                root = _root_attr(other)
+                if (isinstance(one, ast.Constant) and one.value == 1 and isinstance(root, ast.Attribute)
+                        and root.attr == "weight" and isinstance(root.value, ast.Name) and root.value.id == "self"):
+                    return True
+    return False

@@ -154,6 +154,9 @@ def walk(model) -> Tree:
         if not builtin and cls not in seen_classes:
             seen_classes.add(cls)
             tree.blockers += source.forward_blockers(cls)
+            if entry is not None and entry.mlx == "mlx.nn.RMSNorm" and source.offset_weight(cls):
+                tree.notes.append(f"{cls.__name__} scales by (1 + weight): an MLX RMSNorm needs weight + 1 "
+                                  "(the weights are kept as stored; mlx-lm's Gemma norms add the 1)")
 
         handled = {s for m in wn_maps for s in m.sources}
         rest = [n for n in tensors if n not in handled]
