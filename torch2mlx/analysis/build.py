@@ -115,11 +115,20 @@ def _quiet():
 
 
 def _load_config(path: str):
-    from transformers import AutoConfig
+    """The config object, read through its own class (AutoConfig's hub machinery costs seconds of imports)."""
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    file = os.path.join(path, "config.json")
     try:
-        return AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=True)
-    except (ValueError, KeyError, OSError) as e:
-        raise Torch2MLXError(f"{path}/config.json: transformers cannot read it ({str(e).splitlines()[0]})") from None
+        with open(file, "rb") as f:
+            model_type = json.loads(f.read()).get("model_type")
+        cls = getattr(transformers, CONFIG_MAPPING_NAMES.get(model_type, ""), None)
+        if cls is not None:
+            return cls.from_json_file(file)
+        return transformers.AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
+        raise Torch2MLXError(f"{file}: transformers cannot read it ({str(e).splitlines()[0] if str(e) else e!r})") \
+            from None
 
 
 def why_not_config(config_dir: str) -> str | None:
