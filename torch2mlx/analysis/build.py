@@ -164,7 +164,8 @@ def from_config_dir(path: str) -> Built:
         cls = transformers.AutoModel
         notes.append(f"config.json names no architecture transformers has ({arch}); built the base "
                      f"{config.model_type} model")
-    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    with _quiet():   # older transformers spell it torch_dtype, newer ones warn when that is read
+        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None)
     with torch.device("meta"), _quiet():

@@ -65,11 +65,13 @@ def _parse(func) -> _Source | None:
 
 
 def _short(path: str) -> str:
+    """A source file as a report shows it: from its package root, or relative to the working directory."""
     parts = path.replace(os.sep, "/").split("/")
     for anchor in ("site-packages", "dist-packages"):
         if anchor in parts:
             return "/".join(parts[parts.index(anchor) + 1:])
-    return "/".join(parts[-3:])
+    rel = os.path.relpath(path)
+    return rel if not rel.startswith("..") else "/".join(parts[-3:])
 
 
 def _resolve(node, env: dict):
