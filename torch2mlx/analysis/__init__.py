@@ -14,7 +14,7 @@ import os
 import time
 
 from ..errors import Torch2MLXError
-from .report import Report
+from .report import Report, model_report
 from .stream_inputs import StreamInputs, stream_inputs
 
 __all__ = ["analyze", "Report", "StreamInputs", "stream_inputs"]
@@ -31,27 +31,16 @@ def analyze(x, *, model: str | None = None, model_kwargs=None) -> Report:
         path = os.fspath(x)
         if model is None and not os.path.exists(path) and ":" in path:
             from .build import from_class
-            report = _from_model(from_class(path, model_kwargs), path)
+            report = model_report(from_class(path, model_kwargs), path)
         else:
             report = _from_path(path, model, model_kwargs)
     elif hasattr(x, "named_modules") and hasattr(x, "_parameters"):
         from .build import from_module
-        report = _from_model(from_module(x), type(x).__name__)
+        report = model_report(from_module(x), type(x).__name__)
     else:
         raise Torch2MLXError(f"cannot analyze a {type(x).__name__}: give an nn.Module, 'pkg.mod:Class' or a path")
     report.seconds = time.perf_counter() - t0
     return report
-
-
-def _from_model(built, source: str, ck=None) -> Report:
-    from .matching import match
-    from .tree import walk
-    tree = walk(built.model)
-    matched = match(ck.entries, tree, built.model) if ck is not None else None
-    notes = built.notes + tree.notes + (matched.notes if matched else []) + (list(ck.notes) if ck else [])
-    layers = sorted(tree.layers.values(), key=lambda u: (-u.parameters, u.key))
-    return Report(source, built.name, built.how, tree.parameters, tree.coverage, dict(tree.unsupported),
-                  tree.blockers, tree.tensors, layers, matched, notes)
 
 
 def _from_path(path: str, model, model_kwargs) -> Report:
@@ -62,12 +51,12 @@ def _from_path(path: str, model, model_kwargs) -> Report:
     ck = open_checkpoint(path) if build.has_weights(path) else None
     config_dir = path if os.path.isfile(os.path.join(path, "config.json")) else None
     if model is not None:
-        return _from_model(build.from_class(model, model_kwargs, config_dir), path, ck)
+        return model_report(build.from_class(model, model_kwargs, config_dir), path, ck)
     notes = []
     if config_dir is not None:
         why = build.why_not_config(config_dir)
         if why is None:
-            return _from_model(build.from_config_dir(config_dir), path, ck)
+            return model_report(build.from_config_dir(config_dir), path, ck)
         notes.append(why)
     if ck is None:
         raise Torch2MLXError(f"{path}: holds neither weights nor a config.json transformers can build")

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .matching import Match
+from .matching import Match, match
 from .source import Blocker
-from .tree import LayerUse, TensorInfo
+from .tree import LayerUse, TensorInfo, walk
 
 _HOW = {"module": "a live module", "class": "its class, built on the meta device",
         "config": "config.json, built on the meta device", "headers": "checkpoint headers only (no model)"}
@@ -103,3 +103,13 @@ def _tensor_rows(tensors: list[TensorInfo], limit: int) -> str:
         text += f"\n... {len(tensors) - limit * 5} more (--json lists all)"
     return text
 
+
+
+def model_report(built, source: str, ck=None) -> Report:
+    """Walk a built model; with a checkpoint, match its tensors to the model's too."""
+    tree = walk(built.model)
+    matched = match(ck.entries, tree, built.model) if ck is not None else None
+    notes = built.notes + tree.notes + (matched.notes if matched else []) + (list(ck.notes) if ck else [])
+    layers = sorted(tree.layers.values(), key=lambda u: (-u.parameters, u.key))
+    return Report(source, built.name, built.how, tree.parameters, tree.coverage, dict(tree.unsupported),
+                  tree.blockers, tree.tensors, layers, matched, notes)

@@ -38,8 +38,8 @@ def stream_inputs(ck: Checkpoint, *, model: str | None = None, model_kwargs=None
             return StreamInputs(notes=[f"{e}; rules inferred from shapes"])
     else:
         return StreamInputs()
-    from . import _from_model
-    report = _from_model(built, ck.path, ck)
+    from .report import model_report
+    report = model_report(built, ck.path, ck)
     m = report.checkpoint
     notes = [f"rules from the model {built.name} ({'config.json' if built.how == 'config' else model}, "
              f"analyzed on the meta device): {m.matched} of {m.tensors} tensors"] + m.notes + built.notes
