@@ -83,3 +83,20 @@ def test_stream_notes_a_config_transformers_does_not_know(tmp_path, capsys):
     d = json.loads(capsys.readouterr().out)
     assert d["rules_by_source"] == {"default": 1}
     assert any("not-a-model" in n for n in d["notes"])
+
+
+def test_stream_model_option_and_rule_override(tmp_path, capsys):
+    import torch
+    torch.save(torch.nn.GRU(3, 4).state_dict(), tmp_path / "gru.pt")
+    argv = ["stream", str(tmp_path / "gru.pt"), "--dry-run", "--json", "--model", "torch.nn:GRU",
+            "--model-kwargs", '{"input_size": 3, "hidden_size": 4}']
+    assert main(argv) == 0
+    plan = json.loads(capsys.readouterr().out)["plan"]
+    assert {n: (r["rule"], r["rule_source"]) for n, r in plan.items()} == {
+        "Wx": ("identity", "model"), "Wh": ("identity", "model"), "b": ("gru_input_bias", "model"),
+        "bhn": ("split", "model")}
+    assert plan["b"]["source"] == ["bias_ih_l0", "bias_hh_l0"] and plan["bhn"]["shape"] == [4]
+    assert main(argv + ["--rule", "weight_hh_l0=linear_transposed"]) == 0   # --rule still wins for one source
+    plan = json.loads(capsys.readouterr().out)["plan"]
+    assert (plan["Wh"]["rule"], plan["Wh"]["rule_source"], plan["Wh"]["shape"]) == ("linear_transposed", "user",
+                                                                                    [4, 12])
