@@ -41,6 +41,9 @@ class Blocky(nn.Module):
         if h.sum().item() > 0:
             h = h * 2
         values = h.tolist()
+        positive = bool(h.min().item() > 0)
+        while positive:
+            positive = False
         h = _Square.apply(h)
         if torch.cuda.is_available():
             h = h.cuda()
@@ -66,6 +69,7 @@ def test_blockers_are_found_by_what_the_code_does():
     kinds = sorted((b.kind, b.detail.split(":")[0]) for b in report.blockers)
     assert kinds == [
         ("autograd_function", "custom autograd function _Square"),
+        ("data_dependent", ".item() steers control flow"),
         ("data_dependent", ".item() steers control flow"),
         ("data_dependent", ".tolist() copies to the host"),
         ("device", ".cuda()"),

@@ -116,6 +116,20 @@ def _in_control(node, parents) -> bool:
     return False
 
 
+def _steers(node, parents, fn) -> bool:
+    """The value decides control flow: directly, or through the name it is assigned to."""
+    if _in_control(node, parents):
+        return True
+    parent = parents.get(node)
+    while isinstance(parent, (ast.UnaryOp, ast.BoolOp, ast.Compare, ast.Call)) and parent in parents:
+        parent = parents[parent]
+    if isinstance(parent, ast.Assign) and len(parent.targets) == 1 and isinstance(parent.targets[0], ast.Name):
+        name = parent.targets[0].id
+        return any(isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load) and _in_control(n, parents)
+                   for n in ast.walk(fn))
+    return False
+
+
 @functools.lru_cache(maxsize=None)
 def forward_blockers(cls) -> tuple[Blocker, ...]:
     """Blockers in ``cls.forward`` (torch's own layers are trusted and skipped)."""
@@ -154,7 +168,7 @@ def forward_blockers(cls) -> tuple[Blocker, ...]:
                     and hasattr(torch.Tensor, name[:-1])):
                 add("inplace", node, f"in-place tensor method .{name}()")
             elif name in ("item", "tolist") and not node.args:
-                flow = _in_control(node, parents)
+                flow = _steers(node, parents, src.tree)
                 add("data_dependent", node, f".{name}() " + ("steers control flow" if flow else "copies to the host"))
             elif name == "apply":
                 target = _resolve(func.value, src.globals)
