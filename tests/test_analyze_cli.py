@@ -100,3 +100,13 @@ def test_stream_model_option_and_rule_override(tmp_path, capsys):
     plan = json.loads(capsys.readouterr().out)["plan"]
     assert (plan["Wh"]["rule"], plan["Wh"]["rule_source"], plan["Wh"]["shape"]) == ("linear_transposed", "user",
                                                                                     [4, 12])
+
+
+def test_stream_without_torch_falls_back_to_inference_with_a_note(bert_dir, monkeypatch):
+    from torch2mlx.analysis import build
+    from torch2mlx.stream import convert
+    save_file({"conv.weight": np.ones((2, 3, 3, 3), np.float32)}, str(bert_dir / "model.safetensors"))
+    monkeypatch.setattr(build, "transformers_available", lambda: False)
+    res = convert(bert_dir, None, dry_run=True)
+    assert res.plan.rules_by_source() == {"inferred": 1}
+    assert any("torch and transformers are not installed" in n for n in res.plan.notes)

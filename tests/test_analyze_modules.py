@@ -147,7 +147,7 @@ def test_unsupported_layers_count_against_coverage_and_are_blockers():
     assert "bagged" in reasons["bag"]
     names = {t.mlx for t in report.tensors if t.sources[0].startswith("rnn.")}
     assert names == {"rnn.Wx", "rnn.Wh", "rnn.bias", "rnn.reverse.Wx", "rnn.reverse.Wh", "rnn.reverse.bias"}
-    assert {t.rule_source for t in report.tensors if t.sources[0].startswith("bag.")} == {"default"}
+    assert {t.rule_source for t in report.tensors if t.sources[0].startswith(("bag.", "ortho.param"))} == {"default"}
 
 
 def test_weight_norm_in_both_forms():

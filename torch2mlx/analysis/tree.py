@@ -120,6 +120,27 @@ def _hook_blockers(mod, key: str, path: str) -> list[Blocker]:
     return found
 
 
+def _reason(mod, entry: Layer | None, builtin: bool, problems: list[str]) -> str | None:
+    """Why this module does not map to MLX (None when it does)."""
+    if problems:
+        return "; ".join(problems)
+    if entry is None:
+        # An unknown torch layer does not map; a model's own module without tensors is only composition.
+        return "no MLX equivalent known" if builtin else None
+    if not entry.supported:
+        return entry.note or "no MLX equivalent"
+    return entry.check(mod) if entry.check is not None else None
+
+
+def _maps(mod, entry: Layer | None, names: list[str]) -> tuple[list[TensorMap], dict[str, str]]:
+    if entry is CUSTOM:
+        layouts = source.functional_layouts(type(mod)) if names else {}
+        return [TensorMap(n, (n,), layouts.get(n, "identity")) for n in names], {}
+    if entry is not None:
+        return entry.tensor_maps(mod, names)
+    return [TensorMap(n, (n,)) for n in names], {}
+
+
 def walk(model) -> Tree:
     tree = Tree()
     counted: dict[int, str] = {}
@@ -136,17 +157,9 @@ def walk(model) -> Tree:
             entry = CUSTOM
         key = entry.torch if entry is not None and entry is not CUSTOM else registry.class_key(cls)
         path = tprefix.rstrip(".") or "(root)"
-        if problems:
-            reason = "; ".join(problems)
-        elif entry is None:
-            # An unknown torch layer does not map; a model's own module without tensors is only composition.
-            reason = "no MLX equivalent known" if builtin else None
-        elif not entry.supported:
-            reason = entry.note or "no MLX equivalent"
-        else:
-            reason = entry.check(mod) if entry.check is not None else None
+        reason = _reason(mod, entry, builtin, problems)
         supported = reason is None
-        known_rules = entry is not None and entry.supported
+        rule_source = "model" if entry is not None and entry.supported and not problems else "default"
         if reason is not None:
             tree.unsupported[key] += 1
             tree.blockers.append(Blocker("layer", key, path, reason))
@@ -159,21 +172,14 @@ def walk(model) -> Tree:
                                   "(the weights are kept as stored; mlx-lm's Gemma norms add the 1)")
 
         handled = {s for m in wn_maps for s in m.sources}
-        rest = [n for n in tensors if n not in handled]
-        if entry is CUSTOM:
-            layouts = source.functional_layouts(cls) if rest else {}
-            maps, dropped = [TensorMap(n, (n,), layouts.get(n, "identity")) for n in rest], {}
-        elif entry is not None:
-            maps, dropped = entry.tensor_maps(mod, rest)
-        else:
-            maps, dropped = [TensorMap(n, (n,)) for n in rest], {}
+        maps, dropped = _maps(mod, entry, [n for n in tensors if n not in handled])
         maps = wn_maps + maps
-
         if entry is not None or tensors:
             use = tree.layers.setdefault(key, LayerUse(key, entry.mlx if entry else None, supported))
             use.count += 1
             use.supported = use.supported and supported
             use.rules.update(m.rule for m in maps)
+
         for n, t in tensors.items():
             full = tprefix + n
             tree.shapes[full] = tuple(t.shape)
@@ -188,12 +194,10 @@ def walk(model) -> Tree:
                 if supported:
                     tree.covered += t.numel()
         for m in maps:
-            srcs = tuple(tprefix + s for s in m.sources)
             shapes = tuple(tuple(tensors[s].shape) for s in m.sources)
-            rule = rules.get(m.rule)
-            tree.tensors.append(TensorInfo(mprefix + m.mlx, srcs, shapes, tuple(rule.out_shape(list(shapes), m.args)),
-                                           _dtype(tensors[m.sources[0]]), m.rule, dict(m.args),
-                                           "model" if known_rules else "default", key))
+            out_shape = tuple(rules.get(m.rule).out_shape(list(shapes), m.args))
+            tree.tensors.append(TensorInfo(mprefix + m.mlx, tuple(tprefix + s for s in m.sources), shapes, out_shape,
+                                           _dtype(tensors[m.sources[0]]), m.rule, dict(m.args), rule_source, key))
         for n, why in dropped.items():
             t = tensors[n]
             tree.tensors.append(TensorInfo(None, (tprefix + n,), (tuple(t.shape),), tuple(t.shape), _dtype(t),
@@ -202,8 +206,7 @@ def walk(model) -> Tree:
         for name, child in mod._modules.items():
             if child is None or (name == "parametrizations" and wn_tensors):
                 continue
-            mname = entry.child_name(name) if entry is not None else name
-            visit(child, f"{tprefix}{name}.", f"{mprefix}{mname}.")
+            visit(child, f"{tprefix}{name}.", f"{mprefix}{entry.child_name(name) if entry else name}.")
 
     visit(model, "", "")
     return tree
