@@ -64,12 +64,23 @@ def _expected(kind, src):
 def test_cli_stream_without_torch(no_torch_env, sources, tmp_path, kind):
     env, marker = no_torch_env
     out = tmp_path / "out"
-    dry = run_cli("stream", sources[kind], "--dry-run", "--json", env=env)
+    # A config.json would bring in the analyzer (torch) on purpose; --no-model is the torch-free path.
+    flags = ["--no-model"] if kind == "dir" else []
+    dry = run_cli("stream", sources[kind], "--dry-run", "--json", *flags, env=env)
     assert dry.returncode == 0, dry.stderr
-    proc = run_cli("stream", sources[kind], out, "--dtype", "float16", env=env)
+    proc = run_cli("stream", sources[kind], out, "--dtype", "float16", *flags, env=env)
     assert proc.returncode == 0, proc.stderr
     assert not marker.exists(), marker.read_text()
     check_converted(out, _expected(kind, sources[kind]), dtype="float16")
+
+
+def test_config_dir_falls_back_to_inference_when_torch_is_broken(no_torch_env, sources, tmp_path):
+    env, _marker = no_torch_env
+    out = tmp_path / "out"
+    proc = run_cli("stream", sources["dir"], out, "--dtype", "float16", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "rules inferred from shapes" in proc.stdout
+    check_converted(out, _expected("dir", sources["dir"]), dtype="float16")
 
 
 def test_console_script_without_torch(no_torch_env, sources, tmp_path):

@@ -17,9 +17,20 @@ examples:
   t2mlx stream model.ckpt ./out --key state_dict --strip-prefix model.
 
 Rules (layouts): identity, conv1d, conv2d, conv3d, conv_transpose1d,
-conv_transpose2d, conv_transpose3d, linear_transposed. Without model
-information a 3/4/5-D float '*.weight' is assumed to be a convolution
-(reported as 'inferred'); override with --rule REGEX=RULE.
+conv_transpose2d, conv_transpose3d, linear_transposed, bilinear.
+With a config.json transformers knows (torch installed) or --model, the
+analyzer builds the model on the meta device and every tensor gets the
+model's exact rule and name (reported as 'model'). Without model information
+a 3/4/5-D float '*.weight' is assumed to be a convolution (reported as
+'inferred'); override with --rule REGEX=RULE.
+"""
+
+ANALYZE_EPILOG = """\
+examples:
+  t2mlx analyze ./my-model                      # config.json -> model on the meta device; no weights read
+  t2mlx analyze ./ckpt --model mypkg.nets:UNet --model-kwargs '{"channels": 64}'
+  t2mlx analyze mypkg.nets:UNet --json          # a class alone
+  t2mlx analyze model.safetensors               # headers only: names, shapes, inferred rules
 """
 
 
@@ -64,7 +75,36 @@ def _add_stream(sub):
     p.add_argument("--keep-cache", action="store_true",
                    help="leave converted bytes in the page cache (default: drop them, so big runs do not evict your apps)")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="worker threads (default: cores + 1, max 4)")
+    _add_model_options(p)
+    p.add_argument("--no-model", action="store_true",
+                   help="ignore config.json: infer rules from shapes (never imports torch)")
     p.set_defaults(func=_cmd_stream)
+
+
+def _add_model_options(p):
+    p.add_argument("--model", metavar="PKG.MOD:CLASS",
+                   help="the torch model class the weights belong to (built on the meta device for exact rules)")
+    p.add_argument("--model-kwargs", metavar="JSON", help="keyword arguments for --model's constructor, as JSON")
+
+
+def _add_analyze(sub):
+    p = sub.add_parser("analyze", help="how much of a model maps to MLX, each tensor's rule, and what blocks the rest",
+                       description="Build the model on torch's meta device (no weight memory, no weight bytes "
+                                   "read), map every layer to MLX and report coverage, unsupported layers, "
+                                   "blockers in forward code and each tensor's MLX name, shape and rule. SRC is a "
+                                   "checkpoint or config directory, a checkpoint file, or a class pkg.mod:Class.",
+                       epilog=ANALYZE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", metavar="SRC", help="checkpoint / config directory, checkpoint file, or pkg.mod:Class")
+    _add_model_options(p)
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.set_defaults(func=_cmd_analyze)
+
+
+def _cmd_analyze(args) -> int:
+    from . import analyze
+    report = analyze(args.src, model=args.model, model_kwargs=args.model_kwargs)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+    return 0
 
 
 def _cmd_stream(args) -> int:
@@ -76,7 +116,8 @@ def _cmd_stream(args) -> int:
                   q_bits=args.q_bits, q_group_size=args.q_group_size, q_recipe=args.q_recipe,
                   overwrite=args.overwrite, dry_run=args.dry_run, resume=args.resume, drop_cache=not args.keep_cache,
                   format=args.format, zarr_compressor=args.zarr_compressor,
-                  progress=not args.quiet and not args.json and sys.stderr.isatty(), workers=args.workers)
+                  progress=not args.quiet and not args.json and sys.stderr.isatty(), workers=args.workers,
+                  model=args.model, model_kwargs=args.model_kwargs, use_model=not args.no_model)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))
     else:
@@ -109,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_stream(sub)
+    _add_analyze(sub)
     _add_verify(sub)
     return ap
 

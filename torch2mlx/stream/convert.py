@@ -118,11 +118,28 @@ def _progress_bar(total: int, enabled: bool):
 
 def prepare(src, *, checkpoint: Checkpoint | None = None, specs: list[RuleSpec] | None = None,
             drop: dict[str, str] | None = None, module_types: dict[str, str] | None = None,
+            model: str | None = None, model_kwargs=None, use_model: bool = True,
             **options) -> tuple[Checkpoint, Options, Plan]:
-    """Open ``src`` and plan its conversion; no tensor data is read. ``options`` as for ``convert``."""
+    """Open ``src`` and plan its conversion; no tensor data is read. ``options`` as for ``convert``.
+
+    Without ``specs``, rules come from the model when there is one: ``model`` (a class
+    path, with ``model_kwargs``) or a config.json transformers knows next to the weights
+    (the analyzer builds it on the meta device; that needs torch). ``use_model=False``
+    keeps to shape inference and never imports torch.
+    """
     opts = Options.make(**options)
     ck = checkpoint or open_checkpoint(src, key=opts.key)
-    return ck, opts, build(ck, opts, specs, drop, module_types)
+    notes, warnings = [], []
+    if specs is None and drop is None and (use_model or model is not None):
+        from ..analysis.stream_inputs import stream_inputs
+        got = stream_inputs(ck, model=model, model_kwargs=model_kwargs)
+        specs, drop, notes, warnings = got.specs, got.drop, got.notes, got.warnings
+        if module_types is None and got.report is not None:
+            module_types = got.module_types
+    plan = build(ck, opts, specs, drop, module_types)
+    plan.notes += notes
+    plan.warnings[:0] = warnings
+    return ck, opts, plan
 
 
 def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix=(), exclude=(), rules=(),
@@ -131,7 +148,8 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
             workers: int | None = None, specs: list[RuleSpec] | None = None, drop: dict[str, str] | None = None,
             module_types: dict[str, str] | None = None, transform=None, checkpoint: Checkpoint | None = None,
             drop_cache: bool = True, resume: bool = False, format: str = "safetensors",
-            zarr_compressor: str = "none") -> Result:
+            zarr_compressor: str = "none", model: str | None = None, model_kwargs=None,
+            use_model: bool = True) -> Result:
     """Convert checkpoint ``src`` (file or directory) into MLX safetensors shards in directory ``out``.
 
     Options mirror ``t2mlx stream``. ``resume`` reuses the shards of an interrupted run
@@ -139,9 +157,11 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
     tells the kernel to drop the pages of bytes already converted, so a 140 GB run
     does not push the user's applications out of memory. ``transform(name, array, dtype)`` may rename
     (return ``(new_name, array[, dtype])``), drop (return ``None``) or replace each
-    tensor; with a transform, tensors go through ``ShardWriter`` one at a time.
+    tensor; with a transform, tensors go through ``ShardWriter`` one at a time. Model
+    options (``model``, ``model_kwargs``, ``use_model``) as for ``prepare``.
     """
     ck, opts, plan = prepare(src, checkpoint=checkpoint, specs=specs, drop=drop, module_types=module_types,
+                             model=model, model_kwargs=model_kwargs, use_model=use_model,
                              dtype=dtype, max_shard_size=max_shard_size, strip_prefix=strip_prefix,
                              exclude=exclude, rules=rules, key=key, q_bits=q_bits, q_group_size=q_group_size,
                              q_recipe=q_recipe)

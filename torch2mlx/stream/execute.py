@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import rules
+from .. import dtypes, rules
 from ..errors import Torch2MLXError
 from . import casts
 from .data import DataReader
@@ -139,17 +139,23 @@ def compute_outputs(op: Op, reader: DataReader, start: int, stop: int, flat: boo
     rule = rules.get(op.rule)
     out = op.outputs[0]
     if flat:
-        block = rule.apply([reader.read_flat(e, start, stop) for e in op.sources], op.args, start)
+        blocks = [reader.read_flat(e, start, stop) for e in op.sources]
     elif not out.shape:
-        block = rule.apply([reader.read_all(e).reshape(()) for e in op.sources], op.args, 0)
+        blocks = [reader.read_all(e).reshape(()) for e in op.sources]
+        start, stop = 0, 1
     else:
         shapes = [e.shape for e in op.sources]
         blocks = [reader.read_rows(e, s, t, axis) if e.shape else reader.read_all(e)
                   for e, (axis, s, t) in zip(op.sources, rule.source_slices(start, stop, shapes, op.args))]
-        block = rule.apply(blocks, op.args, start)
+    src = op.source_dtype
+    if rule.arithmetic and not src.exact_numpy:
+        # Sums and norms need values: bfloat16/float8 blocks arrive as raw bits.
+        blocks = [casts.to_f32(b, src) for b in blocks]
+        src = dtypes.get("float32")
+    block = rule.apply(blocks, op.args, start, stop)
     if op.transform is not None:
-        return op.transform(block, op, start, reader)
-    return [casts.cast(block, op.source_dtype, out.dtype)]
+        return op.transform(block, op, start, reader, src)
+    return [casts.cast(block, src, out.dtype)]
 
 
 class _ShardState:

@@ -50,12 +50,13 @@ class Chain:
     def __init__(self, dequant: _FP8Dequant | None = None, spec: quant_recipes.QuantSpec | None = None):
         self.dequant, self.spec = dequant, spec
 
-    def __call__(self, block, op: Op, start: int, reader) -> list[np.ndarray]:
+    def __call__(self, block, op: Op, start: int, reader, src: DType | None = None) -> list[np.ndarray]:
+        """``src``: the dtype ``block`` is in (the rule may have widened it to float32)."""
         float_dtype = op.outputs[1].dtype if self.spec else op.outputs[0].dtype
         if self.dequant is not None:
             block, src = self.dequant(block, op, start, reader, float_dtype), float_dtype
         else:
-            src = op.source_dtype
+            src = src or op.source_dtype
         if self.spec is None:
             return [casts.cast(block, src, float_dtype)]
         return list(quant.quantize(block, self.spec.bits, self.spec.group_size, src, float_dtype))

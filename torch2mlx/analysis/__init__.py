@@ -1,0 +1,63 @@
+"""The analyzer: build a model on the meta device, map it to MLX through the registry, report.
+
+    report = torch2mlx.analyze("model_dir")          # config.json -> transformers model, no weights read
+    report = torch2mlx.analyze(model)                # a live nn.Module
+    report = torch2mlx.analyze("pkg.mod:Net", model_kwargs={"dim": 64})
+    report.coverage, report.blockers, report.tensors, report.to_dict()
+
+torch and transformers are imported when one of these functions needs them,
+never when this package is imported.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from ..errors import Torch2MLXError
+from .report import Report, model_report
+from .stream_inputs import StreamInputs, stream_inputs
+
+__all__ = ["analyze", "Report", "StreamInputs", "stream_inputs"]
+
+
+def analyze(x, *, model: str | None = None, model_kwargs=None) -> Report:
+    """Analyze ``x``: an ``nn.Module``, a class path ``"pkg.mod:Class"``, or a checkpoint/config path.
+
+    ``model`` (a class path) gives the model for a checkpoint path; ``model_kwargs``
+    (a dict or JSON text) are its constructor's keyword arguments.
+    """
+    t0 = time.perf_counter()
+    if isinstance(x, (str, os.PathLike)):
+        path = os.fspath(x)
+        if model is None and not os.path.exists(path) and ":" in path:
+            from .build import from_class
+            report = model_report(from_class(path, model_kwargs), path)
+        else:
+            report = _from_path(path, model, model_kwargs)
+    elif hasattr(x, "named_modules") and hasattr(x, "_parameters"):
+        from .build import from_module
+        report = model_report(from_module(x), type(x).__name__)
+    else:
+        raise Torch2MLXError(f"cannot analyze a {type(x).__name__}: give an nn.Module, 'pkg.mod:Class' or a path")
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _from_path(path: str, model, model_kwargs) -> Report:
+    from ..stream.checkpoint import open_checkpoint
+    from . import build, headers
+    if not os.path.exists(path):
+        raise Torch2MLXError(f"{path}: no such file or directory")
+    ck = open_checkpoint(path) if build.has_weights(path) else None
+    config_dir = path if os.path.isfile(os.path.join(path, "config.json")) else None
+    if model is not None:
+        return model_report(build.from_class(model, model_kwargs, config_dir), path, ck)
+    notes = []
+    if config_dir is not None:
+        why = build.why_not_config(config_dir)
+        if why is None:
+            return model_report(build.from_config_dir(config_dir), path, ck)
+        notes.append(why)
+    if ck is None:
+        raise Torch2MLXError(f"{path}: holds neither weights nor a config.json transformers can build")
+    return headers.report(ck, path, notes)

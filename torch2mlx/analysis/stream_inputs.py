@@ -1,0 +1,62 @@
+"""What the stream takes from the analyzer: specs (exact rules and names) and buffers to drop.
+
+Used automatically by ``torch2mlx.stream.convert`` when the checkpoint directory
+has a config.json transformers knows, or when a model class is given. Without
+either, nothing here imports torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import Torch2MLXError
+from ..stream.checkpoint import Checkpoint
+from ..stream.plan import RuleSpec
+
+
+@dataclass
+class StreamInputs:
+    specs: list[RuleSpec] | None = None      # None: no model information, the stream infers
+    drop: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    report: object = None                    # the analyzer's Report, when a model was analyzed
+
+    @property
+    def module_types(self) -> dict[str, str]:
+        """MLX module path -> torch class name (decides which weights quantization takes)."""
+        if self.report is None:
+            return {}
+        return {t.mlx[: -len(".weight")]: t.layer.replace(":", ".").split(".")[-1]
+                for t in self.report.tensors if t.mlx and t.mlx.endswith(".weight")}
+
+
+def stream_inputs(ck: Checkpoint, *, model: str | None = None, model_kwargs=None) -> StreamInputs:
+    """Specs and drops for converting ``ck``, from ``model`` (a class path) or the directory's config.json."""
+    from . import build
+    if model is not None:
+        config_dir = ck.path if ck.config is not None else None
+        built = build.from_class(model, model_kwargs, config_dir)
+    elif ck.config is not None:
+        try:
+            why = build.why_not_config(ck.path)
+            if why is not None:
+                return StreamInputs(notes=[why])
+            built = build.from_config_dir(ck.path)
+        except Torch2MLXError as e:
+            return StreamInputs(notes=[f"{e}; rules inferred from shapes"])
+        except ImportError as e:  # torch/transformers present but broken: convert anyway, by inference
+            return StreamInputs(notes=[f"config.json found, but the model could not be built ({e}); "
+                                       "rules inferred from shapes"])
+    else:
+        return StreamInputs()
+    from .report import model_report
+    report = model_report(built, ck.path, ck)
+    m = report.checkpoint
+    notes = [f"rules from the model {built.name} ({'config.json' if built.how == 'config' else model}, "
+             f"analyzed on the meta device): {m.matched} of {m.tensors} tensors"] + m.notes + built.notes
+    warnings = []
+    if m.unmatched:
+        shown = "; ".join(f"{n} ({w})" for n, w in m.unmatched[:5])
+        warnings.append(f"{len(m.unmatched)} tensor(s) have rules not from the model: {shown}"
+                        + (" ..." if len(m.unmatched) > 5 else ""))
+    return StreamInputs(m.specs, m.drop, notes, warnings, report)
