@@ -209,6 +209,12 @@ def build(ck: Checkpoint, opts: Options, specs: list[RuleSpec] | None = None,
         # A cached RoPE table: recomputed from the config by MLX (and rejected by mlx-lm's loader).
         drop.update({e.name: "rotary cache, recomputed at load time" for e in ck.entries
                      if e.name.endswith("rotary_emb.inv_freq")})
+        # A tied head saved next to its embedding: transformers and mlx-lm use the embedding,
+        # and mlx-lm's loader rejects the copy once it is quantized (lm_head.scales/biases).
+        head = by_name.get("lm_head.weight")
+        if ck.config.get("tie_word_embeddings") is True and head is not None and any(
+                e is not head and e.shape == head.shape and e.dtype == head.dtype for e in ck.entries):
+            drop["lm_head.weight"] = "tied to the input embedding (tie_word_embeddings)"
     dequant, fp8_drop, fp8_errors = transforms.plan_fp8(ck, by_name)
     drop.update(fp8_drop)
     warnings += fp8_errors
