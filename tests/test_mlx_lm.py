@@ -129,7 +129,7 @@ def test_q4_equals_mlx_lm_convert(ckpts, mlx_ref, kind, fmt, tmp_path):
         assert config(out)[key] == config(ref)[key] == {"group_size": 64, "bits": 4, "mode": "affine"}
 
 
-@pytest.mark.parametrize("kind,fmt", [("llama", "bin"), ("qwen2", "safetensors")])
+@pytest.mark.parametrize("kind,fmt", [("llama", "bin"), ("qwen2", "safetensors"), ("mixtral", "bin")])
 def test_mixed_recipe_equals_mlx_lm_convert(ckpts, mlx_ref, kind, fmt, tmp_path):
     out = stream(getattr(ckpts[kind], fmt), tmp_path / "out", "--q-recipe", "mixed_3_6")
     ref = mlx_ref(ckpts[kind].safetensors, quant_predicate="mixed_3_6", q_group_size=64)
