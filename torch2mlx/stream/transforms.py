@@ -40,7 +40,7 @@ class _FP8Dequant:
 
     def __call__(self, block, op: Op, start: int, reader, dtype: DType) -> np.ndarray:
         return fp8.dequantize(block, op.source_dtype, self.scale_array(reader), self.scale.dtype,
-                              weight_shape=op.sources[0].shape, start=start, block=self.weight.blocks,
+                              weight_shape=op.sources[0].shape, start=start, blocks=self.weight.blocks,
                               out_dtype=dtype)
 
 
