@@ -141,6 +141,19 @@ def dequantize(w: np.ndarray, fp8_dtype: DType | str, scale: np.ndarray | None =
     return cast(vals, dtypes.get("float32"), out)
 
 
+def describes_fp8(quantization_config) -> bool:
+    """Whether a config.json ``quantization_config`` describes float8 weights.
+
+    Such a block is stale once the weights are dequantized: mlx-lm reads an
+    ``fp8`` block with ue8m0 32x32 scales as mxfp8 and refuses compressed-tensors'
+    ``float-quantized`` format, and transformers would expect float8 tensors.
+    """
+    qc = quantization_config if isinstance(quantization_config, dict) else {}
+    method = qc.get("quant_method")
+    return method in ("fp8", "fbgemm_fp8") or (method == "compressed-tensors"
+                                                and qc.get("format") == "float-quantized")
+
+
 # ---- pairing weights with scales (names, shapes and dtypes only) -----------------
 
 @dataclass(frozen=True)
