@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 VOCAB = 256
 PROMPT = [[1, 5, 9, 33, 100, 7, 250, 3]]
@@ -85,9 +85,7 @@ def write_bin_shards(tensors: dict[str, torch.Tensor], d: Path, n_shards: int, *
     same shard, as a tied ``lm_head.weight`` was pickled. ``legacy`` uses torch's
     pre-1.6 (non-zip) pickle format.
     """
-    names = list(tensors)
-    if tie:
-        names.remove(tie[0])
+    names = [n for n in tensors if not tie or n != tie[0]]
     per = -(-len(names) // n_shards)
     weight_map, total = {}, 0
     for i in range(n_shards):
