@@ -191,3 +191,27 @@ def test_src_dtype_from_numpy_or_named():
 def test_rejects_indivisible_last_axis():
     with pytest.raises(ValueError, match="divisible"):
         quant.quantize(np.zeros((2, 96), np.float32), 4, 64)
+
+
+@pytest.mark.parametrize("dt", FLOATS)
+def test_random_bits_match_mlx(dt):
+    # Every bit pattern of the dtype: NaNs (quiet and signalling), infinities,
+    # subnormals and values whose range overflows float32, all mixed in groups.
+    rng = np.random.default_rng(11)
+    if dt == "float32":
+        x = rng.integers(0, 2**32, (64, 256), dtype=np.uint64).astype(np.uint32).view(np.float32)
+    else:
+        x = rng.integers(0, 2**16, (64, 256), dtype=np.uint64).astype(np.uint16)
+        x = x.view(np.float16) if dt == "float16" else x
+    for bits in BITS:
+        for gs in GROUPS:
+            assert_matches_mlx(x, dt, bits, gs)
+
+
+def test_signalling_nan_is_skipped_like_mlx():
+    # numpy's fmin/fmax reductions restart after a signalling NaN; MLX's min/max loop skips it.
+    x = np.linspace(-3, 2, 64, dtype=np.float32).reshape(2, 32)
+    x.view(np.uint32)[0, 20] = 0x7F800001      # signalling NaN after the group's minimum
+    x.view(np.uint32)[1, 31] = 0xFF800002      # negative signalling NaN, last in its group
+    for bits in BITS:
+        assert_matches_mlx(x, "float32", bits, 32)

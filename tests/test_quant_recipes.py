@@ -112,3 +112,17 @@ def test_mixed_recipe_rejects_unknown_names():
         mixed_recipe("mixed_1_9", 4, 2)
     with pytest.raises(ValueError, match="expected keys"):
         layer_location(["model.layers.0.mlp.up_proj"])
+
+
+def test_per_expert_weights_are_named_as_mlx_lm_stacks_them():
+    from torch2mlx.quant_recipes import loaded_module_path
+    assert loaded_module_path("model.layers.3.block_sparse_moe.experts.7.w2") == \
+        "model.layers.3.block_sparse_moe.switch_mlp.down_proj"
+    assert loaded_module_path("model.layers.0.mlp.experts.12.gate_proj") == "model.layers.0.mlp.switch_mlp.gate_proj"
+    assert loaded_module_path("model.layers.0.mlp.down_proj") == "model.layers.0.mlp.down_proj"
+    # The recipe sees the stacked module: a Mixtral w2 in a "more bits" layer gets the high bits.
+    recipe = mixed_recipe("mixed_3_6", num_layers=8, location=2)
+    spec, entry = decide("model.layers.0.block_sparse_moe.experts.1.w2.weight", (64, 128), "float32", recipe)
+    assert entry and spec.bits == 6
+    spec, _ = decide("model.layers.0.block_sparse_moe.experts.1.w1.weight", (128, 64), "float32", recipe)
+    assert spec.bits == 3

@@ -107,13 +107,15 @@ def _scale_into(vals: np.ndarray, s: np.ndarray, b: int) -> None:
 def dequantize(w: np.ndarray, fp8_dtype: DType | str, scale: np.ndarray | None = None,
                scale_dtype: DType | str = "float32", *, weight_shape: tuple[int, ...] | None = None,
                start: int = 0, block: int | tuple[int, int] | None = None,
-               out_dtype: DType | str = "bfloat16") -> np.ndarray:
+               blocks: tuple[int, ...] | None = None, out_dtype: DType | str = "bfloat16") -> np.ndarray:
     """Dequantize float8 raw bits ``w`` to ``out_dtype`` (bfloat16 as uint16 bits).
 
     ``w`` is rows ``[start, start + len(w))`` (axis 0) of a weight of
     ``weight_shape`` (default ``w.shape``), so a large tensor can go a block of
     rows at a time; ``scale`` is the whole scale tensor (values, or raw bits of
     ``scale_dtype``, e.g. float8_e8m0fnu). Without a scale this is the exact cast.
+    ``block`` is the (rows, cols) block of the last two axes when known; ``blocks``,
+    one size per axis of the weight (``FP8Weight.blocks``), replaces the search.
     Equals ``(w.float() * scale_expanded.float()).to(out_dtype)`` in torch.
     """
     src, out = _dtype(fp8_dtype), _dtype(out_dtype)
@@ -126,13 +128,30 @@ def dequantize(w: np.ndarray, fp8_dtype: DType | str, scale: np.ndarray | None =
         raise ValueError(f"rows of shape {w.shape} from {start} do not fit a weight of shape {shape}"
                          " (a scaled float8 tensor needs at least one axis)")
     scale = np.asarray(scale)
-    blocks = block_shape(shape, scale.shape, block)
+    if blocks is None:
+        blocks = block_shape(shape, scale.shape, block)
+    elif len(blocks) != len(shape) or (scale.size > 1 and tuple(
+            -(-n // b) for n, b in zip(shape, blocks)) != (1,) * (len(shape) - scale.ndim) + scale.shape):
+        raise ValueError(f"blocks {tuple(blocks)} do not map a scale of shape {scale.shape} onto weight {shape}")
     s = _scale_rows(to_f32(scale, _dtype(scale_dtype)), blocks, tuple(w.shape), start)
     # Decoding by table: np.take with native-int indices is ~2x faster than table[w].
     vals = np.take(FLOAT8_TABLES[src.name], w.astype(np.intp))
     with np.errstate(over="ignore"):  # overflow to inf, as float32 arithmetic in torch
         _scale_into(vals, s, blocks[-1])
     return cast(vals, dtypes.get("float32"), out)
+
+
+def describes_fp8(quantization_config) -> bool:
+    """Whether a config.json ``quantization_config`` describes float8 weights.
+
+    Such a block is stale once the weights are dequantized: mlx-lm reads an
+    ``fp8`` block with ue8m0 32x32 scales as mxfp8 and refuses compressed-tensors'
+    ``float-quantized`` format, and transformers would expect float8 tensors.
+    """
+    qc = quantization_config if isinstance(quantization_config, dict) else {}
+    method = qc.get("quant_method")
+    return method in ("fp8", "fbgemm_fp8") or (method == "compressed-tensors"
+                                                and qc.get("format") == "float-quantized")
 
 
 # ---- pairing weights with scales (names, shapes and dtypes only) -----------------

@@ -135,15 +135,17 @@ def _group_min_max(xT: np.ndarray):
 
     That loop skips NaNs (a comparison with NaN is false) and an all-NaN group keeps
     the start values (+inf, -inf); numpy propagates NaN, so the rare groups holding
-    one are redone with the NaN-skipping ``fmin``/``fmax``.
+    one are redone with their NaNs replaced by those start values. (Not with
+    ``np.fmin``/``np.fmax``: their reductions restart after a signalling NaN, which
+    random bits and some corrupt checkpoints hold.)
     """
     w_min, w_max = xT.min(axis=0), xT.max(axis=0)
     bad = np.isnan(w_max)
     if bad.any():
         sub = xT[:, bad]
-        with np.errstate(invalid="ignore"):
-            w_min[bad] = np.nan_to_num(np.fmin.reduce(sub, axis=0), nan=np.inf, posinf=np.inf, neginf=-np.inf)
-            w_max[bad] = np.nan_to_num(np.fmax.reduce(sub, axis=0), nan=-np.inf, posinf=np.inf, neginf=-np.inf)
+        nan = np.isnan(sub)
+        w_min[bad] = np.where(nan, np.float32(np.inf), sub).min(axis=0)
+        w_max[bad] = np.where(nan, np.float32(-np.inf), sub).max(axis=0)
     return w_min, w_max
 
 

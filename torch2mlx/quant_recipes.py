@@ -23,6 +23,7 @@ callable can express them.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable, Iterable, Union
 
@@ -69,6 +70,21 @@ def module_path(name: str) -> str | None:
     return name[: -len(".weight")] if name.endswith(".weight") else None
 
 
+# mlx-lm's MoE models stack per-expert weights into one SwitchLinear per projection
+# when they load (their ``sanitize``): ``<p>.experts.<e>.<proj>`` becomes
+# ``<p>.switch_mlp.<proj>``, with Mixtral's w1/w2/w3 renamed gate/down/up_proj.
+_EXPERT = re.compile(r"^(.+)\.experts\.\d+\.([^.]+)$")
+_MIXTRAL_PROJ = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
+
+
+def loaded_module_path(path: str) -> str:
+    """The path mlx-lm's model gives module ``path`` once loaded (recipes and config entries use it)."""
+    m = _EXPERT.match(path)
+    if m is None:
+        return path
+    return f"{m[1]}.switch_mlp.{_MIXTRAL_PROJ.get(m[2], m[2])}"
+
+
 def is_quantizable(name: str, shape: tuple[int, ...], dtype: DType | str,
                    module_type: str | None = None, group_size: int = DEFAULT_GROUP_SIZE) -> bool:
     """mlx-lm's default selection for one tensor.
@@ -92,7 +108,7 @@ def decide(name: str, shape: tuple[int, ...], dtype: DType | str, recipe: Recipe
     """(spec or None to keep, whether the spec is a per-layer config entry) for one tensor."""
     if not is_quantizable(name, shape, dtype, module_type, recipe.default.group_size):
         return None, False
-    choice = recipe.per_layer(module_path(name)) if recipe.per_layer else True
+    choice = recipe.per_layer(loaded_module_path(module_path(name))) if recipe.per_layer else True
     if choice is False:
         return None, False
     spec, explicit = (recipe.default, False) if choice is True else (choice, True)

@@ -93,10 +93,16 @@ def _convert_zarr(res: Result, ck: Checkpoint, opts: Options, plan: Plan, out: s
 
 
 def _config_rewrite(ck: Checkpoint, opts: Options, plan: Plan) -> dict[str, dict] | None:
-    """config.json as the converted weights need it: quantization block, new dtype."""
-    if ck.config is None or (plan.quantization is None and opts.dtype == "keep"):
+    """config.json as the converted weights need it: quantization block, new dtype, no stale fp8 block."""
+    from ..fp8 import FP8_WEIGHT_DTYPES, describes_fp8
+    stale_fp8 = (ck.config is not None and describes_fp8(ck.config.get("quantization_config"))
+                 and any(op.source_dtype.name in FP8_WEIGHT_DTYPES for op in plan.ops))
+    if ck.config is None or (plan.quantization is None and opts.dtype == "keep" and not stale_fp8):
         return None
     cfg = dict(ck.config)
+    if stale_fp8:
+        del cfg["quantization_config"]
+        plan.notes.append("config.json: float8 quantization_config removed (the weights are dequantized)")
     if plan.quantization is not None:
         from ..quant_recipes import with_quantization
         cfg = with_quantization(cfg, plan.quantization)

@@ -210,6 +210,12 @@ def build(ck: Checkpoint, opts: Options, specs: list[RuleSpec] | None = None,
         # A cached RoPE table: recomputed from the config by MLX (and rejected by mlx-lm's loader).
         drop.update({e.name: "rotary cache, recomputed at load time" for e in ck.entries
                      if e.name.endswith("rotary_emb.inv_freq")})
+        # A tied head saved next to its embedding: transformers and mlx-lm use the embedding,
+        # and mlx-lm's loader rejects the copy once it is quantized (lm_head.scales/biases).
+        head = by_name.get("lm_head.weight")
+        if ck.config.get("tie_word_embeddings") is True and head is not None and any(
+                e is not head and e.shape == head.shape and e.dtype == head.dtype for e in ck.entries):
+            drop["lm_head.weight"] = "tied to the input embedding (tie_word_embeddings)"
     dequant, fp8_drop, fp8_errors = transforms.plan_fp8(ck, by_name)
     drop.update(fp8_drop)
     warnings += fp8_errors
@@ -224,6 +230,10 @@ def build(ck: Checkpoint, opts: Options, specs: list[RuleSpec] | None = None,
         if any(s is None for s in srcs):
             continue  # the analyzer knows the module; this checkpoint lacks the tensor
         covered.update(spec.sources)
+        gone = next((s for s in spec.sources if s in drop), None)
+        if gone is not None:  # a drop decided from the checkpoint wins over the model's spec
+            dropped.append((gone, drop[gone]))
+            continue
         out_name = _strip(spec.out, opts.strip_prefix)
         if excluded(out_name, *spec.sources):
             dropped.append((",".join(spec.sources), "excluded by --exclude"))

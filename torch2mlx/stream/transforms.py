@@ -40,7 +40,7 @@ class _FP8Dequant:
 
     def __call__(self, block, op: Op, start: int, reader, dtype: DType) -> np.ndarray:
         return fp8.dequantize(block, op.source_dtype, self.scale_array(reader), self.scale.dtype,
-                              weight_shape=op.sources[0].shape, start=start, block=self.weight.blocks,
+                              weight_shape=op.sources[0].shape, start=start, blocks=self.weight.blocks,
                               out_dtype=dtype)
 
 
@@ -100,7 +100,7 @@ def recipe_for(opts: Options, out_names: list[str], config: dict | None) -> quan
     if not opts.q_bits and not opts.q_recipe:
         return None
     if opts.q_recipe:
-        paths = [p for p in (quant_recipes.module_path(n) for n in out_names) if p]
+        paths = [quant_recipes.loaded_module_path(p) for p in map(quant_recipes.module_path, out_names) if p]
         try:
             loc = quant_recipes.layer_location(paths)
         except ValueError as e:
@@ -128,7 +128,7 @@ def attach(ops: list[Op], deq: dict[str, _FP8Dequant], recipe, module_types: dic
             mtype = (module_types or {}).get(path) if path else None
             spec, is_entry = quant_recipes.decide(out.name, out.shape, out.dtype, recipe, mtype)
             if spec and is_entry:
-                explicit[path] = spec
+                explicit[quant_recipes.loaded_module_path(path)] = spec
         if d is None and spec is None:
             continue
         op.transform = Chain(d, spec)
