@@ -24,11 +24,11 @@ def _configs():
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                   bos_token_id=1, eos_token_id=2)
     return {
-        "llama": LlamaConfig(**common),
-        # mlx-lm 0.32 reads a top-level rope_theta only, not transformers 5's rope_parameters;
-        # pin Qwen2's to mlx-lm's default (1e6, Qwen2's own value) so both sides agree.
+        # RoPE bases other than mlx-lm's defaults: transformers 5 keeps them in rope_parameters,
+        # which mlx-lm 0.32 does not read; the converted config.json must carry rope_theta.
+        "llama": LlamaConfig(**common, rope_parameters={"rope_type": "default", "rope_theta": 50000.0}),
         "qwen2": Qwen2Config(**common, tie_word_embeddings=True,
-                             rope_parameters={"rope_type": "default", "rope_theta": 1e6}),
+                             rope_parameters={"rope_type": "default", "rope_theta": 3000.0}),
         "mixtral": MixtralConfig(**common, num_local_experts=4, num_experts_per_tok=2),
     }
 

@@ -25,6 +25,7 @@ from mlx_lm.utils import load_model
 
 import llm_checkpoints as L
 from torch2mlx.cli import main as t2mlx
+from torch2mlx.stream.sidecar_config import _hoist_rope
 
 FORMATS = ("safetensors", "bin")
 
@@ -59,6 +60,12 @@ def mlx_ref(tmp_path_factory):
         if key not in cache:
             dst = root / f"ref{len(cache)}"
             mlx_lm_convert(str(src), str(dst), quantize=True, **kw)
+            # mlx-lm's converter copies transformers 5's rope_parameters without the top-level
+            # rope_theta its own loader reads; give its output the same RoPE base as ours so the
+            # comparison is about the weights.
+            cfg = json.loads((dst / "config.json").read_text())
+            _hoist_rope(cfg)
+            (dst / "config.json").write_text(json.dumps(cfg))
             cache[key] = dst
         return cache[key]
     return get
@@ -175,12 +182,23 @@ def test_dtype_change_updates_config_and_loads(ckpts, tmp_path):
     out = stream(src, tmp_path / "out", "--dtype", "float16")
     cfg, orig = config(out), config(src)
     assert orig["dtype"] == "float32" and cfg["dtype"] == cfg["torch_dtype"] == "float16"
-    assert {k: v for k, v in cfg.items() if k not in ("dtype", "torch_dtype")} == \
+    assert cfg["rope_theta"] == orig["rope_parameters"]["rope_theta"]
+    assert {k: v for k, v in cfg.items() if k not in ("dtype", "torch_dtype", "rope_theta")} == \
            {k: v for k, v in orig.items() if k not in ("dtype", "torch_dtype")}
     model, _ = mlx_lm.load(str(out))
     assert {v.dtype for _, v in tree_flatten(model.parameters())} == {mx.float16}
     ref = ckpts["qwen2"].logits
     assert np.abs(logits_of(model) - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_rope_base_hoisted_for_mlx_lm(ckpts, tmp_path):
+    """transformers 5 keeps rope_theta in rope_parameters; mlx-lm reads it only at the top level."""
+    src = ckpts["llama"].safetensors
+    assert "rope_theta" not in config(src) and config(src)["rope_parameters"]["rope_theta"] == 50000.0
+    out = stream(src, tmp_path / "out")
+    assert config(out)["rope_theta"] == 50000.0
+    model, _ = load_model(out)
+    assert model.args.rope_theta == 50000.0
 
 
 def test_sidecars_copied_and_config_kept(ckpts, tmp_path):
@@ -189,7 +207,8 @@ def test_sidecars_copied_and_config_kept(ckpts, tmp_path):
     for name in ("generation_config.json", "tokenizer.json", "tokenizer_config.json"):
         assert (out / name).read_bytes() == (src / name).read_bytes(), name
     cfg, orig = config(out), config(src)
-    assert {k: v for k, v in cfg.items() if not k.startswith("quantization")} == orig
+    assert cfg["rope_theta"] == orig["rope_parameters"]["rope_theta"]   # hoisted for mlx-lm
+    assert {k: v for k, v in cfg.items() if not k.startswith("quantization") and k != "rope_theta"} == orig
     assert not (out / "pytorch_model.bin.index.json").exists()
 
 

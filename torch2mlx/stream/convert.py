@@ -15,6 +15,7 @@ from .execute import Executor, ShardResult
 from .options import Options
 from . import resume as resume_mod
 from .plan import Plan, RuleSpec, build
+from . import sidecar_config
 from .writers import output_dir
 
 
@@ -78,7 +79,7 @@ def _convert_zarr(res: Result, ck: Checkpoint, opts: Options, plan: Plan, out: s
     if unsupported:
         raise Torch2MLXError("--format zarr does not combine with --resume or a transform")
     output_dir.prepare(out, overwrite=overwrite, src_paths=ck.files)
-    res.sidecars = output_dir.copy_sidecars(ck.sidecars, out, rewrite=_config_rewrite(ck, opts, plan))
+    res.sidecars = output_dir.copy_sidecars(ck.sidecars, out, rewrite=sidecar_config.rewrite(ck, opts, plan))
     t0 = time.perf_counter()
     bar, update = _progress_bar(plan.nbytes_in, progress)
     try:
@@ -90,27 +91,6 @@ def _convert_zarr(res: Result, ck: Checkpoint, opts: Options, plan: Plan, out: s
     res.seconds = time.perf_counter() - t0
     res.format = "zarr"
     return res
-
-
-def _config_rewrite(ck: Checkpoint, opts: Options, plan: Plan) -> dict[str, dict] | None:
-    """config.json as the converted weights need it: quantization block, new dtype, no stale fp8 block."""
-    from ..fp8 import FP8_WEIGHT_DTYPES, describes_fp8
-    stale_fp8 = (ck.config is not None and describes_fp8(ck.config.get("quantization_config"))
-                 and any(op.source_dtype.name in FP8_WEIGHT_DTYPES for op in plan.ops))
-    if ck.config is None or (plan.quantization is None and opts.dtype == "keep" and not stale_fp8):
-        return None
-    cfg = dict(ck.config)
-    if stale_fp8:
-        del cfg["quantization_config"]
-        plan.notes.append("config.json: float8 quantization_config removed (the weights are dequantized)")
-    if plan.quantization is not None:
-        from ..quant_recipes import with_quantization
-        cfg = with_quantization(cfg, plan.quantization)
-    if opts.dtype != "keep":
-        for k in ("torch_dtype", "dtype"):
-            if k in cfg or k == "torch_dtype":
-                cfg[k] = opts.dtype
-    return {"config.json": cfg}
 
 
 def _progress_bar(total: int, enabled: bool):
@@ -184,7 +164,7 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
     do_resume = resume and os.path.isdir(out) and bool(os.listdir(out))
     output_dir.prepare(out, overwrite=overwrite, src_paths=ck.files, resume=do_resume)
     # Sidecars first: a ShardWriter (transform) writes its index when it closes, and the index comes last.
-    res.sidecars = output_dir.copy_sidecars(ck.sidecars, out, rewrite=_config_rewrite(ck, opts, plan))
+    res.sidecars = output_dir.copy_sidecars(ck.sidecars, out, rewrite=sidecar_config.rewrite(ck, opts, plan))
     t0 = time.perf_counter()
     todo = list(range(len(plan.shards)))
     done: dict[int, ShardResult] = {}
