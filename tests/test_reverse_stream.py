@@ -190,3 +190,22 @@ def test_dry_run_names_bin_shards_and_writes_nothing(tmp_path):
     convert(tmp_path / "m.pt", tmp_path / "mlx", use_model=False)
     res = convert(tmp_path / "mlx", tmp_path / "back", to="torch", format="bin", dry_run=True)
     assert [s.file for s in res.plan.shards] == ["pytorch_model.bin"] and not (tmp_path / "back").exists()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_verify_recomputes_a_reverse_output_and_finds_a_changed_byte(tmp_path, fmt):
+    sd = {"conv.weight": torch.randn(4, 3, 3, 3), "fc.weight": torch.randn(8, 64).to(torch.bfloat16),
+          "f8": torch.randn(4, 4).to(torch.float8_e5m2)}
+    torch.save(sd, tmp_path / "m.pt")
+    convert(tmp_path / "m.pt", tmp_path / "mlx", use_model=False, q_bits=4, q_group_size=32)
+    convert(tmp_path / "mlx", tmp_path / "back", to="torch", format=fmt)
+    ok = run_main("verify", tmp_path / "mlx", tmp_path / "back")
+    assert ok.returncode == 0 and "3 tensor(s)" in ok.stdout and "OK" in ok.stdout, ok.stdout + ok.stderr
+    got = read_torch_output(tmp_path / "back", fmt)
+    shard = tmp_path / "back" / read_json(tmp_path / "back" / INDEXES[fmt])["weight_map"]["fc.weight"]
+    raw = bytearray(shard.read_bytes())
+    at = bytes(raw).find(got["fc.weight"].view(torch.int16).numpy().tobytes())
+    raw[at + 10] ^= 0x01
+    shard.write_bytes(bytes(raw))
+    bad = run_main("verify", tmp_path / "mlx", tmp_path / "back")
+    assert bad.returncode == 1 and "fc.weight differs" in bad.stdout and "sha256" in bad.stdout, bad.stdout

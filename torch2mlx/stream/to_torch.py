@@ -90,11 +90,13 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
                                                 rewrite={"config.json": rp.config} if rp.config else None)
         t0 = time.perf_counter()
         done = {}
+        # what decided the rules besides the options: verify plans the way back again from these
+        model_info = {"model": model, "model_kwargs": model_kwargs, "use_model": use_model}
 
         def shard_done(r):
             done[r.file] = r   # the manifest on disk says which shards are finished, as the forward run's does
             res.shards = [done[s.file] for s in plan.shards if s.file in done]
-            output_dir.write_manifest(out, _manifest(res, opts, format, complete=False))
+            output_dir.write_manifest(out, _manifest(res, opts, format, model_info, complete=False))
 
         with _progress(plan.nbytes_in, progress) as update:
             if format == "bin":
@@ -103,7 +105,7 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
                 with DataReader(drop_cache=drop_cache) as reader:
                     Executor(plan, out, reader=reader, workers=workers, progress=update, drop_cache=drop_cache,
                              on_shard=shard_done).run()
-    output_dir.write_manifest(out, _manifest(res, opts, format))
+    output_dir.write_manifest(out, _manifest(res, opts, format, model_info))
     weight_map = {o.name: plan.shards[o.shard].file for op in plan.ops for o in op.outputs}
     output_dir.write_index(out, weight_map, plan.nbytes_out,
                            output_dir.BIN_INDEX if format == "bin" else output_dir.INDEX)
@@ -111,5 +113,5 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
     return res
 
 
-def _manifest(res: Result, opts: Options, format: str, complete: bool = True) -> dict:
-    return {**manifest(res, opts, complete), "to": "torch", "format": format}
+def _manifest(res: Result, opts: Options, format: str, model_info: dict, complete: bool = True) -> dict:
+    return {**manifest(res, opts, complete), "to": "torch", "format": format, **model_info}
