@@ -209,3 +209,16 @@ def test_verify_recomputes_a_reverse_output_and_finds_a_changed_byte(tmp_path, f
     shard.write_bytes(bytes(raw))
     bad = run_main("verify", tmp_path / "mlx", tmp_path / "back")
     assert bad.returncode == 1 and "fc.weight differs" in bad.stdout and "sha256" in bad.stdout, bad.stdout
+
+
+def test_missing_mlx_tensors_are_reported_and_a_pickle_is_refused(tmp_path):
+    from safetensors.numpy import load_file as np_load, save_file as np_save
+    torch.save({"a": torch.ones(2), "b": torch.zeros(3)}, tmp_path / "m.pt")
+    assert_one_error(run_main("stream", tmp_path / "m.pt", tmp_path / "o", "--to", "torch"), "a pickle")
+    convert(tmp_path / "m.pt", tmp_path / "mlx", use_model=False)
+    shard = tmp_path / "mlx" / "model.safetensors"
+    np_save({"a": np_load(shard)["a"]}, shard, metadata={"format": "mlx"})
+    (tmp_path / "mlx" / "model.safetensors.index.json").unlink()
+    res = convert(tmp_path / "mlx", tmp_path / "back", to="torch")
+    assert any("1 tensor(s) in torch2mlx.json are not in the checkpoint" in w and "b" in w for w in res.plan.warnings)
+    assert set(read_torch_output(tmp_path / "back")) == {"a"}

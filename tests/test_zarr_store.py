@@ -1,4 +1,6 @@
-"""zarr stores as sink (``--format zarr``) and as source (v2 and v3), read back with zarr itself; torch is the oracle."""
+"""zarr stores as sink (``--format zarr``) and as source (v2 and v3), read back with zarr itself.
+
+torch is the oracle for the converted values, zarr itself reads the stores."""
 import numcodecs
 import numpy as np
 import pytest

@@ -187,7 +187,7 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
     if resume and transform is not None:
         raise Torch2MLXError("--resume cannot be combined with a transform")
     if format not in ("safetensors", "zarr"):
-        raise Torch2MLXError(f"--format must be safetensors or zarr (bin: with --to torch), got {format!r}")
+        raise Torch2MLXError(f"--format must be safetensors or zarr (bin needs --to torch), got {format!r}")
     if format == "zarr":
         return _convert_zarr(res, ck, opts, plan, out, overwrite, progress, workers, zarr_compressor, transform or resume)
     do_resume = resume and os.path.isdir(out) and bool(os.listdir(out))

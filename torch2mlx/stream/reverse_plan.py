@@ -207,8 +207,9 @@ def prepare(ck: Checkpoint, opts: Options, reader: DataReader, *, specs: list[Ru
             fmt: str = "safetensors") -> ReversePlan:
     """Plan turning the MLX checkpoint ``ck`` into PyTorch tensors (written as ``fmt``: safetensors or bin);
     ``reader`` serves the dequantized sources."""
-    if ck.metadata.get("format") == "pt":
-        raise Torch2MLXError(f"{ck.path}: already a PyTorch checkpoint (format=pt); --to torch reads MLX checkpoints")
+    if ck.metadata.get("format") == "pt" or "pickle" in ck.format:   # MLX never writes pickles
+        what = "a pickle" if "pickle" in ck.format else "format=pt"
+        raise Torch2MLXError(f"{ck.path}: already a PyTorch checkpoint ({what}); --to torch reads MLX checkpoints")
     m = read_manifest(ck)
     if m is not None and m.get("to") == "torch":
         raise Torch2MLXError(f"{ck.path}: written by --to torch (already PyTorch layout)")
@@ -259,6 +260,10 @@ def prepare(ck: Checkpoint, opts: Options, reader: DataReader, *, specs: list[Ru
         if missing:
             plan.warnings.append(f"{len(missing)} model tensor(s) have no source in the checkpoint: "
                                  + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+    absent = sorted({s.out for s in specs or [] if not all(n in have for n in s.sources)})
+    if absent and how == "manifest":
+        plan.warnings.append(f"{len(absent)} tensor(s) in {MANIFEST} are not in the checkpoint, so not rebuilt: "
+                             + ", ".join(absent[:5]) + (" ..." if len(absent) > 5 else ""))
     if m is not None and m.get("dropped"):
         lost = [d["source"] for d in m["dropped"] if isinstance(d, dict) and d.get("source") not in
                 {e.name for e in restored}]
