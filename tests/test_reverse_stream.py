@@ -13,8 +13,9 @@ from safetensors.torch import save_file
 
 from conftest import all_dtypes_state_dict, views_state_dict
 from helpers import (FLOAT8, KEEP, MANIFEST, assert_no_index, assert_one_error, assert_same, canon_torch, convert,
-                     read_json, run_main)
+                     read_json, run_cli, run_main)
 from reverse_helpers import INDEXES, read_torch_output
+from test_no_torch import no_torch_env  # noqa: F401  (a fixture)
 
 FORMATS = ("safetensors", "bin")
 
@@ -222,3 +223,15 @@ def test_missing_mlx_tensors_are_reported_and_a_pickle_is_refused(tmp_path):
     res = convert(tmp_path / "mlx", tmp_path / "back", to="torch")
     assert any("1 tensor(s) in torch2mlx.json are not in the checkpoint" in w and "b" in w for w in res.plan.warnings)
     assert set(read_torch_output(tmp_path / "back")) == {"a"}
+
+
+def test_the_way_back_from_our_manifest_never_imports_torch(no_torch_env, tmp_path):
+    env, marker = no_torch_env
+    sd = {"conv.weight": torch.randn(4, 3, 3, 3), "fc.weight": torch.randn(8, 64).to(torch.bfloat16)}
+    torch.save(sd, tmp_path / "m.pt")
+    convert(tmp_path / "m.pt", tmp_path / "mlx", use_model=False, q_bits=8)
+    proc = run_cli("stream", tmp_path / "mlx", tmp_path / "back", "--to", "torch", "--format", "bin", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert not marker.exists(), "torch was imported"
+    got = read_torch_output(tmp_path / "back", "bin")
+    assert torch.equal(got["conv.weight"], sd["conv.weight"]) and got["fc.weight"].dtype == torch.bfloat16
