@@ -230,11 +230,10 @@ def to_float8_exact(arr: np.ndarray, src: DType, dst: DType) -> tuple[np.ndarray
     out = codes[at]
     miss = (keys[at] != bits) & ~nan
     if nan.any():
-        table = FLOAT8_TABLES[dst.name]
-        nan_code = np.uint8(np.flatnonzero(np.isnan(table))[-1])   # 0x7F|0xFF, 0x80 or 0xFF: all NaN
-        if not dst.name.endswith(("fnuz", "e8m0fnu")):
-            # the sign survives in the formats that have one: keep it as torch's casts do
-            out = np.where(nan, np.where(bits >> 31, np.uint8(0xFF), np.uint8(0x7F)), out)
-        else:
-            out = np.where(nan, nan_code, out)
+        if dst.name.endswith(("fnuz", "e8m0fnu")):   # one NaN pattern: 0x80 (fnuz), 0xFF (e8m0)
+            signed = np.uint8(np.flatnonzero(np.isnan(FLOAT8_TABLES[dst.name]))[0])
+            unsigned = signed
+        else:                                        # S.1111.111 keeps the sign, as torch's casts do
+            signed, unsigned = np.uint8(0xFF), np.uint8(0x7F)
+        out = np.where(nan, np.where(bits >> 31, signed, unsigned), out)
     return out.astype(np.uint8), int(miss.sum())

@@ -202,6 +202,41 @@ def torch_config(config: dict | None, opts: Options, plan: Plan) -> dict | None:
     return cfg
 
 
+def _some(names) -> str:
+    names = [str(n) for n in names]
+    return ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+
+
+@dataclass
+class _Rules:
+    """Where the reverse specs came from and what that source knows about the torch side."""
+
+    specs: list[RuleSpec] | None
+    how: str                                  # manifest | model | given | none
+    by_mlx: dict[str, dict]                   # manifest record of each MLX tensor
+    model_shapes: dict[str, tuple[int, ...]]  # torch name -> shape, from a model
+    counters: list[str]                       # torch names that may be restored step counters
+    notes: list[str]
+    errors: list[str]
+
+
+def _rules(m: dict | None, view: Checkpoint, specs, model, model_kwargs, use_model: bool) -> _Rules:
+    errors: list[str] = []
+    if specs is not None:
+        return _Rules(specs, "given", {}, {}, [], [], errors)
+    if m is not None:
+        forward, by_mlx = _manifest_specs(m)
+        counters = [d.get("source") for d in m.get("dropped") or [] if isinstance(d, dict)]
+        return _Rules(reverse_specs(forward, errors), "manifest", by_mlx, {}, counters,
+                      [f"rules from {MANIFEST} ({len(forward)} MLX tensors), inverted"], errors)
+    if model is not None or (use_model and view.config is not None):
+        forward, shapes, notes = _model_specs(view, model, model_kwargs)
+        if forward is not None:
+            return _Rules(reverse_specs(forward, errors), "model", {}, shapes, list(shapes), notes, errors)
+        return _Rules(None, "none", {}, {}, [], notes, errors)
+    return _Rules(None, "none", {}, {}, [], [], errors)
+
+
 def prepare(ck: Checkpoint, opts: Options, reader: DataReader, *, specs: list[RuleSpec] | None = None,
             drop: dict[str, str] | None = None, model=None, model_kwargs=None, use_model: bool = True,
             fmt: str = "safetensors") -> ReversePlan:
@@ -215,73 +250,57 @@ def prepare(ck: Checkpoint, opts: Options, reader: DataReader, *, specs: list[Ru
         raise Torch2MLXError(f"{ck.path}: written by --to torch (already PyTorch layout)")
     if m is not None and not m.get("complete", True):
         raise Torch2MLXError(f"{ck.path}: its torch2mlx.json says the conversion did not finish")
-    notes, warnings, errors = [], [], []
+    warnings = []
     if m is not None and m.get("transform"):
         warnings.append("torch2mlx.json: written through a user transform, whose changes cannot be undone; "
                         "its records are not used")
         m = None
-    records = m["tensors"] if m is not None else {}
-    view, n_quant = _dequantized(ck, records, reader)
+    view, n_quant = _dequantized(ck, m["tensors"] if m is not None else {}, reader)
     view = dataclasses.replace(view, layout="mlx")   # no forward layout may be guessed on the way back
-    by_mlx, model_shapes, counters, how = {}, {}, [], "given"
-    if specs is None and m is not None:
-        forward, by_mlx = _manifest_specs(m)
-        specs = reverse_specs(forward, errors)
-        counters = [d.get("source") for d in m.get("dropped") or [] if isinstance(d, dict)]
-        how = "manifest"
-        notes.append(f"rules from {MANIFEST} ({len(forward)} MLX tensors), inverted")
-    elif specs is None and (model is not None or (use_model and ck.config is not None)):
-        forward, model_shapes, more = _model_specs(view, model, model_kwargs)
-        notes += more
-        if forward is not None:
-            specs, how = reverse_specs(forward, errors), "model"
-            counters = list(model_shapes)
-    if specs is None:
-        how = "none"
+    r = _rules(m, view, specs, model, model_kwargs, use_model)
+    notes = list(r.notes)
+    if r.how == "none":
         warnings.append("no torch2mlx.json and no model information: tensors keep their MLX names and layouts "
                         "(give --model, or --rule REGEX=RULE naming the forward layout to undo)")
     have = {e.name for e in view.entries}
-    restored = [e for e in _counters(counters) if e.name not in have]
+    restored = [e for e in _counters(r.counters) if e.name not in have]
     if restored:
         view = dataclasses.replace(view, entries=view.entries + restored)
         notes.append(f"{len(restored)} {COUNTER} counter(s) restored as 0 (MLX keeps none)")
     # A user --rule names the forward layout; on the way back its twin undoes it.
-    bopts = dataclasses.replace(opts, rules=[(p, rules.get(r).reverse_name) for p, r in opts.rules])
-    plan = build(view, bopts, specs or [], drop)
+    bopts = dataclasses.replace(opts, rules=[(p, rules.get(name).reverse_name) for p, name in opts.rules])
+    plan = build(view, bopts, r.specs or [], drop)
     plan.warnings = [w for w in plan.warnings if not w.startswith("source is already in MLX layout")]
-    plan.warnings[:0] = warnings + [f"not rebuilt: {e}" for e in errors]
-    if how == "model":
+    plan.warnings[:0] = warnings + [f"not rebuilt: {e}" for e in r.errors]
+    outs = {o.name for op in plan.ops for o in op.outputs}
+    if r.how == "model":
         extra = [op.outputs[0].name for op in plan.ops
-                 if op.rule_source == "default" and op.outputs[0].name not in model_shapes]
+                 if op.rule_source == "default" and op.outputs[0].name not in r.model_shapes]
         if extra:
-            plan.warnings.append(f"{len(extra)} tensor(s) are not in the model and keep their MLX names and layout: "
-                                 + ", ".join(extra[:5]) + (" ..." if len(extra) > 5 else ""))
-        missing = sorted(set(model_shapes) - {o.name for op in plan.ops for o in op.outputs})
+            plan.warnings.append(f"{len(extra)} tensor(s) are not in the model and keep their MLX names and "
+                                 f"layout: {_some(extra)}")
+        missing = sorted(set(r.model_shapes) - outs)
         if missing:
-            plan.warnings.append(f"{len(missing)} model tensor(s) have no source in the checkpoint: "
-                                 + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
-    absent = sorted({s.out for s in specs or [] if not all(n in have for n in s.sources)})
-    if absent and how == "manifest":
-        plan.warnings.append(f"{len(absent)} tensor(s) in {MANIFEST} are not in the checkpoint, so not rebuilt: "
-                             + ", ".join(absent[:5]) + (" ..." if len(absent) > 5 else ""))
-    if m is not None and m.get("dropped"):
-        lost = [d["source"] for d in m["dropped"] if isinstance(d, dict) and d.get("source") not in
-                {e.name for e in restored}]
+            plan.warnings.append(f"{len(missing)} model tensor(s) have no source in the checkpoint: {_some(missing)}")
+    if r.how == "manifest":
+        absent = sorted({s.out for s in r.specs if not all(n in have for n in s.sources)})
+        if absent:
+            plan.warnings.append(f"{len(absent)} tensor(s) in {MANIFEST} are not in the checkpoint, so not "
+                                 f"rebuilt: {_some(absent)}")
+        lost = [d.get("source") for d in m.get("dropped") or [] if isinstance(d, dict) and d.get("source") not in outs]
         if lost:
-            notes.append(f"{len(lost)} tensor(s) the forward conversion dropped are not rebuilt: "
-                         + ", ".join(map(str, lost[:5])) + (" ..." if len(lost) > 5 else ""))
-    bad = _check_shapes(plan, by_mlx, model_shapes)
-    if bad and how == "manifest":
+            notes.append(f"{len(lost)} tensor(s) the forward conversion dropped are not rebuilt: {_some(lost)}")
+    bad = _check_shapes(plan, r.by_mlx, r.model_shapes)
+    if bad and r.how == "manifest":
         raise Torch2MLXError(f"{MANIFEST} does not describe these tensors: {bad[0]}")
     plan.warnings += [f"shape differs: {b}" for b in bad]
     if n_quant:
         notes.append(f"{n_quant} quantized weight(s) dequantized (mx.dequantize, block by block)")
-    if how == "manifest":
-        changed, kept = _restore_dtypes(plan, by_mlx, opts, fmt)
+    if r.how == "manifest":
+        changed, kept = _restore_dtypes(plan, r.by_mlx, opts, fmt)
         plan.warnings += kept
         if changed:
             notes.append(f"{changed} source dtype(s) restored from {MANIFEST}")
     plan.notes[:0] = notes
     plan.shards = assign_shards(plan.ops, opts.max_shard_size, TORCH_METADATA)
-    return ReversePlan(plan, view, how, torch_config(ck.config, opts, plan))
-
+    return ReversePlan(plan, view, r.how, torch_config(ck.config, opts, plan))
