@@ -15,6 +15,7 @@ examples:
   t2mlx stream resnet.pth ./resnet-mlx --dtype float16 --max-shard-size 2GB
   t2mlx stream ./ckpt ./out --dry-run            # print the plan; no tensor data is read
   t2mlx stream model.ckpt ./out --key state_dict --strip-prefix model.
+  t2mlx stream ./my-model-mlx ./back --to torch [--format bin]   # MLX -> PyTorch (dequantizes)
 
 Rules (layouts): identity, conv1d, conv2d, conv3d, conv_transpose1d,
 conv_transpose2d, conv_transpose3d, linear_transposed, bilinear.
@@ -59,9 +60,13 @@ def _add_stream(sub):
                    help="quantization group size: 32, 64 or 128 (default 64)")
     p.add_argument("--q-recipe", metavar="NAME", choices=("mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6"),
                    help="mlx-lm's mixed-precision recipes: higher bits for lm_head and some v_proj/down_proj")
-    p.add_argument("--format", default="safetensors", choices=("safetensors", "zarr"),
-                   help="output format: sharded MLX safetensors (default) or a zarr store, one chunked array per "
-                        "tensor (for analysis pipelines; pip install 'torch2mlx[zarr]')")
+    p.add_argument("--to", default="mlx", choices=("mlx", "torch"),
+                   help="direction: mlx (default) or torch: an MLX checkpoint (ours or mlx-lm's, quantized or not) "
+                        "back to PyTorch names, layouts and dtypes")
+    p.add_argument("--format", default="safetensors", choices=("safetensors", "zarr", "bin"),
+                   help="output format: sharded safetensors (default), a zarr store, one chunked array per "
+                        "tensor (for analysis pipelines; pip install 'torch2mlx[zarr]'), or with --to torch "
+                        "bin: pytorch_model-*.bin zip pickles torch.load(weights_only=True) reads")
     p.add_argument("--zarr-compressor", default="none", choices=("none", "zstd", "blosc", "gzip"),
                    help="compression of zarr chunks (default none: fastest)")
     p.add_argument("--key", metavar="KEY", help="which entry of a nested checkpoint holds the weights (dotted path)")
@@ -117,7 +122,7 @@ def _cmd_stream(args) -> int:
                   overwrite=args.overwrite, dry_run=args.dry_run, resume=args.resume, drop_cache=not args.keep_cache,
                   format=args.format, zarr_compressor=args.zarr_compressor,
                   progress=not args.quiet and not args.json and sys.stderr.isatty(), workers=args.workers,
-                  model=args.model, model_kwargs=args.model_kwargs, use_model=not args.no_model)
+                  model=args.model, model_kwargs=args.model_kwargs, use_model=not args.no_model, to=args.to)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))
     else:

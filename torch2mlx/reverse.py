@@ -18,15 +18,24 @@ from .errors import Torch2MLXError
 from .stream.plan import RuleSpec
 
 
-def reverse_specs(specs: list[RuleSpec]) -> list[RuleSpec]:
-    """MLX -> torch specs (outputs are torch names, sources MLX names) for torch -> MLX ``specs``."""
+def reverse_specs(specs: list[RuleSpec], errors: list[str] | None = None) -> list[RuleSpec]:
+    """MLX -> torch specs (outputs are torch names, sources MLX names) for torch -> MLX ``specs``.
+
+    A torch tensor that cannot be rebuilt raises, unless ``errors`` is given: then
+    the reason is appended there and the tensor left out (a stream converts the rest).
+    """
     readers: dict[str, list[RuleSpec]] = {}
     for s in specs:
         for src in s.sources:
             readers.setdefault(src, []).append(s)
     out = []
     for name, group in readers.items():
-        out.append(_reverse_one(name, group))
+        try:
+            out.append(_reverse_one(name, group))
+        except Torch2MLXError as e:
+            if errors is None:
+                raise
+            errors.append(str(e))
     return out
 
 

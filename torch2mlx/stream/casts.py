@@ -198,3 +198,42 @@ def _cast(arr: np.ndarray, src: DType, dst: DType) -> np.ndarray:
     if dst.name == "bfloat16":
         return f32_to_bf16(wide)
     raise ValueError(f"casting to {dst.name} is not supported")
+
+
+def _float8_codes(dst: str) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted float32 bit patterns of ``dst``'s non-NaN values, the code of each)."""
+    key = ("codes", dst)
+    if key not in _F8_CACHE:
+        table = FLOAT8_TABLES[dst]
+        codes = np.flatnonzero(~np.isnan(table)).astype(np.uint8)
+        bits = table[codes].view(np.uint32)
+        order = np.argsort(bits, kind="stable")
+        _F8_CACHE[key] = bits[order], codes[order]
+    return _F8_CACHE[key]
+
+
+def to_float8_exact(arr: np.ndarray, src: DType, dst: DType) -> tuple[np.ndarray, int]:
+    """float values -> ``dst`` float8 codes, for values ``dst`` holds exactly.
+
+    The way back from MLX: float8 weights travel as bfloat16 (exactly), so
+    the round trip needs only an exact lookup, not a rounding cast. Returns the
+    codes and how many elements were *not* exact (their codes are meaningless).
+    NaN becomes the format's NaN (forward casts keep no NaN payload), and -0.0
+    becomes +0.0 in the formats without a negative zero (the fnuz ones).
+    """
+    keys, codes = _float8_codes(dst.name)
+    bits = np.ascontiguousarray(to_f32(arr, src)).view(np.uint32)
+    nan = (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    if dst.name.endswith("fnuz"):
+        bits = np.where(bits == np.uint32(0x80000000), np.uint32(0), bits)
+    at = np.minimum(np.searchsorted(keys, bits), len(keys) - 1)
+    out = codes[at]
+    miss = (keys[at] != bits) & ~nan
+    if nan.any():
+        if dst.name.endswith(("fnuz", "e8m0fnu")):   # one NaN pattern: 0x80 (fnuz), 0xFF (e8m0)
+            signed = np.uint8(np.flatnonzero(np.isnan(FLOAT8_TABLES[dst.name]))[0])
+            unsigned = signed
+        else:                                        # S.1111.111 keeps the sign, as torch's casts do
+            signed, unsigned = np.uint8(0xFF), np.uint8(0x7F)
+        out = np.where(nan, np.where(bits >> 31, signed, unsigned), out)
+    return out.astype(np.uint8), int(miss.sum())

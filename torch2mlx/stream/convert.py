@@ -135,7 +135,7 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
             module_types: dict[str, str] | None = None, transform=None, checkpoint: Checkpoint | None = None,
             drop_cache: bool = True, resume: bool = False, format: str = "safetensors",
             zarr_compressor: str = "none", model: str | None = None, model_kwargs=None,
-            use_model: bool = True) -> Result:
+            use_model: bool = True, to: str = "mlx") -> Result:
     """Convert checkpoint ``src`` (file or directory) into MLX safetensors shards in directory ``out``.
 
     Options mirror ``t2mlx stream``. ``resume`` reuses the shards of an interrupted run
@@ -145,7 +145,22 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
     (return ``(new_name, array[, dtype])``), drop (return ``None``) or replace each
     tensor; with a transform, tensors go through ``ShardWriter`` one at a time. Model
     options (``model``, ``model_kwargs``, ``use_model``) as for ``prepare``.
+
+    ``to="torch"`` goes the other way: an MLX checkpoint (ours, mlx-lm's, quantized or
+    not) back to PyTorch names, layouts and dtypes, ``format`` safetensors or bin
+    (see ``to_torch``); ``specs`` are then MLX -> torch specs.
     """
+    if to == "torch":
+        from . import to_torch
+        return to_torch.convert(src, out, dtype=dtype, max_shard_size=max_shard_size, strip_prefix=strip_prefix,
+                                exclude=exclude, rules=rules, key=key, overwrite=overwrite, dry_run=dry_run,
+                                progress=progress, workers=workers, specs=specs, drop=drop, checkpoint=checkpoint,
+                                drop_cache=drop_cache, format=format, model=model, model_kwargs=model_kwargs,
+                                use_model=use_model, unsupported={"--q-bits": q_bits, "--q-recipe": q_recipe,
+                                                                  "--resume": resume, "a transform": transform,
+                                                                  "--zarr-compressor": zarr_compressor != "none"})
+    if to != "mlx":
+        raise Torch2MLXError(f"--to must be mlx or torch, got {to!r}")
     ck, opts, plan = prepare(src, checkpoint=checkpoint, specs=specs, drop=drop, module_types=module_types,
                              model=model, model_kwargs=model_kwargs, use_model=use_model,
                              dtype=dtype, max_shard_size=max_shard_size, strip_prefix=strip_prefix,
@@ -158,7 +173,7 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
     if resume and transform is not None:
         raise Torch2MLXError("--resume cannot be combined with a transform")
     if format not in ("safetensors", "zarr"):
-        raise Torch2MLXError(f"--format must be safetensors or zarr, got {format!r}")
+        raise Torch2MLXError(f"--format must be safetensors or zarr (bin needs --to torch), got {format!r}")
     if format == "zarr":
         return _convert_zarr(res, ck, opts, plan, out, overwrite, progress, workers, zarr_compressor, transform or resume)
     do_resume = resume and os.path.isdir(out) and bool(os.listdir(out))

@@ -280,7 +280,7 @@ def build(ck: Checkpoint, opts: Options, specs: list[RuleSpec] | None = None,
     ops.sort(key=lambda op: (op.sources[0].path or "", op.sources[0].offset))
     recipe = transforms.recipe_for(opts, [o.name for op in ops for o in op.outputs], ck.config)
     block = transforms.attach(ops, dequant, recipe, module_types, warnings)
-    plan = Plan(ops, _assign_shards(ops, opts.max_shard_size), dropped, warnings, list(ck.notes))
+    plan = Plan(ops, assign_shards(ops, opts.max_shard_size), dropped, warnings, list(ck.notes))
     plan.quantization = block
     return plan
 
@@ -298,7 +298,8 @@ def _make_op(srcs: list[TensorEntry], out_name: str, rule_name: str, source: str
     return Op(srcs, rule_name, source, args, [Output(out_name, dt, rule.out_shape(shapes, args))])
 
 
-def _assign_shards(ops: list[Op], max_size: int) -> list[Shard]:
+def assign_shards(ops: list[Op], max_size: int, metadata: dict | None = None) -> list[Shard]:
+    """Cut the outputs into shards of at most ``max_size`` bytes (an op's outputs stay together)."""
     groups: list[list[Output]] = [[]]
     size = 0
     for op in ops:
@@ -313,5 +314,5 @@ def _assign_shards(ops: list[Op], max_size: int) -> list[Shard]:
         for o in outs:
             o.shard = i
         ordered = layout_shard(outs)
-        shards.append(Shard(shard_name(i, len(groups)), ordered, render_header(ordered)))
+        shards.append(Shard(shard_name(i, len(groups)), ordered, render_header(ordered, metadata)))
     return shards

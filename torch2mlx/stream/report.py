@@ -51,7 +51,8 @@ def format_result(res) -> str:
     p = res.plan
     n_out = res.tensors_out
     rate = p.nbytes_in / res.seconds / 1e6 if res.seconds else 0.0
-    where = f"{len(res.shards)} shard(s)" if res.format == "safetensors" else f"a {res.format} store"
+    shards = res.format in ("safetensors", "bin")
+    where = f"{len(res.shards)} shard(s)" if shards else f"a {res.format} store"
     lines = [f"converted {len(res.checkpoint.entries)} tensors -> {n_out} in {where} at {res.out}",
              f"{human_bytes(p.nbytes_in)} in, {human_bytes(p.nbytes_out)} out, {res.seconds:.2f} s, {rate:.0f} MB/s"]
     if res.sidecars:

@@ -19,9 +19,9 @@ from .checkpoint import open_checkpoint
 from .data import DataReader
 from .execute import CHUNK, compute_outputs, plan_tasks
 from .plan import Op, Output
-from .readers import safetensors as st_reader
+from .readers import pickled, safetensors as st_reader
 from .writers.files import sha256_file
-from .writers.output_dir import INDEX, MANIFEST
+from .writers.output_dir import BIN_INDEX, INDEX, MANIFEST
 
 
 @dataclass
@@ -64,7 +64,8 @@ def verify(src, out, *, quick: bool = False, progress=None) -> VerifyReport:
     out = os.fspath(out)
     rep = VerifyReport(out)
     manifest = _load_json(os.path.join(out, MANIFEST), "manifest torch2mlx.json")
-    index = _load_json(os.path.join(out, INDEX), "index " + INDEX)
+    index_name = BIN_INDEX if manifest.get("format") == "bin" else INDEX   # --to torch --format bin
+    index = _load_json(os.path.join(out, index_name), "index " + index_name)
     shards = manifest.get("shards") or {}
     outputs: dict[str, object] = {}
     for file, rec in sorted(shards.items()):
@@ -83,7 +84,7 @@ def verify(src, out, *, quick: bool = False, progress=None) -> VerifyReport:
         if digest != rec.get("sha256"):
             rep.problems.append(f"{file}: sha256 {digest[:12]}... differs from the manifest's {str(rec.get('sha256'))[:12]}...")
         try:
-            entries, meta = st_reader.read_entries(path)
+            entries = pickled.read_entries(path)[0] if file.endswith(".bin") else st_reader.read_entries(path)[0]
         except Torch2MLXError as e:
             rep.problems.append(str(e))
             continue
@@ -106,7 +107,10 @@ def verify(src, out, *, quick: bool = False, progress=None) -> VerifyReport:
         rep.notes.append("written through a user transform: tensor values cannot be recomputed; "
                          "hashes, headers and index checked")
         return rep
-    _verify_values(src, manifest, outputs, rep, progress)
+    if manifest.get("to") == "torch":
+        _verify_reverse(src, manifest, outputs, rep, progress)
+    else:
+        _verify_values(src, manifest, outputs, rep, progress)
     return rep
 
 
@@ -146,17 +150,35 @@ def _verify_values(src, manifest, outputs, rep: VerifyReport, progress) -> None:
     ck = open_checkpoint(src, key=opts.get("key"))
     by_name = {e.name: e for e in ck.entries}
     with DataReader() as reader:
-        for op in _ops_from_manifest(manifest.get("tensors") or {}, by_name, rep.problems):
-            got = [outputs.get(o.name) for o in op.outputs]
-            if any(g is None for g in got):
-                rep.problems.append(f"{op.outputs[0].name}: missing from the shards")
-                continue
-            why = _compare(op, got, reader)
-            if why:
-                rep.problems.append(f"{op.outputs[0].name}: {why}")
-            rep.checked_tensors += len(op.outputs)
-            if progress:
-                progress(op.nbytes_in)
+        _compare_ops(_ops_from_manifest(manifest.get("tensors") or {}, by_name, rep.problems), outputs, reader,
+                     rep, progress)
+
+
+def _verify_reverse(src, manifest, outputs, rep: VerifyReport, progress) -> None:
+    """A --to torch output: plan the way back again with the recorded options, compare every tensor."""
+    from .options import Options
+    from .reverse_plan import prepare
+    opts = manifest.get("options") or {}
+    ck = open_checkpoint(src, key=opts.get("key"))
+    with DataReader() as side, DataReader() as reader:
+        plan = prepare(ck, Options.make(**opts), side, model=manifest.get("model"),
+                       model_kwargs=manifest.get("model_kwargs"), use_model=manifest.get("use_model", True),
+                       fmt=manifest.get("format", "safetensors")).plan
+        _compare_ops(plan.ops, outputs, reader, rep, progress)
+
+
+def _compare_ops(ops, outputs, reader: DataReader, rep: VerifyReport, progress) -> None:
+    for op in ops:
+        got = [outputs.get(o.name) for o in op.outputs]
+        if any(g is None for g in got):
+            rep.problems.append(f"{op.outputs[0].name}: missing from the shards")
+            continue
+        why = _compare(op, got, reader)
+        if why:
+            rep.problems.append(f"{op.outputs[0].name}: {why}")
+        rep.checked_tensors += len(op.outputs)
+        if progress:
+            progress(op.nbytes_in)
 
 
 def _compare(op: Op, got: list, reader: DataReader) -> str | None:

@@ -9,6 +9,7 @@ from ...errors import Torch2MLXError
 from .files import os_error, write_json_atomic
 
 INDEX = "model.safetensors.index.json"
+BIN_INDEX = "pytorch_model.bin.index.json"    # --to torch --format bin
 MANIFEST = "torch2mlx.json"
 
 
@@ -24,12 +25,13 @@ def prepare(out_dir: str, *, overwrite: bool, src_paths: list[str], resume: bool
     try:
         os.makedirs(out_dir, exist_ok=True)
         # The index goes first so the directory never looks complete while we work.
-        for name in (INDEX,) if resume else (INDEX, MANIFEST):
+        for name in (INDEX, BIN_INDEX) if resume else (INDEX, BIN_INDEX, MANIFEST):
             if os.path.exists(os.path.join(out_dir, name)):
                 os.unlink(os.path.join(out_dir, name))
         if not resume:
-            for f in glob.glob(os.path.join(glob.escape(out_dir), "model*.safetensors")):
-                os.unlink(f)
+            for pattern in ("model*.safetensors", "pytorch_model*.bin"):
+                for f in glob.glob(os.path.join(glob.escape(out_dir), pattern)):
+                    os.unlink(f)
         for f in glob.glob(os.path.join(glob.escape(out_dir), ".*.tmp")):
             os.unlink(f)
         probe = os.path.join(out_dir, ".t2mlx-write-test.tmp")
@@ -57,8 +59,8 @@ def copy_sidecars(paths: list[str], out_dir: str, rewrite: dict[str, dict] | Non
     return copied
 
 
-def write_index(out_dir: str, weight_map: dict[str, str], total_size: int) -> str:
-    path = os.path.join(out_dir, INDEX)
+def write_index(out_dir: str, weight_map: dict[str, str], total_size: int, name: str = INDEX) -> str:
+    path = os.path.join(out_dir, name)
     write_json_atomic(path, {"metadata": {"total_size": total_size},
                              "weight_map": dict(sorted(weight_map.items()))})
     return path

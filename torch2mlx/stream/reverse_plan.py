@@ -1,0 +1,306 @@
+"""The reverse plan (MLX -> PyTorch): the forward specs of a checkpoint, inverted, as an ordinary Plan.
+
+Where the forward specs come from, in this order:
+
+1. our own manifest (``torch2mlx.json`` next to the weights): each output's
+   source(s), rule and args are exactly the spec that made it. The torch
+   dtypes it records are restored (exact widenings; float8 by an exact lookup).
+2. a model: ``--model`` or a config.json transformers knows (mlx-lm's output
+   keeps the HF config). The analyzer's specs say which torch tensor became
+   which MLX tensor under which rule.
+3. nothing: tensors keep their names and layout, with a warning.
+
+``reverse.reverse_specs`` inverts the specs (split -> concat, sum -> the sum
+and zeros, permutations -> their twins, ...). Quantized weights first become
+virtual float sources (``dequant``), so the plan, the executor and every rule
+work unchanged; shards carry ``{"format": "pt"}`` as transformers writes them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import dtypes, rules
+from ..errors import Torch2MLXError
+from ..reverse import reverse_specs
+from . import casts, dequant
+from .checkpoint import Checkpoint
+from .data import DataReader
+from .entry import TensorEntry
+from .options import Options
+from .plan import Op, Plan, RuleSpec, assign_shards, build
+from .writers.output_dir import MANIFEST
+
+TORCH_METADATA = {"format": "pt"}
+# A training-step counter the forward stream drops (MLX norms have none): strict loading in torch
+# needs the key, its value is unknown, and 0 is what a freshly built layer holds.
+COUNTER = "num_batches_tracked"
+
+
+@dataclass
+class ReversePlan:
+    plan: Plan
+    view: Checkpoint               # what the plan reads: quantized triples as virtual float entries
+    how: str                       # manifest | model | given | none
+    config: dict | None = None     # config.json for the torch side (quantization blocks removed)
+
+
+def read_manifest(ck: Checkpoint) -> dict | None:
+    """Our manifest next to the weights of a directory (or zarr store), if there is one."""
+    path = os.path.join(ck.path, MANIFEST)
+    if not os.path.isdir(ck.path) or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            m = json.loads(f.read())
+    except (OSError, ValueError) as e:
+        raise Torch2MLXError(f"{path}: unreadable manifest ({e})") from None
+    return m if isinstance(m, dict) and isinstance(m.get("tensors"), dict) else None
+
+
+def _quant_params(base: str, records: dict, config: dict | None) -> dict | None:
+    """bits/group_size/mode of one quantized module: our manifest record, else config.json as mlx-lm reads it."""
+    rec = records.get(base + ".weight") or {}
+    if isinstance(rec.get("quantization"), dict):
+        return rec["quantization"]
+    block = (config or {}).get("quantization") or (config or {}).get("quantization_config")
+    if not isinstance(block, dict):
+        return None
+    own = block.get(base)
+    q = own if isinstance(own, dict) else block
+    return q if "bits" in q and "group_size" in q else None
+
+
+def _dequantized(ck: Checkpoint, records: dict, reader: DataReader) -> tuple[Checkpoint, int]:
+    found = {}
+    for base, (w, s, b) in dequant.find(ck.entries).items():
+        q = _quant_params(base, records, ck.config)
+        if q is None:
+            raise Torch2MLXError(f"{base}.weight is quantized (uint32 codes with scales), but neither torch2mlx.json "
+                                 "nor config.json says with how many bits and which group size")
+        found[base] = dequant.check(base, w, s, b, int(q["bits"]), int(q["group_size"]), q.get("mode", "affine"))
+    return (dequant.view(ck, found, reader) if found else ck), len(found)
+
+
+def _manifest_specs(m: dict) -> tuple[list[RuleSpec], dict[str, dict]]:
+    """Forward specs from manifest records, and each MLX tensor's record (by the name the plan reads)."""
+    specs, by_mlx = [], {}
+    for name, rec in m["tensors"].items():
+        if rec.get("role") in ("scales", "biases"):
+            continue   # part of its weight: the dequantized weight is the MLX tensor
+        src = rec.get("source")
+        srcs = tuple(src) if isinstance(src, list) else (src,)
+        if not all(isinstance(s, str) for s in srcs) or rec.get("rule") not in rules.RULES:
+            raise Torch2MLXError(f"{MANIFEST}: record {name!r} has no usable source and rule")
+        specs.append(RuleSpec(name, srcs, rec["rule"], dict(rec.get("args") or {}), "manifest"))
+        by_mlx[name] = rec
+    return specs, by_mlx
+
+
+def _model_specs(ck: Checkpoint, model, model_kwargs) -> tuple[list[RuleSpec] | None, dict, list[str]]:
+    """Forward specs from the analyzer (torch names -> MLX names), torch shapes, notes."""
+    from ..analysis import build as abuild
+    from ..analysis.tree import walk
+    if model is not None:
+        built = abuild.from_class(model, model_kwargs, ck.path if ck.config is not None else None)
+    else:
+        why = abuild.why_not_config(ck.path)
+        if why is not None:
+            return None, {}, [why.replace("rules inferred from shapes", "tensors kept as they are")]
+        try:
+            built = abuild.from_config_dir(ck.path)
+        except (Torch2MLXError, ImportError) as e:
+            return None, {}, [f"{e}; tensors kept as they are"]
+    tree = walk(built.model)
+    specs = [RuleSpec(t.mlx, t.sources, t.rule, dict(t.args), "model") for t in tree.tensors if t.mlx]
+    shapes = {n: s for n, s in tree.shapes.items() if n not in tree.tied}
+    note = f"rules from the model {built.name} ({'config.json' if model is None else model}), inverted"
+    return specs, shapes, [note] + built.notes
+
+
+def _counters(names: list[str]) -> list[TensorEntry]:
+    return [TensorEntry(n, dtypes.get("int64"), (), array=np.zeros((), np.int64), origin="restored counter")
+            for n in names if n.rsplit(".", 1)[-1] == COUNTER]
+
+
+class ExactFloat8:
+    """Op transform: the block's values as float8 codes, refusing any value the format cannot hold exactly."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, block, op: Op, start: int, reader, src=None) -> list[np.ndarray]:
+        out = op.outputs[0].dtype
+        codes, missed = casts.to_float8_exact(block, src or op.source_dtype, out)
+        if missed:
+            raise Torch2MLXError(f"{self.name}: {missed} value(s) are not exactly {out.name} (changed in MLX?); "
+                                 "convert with --dtype bfloat16 to keep them")
+        return [codes]
+
+    def info(self) -> dict:
+        return {"exact_cast": True}
+
+
+def _restore_dtypes(plan: Plan, by_mlx: dict[str, dict], opts: Options, fmt: str) -> tuple[int, list[str]]:
+    """Give each output the torch dtype its MLX source came from: (how many changed, those that cannot be)."""
+    if opts.dtype != "keep":
+        return 0, []
+    changed, kept = 0, []
+    for op in plan.ops:
+        rec = by_mlx.get(op.sources[0].name)
+        want = dtypes.by_name(rec.get("source_dtype", "")) if rec else None
+        o = op.outputs[0]
+        if want is None or want == o.dtype or len(op.outputs) != 1 or rec.get("fp8_scale"):
+            continue   # float8 with a scale came out scaled: its values are no float8 any more
+        if fmt == "safetensors" and want.safetensors is None:
+            kept.append(f"{o.name}: safetensors has no {want.name}; kept as {o.dtype.name} (--format bin keeps it)")
+            continue
+        if want.name.startswith("float8"):
+            op.transform, op.transform_info = ExactFloat8(o.name), {"exact_cast": True}
+        elif not (want.kind == o.dtype.kind and (want.is_float or want.exact_numpy)):
+            continue
+        o.dtype = want
+        changed += 1
+    return changed, kept
+
+
+def _check_shapes(plan: Plan, by_mlx: dict[str, dict], model_shapes: dict) -> list[str]:
+    """Outputs whose shape is not the torch shape the manifest or the model says (a wrong rule, a wrong model)."""
+    bad = []
+    for op in plan.ops:
+        o = op.outputs[0]
+        rec = by_mlx.get(op.sources[0].name)
+        want = None
+        if rec is not None and not isinstance(rec.get("source"), list):
+            want = tuple(rec.get("source_shape") or ())
+        elif o.name in model_shapes:
+            want = tuple(model_shapes[o.name])
+        if want is not None and want != o.shape:
+            bad.append(f"{o.name}: {list(o.shape)} but the torch tensor is {list(want)}")
+    return bad
+
+
+def torch_config(config: dict | None, opts: Options, plan: Plan) -> dict | None:
+    """config.json for the torch side: no MLX quantization block, the dtype the weights now have."""
+    if config is None:
+        return None
+    cfg = dict(config)
+    cfg.pop("quantization", None)
+    qc = cfg.get("quantization_config")
+    fp8_left = any(o.dtype.name.startswith("float8") for op in plan.ops for o in op.outputs)
+    if isinstance(qc, dict) and ("quant_method" not in qc or (qc.get("quant_method") == "fp8" and not fp8_left)):
+        del cfg["quantization_config"]   # mlx-lm's copy of its block, or fp8 weights now dequantized
+    floats = sorted({o.dtype.name for op in plan.ops for o in op.outputs if o.dtype.is_float and o.shape})
+    if len(floats) == 1:
+        for k in ("torch_dtype", "dtype"):
+            if k in cfg:
+                cfg[k] = floats[0]
+    return cfg
+
+
+def _some(names) -> str:
+    names = [str(n) for n in names]
+    return ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+
+
+@dataclass
+class _Rules:
+    """Where the reverse specs came from and what that source knows about the torch side."""
+
+    specs: list[RuleSpec] | None
+    how: str                                  # manifest | model | given | none
+    by_mlx: dict[str, dict]                   # manifest record of each MLX tensor
+    model_shapes: dict[str, tuple[int, ...]]  # torch name -> shape, from a model
+    counters: list[str]                       # torch names that may be restored step counters
+    notes: list[str]
+    errors: list[str]
+
+
+def _rules(m: dict | None, view: Checkpoint, specs, model, model_kwargs, use_model: bool) -> _Rules:
+    errors: list[str] = []
+    if specs is not None:
+        return _Rules(specs, "given", {}, {}, [], [], errors)
+    if m is not None:
+        forward, by_mlx = _manifest_specs(m)
+        counters = [d.get("source") for d in m.get("dropped") or [] if isinstance(d, dict)]
+        return _Rules(reverse_specs(forward, errors), "manifest", by_mlx, {}, counters,
+                      [f"rules from {MANIFEST} ({len(forward)} MLX tensors), inverted"], errors)
+    if model is not None or (use_model and view.config is not None):
+        forward, shapes, notes = _model_specs(view, model, model_kwargs)
+        if forward is not None:
+            return _Rules(reverse_specs(forward, errors), "model", {}, shapes, list(shapes), notes, errors)
+        return _Rules(None, "none", {}, {}, [], notes, errors)
+    return _Rules(None, "none", {}, {}, [], [], errors)
+
+
+def prepare(ck: Checkpoint, opts: Options, reader: DataReader, *, specs: list[RuleSpec] | None = None,
+            drop: dict[str, str] | None = None, model=None, model_kwargs=None, use_model: bool = True,
+            fmt: str = "safetensors") -> ReversePlan:
+    """Plan turning the MLX checkpoint ``ck`` into PyTorch tensors (written as ``fmt``: safetensors or bin);
+    ``reader`` serves the dequantized sources."""
+    if ck.metadata.get("format") == "pt" or "pickle" in ck.format:   # MLX never writes pickles
+        what = "a pickle" if "pickle" in ck.format else "format=pt"
+        raise Torch2MLXError(f"{ck.path}: already a PyTorch checkpoint ({what}); --to torch reads MLX checkpoints")
+    m = read_manifest(ck)
+    if m is not None and m.get("to") == "torch":
+        raise Torch2MLXError(f"{ck.path}: written by --to torch (already PyTorch layout)")
+    if m is not None and not m.get("complete", True):
+        raise Torch2MLXError(f"{ck.path}: its torch2mlx.json says the conversion did not finish")
+    warnings = []
+    if m is not None and m.get("transform"):
+        warnings.append("torch2mlx.json: written through a user transform, whose changes cannot be undone; "
+                        "its records are not used")
+        m = None
+    view, n_quant = _dequantized(ck, m["tensors"] if m is not None else {}, reader)
+    view = dataclasses.replace(view, layout="mlx")   # no forward layout may be guessed on the way back
+    r = _rules(m, view, specs, model, model_kwargs, use_model)
+    notes = list(r.notes)
+    if r.how == "none":
+        warnings.append("no torch2mlx.json and no model information: tensors keep their MLX names and layouts "
+                        "(give --model, or --rule REGEX=RULE naming the forward layout to undo)")
+    have = {e.name for e in view.entries}
+    restored = [e for e in _counters(r.counters) if e.name not in have]
+    if restored:
+        view = dataclasses.replace(view, entries=view.entries + restored)
+        notes.append(f"{len(restored)} {COUNTER} counter(s) restored as 0 (MLX keeps none)")
+    # A user --rule names the forward layout; on the way back its twin undoes it.
+    bopts = dataclasses.replace(opts, rules=[(p, rules.get(name).reverse_name) for p, name in opts.rules])
+    plan = build(view, bopts, r.specs or [], drop)
+    plan.warnings = [w for w in plan.warnings if not w.startswith("source is already in MLX layout")]
+    plan.warnings[:0] = warnings + [f"not rebuilt: {e}" for e in r.errors]
+    outs = {o.name for op in plan.ops for o in op.outputs}
+    if r.how == "model":
+        extra = [op.outputs[0].name for op in plan.ops
+                 if op.rule_source == "default" and op.outputs[0].name not in r.model_shapes]
+        if extra:
+            plan.warnings.append(f"{len(extra)} tensor(s) are not in the model and keep their MLX names and "
+                                 f"layout: {_some(extra)}")
+        missing = sorted(set(r.model_shapes) - outs)
+        if missing:
+            plan.warnings.append(f"{len(missing)} model tensor(s) have no source in the checkpoint: {_some(missing)}")
+    if r.how == "manifest":
+        absent = sorted({s.out for s in r.specs if not all(n in have for n in s.sources)})
+        if absent:
+            plan.warnings.append(f"{len(absent)} tensor(s) in {MANIFEST} are not in the checkpoint, so not "
+                                 f"rebuilt: {_some(absent)}")
+        lost = [d.get("source") for d in m.get("dropped") or [] if isinstance(d, dict) and d.get("source") not in outs]
+        if lost:
+            notes.append(f"{len(lost)} tensor(s) the forward conversion dropped are not rebuilt: {_some(lost)}")
+    bad = _check_shapes(plan, r.by_mlx, r.model_shapes)
+    if bad and r.how == "manifest":
+        raise Torch2MLXError(f"{MANIFEST} does not describe these tensors: {bad[0]}")
+    plan.warnings += [f"shape differs: {b}" for b in bad]
+    if n_quant:
+        notes.append(f"{n_quant} quantized weight(s) dequantized (mx.dequantize, block by block)")
+    if r.how == "manifest":
+        changed, kept = _restore_dtypes(plan, r.by_mlx, opts, fmt)
+        plan.warnings += kept
+        if changed:
+            notes.append(f"{changed} source dtype(s) restored from {MANIFEST}")
+    plan.notes[:0] = notes
+    plan.shards = assign_shards(plan.ops, opts.max_shard_size, TORCH_METADATA)
+    return ReversePlan(plan, view, r.how, torch_config(ck.config, opts, plan))
