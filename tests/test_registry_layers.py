@@ -267,6 +267,9 @@ CASES = {
     "transformers *LayerNorm family": Case(
         lambda: _transformers("transformers.models.cohere.modeling_cohere.CohereLayerNorm")(6, eps=1e-5),
         lambda: mnn.LayerNorm(6, eps=1e-5, bias=False), lambda: [_x(2, 3, 6)]),
+    "transformers T5-style *LayerNorm (an RMSNorm)": Case(
+        lambda: _transformers("transformers.models.mt5.modeling_mt5.MT5LayerNorm")(6, eps=1e-6),
+        lambda: mnn.RMSNorm(6, eps=1e-6), lambda: [_x(2, 3, 6)]),
     "transformers *LayerNorm family channels-first": _image(
         lambda: _transformers("transformers.models.vitdet.modeling_vitdet.VitDetLayerNorm")(6),
         lambda: mnn.LayerNorm(6, eps=1e-6), (2, 6, 3, 3)),
@@ -368,3 +371,11 @@ def test_conv3d_with_groups_is_reported_unsupported():
     report = torch2mlx.analyze(nn.Conv3d(4, 4, 3, groups=2))
     assert report.unsupported == {"torch.nn.Conv3d": 1}
     assert "groups" in report.blockers[0].detail
+
+
+def test_a_layernorm_by_name_that_subtracts_no_mean_is_an_rmsnorm():
+    mt5 = _transformers("transformers.models.mt5.modeling_mt5.MT5LayerNorm")(6)
+    cohere = _transformers("transformers.models.cohere.modeling_cohere.CohereLayerNorm")(6)
+    assert [(u.key, u.mlx) for u in torch2mlx.analyze(mt5).layers] == [("transformers *RMSNorm", "mlx.nn.RMSNorm")]
+    assert [(u.key, u.mlx) for u in torch2mlx.analyze(cohere).layers] == [("transformers *LayerNorm",
+                                                                          "mlx.nn.LayerNorm")]

@@ -407,7 +407,8 @@ FAMILIES: list[Family] = [
                  note="Gemma-style norms scale by (1 + weight): the analyzer notes those"), "transformers.", "RMSNorm",
            frozenset({"weight"})),
     Family(Layer("transformers *LayerNorm", "mlx.nn.LayerNorm", "transformers",
-                 note="a channels-first variant normalizes the channel axis, the last one in MLX"),
+                 note="a channels-first variant normalizes the channel axis, the last one in MLX; one whose "
+                      "forward subtracts no mean (T5's and its copies) is an RMSNorm: the analyzer reads that"),
            "transformers.", "LayerNorm", frozenset({"weight", "bias"})),
     Family(Layer("transformers *Embedding", "mlx.nn.Embedding", "transformers",
                  note="scaled and positional variants: same table, scaling stays in the model code"),
@@ -459,7 +460,10 @@ def lookup(cls, names=()) -> Layer | None:
 
 
 def get(key: str) -> Layer:
-    return _BY_KEY[key]
+    """The entry named ``key``: a class path, or a family's name ("transformers *RMSNorm")."""
+    if key in _BY_KEY:
+        return _BY_KEY[key]
+    return next(f.layer for f in FAMILIES if f.layer.torch == key)
 
 
 def counts() -> dict[str, int]:
