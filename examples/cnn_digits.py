@@ -69,22 +69,9 @@ def mlx_model():
 
 
 def main(argv=None) -> dict:
-    import torch
-    args = harness.parse(argv, __doc__.splitlines()[0])
-    torch.manual_seed(args.seed)
-    steps, batch, n_eval = (25, 32, 128) if args.quick else (300, 64, 1024)
-
-    def batches(step):
-        x, y = digits(batch, args.seed * 100003 + step + 1)
-        return torch.from_numpy(x), torch.from_numpy(y)
-
-    model = torch_model()
-    loss = harness.train(model, batches, steps)
-    x, y = digits(n_eval, 10**6 + args.seed)
-    metrics = harness.run("cnn_digits", model, mlx_model(), x, np.moveaxis(x, 1, -1), y,
-                          repeats=3 if args.quick else 20, loss=loss)
-    harness.show(metrics, args.json)
-    return metrics
+    return harness.main(argv, __doc__, "cnn_digits", data=digits, torch_model=torch_model, mlx_model=mlx_model,
+                        to_mlx=lambda x: np.moveaxis(x, 1, -1),       # NCHW -> NHWC
+                        quick=dict(steps=25, batch=32, n_eval=128), full=dict(steps=300, batch=64, n_eval=1024))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Shared by the validation examples: train in torch, convert, run in MLX, compare and time both.
 
-Each example defines its torch model, its MLX model and its synthetic data, and calls ``run``.
+Each example defines its torch model, its MLX model and its synthetic data, and calls ``main``.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def _median_seconds(fn, repeats: int) -> float:
 
 
 def run(name: str, torch_model, mlx_model, x_torch: np.ndarray, x_mlx: np.ndarray, labels: np.ndarray,
-        *, repeats: int, loss: float, to_mlx_input=None) -> dict:
+        *, repeats: int, loss: float) -> dict:
     """Convert ``torch_model`` with torch2mlx, load it into ``mlx_model``, compare logits on the same data."""
     import mlx.core as mx
     import torch
@@ -97,3 +97,28 @@ def show(metrics: dict, as_json: bool) -> None:
     print(f"  prediction agreement:                {m['agreement']:.1%} of {m['batch']}")
     print(f"  forward pass (batch {m['batch']}):        torch {m['torch_forward_ms']:.2f} ms, "
           f"MLX {m['mlx_forward_ms']:.2f} ms")
+
+
+def main(argv, doc: str, name: str, *, data, torch_model, mlx_model, to_mlx, quick: dict, full: dict,
+         lr: float = 1e-3) -> dict:
+    """Parse the options, train ``torch_model()`` on ``data(n, seed, **extra)``, then ``run`` and ``show``.
+
+    ``quick`` / ``full``: ``steps``, ``batch``, ``n_eval`` and any extra keyword arguments for ``data``.
+    ``to_mlx`` turns the evaluation inputs into MLX's layout.
+    """
+    import torch
+    args = parse(argv, doc.splitlines()[0])
+    torch.manual_seed(args.seed)
+    extra = dict(quick if args.quick else full)
+    steps, batch, n_eval = extra.pop("steps"), extra.pop("batch"), extra.pop("n_eval")
+
+    def batches(step):
+        x, y = data(batch, args.seed * 100003 + step + 1, **extra)
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+    model = torch_model()
+    loss = train(model, batches, steps, lr)
+    x, y = data(n_eval, 10**6 + args.seed, **extra)
+    metrics = run(name, model, mlx_model(), x, to_mlx(x), y, repeats=3 if args.quick else 20, loss=loss)
+    show(metrics, args.json)
+    return metrics

@@ -106,22 +106,10 @@ def mlx_model():
 
 
 def main(argv=None) -> dict:
-    import torch
-    args = harness.parse(argv, __doc__.splitlines()[0])
-    torch.manual_seed(args.seed)
-    steps, batch, n_eval, size = (20, 32, 64, 16) if args.quick else (200, 64, 512, 32)
-
-    def batches(step):
-        x, y = images(batch, args.seed * 100003 + step + 1, size)
-        return torch.from_numpy(x), torch.from_numpy(y)
-
-    model = torch_model()
-    loss = harness.train(model, batches, steps)
-    x, y = images(n_eval, 10**6 + args.seed, size)
-    metrics = harness.run("resnet_cnn", model, mlx_model(), x, np.moveaxis(x, 1, -1), y,
-                          repeats=3 if args.quick else 20, loss=loss)
-    harness.show(metrics, args.json)
-    return metrics
+    return harness.main(argv, __doc__, "resnet_cnn", data=images, torch_model=torch_model, mlx_model=mlx_model,
+                        to_mlx=lambda x: np.moveaxis(x, 1, -1),       # NCHW -> NHWC
+                        quick=dict(steps=20, batch=32, n_eval=64, size=16),
+                        full=dict(steps=200, batch=64, n_eval=512, size=32))
 
 
 if __name__ == "__main__":

@@ -68,22 +68,9 @@ def mlx_model():
 
 
 def main(argv=None) -> dict:
-    import torch
-    args = harness.parse(argv, __doc__.splitlines()[0])
-    torch.manual_seed(args.seed)
-    steps, batch, n_eval = (30, 32, 128) if args.quick else (400, 64, 1024)
-
-    def batches(step):
-        x, y = sequences(batch, args.seed * 100003 + step + 1)
-        return torch.from_numpy(x), torch.from_numpy(y)
-
-    model = torch_model()
-    loss = harness.train(model, batches, steps, lr=2e-3)
-    x, y = sequences(n_eval, 10**6 + args.seed)
-    metrics = harness.run("transformer_classifier", model, mlx_model(), x, x.astype(np.int32), y,
-                          repeats=3 if args.quick else 20, loss=loss)
-    harness.show(metrics, args.json)
-    return metrics
+    return harness.main(argv, __doc__, "transformer_classifier", data=sequences, torch_model=torch_model,
+                        mlx_model=mlx_model, to_mlx=lambda x: x.astype(np.int32), lr=2e-3,
+                        quick=dict(steps=30, batch=32, n_eval=128), full=dict(steps=400, batch=64, n_eval=1024))
 
 
 if __name__ == "__main__":
