@@ -103,6 +103,9 @@ def test_a_state_dict_converts_by_inference_or_given_rules(tmp_path):
     torch2mlx.convert(dict(sd), tmp_path / "c", specs=spec)
     got = _mlx_state(tmp_path / "c")
     assert_same(got["conv.w"], canon_torch(sd["0.weight"].permute(0, 2, 1)), "conv.w")
+    # given specs win over a module's own rules
+    torch2mlx.convert(nn.Sequential(nn.Conv1d(2, 3, 3)), tmp_path / "e.safetensors", specs=spec)
+    assert set(_mlx_state(tmp_path / "e.safetensors")) == {"conv.w", "0.bias"}
     # numpy arrays are state dicts too
     torch2mlx.convert({k: v.numpy() for k, v in sd.items()}, tmp_path / "d.safetensors")
     assert set(_mlx_state(tmp_path / "d.safetensors")) == set(sd)

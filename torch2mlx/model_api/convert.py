@@ -52,10 +52,11 @@ def convert(model_or_state_dict, path, *, dtype: str = "keep", rules=(), specs=N
     Returns the stream's ``Result`` (``report()``, ``to_dict()``, ``plan``).
     """
     path = os.fspath(path)
-    label, ck, inputs = source_of(model_or_state_dict, analyze=analyze, key=key)
+    # Specs given by the caller replace the analyzer's (as they replace a config's in the stream).
+    label, ck, inputs = source_of(model_or_state_dict, analyze=analyze and specs is None, key=key)
     options = dict(dtype=dtype, strip_prefix=strip_prefix, exclude=exclude, rules=rules, q_bits=q_bits,
                    q_group_size=q_group_size, q_recipe=q_recipe)
-    use_model = analyze and ck.format != "memory"
+    use_model = analyze and specs is None and ck.format != "memory"
     if not path.endswith(".safetensors"):
         return stream_convert(label, path, checkpoint=ck, inputs=inputs, specs=specs, use_model=use_model,
                                max_shard_size=max_shard_size, overwrite=overwrite, progress=progress,
