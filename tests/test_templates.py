@@ -10,6 +10,7 @@ from torch import nn
 
 import torch2mlx
 from torch2mlx import templates
+from torch2mlx.errors import Torch2MLXError
 
 TOL = 1e-5
 RNG = np.random.default_rng(7)
@@ -175,9 +176,11 @@ def test_adaptive_avg_pool_matches_torch(size, out):
 
 
 def test_template_arguments_are_checked():
-    with pytest.raises(ValueError, match="activation"):
+    with pytest.raises(Torch2MLXError, match="activation"):
         templates.MLP([2, 3], "swishy")
-    with pytest.raises(ValueError, match="norm"):
+    with pytest.raises(Torch2MLXError, match="norm"):
         templates.ConvBlock(2, 3, norm="layer")
-    with pytest.raises(ValueError):
+    with pytest.raises(Torch2MLXError, match="at least"):
         templates.MLP([2])
+    with pytest.raises(Torch2MLXError, match="at least one block"):
+        templates.ConvStack([3])

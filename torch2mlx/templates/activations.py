@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import mlx.nn as nn
 
+from ..errors import Torch2MLXError
+
 _ACTIVATIONS = {
     "relu": nn.ReLU,
     "gelu": nn.GELU,                               # exact (erf), torch's nn.GELU() default
@@ -22,7 +24,7 @@ def make_activation(kind) -> nn.Module | None:
     try:
         return _ACTIVATIONS[kind]()
     except KeyError:
-        raise ValueError(f"unknown activation {kind!r} (known: {', '.join(_ACTIVATIONS)})") from None
+        raise Torch2MLXError(f"unknown activation {kind!r} (known: {', '.join(_ACTIVATIONS)})") from None
 
 
 class _Call(nn.Module):

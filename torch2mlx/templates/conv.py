@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import mlx.nn as nn
 
+from ..errors import Torch2MLXError
+
 from .activations import make_activation
 
 _NORMS = {
@@ -32,7 +34,7 @@ class ConvBlock(nn.Module):
                               dilation=dilation, groups=groups, bias=norm is None if bias is None else bias)
         if norm is not None:
             if norm not in _NORMS:
-                raise ValueError(f"unknown norm {norm!r} (known: {', '.join(_NORMS)})")
+                raise Torch2MLXError(f"unknown norm {norm!r} (known: {', '.join(_NORMS)})")
             self.norm = _NORMS[norm](out_channels, min(norm_groups, out_channels))
         self.act = make_activation(activation)
         self.pool = nn.MaxPool2d(pool, stride=pool) if pool else None
@@ -55,7 +57,7 @@ class ConvStack(nn.Module):
     def __init__(self, channels: list[int], **block_options):
         super().__init__()
         if len(channels) < 2:
-            raise ValueError("ConvStack needs input channels and at least one block's output channels")
+            raise Torch2MLXError("ConvStack needs input channels and at least one block's output channels")
         self.blocks = [ConvBlock(a, b, **block_options) for a, b in zip(channels[:-1], channels[1:])]
 
     def __call__(self, x):

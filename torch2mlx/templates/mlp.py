@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import mlx.nn as nn
 
+from ..errors import Torch2MLXError
+
 from .activations import make_activation
 
 
@@ -18,7 +20,7 @@ class MLP(nn.Module):
                  final_activation: bool = False):
         super().__init__()
         if len(dims) < 2:
-            raise ValueError("MLP needs at least input and output dims")
+            raise Torch2MLXError("MLP needs at least input and output dims")
         make_activation(activation)   # an unknown name fails here, even when no layer uses it
         self.layers = []
         last = len(dims) - 2
