@@ -1,12 +1,19 @@
 """torch2mlx: move PyTorch checkpoints and models to Apple MLX.
 
-The streaming engine (``torch2mlx.stream``, ``t2mlx stream``) never imports torch.
+    torch2mlx.convert(model, "weights.safetensors")     # a live nn.Module (or state dict, or checkpoint path)
+    weights = torch2mlx.load_converted("weights.safetensors")
+    mlx_model.load_weights(list(weights.items()), strict=True)
+    model.load_state_dict(torch2mlx.to_torch(weights, model), strict=True)
+
+Everything loads on first use: ``import torch2mlx`` imports neither torch nor MLX,
+and the streaming engine (``torch2mlx.stream``, ``t2mlx stream``) never imports torch.
 """
 __version__ = "0.1.0"
 
 from .errors import CheckpointError, Torch2MLXError  # noqa: E402
 
-__all__ = ["__version__", "Torch2MLXError", "CheckpointError", "stream", "analyze"]
+__all__ = ["__version__", "Torch2MLXError", "CheckpointError", "stream", "templates", "analyze", "convert",
+           "export", "load_converted", "to_nested", "to_torch"]
 
 
 def analyze(x, *, model=None, model_kwargs=None):
@@ -19,9 +26,39 @@ def analyze(x, *, model=None, model_kwargs=None):
     return _analyze(x, model=model, model_kwargs=model_kwargs)
 
 
+def convert(model_or_state_dict, path, **options):
+    """A live model, state dict or checkpoint path to MLX weights; see ``torch2mlx.model_api.convert``."""
+    from .model_api import convert as _convert
+    return _convert(model_or_state_dict, path, **options)
+
+
+def export(model_or_path, path=None, **options):
+    """``export(model, path)`` now, or ``@export(path)`` on an nn.Module class; see ``torch2mlx.model_api.export``."""
+    from .model_api import export as _export
+    return _export(model_or_path, path, **options)
+
+
+def load_converted(path, *, prefix: str = "", nested: bool = False):
+    """``{name: mx.array}`` of a conversion, ready for ``load_weights``; see ``torch2mlx.model_api.load``."""
+    from .model_api import load_converted as _load
+    return _load(path, prefix=prefix, nested=nested)
+
+
+def to_nested(flat):
+    """Flat dotted names to the nested dicts and lists of an MLX module tree."""
+    from .model_api import to_nested as _nested
+    return _nested(flat)
+
+
+def to_torch(path_or_dict, model_or_rules=None, **options):
+    """MLX weights back to a torch state dict that ``load_state_dict(strict=True)`` takes; see ``model_api.to_torch``."""
+    from .model_api import to_torch as _to_torch
+    return _to_torch(path_or_dict, model_or_rules, **options)
+
+
 def __getattr__(name):
     # Submodules load on first use so `import torch2mlx` stays light.
-    if name == "stream":
-        from . import stream
-        return stream
+    if name in ("stream", "templates"):
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'torch2mlx' has no attribute {name!r}")

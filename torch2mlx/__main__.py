@@ -1,3 +1,6 @@
-from .cli import main
+import sys
 
-raise SystemExit(main())
+from .cli import alias_argv, main
+
+# `python -m torch2mlx model.pt out/` (the original tool's form) is an alias of `t2mlx stream`.
+raise SystemExit(main(alias_argv(sys.argv[1:])))

@@ -150,7 +150,10 @@ def _cmd_verify(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="t2mlx", description="Move PyTorch checkpoints and models to Apple MLX.")
+    ap = argparse.ArgumentParser(prog="t2mlx", description="Move PyTorch checkpoints and models to Apple MLX.",
+                                 epilog="python -m torch2mlx takes the same commands, and also the short form "
+                                        "SRC OUT (= stream SRC OUT), with --analyze-only (= analyze SRC) "
+                                        "or --no-analyze (= stream SRC OUT --no-model).")
     ap.add_argument("--version", action="version", version=f"torch2mlx {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -158,6 +161,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analyze(sub)
     _add_verify(sub)
     return ap
+
+
+COMMANDS = ("stream", "analyze", "verify")
+
+
+def alias_argv(argv: list[str]) -> list[str]:
+    """``python -m torch2mlx SRC OUT`` as the original tool took it, spelled as t2mlx subcommands.
+
+    ``SRC OUT`` -> ``stream SRC OUT``; ``--analyze-only`` -> ``analyze``; ``--no-analyze``
+    -> ``stream --no-model``. Anything that starts with a subcommand (or is a bare
+    -h/--version) is left alone.
+    """
+    if not argv or argv[0] in COMMANDS or argv[0] in ("-h", "--help", "--version"):
+        return list(argv)
+    rest = [a for a in argv if a not in ("--analyze-only", "--no-analyze")]
+    if "--analyze-only" in argv:
+        return ["analyze"] + rest
+    return ["stream"] + rest + (["--no-model"] if "--no-analyze" in argv else [])
 
 
 def main(argv=None) -> int:

@@ -109,6 +109,13 @@ def _padding_mode(module):
     return None
 
 
+def _conv3d(module):
+    """not expressible: groups > 1, padding_mode='circular'."""
+    if _attr(module, "groups", 1) != 1:
+        return f"groups={module.groups} (MLX Conv3d has no groups)"
+    return _padding_mode(module)
+
+
 def _conv_transpose(module):
     """not expressible: groups > 1, padding_mode='circular'."""
     if _attr(module, "groups", 1) != 1:
@@ -268,7 +275,7 @@ LAYERS: list[Layer] = [
     Layer("torch.nn.EmbeddingBag", None, "embedding", note="bagged lookups: gather rows and reduce by hand"),
     # convolutions
     *[Layer(f"torch.nn.Conv{d}d", f"mlx.nn.Conv{d}d", "convolution", rules={"weight": f"conv{d}d"},
-            check=_padding_mode, note=_CHANNELS_LAST) for d in (1, 2, 3)],
+            check=_conv3d if d == 3 else _padding_mode, note=_CHANNELS_LAST) for d in (1, 2, 3)],
     *[Layer(f"torch.nn.ConvTranspose{d}d", f"mlx.nn.ConvTranspose{d}d", "convolution",
             rules={"weight": f"conv_transpose{d}d"}, check=_conv_transpose, note=_CHANNELS_LAST) for d in (1, 2, 3)],
     *[Layer(f"torch.nn.Lazy{c}{d}d", None, "convolution", note="uninitialized; run one forward pass first")
@@ -278,7 +285,9 @@ LAYERS: list[Layer] = [
     # normalization
     *[Layer(f"torch.nn.BatchNorm{d}d", "mlx.nn.BatchNorm", "normalization",
             dropped={"num_batches_tracked": "a training step counter; MLX BatchNorm has none"},
-            note="normalizes the last (channels-last) axis") for d in (1, 2, 3)],
+            note="normalizes the last (channels-last) axis" + (
+                "; MLX BatchNorm takes at most 4-D input: flatten the spatial axes (N, D*H*W, C) and back"
+                if d == 3 else "")) for d in (1, 2, 3)],
     Layer("torch.nn.SyncBatchNorm", "mlx.nn.BatchNorm", "normalization",
           dropped={"num_batches_tracked": "a training step counter; MLX BatchNorm has none"}),
     *[Layer(f"torch.nn.LazyBatchNorm{d}d", None, "normalization", note="uninitialized") for d in (1, 2, 3)],
@@ -398,7 +407,8 @@ FAMILIES: list[Family] = [
                  note="Gemma-style norms scale by (1 + weight): the analyzer notes those"), "transformers.", "RMSNorm",
            frozenset({"weight"})),
     Family(Layer("transformers *LayerNorm", "mlx.nn.LayerNorm", "transformers",
-                 note="a channels-first variant normalizes the channel axis, the last one in MLX"),
+                 note="a channels-first variant normalizes the channel axis, the last one in MLX; one whose "
+                      "forward subtracts no mean (T5's and its copies) is an RMSNorm: the analyzer reads that"),
            "transformers.", "LayerNorm", frozenset({"weight", "bias"})),
     Family(Layer("transformers *Embedding", "mlx.nn.Embedding", "transformers",
                  note="scaled and positional variants: same table, scaling stays in the model code"),
@@ -450,7 +460,10 @@ def lookup(cls, names=()) -> Layer | None:
 
 
 def get(key: str) -> Layer:
-    return _BY_KEY[key]
+    """The entry named ``key``: a class path, or a family's name ("transformers *RMSNorm")."""
+    if key in _BY_KEY:
+        return _BY_KEY[key]
+    return next(f.layer for f in FAMILIES if f.layer.torch == key)
 
 
 def counts() -> dict[str, int]:

@@ -15,9 +15,9 @@ import time
 
 from ..errors import Torch2MLXError
 from .report import Report, model_report
-from .stream_inputs import StreamInputs, stream_inputs
+from .stream_inputs import StreamInputs, module_inputs, stream_inputs
 
-__all__ = ["analyze", "Report", "StreamInputs", "stream_inputs"]
+__all__ = ["analyze", "Report", "StreamInputs", "stream_inputs", "module_inputs"]
 
 
 def analyze(x, *, model: str | None = None, model_kwargs=None) -> Report:

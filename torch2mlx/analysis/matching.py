@@ -15,6 +15,7 @@ Everything else is reported with the reason its rule did not come from the model
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 from ..stream.entry import TensorEntry
@@ -60,6 +61,8 @@ class _Transformers:
 
     def __init__(self, model, shapes: dict):
         self.ok = False
+        if "transformers" not in sys.modules:
+            return  # nothing imported transformers, so the model is no PreTrainedModel: skip seconds of imports
         try:
             from transformers.conversion_mapping import get_model_conversion_mapping
             from transformers.core_model_loading import WeightConverter, rename_source_key

@@ -240,3 +240,31 @@ def offset_weight(cls) -> bool:
                         and root.attr == "weight" and isinstance(root.value, ast.Name) and root.value.id == "self"):
                     return True
     return False
+
+
+def _callee(call: ast.Call) -> str | None:
+    f = call.func
+    return f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+
+
+@functools.lru_cache(maxsize=None)
+def centers(cls) -> bool:
+    """``forward`` subtracts a mean (or calls ``layer_norm``): a LayerNorm. Without either it is an RMS norm
+    (T5's ``*LayerNorm`` classes). True when the code cannot be read: the class name's word stands."""
+    owner = next((c for c in cls.__mro__ if "forward" in c.__dict__), None)
+    src = _parse(owner.__dict__["forward"]) if owner is not None and not owner.__module__.startswith("torch.") \
+        else None
+    if src is None:
+        return True
+    means = {t.id for node in ast.walk(src.tree) if isinstance(node, ast.Assign)
+             and isinstance(node.value, ast.Call) and _callee(node.value) == "mean"
+             for t in node.targets if isinstance(t, ast.Name)}
+    for node in ast.walk(src.tree):
+        if isinstance(node, ast.Call) and _callee(node) == "layer_norm":
+            return True
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Sub):
+            right = node.right
+            if (isinstance(right, ast.Name) and right.id in means) or \
+                    (isinstance(right, ast.Call) and _callee(right) == "mean"):
+                return True
+    return False

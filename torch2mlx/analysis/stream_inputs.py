@@ -1,8 +1,9 @@
 """What the stream takes from the analyzer: specs (exact rules and names) and buffers to drop.
 
 Used automatically by ``torch2mlx.stream.convert`` when the checkpoint directory
-has a config.json transformers knows, or when a model class is given. Without
-either, nothing here imports torch.
+has a config.json transformers knows, or when a model class is given, and by
+``torch2mlx.convert`` with a live module. Without any of these, nothing here
+imports torch.
 """
 from __future__ import annotations
 
@@ -49,11 +50,25 @@ def stream_inputs(ck: Checkpoint, *, model: str | None = None, model_kwargs=None
                                        "rules inferred from shapes"])
     else:
         return StreamInputs()
+    how = "config.json" if built.how == "config" else model
+    return _inputs(ck, built, f"{how}, analyzed on the meta device")
+
+
+def module_inputs(ck: Checkpoint, module) -> StreamInputs:
+    """Specs and drops for tensors ``ck`` holds from a live ``module`` (its own state dict, typically).
+
+    Wrappers (torch.compile's ``_orig_mod.``, DataParallel's ``module.``) are seen through:
+    the output names are the inner model's.
+    """
+    from .build import from_module
+    return _inputs(ck, from_module(module), "a live module")
+
+
+def _inputs(ck: Checkpoint, built, how: str) -> StreamInputs:
     from .report import model_report
     report = model_report(built, ck.path, ck)
     m = report.checkpoint
-    notes = [f"rules from the model {built.name} ({'config.json' if built.how == 'config' else model}, "
-             f"analyzed on the meta device): {m.matched} of {m.tensors} tensors"] + m.notes + built.notes
+    notes = [f"rules from the model {built.name} ({how}): {m.matched} of {m.tensors} tensors"] + m.notes + built.notes
     warnings = []
     if m.unmatched:
         shown = "; ".join(f"{n} ({w})" for n, w in m.unmatched[:5])

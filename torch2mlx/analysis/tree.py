@@ -150,6 +150,8 @@ def walk(model) -> Tree:
         cls = type(mod)
         tensors = _own_tensors(mod)
         entry = registry.lookup(cls, list(tensors))
+        if entry is not None and entry.torch == "transformers *LayerNorm" and not source.centers(cls):
+            entry = registry.get("transformers *RMSNorm")     # T5-style: "LayerNorm" by name, RMS by code
         wn_maps, wn_tensors, problems = _weight_norms(mod, entry, tensors)
         tensors.update(wn_tensors)
         builtin = registry.is_torch_builtin(cls)

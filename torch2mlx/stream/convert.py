@@ -81,7 +81,7 @@ def _convert_zarr(res: Result, ck: Checkpoint, opts: Options, plan: Plan, out: s
     output_dir.prepare(out, overwrite=overwrite, src_paths=ck.files)
     res.sidecars = output_dir.copy_sidecars(ck.sidecars, out, rewrite=sidecar_config.rewrite(ck, opts, plan))
     t0 = time.perf_counter()
-    bar, update = _progress_bar(plan.nbytes_in, progress)
+    bar, update = progress_bar(plan.nbytes_in, progress)
     try:
         zarr_store.write(plan, out, compressor=compressor, workers=workers, progress=update)
     finally:
@@ -93,7 +93,7 @@ def _convert_zarr(res: Result, ck: Checkpoint, opts: Options, plan: Plan, out: s
     return res
 
 
-def _progress_bar(total: int, enabled: bool):
+def progress_bar(total: int, enabled: bool):
     if not enabled:
         return None, None
     from tqdm import tqdm
@@ -104,21 +104,24 @@ def _progress_bar(total: int, enabled: bool):
 
 def prepare(src, *, checkpoint: Checkpoint | None = None, specs: list[RuleSpec] | None = None,
             drop: dict[str, str] | None = None, module_types: dict[str, str] | None = None,
-            model: str | None = None, model_kwargs=None, use_model: bool = True,
+            model: str | None = None, model_kwargs=None, use_model: bool = True, inputs=None,
             **options) -> tuple[Checkpoint, Options, Plan]:
     """Open ``src`` and plan its conversion; no tensor data is read. ``options`` as for ``convert``.
 
     Without ``specs``, rules come from the model when there is one: ``model`` (a class
     path, with ``model_kwargs``) or a config.json transformers knows next to the weights
     (the analyzer builds it on the meta device; that needs torch). ``use_model=False``
-    keeps to shape inference and never imports torch.
+    keeps to shape inference and never imports torch. ``inputs`` (an analyzer
+    ``StreamInputs``, e.g. from a live module) gives specs, drops and notes directly.
     """
     opts = Options.make(**options)
-    ck = checkpoint or open_checkpoint(src, key=opts.key)
+    ck = checkpoint if checkpoint is not None else open_checkpoint(src, key=opts.key)
     notes, warnings = [], []
-    if specs is None and drop is None and (use_model or model is not None):
+    if inputs is None and specs is None and drop is None and (use_model or model is not None):
         from ..analysis.stream_inputs import stream_inputs
-        got = stream_inputs(ck, model=model, model_kwargs=model_kwargs)
+        inputs = stream_inputs(ck, model=model, model_kwargs=model_kwargs)
+    if inputs is not None:
+        got = inputs
         specs, drop, notes, warnings = got.specs, got.drop, got.notes, got.warnings
         if module_types is None and got.report is not None:
             module_types = got.module_types
@@ -135,7 +138,7 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
             module_types: dict[str, str] | None = None, transform=None, checkpoint: Checkpoint | None = None,
             drop_cache: bool = True, resume: bool = False, format: str = "safetensors",
             zarr_compressor: str = "none", model: str | None = None, model_kwargs=None,
-            use_model: bool = True, to: str = "mlx") -> Result:
+            use_model: bool = True, inputs=None, to: str = "mlx") -> Result:
     """Convert checkpoint ``src`` (file or directory) into MLX safetensors shards in directory ``out``.
 
     Options mirror ``t2mlx stream``. ``resume`` reuses the shards of an interrupted run
@@ -144,7 +147,7 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
     does not push the user's applications out of memory. ``transform(name, array, dtype)`` may rename
     (return ``(new_name, array[, dtype])``), drop (return ``None``) or replace each
     tensor; with a transform, tensors go through ``ShardWriter`` one at a time. Model
-    options (``model``, ``model_kwargs``, ``use_model``) as for ``prepare``.
+    options (``model``, ``model_kwargs``, ``use_model``, ``inputs``) as for ``prepare``.
 
     ``to="torch"`` goes the other way: an MLX checkpoint (ours, mlx-lm's, quantized or
     not) back to PyTorch names, layouts and dtypes, ``format`` safetensors or bin
@@ -162,7 +165,7 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
     if to != "mlx":
         raise Torch2MLXError(f"--to must be mlx or torch, got {to!r}")
     ck, opts, plan = prepare(src, checkpoint=checkpoint, specs=specs, drop=drop, module_types=module_types,
-                             model=model, model_kwargs=model_kwargs, use_model=use_model,
+                             model=model, model_kwargs=model_kwargs, use_model=use_model, inputs=inputs,
                              dtype=dtype, max_shard_size=max_shard_size, strip_prefix=strip_prefix,
                              exclude=exclude, rules=rules, key=key, q_bits=q_bits, q_group_size=q_group_size,
                              q_recipe=q_recipe)
@@ -188,7 +191,7 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
         plan.notes += notes
         done = {i: ShardResult(plan.shards[i].file, plan.shards[i].size, digests[i]) for i in keep}
         todo = [i for i in todo if i not in done]
-    bar, update = _progress_bar(sum(op.nbytes_in for op in plan.ops if op.outputs[0].shard in todo), progress)
+    bar, update = progress_bar(sum(op.nbytes_in for op in plan.ops if op.outputs[0].shard in todo), progress)
     lock = threading.Lock()
     index_of = {s.file: i for i, s in enumerate(plan.shards)}
 

@@ -1,0 +1,29 @@
+"""The README's model-API and template examples run as written (torch checks MLX's numbers)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _python_blocks(section: str) -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    start = text.index(f"## {section}\n")
+    end = text.find("\n## ", start + 1)
+    return re.findall(r"```python\n(.*?)```", text[start:end], flags=re.S)
+
+
+def test_readme_live_model_and_template_examples_run(tmp_path):
+    blocks = _python_blocks("Convert a live model") + _python_blocks("Templates")
+    assert len(blocks) == 3
+    script = "\n".join(blocks)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split("\n")
+    errors = [float(x) for x in lines if re.fullmatch(r"[0-9.e+-]+", x)]
+    assert len(errors) == 2 and max(errors) <= 1e-5, proc.stdout
+    assert "['fc.bias', 'fc.weight']" in proc.stdout
+    assert {p.name for p in tmp_path.iterdir()} == {"weights.safetensors", "tiny.safetensors", "block.safetensors"}
