@@ -66,7 +66,9 @@ class Recipe:
 
 
 def module_path(name: str) -> str | None:
-    """``a.b.weight`` -> ``a.b``; None for tensors that are not a module's weight."""
+    """``a.b.weight`` -> ``a.b`` (a bare ``weight``: the root module, ``""``); None for other tensors."""
+    if name == "weight":
+        return ""
     return name[: -len(".weight")] if name.endswith(".weight") else None
 
 

@@ -136,10 +136,10 @@ def attach(ops: list[Op], deq: dict[str, _FP8Dequant], recipe, module_types: dic
             quantized += 1
             lead, k = out.shape[:-1], out.shape[-1]
             groups = k // spec.group_size
-            base = out.name[: -len(".weight")]
+            base = out.name[: -len("weight")]     # "a.b." (or "" for a bare Linear's "weight")
             op.outputs = [Output(out.name, dtypes.get("uint32"), lead + (k * spec.bits // 32,)),
-                          Output(base + ".scales", out.dtype, lead + (groups,)),
-                          Output(base + ".biases", out.dtype, lead + (groups,))]
+                          Output(base + "scales", out.dtype, lead + (groups,)),
+                          Output(base + "biases", out.dtype, lead + (groups,))]
         op.transform_info = op.transform.info()
     if recipe is None:
         return None

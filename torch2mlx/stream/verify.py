@@ -129,8 +129,8 @@ def _ops_from_manifest(records: dict, by_name: dict, problems: list[str]):
         entries = [by_name[s] for s in srcs]
         names = [name]
         if role == "weight":
-            base = name[: -len(".weight")]
-            names += [base + ".scales", base + ".biases"]
+            base = name[: -len("weight")]
+            names += [base + "scales", base + "biases"]
         outs = []
         for n in names:
             r = records.get(n)
