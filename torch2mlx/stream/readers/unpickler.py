@@ -12,6 +12,8 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import pickletools
+import struct
 from dataclasses import dataclass
 
 from ... import dtypes
@@ -295,6 +297,83 @@ def storage_ref(pid, path: str) -> tuple[str, _StorageType, int, str, tuple | No
 
 
 UINT8 = dtypes.get("uint8")
+MAX_PICKLE = 1 << 30
+
+# How each opcode's argument is laid out, from pickletools' table: a fixed byte count, a text line
+# (two for GLOBAL/INST), or a little-endian length field of 1/4/8 bytes followed by that many bytes.
+_LINE, _TWO_LINES = -1, -100
+_LENGTH_FIELD = {pickletools.TAKEN_FROM_ARGUMENT1: ("<B", 1), pickletools.TAKEN_FROM_ARGUMENT4: ("<i", 4),
+                 pickletools.TAKEN_FROM_ARGUMENT4U: ("<I", 4), pickletools.TAKEN_FROM_ARGUMENT8U: ("<Q", 8)}
+_OPCODES = {op.code.encode("latin-1"): (op.name, _TWO_LINES if op.name in ("GLOBAL", "INST")
+                                        else op.arg.n if op.arg else 0) for op in pickletools.opcodes}
+_MEMO_PUT = {"PUT": None, "BINPUT": "<B", "LONG_BINPUT": "<I"}
+
+
+def pickle_extent(f, limit: int, path: str) -> int:
+    """Length in bytes of the pickle at ``f``'s position, checked opcode by opcode before anything is built.
+
+    CPython's unpickler allocates what a pickle's numbers ask for before it reads
+    the bytes (a 4 GiB string length, a memo index of 2**32, an 8 GiB frame);
+    here every length must fit in the ``limit`` bytes that exist, and every memo
+    index must be one a pickler could have reached (no more than the opcodes
+    before it). Reads only opcodes and length fields; leaves ``f`` anywhere.
+    """
+    read, pos, ops = f.read, 0, 0
+
+    def fail(problem: str):
+        raise CheckpointError(path, f"corrupt pickle: {problem}")
+
+    def line() -> bytes:
+        raw = f.readline(max(0, limit - pos))
+        if not raw.endswith(b"\n"):
+            fail(f"text argument at byte {pos} has no end of line")
+        return raw
+
+    while True:
+        at = pos
+        name, kind = _OPCODES.get(read(1) if pos < limit else b"", (None, None))
+        pos += 1
+        ops += 1
+        if kind == 0:  # most opcodes: no argument
+            if name == "STOP":
+                return pos
+            continue
+        if name is None:
+            fail(f"unknown opcode at byte {at}" if pos <= limit else f"ends without a STOP opcode at byte {at}")
+        if kind > 0:
+            raw = read(kind) if pos + kind <= limit else b""
+            if len(raw) != kind:
+                fail(f"ends inside an opcode at byte {at}")
+            pos += kind
+            if name == "FRAME":
+                (size,) = struct.unpack("<Q", raw)
+                if size > limit - pos:
+                    fail(f"FRAME at byte {at} claims {size} bytes, more than the {limit - pos} left")
+            elif name in _MEMO_PUT and struct.unpack(_MEMO_PUT[name], raw)[0] > ops:
+                fail(f"memo index {struct.unpack(_MEMO_PUT[name], raw)[0]} at byte {at} is beyond the {ops} opcodes before it")
+        elif kind in _LENGTH_FIELD:
+            fmt, width = _LENGTH_FIELD[kind]
+            raw = read(width) if pos + width <= limit else b""
+            if len(raw) != width:
+                fail(f"ends inside an opcode at byte {at}")
+            pos += width
+            (size,) = struct.unpack(fmt, raw)
+            if not 0 <= size <= limit - pos:
+                fail(f"{name} at byte {at} claims {size} bytes, more than the {limit - pos} left")
+            f.seek(size, io.SEEK_CUR)
+            pos += size
+        else:  # one text line, or two for GLOBAL / INST
+            raw = line()
+            pos += len(raw)
+            if kind == _TWO_LINES:
+                pos += len(line())
+            elif name == "PUT":
+                try:
+                    index = int(raw)
+                except ValueError:
+                    index = -1
+                if not 0 <= index <= ops:
+                    fail(f"memo index {raw[:-1][:20].decode('latin-1')} at byte {at} is beyond the {ops} opcodes before it")
 
 
 def load(data, path: str, persistent_load) -> tuple[object, set[str]]:
@@ -303,7 +382,18 @@ def load(data, path: str, persistent_load) -> tuple[object, set[str]]:
     Any failure becomes a one-line CheckpointError naming ``path``; a file is
     left positioned just after the pickle's STOP opcode.
     """
-    stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    if isinstance(data, (bytes, bytearray)):
+        pickle_extent(io.BytesIO(data), len(data), path)
+        stream = io.BytesIO(data)
+    else:
+        # Find the pickle's end first, then hand the unpickler exactly those bytes.
+        start = data.tell()
+        data.seek(0, io.SEEK_END)
+        limit = min(data.tell() - start, MAX_PICKLE)
+        data.seek(start)
+        n = pickle_extent(data, limit, path)
+        data.seek(start)
+        stream = io.BytesIO(data.read(n))
     up = RestrictedUnpickler(stream, path, persistent_load)
     try:
         obj = up.load()
