@@ -198,6 +198,9 @@ def storages(c: Corpus) -> None:
     c.zip_case(n, cat, pickle_of(state_dict({"w": tensor_v2(pid)})), "not a storage type")
     n = "persid_numel_negative"
     c.zip_case(n, cat, pickle_of(state_dict({"w": tensor_v2(storage_pid(numel=-4))})), "invalid size -4")
+    n = "persid_numel_beyond_int64"
+    c.zip_case(n, cat, pickle_of(state_dict({"w": tensor_v2(storage_pid(numel=1 << 20000))})),
+               "storage '0' has a size out of range")
     n = "persid_numel_is_string"
     pid = tup(s("storage"), glob("torch", "FloatStorage"), s("0"), s("cpu"), s("4")) + BINPERSID
     c.zip_case(n, cat, pickle_of(state_dict({"w": tensor_v2(pid)})), "invalid size '4'")

@@ -129,6 +129,9 @@ def opaque_type(qualname: str) -> type:
 def _as_int(v, what: str) -> int:
     if not isinstance(v, int) or isinstance(v, bool):
         raise pickle.UnpicklingError(f"{what} is not an integer: {type(v).__name__}")
+    # torch sizes are int64; a bigger one is hostile and too long even to print (> 4300 digits).
+    if not -(1 << 63) <= v < 1 << 63:
+        raise pickle.UnpicklingError(f"{what} out of range (more than 64 bits)")
     return v
 
 
@@ -289,6 +292,8 @@ def storage_ref(pid, path: str) -> tuple[str, _StorageType, int, str, tuple | No
         raise CheckpointError(path, "persistent id names something that is not a storage type")
     if not isinstance(key, str) or not isinstance(location, str):
         raise CheckpointError(path, "storage key or location is not a string")
+    if isinstance(numel, int) and numel >= 1 << 63:
+        raise CheckpointError(path, f"storage {key!r} has a size out of range (more than 64 bits)")
     if not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
         raise CheckpointError(path, f"storage {key!r} has an invalid size {numel!r}")
     if view is not None and not (isinstance(view, tuple) and len(view) == 3):
