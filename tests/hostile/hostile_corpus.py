@@ -260,6 +260,10 @@ def storages(c: Corpus) -> None:
     n = "build_mutates_tensor_record"
     t = good_tensor() + tup(NONE, dict_of([(s("shape"), tup(s("x"), s("y")))])) + BUILD
     c.zip_case(n, cat, pickle_of(state_dict({"w": t})), "read-only")
+    n = "build_mutates_storage_type"
+    stype = glob("torch", "FloatStorage") + tup(NONE, dict_of([(s("dtype"), s("float128"))])) + BUILD
+    pid = tup(s("storage"), stype, s("0"), s("cpu"), i(4)) + BINPERSID
+    c.zip_case(n, cat, pickle_of(state_dict({"w": tensor_v2(pid)})), "read-only")
     n = "build_mutates_rebuild_function"
     fn = glob("torch._utils", "_rebuild_tensor_v2") + tup(NONE, dict_of([(s("__defaults__"), EMPTY_TUPLE)])) + BUILD
     c.zip_case(n, cat, pickle_of(dict_of([(s("f"), fn), (s("w"), good_tensor())])), "read-only")

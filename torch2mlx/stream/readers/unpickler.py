@@ -42,8 +42,17 @@ _DANGEROUS_NAMES = {
 _SAFE_BUILTINS = {"set": set, "frozenset": frozenset, "complex": complex, "slice": slice, "object": object}
 
 
+def _read_only(*_args):
+    # BUILD ("set state") calls __setstate__ when there is one, else writes straight into __dict__,
+    # which would rewrite a storage's size after it was checked against the file, or our own
+    # functions' defaults for every later load in this process.
+    raise pickle.UnpicklingError("pickle tries to modify a read-only record (BUILD on a storage, tensor, "
+                                 "dtype or rebuild function)")
+
+
 @dataclass(frozen=True)
 class StorageRef:
+    __setstate__ = _read_only
     key: str
     dtype: DType
     numel: int            # elements of ``dtype`` in the storage
@@ -57,6 +66,7 @@ class StorageRef:
 
 @dataclass(frozen=True)
 class TensorRef:
+    __setstate__ = _read_only
     storage: StorageRef
     dtype: DType
     storage_offset: int   # in elements of ``dtype``
@@ -67,6 +77,8 @@ class TensorRef:
 class _StorageType:
     """Stand-in for ``torch.FloatStorage`` & co. and ``torch.UntypedStorage``."""
 
+    __setstate__ = _read_only
+
     def __init__(self, name: str, dtype: DType | None):
         self.name, self.dtype = name, dtype
 
@@ -76,6 +88,7 @@ class _StorageType:
 
 @dataclass(frozen=True)
 class DTypeRef:
+    __setstate__ = _read_only
     dtype: DType
 
 
@@ -230,6 +243,10 @@ _TORCH_GLOBALS = {
     ("copyreg", "_reconstructor"): _reconstructor,
     ("copy_reg", "_reconstructor"): _reconstructor,
 }
+
+for _fn in _TORCH_GLOBALS.values():
+    if callable(_fn) and not isinstance(_fn, type):
+        _fn.__setstate__ = _read_only  # found by BUILD before it would reach the function's attributes
 
 
 def refuse_reason(module: str, name: str) -> str | None:
