@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pickle_asm import (APPEND, APPENDS, BINPERSID, BUILD, DUP, EMPTY_DICT, EMPTY_LIST, EMPTY_TUPLE,  # noqa: E402
-                        LIST, MARK, NEWFALSE, NEWOBJ, NEWOBJ_EX, NONE, OBJ, POP, REDUCE, SETITEM, STOP,
+                        LIST, MARK, NEWFALSE, NEWOBJ, NEWTRUE, NEWOBJ_EX, NONE, OBJ, POP, REDUCE, SETITEM, STOP,
                         TUPLE, binget, binput, call, dict_of, float_bytes, glob, i, inst, ints, pickle_of,
                         proto, s, safetensors_file, stack_global, state_dict, storage_pid, tensor_v2,
                         torch_legacy, torch_zip, tup)
@@ -626,6 +626,16 @@ def harmless(root) -> list[Harmless]:
     od = call(glob("collections", "OrderedDict")) + MARK + s("w") + good_tensor() + b"u"
     od += tup(NONE, dict_of([(s("items"), glob("torch._utils", "_rebuild_tensor_v2"))])) + BUILD
     zip_file("ordered_dict_shadowed_items", pickle_of(dict_of([(s("state_dict"), od)])))
+    # The same on a pickled module's state and on a legacy file's sys info, whose ``get`` we call.
+    shadow_get = tup(NONE, dict_of([(s("get"), glob("collections", "OrderedDict"))])) + BUILD
+    params = call(glob("collections", "OrderedDict")) + MARK + s("w") + good_tensor() + b"u"
+    state = call(glob("collections", "OrderedDict")) + MARK + s("_parameters") + params + s("_modules") + EMPTY_DICT
+    module = call(glob("mymodule", "Net")) + state + b"u" + shadow_get + BUILD
+    zip_file("module_state_shadowed_get", pickle_of(module))
+    info = call(glob("collections", "OrderedDict")) + MARK + s("little_endian") + NEWTRUE + b"u" + shadow_get
+    torch_legacy(root / "sys_info_shadowed_get.bin", pickle_of(good_dict(legacy=True)), [("0", 4, float_bytes(4))],
+                 sys_info=info)
+    out.append(Harmless("sys_info_shadowed_get", root / "sys_info_shadowed_get.bin", w))
     return out
 
 

@@ -18,7 +18,8 @@ KNOWN_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "module"
 def _children(obj):
     """(name, child) pairs of a container; whole pickled modules expose their tensors."""
     if isinstance(obj, dict):
-        return [(k if isinstance(k, str) else str(k), v) for k, v in obj.items()]
+        # dict.items, not obj.items: BUILD may have set an instance attribute named "items" on an OrderedDict.
+        return [(k if isinstance(k, str) else str(k), v) for k, v in dict.items(obj)]
     if isinstance(obj, (list, tuple)):
         return [(str(i), v) for i, v in enumerate(obj)]
     if isinstance(obj, Opaque):
@@ -27,12 +28,12 @@ def _children(obj):
             state = {**(state[0] or {}), **state[1]} if isinstance(state[0], dict) else state[1]
         if isinstance(state, dict) and ("_parameters" in state or "_modules" in state):
             out = []
-            transient = state.get("_non_persistent_buffers_set")  # buffers state_dict() leaves out
+            transient = dict.get(state, "_non_persistent_buffers_set")  # buffers state_dict() leaves out
             transient = transient if isinstance(transient, (set, frozenset, list, tuple)) else ()
             for group in ("_parameters", "_buffers"):
-                out += [(k, v) for k, v in _children(state.get(group) or {})
+                out += [(k, v) for k, v in _children(dict.get(state, group) or {})
                         if v is not None and not (group == "_buffers" and k in transient)]
-            out += _children(state.get("_modules") or {})
+            out += _children(dict.get(state, "_modules") or {})
             return out
         if obj._t2m_items:
             return _children(obj._t2m_items)

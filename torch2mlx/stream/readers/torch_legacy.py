@@ -47,7 +47,7 @@ class LegacyCheckpoint:
                 raise CheckpointError(path, "not a PyTorch checkpoint (bad magic number)")
             if proto != PROTOCOL:
                 raise CheckpointError(path, f"unsupported legacy protocol version {proto!r}")
-            if isinstance(sysinfo, dict) and sysinfo.get("little_endian") is False:
+            if isinstance(sysinfo, dict) and dict.get(sysinfo, "little_endian") is False:
                 self.byteorder = "big"
             self._obj, self._placeholders = unpickler.load(f, path, self._persistent_load)
             keys = self._header_pickle(f, "storage key list")
