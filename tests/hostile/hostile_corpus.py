@@ -299,8 +299,8 @@ def pickle_abuse(c: Corpus) -> None:
     # 200,000 nested lists around a tensor: too deep to be a state dict, and searched only so deep.
     n = "deep_nesting"
     c.zip_case(n, cat, proto(2) + MARK * 200_000 + good_tensor() + LIST * 200_000 + STOP, "no tensors found")
-    n = "deep_nesting_under_known_key"
-    c.zip_case(n, cat, pickle_of(dict_of([(s("state_dict"), MARK * 100 + good_tensor() + LIST * 100)])),
+    n = "deep_nesting_next_to_tensors"
+    c.zip_case(n, cat, pickle_of(good_dict(extra=[(s("deep"), MARK * 100 + i(1) + LIST * 100)])),
                "nesting deeper than 64 levels")
     # Each level holds the previous one twice: 2**60 paths to one tensor through 60 memo entries.
     n = "shared_container_bomb"

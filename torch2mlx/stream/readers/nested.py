@@ -13,10 +13,34 @@ from .unpickler import Opaque, TensorRef
 
 KNOWN_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "module", "net", "network",
               "params", "weights", "generator", "ema", "params_ema")
+MAX_ENTRIES = 4_000_000
 
 
-def _children(obj):
+class Budget:
+    """How many container entries one search may look at.
+
+    A pickle's memo makes shared and self-referencing containers cheap: 60
+    dicts that each hold the previous one twice are 2**60 paths to walk.
+    """
+
+    def __init__(self, n: int = MAX_ENTRIES):
+        self.left = n
+
+    def spend(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise ValueError(f"too many entries to search (over {MAX_ENTRIES:,}): "
+                             "containers shared many times over or nested in themselves")
+
+
+def _children(obj, budget: Budget):
     """(name, child) pairs of a container; whole pickled modules expose their tensors."""
+    kids = _kids(obj, budget)
+    budget.spend(len(kids))
+    return kids
+
+
+def _kids(obj, budget: Budget):
     if isinstance(obj, dict):
         # dict.items, not obj.items: BUILD may have set an instance attribute named "items" on an OrderedDict.
         return [(k if isinstance(k, str) else str(k), v) for k, v in dict.items(obj)]
@@ -31,14 +55,14 @@ def _children(obj):
             transient = dict.get(state, "_non_persistent_buffers_set")  # buffers state_dict() leaves out
             transient = transient if isinstance(transient, (set, frozenset, list, tuple)) else ()
             for group in ("_parameters", "_buffers"):
-                out += [(k, v) for k, v in _children(dict.get(state, group) or {})
+                out += [(k, v) for k, v in _kids(dict.get(state, group) or {}, budget)
                         if v is not None and not (group == "_buffers" and k in transient)]
-            out += _children(dict.get(state, "_modules") or {})
+            out += _kids(dict.get(state, "_modules") or {}, budget)
             return out
         if obj._t2m_items:
-            return _children(obj._t2m_items)
+            return _kids(obj._t2m_items, budget)
         if isinstance(state, dict):
-            return _children(state)
+            return _kids(state, budget)
     return []
 
 
@@ -46,46 +70,47 @@ def _is_module(obj) -> bool:
     return isinstance(obj, Opaque) and isinstance(obj.state, dict) and "_modules" in obj.state
 
 
-def flatten(obj, prefix: str = "", out: dict | None = None, skipped: list | None = None, depth: int = 0):
+def flatten(obj, budget: Budget, prefix: str = "", out: dict | None = None, skipped: list | None = None,
+            depth: int = 0):
     """name -> TensorRef for every tensor under ``obj``; other leaves are listed in ``skipped``."""
     out = {} if out is None else out
     if depth > 64:
         raise ValueError("nesting deeper than 64 levels")
-    for name, child in _children(obj):
+    for name, child in _children(obj, budget):
         full = f"{prefix}{name}"
         if isinstance(child, TensorRef):
             if full in out:
                 raise ValueError(f"tensor name {full!r} appears twice")
             out[full] = child
-        elif _children(child):
-            flatten(child, full + ".", out, skipped, depth + 1)
+        elif _children(child, budget):
+            flatten(child, budget, full + ".", out, skipped, depth + 1)
         elif skipped is not None:
             skipped.append(full)
     return out
 
 
-def _count(obj, depth=0) -> int:
+def _count(obj, budget: Budget, depth=0) -> int:
     if isinstance(obj, TensorRef):
         return 1
     if depth > 64:
         return 0
-    return sum(_count(c, depth + 1) for _, c in _children(obj))
+    return sum(_count(c, budget, depth + 1) for _, c in _children(obj, budget))
 
 
-def _walk(obj, path=(), depth=0):
+def _walk(obj, budget: Budget, path=(), depth=0):
     yield path, obj
     if depth < 16:
-        for name, child in _children(obj):
+        for name, child in _children(obj, budget):
             if not isinstance(child, TensorRef):
-                yield from _walk(child, path + (name,), depth + 1)
+                yield from _walk(child, budget, path + (name,), depth + 1)
 
 
-def _lookup(root, key: str):
+def _lookup(root, key: str, budget: Budget):
     if isinstance(root, dict) and key in root:
         return root[key]
     node = root
     for part in key.split("."):
-        kids = dict(_children(node))
+        kids = dict(_children(node, budget))
         if part not in kids:
             return None
         node = kids[part]
@@ -94,39 +119,43 @@ def _lookup(root, key: str):
 
 def select(root, path: str, key: str | None = None) -> tuple[dict[str, TensorRef], str, list[str]]:
     """Return (tensors, how they were chosen, names of skipped non-tensor leaves)."""
+    try:
+        return _select(root, path, key, Budget())
+    except ValueError as e:
+        raise CheckpointError(path, str(e)) from None
+
+
+def _select(root, path: str, key: str | None, budget: Budget):
     if isinstance(root, TensorRef):
         return {"tensor": root}, "the file holds a single tensor, named 'tensor'", []
     if key is not None:
-        node = _lookup(root, key)
-        if node is None or _count(node) == 0:
-            tops = ", ".join(n for n, _ in _children(root)[:12])
+        node = _lookup(root, key, budget)
+        if node is None or _count(node, budget) == 0:
+            tops = ", ".join(n for n, _ in _children(root, budget)[:12])
             raise CheckpointError(path, f"--key {key!r} does not name a container of tensors (top-level keys: {tops})")
         how, chosen = f"key {key!r} (chosen by --key)", node
     else:
         # A well-known key holding a container of tensors wins even over stray top-level tensors
         # ({"state_dict": ..., "best_acc1": tensor(71.5), "optimizer": ...}); a flat state dict has none.
         how, chosen = None, None
-        kids = dict(_children(root)) if isinstance(root, dict) else {}
+        kids = dict(_children(root, budget)) if isinstance(root, dict) else {}
         for k in KNOWN_KEYS:
-            if k in kids and not isinstance(kids[k], TensorRef) and _count(kids[k]):
+            if k in kids and not isinstance(kids[k], TensorRef) and _count(kids[k], budget):
                 how, chosen = f"key {k!r} (a well-known state-dict key)", kids[k]
                 break
         if chosen is None and _is_module(root):
             how, chosen = "a whole pickled nn.Module (its parameters and buffers)", root
         if chosen is None:
             # the container with the most tensors of its own; the root first, so it wins ties
-            best = max(((sum(isinstance(c, TensorRef) for _, c in _children(node)), p, node)
-                        for p, node in _walk(root)), key=lambda t: t[0], default=(0, (), None))
+            best = max(((sum(isinstance(c, TensorRef) for _, c in _children(node, budget)), p, node)
+                        for p, node in _walk(root, budget)), key=lambda t: t[0], default=(0, (), None))
             if best[0] == 0:
                 raise CheckpointError(path, "no tensors found in the checkpoint")
             chosen = best[2]
             how = "top-level tensors" if chosen is root else \
                 f"key {'.'.join(best[1])!r} (the container holding the most tensors, {best[0]})"
     skipped: list[str] = []
-    try:
-        tensors = flatten(chosen, skipped=skipped)
-    except ValueError as e:
-        raise CheckpointError(path, str(e)) from None
+    tensors = flatten(chosen, budget, skipped=skipped)
     if not tensors:
         raise CheckpointError(path, "no tensors found in the checkpoint")
     return tensors, how, skipped
