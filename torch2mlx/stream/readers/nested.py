@@ -40,10 +40,20 @@ def _children(obj, budget: Budget):
     return kids
 
 
+def _name(key) -> str:
+    if isinstance(key, str):
+        return key
+    try:
+        return str(key)
+    except (ValueError, RecursionError):  # an int over 4300 digits; a tuple nested 100,000 deep
+        raise ValueError("a dict key cannot be made into a tensor name (a huge integer or a deeply "
+                         "nested tuple)") from None
+
+
 def _kids(obj, budget: Budget):
     if isinstance(obj, dict):
         # dict.items, not obj.items: BUILD may have set an instance attribute named "items" on an OrderedDict.
-        return [(k if isinstance(k, str) else str(k), v) for k, v in dict.items(obj)]
+        return [(_name(k), v) for k, v in dict.items(obj)]
     if isinstance(obj, (list, tuple)):
         return [(str(i), v) for i, v in enumerate(obj)]
     if isinstance(obj, Opaque):
