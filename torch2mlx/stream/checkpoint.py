@@ -126,12 +126,12 @@ def open_checkpoint(path: str, key: str | None = None) -> Checkpoint:
         entries, notes, attrs = zarr_store.read_entries(path)
         ck = Checkpoint(path, entries, [], "zarr", notes=notes, metadata=attrs,
                         layout=_layout("zarr", attrs))
-        _check_duplicates(ck)
+        _check_names(ck)
         return ck
     if os.path.isfile(path):
         entries, notes, meta, fmt = _read_file(path, key)
         ck = Checkpoint(path, entries, [path], fmt, notes=notes, metadata=meta, layout=_layout(fmt, meta))
-        _check_duplicates(ck)
+        _check_names(ck)
         return ck
     if not os.path.isdir(path):
         raise Torch2MLXError(f"{path}: not a regular file or directory")
@@ -184,7 +184,7 @@ def open_checkpoint(path: str, key: str | None = None) -> Checkpoint:
     ck = Checkpoint(path, entries, [os.path.join(path, f) for f in files], "+".join(sorted(fmts)),
                     sidecars=sidecars, notes=notes, metadata=meta, config=config if isinstance(config, dict) else None,
                     layout=_layout("+".join(sorted(fmts)), meta))
-    _check_duplicates(ck)
+    _check_names(ck)
     return ck
 
 
@@ -192,9 +192,16 @@ def _layout(fmt: str, meta: dict) -> str:
     return "mlx" if fmt == "npz" or meta.get("format") == "mlx" else "torch"
 
 
-def _check_duplicates(ck: Checkpoint):
+def _check_names(ck: Checkpoint):
     seen: dict[str, str] = {}
     for e in ck.entries:
+        # A pickle's strings may carry lone surrogates (invalid UTF-8 decoded with surrogatepass), and JSON
+        # may spell one as "\ud800"; no safetensors header can hold such a name.
+        if not e.name.isascii():
+            try:
+                e.name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise CheckpointError(e.origin, f"tensor name {e.name!r} is not valid UTF-8") from None
         if e.name in seen:
             raise CheckpointError(e.origin, f"tensor {e.name!r} is also in {seen[e.name]} (duplicate name)")
         seen[e.name] = e.origin
