@@ -636,6 +636,12 @@ def harmless(root) -> list[Harmless]:
     torch_legacy(root / "sys_info_shadowed_get.bin", pickle_of(good_dict(legacy=True)), [("0", 4, float_bytes(4))],
                  sys_info=info)
     out.append(Harmless("sys_info_shadowed_get", root / "sys_info_shadowed_get.bin", w))
+    # A sidecar config.json nested 100,000 deep is only copied, never needed.
+    d = root / "deep_config_json"
+    d.mkdir()
+    safetensors_file(d / "model.safetensors", _f32("w", [4], 0), float_bytes(4))
+    (d / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    out.append(Harmless(d.name, d, w))
     return out
 
 

@@ -87,6 +87,8 @@ def _load_index(path: str) -> dict[str, str]:
             index = json.loads(f.read())
     except (OSError, ValueError) as e:
         raise CheckpointError(path, f"unreadable index file ({e})") from None
+    except RecursionError:
+        raise CheckpointError(path, "unreadable index file (JSON nested too deeply)") from None
     wm = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
         raise CheckpointError(path, "index file has no weight_map of tensor name -> file")
@@ -179,7 +181,7 @@ def open_checkpoint(path: str, key: str | None = None) -> Checkpoint:
         try:
             with open(os.path.join(path, "config.json"), "rb") as f:
                 config = json.loads(f.read())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             notes.append(f"{path}/config.json is not valid JSON; copied as is")
     ck = Checkpoint(path, entries, [os.path.join(path, f) for f in files], "+".join(sorted(fmts)),
                     sidecars=sidecars, notes=notes, metadata=meta, config=config if isinstance(config, dict) else None,

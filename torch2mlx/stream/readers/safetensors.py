@@ -50,6 +50,8 @@ def read_header(path: str) -> tuple[dict, dict, int]:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError) as e:
         raise CheckpointError(path, f"safetensors header is not valid JSON ({e})") from None
+    except RecursionError:
+        raise CheckpointError(path, "safetensors header is not valid JSON (nested too deeply)") from None
     if not isinstance(header, dict):
         raise CheckpointError(path, "safetensors header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
