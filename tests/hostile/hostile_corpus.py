@@ -452,6 +452,9 @@ def safetensors(c: Corpus) -> None:
               "needs more than 2**64 bytes", data)
     c.st_case("st_huge_shape_product", {**good, "a": {**good["a"], "shape": [(1 << 63) - 1] * 2000}},
               "needs more than 2**64 bytes", data)
+    # Three million dimensions: multiplying them all out would take minutes.
+    c.st_case("st_million_dims", {**good, "a": {**good["a"], "shape": [2] * 3_000_000}}, "needs more than 2**64 bytes",
+              data)
     c.st_case("st_4000_digit_shape", ('{"a": {"dtype": "F32", "shape": [%s], "data_offsets": [0, 8]}}'
                                       % ("9" * 4000)).encode(), "out of range", data)
     c.st_case("st_shape_bytes_mismatch", {**good, "a": {**good["a"], "shape": [3]}},

@@ -8,7 +8,6 @@ records must tile the buffer exactly, without overlaps or holes.
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
 
@@ -64,6 +63,19 @@ def _int_list(v) -> bool:
     return isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
 
 
+def _nbytes(shape: list[int], itemsize: int) -> int | None:
+    """Bytes a shape needs, or None past 2**64: multiplying on through a hostile header's
+    millions of dimensions would take quadratic time, and the result could not be printed."""
+    if 0 in shape:
+        return 0
+    n = itemsize
+    for d in shape:
+        n *= d
+        if n >= 1 << 64:
+            return None
+    return n
+
+
 def read_entries(path: str) -> tuple[list[TensorEntry], dict]:
     """Entries of one safetensors file, in data order, and its ``__metadata__``."""
     header, metadata, start = read_header(path)
@@ -80,7 +92,13 @@ def read_entries(path: str) -> tuple[list[TensorEntry], dict]:
             raise CheckpointError(path, f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
         if not _int_list(offs) or len(offs) != 2 or not 0 <= offs[0] <= offs[1]:
             raise CheckpointError(path, f"tensor {name!r}: bad data_offsets {offs!r}")
-        nbytes = math.prod(shape) * dt.itemsize
+        # The format's sizes are 64-bit; a 4000-digit number is valid JSON but no size.
+        if any(x >= 1 << 64 for x in shape) or offs[1] >= 1 << 64:
+            raise CheckpointError(path, f"tensor {name!r}: shape or data_offsets out of range (more than 64 bits)")
+        nbytes = _nbytes(shape, dt.itemsize)
+        if nbytes is None:
+            raise CheckpointError(path, f"tensor {name!r}: a {len(shape)}-D shape of {dt.safetensors} that needs "
+                                        "more than 2**64 bytes")
         if offs[1] - offs[0] != nbytes:
             raise CheckpointError(path, f"tensor {name!r}: shape {shape} of {dt.safetensors} needs {nbytes} bytes "
                                         f"but data_offsets span {offs[1] - offs[0]}")
