@@ -252,6 +252,11 @@ def storages(c: Corpus) -> None:
     k = 1 << 14
     c.zip_case(n, cat, pickle_of(state_dict({"w": good_tensor(numel=2 * k, size=(k, k), stride=(1, 1))})),
                "repeats storage elements", storages={"0": bytes(8 * k)})
+    # Three million dimensions of stride 0: within the storage, but multiplying them out would take minutes.
+    n = "tensor_million_dims"
+    dims = 3_000_000
+    c.zip_case(n, cat, pickle_of(state_dict({"w": good_tensor(size=(2,) * dims, stride=(0,) * dims)})),
+               "more than 2**63 elements")
     # BUILD on the validated storage record tries to change its size after the check against the member.
     n = "build_mutates_storage_record"
     pid = storage_pid() + dict_of([(s("numel"), i(1 << 40))]) + BUILD

@@ -19,16 +19,20 @@ def _entry(ck, name: str, ref, path: str) -> TensorEntry:
         base += voff * st.dtype.itemsize
         storage_bytes = vsize * st.dtype.itemsize
     item = ref.dtype.itemsize
-    numel = 1
-    for d in ref.shape:
-        numel *= d
     if any(d < 0 for d in ref.shape) or any(s < 0 for s in ref.stride) or ref.storage_offset < 0:
         raise CheckpointError(path, f"tensor {name!r}: negative size, stride or storage offset")
-    if numel:
+    if 0 not in ref.shape:
         last = ref.storage_offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride))
         if (last + 1) * item > storage_bytes:
             raise CheckpointError(path, f"tensor {name!r}: shape {list(ref.shape)} with strides {list(ref.stride)} "
                                         f"and offset {ref.storage_offset} reaches past its storage ({storage_bytes} bytes)")
+    # torch's element counts are int64. Stopping there also keeps millions of dimensions (or huge
+    # ones beside a zero) from a quadratic-time product, here and wherever the shape is used.
+    count = 1
+    for d in ref.shape:
+        count *= max(d, 1)
+        if count >= 1 << 63:
+            raise CheckpointError(path, f"tensor {name!r}: a {len(ref.shape)}-D shape of more than 2**63 elements")
     strides = None if ref.stride == contiguous_strides(ref.shape) else ref.stride
     entry = TensorEntry(name, ref.dtype, ref.shape, path=path, offset=base + ref.storage_offset * item,
                         strides=strides, byteorder=ck.byteorder, origin=path)
