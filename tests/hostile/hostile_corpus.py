@@ -249,7 +249,7 @@ def storages(c: Corpus) -> None:
     c.zip_case(n, cat, pickle_of(state_dict({"w": good_tensor(size=(1 << 40,), stride=(0,))})),
                "repeats storage elements")
     n = "tensor_overlapping_strides_bomb"
-    k = 1 << 14
+    k = 1 << 15
     c.zip_case(n, cat, pickle_of(state_dict({"w": good_tensor(numel=2 * k, size=(k, k), stride=(1, 1))})),
                "repeats storage elements", storages={"0": bytes(8 * k)})
     # Three million dimensions of stride 0: within the storage, but multiplying them out would take minutes.
@@ -644,6 +644,9 @@ def harmless(root) -> list[Harmless]:
     torch_legacy(root / "sys_info_shadowed_get.bin", pickle_of(good_dict(legacy=True)), [("0", 4, float_bytes(4))],
                  sys_info=info)
     out.append(Harmless("sys_info_shadowed_get", root / "sys_info_shadowed_get.bin", w))
+    # A small expand()-ed view (stride 0) is a real torch.save output and converts, rows repeated.
+    zip_file("expanded_view", pickle_of(state_dict({"w": good_tensor(size=(3, 4), stride=(0, 1))})))
+    out[-1].tensors = {"w": [0.0, 1.0, 2.0, 3.0] * 3}
     # A sidecar config.json nested 100,000 deep is only copied, never needed.
     d = root / "deep_config_json"
     d.mkdir()

@@ -7,6 +7,10 @@ from . import nested
 from .torch_legacy import LegacyCheckpoint, is_legacy
 from .torch_zip import ZipCheckpoint, is_zip
 
+# Bytes that views repeating their storage's elements (stride 0, overlapping strides) may take once
+# written out, per file: 16 bytes of storage can otherwise claim terabytes of output.
+REPEAT_LIMIT = 1 << 30
+
 
 def _entry(ck, name: str, ref, path: str) -> TensorEntry:
     st = ref.storage
@@ -62,4 +66,9 @@ def read_entries(path: str, key: str | None = None) -> tuple[list[TensorEntry], 
         notes.append(f"{path}: {len(placeholders)} unknown class(es) kept as inert placeholders "
                      f"(e.g. {', '.join(sorted(placeholders)[:3])})")
     entries = [_entry(ck, name, ref, path) for name, ref in refs.items()]
+    repeating = [e for e in entries if e.nbytes > e.span]
+    if sum(e.nbytes for e in repeating) > REPEAT_LIMIT:
+        raise CheckpointError(path, f"tensor {repeating[0].name!r} repeats storage elements (stride 0 or overlapping "
+                                    f"strides); written out, the file's repeating views would take "
+                                    f"{sum(e.nbytes for e in repeating)} bytes, over the {REPEAT_LIMIT}-byte limit")
     return entries, notes
