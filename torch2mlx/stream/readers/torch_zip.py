@@ -46,6 +46,8 @@ class ZipCheckpoint:
                 raise CheckpointError(path, f"data.pkl is {pkl[0].file_size} bytes, over the 1 GiB limit")
             self.pickle_bytes = self._read_member(pkl[0])
             order = self.members.get(self.root + "byteorder")
+            if order and order.file_size > 16:  # "little" or "big": never read a large member into memory
+                raise CheckpointError(path, f"byteorder record is {order.file_size} bytes; expected 'little' or 'big'")
             self.byteorder = self._read_member(order).decode("ascii", "replace").strip() if order else "little"
         if self.byteorder not in ("little", "big"):
             raise CheckpointError(path, f"unknown byteorder record {self.byteorder!r}")
