@@ -7,7 +7,7 @@ import os
 import sys
 
 from . import __version__
-from .errors import Torch2MLXError
+from .errors import Torch2MLXError, one_line
 
 STREAM_EPILOG = """\
 examples:
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except Torch2MLXError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted (no index was written; the output is incomplete)", file=sys.stderr)
@@ -197,6 +197,6 @@ def main(argv=None) -> int:
     except Exception as e:  # a bug in torch2mlx, not in the input
         if os.environ.get("T2MLX_DEBUG"):
             raise
-        print(f"error: internal error: {type(e).__name__}: {e} (set T2MLX_DEBUG=1 for a traceback; please report it)",
-              file=sys.stderr)
+        print(f"error: internal error: {type(e).__name__}: {one_line(str(e))} (set T2MLX_DEBUG=1 for a traceback; "
+              "please report it)", file=sys.stderr)
         return 2

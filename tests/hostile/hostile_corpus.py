@@ -372,6 +372,8 @@ def zips(c: Corpus) -> None:
                byteorder=b"little" + b" " * (1 << 20))
     c.zip_case("zip_member_name_with_newline", cat, pkl, "zip member archive/data/evil\\nname is compressed",
                storages={"0": float_bytes(4), "evil\nname": b"x"}, compress={"data/evil\nname"})
+    c.zip_case("zip_member_name_terminal_escape", cat, pkl, "zip member archive/data/\\x1b[2J\\x1b[31mok is compressed",
+               storages={"0": float_bytes(4), "\x1b[2J\x1b[31mok": b"x"}, compress={"data/\x1b[2J\x1b[31mok"})
     # Central directory claiming 65535 entries and a 4 GiB directory: a zip bomb's bookkeeping.
     case = c.zip_case("zip_bomb_directory", cat, pkl, "not a readable zip archive")
     data = bytearray(case.src.read_bytes())

@@ -82,6 +82,7 @@ def test_hostile_input_fails_cleanly(corpus, name):
     assert proc.returncode == 1, f"{name}: exit {proc.returncode}\nstderr: {err}"
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), f"{name}: stderr is not one error line: {err!r}"
+    assert len(lines[0]) <= 2100 and lines[0].isprintable(), f"{name}: the error line floods the terminal: {err[:300]!r}"
     assert "internal error" not in err, err
     assert case.names in err, f"{name}: the error does not name {case.names}: {err}"
     assert case.expect in err, f"{name}: expected {case.expect!r} in {err}"
