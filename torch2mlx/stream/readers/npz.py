@@ -47,7 +47,7 @@ def _npy_header(f, start: int, size: int, path: str, member: str):
     text = f.read(hlen).decode("latin1")
     try:
         d = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, MemoryError, RecursionError):  # the parser's stack overflows on deep nesting
         raise CheckpointError(path, f"member {member}: unreadable .npy header") from None
     if not isinstance(d, dict) or not {"descr", "fortran_order", "shape"} <= set(d):
         raise CheckpointError(path, f"member {member}: .npy header lacks descr/fortran_order/shape")
