@@ -596,6 +596,8 @@ def npz(c: Corpus) -> None:
     case("npz_shape_past_member", {"w.npy": _npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1 << 40,), }"
                                                  .replace("1 << 40", str(1 << 40)), float_bytes(4))},
          "data runs past its member")
+    case("npz_zero_size_huge_dims", {"w.npy": _npy("{'descr': '<f4', 'fortran_order': False, 'shape': (0, %d), }"
+                                                   % 10 ** 30)}, "bad shape")
     case("npz_header_is_call", {"w.npy": _npy("__import__('os').system('true')", float_bytes(4))},
          "unreadable .npy header")
     case("npz_deep_header", {"w.npy": _npy("-" * 60_000 + "1", float_bytes(4))}, "unreadable .npy header")
