@@ -62,7 +62,9 @@ def tup(*items: bytes) -> bytes:
 
 
 def ints(values) -> bytes:
-    return tup(*(i(v) for v in values))
+    values = tuple(values)
+    encoded = {v: i(v) for v in set(values)}  # millions of dimensions repeat a few values
+    return MARK + b"".join(map(encoded.__getitem__, values)) + TUPLE
 
 
 def call(func: bytes, *args: bytes) -> bytes:
