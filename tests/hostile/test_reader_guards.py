@@ -23,3 +23,9 @@ def test_legacy_whole_module_converts(tmp_path):
     assert sorted(got) == sorted(want)
     for name, t in want.items():
         assert (got[name] == t.numpy()).all(), name
+
+
+def test_global_names_with_any_character_become_placeholders():
+    """type() refuses NUL in a class name; a pickle's GLOBAL may still carry one and must stay a placeholder."""
+    obj, placeholders = unpickler.load(pickle_of(call(glob("mymodule", "Cfg\x00x"), s("a"))), "test", None)
+    assert isinstance(obj, unpickler.Opaque) and placeholders == {"mymodule.Cfg\x00x"}

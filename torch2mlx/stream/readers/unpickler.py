@@ -134,7 +134,8 @@ _opaque_types: dict[str, type] = {}
 def opaque_type(qualname: str) -> type:
     t = _opaque_types.get(qualname)
     if t is None:
-        t = type("Opaque_" + qualname.replace(".", "_"), (Opaque,), {"_t2m_global": qualname})
+        # type() refuses NUL in a name; a pickle's global names may hold any character.
+        t = type("Opaque_" + qualname.replace(".", "_").replace("\0", "?"), (Opaque,), {"_t2m_global": qualname})
         _opaque_types[qualname] = t
     return t
 
