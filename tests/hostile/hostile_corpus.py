@@ -380,6 +380,12 @@ def zips(c: Corpus) -> None:
     eocd = data.rfind(b"PK\x05\x06")
     struct.pack_into("<HHI", data, eocd + 8, 0xFFFF, 0xFFFF, 0xFFFFFFF0)
     case.src.write_bytes(bytes(data))
+    # The end record's directory offset claims 100 bytes more than the truth: members land before byte 0.
+    case = c.zip_case("zip_negative_member_offset", cat, pkl, "local header offset lies before the file")
+    data = bytearray(case.src.read_bytes())
+    eocd = data.rfind(b"PK\x05\x06")
+    struct.pack_into("<I", data, eocd + 16, struct.unpack_from("<I", data, eocd + 16)[0] + 100)
+    case.src.write_bytes(bytes(data))
     path = c.root / "zip_garbage.pt"
     path.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)
     c.add("zip_garbage", cat, path, "not a readable zip archive")

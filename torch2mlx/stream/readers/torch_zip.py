@@ -53,6 +53,8 @@ class ZipCheckpoint:
             raise CheckpointError(path, f"unknown byteorder record {self.byteorder!r}")
 
     def _data_offset(self, info: zipfile.ZipInfo) -> int:
+        if info.header_offset < 0:  # zipfile shifts offsets by what the end record claims; a corrupt one goes negative
+            raise CheckpointError(self.path, f"zip member {info.filename}: local header offset lies before the file")
         with open(self.path, "rb") as f:
             f.seek(info.header_offset)
             raw = f.read(_LOCAL_HEADER.size)
