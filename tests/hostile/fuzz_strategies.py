@@ -1,0 +1,158 @@
+"""Hypothesis strategies and guards shared by the fuzz tests.
+
+Runs are deterministic (``derandomize``, no example database), so CI sees the
+same inputs every time and a failure reproduces locally with the same command.
+"""
+from __future__ import annotations
+
+import contextlib
+import encodings.cp437  # noqa: F401  zipfile imports it on first use; the guard below must not see that
+import struct
+import sys
+import threading
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+from pickle_asm import glob, i, inst, s
+
+
+def fuzz_settings(examples: int):
+    return settings(max_examples=examples, derandomize=True, database=None, deadline=None, print_blob=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                           HealthCheck.filter_too_much])
+
+
+# ---------------------------------------------------------------- byte-level mutations
+
+INTERESTING = [0, 1, 0x7F, 0x80, 0xFF, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, 1 << 31, 1 << 32, 1 << 40,
+               (1 << 63) - 1, 1 << 63, (1 << 64) - 1]
+
+
+@st.composite
+def mutated(draw, data: bytes, extra: st.SearchStrategy[bytes] | None = None) -> bytes:
+    """``data`` after one to four edits: bit flips, byte and integer overwrites, truncations,
+    insertions (of random bytes or of ``extra``, e.g. pickle opcodes), deletions, copied slices."""
+    buf = bytearray(data)
+    for _ in range(draw(st.sampled_from([1, 1, 1, 2, 3, 4]))):
+        pos = draw(st.integers(0, max(len(buf) - 1, 0)))
+        kind = draw(st.sampled_from(["flip", "byte", "int", "truncate", "insert", "delete", "copy"]))
+        if kind == "flip" and buf:
+            buf[pos] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "byte" and buf:
+            buf[pos] = draw(st.sampled_from([0, 0xFF, 0x7F, 0x80, 0x0A, 0x2E]) | st.integers(0, 255))
+        elif kind == "int":
+            width = draw(st.sampled_from([1, 2, 4, 8]))
+            value = draw(st.sampled_from(INTERESTING)) % (1 << (8 * width))
+            buf[pos:pos + width] = value.to_bytes(width, "little")
+        elif kind == "truncate":
+            del buf[pos:]
+        elif kind == "insert":
+            buf[pos:pos] = draw(extra if extra is not None and draw(st.booleans()) else st.binary(max_size=16))
+        elif kind == "delete":
+            del buf[pos:pos + draw(st.integers(1, 32))]
+        elif kind == "copy" and buf:
+            start = draw(st.integers(0, len(buf) - 1))
+            buf[pos:pos] = buf[start:start + draw(st.integers(1, 64))]
+    return bytes(buf)
+
+
+# ---------------------------------------------------------------- pickle opcodes
+
+# Globals a fuzzed pickle may name: everything the restricted unpickler knows, placeholders, and refusals.
+GLOBALS = [("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor_v3"),
+           ("torch._utils", "_rebuild_tensor"), ("torch._utils", "_rebuild_parameter"),
+           ("torch._utils", "_rebuild_parameter_with_state"), ("torch._tensor", "_rebuild_from_type_v2"),
+           ("torch", "FloatStorage"), ("torch", "BFloat16Storage"), ("torch", "UntypedStorage"),
+           ("torch", "LongStorage"), ("torch", "float16"), ("torch", "bfloat16"), ("torch", "Size"),
+           ("torch", "QInt8Storage"), ("torch._utils", "_rebuild_qtensor"),
+           ("collections", "OrderedDict"), ("_codecs", "encode"), ("copyreg", "_reconstructor"),
+           ("copy_reg", "_reconstructor"), ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"),
+           ("builtins", "complex"), ("builtins", "object"), ("__builtin__", "set"),
+           ("torch.nn.modules.linear", "Linear"), ("__main__", "Net"), ("numpy.core.multiarray", "_reconstruct"),
+           ("os", "system"), ("builtins", "eval"), ("builtins", "getattr"), ("subprocess", "Popen"),
+           ("importlib", "import_module")]
+STRINGS = ["storage", "cpu", "0", "1", "w", "state_dict", "_parameters", "_modules", "_buffers", "__setstate__",
+           "items", "get", "numel", "dtype", "shape", "latin1", "utf-8", "little_endian", "__dict__", ""]
+NO_ARG = [b"(", b"t", b"\x85", b"\x86", b"\x87", b")", b"]", b"l", b"}", b"d", b"a", b"e", b"s", b"u",
+          b"\x8f", b"\x90", b"\x91", b"0", b"1", b"2", b"N", b"\x88", b"\x89", b"R", b"b", b"o", b"\x81",
+          b"\x92", b"\x93", b"Q", b"\x94", b"\x97", b"\x98"]
+
+
+def _glob_args(pair):
+    return pair[0].encode() + b"\n" + pair[1].encode() + b"\n"
+
+
+small_ints = st.sampled_from([0, 1, 2, 3, 4, -1, 16, 255, 256, 65535, 1 << 31, 1 << 40, 1 << 63, 1 << 70]) \
+    | st.integers(-(1 << 70), 1 << 70)
+
+opcode = st.one_of(
+    st.sampled_from(NO_ARG),
+    small_ints.map(i),
+    st.integers(0, 255).map(lambda n: b"K" + bytes([n])),
+    st.integers(0, 65535).map(lambda n: b"M" + struct.pack("<H", n)),
+    (st.sampled_from(STRINGS) | st.text(max_size=8)).map(s),
+    st.binary(max_size=8).map(lambda b: b"C" + bytes([len(b)]) + b),
+    st.binary(max_size=8).map(lambda b: b"\x8c" + bytes([len(b)]) + b),  # SHORT_BINUNICODE, bytes maybe not UTF-8
+    st.sampled_from(GLOBALS).map(lambda g: glob(*g)),
+    st.sampled_from(GLOBALS).map(lambda g: inst(*g)),
+    st.sampled_from(GLOBALS).map(lambda g: s(g[0]) + s(g[1]) + b"\x93"),
+    st.integers(0, 12).map(lambda n: b"q" + bytes([n])),
+    st.integers(0, 12).map(lambda n: b"h" + bytes([n])),
+    st.sampled_from([0, 5, 1 << 20, 0xFFFFFFFF]).map(lambda n: b"r" + struct.pack("<I", n)),
+    st.sampled_from([0, 5, 1 << 20, 0xFFFFFFFF]).map(lambda n: b"j" + struct.pack("<I", n)),
+    st.sampled_from([b"p0\n", b"p7\n", b"p99999999999\n", b"g0\n", b"g3\n", b"px\n"]),
+    st.integers(0, 5).map(lambda n: b"\x80" + bytes([n])),
+    st.sampled_from([0, 8, 1 << 40]).map(lambda n: b"\x95" + struct.pack("<Q", n)),
+    st.sampled_from([b"\x82\x01", b"\x83\x01\x00", b"\x84\xff\xff\xff\x7f"]),
+    st.sampled_from([b"P0\n", b"Pstorage\n", b"I12\n", b"I01\n", b"L5L\n", b"F1.5\n", b"S'x'\n", b"Vx\n"]),
+    st.floats(allow_nan=True).map(lambda f: b"G" + struct.pack(">d", f)),
+    st.sampled_from([b"X\xff\xff\xff\xff", b"\x8e" + b"\xff" * 8, b"T\xff\xff\xff\xff", b"\x8b\x00\x00\x00\x80",
+                     b"B\x10\x00\x00\x00", b"\x8d" + struct.pack("<Q", 1 << 62)]),
+)
+opcode_stream = st.lists(opcode, max_size=40).map(lambda ops: b"\x80\x02" + b"".join(ops) + b".")
+
+
+def guarded_persistent_load(unpickler_module):
+    """What the zip reader's persistent_load does, without a file: validate, then return a storage record."""
+    def load(pid):
+        key, stype, numel, location, _view = unpickler_module.storage_ref(pid, "fuzz")
+        return unpickler_module.StorageRef(key, stype.dtype or unpickler_module.UINT8, numel, location)
+    return load
+
+
+# ---------------------------------------------------------------- nothing runs
+
+# Audit events that would mean a checkpoint reached code: CPython raises them before the action,
+# and a hook that raises aborts it.
+FORBIDDEN_EVENTS = ("pickle.find_class", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
+                    "subprocess.Popen", "exec", "compile", "import", "ctypes.", "socket.", "os.remove", "os.rmdir",
+                    "shutil.rmtree", "builtins.input", "webbrowser.open")
+_armed = threading.local()
+_hook_installed = False
+
+
+def _audit(event, args):
+    seen = getattr(_armed, "events", None)
+    if seen is not None and event.startswith(FORBIDDEN_EVENTS):
+        seen.append(f"{event} {str(args)[:200]}")
+        raise RuntimeError(f"blocked audit event {event}")
+
+
+@contextlib.contextmanager
+def nothing_runs():
+    """Fail if code under it raises one of FORBIDDEN_EVENTS (the hook also stops the action itself).
+
+    The event list is checked after the block, because the readers turn any exception, the
+    hook's included, into their own error type.
+    """
+    global _hook_installed
+    if not _hook_installed:
+        sys.addaudithook(_audit)  # hooks cannot be removed; this one is inert unless armed
+        _hook_installed = True
+    _armed.events = []
+    try:
+        yield
+    finally:
+        events, _armed.events = _armed.events, None
+        assert not events, f"the input reached code: audit events {events}"
