@@ -229,6 +229,9 @@ def storages(c: Corpus) -> None:
     n = "tensor_size_past_storage"
     c.zip_case(n, cat, pickle_of(state_dict({"w": good_tensor(size=(1 << 40, 1 << 40), stride=(1 << 40, 1))})),
                "reaches past its storage")
+    n = "tensor_empty_offset_past_storage"
+    c.zip_case(n, cat, pickle_of(state_dict({"w": good_tensor(offset=1 << 62, size=(0,), stride=(1,))})),
+               "empty, with offset 4611686018427387904 past its storage (16 bytes)")
     n = "tensor_negative_size"
     c.zip_case(n, cat, pickle_of(state_dict({"w": good_tensor(size=(-2, -2))})), "negative size, stride or storage offset")
     n = "tensor_negative_stride"

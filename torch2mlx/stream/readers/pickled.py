@@ -25,7 +25,11 @@ def _entry(ck, name: str, ref, path: str) -> TensorEntry:
     item = ref.dtype.itemsize
     if any(d < 0 for d in ref.shape) or any(s < 0 for s in ref.stride) or ref.storage_offset < 0:
         raise CheckpointError(path, f"tensor {name!r}: negative size, stride or storage offset")
-    if 0 not in ref.shape:
+    if 0 in ref.shape:  # no elements, but the offset must still lie in the storage, as torch's always does
+        if ref.storage_offset * item > storage_bytes:
+            raise CheckpointError(path, f"tensor {name!r}: empty, with offset {ref.storage_offset} past its storage "
+                                        f"({storage_bytes} bytes)")
+    else:
         last = ref.storage_offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride))
         if (last + 1) * item > storage_bytes:
             raise CheckpointError(path, f"tensor {name!r}: shape {list(ref.shape)} with strides {list(ref.stride)} "
