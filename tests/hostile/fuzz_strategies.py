@@ -14,7 +14,8 @@ import threading
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from pickle_asm import glob, i, inst, s
+from pickle_asm import (APPENDS, BINPERSID, BUILD, EMPTY_LIST, MARK, NEWFALSE, NEWOBJ, NEWTRUE, NONE, REDUCE, TUPLE,
+                        binget, binput, dict_of, glob, i, inst, s, storage_pid, tensor_v2)
 
 
 def fuzz_settings(examples: int):
@@ -111,6 +112,59 @@ opcode = st.one_of(
                      b"B\x10\x00\x00\x00", b"\x8d" + struct.pack("<Q", 1 << 62)]),
 )
 opcode_stream = st.lists(opcode, max_size=40).map(lambda ops: b"\x80\x02" + b"".join(ops) + b".")
+
+# Well-formed object graphs (each value leaves exactly one object on the stack), so that fuzzing gets
+# past the opcode level to find_class, REDUCE, BUILD, NEWOBJ, persistent ids and tensor records.
+dim = st.sampled_from([0, 1, 2, 3, 4, 16, -1, 1 << 31, 1 << 62]) | st.integers(0, 70)
+dims = st.lists(dim, max_size=4)
+# (storage key, type, element count): mostly ones that match the zip test's members ("0": 64 bytes, "1": 8).
+STORAGES = [("0", "FloatStorage", 16), ("0", "ByteStorage", 64), ("0", "HalfStorage", 32), ("0", "UntypedStorage", 64),
+            ("1", "FloatStorage", 2), ("1", "LongStorage", 1), ("1", "BFloat16Storage", 4)]
+storage_record = st.sampled_from(STORAGES) | st.tuples(
+    st.sampled_from(["0", "1", "2", "../0"]),
+    st.sampled_from(["FloatStorage", "HalfStorage", "ByteStorage", "LongStorage", "UntypedStorage", "QInt8Storage"]),
+    st.sampled_from([16, 2, 64, 0, 8, 1 << 40, -1]))
+
+
+@st.composite
+def tensor_value(draw) -> bytes:
+    key, storage, numel = draw(storage_record)
+    size = draw(dims)
+    same_rank = st.lists(dim, min_size=len(size), max_size=len(size))
+    stride = draw(same_rank if draw(st.integers(0, 9)) else dims)  # now and then of another rank
+    offset = draw(st.sampled_from([0, 1, 3, 15, -1, 1 << 62]))
+    return tensor_v2(storage_pid(key, storage=storage, numel=numel), offset, tuple(size), tuple(stride))
+
+
+leaf_value = st.one_of(
+    tensor_value(), tensor_value(), small_ints.map(i), (st.sampled_from(STRINGS) | st.text(max_size=6)).map(s),
+    st.sampled_from([NONE, NEWTRUE, NEWFALSE]), st.sampled_from(GLOBALS).map(lambda g: glob(*g)))
+
+
+def _containers(children):
+    items = st.lists(children, max_size=4).map(b"".join)
+    state_dict = st.lists(st.tuples(st.sampled_from(STRINGS).map(s), children), max_size=4).map(dict_of)
+    plain = [items.map(lambda xs: MARK + xs + TUPLE), items.map(lambda xs: EMPTY_LIST + MARK + xs + APPENDS),
+             state_dict, state_dict,
+             st.tuples(st.sampled_from(GLOBALS), items).map(lambda g: glob(*g[0]) + MARK + g[1] + TUPLE + REDUCE)]
+    # Rarer: each of these alone may doom the whole pickle, which would hide what lies deeper.
+    risky = [st.lists(st.tuples(children, children), max_size=3).map(dict_of),
+             st.tuples(children, children).map(lambda fa: fa[0] + fa[1] + REDUCE),
+             st.tuples(children, children).map(lambda os_: os_[0] + os_[1] + BUILD),
+             st.tuples(children, items).map(lambda ca: ca[0] + MARK + ca[1] + TUPLE + NEWOBJ),
+             children.map(lambda pid: pid + BINPERSID),
+             st.integers(0, 3).map(binget),
+             st.tuples(children, st.integers(0, 3)).map(lambda vk: vk[0] + binput(vk[1]))]
+    return st.one_of(*plain, *plain, *plain, *risky)
+
+
+graph_value = st.recursive(leaf_value, _containers, max_leaves=24)
+object_graph = graph_value.map(lambda v: b"\x80\x02" + v + b".")
+# A state dict of tensor records, now and then with an arbitrary object beside them.
+state_dict_graph = st.tuples(
+    st.lists(tensor_value(), min_size=1, max_size=4),
+    st.lists(graph_value, max_size=1),
+).map(lambda tv: b"\x80\x02" + dict_of([(s(f"t{k}"), v) for k, v in enumerate(tv[0] + tv[1])]) + b".")
 
 
 def guarded_persistent_load(unpickler_module):

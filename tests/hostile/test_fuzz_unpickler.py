@@ -19,12 +19,14 @@ import torch
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from fuzz_strategies import (GLOBALS, fuzz_settings, guarded_persistent_load, mutated, nothing_runs, opcode,
-                             opcode_stream)
+from fuzz_strategies import (GLOBALS, fuzz_settings, guarded_persistent_load, mutated, nothing_runs, object_graph,
+                             opcode, opcode_stream, state_dict_graph)
+from pickle_asm import float_bytes, torch_zip
 from torch2mlx.errors import Torch2MLXError
 from torch2mlx.stream import open as open_checkpoint
 from torch2mlx.stream.data import DataReader
 from torch2mlx.stream.readers import nested, unpickler
+
 
 
 def _sample_objects() -> dict[str, object]:
@@ -104,9 +106,7 @@ def test_seeds_open_cleanly():
             assert open_checkpoint(path).entries, name
 
 
-@fuzz_settings(2500)
-@given(opcode_stream)
-def test_random_opcode_streams(data):
+def unpickle_and_select(data: bytes) -> None:
     try:
         with nothing_runs():
             obj, _ = unpickler.load(data, "fuzz", guarded_persistent_load(unpickler))
@@ -115,6 +115,27 @@ def test_random_opcode_streams(data):
             event("tensors found")
     except Torch2MLXError as e:
         event(f"refused: {str(e).split(': ', 1)[-1][:30]}")
+
+
+@fuzz_settings(1500)
+@given(opcode_stream)
+def test_random_opcode_streams(data):
+    unpickle_and_select(data)
+
+
+@fuzz_settings(1500)
+@given(object_graph)
+def test_random_object_graphs(data):
+    unpickle_and_select(data)
+
+
+@fuzz_settings(1000)
+@given(state_dict_graph)
+def test_random_tensor_records_in_a_zip(scratch, data):
+    """Tensor records with random storages, sizes, strides and offsets, checked against real members."""
+    path = str(scratch / "graph.pt")
+    torch_zip(path, data, {"0": float_bytes(16), "1": bytes(8)})
+    check_accepted(path)
 
 
 @fuzz_settings(300)
