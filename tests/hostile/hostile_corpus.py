@@ -490,6 +490,7 @@ def safetensors(c: Corpus) -> None:
               "record must have exactly dtype, shape, data_offsets", data)
     c.st_case("st_metadata_not_strings", {**good, "__metadata__": {"format": 1}},
               "__metadata__ must map strings to strings", data)
+    c.st_case("st_metadata_false", {**good, "__metadata__": False}, "__metadata__ must map strings to strings", data)
     c.st_case("st_lone_surrogate_name", b'{"w\\ud800": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}',
               "not valid UTF-8", data)
 

@@ -53,7 +53,9 @@ def read_header(path: str) -> tuple[dict, dict, int]:
         raise CheckpointError(path, "safetensors header is not valid JSON (nested too deeply)") from None
     if not isinstance(header, dict):
         raise CheckpointError(path, "safetensors header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:  # absent or null; false, 0, "" or [] are no metadata map (the reference refuses them)
+        metadata = {}
     if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise CheckpointError(path, "safetensors __metadata__ must map strings to strings")
     return header, metadata, 8 + n
