@@ -6,7 +6,6 @@ import copyreg
 import pytest
 import torch
 
-from hostile_corpus import good_dict
 from pickle_asm import REDUCE, call, glob, pickle_of, s, tup
 from torch2mlx.errors import CheckpointError
 from torch2mlx.stream import open as open_checkpoint
@@ -29,3 +28,22 @@ def test_global_names_with_any_character_become_placeholders():
     """type() refuses NUL in a class name; a pickle's GLOBAL may still carry one and must stay a placeholder."""
     obj, placeholders = unpickler.load(pickle_of(call(glob("mymodule", "Cfg\x00x"), s("a"))), "test", None)
     assert isinstance(obj, unpickler.Opaque) and placeholders == {"mymodule.Cfg\x00x"}
+
+
+def test_extension_codes_go_through_find_class():
+    """EXT1/2/4 name a global through copyreg's registry; a registered code still reaches find_class."""
+    copyreg.add_extension("os", "system", 0xF0)
+    try:
+        with pytest.raises(CheckpointError, match="refusing pickle global os.system"):
+            unpickler.load(pickle_of(b"\x82\xf0" + tup(s("true")) + REDUCE), "test", None)
+    finally:
+        copyreg.remove_extension("os", "system", 0xF0)
+
+
+def test_build_cannot_change_a_rebuild_function_for_later_loads():
+    before = unpickler._rebuild_v2.__defaults__
+    attack = pickle_of(glob("torch._utils", "_rebuild_tensor_v2") + tup(b"N", b"}") + b"b")
+    with pytest.raises(CheckpointError, match="read-only"):
+        unpickler.load(attack, "test", None)
+    assert unpickler._rebuild_v2.__defaults__ == before
+
