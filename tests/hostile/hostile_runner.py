@@ -17,11 +17,33 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import resource
 import signal
+import subprocess
 import sys
 import traceback
 
 CASE_TIMEOUT = 30  # seconds; enforced between bytecodes (a loop inside one C call is caught by the caller's timeout)
+TIMEOUT = 120      # seconds for a whole process
+MEMORY_LIMIT = 1536 << 20  # address space of each process under test: far below what hostile numbers ask for
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "T2MLX_DEBUG"}
+# One BLAS thread: OpenBLAS reserves address space per thread, which the limit above counts.
+CLEAN_ENV.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+def limit_memory():
+    """preexec_fn: an allocation sized by a hostile number then fails loudly, even where memory is overcommitted."""
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+def run_process(argv) -> subprocess.CompletedProcess:
+    """``python -m torch2mlx ARGV`` as its own memory-limited process."""
+    try:
+        return subprocess.run([sys.executable, "-m", "torch2mlx", *map(str, argv)], capture_output=True, text=True,
+                              env=CLEAN_ENV, stdin=subprocess.DEVNULL, timeout=TIMEOUT, preexec_fn=limit_memory)
+    except subprocess.TimeoutExpired as e:
+        return subprocess.CompletedProcess(e.cmd, -1, "", f"TIMEOUT after {TIMEOUT}s")
 
 
 class CaseTimeout(BaseException):

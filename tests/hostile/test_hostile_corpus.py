@@ -14,8 +14,6 @@ The whole corpus runs through the CLI's ``main`` in a few batch processes
 from __future__ import annotations
 
 import json
-import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -25,32 +23,14 @@ from pathlib import Path
 import pytest
 
 import hostile_corpus
+from hostile_runner import CLEAN_ENV, TIMEOUT, limit_memory, run_process
 
 HERE = Path(__file__).resolve().parent
-MEMORY_LIMIT = 1536 << 20       # address space of each process under test
-TIMEOUT = 120                   # seconds for a whole batch; the runner also stops each case after 30 s
 BATCHES = 4
-T2MLX = [sys.executable, "-m", "torch2mlx"]
-CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "T2MLX_DEBUG"}
-# One BLAS thread: OpenBLAS reserves address space per thread, which the limit above counts.
-CLEAN_ENV.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-
-
-def _limit_memory():
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
 def stream_argv(src, out) -> list[str]:
     return ["stream", str(src), str(out), "-q"]
-
-
-def run_process(argv) -> subprocess.CompletedProcess:
-    """``python -m torch2mlx ARGV`` as its own memory-limited process."""
-    try:
-        return subprocess.run(T2MLX + argv, capture_output=True, text=True, env=CLEAN_ENV, stdin=subprocess.DEVNULL,
-                              timeout=TIMEOUT, preexec_fn=_limit_memory)
-    except subprocess.TimeoutExpired as e:
-        return subprocess.CompletedProcess(e.cmd, -1, "", f"TIMEOUT after {TIMEOUT}s")
 
 
 def run_batches(jobs: list[tuple[str, list[str]]], work: Path) -> dict[str, subprocess.CompletedProcess]:
@@ -63,7 +43,7 @@ def run_batches(jobs: list[tuple[str, list[str]]], work: Path) -> dict[str, subp
         try:
             subprocess.run([sys.executable, str(HERE / "hostile_runner.py"), str(jobs_file), str(results_file)],
                            env=CLEAN_ENV, stdin=subprocess.DEVNULL, capture_output=True, timeout=TIMEOUT,
-                           preexec_fn=_limit_memory)
+                           preexec_fn=limit_memory)
         except subprocess.TimeoutExpired:
             pass  # the cases without a result line below are reported as hung
         lines = results_file.read_text().splitlines() if results_file.exists() else []
