@@ -546,6 +546,12 @@ def directories(c: Corpus) -> None:
     d = mkdir("dir_index_deep_json")
     _st_file(d / "model.safetensors", {"a": 2})
     c.add(d.name, cat, d, "unreadable index file", mentions=_index(d, "[" * 100_000 + "]" * 100_000))
+    # A sparse file: four gigabytes that cost nothing to make and must not be read into memory.
+    d = mkdir("dir_index_sparse_4g")
+    _st_file(d / "model.safetensors", {"a": 2})
+    with open(d / "model.safetensors.index.json", "wb") as f:
+        f.truncate(4 << 30)
+    c.add(d.name, cat, d, "larger than the 104857600-byte limit", mentions=d / "model.safetensors.index.json")
     d = mkdir("dir_index_no_weight_map")
     _st_file(d / "model.safetensors", {"a": 2})
     c.add(d.name, cat, d, "index file has no weight_map", mentions=_index(d, '{"weight_map": ["model.safetensors"]}'))

@@ -47,3 +47,16 @@ def test_build_cannot_change_a_rebuild_function_for_later_loads():
         unpickler.load(attack, "test", None)
     assert unpickler._rebuild_v2.__defaults__ == before
 
+
+
+def test_sparse_config_json_is_not_read_into_memory(tmp_path):
+    """A 4 GiB sparse config.json costs nothing to make; parsing it whole would need 4 GiB."""
+    from hostile_runner import run_process
+    from pickle_asm import safetensors_file
+    safetensors_file(tmp_path / "model.safetensors", {"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}},
+                     bytes(4))
+    with open(tmp_path / "config.json", "wb") as f:
+        f.truncate(4 << 30)
+    proc = run_process(["stream", tmp_path, "--dry-run"])
+    assert proc.returncode == 0, proc.stderr
+    assert "config.json is not valid JSON; copied as is" in proc.stdout

@@ -15,6 +15,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".npz") + PICKLE_SUFFIXES
 NOT_WEIGHTS = ("optimizer.pt", "scheduler.pt", "training_args.bin", "rng_state.pth", "scaler.pt")
 SIDECAR_SUFFIXES = (".json", ".txt", ".model", ".py", ".jinja", ".tiktoken", ".md")
 OUR_FILES = ("torch2mlx.json",)
+MAX_JSON = 100 * 1024 * 1024   # index and config files; the index of a 1T-parameter model is a few MB
 
 
 @dataclass
@@ -81,14 +82,26 @@ def _read_file(path: str, key: str | None) -> tuple[list[TensorEntry], list[str]
     return entries, notes, {}, "pickle"
 
 
+def _read_json(path: str):
+    """A small JSON file's value; ValueError for one too big, invalid or nested too deeply.
+
+    Read with a cap: a sparse file can claim terabytes while costing its maker nothing.
+    """
+    with open(path, "rb") as f:
+        raw = f.read(MAX_JSON + 1)
+    if len(raw) > MAX_JSON:
+        raise ValueError(f"larger than the {MAX_JSON}-byte limit")
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def _load_index(path: str) -> dict[str, str]:
     try:
-        with open(path, "rb") as f:
-            index = json.loads(f.read())
+        index = _read_json(path)
     except (OSError, ValueError) as e:
         raise CheckpointError(path, f"unreadable index file ({e})") from None
-    except RecursionError:
-        raise CheckpointError(path, "unreadable index file (JSON nested too deeply)") from None
     wm = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
         raise CheckpointError(path, "index file has no weight_map of tensor name -> file")
@@ -179,9 +192,8 @@ def open_checkpoint(path: str, key: str | None = None) -> Checkpoint:
     config = None
     if "config.json" in names:
         try:
-            with open(os.path.join(path, "config.json"), "rb") as f:
-                config = json.loads(f.read())
-        except (OSError, ValueError, RecursionError):
+            config = _read_json(os.path.join(path, "config.json"))
+        except (OSError, ValueError):
             notes.append(f"{path}/config.json is not valid JSON; copied as is")
     ck = Checkpoint(path, entries, [os.path.join(path, f) for f in files], "+".join(sorted(fmts)),
                     sidecars=sidecars, notes=notes, metadata=meta, config=config if isinstance(config, dict) else None,
