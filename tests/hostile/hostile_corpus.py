@@ -664,6 +664,10 @@ def harmless(root) -> list[Harmless]:
     torch_legacy(root / "sys_info_shadowed_get.bin", pickle_of(good_dict(legacy=True)), [("0", 4, float_bytes(4))],
                  sys_info=info)
     out.append(Harmless("sys_info_shadowed_get", root / "sys_info_shadowed_get.bin", w))
+    # Keys and class names with terminal escapes and a lone surrogate end up in the report's notes.
+    zip_file("names_with_terminal_escapes", pickle_of(good_dict(extra=[
+        (s(b"k\xed\xa0\x80"), i(1)), (s("k\x1b[2J\x1b[31m"), i(2)),
+        (s("cfg"), call(glob("evil\x1b]0;pwned\x07", "X"), s("a")))])))
     # A small expand()-ed view (stride 0) is a real torch.save output and converts, rows repeated.
     zip_file("expanded_view", pickle_of(state_dict({"w": good_tensor(size=(3, 4), stride=(0, 1))})))
     out[-1].tensors = {"w": [0.0, 1.0, 2.0, 3.0] * 3}

@@ -148,6 +148,7 @@ def test_harmless_look_alikes_convert(harmless, name):
     root, cases, results = harmless
     proc = results[name]
     assert proc.returncode == 0, proc.stderr
+    assert all(line.isprintable() for line in proc.stdout.splitlines()), f"unescaped report: {proc.stdout!r}"
     got = load_file(str(root / "out" / name / "model.safetensors"))
     assert {k: v.reshape(-1).tolist() for k, v in got.items()} == cases[name].tensors
     assert not list(root.rglob("*" + hostile_corpus.PAYLOAD_SUFFIX))

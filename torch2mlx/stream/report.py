@@ -1,5 +1,12 @@
-"""Human-readable plan and report text (the CLI prints these; ``--json`` prints the dicts)."""
+"""Human-readable plan and report text (the CLI prints these; ``--json`` prints the dicts).
+
+Names and notes come from the checkpoint, so each is escaped to one printable
+line (``one_line``): no terminal escapes, no forged lines, and no lone
+surrogate that stdout cannot encode.
+"""
 from __future__ import annotations
+
+from ..errors import one_line
 
 
 def human_bytes(n: float) -> str:
@@ -15,7 +22,7 @@ def format_plan(plan, limit: int | None = None) -> str:
     for op in plan.ops:
         src = "+".join(e.name for e in op.sources)
         for o in op.outputs:
-            rows.append((o.name, src if src != o.name else "=", op.rule, op.rule_source,
+            rows.append((one_line(o.name), one_line(src) if src != o.name else "=", op.rule, op.rule_source,
                          f"{op.source_dtype.name}->{o.dtype.name}" if o.dtype != op.source_dtype else o.dtype.name,
                          "x".join(map(str, o.shape)) or "scalar", plan.shards[o.shard].file))
     head = ("output", "source", "rule", "from", "dtype", "shape", "shard")
@@ -35,11 +42,12 @@ def _tail(plan) -> list[str]:
     lines = ["rules: " + ", ".join(f"{k} {v}" for k, v in plan.rules_by_source().items())]
     if plan.dropped:
         lines.append(f"dropped: {len(plan.dropped)} ("
-                     + "; ".join(f"{n}: {w}" for n, w in plan.dropped[:5]) + (" ..." if len(plan.dropped) > 5 else "") + ")")
+                     + "; ".join(one_line(f"{n}: {w}") for n, w in plan.dropped[:5])
+                     + (" ..." if len(plan.dropped) > 5 else "") + ")")
     for n in plan.notes:
-        lines.append(f"note: {n}")
+        lines.append(f"note: {one_line(n)}")
     for w in plan.warnings[:20]:
-        lines.append(f"warning: {w}")
+        lines.append(f"warning: {one_line(w)}")
     if len(plan.warnings) > 20:
         lines.append(f"warning: ... and {len(plan.warnings) - 20} more (see torch2mlx.json)")
     return lines
@@ -53,8 +61,8 @@ def format_result(res) -> str:
     rate = p.nbytes_in / res.seconds / 1e6 if res.seconds else 0.0
     shards = res.format in ("safetensors", "bin")
     where = f"{len(res.shards)} shard(s)" if shards else f"a {res.format} store"
-    lines = [f"converted {len(res.checkpoint.entries)} tensors -> {n_out} in {where} at {res.out}",
+    lines = [f"converted {len(res.checkpoint.entries)} tensors -> {n_out} in {where} at {one_line(str(res.out))}",
              f"{human_bytes(p.nbytes_in)} in, {human_bytes(p.nbytes_out)} out, {res.seconds:.2f} s, {rate:.0f} MB/s"]
     if res.sidecars:
-        lines.append("copied: " + ", ".join(res.sidecars))
+        lines.append("copied: " + one_line(", ".join(res.sidecars)))
     return "\n".join(lines + _tail(p))
