@@ -210,3 +210,23 @@ def nothing_runs():
     finally:
         events, _armed.events = _armed.events, None
         assert not events, f"the input reached code: audit events {events}"
+
+
+def open_or_none(path):
+    """``torch2mlx.stream.open(path)`` with nothing allowed to run; None when it refuses the input.
+
+    The outcome is recorded as a hypothesis event, so ``--hypothesis-show-statistics`` shows
+    how much of the fuzzing got past each check.
+    """
+    from hypothesis import event
+
+    from torch2mlx.errors import Torch2MLXError
+    from torch2mlx.stream import open as open_checkpoint
+    try:
+        with nothing_runs():
+            ck = open_checkpoint(path)
+    except Torch2MLXError as e:
+        event(f"refused: {str(e).split(': ', 1)[-1][:30]}")
+        return None
+    event("accepted")
+    return ck

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pickle_asm import (APPEND, APPENDS, BINPERSID, BUILD, DUP, EMPTY_DICT, EMPTY_LIST, EMPTY_TUPLE,  # noqa: E402
-                        LIST, MARK, NEWFALSE, NEWOBJ, NEWTRUE, NEWOBJ_EX, NONE, OBJ, POP, REDUCE, SETITEM, STOP,
+from pickle_asm import (APPENDS, BINPERSID, BUILD, EMPTY_DICT, EMPTY_LIST, EMPTY_TUPLE,  # noqa: E402
+                        LIST, MARK, NEWFALSE, NEWOBJ, NEWOBJ_EX, NEWTRUE, NONE, OBJ, POP, REDUCE, STOP,
                         TUPLE, binget, binput, call, dict_of, float_bytes, glob, i, inst, ints, pickle_of,
                         proto, s, safetensors_file, stack_global, state_dict, storage_pid, tensor_v2,
                         torch_legacy, torch_zip, tup)

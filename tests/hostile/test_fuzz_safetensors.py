@@ -17,14 +17,12 @@ import tempfile
 
 import numpy as np
 import pytest
-from hypothesis import event, given
+from hypothesis import given
 from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from fuzz_strategies import INTERESTING, fuzz_settings, mutated
-from torch2mlx.errors import Torch2MLXError
-from torch2mlx.stream import open as open_checkpoint
+from fuzz_strategies import INTERESTING, fuzz_settings, mutated, open_or_none
 
 
 def _seeds() -> list[bytes]:
@@ -60,12 +58,9 @@ def write(path, raw: bytes) -> str:
 
 def check_header(path: str) -> None:
     """Parse ``path``; a refusal is fine, an acceptance must describe the data buffer exactly."""
-    try:
-        ck = open_checkpoint(path)
-    except Torch2MLXError as e:
-        event(f"refused: {str(e).split(': ', 1)[-1][:28]}")
+    ck = open_or_none(path)
+    if ck is None:
         return
-    event("accepted")
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
     start, size = 8 + n, os.path.getsize(path)
@@ -176,12 +171,9 @@ def test_random_index_files(index):
         os.mkdir(os.path.join(d, "sub"))
         with open(os.path.join(d, "model.safetensors.index.json"), "w", encoding="utf-8", errors="surrogatepass") as f:
             f.write(index)
-        try:
-            ck = open_checkpoint(d)
-        except Torch2MLXError as e:
-            event(f"refused: {str(e).split(': ', 1)[-1][:28]}")
+        ck = open_or_none(d)
+        if ck is None:
             return
-        event("accepted")
         root = os.path.realpath(d)
         for p in ck.files + [e.path for e in ck.entries]:
             assert os.path.realpath(p).startswith(root + os.sep), p
