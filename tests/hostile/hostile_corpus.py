@@ -320,6 +320,12 @@ def pickle_abuse(c: Corpus) -> None:
     n = "self_referencing_list"
     loop = EMPTY_LIST + binput(0) + MARK + binget(0) * 100 + good_tensor() + APPENDS
     c.zip_case(n, cat, pickle_of(dict_of([(s("a"), loop)])), "too many")
+    # 200,000 dict keys that are all multiples of 2**61 - 1: one hash value, quadratic insertion.
+    n = "int_key_hash_flood"
+    m = (1 << 61) - 1
+    flood = EMPTY_DICT + MARK + b"".join(i(k * m) + NONE for k in range(1, 200_001)) + b"u"
+    c.zip_case(n, cat, pickle_of(dict_of([(s("w"), good_tensor()), (s("flood"), flood)])),
+               "more than 10000 integers wider than 64 bits")
     n = "tensor_name_lone_surrogate"
     c.zip_case(n, cat, pickle_of(dict_of([(s(b"w\xed\xa0\x80"), good_tensor())])), "not valid UTF-8")
     n = "tensor_key_huge_int"

@@ -330,6 +330,12 @@ _LENGTH_FIELD = {pickletools.TAKEN_FROM_ARGUMENT1: ("<B", 1), pickletools.TAKEN_
 _OPCODES = {op.code.encode("latin-1"): (op.name, _TWO_LINES if op.name in ("GLOBAL", "INST")
                                         else op.arg.n if op.arg else 0) for op in pickletools.opcodes}
 _MEMO_PUT = {"PUT": None, "BINPUT": "<B", "LONG_BINPUT": "<I"}
+_INT_LINES = {"INT", "LONG"}
+# Integers hash to themselves modulo 2**61 - 1, so a pickle can fill a dict or set with keys that all
+# collide and make building it quadratic (200,000 keys: hours). Within 64 bits at most a handful of
+# integers share a hash; wider ones are rare in checkpoints (a UUID, a big seed) and are counted. This
+# stops only the simplest flood: tuples or complex numbers can be solved for a chosen hash too.
+MAX_WIDE_INTS = 10_000
 
 
 def pickle_extent(f, limit: int, path: str) -> int:
@@ -341,7 +347,7 @@ def pickle_extent(f, limit: int, path: str) -> int:
     index must be one a pickler could have reached (no more than the opcodes
     before it). Reads only opcodes and length fields; leaves ``f`` anywhere.
     """
-    read, pos, ops = f.read, 0, 0
+    read, pos, ops, wide = f.read, 0, 0, 0
 
     def fail(problem: str):
         raise CheckpointError(path, f"corrupt pickle: {problem}")
@@ -385,11 +391,14 @@ def pickle_extent(f, limit: int, path: str) -> int:
                 fail(f"{name} at byte {at} claims {size} bytes, more than the {limit - pos} left")
             f.seek(size, io.SEEK_CUR)
             pos += size
+            wide += name in ("LONG1", "LONG4") and size > 8
         else:  # one text line, or two for GLOBAL / INST
             raw = line()
             pos += len(raw)
             if kind == _TWO_LINES:
                 pos += len(line())
+            elif name in _INT_LINES:
+                wide += len(raw) > 21  # sign, 19 digits, "L", newline
             elif name == "PUT":
                 try:
                     index = int(raw)
@@ -397,6 +406,9 @@ def pickle_extent(f, limit: int, path: str) -> int:
                     index = -1
                 if not 0 <= index <= ops:
                     fail(f"memo index {raw[:-1][:20].decode('latin-1')} at byte {at} is beyond the {ops} opcodes before it")
+        if wide > MAX_WIDE_INTS:
+            raise CheckpointError(path, f"pickle holds more than {MAX_WIDE_INTS} integers wider than 64 bits; "
+                                        "refused (their hashes can be made to collide and stall unpickling)")
 
 
 def load(data, path: str, persistent_load) -> tuple[object, set[str]]:
