@@ -686,9 +686,38 @@ def harmless(root) -> list[Harmless]:
     return out
 
 
+# ---------------------------------------------------------------- zarr stores
+
+def zarr_stores(c: Corpus) -> None:
+    import gzip
+    cat = "zarr"
+    array = {"zarr_format": 2, "shape": [4], "chunks": [4], "dtype": "<f4", "compressor": None, "fill_value": 0.0,
+             "order": "C", "filters": None}
+
+    def store(name, zarray, chunks, expect, mentions=None):
+        d = c.root / name
+        (d / "w").mkdir(parents=True)
+        (d / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
+        (d / "w" / ".zarray").write_text(zarray if isinstance(zarray, str) else json.dumps(zarray))
+        for key, raw in chunks.items():
+            (d / "w" / key).write_bytes(raw)
+        c.add(name, cat, d, expect, mentions=mentions)
+
+    # A gzip chunk that decodes to fewer bytes than the chunk holds.
+    store("zarr_short_chunk", {**array, "compressor": {"id": "gzip", "level": 1}}, {"0": gzip.compress(bytes(8))},
+          "unreadable chunk data", mentions=c.root / "zarr_short_chunk" / "w")
+    store("zarr_truncated_raw_chunk", array, {"0": bytes(7)}, "unreadable chunk data",
+          mentions=c.root / "zarr_truncated_raw_chunk" / "w")
+    # Object arrays decode through pickle: never opened at all.
+    store("zarr_object_pickle_codec", {**array, "dtype": "|O", "filters": [{"id": "pickle"}], "fill_value": None},
+          {"0": b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00truea\x85R."}, "not a readable zarr store")
+    store("zarr_invalid_metadata", '{"zarr_format": 2, "shape": [4], ', {}, "not a readable zarr store")
+    store("zarr_deep_metadata", "[" * 100_000 + "]" * 100_000, {}, "not a readable zarr store")
+
+
 def build(root) -> list[Case]:
     c = Corpus(Path(root))
-    for part in (code_execution, storages, pickle_abuse, zips, legacy, safetensors, directories, npz):
+    for part in (code_execution, storages, pickle_abuse, zips, legacy, safetensors, directories, npz, zarr_stores):
         part(c)
     return c.cases
 

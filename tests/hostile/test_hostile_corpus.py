@@ -99,7 +99,7 @@ def assert_clean_failure(root: Path, case: hostile_corpus.Case, proc: subprocess
 def test_corpus_is_large_and_covers_every_category():
     assert len(CASES) >= 30
     assert {"code execution", "persistent ids", "storage bounds", "pickle machinery", "zip container",
-            "legacy pickle", "safetensors", "directories and indexes", "npz"} <= {c.category for c in CATALOG}
+            "legacy pickle", "safetensors", "directories and indexes", "npz", "zarr"} <= {c.category for c in CATALOG}
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -26,15 +26,18 @@ def is_zarr(path: str) -> bool:
 class _Rows:
     """Blocks of a zarr array; zarr reads only the chunks a slice touches."""
 
-    def __init__(self, array):
-        self.array = array
+    def __init__(self, array, origin: str):
+        self.array, self.origin = array, origin
 
     def read(self, axis: int, start: int, stop: int) -> np.ndarray:
-        if self.array.ndim == 0:
-            return np.asarray(self.array[()])
-        idx = [slice(None)] * self.array.ndim
-        idx[axis] = slice(start, stop)
-        return np.asarray(self.array[tuple(idx)])
+        try:
+            if self.array.ndim == 0:
+                return np.asarray(self.array[()])
+            idx = [slice(None)] * self.array.ndim
+            idx[axis] = slice(start, stop)
+            return np.asarray(self.array[tuple(idx)])
+        except Exception as e:  # codecs and zarr raise many types for chunk bytes that do not decode
+            raise CheckpointError(self.origin, f"unreadable chunk data ({type(e).__name__}: {e})") from None
 
 
 def _zarr():
@@ -70,7 +73,7 @@ def read_entries(path: str) -> tuple[list[TensorEntry], list[str], dict]:
         if np.dtype(arr.dtype).itemsize != dt.itemsize:
             raise CheckpointError(path, f"array {name!r}: {arr.dtype} cannot carry {dt.name}")
         entries.append(TensorEntry(name.replace("/", ".") or "tensor", dt, tuple(arr.shape), path=path,
-                                   loader=_Rows(arr), origin=f"{path}/{name}"))
+                                   loader=_Rows(arr, f"{path}/{name}"), origin=f"{path}/{name}"))
     if not entries:
         raise CheckpointError(path, "zarr store holds no arrays")
     return entries, [], attrs
