@@ -79,7 +79,7 @@ def check_header(path: str) -> None:
             assert tuple(part.get_shape()) == e.shape and part.get_dtype() == e.dtype.safetensors, e
 
 
-@fuzz_settings(2000)
+@fuzz_settings(1200)
 @given(st.sampled_from(SEEDS).flatmap(mutated))
 def test_mutated_files(scratch, raw):
     check_header(write(scratch / "m.safetensors", raw))
@@ -129,7 +129,7 @@ def headers(draw) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + bytes(max(data_len, 0))
 
 
-@fuzz_settings(1500)
+@fuzz_settings(1000)
 @given(headers())
 def test_structured_headers(scratch, raw):
     check_header(write(scratch / "h.safetensors", raw))
@@ -163,7 +163,7 @@ index_files = st.one_of(
     st.text(max_size=30))
 
 
-@fuzz_settings(500)
+@fuzz_settings(300)
 @given(index_files)
 def test_random_index_files(index):
     with tempfile.TemporaryDirectory() as d:

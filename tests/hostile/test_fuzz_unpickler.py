@@ -113,19 +113,19 @@ def unpickle_and_select(data: bytes) -> None:
         event(f"refused: {str(e).split(': ', 1)[-1][:30]}")
 
 
-@fuzz_settings(1500)
+@fuzz_settings(1200)
 @given(opcode_stream)
 def test_random_opcode_streams(data):
     unpickle_and_select(data)
 
 
-@fuzz_settings(1500)
+@fuzz_settings(1000)
 @given(object_graph)
 def test_random_object_graphs(data):
     unpickle_and_select(data)
 
 
-@fuzz_settings(1000)
+@fuzz_settings(700)
 @given(state_dict_graph)
 def test_random_tensor_records_in_a_zip(scratch, data):
     """Tensor records with random storages, sizes, strides and offsets, checked against real members."""
@@ -144,7 +144,7 @@ def test_random_bytes(data):
         pass
 
 
-@fuzz_settings(1500)
+@fuzz_settings(1000)
 @given(st.sampled_from(DATA_PKL_SEEDS).flatmap(
     lambda seed: st.tuples(st.just(seed), mutated(seed[2], extra=st.lists(opcode, min_size=1, max_size=3).map(b"".join)))))
 def test_mutated_data_pkl(scratch, case):
@@ -166,7 +166,7 @@ def test_mutated_zip_archives(scratch, raw):
     check_accepted(path)
 
 
-@fuzz_settings(1200)
+@fuzz_settings(800)
 @given(st.sampled_from(LEGACY_SEEDS).flatmap(
     lambda seed: mutated(seed[1], extra=st.lists(opcode, min_size=1, max_size=3).map(b"".join))))
 def test_mutated_legacy_files(scratch, raw):
