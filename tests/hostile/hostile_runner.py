@@ -33,8 +33,14 @@ CLEAN_ENV.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS=
 
 
 def limit_memory():
-    """preexec_fn: an allocation sized by a hostile number then fails loudly, even where memory is overcommitted."""
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    """preexec_fn: an allocation sized by a hostile number then fails loudly, even where memory is overcommitted.
+
+    Linux enforces the limit; macOS may refuse to set it, and then the tests still check everything else.
+    """
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    except (ValueError, OSError):
+        pass
 
 
 def run_process(argv) -> subprocess.CompletedProcess:
