@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import dtypes
-from ..errors import Torch2MLXError
+from ..errors import Torch2MLXError, one_line
 from .checkpoint import open_checkpoint
 from .data import DataReader
 from .execute import CHUNK, compute_outputs, plan_tasks
@@ -41,9 +41,11 @@ class VerifyReport:
                 "tensors": self.checked_tensors, "problems": self.problems, "notes": self.notes}
 
     def text(self) -> str:
-        head = (f"verified {self.checked_shards} shard(s), {self.checked_tensors} tensor(s) in {self.out}: "
+        # Problems quote tensor names from the files: one printable line each, like the report.
+        head = (f"verified {self.checked_shards} shard(s), {self.checked_tensors} tensor(s) in {one_line(self.out)}: "
                 + ("OK" if self.ok else f"{len(self.problems)} problem(s)"))
-        return "\n".join([head] + [f"  note: {n}" for n in self.notes] + [f"  {p}" for p in self.problems[:50]]
+        return "\n".join([head] + [f"  note: {one_line(n)}" for n in self.notes]
+                         + [f"  {one_line(p)}" for p in self.problems[:50]]
                          + ([f"  ... and {len(self.problems) - 50} more"] if len(self.problems) > 50 else []))
 
 
