@@ -15,8 +15,8 @@ import zipfile
 from ... import dtypes
 from ...errors import CheckpointError
 from ..entry import TensorEntry
+from . import zip_members
 
-_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 _DESCR = {"<f8": "float64", "<f4": "float32", "<f2": "float16", "<V2": "bfloat16", "|V2": "bfloat16",
           "<i8": "int64", "<i4": "int32", "<i2": "int16", "|i1": "int8", "<u8": "uint64", "<u4": "uint32",
           "<u2": "uint16", "|u1": "uint8", "|b1": "bool", "<c8": "complex64", "<c16": "complex128",
@@ -68,12 +68,7 @@ def read_entries(path: str) -> tuple[list[TensorEntry], list[str]]:
             if info.compress_type != zipfile.ZIP_STORED:
                 raise CheckpointError(path, f"member {info.filename} is compressed (savez_compressed); "
                                             "stream needs mx.savez / np.savez output")
-            f.seek(info.header_offset)
-            raw = f.read(_LOCAL_HEADER.size)
-            if len(raw) != _LOCAL_HEADER.size or raw[:4] != b"PK\x03\x04":
-                raise CheckpointError(path, f"member {info.filename}: bad local header")
-            fields = _LOCAL_HEADER.unpack(raw)
-            start = info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
+            start = zip_members.data_offset(f, info, path)
             if start + info.file_size > size:
                 raise CheckpointError(path, f"member {info.filename} runs past the end of the file")
             d, data = _npy_header(f, start, info.file_size, path, info.filename)

@@ -9,14 +9,12 @@ tensor bytes are later read in place.
 from __future__ import annotations
 
 import os
-import struct
 import zipfile
 
 from ...errors import CheckpointError
-from . import unpickler
+from . import unpickler, zip_members
 from .unpickler import StorageRef
 
-_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 MAX_PICKLE = 1 << 30
 
 
@@ -53,17 +51,8 @@ class ZipCheckpoint:
             raise CheckpointError(path, f"unknown byteorder record {self.byteorder!r}")
 
     def _data_offset(self, info: zipfile.ZipInfo) -> int:
-        if info.header_offset < 0:  # zipfile shifts offsets by what the end record claims; a corrupt one goes negative
-            raise CheckpointError(self.path, f"zip member {info.filename}: local header offset lies before the file")
         with open(self.path, "rb") as f:
-            f.seek(info.header_offset)
-            raw = f.read(_LOCAL_HEADER.size)
-        if len(raw) != _LOCAL_HEADER.size:
-            raise CheckpointError(self.path, f"zip member {info.filename}: local header past the end of the file")
-        fields = _LOCAL_HEADER.unpack(raw)
-        if fields[0] != b"PK\x03\x04":
-            raise CheckpointError(self.path, f"zip member {info.filename}: bad local header signature")
-        return info.header_offset + _LOCAL_HEADER.size + fields[9] + fields[10]
+            return zip_members.data_offset(f, info, self.path)
 
     def _check_members(self, infos):
         spans = []
