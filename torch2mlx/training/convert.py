@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from ..errors import Torch2MLXError
 from . import names as _names
-from .optimizer_state import OptimizerState, _specs, convert_optimizer_state
+from .optimizer_state import OptimizerState, _specs, check_sgd_start, convert_optimizer_state
 from .optimizers import infer_kind, kind_of, make
 from .report import Report
 from .schedules import Schedule, convert_scheduler
@@ -77,6 +77,8 @@ def convert_optimizer(torch_optimizer_or_state, model_or_param_names=None, rules
                                         strict=False)
         report.extend(state.report)
         opt.state = state.state
+    elif kind == "SGD":
+        check_sgd_start(kind, sd, {}, [None], report)
     elif kind == "Adagrad" and any(float(g.get("initial_accumulator_value", 0)) for g in groups):
         report.inexact.append("Adagrad initial_accumulator_value is carried by the state, and there is none: "
                               "MLX starts the sums at zero")

@@ -134,7 +134,7 @@ def convert_optimizer_state(torch_state, model_or_param_names=None, rules=None, 
     for name in sorted(set(per_param) - mapped):
         report.inexact.append(f"{name}: has optimizer state but no rule maps it to an MLX parameter")
     n_step = _step_of(per_param, kind, step, report)
-    _check_sgd_start(kind, sd, per_param, torch_names, report)
+    check_sgd_start(kind, sd, per_param, torch_names, report)
     group_names = [sorted({k.rsplit(".", 1)[0] for k in f}) for f in flat]
     trees = [_tree(f, n_step, g.get("lr", 0.0)) for f, g in zip(flat, sd["param_groups"])]
     state = trees[0] if len(trees) == 1 else {"states": trees}
@@ -142,7 +142,7 @@ def convert_optimizer_state(torch_state, model_or_param_names=None, rules=None, 
     return OptimizerState(kind, state, n_step, group_names, report)
 
 
-def _check_sgd_start(kind, sd, per_param, torch_names, report):
+def check_sgd_start(kind, sd, per_param, torch_names, report):
     for g in sd["param_groups"]:
         if kind == "SGD" and g.get("momentum", 0) and g.get("dampening", 0):
             fresh = [n for n in torch_names if per_param.get(n, {}).get("momentum_buffer") is None]
@@ -187,7 +187,10 @@ def optimizer_state_to_torch(mlx_optimizer_or_state, model, torch_optimizer, rul
     for t in trees:
         flat.update({k: v for k, v in tree_flatten(t) if k not in ("step", "learning_rate")})
     for g, t in zip(groups, trees if len(trees) == len(groups) else trees * len(groups)):
-        g["lr"] = float(t["learning_rate"].item()) if "learning_rate" in t else g["lr"]
+        if "learning_rate" in t:
+            lr = t["learning_rate"].item()
+            # MLX keeps the rate in float32: torch's double stays when it is what MLX rounded
+            g["lr"] = g["lr"] if np.float32(g["lr"]) == np.float32(lr) else float(lr)
     step = int(trees[0]["step"].item()) if "step" in trees[0] else 0
     report = Report()
     back = reverse_specs(_specs(rules, model, [], {}), errors=report.inexact)
