@@ -8,13 +8,14 @@ first only the last layer, then everything. Prints the loss on the new task befo
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import tempfile
 
 import numpy as np
+
+import harness
 
 CLASSES, DIMS = 4, [2, 32, 32, 4]
 
@@ -32,10 +33,7 @@ def batches(x, y, size: int):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args(argv)
+    args = harness.parse(argv, __doc__)
     import mlx.core as mx
     import torch
     from torch import nn

@@ -11,7 +11,6 @@ MLX computes.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -20,6 +19,7 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
 import transformer_classifier as tc  # noqa: E402  (the models and data of that example)
 
 
@@ -31,10 +31,7 @@ def new_task(n: int, seed: int):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args(argv)
+    args = harness.parse(argv, __doc__)
     import mlx.core as mx
     import torch
     import torch2mlx

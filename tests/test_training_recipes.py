@@ -5,8 +5,6 @@ The examples run in quick mode (seconds); the recipe functions are checked direc
 from __future__ import annotations
 
 import importlib
-import sys
-from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -16,14 +14,7 @@ import pytest
 from torch2mlx.errors import Torch2MLXError
 from torch2mlx.recipes import LoRALinear, apply_lora, finetune_classifier, merge_lora
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def examples_on_path():
-    sys.path.insert(0, str(EXAMPLES))
-    yield
-    sys.path.remove(str(EXAMPLES))
+from test_examples import examples_on_path  # noqa: F401  (puts examples/ on sys.path for this module)
 
 
 def test_finetune_classifier_example_reduces_loss():
