@@ -217,6 +217,18 @@ def test_checkpoint_optimizer_state_converts_where_torch_cannot_be_imported(tmp_
     assert saved["conv.weight.v"].shape == (3, 3, 3, 2)
 
 
+def test_parameters_never_stepped_start_from_zero_in_mlx_too():
+    """A parameter without torch state (it got no gradient yet) gets none in MLX; the others convert."""
+    unused = nn.Linear(3, 3)
+    model = TorchNet()
+    opt = torch.optim.Adam(list(model.parameters()) + list(unused.parameters()), lr=1e-2)
+    torch_steps(model, opt, inputs(2))
+    names = [n for n, _ in model.named_parameters()] + ["unused.weight", "unused.bias"]
+    got = convert_optimizer_state(opt.state_dict(), names)
+    flat = dict(tree_flatten(got.state))
+    assert "conv.weight.m" in flat and not any(k.startswith("unused") for k in flat) and got.report.exact
+
+
 def test_read_training_checkpoint_fields(tmp_path):
     torch.save({"state_dict": {"a": torch.ones(2, dtype=torch.bfloat16)}, "epoch": 4, "global_step": 40,
                 "hyper_parameters": {"hidden": 8}, "optimizer_states": [{"state": {}, "param_groups": []}],

@@ -52,7 +52,9 @@ def _specs(rules, model, torch_names, shapes) -> list[RuleSpec]:
     if model is not None:
         return forward_specs(model)
     # No model information: the stream's inference, so moments follow the weights converted without a model.
-    return [RuleSpec(n, (n,), _rules.infer(n, shapes[n], True) or "identity", {}, "inferred") for n in torch_names]
+    # (a parameter without state has no shape here; it needs no rule either)
+    return [RuleSpec(n, (n,), _rules.infer(n, shapes.get(n, ()), True) or "identity", {}, "inferred")
+            for n in torch_names]
 
 
 def _unpack(torch_state, model_or_names):
