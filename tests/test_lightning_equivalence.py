@@ -92,6 +92,8 @@ def gap(lit, model) -> float:
 
 CONFIGS = {"sgd-step": dict(opt="sgd", interval="step"), "adam-step": dict(opt="adam", interval="step"),
            "adam-epoch": dict(opt="adam", interval="epoch")}
+CLIP = {"sgd-step": dict(gradient_clip_val=0.05), "adam-epoch": dict(gradient_clip_val=0.02,
+                                                                      gradient_clip_algorithm="value")}
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +112,11 @@ def runs(tmp_path_factory):
             steps = pl.callbacks.ModelCheckpoint(d, filename="{step}", every_n_train_steps=5, save_top_k=-1)
             lightning(3, [epochs, steps]).fit(lit, loader())
             out[name] = {"lit": lit, "start": start, "dir": d}
+            if name in CLIP:                    # the same run with Lightning's gradient clipping
+                torch.manual_seed(0)
+                clipped = LitNet(**hp)
+                lightning(3, **CLIP[name]).fit(clipped, loader())
+                out[name]["clipped"] = clipped
     return out
 
 
@@ -122,6 +129,15 @@ def test_same_start_same_end(runs, name):
     trainer.fit(model, loader())
     assert trainer.global_step == 3 * BATCHES
     assert gap(run["lit"], model) <= TOL
+
+
+@pytest.mark.parametrize("name", sorted(CLIP))
+def test_gradient_clipping_as_lightning_clips(runs, name):
+    run = runs[name]
+    model = NetMLX.from_torch(run["start"])
+    MLXTrainer(max_epochs=3, enable_progress_bar=False, **CLIP[name]).fit(model, loader())
+    assert gap(run["clipped"], model) <= TOL
+    assert gap(run["lit"], model) > 100 * TOL              # clipping changed the run
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

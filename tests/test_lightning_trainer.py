@@ -164,8 +164,8 @@ def test_configure_optimizers_in_lightning_forms():
             lrs.append(float(trainer.optimizer.learning_rate.item()))
 
     trainer = MLXTrainer(max_epochs=2, callbacks=[Record()], enable_progress_bar=False)
-    trainer.fit(Scheduled(), blobs())       # 4 steps an epoch, the scheduler counts every second one
-    assert lrs == pytest.approx([sched(1), sched(3)]) and trainer.scheduler_steps == 4
+    trainer.fit(Scheduled(), blobs(80))     # 5 batches an epoch; as Lightning: after batches 2 and 4 of each
+    assert lrs == pytest.approx([sched(2), sched(4)]) and trainer.scheduler_steps == 4   # by global step: 5
     with pytest.raises(Torch2MLXError, match="one optimizer"):
         MLXTrainer(enable_progress_bar=False).fit(
             type("Two", (Tiny,), {"configure_optimizers": lambda self: [optim.SGD(0.1), optim.SGD(0.1)]})(), blobs())

@@ -23,9 +23,13 @@ from .source import normalize
 
 class MLXTrainer:
     def __init__(self, max_epochs: int = 1, max_steps: int = -1, callbacks=None, log_every_n_steps: int = 50,
-                 enable_progress_bar: bool = True, default_root_dir=None, limit_train_batches: int | None = None):
+                 enable_progress_bar: bool = True, default_root_dir=None, limit_train_batches: int | None = None,
+                 gradient_clip_val: float | None = None, gradient_clip_algorithm: str = "norm"):
         if max_epochs < 1 and max_steps < 1:
             raise Torch2MLXError("give max_epochs >= 1 or max_steps >= 1")
+        if gradient_clip_algorithm not in ("norm", "value"):
+            raise Torch2MLXError(f"gradient_clip_algorithm must be 'norm' or 'value', got {gradient_clip_algorithm!r}")
+        self.gradient_clip_val, self.gradient_clip_algorithm = gradient_clip_val, gradient_clip_algorithm
         self.max_epochs, self.max_steps = max_epochs, max_steps
         self.callbacks = list(callbacks or [])
         self.log_every_n_steps = max(1, int(log_every_n_steps))
@@ -129,6 +133,17 @@ class MLXTrainer:
         self._callbacks("on_fit_end", model)
         return self
 
+    def _clip(self, grads):
+        """Lightning's gradient clipping: the global 2-norm (torch's clip_grad_norm_, same 1e-6) or each value."""
+        if not self.gradient_clip_val:
+            return grads
+        if self.gradient_clip_algorithm == "norm":
+            import mlx.optimizers as optim
+            return optim.clip_grad_norm(grads, self.gradient_clip_val)[0]
+        from mlx.utils import tree_map
+        v = self.gradient_clip_val
+        return tree_map(lambda g: mx.clip(g, -v, v), grads)
+
     def _steps_done(self) -> bool:
         return self.max_steps > 0 and self.global_step >= self.max_steps
 
@@ -153,12 +168,13 @@ class MLXTrainer:
                 if self.config.schedule is not None and self.config.interval == "step":
                     self._apply_schedule()
                 loss, grads = step_fn(to_mlx(batch), batch_idx)
-                self.optimizer.update(model, grads)
+                self.optimizer.update(model, self._clip(grads))
                 mx.eval(model.parameters(), self.optimizer.state, loss,
                         [v for v, _ in model._t2m_logged.values() if isinstance(v, mx.array)])
                 self.global_step += 1
+                # Lightning counts the frequency by the batch index inside the epoch, not the global step
                 if self.config.schedule is not None and self.config.interval == "step" \
-                        and self.global_step % self.config.frequency == 0:
+                        and (batch_idx + 1) % self.config.frequency == 0:
                     self.scheduler_steps += 1
                 logged = self._collect(model)
                 logged.setdefault("train_loss", (float(loss.item()), True))
