@@ -105,6 +105,31 @@ def test_model_checkpoint_keeps_the_best_and_the_last(tmp_path):
     assert (tmp_path / "last" / "optimizer.safetensors").is_file()
 
 
+def test_resume_from_an_mlx_checkpoint_continues_the_run(tmp_path):
+    class Sched(Tiny):
+        def configure_optimizers(self):
+            return {"optimizer": optim.Adam(learning_rate=0.1),
+                    "lr_scheduler": {"scheduler": lambda n: 0.1 * 0.7 ** n, "interval": "step"}}
+
+    mx.random.seed(0)
+    whole = Sched()
+    start = dict(tree_flatten(whole.parameters()))
+    MLXTrainer(max_epochs=4, enable_progress_bar=False).fit(whole, blobs())
+    first = Sched()
+    first.load_weights(list(start.items()))
+    ckpt = ModelCheckpoint(tmp_path, save_top_k=0, save_last=True)
+    MLXTrainer(max_epochs=2, callbacks=[ckpt], enable_progress_bar=False).fit(first, blobs())
+    again = Sched().resume_from(tmp_path / "last")
+    trainer = MLXTrainer(max_epochs=4, enable_progress_bar=False)
+    trainer.fit(again, blobs())
+    assert trainer.global_step == 16 and trainer.scheduler_steps == 16
+    for k, v in tree_flatten(whole.parameters()):
+        assert np.array_equal(np.array(dict(tree_flatten(again.parameters()))[k]), np.array(v)), k
+    (tmp_path / "last" / "trainer_state.json").unlink()
+    with pytest.raises(Torch2MLXError, match="no readable trainer_state.json"):
+        Sched().resume_from(tmp_path / "last")
+
+
 def test_early_stopping_stops_after_patience():
     stop = EarlyStopping(monitor="metric", patience=2)
     trainer = MLXTrainer(max_epochs=10, callbacks=[stop, Advance()], enable_progress_bar=False)

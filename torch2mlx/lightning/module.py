@@ -88,6 +88,28 @@ class MLXModule(nn.Module):
             object.__setattr__(model, "_t2m_optim", _source.convert_config(torch_module, specs, strict=strict))
         return model
 
+    def resume_from(self, path) -> "MLXModule":
+        """Continue an MLX run from a ``ModelCheckpoint`` directory: weights now; optimizer state, step,
+        epoch and schedule position when ``MLXTrainer.fit`` starts (onto ``configure_optimizers``' optimizer)."""
+        import json
+        from mlx.utils import tree_unflatten
+        from ..model_api.load import load_converted
+        path = os.fspath(path)
+        self._load(load_converted(path), True)
+        try:
+            with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as f:
+                counters = json.load(f)
+        except (OSError, ValueError) as e:
+            raise Torch2MLXError(f"{path}: no readable trainer_state.json ({e}); not a ModelCheckpoint "
+                                 "directory") from None
+        resume = {"global_step": counters["global_step"], "epoch": counters["epoch"] + 1, "batches_done": 0,
+                  "scheduler_steps": counters["scheduler_steps"]}
+        opt_file = os.path.join(path, "optimizer.safetensors")
+        if os.path.isfile(opt_file):
+            resume["optimizer_state"] = tree_unflatten(list(mx.load(opt_file).items()))
+        object.__setattr__(self, "_t2m_resume", resume)
+        return self
+
     @classmethod
     def from_checkpoint(cls, path, *args, source_class=None, strict: bool = True, scheduler_interval=None,
                         **kwargs):

@@ -104,7 +104,10 @@ class MLXTrainer:
         resume = dict(getattr(model, "_t2m_resume", {}) or {})
         self.global_step = int(resume.get("global_step", 0))
         self.current_epoch = int(resume.get("epoch", 0))
-        self.scheduler_steps = int(self.config.start)
+        self.scheduler_steps = int(resume.get("scheduler_steps", self.config.start))
+        if "optimizer_state" in resume:         # an MLX checkpoint (MLXModule.resume_from)
+            self.optimizer.state = resume.pop("optimizer_state")
+            model._t2m_resume.pop("optimizer_state", None)
         skip = int(resume.get("batches_done", 0))
         self.should_stop = False
 
