@@ -125,6 +125,18 @@ def test_resume_from_an_mlx_checkpoint_continues_the_run(tmp_path):
     assert trainer.global_step == 16 and trainer.scheduler_steps == 16
     for k, v in tree_flatten(whole.parameters()):
         assert np.array_equal(np.array(dict(tree_flatten(again.parameters()))[k]), np.array(v)), k
+    class Kept(Sched):                                  # one optimizer for the model's life, as from_checkpoint's
+        def configure_optimizers(self):
+            if "cfg" not in self.__dict__:
+                self.__dict__["cfg"] = Sched.configure_optimizers(self)
+            return self.__dict__["cfg"]
+
+    twice = Kept()                                      # two fits of one model: the second continues the first
+    twice.load_weights(list(start.items()))
+    MLXTrainer(max_epochs=2, enable_progress_bar=False).fit(twice, blobs())
+    MLXTrainer(max_epochs=4, enable_progress_bar=False).fit(twice, blobs())
+    for k, v in tree_flatten(whole.parameters()):
+        assert np.array_equal(np.array(dict(tree_flatten(twice.parameters()))[k]), np.array(v)), k
     (tmp_path / "last" / "trainer_state.json").unlink()
     with pytest.raises(Torch2MLXError, match="no readable trainer_state.json"):
         Sched().resume_from(tmp_path / "last")

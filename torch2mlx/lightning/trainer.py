@@ -5,7 +5,8 @@ one ``mx.eval`` of parameters, optimizer state and logged metrics. The learning
 rate follows the schedule as Lightning steps a scheduler: before every update
 with ``interval="step"`` (counted every ``frequency`` updates), at the start
 of every epoch with ``interval="epoch"``; the count starts where a restored
-torch scheduler stopped.
+torch scheduler stopped. A model remembers where its last fit ended (step,
+epoch, schedule position), so a later fit continues it, as a restored one does.
 """
 from __future__ import annotations
 
@@ -134,6 +135,9 @@ class MLXTrainer:
             if self.should_stop:
                 break
         self._callbacks("on_fit_end", model)
+        # A later fit of this model continues from here, not from where its checkpoint stopped.
+        object.__setattr__(model, "_t2m_resume", {"global_step": self.global_step, "epoch": self.current_epoch,
+                                                  "batches_done": 0, "scheduler_steps": self.scheduler_steps})
         return self
 
     def _clip(self, grads):
