@@ -12,8 +12,8 @@ __version__ = "0.1.0"
 
 from .errors import CheckpointError, Torch2MLXError  # noqa: E402
 
-__all__ = ["__version__", "Torch2MLXError", "CheckpointError", "stream", "templates", "analyze", "convert",
-           "export", "load_converted", "to_nested", "to_torch"]
+__all__ = ["__version__", "Torch2MLXError", "CheckpointError", "stream", "templates", "training", "lightning",
+           "recipes", "analyze", "convert", "export", "load_converted", "to_nested", "to_torch"]
 
 
 def analyze(x, *, model=None, model_kwargs=None):
@@ -58,7 +58,7 @@ def to_torch(path_or_dict, model_or_rules=None, **options):
 
 def __getattr__(name):
     # Submodules load on first use so `import torch2mlx` stays light.
-    if name in ("stream", "templates"):
+    if name in ("stream", "templates", "training", "lightning", "recipes"):
         import importlib
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'torch2mlx' has no attribute {name!r}")

@@ -48,17 +48,26 @@ def _entry(ck, name: str, ref, path: str) -> TensorEntry:
         name, ref.dtype, ref.shape, path=path, offset=entry.offset, byteorder=ck.byteorder, origin=path)
 
 
-def read_entries(path: str, key: str | None = None) -> tuple[list[TensorEntry], list[str]]:
-    """Entries of a torch pickle checkpoint and notes for the report."""
+def open_pickle(path: str):
+    """The zip or legacy reader for a torch pickle file (``.load()`` gives its inert object graph)."""
     try:
         if is_zip(path):
-            ck = ZipCheckpoint(path)
-        elif is_legacy(path):
-            ck = LegacyCheckpoint(path)
-        else:
-            raise CheckpointError(path, "not a PyTorch checkpoint (neither a zip archive nor a pickle)")
+            return ZipCheckpoint(path)
+        if is_legacy(path):
+            return LegacyCheckpoint(path)
     except OSError as e:
         raise CheckpointError(path, f"cannot read: {e.strerror or e}") from None
+    raise CheckpointError(path, "not a PyTorch checkpoint (neither a zip archive nor a pickle)")
+
+
+def entry_of(ck, name: str, ref) -> TensorEntry:
+    """The entry of one tensor record of an opened pickle, checked against its storage."""
+    return _entry(ck, name, ref, ck.path)
+
+
+def read_entries(path: str, key: str | None = None) -> tuple[list[TensorEntry], list[str]]:
+    """Entries of a torch pickle checkpoint and notes for the report."""
+    ck = open_pickle(path)
     obj, placeholders = ck.load()
     refs, how, skipped = nested.select(obj, path, key)
     notes = []
