@@ -1,6 +1,6 @@
 """Benchmark ``t2mlx stream`` against ``cp`` and the tools people would otherwise use.
 
-    make bench                                   # = python bench/run.py (0.5g, 2.5g, many; 3 runs)
+    make bench                                   # = python bench/run.py (0.5g 2.5g 10g many, 3 runs)
     python bench/run.py --presets 0.5g 2.5g 10g --runs 5
     python bench/run.py --quick                  # tiny checkpoints, 1 run, results in bench/_work/quick
     python bench/run.py --report-only            # re-render results.md and the plots from results.json
@@ -34,7 +34,7 @@ import make_checkpoint as mc  # noqa: E402  (bench/ is a folder of scripts, not 
 import measure  # noqa: E402
 import report  # noqa: E402
 
-DEFAULT_PRESETS = ["0.5g", "2.5g", "many"]
+DEFAULT_PRESETS = ["0.5g", "2.5g", "10g", "many"]
 QUICK_PRESETS = ["tiny", "tiny-many"]
 SHARD_SIZES = ["500MB", "2GB", "5GB", "20GB"]
 QUICK_SHARD_SIZES = ["1MB", "5GB"]
@@ -139,6 +139,15 @@ def preset_info(preset: str, spec: mc.Spec, ck: str) -> dict:
             "largest": max(sizes), "shards": len(mc.shard_groups(spec)), "shape": asdict(spec),
             "st_bytes": measure.tree_bytes(os.path.join(ck, "st")),
             "bin_bytes": measure.tree_bytes(os.path.join(ck, "bin"))}
+
+
+def missing_space(preset: str, a) -> str:
+    """Why ``preset`` cannot run here for lack of disk (both formats plus one output), or ''."""
+    spec = preset_spec(preset, a.dtype)
+    ck = mc.checkpoint_dir(a.data_dir, preset, spec, False)
+    need = spec.nbytes * (1 if os.path.exists(os.path.join(ck, mc.SPEC_FILE)) else 3) * 1.05
+    free = shutil.disk_usage(a.data_dir).free
+    return f"needs {need / 1e9:.1f} GB of disk, {free / 1e9:.1f} GB free" if need > free else ""
 
 
 def bench_preset(preset: str, cs: list[Contender], a, work: str, env: dict) -> PresetResult:
@@ -276,8 +285,14 @@ def main(argv=None) -> int:
                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "runs": a.runs,
                "machine": measure.machine_info(a.data_dir, ROOT), "load_start": os.getloadavg(),
                "contenders": [asdict(c) for c in cs], "size_presets": list(SIZE_PRESETS),
-               "presets": [], "shard_sweep": [], "dry_run": []}
+               "presets": [], "skipped_presets": {}, "shard_sweep": [], "dry_run": []}
     for p in a.presets:
+        why = missing_space(p, a)
+        if why:
+            _log(f"preset {p}: skipped, {why}")
+            results["skipped_presets"][p] = why
+            a.sweep_presets = [x for x in a.sweep_presets if x != p]
+            continue
         _log(f"preset {p}")
         results["presets"].append(asdict(bench_preset(p, cs, a, a.work_dir, env)))
         if a.clean and p not in a.sweep_presets:
