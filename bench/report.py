@@ -182,6 +182,15 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _decorate(ax, title: str, xlabel: str, ylabel: str, target_mib: float | None = None) -> None:
+    if target_mib:
+        ax.axhline(target_mib, color="red", lw=1, ls="--", label=f"{target_mib} MiB target")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, ncol=2)
+
+
 def plots(res: dict, out_dir: str) -> list[str]:
     try:
         import matplotlib
@@ -201,9 +210,8 @@ def plots(res: dict, out_dir: str) -> list[str]:
     ax.axhline(1.0, color="black", lw=1, ls="--", label="cp -r + sync")
     ax.set_xticks(range(len(cs)), [c["name"] for c in cs], rotation=20)
     ax.set_yscale("log")
-    ax.set_ylabel("time / time of cp (same round, lower is better)")
-    ax.set_title("Conversion time relative to copying the files")
-    ax.legend(fontsize=8)
+    _decorate(ax, "Conversion time relative to copying the files", "",
+              "time / time of cp (same round, lower is better)")
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "throughput.png"), dpi=110)
     plt.close(fig)
@@ -217,25 +225,19 @@ def plots(res: dict, out_dir: str) -> list[str]:
         pts = [(p["info"]["bytes"] / 1e9, summary(p, c)["rss"]) for p in sized if summary(p, c)]
         if pts:
             ax.plot(*zip(*pts), marker="o", label=c["name"])
-    ax.axhline(RSS_TARGET_MIB, color="red", lw=1, ls="--", label=f"{RSS_TARGET_MIB} MiB target")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("checkpoint size (GB)")
-    ax.set_ylabel("peak RSS (MiB)")
-    ax.set_title("Peak memory vs model size")
-    ax.legend(fontsize=7)
+    ax.set_xticks([p["info"]["bytes"] / 1e9 for p in sized], [_gb(p["info"]["bytes"]) for p in sized])
+    ax.minorticks_off()
+    _decorate(ax, "Peak memory vs model size", "checkpoint size (GB)", "peak RSS (MiB)", RSS_TARGET_MIB)
     if sweep:
         ax = axes[0][1]
         for key in dict.fromkeys((r["preset"], r["mode"]) for r in sweep):
             rs = [r for r in sweep if (r["preset"], r["mode"]) == key]
             ax.plot([r["max_shard_size"] for r in rs], [r["max_rss_mib"] for r in rs], marker="o",
                     label=f"{key[0]} {key[1]}")
-        ax.axhline(RSS_TARGET_MIB, color="red", lw=1, ls="--", label=f"{RSS_TARGET_MIB} MiB target")
         ax.set_ylim(bottom=0)
-        ax.set_xlabel("--max-shard-size")
-        ax.set_ylabel("peak RSS (MiB)")
-        ax.set_title("t2mlx stream: peak memory vs shard size")
-        ax.legend(fontsize=7)
+        _decorate(ax, "t2mlx stream: peak memory vs shard size", "--max-shard-size", "peak RSS (MiB)", RSS_TARGET_MIB)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "memory.png"), dpi=110)
     plt.close(fig)
