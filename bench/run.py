@@ -182,14 +182,17 @@ def shard_sweep(presets: list[str], sizes: list[str], a, tools: Tools, work: str
     """Peak RSS of a passthrough ``t2mlx stream`` per preset and ``--max-shard-size`` (one cold run each)."""
     rows = []
     out = os.path.join(work, "out")
+    log = os.path.join(work, "sweep.log")
     for p in presets:
         ck, spec = ensure_checkpoint(p, a.data_dir, a.dtype)
         for size in sizes:
             for what, extra in (("passthrough", []), ("float16", ["--dtype", "float16"])):
                 argv = tools.t2mlx + ["stream", os.path.join(ck, "st"), out, "--quiet", "--max-shard-size", size] + extra
-                s = measure.run(argv, inputs=[os.path.join(ck, "st")], out=out, env=env, timeout=a.timeout)
+                s = measure.run(argv, inputs=[os.path.join(ck, "st")], out=out, env=env, timeout=a.timeout,
+                                log_path=log)
                 shards = len([f for f in os.listdir(out) if f.endswith(".safetensors")]) if s.rc == 0 else 0
-                _log(f"  [shards {p} {size} {what}] {s.seconds:.2f} s {s.max_rss_mib:.0f} MiB ({shards} shards)")
+                _log(f"  [shards {p} {size} {what}] {s.seconds:.2f} s {s.max_rss_mib:.0f} MiB ({shards} shards)"
+                     + (f"  FAILED {s.error}" if s.rc else ""))
                 rows.append({"preset": p, "bytes": spec.nbytes, "max_shard_size": size, "mode": what,
                              "shards": shards, **asdict(s)})
     measure.remove(out)
@@ -281,7 +284,7 @@ def main(argv=None) -> int:
         if unknown:
             raise SystemExit(f"error: unknown contender(s): {', '.join(sorted(unknown))}")
         cs = [c for c in cs if c.name in wanted]
-    results = {"command": "python bench/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    results = {"command": " ".join(["python bench/run.py"] + (sys.argv[1:] if argv is None else list(argv))),
                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "runs": a.runs,
                "machine": measure.machine_info(a.data_dir, ROOT), "load_start": os.getloadavg(),
                "contenders": [asdict(c) for c in cs], "size_presets": list(SIZE_PRESETS),
