@@ -161,7 +161,8 @@ def markdown(res: dict) -> str:
              "host may cache it) shows up as noise in every contender alike; the min–max columns show how much.",
              "",
              "## Method", "",
-             "Each contender is a separate process. Rounds alternate the contenders (cp, A, B, …, cp, A, B, …). "
+             "Each contender is a separate process. Every round runs each contender once, in a freshly shuffled "
+             "(seeded) order, because a run is slowed by what ran just before it. "
              "Before every run the previous output is deleted and flushed and the input files are dropped from "
              "the page cache (`posix_fadvise(DONTNEED)`). The clock runs from process start to exit plus an "
              "`fsync` of every output file (what `sync` would do for those files), so no contender is flattered "

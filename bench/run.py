@@ -6,8 +6,8 @@
     python bench/run.py --report-only            # re-render results.md and the plots from results.json
 
 For every checkpoint preset each contender runs as its own process, round
-after round (cp, A, B, ..., cp, A, B, ...), from a cold page cache, and the
-clock includes flushing its output to disk. The tables give the median
+after round (every contender once per round, in a shuffled order), from a
+cold page cache, and the clock includes flushing its output to disk. The tables give the median
 wall time, the median ratio to ``cp -r`` + sync of the same input measured
 in the same round, throughput and the child's peak RSS. Then: peak RSS of
 ``t2mlx stream`` for several ``--max-shard-size`` values, and ``--dry-run``
@@ -19,6 +19,7 @@ import argparse
 import importlib.util
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -162,7 +163,12 @@ def bench_preset(preset: str, cs: list[Contender], a, work: str, env: dict) -> P
             res.samples[c.name] = []
     out = os.path.join(work, "out")
     for r in range(a.runs):
-        for c in live:
+        # A run is slowed by what ran just before it (a cp after a tool that held 2 GB runs ~30% slower
+        # than after one that held 200 MB, however long we wait): a fresh seeded order each round
+        # gives every contender, floors included, different neighbours.
+        order = list(live)
+        random.Random(r).shuffle(order)
+        for c in order:
             if c.name in res.skipped:  # failed in an earlier round: do not burn time on it again
                 continue
             src = os.path.join(ck, c.src)
