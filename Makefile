@@ -11,6 +11,7 @@ else
 TORCH  ?= torch
 endif
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: demo test venv clean bench
 
@@ -27,6 +28,10 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
+$(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	touch $@ $(VENV)/.dev-installed
+
 venv: $(VENV)/.dev-installed
 
 demo: $(VENV)/.demo-installed
@@ -35,8 +40,9 @@ demo: $(VENV)/.demo-installed
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(VENV)/.dev-installed
-	$(BIN)/python bench/run.py
+# Benchmarks (bench/README.md): a few GB of checkpoints in bench/data, results in bench/results.md.
+bench: $(VENV)/.bench-installed
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
