@@ -258,7 +258,8 @@ def make(spec: Spec, out: str, *, formats=("st", "bin"), sparse: bool = False, l
     if os.path.exists(out):
         shutil.rmtree(out)
     need = spec.nbytes * len(formats) * (0 if sparse else 1)
-    free = shutil.disk_usage(os.path.dirname(os.path.abspath(out)) or ".").free
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)  # a fresh clone has no bench/data yet
+    free = shutil.disk_usage(os.path.dirname(os.path.abspath(out))).free
     if need > free * 0.9:
         raise SystemExit(f"error: {out} needs {need / 1e9:.1f} GB, only {free / 1e9:.1f} GB free")
     t0 = time.perf_counter()

@@ -147,6 +147,7 @@ def missing_space(preset: str, a) -> str:
     spec = preset_spec(preset, a.dtype)
     ck = mc.checkpoint_dir(a.data_dir, preset, spec, False)
     need = spec.nbytes * (1 if os.path.exists(os.path.join(ck, mc.SPEC_FILE)) else 3) * 1.05
+    os.makedirs(a.data_dir, exist_ok=True)
     free = shutil.disk_usage(a.data_dir).free
     return f"needs {need / 1e9:.1f} GB of disk, {free / 1e9:.1f} GB free" if need > free else ""
 

@@ -184,7 +184,6 @@ class Executor:
         self._states: dict[int, _ShardState] = {}
         self._cond = threading.Condition()
         self._failed = False
-        self._local = threading.local()
         self.results: dict[int, ShardResult] = {}
 
     def _open_shard(self, i: int) -> None:
@@ -205,12 +204,6 @@ class Executor:
             raise os_error(tmp, e) from None
         self._states[i] = _ShardState(i, sh.size, len(sh.header))
 
-    def _buf(self) -> bytearray:
-        b = getattr(self._local, "buf", None)
-        if b is None:
-            b = self._local.buf = bytearray(8 << 20)
-        return b
-
     def _run(self, batch: list) -> int:
         ranges, done_in = [], 0
         for u in batch:
@@ -226,7 +219,7 @@ class Executor:
         return done_in
 
     def _copy(self, c: _Copy, ranges: list) -> int:
-        copy_range(self.reader.fd(c.path), self._fds[c.shard], c.src, c.dst, c.n, self._buf())
+        copy_range(self.reader.fd(c.path), self._fds[c.shard], c.src, c.dst, c.n)
         self.reader.done_with_range(c.path, c.src, c.n)
         ranges.append((c.shard, c.dst, c.dst + c.n))
         return c.n
@@ -268,6 +261,10 @@ class Executor:
                     if n == 0:
                         raise Torch2MLXError(f"{self.plan.shards[i].file}: shard shorter than planned")
                     h.update(view[:n])
+                    if self.drop_cache and hasattr(os, "posix_fadvise"):
+                        # Hashed bytes are final: start their writeback now (DONTNEED on dirty pages
+                        # queues it) so the closing fsync waits for the tail only, not the whole shard.
+                        os.posix_fadvise(fd, pos, n, os.POSIX_FADV_DONTNEED)
                     pos += n
             self._finish(i, h.hexdigest())
 

@@ -81,10 +81,23 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def dumps(obj, indent: int = 2, depth: int = 0) -> str:
+    """JSON with one line per record below the second level.
+
+    A manifest of 10,000 tensors stays readable (a tensor a line) and is written
+    several times faster than fully indented JSON.
+    """
+    if isinstance(obj, dict) and obj and depth < 2:
+        pad = " " * (indent * (depth + 1))
+        items = [f"{pad}{json.dumps(k, ensure_ascii=False)}: {dumps(v, indent, depth + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + " " * (indent * depth) + "}"
+    return json.dumps(obj, ensure_ascii=False, separators=(", ", ": "))
+
+
 def write_json_atomic(path: str, obj) -> None:
     """Write JSON to a temp file, fsync, rename: readers see the old file or the new one."""
     tmp = temp_name(path)
-    data = (json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n").encode("utf-8")
+    data = (dumps(obj) + "\n").encode("utf-8")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
