@@ -173,6 +173,19 @@ class _ShardState:
                 self.watermark = self.done.pop(self.watermark)
 
 
+def _yield_to_hasher() -> None:
+    """Run a worker thread at lower priority than the hasher.
+
+    sha256 is the one stage that cannot be split across threads; with more
+    workers than cores, an equal share of the CPU would make it the bottleneck.
+    Linux lets a thread change its own nice value; elsewhere this does nothing.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 5)
+    except (AttributeError, OSError):
+        pass
+
+
 class Executor:
     def __init__(self, plan: Plan, out_dir: str, *, reader: DataReader, workers: int | None = None,
                  chunk: int = CHUNK, progress=None, drop_cache: bool = False, on_shard=None):
@@ -293,7 +306,7 @@ class Executor:
                      key=lambda op: (op.outputs[0].shard, op.outputs[0].offset))
         work = batches(self.plan, ops, self.chunk)
         hasher = ThreadPoolExecutor(1, thread_name_prefix="t2mlx-hash")
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="t2mlx-work")
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="t2mlx-work", initializer=_yield_to_hasher)
         try:
             for i in indices:
                 self._open_shard(i)
