@@ -1,0 +1,166 @@
+"""Python source for values: literals, dtypes, and constructor expressions (a tiny expression tree).
+
+Constructors are kept as trees (``Call``, ``Lit``, ``ListE``, ...) rather than
+text so that instances of one torch class can be compared, and the literals
+that differ between them lifted into constructor arguments.
+"""
+from __future__ import annotations
+
+import keyword
+import math
+from dataclasses import dataclass
+
+from .. import dtypes
+
+#: Names a generated module's attributes must not take as attributes: mlx.nn.Module is a dict with methods.
+_MODULE_NAMES = {
+    "apply", "apply_to_modules", "children", "clear", "copy", "eval", "filter_and_map", "freeze", "fromkeys",
+    "get", "is_module", "items", "keys", "leaf_modules", "load_weights", "modules", "named_modules",
+    "parameters", "pop", "popitem", "save_weights", "set_dtype", "setdefault", "state", "train", "training",
+    "trainable_parameters", "unfreeze", "update", "update_modules", "valid_child_filter",
+    "valid_parameter_filter", "values", "mro",
+}
+
+
+def attribute_ok(name: str) -> bool:
+    """``self.<name>`` reaches an MLX module's child or parameter of that name."""
+    return name.isidentifier() and not keyword.iskeyword(name) and name not in _MODULE_NAMES \
+        and not name.startswith("__")
+
+
+def literal(v) -> str:
+    """Python source of a constant from a torch module or an fx graph."""
+    if isinstance(v, bool) or v is None:
+        return repr(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "math.nan"
+        if math.isinf(v):
+            return "math.inf" if v > 0 else "-math.inf"
+        return repr(v)
+    if isinstance(v, int) or isinstance(v, str):
+        return repr(v)
+    if isinstance(v, tuple):
+        return "(" + ", ".join(literal(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    if isinstance(v, list):
+        return "[" + ", ".join(literal(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{literal(k)}: {literal(x)}" for k, x in v.items()) + "}"
+    if v is Ellipsis:
+        return "..."
+    name = dtype_name(v)
+    if name is not None:
+        return name
+    raise ValueError(f"no MLX literal for {type(v).__name__} {v!r}")
+
+
+def dtype_name(v) -> str | None:
+    """``mx.float32`` for ``torch.float32`` (None when ``v`` is no torch dtype)."""
+    if type(v).__name__ != "dtype" or not str(v).startswith("torch."):
+        return None
+    d = dtypes.by_name(str(v))
+    if d is None:
+        return None
+    target = d.mlx if d.mlx else dtypes.mlx_target(d).mlx
+    return "mx.bool_" if target == "bool" else f"mx.{target}"
+
+
+# --- constructor expressions -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Lit:
+    value: object
+
+    def render(self) -> str:
+        return literal(self.value)
+
+
+@dataclass(frozen=True)
+class Raw:
+    text: str
+
+    def render(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class Call:
+    fn: str
+    args: tuple = ()
+    kwargs: tuple = ()          # ((name, expr), ...)
+
+    def render(self) -> str:
+        parts = [a.render() for a in self.args] + [f"{k}={v.render()}" for k, v in self.kwargs]
+        return f"{self.fn}({', '.join(parts)})"
+
+
+@dataclass(frozen=True)
+class ListE:
+    items: tuple
+
+    def render(self) -> str:
+        texts = [i.render() for i in self.items]
+        if len(texts) >= 2 and len(set(texts)) == 1:
+            return f"[{texts[0]} for _ in range({len(texts)})]"
+        return "[" + ", ".join(texts) + "]"
+
+
+@dataclass(frozen=True)
+class DictE:
+    items: tuple                # ((key, expr), ...)
+
+    def render(self) -> str:
+        return "{" + ", ".join(f"{k!r}: {v.render()}" for k, v in self.items) + "}"
+
+
+def call(fn: str, *args, **kwargs) -> Call:
+    """A constructor call; plain values become literals, keyword arguments equal to None are left out."""
+    def wrap(v):
+        return v if isinstance(v, (Lit, Raw, Call, ListE, DictE)) else Lit(v)
+    return Call(fn, tuple(wrap(a) for a in args), tuple((k, wrap(v)) for k, v in kwargs.items() if v is not None))
+
+
+def walk_lits(e, out: list) -> list:
+    """The literals of an expression in order (what may become constructor arguments)."""
+    if isinstance(e, Lit):
+        out.append(e)
+    elif isinstance(e, Call):
+        for a in e.args:
+            walk_lits(a, out)
+        for _, v in e.kwargs:
+            walk_lits(v, out)
+    elif isinstance(e, ListE):
+        for i in e.items:
+            walk_lits(i, out)
+    elif isinstance(e, DictE):
+        for _, v in e.items:
+            walk_lits(v, out)
+    return out
+
+
+def replace_lits(e, mapping: dict):
+    """``e`` with the literals whose id is in ``mapping`` replaced by the expressions it gives."""
+    if isinstance(e, Lit):
+        return mapping.get(id(e), e)
+    if isinstance(e, Call):
+        return Call(e.fn, tuple(replace_lits(a, mapping) for a in e.args),
+                    tuple((k, replace_lits(v, mapping)) for k, v in e.kwargs))
+    if isinstance(e, ListE):
+        return ListE(tuple(replace_lits(i, mapping) for i in e.items))
+    if isinstance(e, DictE):
+        return DictE(tuple((k, replace_lits(v, mapping)) for k, v in e.items))
+    return e
+
+
+def shape_key(e) -> str:
+    """The expression with every literal blanked: instances whose constructors differ only in literals match."""
+    if isinstance(e, Lit):
+        return "?" if isinstance(e.value, (int, float)) and not isinstance(e.value, bool) else e.render()
+    if isinstance(e, Call):
+        return f"{e.fn}(" + ",".join([shape_key(a) for a in e.args] + [f"{k}={shape_key(v)}" for k, v in e.kwargs]) \
+            + ")"
+    if isinstance(e, ListE):
+        return "[" + ",".join(shape_key(i) for i in e.items) + "]"
+    if isinstance(e, DictE):
+        return "{" + ",".join(f"{k}:{shape_key(v)}" for k, v in e.items) + "}"
+    return e.render()
