@@ -6,7 +6,7 @@ import os
 from .. import __version__
 from ..errors import Torch2MLXError
 from . import prelude
-from .generate import Generator
+from .builder import Generator
 from .trace import eval_mode, record_calls
 
 
@@ -73,13 +73,18 @@ def generate_source(x, *, model_kwargs=None, class_name=None, example_inputs=Non
     built = _build(x, model_kwargs)
     model, prefix = _wrap(built.model)
     tree = walk(model)
-    gen_leaves = None
-    recorded = {}
     gen = Generator(model, tree, tree.blockers, root_name=class_name)
+    notes = []
+    if example_inputs is None and not prefix:
+        from .examples import transformers_inputs
+        example_inputs = transformers_inputs(model)
     if example_inputs is not None:
-        gen_leaves = {id(p.module) for p in gen.plans if p.kind == "class"}
-        recorded = record_calls(model, example_inputs, gen_leaves)
-        gen.recorded = recorded
+        classes = {id(p.module) for p in gen.plans if p.kind == "class"}
+        try:
+            gen.recorded = record_calls(model, example_inputs, classes)
+        except Exception as e:  # the model's own code on the example inputs: fall back to traces alone
+            notes.append(f"running the example inputs failed ({type(e).__name__}: {str(e).splitlines()[0][:120]});"
+                         " module calls are read from the traces alone")
     with eval_mode(model):
         gen.trace_all()
         name = gen.generate()
@@ -90,7 +95,7 @@ def generate_source(x, *, model_kwargs=None, class_name=None, example_inputs=Non
     traced = all(gen.classes[id(p)][0].status == "traced" for p in reached) and \
         not any(p.kind == "placeholder" and _called(gen, p) for p in gen.plans)
     result = Generated(source, name, generated / modules if modules else 1.0, traced, modules, generated,
-                       list(gen.order), prefix, list(tree.blockers), built.notes + gen.notes)
+                       list(gen.order), prefix, list(tree.blockers), built.notes + gen.notes + notes)
     result.mismatches = check(result, tree, prefix)
     return result
 

@@ -313,6 +313,27 @@ def _squeeze(tr, b, key):
     return Out(f"_squeeze({tr.tensor(b['input'])}{'' if dim is None else ', ' + tr.value(dim)})")
 
 
+def _diff(tr, b, key):
+    tr.helpers.add("_diff")
+    extra = "".join(f", {m}={tr.value(b[t])}" for t, m in (("n", "n"), ("dim", "axis"), ("prepend", "prepend"),
+                                                          ("append", "append")) if t in b.given)
+    return Out(f"_diff({tr.tensor(b['input'])}{extra})")
+
+
+def _topk(tr, b, key):
+    tr.helpers.add("_topk")
+    extra = "".join(f", {m}={tr.value(b[t])}" for t, m in (("dim", "axis"), ("largest", "largest")) if t in b.given)
+    return Out(f"_topk({tr.tensor(b['input'])}, {tr.value(b['k'])}{extra})", kind="seq")
+
+
+def _baddbmm(tr, b, key):
+    x, b1, b2 = (tr.tensor(b[n]) for n in ("input", "batch1", "batch2"))
+    beta, alpha = b.get("beta", 1), b.get("alpha", 1)
+    left = x if beta == 1 else f"{tr.value(beta)} * {x}"
+    right = f"{_paren(b1)} @ {_paren(b2)}" if alpha == 1 else f"{tr.value(alpha)} * ({b1} @ {b2})"
+    return Out(f"{left} + {right}")
+
+
 def _matmul(tr, b, key):
     return _binary(tr, b["input"], b["other"], "@")
 
@@ -570,6 +591,9 @@ _add("torch.mm", "input, other", _matmul)
 _add("torch.bmm", "input, other", _matmul)
 _add("torch.addmm", "input, mat1, mat2, beta=1, alpha=1", table())
 _add("torch.einsum", "equation, *operands", _einsum)
+_add("torch.baddbmm", "input, batch1, batch2, beta=1, alpha=1", _baddbmm)
+_add("torch.diff", "input, n=1, dim=-1, prepend=None, append=None", _diff)
+_add("torch.topk", "input, k, dim=-1, largest=True, sorted=True", _topk)
 _add("torch.outer", "input, vec2", table())
 for _n in ("sum", "mean", "amax", "amin", "prod", "logsumexp", "all", "any", "argmax", "argmin"):
     _add(f"torch.{_n}", _REDUCE if _n in ("sum", "mean", "prod") else "input, dim=None, keepdim=False", table())
@@ -610,6 +634,8 @@ _add("torch.zeros_like", "input, dtype=None", _like("zeros"))
 _add("torch.ones_like", "input, dtype=None", _like("ones"))
 _add("torch.full_like", "input, fill_value, dtype=None", _like("full"))
 _add("torch.arange", "start, end=None, step=1, dtype=None", _arange)
+_add("torch.tensor", "data, dtype=None", lambda tr, b, k: Out(
+    f"mx.array({tr.value(b['data'])}{', dtype=' + tr.value(b['dtype']) if b.get('dtype') is not None else ''})"))
 # neural-network functions
 _F = "torch.nn.functional."
 for _n in ("relu", "silu", "relu6", "hardswish", "mish", "softsign"):

@@ -32,6 +32,19 @@ def _todo(what, *args, **kwargs):
     raise NotImplementedError(f"no MLX translation for {what}")
 ''')
 
+_helper("_Output", '''
+class _Output(dict):
+    """What a transformers module returns (a ModelOutput): fields by name or attribute, in order by index."""
+
+    def __getattr__(self, name):
+        return self.get(name)
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, slice)):
+            return tuple(self.values())[key]
+        return super().__getitem__(key)
+''')
+
 _helper("_expand", '''
 def _expand(x, *sizes):
     """torch's Tensor.expand: -1 keeps a size; new leading axes may be added."""
@@ -78,6 +91,25 @@ def _pad(x, pad, mode="constant", value=0.0):
     if mode == "constant":
         return mx.pad(x, widths, mode=mode, constant_values=0.0 if value is None else value)
     return mx.pad(x, widths, mode=mode)
+''')
+
+_helper("_diff", '''
+def _diff(x, n=1, axis=-1, prepend=None, append=None):
+    """torch.diff: n-th differences along ``axis``, after ``prepend`` / ``append``."""
+    parts = [p for p in (prepend, x, append) if p is not None]
+    x = mx.concatenate(parts, axis=axis) if len(parts) > 1 else x
+    for _ in range(n):
+        m = x.shape[axis]
+        x = mx.take(x, mx.arange(1, m), axis=axis) - mx.take(x, mx.arange(0, m - 1), axis=axis)
+    return x
+''')
+
+_helper("_topk", '''
+def _topk(x, k, axis=-1, largest=True, sorted=True):
+    """torch.topk: (values, indices), largest first (MLX's mx.topk gives values only, unordered)."""
+    order = mx.argsort(-x if largest else x, axis=axis)
+    indices = mx.take(order, mx.arange(k), axis=axis)
+    return mx.take_along_axis(x, indices, axis=axis), indices
 ''')
 
 _helper("_max", '''

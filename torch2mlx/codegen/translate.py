@@ -225,7 +225,17 @@ class Translator:
             if node not in live:
                 continue
             if node.op == "output":
-                self.lines.append(f"return {self.value(node.args[0])}")
+                out = node.args[0]
+                try:
+                    if isinstance(out, dict):    # a transformers ModelOutput: keep its attribute and index access
+                        self.helpers.add("_Output")
+                        self.lines.append(f"return _Output({self.value(out)})")
+                    else:
+                        self.lines.append(f"return {self.value(out)}")
+                except Untranslated as e:
+                    self.untranslated.append(e.what)
+                    self.helpers.add("_todo")
+                    self.lines.append(f"return _todo({e.what!r})")
                 continue
             try:
                 if node.op == "get_attr":

@@ -24,7 +24,7 @@ from ..registry import CUSTOM
 from . import leaves as _leaves
 from . import prelude
 from .render import Call, DictE, Lit, ListE, Raw, attribute_ok, call, literal, replace_lits, shape_key, walk_lits
-from .trace import TENSOR, Pattern, Traced, default_pattern, pattern_of, trace
+from .trace import Pattern, Traced, call_arguments, default_pattern, pattern_of, trace
 from .translate import Alias, Body, Env, Out, Translator, Untranslated, Val
 
 _CONV_RANK = {"conv1d": 3, "conv2d": 4, "conv3d": 5}
@@ -174,7 +174,20 @@ class Generator:
     # ---- tracing ---------------------------------------------------------------------------------------
 
     def trace_all(self) -> None:
-        leaves = {id(p.module) for p in self.plans if p.kind in ("leaf", "class", "placeholder") and p is not None}
+        """Trace every class, parents first. A module called with different arguments in different places
+        cannot be one class with one ``__call__``: it is traced into its callers instead, and all again."""
+        inlined: set[int] = set()
+        for _ in range(8):
+            self._trace_all(inlined)
+            conflicts = {id(p.module) for p in self.plans if p.conflict}
+            if not conflicts - inlined:
+                return
+            inlined |= conflicts
+
+    def _trace_all(self, inlined: set[int]) -> None:
+        for plan in self.plans:
+            plan.pattern, plan.traced, plan.reached, plan.conflict = None, None, False, False
+        leaves = {id(p.module) for p in self.plans if p.kind in ("leaf", "class", "placeholder")} - inlined
         self.root.pattern = self.recorded.get(id(self.root.module)) or default_pattern(self.root.module)
         self.root.reached = True
         queue = [self.root]
@@ -193,9 +206,17 @@ class Generator:
                 self._trace(plan, leaves, reached=False)
 
     def _trace(self, plan: Plan, leaves, reached: bool) -> None:
-        plan.traced = trace(plan.module, plan.pattern, leaves)
+        example = None
+        if plan.pattern is not None:
+            # example values: what the parent's trace passed, else what a run of the model passed
+            run = self.recorded.get(id(plan.module))
+            pool = {**(run.values if run is not None else {}), **plan.pattern.values}
+            if plan.pattern.order and all(p in pool for p in plan.pattern.order):
+                example = {p: pool[p] for p in plan.pattern.order}
+        plan.traced = trace(plan.module, plan.pattern, leaves, example)
         if plan.traced.graph is None:
             return
+        values = plan.traced.values
         for node in plan.traced.graph.nodes:
             if node.op != "call_module":
                 continue
@@ -203,6 +224,8 @@ class Generator:
             if child is None or child.kind != "class":
                 continue
             p = pattern_of(child.module, node.args, node.kwargs, _is_tensor_arg)
+            if p is not None:
+                p.values = {k: values[v] for k, v in p.values.items() if type(v).__name__ == "Node" and v in values}
             if reached:
                 if child.reached and child.pattern is not None and (p is None or p.key() != child.pattern.key()):
                     child.conflict = True
@@ -245,6 +268,9 @@ class Generator:
         return expr, plan
 
     def attr_val(self, plan: Plan, target: str) -> Val:
+        constant = plan.traced.constants.get(target) if plan.traced is not None else None
+        if constant is not None:
+            return Val({"cf": _tensor_literal(constant, target)})
         owner_path, _, name = target.rpartition(".")
         owner = self.resolve(plan, owner_path)
         if owner is None:
@@ -332,13 +358,19 @@ class Generator:
         own = [(t.mlx[len(prefix):], t) for t in plan.info.tensors if t.mlx]
         own = [(n, t) for n, t in own if n not in plan.base_names]
         stmts += _tensor_stmts(own)
+        missing = []
         for name, b in plan.info.buffers.items():
             expr, note = _buffer_expr(b)
             stmts.append((f"self._{name}", expr if note is None else Raw(f"{expr.render()}  # {note}")))
+            if note is not None and (id(plan), name) in self.used_buffers:
+                missing.append(f"the values of buffer {name} ({note.removeprefix('TODO: ')})")
         if plan.kind == "placeholder":
             body, status, todo = None, "placeholder", [plan.why]
         else:
             body, status, todo = self._call(plan)
+        if missing and status == "traced":
+            status = "partial"
+        todo = todo + missing
         if plan.base is not None:
             self.helpers.update(_helper_classes(plan.base))
         return _Content(plan, plan.base, stmts, body, status, todo, self)
@@ -358,9 +390,23 @@ class Generator:
         status = "traced" if body.complete else "partial"
         return body, status, [f"no MLX translation for {w}" for w in dict.fromkeys(body.untranslated)]
 
+    def _find_used_buffers(self) -> None:
+        """Buffers (not in the weights) that some traced ``__call__`` reads: their values must be right."""
+        self.used_buffers = set()
+        for plan in self.plans:
+            if plan.traced is None or plan.traced.graph is None:
+                continue
+            for node in plan.traced.graph.nodes:
+                if node.op == "get_attr":
+                    owner_path, _, name = str(node.target).rpartition(".")
+                    owner = self.resolve(plan, owner_path)
+                    if owner is not None and name in owner.info.buffers:
+                        self.used_buffers.add((id(owner), name))
+
     def generate(self) -> str:
         if self.root.kind not in ("class", "placeholder"):
             raise AssertionError("the root is wrapped into a class before generation")
+        self._find_used_buffers()
         self.class_of(self.root)
         root_code = self.classes[id(self.root)][0]
         if self.root_name and root_code.name != self.root_name:
@@ -370,7 +416,7 @@ class Generator:
 
 
 def _is_tensor_arg(v) -> bool:
-    return type(v).__name__ in ("Node", "Proxy")
+    return type(v).__name__ in ("Node", "Proxy", "VProxy")
 
 
 def _target(mlx_name: str) -> str:
@@ -407,7 +453,8 @@ def _zeros(t) -> Call:
 
 
 def _buffer_expr(b) -> tuple:
-    """A non-persistent buffer (not in the weights): its value when it is small or a known pattern."""
+    """A non-persistent buffer (not in the weights): its value, when it is small or a known pattern
+    (a range, a constant, a causal or banded causal mask); else zeros and a note."""
     import torch
     shape = tuple(b.shape)
     dtype = literal(b.dtype)
@@ -418,11 +465,27 @@ def _buffer_expr(b) -> tuple:
         return Raw(f"mx.arange({flat.numel()}, dtype={dtype}).reshape({literal(shape)})"), None
     if flat.numel() and bool((flat == flat[0]).all()):
         return call("mx.full", Lit(shape), Lit(flat[0].item()), dtype=Raw(dtype)), None
-    if b.dim() >= 2 and torch.equal(b, torch.tril(torch.ones_like(b))):
-        return Raw(f"mx.tril(mx.ones({literal(shape)}, dtype={dtype}))"), None
-    if flat.numel() <= 64:
+    if b.dim() >= 2:
+        ones = torch.ones_like(b)
+        if torch.equal(b, torch.tril(ones)):
+            return Raw(f"mx.tril(mx.ones({literal(shape)}, dtype={dtype}))"), None
+        for w in range(1, b.shape[-1]):     # a local (sliding-window) causal mask: the band below the diagonal
+            if torch.equal(b, torch.tril(ones) ^ torch.tril(ones, -w) if b.dtype == torch.bool
+                           else torch.tril(ones) - torch.tril(ones, -w)):
+                op = "^" if b.dtype == torch.bool else "-"
+                return Raw(f"mx.tril(mx.ones({literal(shape)}, dtype={dtype})) {op} "
+                           f"mx.tril(mx.ones({literal(shape)}, dtype={dtype}), k={-w})"), None
+    if flat.numel() <= 1024:
         return Raw(f"mx.array({literal(b.tolist())}, dtype={dtype})"), None
     return call("mx.zeros", Lit(shape), dtype=Raw(dtype)), "TODO: computed in torch's __init__"
+
+
+def _tensor_literal(t, what: str) -> str:
+    """A small constant tensor the forward built (``torch.tensor(0.5)``, ``torch.finfo(...).min``) as MLX."""
+    if t.is_meta or t.numel() > 64:
+        raise Untranslated(f"a constant tensor of shape {tuple(t.shape)} the forward builds ({what})")
+    value = t.item() if t.dim() == 0 else t.tolist()
+    return f"mx.array({literal(value)}, dtype={literal(t.dtype)})"
 
 
 def _helper_classes(e) -> set:
@@ -484,9 +547,9 @@ class _ClassEnv(Env):
                 p = pattern_of(child.module, node.args, node.kwargs, _is_tensor_arg)
                 if p is None or p.key() != child.pattern.key():
                     raise Untranslated(f"call of {target} with other arguments than its draft takes")
-            sig = inspect.signature(child.module.forward)
-            bound = sig.bind(*node.args, **node.kwargs).arguments
-            return Out(f"{me}({', '.join(tr.value(bound[p]) for p in child.traced.params)})", kind="any")
+            found = call_arguments(child.module, node.args, node.kwargs) or {}
+            args = [found[p] if p in found else found[("**", p)] for p in child.traced.params]
+            return Out(f"{me}({', '.join(tr.value(a) for a in args)})", kind="any")
         args = [tr.value(a) for a in node.args] + [f"{k}={tr.value(v)}" for k, v in node.kwargs.items()]
         return Out(f"{me}({', '.join(args)})", kind="any")
 
