@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from ..errors import Torch2MLXError
 
-__all__ = ["generate", "Generated"]
+__all__ = ["generate", "generate_forward", "Generated"]
 
 
 @dataclass
@@ -86,3 +86,9 @@ def generate(x, *, model_kwargs=None, class_name: str | None = None, example_inp
     """
     from .api import generate_source
     return generate_source(x, model_kwargs=model_kwargs, class_name=class_name, example_inputs=example_inputs)
+
+
+def generate_forward(module, **options) -> str:
+    """The draft ``__call__`` of ``module``'s MLX class (Lightning Level 2); see ``lightning_forward``."""
+    from .lightning_forward import generate_forward as _generate_forward
+    return _generate_forward(module, **options)

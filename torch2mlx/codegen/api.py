@@ -7,7 +7,7 @@ from .. import __version__
 from ..errors import Torch2MLXError
 from . import prelude
 from .builder import Generator
-from .trace import eval_mode, record_calls
+from .trace import eval_mode, pattern_of, record_calls
 
 
 def _build(x, model_kwargs):
@@ -79,6 +79,8 @@ def generate_source(x, *, model_kwargs=None, class_name=None, example_inputs=Non
         from .examples import transformers_inputs
         example_inputs = transformers_inputs(model)
     if example_inputs is not None:
+        args, kwargs = _split_inputs(example_inputs)
+        gen.root_call = pattern_of(model, args, kwargs, lambda v: type(v).__name__ in ("Tensor", "Parameter"))
         classes = {id(p.module) for p in gen.plans if p.kind == "class"}
         try:
             gen.recorded = record_calls(model, example_inputs, classes)
@@ -98,6 +100,12 @@ def generate_source(x, *, model_kwargs=None, class_name=None, example_inputs=Non
                        list(gen.order), prefix, list(tree.blockers), built.notes + gen.notes + notes)
     result.mismatches = check(result, tree, prefix)
     return result
+
+
+def _split_inputs(example_inputs):
+    if isinstance(example_inputs, dict):
+        return (), example_inputs
+    return (example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)), {}
 
 
 def _called(gen, plan) -> bool:
@@ -148,3 +156,36 @@ def check(result, tree, prefix: str) -> list[str]:
     out += [f"{k}: shape {got[k]} in the generated module, {want[k]} in the weights"
             for k in sorted(want.keys() & got.keys()) if got[k] != want[k]]
     return out
+
+
+def generate_cli(src, *, kwargs=None, class_name=None, shapes=(), output=None, overwrite=False):
+    """``t2mlx codegen``: the model from SRC, example inputs from ``--input-shape``, the file written."""
+    if output is not None and os.path.exists(output) and not overwrite:
+        raise Torch2MLXError(f"{output}: exists (pass --overwrite to replace it)")
+    example = None
+    if shapes:
+        built = _build(src, kwargs)
+        example = tuple(_example_tensor(s, built.model) for s in shapes)
+        src = built.model
+    from . import generate
+    result = generate(src, model_kwargs=kwargs, class_name=class_name, example_inputs=example)
+    if output is not None:
+        result.write(output)
+    return result
+
+
+def _example_tensor(spec: str, model):
+    """``1,3,32,32`` (float32) or ``1,16:int64``, on the model's device (meta: nothing allocated)."""
+    import torch
+    shape_text, _, dtype_name = spec.partition(":")
+    try:
+        shape = tuple(int(d) for d in shape_text.split(",") if d.strip())
+    except ValueError:
+        raise Torch2MLXError(f"--input-shape {spec!r}: give sizes like 1,3,32,32 (optionally :int64)") from None
+    dtype = getattr(torch, dtype_name or "float32", None)
+    if not isinstance(dtype, torch.dtype):
+        raise Torch2MLXError(f"--input-shape {spec!r}: unknown dtype {dtype_name!r}")
+    device = next(model.parameters(), torch.empty(0)).device
+    if dtype.is_floating_point:
+        return torch.randn(shape, dtype=dtype, device=device)
+    return torch.zeros(shape, dtype=dtype, device=device)

@@ -23,7 +23,8 @@ from ..analysis.tree import ModuleInfo
 from ..registry import CUSTOM
 from . import leaves as _leaves
 from . import prelude
-from .render import Call, DictE, Lit, ListE, Raw, attribute_ok, call, literal, replace_lits, shape_key, walk_lits
+from .render import (Call, DictE, Lit, ListE, Raw, attribute_ok, call, literal, pretty, replace_lits, shape_key,
+                     walk_lits)
 from .trace import Pattern, Traced, call_arguments, default_pattern, pattern_of, trace
 from .translate import Alias, Body, Env, Out, Translator, Untranslated, Val
 
@@ -75,6 +76,7 @@ class Generator:
         self.tree = tree
         self.blockers = blockers
         self.recorded = recorded or {}
+        self.root_call: Pattern | None = None     # the root's call on the example inputs, when there are some
         self.by_path = {m.path: m for m in tree.modules}
         self.by_source = {t.sources[0]: t for t in tree.tensors if len(t.sources) == 1 and t.mlx}
         self.helpers: set[str] = set()
@@ -188,7 +190,8 @@ class Generator:
         for plan in self.plans:
             plan.pattern, plan.traced, plan.reached, plan.conflict = None, None, False, False
         leaves = {id(p.module) for p in self.plans if p.kind in ("leaf", "class", "placeholder")} - inlined
-        self.root.pattern = self.recorded.get(id(self.root.module)) or default_pattern(self.root.module)
+        self.root.pattern = self.recorded.get(id(self.root.module)) or self.root_call or \
+            default_pattern(self.root.module)
         self.root.reached = True
         queue = [self.root]
         done = set()
@@ -360,7 +363,7 @@ class Generator:
         stmts += _tensor_stmts(own)
         missing = []
         for name, b in plan.info.buffers.items():
-            expr, note = _buffer_expr(b)
+            expr, note = _buffer_expr(_materialized(plan.module, name, b))
             stmts.append((f"self._{name}", expr if note is None else Raw(f"{expr.render()}  # {note}")))
             if note is not None and (id(plan), name) in self.used_buffers:
                 missing.append(f"the values of buffer {name} ({note.removeprefix('TODO: ')})")
@@ -450,6 +453,43 @@ def _zeros(t) -> Call:
     target = dtypes.mlx_target(d).mlx if d is not None else "float32"
     dtype = None if target == "float32" else Raw("mx.bool_" if target == "bool" else f"mx.{target}")
     return call("mx.zeros", Lit(tuple(t.shape)), dtype=dtype)
+
+
+def _materialized(module, name: str, b):
+    """A buffer of a model built on the meta device, computed on the CPU where transformers says how:
+    rotary frequencies from the module's ``rope_init_fn``, ``position_ids`` / ``token_type_ids`` as
+    transformers registers them (a range, zeros). Otherwise the buffer as it is."""
+    import torch
+    if not b.is_meta:
+        return b
+    try:
+        if name in ("inv_freq", "original_inv_freq") and hasattr(module, "config"):
+            value = _rope_frequencies(module)
+            if value is not None and tuple(value.shape) == tuple(b.shape):
+                return value.to(b.dtype)
+    except Exception:  # transformers' own code for an unusual config: leave it to the TODO
+        return b
+    if name == "position_ids" and b.dim() == 2 and b.shape[0] == 1 and not b.dtype.is_floating_point:
+        return torch.arange(b.shape[1], dtype=b.dtype)[None]
+    if name == "token_type_ids" and not b.dtype.is_floating_point:
+        return torch.zeros(b.shape, dtype=b.dtype)
+    return b
+
+
+def _rope_frequencies(module):
+    """transformers' rotary frequencies of ``module`` (its rope_type's init function on its config), on the CPU."""
+    import torch
+    kind = getattr(module, "rope_type", None)
+    fn = getattr(module, "rope_init_fn", None)
+    if fn is None and kind == "default":
+        fn = getattr(module, "compute_default_rope_parameters", None)
+    if fn is None and kind is not None:
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+        fn = ROPE_INIT_FUNCTIONS.get(kind)
+    if fn is None:
+        return None
+    with torch.device("cpu"):
+        return fn(module.config)[0]
 
 
 def _buffer_expr(b) -> tuple:
@@ -588,8 +628,7 @@ class _Content:
         sig = ", ".join(["self"] + [p for p, _ in params])
         lines.append(f"    def __init__({sig}):")
         if base is not None:
-            args = base.render()[len(base.fn) + 1:-1]
-            lines.append(f"        super().__init__({args})")
+            lines += pretty(Call("super().__init__", base.args, base.kwargs), 8)
         else:
             lines.append("        super().__init__()")
         for target, e in self.stmts:
@@ -605,6 +644,12 @@ class _Content:
             lines = [f"    def __call__({', '.join(['self'] + body.params)}):"]
             if self.todo:
                 lines.append("        # TODO(torch2mlx): " + "; ".join(self.todo))
+            assumed = plan.traced.assumptions if plan.traced is not None else []
+            if assumed:
+                lines.append("        # Traced with example inputs; shape-dependent branches as they took them:")
+                lines += [f"        #   {a[:100]}" for a in assumed[:8]]
+                if len(assumed) > 8:
+                    lines.append(f"        #   ... and {len(assumed) - 8} more")
             lines += ["        " + ln for ln in body.lines]
             return lines
         if plan.base is not None and plan.kind == "class":
@@ -630,15 +675,7 @@ def _class_blockers(gen, plan):
 
 
 def _assign(target: str, e, indent: int) -> list:
-    text = f"{target} = {e.render()}"
-    pad = " " * indent
-    if len(pad + text) <= 110 or not isinstance(e, (ListE, DictE)) or len(e.items) < 2 or \
-            isinstance(e, ListE) and len({i.render() for i in e.items}) == 1:
-        return [pad + text]
-    inner = " " * (indent + 4)
-    if isinstance(e, ListE):
-        return [f"{pad}{target} = ["] + [f"{inner}{i.render()}," for i in e.items] + [f"{pad}]"]
-    return [f"{pad}{target} = {{"] + [f"{inner}{k!r}: {v.render()}," for k, v in e.items] + [f"{pad}}}"]
+    return pretty(e, indent, head=f"{target} = ")
 
 
 def _signature_text(module) -> str:

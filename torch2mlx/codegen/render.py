@@ -164,3 +164,27 @@ def shape_key(e) -> str:
     if isinstance(e, DictE):
         return "{" + ",".join(f"{k}:{shape_key(v)}" for k, v in e.items) + "}"
     return e.render()
+
+
+def pretty(e, indent: int = 0, head: str = "", tail: str = "", width: int = 110) -> list[str]:
+    """``head + e + tail`` as lines of at most ``width`` where it can be: calls, lists and dicts open up,
+    one argument or item a line."""
+    pad = " " * indent
+    flat = f"{pad}{head}{e.render()}{tail}"
+    if len(flat) <= width or isinstance(e, (Lit, Raw)):
+        return [flat]
+    inner = indent + 4
+    if isinstance(e, ListE):
+        texts = [i.render() for i in e.items]
+        if len(texts) >= 2 and len(set(texts)) == 1:
+            return [f"{pad}{head}["] + pretty(e.items[0], inner) + \
+                [f"{' ' * inner}for _ in range({len(texts)})", f"{pad}]{tail}"]
+        return [f"{pad}{head}["] + [ln for i in e.items for ln in pretty(i, inner, tail=",")] + [f"{pad}]{tail}"]
+    if isinstance(e, DictE):
+        body = [ln for k, v in e.items for ln in pretty(v, inner, head=f"{k!r}: ", tail=",")]
+        return [f"{pad}{head}{{"] + body + [f"{pad}}}{tail}"]
+    if isinstance(e, Call):
+        body = [ln for a in e.args for ln in pretty(a, inner, tail=",")] + \
+            [ln for k, v in e.kwargs for ln in pretty(v, inner, head=f"{k}=", tail=",")]
+        return [f"{pad}{head}{e.fn}("] + body + [f"{pad}){tail}"]
+    return [flat]

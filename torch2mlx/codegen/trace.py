@@ -447,10 +447,8 @@ def record_calls(model, example_inputs, leaves_of) -> dict[int, Pattern]:
         if id(m) in leaves_of:
             hooks.append(m.register_forward_pre_hook(hook, with_kwargs=True))
     try:
-        args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-        kwargs = {}
-        if isinstance(example_inputs, dict):
-            args, kwargs = (), example_inputs
+        args, kwargs = (example_inputs, {}) if isinstance(example_inputs, tuple) else \
+            ((), example_inputs) if isinstance(example_inputs, dict) else ((example_inputs,), {})
         with torch.no_grad(), eval_mode(model):
             model(*args, **kwargs)
     finally:
