@@ -38,8 +38,11 @@ def _wrap(model):
     import torch
     from .. import registry
     from .render import literal
+    from .leaves import LEAVES
     entry = registry.lookup(type(model), list(model._parameters))
-    if not registry.is_torch_builtin(type(model)) or (entry is not None and entry.torch == "torch.nn.Module"):
+    layer = entry is not None and entry.torch in LEAVES and registry.class_key(type(model)) == entry.torch
+    if not layer and (not registry.is_torch_builtin(type(model)) or entry is None or entry.kind != "container"
+                      or entry.torch == "torch.nn.Module"):
         return model, ""
     params, call = [], []
     for p in inspect.signature(model.forward).parameters.values():

@@ -45,6 +45,10 @@ def transformers_inputs(model) -> dict | None:
     inputs = {}
     if name == "input_ids":
         inputs["input_ids"] = ids(8)
+        if "attention_mask" in params:
+            # with a padding mask the model builds its attention mask from it, for any batch; without one,
+            # transformers' traced mask code assumes one unpacked sequence per position-id row
+            inputs["attention_mask"] = torch.ones(1, 8, dtype=torch.long, device=device)
         image_tokens = any(hasattr(config, a) for a in ("image_token_index", "image_token_id"))
         if "pixel_values" in params and not image_tokens:
             inputs["pixel_values"] = image()

@@ -92,6 +92,8 @@ def mlx_name(path: str) -> str:
 
 def _dims(v):
     """A torch dims argument given as varargs ``(0, 2, 1)`` or as one sequence ``((0, 2, 1),)``."""
+    if not isinstance(v, (tuple, list)):
+        return v
     if len(v) == 1 and (isinstance(v[0], (tuple, list)) or type(v[0]).__name__ in ("Size", "Node")):
         return v[0]
     return tuple(v)
@@ -343,7 +345,11 @@ def _transpose_2d(tr, b, key):
 
 
 def _einsum(tr, b, key):
-    operands = _dims(b["operands"])
+    operands = b["operands"]
+    if len(operands) == 1 and isinstance(operands[0], (tuple, list)):
+        operands = operands[0]
+    elif len(operands) == 1 and tr.kind(operands[0]) == "seq":     # a list the graph built: spread it
+        return Out(f"mx.einsum({tr.value(b['equation'])}, *{tr.value(operands[0])})")
     return Out(f"mx.einsum({tr.value(b['equation'])}, {', '.join(tr.value(o) for o in operands)})")
 
 
@@ -547,12 +553,6 @@ def _softmax(fn):
     return emit
 
 
-def _flatten(tr, b, key):
-    parts = [tr.tensor(b["input"])] + [f"{m}={tr.value(b[t])}" for t, m in (("start_dim", "start_axis"),
-                                                                            ("end_dim", "end_axis")) if t in b.given]
-    return Out(f"mx.flatten({', '.join(parts)})")
-
-
 # ---- the tables -------------------------------------------------------------------------------------------------
 
 _UNARY_TABLE = ("exp", "log", "log1p", "sqrt", "rsqrt", "abs", "sign", "square", "sin", "cos", "tanh", "sigmoid",
@@ -614,7 +614,7 @@ _add("torch.Tensor.view", "input, *shape", _reshape)
 _add("torch.permute", "input, *dims", _permute)
 _add("torch.transpose", "input, dim0, dim1", table())
 _add("torch.movedim", "input, source, destination", table())
-_add("torch.flatten", "input, start_dim=0, end_dim=-1", _flatten)
+_add("torch.flatten", "input, start_dim=0, end_dim=-1", table())
 _add("torch.unflatten", "input, dim, sizes", table())
 _add("torch.unsqueeze", "input, dim", table())
 _add("torch.squeeze", "input, dim=None", _squeeze)
@@ -622,6 +622,8 @@ _add("torch.Tensor.expand", "input, *size", _expand)
 _add("torch.Tensor.repeat", "input, *repeats", _repeat)
 _add("torch.repeat_interleave", "input, repeats, dim=None", table())
 _add("torch.roll", "input, shifts, dims=None", table())
+_add("torch.flip", "input, dims", table())
+_add("torch.eye", "n, m=None, dtype=None", table())
 _add("torch.tril", "input, diagonal=0", table())
 _add("torch.triu", "input, diagonal=0", table())
 _add("torch.gather", "input, dim, index", _gather)

@@ -202,7 +202,7 @@ def _instance_norm(d):
 
 
 def _prelu(m, entry, build):
-    init = call("nn.PReLU", _kw(m.num_parameters, 1))
+    init = call("nn.PReLU", num_parameters=_kw(m.num_parameters, 1))
     return LeafCode(init, channels_last(None) if m.num_parameters > 1 else elementwise)
 
 

@@ -188,3 +188,43 @@ def pretty(e, indent: int = 0, head: str = "", tail: str = "", width: int = 110)
             [ln for k, v in e.kwargs for ln in pretty(v, inner, head=f"{k}=", tail=",")]
         return [f"{pad}{head}{e.fn}("] + body + [f"{pad}){tail}"]
     return [flat]
+
+
+def wrap_statement(line: str, indent: int, width: int = 110) -> list[str]:
+    """A long ``name = f(a, b, ...)`` / ``return f(...)`` statement, one argument a line (others as they are)."""
+    pad = " " * indent
+    if len(pad) + len(line) <= width or not line.endswith(")"):
+        return [pad + line]
+    depth, start, quote = 0, None, None
+    for i, ch in enumerate(line):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            if depth == 0 and ch == "(" and start is None:
+                start = i
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth == 0 and start is not None and i != len(line) - 1:
+                return [pad + line]            # the outer call is not the whole tail
+    if start is None:
+        return [pad + line]
+    args, depth, cur, quote = [], 0, "", None
+    for ch in line[start + 1:-1]:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        if ch == "," and depth == 0 and not quote:
+            args.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    args.append(cur.strip())
+    return [pad + line[:start + 1]] + [f"{pad}    {a}," for a in args if a] + [pad + ")"]

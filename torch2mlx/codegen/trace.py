@@ -239,10 +239,21 @@ def _forward(cls, shim):
 
 
 def _tracer_base():
+    import operator
+
     import torch.fx as fx
+
+    class SetProxy(fx.Proxy):
+        def __setitem__(self, index, value):
+            # ``x[:, 0] = v``: recorded as operator.setitem (fx's Proxy has no item assignment)
+            self.tracer.create_proxy("call_function", operator.setitem, (self, index, value), {})
 
     class Tracer(fx.Tracer):
         proxy_buffer_attributes = True
+        proxy_class = SetProxy
+
+        def proxy(self, node):
+            return self.proxy_class(node, self)
 
         def __init__(self, module, leaves):
             super().__init__()
@@ -275,7 +286,7 @@ def _ValueTracer(module, leaves, example, names):
 
     base = _tracer_base()
 
-    class VProxy(fx.Proxy):
+    class VProxy(base.proxy_class):
         def __len__(self):
             v = self.tracer.values.get(self.node, _UNKNOWN)
             if isinstance(v, (tuple, list, torch.Size)):
@@ -311,8 +322,7 @@ def _ValueTracer(module, leaves, example, names):
             self.values, self.assumptions, self.computing = {}, [], False
             self.placeholders = 0
 
-        def proxy(self, node):
-            return VProxy(node, self)
+        proxy_class = VProxy
 
         def _value(self, a):
             return self.values.get(a.node, _UNKNOWN) if isinstance(a, fx.Proxy) else a

@@ -87,6 +87,13 @@ _INPLACE_OPS = {operator.iadd: operator.add, operator.isub: operator.sub, operat
                 operator.itruediv: operator.truediv}
 
 
+def _what(node) -> str:
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    t = node.target
+    return f"{getattr(t, '__module__', '') or ''}.{getattr(t, '__name__', t)}".lstrip(".")
+
+
 class Translator:
     def __init__(self, graph, env: Env, concrete: set[str] = frozenset()):
         from .fx_ops import is_guard
@@ -244,7 +251,9 @@ class Translator:
                     result = self.env.call_module(self, node)
                 else:
                     result = fx_ops.translate(self, node)
-            except Untranslated as e:
+            except (Untranslated, Exception) as e:
+                if not isinstance(e, Untranslated):    # a construct the translator does not expect: a TODO too
+                    e = Untranslated(f"{_what(node)} ({type(e).__name__}: {e})")
                 self.untranslated.append(e.what)
                 self.helpers.add("_todo")
                 args = ", ".join([self.value(a) for a in node.args] +
