@@ -24,7 +24,7 @@ from ..registry import CUSTOM
 from . import leaves as _leaves
 from . import prelude
 from .render import (Call, DictE, Lit, ListE, Raw, attribute_ok, call, literal, pretty, replace_lits, shape_key,
-                     walk_lits, wrap_statement)
+                     reroll, walk_lits, wrap_statement)
 from .trace import Pattern, Traced, call_arguments, default_pattern, pattern_of, trace
 from .translate import Alias, Body, Env, Out, Translator, Untranslated, Val
 
@@ -269,6 +269,23 @@ class Generator:
                 expr += f".{mlx_name}" if attribute_ok(mlx_name) else f"[{mlx_name!r}]"
             plan = child
         return expr, plan
+
+    def list_lengths(self, plan: Plan) -> dict:
+        """``self.blocks`` -> 4 for every MLX list of modules below ``plan`` (what a loop may run over)."""
+        found = {}
+
+        def visit(p, expr):
+            for part, (mlx_name, child) in p.children.items():
+                if p.kind == "container":
+                    sub = f"{expr}[{int(part)}]" if p.listlike else f"{expr}[{part!r}]"
+                else:
+                    sub = f"{expr}.{mlx_name}" if attribute_ok(mlx_name) else f"{expr}[{mlx_name!r}]"
+                if child.kind == "container" and child.listlike:
+                    found[sub] = len(child.children)
+                if child.kind in ("container",):
+                    visit(child, sub)
+        visit(plan, "self")
+        return found
 
     def attr_val(self, plan: Plan, target: str) -> Val:
         constant = plan.traced.constants.get(target) if plan.traced is not None else None
@@ -650,7 +667,8 @@ class _Content:
                 lines += [f"        #   {a[:100]}" for a in assumed[:8]]
                 if len(assumed) > 8:
                     lines.append(f"        #   ... and {len(assumed) - 8} more")
-            lines += [out for ln in body.lines for out in wrap_statement(ln, 8)]
+            lines += [out for ln in reroll(body.lines, self.gen.list_lengths(plan))
+                      for out in wrap_statement(ln, 8)]
             return lines
         if plan.base is not None and plan.kind == "class":
             # the MLX class computes what the registry says the torch class computes

@@ -55,7 +55,7 @@ def _input(node):
 
 def channels_last(rank):
     def emit(tr, node, me):
-        return Out(f"{me}({tr.tensor(_input(node), 'cl')})", "cl", rank)
+        return Out(f"{me}({tr.tensor(_input(node), 'cl', rank)})", "cl", rank)
     return emit
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import keyword
 import math
+import re
 from dataclasses import dataclass
 
 from .. import dtypes
@@ -228,3 +229,33 @@ def wrap_statement(line: str, indent: int, width: int = 110) -> list[str]:
             cur += ch
     args.append(cur.strip())
     return [pad + line[:start + 1]] + [f"{pad}    {a}," for a in args if a] + [pad + ")"]
+
+
+_CALL = re.compile(r"^(\w+) = (self(?:\.\w+|\[[^\]]+\])*)\[(\d+)\]\((\w+)((?:, [^()]*)?)\)$")
+
+
+def reroll(lines: list[str], lengths: dict) -> list[str]:
+    """``a = self.layers[0](x); b = self.layers[1](a); ...`` over a whole list of ``lengths[self.layers]``
+    layers, each output used only by the next call, as a loop."""
+    out, i = [], 0
+    while i < len(lines):
+        m = _CALL.match(lines[i])
+        if m and m.group(3) == "0" and lengths.get(m.group(2), 0) >= 2:
+            container, n, rest = m.group(2), lengths[m.group(2)], m.group(5)
+            run = [m]
+            for k in range(1, n):
+                nxt = _CALL.match(lines[i + k]) if i + k < len(lines) else None
+                if not (nxt and nxt.group(2) == container and nxt.group(3) == str(k)
+                        and nxt.group(4) == run[-1].group(1) and nxt.group(5) == rest):
+                    break
+                run.append(nxt)
+            inner = {r.group(1) for r in run[:-1]}
+            later = lines[i + len(run):]
+            if len(run) == n and not any(re.search(rf"\b{v}\b", ln) for v in inner for ln in later):
+                x, last = m.group(4), run[-1].group(1)
+                out += [f"{last} = {x}", f"for layer in {container}:", f"    {last} = layer({last}{rest})"]
+                i += n
+                continue
+        out.append(lines[i])
+        i += 1
+    return out

@@ -138,12 +138,15 @@ class Translator:
         self.used.add(name)
         return name
 
-    def tensor(self, a, layout: str = "cf") -> str:
-        """The expression of argument ``a`` in ``layout`` (converting a graph value when it lacks that form)."""
+    def tensor(self, a, layout: str = "cf", rank: int | None = None) -> str:
+        """The expression of argument ``a`` in ``layout`` (converting a graph value when it lacks that form).
+        ``rank``: what the consumer knows of the value's rank (a Conv2d input has 4 axes)."""
         from torch.fx import Node
         if not isinstance(a, Node):
             return self.value(a)
         v = self.vals[a]
+        if rank is not None and v.rank is None and v.kind in ("tensor", "any"):
+            v.rank = rank
         if layout in v.forms:
             return v.forms[layout]
         if v.kind not in ("tensor", "any") or not v.forms:
