@@ -504,3 +504,27 @@ def test_generated_class_names_do_not_shadow_helpers():
     model = result.load()[result.name]()
     assert model(mx.array(x.numpy())).shape == (2, 3, 8)
     assert np.isfinite(np.array(model(mx.array(x.numpy())))).all()
+
+
+def test_readme_example_is_what_generate_writes(tmp_path):
+    """The README's side-by-side example: its torch model generates exactly the classes it shows, and they
+    compute what torch computes."""
+    import sys
+    import types
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Generate MLX code\n"):]
+    section = section[:section.index("\n## ", 1)]
+    torch_src, mlx_src = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    module = types.ModuleType("model")
+    sys.modules["model"] = module
+    try:
+        exec(compile(torch_src, "model.py", "exec"), module.__dict__)
+        net = randomize_stats(module.Net())
+        result = torch2mlx.generate(net)
+    finally:
+        del sys.modules["model"]
+    assert result.source[result.source.index("class Block("):] == mlx_src
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert max_error(load(result, net, tmp_path)(mx.array(x.numpy())), net(x)) <= TOL

@@ -4,6 +4,7 @@
     weights = torch2mlx.load_converted("weights.safetensors")
     mlx_model.load_weights(list(weights.items()), strict=True)
     model.load_state_dict(torch2mlx.to_torch(weights, model), strict=True)
+    torch2mlx.generate(model).write("model_mlx.py")     # the MLX module's source (t2mlx codegen)
 
 Everything loads on first use: ``import torch2mlx`` imports neither torch nor MLX,
 and the streaming engine (``torch2mlx.stream``, ``t2mlx stream``) never imports torch.
