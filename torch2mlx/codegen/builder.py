@@ -52,9 +52,6 @@ class Plan:
     def module(self):
         return self.info.module
 
-    @property
-    def has_class(self) -> bool:
-        return self.kind in ("class", "placeholder")
 
 
 @dataclass

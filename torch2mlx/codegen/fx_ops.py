@@ -739,10 +739,9 @@ def _resolve(path: str):
 
 
 def _by_id() -> dict[int, str]:
-    """torch callables (by identity) -> their key in ``FUNCTIONS``; ``torch.relu`` is F.relu's."""
+    """torch callables (by identity) -> their key in ``FUNCTIONS`` (an alias's key is its canonical op's)."""
     global _BY_ID
     if _BY_ID is None:
-        import torch
         found = {}
         for key in FUNCTIONS:
             obj = _resolve(key)

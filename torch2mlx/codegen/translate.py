@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import builtins
 import keyword
-import operator
 from dataclasses import dataclass, field
 
 from .render import literal
@@ -83,8 +82,6 @@ def _var(name: str) -> str:
         or hasattr(builtins, name) else name
 
 
-_INPLACE_OPS = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
-                operator.itruediv: operator.truediv}
 
 
 def _what(node) -> str:
