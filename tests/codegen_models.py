@@ -16,7 +16,7 @@ SCALARS = {
     "max_target_positions": 32, "num_mel_bins": 16, "image_size": 32, "patch_size": 8, "projection_dim": 16,
     "rotary_dim": 4, "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4, "attention_window": 8,
     "window_size": 4, "decoder_hidden_size": 32, "mm_tokens_per_image": 4, "sliding_window": 16,
-    "query_pre_attn_scalar": 8, "num_labels": 3, "type_vocab_size": 2, "relative_attention_num_buckets": 8,
+    "query_pre_attn_scalar": 8, "num_labels": 3, "type_vocab_size": 2,
     "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "decoder_start_token_id": 0,
 }
 PER_TYPE = {

@@ -20,8 +20,9 @@ from torch2mlx.codegen.examples import transformers_inputs
 # The architectures whose whole __call__ traces and translates today (the rest get stubs with TODOs, see
 # the README); a regression in tracing or translation shows here.
 TRACED = {
-    "bert", "roberta", "distilbert", "albert", "electra", "camembert", "data2vec-text", "gpt2", "gpt_neo", "opt",
-    "bloom", "qwen2", "gpt_neox", "codegen", "falcon", "t5", "bart", "pegasus", "vit", "clip", "convnext", "dinov2",
+    "bert", "roberta", "distilbert", "albert", "deberta", "deberta-v2", "electra", "mpnet", "camembert", "data2vec-text",
+    "gpt2", "gpt_neo", "opt",
+    "bloom", "qwen2", "gpt_neox", "codegen", "falcon", "t5", "bart", "pegasus", "vit", "clip", "swin", "convnext", "dinov2",
     "beit", "mobilenet_v2", "resnet", "whisper", "wav2vec2", "hubert", "xlnet", "llama", "mistral", "gemma2",
     "gemma3_text", "phi3", "qwen3",
 }
@@ -80,7 +81,7 @@ def _inputs(model, batch: int, length: int) -> dict:
 
 
 def test_most_architectures_trace_end_to_end():
-    assert len(TRACED) >= 35 and TRACED <= set(ARCHS)
+    assert len(TRACED) >= 39 and TRACED <= set(ARCHS)
 
 
 @pytest.mark.parametrize("model_type", ["llama", "bert"])

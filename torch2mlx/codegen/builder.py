@@ -225,7 +225,8 @@ class Generator:
                 continue
             p = pattern_of(child.module, node.args, node.kwargs, _is_tensor_arg)
             if p is not None:
-                p.values = {k: values[v] for k, v in p.values.items() if type(v).__name__ == "Node" and v in values}
+                p.values = {k: _example_value(v, values) for k, v in p.values.items()}
+                p.values = {k: v for k, v in p.values.items() if v is not None}
             if reached:
                 if child.reached and child.pattern is not None and (p is None or p.key() != child.pattern.key()):
                     child.conflict = True
@@ -430,6 +431,14 @@ class Generator:
             root_code.source = root_code.source.replace(f"class {root_code.name}(", f"class {self.root_name}(", 1)
             root_code.name = self.root_name
         return root_code.name
+
+
+def _example_value(arg, values):
+    """The example value of a call argument in a parent's trace: a node's, or a tuple of nodes' (None: unknown)."""
+    if isinstance(arg, (tuple, list)):
+        found = [_example_value(a, values) for a in arg]
+        return None if any(f is None for f in found) else type(arg)(found)
+    return values.get(arg) if type(arg).__name__ == "Node" else None
 
 
 def _is_tensor_arg(v) -> bool:

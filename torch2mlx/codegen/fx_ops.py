@@ -118,6 +118,14 @@ def table(layout_free=False):
     return emit
 
 
+def positional(tr, b, key):
+    """The op table's MLX function with every argument given passed positionally, in torch's order
+    (MLX takes these positionally only: ``mx.roll(a, shift, axis, /)``)."""
+    op = ops.get(key)
+    names = [n for n in b if n in b.given]
+    return Out(f"{mlx_name(op.mlx)}({', '.join(tr.value(b[n]) for n in names)})")
+
+
 def _kw_value(tr, k, v):
     return tr.value(tuple(v) if isinstance(v, list) and k in ("axis", "axes") else v)
 
@@ -621,7 +629,7 @@ _add("torch.squeeze", "input, dim=None", _squeeze)
 _add("torch.Tensor.expand", "input, *size", _expand)
 _add("torch.Tensor.repeat", "input, *repeats", _repeat)
 _add("torch.repeat_interleave", "input, repeats, dim=None", table())
-_add("torch.roll", "input, shifts, dims=None", table())
+_add("torch.roll", "input, shifts, dims=None", positional)
 _add("torch.flip", "input, dims", table())
 _add("torch.eye", "n, m=None, dtype=None", table())
 _add("torch.tril", "input, diagonal=0", table())

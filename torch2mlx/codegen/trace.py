@@ -194,7 +194,7 @@ def _shim(cls, pattern: Pattern):
     return ns["forward"], names
 
 
-_FACTORIES = ("ones", "zeros", "empty", "full", "arange", "rand", "randn")
+_FACTORIES = ("ones", "zeros", "empty", "full", "arange", "rand", "randn", "tensor")
 
 
 @contextlib.contextmanager
