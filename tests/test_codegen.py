@@ -528,3 +528,14 @@ def test_readme_example_is_what_generate_writes(tmp_path):
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert max_error(load(result, net, tmp_path)(mx.array(x.numpy())), net(x)) <= TOL
+
+
+def test_single_use_names_are_inlined_but_never_across_a_change_of_their_base():
+    from torch2mlx.codegen.render import inline_simple, reroll
+    lines = ["a = x[0]", "x[0] = 5", "b = a + 1", "s = y.shape", "t = s[1]", "return t * 2"]
+    assert inline_simple(lines) == ["a = x[0]", "x[0] = 5", "b = a + 1", "return y.shape[1] * 2"]
+    calls = ["h0 = self.blocks[0](x, m)", "h1 = self.blocks[1](h0, m)", "y = h1 + x"]
+    assert reroll(calls, {"self.blocks": 2}) == ["h1 = x", "for layer in self.blocks:", "    h1 = layer(h1, m)",
+                                                 "y = h1 + x"]
+    assert reroll(calls, {"self.blocks": 3}) == calls          # not the whole list: left as it is
+    assert reroll(calls[:2] + ["z = h0"], {"self.blocks": 2}) == calls[:2] + ["z = h0"]   # h0 used later

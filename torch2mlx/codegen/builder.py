@@ -24,7 +24,7 @@ from ..registry import CUSTOM
 from . import leaves as _leaves
 from . import prelude
 from .render import (Call, DictE, Lit, ListE, Raw, attribute_ok, call, literal, pretty, replace_lits, shape_key,
-                     reroll, walk_lits, wrap_statement)
+                     inline_simple, reroll, walk_lits, wrap_statement)
 from .trace import Pattern, Traced, call_arguments, default_pattern, pattern_of, trace
 from .translate import Alias, Body, Env, Out, Translator, Untranslated, Val
 
@@ -673,7 +673,7 @@ class _Content:
                 lines += [f"        #   {a[:100]}" for a in assumed[:8]]
                 if len(assumed) > 8:
                     lines.append(f"        #   ... and {len(assumed) - 8} more")
-            lines += [out for ln in reroll(body.lines, self.gen.list_lengths(plan))
+            lines += [out for ln in reroll(inline_simple(body.lines), self.gen.list_lengths(plan))
                       for out in wrap_statement(ln, 8)]
             return lines
         if plan.base is not None and plan.kind == "class":

@@ -259,3 +259,37 @@ def reroll(lines: list[str], lengths: dict) -> list[str]:
         out.append(lines[i])
         i += 1
     return out
+
+
+_SIMPLE = re.compile(r"^(\w+) = ((?:self\.)?[\w]+(?:\.\w+)*(?:\[[^\[\]]*\])?)$")
+
+
+def inline_simple(lines: list[str]) -> list[str]:
+    """``s = x.shape`` / ``b = s[0]`` used once are written where they are used (``x.shape[0]``):
+    one name per line of the trace is more than a reader needs."""
+    lines = list(lines)
+    changed = True
+    while changed:
+        changed = False
+        for i, line in enumerate(lines):
+            m = _SIMPLE.match(line)
+            if not m:
+                continue
+            name, expr = m.groups()
+            word = re.compile(rf"(?<![\w.]){name}\b")
+            uses = [j for j in range(i + 1, len(lines)) if word.search(lines[j])]
+            if len(uses) != 1:
+                continue
+            base = re.match(r"[\w.]+", expr).group(0)
+            # the value must not change between here and its use (``base[...] = v`` or ``base = ...``)
+            changed_between = any(re.match(rf"\s*{re.escape(base)}\s*(\[.*\])?\s*=[^=]", ln)
+                                  for ln in lines[i + 1:uses[0] + 1])
+            use = lines[uses[0]]
+            if len(word.findall(use)) != 1 or changed_between or re.match(rf"\s*{name} = ", use) or \
+                    use.lstrip().startswith("for "):
+                continue
+            lines[uses[0]] = word.sub(lambda _: expr, use)
+            del lines[i]
+            changed = True
+            break
+    return lines
