@@ -99,6 +99,8 @@ def generate_source(x, *, model_kwargs=None, class_name=None, example_inputs=Non
     reached = [p for p in gen.plans if p.kind == "class" and p.reached]
     traced = all(gen.classes[id(p)][0].status == "traced" for p in reached) and \
         not any(p.kind == "placeholder" and _called(gen, p) for p in gen.plans)
+    if traced:   # a failed run of the examples mattered only if some call could not be traced without it
+        notes = [n for n in notes if not n.startswith("running the example inputs failed")]
     result = Generated(source, name, generated / modules if modules else 1.0, traced, modules, generated,
                        list(gen.order), prefix, list(tree.blockers), built.notes + gen.notes + notes)
     result.mismatches = check(result, tree, prefix)

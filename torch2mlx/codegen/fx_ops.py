@@ -192,36 +192,19 @@ def _repeat(tr, b, key):
     return Out(f"mx.tile({tr.tensor(b['input'])}, {tr.value(tuple(_dims(b['repeats'])))})")
 
 
-def _creation(fn):
+def _creation(fn, source="size"):
+    """torch.zeros/ones/full (a size), ``*_like`` (another tensor's shape and dtype), ``Tensor.new_*``
+    (a size, the tensor's dtype): ``mx.zeros`` / ``mx.ones`` / ``mx.full``."""
     def emit(tr, b, key):
-        size = _dims(b["size"])
-        dtype = f", dtype={tr.value(b['dtype'])}" if b.get("dtype") is not None else ""
-        shape = tr.value(tuple(size) if isinstance(size, list) else size)
-        if fn == "full":
-            return Out(f"mx.full({shape}, {tr.value(b['fill_value'])}{dtype})")
-        return Out(f"mx.{fn}({shape}{dtype})")
-    return emit
-
-
-def _like(fn):
-    def emit(tr, b, key):
-        x = tr.tensor(b["input"])
-        dtype = tr.value(b["dtype"]) if b.get("dtype") is not None else f"{x}.dtype"
-        if fn == "full":
-            return Out(f"mx.full({x}.shape, {tr.value(b['fill_value'])}, dtype={dtype})")
-        return Out(f"mx.{fn}({x}.shape, dtype={dtype})")
-    return emit
-
-
-def _new(fn):
-    def emit(tr, b, key):
-        x = tr.tensor(b["input"])
-        size = _dims(b["size"])
-        dtype = tr.value(b["dtype"]) if b.get("dtype") is not None else f"{x}.dtype"
-        shape = tr.value(tuple(size) if isinstance(size, list) else size)
-        if fn == "full":
-            return Out(f"mx.full({shape}, {tr.value(b['fill_value'])}, dtype={dtype})")
-        return Out(f"mx.{fn}({shape}, dtype={dtype})")
+        x = tr.tensor(b["input"]) if source != "size" else None
+        if source == "like":
+            shape = f"{x}.shape"
+        else:
+            size = _dims(b["size"])
+            shape = tr.value(tuple(size) if isinstance(size, list) else size)
+        dtype = tr.value(b["dtype"]) if b.get("dtype") is not None else f"{x}.dtype" if x else None
+        args = [shape] + ([tr.value(b["fill_value"])] if fn == "full" else [])
+        return Out(f"mx.{fn}({', '.join(args)}{', dtype=' + dtype if dtype else ''})")
     return emit
 
 
@@ -640,9 +623,9 @@ _add("torch.zeros", "*size, dtype=None", _creation("zeros"))
 _add("torch.ones", "*size, dtype=None", _creation("ones"))
 _add("torch.empty", "*size, dtype=None", _creation("zeros"))
 _add("torch.full", "size, fill_value, dtype=None", _creation("full"))
-_add("torch.zeros_like", "input, dtype=None", _like("zeros"))
-_add("torch.ones_like", "input, dtype=None", _like("ones"))
-_add("torch.full_like", "input, fill_value, dtype=None", _like("full"))
+_add("torch.zeros_like", "input, dtype=None", _creation("zeros", "like"))
+_add("torch.ones_like", "input, dtype=None", _creation("ones", "like"))
+_add("torch.full_like", "input, fill_value, dtype=None", _creation("full", "like"))
 _add("torch.arange", "start, end=None, step=1, dtype=None", _arange)
 _add("torch.tensor", "data, dtype=None", lambda tr, b, k: Out(
     f"mx.array({tr.value(b['data'])}{', dtype=' + tr.value(b['dtype']) if b.get('dtype') is not None else ''})"))
@@ -709,10 +692,10 @@ _method("expand_as", "input, other", lambda tr, b, k: Out(f"mx.broadcast_to({tr.
                                                           f"{tr.tensor(b['other'])}.shape)"))
 _method("repeat", "input, *repeats", _repeat)
 _method("split", "input, split_size, dim=0", _split)
-_method("new_zeros", "input, *size, dtype=None", _new("zeros"))
-_method("new_ones", "input, *size, dtype=None", _new("ones"))
-_method("new_empty", "input, *size, dtype=None", _new("zeros"))
-_method("new_full", "input, size, fill_value, dtype=None", _new("full"))
+_method("new_zeros", "input, *size, dtype=None", _creation("zeros", "new"))
+_method("new_ones", "input, *size, dtype=None", _creation("ones", "new"))
+_method("new_empty", "input, *size, dtype=None", _creation("zeros", "new"))
+_method("new_full", "input, size, fill_value, dtype=None", _creation("full", "new"))
 _method("masked_fill", "input, mask, value", _masked_fill)
 _method("softmax", "input, dim=None, dtype=None", _softmax("mx.softmax"))
 _method("log_softmax", "input, dim=None, dtype=None", _softmax("nn.log_softmax"))
