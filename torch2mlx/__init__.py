@@ -4,6 +4,7 @@
     weights = torch2mlx.load_converted("weights.safetensors")
     mlx_model.load_weights(list(weights.items()), strict=True)
     model.load_state_dict(torch2mlx.to_torch(weights, model), strict=True)
+    torch2mlx.generate(model).write("model_mlx.py")     # the MLX module's source (t2mlx codegen)
 
 Everything loads on first use: ``import torch2mlx`` imports neither torch nor MLX,
 and the streaming engine (``torch2mlx.stream``, ``t2mlx stream``) never imports torch.
@@ -13,7 +14,7 @@ __version__ = "0.1.0"
 from .errors import CheckpointError, Torch2MLXError  # noqa: E402
 
 __all__ = ["__version__", "Torch2MLXError", "CheckpointError", "stream", "templates", "training", "lightning",
-           "recipes", "analyze", "convert", "export", "load_converted", "to_nested", "to_torch"]
+           "recipes", "codegen", "analyze", "convert", "export", "load_converted", "to_nested", "to_torch", "generate"]
 
 
 def analyze(x, *, model=None, model_kwargs=None):
@@ -56,9 +57,16 @@ def to_torch(path_or_dict, model_or_rules=None, **options):
     return _to_torch(path_or_dict, model_or_rules, **options)
 
 
+def generate(model, **options):
+    """The MLX module source of a torch model (``.source``, ``.coverage``, ``.traced``); see
+    ``torch2mlx.codegen.generate``."""
+    from .codegen import generate as _generate
+    return _generate(model, **options)
+
+
 def __getattr__(name):
     # Submodules load on first use so `import torch2mlx` stays light.
-    if name in ("stream", "templates", "training", "lightning", "recipes"):
+    if name in ("stream", "templates", "training", "lightning", "recipes", "codegen"):
         import importlib
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'torch2mlx' has no attribute {name!r}")

@@ -130,6 +130,42 @@ def _cmd_stream(args) -> int:
     return 0
 
 
+CODEGEN_EPILOG = """\
+examples:
+  t2mlx codegen mypkg.nets:Net --kwargs '{"dim": 64}' -o net_mlx.py
+  t2mlx codegen ./my-model -o model_mlx.py          # config.json -> model on the meta device
+  t2mlx codegen mypkg.nets:UNet --input-shape 1,3,64,64 -o unet_mlx.py
+"""
+
+
+def _add_codegen(sub):
+    p = sub.add_parser("codegen", help="write an MLX module (Python source) for a torch model",
+                       description="Generate the MLX module of a torch model: classes from its module tree, named "
+                                   "so that weights from t2mlx stream / torch2mlx.convert load strictly, and "
+                                   "__call__ translated from a torch.fx trace (a TODO stub where it cannot trace).",
+                       epilog=CODEGEN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", metavar="SRC", help="a model class pkg.mod:Class, or a directory with config.json")
+    p.add_argument("--kwargs", "--model-kwargs", dest="kwargs", metavar="JSON",
+                   help="keyword arguments for the class's constructor, as JSON")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the source here (default: stdout)")
+    p.add_argument("--class-name", metavar="NAME", help="name of the generated root class")
+    p.add_argument("--input-shape", action="append", default=[], metavar="SHAPE[:DTYPE]",
+                   help="an example input (e.g. 1,3,32,32 or 1,16:int64; repeatable, in forward's order): "
+                        "code that branches on shapes is traced as these inputs take it")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=_cmd_codegen)
+
+
+def _cmd_codegen(args) -> int:
+    from .codegen.api import generate_cli
+    result = generate_cli(args.src, kwargs=args.kwargs, class_name=args.class_name, shapes=args.input_shape,
+                          output=args.output, overwrite=args.overwrite)
+    if args.output is None:
+        sys.stdout.write(result.source)
+    print(result.summary(), file=sys.stderr)
+    return 0
+
+
 def _add_verify(sub):
     p = sub.add_parser("verify", help="check a conversion: hashes, headers, index, and every tensor against its source",
                        description="Re-read SRC and OUT tensor by tensor (bounded memory) and check that every output "
@@ -160,10 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stream(sub)
     _add_analyze(sub)
     _add_verify(sub)
+    _add_codegen(sub)
     return ap
 
 
-COMMANDS = ("stream", "analyze", "verify")
+COMMANDS = ("stream", "analyze", "verify", "codegen")
 
 
 def alias_argv(argv: list[str]) -> list[str]:

@@ -56,6 +56,19 @@ class LayerUse:
 
 
 @dataclass
+class ModuleInfo:
+    """One module of the tree as the walk saw it: code generation builds the MLX module from these."""
+
+    module: object                    # the torch module
+    path: str                         # its torch path ("" for the root)
+    mlx_path: str                     # its MLX path, after the registry's child renames of its ancestors
+    entry: Layer | None               # registry entry (CUSTOM: a module of the model's own holding tensors)
+    supported: bool
+    tensors: list[TensorInfo] = field(default_factory=list)   # its own tensors (full MLX names)
+    buffers: dict = field(default_factory=dict)               # its non-persistent buffers: name -> tensor
+
+
+@dataclass
 class Tree:
     tensors: list[TensorInfo] = field(default_factory=list)
     layers: dict[str, LayerUse] = field(default_factory=dict)
@@ -66,6 +79,7 @@ class Tree:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)   # every torch tensor name -> shape
     tied: dict[str, str] = field(default_factory=dict)                 # a name -> the first name of that tensor
     notes: list[str] = field(default_factory=list)
+    modules: list[ModuleInfo] = field(default_factory=list)           # every module, parents first
 
     @property
     def coverage(self) -> float:
@@ -195,11 +209,16 @@ def walk(model) -> Tree:
                 tree.layers[key].parameters += t.numel()
                 if supported:
                     tree.covered += t.numel()
+        skip = getattr(mod, "_non_persistent_buffers_set", set())
+        info = ModuleInfo(mod, tprefix.rstrip("."), mprefix.rstrip("."), entry, supported,
+                          buffers={n: b for n, b in mod._buffers.items() if b is not None and n in skip})
+        tree.modules.append(info)
         for m in maps:
             shapes = tuple(tuple(tensors[s].shape) for s in m.sources)
             out_shape = tuple(rules.get(m.rule).out_shape(list(shapes), m.args))
             tree.tensors.append(TensorInfo(mprefix + m.mlx, tuple(tprefix + s for s in m.sources), shapes, out_shape,
                                            _dtype(tensors[m.sources[0]]), m.rule, dict(m.args), rule_source, key))
+            info.tensors.append(tree.tensors[-1])
         for n, why in dropped.items():
             t = tensors[n]
             tree.tensors.append(TensorInfo(None, (tprefix + n,), (tuple(t.shape),), tuple(t.shape), _dtype(t),

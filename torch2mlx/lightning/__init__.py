@@ -22,4 +22,13 @@ from .source import OptimConfig
 from .trainer import MLXTrainer
 
 __all__ = ["MLXModule", "MLXTrainer", "Callback", "ModelCheckpoint", "EarlyStopping", "ReduceLROnPlateau",
-           "OptimConfig", "to_mlx", "save_weights"]
+           "OptimConfig", "to_mlx", "save_weights", "generate_forward"]
+
+
+def __getattr__(name):
+    # Lightning Level 2: a draft MLX ``__call__`` from a torch module (code generation needs torch,
+    # so it loads on first use only).
+    if name == "generate_forward":
+        from ..codegen.lightning_forward import generate_forward
+        return generate_forward
+    raise AttributeError(f"module 'torch2mlx.lightning' has no attribute {name!r}")

@@ -58,7 +58,7 @@ def read_entries(path: str) -> tuple[list[TensorEntry], list[str]]:
     try:
         size = os.path.getsize(path)
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:  # NotImplementedError: an unsupported zip version
         raise CheckpointError(path, f"not a readable .npz archive ({e})") from None
     entries = []
     with zf, open(path, "rb") as f:

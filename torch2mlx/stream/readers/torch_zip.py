@@ -29,7 +29,7 @@ class ZipCheckpoint:
         try:
             self.size = os.path.getsize(path)
             zf = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:  # NotImplementedError: an unsupported zip version
             raise CheckpointError(path, f"not a readable zip archive ({e})") from None
         with zf:
             infos = zf.infolist()
