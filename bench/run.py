@@ -76,7 +76,10 @@ class Tools:
 
 
 def contenders(t: Tools) -> list[Contender]:
-    stream = t.t2mlx + ["stream", "SRC", "OUT", "--quiet"]
+    # The engine's speed is measured with --no-model: the analyzer's one-off `import torch`
+    # (1.5-3 s here) would hide it on small checkpoints; `t2mlx-model` shows that cost.
+    with_model = t.t2mlx + ["stream", "SRC", "OUT", "--quiet"]
+    stream = with_model + ["--no-model"]
     naive = [t.python, os.path.join(HERE, "naive.py")]
     mlx_lm = [t.python, "-m", "mlx_lm", "convert", "--hf-path", "SRC", "--mlx-path", "OUT"]
     no_lm = "" if t.has_mlx_lm else "mlx-lm is not installed (pip install -e '.[bench]')"
@@ -84,6 +87,8 @@ def contenders(t: Tools) -> list[Contender]:
     return [
         Contender("cp", "`cp -r` + sync (the floor)", "st", ["cp", "-r", "SRC", "OUT"]),
         Contender("t2mlx", "`t2mlx stream` passthrough", "st", stream),
+        Contender("t2mlx-model", "`t2mlx stream` passthrough, rules from the model (imports torch)", "st",
+                  with_model, skip="" if t.has_analyze and t.has_torch else "needs `t2mlx analyze` and torch"),
         Contender("t2mlx-f16", "`t2mlx stream --dtype float16`", "st", stream + ["--dtype", "float16"]),
         Contender("t2mlx-q4", "`t2mlx stream --q-bits 4`", "st", stream + ["--q-bits", "4"],
                   skip="" if t.has_qbits else "`t2mlx stream --help` lists no `--q-bits` yet (quantization "
@@ -239,7 +244,7 @@ def parse_args(argv=None):
         epilog="presets: " + ", ".join(f"{k} ({mc.human(v.nbytes)}, {len(v.tensors())} tensors)"
                                        for k, v in mc.PRESETS.items() if k != "70b")
         + "; the 70b preset is only used sparse, for --dry-run timing.\n"
-        "contenders: cp, t2mlx, t2mlx-f16, t2mlx-q4, cp-bin, t2mlx-bin, mlx-lm, mlx-lm-q4, naive-torch, naive-safe",
+        "contenders: cp, t2mlx, t2mlx-model, t2mlx-f16, t2mlx-q4, cp-bin, t2mlx-bin, mlx-lm, mlx-lm-q4, naive-torch, naive-safe",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="+", choices=[p for p in mc.PRESETS if p != "70b"], metavar="PRESET",
                     help=f"checkpoints to benchmark (default: {' '.join(DEFAULT_PRESETS)})")
