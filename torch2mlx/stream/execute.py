@@ -291,12 +291,17 @@ class Executor:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             os.close(fd)
             del self._fds[i]
-            os.replace(temp_name(final), final)
         except OSError as e:
             raise os_error(final, e) from None
         self.results[i] = ShardResult(sh.file, sh.size, digest)
+        # Record the shard before it gets its final name: a shard under a final name is
+        # then always in the manifest, and --resume never rewrites a finished shard.
         if self.on_shard:
             self.on_shard(self.results[i])
+        try:
+            os.replace(temp_name(final), final)
+        except OSError as e:
+            raise os_error(final, e) from None
 
     def run(self, shard_indices=None) -> list[ShardResult]:
         """Write the given shards (default: all); returns their results in shard order."""
