@@ -1,6 +1,8 @@
 """Sample checkpoints built with torch (the oracle), shared by the test files."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,9 @@ import torch
 from helpers import FLOAT8, torch_save
 
 SEED = 20240601
+
+# Every test analyzes afresh (and leaves the user's cache alone); test_analysis_cache.py turns it on.
+os.environ["T2MLX_NO_CACHE"] = "1"
 
 
 def _rows(t: torch.Tensor, width: int = 16) -> torch.Tensor:

@@ -21,7 +21,9 @@ Rules (layouts): identity, conv1d, conv2d, conv3d, conv_transpose1d,
 conv_transpose2d, conv_transpose3d, linear_transposed, bilinear.
 With a config.json transformers knows (torch installed) or --model, the
 analyzer builds the model on the meta device and every tensor gets the
-model's exact rule and name (reported as 'model'). Without model information
+model's exact rule and name (reported as 'model'); the analysis is cached
+(~/.cache/torch2mlx/analysis; T2MLX_NO_CACHE=1 turns it off), so a repeat
+run skips importing torch. Without model information
 a 3/4/5-D float '*.weight' is assumed to be a convolution (reported as
 'inferred'); override with --rule REGEX=RULE.
 """
@@ -32,6 +34,10 @@ examples:
   t2mlx analyze ./ckpt --model mypkg.nets:UNet --model-kwargs '{"channels": 64}'
   t2mlx analyze mypkg.nets:UNet --json          # a class alone
   t2mlx analyze model.safetensors               # headers only: names, shapes, inferred rules
+
+A config.json model's analysis is cached (key: config.json, the tensors'
+names/dtypes/shapes, torch/transformers/torch2mlx versions) in
+$T2MLX_CACHE_DIR or ~/.cache/torch2mlx/analysis; T2MLX_NO_CACHE=1 turns it off.
 """
 
 

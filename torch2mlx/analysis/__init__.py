@@ -54,9 +54,19 @@ def _from_path(path: str, model, model_kwargs) -> Report:
         return model_report(build.from_class(model, model_kwargs, config_dir), path, ck)
     notes = []
     if config_dir is not None:
+        from . import cache
+        k = cache.key(config_dir, ck)
+        hit = cache.load(k, path, ck)
+        if hit is not None:
+            report, _, where = hit
+            report.notes.append(f"analysis reused from {where} (T2MLX_NO_CACHE=1 builds the model again)")
+            return report
         why = build.why_not_config(config_dir)
         if why is None:
-            return model_report(build.from_config_dir(config_dir), path, ck)
+            built = build.from_config_dir(config_dir)
+            report = model_report(built, path, ck)
+            cache.save(k, report, built.notes, ck)
+            return report
         notes.append(why)
     if ck is None:
         raise Torch2MLXError(f"{path}: holds neither weights nor a config.json transformers can build")

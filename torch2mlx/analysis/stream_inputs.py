@@ -38,6 +38,13 @@ def stream_inputs(ck: Checkpoint, *, model: str | None = None, model_kwargs=None
         config_dir = ck.path if ck.config is not None else None
         built = build.from_class(model, model_kwargs, config_dir)
     elif ck.config is not None:
+        from . import cache
+        k = cache.key(ck.path, ck)
+        hit = cache.load(k, ck.path, ck)
+        if hit is not None:
+            report, built_notes, where = hit
+            return _from_report(report, built_notes, "config.json, analyzed on the meta device",
+                                [f"analysis reused from {where} (T2MLX_NO_CACHE=1 builds the model again)"])
         try:
             why = build.why_not_config(ck.path)
             if why is not None:
@@ -51,7 +58,10 @@ def stream_inputs(ck: Checkpoint, *, model: str | None = None, model_kwargs=None
     else:
         return StreamInputs()
     how = "config.json" if built.how == "config" else model
-    return _inputs(ck, built, f"{how}, analyzed on the meta device")
+    inputs = _inputs(ck, built, f"{how}, analyzed on the meta device")
+    if model is None:
+        cache.save(k, inputs.report, built.notes, ck)
+    return inputs
 
 
 def module_inputs(ck: Checkpoint, module) -> StreamInputs:
@@ -66,9 +76,13 @@ def module_inputs(ck: Checkpoint, module) -> StreamInputs:
 
 def _inputs(ck: Checkpoint, built, how: str) -> StreamInputs:
     from .report import model_report
-    report = model_report(built, ck.path, ck)
+    return _from_report(model_report(built, ck.path, ck), built.notes, how)
+
+
+def _from_report(report, built_notes: list[str], how: str, extra: list[str] = ()) -> StreamInputs:
     m = report.checkpoint
-    notes = [f"rules from the model {built.name} ({how}): {m.matched} of {m.tensors} tensors"] + m.notes + built.notes
+    notes = ([f"rules from the model {report.model} ({how}): {m.matched} of {m.tensors} tensors"] + m.notes
+             + built_notes + list(extra))
     warnings = []
     if m.unmatched:
         shown = "; ".join(f"{n} ({w})" for n, w in m.unmatched[:5])
