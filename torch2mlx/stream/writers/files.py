@@ -89,9 +89,14 @@ def dumps(obj, indent: int = 2, depth: int = 0) -> str:
     """
     if isinstance(obj, dict) and obj and depth < 2:
         pad = " " * (indent * (depth + 1))
-        items = [f"{pad}{json.dumps(k, ensure_ascii=False)}: {dumps(v, indent, depth + 1)}" for k, v in obj.items()]
+        items = [f"{pad}{_ENCODE(k)}: {dumps(v, indent, depth + 1)}" for k, v in obj.items()]
         return "{\n" + ",\n".join(items) + "\n" + " " * (indent * depth) + "}"
-    return json.dumps(obj, ensure_ascii=False, separators=(", ", ": "))
+    return _ENCODE(obj)
+
+
+# json.dumps with any non-default option builds a new encoder per call: a third of a
+# 10,000-tensor manifest's time. One encoder, reused.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
 
 
 def write_json_atomic(path: str, obj) -> None:
