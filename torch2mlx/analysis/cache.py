@@ -11,8 +11,7 @@ exactly what was stored: anything else is a miss and the model is built again.
 Where: ``$T2MLX_CACHE_DIR``, else ``$XDG_CACHE_HOME/torch2mlx/analysis``, else
 ``~/.cache/torch2mlx/analysis``. ``T2MLX_NO_CACHE=1`` turns it off. Entries are
 JSON (never pickle): a planted file can at worst make a conversion's rules wrong,
-the same as editing config.json could, and ``t2mlx verify`` checks the output
-against the rules the manifest records.
+the same as editing config.json could.
 """
 from __future__ import annotations
 
