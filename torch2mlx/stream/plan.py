@@ -100,6 +100,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     quantization: dict | None = None     # the config block mlx-lm reads, when quantizing
+    fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)  # resume.fingerprint's
 
     @property
     def nbytes_in(self) -> int:

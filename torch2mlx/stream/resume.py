@@ -19,12 +19,14 @@ from .writers.output_dir import MANIFEST
 
 def fingerprint(plan: Plan) -> str:
     """Hash of everything that decides the output bytes: shard names, headers, tensor records."""
-    h = hashlib.sha256()
-    for s in plan.shards:
-        h.update(s.file.encode())
-        h.update(s.header)
-    h.update(json.dumps(plan.tensor_records(), sort_keys=True).encode())
-    return h.hexdigest()
+    if plan.fingerprint is None:   # a plan does not change once built; the manifest asks after every shard
+        h = hashlib.sha256()
+        for s in plan.shards:
+            h.update(s.file.encode())
+            h.update(s.header)
+        h.update(json.dumps(plan.tensor_records(), sort_keys=True).encode())
+        plan.fingerprint = h.hexdigest()
+    return plan.fingerprint
 
 
 def finished_shards(plan: Plan, out_dir: str, fp: str) -> tuple[list[int], dict[int, str], list[str]]:
