@@ -20,7 +20,7 @@ from .options import Options
 SHARD_METADATA = {"format": "mlx"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RuleSpec:
     """One planned output from the analyzer (or another rule provider)."""
 
@@ -31,7 +31,8 @@ class RuleSpec:
     rule_source: str = "model"
 
 
-@dataclass
+# slots: a checkpoint of 100,000 tensors holds as many entries, ops and outputs.
+@dataclass(slots=True)
 class Output:
     name: str
     dtype: DType
@@ -44,7 +45,7 @@ class Output:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
-@dataclass
+@dataclass(slots=True)
 class Op:
     sources: list[TensorEntry]
     rule: str
