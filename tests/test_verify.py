@@ -91,3 +91,15 @@ def test_incomplete_output_is_an_error_line(converted):
     proc = run_cli("verify", src, out)
     assert proc.returncode == 1 and proc.stderr.startswith("error:") and "missing index" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_manifest_written_mid_run_is_not_a_pass(converted):
+    """A manifest rewritten while a run went on lists finished shards, not tensors: verify says so."""
+    src, out = converted
+    m = json.loads((out / MANIFEST).read_text())
+    del m["tensors"]
+    m["complete"] = False
+    (out / MANIFEST).write_text(json.dumps(m))
+    proc = run_cli("verify", src, out)
+    assert proc.returncode == 1
+    assert "says the conversion did not finish" in proc.stdout

@@ -68,6 +68,9 @@ def verify(src, out, *, quick: bool = False, progress=None) -> VerifyReport:
     manifest = _load_json(os.path.join(out, MANIFEST), "manifest torch2mlx.json")
     index_name = BIN_INDEX if manifest.get("format") == "bin" else INDEX   # --to torch --format bin
     index = _load_json(os.path.join(out, index_name), "index " + index_name)
+    if manifest.get("complete") is False:   # written while a run went on: it lists no tensors
+        rep.problems.append(f"{MANIFEST}: says the conversion did not finish (complete: false); "
+                            "rerun it with --resume")
     shards = manifest.get("shards") or {}
     outputs: dict[str, object] = {}
     for file, rec in sorted(shards.items()):
