@@ -268,3 +268,27 @@ def test_fp8_llama_q4_equals_mlx_lm_on_torch_dequantized(fp8_llama, tmp_path):
     x = mx.array(L.PROMPT)
     assert np.abs(np.array(a(x).astype(mx.float32)) - np.array(b(x).astype(mx.float32))).max() <= 1e-3
     assert t2mlx(["verify", str(src), str(ours)]) == 0
+
+
+def test_report_names_the_dequantized_weights_once(raw_src):
+    """Scaled float8 weights are dequantized, not cast: one note for all, a cast warning only where no scale is."""
+    from helpers import run_main
+    src, t, scales = raw_src
+    proc = run_main("stream", src, "--dry-run", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(proc.stdout)
+    cast_warned = {w.split(":")[0] for w in rep["warnings"] if "has no MLX equivalent" in w}
+    assert cast_warned == {n for n, s in scales.items() if s is None} == {"blk.e.weight"}
+    scaled = sum(1 for s in scales.values() if s)
+    assert f"{scaled} float8 weight(s) dequantized to bfloat16 with their scales" in " ".join(rep["notes"])
+
+
+def test_model_rules_cover_an_fp8_llama_without_scale_warnings(fp8_llama):
+    """With the analyzer on, the scales (folded away) are not reported as tensors lacking model rules."""
+    from helpers import run_main
+    src, _, _ = fp8_llama
+    rep = json.loads(run_main("stream", src, "--dry-run", "--json").stdout)
+    assert not [w for w in rep["warnings"] if "_scale" in w], rep["warnings"]
+    scales = sum(1 for w in rep["dropped"] if w["why"] == "float8 scale, folded into its weight")
+    assert scales and any(note.startswith("rules from the model") and f"(and {scales} float8 scales)" in note
+                          for note in rep["notes"]), rep["notes"]

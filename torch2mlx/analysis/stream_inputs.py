@@ -43,7 +43,7 @@ def stream_inputs(ck: Checkpoint, *, model: str | None = None, model_kwargs=None
         hit = cache.load(k, ck.path, ck)
         if hit is not None:
             report, built_notes, where = hit
-            return _from_report(report, built_notes, "config.json, analyzed on the meta device",
+            return _from_report(ck, report, built_notes, "config.json, analyzed on the meta device",
                                 [f"analysis reused from {where} (T2MLX_NO_CACHE=1 builds the model again)"])
         try:
             why = build.why_not_config(ck.path)
@@ -76,16 +76,21 @@ def module_inputs(ck: Checkpoint, module) -> StreamInputs:
 
 def _inputs(ck: Checkpoint, built, how: str) -> StreamInputs:
     from .report import model_report
-    return _from_report(model_report(built, ck.path, ck), built.notes, how)
+    return _from_report(ck, model_report(built, ck.path, ck), built.notes, how)
 
 
-def _from_report(report, built_notes: list[str], how: str, extra: list[str] = ()) -> StreamInputs:
+def _from_report(ck: Checkpoint, report, built_notes: list[str], how: str, extra: list[str] = ()) -> StreamInputs:
+    from ..fp8 import pair_scales
     m = report.checkpoint
-    notes = ([f"rules from the model {report.model} ({how}): {m.matched} of {m.tensors} tensors"] + m.notes
-             + built_notes + list(extra))
+    # float8 scales are folded into their weights by the plan: no model has them, and no rule applies.
+    scales = pair_scales((e.name, e.shape, e.dtype) for e in ck.entries).drop
+    unmatched = [(n, w) for n, w in m.unmatched if n not in scales]
+    counted = m.tensors - (len(m.unmatched) - len(unmatched))
+    notes = ([f"rules from the model {report.model} ({how}): {m.matched} of {counted} tensors"
+              + (f" (and {len(scales)} float8 scales)" if scales else "")] + m.notes + built_notes + list(extra))
     warnings = []
-    if m.unmatched:
-        shown = "; ".join(f"{n} ({w})" for n, w in m.unmatched[:5])
-        warnings.append(f"{len(m.unmatched)} tensor(s) have rules not from the model: {shown}"
-                        + (" ..." if len(m.unmatched) > 5 else ""))
+    if unmatched:
+        shown = "; ".join(f"{n} ({w})" for n, w in unmatched[:5])
+        warnings.append(f"{len(unmatched)} tensor(s) have rules not from the model: {shown}"
+                        + (" ..." if len(unmatched) > 5 else ""))
     return StreamInputs(m.specs, m.drop, notes, warnings, report)

@@ -221,6 +221,12 @@ def build(ck: Checkpoint, opts: Options, specs: list[RuleSpec] | None = None,
     dequant, fp8_drop, fp8_errors = transforms.plan_fp8(ck, by_name)
     drop.update(fp8_drop)
     warnings += fp8_errors
+    # A float8 weight with a scale is dequantized, not cast: it gets no per-tensor warning
+    # (a DeepSeek-V3 has 45,000 of them), but one note below.
+    quiet: list[str] = []
+
+    def warn_for(srcs) -> list[str]:
+        return quiet if len(srcs) == 1 and srcs[0].name in dequant else warnings
     ops: list[Op] = []
     covered: set[str] = set()
 
@@ -244,7 +250,7 @@ def build(ck: Checkpoint, opts: Options, specs: list[RuleSpec] | None = None,
         user = _user_rule(spec.sources[0], opts) if len(spec.sources) == 1 else None
         if user:
             rule, source, args = user, "user", {}
-        ops.append(_make_op(srcs, out_name, rule, source, args, opts, warnings))
+        ops.append(_make_op(srcs, out_name, rule, source, args, opts, warn_for(srcs)))
 
     for e in ck.entries:
         if e.name in covered:
@@ -266,7 +272,7 @@ def build(ck: Checkpoint, opts: Options, specs: list[RuleSpec] | None = None,
             if guess:
                 warnings.append(f"{e.name}: rule {guess} inferred from its {len(e.shape)}-D shape "
                                 f"(override with --rule '{e.name}=identity')")
-        ops.append(_make_op([e], out_name, rule, source, {}, opts, warnings))
+        ops.append(_make_op([e], out_name, rule, source, {}, opts, warn_for([e])))
 
     if ck.layout == "mlx" and not specs:
         warnings.append("source is already in MLX layout (format=mlx / .npz): no layout rules inferred")
@@ -282,7 +288,14 @@ def build(ck: Checkpoint, opts: Options, specs: list[RuleSpec] | None = None,
     ops.sort(key=lambda op: (op.sources[0].path or "", op.sources[0].offset))
     recipe = transforms.recipe_for(opts, [o.name for op in ops for o in op.outputs], ck.config)
     block = transforms.attach(ops, dequant, recipe, module_types, warnings)
-    plan = Plan(ops, assign_shards(ops, opts.max_shard_size), dropped, warnings, list(ck.notes))
+    notes = list(ck.notes)
+    scaled = [op for op in ops if op.transform is not None and op.transform_info
+              and "fp8_scale" in op.transform_info]
+    if scaled:
+        kinds = sorted({op.outputs[-1].dtype.name for op in scaled})   # [-1]: quantized ops end in biases
+        notes.append(f"{len(scaled)} float8 weight(s) dequantized to {', '.join(kinds)} with their scales "
+                     "(the scale tensors are folded in, not written)")
+    plan = Plan(ops, assign_shards(ops, opts.max_shard_size), dropped, warnings, notes)
     plan.quantization = block
     return plan
 
