@@ -94,27 +94,36 @@ def sweep_table(rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
+_PLAN_TITLES = {"llama-70b": "a Llama-70B-shaped checkpoint",
+                "deepseek-v3-fp8": "a DeepSeek-V3-shaped float8 checkpoint (block-scaled, per-expert tensors)"}
+
+
 def dry_run_table(rows: list[dict]) -> list[str]:
-    if not rows:
-        return []
-    first = next((r for r in rows if "bytes" in r), None)
-    lines = ["## Plan only, on a Llama-70B-shaped checkpoint of file holes", ""]
-    if first:
-        lines += [f"{_gb(first['bytes'])} in {first['shards']} safetensors shards, {first['tensors']} tensors; "
-                  "the data regions are holes made with `truncate`, so nothing but headers exists on disk. "
-                  "Median of cold runs, process start to exit. Rows marked *analysis cached* run after one "
-                  "run filled the analysis cache (the model is not built again: no torch import).", ""]
-    lines += ["| command | median time | peak RSS | target |", "|---|---:|---:|---|"]
-    for r in rows:
-        if r.get("skip"):
-            lines.append(f"| `{r['command']}` | — | — | skipped: {r['skip']} |")
-        elif r.get("seconds") is None:
-            lines.append(f"| `{r['command']}` | failed: {r['error']} | — | — |")
-        else:
-            how = ", analysis cached" if r.get("cached") else ""
-            lines.append(f"| `{r['command']}`{how} | {r['seconds']:.2f} s | {r['max_rss_mib']:.0f} MiB | "
-                         f"< {DRY_RUN_TARGET_S:.0f} s: {'met' if r['seconds'] < DRY_RUN_TARGET_S else '**missed**'} |")
-    return lines + [""]
+    lines = []
+    for ck in dict.fromkeys(r.get("checkpoint", "llama-70b") for r in rows):
+        part = [r for r in rows if r.get("checkpoint", "llama-70b") == ck]
+        first = next((r for r in part if "bytes" in r), None)
+        lines += [f"## Plan only, on {_PLAN_TITLES.get(ck, ck)} of file holes", ""]
+        if first:
+            lines += [f"{_gb(first['bytes'])} in {first['shards']} safetensors shards, {first['tensors']} tensors; "
+                      "the data regions are holes made with `truncate`, so nothing but headers exists on disk. "
+                      "Median of cold runs, process start to exit. Rows marked *analysis cached* run after one "
+                      "run filled the analysis cache (the model is not built again: no torch import).", ""]
+        target = ck == "llama-70b"   # issue 7's < 3 s is for the 70B Llama
+        lines += ["| command | median time | peak RSS |" + (" target |" if target else ""),
+                  "|---|---:|---:|" + ("---|" if target else "")]
+        for r in part:
+            if r.get("skip"):
+                lines.append(f"| `{r['command']}` | — | — |" + (f" skipped: {r['skip']} |" if target else ""))
+            elif r.get("seconds") is None:
+                lines.append(f"| `{r['command']}` | failed: {r['error']} | — |" + (" — |" if target else ""))
+            else:
+                how = ", analysis cached" if r.get("cached") else ""
+                met = "met" if r["seconds"] < DRY_RUN_TARGET_S else "**missed**"
+                lines.append(f"| `{r['command']}`{how} | {r['seconds']:.2f} s | {r['max_rss_mib']:.0f} MiB |"
+                             + (f" < {DRY_RUN_TARGET_S:.0f} s: {met} |" if target else ""))
+        lines.append("")
+    return lines
 
 
 def targets(res: dict) -> list[str]:

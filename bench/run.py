@@ -31,7 +31,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-import make_checkpoint as mc  # noqa: E402  (bench/ is a folder of scripts, not a package)
+import deepseek_sparse  # noqa: E402  (bench/ is a folder of scripts, not a package)
+import make_checkpoint as mc  # noqa: E402
 import measure  # noqa: E402
 import report  # noqa: E402
 
@@ -215,35 +216,54 @@ def shard_sweep(presets: list[str], sizes: list[str], a, tools: Tools, work: str
 
 
 def dry_run_70b(a, tools: Tools, env: dict) -> list[dict]:
-    """``--dry-run`` (and ``analyze`` when it exists) on a 70B-shaped checkpoint made of file holes."""
+    """``--dry-run`` (and ``analyze``) on the sparse 70B Llama and the sparse DeepSeek-V3 (float8) checkpoints."""
     ck, spec = ensure_checkpoint("70b", a.data_dir, a.dtype, sparse=True)
-    st = os.path.join(ck, "st")
-    cmds = [("t2mlx stream --dry-run", tools.t2mlx + ["stream", st, "--dry-run"]),
-            ("t2mlx stream --dry-run --json", tools.t2mlx + ["stream", st, "--dry-run", "--json"])]
-    if tools.has_analyze:
-        cmds.append(("t2mlx analyze", tools.t2mlx + ["analyze", st]))
+    llama = {"checkpoint": "llama-70b", "bytes": spec.nbytes, "tensors": len(spec.tensors()),
+             "shards": len(mc.shard_groups(spec))}
+    rows = _plan_only(os.path.join(ck, "st"), llama, a, tools, env, analyze=True)
+    if a.quick:   # a smoke test: the 90,000-tensor plan takes a minute of runs
+        return rows
+    ds_dir = os.path.join(a.data_dir, "deepseek-v3-fp8-sparse")
+    if not os.path.isfile(os.path.join(ds_dir, "model.safetensors.index.json")):
+        _log(f"writing {ds_dir} (headers over holes)")
+        counts = deepseek_sparse.write(ds_dir)
+    else:
+        with open(os.path.join(ds_dir, "model.safetensors.index.json")) as f:
+            wm = json.load(f)
+        counts = {"bytes": wm["metadata"]["total_size"], "tensors": len(wm["weight_map"]),
+                  "shards": len(set(wm["weight_map"].values()))}
+    rows += _plan_only(ds_dir, {"checkpoint": "deepseek-v3-fp8", **counts}, a, tools, env, analyze=False,
+                       extra=[("t2mlx stream --dry-run --no-model", ["--no-model"])])
+    return rows
+
+
+def _plan_only(st: str, info: dict, a, tools: Tools, env: dict, *, analyze: bool, extra=()) -> list[dict]:
+    """Median cold timings of plan-only commands on ``st``, then again with the analysis cache filled."""
+    cmds = [("t2mlx stream --dry-run", tools.t2mlx + ["stream", st, "--dry-run"])]
+    if analyze:
+        cmds.append(("t2mlx stream --dry-run --json", tools.t2mlx + ["stream", st, "--dry-run", "--json"]))
+        if tools.has_analyze:
+            cmds.append(("t2mlx analyze", tools.t2mlx + ["analyze", st]))
     # The same commands again once the analysis cache holds this model (a repeated run, e.g. after a dry run).
     cached_env = {k: v for k, v in env.items() if k != "T2MLX_NO_CACHE"}
-    cached_env["T2MLX_CACHE_DIR"] = os.path.join(a.work_dir, "analysis-cache")
+    cached_env["T2MLX_CACHE_DIR"] = os.path.join(a.work_dir, "analysis-cache-" + info["checkpoint"])
     shutil.rmtree(cached_env["T2MLX_CACHE_DIR"], ignore_errors=True)
-    cmds = [(label, argv, env) for label, argv in cmds] + \
+    runs = [(label, argv, env) for label, argv in cmds] + \
+           [(label, tools.t2mlx + ["stream", st, "--dry-run"] + more, env) for label, more in extra] + \
            [(label, argv, cached_env) for label, argv in cmds]
     rows = []
-    for label, argv, cmd_env in cmds:
+    for label, argv, cmd_env in runs:
         if cmd_env is cached_env and not os.path.isdir(cached_env["T2MLX_CACHE_DIR"]):
             measure.run(argv, inputs=[], out=None, env=cmd_env, timeout=a.timeout)   # fills the cache
         samples = [measure.run(argv, inputs=[], out=None, env=cmd_env, timeout=a.timeout)
                    for _ in range(max(a.runs, 3))]
         ok = [s for s in samples if s.rc == 0]
-        rows.append({"command": label, "cached": cmd_env is cached_env, "bytes": spec.nbytes, "tensors": len(spec.tensors()),
-                     "shards": len(mc.shard_groups(spec)),
+        rows.append({**info, "command": label, "cached": cmd_env is cached_env,
                      "seconds": statistics.median(s.seconds for s in ok) if ok else None,
                      "max_rss_mib": max((s.max_rss_mib for s in ok), default=None),
                      "error": next((s.error for s in samples if s.rc), "")})
-        _log(f"  [70b sparse] {label}{' (analysis cached)' if cmd_env is cached_env else ''}: "
+        _log(f"  [{info['checkpoint']} sparse] {label}{' (analysis cached)' if cmd_env is cached_env else ''}: "
              f"{rows[-1]['seconds']} s")
-    if not tools.has_analyze:
-        rows.append({"command": "t2mlx analyze", "skip": "`t2mlx --help` lists no `analyze` yet (another branch)"})
     return rows
 
 
