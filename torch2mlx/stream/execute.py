@@ -232,7 +232,7 @@ class Executor:
         return done_in
 
     def _copy(self, c: _Copy, ranges: list) -> int:
-        copy_range(self.reader.fd(c.path), self._fds[c.shard], c.src, c.dst, c.n)
+        copy_range(self.reader.fd(c.path), self._fds[c.shard], c.src, c.dst, c.n, src_name=c.path)
         self.reader.done_with_range(c.path, c.src, c.n)
         ranges.append((c.shard, c.dst, c.dst + c.n))
         return c.n

@@ -31,14 +31,18 @@ def pwrite_all(fd: int, data, offset: int) -> None:
         done += os.pwrite(fd, view[done:], offset + done)
 
 
-def copy_range(src_fd: int, dst_fd: int, src_off: int, dst_off: int, count: int, buf: bytearray | None = None) -> None:
-    """Copy bytes file to file; the kernel does it when it can (no user-space buffer)."""
+def copy_range(src_fd: int, dst_fd: int, src_off: int, dst_off: int, count: int, buf: bytearray | None = None,
+               src_name: str = "source file") -> None:
+    """Copy bytes file to file; the kernel does it when it can (no user-space buffer).
+
+    ``src_name`` names the source in the error when it ends early (a checkpoint
+    truncated while it is being converted)."""
     if hasattr(os, "copy_file_range"):
         try:
             while count > 0:
                 n = os.copy_file_range(src_fd, dst_fd, min(count, COPY_CHUNK), src_off, dst_off)
                 if n == 0:
-                    raise Torch2MLXError("source file ended during a copy (truncated while converting?)")
+                    raise Torch2MLXError(f"{src_name}: ended during a copy (truncated while converting?)")
                 src_off, dst_off, count = src_off + n, dst_off + n, count - n
             return
         except OSError as e:
@@ -49,7 +53,7 @@ def copy_range(src_fd: int, dst_fd: int, src_off: int, dst_off: int, count: int,
     while count > 0:
         n = os.preadv(src_fd, [view[: min(count, len(view))]], src_off)
         if n == 0:
-            raise Torch2MLXError("source file ended during a copy (truncated while converting?)")
+            raise Torch2MLXError(f"{src_name}: ended during a copy (truncated while converting?)")
         pwrite_all(dst_fd, view[:n], dst_off)
         src_off, dst_off, count = src_off + n, dst_off + n, count - n
 
