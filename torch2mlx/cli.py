@@ -224,8 +224,27 @@ def alias_argv(argv: list[str]) -> list[str]:
     return ["stream"] + rest + (["--no-model"] if "--no-analyze" in argv else [])
 
 
+def _interrupted(args, argv: list[str]) -> str:
+    """The Ctrl-C message; for a conversion, the exact command that continues it."""
+    if getattr(args, "func", None) is not _cmd_stream or args.dry_run:
+        return "interrupted"
+    import shlex
+    prog = "t2mlx" if os.path.basename(sys.argv[0] or "") == "t2mlx" else "python -m torch2mlx"
+    if args.to == "mlx" and args.format == "safetensors":
+        # --overwrite would throw the finished shards away (argparse also takes it abbreviated)
+        again = [a for a in argv if not (a.startswith("--o") and "--overwrite".startswith(a))]
+        again += [] if args.resume else ["--resume"]
+        how = "continue it with"
+    else:   # --resume covers safetensors shards made by the forward conversion only
+        again = argv + ([] if args.overwrite else ["--overwrite"])
+        how = "start over with"
+    return (f"interrupted (no index was written; the output is incomplete); {how}: "
+            f"{prog} {shlex.join(again)}")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
@@ -233,7 +252,7 @@ def main(argv=None) -> int:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("error: interrupted (no index was written; the output is incomplete)", file=sys.stderr)
+        print(f"error: {one_line(_interrupted(args, argv))}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 1

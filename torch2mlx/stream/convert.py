@@ -16,7 +16,7 @@ from .options import Options
 from . import resume as resume_mod
 from .plan import Plan, RuleSpec, build
 from . import sidecar_config
-from .writers import output_dir
+from .writers import out_lock, output_dir
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Result:
     sidecars: list[str] = field(default_factory=list)
     written: int | None = None    # tensors actually written, when a transform changed the plan's count
     format: str = "safetensors"
+    source_files: dict = field(default_factory=dict)   # identity of each source file as the run began
 
     @property
     def tensors_out(self) -> int:
@@ -74,6 +75,7 @@ def manifest(res: Result, opts: Options, complete: bool = True) -> dict:
         "dropped": [{"source": n, "why": w} for n, w in res.plan.dropped],
         "warnings": res.plan.warnings,
         "plan_sha256": resume_mod.fingerprint(res.plan),
+        "source_files": res.source_files,
         "complete": complete,
     })
     return m
@@ -183,20 +185,40 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
         raise Torch2MLXError("--resume cannot be combined with a transform")
     if format not in ("safetensors", "zarr"):
         raise Torch2MLXError(f"--format must be safetensors or zarr (bin needs --to torch), got {format!r}")
-    if format == "zarr":
-        return _convert_zarr(res, ck, opts, plan, out, overwrite, progress, workers, zarr_compressor, transform or resume)
-    do_resume = resume and os.path.isdir(out) and bool(os.listdir(out))
-    output_dir.prepare(out, overwrite=overwrite, src_paths=ck.files, resume=do_resume)
-    # Sidecars first: a ShardWriter (transform) writes its index when it closes, and the index comes last.
-    res.sidecars = output_dir.copy_sidecars(ck.sidecars, out, rewrite=sidecar_config.rewrite(ck, opts, plan))
-    t0 = time.perf_counter()
+    res.source_files = resume_mod.source_identity(ck.path, ck.files)
+    output_dir.check_target(out, ck.files)
+    with out_lock.locked(out):
+        if format == "zarr":
+            return _convert_zarr(res, ck, opts, plan, out, overwrite, progress, workers, zarr_compressor,
+                                 transform or resume)
+        return _write(res, opts, out, overwrite=overwrite, resume=resume, transform=transform, progress=progress,
+                      workers=workers, drop_cache=drop_cache)
+
+
+def _write(res: Result, opts: Options, out: str, *, overwrite: bool, resume: bool, transform, progress: bool,
+           workers, drop_cache: bool) -> Result:
+    """Safetensors shards into ``out``, which this run holds locked."""
+    ck, plan = res.checkpoint, res.plan
+    fp = resume_mod.fingerprint(plan)
+    do_resume = resume and output_dir.has_contents(out)
+    if not (overwrite or resume) and output_dir.has_contents(out):
+        hint = resume_mod.interrupted_run(out, fp, ck.path, res.source_files)
+        if hint:
+            raise Torch2MLXError(hint)
     todo = list(range(len(plan.shards)))
     done: dict[int, ShardResult] = {}
-    if do_resume:
-        keep, digests, notes = resume_mod.finished_shards(plan, out, resume_mod.fingerprint(plan))
+    if do_resume:   # before OUT is touched: a refused resume leaves it as it was
+        keep, digests, notes = resume_mod.finished_shards(plan, out, fp, ck.path, res.source_files)
         plan.notes += notes
         done = {i: ShardResult(plan.shards[i].file, plan.shards[i].size, digests[i]) for i in keep}
         todo = [i for i in todo if i not in done]
+    output_dir.prepare(out, overwrite=overwrite, src_paths=ck.files, resume=do_resume)
+    # Sidecars first: a ShardWriter (transform) writes its index when it closes, and the index comes last.
+    res.sidecars = output_dir.copy_sidecars(ck.sidecars, out, rewrite=sidecar_config.rewrite(ck, opts, plan))
+    if transform is None and not do_resume:
+        # Before any shard: an interrupted run is known as one (and resumable) from the start.
+        output_dir.write_manifest(out, manifest(res, opts, complete=False))
+    t0 = time.perf_counter()
     bar, update = progress_bar(sum(op.nbytes_in for op in plan.ops if op.outputs[0].shard in todo), progress)
     lock = threading.Lock()
     index_of = {s.file: i for i, s in enumerate(plan.shards)}
@@ -210,7 +232,8 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
     try:
         if transform is not None:
             from .transform import run_transform
-            res.shards, res.written = run_transform(plan, out, transform, opts, update, res.source)
+            res.shards, res.written = run_transform(plan, out, transform, opts, update, res.source,
+                                                       res.source_files)
         else:
             with DataReader(drop_cache=drop_cache) as reader:
                 ex = Executor(plan, out, reader=reader, workers=workers, progress=update, drop_cache=drop_cache,

@@ -4,6 +4,12 @@ While a conversion runs, ``torch2mlx.json`` is rewritten after every finished
 shard with the plan's fingerprint and each finished shard's size and sha256.
 A resumed run with the same plan reuses a shard only when the file on disk
 still has exactly that size and hash; everything else is redone.
+
+The manifest also records each source file's identity (size, mtime, inode, and
+the content hash when the file is a Hugging Face cache blob, whose name is its
+hash): a source replaced by one with the same headers but other values would
+otherwise be finished from the new file after shards made from the old one.
+An in-place rewrite that keeps the size and restores the mtime is not seen.
 """
 from __future__ import annotations
 
@@ -29,8 +35,87 @@ def fingerprint(plan: Plan) -> str:
     return plan.fingerprint
 
 
-def finished_shards(plan: Plan, out_dir: str, fp: str) -> tuple[list[int], dict[int, str], list[str]]:
-    """(indices of shards to keep, their sha256, notes). Raises when OUT belongs to another plan."""
+# (field, how a message names a difference in it)
+_IDENTITY = (("bytes", "size"), ("mtime_ns", "mtime"), ("inode", "inode"), ("blob", "content hash"))
+
+
+def _stat(path: str) -> dict:
+    st = os.stat(path)
+    rec = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+    real = os.path.realpath(path)
+    if os.path.basename(os.path.dirname(real)) == "blobs":   # the Hub cache: snapshots/REV/f -> blobs/<hash>
+        rec["blob"] = os.path.basename(real)
+    return rec
+
+
+def _key(src: str, path: str) -> str:
+    return os.path.relpath(path, src) if os.path.isdir(src) else os.path.basename(path)
+
+
+def source_path(src: str, key: str) -> str:
+    """Where a recorded source file is now: ``SRC/key`` for a directory, SRC itself for a file."""
+    return os.path.join(src, key) if os.path.isdir(src) else src
+
+
+def source_identity(src: str, files: list[str]) -> dict[str, dict]:
+    """Each source file (by its path inside SRC) -> size, mtime_ns, inode (and blob hash)."""
+    out = {}
+    for f in files:
+        try:
+            out[_key(src, f)] = _stat(f)
+        except OSError as e:
+            raise Torch2MLXError(f"{f}: {e.strerror or e}") from None
+    return out
+
+
+def changed_source(src: str, recorded: dict, current: dict | None = None) -> tuple[str, str] | None:
+    """(path, what differs) of the first source file that is not the one recorded; None when all are.
+
+    ``current`` (this run's identities) also catches files the recorded run did not read;
+    without it each recorded file is looked up under SRC.
+    """
+    for key, rec in sorted(recorded.items()):
+        path = source_path(src, key)
+        if current is not None:
+            now = current.get(key)
+            if now is None:
+                return path, "no longer a source file"
+        else:
+            try:
+                now = _stat(path)
+            except FileNotFoundError:
+                return path, "missing"
+            except OSError as e:
+                return path, f"unreadable: {e.strerror or e}"
+        diff = [what for field, what in _IDENTITY if not isinstance(rec, dict) or rec.get(field) != now.get(field)]
+        if diff:
+            return path, "/".join(diff)
+    for key in sorted((current or {}).keys() - recorded.keys()):
+        return source_path(src, key), "not a source file of that run"
+    return None
+
+
+def check_source(src: str, manifest: dict, current: dict, out_dir: str) -> None:
+    """Refuse to resume over output made from source files that have changed since."""
+    recorded = manifest.get("source_files")
+    if not isinstance(recorded, dict):
+        raise Torch2MLXError(f"--resume: {out_dir}: its manifest records no source identity (written by an older "
+                             "torch2mlx), so a changed source cannot be ruled out; rerun with --overwrite "
+                             "to convert afresh")
+    changed = changed_source(src, recorded, current)
+    if changed:
+        since = "the interrupted run" if manifest.get("complete") is False else f"{out_dir} was converted"
+        raise Torch2MLXError(f"--resume: {changed[0]} changed since {since} ({changed[1]}); "
+                             "rerun with --overwrite to convert afresh")
+
+
+def finished_shards(plan: Plan, out_dir: str, fp: str, src: str,
+                    current: dict) -> tuple[list[int], dict[int, str], list[str]]:
+    """(indices of shards to keep, their sha256, notes).
+
+    Raises when OUT belongs to another plan, or when a source file is not the one
+    the finished shards were made from (``current``: this run's source identities).
+    """
     path = os.path.join(out_dir, MANIFEST)
     if not os.path.exists(path):
         return [], {}, ["nothing to resume (no torch2mlx.json in OUT); converting everything"]
@@ -42,6 +127,7 @@ def finished_shards(plan: Plan, out_dir: str, fp: str) -> tuple[list[int], dict[
     if manifest.get("plan_sha256") != fp:
         raise Torch2MLXError(f"{out_dir}: holds a conversion with a different plan (other source or options); "
                              "cannot resume it (use --overwrite to start over)")
+    check_source(src, manifest, current, out_dir)
     keep, digests, notes = [], {}, []
     by_file = {s.file: i for i, s in enumerate(plan.shards)}
     for file, rec in sorted((manifest.get("shards") or {}).items()):
@@ -64,3 +150,23 @@ def finished_shards(plan: Plan, out_dir: str, fp: str) -> tuple[list[int], dict[
         digests[i] = digest
     notes.append(f"resume: reusing {len(keep)} of {len(plan.shards)} shard(s)")
     return keep, digests, notes
+
+
+def interrupted_run(out_dir: str, fp: str, src: str, current: dict) -> str | None:
+    """What to tell a run without --resume/--overwrite when OUT holds an unfinished run of this very plan."""
+    try:
+        with open(os.path.join(out_dir, MANIFEST), "rb") as f:
+            manifest = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("complete") is not False or manifest.get("plan_sha256") != fp:
+        return None
+    recorded = manifest.get("source_files")
+    if not isinstance(recorded, dict):   # an older torch2mlx's run: --resume would refuse it
+        return None
+    changed = changed_source(src, recorded, current)
+    if changed:
+        return (f"{out_dir}: holds an interrupted run of this conversion, but {changed[0]} changed since "
+                f"({changed[1]}): use --overwrite to start over")
+    return f"{out_dir}: holds an interrupted run of this conversion: add --resume to continue it " \
+           "(or --overwrite to start over)"

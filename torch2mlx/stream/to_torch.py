@@ -20,8 +20,8 @@ from .convert import Result, manifest
 from .data import DataReader
 from .execute import Executor
 from .options import Options
-from . import reverse_plan
-from .writers import output_dir, torch_bin
+from . import resume as resume_mod, reverse_plan
+from .writers import out_lock, output_dir, torch_bin
 
 FORMATS = ("safetensors", "bin")
 
@@ -74,7 +74,7 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
                         rules=rules, key=key)
     ck = _with_store_files(checkpoint or open_checkpoint(src, key=key))
     # Dequantized sources read through this reader; it lives as long as the conversion.
-    with DataReader(drop_cache=drop_cache) as side:
+    with DataReader(drop_cache=drop_cache) as side, contextlib.ExitStack() as held:
         rp = reverse_plan.prepare(ck, opts, side, specs=specs, drop=drop, model=model, model_kwargs=model_kwargs,
                                   use_model=use_model, fmt=format)
         plan = rp.plan
@@ -85,6 +85,9 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
         if dry_run:
             return res
         out = os.fspath(out)
+        res.source_files = resume_mod.source_identity(ck.path, ck.files)
+        output_dir.check_target(out, ck.files)
+        held.enter_context(out_lock.locked(out))   # until the index is written
         output_dir.prepare(out, overwrite=overwrite, src_paths=ck.files)
         res.sidecars = output_dir.copy_sidecars(ck.sidecars, out,
                                                 rewrite={"config.json": rp.config} if rp.config else None)
@@ -105,10 +108,10 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
                 with DataReader(drop_cache=drop_cache) as reader:
                     Executor(plan, out, reader=reader, workers=workers, progress=update, drop_cache=drop_cache,
                              on_shard=shard_done).run()
-    output_dir.write_manifest(out, _manifest(res, opts, format, model_info))
-    weight_map = {o.name: plan.shards[o.shard].file for op in plan.ops for o in op.outputs}
-    output_dir.write_index(out, weight_map, plan.nbytes_out,
-                           output_dir.BIN_INDEX if format == "bin" else output_dir.INDEX)
+        output_dir.write_manifest(out, _manifest(res, opts, format, model_info))
+        weight_map = {o.name: plan.shards[o.shard].file for op in plan.ops for o in op.outputs}
+        output_dir.write_index(out, weight_map, plan.nbytes_out,
+                               output_dir.BIN_INDEX if format == "bin" else output_dir.INDEX)
     res.seconds = time.perf_counter() - t0
     return res
 

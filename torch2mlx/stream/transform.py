@@ -25,9 +25,9 @@ def _results(value, name, dtype):
 
 
 def run_transform(plan: Plan, out: str, transform, opts: Options, progress=None,
-                  source: str = "") -> tuple[list[ShardResult], int]:
+                  source: str = "", source_files: dict | None = None) -> tuple[list[ShardResult], int]:
     writer = ShardWriter(out, opts.max_shard_size, overwrite=True, manifest_extra={
-        "source": source, "options": opts.to_dict(), "transform": True,
+        "source": source, "source_files": source_files or {}, "options": opts.to_dict(), "transform": True,
         "dropped": [{"source": n, "why": w} for n, w in plan.dropped], "warnings": plan.warnings})
     try:
         with DataReader() as reader:

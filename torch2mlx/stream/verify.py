@@ -2,8 +2,11 @@
 
 Checks, in order: every shard's size and sha256 against the manifest; every
 shard's safetensors header against the format's rules; the index against the
-shards; then (unless ``quick``) every output tensor against its rule applied
-to its source, block by block, in the same bounded memory as the conversion.
+shards; each source file's size, mtime and inode against those the manifest
+recorded when the conversion began (with ``quick`` a difference is a problem:
+no value is compared, so an output finished from a changed source would pass);
+then (unless ``quick``) every output tensor against its rule applied to its
+source, block by block, in the same bounded memory as the conversion.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from .data import DataReader
 from .execute import CHUNK, compute_outputs, plan_tasks
 from .plan import Op, Output
 from .readers import pickled, safetensors as st_reader
+from .resume import changed_source
 from .writers.files import sha256_file
 from .writers.output_dir import BIN_INDEX, INDEX, MANIFEST
 
@@ -106,6 +110,7 @@ def verify(src, out, *, quick: bool = False, progress=None) -> VerifyReport:
     total = sum(e.nbytes for e in outputs.values())
     if (index.get("metadata") or {}).get("total_size") != total:
         rep.problems.append(f"index: total_size {(index.get('metadata') or {}).get('total_size')} != {total} bytes of tensors")
+    _check_source(src, manifest, rep, quick)
     if quick:
         return rep
     if manifest.get("transform"):
@@ -117,6 +122,25 @@ def verify(src, out, *, quick: bool = False, progress=None) -> VerifyReport:
     else:
         _verify_values(src, manifest, outputs, rep, progress)
     return rep
+
+
+def _check_source(src, manifest: dict, rep: VerifyReport, quick: bool) -> None:
+    recorded = manifest.get("source_files")
+    if not isinstance(recorded, dict):
+        if quick:
+            rep.notes.append(f"{MANIFEST} records no source identity (older torch2mlx): --quick cannot tell "
+                             "whether SRC is the checkpoint that was converted")
+        return
+    changed = changed_source(os.fspath(src), recorded)
+    if changed is None:
+        return
+    path, what = changed
+    if quick:
+        rep.problems.append(f"{path}: changed since this output was made ({what}); --quick compares no "
+                            "values: run verify without --quick")
+    else:
+        rep.notes.append(f"{path}: changed since this output was made ({what}); values compared with the file "
+                         "as it is now")
 
 
 def _ops_from_manifest(records: dict, by_name: dict, problems: list[str]):

@@ -7,20 +7,31 @@ import shutil
 
 from ...errors import Torch2MLXError
 from .files import os_error, write_json_atomic
+from .out_lock import LOCK
 
 INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"    # --to torch --format bin
 MANIFEST = "torch2mlx.json"
 
 
-def prepare(out_dir: str, *, overwrite: bool, src_paths: list[str], resume: bool = False) -> None:
+def has_contents(out_dir: str) -> bool:
+    """OUT holds something besides a run's lock file."""
+    return os.path.isdir(out_dir) and any(n != LOCK for n in os.listdir(out_dir))
+
+
+def check_target(out_dir: str, src_paths: list[str]) -> None:
+    """Refuse an OUT that is a file or the source's own directory (before anything is written there)."""
     out_abs = os.path.realpath(out_dir)
     for p in src_paths:
         if os.path.dirname(os.path.realpath(p)) == out_abs:
             raise Torch2MLXError(f"{out_dir}: output directory holds the source files; choose another OUT")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise Torch2MLXError(f"{out_dir}: exists and is not a directory")
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not (overwrite or resume):
+
+
+def prepare(out_dir: str, *, overwrite: bool, src_paths: list[str], resume: bool = False) -> None:
+    check_target(out_dir, src_paths)
+    if has_contents(out_dir) and not (overwrite or resume):
         raise Torch2MLXError(f"{out_dir}: exists and is not empty (use --overwrite to replace its contents)")
     try:
         os.makedirs(out_dir, exist_ok=True)
