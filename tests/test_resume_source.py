@@ -296,3 +296,26 @@ def test_a_source_truncated_during_a_copy_is_named(tmp_path, monkeypatch, kernel
     assert str(e.value) == f"{src}: ended during a copy (truncated while converting?)"
     assert not (out / INDEX).exists()
     assert not list(out.glob(".*.tmp"))
+
+
+def test_a_hub_cache_file_is_recorded_with_its_blob_hash(tmp_path):
+    """snapshots/REV/file -> blobs/<sha256>: the blob's name is its content hash, and it is compared too."""
+    repo = tmp_path / "models--x--y"
+    (repo / "blobs").mkdir(parents=True)
+    snap = repo / "snapshots" / "rev1"
+    snap.mkdir(parents=True)
+    blob = "a" * 64
+    save_file({"w": np.ones((4, 4), dtype=np.float32)}, str(repo / "blobs" / blob))
+    (snap / "model.safetensors").symlink_to(Path("..", "..", "blobs", blob))
+    out = tmp_path / "out"
+    torch2mlx.stream.convert(snap, out, use_model=False)
+    rec = read_json(out / MANIFEST)["source_files"]["model.safetensors"]
+    st = (repo / "blobs" / blob).stat()
+    assert rec == {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "blob": blob}
+    # Another revision with the same bytes under another blob name: a hard link keeps inode, size and mtime.
+    other = "b" * 64
+    os.link(repo / "blobs" / blob, repo / "blobs" / other)
+    (snap / "model.safetensors").unlink()
+    (snap / "model.safetensors").symlink_to(Path("..", "..", "blobs", other))
+    proc = run_cli("stream", snap, out, "--no-model", "--quiet", "--resume")
+    assert_one_error(proc, f"--resume: {snap}/model.safetensors changed since {out} was converted (content hash)")

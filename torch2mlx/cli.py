@@ -79,7 +79,8 @@ def _add_stream(sub):
     p.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty OUT")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted conversion in OUT: keep shards whose size and sha256 match "
-                        "its manifest, redo the rest (output identical to an uninterrupted run)")
+                        "its manifest, redo the rest (output identical to an uninterrupted run); refused when a "
+                        "source file changed since (size, mtime or inode)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop; reads headers only")
     p.add_argument("--json", action="store_true", help="print the report (or plan) as JSON on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -179,7 +180,9 @@ def _add_verify(sub):
                                    "manifest and the index matches the shards. Exit 0 only when all hold.")
     p.add_argument("src", metavar="SRC", help="the checkpoint that was converted")
     p.add_argument("out", metavar="OUT", help="the conversion's output directory")
-    p.add_argument("--quick", action="store_true", help="hashes, headers and index only; no tensor values")
+    p.add_argument("--quick", action="store_true",
+                   help="hashes, headers, index, and SRC's files unchanged since the conversion (size, mtime, "
+                        "inode); no tensor values")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_verify)
 
