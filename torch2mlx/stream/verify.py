@@ -128,8 +128,8 @@ def _check_source(src, manifest: dict, rep: VerifyReport, quick: bool) -> None:
     recorded = manifest.get("source_files")
     if not isinstance(recorded, dict):
         if quick:
-            rep.notes.append(f"{MANIFEST} records no source identity (older torch2mlx): --quick cannot tell "
-                             "whether SRC is the checkpoint that was converted")
+            rep.notes.append(f"{MANIFEST} records no source identity: --quick cannot tell whether SRC is the "
+                             "checkpoint that was converted")
         return
     changed = changed_source(os.fspath(src), recorded)
     if changed is None:
