@@ -319,3 +319,21 @@ def test_a_hub_cache_file_is_recorded_with_its_blob_hash(tmp_path):
     (snap / "model.safetensors").symlink_to(Path("..", "..", "blobs", other))
     proc = run_cli("stream", snap, out, "--no-model", "--quiet", "--resume")
     assert_one_error(proc, f"--resume: {snap}/model.safetensors changed since {out} was converted (content hash)")
+
+
+def test_a_manifest_without_source_identity(tmp_path):
+    """An older torch2mlx's output: --resume cannot rule out a changed source, --quick says it could not check."""
+    src = tmp_path / "model.safetensors"
+    save_file({"w": np.arange(64, dtype=np.float32).reshape(8, 8)}, str(src))
+    out = tmp_path / "out"
+    torch2mlx.stream.convert(src, out, use_model=False)
+    m = read_json(out / MANIFEST)
+    del m["source_files"]
+    (out / MANIFEST).write_text(json.dumps(m))
+    proc = run_cli("verify", src, out, "--quick")
+    assert proc.returncode == 0
+    assert "note: torch2mlx.json records no source identity: --quick cannot tell whether SRC is the checkpoint" \
+        in proc.stdout
+    proc = run_cli("stream", src, out, "--no-model", "--quiet", "--resume")
+    assert_one_error(proc, f"--resume: {out}: its manifest records no source identity (written by an older "
+                           "torch2mlx), so a changed source cannot be ruled out; rerun with --overwrite")

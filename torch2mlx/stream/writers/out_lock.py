@@ -8,6 +8,7 @@ lock on a file that is no longer at that path and tries again.
 """
 from __future__ import annotations
 
+import errno
 import os
 import time
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ except ImportError:   # Windows: no advisory locks here; runs are not serialized
     fcntl = None
 
 LOCK = ".torch2mlx.lock"
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
 def _holder(fd: int) -> str:
@@ -58,23 +60,39 @@ def locked(out_dir: str):
                 pid = _holder(fd)
                 os.close(fd)
                 raise Torch2MLXError(f"{out_dir}: another conversion (pid {pid}) is writing it") from None
+            except OSError as e:
+                if e.errno not in _NO_LOCKS:
+                    raise
+                # A filesystem without flock (some network mounts): runs there are not serialized.
+                os.close(fd)
+                fd = None
+                _remove(path)
+                break
             if _same_file(fd, path):
                 break
             os.close(fd)   # locked a file its holder had just removed: take the current one
             fd = None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if fd is not None:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     except OSError as e:
         if fd is not None:
             os.close(fd)
         raise os_error(out_dir, e) from None
+    if fd is None:
+        yield
+        return
     try:
         yield
     finally:
         # Only our own file: once removed, the path may hold the next run's lock.
         if _same_file(fd, path):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+            _remove(path)
         os.close(fd)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
