@@ -201,7 +201,7 @@ def _write(res: Result, opts: Options, out: str, *, overwrite: bool, resume: boo
     ck, plan = res.checkpoint, res.plan
     fp = resume_mod.fingerprint(plan)
     do_resume = resume and output_dir.has_contents(out)
-    if not (overwrite or resume) and output_dir.has_contents(out):
+    if not (overwrite or resume or transform) and output_dir.has_contents(out):   # --resume takes no transform
         hint = resume_mod.interrupted_run(out, fp, ck.path, res.source_files)
         if hint:
             raise Torch2MLXError(hint)
