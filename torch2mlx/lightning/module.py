@@ -156,13 +156,15 @@ def _without_source(ck, opt_state, sched_state, interval, strict):
     if opt_state is None:
         return specs, None
     names = _names.from_state_dict(kept, _names.count_ids(opt_state["param_groups"]))
-    schedule = convert_scheduler(sched_state, param_groups=opt_state["param_groups"]) if sched_state else None
-    conv = convert_optimizer(opt_state, names, specs, strict=False)
+    schedule = convert_scheduler(sched_state, param_groups=opt_state["param_groups"], strict=None) \
+        if sched_state else None
+    conv = convert_optimizer(opt_state, names, specs, strict=None)
     if schedule is not None:
         conv.report.extend(schedule.report)
         if interval is None:
-            conv.report.notes.append("scheduler interval not known without source_class: assumed 'epoch' "
-                                     "(Lightning's default)")
+            conv.report.inexact.append("how often the scheduler stepped is not in the checkpoint: pass "
+                                       "scheduler_interval='step' or 'epoch' (strict=False assumes 'epoch', "
+                                       "Lightning's default)")
     conv.report.check(strict, "the checkpoint's optimizer")
     return specs, _source.OptimConfig(conv.optimizer, schedule, interval or "epoch", 1,
                                       schedule.start if schedule else 0, conv.report)
