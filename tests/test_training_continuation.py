@@ -183,3 +183,74 @@ def test_sgd_step_comes_from_the_scheduler_or_is_asked_for(tmp_path):
     with pytest.raises(Torch2MLXError, match="pass step="):
         convert_optimizer(ck["optimizer"], TorchNet(), schedule=lost)
     assert int(convert_optimizer(ck["optimizer"], TorchNet(), schedule=lost, step=DONE).optimizer.step.item()) == DONE
+
+
+def test_a_scheduler_not_stepped_per_update_is_refused(tmp_path):
+    """A per-epoch scheduler (2 steps for 8 updates) cannot become a per-update learning rate silently."""
+    torch.manual_seed(0)
+    model = TorchNet()
+    opt = OPTIMIZERS["Adam"](model.parameters())
+    sched = L.StepLR(opt, step_size=1, gamma=0.5)
+    for i, (tok, y) in enumerate(batches(8)):
+        opt.zero_grad()
+        model(tok, y).backward()
+        opt.step()
+        if i % 4 == 3:
+            sched.step()
+    with pytest.raises(Torch2MLXError, match="the optimizer took 8 steps and the scheduler 2"):
+        convert_optimizer(opt.state_dict(), model, schedule=sched.state_dict())
+    conv = convert_optimizer(opt.state_dict(), model)          # without it: the rate torch is at, fixed
+    assert conv.report.exact and float(conv.optimizer.learning_rate.item()) == pytest.approx(opt.param_groups[0]["lr"])
+
+
+def test_fresh_moments_keep_the_schedule_position():
+    """with_state=False: Adam starts its count (and bias correction) at 0, the rate where the scheduler is."""
+    torch.manual_seed(0)
+    model = TorchNet()
+    opt = OPTIMIZERS["Adam"](model.parameters())
+    sched = SCHEDULERS["warmup-cosine"](opt)
+    _steps(model, opt, sched, batches(DONE))
+    conv = convert_optimizer(opt, model, schedule=sched, with_state=False)
+    mopt = conv.optimizer
+    params = {"w": mx.zeros((2,))}
+    for t in range(3):
+        params = mopt.apply_gradients({"w": mx.ones((2,))}, params)
+        assert int(mopt.step.item()) == t + 1
+        assert _relative(float(mopt.learning_rate.item()), opt.param_groups[0]["lr"]) <= 1e-6
+        opt.step()
+        sched.step()
+
+
+def test_param_groups_each_follow_their_cycled_beta1(tmp_path):
+    """Two param groups (a MultiOptimizer) with OneCycleLR's beta1 cycle, in a plain MLX loop."""
+    torch.manual_seed(0)
+    model = TorchNet()
+    decay = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    rest = [p for n, p in model.named_parameters() if not n.endswith("weight")]
+    opt = torch.optim.AdamW([{"params": rest, "weight_decay": 0.0}, {"params": decay, "weight_decay": 0.1}],
+                            lr=1e-2)
+    sched = L.OneCycleLR(opt, max_lr=[0.05, 0.02], total_steps=10)
+    data = batches(DONE + MORE)
+    _steps(model, opt, sched, data[:DONE])
+    twin = MLXNet()
+    twin.load_weights(list({k: mx.array(v) for k, v in _mlx_view(model).items()}.items()), strict=True)
+    conv = convert_optimizer(opt, model, schedule=sched)
+    assert conv.report.exact, str(conv.report)
+    step = mnn.value_and_grad(twin, twin.__call__)
+    for tok, y in data[DONE:]:
+        applied = [g["betas"][0] for g in opt.param_groups]
+        _steps(model, opt, sched, [(tok, y)])
+        _, grads = step(mx.array(tok.numpy()), mx.array(y.numpy()))
+        conv.optimizer.update(twin, grads)
+        mx.eval(twin.parameters(), conv.optimizer.state)
+        assert [o.betas[0] for o in conv.optimizer.optimizers] == pytest.approx(applied, rel=1e-12)
+    want, have = _mlx_view(model), dict(tree_flatten(twin.parameters()))
+    assert max(float(np.abs(np.array(have[k]) - want[k]).max()) for k in want) <= 1e-5
+
+
+def _steps(model, opt, sched, data) -> None:
+    for tok, y in data:
+        opt.zero_grad()
+        model(tok, y).backward()
+        opt.step()
+        sched.step()
