@@ -196,7 +196,8 @@ def _resume_point(ck) -> dict:
     batches = _get(fit, "epoch_loop.batch_progress", "current", "processed")
     last = _get(fit, "epoch_loop.batch_progress", "is_last_batch")
     epochs = done if isinstance(done, int) else (ck.epoch or 0)
-    # a checkpoint from inside an epoch resumes after its last finished batch, as Lightning does
+    # a checkpoint from inside an epoch: Lightning counts on from here (batch indices, the epoch's length);
+    # which data comes next is the trainer's mid_epoch policy
     inside = batches if isinstance(batches, int) and not last else 0
     return {"global_step": ck.global_step or 0, "epoch": epochs, "batches_done": inside}
 
