@@ -7,6 +7,9 @@ with ``interval="step"`` (counted every ``frequency`` updates), at the start
 of every epoch with ``interval="epoch"``; the count starts where a restored
 torch scheduler stopped. A model remembers where its last fit ended (step,
 epoch, schedule position), so a later fit continues it, as a restored one does.
+A checkpoint from inside an epoch continues with the batches not done yet, or, with
+``from_checkpoint(..., mid_epoch="restart")``, as Lightning's ``ckpt_path`` resume does with
+a plain DataLoader (the data from its first batch, for the batches the epoch had left).
 """
 from __future__ import annotations
 
