@@ -144,7 +144,7 @@ def test_gradient_clipping_as_lightning_clips(runs, name):
 def test_resume_from_epoch_checkpoint_matches_lightning(runs, name):
     run = runs[name]
     model = NetMLX.from_checkpoint(run["dir"] / "epoch=0.ckpt", source_class=LitNet)
-    assert model._t2m_resume == {"global_step": BATCHES, "epoch": 1, "batches_done": 0}
+    assert model._t2m_resume == {"global_step": BATCHES, "epoch": 1, "batches_done": 0, "mid_epoch": "skip"}
     trainer = MLXTrainer(max_epochs=3, enable_progress_bar=False)
     trainer.fit(model, loader())
     assert trainer.global_step == 3 * BATCHES
@@ -153,11 +153,30 @@ def test_resume_from_epoch_checkpoint_matches_lightning(runs, name):
 
 @pytest.mark.parametrize("name", ["sgd-step", "adam-step"])
 def test_resume_inside_an_epoch_matches_lightning(runs, name):
+    """mid_epoch="skip" (the default): the batches not done yet, as the uninterrupted run."""
     run = runs[name]
     model = NetMLX.from_checkpoint(run["dir"] / "step=10.ckpt", source_class=LitNet)
-    assert model._t2m_resume == {"global_step": 10, "epoch": 1, "batches_done": 2}
+    assert model._t2m_resume == {"global_step": 10, "epoch": 1, "batches_done": 2, "mid_epoch": "skip"}
     MLXTrainer(max_epochs=3, enable_progress_bar=False).fit(model, loader())
     assert gap(run["lit"], model) <= TOL
+
+
+@pytest.mark.parametrize("name", ["sgd-step", "adam-step"])
+def test_resume_inside_an_epoch_as_lightning_ckpt_path_does(runs, name):
+    """mid_epoch="restart": Lightning's own ``fit(ckpt_path=...)`` with a plain DataLoader, which starts the
+    epoch's data again at its first batch and ends the epoch after the batches it had left."""
+    run = runs[name]
+    resumed = LitNet(**CONFIGS[name])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = lightning(3)
+        trainer.fit(resumed, loader(), ckpt_path=run["dir"] / "step=10.ckpt")
+    model = NetMLX.from_checkpoint(run["dir"] / "step=10.ckpt", source_class=LitNet, mid_epoch="restart")
+    mlx_trainer = MLXTrainer(max_epochs=3, enable_progress_bar=False)
+    mlx_trainer.fit(model, loader())
+    assert mlx_trainer.global_step == trainer.global_step == 3 * BATCHES
+    assert gap(resumed, model) <= TOL
+    assert gap(run["lit"], model) > 10 * TOL               # the two policies really differ
 
 
 def test_resume_without_the_source_class(runs):

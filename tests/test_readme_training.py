@@ -21,4 +21,7 @@ def test_continue_training_example_matches_lightning(tmp_path):
     steps, acc = steps_acc.split()
     assert steps == "96" and float(acc) > 0.8          # it learned: chance is 25%
     assert float(gap) <= 1e-5                          # MLX and Lightning end at the same weights
+    # the text quotes what the example prints
+    prose = text[start:text.find("\n## ", start + 1)]
+    assert f"This prints `{steps_acc}`" in prose and f"and `{gap}`, the largest" in prose, (steps_acc, gap)
     assert [p.name for p in (tmp_path / "mlx-ckpts").iterdir()] == ["epoch=5-step=96"]

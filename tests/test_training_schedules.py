@@ -160,3 +160,12 @@ def test_one_cycle_state_needs_param_groups_and_ambiguous_state_needs_kind():
         convert_scheduler({"last_epoch": 3})
     with pytest.raises(Torch2MLXError, match="made for 10 steps"):
         convert_scheduler(sched).lr(11)
+
+
+def test_a_momentum_cycle_that_cannot_be_followed_is_an_error_not_a_note():
+    o = _opt(kind="adam")
+    sched = L.SequentialLR(o, [L.LinearLR(o, 0.1, total_iters=3), L.OneCycleLR(o, 0.5, total_steps=20)], [3])
+    with pytest.raises(Torch2MLXError, match="cycles momentum, which is not carried"):
+        convert_scheduler(sched)
+    with pytest.warns(UserWarning, match="cycles momentum"):
+        assert not convert_scheduler(sched, strict=False).report.exact

@@ -112,57 +112,76 @@ class MLXModule(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, *args, source_class=None, strict: bool = True, scheduler_interval=None,
-                        **kwargs):
-        """An instance from a Lightning ``.ckpt``: weights, optimizer moments and schedule position.
+                        mid_epoch: str = "skip", **kwargs):
+        """An instance from a Lightning ``.ckpt`` (or a plain torch run's file): weights, optimizer
+        moments and schedule position.
 
         ``source_class``: the torch LightningModule that wrote the checkpoint. It is built on
         the meta device from the checkpoint's hyper-parameters, for the exact layer rules and
-        its ``configure_optimizers``. Without it, rules are inferred from shapes and the
-        optimizer and scheduler kinds from their state's keys (``scheduler_interval`` then
-        says how the scheduler stepped; Lightning's default is ``"epoch"``).
+        its ``configure_optimizers``. A plain ``nn.Module`` works too (a ``torch.save`` of
+        ``{"model": ..., "optimizer": ..., "scheduler": ...}`` state dicts): its layer rules and
+        parameter order are used, the optimizer and scheduler kinds are read from their state.
+        Without it, rules are inferred from shapes as well. Where no ``configure_optimizers`` says
+        how the scheduler stepped, ``scheduler_interval`` ("step" or "epoch") must.
+        ``mid_epoch``: for a checkpoint saved inside an epoch, ``"skip"`` continues with the
+        batches not done yet (the uninterrupted run); ``"restart"`` does what Lightning's
+        ``ckpt_path`` resume does with a plain DataLoader: the data starts again at its first
+        batch and the epoch ends after the batches it had left.
         The MLX module is built with ``*args, **kwargs``, or else from the hyper-parameters its
         constructor names.
         """
         from ..training.checkpoint import read_training_checkpoint
+        if mid_epoch not in ("skip", "restart"):
+            raise Torch2MLXError(f"mid_epoch must be 'skip' or 'restart', got {mid_epoch!r}")
         ck = read_training_checkpoint(os.fspath(path))
         opt_state = ck.optimizer_states[0] if ck.optimizer_states else None
         sched_state = ck.lr_schedulers[0] if ck.lr_schedulers else None
+        src = None
         if source_class is not None:
             from ..training.optimizer_state import forward_specs
             src = _source.build_meta(source_class, ck.hyper_parameters)
             specs = forward_specs(src)
+        if src is not None and hasattr(src, "configure_optimizers"):
             config = _source.convert_config(src, specs, opt_state, sched_state, strict=strict) \
                 if opt_state is not None else None
             if config is not None and scheduler_interval is not None:
                 config.interval = scheduler_interval
         else:
-            specs, config = _without_source(ck, opt_state, sched_state, scheduler_interval, strict)
+            specs, config = _without_source(ck, opt_state, sched_state, scheduler_interval, strict, src)
         model = cls._construct(args, kwargs, ck.hyper_parameters)
         model._load(_source.mlx_weights(specs, ck.state_dict), strict)
         object.__setattr__(model, "_t2m_optim", config)
-        object.__setattr__(model, "_t2m_resume", _resume_point(ck))
+        object.__setattr__(model, "_t2m_resume", {**_resume_point(ck), "mid_epoch": mid_epoch})
         return model
 
 
-def _without_source(ck, opt_state, sched_state, interval, strict):
+def _without_source(ck, opt_state, sched_state, interval, strict, src=None):
+    """Rules from ``src`` (a torch module without configure_optimizers) or shapes; kinds from the state."""
     from .. import rules
     from ..stream.plan import RuleSpec
     from ..training import names as _names
     from ..training.convert import convert_optimizer
+    from ..training.optimizer_state import forward_specs
     from ..training.schedules import convert_scheduler
     kept = [n for n in ck.state_dict if not n.endswith("num_batches_tracked")]
-    specs = [RuleSpec(n, (n,), rules.infer(n, ck.state_dict[n].shape, ck.state_dict[n].dtype.is_float)
-                      or "identity", {}, "inferred") for n in kept]
+    if src is not None:
+        specs = forward_specs(src)
+    else:
+        specs = [RuleSpec(n, (n,), rules.infer(n, ck.state_dict[n].shape, ck.state_dict[n].dtype.is_float)
+                          or "identity", {}, "inferred") for n in kept]
     if opt_state is None:
         return specs, None
-    names = _names.from_state_dict(kept, _names.count_ids(opt_state["param_groups"]))
-    schedule = convert_scheduler(sched_state, param_groups=opt_state["param_groups"]) if sched_state else None
-    conv = convert_optimizer(opt_state, names, specs, strict=False)
+    n = _names.count_ids(opt_state["param_groups"])
+    names = _names.from_module(src, None, n) if src is not None else _names.from_state_dict(kept, n)
+    schedule = convert_scheduler(sched_state, param_groups=opt_state["param_groups"], strict=None) \
+        if sched_state else None
+    conv = convert_optimizer(opt_state, names, specs, strict=None)
     if schedule is not None:
         conv.report.extend(schedule.report)
         if interval is None:
-            conv.report.notes.append("scheduler interval not known without source_class: assumed 'epoch' "
-                                     "(Lightning's default)")
+            conv.report.inexact.append("how often the scheduler stepped is not in the checkpoint: pass "
+                                       "scheduler_interval='step' or 'epoch' (strict=False assumes 'epoch', "
+                                       "Lightning's default)")
     conv.report.check(strict, "the checkpoint's optimizer")
     return specs, _source.OptimConfig(conv.optimizer, schedule, interval or "epoch", 1,
                                       schedule.start if schedule else 0, conv.report)
@@ -177,7 +196,8 @@ def _resume_point(ck) -> dict:
     batches = _get(fit, "epoch_loop.batch_progress", "current", "processed")
     last = _get(fit, "epoch_loop.batch_progress", "is_last_batch")
     epochs = done if isinstance(done, int) else (ck.epoch or 0)
-    # a checkpoint from inside an epoch resumes after its last finished batch, as Lightning does
+    # a checkpoint from inside an epoch: Lightning counts on from here (batch indices, the epoch's length);
+    # which data comes next is the trainer's mid_epoch policy
     inside = batches if isinstance(batches, int) and not last else 0
     return {"global_step": ck.global_step or 0, "epoch": epochs, "batches_done": inside}
 

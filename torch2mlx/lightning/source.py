@@ -88,8 +88,8 @@ def convert_config(module, specs, optimizer_state=None, scheduler_state=None, *,
     if tsched is not None:
         if scheduler_state is not None:
             tsched.load_state_dict(scheduler_state)    # the checkpoint's counters on a freshly built scheduler
-        schedule = convert_scheduler(tsched, param_groups=groups)
-    conv = convert_optimizer(source, names, specs, kind=kind_of(topt), strict=False)
+        schedule = convert_scheduler(tsched, param_groups=groups, strict=None)
+    conv = convert_optimizer(source, names, specs, kind=kind_of(topt), strict=None)
     report = conv.report
     if schedule is not None:
         report.extend(schedule.report)

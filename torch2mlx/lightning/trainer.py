@@ -7,6 +7,9 @@ with ``interval="step"`` (counted every ``frequency`` updates), at the start
 of every epoch with ``interval="epoch"``; the count starts where a restored
 torch scheduler stopped. A model remembers where its last fit ended (step,
 epoch, schedule position), so a later fit continues it, as a restored one does.
+A checkpoint from inside an epoch continues with the batches not done yet, or, with
+``from_checkpoint(..., mid_epoch="restart")``, as Lightning's ``ckpt_path`` resume does with
+a plain DataLoader (the data from its first batch, for the batches the epoch had left).
 """
 from __future__ import annotations
 
@@ -110,6 +113,7 @@ class MLXTrainer:
             self.optimizer.state = resume.pop("optimizer_state")
             model._t2m_resume.pop("optimizer_state", None)
         skip = int(resume.get("batches_done", 0))
+        restart = resume.get("mid_epoch") == "restart"
         self.should_stop = False
 
         def loss_fn(batch, batch_idx):
@@ -122,7 +126,7 @@ class MLXTrainer:
             if self.config.schedule is not None and self.config.interval == "epoch":
                 self._apply_schedule()
             model.train()
-            self._train_epoch(model, step_fn, train_dataloader, skip)
+            self._train_epoch(model, step_fn, train_dataloader, skip, restart)
             skip = 0
             if self.config.schedule is not None and self.config.interval == "epoch" \
                     and (self.current_epoch + 1) % self.config.frequency == 0:
@@ -154,17 +158,27 @@ class MLXTrainer:
     def _steps_done(self) -> bool:
         return self.max_steps > 0 and self.global_step >= self.max_steps
 
-    def _batches(self, loader, skip: int):
+    def _batches(self, loader, skip: int, restart: bool = False):
+        """The epoch's ``(batch_idx, batch)`` pairs after ``skip`` batches done before a checkpoint.
+
+        ``restart``: Lightning's resume with a plain DataLoader, which cannot fast-forward: the
+        data starts again at its first batch, indices and the epoch's length go on as if skipped.
+        """
         it = iter(loader)
-        if skip:
+        left = None if self.limit_train_batches is None else max(0, self.limit_train_batches - skip)
+        if skip and restart:
+            if hasattr(loader, "__len__"):
+                n = len(loader) - skip
+                left = n if left is None else min(left, n)
+        elif skip:
             it = itertools.islice(it, skip, None)
-        if self.limit_train_batches is not None:
-            it = itertools.islice(it, max(0, self.limit_train_batches - skip))
+        if left is not None:
+            it = itertools.islice(it, max(0, left))
         return enumerate(it, start=skip)
 
-    def _train_epoch(self, model, step_fn, loader, skip: int) -> None:
+    def _train_epoch(self, model, step_fn, loader, skip: int, restart: bool = False) -> None:
         bar = None
-        batches = self._batches(loader, skip)
+        batches = self._batches(loader, skip, restart)
         if self.enable_progress_bar:
             from tqdm.auto import tqdm
             total = len(loader) if hasattr(loader, "__len__") else None

@@ -17,7 +17,7 @@ _EXPORTS = {
     "OptimizerState": ".optimizer_state", "forward_specs": ".optimizer_state",
     "convert_scheduler": ".schedules", "Schedule": ".schedules",
     "read_training_checkpoint": ".checkpoint", "TrainingCheckpoint": ".checkpoint",
-    "Report": ".report", "Array": ".arrays",
+    "Report": ".report", "InexactConversionWarning": ".report", "Array": ".arrays",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -112,13 +112,39 @@ class TorchTerms:
         self.state["learning_rate"] = mx.array(value)
 
 
-_classes: dict[type, type] = {}
+class FollowsMomentum:
+    """Mixin for an ``mlx.optimizers`` class: beta1 or momentum set from a schedule before every update.
+
+    torch's OneCycleLR (``cycle_momentum``) rewrites the param group's ``betas[0]`` or
+    ``momentum`` at every scheduler step; MLX keeps them as plain attributes. Here
+    ``momentum_schedule(step)`` (the step count before the update, as MLX calls a
+    learning-rate schedule) gives the value for the update about to be applied.
+    Like a converted learning-rate schedule it reads the step on the host, so call
+    ``update`` outside ``mx.compile``.
+    """
+
+    momentum_schedule = None
+    momentum_key = "momentum"            # or "betas" (beta1)
+
+    def apply_gradients(self, gradients, parameters):
+        if self.momentum_schedule is not None:
+            value = float(self.momentum_schedule(int(self.step.item())))
+            if self.momentum_key == "betas":
+                self.betas = [value, self.betas[1]]
+            else:
+                self.momentum = value
+        return super().apply_gradients(gradients, parameters)
 
 
-def _with_terms(cls):
-    if cls not in _classes:
-        _classes[cls] = type(f"Torch{cls.__name__}", (TorchTerms, cls), {"__module__": __name__})
-    return _classes[cls]
+_classes: dict[tuple, type] = {}
+
+
+def _with(cls, *mixins):
+    key = (cls, *mixins)
+    if key not in _classes:
+        prefix = "".join("Torch" if m is TorchTerms else "Cycled" for m in mixins)
+        _classes[key] = type(f"{prefix}{cls.__name__}", (*mixins, cls), {"__module__": __name__})
+    return _classes[key]
 
 
 def _flags(group: dict, kind: str, report: Report, handled: set) -> None:
@@ -127,7 +153,9 @@ def _flags(group: dict, kind: str, report: Report, handled: set) -> None:
             report.notes.append(f"{kind} {k}={group[k]!r} chooses torch kernels only; MLX has no such switch")
     extra = sorted(set(group) - handled - set(_IMPL_FLAGS) - _SCHEDULER_KEYS - {"params", "maximize", "lr"})
     for k in extra:
-        report.notes.append(f"{kind} param-group key {k}={group[k]!r} has no MLX counterpart and was ignored")
+        # unknown to us, so it may change the update: not something to drop quietly
+        report.inexact.append(f"{kind} param-group key {k}={group[k]!r} is not known here; whatever it does in "
+                              "torch is not carried")
 
 
 def hyperparameters(kind: str, group: dict, report: Report) -> tuple[type, dict, dict]:
@@ -172,12 +200,22 @@ def hyperparameters(kind: str, group: dict, report: Report) -> tuple[type, dict,
     return cls, kwargs, {k: v for k, v in terms.items() if v}
 
 
-def make(kind: str, group: dict, learning_rate, report: Report):
-    """The MLX optimizer for one torch param group; ``learning_rate`` is a float or a schedule."""
+def make(kind: str, group: dict, learning_rate, report: Report, momentum=None, momentum_key: str | None = None):
+    """The MLX optimizer for one torch param group; ``learning_rate`` is a float or a schedule.
+
+    ``momentum``: a schedule (step -> value) for beta1 (``momentum_key="betas"``) or SGD's momentum.
+    """
     cls, kwargs, terms = hyperparameters(kind, group, report)
-    if terms:
-        cls = _with_terms(cls)
+    if momentum is not None:
+        if (momentum_key == "betas") != (kind in ("Adam", "AdamW")) or kind in ("RMSprop", "Adagrad"):
+            report.inexact.append(f"the schedule cycles {momentum_key}, which MLX's {kind} does not have")
+            momentum = None
+    mixins = ((TorchTerms,) if terms else ()) + ((FollowsMomentum,) if momentum is not None else ())
+    if mixins:
+        cls = _with(cls, *mixins)
     opt = cls(learning_rate=learning_rate, **kwargs)
     for k, v in terms.items():
         setattr(opt, k, v)
+    if momentum is not None:
+        opt.momentum_schedule, opt.momentum_key = momentum, momentum_key
     return opt

@@ -3,16 +3,22 @@
 Every converter here returns its result with a ``Report``: ``notes`` are facts
 that change nothing numerically (an implementation flag such as ``foreach``
 ignored, a hyper-parameter spelled differently in MLX); ``inexact`` are
-quantities MLX receives but that do not continue torch's training exactly
-(a moment of a summed LSTM bias, a momentum schedule MLX cannot follow).
-With ``strict=True`` (the default) an inexact item raises, so nothing is
-silently wrong; ``strict=False`` accepts them and leaves the list to read.
+anything that makes the continued run differ from torch's (a moment of a
+summed LSTM bias, a schedule position that had to be guessed, an unknown
+hyper-parameter ignored). With ``strict=True`` (the default) an inexact item
+raises, so nothing is silently wrong; ``strict=False`` accepts them with a
+warning and leaves the list to read.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 from ..errors import Torch2MLXError
+
+
+class InexactConversionWarning(UserWarning):
+    """A conversion accepted with ``strict=False`` that will not continue torch's training exactly."""
 
 
 @dataclass
@@ -29,11 +35,16 @@ class Report:
         self.inexact += [n for n in other.inexact if n not in self.inexact]
         return self
 
-    def check(self, strict: bool, what: str) -> None:
-        if strict and self.inexact:
-            listed = "; ".join(self.inexact[:6]) + (" ..." if len(self.inexact) > 6 else "")
+    def check(self, strict: bool | None, what: str) -> None:
+        """Raise (``strict``) or warn (``strict=False``) about inexact items; ``None``: a caller checks later."""
+        if strict is None or not self.inexact:
+            return
+        listed = "; ".join(self.inexact[:6]) + (" ..." if len(self.inexact) > 6 else "")
+        if strict:
             raise Torch2MLXError(f"{what} cannot be carried exactly: {listed} (strict=False accepts this and "
                                  "keeps the list in the result's report)")
+        warnings.warn(f"{what} will not continue torch's training exactly: {listed}", InexactConversionWarning,
+                      stacklevel=3)
 
     def __str__(self) -> str:
         lines = [f"inexact: {x}" for x in self.inexact] + [f"note: {x}" for x in self.notes]

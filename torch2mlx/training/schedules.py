@@ -52,7 +52,7 @@ class Schedule:
 
     kind: str
     groups: list[Callable[[int], float]]
-    start: int = 0                      # steps the scheduler had taken (its ``last_epoch``)
+    start: int | None = None            # steps the scheduler had taken (its ``last_epoch``); None: not known
     momentum: list[Callable[[int], float]] | None = None   # OneCycleLR's cycled momentum / beta1
     momentum_key: str | None = None     # "betas" (beta1) or "momentum"
     report: Report = field(default_factory=Report)
@@ -76,15 +76,20 @@ class Schedule:
         mom = [self.momentum[i]] if self.momentum else None
         return Schedule(self.kind, [self.groups[i]], self.start, mom, self.momentum_key, self.report)
 
-    def resumed(self) -> "Schedule":
-        """The same schedule counted from where the scheduler stopped: step 0 is ``start``.
+    def resumed(self, at: int = 0) -> "Schedule":
+        """The same schedule counted so that step ``at`` is where the scheduler stopped (``start``).
 
-        For an MLX optimizer whose step counter starts at 0 while the torch scheduler had
-        already stepped (an optimizer restored with its step needs no shift).
+        For an MLX optimizer whose step count differs from the scheduler's (one starting at 0
+        while the torch scheduler had already stepped; an optimizer restored with the same
+        count as the scheduler needs no shift).
         """
-        k = self.start
+        if self.start is None:
+            raise Torch2MLXError(f"this {self.kind} schedule does not say how many steps it took (start is None)")
+        k = self.start - int(at)
+        if k == 0:
+            return self
         mom = [lambda t, f=f: f(t + k) for f in self.momentum] if self.momentum else None
-        return Schedule(self.kind, [lambda t, f=f: f(t + k) for f in self.groups], 0, mom, self.momentum_key,
+        return Schedule(self.kind, [lambda t, f=f: f(t + k) for f in self.groups], int(at), mom, self.momentum_key,
                         self.report)
 
 
@@ -199,7 +204,7 @@ def _groups_needed(param_groups, kind: str, n: int) -> list[dict]:
 def _build(kind: str, st: dict, param_groups, children, report: Report) -> Schedule:
     if kind in UNSUPPORTED:
         raise Torch2MLXError(f"{kind} cannot be converted: {UNSUPPORTED[kind]}")
-    start = int(st.get("last_epoch", 0))
+    start = int(st["last_epoch"])         # torch always saves it; without it the position would be a guess
     if kind in _SIMPLE:
         return Schedule(kind, [_SIMPLE[kind](float(b), st) for b in st["base_lrs"]], start, report=report)
     if kind == "OneCycleLR":
@@ -208,9 +213,10 @@ def _build(kind: str, st: dict, param_groups, children, report: Report) -> Sched
         if st.get("cycle_momentum"):
             sched.momentum = [_one_cycle(st, g, "momentum") for g in groups]
             sched.momentum_key = "betas" if st.get("use_beta1") else "momentum"
-            report.notes.append(f"OneCycleLR also cycles {'beta1' if st.get('use_beta1') else 'momentum'}: "
-                                "MLXTrainer follows it (schedule.momentum); an MLX optimizer on its own keeps "
-                                "a fixed value")
+            what = "beta1" if st.get("use_beta1") else "momentum"
+            report.notes.append(f"OneCycleLR also cycles {what} (schedule.momentum): the optimizer "
+                                "convert_optimizer(schedule=...) returns sets it before every update, as "
+                                f"MLXTrainer does; an MLX optimizer given only this learning rate keeps {what} fixed")
         return sched
     if kind == "SequentialLR":
         milestones = [int(m) for m in st["_milestones"]]
@@ -248,17 +254,21 @@ def _parts(x, kind, param_groups):
     raise Torch2MLXError(f"expected a torch LR scheduler or its state_dict(), got {type(x).__name__}")
 
 
-def convert_scheduler(scheduler_or_state, *, kind: str | None = None, param_groups=None) -> Schedule:
+def convert_scheduler(scheduler_or_state, *, kind: str | None = None, param_groups=None,
+                      strict: bool = True) -> Schedule:
     """An MLX schedule equal to a torch LR scheduler (see the module doc).
 
     ``scheduler_or_state``: a live ``torch.optim.lr_scheduler`` object or its ``state_dict()``;
     ``kind``: the class name when a state dict's keys are ambiguous; ``param_groups``: the
     optimizer's groups (needed by OneCycleLR from a state dict). The result's ``start``
     is the number of steps already taken; ``schedule.lr(t, group)`` gives torch's rate
-    in double precision and ``schedule(step)`` MLX's float32 one.
+    in double precision and ``schedule(step)`` MLX's float32 one. What the schedule cannot carry
+    is in ``.report``; with ``strict`` (the default) it raises, otherwise it warns.
     """
     k, st, groups, children = _parts(scheduler_or_state, kind, param_groups)
     try:
-        return _build(k, st, groups, children, Report())
+        sched = _build(k, st, groups, children, Report())
     except (KeyError, TypeError, ValueError) as e:
         raise Torch2MLXError(f"{k} state is missing or has a malformed field ({type(e).__name__}: {e})") from None
+    sched.report.check(strict, f"the {k} schedule")
+    return sched
