@@ -67,6 +67,8 @@ def manifest(res: Result, opts: Options, complete: bool = True) -> dict:
     conversion 35x slower than one shard.
     """
     m = {"torch2mlx": __version__, "source": res.source, "options": opts.to_dict()}
+    if res.checkpoint.key is not None:
+        m["source_key"] = res.checkpoint.key
     if complete:
         m["tensors"] = res.plan.tensor_records()
     m.update({
@@ -93,7 +95,7 @@ def _convert_zarr(res: Result, ck: Checkpoint, opts: Options, plan: Plan, out: s
     finally:
         if bar is not None:
             bar.close()
-    zarr_store.finish(out, zarr_store.manifest(plan, res.source, opts.to_dict(), compressor))
+    zarr_store.finish(out, zarr_store.manifest(plan, res.source, opts.to_dict(), compressor, source_key=ck.key))
     res.seconds = time.perf_counter() - t0
     res.format = "zarr"
     return res
@@ -170,6 +172,8 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
                                                                   "--zarr-compressor": zarr_compressor != "none"})
     if to != "mlx":
         raise Torch2MLXError(f"--to must be mlx or torch, got {to!r}")
+    if resume and key is None and checkpoint is None:
+        key = resume_mod.recorded_key(os.fspath(out))   # the nesting the interrupted run chose
     ck, opts, plan = prepare(src, checkpoint=checkpoint, specs=specs, drop=drop, module_types=module_types,
                              model=model, model_kwargs=model_kwargs, use_model=use_model, inputs=inputs,
                              dtype=dtype, max_shard_size=max_shard_size, strip_prefix=strip_prefix,

@@ -150,9 +150,14 @@ def _ops_from_manifest(records: dict, by_name: dict, problems: list[str]):
             yield op
 
 
+def _source_key(manifest: dict) -> str | None:
+    """--key as given, else the key path the conversion chose in a nested source (so both read the same tensors)."""
+    key = (manifest.get("options") or {}).get("key")
+    return key if key is not None else manifest.get("source_key")
+
+
 def _verify_values(src, manifest, outputs, rep: VerifyReport, progress) -> None:
-    opts = manifest.get("options") or {}
-    ck = open_checkpoint(src, key=opts.get("key"))
+    ck = open_checkpoint(src, key=_source_key(manifest))
     by_name = {e.name: e for e in ck.entries}
     with DataReader() as reader:
         _compare_ops(_ops_from_manifest(manifest.get("tensors") or {}, by_name, rep.problems), outputs, reader,
@@ -164,7 +169,7 @@ def _verify_reverse(src, manifest, outputs, rep: VerifyReport, progress) -> None
     from .options import Options
     from .reverse_plan import prepare
     opts = manifest.get("options") or {}
-    ck = open_checkpoint(src, key=opts.get("key"))
+    ck = open_checkpoint(src, key=_source_key(manifest))
     with DataReader() as side, DataReader() as reader:
         plan = prepare(ck, Options.make(**opts), side, model=manifest.get("model"),
                        model_kwargs=manifest.get("model_kwargs"), use_model=manifest.get("use_model", True),

@@ -67,9 +67,14 @@ def entry_of(ck, name: str, ref) -> TensorEntry:
 
 def read_entries(path: str, key: str | None = None) -> tuple[list[TensorEntry], list[str]]:
     """Entries of a torch pickle checkpoint and notes for the report."""
+    return read_entries_at(path, key)[:2]
+
+
+def read_entries_at(path: str, key: str | None = None) -> tuple[list[TensorEntry], list[str], str]:
+    """As ``read_entries``, and the key path the weights were taken from (``""``: the whole object)."""
     ck = open_pickle(path)
     obj, placeholders = ck.load()
-    refs, how, skipped = nested.select(obj, path, key)
+    refs, how, skipped, key_path = nested.select_path(obj, path, key)
     notes = []
     if how != "top-level tensors":
         notes.append(f"{path}: weights taken from {how}")
@@ -84,4 +89,4 @@ def read_entries(path: str, key: str | None = None) -> tuple[list[TensorEntry], 
         raise CheckpointError(path, f"tensor {repeating[0].name!r} repeats storage elements (stride 0 or overlapping "
                                     f"strides); written out, the file's repeating views would take "
                                     f"{sum(e.nbytes for e in repeating)} bytes, over the {REPEAT_LIMIT}-byte limit")
-    return entries, notes
+    return entries, notes, key_path

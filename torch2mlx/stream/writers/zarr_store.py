@@ -77,8 +77,9 @@ def write(plan: Plan, out: str, *, compressor: str = "none", workers: int | None
     return []
 
 
-def manifest(plan: Plan, source: str, options: dict, compressor: str) -> dict:
+def manifest(plan: Plan, source: str, options: dict, compressor: str, source_key: str | None = None) -> dict:
     return {"torch2mlx": __version__, "source": source, "options": options, "format": "zarr",
+            **({"source_key": source_key} if source_key is not None else {}),
             "compressor": compressor,
             "tensors": {n: {k: v for k, v in r.items() if k != "shard"} | {"array": n.replace(".", "/")}
                         for n, r in plan.tensor_records().items()},
