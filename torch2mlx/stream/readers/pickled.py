@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ...errors import CheckpointError
 from ..entry import TensorEntry, contiguous_strides
-from . import nested
+from . import nested, torchscript
 from .torch_legacy import LegacyCheckpoint, is_legacy
 from .torch_zip import ZipCheckpoint, is_zip
 
@@ -74,7 +74,14 @@ def read_entries_at(path: str, key: str | None = None) -> tuple[list[TensorEntry
     """As ``read_entries``, and the key path the weights were taken from (``""``: the whole object)."""
     ck = open_pickle(path)
     obj, placeholders = ck.load()
-    refs, how, skipped, key_path = nested.select_path(obj, path, key)
+    if getattr(ck, "torchscript", False):
+        if key:
+            raise torchscript.refuse(path, "--key does not apply (its weights are the scripted module's)")
+        refs, how, skipped, key_path = torchscript.state_dict(obj, ck.script_classes, path), \
+            "a TorchScript module (torch.jit.save; its parameters and buffers, code not run)", [], ""
+        placeholders = set()   # its __torch__ classes are understood, not unknown
+    else:
+        refs, how, skipped, key_path = nested.select_path(obj, path, key)
     notes = []
     if how != "top-level tensors":
         notes.append(f"{path}: weights taken from {how}")
