@@ -86,16 +86,20 @@ def _convert_zarr(res: Result, ck: Checkpoint, opts: Options, plan: Plan, out: s
     from .writers import zarr_store
     if unsupported:
         raise Torch2MLXError("--format zarr does not combine with --resume or a transform")
+    zarr_store.check_names(plan)   # before OUT is touched
     output_dir.prepare(out, overwrite=overwrite, src_paths=ck.files)
     res.sidecars = output_dir.copy_sidecars(ck.sidecars, out, rewrite=sidecar_config.rewrite(ck, opts, plan))
     t0 = time.perf_counter()
     bar, update = progress_bar(plan.nbytes_in, progress)
+    created: list[str] = []
     try:
-        zarr_store.write(plan, out, compressor=compressor, workers=workers, progress=update)
+        zarr_store.write(plan, out, compressor=compressor, workers=workers, progress=update, created=created)
+        zarr_store.finish(out, zarr_store.manifest(plan, res.source, opts.to_dict(), compressor, source_key=ck.key))
+    except OSError as e:
+        raise zarr_store.failed(out, e, created) from None
     finally:
         if bar is not None:
             bar.close()
-    zarr_store.finish(out, zarr_store.manifest(plan, res.source, opts.to_dict(), compressor, source_key=ck.key))
     res.seconds = time.perf_counter() - t0
     res.format = "zarr"
     return res
