@@ -243,3 +243,15 @@ def test_verify_names_a_compressed_chunk_that_no_longer_decodes(tmp_path):
     chunk.write_bytes(b"\0" * 7)
     bad = run_main("verify", tmp_path / "m.pt", tmp_path / "z")
     assert bad.returncode != 0 and "fc.weight" in bad.stdout and "Traceback" not in bad.stderr, bad.stdout + bad.stderr
+
+
+def test_overwrite_replaces_the_old_store_arrays_and_all(tmp_path):
+    torch.save({"old.w": torch.ones(2), "keep.w": torch.ones(3)}, tmp_path / "old.pt")
+    new = {"new.w": torch.randn(2), "keep.w": torch.randn(3)}
+    torch.save(new, tmp_path / "new.pt")
+    convert(tmp_path / "old.pt", tmp_path / "z", use_model=False, format="zarr")
+    convert(tmp_path / "new.pt", tmp_path / "z", use_model=False, format="zarr", overwrite=True)
+    got = _store_names(tmp_path / "z")
+    assert set(got) == set(new)          # old.w does not come back from the store
+    from helpers import run_main
+    assert run_main("verify", tmp_path / "new.pt", tmp_path / "z").returncode == 0

@@ -86,6 +86,22 @@ def _rows_per_block(op: Op, chunk: int) -> int:
     return max(1, chunk // max(row * 4, src_row * 2, 1))
 
 
+_NODE_FILES = ("zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata")
+
+
+def _clear_old_store(out: str) -> None:
+    """--overwrite over a store: its arrays go, or they would read back beside the new ones."""
+    if not os.path.isdir(out):
+        return
+    for name in os.listdir(out):
+        p = os.path.join(out, name)
+        if name in _NODE_FILES:
+            os.unlink(p)
+        elif os.path.isdir(p) and not os.path.islink(p) and any(
+                os.path.exists(os.path.join(p, f)) for f in _NODE_FILES):
+            shutil.rmtree(p)
+
+
 def write(plan: Plan, out: str, *, compressor: str = "none", workers: int | None = None,
           progress=None, chunk: int = CHUNK, created: list[str] | None = None) -> list[dict]:
     """Write every array; ``created`` collects the top-level entries made, for ``failed`` to remove."""
@@ -93,6 +109,7 @@ def write(plan: Plan, out: str, *, compressor: str = "none", workers: int | None
     if compressor not in COMPRESSORS:
         raise Torch2MLXError(f"--zarr-compressor must be one of {', '.join(COMPRESSORS)}")
     check_names(plan)
+    _clear_old_store(out)
     created = [] if created is None else created
     created += sorted({array_path(o.name).split("/")[0] for op in plan.ops for o in op.outputs}
                       - set(os.listdir(out) if os.path.isdir(out) else ()))
