@@ -255,3 +255,20 @@ def test_overwrite_replaces_the_old_store_arrays_and_all(tmp_path):
     assert set(got) == set(new)          # old.w does not come back from the store
     from helpers import run_main
     assert run_main("verify", tmp_path / "new.pt", tmp_path / "z").returncode == 0
+
+
+def test_enospc_at_the_manifest_is_one_error_and_the_store_reads_back_as_incomplete(tmp_path, monkeypatch):
+    import errno
+    import os
+    from helpers import assert_one_error, run_main
+    from torch2mlx.stream.writers import files
+    torch.save({"a.weight": torch.randn(8, 4), "b.weight": torch.randn(3)}, tmp_path / "m.pt")
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(files, "pwrite_all", full)      # the manifest's writes; zarr writes its chunks itself
+    assert_one_error(run_main("stream", tmp_path / "m.pt", tmp_path / "z", "--format", "zarr", "--no-model"),
+                     "no space left on device", "torch2mlx.json", "incomplete")
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "z").iterdir()) == ["zarr.json"]
+    assert_one_error(run_main("stream", tmp_path / "z", tmp_path / "st", "--no-model"), "did not finish")

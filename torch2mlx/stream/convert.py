@@ -95,7 +95,9 @@ def _convert_zarr(res: Result, ck: Checkpoint, opts: Options, plan: Plan, out: s
     try:
         zarr_store.write(plan, out, compressor=compressor, workers=workers, progress=update, created=created)
         zarr_store.finish(out, zarr_store.manifest(plan, res.source, opts.to_dict(), compressor, source_key=ck.key))
-    except OSError as e:
+    except (OSError, Torch2MLXError) as e:
+        if isinstance(e, Torch2MLXError) and not created:
+            raise                      # refused before anything was written (names, options)
         raise zarr_store.failed(out, e, created) from None
     finally:
         if bar is not None:

@@ -11,6 +11,7 @@ leaves the mark, so reading the store back refuses.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -57,7 +58,7 @@ def check_names(plan: Plan) -> None:
                                      "cannot hold an array where the other needs a group; use --format safetensors")
 
 
-def failed(out: str, e: OSError, created: list[str]) -> Torch2MLXError:
+def failed(out: str, e: OSError | Torch2MLXError, created: list[str]) -> Torch2MLXError:
     """Remove the arrays a failed run wrote (the root stays marked incomplete) and say so in one line."""
     for top in created:
         shutil.rmtree(os.path.join(out, top), ignore_errors=True)
@@ -65,9 +66,12 @@ def failed(out: str, e: OSError, created: list[str]) -> Torch2MLXError:
         os.unlink(os.path.join(out, output_dir.MANIFEST))
     except OSError:
         pass
-    what = "no space left on device" if e.errno == 28 else (e.strerror or str(e))
-    where = f" ({e.filename})" if e.filename else ""
-    return Torch2MLXError(f"{out}: writing the zarr store failed: {what}{where}; its arrays were removed and the "
+    if isinstance(e, OSError):
+        what = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        what += f" ({e.filename})" if e.filename else ""
+    else:   # the manifest's writer names its file and the OS error itself
+        what = str(e).replace(" (partial output removed)", "")
+    return Torch2MLXError(f"{out}: writing the zarr store failed: {what}; its arrays were removed and the "
                           "store is marked incomplete (reading it refuses); convert again with --overwrite")
 
 
