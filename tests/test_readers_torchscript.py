@@ -78,12 +78,22 @@ def _rewrite(src, dst, edit):
                 zout.writestr(info, data)
 
 
-def test_a_module_without_its_class_definition_refuses_the_whole_file(tmp_path, out):
+def _drop_buffers_line(name, data):
+    if not name.endswith("batchnorm.py"):
+        return data
+    return b"\n".join(line for line in data.split(b"\n") if not line.startswith(b"  __buffers__"))
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda n, d: None if n.endswith("batchnorm.py") else d, "bn"),       # its class definition is gone
+    (_drop_buffers_line, "__buffers__"),                                    # which tensors count is not said
+])
+def test_a_module_we_cannot_account_for_refuses_the_whole_file(tmp_path, out, edit, says):
     src = tmp_path / "net.pt"
     torch.jit.save(torch.jit.script(_net()), str(src))
     bad = tmp_path / "bad.pt"
-    _rewrite(src, bad, lambda n, d: None if n.endswith("batchnorm.py") else d)
-    err = assert_one_error(run_main("stream", bad, out, "--no-model"), "TorchScript", "torch.jit.load", "bn")
+    _rewrite(src, bad, edit)
+    err = assert_one_error(run_main("stream", bad, out, "--no-model"), "TorchScript", "torch.jit.load", says)
     assert "nothing was converted" in err
     assert_no_index(out)
 

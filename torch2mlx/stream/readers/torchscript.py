@@ -20,7 +20,8 @@ from .unpickler import Opaque, TensorRef
 
 MAX_CODE = 256 << 20   # uncompressed class definitions read per archive
 MAX_MODULES = 1_000_000
-_CLASS = re.compile(r"^class (\w+)\((\w*)\):\s*$")
+MAX_DECL = 1 << 20     # characters in one __parameters__/__buffers__ line
+_CLASS = re.compile(r"^class (\w+)(?:\((.*)\))?:")
 _DECL = re.compile(r"^  (__parameters__|__buffers__) = (\[.*\])\s*$")
 ADVICE = "load it with torch and save its weights: torch.save(torch.jit.load(FILE).state_dict(), 'weights.pt')"
 
@@ -36,6 +37,7 @@ class Decl:
         self.module = module
         self.parameters: list[str] = []
         self.buffers: list[str] = []
+        self.declared: set[str] = set()   # which of the two lists its definition had
 
 
 def refuse(path: str, why: str) -> CheckpointError:
@@ -68,15 +70,20 @@ def class_decls(zf: zipfile.ZipFile, infos, root: str, path: str) -> dict[str, D
             if m:
                 current = decls.setdefault(f"{module}.{m.group(1)}", Decl(m.group(2) == "Module"))
                 continue
-            m = _DECL.match(line) if current is not None else None
+            if current is None or not line.startswith(("  __parameters__", "  __buffers__")):
+                continue
+            m = _DECL.match(line) if len(line) <= MAX_DECL else None
+            if m is None:   # a declaration we cannot read would lose tensors: refuse rather than guess
+                raise refuse(path, f"{module}: a {line.split()[0]} line we cannot read")
             if m:
                 try:
                     names = ast.literal_eval(m.group(2))
-                except (ValueError, SyntaxError):
+                except (ValueError, SyntaxError, RecursionError, MemoryError):
                     raise refuse(path, f"{module}: unreadable {m.group(1)} list") from None
                 if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                     raise refuse(path, f"{module}: {m.group(1)} is not a list of names")
                 (current.parameters if m.group(1) == "__parameters__" else current.buffers).extend(names)
+                current.declared.add(m.group(1))
     return decls
 
 
@@ -85,6 +92,8 @@ def _decl_of(obj, decls: dict[str, Decl], path: str, where: str) -> Decl:
     decl = decls.get(qual)
     if decl is None or not decl.module:
         raise refuse(path, f"{where or 'the root'} is a {qual} with no Module definition under code/")
+    if decl.declared != {"__parameters__", "__buffers__"}:   # without both, we would guess which tensors count
+        raise refuse(path, f"{qual} does not declare both its __parameters__ and __buffers__")
     return decl
 
 
