@@ -190,7 +190,12 @@ def _select(root, path: str, key: str | None, budget: Budget):
                 raise CheckpointError(path, "no tensors found in the checkpoint")
             chosen, keys = best[2], best[1]
             how = "top-level tensors" if chosen is root else f"the container holding the most tensors, {best[0]}"
+        depth = len(keys)
         chosen, keys = _descend(chosen, keys, budget)
+        if how == "a well-known state-dict key" and len(keys) > 1:
+            how = "well-known state-dict keys"
+        elif depth < len(keys) and how != "top-level tensors":
+            how += ", then well-known keys that alone hold the tensors"
         if keys:
             how = f"key {'.'.join(keys)!r} ({how})" if how != "top-level tensors" else \
                 f"key {'.'.join(keys)!r} (well-known keys that alone hold the tensors)"
