@@ -133,6 +133,10 @@ def test_names_that_would_share_a_path_get_their_own_arrays(tmp_path):
     torch.save(sd, tmp_path / "m.pt")
     convert(tmp_path / "m.pt", tmp_path / "z", use_model=False, format="zarr")
     assert set(_store_names(tmp_path / "z")) == set(sd)
+    arrays = {n: r["array"] for n, r in read_json(tmp_path / "z" / MANIFEST)["tensors"].items()}
+    assert len(set(arrays.values())) == len(sd)                   # the manifest points at each one's own array
+    for n, path in arrays.items():
+        assert_same(_canon_zarr(zarr.open_group(tmp_path / "z", mode="r")[path]), canon_torch(sd[n]), n)
     convert(tmp_path / "z", tmp_path / "back", to="torch")        # through the store, back to torch
     back = read_torch_output(tmp_path / "back")
     assert set(back) == set(sd)

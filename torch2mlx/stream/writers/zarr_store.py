@@ -155,7 +155,7 @@ def manifest(plan: Plan, source: str, options: dict, compressor: str, source_key
     return {"torch2mlx": __version__, "source": source, "options": options, "format": "zarr",
             **({"source_key": source_key} if source_key is not None else {}),
             "compressor": compressor,
-            "tensors": {n: {k: v for k, v in r.items() if k != "shard"} | {"array": n.replace(".", "/")}
+            "tensors": {n: {k: v for k, v in r.items() if k != "shard"} | {"array": array_path(n)}
                         for n, r in plan.tensor_records().items()},
             "dropped": [{"source": n, "why": w} for n, w in plan.dropped], "warnings": plan.warnings,
             "complete": True}
