@@ -143,3 +143,76 @@ def test_module_under_a_known_key(tmp_path, out):
     src = torch_save({"model": _model(), "epoch": 7, "hparams": HParams()}, tmp_path / "wrapped.pt")
     convert(src, out)
     check_converted(out, torch_load(src)["model"].state_dict())
+
+
+def _layers(n: int = 5) -> list[dict]:
+    torch.manual_seed(SEED)
+    return [nn.Linear(3 + i, 2 + i).state_dict() for i in range(n)]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_list_of_layer_state_dicts_converts_every_tensor(tmp_path, out, fmt):
+    layers = _layers()
+    src = torch_save(layers, tmp_path / "layers.pt", fmt)
+    flat = {f"{i}.{k}": v for i, sd in enumerate(torch_load(src)) for k, v in sd.items()}
+    assert len(flat) == 10
+    convert(src, out, use_model=False)
+    check_converted(out, flat)
+    assert "a list of 5 state dicts" in _notes(src)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_key_empty_means_the_whole_object(tmp_path, out, fmt):
+    obj = {"enc": _layers(2), "head": {"w": torch.randn(3, 2)}, "step": 4}
+    src = torch_save(obj, tmp_path / "m.pt", fmt)
+    loaded = torch_load(src)
+    flat = {f"enc.{i}.{k}": v for i, sd in enumerate(loaded["enc"]) for k, v in sd.items()} | {"head.w": loaded["head"]["w"]}
+    convert(src, out, use_model=False, key="")
+    check_converted(out, flat)
+    assert "the whole object" in _notes(src, key="")
+    # the CLI takes --key '' as well
+    from helpers import run_main
+    proc = run_main("stream", src, tmp_path / "cli", "--key", "", "--no-model")
+    assert proc.returncode == 0, proc.stderr
+    check_converted(tmp_path / "cli", flat)
+
+
+def _nested_ckpt(model: nn.Module) -> dict:
+    return {"model": {"model_args": {"dim": 4, "n_layers": 2}, "state_dict": model.state_dict()},
+            "optimizer": _optimizer_state(model), "epoch": 7}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_nested_state_dict_is_descended_to_and_recorded(tmp_path, out, fmt):
+    import json
+    from helpers import MANIFEST, run_cli
+    src = torch_save(_nested_ckpt(_model()), tmp_path / "nested.pt", fmt)
+    want = torch_load(src)["model"]["state_dict"]
+    res = convert(src, out, use_model=False)
+    check_converted(out, want)                    # names as the model's: no "state_dict." in front
+    assert "key 'model.state_dict'" in res.report()
+    man = json.loads((out / MANIFEST).read_text())
+    assert man["source_key"] == "model.state_dict" and man["options"]["key"] is None
+    assert run_cli("verify", src, out).returncode == 0
+
+
+def test_verify_and_resume_read_the_recorded_key_path(tmp_path, out):
+    """The recorded path wins over a fresh choice: verify and --resume read what the conversion read."""
+    import json
+    from helpers import MANIFEST, run_cli
+    model = _model()
+    torch.manual_seed(1)
+    ema = nn.Sequential(nn.Linear(5, 3), nn.LayerNorm(3))   # other shapes: a fresh choice is another plan
+    ckpt = {"model": {"model_args": {}, "state_dict": model.state_dict()},
+            "ema": {"state_dict": ema.state_dict()}}
+    src = torch_save(ckpt, tmp_path / "two.pt")
+    convert(src, out, use_model=False, key="ema.state_dict")
+    man = json.loads((out / MANIFEST).read_text())
+    assert man["source_key"] == "ema.state_dict"
+    man["options"]["key"] = None          # as if the run had chosen ema.state_dict by itself
+    (out / MANIFEST).write_text(json.dumps(man))
+    assert run_cli("verify", src, out).returncode == 0   # would fail against model.state_dict
+    # --resume without --key reads the recorded path too (a fresh choice would say "different plan")
+    res = convert(src, out, use_model=False, resume=True)
+    check_converted(out, torch_load(src)["ema"]["state_dict"])
+    assert "reusing 1 of 1" in "\n".join(res.plan.notes)

@@ -115,3 +115,164 @@ def test_a_store_that_is_not_zarr_is_one_error(tmp_path):
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "zarr.json").write_text("{not json")
     assert_one_error(run_main("stream", tmp_path / "s", tmp_path / "o"), "zarr")
+
+
+# ---------------------------------------------------------------- faults (issue 25 item 6)
+
+def _store_names(store) -> dict:
+    """name -> array as our reader decodes the store (the way back the user has)."""
+    from torch2mlx.stream.readers import zarr_store
+    return {e.name: e for e in zarr_store.read_entries(str(store))[0]}
+
+
+def test_names_that_would_share_a_path_get_their_own_arrays(tmp_path):
+    """x.y and x/y, ../e and e, a..b: every name is escaped reversibly, nothing overwrites anything."""
+    from reverse_helpers import read_torch_output
+    g = torch.Generator().manual_seed(0)
+    sd = {n: torch.randn(3, 2, generator=g) for n in ("x.y", "x/y", "../e", "e", "a..b", "__init__", "ü.%41")}
+    torch.save(sd, tmp_path / "m.pt")
+    convert(tmp_path / "m.pt", tmp_path / "z", use_model=False, format="zarr")
+    assert set(_store_names(tmp_path / "z")) == set(sd)
+    arrays = {n: r["array"] for n, r in read_json(tmp_path / "z" / MANIFEST)["tensors"].items()}
+    assert len(set(arrays.values())) == len(sd)                   # the manifest points at each one's own array
+    for n, path in arrays.items():
+        assert_same(_canon_zarr(zarr.open_group(tmp_path / "z", mode="r")[path]), canon_torch(sd[n]), n)
+    convert(tmp_path / "z", tmp_path / "back", to="torch")        # through the store, back to torch
+    back = read_torch_output(tmp_path / "back")
+    assert set(back) == set(sd)
+    for n, t in sd.items():
+        assert_same(canon_torch(back[n]), canon_torch(t), n)
+    assert not any(p.name in ("..", "") for p in (tmp_path / "z").rglob("*"))
+
+
+@pytest.mark.parametrize("names, says", [
+    (("a", "a.b"), "needs a group"),
+    (("blk.Norm", "blk.norm"), "differ only in case"),
+    (("w" * 1000,), "file-name limit"),
+])
+def test_names_no_store_can_hold_apart_are_one_error_before_anything_is_written(tmp_path, names, says):
+    from helpers import assert_one_error, run_main
+    torch.save({n: torch.ones(2) for n in names}, tmp_path / "m.pt")
+    assert_one_error(run_main("stream", tmp_path / "m.pt", tmp_path / "z", "--format", "zarr", "--no-model"), says)
+    assert not (tmp_path / "z").exists()
+
+
+def test_a_1000_character_name_in_parts_works(tmp_path):
+    name = ".".join(["p" * 99] * 10)
+    assert len(name) == 999
+    t = torch.randn(4, 3)
+    torch.save({name: t}, tmp_path / "m.pt")
+    convert(tmp_path / "m.pt", tmp_path / "z", use_model=False, format="zarr")
+    got = _store_names(tmp_path / "z")
+    assert list(got) == [name]
+    assert_same(_canon_zarr(zarr.open_group(tmp_path / "z", mode="r")["/".join(["p" * 99] * 10)]), canon_torch(t))
+
+
+def _enospc_after(monkeypatch, n_ok: int):
+    """The n_ok-th zarr chunk write onwards fails with ENOSPC, as on a full disk."""
+    import errno
+    import os
+    from zarr.storage import _local
+    real, count = _local._put, [0]
+
+    def put(path, value, exclusive=False):
+        if "/c/" in str(path) or str(path).endswith("/c"):
+            count[0] += 1
+            if count[0] > n_ok:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, value, exclusive)
+    monkeypatch.setattr(_local, "_put", put)
+    return count
+
+
+def test_enospc_at_a_chunk_is_one_error_and_the_store_reads_back_as_incomplete(tmp_path, monkeypatch):
+    from helpers import assert_one_error, run_main
+    g = torch.Generator().manual_seed(1)
+    sd = {f"layer{i}.weight": torch.randn(64, 32, generator=g) for i in range(6)}
+    torch.save(sd, tmp_path / "m.pt")
+    count = _enospc_after(monkeypatch, 3)
+    err = assert_one_error(run_main("stream", tmp_path / "m.pt", tmp_path / "z", "--format", "zarr", "--no-model"),
+                           "no space left on device", "incomplete")
+    assert count[0] > 3
+    left = sorted(p.name for p in (tmp_path / "z").iterdir())
+    assert left == ["zarr.json"], left                                 # the arrays are gone, no manifest
+    assert zarr.open_group(tmp_path / "z", mode="r").attrs["torch2mlx_complete"] is False
+    monkeypatch.undo()
+    # reading it back refuses: no zero-filled tensors from missing chunks
+    assert_one_error(run_main("stream", tmp_path / "z", tmp_path / "st", "--no-model"), "did not finish")
+    assert not (tmp_path / "st").exists() or not any((tmp_path / "st").iterdir())
+    assert "Traceback" not in err
+
+
+def test_a_store_killed_mid_run_is_marked_incomplete(tmp_path, monkeypatch):
+    """No manifest yet, no finish: as after SIGKILL. The mark was written first, so reading refuses."""
+    from helpers import assert_one_error, run_main
+    from torch2mlx.stream.writers import zarr_store
+    torch.save({"a.weight": torch.randn(8, 4)}, tmp_path / "m.pt")
+    monkeypatch.setattr(zarr_store, "finish", lambda out, m: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        convert(tmp_path / "m.pt", tmp_path / "z", use_model=False, format="zarr")
+    monkeypatch.undo()
+    assert_one_error(run_main("stream", tmp_path / "z", tmp_path / "st", "--no-model"), "did not finish")
+
+
+def test_verify_checks_a_zarr_store(dtype_files, tmp_path):
+    from helpers import run_main
+    src = dtype_files["zip"]
+    convert(src, tmp_path / "z", use_model=False, format="zarr")
+    ok = run_main("verify", src, tmp_path / "z")
+    assert ok.returncode == 0 and "OK" in ok.stdout, ok.stdout + ok.stderr
+    assert run_main("verify", src, tmp_path / "z", "--quick").returncode == 0
+    # flip one byte of one chunk: values differ, the tensor is named
+    arr = zarr.open_group(tmp_path / "z", mode="r")["conv/float32/weight"]
+    chunk = next(p for p in (tmp_path / "z" / "conv" / "float32" / "weight" / "c").rglob("*") if p.is_file())
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    chunk.write_bytes(bytes(raw))
+    bad = run_main("verify", src, tmp_path / "z")
+    assert bad.returncode != 0 and "conv.float32.weight" in bad.stdout, bad.stdout + bad.stderr
+    assert arr.shape   # the array itself is still there: the values were checked
+    # a missing array is named even by --quick
+    import shutil
+    shutil.rmtree(tmp_path / "z" / "sweep")
+    quick = run_main("verify", src, tmp_path / "z", "--quick")
+    assert quick.returncode != 0 and "sweep." in quick.stdout, quick.stdout + quick.stderr
+
+
+def test_verify_names_a_compressed_chunk_that_no_longer_decodes(tmp_path):
+    from helpers import run_main
+    torch.save({"fc.weight": torch.randn(32, 16), "fc.bias": torch.randn(32)}, tmp_path / "m.pt")
+    convert(tmp_path / "m.pt", tmp_path / "z", use_model=False, format="zarr", zarr_compressor="zstd")
+    chunk = next(p for p in (tmp_path / "z" / "fc" / "weight" / "c").rglob("*") if p.is_file())
+    chunk.write_bytes(b"\0" * 7)
+    bad = run_main("verify", tmp_path / "m.pt", tmp_path / "z")
+    assert bad.returncode != 0 and "fc.weight" in bad.stdout and "Traceback" not in bad.stderr, bad.stdout + bad.stderr
+
+
+def test_overwrite_replaces_the_old_store_arrays_and_all(tmp_path):
+    torch.save({"old.w": torch.ones(2), "keep.w": torch.ones(3)}, tmp_path / "old.pt")
+    new = {"new.w": torch.randn(2), "keep.w": torch.randn(3)}
+    torch.save(new, tmp_path / "new.pt")
+    convert(tmp_path / "old.pt", tmp_path / "z", use_model=False, format="zarr")
+    convert(tmp_path / "new.pt", tmp_path / "z", use_model=False, format="zarr", overwrite=True)
+    got = _store_names(tmp_path / "z")
+    assert set(got) == set(new)          # old.w does not come back from the store
+    from helpers import run_main
+    assert run_main("verify", tmp_path / "new.pt", tmp_path / "z").returncode == 0
+
+
+def test_enospc_at_the_manifest_is_one_error_and_the_store_reads_back_as_incomplete(tmp_path, monkeypatch):
+    import errno
+    import os
+    from helpers import assert_one_error, run_main
+    from torch2mlx.stream.writers import files
+    torch.save({"a.weight": torch.randn(8, 4), "b.weight": torch.randn(3)}, tmp_path / "m.pt")
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(files, "pwrite_all", full)      # the manifest's writes; zarr writes its chunks itself
+    assert_one_error(run_main("stream", tmp_path / "m.pt", tmp_path / "z", "--format", "zarr", "--no-model"),
+                     "no space left on device", "torch2mlx.json", "incomplete")
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "z").iterdir()) == ["zarr.json"]
+    assert_one_error(run_main("stream", tmp_path / "z", tmp_path / "st", "--no-model"), "did not finish")

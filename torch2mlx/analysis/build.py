@@ -44,9 +44,21 @@ def unwrap(model):
         model = inner
 
 
+SCRIPTED = ("a TorchScript module: its layers are compiled (RecursiveScriptModule), so their types are not "
+            "visible; rules are inferred from tensor shapes, not taken from the model")
+
+
+def is_scripted(model) -> bool:
+    """A TorchScript module (torch.jit.script/trace/load): every submodule's type is RecursiveScriptModule."""
+    import torch
+    return isinstance(model, torch.jit.ScriptModule)
+
+
 def from_module(model) -> Built:
     inner = unwrap(model)
     notes = [] if inner is model else [f"unwrapped {type(model).__name__} to {type(inner).__name__}"]
+    if is_scripted(inner):
+        notes.append(SCRIPTED)
     return Built(inner, type(inner).__name__, "module", notes)
 
 

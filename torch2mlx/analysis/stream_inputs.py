@@ -70,7 +70,9 @@ def module_inputs(ck: Checkpoint, module) -> StreamInputs:
     Wrappers (torch.compile's ``_orig_mod.``, DataParallel's ``module.``) are seen through:
     the output names are the inner model's.
     """
-    from .build import from_module
+    from .build import SCRIPTED, from_module, is_scripted
+    if is_scripted(module):   # no layer types to take rules from: the stream infers them, as without a model
+        return StreamInputs(notes=[SCRIPTED])
     return _inputs(ck, from_module(module), "a live module")
 
 

@@ -31,6 +31,9 @@ class Checkpoint:
     metadata: dict = field(default_factory=dict)
     config: dict | None = None
     layout: str = "torch"     # "mlx" when the source is already in MLX layout (mx.savez, format=mlx shards)
+    # Pickles: the key path the weights were taken from ("" the whole object), recorded in the
+    # manifest so verify and --resume read the same tensors. None for formats without nesting.
+    key: str | None = None
 
     @property
     def nbytes(self) -> int:
@@ -70,16 +73,16 @@ def _file_format(path: str) -> str:
     raise CheckpointError(path, "unknown checkpoint format (expected .safetensors, .bin, .pt, .pth or .ckpt)")
 
 
-def _read_file(path: str, key: str | None) -> tuple[list[TensorEntry], list[str], dict, str]:
+def _read_file(path: str, key: str | None) -> tuple[list[TensorEntry], list[str], dict, str, str | None]:
     fmt = _file_format(path)
     if fmt == "safetensors":
         entries, meta = safetensors.read_entries(path)
-        return entries, [], meta, "safetensors"
+        return entries, [], meta, "safetensors", None
     if fmt == "npz":
         entries, notes = npz.read_entries(path)
-        return entries, notes, {}, "npz"
-    entries, notes = pickled.read_entries(path, key)
-    return entries, notes, {}, "pickle"
+        return entries, notes, {}, "npz", None
+    entries, notes, key_path = pickled.read_entries_at(path, key)
+    return entries, notes, {}, "pickle", key_path
 
 
 def _read_json(path: str):
@@ -144,8 +147,9 @@ def open_checkpoint(path: str, key: str | None = None) -> Checkpoint:
         _check_names(ck)
         return ck
     if os.path.isfile(path):
-        entries, notes, meta, fmt = _read_file(path, key)
-        ck = Checkpoint(path, entries, [path], fmt, notes=notes, metadata=meta, layout=_layout(fmt, meta))
+        entries, notes, meta, fmt, key_path = _read_file(path, key)
+        ck = Checkpoint(path, entries, [path], fmt, notes=notes, metadata=meta, layout=_layout(fmt, meta),
+                        key=key_path)
         _check_names(ck)
         return ck
     if not os.path.isdir(path):
@@ -168,10 +172,12 @@ def open_checkpoint(path: str, key: str | None = None) -> Checkpoint:
     entries: list[TensorEntry] = []
     meta: dict = {}
     fmts = set()
+    key_paths = set()
     for f in files:
         fp = os.path.join(path, f)
-        e, n, m, fmt = _read_file(fp, key)
+        e, n, m, fmt, key_path = _read_file(fp, key)
         fmts.add(fmt)
+        key_paths.add(key_path)
         if weight_map is not None:
             listed = {k for k, v in weight_map.items() if v == f}
             have = {x.name for x in e}
@@ -197,7 +203,8 @@ def open_checkpoint(path: str, key: str | None = None) -> Checkpoint:
             notes.append(f"{path}/config.json is not valid JSON; copied as is")
     ck = Checkpoint(path, entries, [os.path.join(path, f) for f in files], "+".join(sorted(fmts)),
                     sidecars=sidecars, notes=notes, metadata=meta, config=config if isinstance(config, dict) else None,
-                    layout=_layout("+".join(sorted(fmts)), meta))
+                    layout=_layout("+".join(sorted(fmts)), meta),
+                    key=key_paths.pop() if len(key_paths - {None}) == 1 and len(key_paths) == 1 else None)
     _check_names(ck)
     return ck
 

@@ -68,6 +68,8 @@ def manifest(res: Result, opts: Options, complete: bool = True) -> dict:
     conversion 35x slower than one shard.
     """
     m = {"torch2mlx": __version__, "source": res.source, "options": opts.to_dict()}
+    if res.checkpoint.key is not None:
+        m["source_key"] = res.checkpoint.key
     if complete:
         m["tensors"] = res.plan.tensor_records()
     m.update({
@@ -86,16 +88,22 @@ def _convert_zarr(res: Result, ck: Checkpoint, opts: Options, plan: Plan, out: s
     from .writers import zarr_store
     if unsupported:
         raise Torch2MLXError("--format zarr does not combine with --resume or a transform")
+    zarr_store.check_names(plan)   # before OUT is touched
     output_dir.prepare(out, overwrite=overwrite, src_paths=ck.files)
     res.sidecars = output_dir.copy_sidecars(ck.sidecars, out, rewrite=sidecar_config.rewrite(ck, opts, plan))
     t0 = time.perf_counter()
     bar, update = progress_bar(plan.nbytes_in, progress)
+    created: list[str] = []
     try:
-        zarr_store.write(plan, out, compressor=compressor, workers=workers, progress=update)
+        zarr_store.write(plan, out, compressor=compressor, workers=workers, progress=update, created=created)
+        zarr_store.finish(out, zarr_store.manifest(plan, res.source, opts.to_dict(), compressor, source_key=ck.key))
+    except (OSError, Torch2MLXError) as e:
+        if isinstance(e, Torch2MLXError) and not created:
+            raise                      # refused before anything was written (names, options)
+        raise zarr_store.failed(out, e, created) from None
     finally:
         if bar is not None:
             bar.close()
-    zarr_store.finish(out, zarr_store.manifest(plan, res.source, opts.to_dict(), compressor))
     res.seconds = time.perf_counter() - t0
     res.format = "zarr"
     return res
@@ -172,6 +180,8 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
                                                                   "--zarr-compressor": zarr_compressor != "none"})
     if to != "mlx":
         raise Torch2MLXError(f"--to must be mlx or torch, got {to!r}")
+    if resume and key is None and checkpoint is None:
+        key = resume_mod.recorded_key(os.fspath(out))   # the nesting the interrupted run chose
     ck, opts, plan = prepare(src, checkpoint=checkpoint, specs=specs, drop=drop, module_types=module_types,
                              model=model, model_kwargs=model_kwargs, use_model=use_model, inputs=inputs,
                              dtype=dtype, max_shard_size=max_shard_size, strip_prefix=strip_prefix,

@@ -132,6 +132,11 @@ class DataReader:
         """Elements ``[start, stop)`` of a contiguous tensor in memory order."""
         if entry.array is not None:
             return np.ascontiguousarray(entry.array.reshape(-1)[start:stop])
+        if entry.loader is not None:   # a chunked store: the rows that hold the range
+            row = max(1, entry.numel // entry.shape[0]) if entry.shape and entry.shape[0] else 1
+            first = start // row
+            rows = self.read_rows(entry, first, -(-stop // row)) if entry.shape else self.read_all(entry)
+            return np.ascontiguousarray(rows.reshape(-1)[start - first * row: stop - first * row])
         out = np.empty(stop - start, dtype=entry.dtype.np_dtype)
         if out.nbytes:
             pread_into(self.fd(entry.path), out, entry.offset + start * entry.dtype.itemsize, entry.path)

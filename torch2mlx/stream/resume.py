@@ -109,6 +109,16 @@ def check_source(src: str, manifest: dict, current: dict, out_dir: str) -> None:
                              "rerun with --overwrite to convert afresh")
 
 
+def recorded_key(out_dir: str) -> str | None:
+    """The key path into a nested source that the run in ``out_dir`` read its weights from, if any."""
+    try:
+        with open(os.path.join(out_dir, MANIFEST), "rb") as f:
+            key = json.loads(f.read()).get("source_key")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return key if isinstance(key, str) else None
+
+
 def finished_shards(plan: Plan, out_dir: str, fp: str, src: str,
                     current: dict) -> tuple[list[int], dict[int, str], list[str]]:
     """(indices of shards to keep, their sha256, notes).

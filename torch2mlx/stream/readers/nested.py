@@ -2,9 +2,12 @@
 
 Checkpoints in the wild wrap their weights: ``{"state_dict": ...}``
 (Lightning), ``{"model": ...}``, ``{"model_state": ..., "optimizer_state": ...}``,
-or a whole pickled ``nn.Module``. We pick the weights when that is
-unambiguous (top-level tensors, a well-known key, else the container holding
-the most tensors) and say which we picked; ``key`` overrides.
+or a whole pickled ``nn.Module``, or a list of per-layer state dicts. We pick
+the weights when that is unambiguous (top-level tensors, a well-known key,
+a list whose every item holds tensors, else the container holding the most
+tensors), descend through well-known keys that alone hold the tensors
+(``{"model": {"model_args": ..., "state_dict": {...}}}``), and say which key
+path we picked; ``key`` overrides (``""``: the whole object).
 """
 from __future__ import annotations
 
@@ -116,6 +119,8 @@ def _walk(obj, budget: Budget, path=(), depth=0):
 
 
 def _lookup(root, key: str, budget: Budget):
+    if key == "":
+        return root
     if isinstance(root, dict) and key in root:
         return root[key]
     node = root
@@ -129,43 +134,73 @@ def _lookup(root, key: str, budget: Budget):
 
 def select(root, path: str, key: str | None = None) -> tuple[dict[str, TensorRef], str, list[str]]:
     """Return (tensors, how they were chosen, names of skipped non-tensor leaves)."""
+    return select_path(root, path, key)[:3]
+
+
+def select_path(root, path: str, key: str | None = None) -> tuple[dict[str, TensorRef], str, list[str], str]:
+    """As ``select``, and the dotted key path chosen (``""``: the whole object), which ``key`` accepts back."""
     try:
         return _select(root, path, key, Budget())
     except ValueError as e:
         raise CheckpointError(path, str(e)) from None
 
 
+def _descend(node, keys: tuple, budget: Budget):
+    """Follow well-known keys that alone hold the tensors: ``{"model_args": ..., "state_dict": {...}}``."""
+    while isinstance(node, dict):
+        holders = [(k, c) for k, c in _children(node, budget) if isinstance(c, TensorRef) or _count(c, budget)]
+        if len(holders) != 1 or holders[0][0] not in KNOWN_KEYS or isinstance(holders[0][1], TensorRef):
+            break
+        keys, node = keys + (holders[0][0],), holders[0][1]
+    return node, keys
+
+
+def _holds_tensors(obj, budget: Budget) -> bool:
+    return not isinstance(obj, TensorRef) and _count(obj, budget) > 0
+
+
 def _select(root, path: str, key: str | None, budget: Budget):
     if isinstance(root, TensorRef):
-        return {"tensor": root}, "the file holds a single tensor, named 'tensor'", []
+        return {"tensor": root}, "the file holds a single tensor, named 'tensor'", [], ""
     if key is not None:
         node = _lookup(root, key, budget)
         if node is None or _count(node, budget) == 0:
             tops = ", ".join(n for n, _ in _children(root, budget)[:12])
             raise CheckpointError(path, f"--key {key!r} does not name a container of tensors (top-level keys: {tops})")
-        how, chosen = f"key {key!r} (chosen by --key)", node
+        how, chosen, keys = ("the whole object (--key '')" if key == "" else f"key {key!r} (chosen by --key)"), node, None
     else:
         # A well-known key holding a container of tensors wins even over stray top-level tensors
         # ({"state_dict": ..., "best_acc1": tensor(71.5), "optimizer": ...}); a flat state dict has none.
-        how, chosen = None, None
+        how, chosen, keys = None, None, ()
         kids = dict(_children(root, budget)) if isinstance(root, dict) else {}
         for k in KNOWN_KEYS:
-            if k in kids and not isinstance(kids[k], TensorRef) and _count(kids[k], budget):
-                how, chosen = f"key {k!r} (a well-known state-dict key)", kids[k]
+            if k in kids and _holds_tensors(kids[k], budget):
+                how, chosen, keys = "a well-known state-dict key", kids[k], (k,)
                 break
         if chosen is None and _is_module(root):
             how, chosen = "a whole pickled nn.Module (its parameters and buffers)", root
+        if chosen is None and isinstance(root, (list, tuple)) and root \
+                and all(_holds_tensors(item, budget) for item in root):
+            how, chosen = f"a list of {len(root)} state dicts, named by index (0.weight, ...)", root
         if chosen is None:
             # the container with the most tensors of its own; the root first, so it wins ties
             best = max(((sum(isinstance(c, TensorRef) for _, c in _children(node, budget)), p, node)
                         for p, node in _walk(root, budget)), key=lambda t: t[0], default=(0, (), None))
             if best[0] == 0:
                 raise CheckpointError(path, "no tensors found in the checkpoint")
-            chosen = best[2]
-            how = "top-level tensors" if chosen is root else \
-                f"key {'.'.join(best[1])!r} (the container holding the most tensors, {best[0]})"
+            chosen, keys = best[2], best[1]
+            how = "top-level tensors" if chosen is root else f"the container holding the most tensors, {best[0]}"
+        depth = len(keys)
+        chosen, keys = _descend(chosen, keys, budget)
+        if how == "a well-known state-dict key" and len(keys) > 1:
+            how = "well-known state-dict keys"
+        elif depth < len(keys) and how != "top-level tensors":
+            how += ", then well-known keys that alone hold the tensors"
+        if keys:
+            how = f"key {'.'.join(keys)!r} ({how})" if how != "top-level tensors" else \
+                f"key {'.'.join(keys)!r} (well-known keys that alone hold the tensors)"
     skipped: list[str] = []
     tensors = flatten(chosen, budget, skipped=skipped)
     if not tensors:
         raise CheckpointError(path, "no tensors found in the checkpoint")
-    return tensors, how, skipped
+    return tensors, how, skipped, key if keys is None else ".".join(keys)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ...errors import CheckpointError
 from ..entry import TensorEntry, contiguous_strides
-from . import nested
+from . import nested, torchscript
 from .torch_legacy import LegacyCheckpoint, is_legacy
 from .torch_zip import ZipCheckpoint, is_zip
 
@@ -67,9 +67,21 @@ def entry_of(ck, name: str, ref) -> TensorEntry:
 
 def read_entries(path: str, key: str | None = None) -> tuple[list[TensorEntry], list[str]]:
     """Entries of a torch pickle checkpoint and notes for the report."""
+    return read_entries_at(path, key)[:2]
+
+
+def read_entries_at(path: str, key: str | None = None) -> tuple[list[TensorEntry], list[str], str]:
+    """As ``read_entries``, and the key path the weights were taken from (``""``: the whole object)."""
     ck = open_pickle(path)
     obj, placeholders = ck.load()
-    refs, how, skipped = nested.select(obj, path, key)
+    if getattr(ck, "torchscript", False):
+        if key:
+            raise torchscript.refuse(path, "--key does not apply (its weights are the scripted module's)")
+        refs, how, skipped, key_path = torchscript.state_dict(obj, ck.script_classes, path), \
+            "a TorchScript module (torch.jit.save; its parameters and buffers, code not run)", [], ""
+        placeholders = set()   # its __torch__ classes are understood, not unknown
+    else:
+        refs, how, skipped, key_path = nested.select_path(obj, path, key)
     notes = []
     if how != "top-level tensors":
         notes.append(f"{path}: weights taken from {how}")
@@ -84,4 +96,4 @@ def read_entries(path: str, key: str | None = None) -> tuple[list[TensorEntry], 
         raise CheckpointError(path, f"tensor {repeating[0].name!r} repeats storage elements (stride 0 or overlapping "
                                     f"strides); written out, the file's repeating views would take "
                                     f"{sum(e.nbytes for e in repeating)} bytes, over the {REPEAT_LIMIT}-byte limit")
-    return entries, notes
+    return entries, notes, key_path

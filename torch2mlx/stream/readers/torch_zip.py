@@ -12,7 +12,7 @@ import os
 import zipfile
 
 from ...errors import CheckpointError
-from . import unpickler, zip_members
+from . import torchscript, unpickler, zip_members
 from .unpickler import StorageRef
 
 MAX_PICKLE = 1 << 30
@@ -34,12 +34,17 @@ class ZipCheckpoint:
         with zf:
             infos = zf.infolist()
             pkl = [i for i in infos if i.filename == "data.pkl" or i.filename.endswith("/data.pkl")]
+            if len(pkl) != 1 and any(i.filename.endswith(("model.json", ".py")) for i in infos):
+                raise torchscript.refuse(path, "an archive layout from before torch 1.4 (no data.pkl)")
             if len(pkl) != 1:
                 raise CheckpointError(path, "zip archive has no single data.pkl: not a torch.save checkpoint")
             self.root = pkl[0].filename[: -len("data.pkl")]
             self.members = {i.filename: i for i in infos}
             self.data_offsets: dict[str, int] = {}
+            # torch.jit.save: the class definitions (compressed) tell parameters and buffers from other attributes
+            self.torchscript = torchscript.is_torchscript(self.members, self.root)
             self._check_members(infos)
+            self.script_classes = torchscript.class_decls(zf, infos, self.root, path) if self.torchscript else None
             if pkl[0].file_size > MAX_PICKLE:
                 raise CheckpointError(path, f"data.pkl is {pkl[0].file_size} bytes, over the 1 GiB limit")
             self.pickle_bytes = self._read_member(pkl[0])
@@ -57,12 +62,17 @@ class ZipCheckpoint:
     def _check_members(self, infos):
         spans = []
         for info in infos:
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise CheckpointError(self.path, f"zip member {info.filename} is compressed; torch checkpoints store data uncompressed")
             if info.flag_bits & 0x1:
                 raise CheckpointError(self.path, f"zip member {info.filename} is encrypted")
+            if info.compress_type != zipfile.ZIP_STORED:
+                # TorchScript compresses its code/ text; tensor data and pickles are read in place, so stored
+                if not (self.torchscript and info.filename.startswith(self.root + "code/")):
+                    raise CheckpointError(self.path, f"zip member {info.filename} is compressed; "
+                                                     "torch checkpoints store data uncompressed")
+            elif info.compress_size != info.file_size:
+                raise CheckpointError(self.path, f"zip member {info.filename}: stored, but its sizes disagree")
             start = self._data_offset(info)
-            end = start + info.file_size
+            end = start + info.compress_size
             if end > self.size:
                 raise CheckpointError(self.path, f"zip member {info.filename} runs past the end of the file (truncated?)")
             self.data_offsets[info.filename] = start

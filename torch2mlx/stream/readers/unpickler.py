@@ -222,6 +222,17 @@ def _codecs_encode(obj, encoding="utf-8", errors="strict"):
     return obj.encode(encoding)
 
 
+def _jit_list(values):
+    # TorchScript archives (torch.jit._pickle.build_intlist & co.) tag typed lists; the list is the value.
+    if not isinstance(values, list):
+        raise pickle.UnpicklingError("torch.jit._pickle list builder called without a list")
+    return values
+
+
+def _jit_restore_type_tag(value, type_str=None):
+    return value
+
+
 def _reconstructor(cls, base, state=None):
     # copyreg._reconstructor(cls, object, None): protocol 0/1 object creation.
     if isinstance(cls, type) and issubclass(cls, Opaque):
@@ -243,6 +254,8 @@ _TORCH_GLOBALS = {
     ("_codecs", "encode"): _codecs_encode,
     ("copyreg", "_reconstructor"): _reconstructor,
     ("copy_reg", "_reconstructor"): _reconstructor,
+    **{("torch.jit._pickle", f"build_{kind}list"): _jit_list for kind in ("int", "double", "bool", "tensor")},
+    ("torch.jit._pickle", "restore_type_tag"): _jit_restore_type_tag,
 }
 
 for _fn in _TORCH_GLOBALS.values():

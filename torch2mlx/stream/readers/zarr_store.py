@@ -3,9 +3,17 @@
 Nested groups become dotted names (``model/layers/0/weight`` -> ``model.layers.0.weight``).
 zarr has no bfloat16: torch2mlx's zarr sink stores it as uint16 with the
 attribute ``torch2mlx_dtype``, which is honoured here.
+
+Our sink escapes each dotted part of a name (``array_path``), so every name
+has its own path (``x.y`` -> ``x/y`` but ``x/y`` -> ``x%2Fy``) and no part is
+empty, ``..`` or reserved; the root attribute ``torch2mlx_names`` says so and
+names are decoded back. It also marks the root ``torch2mlx_complete: false``
+until the run has finished: such a store is refused here.
 """
 from __future__ import annotations
 
+import string
+import urllib.parse
 import warnings
 
 import numpy as np
@@ -15,6 +23,27 @@ from ...errors import CheckpointError, Torch2MLXError
 from ..entry import TensorEntry
 
 DTYPE_ATTR = "torch2mlx_dtype"
+NAMES_ATTR = "torch2mlx_names"        # "escaped": array paths are array_path(name)
+COMPLETE_ATTR = "torch2mlx_complete"  # False while the sink writes, True once its manifest is written
+_SAFE = frozenset(string.ascii_letters + string.digits + "_-")
+
+
+def _escape(part: str) -> str:
+    if part == "":
+        return "%"          # an empty part ("a..b", ".x"): no escape spells a lone %
+    out = "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
+                  for c in part)
+    return "%5F" + out[1:] if out.startswith("__") else out   # zarr v3 reserves names starting "__"
+
+
+def array_path(name: str) -> str:
+    """The store path of tensor ``name``: one group per dotted part, each part escaped (reversibly)."""
+    return "/".join(_escape(p) for p in name.split("."))
+
+
+def name_of(path: str) -> str:
+    """The tensor name ``array_path`` made ``path`` from."""
+    return ".".join("" if p == "%" else urllib.parse.unquote(p, errors="strict") for p in path.split("/"))
 
 
 def is_zarr(path: str) -> bool:
@@ -61,6 +90,10 @@ def read_entries(path: str) -> tuple[list[TensorEntry], list[str], dict]:
         except Exception as e:  # zarr raises several types for unreadable stores
             raise CheckpointError(path, f"not a readable zarr store ({type(e).__name__}: {e})") from None
         attrs = dict(root.attrs) if not isinstance(root, zarr.Array) else {}
+    if attrs.get(COMPLETE_ATTR) is False:
+        raise CheckpointError(path, "a zarr store from a conversion that did not finish (marked incomplete): "
+                                    "its arrays may be partly written; convert the source again with --overwrite")
+    escaped = attrs.get(NAMES_ATTR) == "escaped"
     entries = []
     for name, arr in sorted(arrays, key=lambda t: t[0]):
         tag = arr.attrs.get(DTYPE_ATTR)
@@ -72,7 +105,11 @@ def read_entries(path: str) -> tuple[list[TensorEntry], list[str], dict]:
             raise CheckpointError(path, f"array {name!r}: unsupported dtype {arr.dtype}")
         if np.dtype(arr.dtype).itemsize != dt.itemsize:
             raise CheckpointError(path, f"array {name!r}: {arr.dtype} cannot carry {dt.name}")
-        entries.append(TensorEntry(name.replace("/", ".") or "tensor", dt, tuple(arr.shape), path=path,
+        try:
+            tensor = name_of(name) if escaped else name.replace("/", ".")
+        except UnicodeDecodeError:
+            raise CheckpointError(path, f"array {name!r}: its escaped name is not valid UTF-8") from None
+        entries.append(TensorEntry(tensor or "tensor", dt, tuple(arr.shape), path=path,
                                    loader=_Rows(arr, f"{path}/{name}"), origin=f"{path}/{name}"))
     if not entries:
         raise CheckpointError(path, "zarr store holds no arrays")
