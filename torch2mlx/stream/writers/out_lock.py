@@ -50,6 +50,7 @@ def locked(out_dir: str):
         yield
         return
     path, fd = os.path.join(out_dir, LOCK), None
+    created = not os.path.exists(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
         while True:
@@ -89,6 +90,11 @@ def locked(out_dir: str):
         if _same_file(fd, path):
             _remove(path)
         os.close(fd)
+        if created:   # a run refused before writing leaves no empty OUT behind (rmdir fails unless empty)
+            try:
+                os.rmdir(out_dir)
+            except OSError:
+                pass
 
 
 def _remove(path: str) -> None:
