@@ -62,7 +62,7 @@ class Op:
 
     @property
     def nbytes_in(self) -> int:
-        return sum(e.nbytes for e in self.sources)
+        return sum(e.nbytes_read for e in self.sources)
 
     @property
     def nbytes_out(self) -> int:
