@@ -62,9 +62,8 @@ def format_result(res) -> str:
     shards = res.format in ("safetensors", "bin")
     where = f"{len(res.shards)} shard(s)" if shards else f"a {res.format} store"
     lines = [f"converted {len(res.checkpoint.entries)} tensors -> {n_out} in {where} at {one_line(str(res.out))}",
-             f"{human_bytes(res.nbytes_in)} in, {human_bytes(res.nbytes_out)} out, {res.seconds:.2f} s, {rate:.0f} MB/s"]
-    if res.reused:
-        lines.append(f"reused: {res.reused} finished shard(s) from the interrupted run (not counted above)")
+             f"{human_bytes(res.nbytes_in)} in, {human_bytes(res.nbytes_out)} out, {res.seconds:.2f} s, {rate:.0f} MB/s"
+             + (f" (this run only: {res.reused} reused shard(s) not counted)" if res.reused else "")]
     if res.sidecars:
         lines.append("copied: " + one_line(", ".join(res.sidecars)))
     return "\n".join(lines + _tail(p))
