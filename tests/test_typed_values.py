@@ -138,3 +138,12 @@ def test_transform_returning_torch_and_numpy(tied_bf16, tmp_path):
     st = load_file(str(out / "model.safetensors"))
     assert torch.equal(st["model.norm.weight"], sd["model.norm.weight"] * 2)
     assert torch.equal(st["model.layers.0.input_layernorm.weight"], sd["model.layers.0.input_layernorm.weight"].half())
+
+
+def test_transform_with_quantization_is_refused_not_half_written(tied_bf16, tmp_path):
+    """A quantized weight is three tensors; a transform sees one, so the scales and biases were lost."""
+    src, _ = tied_bf16
+    out = tmp_path / "out"
+    with pytest.raises(torch2mlx.Torch2MLXError, match="transform cannot be combined with quantization"):
+        stream.convert(src, out, transform=lambda n, a, d: (n, a, d), q_bits=4)
+    assert not (out / INDEX).exists()

@@ -195,6 +195,10 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
     out = os.fspath(out)
     if resume and transform is not None:
         raise Torch2MLXError("--resume cannot be combined with a transform")
+    if transform is not None and any(len(op.outputs) > 1 for op in plan.ops):
+        # A transform sees one array a tensor; a quantized weight is three (codes, scales, biases).
+        raise Torch2MLXError("a transform cannot be combined with quantization (q_bits/q_recipe): "
+                             "convert with the transform first, then quantize that output in a second run")
     if format not in ("safetensors", "zarr"):
         raise Torch2MLXError(f"--format must be safetensors or zarr (bin needs --to torch), got {format!r}")
     if format == "zarr":
