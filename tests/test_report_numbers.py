@@ -95,3 +95,17 @@ def test_tied_head_dropped_is_not_also_warned_about(qwen2, tmp_path):
     rep = _report(run_cli("stream", d, tmp_path / "out", "--model", "transformers:Qwen2Model", "--json"))
     assert [x["source"] for x in rep["dropped"]] == ["lm_head.weight"]
     assert not [w for w in rep["warnings"] if "lm_head" in w], rep["warnings"]
+
+
+def test_float8_scales_folded_in_are_counted_as_read(tmp_path):
+    """A float8 weight's scale is read (and folded in, not written): it is part of the bytes in."""
+    from test_fp8_stream import raw_checkpoint
+    t, _ = raw_checkpoint()
+    src = tmp_path / "src"
+    src.mkdir()
+    save_file({n: x.contiguous() for n, x in t.items()}, str(src / "model.safetensors"))
+    (src / "config.json").write_text(json.dumps({"model_type": "toy"}))
+    res = stream.convert(src, tmp_path / "out", use_model=False)
+    assert "blk.c.input_scale" in {n for n, _ in res.plan.dropped}     # an activation scale: never read
+    read = sum(x.numel() * x.element_size() for n, x in t.items() if n != "blk.c.input_scale")
+    assert res.to_dict()["bytes_in"] == read
