@@ -104,5 +104,8 @@ def from_user(array, dtype=None, name: str = "") -> tuple[np.ndarray, DType]:
     try:
         return casts.cast(arr, dt, want), want
     except ValueError:
-        raise Torch2MLXError(f"{name}: cannot cast {dt.name} to {want.name} exactly; pass an mx.array or "
-                             f"torch tensor of {want.name} (integer arrays are never read as raw bits)") from None
+        if not dt.is_float and not want.exact_numpy:
+            raise Torch2MLXError(f"{name}: a {dt.name} array is never read as the raw bits of {want.name}; "
+                                 f"pass float values to cast, or a torch tensor of {want.name}") from None
+        raise Torch2MLXError(f"{name}: no cast from {dt.name} to {want.name} here; "
+                             f"pass a torch tensor of {want.name}") from None
