@@ -107,7 +107,7 @@ _LIBRARY_SCRIPT = textwrap.dedent("""
     s.convert(src, out2, transform=lambda name, arr, dtype: ("x." + name, arr))
     with s.ShardWriter(out3) as w:
         for name, arr in s.open(out + "/model.safetensors").tensors():
-            w.add(name, arr, dtype="bfloat16" if arr.dtype.name == "uint16" else None)
+            w.add(name, arr)
     leaked = sorted(m for m in sys.modules if (m == "torch" or m.startswith("torch.")) and sys.modules[m] is not None)
     print(n, leaked)
 """)

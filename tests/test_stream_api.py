@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import inspect
 
+import mlx.core as mx
 import numpy as np
 import pytest
 import torch
 
 from conftest import SEED
-from helpers import (FLOAT8, INDEX, MANIFEST, RECORD_FIELDS, assert_no_index, assert_same, canon_bits, canon_torch,
-                     check_converted, check_manifest_shards, check_safetensors_layout, dtype_name, expected_output,
+from helpers import (FLOAT8, INDEX, MANIFEST, RECORD_FIELDS, assert_no_index, assert_same, canon_bits, canon_mx,
+                     canon_torch, check_converted, check_manifest_shards, check_safetensors_layout, dtype_name, expected_output,
                      read_json, read_output, torch_load)
 
 import torch2mlx
@@ -28,9 +29,12 @@ def test_open_entries_and_tensors(dtype_files, fmt):
     assert inspect.isgenerator(it)
     seen = set()
     for name, arr in it:
-        assert isinstance(arr, np.ndarray)
-        # raw values: bfloat16 and float8 as their bits, everything bit-identical to torch (NaN payloads too)
-        assert_same(canon_bits(dtype_name(source[name].dtype), arr), canon_torch(source[name]), name, nan_bits=True)
+        assert isinstance(arr, mx.array)
+        # typed values, never raw bits: bit-identical to torch (NaN payloads too); dtypes MLX lacks
+        # arrive as a conversion stores them (float8 -> bfloat16 exactly, complex128 -> complex64)
+        t = source[name]
+        want = t.to(torch.bfloat16) if t.dtype in FLOAT8 else t.to(torch.complex64) if t.dtype == torch.complex128 else t
+        assert_same(canon_mx(arr), canon_torch(want), name, nan_bits=True)
         seen.add(name)
     assert seen == set(source)
 
@@ -40,7 +44,7 @@ def test_open_views_and_upcast(views_files):
     for name, arr in stream.open(views_files["legacy"]).tensors(upcast=True):
         t = source[name]
         exp = t.float() if t.dtype == torch.bfloat16 else t
-        assert_same(canon_bits(dtype_name(exp.dtype), arr), canon_torch(exp), name, nan_bits=True)
+        assert_same(canon_mx(arr), canon_torch(exp), name, nan_bits=True)
 
 
 def test_open_upcasts_float8_exactly(dtype_files):
@@ -48,7 +52,7 @@ def test_open_upcasts_float8_exactly(dtype_files):
     got = dict(stream.open(dtype_files["zip"]).tensors(upcast=True))
     for d in FLOAT8:
         name = f"sweep.{dtype_name(d)}"
-        assert_same(canon_bits("float32", got[name]), canon_torch(source[name].float()), name)
+        assert_same(canon_mx(got[name]), canon_torch(source[name].float()), name)
 
 
 def test_open_directory_and_missing_path(tmp_path):
@@ -83,16 +87,16 @@ def test_transform_renames_drops_and_maps(views_files, out):
         if name == "base":
             return [("base.a", arr), ("base.b", arr * 2, "float32")]   # one to many, mapped
         if name == "ints.permuted":
-            return name, (arr + 1).astype(np.int32)              # map to another dtype
+            return name, (arr + 1).astype(mx.int32)              # map to another dtype
         return "renamed." + name, arr                             # rename, array untouched
 
     res = stream.convert(views_files["zip"], out, transform=transform, max_shard_size="300B")
     assert len(res.shards) > 1
     by_name = {c[0]: c for c in calls}
     assert set(by_name) == set(source)
-    # the transform sees each tensor after the plan's rule and dtype: conv weight in MLX layout, bf16 as bits
+    # the transform sees each tensor after the plan's rule and dtype: conv weight in MLX layout, bf16 typed
     assert by_name["conv.weight"][3] == tuple(source["conv.weight"].permute(0, 2, 3, 1).shape)
-    assert by_name["bf16.t"][1:3] == (np.uint16, "bfloat16")
+    assert by_name["bf16.t"][1:3] == (mx.bfloat16, "bfloat16")
     got = read_output(out)
     base = source["base"]
     expected = {"base.a": base, "base.b": base * 2, "ints.permuted": (source["ints.permuted"] + 1).to(torch.int32)}
@@ -138,8 +142,8 @@ def test_shard_writer_fed_one_tensor_at_a_time(tmp_path):
                  torch.rand(n + 3, generator=g) > 0.5, torch.randn(2, n, generator=g).to(torch.bfloat16),
                  torch.randn(i % 4, generator=g).half(), torch.tensor(float(i))][i % 6]
             name = f"t{i:02d}.{dtype_name(t.dtype)}"
-            if t.dtype == torch.bfloat16:
-                w.add(name, t.view(torch.int16).numpy().view(np.uint16), dtype="bfloat16")
+            if t.dtype == torch.bfloat16:   # a torch tensor and an mx.array, as they come
+                w.add(name, t if i % 4 == 3 else mx.array(t.float().numpy()).astype(mx.bfloat16))
             else:
                 w.add(name, t.numpy())
             tensors[name] = t
@@ -181,10 +185,9 @@ def test_custom_pipeline_open_then_shard_writer(views_files, tmp_path):
     source = torch_load(views_files["zip"])
     out = tmp_path / "w"
     ck = stream.open(views_files["zip"])
-    dtypes = {e.name: e.dtype.name for e in ck.entries}
     with stream.ShardWriter(out) as w:
         for name, arr in ck.tensors():
-            w.add(name, arr, dtype=dtypes[name])
+            w.add(name, arr)
     got = read_output(out)
     for name, t in source.items():
         assert_same(got[name], canon_torch(t), name, nan_bits=True)

@@ -21,6 +21,17 @@ class StreamInputs:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     report: object = None                    # the analyzer's Report, when a model was analyzed
+    unmatched: list[tuple[str, str]] = field(default_factory=list)   # (checkpoint name, why no model rule)
+
+    def all_warnings(self, dropped: set[str] = frozenset()) -> list[str]:
+        """``warnings`` and the tensors without model rules, less those the plan drops anyway
+        (a tied ``lm_head.weight``): each tensor is reported once."""
+        unmatched = [(n, w) for n, w in self.unmatched if n not in dropped]
+        if not unmatched:
+            return list(self.warnings)
+        shown = "; ".join(f"{n} ({w})" for n, w in unmatched[:5])
+        return self.warnings + [f"{len(unmatched)} tensor(s) have rules not from the model: {shown}"
+                                + (" ..." if len(unmatched) > 5 else "")]
 
     @property
     def module_types(self) -> dict[str, str]:
@@ -90,9 +101,4 @@ def _from_report(ck: Checkpoint, report, built_notes: list[str], how: str, extra
     counted = m.tensors - (len(m.unmatched) - len(unmatched))
     notes = ([f"rules from the model {report.model} ({how}): {m.matched} of {counted} tensors"
               + (f" (and {len(scales)} float8 scales)" if scales else "")] + m.notes + built_notes + list(extra))
-    warnings = []
-    if unmatched:
-        shown = "; ".join(f"{n} ({w})" for n, w in unmatched[:5])
-        warnings.append(f"{len(unmatched)} tensor(s) have rules not from the model: {shown}"
-                        + (" ..." if len(unmatched) > 5 else ""))
-    return StreamInputs(m.specs, m.drop, notes, warnings, report)
+    return StreamInputs(m.specs, m.drop, notes, [], report, unmatched)

@@ -2,11 +2,12 @@
 
     ck = torch2mlx.stream.open("model_dir")      # metadata only
     for e in ck.entries: ...                      # name, dtype, shape, file, offset
-    for name, arr in ck.tensors(): ...            # one tensor in memory at a time
+    for name, arr in ck.tensors(): ...            # one tensor in memory at a time, an mx.array
     torch2mlx.stream.convert("model_dir", "out", dtype="float16")
-    with torch2mlx.stream.ShardWriter("out") as w: w.add("x", array)
+    with torch2mlx.stream.ShardWriter("out") as w: w.add("x", array)   # mx.array, torch tensor or numpy
 
-Nothing here imports torch.
+User code sees values as mx.array (bfloat16 included), never raw bits. Nothing here
+imports torch (ShardWriter.add uses it only on a torch tensor it is handed).
 """
 from .checkpoint import Checkpoint, open_checkpoint as open  # noqa: A001  (mirrors builtins.open on purpose)
 from .convert import Result, convert

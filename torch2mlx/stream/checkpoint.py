@@ -43,19 +43,16 @@ class Checkpoint:
         return len(self.entries)
 
     def tensors(self, upcast: bool = False):
-        """Yield ``(name, numpy array)`` one tensor at a time.
+        """Yield ``(name, mx.array)`` one tensor at a time, holding the tensor's values.
 
-        bfloat16/float8 arrive as their raw bits (uint16/uint8) unless
-        ``upcast`` is set, which widens them exactly to float32.
+        Dtypes MLX lacks arrive as a conversion stores them: float8 as bfloat16
+        (exact), complex128 as complex64. ``upcast`` widens bfloat16/float8 to float32.
         """
         from .data import DataReader
-        from .casts import to_f32
+        from .values import to_mx
         with DataReader() as reader:
             for e in self.entries:
-                arr = reader.read_all(e)
-                if upcast and e.dtype.is_float and not e.dtype.exact_numpy:
-                    arr = to_f32(arr, e.dtype)
-                yield e.name, arr
+                yield e.name, to_mx(reader.read_all(e), e.dtype, upcast)
 
 
 def _file_format(path: str) -> str:

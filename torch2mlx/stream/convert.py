@@ -34,18 +34,31 @@ class Result:
     written: int | None = None    # tensors actually written, when a transform changed the plan's count
     format: str = "safetensors"
     source_files: dict = field(default_factory=dict)   # identity of each source file as the run began
+    # What this run read and wrote, when not the whole plan: a transform changes what is written,
+    # --resume reuses finished shards (counted in ``reused``, not in the bytes or the rate).
+    bytes_in: int | None = None
+    bytes_out: int | None = None
+    reused: int = 0
 
     @property
     def tensors_out(self) -> int:
         return self.written if self.written is not None else sum(len(op.outputs) for op in self.plan.ops)
 
+    @property
+    def nbytes_in(self) -> int:
+        return self.plan.nbytes_in if self.bytes_in is None else self.bytes_in
+
+    @property
+    def nbytes_out(self) -> int:
+        return self.plan.nbytes_out if self.bytes_out is None else self.bytes_out
+
     def to_dict(self) -> dict:
         d = {"source": self.source, "out": self.out, "dry_run": self.dry_run,
              "tensors_in": len(self.checkpoint.entries),
              "tensors_out": self.tensors_out,
-             "bytes_in": self.plan.nbytes_in, "bytes_out": self.plan.nbytes_out,
+             "bytes_in": self.nbytes_in, "bytes_out": self.nbytes_out, "reused_shards": self.reused,
              "seconds": round(self.seconds, 3),
-             "mb_per_s": round(self.plan.nbytes_in / 1e6 / self.seconds, 1) if self.seconds else None,
+             "mb_per_s": round(self.nbytes_in / 1e6 / self.seconds, 1) if self.seconds else None,
              "rules_by_source": self.plan.rules_by_source(),
              "shards": [{"file": s.file, "bytes": s.bytes, "sha256": s.sha256} for s in self.shards]
              or [{"file": s.file, "bytes": s.size} for s in self.plan.shards],
@@ -132,18 +145,19 @@ def prepare(src, *, checkpoint: Checkpoint | None = None, specs: list[RuleSpec] 
     """
     opts = Options.make(**options)
     ck = checkpoint if checkpoint is not None else open_checkpoint(src, key=opts.key)
-    notes, warnings = [], []
+    notes = []
     if inputs is None and specs is None and drop is None and (use_model or model is not None):
         from ..analysis.stream_inputs import stream_inputs
         inputs = stream_inputs(ck, model=model, model_kwargs=model_kwargs)
     if inputs is not None:
         got = inputs
-        specs, drop, notes, warnings = got.specs, got.drop, got.notes, got.warnings
+        specs, drop, notes = got.specs, got.drop, got.notes
         if module_types is None and got.report is not None:
             module_types = got.module_types
     plan = build(ck, opts, specs, drop, module_types)
     plan.notes += notes
-    plan.warnings[:0] = warnings
+    if inputs is not None:
+        plan.warnings[:0] = inputs.all_warnings({n for n, _ in plan.dropped})
     return ck, opts, plan
 
 
@@ -193,6 +207,10 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
     out = os.fspath(out)
     if resume and transform is not None:
         raise Torch2MLXError("--resume cannot be combined with a transform")
+    if transform is not None and any(len(op.outputs) > 1 for op in plan.ops):
+        # A transform sees one array a tensor; a quantized weight is three (codes, scales, biases).
+        raise Torch2MLXError("a transform cannot be combined with quantization (q_bits/q_recipe): "
+                             "convert with the transform first, then quantize that output in a second run")
     if format not in ("safetensors", "zarr"):
         raise Torch2MLXError(f"--format must be safetensors or zarr (bin needs --to torch), got {format!r}")
     res.source_files = resume_mod.source_identity(ck.path, ck.files)
@@ -222,6 +240,9 @@ def _write(res: Result, opts: Options, out: str, *, overwrite: bool, resume: boo
         plan.notes += notes
         done = {i: ShardResult(plan.shards[i].file, plan.shards[i].size, digests[i]) for i in keep}
         todo = [i for i in todo if i not in done]
+        res.reused = len(done)
+        res.bytes_in = sum(op.nbytes_in for op in plan.ops if op.outputs[0].shard not in done)
+        res.bytes_out = sum(plan.shards[i].data_size for i in todo)
     output_dir.prepare(out, overwrite=overwrite, src_paths=ck.files, resume=do_resume)
     # Sidecars first: a ShardWriter (transform) writes its index when it closes, and the index comes last.
     res.sidecars = output_dir.copy_sidecars(ck.sidecars, out, rewrite=sidecar_config.rewrite(ck, opts, plan))
@@ -229,7 +250,7 @@ def _write(res: Result, opts: Options, out: str, *, overwrite: bool, resume: boo
         # Before any shard: an interrupted run is known as one (and resumable) from the start.
         output_dir.write_manifest(out, manifest(res, opts, complete=False))
     t0 = time.perf_counter()
-    bar, update = progress_bar(sum(op.nbytes_in for op in plan.ops if op.outputs[0].shard in todo), progress)
+    bar, update = progress_bar(res.nbytes_in, progress)
     lock = threading.Lock()
     index_of = {s.file: i for i, s in enumerate(plan.shards)}
 
@@ -242,8 +263,8 @@ def _write(res: Result, opts: Options, out: str, *, overwrite: bool, resume: boo
     try:
         if transform is not None:
             from .transform import run_transform
-            res.shards, res.written = run_transform(plan, out, transform, opts, update, res.source,
-                                                       res.source_files)
+            res.shards, res.written, res.bytes_out = run_transform(plan, out, transform, opts, update, res.source,
+                                                                   res.source_files)
         else:
             with DataReader(drop_cache=drop_cache) as reader:
                 ex = Executor(plan, out, reader=reader, workers=workers, progress=update, drop_cache=drop_cache,

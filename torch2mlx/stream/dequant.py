@@ -48,6 +48,8 @@ class DequantRows:
 
     def __init__(self, q: Quantized, reader: DataReader):
         self.q, self.reader = q, reader
+        # what reading the whole weight costs: the report counts bytes read, not bytes made
+        self.nbytes_read = q.weight.nbytes + q.scales.nbytes + q.biases.nbytes
 
     def read(self, axis: int, start: int, stop: int) -> np.ndarray:
         q = self.q

@@ -40,6 +40,11 @@ class TensorEntry:
         return self.numel * self.dtype.itemsize
 
     @property
+    def nbytes_read(self) -> int:
+        """Bytes a full read takes from the source (a dequantized view reads packed codes, scales, biases)."""
+        return self.nbytes if self.loader is None else getattr(self.loader, "nbytes_read", self.nbytes)
+
+    @property
     def in_file(self) -> bool:
         """Bytes lie in place in a file (kernel copies and flat reads are possible)."""
         return self.path is not None and self.array is None and self.loader is None

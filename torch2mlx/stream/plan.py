@@ -62,7 +62,7 @@ class Op:
 
     @property
     def nbytes_in(self) -> int:
-        return sum(e.nbytes for e in self.sources)
+        return sum(e.nbytes_read for e in self.sources) + getattr(self.transform, "nbytes_read", 0)
 
     @property
     def nbytes_out(self) -> int:

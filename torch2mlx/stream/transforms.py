@@ -49,6 +49,8 @@ class Chain:
 
     def __init__(self, dequant: _FP8Dequant | None = None, spec: quant_recipes.QuantSpec | None = None):
         self.dequant, self.spec = dequant, spec
+        # the scale tensor is read too, though folded in and never written: the report counts it
+        self.nbytes_read = dequant.scale.nbytes if dequant is not None else 0
 
     def __call__(self, block, op: Op, start: int, reader, src: DType | None = None) -> list[np.ndarray]:
         """``src``: the dtype ``block`` is in (the rule may have widened it to float32)."""

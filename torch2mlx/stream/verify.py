@@ -35,6 +35,8 @@ class VerifyReport:
     checked_tensors: int = 0
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Tensors whose values could not be recomputed from the source, and why: OK then covers less.
+    unchecked: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -42,13 +44,22 @@ class VerifyReport:
 
     def to_dict(self) -> dict:
         return {"out": self.out, "ok": self.ok, "shards": self.checked_shards,
-                "tensors": self.checked_tensors, "problems": self.problems, "notes": self.notes}
+                "tensors": self.checked_tensors, "problems": self.problems, "notes": self.notes,
+                "not_recomputed": [{"name": n, "why": w} for n, w in self.unchecked]}
 
     def text(self) -> str:
         # Problems quote tensor names from the files: one printable line each, like the report.
-        head = (f"verified {self.checked_shards} shard(s), {self.checked_tensors} tensor(s) in {one_line(self.out)}: "
-                + ("OK" if self.ok else f"{len(self.problems)} problem(s)"))
-        return "\n".join([head] + [f"  note: {one_line(n)}" for n in self.notes]
+        status = "OK" if self.ok else f"{len(self.problems)} problem(s)"
+        if self.unchecked:
+            status += f"; {len(self.unchecked)} tensor(s) not recomputed (only their hashes, headers and index checked)"
+        head = f"verified {self.checked_shards} shard(s), {self.checked_tensors} tensor(s) in {one_line(self.out)}: " + status
+        by_why: dict[str, list[str]] = {}
+        for n, w in self.unchecked:
+            by_why.setdefault(w, []).append(n)
+        unchecked = [f"  not recomputed, {w}: " + one_line(", ".join(ns[:10]) + (f" ... and {len(ns) - 10} more"
+                                                                           if len(ns) > 10 else ""))
+                     for w, ns in by_why.items()]
+        return "\n".join([head] + unchecked + [f"  note: {one_line(n)}" for n in self.notes]
                          + [f"  {one_line(p)}" for p in self.problems[:50]]
                          + ([f"  ... and {len(self.problems) - 50} more"] if len(self.problems) > 50 else []))
 
@@ -116,9 +127,12 @@ def verify(src, out, *, quick: bool = False, progress=None) -> VerifyReport:
     if quick:
         return rep
     if manifest.get("transform"):
-        rep.notes.append("written through a user transform: tensor values cannot be recomputed; "
-                         "hashes, headers and index checked")
-        return rep
+        # Only what the transform handed back untouched follows from the source by the plan's rule.
+        records = manifest.get("tensors") or {}
+        for name, rec in records.items():
+            if rec.get("transformed", True):
+                rep.unchecked.append((name, "its values came from the user transform"))
+        manifest = dict(manifest, tensors={n: r for n, r in records.items() if not r.get("transformed", True)})
     if manifest.get("to") == "torch":
         _verify_reverse(src, manifest, outputs, rep, progress)
     else:

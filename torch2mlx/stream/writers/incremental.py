@@ -22,18 +22,6 @@ from . import output_dir
 _WIDTHS = (16, 8, 4, 2, 1)
 
 
-def _dtype_of(array: np.ndarray, dtype) -> dtypes.DType:
-    if dtype is not None:
-        dt = dtype if isinstance(dtype, dtypes.DType) else dtypes.get(str(dtype))
-        if dt.np_dtype.itemsize != array.dtype.itemsize:
-            raise Torch2MLXError(f"array of {array.dtype} cannot carry {dt.name}")
-        return dt
-    for d in dtypes.DTYPES:
-        if d.exact_numpy and d.np_dtype == array.dtype.newbyteorder("<"):
-            return d
-    raise Torch2MLXError(f"numpy dtype {array.dtype} has no safetensors equivalent")
-
-
 class ShardWriter:
     def __init__(self, out_dir: str, max_shard_size="5GB", *, overwrite: bool = False,
                  metadata: dict | None = None, manifest_extra: dict | None = None):
@@ -50,6 +38,7 @@ class ShardWriter:
         self._names: set[str] = set()
         self.records: dict[str, dict] = {}
         self.results = []
+        self.nbytes = 0          # tensor bytes written (the index's total_size), once closed
         self._closed = False
 
     def __enter__(self):
@@ -73,13 +62,25 @@ class ShardWriter:
         return fd
 
     def add(self, name: str, array, dtype=None, record: dict | None = None) -> None:
-        """Append one tensor. ``dtype`` names the dtype when ``array`` only carries raw bits (bfloat16)."""
+        """Append one tensor: an ``mx.array``, a torch tensor or a numpy array (values, never raw bits).
+
+        ``dtype`` (a name such as ``"bfloat16"``) is the dtype to store; values of another
+        dtype are cast to it exactly, as torch's ``Tensor.to`` would.
+        """
         if self._closed:
             raise Torch2MLXError("ShardWriter is closed")
         if name in self._names:
             raise Torch2MLXError(f"tensor {name!r} was already written")
-        array = np.asarray(array)
-        dt = _dtype_of(array, dtype)
+        from ..values import from_user
+        array, dt = from_user(array, dtype, name)
+        self.add_bits(name, array, dt, record)
+
+    def add_bits(self, name: str, array: np.ndarray, dt: dtypes.DType, record: dict | None = None) -> None:
+        """Append numpy ``array`` holding ``dt``'s values, or its raw bits when numpy has no such dtype."""
+        if self._closed:
+            raise Torch2MLXError("ShardWriter is closed")
+        if name in self._names:
+            raise Torch2MLXError(f"tensor {name!r} was already written")
         if dt.safetensors is None:
             raise Torch2MLXError(f"{name}: {dt.name} cannot be stored in safetensors")
         data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).reshape(-1).view(np.uint8)
@@ -150,6 +151,7 @@ class ShardWriter:
         output_dir.write_manifest(self.out_dir, {"torch2mlx": __version__, **self.manifest_extra,
                                                  "tensors": self.records, "shards": shards})
         output_dir.write_index(self.out_dir, weight_map, total)
+        self.nbytes = total
         self._closed = True
         self.results = [{"file": k, **v} for k, v in shards.items()]
         return self.results
