@@ -31,10 +31,16 @@ class StreamInputs:
                 for t in self.report.tensors if t.mlx and t.mlx.endswith(".weight")}
 
 
-def stream_inputs(ck: Checkpoint, *, model: str | None = None, model_kwargs=None) -> StreamInputs:
-    """Specs and drops for converting ``ck``, from ``model`` (a class path) or the directory's config.json."""
+def stream_inputs(ck: Checkpoint, *, model: str | None = None, model_kwargs=None, status=None) -> StreamInputs:
+    """Specs and drops for converting ``ck``, from ``model`` (a class path) or the directory's config.json.
+
+    ``status(text)`` hears about the seconds of silence to come (importing torch and transformers)
+    before they start.
+    """
     from . import build
     if model is not None:
+        if status is not None:
+            status(f"analyzing {model} (imports torch)...")
         config_dir = ck.path if ck.config is not None else None
         built = build.from_class(model, model_kwargs, config_dir)
     elif ck.config is not None:
@@ -45,6 +51,9 @@ def stream_inputs(ck: Checkpoint, *, model: str | None = None, model_kwargs=None
             report, built_notes, where = hit
             return _from_report(ck, report, built_notes, "config.json, analyzed on the meta device",
                                 [f"analysis reused from {where} (T2MLX_NO_CACHE=1 builds the model again)"])
+        if status is not None and build.transformers_available():
+            status("analyzing the model in config.json (first run; cached afterwards): importing torch and "
+                   "transformers...")
         try:
             why = build.why_not_config(ck.path)
             if why is not None:
