@@ -6,7 +6,9 @@
     torch2mlx.stream.convert("model_dir", "out", dtype="float16")
     with torch2mlx.stream.ShardWriter("out") as w: w.add("x", array)
 
-Nothing here imports torch.
+Reading and writing never import torch; ``convert`` does only to build the model for exact
+rules (``model=...``, or a directory with a config.json when torch and transformers are installed
+and no cached analysis matches); ``use_model=False`` never does.
 """
 from .checkpoint import Checkpoint, open_checkpoint as open  # noqa: A001  (mirrors builtins.open on purpose)
 from .convert import Result, convert
