@@ -182,3 +182,12 @@ def test_report_units_are_mib(small, tmp_path):
     assert "MB" not in proc.stdout.replace("MiB", "")
     rep = json.loads(run_main("stream", small, tmp_path / "j", "--json").stdout)
     assert "mib_per_s" in rep and "mb_per_s" not in rep
+
+
+def test_missing_torch_names_the_model_class(monkeypatch):
+    import sys
+    from torch2mlx.analysis import build
+    from torch2mlx.errors import Torch2MLXError
+    monkeypatch.setitem(sys.modules, "torch", None)      # importlib.util.find_spec now reports it missing
+    with pytest.raises(Torch2MLXError, match=r"the model class mypkg\.nets:Net needs torch, which is not installed"):
+        build.from_class("mypkg.nets:Net")

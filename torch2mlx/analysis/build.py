@@ -89,7 +89,8 @@ def _import_class(path: str):
 def from_class(path: str, kwargs=None, config_dir: str | None = None) -> Built:
     """Instantiate ``pkg.mod:Class(**kwargs)`` on the meta device (a transformers class from ``config_dir``)."""
     if not torch_available():
-        raise Torch2MLXError("analyzing a model class needs torch (pip install 'torch2mlx[torch]')")
+        raise Torch2MLXError(f"analyzing the model class {path} needs torch, which is not installed "
+                             "(pip install 'torch2mlx[torch]')")
     import torch
     cls = _import_class(path)
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
