@@ -28,9 +28,10 @@ Rules (layouts):
   {rules}.
 With --model, or a config.json transformers knows (torch and transformers
 installed), the analyzer builds the model on the meta device and every
-tensor gets the model's exact rule and name (reported as 'model'). That is
-the only time the stream imports torch: the analysis is cached
-(~/.cache/torch2mlx/analysis; T2MLX_NO_CACHE=1 turns it off), so a repeat
+tensor gets the model's exact rule and name (reported as 'model'). Only
+this imports torch: with --model, or for a directory with a config.json
+(torch and transformers installed) whose analysis is not cached yet
+(~/.cache/torch2mlx/analysis; T2MLX_NO_CACHE=1 turns it off); a repeat
 run does not, and --no-model never does. Without model information
 a 3/4/5-D float '*.weight' is assumed to be a convolution (reported as
 'inferred'); override with --rule REGEX=RULE.
