@@ -2,7 +2,7 @@
 
 The claim: torch (and transformers) are imported only to build the model for exact rules --
 ``--model``, or a directory with a config.json when both are installed and no cached analysis
-matches (the first run, which says so on stderr unless --quiet/--json); ``--no-model`` never
+matches (the first run, which says so on a terminal unless --quiet/--json); ``--no-model`` never
 imports it. Each case runs the real CLI in a fresh process and reads ``sys.modules`` afterwards.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 from llm_checkpoints import build_model, save_safetensors
 
 ROOT = Path(__file__).resolve().parent.parent
-STATUS = "analyzing the model in config.json (first run; cached afterwards)"
+STATUS = "analyzing the model (first run; cached afterwards)..."
 
 _RUN = textwrap.dedent("""
     import json, sys
@@ -50,19 +50,30 @@ def test_torch_is_imported_exactly_when_the_docs_say(llm_dir, tmp_path):
     got, err = _stream(llm_dir, tmp_path / "a", "--no-model", cache=cache)
     assert (got["rc"], got["torch"], got["transformers"]) == (0, False, False) and STATUS not in err
     assert not cache.exists() or not any(cache.iterdir())
-    # first run on the config.json directory: the analyzer builds the model, and says so first
+    # first run on the config.json directory: the analyzer builds the model (stderr is no terminal here,
+    # so no status line: a script's stderr holds only warnings and errors)
     got, err = _stream(llm_dir, tmp_path / "b", cache=cache)
     assert (got["rc"], got["torch"], got["transformers"]) == (0, True, True)
-    assert STATUS in err
+    assert STATUS not in err
     # a repeat run: the cached analysis, no torch, no status line
     got, err = _stream(llm_dir, tmp_path / "c", cache=cache)
     assert (got["rc"], got["torch"], got["transformers"]) == (0, False, False) and STATUS not in err
 
 
-@pytest.mark.parametrize("flag", ["--quiet", "--json"])
-def test_first_run_status_line_is_silenced_by_quiet_and_json(llm_dir, tmp_path, flag):
-    got, err = _stream(llm_dir, tmp_path / "out", flag, cache=tmp_path / "cache")
-    assert got["torch"] and STATUS not in err
+def test_first_run_says_what_it_is_doing_on_a_terminal(llm_dir, tmp_path, monkeypatch):
+    """The seconds of torch import show as a transient line (erased before the bar, as the bar is erased)."""
+    from test_cli import _run_on_a_terminal
+    monkeypatch.setenv("T2MLX_NO_CACHE", "1")          # every run a first run
+    rc, text = _run_on_a_terminal(["stream", llm_dir, tmp_path / "a"])
+    assert rc == 0 and STATUS in text and "\r\x1b[K" in text[text.index(STATUS):], text
+    for flag in ("--quiet", "--json"):
+        rc, text = _run_on_a_terminal(["stream", llm_dir, tmp_path / flag.strip("-"), flag])
+        assert rc == 0 and STATUS not in text, (flag, text)
+    monkeypatch.delenv("T2MLX_NO_CACHE")
+    monkeypatch.setenv("T2MLX_CACHE_DIR", str(tmp_path / "cache"))
+    assert _run_on_a_terminal(["stream", llm_dir, tmp_path / "b"])[0] == 0
+    rc, text = _run_on_a_terminal(["stream", llm_dir, tmp_path / "c"])   # cached: nothing slow to announce
+    assert rc == 0 and STATUS not in text and "converting" in text, text
 
 
 def _claims() -> dict[str, str]:

@@ -164,7 +164,7 @@ def _cmd_stream(args) -> int:
                   format=args.format, zarr_compressor=args.zarr_compressor,
                   progress=not args.quiet and not args.json and sys.stderr.isatty(), workers=args.workers,
                   model=args.model, model_kwargs=args.model_kwargs, use_model=not args.no_model, to=args.to,
-                  status=None if args.quiet or args.json else _status)
+                  status=_status if not args.quiet and not args.json and sys.stderr.isatty() else None)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))
     else:
@@ -172,8 +172,10 @@ def _cmd_stream(args) -> int:
     return 0
 
 
-def _status(text: str) -> None:
-    print(one_line(text), file=sys.stderr, flush=True)
+def _status(text: str | None) -> None:
+    """A transient line on the terminal while a slow step runs; erased (``None``) when it is done, as the bar is."""
+    sys.stderr.write("\r\033[K" + (one_line(text) if text else ""))
+    sys.stderr.flush()
 
 
 CODEGEN_EPILOG = """\

@@ -119,7 +119,8 @@ def prepare(src, *, checkpoint: Checkpoint | None = None, specs: list[RuleSpec] 
     (the analyzer builds it on the meta device; that needs torch). ``use_model=False``
     keeps to shape inference and never imports torch. ``inputs`` (an analyzer
     ``StreamInputs``, e.g. from a live module) gives specs, drops and notes directly.
-    ``status(text)`` is told before a slow step without output starts (the analyzer's first run).
+    ``status(text)`` is told before a slow step without output starts (the analyzer's first run),
+    ``status(None)`` when it is over.
     """
     opts = Options.make(**options)
     ck = checkpoint if checkpoint is not None else open_checkpoint(src, key=opts.key)
