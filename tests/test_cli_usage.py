@@ -191,3 +191,13 @@ def test_missing_torch_names_the_model_class(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)      # importlib.util.find_spec now reports it missing
     with pytest.raises(Torch2MLXError, match=r"the model class mypkg\.nets:Net needs torch, which is not installed"):
         build.from_class("mypkg.nets:Net")
+
+
+def test_missing_zarr_names_the_store_or_the_option(small, tmp_path, monkeypatch):
+    import sys
+    assert run_main("stream", small, tmp_path / "s.zarr", "--format", "zarr", "--quiet").returncode == 0
+    monkeypatch.setitem(sys.modules, "zarr", None)       # `import zarr` now fails as if it were not installed
+    assert_one_error(run_main("stream", small, tmp_path / "o.zarr", "--format", "zarr"), "--format zarr",
+                     "needs the zarr package")
+    assert_one_error(run_main("stream", tmp_path / "s.zarr", tmp_path / "o"), str(tmp_path / "s.zarr"),
+                     "reading a zarr store needs the zarr package")

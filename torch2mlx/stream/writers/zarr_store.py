@@ -41,7 +41,7 @@ def _rows_per_block(op: Op, chunk: int) -> int:
 
 def write(plan: Plan, out: str, *, compressor: str = "none", workers: int | None = None,
           progress=None, chunk: int = CHUNK) -> list[dict]:
-    zarr = _zarr()
+    zarr = _zarr(f"--format zarr ({out})")
     if compressor not in COMPRESSORS:
         raise Torch2MLXError(f"--zarr-compressor must be one of {', '.join(COMPRESSORS)}")
     root = zarr.open_group(out, mode="a")
