@@ -26,13 +26,13 @@ examples:
 
 Rules (layouts):
   {rules}.
-With --model, or a config.json transformers knows (torch and transformers
-installed), the analyzer builds the model on the meta device and every
-tensor gets the model's exact rule and name (reported as 'model'). Only
-this imports torch: with --model, or for a directory with a config.json
-(torch and transformers installed) whose analysis is not cached yet
-(~/.cache/torch2mlx/analysis; T2MLX_NO_CACHE=1 turns it off); a repeat
-run does not, and --no-model never does. Without model information
+With --model, or a config.json transformers knows, the analyzer builds the
+model on the meta device and every tensor gets the model's exact rule and
+name (reported as 'model'). Only this imports torch (and transformers):
+with --model, or for a directory with a config.json when both are
+installed and its analysis is not cached yet (~/.cache/torch2mlx/analysis;
+T2MLX_NO_CACHE=1 turns the cache off). A repeat run does not; --no-model
+never does. Without model information
 a 3/4/5-D float '*.weight' is assumed to be a convolution (reported as
 'inferred'); override with --rule REGEX=RULE.
 """
