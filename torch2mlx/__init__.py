@@ -6,8 +6,11 @@
     model.load_state_dict(torch2mlx.to_torch(weights, model), strict=True)
     torch2mlx.generate(model).write("model_mlx.py")     # the MLX module's source (t2mlx codegen)
 
-Everything loads on first use: ``import torch2mlx`` imports neither torch nor MLX,
-and the streaming engine (``torch2mlx.stream``, ``t2mlx stream``) never imports torch.
+Everything loads on first use: ``import torch2mlx`` imports neither torch nor MLX.
+The streaming engine (``torch2mlx.stream``, ``t2mlx stream``) imports torch only to build
+the model for exact rules: with ``--model``, or for a directory with a config.json when
+torch and transformers are installed and no cached analysis matches (the first run);
+``--no-model`` (``use_model=False``) never imports it.
 """
 __version__ = "0.1.0"
 

@@ -5,9 +5,16 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 
 from . import __version__
 from .errors import Torch2MLXError, one_line
+
+EXIT_CODES = """\
+exit status: 0 done; 1 bad input or usage (one line 'error: ...' on stderr;
+for verify also: a check failed); 2 internal error (a bug in torch2mlx:
+please report it); 130 interrupted.
+"""
 
 STREAM_EPILOG = """\
 examples:
@@ -17,13 +24,15 @@ examples:
   t2mlx stream model.ckpt ./out --key state_dict --strip-prefix model.
   t2mlx stream ./my-model-mlx ./back --to torch [--format bin]   # MLX -> PyTorch (dequantizes)
 
-Rules (layouts): identity, conv1d, conv2d, conv3d, conv_transpose1d,
-conv_transpose2d, conv_transpose3d, linear_transposed, bilinear.
-With a config.json transformers knows (torch installed) or --model, the
-analyzer builds the model on the meta device and every tensor gets the
-model's exact rule and name (reported as 'model'); the analysis is cached
-(~/.cache/torch2mlx/analysis; T2MLX_NO_CACHE=1 turns it off), so a repeat
-run skips importing torch. Without model information
+Rules (layouts):
+  {rules}.
+With --model, or a config.json transformers knows, the analyzer builds the
+model on the meta device and every tensor gets the model's exact rule and
+name (reported as 'model'). Only this imports torch (and transformers):
+with --model, or for a directory with a config.json when both are
+installed and its analysis is not cached yet (~/.cache/torch2mlx/analysis;
+T2MLX_NO_CACHE=1 turns the cache off). A repeat run does not; --no-model
+never does. Without model information
 a 3/4/5-D float '*.weight' is assumed to be a convolution (reported as
 'inferred'); override with --rule REGEX=RULE.
 """
@@ -42,14 +51,24 @@ $T2MLX_CACHE_DIR or ~/.cache/torch2mlx/analysis; T2MLX_NO_CACHE=1 turns it off.
 
 
 def _add_stream(sub):
+    # Choices and lists come from the tables the library checks against, so --help cannot drift from them.
+    from . import quant, rules
+    from .quant_recipes import MIXED_RECIPES
+    from .stream.checkpoint import FORMATS_READ
+    from .stream.options import OUT_DTYPES
+    from .stream.writers.zarr_store import COMPRESSORS
     p = sub.add_parser("stream", help="convert a checkpoint to sharded MLX safetensors, tensor by tensor",
-                       description="Convert a PyTorch checkpoint (.safetensors, .bin, .pt, .pth, .ckpt, or a "
-                                   "directory of shards with or without an index) to MLX safetensors shards in OUT, "
-                                   "reading one block at a time. Never imports torch; never runs pickle code.",
-                       epilog=STREAM_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=textwrap.fill(
+                           f"Convert a PyTorch checkpoint ({FORMATS_READ}; a directory with or without an index) to "
+                           "MLX safetensors shards in OUT, reading one block at a time. Never runs pickle code; "
+                           "imports torch only to build a model (see below).", 78),
+                       epilog=STREAM_EPILOG.replace("{rules}", textwrap.fill(", ".join(rules.LAYOUT_RULES), 74,
+                                                                              subsequent_indent="  "))
+                       + "\n" + EXIT_CODES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", metavar="SRC", help="checkpoint file or directory")
     p.add_argument("out", metavar="OUT", nargs="?", help="output directory (optional with --dry-run)")
-    p.add_argument("--dtype", default="keep", choices=("keep", "float16", "bfloat16", "float32"),
+    p.add_argument("--dtype", default="keep", choices=OUT_DTYPES,
                    help="output dtype for floating tensors (default: keep; float64 becomes float32, float8 bfloat16)")
     p.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
                    help="largest output shard, e.g. 5GB, 500MB, 2GiB (default: 5GB)")
@@ -59,13 +78,14 @@ def _add_stream(sub):
                    help="drop tensors whose name matches REGEX (repeatable)")
     p.add_argument("--rule", action="append", default=[], metavar="REGEX=RULE",
                    help="force the layout rule of tensors matching REGEX (repeatable; first match wins)")
-    p.add_argument("--q-bits", type=int, metavar="BITS", choices=(2, 3, 4, 5, 6, 8),
-                   help="quantize Linear/Embedding weights to BITS (2,3,4,5,6,8) as mlx.core.quantize (affine) "
-                        "does, stored as mlx-lm stores them; config.json gets the quantization block")
-    p.add_argument("--q-group-size", type=int, default=64, metavar="N", choices=(32, 64, 128),
-                   help="quantization group size: 32, 64 or 128 (default 64)")
-    p.add_argument("--q-recipe", metavar="NAME", choices=("mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6"),
-                   help="mlx-lm's mixed-precision recipes: higher bits for lm_head and some v_proj/down_proj")
+    p.add_argument("--q-bits", type=int, metavar="BITS", choices=quant.BITS,
+                   help=f"quantize Linear/Embedding weights to BITS ({_listed(quant.BITS)}) as mlx.core.quantize "
+                        "(affine) does, stored as mlx-lm stores them; config.json gets the quantization block")
+    p.add_argument("--q-group-size", type=int, default=64, metavar="N", choices=quant.GROUP_SIZES,
+                   help=f"quantization group size: {_listed(quant.GROUP_SIZES)} (default 64)")
+    p.add_argument("--q-recipe", metavar="NAME", choices=tuple(MIXED_RECIPES),
+                   help=f"mlx-lm's mixed-precision recipes ({_listed(MIXED_RECIPES)}): higher bits for lm_head "
+                        "and some v_proj/down_proj")
     p.add_argument("--to", default="mlx", choices=("mlx", "torch"),
                    help="direction: mlx (default) or torch: an MLX checkpoint (ours or mlx-lm's, quantized or not) "
                         "back to PyTorch names, layouts and dtypes")
@@ -73,7 +93,7 @@ def _add_stream(sub):
                    help="output format: sharded safetensors (default), a zarr store, one chunked array per "
                         "tensor (for analysis pipelines; pip install 'torch2mlx[zarr]'), or with --to torch "
                         "bin: pytorch_model-*.bin zip pickles torch.load(weights_only=True) reads")
-    p.add_argument("--zarr-compressor", default="none", choices=("none", "zstd", "blosc", "gzip"),
+    p.add_argument("--zarr-compressor", default="none", choices=COMPRESSORS,
                    help="compression of zarr chunks (default none: fastest)")
     p.add_argument("--key", metavar="KEY", help="which entry of a nested checkpoint holds the weights (dotted path)")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty OUT")
@@ -83,14 +103,29 @@ def _add_stream(sub):
                         "source file changed since (size, mtime or inode)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop; reads headers only")
     p.add_argument("--json", action="store_true", help="print the report (or plan) as JSON on stdout")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or status lines on stderr")
     p.add_argument("--keep-cache", action="store_true",
                    help="leave converted bytes in the page cache (default: drop them, so big runs do not evict your apps)")
-    p.add_argument("--workers", type=int, default=None, metavar="N", help="worker threads (default: cores + 1, max 4)")
+    p.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                   help="worker threads (default: cores + 1, at most 4)")
     _add_model_options(p)
     p.add_argument("--no-model", action="store_true",
                    help="ignore config.json: infer rules from shapes (never imports torch)")
     p.set_defaults(func=_cmd_stream)
+
+
+def _listed(values) -> str:
+    return ", ".join(map(str, values))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return n
 
 
 def _add_model_options(p):
@@ -105,7 +140,7 @@ def _add_analyze(sub):
                                    "read), map every layer to MLX and report coverage, unsupported layers, "
                                    "blockers in forward code and each tensor's MLX name, shape and rule. SRC is a "
                                    "checkpoint or config directory, a checkpoint file, or a class pkg.mod:Class.",
-                       epilog=ANALYZE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=ANALYZE_EPILOG + "\n" + EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", metavar="SRC", help="checkpoint / config directory, checkpoint file, or pkg.mod:Class")
     _add_model_options(p)
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
@@ -129,12 +164,19 @@ def _cmd_stream(args) -> int:
                   overwrite=args.overwrite, dry_run=args.dry_run, resume=args.resume, drop_cache=not args.keep_cache,
                   format=args.format, zarr_compressor=args.zarr_compressor,
                   progress=not args.quiet and not args.json and sys.stderr.isatty(), workers=args.workers,
-                  model=args.model, model_kwargs=args.model_kwargs, use_model=not args.no_model, to=args.to)
+                  model=args.model, model_kwargs=args.model_kwargs, use_model=not args.no_model, to=args.to,
+                  status=_status if not args.quiet and not args.json and sys.stderr.isatty() else None)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))
     else:
         print(res.report())
     return 0
+
+
+def _status(text: str | None) -> None:
+    """A transient line on the terminal while a slow step runs; erased (``None``) when it is done, as the bar is."""
+    sys.stderr.write("\r\033[K" + (one_line(text) if text else ""))
+    sys.stderr.flush()
 
 
 CODEGEN_EPILOG = """\
@@ -150,7 +192,7 @@ def _add_codegen(sub):
                        description="Generate the MLX module of a torch model: classes from its module tree, named "
                                    "so that weights from t2mlx stream / torch2mlx.convert load strictly, and "
                                    "__call__ translated from a torch.fx trace (a TODO stub where it cannot trace).",
-                       epilog=CODEGEN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=CODEGEN_EPILOG + "\n" + EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", metavar="SRC", help="a model class pkg.mod:Class, or a directory with config.json")
     p.add_argument("--kwargs", "--model-kwargs", dest="kwargs", metavar="JSON",
                    help="keyword arguments for the class's constructor, as JSON")
@@ -177,7 +219,8 @@ def _add_verify(sub):
     p = sub.add_parser("verify", help="check a conversion: hashes, headers, index, and every tensor against its source",
                        description="Re-read SRC and OUT tensor by tensor (bounded memory) and check that every output "
                                    "tensor equals its rule applied to its source, every shard's sha256 matches the "
-                                   "manifest and the index matches the shards. Exit 0 only when all hold.")
+                                   "manifest and the index matches the shards. Exit 0 only when all hold.",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", metavar="SRC", help="the checkpoint that was converted")
     p.add_argument("out", metavar="OUT", help="the conversion's output directory")
     p.add_argument("--quick", action="store_true",
@@ -194,11 +237,33 @@ def _cmd_verify(args) -> int:
     return 0 if rep.ok else 1
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as every other error: one ``error:`` line, exit 1 (2 is for bugs)."""
+
+    def error(self, message):
+        text = self._plain(message)
+        hint = "" if "(choose from" in text else f" (see {self.prog} --help)"
+        self.exit(1, f"error: {one_line(text)}{hint}\n")
+
+    def _plain(self, message: str) -> str:
+        name, sep, problem = message.partition(": ")
+        if not (sep and name.startswith("argument ")):
+            return message
+        name = name[len("argument "):]
+        action = next((a for a in self._actions if name in ("/".join(a.option_strings), a.metavar, a.dest)), None)
+        if action is not None and action.choices is not None and problem.startswith("invalid "):
+            # argparse quotes every choice (and says nothing of them when the value is not even an int)
+            value = problem.split(": ", 1)[-1].split(" (choose from")[0]
+            return f"{name}: invalid choice {value} (choose from {_listed(action.choices)})"
+        return f"{name}: {problem}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="t2mlx", description="Move PyTorch checkpoints and models to Apple MLX.",
-                                 epilog="python -m torch2mlx takes the same commands, and also the short form "
-                                        "SRC OUT (= stream SRC OUT), with --analyze-only (= analyze SRC) "
-                                        "or --no-analyze (= stream SRC OUT --no-model).")
+    ap = _Parser(prog="t2mlx", description="Move PyTorch checkpoints and models to Apple MLX.",
+                 epilog="python -m torch2mlx takes the same commands, and also the short form\n"
+                        "SRC OUT (= stream SRC OUT), with --analyze-only (= analyze SRC)\n"
+                        "or --no-analyze (= stream SRC OUT --no-model).\n\n" + EXIT_CODES,
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", action="version", version=f"torch2mlx {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -30,7 +30,15 @@ def torch_available() -> bool:
 
 
 def transformers_available() -> bool:
-    return torch_available() and importlib.util.find_spec("transformers") is not None
+    return not missing_for_config()
+
+
+def missing_for_config() -> str:
+    """What building a model from config.json lacks ("" when nothing): named exactly, not "torch and transformers"."""
+    missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+    if not missing:
+        return ""
+    return " and ".join(missing) + (" is" if len(missing) == 1 else " are") + " not installed"
 
 
 def unwrap(model):
@@ -93,7 +101,8 @@ def _import_class(path: str):
 def from_class(path: str, kwargs=None, config_dir: str | None = None) -> Built:
     """Instantiate ``pkg.mod:Class(**kwargs)`` on the meta device (a transformers class from ``config_dir``)."""
     if not torch_available():
-        raise Torch2MLXError("analyzing a model class needs torch (pip install 'torch2mlx[torch]')")
+        raise Torch2MLXError(f"analyzing the model class {path} needs torch, which is not installed "
+                             "(pip install 'torch2mlx[torch]')")
     import torch
     cls = _import_class(path)
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
@@ -152,8 +161,9 @@ def why_not_config(config_dir: str) -> str | None:
         return f"{config_dir}/config.json is unreadable ({e}); rules inferred from shapes"
     if not isinstance(config, dict):
         return f"{config_dir}/config.json is not a JSON object; rules inferred from shapes"
-    if not transformers_available():
-        return "config.json found, but torch and transformers are not installed; rules inferred from shapes"
+    missing = missing_for_config()
+    if missing:
+        return f"config.json found, but {missing} (pip install 'torch2mlx[torch]'); rules inferred from shapes"
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
     if config.get("model_type") not in CONFIG_MAPPING_NAMES:
         return (f"transformers does not know model_type {config.get('model_type')!r}; rules inferred from shapes "
@@ -163,8 +173,10 @@ def why_not_config(config_dir: str) -> str | None:
 
 def from_config_dir(path: str) -> Built:
     """The transformers model ``config.json`` describes: ``architectures[0]``, else the model type's AutoModel."""
-    if not transformers_available():
-        raise Torch2MLXError("analyzing a config.json needs torch and transformers (pip install 'torch2mlx[torch]')")
+    missing = missing_for_config()
+    if missing:
+        raise Torch2MLXError(f"analyzing {path}/config.json needs torch and transformers, but {missing} "
+                             "(pip install 'torch2mlx[torch]')")
     import torch
     import transformers
     with _quiet():

@@ -42,10 +42,29 @@ class StreamInputs:
                 for t in self.report.tensors if t.mlx and t.mlx.endswith(".weight")}
 
 
-def stream_inputs(ck: Checkpoint, *, model: str | None = None, model_kwargs=None) -> StreamInputs:
-    """Specs and drops for converting ``ck``, from ``model`` (a class path) or the directory's config.json."""
+def stream_inputs(ck: Checkpoint, *, model: str | None = None, model_kwargs=None, status=None) -> StreamInputs:
+    """Specs and drops for converting ``ck``, from ``model`` (a class path) or the directory's config.json.
+
+    ``status(text)`` hears about the seconds of silence to come (importing torch and transformers)
+    before they start, and ``status(None)`` when they are over.
+    """
+    shown = []
+
+    def say(text: str) -> None:
+        if status is not None:
+            shown.append(text)
+            status(text)
+    try:
+        return _stream_inputs(ck, model, model_kwargs, say)
+    finally:
+        if shown:
+            status(None)
+
+
+def _stream_inputs(ck: Checkpoint, model, model_kwargs, status) -> StreamInputs:
     from . import build
     if model is not None:
+        status(f"analyzing {model}: importing torch...")
         config_dir = ck.path if ck.config is not None else None
         built = build.from_class(model, model_kwargs, config_dir)
     elif ck.config is not None:
@@ -56,6 +75,8 @@ def stream_inputs(ck: Checkpoint, *, model: str | None = None, model_kwargs=None
             report, built_notes, where = hit
             return _from_report(ck, report, built_notes, "config.json, analyzed on the meta device",
                                 [f"analysis reused from {where} (T2MLX_NO_CACHE=1 builds the model again)"])
+        if build.transformers_available():
+            status("analyzing the model (first run; cached afterwards)...")
         try:
             why = build.why_not_config(ck.path)
             if why is not None:

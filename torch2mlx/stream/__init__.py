@@ -6,8 +6,11 @@
     torch2mlx.stream.convert("model_dir", "out", dtype="float16")
     with torch2mlx.stream.ShardWriter("out") as w: w.add("x", array)   # mx.array, torch tensor or numpy
 
-User code sees values as mx.array (bfloat16 included), never raw bits. Nothing here
-imports torch (ShardWriter.add uses it only on a torch tensor it is handed).
+User code sees values as mx.array (bfloat16 included), never raw bits.
+Reading and writing never import torch; ``convert`` does only to build the model for exact
+rules (``model=...``, or a directory with a config.json when torch and transformers are installed
+and no cached analysis matches); ``use_model=False`` never does.
+ShardWriter.add imports torch only for a torch tensor it is handed.
 """
 from .checkpoint import Checkpoint, open_checkpoint as open  # noqa: A001  (mirrors builtins.open on purpose)
 from .convert import Result, convert

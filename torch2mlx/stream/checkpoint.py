@@ -11,6 +11,7 @@ from .readers import npz, pickled, safetensors, zarr_store
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 WEIGHT_SUFFIXES = (".safetensors", ".npz") + PICKLE_SUFFIXES
+FORMATS_READ = ", ".join(WEIGHT_SUFFIXES) + ", a zarr store"   # for errors and --help
 # Files in model directories that hold training state, not weights.
 NOT_WEIGHTS = ("optimizer.pt", "scheduler.pt", "training_args.bin", "rng_state.pth", "scaler.pt")
 SIDECAR_SUFFIXES = (".json", ".txt", ".model", ".py", ".jinja", ".tiktoken", ".md")
@@ -42,6 +43,14 @@ class Checkpoint:
     def __len__(self):
         return len(self.entries)
 
+    def __repr__(self) -> str:
+        # The dataclass repr would print every entry and the whole config: unreadable for a real model.
+        from .report import human_bytes
+        size = human_bytes(self.nbytes) + (f" ({self.nbytes:,} bytes)" if self.nbytes >= 1024 else "")
+        return (f"<Checkpoint {self.path!r}: {self.format}, {len(self.entries)} tensors, {size} in "
+                f"{_count(self.files, 'file')}" + (f", {_count(self.sidecars, 'sidecar file')}" if self.sidecars
+                                                  else "") + ">")
+
     def tensors(self, upcast: bool = False):
         """Yield ``(name, mx.array)`` one tensor at a time, holding the tensor's values.
 
@@ -53,6 +62,10 @@ class Checkpoint:
         with DataReader() as reader:
             for e in self.entries:
                 yield e.name, to_mx(reader.read_all(e), e.dtype, upcast)
+
+
+def _count(items, what: str) -> str:
+    return f"{len(items)} {what}" + ("" if len(items) == 1 else "s")
 
 
 def _file_format(path: str) -> str:
@@ -67,7 +80,8 @@ def _file_format(path: str) -> str:
         head = f.read(8)
     if head[:4] == b"PK\x03\x04" or (len(head) >= 2 and head[0] == 0x80):
         return "pickle"
-    raise CheckpointError(path, "unknown checkpoint format (expected .safetensors, .bin, .pt, .pth or .ckpt)")
+    raise CheckpointError(path, f"unknown checkpoint format (torch2mlx reads {FORMATS_READ}, "
+                                "or a directory of these)")
 
 
 def _read_file(path: str, key: str | None) -> tuple[list[TensorEntry], list[str], dict, str, str | None]:
@@ -165,7 +179,8 @@ def open_checkpoint(path: str, key: str | None = None) -> Checkpoint:
     else:
         files = _weight_files(path, names, notes)
         if not files:
-            raise CheckpointError(path, "directory holds no weight files (.safetensors, .bin, .pt, .pth, .ckpt)")
+            raise CheckpointError(path, f"directory holds no weight files (torch2mlx reads {', '.join(WEIGHT_SUFFIXES)}"
+                                        ", or a zarr store)")
     entries: list[TensorEntry] = []
     meta: dict = {}
     fmts = set()

@@ -58,7 +58,7 @@ class Result:
              "tensors_out": self.tensors_out,
              "bytes_in": self.nbytes_in, "bytes_out": self.nbytes_out, "reused_shards": self.reused,
              "seconds": round(self.seconds, 3),
-             "mb_per_s": round(self.nbytes_in / 1e6 / self.seconds, 1) if self.seconds else None,
+             "mib_per_s": round(self.nbytes_in / 2**20 / self.seconds, 1) if self.seconds else None,
              "rules_by_source": self.plan.rules_by_source(),
              "shards": [{"file": s.file, "bytes": s.bytes, "sha256": s.sha256} for s in self.shards]
              or [{"file": s.file, "bytes": s.size} for s in self.plan.shards],
@@ -133,7 +133,7 @@ def progress_bar(total: int, enabled: bool):
 
 def prepare(src, *, checkpoint: Checkpoint | None = None, specs: list[RuleSpec] | None = None,
             drop: dict[str, str] | None = None, module_types: dict[str, str] | None = None,
-            model: str | None = None, model_kwargs=None, use_model: bool = True, inputs=None,
+            model: str | None = None, model_kwargs=None, use_model: bool = True, inputs=None, status=None,
             **options) -> tuple[Checkpoint, Options, Plan]:
     """Open ``src`` and plan its conversion; no tensor data is read. ``options`` as for ``convert``.
 
@@ -142,13 +142,15 @@ def prepare(src, *, checkpoint: Checkpoint | None = None, specs: list[RuleSpec] 
     (the analyzer builds it on the meta device; that needs torch). ``use_model=False``
     keeps to shape inference and never imports torch. ``inputs`` (an analyzer
     ``StreamInputs``, e.g. from a live module) gives specs, drops and notes directly.
+    ``status(text)`` is told before a slow step without output starts (the analyzer's first run),
+    ``status(None)`` when it is over.
     """
     opts = Options.make(**options)
     ck = checkpoint if checkpoint is not None else open_checkpoint(src, key=opts.key)
     notes = []
     if inputs is None and specs is None and drop is None and (use_model or model is not None):
         from ..analysis.stream_inputs import stream_inputs
-        inputs = stream_inputs(ck, model=model, model_kwargs=model_kwargs)
+        inputs = stream_inputs(ck, model=model, model_kwargs=model_kwargs, status=status)
     if inputs is not None:
         got = inputs
         specs, drop, notes = got.specs, got.drop, got.notes
@@ -168,7 +170,7 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
             module_types: dict[str, str] | None = None, transform=None, checkpoint: Checkpoint | None = None,
             drop_cache: bool = True, resume: bool = False, format: str = "safetensors",
             zarr_compressor: str = "none", model: str | None = None, model_kwargs=None,
-            use_model: bool = True, inputs=None, to: str = "mlx") -> Result:
+            use_model: bool = True, inputs=None, to: str = "mlx", status=None) -> Result:
     """Convert checkpoint ``src`` (file or directory) into MLX safetensors shards in directory ``out``.
 
     Options mirror ``t2mlx stream``. ``resume`` reuses the shards of an interrupted run
@@ -177,7 +179,7 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
     does not push the user's applications out of memory. ``transform(name, array, dtype)`` may rename
     (return ``(new_name, array[, dtype])``), drop (return ``None``) or replace each
     tensor; with a transform, tensors go through ``ShardWriter`` one at a time. Model
-    options (``model``, ``model_kwargs``, ``use_model``, ``inputs``) as for ``prepare``.
+    options (``model``, ``model_kwargs``, ``use_model``, ``inputs``) and ``status`` as for ``prepare``.
 
     ``to="torch"`` goes the other way: an MLX checkpoint (ours, mlx-lm's, quantized or
     not) back to PyTorch names, layouts and dtypes, ``format`` safetensors or bin
@@ -198,7 +200,7 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
         key = resume_mod.recorded_key(os.fspath(out))   # the nesting the interrupted run chose
     ck, opts, plan = prepare(src, checkpoint=checkpoint, specs=specs, drop=drop, module_types=module_types,
                              model=model, model_kwargs=model_kwargs, use_model=use_model, inputs=inputs,
-                             dtype=dtype, max_shard_size=max_shard_size, strip_prefix=strip_prefix,
+                             status=status, dtype=dtype, max_shard_size=max_shard_size, strip_prefix=strip_prefix,
                              exclude=exclude, rules=rules, key=key, q_bits=q_bits, q_group_size=q_group_size,
                              q_recipe=q_recipe)
     res = Result(str(src), None if dry_run else str(out), plan, ck, dry_run=dry_run)

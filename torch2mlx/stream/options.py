@@ -12,17 +12,17 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
 OUT_DTYPES = ("keep", "float16", "bfloat16", "float32")
 
 
-def parse_size(text) -> int:
-    """'5GB' -> 5_000_000_000, '512MiB' -> 536870912; plain integers are bytes."""
+def parse_size(text, what: str = "--max-shard-size") -> int:
+    """'5GB' -> 5_000_000_000, '512MiB' -> 536870912; plain integers are bytes. ``what`` names it in errors."""
     if isinstance(text, int):
         n = text
     else:
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*", str(text).upper())
         if not m or m.group(2) not in _UNITS:
-            raise Torch2MLXError(f"cannot read size {text!r} (use e.g. 5GB, 500MB, 2GiB)")
+            raise Torch2MLXError(f"{what}: cannot read size {text!r} (use e.g. 5GB, 500MB, 2GiB)")
         n = int(float(m.group(1)) * _UNITS[m.group(2)])
     if n <= 0:
-        raise Torch2MLXError(f"size must be positive, got {text!r}")
+        raise Torch2MLXError(f"{what}: size must be positive, got {text!r}")
     return n
 
 

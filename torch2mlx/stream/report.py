@@ -58,11 +58,11 @@ def format_result(res) -> str:
         return format_plan(res.plan, limit=200)
     p = res.plan
     n_out = res.tensors_out
-    rate = res.nbytes_in / res.seconds / 1e6 if res.seconds else 0.0
+    rate = res.nbytes_in / res.seconds / 2**20 if res.seconds else 0.0   # MiB/s, as human_bytes counts
     shards = res.format in ("safetensors", "bin")
     where = f"{len(res.shards)} shard(s)" if shards else f"a {res.format} store"
     lines = [f"converted {len(res.checkpoint.entries)} tensors -> {n_out} in {where} at {one_line(str(res.out))}",
-             f"{human_bytes(res.nbytes_in)} in, {human_bytes(res.nbytes_out)} out, {res.seconds:.2f} s, {rate:.0f} MB/s"
+             f"{human_bytes(res.nbytes_in)} in, {human_bytes(res.nbytes_out)} out, {res.seconds:.2f} s, {rate:.0f} MiB/s"
              + (f" (this run only: {res.reused} reused shard(s) not counted)" if res.reused else "")]
     if res.sidecars:
         lines.append("copied: " + one_line(", ".join(res.sidecars)))

@@ -69,17 +69,18 @@ class _Rows:
             raise CheckpointError(self.origin, f"unreadable chunk data ({type(e).__name__}: {e})") from None
 
 
-def _zarr():
+def _zarr(what: str):
+    """The zarr module; without it, an error that names ``what`` needed it (a store, or --format zarr)."""
     try:
         import zarr
     except ImportError:
-        raise Torch2MLXError("reading zarr stores needs the zarr package: pip install 'torch2mlx[zarr]'") from None
+        raise Torch2MLXError(f"{what} needs the zarr package: pip install 'torch2mlx[zarr]'") from None
     return zarr
 
 
 def read_entries(path: str) -> tuple[list[TensorEntry], list[str], dict]:
     """Entries, notes, and the root's attributes (``format: mlx`` marks our own sink's output)."""
-    zarr = _zarr()
+    zarr = _zarr(f"{path}: reading a zarr store")
     with warnings.catch_warnings():
         # Sidecar files (config.json, torch2mlx.json) are not zarr nodes; zarr warns about each.
         warnings.simplefilter("ignore")

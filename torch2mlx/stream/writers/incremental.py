@@ -27,7 +27,7 @@ class ShardWriter:
                  metadata: dict | None = None, manifest_extra: dict | None = None):
         from ..options import parse_size
         self.out_dir = os.fspath(out_dir)
-        self.max = parse_size(max_shard_size)
+        self.max = parse_size(max_shard_size, "ShardWriter(max_shard_size=...)")
         self.metadata = metadata
         self.manifest_extra = manifest_extra or {}
         output_dir.prepare(self.out_dir, overwrite=overwrite, src_paths=[])

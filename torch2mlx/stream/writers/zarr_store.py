@@ -109,7 +109,7 @@ def _clear_old_store(out: str) -> None:
 def write(plan: Plan, out: str, *, compressor: str = "none", workers: int | None = None,
           progress=None, chunk: int = CHUNK, created: list[str] | None = None) -> list[dict]:
     """Write every array; ``created`` collects the top-level entries made, for ``failed`` to remove."""
-    zarr = _zarr()
+    zarr = _zarr(f"--format zarr ({out})")
     if compressor not in COMPRESSORS:
         raise Torch2MLXError(f"--zarr-compressor must be one of {', '.join(COMPRESSORS)}")
     check_names(plan)

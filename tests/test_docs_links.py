@@ -1,0 +1,79 @@
+"""The README and docs stand alone: every relative link and path they give exists in a clone."""
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ["README.md", "bench/README.md"] + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))
+LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+CLIMB = re.compile(r"(?<![\w.])((?:\.\./)+[\w.\-/]+)")
+
+
+def _in_clone() -> set[str]:
+    """Files a clone holds: git's list when this is a checkout, else what is on disk."""
+    try:
+        out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        files = set(out.splitlines())
+    except (OSError, subprocess.CalledProcessError):
+        files = set()
+    return files or {str(p.relative_to(ROOT)) for p in ROOT.rglob("*") if p.is_file()}
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading ids: lower case, punctuation dropped, spaces to hyphens."""
+    out = set()
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*#*\s*$", markdown, re.M):
+        text = re.sub(r"[`*_]", "", heading).strip().lower()
+        out.add(re.sub(r"[^\w\- ]", "", text).replace(" ", "-"))
+    return out
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_relative_links_exist_in_a_clone(doc):
+    files = _in_clone()
+    dirs = {str(Path(f).parent) for f in files} | {str(p) for f in files for p in Path(f).parents}
+    text = (ROOT / doc).read_text()
+    bad = []
+    for target in LINK.findall(text):
+        if re.match(r"[a-z][a-z0-9+.\-]*:", target):        # http:, https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        if not path:
+            if anchor not in _anchors(text):
+                bad.append(f"#{anchor} (no such heading)")
+            continue
+        resolved = (ROOT / doc).parent.joinpath(path).resolve()
+        try:
+            rel = str(resolved.relative_to(ROOT))
+        except ValueError:
+            bad.append(f"{target} (outside the repository)")
+            continue
+        if rel not in files and rel.rstrip("/") not in dirs:
+            bad.append(f"{target} (not in the repository)")
+    assert not bad, f"{doc}: {bad}"
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_no_path_leaves_the_repository(doc):
+    """A path in prose or code (`../shared/DESIGN.md`) that climbs out of the clone points at nothing."""
+    text = (ROOT / doc).read_text()
+    outside = []
+    for path in CLIMB.findall(text):
+        try:
+            (ROOT / doc).parent.joinpath(path).resolve().relative_to(ROOT)
+        except ValueError:
+            outside.append(path)
+    assert not outside, f"{doc}: {outside}"
+
+
+def test_the_checks_see_links():
+    """The patterns find what the README links (a check that finds nothing proves nothing)."""
+    readme = (ROOT / "README.md").read_text()
+    targets = LINK.findall(readme)
+    assert "docs/support-matrix.md" in targets and "bench/throughput.png" in targets
+    assert "#convert-a-llama-for-mlx-lm" in targets and "convert-a-llama-for-mlx-lm" in _anchors(readme)
+    assert CLIMB.findall("see `../shared/DESIGN.md`") == ["../shared/DESIGN.md"]
