@@ -62,8 +62,8 @@ def _add_stream(sub):
     p.add_argument("--q-bits", type=int, metavar="BITS", choices=(2, 3, 4, 5, 6, 8),
                    help="quantize Linear/Embedding weights to BITS (2,3,4,5,6,8) as mlx.core.quantize (affine) "
                         "does, stored as mlx-lm stores them; config.json gets the quantization block")
-    p.add_argument("--q-group-size", type=int, default=64, metavar="N", choices=(32, 64, 128),
-                   help="quantization group size: 32, 64 or 128 (default 64)")
+    p.add_argument("--q-group-size", type=int, default=None, metavar="N", choices=(32, 64, 128),
+                   help="quantization group size with --q-bits/--q-recipe: 32, 64 or 128 (default 64)")
     p.add_argument("--q-recipe", metavar="NAME", choices=("mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6"),
                    help="mlx-lm's mixed-precision recipes: higher bits for lm_head and some v_proj/down_proj")
     p.add_argument("--to", default="mlx", choices=("mlx", "torch"),

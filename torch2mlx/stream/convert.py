@@ -138,7 +138,7 @@ def prepare(src, *, checkpoint: Checkpoint | None = None, specs: list[RuleSpec] 
 
 
 def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix=(), exclude=(), rules=(),
-            key: str | None = None, q_bits: int | None = None, q_group_size: int = 64, q_recipe: str | None = None,
+            key: str | None = None, q_bits: int | None = None, q_group_size: int | None = None, q_recipe: str | None = None,
             overwrite: bool = False, dry_run: bool = False, progress: bool = False,
             workers: int | None = None, specs: list[RuleSpec] | None = None, drop: dict[str, str] | None = None,
             module_types: dict[str, str] | None = None, transform=None, checkpoint: Checkpoint | None = None,
@@ -159,6 +159,9 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
     not) back to PyTorch names, layouts and dtypes, ``format`` safetensors or bin
     (see ``to_torch``); ``specs`` are then MLX -> torch specs.
     """
+    if resume and overwrite:
+        raise Torch2MLXError("--resume and --overwrite contradict each other: --resume keeps OUT's finished "
+                             "shards, --overwrite throws them away; give one")
     if to == "torch":
         from . import to_torch
         return to_torch.convert(src, out, dtype=dtype, max_shard_size=max_shard_size, strip_prefix=strip_prefix,
@@ -166,6 +169,7 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
                                 progress=progress, workers=workers, specs=specs, drop=drop, checkpoint=checkpoint,
                                 drop_cache=drop_cache, format=format, model=model, model_kwargs=model_kwargs,
                                 use_model=use_model, unsupported={"--q-bits": q_bits, "--q-recipe": q_recipe,
+                                                                  "--q-group-size": q_group_size is not None,
                                                                   "--resume": resume, "a transform": transform,
                                                                   "--zarr-compressor": zarr_compressor != "none"})
     if to != "mlx":
