@@ -112,7 +112,11 @@ def _load_index(path: str) -> dict[str, str]:
 
 
 def _find_index(d: str, names: list[str]) -> str | None:
+    """The index to read. As transformers does, safetensors win: a pickle index only when no safetensors are there."""
+    has_st = any(n.endswith(".safetensors") for n in names)
     for suffix in (".safetensors.index.json", ".bin.index.json", ".pt.index.json", ".pth.index.json"):
+        if has_st and suffix != ".safetensors.index.json":
+            break
         found = sorted(n for n in names if n.endswith(suffix))
         if found:
             preferred = [n for n in found if n.startswith(("model.", "pytorch_model."))]
@@ -126,10 +130,19 @@ def _weight_files(d: str, names: list[str], notes: list[str]) -> list[str]:
     skipped = sorted(n for n in names if n in NOT_WEIGHTS)
     if skipped:
         notes.append(f"{d}: skipped training-state files {', '.join(skipped)}")
-    if st and pk:
-        notes.append(f"{d}: both safetensors and pickle weights present; reading the safetensors ({len(pk)} pickle file(s) ignored)")
-        return st
     return st or pk
+
+
+def _note_ignored(d: str, names: list[str], files: list[str], index_path: str | None, notes: list[str]) -> None:
+    """Say which set of weights was chosen when the directory holds another (transformers prefers safetensors)."""
+    used = set(files) | ({os.path.basename(index_path)} if index_path else set())
+    other = sorted(n for n in names if n not in used and n not in NOT_WEIGHTS
+                   and (n.endswith(WEIGHT_SUFFIXES) or n.endswith(".index.json")))
+    if other:
+        kind = "+".join(sorted({"safetensors" if f.endswith(".safetensors") else "npz" if f.endswith(".npz")
+                                else "pickle" for f in files}))
+        shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+        notes.append(f"{d}: reading the {kind} weights ({len(files)} file(s)); ignored {shown}")
 
 
 def open_checkpoint(path: str, key: str | None = None) -> Checkpoint:
@@ -161,8 +174,10 @@ def open_checkpoint(path: str, key: str | None = None) -> Checkpoint:
             if not os.path.isfile(os.path.join(path, f)):
                 raise CheckpointError(index_path, f"names shard {f!r}, which does not exist")
         notes.append(f"{path}: using index {os.path.basename(index_path)} ({len(files)} shard(s))")
+        _note_ignored(path, names, files, index_path, notes)
     else:
         files = _weight_files(path, names, notes)
+        _note_ignored(path, names, files, None, notes)
         if not files:
             raise CheckpointError(path, "directory holds no weight files (.safetensors, .bin, .pt, .pth, .ckpt)")
     entries: list[TensorEntry] = []
