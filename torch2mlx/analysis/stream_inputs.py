@@ -35,21 +35,21 @@ def stream_inputs(ck: Checkpoint, *, model: str | None = None, model_kwargs=None
     """Specs and drops for converting ``ck``, from ``model`` (a class path) or the directory's config.json."""
     from . import build
     if model is not None:
-        config_dir = ck.path if ck.config is not None else None
+        config_dir = ck.config_dir if ck.config is not None else None
         built = build.from_class(model, model_kwargs, config_dir)
     elif ck.config is not None:
         from . import cache
-        k = cache.key(ck.path, ck)
+        k = cache.key(ck.config_dir, ck)
         hit = cache.load(k, ck.path, ck)
         if hit is not None:
             report, built_notes, where = hit
             return _from_report(ck, report, built_notes, "config.json, analyzed on the meta device",
                                 [f"analysis reused from {where} (T2MLX_NO_CACHE=1 builds the model again)"])
         try:
-            why = build.why_not_config(ck.path)
+            why = build.why_not_config(ck.config_dir)
             if why is not None:
                 return StreamInputs(notes=[why])
-            built = build.from_config_dir(ck.path)
+            built = build.from_config_dir(ck.config_dir)
         except Torch2MLXError as e:
             return StreamInputs(notes=[f"{e}; rules inferred from shapes"])
         except ImportError as e:  # torch/transformers present but broken: convert anyway, by inference

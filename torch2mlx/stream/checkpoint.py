@@ -33,6 +33,11 @@ class Checkpoint:
     layout: str = "torch"     # "mlx" when the source is already in MLX layout (mx.savez, format=mlx shards)
 
     @property
+    def config_dir(self) -> str:
+        """The directory whose config.json ``config`` came from: ``path``, or a single file's directory."""
+        return self.path if os.path.isdir(self.path) else os.path.dirname(os.path.abspath(self.path))
+
+    @property
     def nbytes(self) -> int:
         return sum(e.nbytes for e in self.entries)
 
@@ -158,7 +163,18 @@ def open_checkpoint(path: str, key: str | None = None) -> Checkpoint:
         return ck
     if os.path.isfile(path):
         entries, notes, meta, fmt = _read_file(path, key)
-        ck = Checkpoint(path, entries, [path], fmt, notes=notes, metadata=meta, layout=_layout(fmt, meta))
+        # A file inside a model directory (config.json beside it) brings the directory's sidecars, as the
+        # directory would: without config.json and the tokenizer, mlx_lm.load cannot use the output.
+        sidecars, config = [], None
+        d = os.path.dirname(os.path.abspath(path))
+        if os.path.isfile(os.path.join(d, "config.json")):
+            names = sorted(n for n in os.listdir(d) if os.path.isfile(os.path.join(d, n)))
+            sidecars, config = _sidecars_and_config(d, names, {os.path.basename(path)}, notes)
+            if sidecars:
+                notes.append(f"{d}: a single file in a model directory; its sidecars come along "
+                             f"({', '.join(os.path.basename(x) for x in sidecars)})")
+        ck = Checkpoint(path, entries, [path], fmt, sidecars=sidecars, notes=notes, metadata=meta, config=config,
+                        layout=_layout(fmt, meta))
         _check_names(ck)
         return ck
     if not os.path.isdir(path):
@@ -200,21 +216,27 @@ def open_checkpoint(path: str, key: str | None = None) -> Checkpoint:
         notes += n
         meta.update(m)
     used = set(files) | ({os.path.basename(index_path)} if index_path else set())
-    sidecars = [os.path.join(path, n) for n in names
+    sidecars, config = _sidecars_and_config(path, names, used, notes)
+    ck = Checkpoint(path, entries, [os.path.join(path, f) for f in files], "+".join(sorted(fmts)),
+                    sidecars=sidecars, notes=notes, metadata=meta, config=config,
+                    layout=_layout("+".join(sorted(fmts)), meta))
+    _check_names(ck)
+    return ck
+
+
+def _sidecars_and_config(d: str, names: list[str], used: set[str], notes: list[str]) -> tuple[list[str], dict | None]:
+    """The files of directory ``d`` that go along with its weights (config, tokenizer, ...) and config.json's value."""
+    sidecars = [os.path.join(d, n) for n in names
                 if n not in used and not n.endswith(WEIGHT_SUFFIXES) and not n.endswith(".index.json")
                 and n not in OUR_FILES and not n.startswith(".")
                 and (n.endswith(SIDECAR_SUFFIXES) or n.startswith("tokenizer"))]
     config = None
     if "config.json" in names:
         try:
-            config = _read_json(os.path.join(path, "config.json"))
+            config = _read_json(os.path.join(d, "config.json"))
         except (OSError, ValueError):
-            notes.append(f"{path}/config.json is not valid JSON; copied as is")
-    ck = Checkpoint(path, entries, [os.path.join(path, f) for f in files], "+".join(sorted(fmts)),
-                    sidecars=sidecars, notes=notes, metadata=meta, config=config if isinstance(config, dict) else None,
-                    layout=_layout("+".join(sorted(fmts)), meta))
-    _check_names(ck)
-    return ck
+            notes.append(f"{d}/config.json is not valid JSON; copied as is")
+    return sidecars, config if isinstance(config, dict) else None
 
 
 def _layout(fmt: str, meta: dict) -> str:

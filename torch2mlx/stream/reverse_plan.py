@@ -106,13 +106,13 @@ def _model_specs(ck: Checkpoint, model, model_kwargs) -> tuple[list[RuleSpec] | 
     from ..analysis import build as abuild
     from ..analysis.tree import walk
     if model is not None:
-        built = abuild.from_class(model, model_kwargs, ck.path if ck.config is not None else None)
+        built = abuild.from_class(model, model_kwargs, ck.config_dir if ck.config is not None else None)
     else:
-        why = abuild.why_not_config(ck.path)
+        why = abuild.why_not_config(ck.config_dir)
         if why is not None:
             return None, {}, [why.replace("rules inferred from shapes", "tensors kept as they are")]
         try:
-            built = abuild.from_config_dir(ck.path)
+            built = abuild.from_config_dir(ck.config_dir)
         except (Torch2MLXError, ImportError) as e:
             return None, {}, [f"{e}; tensors kept as they are"]
     tree = walk(built.model)
