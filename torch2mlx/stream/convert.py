@@ -1,6 +1,7 @@
 """``convert``: open -> plan -> execute -> index. The CLI's ``stream`` is a thin wrapper of this."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
@@ -13,6 +14,7 @@ from .checkpoint import Checkpoint, open_checkpoint
 from .data import DataReader
 from .execute import Executor, ShardResult
 from .options import Options
+from . import mlx_source
 from . import resume as resume_mod
 from .plan import Plan, RuleSpec, build
 from . import sidecar_config
@@ -123,6 +125,15 @@ def prepare(src, *, checkpoint: Checkpoint | None = None, specs: list[RuleSpec] 
     opts = Options.make(**options)
     ck = checkpoint if checkpoint is not None else open_checkpoint(src, key=opts.key)
     notes, warnings = [], []
+    already = mlx_source.detect(ck) if model is None and inputs is None else None
+    if already is not None:
+        # No model for it: its tensors have MLX names and layouts already (and the analyzer needs torch).
+        if already.quantized and (opts.q_bits or opts.q_recipe):
+            raise Torch2MLXError(f"{ck.path}: {already.describe()}; --q-bits/--q-recipe need float weights: "
+                                 f"dequantize first with `t2mlx stream {ck.path} OUT --to torch`, then quantize that")
+        ck = dataclasses.replace(ck, layout="mlx")
+        notes.append(f"source is {already.describe()}: names and layouts kept, no model analysis")
+        use_model = False
     if inputs is None and specs is None and drop is None and (use_model or model is not None):
         from ..analysis.stream_inputs import stream_inputs
         inputs = stream_inputs(ck, model=model, model_kwargs=model_kwargs)
@@ -132,6 +143,8 @@ def prepare(src, *, checkpoint: Checkpoint | None = None, specs: list[RuleSpec] 
         if module_types is None and got.report is not None:
             module_types = got.module_types
     plan = build(ck, opts, specs, drop, module_types)
+    if already is not None:   # the note above says it better
+        plan.warnings = [w for w in plan.warnings if not w.startswith("source is already in MLX layout")]
     plan.notes += notes
     plan.warnings[:0] = warnings
     return ck, opts, plan
