@@ -103,3 +103,17 @@ def test_library_api_detects_mlx_too(sources, tmp_path):
         in res.plan.notes
     with pytest.raises(torch2mlx.Torch2MLXError, match="--to torch"):
         torch2mlx.convert(sources / "ours-q4", tmp_path / "o2", q_bits=4)
+
+
+def test_copy_of_an_mlx_source_goes_back_to_torch(sources, tmp_path):
+    """The manifest of an MLX -> MLX copy maps tensors to themselves; --to torch must not take its shapes for
+    torch's (it refused lm_head.weight: [256, 64] vs [256, 8]) and gives what the original's way back gives."""
+    copy = tmp_path / "copy"
+    assert run_main("stream", sources / "mlx-lm-q4", copy).returncode == 0
+    proc = run_main("stream", copy, tmp_path / "back", "--to", "torch")
+    assert proc.returncode == 0, proc.stderr
+    assert "the forward run read a source that was already MLX; its records are not used" in proc.stdout
+    assert run_main("stream", sources / "mlx-lm-q4", tmp_path / "ref", "--to", "torch").returncode == 0
+    got, exp = tensors(tmp_path / "back"), tensors(tmp_path / "ref")
+    assert got.keys() == exp.keys() and all(got[k].tobytes() == exp[k].tobytes() for k in exp)
+    assert run_main("verify", copy, tmp_path / "back").returncode == 0

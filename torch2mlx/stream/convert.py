@@ -69,6 +69,8 @@ def manifest(res: Result, opts: Options, complete: bool = True) -> dict:
     conversion 35x slower than one shard.
     """
     m = {"torch2mlx": __version__, "source": res.source, "options": opts.to_dict()}
+    if res.checkpoint.layout == "mlx":   # records of an MLX source say nothing about torch layouts (--to torch)
+        m["source_layout"] = "mlx"
     if complete:
         m["tensors"] = res.plan.tensor_records()
     m.update({
