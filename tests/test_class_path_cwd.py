@@ -85,3 +85,10 @@ def test_class_path_errors_name_where_it_came_from(project, args, names, not_nam
     err = assert_one_error(t2mlx(project, *args), *names)
     if not_named:
         assert not_named not in err
+
+
+def test_codegen_kwargs_errors_name_kwargs(project):
+    err = assert_one_error(t2mlx(project, "codegen", "nets:Net", "--kwargs", "{bad"), "--kwargs is not valid JSON")
+    assert "--model" not in err
+    assert_one_error(t2mlx(project, "analyze", "nets:Net", "--model-kwargs", "[1]"),
+                     "--model-kwargs must be a JSON object")

@@ -51,15 +51,15 @@ def from_module(model) -> Built:
     return Built(inner, type(inner).__name__, "module", notes)
 
 
-def parse_kwargs(text) -> dict:
+def parse_kwargs(text, option: str = "--model-kwargs") -> dict:
     if text is None or isinstance(text, dict):
         return dict(text or {})
     try:
         value = json.loads(text)
     except ValueError as e:
-        raise Torch2MLXError(f"--model-kwargs is not valid JSON ({e})") from None
+        raise Torch2MLXError(f"{option} is not valid JSON ({e})") from None
     if not isinstance(value, dict):
-        raise Torch2MLXError("--model-kwargs must be a JSON object, e.g. '{\"dim\": 64}'")
+        raise Torch2MLXError(f"{option} must be a JSON object, e.g. '{{\"dim\": 64}}'")
     return value
 
 
@@ -97,10 +97,12 @@ def _import_class(path: str, what: str = "--model"):
     return obj
 
 
-def from_class(path: str, kwargs=None, config_dir: str | None = None, what: str = "--model") -> Built:
+def from_class(path: str, kwargs=None, config_dir: str | None = None, what: str = "--model",
+               kwargs_option: str = "--model-kwargs") -> Built:
     """Instantiate ``pkg.mod:Class(**kwargs)`` on the meta device (a transformers class from ``config_dir``).
 
-    ``what`` names where the class path came from in errors (an option, or ``model class`` for a positional).
+    ``what`` and ``kwargs_option`` name where the class path and its arguments came from in errors
+    (``model class`` for a positional; codegen's arguments are ``--kwargs``).
     """
     if not torch_available():
         raise Torch2MLXError("analyzing a model class needs torch (pip install 'torch2mlx[torch]')")
@@ -108,7 +110,7 @@ def from_class(path: str, kwargs=None, config_dir: str | None = None, what: str 
     cls = _import_class(path, what)
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
         raise Torch2MLXError(f"{path} is not a torch.nn.Module subclass")
-    kwargs = parse_kwargs(kwargs)
+    kwargs = parse_kwargs(kwargs, kwargs_option)
     with torch.device("meta"):
         if hasattr(cls, "config_class") and hasattr(cls, "_from_config") and "config" not in kwargs:
             if config_dir is None:
