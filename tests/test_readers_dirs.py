@@ -172,3 +172,13 @@ def test_empty_directory(tmp_path, out):
     (tmp_path / "src" / "config.json").write_text("{}")
     with pytest.raises(torch2mlx.CheckpointError, match="no weight files"):
         convert(tmp_path / "src", out)
+
+
+def test_a_stray_safetensors_does_not_displace_a_pickle_index(tmp_path, out):
+    """Only the model's own safetensors (model.safetensors, model-0000i-of-0000N) win over a .bin index."""
+    sd = _model_sd()
+    src = _write_dir(tmp_path / "src", sd, "zip", sidecars=False)
+    save_file({"lora_A": torch.zeros(2, 2)}, src / "adapter_model.safetensors")
+    res = convert(src, out)
+    check_converted(out, sd)
+    assert any("ignored adapter_model.safetensors" in n for n in res.plan.notes)

@@ -117,8 +117,8 @@ def _load_index(path: str) -> dict[str, str]:
 
 
 def _find_index(d: str, names: list[str]) -> str | None:
-    """The index to read. As transformers does, safetensors win: a pickle index only when no safetensors are there."""
-    has_st = any(n.endswith(".safetensors") for n in names)
+    """The index to read. As transformers does, the model's safetensors win: a pickle index only without them."""
+    has_st = any(n.endswith(".safetensors") and n.startswith(("model.", "model-")) for n in names)
     for suffix in (".safetensors.index.json", ".bin.index.json", ".pt.index.json", ".pth.index.json"):
         if has_st and suffix != ".safetensors.index.json":
             break
