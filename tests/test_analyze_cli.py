@@ -67,10 +67,14 @@ def _run(code: str) -> str:
 
 
 def test_import_and_the_stream_without_model_information_never_import_torch(bert_dir, tmp_path):
-    save_file({"w": np.ones((2, 2), np.float32)}, str(tmp_path / "plain.safetensors"))
+    # in a directory of its own: a file beside config.json takes the config (and its model) as the directory would
+    (tmp_path / "plain").mkdir()
+    plain = tmp_path / "plain" / "plain.safetensors"
+    save_file({"w": np.ones((2, 2), np.float32)}, str(plain))
+    save_file({"w": np.ones((2, 2), np.float32)}, str(bert_dir / "model.safetensors"))
     out = _run("import sys, torch2mlx, torch2mlx.stream, torch2mlx.analysis, torch2mlx.registry, torch2mlx.ops\n"
                "from torch2mlx.cli import main\n"
-               f"assert main(['stream', {str(tmp_path / 'plain.safetensors')!r}, '--dry-run', '-q']) == 0\n"
+               f"assert main(['stream', {str(plain)!r}, '--dry-run', '-q']) == 0\n"
                f"assert main(['stream', {str(bert_dir)!r}, '--dry-run', '--no-model', '-q']) == 0\n"
                "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))\n")
     assert out.strip().splitlines()[-1] == "[]"

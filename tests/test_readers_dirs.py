@@ -110,6 +110,20 @@ def test_safetensors_preferred_over_pickles_without_index(tmp_path, out):
     assert any("safetensors" in n for n in res.plan.notes)
 
 
+def test_safetensors_preferred_over_a_pickle_index(tmp_path, out):
+    """model.safetensors beside pytorch_model.bin.index.json: transformers loads the safetensors, so do we
+    (the .bin shards need not even be there), and the report says which set was read."""
+    sd = _model_sd()
+    src = _write_dir(tmp_path / "src", {k: torch.zeros_like(v) for k, v in sd.items()}, "zip", sidecars=False)
+    (src / "pytorch_model-00002-of-00003.bin").unlink()
+    save_file({k: v.contiguous() for k, v in sd.items()}, src / "model.safetensors", metadata={"format": "pt"})
+    res = convert(src, out)
+    check_converted(out, sd)
+    assert f"{src}: reading the safetensors weights (1 file(s)); ignored pytorch_model-00001-of-00003.bin, " \
+           "pytorch_model-00003-of-00003.bin, pytorch_model.bin.index.json" in res.plan.notes
+    assert "ignored pytorch_model" in res.report()
+
+
 @pytest.mark.parametrize("kind", ["safetensors", "zip"])
 def test_index_naming_a_missing_shard(tmp_path, out, kind):
     src = _write_dir(tmp_path / "src", _model_sd(), kind, sidecars=False)
@@ -158,3 +172,13 @@ def test_empty_directory(tmp_path, out):
     (tmp_path / "src" / "config.json").write_text("{}")
     with pytest.raises(torch2mlx.CheckpointError, match="no weight files"):
         convert(tmp_path / "src", out)
+
+
+def test_a_stray_safetensors_does_not_displace_a_pickle_index(tmp_path, out):
+    """Only the model's own safetensors (model.safetensors, model-0000i-of-0000N) win over a .bin index."""
+    sd = _model_sd()
+    src = _write_dir(tmp_path / "src", sd, "zip", sidecars=False)
+    save_file({"lora_A": torch.zeros(2, 2)}, src / "adapter_model.safetensors")
+    res = convert(src, out)
+    check_converted(out, sd)
+    assert any("ignored adapter_model.safetensors" in n for n in res.plan.notes)

@@ -31,7 +31,7 @@ def analyze(x, *, model: str | None = None, model_kwargs=None) -> Report:
         path = os.fspath(x)
         if model is None and not os.path.exists(path) and ":" in path:
             from .build import from_class
-            report = model_report(from_class(path, model_kwargs), path)
+            report = model_report(from_class(path, model_kwargs, what="model class"), path)
         else:
             report = _from_path(path, model, model_kwargs)
     elif hasattr(x, "named_modules") and hasattr(x, "_parameters"):

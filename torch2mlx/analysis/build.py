@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import json
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 
@@ -70,44 +71,67 @@ def from_module(model) -> Built:
     return Built(inner, type(inner).__name__, "module", notes)
 
 
-def parse_kwargs(text) -> dict:
+def parse_kwargs(text, option: str = "--model-kwargs") -> dict:
     if text is None or isinstance(text, dict):
         return dict(text or {})
     try:
         value = json.loads(text)
     except ValueError as e:
-        raise Torch2MLXError(f"--model-kwargs is not valid JSON ({e})") from None
+        raise Torch2MLXError(f"{option} is not valid JSON ({e})") from None
     if not isinstance(value, dict):
-        raise Torch2MLXError("--model-kwargs must be a JSON object, e.g. '{\"dim\": 64}'")
+        raise Torch2MLXError(f"{option} must be a JSON object, e.g. '{{\"dim\": 64}}'")
     return value
 
 
-def _import_class(path: str):
+@contextlib.contextmanager
+def _cwd_importable():
+    """The current directory on the import path while a class path is imported, as ``python -m`` has it:
+    ``t2mlx codegen nets:Net`` finds ./nets.py (the console script's own sys.path[0] is its bin directory)."""
+    cwd = os.getcwd()
+    added = "" not in sys.path and cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
+def _import_class(path: str, what: str = "--model"):
     mod_name, sep, cls_name = path.partition(":")
     if not sep or not mod_name or not cls_name:
-        raise Torch2MLXError(f"model class must be given as pkg.module:Class, got {path!r}")
+        raise Torch2MLXError(f"{what} must be given as pkg.module:Class, got {path!r}")
     try:
-        mod = importlib.import_module(mod_name)
+        with _cwd_importable():
+            mod = importlib.import_module(mod_name)
     except ImportError as e:
-        raise Torch2MLXError(f"cannot import {mod_name!r} for --model {path} ({e})") from None
+        raise Torch2MLXError(f"cannot import {mod_name!r} for {what} {path} ({e})") from None
+    except Exception as e:  # the user's module failed while importing: theirs to fix, not our bug
+        raise Torch2MLXError(f"importing {mod_name!r} for {what} {path} failed: {type(e).__name__}: {e}") from None
     obj = mod
     for part in cls_name.split("."):
         obj = getattr(obj, part, None)
         if obj is None:
-            raise Torch2MLXError(f"{mod_name} has no {cls_name!r} (from --model {path})")
+            raise Torch2MLXError(f"{mod_name} has no {cls_name!r} (from {what} {path})")
     return obj
 
 
-def from_class(path: str, kwargs=None, config_dir: str | None = None) -> Built:
-    """Instantiate ``pkg.mod:Class(**kwargs)`` on the meta device (a transformers class from ``config_dir``)."""
+def from_class(path: str, kwargs=None, config_dir: str | None = None, what: str = "--model",
+               kwargs_option: str = "--model-kwargs") -> Built:
+    """Instantiate ``pkg.mod:Class(**kwargs)`` on the meta device (a transformers class from ``config_dir``).
+
+    ``what`` and ``kwargs_option`` name where the class path and its arguments came from in errors
+    (``model class`` for a positional; codegen's arguments are ``--kwargs``).
+    """
     if not torch_available():
         raise Torch2MLXError(f"analyzing the model class {path} needs torch, which is not installed "
                              "(pip install 'torch2mlx[torch]')")
     import torch
-    cls = _import_class(path)
+    cls = _import_class(path, what)
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
         raise Torch2MLXError(f"{path} is not a torch.nn.Module subclass")
-    kwargs = parse_kwargs(kwargs)
+    kwargs = parse_kwargs(kwargs, kwargs_option)
     with torch.device("meta"):
         if hasattr(cls, "config_class") and hasattr(cls, "_from_config") and "config" not in kwargs:
             if config_dir is None:

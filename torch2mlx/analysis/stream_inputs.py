@@ -65,11 +65,11 @@ def _stream_inputs(ck: Checkpoint, model, model_kwargs, status) -> StreamInputs:
     from . import build
     if model is not None:
         status(f"analyzing {model}: importing torch...")
-        config_dir = ck.path if ck.config is not None else None
+        config_dir = ck.config_dir if ck.config is not None else None
         built = build.from_class(model, model_kwargs, config_dir)
     elif ck.config is not None:
         from . import cache
-        k = cache.key(ck.path, ck)
+        k = cache.key(ck.config_dir, ck)
         hit = cache.load(k, ck.path, ck)
         if hit is not None:
             report, built_notes, where = hit
@@ -78,10 +78,10 @@ def _stream_inputs(ck: Checkpoint, model, model_kwargs, status) -> StreamInputs:
         if build.transformers_available():
             status("analyzing the model (first run; cached afterwards)...")
         try:
-            why = build.why_not_config(ck.path)
+            why = build.why_not_config(ck.config_dir)
             if why is not None:
                 return StreamInputs(notes=[why])
-            built = build.from_config_dir(ck.path)
+            built = build.from_config_dir(ck.config_dir)
         except Torch2MLXError as e:
             return StreamInputs(notes=[f"{e}; rules inferred from shapes"])
         except ImportError as e:  # torch/transformers present but broken: convert anyway, by inference

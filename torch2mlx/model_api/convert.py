@@ -37,7 +37,7 @@ def source_of(x, *, analyze: bool = True, key: str | None = None):
 
 def convert(model_or_state_dict, path, *, dtype: str = "keep", rules=(), specs=None, analyze: bool = True,
             strip_prefix=(), exclude=(), max_shard_size="5GB", q_bits: int | None = None,
-            q_group_size: int = 64, q_recipe: str | None = None, key: str | None = None,
+            q_group_size: int | None = None, q_recipe: str | None = None, key: str | None = None,
             overwrite: bool = False, progress: bool = False, workers: int | None = None) -> Result:
     """Write MLX-named, MLX-layout weights of ``model_or_state_dict`` to ``path``.
 

@@ -37,6 +37,11 @@ class Checkpoint:
     key: str | None = None
 
     @property
+    def config_dir(self) -> str:
+        """The directory whose config.json ``config`` came from: ``path``, or a single file's directory."""
+        return self.path if os.path.isdir(self.path) else os.path.dirname(os.path.abspath(self.path))
+
+    @property
     def nbytes(self) -> int:
         return sum(e.nbytes for e in self.entries)
 
@@ -126,7 +131,11 @@ def _load_index(path: str) -> dict[str, str]:
 
 
 def _find_index(d: str, names: list[str]) -> str | None:
+    """The index to read. As transformers does, the model's safetensors win: a pickle index only without them."""
+    has_st = any(n.endswith(".safetensors") and n.startswith(("model.", "model-")) for n in names)
     for suffix in (".safetensors.index.json", ".bin.index.json", ".pt.index.json", ".pth.index.json"):
+        if has_st and suffix != ".safetensors.index.json":
+            break
         found = sorted(n for n in names if n.endswith(suffix))
         if found:
             preferred = [n for n in found if n.startswith(("model.", "pytorch_model."))]
@@ -140,10 +149,19 @@ def _weight_files(d: str, names: list[str], notes: list[str]) -> list[str]:
     skipped = sorted(n for n in names if n in NOT_WEIGHTS)
     if skipped:
         notes.append(f"{d}: skipped training-state files {', '.join(skipped)}")
-    if st and pk:
-        notes.append(f"{d}: both safetensors and pickle weights present; reading the safetensors ({len(pk)} pickle file(s) ignored)")
-        return st
     return st or pk
+
+
+def _note_ignored(d: str, names: list[str], files: list[str], index_path: str | None, notes: list[str]) -> None:
+    """Say which set of weights was chosen when the directory holds another (transformers prefers safetensors)."""
+    used = set(files) | ({os.path.basename(index_path)} if index_path else set())
+    other = sorted(n for n in names if n not in used and n not in NOT_WEIGHTS
+                   and (n.endswith(WEIGHT_SUFFIXES) or n.endswith(".index.json")))
+    if other:
+        kind = "+".join(sorted({"safetensors" if f.endswith(".safetensors") else "npz" if f.endswith(".npz")
+                                else "pickle" for f in files}))
+        shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+        notes.append(f"{d}: reading the {kind} weights ({len(files)} file(s)); ignored {shown}")
 
 
 def open_checkpoint(path: str, key: str | None = None) -> Checkpoint:
@@ -159,8 +177,18 @@ def open_checkpoint(path: str, key: str | None = None) -> Checkpoint:
         return ck
     if os.path.isfile(path):
         entries, notes, meta, fmt, key_path = _read_file(path, key)
-        ck = Checkpoint(path, entries, [path], fmt, notes=notes, metadata=meta, layout=_layout(fmt, meta),
-                        key=key_path)
+        # A file inside a model directory (config.json beside it) brings the directory's sidecars, as the
+        # directory would: without config.json and the tokenizer, mlx_lm.load cannot use the output.
+        sidecars, config = [], None
+        d = os.path.dirname(os.path.abspath(path))
+        if os.path.isfile(os.path.join(d, "config.json")):
+            names = sorted(n for n in os.listdir(d) if os.path.isfile(os.path.join(d, n)))
+            sidecars, config = _sidecars_and_config(d, names, {os.path.basename(path)}, notes)
+            if sidecars:
+                notes.append(f"{d}: a single file in a model directory; its sidecars come along "
+                             f"({', '.join(os.path.basename(x) for x in sidecars)})")
+        ck = Checkpoint(path, entries, [path], fmt, sidecars=sidecars, notes=notes, metadata=meta, config=config,
+                        layout=_layout(fmt, meta), key=key_path)
         _check_names(ck)
         return ck
     if not os.path.isdir(path):
@@ -176,8 +204,10 @@ def open_checkpoint(path: str, key: str | None = None) -> Checkpoint:
             if not os.path.isfile(os.path.join(path, f)):
                 raise CheckpointError(index_path, f"names shard {f!r}, which does not exist")
         notes.append(f"{path}: using index {os.path.basename(index_path)} ({len(files)} shard(s))")
+        _note_ignored(path, names, files, index_path, notes)
     else:
         files = _weight_files(path, names, notes)
+        _note_ignored(path, names, files, None, notes)
         if not files:
             raise CheckpointError(path, f"directory holds no weight files (torch2mlx reads {', '.join(WEIGHT_SUFFIXES)}"
                                         ", or a zarr store)")
@@ -203,22 +233,28 @@ def open_checkpoint(path: str, key: str | None = None) -> Checkpoint:
         notes += n
         meta.update(m)
     used = set(files) | ({os.path.basename(index_path)} if index_path else set())
-    sidecars = [os.path.join(path, n) for n in names
+    sidecars, config = _sidecars_and_config(path, names, used, notes)
+    ck = Checkpoint(path, entries, [os.path.join(path, f) for f in files], "+".join(sorted(fmts)),
+                    sidecars=sidecars, notes=notes, metadata=meta, config=config,
+                    layout=_layout("+".join(sorted(fmts)), meta),
+                    key=key_paths.pop() if len(key_paths - {None}) == 1 and len(key_paths) == 1 else None)
+    _check_names(ck)
+    return ck
+
+
+def _sidecars_and_config(d: str, names: list[str], used: set[str], notes: list[str]) -> tuple[list[str], dict | None]:
+    """The files of directory ``d`` that go along with its weights (config, tokenizer, ...) and config.json's value."""
+    sidecars = [os.path.join(d, n) for n in names
                 if n not in used and not n.endswith(WEIGHT_SUFFIXES) and not n.endswith(".index.json")
                 and n not in OUR_FILES and not n.startswith(".")
                 and (n.endswith(SIDECAR_SUFFIXES) or n.startswith("tokenizer"))]
     config = None
     if "config.json" in names:
         try:
-            config = _read_json(os.path.join(path, "config.json"))
+            config = _read_json(os.path.join(d, "config.json"))
         except (OSError, ValueError):
-            notes.append(f"{path}/config.json is not valid JSON; copied as is")
-    ck = Checkpoint(path, entries, [os.path.join(path, f) for f in files], "+".join(sorted(fmts)),
-                    sidecars=sidecars, notes=notes, metadata=meta, config=config if isinstance(config, dict) else None,
-                    layout=_layout("+".join(sorted(fmts)), meta),
-                    key=key_paths.pop() if len(key_paths - {None}) == 1 and len(key_paths) == 1 else None)
-    _check_names(ck)
-    return ck
+            notes.append(f"{d}/config.json is not valid JSON; copied as is")
+    return sidecars, config if isinstance(config, dict) else None
 
 
 def _layout(fmt: str, meta: dict) -> str:

@@ -1,6 +1,7 @@
 """``convert``: open -> plan -> execute -> index. The CLI's ``stream`` is a thin wrapper of this."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
@@ -13,6 +14,7 @@ from .checkpoint import Checkpoint, open_checkpoint
 from .data import DataReader
 from .execute import Executor, ShardResult
 from .options import Options
+from . import mlx_source
 from . import resume as resume_mod
 from .plan import Plan, RuleSpec, build
 from . import sidecar_config
@@ -83,6 +85,8 @@ def manifest(res: Result, opts: Options, complete: bool = True) -> dict:
     m = {"torch2mlx": __version__, "source": res.source, "options": opts.to_dict()}
     if res.checkpoint.key is not None:
         m["source_key"] = res.checkpoint.key
+    if res.checkpoint.layout == "mlx":   # records of an MLX source say nothing about torch layouts (--to torch)
+        m["source_layout"] = "mlx"
     if complete:
         m["tensors"] = res.plan.tensor_records()
     m.update({
@@ -148,6 +152,15 @@ def prepare(src, *, checkpoint: Checkpoint | None = None, specs: list[RuleSpec] 
     opts = Options.make(**options)
     ck = checkpoint if checkpoint is not None else open_checkpoint(src, key=opts.key)
     notes = []
+    already = mlx_source.detect(ck) if model is None and inputs is None else None
+    if already is not None:
+        # No model for it: its tensors have MLX names and layouts already (and the analyzer needs torch).
+        if already.quantized and (opts.q_bits or opts.q_recipe):
+            raise Torch2MLXError(f"{ck.path}: {already.describe()}; --q-bits/--q-recipe need float weights: "
+                                 f"dequantize first with `t2mlx stream {ck.path} OUT --to torch`, then quantize that")
+        ck = dataclasses.replace(ck, layout="mlx")
+        notes.append(f"source is {already.describe()}: names and layouts kept, no model analysis")
+        use_model = False
     if inputs is None and specs is None and drop is None and (use_model or model is not None):
         from ..analysis.stream_inputs import stream_inputs
         inputs = stream_inputs(ck, model=model, model_kwargs=model_kwargs, status=status)
@@ -157,6 +170,8 @@ def prepare(src, *, checkpoint: Checkpoint | None = None, specs: list[RuleSpec] 
         if module_types is None and got.report is not None:
             module_types = got.module_types
     plan = build(ck, opts, specs, drop, module_types)
+    if already is not None:   # the note above says it better
+        plan.warnings = [w for w in plan.warnings if not w.startswith("source is already in MLX layout")]
     plan.notes += notes
     if inputs is not None:
         plan.warnings[:0] = inputs.all_warnings({n for n, _ in plan.dropped})
@@ -164,7 +179,7 @@ def prepare(src, *, checkpoint: Checkpoint | None = None, specs: list[RuleSpec] 
 
 
 def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix=(), exclude=(), rules=(),
-            key: str | None = None, q_bits: int | None = None, q_group_size: int = 64, q_recipe: str | None = None,
+            key: str | None = None, q_bits: int | None = None, q_group_size: int | None = None, q_recipe: str | None = None,
             overwrite: bool = False, dry_run: bool = False, progress: bool = False,
             workers: int | None = None, specs: list[RuleSpec] | None = None, drop: dict[str, str] | None = None,
             module_types: dict[str, str] | None = None, transform=None, checkpoint: Checkpoint | None = None,
@@ -185,6 +200,9 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
     not) back to PyTorch names, layouts and dtypes, ``format`` safetensors or bin
     (see ``to_torch``); ``specs`` are then MLX -> torch specs.
     """
+    if resume and overwrite:
+        raise Torch2MLXError("--resume and --overwrite contradict each other: --resume keeps OUT's finished "
+                             "shards, --overwrite throws them away; give one")
     if to == "torch":
         from . import to_torch
         return to_torch.convert(src, out, dtype=dtype, max_shard_size=max_shard_size, strip_prefix=strip_prefix,
@@ -192,6 +210,7 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
                                 progress=progress, workers=workers, specs=specs, drop=drop, checkpoint=checkpoint,
                                 drop_cache=drop_cache, format=format, model=model, model_kwargs=model_kwargs,
                                 use_model=use_model, unsupported={"--q-bits": q_bits, "--q-recipe": q_recipe,
+                                                                  "--q-group-size": q_group_size is not None,
                                                                   "--resume": resume, "a transform": transform,
                                                                   "--zarr-compressor": zarr_compressor != "none"})
     if to != "mlx":

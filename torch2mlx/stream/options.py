@@ -65,20 +65,28 @@ class Options:
 
     def to_dict(self) -> dict:
         """The options as ``make`` takes them (recorded in the manifest, so verify can re-plan)."""
+        quantizing = self.q_bits is not None or self.q_recipe is not None
         return {"dtype": self.dtype, "max_shard_size": self.max_shard_size, "strip_prefix": self.strip_prefix,
                 "exclude": [p.pattern for p in self.exclude], "rules": [f"{p.pattern}={r}" for p, r in self.rules],
-                "key": self.key, "q_bits": self.q_bits, "q_group_size": self.q_group_size,
+                "key": self.key, "q_bits": self.q_bits, "q_group_size": self.q_group_size if quantizing else None,
                 "q_recipe": self.q_recipe}
 
     @classmethod
     def make(cls, *, dtype="keep", max_shard_size="5GB", strip_prefix=(), exclude=(), rules=(), key=None,
-             q_bits=None, q_group_size=64, q_recipe=None) -> "Options":
-        """Build options from user-facing values (strings as the CLI takes them)."""
+             q_bits=None, q_group_size=None, q_recipe=None) -> "Options":
+        """Build options from user-facing values (strings as the CLI takes them).
+
+        ``q_group_size`` without ``q_bits`` or ``q_recipe`` is refused: it would change nothing.
+        """
         from .. import quant, quant_recipes
         if dtype not in OUT_DTYPES:
             raise Torch2MLXError(f"--dtype must be one of {', '.join(OUT_DTYPES)}, got {dtype!r}")
         if q_bits is not None and q_bits not in quant.BITS:
             raise Torch2MLXError(f"--q-bits must be one of {', '.join(map(str, quant.BITS))}, got {q_bits!r}")
+        if q_group_size is None:
+            q_group_size = 64
+        elif q_bits is None and q_recipe is None:
+            raise Torch2MLXError(f"--q-group-size {q_group_size} has no effect without --q-bits or --q-recipe")
         if q_group_size not in quant.GROUP_SIZES:
             raise Torch2MLXError(f"--q-group-size must be one of {', '.join(map(str, quant.GROUP_SIZES))}, got {q_group_size!r}")
         if q_recipe is not None and q_recipe not in quant_recipes.MIXED_RECIPES:

@@ -172,13 +172,15 @@ def layout_shard(outputs: list[Output]) -> list[Output]:
     return ordered
 
 
-def _strip(name: str, prefixes: list[str]) -> str:
+def _strip(name: str, prefixes: list[str], used: set[str] | None = None) -> str:
     changed = True
     while changed:
         changed = False
         for p in prefixes:
             if p and name.startswith(p) and len(name) > len(p):
                 name, changed = name[len(p):], True
+                if used is not None:
+                    used.add(p)
     return name
 
 
@@ -192,11 +194,30 @@ def out_dtype(src: DType, opts: Options, warn: list[str], name: str) -> DType:
     return target
 
 
-def _user_rule(name: str, opts: Options) -> str | None:
-    for pattern, rule in opts.rules:
-        if pattern.search(name):
+def _user_rule(names, opts: Options, used: set[int]) -> str | None:
+    """The first --rule matching any of ``names`` (the source name and the output name, after --strip-prefix)."""
+    for i, (pattern, rule) in enumerate(opts.rules):
+        if any(pattern.search(n) for n in names):
+            used.add(i)
             return rule
     return None
+
+
+def _unused_options(ck: Checkpoint, opts: Options, stripped: set[str], ruled: set[int],
+                    excluded: set[int]) -> list[str]:
+    """Warnings for --strip-prefix, --rule and --exclude values that matched no tensor: each was a silent no-op."""
+    out = [f"--strip-prefix {p!r} matched no tensor name" for p in opts.strip_prefix if p not in stripped]
+    rules_left = [i for i in range(len(opts.rules)) if i not in ruled]
+    excl_left = [i for i in range(len(opts.exclude)) if i not in excluded]
+    if rules_left or excl_left:
+        # Not hit while planning is not yet a no-op: a rule shadowed by an earlier one, or a
+        # pattern naming a tensor dropped anyway, still matches a name.
+        names = [n for e in ck.entries for n in (e.name, _strip(e.name, opts.strip_prefix))]
+        rules_left = [i for i in rules_left if not any(opts.rules[i][0].search(n) for n in names)]
+        excl_left = [i for i in excl_left if not any(opts.exclude[i].search(n) for n in names)]
+    out += [f"--rule '{opts.rules[i][0].pattern}={opts.rules[i][1]}' matched no tensor" for i in rules_left]
+    out += [f"--exclude '{opts.exclude[i].pattern}' matched no tensor" for i in excl_left]
+    return out
 
 
 def build(ck: Checkpoint, opts: Options, specs: list[RuleSpec] | None = None,
@@ -230,8 +251,16 @@ def build(ck: Checkpoint, opts: Options, specs: list[RuleSpec] | None = None,
     ops: list[Op] = []
     covered: set[str] = set()
 
+    stripped: set[str] = set()
+    ruled: set[int] = set()
+    excluded_by: set[int] = set()
+
     def excluded(*names) -> bool:
-        return any(p.search(n) for p in opts.exclude for n in names)
+        for i, p in enumerate(opts.exclude):
+            if any(p.search(n) for n in names):
+                excluded_by.add(i)
+                return True
+        return False
 
     for spec in specs or []:
         srcs = [by_name.get(s) for s in spec.sources]
@@ -242,12 +271,12 @@ def build(ck: Checkpoint, opts: Options, specs: list[RuleSpec] | None = None,
         if gone is not None:  # a drop decided from the checkpoint wins over the model's spec
             dropped.append((gone, drop[gone]))
             continue
-        out_name = _strip(spec.out, opts.strip_prefix)
+        out_name = _strip(spec.out, opts.strip_prefix, stripped)
         if excluded(out_name, *spec.sources):
             dropped.append((",".join(spec.sources), "excluded by --exclude"))
             continue
         rule, source, args = spec.rule, spec.rule_source, dict(spec.args)
-        user = _user_rule(spec.sources[0], opts) if len(spec.sources) == 1 else None
+        user = _user_rule((spec.sources[0], out_name), opts, ruled) if len(spec.sources) == 1 else None
         if user:
             rule, source, args = user, "user", {}
         ops.append(_make_op(srcs, out_name, rule, source, args, opts, warn_for(srcs)))
@@ -258,11 +287,11 @@ def build(ck: Checkpoint, opts: Options, specs: list[RuleSpec] | None = None,
         if e.name in drop:
             dropped.append((e.name, drop[e.name]))
             continue
-        out_name = _strip(e.name, opts.strip_prefix)
+        out_name = _strip(e.name, opts.strip_prefix, stripped)
         if excluded(out_name, e.name):
             dropped.append((e.name, "excluded by --exclude"))
             continue
-        rule = _user_rule(e.name, opts)
+        rule = _user_rule((e.name, out_name), opts, ruled)
         source = "user"
         if rule is None and ck.layout == "mlx":
             rule, source = "identity", "default"
@@ -274,6 +303,7 @@ def build(ck: Checkpoint, opts: Options, specs: list[RuleSpec] | None = None,
                                 f"(override with --rule '{e.name}=identity')")
         ops.append(_make_op([e], out_name, rule, source, {}, opts, warn_for([e])))
 
+    warnings += _unused_options(ck, opts, stripped, ruled, excluded_by)
     if ck.layout == "mlx" and not specs:
         warnings.append("source is already in MLX layout (format=mlx / .npz): no layout rules inferred")
     if not ops:

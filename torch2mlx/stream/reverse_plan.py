@@ -106,13 +106,13 @@ def _model_specs(ck: Checkpoint, model, model_kwargs) -> tuple[list[RuleSpec] | 
     from ..analysis import build as abuild
     from ..analysis.tree import walk
     if model is not None:
-        built = abuild.from_class(model, model_kwargs, ck.path if ck.config is not None else None)
+        built = abuild.from_class(model, model_kwargs, ck.config_dir if ck.config is not None else None)
     else:
-        why = abuild.why_not_config(ck.path)
+        why = abuild.why_not_config(ck.config_dir)
         if why is not None:
             return None, {}, [why.replace("rules inferred from shapes", "tensors kept as they are")]
         try:
-            built = abuild.from_config_dir(ck.path)
+            built = abuild.from_config_dir(ck.config_dir)
         except (Torch2MLXError, ImportError) as e:
             return None, {}, [f"{e}; tensors kept as they are"]
     tree = walk(built.model)
@@ -255,10 +255,15 @@ def prepare(ck: Checkpoint, opts: Options, reader: DataReader, *, specs: list[Ru
         warnings.append("torch2mlx.json: written through a user transform, whose changes cannot be undone; "
                         "its records are not used")
         m = None
+    copied_mlx = m is not None and m.get("source_layout") == "mlx"
+    if copied_mlx:   # its records map MLX tensors to themselves: nothing about torch layouts in them
+        m = None
     view, n_quant = _dequantized(ck, m["tensors"] if m is not None else {}, reader)
     view = dataclasses.replace(view, layout="mlx")   # no forward layout may be guessed on the way back
     r = _rules(m, view, specs, model, model_kwargs, use_model)
     notes = list(r.notes)
+    if copied_mlx:
+        notes.append(f"{MANIFEST}: the forward run read a source that was already MLX; its records are not used")
     if r.how == "none":
         warnings.append("no torch2mlx.json and no model information: tensors keep their MLX names and layouts "
                         "(give --model, or --rule REGEX=RULE naming the forward layout to undo)")

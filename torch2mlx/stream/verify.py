@@ -237,7 +237,8 @@ def _verify_reverse(src, manifest, outputs, rep: VerifyReport, progress) -> None
     opts = manifest.get("options") or {}
     ck = open_checkpoint(src, key=_source_key(manifest))
     with DataReader() as side, DataReader() as reader:
-        plan = prepare(ck, Options.make(**opts), side, model=manifest.get("model"),
+        # --to torch never quantizes; older manifests recorded the default group size anyway
+        plan = prepare(ck, Options.make(**{**opts, "q_group_size": None}), side, model=manifest.get("model"),
                        model_kwargs=manifest.get("model_kwargs"), use_model=manifest.get("use_model", True),
                        fmt=manifest.get("format", "safetensors")).plan
         _compare_ops(plan.ops, outputs, reader, rep, progress)

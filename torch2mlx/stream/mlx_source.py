@@ -1,0 +1,63 @@
+"""A source that is already MLX: our own output, mlx-lm's, quantized or not.
+
+Recognised up front from what such a directory carries (our torch2mlx.json, the
+``{"format": "mlx"}`` shard metadata MLX writes, a ``quantization`` block in
+config.json), so no model is built for it: the analyzer would map torch layouts
+onto tensors that have none (and needs torch).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .checkpoint import OUR_FILES, Checkpoint, _read_json
+
+
+@dataclass(frozen=True)
+class MLXSource:
+    quantized: bool
+    bits: int | None = None
+    group_size: int | None = None
+    overrides: int = 0          # layers with their own bits/group (mixed recipes)
+
+    def describe(self) -> str:
+        if not self.quantized:
+            return "already MLX (not quantized)"
+        if self.bits is None:
+            return "already MLX (quantized; bits and group size not recorded)"
+        more = f", {self.overrides} layer(s) with their own" if self.overrides else ""
+        return f"already MLX (quantized: {self.bits}-bit, group {self.group_size}{more})"
+
+
+def _our_manifest(ck: Checkpoint) -> dict | None:
+    if not os.path.isdir(ck.path):
+        return None
+    try:
+        m = _read_json(os.path.join(ck.path, OUR_FILES[0]))
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) and "torch2mlx" in m else None
+
+
+def _has_quantized_triplets(ck: Checkpoint) -> bool:
+    """``p.weight`` (uint32) with ``p.scales`` and ``p.biases``: how MLX stores a quantized layer."""
+    dtypes = {e.name: e.dtype.name for e in ck.entries}
+    return any(n.endswith(".scales") and f"{n[:-len('.scales')]}.biases" in dtypes
+               and dtypes.get(f"{n[:-len('.scales')]}.weight") == "uint32" for n in dtypes)
+
+
+def detect(ck: Checkpoint) -> MLXSource | None:
+    """What ``ck`` is when it is already MLX; None for a PyTorch (or unknown-layout) source."""
+    manifest = _our_manifest(ck)
+    if manifest is not None and manifest.get("to") == "torch":
+        return None    # our --to torch output: PyTorch layout
+    block = (ck.config or {}).get("quantization")
+    if manifest is None and ck.metadata.get("format") != "mlx" and not isinstance(block, dict):
+        return None
+    if isinstance(block, dict):
+        per_layer = [v for v in block.values() if isinstance(v, dict)]
+        return MLXSource(True, block.get("bits"), block.get("group_size"), len(per_layer))
+    opts = (manifest or {}).get("options") or {}
+    if opts.get("q_bits") or opts.get("q_recipe"):
+        return MLXSource(True, opts.get("q_bits"), opts.get("q_group_size") or 64)
+    return MLXSource(_has_quantized_triplets(ck))
