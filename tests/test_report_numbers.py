@@ -77,7 +77,7 @@ def test_resumed_run_counts_only_what_it_converted(qwen2, tmp_path):
     want_out = sum(sh.data_size for sh in res.plan.shards[-2:])
     assert d["reused_shards"] == n - 2
     assert (d["bytes_in"], d["bytes_out"]) == (want_in, want_out) and want_in < _source_bytes(src)
-    assert d["mb_per_s"] == round(want_in / 1e6 / res.seconds, 1)
+    assert d["mib_per_s"] == round(want_in / 2**20 / res.seconds, 1)
     line = res.report().splitlines()[1]
     assert line.startswith(f"{human_bytes(want_in)} in, {human_bytes(want_out)} out") \
         and f"{n - 2} reused shard(s) not counted" in line, line

@@ -82,7 +82,7 @@ def _add_stream(sub):
                    help=f"quantize Linear/Embedding weights to BITS ({_listed(quant.BITS)}) as mlx.core.quantize "
                         "(affine) does, stored as mlx-lm stores them; config.json gets the quantization block")
     p.add_argument("--q-group-size", type=int, default=None, metavar="N", choices=quant.GROUP_SIZES,
-                   help=f"quantization group size with --q-bits/--q-recipe: {_listed(quant.GROUP_SIZES)} (default 64)")
+                   help=f"quantization group size: {_listed(quant.GROUP_SIZES)} (default 64; only with --q-bits/--q-recipe)")
     p.add_argument("--q-recipe", metavar="NAME", choices=tuple(MIXED_RECIPES),
                    help=f"mlx-lm's mixed-precision recipes ({_listed(MIXED_RECIPES)}): higher bits for lm_head "
                         "and some v_proj/down_proj")

@@ -163,4 +163,4 @@ def manifest(plan: Plan, source: str, options: dict, compressor: str, source_key
 
 def finish(out: str, m: dict) -> None:
     output_dir.write_manifest(out, m)
-    _zarr().open_group(out, mode="a").attrs[COMPLETE_ATTR] = True
+    _zarr(f"--format zarr ({out})").open_group(out, mode="a").attrs[COMPLETE_ATTR] = True
