@@ -89,7 +89,14 @@ def _add_stream(sub):
     _add_model_options(p)
     p.add_argument("--no-model", action="store_true",
                    help="ignore config.json: infer rules from shapes (never imports torch)")
+    _add_allow_global(p)
     p.set_defaults(func=_cmd_stream)
+
+
+def _add_allow_global(p):
+    p.add_argument("--allow-global", action="append", default=[], metavar="MODULE.NAME",
+                   help="accept a pickle that calls this global (repeatable): it becomes an inert placeholder; "
+                        "nothing from the file is ever executed (by default such a pickle is refused)")
 
 
 def _add_model_options(p):
@@ -108,12 +115,13 @@ def _add_analyze(sub):
     p.add_argument("src", metavar="SRC", help="checkpoint / config directory, checkpoint file, or pkg.mod:Class")
     _add_model_options(p)
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    _add_allow_global(p)
     p.set_defaults(func=_cmd_analyze)
 
 
 def _cmd_analyze(args) -> int:
     from . import analyze
-    report = analyze(args.src, model=args.model, model_kwargs=args.model_kwargs)
+    report = analyze(args.src, model=args.model, model_kwargs=args.model_kwargs, allow_globals=args.allow_global)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
     return 0
 
@@ -128,7 +136,8 @@ def _cmd_stream(args) -> int:
                   overwrite=args.overwrite, dry_run=args.dry_run, resume=args.resume, drop_cache=not args.keep_cache,
                   format=args.format, zarr_compressor=args.zarr_compressor,
                   progress=not args.quiet and not args.json and sys.stderr.isatty(), workers=args.workers,
-                  model=args.model, model_kwargs=args.model_kwargs, use_model=not args.no_model, to=args.to)
+                  model=args.model, model_kwargs=args.model_kwargs, use_model=not args.no_model, to=args.to,
+                  allow_globals=args.allow_global)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))
     else:
@@ -181,12 +190,13 @@ def _add_verify(sub):
     p.add_argument("out", metavar="OUT", help="the conversion's output directory")
     p.add_argument("--quick", action="store_true", help="hashes, headers and index only; no tensor values")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_allow_global(p)
     p.set_defaults(func=_cmd_verify)
 
 
 def _cmd_verify(args) -> int:
     from .stream.verify import verify
-    rep = verify(args.src, args.out, quick=args.quick)
+    rep = verify(args.src, args.out, quick=args.quick, allow_globals=args.allow_global)
     print(json.dumps(rep.to_dict(), indent=2) if args.json else rep.text())
     return 0 if rep.ok else 1
 

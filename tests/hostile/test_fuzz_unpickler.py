@@ -207,7 +207,7 @@ def test_scan_accepts_every_real_pickle(value, protocol):
 
 
 # What find_class may hand the unpickler: our stand-ins, never a callable from anywhere else.
-ALLOWED = set(map(id, unpickler._TORCH_GLOBALS.values())) | set(map(id, unpickler._SAFE_BUILTINS.values()))
+ALLOWED = set(map(id, unpickler._TORCH_GLOBALS.values())) | set(map(id, unpickler._REAL_BUILTINS.values()))
 
 
 @fuzz_settings(1500)
