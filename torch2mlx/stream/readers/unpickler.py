@@ -47,7 +47,7 @@ DATA_CONSTRUCTORS = frozenset(
     | _spellings(("numpy.core.multiarray", "numpy._core.multiarray"), ("_reconstruct", "scalar"))
     | _spellings(("numpy.core.numeric", "numpy._core.numeric"), ("_frombuffer",))
     | {"numpy.dtype", "numpy.random._pickle.__randomstate_ctor", "numpy.random._pickle.__generator_ctor",
-       "numpy.random._pickle.__bit_generator_ctor"}
+       "numpy.random._pickle.__bit_generator_ctor", "numpy.random.bit_generator.__pyx_unpickle_SeedSequence"}
     | _spellings(("collections",), ("Counter", "defaultdict", "deque"))
     | _spellings(("pathlib", "pathlib._local"), ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath",
                                                "PureWindowsPath"))
