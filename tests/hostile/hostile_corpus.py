@@ -164,6 +164,29 @@ def code_execution(c: Corpus) -> None:
     n = "torch_load_nested"
     c.zip_case(n, cat, with_payload(call(glob("torch.serialization", "load"), s("/etc/passwd"))),
                "the pickle calls torch.serialization.load")
+    # Globals no deny-list of module names covers: they fetch from the network, install packages, run
+    # source text or write files. Refused because they are called, whatever their module.
+    n = "hub_load_state_dict_from_url"
+    c.zip_case(n, cat, with_payload(call(glob("torch.hub", "load_state_dict_from_url"), s("http://127.0.0.1:9/x.pt"))),
+               "the pickle calls torch.hub.load_state_dict_from_url")
+    n = "pip_main"
+    c.zip_case(n, cat, with_payload(call(glob("pip", "main"), EMPTY_LIST + MARK + s("download") + s("x") + APPENDS)),
+               "the pickle calls pip.main")
+    n = "doctest_debug_script"
+    c.zip_case(n, cat, with_payload(call(glob("doctest", "debug_script"), s(py(n)))), "the pickle calls doctest.debug_script")
+    n = "logging_file_handler"
+    c.zip_case(n, cat, with_payload(call(glob("logging", "FileHandler"), s(str(c.marker(n))))),
+               "the pickle calls logging.FileHandler", live=True)
+    n = "venv_create"
+    c.zip_case(n, cat, with_payload(glob("venv", "create") + tup(s(str(c.marker(n)))) + REDUCE, protocol=4),
+               "the pickle calls venv.create", live=True)
+    n = "made_up_module"
+    c.zip_case(n, cat, with_payload(stack_global("t2m_made_up.tools", "Runner") + tup(s(sh(n))) + NEWOBJ, protocol=4),
+               "the pickle calls t2m_made_up.tools.Runner")
+    # Changing a global needs no call: os.environ["LD_PRELOAD"] = ... through SETITEM.
+    n = "setitem_on_os_environ"
+    c.zip_case(n, cat, with_payload(glob("os", "environ") + s("T2MLX_PWNED") + s("1") + b"s"),
+               "the pickle modifies the global os.environ")
     # Legacy files: each of the five pickles goes through the restricted unpickler.
     n = "legacy_os_system_in_magic"
     magic = pickle_of(call(glob("os", "system"), s(sh(n))))
@@ -656,6 +679,11 @@ def harmless(root) -> list[Harmless]:
     # BUILD), become inert placeholders that keep their state.
     cfg = glob("mymodule.config", "Config") + EMPTY_TUPLE + NEWOBJ + dict_of([(s("lr"), i(1))]) + BUILD
     zip_file("unknown_class_is_a_placeholder", pickle_of(good_dict(extra=[(s("cfg"), cfg)])))
+    # A global that is only referenced is data, never called: builtin types as old and Lightning checkpoints
+    # store them in hyper-parameters, and a function name next to them.
+    types = EMPTY_LIST + MARK + b"".join(glob("__builtin__", t) for t in ("list", "dict", "long", "int")) \
+        + glob("builtins", "tuple") + glob("pip", "main") + APPENDS
+    zip_file("uncalled_globals_are_data", pickle_of(good_dict(extra=[(s("hparams"), types)])))
     # BUILD on an OrderedDict sets instance attributes (torch stores ``_metadata`` this way); one that
     # shadows ``items`` must not change how the state dict is read.
     od = call(glob("collections", "OrderedDict")) + MARK + s("w") + good_tensor() + b"u"
