@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from ... import dtypes
 from ...dtypes import DType
-from ...errors import CheckpointError
+from ...errors import CheckpointError, Torch2MLXError
 
 
 def _spellings(modules, names) -> set[str]:
@@ -38,9 +38,9 @@ def _spellings(modules, names) -> set[str]:
 _BUILTINS = ("builtins", "__builtin__")
 # Plain-data builtins that we construct for real (protocol 0-2 spell these as globals).
 _REAL_BUILTINS = {"set": set, "frozenset": frozenset, "complex": complex, "slice": slice, "object": object}
-# Builtin types that old and Lightning checkpoints store as values (``__builtin__.long`` in hyper-parameters).
+# Builtin data types: old and Lightning checkpoints store them as values (``__builtin__.long`` in hyper-parameters).
 _BUILTIN_TYPES = ("list", "dict", "tuple", "int", "long", "float", "str", "unicode", "bytes", "bytearray", "bool",
-                  "range", "type", "NoneType", "basestring")
+                  "range")
 # Globals whose call only builds data: calls to them are accepted (as placeholders that keep the arguments).
 DATA_CONSTRUCTORS = frozenset(
     _spellings(_BUILTINS, (*_BUILTIN_TYPES, *_REAL_BUILTINS))
@@ -64,7 +64,6 @@ def allowing(names=()):
     names = [names] if isinstance(names, str) else list(names or ())
     bad = [n for n in names if not isinstance(n, str) or "." not in n.strip(".")]
     if bad:
-        from ...errors import Torch2MLXError
         raise Torch2MLXError(f"--allow-global takes MODULE.NAME (e.g. mypkg.config.Config), got {bad[0]!r}")
     token = _allowed.set(_allowed.get() | frozenset(names))
     try:
