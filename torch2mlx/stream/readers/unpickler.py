@@ -256,9 +256,9 @@ _opaque_types: dict[str, type] = {}
 def opaque_type(qualname: str) -> type:
     t = _opaque_types.get(qualname)
     if t is None:
-        # type() refuses NUL in a name; a pickle's global names may hold any character.
-        t = _PlaceholderType("Opaque_" + qualname.replace(".", "_").replace("\0", "?"), (Opaque,),
-                             {"_t2m_global": qualname})
+        # Named as the file spells the global, so errors quoting the type ("'pip.main' object is not
+        # iterable") name it and not us; type() refuses NUL in a name, which a pickle's names may hold.
+        t = _PlaceholderType(qualname.replace("\0", "?"), (Opaque,), {"_t2m_global": qualname})
         _opaque_types[qualname] = t
     return t
 
