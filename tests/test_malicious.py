@@ -294,3 +294,18 @@ def test_real_checkpoints_with_data_constructors_convert(tmp_path):
             proc = run_main("stream", path, out)
             assert proc.returncode == 0, proc.stderr
             check_converted(out, torch_load(path)["state_dict"])
+
+
+class AttrDict(dict):
+    """A dict subclass as Lightning's hyper-parameter containers are: protocol 0/1 spell it with __builtin__.dict."""
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+def test_protocol_1_dict_subclass_holding_the_weights(tmp_path, fmt):
+    sd = {"weight": torch.randn(3, 4), "bias": torch.zeros(3)}
+    path = tmp_path / "p1.ckpt"
+    torch.save({"state_dict": AttrDict(sd), "hyper_parameters": AttrDict(lr=0.1, act=int)}, path, pickle_protocol=1,
+               _use_new_zipfile_serialization=fmt == "zip")
+    proc = run_main("stream", path, tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    check_converted(tmp_path / "out", sd)

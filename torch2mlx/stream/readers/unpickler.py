@@ -359,7 +359,7 @@ def _reconstructor(cls, base, state=None):
     # copyreg._reconstructor(cls, base, state): protocol 0/1 object creation. CPython makes the object with
     # object.__new__(cls) for base object, else with base.__new__(cls, state) and base.__init__(obj, state).
     if cls is collections.OrderedDict and spelled(base) in _spellings(_BUILTINS, ("dict",)):
-        return collections.OrderedDict()
+        return collections.OrderedDict(dict.items(state) if isinstance(state, dict) else ())
     if not (isinstance(cls, type) and issubclass(cls, Opaque)):
         raise pickle.UnpicklingError("copyreg._reconstructor for a class that is not a placeholder")
     if base is not object:
