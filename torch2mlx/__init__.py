@@ -20,14 +20,14 @@ __all__ = ["__version__", "Torch2MLXError", "CheckpointError", "stream", "templa
            "recipes", "codegen", "analyze", "convert", "export", "load_converted", "to_nested", "to_torch", "generate"]
 
 
-def analyze(x, *, model=None, model_kwargs=None):
+def analyze(x, *, model=None, model_kwargs=None, allow_globals=()):
     """How much of a model maps to MLX, how each tensor converts, and what blocks the rest.
 
     ``x`` is an ``nn.Module``, a class path ``"pkg.mod:Class"`` or a checkpoint /
     config directory; see ``torch2mlx.analysis.analyze``. Imports torch only when needed.
     """
     from .analysis import analyze as _analyze
-    return _analyze(x, model=model, model_kwargs=model_kwargs)
+    return _analyze(x, model=model, model_kwargs=model_kwargs, allow_globals=allow_globals)
 
 
 def convert(model_or_state_dict, path, **options):

@@ -111,6 +111,7 @@ def _add_stream(sub):
     _add_model_options(p)
     p.add_argument("--no-model", action="store_true",
                    help="ignore config.json: infer rules from shapes (never imports torch)")
+    _add_allow_global(p)
     p.set_defaults(func=_cmd_stream)
 
 
@@ -126,6 +127,12 @@ def _positive_int(text: str) -> int:
     if n <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return n
+
+
+def _add_allow_global(p):
+    p.add_argument("--allow-global", action="append", default=[], metavar="MODULE.NAME",
+                   help="accept a pickle that calls this global (repeatable): it becomes an inert placeholder; "
+                        "nothing from the file is ever executed (by default such a pickle is refused)")
 
 
 def _add_model_options(p):
@@ -144,12 +151,13 @@ def _add_analyze(sub):
     p.add_argument("src", metavar="SRC", help="checkpoint / config directory, checkpoint file, or pkg.mod:Class")
     _add_model_options(p)
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    _add_allow_global(p)
     p.set_defaults(func=_cmd_analyze)
 
 
 def _cmd_analyze(args) -> int:
     from . import analyze
-    report = analyze(args.src, model=args.model, model_kwargs=args.model_kwargs)
+    report = analyze(args.src, model=args.model, model_kwargs=args.model_kwargs, allow_globals=args.allow_global)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
     return 0
 
@@ -165,7 +173,8 @@ def _cmd_stream(args) -> int:
                   format=args.format, zarr_compressor=args.zarr_compressor,
                   progress=not args.quiet and not args.json and sys.stderr.isatty(), workers=args.workers,
                   model=args.model, model_kwargs=args.model_kwargs, use_model=not args.no_model, to=args.to,
-                  status=_status if not args.quiet and not args.json and sys.stderr.isatty() else None)
+                  status=_status if not args.quiet and not args.json and sys.stderr.isatty() else None,
+                  allow_globals=args.allow_global)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))
     else:
@@ -227,12 +236,13 @@ def _add_verify(sub):
                    help="hashes, headers, index, and SRC's files unchanged since the conversion (size, mtime, "
                         "inode); no tensor values")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_allow_global(p)
     p.set_defaults(func=_cmd_verify)
 
 
 def _cmd_verify(args) -> int:
     from .stream.verify import verify
-    rep = verify(args.src, args.out, quick=args.quick)
+    rep = verify(args.src, args.out, quick=args.quick, allow_globals=args.allow_global)
     print(json.dumps(rep.to_dict(), indent=2) if args.json else rep.text())
     return 0 if rep.ok else 1
 

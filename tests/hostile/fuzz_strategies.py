@@ -72,8 +72,10 @@ GLOBALS = [("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_te
            ("builtins", "complex"), ("builtins", "object"), ("__builtin__", "set"),
            ("torch.nn.modules.linear", "Linear"), ("__main__", "Net"), ("numpy.core.multiarray", "_reconstruct"),
            ("os", "system"), ("builtins", "eval"), ("builtins", "getattr"), ("subprocess", "Popen"),
-           ("importlib", "import_module")]
+           ("importlib", "import_module"), ("pip", "main"), ("os", "environ"), ("__builtin__", "list"),
+           ("__builtin__", "dict"), ("collections", "Counter"), ("argparse", "Namespace"), ("pathlib", "PosixPath")]
 STRINGS = ["storage", "cpu", "0", "1", "w", "state_dict", "_parameters", "_modules", "_buffers", "__setstate__",
+           "append", "extend", "add",
            "items", "get", "numel", "dtype", "shape", "latin1", "utf-8", "little_endian", "__dict__", ""]
 NO_ARG = [b"(", b"t", b"\x85", b"\x86", b"\x87", b")", b"]", b"l", b"}", b"d", b"a", b"e", b"s", b"u",
           b"\x8f", b"\x90", b"\x91", b"0", b"1", b"2", b"N", b"\x88", b"\x89", b"R", b"b", b"o", b"\x81",

@@ -110,76 +110,99 @@ def code_execution(c: Corpus) -> None:
         return f"open({str(c.marker(name))!r}, 'w').close()"
 
     n = "global_os_system"
-    c.zip_case(n, cat, with_payload(call(glob("os", "system"), s(sh(n)))), "refusing pickle global os.system", live=True)
+    c.zip_case(n, cat, with_payload(call(glob("os", "system"), s(sh(n)))), "the pickle calls os.system", live=True)
     n = "global_posix_system"
-    c.zip_case(n, cat, with_payload(call(glob("posix", "system"), s(sh(n)))), "refusing pickle global posix.system",
+    c.zip_case(n, cat, with_payload(call(glob("posix", "system"), s(sh(n)))), "the pickle calls posix.system",
                live=True)
     n = "stack_global_builtins_eval"
     c.zip_case(n, cat, with_payload(call(stack_global("builtins", "eval"), s(py(n))), protocol=4),
-               "refusing pickle global builtins.eval", live=True)
+               "the pickle calls builtins.eval", live=True)
     n = "inst_builtins_exec"
     c.zip_case(n, cat, with_payload(MARK + s(py(n)) + inst("builtins", "exec")),
-               "refusing pickle global builtins.exec", live=True)
+               "the pickle calls builtins.exec", live=True)
     n = "obj_subprocess_check_call"
     argv = EMPTY_LIST + MARK + s("touch") + s(str(c.marker(n))) + APPENDS
     c.zip_case(n, cat, with_payload(MARK + glob("subprocess", "check_call") + argv + OBJ),
-               "refusing pickle global subprocess.check_call", live=True)
+               "the pickle calls subprocess.check_call", live=True)
     n = "newobj_subprocess_popen"
     c.zip_case(n, cat, with_payload(glob("subprocess", "Popen") + tup(argv) + NEWOBJ),
-               "refusing pickle global subprocess.Popen")
+               "the pickle calls subprocess.Popen")
     n = "newobj_ex_subprocess_popen"
     c.zip_case(n, cat, with_payload(stack_global("subprocess", "Popen") + tup(argv) + dict_of([]) + NEWOBJ_EX,
-                                    protocol=4), "refusing pickle global subprocess.Popen")
+                                    protocol=4), "the pickle calls subprocess.Popen")
     # importlib.import_module("os") is kept in the memo, then getattr(it, "system")(cmd).
     n = "reduce_importlib_getattr_chain"
     chain = (call(glob("importlib", "import_module"), s("os")) + binput(9) + POP
              + call(call(glob("builtins", "getattr"), binget(9), s("system")), s(sh(n))))
-    c.zip_case(n, cat, with_payload(chain), "refusing pickle global importlib.import_module", live=True)
+    c.zip_case(n, cat, with_payload(chain), "the pickle calls importlib.import_module", live=True)
     # BUILD sets an instance's __setstate__ to os.system; a second BUILD then "restores state" by calling it.
     n = "build_setstate_os_system"
     obj = glob("argparse", "Namespace") + EMPTY_TUPLE + NEWOBJ
     build = obj + dict_of([(s("__setstate__"), glob("os", "system"))]) + BUILD + s(sh(n)) + BUILD
-    c.zip_case(n, cat, with_payload(build), "refusing pickle global os.system", live=True)
+    c.zip_case(n, cat, with_payload(build), "the pickle calls os.system", live=True)
     # The dangerous call builds the persistent id itself: it would run before any storage lookup.
     n = "persistent_id_from_os_system"
     pid = call(glob("os", "system"), s(sh(n))) + BINPERSID
-    c.zip_case(n, cat, pickle_of(state_dict({"w": tensor_v2(pid)})), "refusing pickle global os.system", live=True)
+    c.zip_case(n, cat, pickle_of(state_dict({"w": tensor_v2(pid)})), "the pickle calls os.system", live=True)
     n = "storage_type_is_os_system"
     pid = tup(s("storage"), glob("os", "system"), s("0"), s("cpu"), i(4)) + BINPERSID
-    c.zip_case(n, cat, pickle_of(state_dict({"w": tensor_v2(pid)})), "refusing pickle global os.system")
+    c.zip_case(n, cat, pickle_of(state_dict({"w": tensor_v2(pid)})), "not a storage type")
     n = "tensor_rebuild_is_eval"
     c.zip_case(n, cat, pickle_of(state_dict({"w": call(glob("builtins", "eval"), s(py(n)))})),
-               "refusing pickle global builtins.eval", live=True)
+               "the pickle calls builtins.eval", live=True)
     n = "global_dunder_import"
     c.zip_case(n, cat, with_payload(call(glob("builtins", "__import__"), s("os"))),
-               "refusing pickle global builtins.__import__")
+               "the pickle calls builtins.__import__")
     n = "global_runpy"
     c.zip_case(n, cat, with_payload(call(glob("runpy", "_run_code"), s(py(n)), dict_of([]))),
-               "refusing pickle global runpy._run_code", live=True)
+               "the pickle calls runpy._run_code", live=True)
     # An extension code resolves through find_class too; none is registered, so this one is unknown.
     n = "ext1_code"
     c.zip_case(n, cat, with_payload(b"\x82\x01" + tup(s(sh(n))) + REDUCE), "unregistered extension code")
     n = "numpy_load"
-    c.zip_case(n, cat, with_payload(call(glob("numpy", "load"), s("/etc/passwd"))), "refusing pickle global numpy.load")
+    c.zip_case(n, cat, with_payload(call(glob("numpy", "load"), s("/etc/passwd"))), "the pickle calls numpy.load")
     n = "torch_load_nested"
     c.zip_case(n, cat, with_payload(call(glob("torch.serialization", "load"), s("/etc/passwd"))),
-               "refusing pickle global torch.serialization.load")
+               "the pickle calls torch.serialization.load")
+    # Globals no deny-list of module names covers: they fetch from the network, install packages, run
+    # source text or write files. Refused because they are called, whatever their module.
+    n = "hub_load_state_dict_from_url"
+    c.zip_case(n, cat, with_payload(call(glob("torch.hub", "load_state_dict_from_url"), s("http://127.0.0.1:9/x.pt"))),
+               "the pickle calls torch.hub.load_state_dict_from_url")
+    n = "pip_main"
+    c.zip_case(n, cat, with_payload(call(glob("pip", "main"), EMPTY_LIST + MARK + s("download") + s("x") + APPENDS)),
+               "the pickle calls pip.main")
+    n = "doctest_debug_script"
+    c.zip_case(n, cat, with_payload(call(glob("doctest", "debug_script"), s(py(n)))), "the pickle calls doctest.debug_script")
+    n = "logging_file_handler"
+    c.zip_case(n, cat, with_payload(call(glob("logging", "FileHandler"), s(str(c.marker(n))))),
+               "the pickle calls logging.FileHandler", live=True)
+    n = "venv_create"
+    c.zip_case(n, cat, with_payload(glob("venv", "create") + tup(s(str(c.marker(n)))) + REDUCE, protocol=4),
+               "the pickle calls venv.create", live=True)
+    n = "made_up_module"
+    c.zip_case(n, cat, with_payload(stack_global("t2m_made_up.tools", "Runner") + tup(s(sh(n))) + NEWOBJ, protocol=4),
+               "the pickle calls t2m_made_up.tools.Runner")
+    # Changing a global needs no call: os.environ["LD_PRELOAD"] = ... through SETITEM.
+    n = "setitem_on_os_environ"
+    c.zip_case(n, cat, with_payload(glob("os", "environ") + s("T2MLX_PWNED") + s("1") + b"s"),
+               "the pickle modifies the global os.environ")
     # Legacy files: each of the five pickles goes through the restricted unpickler.
     n = "legacy_os_system_in_magic"
     magic = pickle_of(call(glob("os", "system"), s(sh(n))))
-    c.legacy_case(n, cat, pickle_of(good_dict(legacy=True)), "magic number: refusing pickle global os.system",
+    c.legacy_case(n, cat, pickle_of(good_dict(legacy=True)), "magic number: the pickle calls os.system",
                   magic=magic, live=magic)
     n = "legacy_eval_in_sys_info"
     info = call(glob("builtins", "eval"), s(py(n)))
-    c.legacy_case(n, cat, pickle_of(good_dict(legacy=True)), "sys info: refusing pickle global builtins.eval",
+    c.legacy_case(n, cat, pickle_of(good_dict(legacy=True)), "sys info: the pickle calls builtins.eval",
                   sys_info=info, live=pickle_of(info))
     n = "legacy_exec_in_object"
     obj = with_payload(call(glob("builtins", "exec"), s(py(n))), legacy=True)
-    c.legacy_case(n, cat, obj, "refusing pickle global builtins.exec", live=obj)
+    c.legacy_case(n, cat, obj, "the pickle calls builtins.exec", live=obj)
     n = "legacy_subprocess_in_key_list"
     keys = pickle_of(call(glob("subprocess", "check_call"), EMPTY_LIST + MARK + s("touch") + s(str(c.marker(n)))
                           + APPENDS))
-    c.legacy_case(n, cat, pickle_of(good_dict(legacy=True)), "storage key list: refusing pickle global subprocess",
+    c.legacy_case(n, cat, pickle_of(good_dict(legacy=True)), "storage key list: the pickle calls subprocess",
                   keys=keys, live=keys)
 
 
@@ -652,9 +675,15 @@ def harmless(root) -> list[Harmless]:
     out.append(Harmless("control_legacy", root / "control_legacy.bin", w))
     safetensors_file(root / "control.safetensors", _f32("w", [4], 0), float_bytes(4))
     out.append(Harmless("control_safetensors", root / "control.safetensors", w))
-    # Classes we do not know become inert placeholders that keep their arguments and state.
-    cfg = call(glob("mymodule.config", "Config"), s("x")) + dict_of([(s("lr"), i(1))]) + BUILD
+    # Classes we do not know, made from state as Python pickles objects (NEWOBJ without arguments, then
+    # BUILD), become inert placeholders that keep their state.
+    cfg = glob("mymodule.config", "Config") + EMPTY_TUPLE + NEWOBJ + dict_of([(s("lr"), i(1))]) + BUILD
     zip_file("unknown_class_is_a_placeholder", pickle_of(good_dict(extra=[(s("cfg"), cfg)])))
+    # A global that is only referenced is data, never called: builtin types as old and Lightning checkpoints
+    # store them in hyper-parameters, and a function name next to them.
+    types = EMPTY_LIST + MARK + b"".join(glob("__builtin__", t) for t in ("list", "dict", "long", "int")) \
+        + glob("builtins", "tuple") + glob("pip", "main") + APPENDS
+    zip_file("uncalled_globals_are_data", pickle_of(good_dict(extra=[(s("hparams"), types)])))
     # BUILD on an OrderedDict sets instance attributes (torch stores ``_metadata`` this way); one that
     # shadows ``items`` must not change how the state dict is read.
     od = call(glob("collections", "OrderedDict")) + MARK + s("w") + good_tensor() + b"u"
@@ -664,7 +693,7 @@ def harmless(root) -> list[Harmless]:
     shadow_get = tup(NONE, dict_of([(s("get"), glob("collections", "OrderedDict"))])) + BUILD
     params = call(glob("collections", "OrderedDict")) + MARK + s("w") + good_tensor() + b"u"
     state = call(glob("collections", "OrderedDict")) + MARK + s("_parameters") + params + s("_modules") + EMPTY_DICT
-    module = call(glob("mymodule", "Net")) + state + b"u" + shadow_get + BUILD
+    module = glob("mymodule", "Net") + EMPTY_TUPLE + NEWOBJ + state + b"u" + shadow_get + BUILD
     zip_file("module_state_shadowed_get", pickle_of(module))
     info = call(glob("collections", "OrderedDict")) + MARK + s("little_endian") + NEWTRUE + b"u" + shadow_get
     torch_legacy(root / "sys_info_shadowed_get.bin", pickle_of(good_dict(legacy=True)), [("0", 4, float_bytes(4))],
@@ -673,7 +702,7 @@ def harmless(root) -> list[Harmless]:
     # Keys and class names with terminal escapes and a lone surrogate end up in the report's notes.
     zip_file("names_with_terminal_escapes", pickle_of(good_dict(extra=[
         (s(b"k\xed\xa0\x80"), i(1)), (s("k\x1b[2J\x1b[31m"), i(2)),
-        (s("cfg"), call(glob("evil\x1b]0;pwned\x07", "X"), s("a")))])))
+        (s("cfg"), glob("evil\x1b]0;pwned\x07", "X") + EMPTY_TUPLE + NEWOBJ)])))
     # A small expand()-ed view (stride 0) is a real torch.save output and converts, rows repeated.
     zip_file("expanded_view", pickle_of(state_dict({"w": good_tensor(size=(3, 4), stride=(0, 1))})))
     out[-1].tensors = {"w": [0.0, 1.0, 2.0, 3.0] * 3}

@@ -20,11 +20,12 @@ from .stream_inputs import StreamInputs, module_inputs, stream_inputs
 __all__ = ["analyze", "Report", "StreamInputs", "stream_inputs", "module_inputs"]
 
 
-def analyze(x, *, model: str | None = None, model_kwargs=None) -> Report:
+def analyze(x, *, model: str | None = None, model_kwargs=None, allow_globals=()) -> Report:
     """Analyze ``x``: an ``nn.Module``, a class path ``"pkg.mod:Class"``, or a checkpoint/config path.
 
     ``model`` (a class path) gives the model for a checkpoint path; ``model_kwargs``
-    (a dict or JSON text) are its constructor's keyword arguments.
+    (a dict or JSON text) are its constructor's keyword arguments. ``allow_globals``: pickle
+    globals whose calls are accepted as inert placeholders (``--allow-global``).
     """
     t0 = time.perf_counter()
     if isinstance(x, (str, os.PathLike)):
@@ -33,7 +34,7 @@ def analyze(x, *, model: str | None = None, model_kwargs=None) -> Report:
             from .build import from_class
             report = model_report(from_class(path, model_kwargs, what="model class"), path)
         else:
-            report = _from_path(path, model, model_kwargs)
+            report = _from_path(path, model, model_kwargs, allow_globals)
     elif hasattr(x, "named_modules") and hasattr(x, "_parameters"):
         from .build import from_module
         report = model_report(from_module(x), type(x).__name__)
@@ -43,12 +44,12 @@ def analyze(x, *, model: str | None = None, model_kwargs=None) -> Report:
     return report
 
 
-def _from_path(path: str, model, model_kwargs) -> Report:
+def _from_path(path: str, model, model_kwargs, allow_globals=()) -> Report:
     from ..stream.checkpoint import open_checkpoint
     from . import build, headers
     if not os.path.exists(path):
         raise Torch2MLXError(f"{path}: no such file or directory")
-    ck = open_checkpoint(path) if build.has_weights(path) else None
+    ck = open_checkpoint(path, allow_globals=allow_globals) if build.has_weights(path) else None
     config_dir = path if os.path.isfile(os.path.join(path, "config.json")) else None
     if model is not None:
         return model_report(build.from_class(model, model_kwargs, config_dir), path, ck)

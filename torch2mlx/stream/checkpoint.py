@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ..errors import CheckpointError, Torch2MLXError
 from .entry import TensorEntry
-from .readers import npz, pickled, safetensors, zarr_store
+from .readers import npz, pickled, safetensors, unpickler, zarr_store
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 WEIGHT_SUFFIXES = (".safetensors", ".npz") + PICKLE_SUFFIXES
@@ -164,8 +164,17 @@ def _note_ignored(d: str, names: list[str], files: list[str], index_path: str | 
         notes.append(f"{d}: reading the {kind} weights ({len(files)} file(s)); ignored {shown}")
 
 
-def open_checkpoint(path: str, key: str | None = None) -> Checkpoint:
-    """Open a checkpoint file or directory. Raises Torch2MLXError for anything a user can fix."""
+def open_checkpoint(path: str, key: str | None = None, allow_globals=()) -> Checkpoint:
+    """Open a checkpoint file or directory. Raises Torch2MLXError for anything a user can fix.
+
+    A pickle that calls a global other than a known data constructor is refused; ``allow_globals``
+    (``"module.qualname"`` names) accepts such calls as inert placeholders. Nothing is ever executed.
+    """
+    with unpickler.allowing(allow_globals):
+        return _open(path, key)
+
+
+def _open(path: str, key: str | None) -> Checkpoint:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise Torch2MLXError(f"{path}: no such file or directory")

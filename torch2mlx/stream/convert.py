@@ -138,7 +138,7 @@ def progress_bar(total: int, enabled: bool):
 def prepare(src, *, checkpoint: Checkpoint | None = None, specs: list[RuleSpec] | None = None,
             drop: dict[str, str] | None = None, module_types: dict[str, str] | None = None,
             model: str | None = None, model_kwargs=None, use_model: bool = True, inputs=None, status=None,
-            **options) -> tuple[Checkpoint, Options, Plan]:
+            allow_globals=(), **options) -> tuple[Checkpoint, Options, Plan]:
     """Open ``src`` and plan its conversion; no tensor data is read. ``options`` as for ``convert``.
 
     Without ``specs``, rules come from the model when there is one: ``model`` (a class
@@ -150,7 +150,7 @@ def prepare(src, *, checkpoint: Checkpoint | None = None, specs: list[RuleSpec] 
     ``status(None)`` when it is over.
     """
     opts = Options.make(**options)
-    ck = checkpoint if checkpoint is not None else open_checkpoint(src, key=opts.key)
+    ck = checkpoint if checkpoint is not None else open_checkpoint(src, key=opts.key, allow_globals=allow_globals)
     notes = []
     already = mlx_source.detect(ck) if model is None and inputs is None else None
     if already is not None:
@@ -185,7 +185,7 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
             module_types: dict[str, str] | None = None, transform=None, checkpoint: Checkpoint | None = None,
             drop_cache: bool = True, resume: bool = False, format: str = "safetensors",
             zarr_compressor: str = "none", model: str | None = None, model_kwargs=None,
-            use_model: bool = True, inputs=None, to: str = "mlx", status=None) -> Result:
+            use_model: bool = True, inputs=None, to: str = "mlx", status=None, allow_globals=()) -> Result:
     """Convert checkpoint ``src`` (file or directory) into MLX safetensors shards in directory ``out``.
 
     Options mirror ``t2mlx stream``. ``resume`` reuses the shards of an interrupted run
@@ -199,6 +199,9 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
     ``to="torch"`` goes the other way: an MLX checkpoint (ours, mlx-lm's, quantized or
     not) back to PyTorch names, layouts and dtypes, ``format`` safetensors or bin
     (see ``to_torch``); ``specs`` are then MLX -> torch specs.
+
+    ``allow_globals`` (``--allow-global``): pickle globals whose calls are accepted as inert
+    placeholders instead of refusing the file; nothing from a pickle is ever executed.
     """
     if resume and overwrite:
         raise Torch2MLXError("--resume and --overwrite contradict each other: --resume keeps OUT's finished "
@@ -221,7 +224,7 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
                              model=model, model_kwargs=model_kwargs, use_model=use_model, inputs=inputs,
                              status=status, dtype=dtype, max_shard_size=max_shard_size, strip_prefix=strip_prefix,
                              exclude=exclude, rules=rules, key=key, q_bits=q_bits, q_group_size=q_group_size,
-                             q_recipe=q_recipe)
+                             q_recipe=q_recipe, allow_globals=allow_globals)
     res = Result(str(src), None if dry_run else str(out), plan, ck, dry_run=dry_run)
     if dry_run:
         return res

@@ -77,7 +77,14 @@ def _load_json(path: str, what: str) -> dict:
     return obj
 
 
-def verify(src, out, *, quick: bool = False, progress=None) -> VerifyReport:
+def verify(src, out, *, quick: bool = False, progress=None, allow_globals=()) -> VerifyReport:
+    """``allow_globals``: pickle globals whose calls are accepted as inert placeholders (``--allow-global``)."""
+    from .readers.unpickler import allowing
+    with allowing(allow_globals):
+        return _verify(src, out, quick=quick, progress=progress)
+
+
+def _verify(src, out, *, quick: bool, progress) -> VerifyReport:
     out = os.fspath(out)
     rep = VerifyReport(out)
     manifest = _load_json(os.path.join(out, MANIFEST), "manifest torch2mlx.json")

@@ -2,14 +2,24 @@
 
 ``find_class`` is the only door through which a pickle reaches code. Here it
 returns our own inert stand-ins: tensor rebuilds become ``TensorRef`` records,
-storages become ``StorageRef`` records, and classes we do not know become
-``Opaque`` placeholder types that only remember their arguments. Globals that
-name code execution (``os.system``, ``eval``, ``subprocess``, ...) are refused
-outright so the user hears about the hostile file.
+storages become ``StorageRef`` records, and every other global becomes an
+``Opaque`` placeholder type that only remembers its arguments and state.
+
+A global can only act if the pickle *calls* it (REDUCE; NEWOBJ / NEWOBJ_EX with
+arguments; INST / OBJ, which CPython calls unless the global is a class) or
+changes it (BUILD, SETITEM, APPEND on the global itself), or if a state installs
+it as a method the next opcode would call. Calls are accepted only for the data
+constructors in ``DATA_CONSTRUCTORS`` (and globals the user allows); every
+other call refuses the file, naming the global as the file spells it. A global
+that is only referenced (a type in hyper-parameters, ``__builtin__.list``) or
+only instantiated from state (NEWOBJ without arguments, then BUILD) is data.
+Even an accepted call is never executed: it becomes a placeholder.
 """
 from __future__ import annotations
 
 import collections
+import contextlib
+import contextvars
 import io
 import pickle
 import pickletools
@@ -18,28 +28,66 @@ from dataclasses import dataclass
 
 from ... import dtypes
 from ...dtypes import DType
-from ...errors import CheckpointError
+from ...errors import CheckpointError, Torch2MLXError
 
-# Modules whose globals only ever appear in a pickle to run code.
-_DANGEROUS_MODULES = {
-    "os", "posix", "nt", "subprocess", "sys", "builtins", "__builtin__", "importlib", "runpy",
-    "shutil", "socket", "pickle", "_pickle", "marshal", "ctypes", "code", "codeop", "pty",
-    "webbrowser", "multiprocessing", "threading", "_thread", "asyncio", "io", "_io",
-    "tempfile", "signal", "operator", "_operator", "functools", "types", "inspect", "gc", "platform",
-    "pdb", "timeit", "commands", "popen2", "posixpath", "ntpath", "urllib", "http", "ftplib",
-    "smtplib", "telnetlib", "zipimport", "pkgutil", "site", "cProfile", "profile", "trace",
-    "dill", "cloudpickle", "joblib", "shelve", "sqlite3", "_posixsubprocess", "pydoc", "ensurepip",
-}
-_DANGEROUS_NAMES = {
-    "eval", "exec", "execfile", "compile", "system", "popen", "spawn", "spawnl", "spawnv", "execv",
-    "execve", "execl", "fork", "__import__", "import_module", "getattr", "setattr", "delattr",
-    "globals", "locals", "vars", "open", "input", "breakpoint", "load", "loads", "run", "call",
-    "check_call", "check_output", "Popen", "apply", "attrgetter", "methodcaller", "remove",
-    "unlink", "rmtree", "kill", "getoutput", "getstatusoutput", "startfile", "__reduce__",
-    "__reduce_ex__", "__getattribute__", "__setstate__", "_load", "_loads",
-}
-# Plain-data builtins a checkpoint may legitimately name (protocol 0-2 spell these as globals).
-_SAFE_BUILTINS = {"set": set, "frozenset": frozenset, "complex": complex, "slice": slice, "object": object}
+
+def _spellings(modules, names) -> set[str]:
+    return {f"{m}.{n}" for m in modules for n in names}
+
+
+_BUILTINS = ("builtins", "__builtin__")
+# Plain-data builtins that we construct for real (protocol 0-2 spell these as globals).
+_REAL_BUILTINS = {"set": set, "frozenset": frozenset, "complex": complex, "slice": slice, "object": object}
+# Builtin data types: old and Lightning checkpoints store them as values (``__builtin__.long`` in hyper-parameters).
+_BUILTIN_TYPES = ("list", "dict", "tuple", "int", "long", "float", "str", "unicode", "bytes", "bytearray", "bool",
+                  "range")
+# Globals whose call only builds data: calls to them are accepted (as placeholders that keep the arguments).
+DATA_CONSTRUCTORS = frozenset(
+    _spellings(_BUILTINS, (*_BUILTIN_TYPES, *_REAL_BUILTINS))
+    | _spellings(("numpy.core.multiarray", "numpy._core.multiarray"), ("_reconstruct", "scalar"))
+    | _spellings(("numpy.core.numeric", "numpy._core.numeric"), ("_frombuffer",))
+    | {"numpy.dtype", "numpy.random._pickle.__randomstate_ctor", "numpy.random._pickle.__generator_ctor",
+       "numpy.random._pickle.__bit_generator_ctor", "numpy.random.bit_generator.__pyx_unpickle_SeedSequence"}
+    | _spellings(("collections",), ("Counter", "defaultdict", "deque"))
+    | _spellings(("pathlib", "pathlib._local"), ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath",
+                                               "PureWindowsPath"))
+    | _spellings(("datetime",), ("datetime", "date", "time", "timedelta", "timezone"))
+    | {"decimal.Decimal", "fractions.Fraction", "uuid.UUID", "argparse.Namespace", "torch.device"})
+
+# Globals the caller accepts as data (``--allow-global``, ``allow_globals=``), for the current load.
+_allowed: contextvars.ContextVar[frozenset] = contextvars.ContextVar("t2m_allowed_globals", default=frozenset())
+
+
+@contextlib.contextmanager
+def allowing(names=()):
+    """Within the block, calls to the globals ``names`` (``"module.qualname"``) become placeholders, not refusals."""
+    names = [names] if isinstance(names, str) else list(names or ())
+    bad = [n for n in names if not isinstance(n, str) or "." not in n.strip(".")]
+    if bad:
+        raise Torch2MLXError(f"--allow-global takes MODULE.NAME (e.g. mypkg.config.Config), got {bad[0]!r}")
+    token = _allowed.set(_allowed.get() | frozenset(names))
+    try:
+        yield
+    finally:
+        _allowed.reset(token)
+
+
+class GlobalRefused(Exception):
+    """The pickle would call or change a global; ``load`` reports it as a CheckpointError."""
+
+    def __init__(self, qual: str, how: str = "calls"):
+        super().__init__(qual)
+        self.qual, self.how = qual, how
+
+    def message(self) -> str:
+        if self.how == "calls":
+            return (f"the pickle calls {self.qual}, which can run code or touch files; nothing was executed "
+                    f"(--allow-global {self.qual} to accept it)")
+        return f"the pickle {self.how} {self.qual}, which can change code; nothing was executed"
+
+
+def _may_call(qual: str) -> bool:
+    return qual in DATA_CONSTRUCTORS or qual in _allowed.get()
 
 
 def _read_only(*_args):
@@ -92,33 +140,107 @@ class DTypeRef:
     dtype: DType
 
 
-class Opaque:
+_loading: contextvars.ContextVar[bool] = contextvars.ContextVar("t2m_unpickling", default=False)
+_HOOKS = ("__setstate__", "append", "extend", "add")   # methods BUILD / APPEND(S) / ADDITEMS look up on an object
+
+
+class _PlaceholderType(type):
+    """Type of every placeholder class: what the pickle does to the *global itself* lands here."""
+
+    def __call__(cls, *args, **kwargs):
+        # REDUCE, and INST / OBJ with arguments: CPython would call the global.
+        if not _may_call(cls._t2m_global):
+            raise GlobalRefused(cls._t2m_global)
+        return cls._t2m_make(args, kwargs)
+
+    def __getattr__(cls, name):
+        # INST / OBJ without arguments look up __getinitargs__ first, then call the global unless it is a
+        # class, which only importing it could tell (Python 3 never writes INST / OBJ).
+        if name == "__getinitargs__" and _loading.get() and not _may_call(cls._t2m_global):
+            raise GlobalRefused(cls._t2m_global)
+        raise AttributeError(name)
+
+    def __setitem__(cls, key, value):
+        raise GlobalRefused(cls._t2m_global, "modifies the global")
+
+    def __repr__(cls):
+        return f"<global {cls._t2m_global}>"
+
+
+class _InstanceMethod:
+    """A placeholder instance's method. Found on the class while unpickling, it means BUILD / APPEND /
+    ADDITEMS apply to the global itself, which would change it."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __get__(self, obj, owner=None):
+        if obj is None and _loading.get():
+            raise GlobalRefused(owner._t2m_global, "modifies the global")
+        return self.fn if obj is None else self.fn.__get__(obj, owner)
+
+
+_MISSING = object()
+
+
+class Opaque(metaclass=_PlaceholderType):
     """Instance of a class we do not import: arguments and state are kept, nothing runs."""
 
     _t2m_global = "?"
 
     def __new__(cls, *args, **kwargs):
+        # NEWOBJ / NEWOBJ_EX, and INST / OBJ without arguments: CPython runs cls.__new__(cls, *args) only;
+        # without arguments the object is made from the state that follows (BUILD), which is data.
+        if (args or kwargs) and not _may_call(cls._t2m_global):
+            raise GlobalRefused(cls._t2m_global)
+        return cls._t2m_make(args, kwargs)
+
+    @classmethod
+    def _t2m_make(cls, args, kwargs):
         obj = object.__new__(cls)
-        obj.__dict__["_t2m_args"] = args
-        obj.__dict__["_t2m_state"] = None
-        obj.__dict__["_t2m_items"] = {}
-        obj.__dict__["_t2m_list"] = []
+        obj.__dict__.update(_t2m_args=args, _t2m_kwargs=kwargs, _t2m_state=None, _t2m_items={}, _t2m_list=[],
+                            _t2m_hooks={})
         return obj
 
-    def __init__(self, *args, **kwargs):
-        pass
+    def _t2m_hook(self, name):
+        # CPython sets a state's entries as attributes (when the class has no __setstate__); an entry named
+        # like a method BUILD / APPEND look up is then what they call, e.g. {"__setstate__": os.system}.
+        target = self._t2m_hooks.get(name, _MISSING)
+        if target is _MISSING:
+            return
+        qual = spelled(target)
+        if qual is None:
+            raise pickle.UnpicklingError(f"an object's state replaces its {name} method with a {type(target).__name__}")
+        if not _may_call(qual):
+            raise GlobalRefused(qual)
 
+    @_InstanceMethod
     def __setstate__(self, state):
+        self._t2m_hook("__setstate__")
         self.__dict__["_t2m_state"] = state
+        for part in (state if isinstance(state, tuple) and len(state) == 2 else (state,)):
+            if isinstance(part, dict):
+                self._t2m_hooks.update((k, dict.__getitem__(part, k)) for k in _HOOKS if dict.__contains__(part, k))
 
     def __setitem__(self, key, value):
         self._t2m_items[key] = value
 
+    @_InstanceMethod
     def append(self, value):
+        self._t2m_hook("extend")   # APPEND calls extend([value]) when there is one, else append
+        self._t2m_hook("append")
         self._t2m_list.append(value)
 
+    @_InstanceMethod
     def extend(self, values):
+        self._t2m_hook("extend")
+        self._t2m_hook("append")
         self._t2m_list.extend(values)
+
+    @_InstanceMethod
+    def add(self, value):
+        self._t2m_hook("add")
+        self._t2m_list.append(value)
 
     def __repr__(self):
         return f"<opaque {self._t2m_global}>"
@@ -134,10 +256,21 @@ _opaque_types: dict[str, type] = {}
 def opaque_type(qualname: str) -> type:
     t = _opaque_types.get(qualname)
     if t is None:
-        # type() refuses NUL in a name; a pickle's global names may hold any character.
-        t = type("Opaque_" + qualname.replace(".", "_").replace("\0", "?"), (Opaque,), {"_t2m_global": qualname})
+        # Named as the file spells the global, so errors quoting the type ("'pip.main' object is not
+        # iterable") name it and not us; type() refuses NUL in a name, which a pickle's names may hold.
+        t = _PlaceholderType(qualname.replace("\0", "?"), (Opaque,), {"_t2m_global": qualname})
         _opaque_types[qualname] = t
     return t
+
+
+def spelled(obj) -> str | None:
+    """``module.qualname`` of a global as the pickle named it, for a value ``find_class`` returned."""
+    if isinstance(obj, type) and issubclass(obj, Opaque):
+        return obj._t2m_global
+    try:
+        return _OUR_NAMES.get(obj)
+    except TypeError:  # unhashable
+        return None
 
 
 def _as_int(v, what: str) -> int:
@@ -234,12 +367,24 @@ def _jit_restore_type_tag(value, type_str=None):
 
 
 def _reconstructor(cls, base, state=None):
-    # copyreg._reconstructor(cls, object, None): protocol 0/1 object creation.
-    if isinstance(cls, type) and issubclass(cls, Opaque):
-        return cls()
-    if cls is collections.OrderedDict and base is dict:
-        return collections.OrderedDict()
-    raise pickle.UnpicklingError("copyreg._reconstructor for a class that is not a placeholder")
+    # copyreg._reconstructor(cls, base, state): protocol 0/1 object creation. CPython makes the object with
+    # object.__new__(cls) for base object, else with base.__new__(cls, state) and base.__init__(obj, state).
+    if cls is collections.OrderedDict and spelled(base) in _spellings(_BUILTINS, ("dict",)):
+        return collections.OrderedDict(dict.items(state) if isinstance(state, dict) else ())
+    if not (isinstance(cls, type) and issubclass(cls, Opaque)):
+        raise pickle.UnpicklingError("copyreg._reconstructor for a class that is not a placeholder")
+    if base is not object:
+        qual = spelled(base)
+        if qual is None:
+            raise pickle.UnpicklingError("copyreg._reconstructor with a base that is not a class")
+        if not _may_call(qual):
+            raise GlobalRefused(qual)
+    obj = cls._t2m_make((), {})
+    if isinstance(state, dict):
+        obj._t2m_items.update(dict.items(state))
+    elif isinstance(state, list):
+        obj._t2m_list.extend(state)
+    return obj
 
 
 _TORCH_GLOBALS = {
@@ -261,16 +406,8 @@ _TORCH_GLOBALS = {
 for _fn in _TORCH_GLOBALS.values():
     if callable(_fn) and not isinstance(_fn, type):
         _fn.__setstate__ = _read_only  # found by BUILD before it would reach the function's attributes
-
-
-def refuse_reason(module: str, name: str) -> str | None:
-    top = module.split(".")[0]
-    leaf = name.split(".")[-1]
-    if module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS:
-        return None
-    if top in _DANGEROUS_MODULES or leaf in _DANGEROUS_NAMES or name.startswith("__"):
-        return f"refusing pickle global {module}.{name} (it can run code; nothing was executed)"
-    return None
+_OUR_NAMES = {**{v: f"{m}.{n}" for (m, n), v in _TORCH_GLOBALS.items()},
+              **{v: f"builtins.{n}" for n, v in _REAL_BUILTINS.items()}}
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -285,13 +422,10 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if not isinstance(module, str) or not isinstance(name, str):
             raise pickle.UnpicklingError("pickle global with a non-string name")
-        reason = refuse_reason(module, name)
-        if reason:
-            raise CheckpointError(self._path, reason)
         if (module, name) in _TORCH_GLOBALS:
             return _TORCH_GLOBALS[(module, name)]
-        if module in ("builtins", "__builtin__"):
-            return _SAFE_BUILTINS[name]
+        if module in _BUILTINS and name in _REAL_BUILTINS:
+            return _REAL_BUILTINS[name]
         if module in ("torch", "torch.storage", "torch.cuda"):
             if name in ("UntypedStorage", "TypedStorage", "_UntypedStorage"):
                 return _StorageType(name, None)
@@ -305,8 +439,10 @@ class RestrictedUnpickler(pickle.Unpickler):
                 return DTypeRef(dt)
         if module == "torch._utils" and name.startswith("_rebuild"):
             raise CheckpointError(self._path, f"unsupported tensor kind torch._utils.{name} (only dense tensors can be converted)")
+        # Anything else is a placeholder: inert when only referenced or made from state, refused when called.
         qual = f"{module}.{name}"
-        self.placeholders.add(qual)
+        if not (module in _BUILTINS and name in _BUILTIN_TYPES):
+            self.placeholders.add(qual)
         return opaque_type(qual)
 
     def persistent_load(self, pid):
@@ -443,10 +579,13 @@ def load(data, path: str, persistent_load) -> tuple[object, set[str]]:
         data.seek(start)
         stream = io.BytesIO(data.read(n))
     up = RestrictedUnpickler(stream, path, persistent_load)
+    token = _loading.set(True)
     try:
         obj = up.load()
     except CheckpointError:
         raise
+    except GlobalRefused as e:
+        raise CheckpointError(path, e.message()) from None
     except UnsupportedTensor as e:
         raise CheckpointError(path, str(e)) from None
     except RecursionError:
@@ -455,4 +594,6 @@ def load(data, path: str, persistent_load) -> tuple[object, set[str]]:
         raise CheckpointError(path, "pickle asks for more memory than is available") from None
     except Exception as e:  # malformed pickles raise a zoo of types; all mean "corrupt"
         raise CheckpointError(path, f"corrupt pickle: {type(e).__name__}: {str(e)[:200]}") from None
+    finally:
+        _loading.reset(token)
     return obj, up.placeholders
