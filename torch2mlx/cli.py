@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 
 from . import __version__
 from .errors import Torch2MLXError, one_line
@@ -224,17 +226,30 @@ def alias_argv(argv: list[str]) -> list[str]:
     return ["stream"] + rest + (["--no-model"] if "--no-analyze" in argv else [])
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, ``docker stop``, job schedulers): the same way out as Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)   # one is enough: let the clean-up finish
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
         return args.func(args)
     except Torch2MLXError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("error: interrupted (no index was written; the output is incomplete)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        what, code = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+        left = getattr(e, "left", None) or "no index was written; the output is incomplete"
+        print(f"error: {what} ({one_line(left)})", file=sys.stderr)
+        return code
     except BrokenPipeError:
         return 1
     except Exception as e:  # a bug in torch2mlx, not in the input
@@ -243,3 +258,6 @@ def main(argv=None) -> int:
         print(f"error: internal error: {type(e).__name__}: {one_line(str(e))} (set T2MLX_DEBUG=1 for a traceback; "
               "please report it)", file=sys.stderr)
         return 2
+    finally:
+        if in_main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)

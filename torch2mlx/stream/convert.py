@@ -17,6 +17,7 @@ from . import resume as resume_mod
 from .plan import Plan, RuleSpec, build
 from . import sidecar_config
 from .writers import output_dir
+from .writers.target import Target
 
 
 @dataclass
@@ -79,12 +80,9 @@ def manifest(res: Result, opts: Options, complete: bool = True) -> dict:
     return m
 
 
-def _convert_zarr(res: Result, ck: Checkpoint, opts: Options, plan: Plan, out: str, overwrite: bool,
-                  progress: bool, workers, compressor: str, unsupported) -> Result:
+def _convert_zarr(res: Result, ck: Checkpoint, opts: Options, plan: Plan, out: str,
+                  progress: bool, workers, compressor: str) -> Result:
     from .writers import zarr_store
-    if unsupported:
-        raise Torch2MLXError("--format zarr does not combine with --resume or a transform")
-    output_dir.prepare(out, overwrite=overwrite, src_paths=ck.files)
     res.sidecars = output_dir.copy_sidecars(ck.sidecars, out, rewrite=sidecar_config.rewrite(ck, opts, plan))
     t0 = time.perf_counter()
     bar, update = progress_bar(plan.nbytes_in, progress)
@@ -183,20 +181,31 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
         raise Torch2MLXError("--resume cannot be combined with a transform")
     if format not in ("safetensors", "zarr"):
         raise Torch2MLXError(f"--format must be safetensors or zarr (bin needs --to torch), got {format!r}")
-    if format == "zarr":
-        return _convert_zarr(res, ck, opts, plan, out, overwrite, progress, workers, zarr_compressor, transform or resume)
-    do_resume = resume and os.path.isdir(out) and bool(os.listdir(out))
-    output_dir.prepare(out, overwrite=overwrite, src_paths=ck.files, resume=do_resume)
-    # Sidecars first: a ShardWriter (transform) writes its index when it closes, and the index comes last.
-    res.sidecars = output_dir.copy_sidecars(ck.sidecars, out, rewrite=sidecar_config.rewrite(ck, opts, plan))
-    t0 = time.perf_counter()
-    todo = list(range(len(plan.shards)))
+    if format == "zarr" and (transform is not None or resume):
+        raise Torch2MLXError("--format zarr does not combine with --resume or a transform")
+    do_resume = resume and format == "safetensors" and os.path.isdir(out) and bool(os.listdir(out))
     done: dict[int, ShardResult] = {}
-    if do_resume:
+    if do_resume:   # refuse another plan's OUT before touching it
         keep, digests, notes = resume_mod.finished_shards(plan, out, resume_mod.fingerprint(plan))
         plan.notes += notes
         done = {i: ShardResult(plan.shards[i].file, plan.shards[i].size, digests[i]) for i in keep}
-        todo = [i for i in todo if i not in done]
+    # --overwrite writes beside the old output and swaps at the end; a failure says what it left.
+    with Target(out, overwrite=overwrite, src_paths=ck.files, resume=do_resume,
+                resumable=format == "safetensors" and transform is None, shards=len(plan.shards)) as target:
+        if format == "zarr":
+            _convert_zarr(res, ck, opts, plan, target.dir, progress, workers, zarr_compressor)
+        else:
+            _write_shards(res, ck, opts, plan, target.dir, transform, done, progress, workers, drop_cache)
+    return res
+
+
+def _write_shards(res: Result, ck: Checkpoint, opts: Options, plan: Plan, out: str, transform,
+                  done: dict[int, ShardResult], progress: bool, workers, drop_cache: bool) -> None:
+    """Sidecars, the shards not ``done`` yet, the index, then the manifest that says complete."""
+    # Sidecars first: a ShardWriter (transform) writes its index when it closes, and the index comes last.
+    res.sidecars = output_dir.copy_sidecars(ck.sidecars, out, rewrite=sidecar_config.rewrite(ck, opts, plan))
+    t0 = time.perf_counter()
+    todo = [i for i in range(len(plan.shards)) if i not in done]
     bar, update = progress_bar(sum(op.nbytes_in for op in plan.ops if op.outputs[0].shard in todo), progress)
     lock = threading.Lock()
     index_of = {s.file: i for i, s in enumerate(plan.shards)}
@@ -221,8 +230,8 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
         if bar is not None:
             bar.close()
     if transform is None:  # the ShardWriter behind a transform wrote its own manifest and index
-        output_dir.write_manifest(out, manifest(res, opts))
         weight_map = {o.name: plan.shards[o.shard].file for op in plan.ops for o in op.outputs}
         output_dir.write_index(out, weight_map, plan.nbytes_out)
+        # "complete": true only once the index exists (a failure here removes the index again)
+        output_dir.write_manifest(out, manifest(res, opts))
     res.seconds = time.perf_counter() - t0
-    return res

@@ -13,7 +13,9 @@ BIN_INDEX = "pytorch_model.bin.index.json"    # --to torch --format bin
 MANIFEST = "torch2mlx.json"
 
 
-def prepare(out_dir: str, *, overwrite: bool, src_paths: list[str], resume: bool = False) -> None:
+def prepare(out_dir: str, *, overwrite: bool, src_paths: list[str], resume: bool = False,
+            check_only: bool = False) -> None:
+    """Refuse an OUT we must not write; else create it and clear our old files (``check_only``: refuse only)."""
     out_abs = os.path.realpath(out_dir)
     for p in src_paths:
         if os.path.dirname(os.path.realpath(p)) == out_abs:
@@ -22,24 +24,31 @@ def prepare(out_dir: str, *, overwrite: bool, src_paths: list[str], resume: bool
         raise Torch2MLXError(f"{out_dir}: exists and is not a directory")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not (overwrite or resume):
         raise Torch2MLXError(f"{out_dir}: exists and is not empty (use --overwrite to replace its contents)")
+    if check_only:
+        return
     try:
         os.makedirs(out_dir, exist_ok=True)
-        # The index goes first so the directory never looks complete while we work.
-        for name in (INDEX, BIN_INDEX) if resume else (INDEX, BIN_INDEX, MANIFEST):
-            if os.path.exists(os.path.join(out_dir, name)):
-                os.unlink(os.path.join(out_dir, name))
-        if not resume:
-            for pattern in ("model*.safetensors", "pytorch_model*.bin"):
-                for f in glob.glob(os.path.join(glob.escape(out_dir), pattern)):
-                    os.unlink(f)
-        for f in glob.glob(os.path.join(glob.escape(out_dir), ".*.tmp")):
-            os.unlink(f)
+        clear(out_dir, resume=resume)
         probe = os.path.join(out_dir, ".t2mlx-write-test.tmp")
         with open(probe, "wb"):
             pass
         os.unlink(probe)
     except OSError as e:
         raise os_error(out_dir, e) from None
+
+
+def clear(out_dir: str, resume: bool = False) -> None:
+    """Remove an earlier output's index, manifest, shards and temporaries (``resume``: keep shards, manifest)."""
+    # The index goes first so the directory never looks complete while we work.
+    for name in (INDEX, BIN_INDEX) if resume else (INDEX, BIN_INDEX, MANIFEST):
+        if os.path.exists(os.path.join(out_dir, name)):
+            os.unlink(os.path.join(out_dir, name))
+    if not resume:
+        for pattern in ("model*.safetensors", "pytorch_model*.bin"):
+            for f in glob.glob(os.path.join(glob.escape(out_dir), pattern)):
+                os.unlink(f)
+    for f in glob.glob(os.path.join(glob.escape(out_dir), ".*.tmp")):
+        os.unlink(f)
 
 
 def copy_sidecars(paths: list[str], out_dir: str, rewrite: dict[str, dict] | None = None) -> list[str]:
