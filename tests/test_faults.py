@@ -329,3 +329,12 @@ def test_a_killed_overwrite_keeps_the_old_output_and_the_next_run_clears_its_sta
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert _files(out) == big_reference and _leftovers(out) == []
+
+
+def test_help_and_readme_give_the_exit_status_a_signal_ends_with():
+    proc = run_main("stream", "--help")
+    text = " ".join(proc.stdout.split())
+    assert "Ctrl-C: exit 130; SIGTERM from timeout, docker stop or a scheduler: exit 143" in text
+    assert "OUT/.t2mlx-new-<pid>" in text
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    assert "exit status 143 (Ctrl-C: 130)" in readme and "`OUT/.t2mlx-new-<pid>`" in readme

@@ -28,6 +28,12 @@ model's exact rule and name (reported as 'model'); the analysis is cached
 run skips importing torch. Without model information
 a 3/4/5-D float '*.weight' is assumed to be a convolution (reported as
 'inferred'); override with --rule REGEX=RULE.
+
+Interrupted (Ctrl-C: exit 130; SIGTERM from timeout, docker stop or a
+scheduler: exit 143) or failed (exit 1), a run removes its temporaries and
+says what it left: finished shards to continue with --resume, or nothing.
+--overwrite writes the new output in OUT/.t2mlx-new-<pid> and swaps it in
+when whole, so the old output survives a failure (it needs room for both).
 """
 
 ANALYZE_EPILOG = """\
@@ -78,7 +84,8 @@ def _add_stream(sub):
     p.add_argument("--zarr-compressor", default="none", choices=("none", "zstd", "blosc", "gzip"),
                    help="compression of zarr chunks (default none: fastest)")
     p.add_argument("--key", metavar="KEY", help="which entry of a nested checkpoint holds the weights (dotted path)")
-    p.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty OUT")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the contents of a non-empty OUT (the old output stays until the new one is whole)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted conversion in OUT: keep shards whose size and sha256 match "
                         "its manifest, redo the rest (output identical to an uninterrupted run)")
