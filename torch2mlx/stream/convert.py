@@ -183,7 +183,7 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
         raise Torch2MLXError(f"--format must be safetensors or zarr (bin needs --to torch), got {format!r}")
     if format == "zarr" and (transform is not None or resume):
         raise Torch2MLXError("--format zarr does not combine with --resume or a transform")
-    do_resume = resume and format == "safetensors" and os.path.isdir(out) and bool(os.listdir(out))
+    do_resume = resume and os.path.isdir(out) and bool(os.listdir(out))
     done: dict[int, ShardResult] = {}
     if do_resume:   # refuse another plan's OUT before touching it
         keep, digests, notes = resume_mod.finished_shards(plan, out, resume_mod.fingerprint(plan))
