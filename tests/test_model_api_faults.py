@@ -99,3 +99,9 @@ def test_a_failed_call_keeps_the_old_single_file(tmp_path, monkeypatch):
     with pytest.raises(Torch2MLXError, match="no space left on device"):
         torch2mlx.convert(_model(1), path)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["weights.safetensors"]
+
+
+def test_resume_of_a_single_file_is_refused_not_ignored(tmp_path):
+    with pytest.raises(Torch2MLXError, match="resume=True applies to a directory"):
+        torch2mlx.convert(_model(0), tmp_path / "w.safetensors", resume=True)
+    assert list(tmp_path.iterdir()) == []

@@ -66,6 +66,8 @@ def convert(model_or_state_dict, path, *, dtype: str = "keep", rules=(), specs=N
         return stream_convert(label, path, checkpoint=ck, inputs=inputs, specs=specs, use_model=use_model,
                                max_shard_size=max_shard_size, overwrite=overwrite, resume=resume, progress=progress,
                                workers=workers, **options)
+    if resume:
+        raise Torch2MLXError(f"{path}: resume=True applies to a directory; one .safetensors file is written whole")
     _, _, plan = prepare(label, checkpoint=ck, inputs=inputs, specs=specs, use_model=use_model,
                          max_shard_size=_ONE_SHARD, **options)
     return _write_one_file(Result(label, path, plan, ck), path, progress, workers)
