@@ -338,3 +338,21 @@ def test_help_and_readme_give_the_exit_status_a_signal_ends_with():
     assert "OUT/.t2mlx-new-<pid>" in text
     readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
     assert "exit status 143 (Ctrl-C: 130)" in readme and "`OUT/.t2mlx-new-<pid>`" in readme
+
+
+def test_a_failed_to_torch_overwrite_keeps_the_old_output(src, tmp_path, monkeypatch):
+    mlx, back = tmp_path / "mlx", tmp_path / "back"
+    assert run_main("stream", src, mlx, *OPTS).returncode == 0
+    back_opts = ["--to", "torch", "--dtype", "float32", "--max-shard-size", "4400KB", "--quiet", "--no-model"]
+    proc = run_main("stream", mlx, back, *back_opts)
+    assert proc.returncode == 0, proc.stderr
+    before = _files(back)
+    _fail_shard(monkeypatch, 3)
+    err = assert_one_error(run_main("stream", mlx, back, *back_opts, "--overwrite"), "no space left on device")
+    assert err.endswith(f"({back} still holds the previous output, unchanged)")
+    assert _files(back) == before and _leftovers(back) == []
+    monkeypatch.undo()
+    fresh = tmp_path / "fresh"
+    _fail_shard(monkeypatch, 3)
+    err = assert_one_error(run_main("stream", mlx, fresh, *back_opts), "no space left on device")
+    assert err.endswith(f"(no shard kept, {fresh} removed)") and not fresh.exists()   # --to torch cannot resume
