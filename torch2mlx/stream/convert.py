@@ -202,7 +202,8 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
 def _write_shards(res: Result, ck: Checkpoint, opts: Options, plan: Plan, out: str, transform,
                   done: dict[int, ShardResult], progress: bool, workers, drop_cache: bool) -> None:
     """Sidecars, the shards not ``done`` yet, the index, then the manifest that says complete."""
-    # Sidecars first: a ShardWriter (transform) writes its index when it closes, and the index comes last.
+    # Sidecars first: a ShardWriter (transform) writes its index when it closes, and nothing follows an index
+    # but the manifest that says complete.
     res.sidecars = output_dir.copy_sidecars(ck.sidecars, out, rewrite=sidecar_config.rewrite(ck, opts, plan))
     t0 = time.perf_counter()
     todo = [i for i in range(len(plan.shards)) if i not in done]
