@@ -356,3 +356,28 @@ def test_a_failed_to_torch_overwrite_keeps_the_old_output(src, tmp_path, monkeyp
     _fail_shard(monkeypatch, 3)
     err = assert_one_error(run_main("stream", mlx, fresh, *back_opts), "no space left on device")
     assert err.endswith(f"(no shard kept, {fresh} removed)") and not fresh.exists()   # --to torch cannot resume
+
+
+# Sends itself SIGTERM when --overwrite starts renaming the new output into place.
+_AT_SWAP = """
+import os, signal, sys
+real = os.replace
+def replace(a, b, *args, **kw):
+    if "/.t2mlx-new-" in os.fspath(a) and "/.t2mlx-new-" not in os.fspath(b) and os.fspath(b).endswith(
+            "model-00001-of-00008.safetensors"):
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real(a, b, *args, **kw)
+os.replace = replace
+from torch2mlx.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_during_the_overwrite_swap_waits_for_the_swap(src, other_src, reference, tmp_path):
+    out = tmp_path / "out"
+    assert run_main("stream", other_src, out, *OPTS).returncode == 0
+    proc = subprocess.run([sys.executable, "-c", _AT_SWAP, "stream", str(src), str(out), *OPTS, "--overwrite"],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    err = _assert_terminated(proc, resume=False)
+    assert err.endswith(f"(after the conversion had finished: {out} holds the new output)")
+    assert _files(out) == reference and _leftovers(out) == []

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 
 from ...errors import Torch2MLXError
 from .files import fsync_dir, os_error
@@ -130,17 +131,24 @@ class Target:
     # ------------------------------------------------------------ success
 
     def _swap_whole(self) -> None:
-        """The swap, with Ctrl-C and SIGTERM held until it is done: a few renames, never half of them."""
-        held = {signal.SIGINT, signal.SIGTERM}
-        if not hasattr(signal, "pthread_sigmask"):
+        """The swap, with Ctrl-C and SIGTERM held until it is done: a few renames, never half of them.
+
+        The handlers are swapped for a recorder rather than the signals masked: another
+        thread (torch's, tqdm's) may receive a signal the main thread masks.
+        """
+        if threading.current_thread() is not threading.main_thread():
             return self._swap()
-        before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        got = []
+        held = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             self._swap()
         finally:
+            for s, handler in held.items():
+                signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        if got:
             try:
-                signal.pthread_sigmask(signal.SIG_SETMASK, before)
-            except KeyboardInterrupt as e:   # arrived during the swap; delivered now
+                signal.raise_signal(got[0])   # now, as its handler would have taken it
+            except KeyboardInterrupt as e:
                 e.left = f"after the conversion had finished: {self.out} holds the new output"
                 raise
 
