@@ -225,18 +225,21 @@ def test_user_errors_are_torch2mlx_errors(tmp_path, bad, why):
         bad(tmp_path)
 
 
-def test_existing_outputs_need_overwrite(tmp_path):
+def test_a_file_target_is_replaced_a_directory_needs_overwrite(tmp_path):
+    """The library's rule: one file is replaced as mx.save_safetensors does; a directory needs overwrite=True."""
     m = nn.Linear(2, 2)
     torch2mlx.convert(m, tmp_path / "x.safetensors")
     torch2mlx.convert(m, tmp_path / "out")
-    with pytest.raises(Torch2MLXError, match="exists"):
-        torch2mlx.convert(m, tmp_path / "x.safetensors")
-    with pytest.raises(Torch2MLXError, match="exists"):
-        torch2mlx.convert(m, tmp_path / "out")
     with torch.no_grad():
         m.weight.zero_()
-    torch2mlx.convert(m, tmp_path / "x.safetensors", overwrite=True)
+    torch2mlx.convert(m, tmp_path / "x.safetensors")      # a second call, as a notebook cell is rerun
     assert not np.any(np.array(torch2mlx.load_converted(tmp_path / "x.safetensors")["weight"]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "x.safetensors"]   # no temporary left
+    with pytest.raises(Torch2MLXError, match="exists and is not empty.*--overwrite"):
+        torch2mlx.convert(m, tmp_path / "out")
+    assert np.any(np.array(torch2mlx.load_converted(tmp_path / "out")["weight"]))   # untouched
+    torch2mlx.convert(m, tmp_path / "out", overwrite=True)
+    assert not np.any(np.array(torch2mlx.load_converted(tmp_path / "out")["weight"]))
     with pytest.raises(Torch2MLXError, match="is the source itself"):
         torch2mlx.convert(tmp_path / "x.safetensors", tmp_path / "x.safetensors", overwrite=True)
 

@@ -27,3 +27,14 @@ def test_readme_live_model_and_template_examples_run(tmp_path):
     assert len(errors) == 2 and max(errors) <= 1e-5, proc.stdout
     assert "['fc.bias', 'fc.weight']" in proc.stdout
     assert {p.name for p in tmp_path.iterdir()} == {"weights.safetensors", "tiny.safetensors", "block.safetensors"}
+
+
+def test_readme_live_model_example_runs_twice(tmp_path):
+    """Rerun as a notebook cell is: the second convert(model, "weights.safetensors") replaces the file."""
+    script = "\n".join(_python_blocks("Convert a live model"))
+    for run in range(2):
+        proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, (run, proc.stderr)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert "weights.safetensors" in names and not [n for n in names if n.startswith(".")], names

@@ -115,7 +115,8 @@ _ORDER_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("transform", [False, True], ids=["plan", "transform"])
-def test_index_is_written_last(tmp_path, out, transform):
+def test_index_is_written_after_every_shard(tmp_path, out, transform):
+    """The index comes after every shard and sidecar; a manifest saying "complete": true only after the index."""
     from test_readers_dirs import _model_sd, _write_dir
     src = _write_dir(tmp_path / "src", _model_sd(), "safetensors")
     kw = {"max_shard_size": "2KB", "transform": transform}
@@ -123,10 +124,14 @@ def test_index_is_written_last(tmp_path, out, transform):
                           capture_output=True, text=True, check=True)
     events = json.loads(proc.stdout)
     index_events = [i for i, (kind, path) in enumerate(events) if path.endswith(INDEX)]
-    assert index_events and events[-1] == ["rename", str(out / INDEX)], events[-4:]
-    # nothing was written into OUT between the index's temp file and its rename
-    assert all(path.endswith(INDEX) or path.endswith(INDEX + ".tmp") for _, path in events[index_events[0]:]), \
-        events[index_events[0]:]
+    assert index_events and ["rename", str(out / INDEX)] in events
+    # between the index's temp file and the end, only the index and (forward plan) the final manifest
+    tail = [path for _, path in events[index_events[0]:]]
+    after = {str(out / INDEX), str(out / ("." + INDEX + ".tmp"))}
+    if not transform:
+        after |= {str(out / MANIFEST), str(out / ("." + MANIFEST + ".tmp"))}
+        assert events[-1] == ["rename", str(out / MANIFEST)] and read_json(out / MANIFEST)["complete"] is True
+    assert set(tail) <= after, tail
     assert any(p.endswith("config.json") for _, p in events) and any(p.endswith(MANIFEST) for _, p in events)
 
 

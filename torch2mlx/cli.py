@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import textwrap
+import threading
 
 from . import __version__
 from .errors import Torch2MLXError, one_line
@@ -35,6 +37,12 @@ T2MLX_NO_CACHE=1 turns the cache off). A repeat run does not; --no-model
 never does. Without model information
 a 3/4/5-D float '*.weight' is assumed to be a convolution (reported as
 'inferred'); override with --rule REGEX=RULE.
+
+Interrupted (Ctrl-C: exit 130; SIGTERM from timeout, docker stop or a
+scheduler: exit 143) or failed (exit 1), a run removes its temporaries and
+says what it left: finished shards to continue with --resume, or nothing.
+--overwrite writes the new output in OUT/.t2mlx-new-<pid> and swaps it in
+when whole, so the old output survives a failure (it needs room for both).
 """
 
 ANALYZE_EPILOG = """\
@@ -96,7 +104,8 @@ def _add_stream(sub):
     p.add_argument("--zarr-compressor", default="none", choices=COMPRESSORS,
                    help="compression of zarr chunks (default none: fastest)")
     p.add_argument("--key", metavar="KEY", help="which entry of a nested checkpoint holds the weights (dotted path)")
-    p.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty OUT")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the contents of a non-empty OUT (the old output stays until the new one is whole)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted conversion in OUT: keep shards whose size and sha256 match "
                         "its manifest, redo the rest (output identical to an uninterrupted run); refused when a "
@@ -302,10 +311,13 @@ def alias_argv(argv: list[str]) -> list[str]:
     return ["stream"] + rest + (["--no-model"] if "--no-analyze" in argv else [])
 
 
-def _interrupted(args, argv: list[str]) -> str:
-    """The Ctrl-C message; for a conversion, the exact command that continues it."""
+def _interrupted(args, argv: list[str], what: str, left: str | None) -> str:
+    """The line for Ctrl-C or SIGTERM: what the run left and, for a conversion, the exact command that goes on."""
     if getattr(args, "func", None) is not _cmd_stream or args.dry_run:
-        return "interrupted"
+        return what if left is None else f"{what} ({left})"
+    left = (left or "no index was written; the output is incomplete").split(": run the same command")[0]
+    if "previous output" in left or "holds the new output" in left:
+        return f"{what} ({left})"   # --overwrite: nothing of this run is left to continue
     import shlex
     prog = "t2mlx" if os.path.basename(sys.argv[0] or "") == "t2mlx" else "python -m torch2mlx"
     if args.to == "mlx" and args.format == "safetensors":
@@ -316,22 +328,33 @@ def _interrupted(args, argv: list[str]) -> str:
     else:   # --resume covers safetensors shards made by the forward conversion only
         again = argv + ([] if args.overwrite else ["--overwrite"])
         how = "start over with"
-    return (f"interrupted (no index was written; the output is incomplete); {how}: "
-            f"{prog} {shlex.join(again)}")
+    return f"{what} ({left}); {how}: {prog} {shlex.join(again)}"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, ``docker stop``, job schedulers): the same way out as Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)   # one is enough: let the clean-up finish
+    raise Terminated()
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
         return args.func(args)
     except Torch2MLXError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"error: {one_line(_interrupted(args, argv))}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        what, code = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+        print(f"error: {one_line(_interrupted(args, argv, what, getattr(e, 'left', None)))}", file=sys.stderr)
+        return code
     except BrokenPipeError:
         return 1
     except Exception as e:  # a bug in torch2mlx, not in the input
@@ -340,3 +363,6 @@ def main(argv=None) -> int:
         print(f"error: internal error: {type(e).__name__}: {one_line(str(e))} (set T2MLX_DEBUG=1 for a traceback; "
               "please report it)", file=sys.stderr)
         return 2
+    finally:
+        if in_main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -38,7 +38,8 @@ def source_of(x, *, analyze: bool = True, key: str | None = None):
 def convert(model_or_state_dict, path, *, dtype: str = "keep", rules=(), specs=None, analyze: bool = True,
             strip_prefix=(), exclude=(), max_shard_size="5GB", q_bits: int | None = None,
             q_group_size: int | None = None, q_recipe: str | None = None, key: str | None = None,
-            overwrite: bool = False, progress: bool = False, workers: int | None = None) -> Result:
+            overwrite: bool = False, resume: bool = False, progress: bool = False,
+            workers: int | None = None) -> Result:
     """Write MLX-named, MLX-layout weights of ``model_or_state_dict`` to ``path``.
 
     - an ``nn.Module`` (torch.compile'd or not): rules and names from the registry through
@@ -47,8 +48,12 @@ def convert(model_or_state_dict, path, *, dtype: str = "keep", rules=(), specs=N
       strings as ``t2mlx stream --rule``), ``specs`` (``RuleSpec`` list) or shape inference;
     - a checkpoint file or directory: as ``t2mlx stream`` (config.json or nothing).
 
-    ``path`` ending in ``.safetensors``: one file. Otherwise a directory with
-    ``model*.safetensors`` shards, ``model.safetensors.index.json`` and ``torch2mlx.json``.
+    ``path`` ending in ``.safetensors``: one file, replaced if it exists (as
+    ``mx.save_safetensors`` does; the old file stays until the new one is whole).
+    Otherwise a directory with ``model*.safetensors`` shards, ``model.safetensors.index.json``
+    and ``torch2mlx.json``; a non-empty one needs ``overwrite=True`` (the old output stays
+    whole until the new one is) or ``resume=True`` (continue a failed call). A failed call
+    leaves the directory as it was, or its finished shards for ``resume=True``.
     Returns the stream's ``Result`` (``report()``, ``to_dict()``, ``plan``).
     """
     path = os.fspath(path)
@@ -59,19 +64,21 @@ def convert(model_or_state_dict, path, *, dtype: str = "keep", rules=(), specs=N
     use_model = analyze and specs is None and ck.format != "memory"
     if not path.endswith(".safetensors"):
         return stream_convert(label, path, checkpoint=ck, inputs=inputs, specs=specs, use_model=use_model,
-                               max_shard_size=max_shard_size, overwrite=overwrite, progress=progress,
+                               max_shard_size=max_shard_size, overwrite=overwrite, resume=resume, progress=progress,
                                workers=workers, **options)
+    if resume:
+        raise Torch2MLXError(f"{path}: resume=True applies to a directory; one .safetensors file is written whole")
     _, _, plan = prepare(label, checkpoint=ck, inputs=inputs, specs=specs, use_model=use_model,
                          max_shard_size=_ONE_SHARD, **options)
-    return _write_one_file(Result(label, path, plan, ck), path, overwrite, progress, workers)
+    return _write_one_file(Result(label, path, plan, ck), path, progress, workers)
 
 
-def _write_one_file(res: Result, path: str, overwrite: bool, progress: bool, workers) -> Result:
+def _write_one_file(res: Result, path: str, progress: bool, workers) -> Result:
     """The plan's single shard as ``path`` (temp file, fsync, rename: never a half-written file)."""
     import time
     from ..stream.data import DataReader
     from ..stream.execute import Executor
-    _check_target(path, res.checkpoint, overwrite)
+    _check_target(path, res.checkpoint)
     (shard,) = res.plan.shards
     shard.file = os.path.basename(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -87,11 +94,9 @@ def _write_one_file(res: Result, path: str, overwrite: bool, progress: bool, wor
     return res
 
 
-def _check_target(path: str, ck: Checkpoint, overwrite: bool) -> None:
+def _check_target(path: str, ck: Checkpoint) -> None:
     if os.path.isdir(path):
         raise Torch2MLXError(f"{path}: is a directory (a path ending in .safetensors names one output file)")
-    if os.path.exists(path) and not overwrite:
-        raise Torch2MLXError(f"{path}: exists (pass overwrite=True to replace it)")
     real = os.path.realpath(path)
     if any(os.path.realpath(f) == real for f in ck.files):
         raise Torch2MLXError(f"{path}: is the source itself; choose another output path")

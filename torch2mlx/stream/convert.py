@@ -19,6 +19,7 @@ from . import resume as resume_mod
 from .plan import Plan, RuleSpec, build
 from . import sidecar_config
 from .writers import out_lock, output_dir
+from .writers.target import Target
 
 
 @dataclass
@@ -100,13 +101,9 @@ def manifest(res: Result, opts: Options, complete: bool = True) -> dict:
     return m
 
 
-def _convert_zarr(res: Result, ck: Checkpoint, opts: Options, plan: Plan, out: str, overwrite: bool,
-                  progress: bool, workers, compressor: str, unsupported) -> Result:
+def _convert_zarr(res: Result, ck: Checkpoint, opts: Options, plan: Plan, out: str,
+                  progress: bool, workers, compressor: str) -> Result:
     from .writers import zarr_store
-    if unsupported:
-        raise Torch2MLXError("--format zarr does not combine with --resume or a transform")
-    zarr_store.check_names(plan)   # before OUT is touched
-    output_dir.prepare(out, overwrite=overwrite, src_paths=ck.files)
     res.sidecars = output_dir.copy_sidecars(ck.sidecars, out, rewrite=sidecar_config.rewrite(ck, opts, plan))
     t0 = time.perf_counter()
     bar, update = progress_bar(plan.nbytes_in, progress)
@@ -237,43 +234,51 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
                              "convert with the transform first, then quantize that output in a second run")
     if format not in ("safetensors", "zarr"):
         raise Torch2MLXError(f"--format must be safetensors or zarr (bin needs --to torch), got {format!r}")
+    if format == "zarr" and (transform is not None or resume):
+        raise Torch2MLXError("--format zarr does not combine with --resume or a transform")
+    if format == "zarr":
+        from .writers import zarr_store
+        zarr_store.check_names(plan)   # before OUT is touched
     res.source_files = resume_mod.source_identity(ck.path, ck.files)
     output_dir.check_target(out, ck.files)
+    existed = os.path.isdir(out)   # the lock creates OUT: what a failure restores is decided before it
     with out_lock.locked(out):
-        if format == "zarr":
-            return _convert_zarr(res, ck, opts, plan, out, overwrite, progress, workers, zarr_compressor,
-                                 transform or resume)
-        return _write(res, opts, out, overwrite=overwrite, resume=resume, transform=transform, progress=progress,
-                      workers=workers, drop_cache=drop_cache)
+        fp = resume_mod.fingerprint(plan)
+        do_resume = resume and output_dir.has_contents(out)
+        if not (overwrite or resume or transform) and output_dir.has_contents(out):   # --resume takes no transform
+            hint = resume_mod.interrupted_run(out, fp, ck.path, res.source_files)
+            if hint:
+                raise Torch2MLXError(hint)
+        done: dict[int, ShardResult] = {}
+        if do_resume:   # before OUT is touched: a refused resume leaves it as it was
+            keep, digests, notes = resume_mod.finished_shards(plan, out, fp, ck.path, res.source_files)
+            plan.notes += notes
+            done = {i: ShardResult(plan.shards[i].file, plan.shards[i].size, digests[i]) for i in keep}
+            res.reused = len(done)
+            res.bytes_in = sum(op.nbytes_in for op in plan.ops if op.outputs[0].shard not in done)
+            res.bytes_out = sum(plan.shards[i].data_size for i in range(len(plan.shards)) if i not in done)
+        # --overwrite writes beside the old output and swaps at the end; a failure says what it left.
+        with Target(out, overwrite=overwrite, src_paths=ck.files, resume=do_resume, existed=existed,
+                    resumable=format == "safetensors" and transform is None, shards=len(plan.shards)) as target:
+            if format == "zarr":
+                _convert_zarr(res, ck, opts, plan, target.dir, progress, workers, zarr_compressor)
+            else:
+                _write_shards(res, ck, opts, plan, target.dir, transform, done, progress, workers, drop_cache,
+                              fresh=not do_resume)
+    return res
 
 
-def _write(res: Result, opts: Options, out: str, *, overwrite: bool, resume: bool, transform, progress: bool,
-           workers, drop_cache: bool) -> Result:
-    """Safetensors shards into ``out``, which this run holds locked."""
-    ck, plan = res.checkpoint, res.plan
-    fp = resume_mod.fingerprint(plan)
-    do_resume = resume and output_dir.has_contents(out)
-    if not (overwrite or resume or transform) and output_dir.has_contents(out):   # --resume takes no transform
-        hint = resume_mod.interrupted_run(out, fp, ck.path, res.source_files)
-        if hint:
-            raise Torch2MLXError(hint)
-    todo = list(range(len(plan.shards)))
-    done: dict[int, ShardResult] = {}
-    if do_resume:   # before OUT is touched: a refused resume leaves it as it was
-        keep, digests, notes = resume_mod.finished_shards(plan, out, fp, ck.path, res.source_files)
-        plan.notes += notes
-        done = {i: ShardResult(plan.shards[i].file, plan.shards[i].size, digests[i]) for i in keep}
-        todo = [i for i in todo if i not in done]
-        res.reused = len(done)
-        res.bytes_in = sum(op.nbytes_in for op in plan.ops if op.outputs[0].shard not in done)
-        res.bytes_out = sum(plan.shards[i].data_size for i in todo)
-    output_dir.prepare(out, overwrite=overwrite, src_paths=ck.files, resume=do_resume)
-    # Sidecars first: a ShardWriter (transform) writes its index when it closes, and the index comes last.
+def _write_shards(res: Result, ck: Checkpoint, opts: Options, plan: Plan, out: str, transform,
+                  done: dict[int, ShardResult], progress: bool, workers, drop_cache: bool, fresh: bool) -> None:
+    """Sidecars, the shards not ``done`` yet, the index, then the manifest that says complete."""
+    # Sidecars first: a ShardWriter (transform) writes its index when it closes, and nothing follows an index
+    # but the manifest that says complete.
     res.sidecars = output_dir.copy_sidecars(ck.sidecars, out, rewrite=sidecar_config.rewrite(ck, opts, plan))
-    if transform is None and not do_resume:
+    if transform is None and fresh:
         # Before any shard: an interrupted run is known as one (and resumable) from the start.
         output_dir.write_manifest(out, manifest(res, opts, complete=False))
     t0 = time.perf_counter()
+    todo = [i for i in range(len(plan.shards)) if i not in done]
     bar, update = progress_bar(res.nbytes_in, progress)
     lock = threading.Lock()
     index_of = {s.file: i for i, s in enumerate(plan.shards)}
@@ -299,8 +304,8 @@ def _write(res: Result, opts: Options, out: str, *, overwrite: bool, resume: boo
         if bar is not None:
             bar.close()
     if transform is None:  # the ShardWriter behind a transform wrote its own manifest and index
-        output_dir.write_manifest(out, manifest(res, opts))
         weight_map = {o.name: plan.shards[o.shard].file for op in plan.ops for o in op.outputs}
         output_dir.write_index(out, weight_map, plan.nbytes_out)
+        # "complete": true only once the index exists (a failure here removes the index again)
+        output_dir.write_manifest(out, manifest(res, opts))
     res.seconds = time.perf_counter() - t0
-    return res

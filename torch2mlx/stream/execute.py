@@ -197,11 +197,13 @@ class Executor:
         self._states: dict[int, _ShardState] = {}
         self._cond = threading.Condition()
         self._failed = False
+        self._unplaced: set[int] = set()   # shards of this run whose temporary is not yet renamed
         self.results: dict[int, ShardResult] = {}
 
     def _open_shard(self, i: int) -> None:
         sh = self.plan.shards[i]
         tmp = temp_name(os.path.join(self.out_dir, sh.file))
+        self._unplaced.add(i)
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             self._fds[i] = fd
@@ -302,6 +304,7 @@ class Executor:
             os.replace(temp_name(final), final)
         except OSError as e:
             raise os_error(final, e) from None
+        self._unplaced.discard(i)
 
     def run(self, shard_indices=None) -> list[ShardResult]:
         """Write the given shards (default: all); returns their results in shard order."""
@@ -336,14 +339,20 @@ class Executor:
         return [self.results[i] for i in indices]
 
     def abort(self):
-        """Remove every temporary this run created (never a finished shard of an earlier run)."""
-        for i, fd in list(self._fds.items()):
+        """Remove every temporary this run created (never a finished shard of an earlier run).
+
+        A shard whose fd is closed may still be a temporary: recording it (``on_shard``)
+        or renaming it failed.
+        """
+        for fd in self._fds.values():
             try:
                 os.close(fd)
             except OSError:
                 pass
+        self._fds.clear()
+        for i in sorted(self._unplaced):
             try:
                 os.unlink(temp_name(os.path.join(self.out_dir, self.plan.shards[i].file)))
             except OSError:
                 pass
-        self._fds.clear()
+        self._unplaced.clear()

@@ -22,6 +22,7 @@ from .execute import Executor
 from .options import Options
 from . import resume as resume_mod, reverse_plan
 from .writers import out_lock, output_dir, torch_bin
+from .writers.target import Target
 
 FORMATS = ("safetensors", "bin")
 
@@ -87,33 +88,43 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
         out = os.fspath(out)
         res.source_files = resume_mod.source_identity(ck.path, ck.files)
         output_dir.check_target(out, ck.files)
+        existed = os.path.isdir(out)   # before the lock creates it
         held.enter_context(out_lock.locked(out))   # until the index is written
-        output_dir.prepare(out, overwrite=overwrite, src_paths=ck.files)
-        res.sidecars = output_dir.copy_sidecars(ck.sidecars, out,
-                                                rewrite={"config.json": rp.config} if rp.config else None)
-        t0 = time.perf_counter()
-        done = {}
-        # what decided the rules besides the options: verify plans the way back again from these
-        model_info = {"model": model, "model_kwargs": model_kwargs, "use_model": use_model}
-
-        def shard_done(r):
-            done[r.file] = r   # the manifest on disk says which shards are finished, as the forward run's does
-            res.shards = [done[s.file] for s in plan.shards if s.file in done]
-            output_dir.write_manifest(out, _manifest(res, opts, format, model_info, complete=False))
-
-        with _progress(plan.nbytes_in, progress) as update:
-            if format == "bin":
-                torch_bin.write(plan, out, reader=side, workers=workers, progress=update, on_shard=shard_done)
-            else:
-                with DataReader(drop_cache=drop_cache) as reader:
-                    Executor(plan, out, reader=reader, workers=workers, progress=update, drop_cache=drop_cache,
-                             on_shard=shard_done).run()
-        output_dir.write_manifest(out, _manifest(res, opts, format, model_info))
-        weight_map = {o.name: plan.shards[o.shard].file for op in plan.ops for o in op.outputs}
-        output_dir.write_index(out, weight_map, plan.nbytes_out,
-                               output_dir.BIN_INDEX if format == "bin" else output_dir.INDEX)
+        # not resumable: a failure leaves OUT as it was (--overwrite: the old output, whole)
+        with Target(out, overwrite=overwrite, src_paths=ck.files, shards=len(plan.shards), existed=existed) as target:
+            t0 = _write(res, rp, opts, target.dir, format, side, workers, progress, drop_cache,
+                        {"model": model, "model_kwargs": model_kwargs, "use_model": use_model})
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _write(res: Result, rp, opts: Options, out: str, format: str, side: DataReader, workers, progress: bool,
+           drop_cache: bool, model_info: dict) -> float:
+    """Sidecars, shards, index, manifest into ``out``; returns when the writing started."""
+    plan = res.plan
+    res.sidecars = output_dir.copy_sidecars(res.checkpoint.sidecars, out,
+                                            rewrite={"config.json": rp.config} if rp.config else None)
+    t0 = time.perf_counter()
+    done = {}
+
+    def shard_done(r):
+        done[r.file] = r   # the manifest on disk says which shards are finished, as the forward run's does
+        res.shards = [done[s.file] for s in plan.shards if s.file in done]
+        output_dir.write_manifest(out, _manifest(res, opts, format, model_info, complete=False))
+
+    with _progress(plan.nbytes_in, progress) as update:
+        if format == "bin":
+            torch_bin.write(plan, out, reader=side, workers=workers, progress=update, on_shard=shard_done)
+        else:
+            with DataReader(drop_cache=drop_cache) as reader:
+                Executor(plan, out, reader=reader, workers=workers, progress=update, drop_cache=drop_cache,
+                         on_shard=shard_done).run()
+    weight_map = {o.name: plan.shards[o.shard].file for op in plan.ops for o in op.outputs}
+    output_dir.write_index(out, weight_map, plan.nbytes_out,
+                           output_dir.BIN_INDEX if format == "bin" else output_dir.INDEX)
+    # "complete": true only once the index exists
+    output_dir.write_manifest(out, _manifest(res, opts, format, model_info))
+    return t0
 
 
 def _manifest(res: Result, opts: Options, format: str, model_info: dict, complete: bool = True) -> dict:

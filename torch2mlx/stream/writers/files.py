@@ -13,7 +13,7 @@ COPY_CHUNK = 64 * 1024 * 1024
 
 def os_error(path: str, e: OSError) -> Torch2MLXError:
     if e.errno == errno.ENOSPC:
-        return Torch2MLXError(f"{path}: no space left on device (partial output removed)")
+        return Torch2MLXError(f"{path}: no space left on device")
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return Torch2MLXError(f"{path}: cannot write ({e.strerror})")
     return Torch2MLXError(f"{path}: {e.strerror or e}")

@@ -29,28 +29,37 @@ def check_target(out_dir: str, src_paths: list[str]) -> None:
         raise Torch2MLXError(f"{out_dir}: exists and is not a directory")
 
 
-def prepare(out_dir: str, *, overwrite: bool, src_paths: list[str], resume: bool = False) -> None:
+def prepare(out_dir: str, *, overwrite: bool, src_paths: list[str], resume: bool = False,
+            check_only: bool = False) -> None:
+    """Refuse an OUT we must not write; else create it and clear our old files (``check_only``: refuse only)."""
     check_target(out_dir, src_paths)
     if has_contents(out_dir) and not (overwrite or resume):
         raise Torch2MLXError(f"{out_dir}: exists and is not empty (use --overwrite to replace its contents)")
+    if check_only:
+        return
     try:
         os.makedirs(out_dir, exist_ok=True)
-        # The index goes first so the directory never looks complete while we work.
-        for name in (INDEX, BIN_INDEX) if resume else (INDEX, BIN_INDEX, MANIFEST):
-            if os.path.exists(os.path.join(out_dir, name)):
-                os.unlink(os.path.join(out_dir, name))
-        if not resume:
-            for pattern in ("model*.safetensors", "pytorch_model*.bin"):
-                for f in glob.glob(os.path.join(glob.escape(out_dir), pattern)):
-                    os.unlink(f)
-        for f in glob.glob(os.path.join(glob.escape(out_dir), ".*.tmp")):
-            os.unlink(f)
+        clear(out_dir, resume=resume)
         probe = os.path.join(out_dir, ".t2mlx-write-test.tmp")
         with open(probe, "wb"):
             pass
         os.unlink(probe)
     except OSError as e:
         raise os_error(out_dir, e) from None
+
+
+def clear(out_dir: str, resume: bool = False) -> None:
+    """Remove an earlier output's index, manifest, shards and temporaries (``resume``: keep shards, manifest)."""
+    # The index goes first so the directory never looks complete while we work.
+    for name in (INDEX, BIN_INDEX) if resume else (INDEX, BIN_INDEX, MANIFEST):
+        if os.path.exists(os.path.join(out_dir, name)):
+            os.unlink(os.path.join(out_dir, name))
+    if not resume:
+        for pattern in ("model*.safetensors", "pytorch_model*.bin"):
+            for f in glob.glob(os.path.join(glob.escape(out_dir), pattern)):
+                os.unlink(f)
+    for f in glob.glob(os.path.join(glob.escape(out_dir), ".*.tmp")):
+        os.unlink(f)
 
 
 def copy_sidecars(paths: list[str], out_dir: str, rewrite: dict[str, dict] | None = None) -> list[str]:
