@@ -68,12 +68,12 @@ def test_a_failed_call_keeps_finished_shards_and_resume_finishes_them(tmp_path, 
     assert len(list(ref.glob("model-*"))) == 8
     out = tmp_path / "out"
     with monkeypatch.context() as mp:
-        _manifest_disk_full(mp, 3)
+        _manifest_disk_full(mp, 4)   # the 1st manifest write comes before any shard
         with pytest.raises(Torch2MLXError, match=r"\(2 of 8 shard\(s\) finished and kept in .*--resume"):
             torch2mlx.convert(_model(0), out, max_shard_size=SHARD, workers=1)
     assert not (out / INDEX).exists() and read_json(out / MANIFEST)["complete"] is False
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
-    with pytest.raises(Torch2MLXError, match="not empty"):
+    with pytest.raises(Torch2MLXError, match="holds an interrupted run of this conversion: add --resume"):
         torch2mlx.convert(_model(0), out, max_shard_size=SHARD)
     torch2mlx.convert(_model(0), out, max_shard_size=SHARD, resume=True)
     assert _files(out) == _files(ref)

@@ -295,7 +295,7 @@ def test_a_source_truncated_during_a_copy_is_named(tmp_path, monkeypatch, kernel
     out = tmp_path / "out"
     with pytest.raises(Torch2MLXError) as e:
         torch2mlx.stream.convert(src, out, checkpoint=ck, use_model=False)
-    assert str(e.value) == f"{src}: ended during a copy (truncated while converting?)"
+    assert str(e.value).startswith(f"{src}: ended during a copy (truncated while converting?) (")   # + what was left
     assert not (out / INDEX).exists()
     assert not list(out.glob(".*.tmp"))
 

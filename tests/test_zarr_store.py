@@ -192,14 +192,12 @@ def test_enospc_at_a_chunk_is_one_error_and_the_store_reads_back_as_incomplete(t
     torch.save(sd, tmp_path / "m.pt")
     count = _enospc_after(monkeypatch, 3)
     err = assert_one_error(run_main("stream", tmp_path / "m.pt", tmp_path / "z", "--format", "zarr", "--no-model"),
-                           "no space left on device", "incomplete")
+                           "no space left on device", "removed")
     assert count[0] > 3
-    left = sorted(p.name for p in (tmp_path / "z").iterdir())
-    assert left == ["zarr.json"], left                                 # the arrays are gone, no manifest
-    assert zarr.open_group(tmp_path / "z", mode="r").attrs["torch2mlx_complete"] is False
+    assert not (tmp_path / "z").exists()                               # OUT as it was before the run
     monkeypatch.undo()
     # reading it back refuses: no zero-filled tensors from missing chunks
-    assert_one_error(run_main("stream", tmp_path / "z", tmp_path / "st", "--no-model"), "did not finish")
+    assert_one_error(run_main("stream", tmp_path / "z", tmp_path / "st", "--no-model"), "no such file")
     assert not (tmp_path / "st").exists() or not any((tmp_path / "st").iterdir())
     assert "Traceback" not in err
 
@@ -209,7 +207,9 @@ def test_a_store_killed_mid_run_is_marked_incomplete(tmp_path, monkeypatch):
     from helpers import assert_one_error, run_main
     from torch2mlx.stream.writers import zarr_store
     torch.save({"a.weight": torch.randn(8, 4)}, tmp_path / "m.pt")
+    from torch2mlx.stream.writers.target import Target
     monkeypatch.setattr(zarr_store, "finish", lambda out, m: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(Target, "_clean_up", lambda self: "")   # SIGKILL: nothing cleans up
     with pytest.raises(KeyboardInterrupt):
         convert(tmp_path / "m.pt", tmp_path / "z", use_model=False, format="zarr")
     monkeypatch.undo()
@@ -272,7 +272,7 @@ def test_enospc_at_the_manifest_is_one_error_and_the_store_reads_back_as_incompl
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     monkeypatch.setattr(files, "pwrite_all", full)      # the manifest's writes; zarr writes its chunks itself
     assert_one_error(run_main("stream", tmp_path / "m.pt", tmp_path / "z", "--format", "zarr", "--no-model"),
-                     "no space left on device", "torch2mlx.json", "incomplete")
+                     "no space left on device", "torch2mlx.json", "removed")
     monkeypatch.undo()
-    assert sorted(p.name for p in (tmp_path / "z").iterdir()) == ["zarr.json"]
-    assert_one_error(run_main("stream", tmp_path / "z", tmp_path / "st", "--no-model"), "did not finish")
+    assert not (tmp_path / "z").exists()
+    assert_one_error(run_main("stream", tmp_path / "z", tmp_path / "st", "--no-model"), "no such file")

@@ -26,6 +26,7 @@ from .out_lock import LOCK
 
 STAGE_PREFIX = ".t2mlx-new-"
 _INDEXES = (output_dir.INDEX, output_dir.BIN_INDEX)
+_ZARR_ROOTS = ("zarr.json", ".zgroup")
 
 
 def _alive(pid: int) -> bool:
@@ -160,6 +161,10 @@ class Target:
         """Old output out, new files in: renames within OUT, then the index, then the manifest that says complete."""
         try:
             output_dir.clear(self.out)
+            if any(os.path.exists(os.path.join(self.dir, n)) for n in _ZARR_ROOTS):
+                # a zarr store: the old store's arrays go too, or they would read back beside the new ones
+                from .zarr_store import clear_old_store
+                clear_old_store(self.out)
             names = sorted(os.listdir(self.dir), key=lambda n: (n == output_dir.MANIFEST, n in _INDEXES, n))
             for name in names:
                 src, dst = os.path.join(self.dir, name), os.path.join(self.out, name)

@@ -71,8 +71,8 @@ def failed(out: str, e: OSError | Torch2MLXError, created: list[str]) -> Torch2M
         what += f" ({e.filename})" if e.filename else ""
     else:   # the manifest's writer names its file and the OS error itself
         what = str(e).replace(" (partial output removed)", "")
-    return Torch2MLXError(f"{out}: writing the zarr store failed: {what}; its arrays were removed and the "
-                          "store is marked incomplete (reading it refuses); convert again with --overwrite")
+    # What stays of OUT is the Target's to say; a store left behind (SIGKILL) stays marked incomplete.
+    return Torch2MLXError(f"{out}: writing the zarr store failed: {what}")
 
 
 def _codec(name: str):
@@ -93,11 +93,13 @@ def _rows_per_block(op: Op, chunk: int) -> int:
 _NODE_FILES = ("zarr.json", ".zgroup", ".zattrs", ".zarray", ".zmetadata")
 
 
-def _clear_old_store(out: str) -> None:
+def clear_old_store(out: str) -> None:
     """--overwrite over a store: its arrays go, or they would read back beside the new ones."""
     if not os.path.isdir(out):
         return
     for name in os.listdir(out):
+        if name.startswith(".t2mlx-new-"):   # an --overwrite's new store, staged inside OUT
+            continue
         p = os.path.join(out, name)
         if name in _NODE_FILES:
             os.unlink(p)
@@ -113,7 +115,7 @@ def write(plan: Plan, out: str, *, compressor: str = "none", workers: int | None
     if compressor not in COMPRESSORS:
         raise Torch2MLXError(f"--zarr-compressor must be one of {', '.join(COMPRESSORS)}")
     check_names(plan)
-    _clear_old_store(out)
+    clear_old_store(out)
     created = [] if created is None else created
     created += sorted({array_path(o.name).split("/")[0] for op in plan.ops for o in op.outputs}
                       - set(os.listdir(out) if os.path.isdir(out) else ()))
