@@ -1,4 +1,4 @@
-"""Usage errors, exit codes, option choices and error wording: what --help and the README promise, checked."""
+"""Usage errors, exit codes, option choices and error wording: what --help and the docs promise, checked."""
 from __future__ import annotations
 
 import json
@@ -18,7 +18,9 @@ from torch2mlx.stream.options import OUT_DTYPES
 from torch2mlx.stream.writers.zarr_store import COMPRESSORS
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
+CLI_DOC = (ROOT / "docs" / "cli.md").read_text()
+SAFETY_DOC = (ROOT / "docs" / "safety.md").read_text()
+LLM_DOC = (ROOT / "docs" / "llm.md").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def test_missing_arguments_are_usage_errors_too():
     assert_one_error(run_cli(), "COMMAND", "t2mlx --help")
 
 
-# ---------------------------------------------------------------- exit codes: --help, README and behaviour agree
+# ---------------------------------------------------------------- exit codes: --help, docs and behaviour agree
 
 HELP_CODES = ("exit status: 0 done; 1 bad input or usage (one line 'error: ...' on stderr; for verify also: a "
               "check failed); 2 internal error (a bug in torch2mlx: please report it); 130 interrupted.")
@@ -71,11 +73,11 @@ def test_every_help_lists_the_exit_codes(command):
     assert HELP_CODES in " ".join(proc.stdout.split())
 
 
-def test_readme_gives_the_same_exit_codes():
-    text = " ".join(README.split())
+def test_docs_give_the_same_exit_codes():
+    text = " ".join(CLI_DOC.split())
     assert re.search(r"Exit status \(also in `t2mlx --help`\): 0 done; 1 bad input or usage .*?`verify`, a failed "
                      r"check; 2 internal error \(a bug in torch2mlx: please report it\); 130 interrupted", text)
-    assert "Exit status 2 (`internal error`) means a bug in torch2mlx" in text
+    assert "Exit status 2 (`internal error`) means a bug in torch2mlx" in " ".join(SAFETY_DOC.split())
 
 
 def test_exit_codes_as_documented(small, tmp_path, monkeypatch):
@@ -90,7 +92,7 @@ def test_exit_codes_as_documented(small, tmp_path, monkeypatch):
     assert proc.returncode == 2 and proc.stderr.startswith("error: internal error: RuntimeError: a bug")
 
 
-# ---------------------------------------------------------------- choices from the tables, in --help and README
+# ---------------------------------------------------------------- choices from the tables, in --help and docs
 
 def _stream_parser():
     from torch2mlx.cli import build_parser
@@ -106,18 +108,18 @@ def test_choices_come_from_the_library_tables():
     assert tuple(acts["zarr_compressor"].choices) == COMPRESSORS
 
 
-def test_help_and_readme_list_the_same_choices():
+def test_help_and_docs_list_the_same_choices():
     helptext = " ".join(_stream_parser().format_help().split())
     assert f"BITS ({_listed(quant.BITS)})" in helptext
     assert f"group size: {_listed(quant.GROUP_SIZES)}" in helptext
     assert f"({_listed(MIXED_RECIPES)})" in helptext
     assert "--workers N worker threads (default: cores + 1, at most 4)" in helptext
-    rows = [line for line in README.splitlines() if line.startswith("| `--")]
+    rows = [line for line in (CLI_DOC + LLM_DOC).splitlines() if line.startswith("| `--")]
     bits = "`--q-bits " + "\\|".join(map(str, quant.BITS)) + "`"
     groups = "`--q-group-size " + "\\|".join(map(str, quant.GROUP_SIZES)) + "`"
     recipes = "`--q-recipe " + "\\|".join(MIXED_RECIPES) + "`"
     for cell in (bits, groups, recipes):
-        assert sum(cell in r for r in rows) == 2, cell   # the stream table and the mlx-lm table
+        assert sum(cell in r for r in rows) == 2, cell   # the stream table (cli.md) and the mlx-lm table (llm.md)
     assert any(r.startswith("| `--workers N` | worker threads (default: cores + 1, at most 4)") for r in rows)
 
 

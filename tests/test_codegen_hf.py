@@ -18,7 +18,7 @@ from codegen_models import ARCHS, tiny_config, tiny_model
 from torch2mlx.codegen.examples import transformers_inputs
 
 # The architectures whose whole __call__ traces and translates today (the rest get stubs with TODOs, see
-# the README); a regression in tracing or translation shows here.
+# docs/codegen.md); a regression in tracing or translation shows here.
 TRACED = {
     "bert", "roberta", "distilbert", "albert", "deberta", "deberta-v2", "electra", "mpnet", "camembert", "data2vec-text",
     "gpt2", "gpt_neo", "opt",

@@ -54,6 +54,8 @@ def test_relative_links_exist_in_a_clone(doc):
             continue
         if rel not in files and rel.rstrip("/") not in dirs:
             bad.append(f"{target} (not in the repository)")
+        elif anchor and rel.endswith(".md") and anchor not in _anchors(resolved.read_text()):
+            bad.append(f"{target} (no such heading in {rel})")
     assert not bad, f"{doc}: {bad}"
 
 
@@ -71,9 +73,26 @@ def test_no_path_leaves_the_repository(doc):
 
 
 def test_the_checks_see_links():
-    """The patterns find what the README links (a check that finds nothing proves nothing)."""
+    """The patterns find what the README and docs link (a check that finds nothing proves nothing)."""
     readme = (ROOT / "README.md").read_text()
     targets = LINK.findall(readme)
-    assert "docs/support-matrix.md" in targets and "bench/throughput.png" in targets
-    assert "#convert-a-llama-for-mlx-lm" in targets and "convert-a-llama-for-mlx-lm" in _anchors(readme)
+    assert "docs/support-matrix.md" in targets and "#quickstart" in targets and "quickstart" in _anchors(readme)
+    assert "docs/cli.md#check-a-conversion-t2mlx-verify" in targets
+    assert "check-a-conversion-t2mlx-verify" in _anchors((ROOT / "docs" / "cli.md").read_text())
+    assert "../bench/throughput.png" in LINK.findall((ROOT / "docs" / "benchmarks.md").read_text())
     assert CLIMB.findall("see `../shared/DESIGN.md`") == ["../shared/DESIGN.md"]
+
+
+def test_readme_is_short_and_links_every_docs_page():
+    """The README is the way in: at most 250 lines, and every page under docs/ is reachable from it."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    linked = {str((ROOT / t.partition("#")[0]).resolve().relative_to(ROOT)) for t in LINK.findall(readme)
+              if t.startswith("docs/")}
+    pages = {str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")}
+    assert len(pages) >= 11 and pages <= linked, sorted(pages - linked)
+
+
+@pytest.mark.parametrize("doc", [d for d in DOCS if d.startswith("docs/") and d != "docs/support-matrix.md"])
+def test_every_docs_page_links_back_to_the_readme(doc):
+    assert "../README.md" in LINK.findall((ROOT / doc).read_text())

@@ -332,13 +332,15 @@ def test_a_killed_overwrite_keeps_the_old_output_and_the_next_run_clears_its_sta
     assert _files(out) == big_reference and _leftovers(out) == []
 
 
-def test_help_and_readme_give_the_exit_status_a_signal_ends_with():
+def test_help_and_docs_give_the_exit_status_a_signal_ends_with():
     proc = run_main("stream", "--help")
     text = " ".join(proc.stdout.split())
     assert "Ctrl-C: exit 130; SIGTERM from timeout, docker stop or a scheduler: exit 143" in text
     assert "OUT/.t2mlx-new-<pid>" in text
-    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
-    assert "exit status 143 (Ctrl-C: 130)" in readme and "`OUT/.t2mlx-new-<pid>`" in readme
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    safety, cli = (" ".join((docs / name).read_text().split()) for name in ("safety.md", "cli.md"))
+    assert "exit status 143 (Ctrl-C: 130)" in safety and "`OUT/.t2mlx-new-<pid>`" in safety
+    assert "`OUT/.t2mlx-new-<pid>`" in cli                 # the --overwrite row of the option table
 
 
 def test_a_failed_to_torch_overwrite_keeps_the_old_output(src, tmp_path, monkeypatch):

@@ -213,7 +213,7 @@ def test_sidecars_copied_and_config_kept(ckpts, tmp_path):
 
 
 def test_cli_q4_then_mlx_lm_generate(ckpts, mlx_ref, tmp_path):
-    """The README walkthrough: `python -m torch2mlx stream --q-bits 4`, then mlx_lm.load + generate."""
+    """The walkthrough of docs/llm.md: `python -m torch2mlx stream --q-bits 4`, then mlx_lm.load + generate."""
     out = tmp_path / "llama-4bit"
     run = subprocess.run([sys.executable, "-m", "torch2mlx", "stream", str(ckpts["llama"].bin), str(out),
                           "--q-bits", "4"], capture_output=True, text=True)

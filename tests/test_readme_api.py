@@ -1,4 +1,4 @@
-"""The README's model-API and template examples run as written (torch checks MLX's numbers)."""
+"""docs/model-api.md's live-model and template examples run as written (torch checks MLX's numbers)."""
 from __future__ import annotations
 
 import re
@@ -6,11 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+MODEL_API = Path(__file__).resolve().parent.parent / "docs" / "model-api.md"
 
 
 def _python_blocks(section: str) -> list[str]:
-    text = README.read_text(encoding="utf-8")
+    text = MODEL_API.read_text(encoding="utf-8")
     start = text.index(f"## {section}\n")
     end = text.find("\n## ", start + 1)
     return re.findall(r"```python\n(.*?)```", text[start:end], flags=re.S)
