@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import Torch2MLXError
+from . import manifest
 from .data import DataReader
 from .execute import ShardResult, compute_block
 from .options import Options
@@ -34,9 +35,9 @@ def _results(value, name, dtype):
 def run_transform(plan: Plan, out: str, transform, opts: Options, progress=None,
                   source: str = "", source_files: dict | None = None) -> tuple[list[ShardResult], int, int]:
     """Shard results, tensors written and their bytes (what the transform returned, not what was planned)."""
-    writer = ShardWriter(out, opts.max_shard_size, overwrite=True, manifest_extra={
-        "source": source, "source_files": source_files or {}, "options": opts.to_dict(), "transform": True,
-        "dropped": [{"source": n, "why": w} for n, w in plan.dropped], "warnings": plan.warnings})
+    writer = ShardWriter(out, opts.max_shard_size, overwrite=True, manifest_extra=manifest.for_transform(
+        source=source, source_files=source_files, options=opts.to_dict(), dropped=plan.dropped,
+        warnings=plan.warnings))
     try:
         with DataReader() as reader:
             for op in plan.ops:
