@@ -106,6 +106,17 @@ def dropped_sources(m: Manifest) -> list:
     return [d.get("source") for d in m.dropped or [] if isinstance(d, dict)]
 
 
+def transform_record(op, transformed: bool) -> dict:
+    """The record of a tensor a user transform returned for ``op``'s output (ShardWriter adds dtype, shape,
+    shard); ``transformed``: its values are not the plan's, so only the transform knows them."""
+    src = op.sources[0]
+    rec = {"source": src.name, "rule": op.rule, "rule_source": op.rule_source, "transformed": transformed,
+           "source_dtype": src.dtype.name, "source_shape": list(src.shape)}
+    if op.args:
+        rec["args"] = op.args
+    return rec
+
+
 def transformed(m: Manifest) -> list[str]:
     """Outputs of a run through a user transform whose values it changed (a record without the flag: changed)."""
     return [n for n, r in (m.tensors or {}).items() if r.get("transformed", True)]
