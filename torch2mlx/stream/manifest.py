@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from .. import rules
 from ..errors import Torch2MLXError
-from .plan import RuleSpec
+from .spec import RuleSpec
 from .writers.files import write_json_atomic
 
 NAME = "torch2mlx.json"
@@ -196,6 +196,30 @@ def read_or_none(out_dir: str) -> Manifest | None:
         return read(out_dir)
     except (OSError, ValueError, TypeError):
         return None
+
+
+def tensor_records(plan) -> dict[str, dict]:
+    """A plan's records, one per output tensor: its source(s), rule, dtype, shape, shard, and what a
+    transform (quantization, fp8 scaling) records about it; a quantized weight's scales and biases say
+    their ``role``. The inverse of ``specs_from_records`` (which reads source, rule and args back)."""
+    recs = {}
+    shards = plan.shards
+    for op in plan.ops:
+        src = op.sources[0]
+        for out in op.outputs:
+            rec = {"source": src.name if len(op.sources) == 1 else [s.name for s in op.sources],
+                   "rule": op.rule, "rule_source": op.rule_source,
+                   "dtype": out.dtype.name, "shape": list(out.shape),
+                   "source_dtype": src.dtype.name, "source_shape": list(src.shape),
+                   "shard": shards[out.shard].file}
+            if op.args:
+                rec["args"] = op.args
+            if op.transform_info:
+                rec.update(op.transform_info)
+                if len(op.outputs) > 1:
+                    rec["role"] = out.name.rsplit(".", 1)[-1]
+            recs[out.name] = rec
+    return recs
 
 
 def specs_from_records(records: dict) -> tuple[list[RuleSpec], dict[str, dict]]:
