@@ -89,6 +89,7 @@ class Manifest:
         return key if key is not None else self.source_key
 
     def without_records(self, names) -> Manifest:
+        names = set(names)
         return dataclasses.replace(self, tensors={n: r for n, r in (self.tensors or {}).items() if n not in names})
 
 
