@@ -9,6 +9,14 @@ per output tensor; ``shards`` with size and sha256), what was left out
 ``format`` and ``compressor``; a run through a user transform adds
 ``transform``.
 
+A record (``tensor_records``) says ``source`` (a name, or a list for ops of
+several sources), ``rule``, ``rule_source``, ``args``, ``dtype``, ``shape``,
+``source_dtype``, ``source_shape`` and ``shard`` (zarr: ``array``), plus what a
+transform adds (``quantization``, ``fp8_scale``; a quantized weight's scales
+and biases say their ``role``; a user transform's outputs say ``transformed``).
+``specs_from_records`` reads source, rule and args back into ``RuleSpec``s,
+which ``--to torch`` and ``to_torch`` invert.
+
 Writers build a ``Manifest`` with one of the ``for_*`` constructors; its
 ``layout`` is the keys it writes, in order, so the file is byte for byte what
 earlier versions wrote for the same run. Readers get a ``Manifest`` whose
