@@ -192,8 +192,30 @@ def test_quantized_conversion_loads_into_quantized_linear(tmp_path):
     ref_q = mnn.QuantizedLinear.from_linear(ref, group_size=32, bits=4)
     for k in ("weight", "scales", "biases", "bias"):     # MLX's own quantization is the judge
         assert np.array_equal(np.array(getattr(q, k)), np.array(getattr(ref_q, k))), k
-    with pytest.raises(Torch2MLXError, match="quantized"):
-        torch2mlx.to_torch(tmp_path / "q.safetensors", res)
+    # Back to torch as the stream's --to torch does it: the weight dequantized (mx.dequantize is the judge),
+    # scales and biases folded into it, the bias exact.
+    want = torch.from_numpy(np.array(mx.dequantize(q.weight, q.scales, q.biases, group_size=32, bits=4)))
+    for back in (torch2mlx.to_torch(tmp_path / "q.safetensors", res),
+                 torch2mlx.to_torch(torch2mlx.load_converted(tmp_path / "q.safetensors"), res)):
+        assert set(back) == {"0.weight", "0.bias"}
+        assert torch.equal(back["0.weight"], want) and torch.equal(back["0.bias"], lin.bias.detach())
+
+
+def test_to_torch_dequantizes_a_quantized_conversion_directory(tmp_path):
+    """A directory's manifest records the quantization: no model or Result needed to undo it."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(128, 8))
+    torch2mlx.convert(m, tmp_path / "q", q_bits=8, q_group_size=64)
+    stored = torch2mlx.load_converted(tmp_path / "q")
+    assert stored["0.weight"].dtype == stored["2.weight"].dtype == mx.uint32
+    back = torch2mlx.to_torch(tmp_path / "q")
+    assert set(back) == set(m.state_dict())
+    for i in (0, 2):
+        w = mx.dequantize(stored[f"{i}.weight"], stored[f"{i}.scales"], stored[f"{i}.biases"], group_size=64, bits=8)
+        assert torch.equal(back[f"{i}.weight"], torch.from_numpy(np.array(w)))
+        assert torch.equal(back[f"{i}.bias"], m.state_dict()[f"{i}.bias"])
+    # the quantizer's error, no more: the values are the model's
+    assert torch.max(torch.abs(back["0.weight"] - m[0].weight.detach())) < 0.01
 
 
 def test_load_converted_flat_prefixed_and_nested(tmp_path):

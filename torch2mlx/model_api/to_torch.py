@@ -16,20 +16,9 @@ from ..reverse import reverse_specs
 from ..stream.checkpoint import Checkpoint, open_checkpoint
 from ..stream.entry import TensorEntry
 from ..stream.plan import RuleSpec
-from ..stream.writers.output_dir import MANIFEST
+from ..stream import manifest
+from ..stream.reverse_plan import dequantized
 from .memory import is_module, memory_checkpoint
-
-
-def specs_from_records(records: dict) -> list[RuleSpec]:
-    """Forward specs from a manifest's (or ``Plan.tensor_records()``'s) per-tensor records."""
-    specs = []
-    for out, rec in records.items():
-        if "quantization" in rec:
-            raise Torch2MLXError(f"{out}: quantized weights cannot go back to torch (convert without q_bits)")
-        src = rec["source"]
-        specs.append(RuleSpec(out, tuple(src) if isinstance(src, list) else (src,), rec["rule"],
-                              dict(rec.get("args", {})), rec.get("rule_source", "model")))
-    return specs
 
 
 def _names_only(state: dict) -> Checkpoint:
@@ -44,31 +33,31 @@ def _names_only(state: dict) -> Checkpoint:
 
 
 def _forward(model_or_rules, path: str | None):
-    """``(forward specs, dropped torch names, the model's state dict or None)``."""
+    """``(forward specs, dropped torch names, the model's state dict or None, the conversion's records)``."""
     if is_module(model_or_rules):
         from ..analysis.stream_inputs import module_inputs
         state = model_or_rules.state_dict()
         got = module_inputs(_names_only(state), model_or_rules)
-        return got.specs or [], dict(got.drop), state
+        return got.specs or [], dict(got.drop), state, {}
     if model_or_rules is None:
-        manifest = os.path.join(path, MANIFEST) if path and os.path.isdir(path) else None
-        if manifest is None or not os.path.isfile(manifest):
+        if not path or not os.path.isfile(manifest.path(path)):
             raise Torch2MLXError("to_torch needs the torch model (or its rules) unless the source is a "
-                                 f"conversion directory with {MANIFEST}")
-        import json
+                                 f"conversion directory with {manifest.NAME}")
         try:
-            with open(manifest, "rb") as f:
-                records = json.loads(f.read())["tensors"]
-        except (OSError, ValueError, KeyError) as e:
-            raise Torch2MLXError(f"{manifest}: unreadable manifest ({e})") from None
-        return specs_from_records(records), {}, None
+            records = manifest.read(path).tensors
+        except (OSError, ValueError, TypeError) as e:
+            raise Torch2MLXError(f"{manifest.path(path)}: unreadable manifest ({e})") from None
+        if not isinstance(records, dict):
+            raise Torch2MLXError(f"{manifest.path(path)}: unreadable manifest (it lists no tensors)")
+        return manifest.specs_from_records(records)[0], {}, None, records
     plan = getattr(model_or_rules, "plan", None)
     if plan is not None:   # a conversion's Result
-        return specs_from_records(plan.tensor_records()), {}, None
+        records = plan.tensor_records()
+        return manifest.specs_from_records(records)[0], {}, None, records
     specs = list(model_or_rules)
     if not all(isinstance(s, RuleSpec) for s in specs):
         raise Torch2MLXError("model_or_rules must be an nn.Module, a conversion Result or a list of RuleSpec")
-    return specs, {}, None
+    return specs, {}, None, {}
 
 
 def _select(ck: Checkpoint, back: list[RuleSpec], strict: bool) -> tuple[Checkpoint, list[RuleSpec]]:
@@ -108,13 +97,15 @@ def to_torch(path_or_dict, model_or_rules=None, *, strict: bool = True, dtype: s
     from ..stream.plan import build
     path = os.fspath(path_or_dict) if isinstance(path_or_dict, (str, os.PathLike)) else None
     ck = open_checkpoint(path) if path is not None else memory_checkpoint(path_or_dict, "<MLX weights>")
-    specs, dropped, state = _forward(model_or_rules, path)
+    specs, dropped, state, records = _forward(model_or_rules, path)
     if not specs:
         raise Torch2MLXError("no tensors to convert back (the rules are empty)")
-    ck, back = _select(ck, reverse_specs(specs), strict)
-    plan = build(ck, Options.make(dtype=dtype), back)
     out = {}
     with DataReader() as reader:
+        if records:   # a conversion's quantized weights go back dequantized, as the stream's --to torch does
+            ck = dequantized(ck, records, reader)[0]
+        ck, back = _select(ck, reverse_specs(specs), strict)
+        plan = build(ck, Options.make(dtype=dtype), back)
         for op in plan.ops:
             o = op.outputs[0]
             arr = compute_block(op, reader, 0, o.shape[0] if o.shape else 1).reshape(o.shape)

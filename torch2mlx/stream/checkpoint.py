@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ..errors import CheckpointError, Torch2MLXError
 from .entry import TensorEntry
+from .manifest import NAME
 from .readers import npz, pickled, safetensors, unpickler, zarr_store
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -15,7 +16,7 @@ FORMATS_READ = ", ".join(WEIGHT_SUFFIXES) + ", a zarr store"   # for errors and 
 # Files in model directories that hold training state, not weights.
 NOT_WEIGHTS = ("optimizer.pt", "scheduler.pt", "training_args.bin", "rng_state.pth", "scaler.pt")
 SIDECAR_SUFFIXES = (".json", ".txt", ".model", ".py", ".jinja", ".tiktoken", ".md")
-OUR_FILES = ("torch2mlx.json",)
+OUR_FILES = (NAME,)
 MAX_JSON = 100 * 1024 * 1024   # index and config files; the index of a 1T-parameter model is a few MB
 
 

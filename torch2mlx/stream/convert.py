@@ -14,7 +14,7 @@ from .checkpoint import Checkpoint, open_checkpoint
 from .data import DataReader
 from .execute import Executor, ShardResult
 from .options import Options
-from . import mlx_source
+from . import manifest as manifest_mod, mlx_source
 from . import resume as resume_mod
 from .plan import Plan, RuleSpec, build
 from . import sidecar_config
@@ -76,29 +76,19 @@ class Result:
         return format_result(self)
 
 
-def manifest(res: Result, opts: Options, complete: bool = True) -> dict:
+def manifest(res: Result, opts: Options, complete: bool = True, to_torch: dict | None = None) -> manifest_mod.Manifest:
     """The manifest; while the run goes on (``complete=False``) without the per-tensor records.
 
     It is rewritten after every shard, and --resume needs only the plan's fingerprint and
     the finished shards: records in every rewrite made a 164-shard, 40,000-tensor
     conversion 35x slower than one shard.
     """
-    m = {"torch2mlx": __version__, "source": res.source, "options": opts.to_dict()}
-    if res.checkpoint.key is not None:
-        m["source_key"] = res.checkpoint.key
-    if res.checkpoint.layout == "mlx":   # records of an MLX source say nothing about torch layouts (--to torch)
-        m["source_layout"] = "mlx"
-    if complete:
-        m["tensors"] = res.plan.tensor_records()
-    m.update({
-        "shards": {s.file: {"bytes": s.bytes, "sha256": s.sha256} for s in res.shards},
-        "dropped": [{"source": n, "why": w} for n, w in res.plan.dropped],
-        "warnings": res.plan.warnings,
-        "plan_sha256": resume_mod.fingerprint(res.plan),
-        "source_files": res.source_files,
-        "complete": complete,
-    })
-    return m
+    return manifest_mod.for_run(
+        version=__version__, source=res.source, options=opts.to_dict(), source_key=res.checkpoint.key,
+        # records of an MLX source say nothing about torch layouts (--to torch)
+        mlx_source=res.checkpoint.layout == "mlx", tensors=res.plan.tensor_records() if complete else None,
+        shards=manifest_mod.shard_records(res.shards), dropped=res.plan.dropped, warnings=res.plan.warnings,
+        plan_sha256=resume_mod.fingerprint(res.plan), source_files=res.source_files, to_torch=to_torch)
 
 
 def _convert_zarr(res: Result, ck: Checkpoint, opts: Options, plan: Plan, out: str,
@@ -276,7 +266,7 @@ def _write_shards(res: Result, ck: Checkpoint, opts: Options, plan: Plan, out: s
     res.sidecars = output_dir.copy_sidecars(ck.sidecars, out, rewrite=sidecar_config.rewrite(ck, opts, plan))
     if transform is None and fresh:
         # Before any shard: an interrupted run is known as one (and resumable) from the start.
-        output_dir.write_manifest(out, manifest(res, opts, complete=False))
+        manifest_mod.write(out, manifest(res, opts, complete=False))
     t0 = time.perf_counter()
     todo = [i for i in range(len(plan.shards)) if i not in done]
     bar, update = progress_bar(res.nbytes_in, progress)
@@ -288,7 +278,7 @@ def _write_shards(res: Result, ck: Checkpoint, opts: Options, plan: Plan, out: s
         with lock:
             done[index_of[r.file]] = r
             res.shards = [done[i] for i in sorted(done)]
-            output_dir.write_manifest(out, manifest(res, opts, complete=False))
+            manifest_mod.write(out, manifest(res, opts, complete=False))
     try:
         if transform is not None:
             from .transform import run_transform
@@ -306,6 +296,6 @@ def _write_shards(res: Result, ck: Checkpoint, opts: Options, plan: Plan, out: s
     if transform is None:  # the ShardWriter behind a transform wrote its own manifest and index
         weight_map = {o.name: plan.shards[o.shard].file for op in plan.ops for o in op.outputs}
         output_dir.write_index(out, weight_map, plan.nbytes_out)
-        # "complete": true only once the index exists (a failure here removes the index again)
-        output_dir.write_manifest(out, manifest(res, opts))
+        # complete only once the index exists (a failure here removes the index again)
+        manifest_mod.write(out, manifest(res, opts))
     res.seconds = time.perf_counter() - t0

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .checkpoint import OUR_FILES, Checkpoint, _read_json
+from . import manifest
+from .checkpoint import Checkpoint
+from .manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -29,14 +31,9 @@ class MLXSource:
         return f"already MLX (quantized: {self.bits}-bit, group {self.group_size}{more})"
 
 
-def _our_manifest(ck: Checkpoint) -> dict | None:
-    if not os.path.isdir(ck.path):
-        return None
-    try:
-        m = _read_json(os.path.join(ck.path, OUR_FILES[0]))
-    except (OSError, ValueError):
-        return None
-    return m if isinstance(m, dict) and "torch2mlx" in m else None
+def _our_manifest(ck: Checkpoint) -> Manifest | None:
+    m = manifest.read_or_none(ck.path) if os.path.isdir(ck.path) else None
+    return m if m is not None and m.version is not None else None
 
 
 def _has_quantized_triplets(ck: Checkpoint) -> bool:
@@ -48,16 +45,16 @@ def _has_quantized_triplets(ck: Checkpoint) -> bool:
 
 def detect(ck: Checkpoint) -> MLXSource | None:
     """What ``ck`` is when it is already MLX; None for a PyTorch (or unknown-layout) source."""
-    manifest = _our_manifest(ck)
-    if manifest is not None and manifest.get("to") == "torch":
+    ours = _our_manifest(ck)
+    if ours is not None and ours.to_torch:
         return None    # our --to torch output: PyTorch layout
     block = (ck.config or {}).get("quantization")
-    if manifest is None and ck.metadata.get("format") != "mlx" and not isinstance(block, dict):
+    if ours is None and ck.metadata.get("format") != "mlx" and not isinstance(block, dict):
         return None
     if isinstance(block, dict):
         per_layer = [v for v in block.values() if isinstance(v, dict)]
         return MLXSource(True, block.get("bits"), block.get("group_size"), len(per_layer))
-    opts = (manifest or {}).get("options") or {}
+    opts = (ours.options if ours is not None else None) or {}
     if opts.get("q_bits") or opts.get("q_recipe"):
         return MLXSource(True, opts.get("q_bits"), opts.get("q_group_size") or 64)
     return MLXSource(_has_quantized_triplets(ck))

@@ -13,22 +13,13 @@ from dataclasses import dataclass, field
 from .. import dtypes, rules
 from ..dtypes import DType
 from ..errors import Torch2MLXError
+from . import manifest
 from .checkpoint import Checkpoint
 from .entry import TensorEntry
 from .options import Options
+from .spec import RuleSpec
 
 SHARD_METADATA = {"format": "mlx"}
-
-
-@dataclass(frozen=True, slots=True)
-class RuleSpec:
-    """One planned output from the analyzer (or another rule provider)."""
-
-    out: str
-    sources: tuple[str, ...]
-    rule: str
-    args: dict = field(default_factory=dict)
-    rule_source: str = "model"
 
 
 # slots: a checkpoint of 100,000 tensors holds as many entries, ops and outputs.
@@ -119,23 +110,7 @@ class Plan:
 
     def tensor_records(self) -> dict[str, dict]:
         """Manifest records, one per output tensor."""
-        recs = {}
-        for op in self.ops:
-            src = op.sources[0]
-            for out in op.outputs:
-                rec = {"source": src.name if len(op.sources) == 1 else [s.name for s in op.sources],
-                       "rule": op.rule, "rule_source": op.rule_source,
-                       "dtype": out.dtype.name, "shape": list(out.shape),
-                       "source_dtype": src.dtype.name, "source_shape": list(src.shape),
-                       "shard": self.shards[out.shard].file}
-                if op.args:
-                    rec["args"] = op.args
-                if op.transform_info:
-                    rec.update(op.transform_info)
-                    if len(op.outputs) > 1:
-                        rec["role"] = out.name.rsplit(".", 1)[-1]
-                recs[out.name] = rec
-        return recs
+        return manifest.tensor_records(self)
 
     def to_dict(self) -> dict:
         return {"tensors": self.tensor_records(),

@@ -20,7 +20,8 @@ import os
 from ..errors import Torch2MLXError
 from .plan import Plan
 from .writers.files import sha256_file
-from .writers.output_dir import MANIFEST
+from . import manifest as manifest_mod
+from .manifest import NAME as MANIFEST, Manifest
 
 
 def fingerprint(plan: Plan) -> str:
@@ -95,27 +96,24 @@ def changed_source(src: str, recorded: dict, current: dict | None = None) -> tup
     return None
 
 
-def check_source(src: str, manifest: dict, current: dict, out_dir: str) -> None:
+def check_source(src: str, manifest: Manifest, current: dict, out_dir: str) -> None:
     """Refuse to resume over output made from source files that have changed since."""
-    recorded = manifest.get("source_files")
+    recorded = manifest.source_files
     if not isinstance(recorded, dict):
         raise Torch2MLXError(f"--resume: {out_dir}: its manifest records no source identity (written by an older "
                              "torch2mlx), so a changed source cannot be ruled out; rerun with --overwrite "
                              "to convert afresh")
     changed = changed_source(src, recorded, current)
     if changed:
-        since = "the interrupted run" if manifest.get("complete") is False else f"{out_dir} was converted"
+        since = f"{out_dir} was converted" if manifest.finished else "the interrupted run"
         raise Torch2MLXError(f"--resume: {changed[0]} changed since {since} ({changed[1]}); "
                              "rerun with --overwrite to convert afresh")
 
 
 def recorded_key(out_dir: str) -> str | None:
     """The key path into a nested source that the run in ``out_dir`` read its weights from, if any."""
-    try:
-        with open(os.path.join(out_dir, MANIFEST), "rb") as f:
-            key = json.loads(f.read()).get("source_key")
-    except (OSError, ValueError, AttributeError):
-        return None
+    m = manifest_mod.read_or_none(out_dir)
+    key = m.source_key if m is not None else None
     return key if isinstance(key, str) else None
 
 
@@ -126,21 +124,19 @@ def finished_shards(plan: Plan, out_dir: str, fp: str, src: str,
     Raises when OUT belongs to another plan, or when a source file is not the one
     the finished shards were made from (``current``: this run's source identities).
     """
-    path = os.path.join(out_dir, MANIFEST)
-    if not os.path.exists(path):
-        return [], {}, ["nothing to resume (no torch2mlx.json in OUT); converting everything"]
+    if not os.path.exists(manifest_mod.path(out_dir)):
+        return [], {}, [f"nothing to resume (no {MANIFEST} in OUT); converting everything"]
     try:
-        with open(path, "rb") as f:
-            manifest = json.loads(f.read())
-    except (OSError, ValueError):
-        return [], {}, ["torch2mlx.json in OUT is unreadable; converting everything"]
-    if manifest.get("plan_sha256") != fp:
+        manifest = manifest_mod.read(out_dir)
+    except (OSError, ValueError, TypeError):
+        return [], {}, [f"{MANIFEST} in OUT is unreadable; converting everything"]
+    if manifest.plan_sha256 != fp:
         raise Torch2MLXError(f"{out_dir}: holds a conversion with a different plan (other source or options); "
                              "cannot resume it (use --overwrite to start over)")
     check_source(src, manifest, current, out_dir)
     keep, digests, notes = [], {}, []
     by_file = {s.file: i for i, s in enumerate(plan.shards)}
-    for file, rec in sorted((manifest.get("shards") or {}).items()):
+    for file, rec in sorted((manifest.shards or {}).items()):
         i = by_file.get(file)
         p = os.path.join(out_dir, file)
         if i is None or not isinstance(rec, dict) or not os.path.isfile(p):
@@ -164,14 +160,10 @@ def finished_shards(plan: Plan, out_dir: str, fp: str, src: str,
 
 def interrupted_run(out_dir: str, fp: str, src: str, current: dict) -> str | None:
     """What to tell a run without --resume/--overwrite when OUT holds an unfinished run of this very plan."""
-    try:
-        with open(os.path.join(out_dir, MANIFEST), "rb") as f:
-            manifest = json.loads(f.read())
-    except (OSError, ValueError):
+    manifest = manifest_mod.read_or_none(out_dir)
+    if manifest is None or manifest.finished or manifest.plan_sha256 != fp:
         return None
-    if not isinstance(manifest, dict) or manifest.get("complete") is not False or manifest.get("plan_sha256") != fp:
-        return None
-    recorded = manifest.get("source_files")
+    recorded = manifest.source_files
     if not isinstance(recorded, dict):   # an older torch2mlx's run: --resume would refuse it
         return None
     changed = changed_source(src, recorded, current)

@@ -18,7 +18,6 @@ work unchanged; shards carry ``{"format": "pt"}`` as transformers writes them.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 
@@ -33,7 +32,8 @@ from .data import DataReader
 from .entry import TensorEntry
 from .options import Options
 from .plan import Op, Plan, RuleSpec, assign_shards, build
-from .writers.output_dir import MANIFEST
+from . import manifest as manifest_mod
+from .manifest import NAME as MANIFEST, Manifest
 
 TORCH_METADATA = {"format": "pt"}
 # A training-step counter the forward stream drops (MLX norms have none): strict loading in torch
@@ -49,17 +49,17 @@ class ReversePlan:
     config: dict | None = None     # config.json for the torch side (quantization blocks removed)
 
 
-def read_manifest(ck: Checkpoint) -> dict | None:
-    """Our manifest next to the weights of a directory (or zarr store), if there is one."""
-    path = os.path.join(ck.path, MANIFEST)
-    if not os.path.isdir(ck.path) or not os.path.isfile(path):
+def read_manifest(ck: Checkpoint) -> Manifest | None:
+    """Our manifest next to the weights of a directory (or zarr store), if there is one with records."""
+    if not os.path.isdir(ck.path) or not os.path.isfile(manifest_mod.path(ck.path)):
         return None
     try:
-        with open(path, "rb") as f:
-            m = json.loads(f.read())
+        m = manifest_mod.read(ck.path)
     except (OSError, ValueError) as e:
-        raise Torch2MLXError(f"{path}: unreadable manifest ({e})") from None
-    return m if isinstance(m, dict) and isinstance(m.get("tensors"), dict) else None
+        raise Torch2MLXError(f"{manifest_mod.path(ck.path)}: unreadable manifest ({e})") from None
+    except TypeError:
+        return None
+    return m if isinstance(m.tensors, dict) else None
 
 
 def _quant_params(base: str, records: dict, config: dict | None) -> dict | None:
@@ -75,30 +75,16 @@ def _quant_params(base: str, records: dict, config: dict | None) -> dict | None:
     return q if "bits" in q and "group_size" in q else None
 
 
-def _dequantized(ck: Checkpoint, records: dict, reader: DataReader) -> tuple[Checkpoint, int]:
+def dequantized(ck: Checkpoint, records: dict, reader: DataReader) -> tuple[Checkpoint, int]:
+    """``ck`` with each quantized triple as one float weight read through ``reader``, and how many there were."""
     found = {}
     for base, (w, s, b) in dequant.find(ck.entries).items():
         q = _quant_params(base, records, ck.config)
         if q is None:
-            raise Torch2MLXError(f"{base}.weight is quantized (uint32 codes with scales), but neither torch2mlx.json "
+            raise Torch2MLXError(f"{base}.weight is quantized (uint32 codes with scales), but neither {MANIFEST} "
                                  "nor config.json says with how many bits and which group size")
         found[base] = dequant.check(base, w, s, b, int(q["bits"]), int(q["group_size"]), q.get("mode", "affine"))
     return (dequant.view(ck, found, reader) if found else ck), len(found)
-
-
-def _manifest_specs(m: dict) -> tuple[list[RuleSpec], dict[str, dict]]:
-    """Forward specs from manifest records, and each MLX tensor's record (by the name the plan reads)."""
-    specs, by_mlx = [], {}
-    for name, rec in m["tensors"].items():
-        if rec.get("role") in ("scales", "biases"):
-            continue   # part of its weight: the dequantized weight is the MLX tensor
-        src = rec.get("source")
-        srcs = tuple(src) if isinstance(src, list) else (src,)
-        if not all(isinstance(s, str) for s in srcs) or rec.get("rule") not in rules.RULES:
-            raise Torch2MLXError(f"{MANIFEST}: record {name!r} has no usable source and rule")
-        specs.append(RuleSpec(name, srcs, rec["rule"], dict(rec.get("args") or {}), "manifest"))
-        by_mlx[name] = rec
-    return specs, by_mlx
 
 
 def _model_specs(ck: Checkpoint, model, model_kwargs) -> tuple[list[RuleSpec] | None, dict, list[str]]:
@@ -220,13 +206,13 @@ class _Rules:
     errors: list[str]
 
 
-def _rules(m: dict | None, view: Checkpoint, specs, model, model_kwargs, use_model: bool) -> _Rules:
+def _rules(m: Manifest | None, view: Checkpoint, specs, model, model_kwargs, use_model: bool) -> _Rules:
     errors: list[str] = []
     if specs is not None:
         return _Rules(specs, "given", {}, {}, [], [], errors)
     if m is not None:
-        forward, by_mlx = _manifest_specs(m)
-        counters = [d.get("source") for d in m.get("dropped") or [] if isinstance(d, dict)]
+        forward, by_mlx = manifest_mod.specs_from_records(m.tensors)
+        counters = manifest_mod.dropped_sources(m)
         return _Rules(reverse_specs(forward, errors), "manifest", by_mlx, {}, counters,
                       [f"rules from {MANIFEST} ({len(forward)} MLX tensors), inverted"], errors)
     if model is not None or (use_model and view.config is not None):
@@ -246,26 +232,26 @@ def prepare(ck: Checkpoint, opts: Options, reader: DataReader, *, specs: list[Ru
         what = "a pickle" if "pickle" in ck.format else "format=pt"
         raise Torch2MLXError(f"{ck.path}: already a PyTorch checkpoint ({what}); --to torch reads MLX checkpoints")
     m = read_manifest(ck)
-    if m is not None and m.get("to") == "torch":
+    if m is not None and m.to_torch:
         raise Torch2MLXError(f"{ck.path}: written by --to torch (already PyTorch layout)")
-    if m is not None and not m.get("complete", True):
-        raise Torch2MLXError(f"{ck.path}: its torch2mlx.json says the conversion did not finish")
+    if m is not None and not m.finished:
+        raise Torch2MLXError(f"{ck.path}: its {MANIFEST} says the conversion did not finish")
     warnings = []
-    if m is not None and m.get("transform"):
-        warnings.append("torch2mlx.json: written through a user transform, whose changes cannot be undone; "
+    if m is not None and m.transform:
+        warnings.append(f"{MANIFEST}: written through a user transform, whose changes cannot be undone; "
                         "its records are not used")
         m = None
-    copied_mlx = m is not None and m.get("source_layout") == "mlx"
+    copied_mlx = m is not None and m.source_layout == "mlx"
     if copied_mlx:   # its records map MLX tensors to themselves: nothing about torch layouts in them
         m = None
-    view, n_quant = _dequantized(ck, m["tensors"] if m is not None else {}, reader)
+    view, n_quant = dequantized(ck, m.tensors if m is not None else {}, reader)
     view = dataclasses.replace(view, layout="mlx")   # no forward layout may be guessed on the way back
     r = _rules(m, view, specs, model, model_kwargs, use_model)
     notes = list(r.notes)
     if copied_mlx:
         notes.append(f"{MANIFEST}: the forward run read a source that was already MLX; its records are not used")
     if r.how == "none":
-        warnings.append("no torch2mlx.json and no model information: tensors keep their MLX names and layouts "
+        warnings.append(f"no {MANIFEST} and no model information: tensors keep their MLX names and layouts "
                         "(give --model, or --rule REGEX=RULE naming the forward layout to undo)")
     have = {e.name for e in view.entries}
     restored = [e for e in _counters(r.counters) if e.name not in have]
@@ -292,7 +278,7 @@ def prepare(ck: Checkpoint, opts: Options, reader: DataReader, *, specs: list[Ru
         if absent:
             plan.warnings.append(f"{len(absent)} tensor(s) in {MANIFEST} are not in the checkpoint, so not "
                                  f"rebuilt: {_some(absent)}")
-        lost = [d.get("source") for d in m.get("dropped") or [] if isinstance(d, dict) and d.get("source") not in outs]
+        lost = [s for s in manifest_mod.dropped_sources(m) if s not in outs]
         if lost:
             notes.append(f"{len(lost)} tensor(s) the forward conversion dropped are not rebuilt: {_some(lost)}")
     bad = _check_shapes(plan, r.by_mlx, r.model_shapes)

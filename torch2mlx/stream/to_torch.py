@@ -20,7 +20,7 @@ from .convert import Result, manifest
 from .data import DataReader
 from .execute import Executor
 from .options import Options
-from . import resume as resume_mod, reverse_plan
+from . import manifest as manifest_mod, resume as resume_mod, reverse_plan
 from .writers import out_lock, output_dir, torch_bin
 from .writers.target import Target
 
@@ -93,7 +93,7 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
         # not resumable: a failure leaves OUT as it was (--overwrite: the old output, whole)
         with Target(out, overwrite=overwrite, src_paths=ck.files, shards=len(plan.shards), existed=existed) as target:
             t0 = _write(res, rp, opts, target.dir, format, side, workers, progress, drop_cache,
-                        {"model": model, "model_kwargs": model_kwargs, "use_model": use_model})
+                        dict(model=model, model_kwargs=model_kwargs, use_model=use_model))
     res.seconds = time.perf_counter() - t0
     return res
 
@@ -110,7 +110,7 @@ def _write(res: Result, rp, opts: Options, out: str, format: str, side: DataRead
     def shard_done(r):
         done[r.file] = r   # the manifest on disk says which shards are finished, as the forward run's does
         res.shards = [done[s.file] for s in plan.shards if s.file in done]
-        output_dir.write_manifest(out, _manifest(res, opts, format, model_info, complete=False))
+        manifest_mod.write(out, manifest(res, opts, complete=False, to_torch=dict(format=format, **model_info)))
 
     with _progress(plan.nbytes_in, progress) as update:
         if format == "bin":
@@ -122,10 +122,7 @@ def _write(res: Result, rp, opts: Options, out: str, format: str, side: DataRead
     weight_map = {o.name: plan.shards[o.shard].file for op in plan.ops for o in op.outputs}
     output_dir.write_index(out, weight_map, plan.nbytes_out,
                            output_dir.BIN_INDEX if format == "bin" else output_dir.INDEX)
-    # "complete": true only once the index exists
-    output_dir.write_manifest(out, _manifest(res, opts, format, model_info))
+    # complete only once the index exists
+    manifest_mod.write(out, manifest(res, opts, to_torch=dict(format=format, **model_info)))
     return t0
 
-
-def _manifest(res: Result, opts: Options, format: str, model_info: dict, complete: bool = True) -> dict:
-    return {**manifest(res, opts, complete), "to": "torch", "format": format, **model_info}

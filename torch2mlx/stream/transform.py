@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import Torch2MLXError
+from . import manifest
 from .data import DataReader
 from .execute import ShardResult, compute_block
 from .options import Options
@@ -34,9 +35,9 @@ def _results(value, name, dtype):
 def run_transform(plan: Plan, out: str, transform, opts: Options, progress=None,
                   source: str = "", source_files: dict | None = None) -> tuple[list[ShardResult], int, int]:
     """Shard results, tensors written and their bytes (what the transform returned, not what was planned)."""
-    writer = ShardWriter(out, opts.max_shard_size, overwrite=True, manifest_extra={
-        "source": source, "source_files": source_files or {}, "options": opts.to_dict(), "transform": True,
-        "dropped": [{"source": n, "why": w} for n, w in plan.dropped], "warnings": plan.warnings})
+    writer = ShardWriter(out, opts.max_shard_size, overwrite=True, manifest_extra=manifest.for_transform(
+        source=source, source_files=source_files, options=opts.to_dict(), dropped=plan.dropped,
+        warnings=plan.warnings))
     try:
         with DataReader() as reader:
             for op in plan.ops:
@@ -44,19 +45,13 @@ def run_transform(plan: Plan, out: str, transform, opts: Options, progress=None,
                 rows = o.shape[0] if o.shape else 1
                 arr = compute_block(op, reader, 0, rows).reshape(o.shape)
                 value = to_mx(arr, o.dtype)   # typed: user code never sees bfloat16 as raw bits
-                src = op.sources[0]
                 for name, array, dt in _results(transform(o.name, value, o.dtype.name), o.name, o.dtype):
                     bits, dt = from_user(array, dt, name)
                     # Values equal to the plan's (handed back, renamed, or recomputed alike): verify can
                     # recompute them from the source with the plan's rule; the rest only the transform knows.
                     same = (dt == o.dtype and op.transform is None and bits.shape == arr.shape
                             and np.array_equal(_bytes(bits), _bytes(arr)))
-                    record = {"source": src.name, "rule": op.rule, "rule_source": op.rule_source,
-                              "transformed": not same,
-                              "source_dtype": src.dtype.name, "source_shape": list(src.shape)}
-                    if op.args:
-                        record["args"] = op.args
-                    writer.add_bits(name, bits, dt, record=record)
+                    writer.add_bits(name, bits, dt, record=manifest.transform_record(op, transformed=not same))
                 if progress:
                     progress(op.nbytes_in)
         results = writer.close()

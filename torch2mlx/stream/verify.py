@@ -25,7 +25,9 @@ from .plan import Op, Output
 from .readers import pickled, safetensors as st_reader
 from .resume import changed_source
 from .writers.files import sha256_file
-from .writers.output_dir import BIN_INDEX, INDEX, MANIFEST
+from . import manifest as manifest_mod
+from .manifest import NAME as MANIFEST, Manifest
+from .writers.output_dir import BIN_INDEX, INDEX
 
 
 @dataclass
@@ -87,15 +89,15 @@ def verify(src, out, *, quick: bool = False, progress=None, allow_globals=()) ->
 def _verify(src, out, *, quick: bool, progress) -> VerifyReport:
     out = os.fspath(out)
     rep = VerifyReport(out)
-    manifest = _load_json(os.path.join(out, MANIFEST), "manifest torch2mlx.json")
-    if manifest.get("format") == "zarr":
+    manifest = Manifest.from_dict(_load_json(manifest_mod.path(out), f"manifest {MANIFEST}"))
+    if manifest.is_zarr:
         return _verify_zarr(src, out, manifest, rep, quick, progress)
-    index_name = BIN_INDEX if manifest.get("format") == "bin" else INDEX   # --to torch --format bin
+    index_name = BIN_INDEX if manifest.format == "bin" else INDEX   # --to torch --format bin
     index = _load_json(os.path.join(out, index_name), "index " + index_name)
-    if manifest.get("complete") is False:   # written while a run went on: it lists no tensors
+    if not manifest.finished:   # written while a run went on: it lists no tensors
         rep.problems.append(f"{MANIFEST}: says the conversion did not finish (complete: false); "
                             "rerun it with --resume")
-    shards = manifest.get("shards") or {}
+    shards = manifest.shards or {}
     outputs: dict[str, object] = {}
     for file, rec in sorted(shards.items()):
         path = os.path.join(out, file)
@@ -133,22 +135,20 @@ def _verify(src, out, *, quick: bool, progress) -> VerifyReport:
     _check_source(src, manifest, rep, quick)
     if quick:
         return rep
-    if manifest.get("transform"):
+    if manifest.transform:
         # Only what the transform handed back untouched follows from the source by the plan's rule.
-        records = manifest.get("tensors") or {}
-        for name, rec in records.items():
-            if rec.get("transformed", True):
-                rep.unchecked.append((name, "its values came from the user transform"))
-        manifest = dict(manifest, tensors={n: r for n, r in records.items() if not r.get("transformed", True)})
-    if manifest.get("to") == "torch":
+        changed = manifest_mod.transformed(manifest)
+        rep.unchecked += [(name, "its values came from the user transform") for name in changed]
+        manifest = manifest.without_records(changed)
+    if manifest.to_torch:
         _verify_reverse(src, manifest, outputs, rep, progress)
     else:
         _verify_values(src, manifest, outputs, rep, progress)
     return rep
 
 
-def _check_source(src, manifest: dict, rep: VerifyReport, quick: bool) -> None:
-    recorded = manifest.get("source_files")
+def _check_source(src, manifest: Manifest, rep: VerifyReport, quick: bool) -> None:
+    recorded = manifest.source_files
     if not isinstance(recorded, dict):
         if quick:
             rep.notes.append(f"{MANIFEST} records no source identity: --quick cannot tell whether SRC is the "
@@ -164,7 +164,7 @@ def _check_source(src, manifest: dict, rep: VerifyReport, quick: bool) -> None:
     else:
         rep.notes.append(f"{path}: changed since this output was made ({what}); values compared with the file "
                          "as it is now")
-def _verify_zarr(src, out: str, manifest: dict, rep: VerifyReport, quick: bool, progress) -> VerifyReport:
+def _verify_zarr(src, out: str, manifest: Manifest, rep: VerifyReport, quick: bool, progress) -> VerifyReport:
     """A zarr store: every recorded tensor is an array of its dtype and shape at its path, and (unless quick)
     holds its rule applied to its source. zarr keeps no hashes, so quick checks only the structure."""
     from .readers import zarr_store
@@ -174,7 +174,7 @@ def _verify_zarr(src, out: str, manifest: dict, rep: VerifyReport, quick: bool, 
         rep.problems.append(str(e))
         return rep
     outputs = {e.name: e for e in entries}
-    records = manifest.get("tensors") or {}
+    records = manifest.tensors or {}
     for name, rec in records.items():
         e = outputs.get(name)
         if e is None:
@@ -223,17 +223,11 @@ def _ops_from_manifest(records: dict, by_name: dict, problems: list[str]):
             yield op
 
 
-def _source_key(manifest: dict) -> str | None:
-    """--key as given, else the key path the conversion chose in a nested source (so both read the same tensors)."""
-    key = (manifest.get("options") or {}).get("key")
-    return key if key is not None else manifest.get("source_key")
-
-
 def _verify_values(src, manifest, outputs, rep: VerifyReport, progress) -> None:
-    ck = open_checkpoint(src, key=_source_key(manifest))
+    ck = open_checkpoint(src, key=manifest.key())
     by_name = {e.name: e for e in ck.entries}
     with DataReader() as reader:
-        _compare_ops(_ops_from_manifest(manifest.get("tensors") or {}, by_name, rep.problems), outputs, reader,
+        _compare_ops(_ops_from_manifest(manifest.tensors or {}, by_name, rep.problems), outputs, reader,
                      rep, progress)
 
 
@@ -241,13 +235,14 @@ def _verify_reverse(src, manifest, outputs, rep: VerifyReport, progress) -> None
     """A --to torch output: plan the way back again with the recorded options, compare every tensor."""
     from .options import Options
     from .reverse_plan import prepare
-    opts = manifest.get("options") or {}
-    ck = open_checkpoint(src, key=_source_key(manifest))
+    opts = manifest.options or {}
+    ck = open_checkpoint(src, key=manifest.key())
     with DataReader() as side, DataReader() as reader:
         # --to torch never quantizes; older manifests recorded the default group size anyway
-        plan = prepare(ck, Options.make(**{**opts, "q_group_size": None}), side, model=manifest.get("model"),
-                       model_kwargs=manifest.get("model_kwargs"), use_model=manifest.get("use_model", True),
-                       fmt=manifest.get("format", "safetensors")).plan
+        plan = prepare(ck, Options.make(**{**opts, "q_group_size": None}), side, model=manifest.model,
+                       model_kwargs=manifest.model_kwargs,
+                       use_model=manifest.use_model if manifest.use_model is not None else True,
+                       fmt=manifest.format if manifest.format is not None else "safetensors").plan
         _compare_ops(plan.ops, outputs, reader, rep, progress)
 
 

@@ -17,6 +17,7 @@ from ... import dtypes
 from ...errors import Torch2MLXError
 from ..plan import Output, render_header, shard_name
 from .files import copy_range, fsync_dir, os_error, pwrite_all, sha256_file
+from .. import manifest
 from . import output_dir
 
 _WIDTHS = (16, 8, 4, 2, 1)
@@ -148,8 +149,8 @@ class ShardWriter:
             raise os_error(self.out_dir, e) from None
         self._close_spill()
         from ... import __version__
-        output_dir.write_manifest(self.out_dir, {"torch2mlx": __version__, **self.manifest_extra,
-                                                 "tensors": self.records, "shards": shards})
+        manifest.write(self.out_dir, manifest.for_writer(version=__version__, extra=self.manifest_extra,
+                                                         records=self.records, shards=shards))
         output_dir.write_index(self.out_dir, weight_map, total)
         self.nbytes = total
         self._closed = True

@@ -6,12 +6,12 @@ import os
 import shutil
 
 from ...errors import Torch2MLXError
+from ..manifest import NAME as MANIFEST
 from .files import os_error, write_json_atomic
 from .out_lock import LOCK
 
 INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"    # --to torch --format bin
-MANIFEST = "torch2mlx.json"
 
 
 def has_contents(out_dir: str) -> bool:
@@ -85,8 +85,3 @@ def write_index(out_dir: str, weight_map: dict[str, str], total_size: int, name:
                              "weight_map": dict(sorted(weight_map.items()))})
     return path
 
-
-def write_manifest(out_dir: str, manifest: dict) -> str:
-    path = os.path.join(out_dir, MANIFEST)
-    write_json_atomic(path, manifest)
-    return path

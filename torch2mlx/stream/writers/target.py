@@ -13,7 +13,6 @@ it). The exception's message then says which of these happened.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import shutil
 import signal
@@ -21,6 +20,7 @@ import threading
 
 from ...errors import Torch2MLXError
 from .files import fsync_dir, os_error
+from .. import manifest
 from . import output_dir
 from .out_lock import LOCK
 
@@ -118,11 +118,8 @@ class Target:
 
     def _kept(self) -> int:
         """Finished shards the manifest on disk records (a shard gets its name only once recorded)."""
-        try:
-            with open(os.path.join(self.dir, output_dir.MANIFEST), "rb") as f:
-                shards = json.loads(f.read()).get("shards") or {}
-        except (OSError, ValueError, AttributeError):
-            return 0
+        m = manifest.read_or_none(self.dir)
+        shards = (m.shards if m is not None else None) or {}
         return sum(1 for name in shards if os.path.isfile(os.path.join(self.dir, name)))
 
     @staticmethod
@@ -165,7 +162,7 @@ class Target:
                 # a zarr store: the old store's arrays go too, or they would read back beside the new ones
                 from .zarr_store import clear_old_store
                 clear_old_store(self.out)
-            names = sorted(os.listdir(self.dir), key=lambda n: (n == output_dir.MANIFEST, n in _INDEXES, n))
+            names = sorted(os.listdir(self.dir), key=lambda n: (n == manifest.NAME, n in _INDEXES, n))
             for name in names:
                 src, dst = os.path.join(self.dir, name), os.path.join(self.out, name)
                 if os.path.isdir(dst) and not os.path.islink(dst) and os.path.isdir(src):

@@ -24,7 +24,7 @@ from ..data import DataReader
 from ..execute import CHUNK, compute_outputs
 from ..plan import Op, Plan
 from ..readers.zarr_store import COMPLETE_ATTR, DTYPE_ATTR, NAMES_ATTR, _zarr, array_path
-from . import output_dir
+from .. import manifest as manifest_mod
 
 COMPRESSORS = ("none", "zstd", "blosc", "gzip")
 NAME_MAX = 255   # bytes in one file name on common file systems (ext4, APFS, NTFS)
@@ -63,7 +63,7 @@ def failed(out: str, e: OSError | Torch2MLXError, created: list[str]) -> Torch2M
     for top in created:
         shutil.rmtree(os.path.join(out, top), ignore_errors=True)
     try:
-        os.unlink(os.path.join(out, output_dir.MANIFEST))
+        os.unlink(manifest_mod.path(out))
     except OSError:
         pass
     if isinstance(e, OSError):
@@ -153,16 +153,12 @@ def write(plan: Plan, out: str, *, compressor: str = "none", workers: int | None
     return []
 
 
-def manifest(plan: Plan, source: str, options: dict, compressor: str, source_key: str | None = None) -> dict:
-    return {"torch2mlx": __version__, "source": source, "options": options, "format": "zarr",
-            **({"source_key": source_key} if source_key is not None else {}),
-            "compressor": compressor,
-            "tensors": {n: {k: v for k, v in r.items() if k != "shard"} | {"array": array_path(n)}
-                        for n, r in plan.tensor_records().items()},
-            "dropped": [{"source": n, "why": w} for n, w in plan.dropped], "warnings": plan.warnings,
-            "complete": True}
+def manifest(plan: Plan, source: str, options: dict, compressor: str, source_key: str | None = None):
+    return manifest_mod.for_zarr(version=__version__, source=source, options=options, source_key=source_key,
+                                 compressor=compressor, records=plan.tensor_records(), array_path=array_path,
+                                 dropped=plan.dropped, warnings=plan.warnings)
 
 
-def finish(out: str, m: dict) -> None:
-    output_dir.write_manifest(out, m)
+def finish(out: str, m) -> None:
+    manifest_mod.write(out, m)
     _zarr(f"--format zarr ({out})").open_group(out, mode="a").attrs[COMPLETE_ATTR] = True
