@@ -93,13 +93,23 @@ def _image(t, m, shape):
 def _gpt_oss_router():
     from transformers.models.gpt_oss.modeling_gpt_oss import GptOssTopKRouter
     cfg = types.SimpleNamespace(num_experts_per_tok=2, num_local_experts=6, hidden_size=8)
-    return GptOssTopKRouter(cfg)
+    return _seeded(GptOssTopKRouter(cfg))
 
 
 def _mixtral_router():
     from transformers.models.mixtral.modeling_mixtral import MixtralTopKRouter
     cfg = types.SimpleNamespace(num_experts_per_tok=2, num_local_experts=6, hidden_size=8, router_jitter_noise=0.0)
-    return MixtralTopKRouter(cfg)
+    return _seeded(MixtralTopKRouter(cfg))
+
+
+def _seeded(module):
+    """The routers' weights come from torch.empty: memory garbage, sometimes huge or denormal, would make the
+    comparison's tolerance depend on what was in memory. Seeded values instead."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return module
 
 
 def _family_embedding():
