@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import SEED, all_dtypes_state_dict
+from conftest import SEED
 from helpers import (INDEX, MANIFEST, T2MLX, assert_no_index, assert_one_error, check_converted, read_json, run_cli,
                      run_main, torch_load, torch_save)
 
