@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 import torch
+pytest.importorskip("hypothesis")  # a dev dependency; a bare environment skips these property tests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -17,6 +17,7 @@ import tempfile
 
 import numpy as np
 import pytest
+pytest.importorskip("hypothesis")  # a dev dependency; a bare environment skips these property tests
 from hypothesis import given
 from hypothesis import strategies as st
 from safetensors import safe_open

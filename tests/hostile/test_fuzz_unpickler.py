@@ -16,6 +16,7 @@ import zipfile
 
 import pytest
 import torch
+pytest.importorskip("hypothesis")  # a dev dependency; a bare environment skips these property tests
 from hypothesis import event, given
 from hypothesis import strategies as st
 
