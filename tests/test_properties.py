@@ -46,6 +46,7 @@ def views(draw):
 @given(case=views(), fmt=st.sampled_from(["zip", "legacy"]),
        dtype=st.sampled_from(["keep", "float16", "bfloat16", "float32"]),
        name=st.sampled_from(["x", "layer.weight", "a.b.c"]))
+@pytest.mark.slow
 def test_random_views_round_trip(tmp_path, case, fmt, dtype, name):
     base, view = case
     if fmt == "legacy" and base.dtype == torch.float8_e5m2:

@@ -26,6 +26,9 @@ from safetensors.numpy import save_file
 from fuzz_strategies import INTERESTING, fuzz_settings, mutated, open_or_none
 
 
+# seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out
+pytestmark = pytest.mark.slow
+
 def _seeds() -> list[bytes]:
     rng = np.random.default_rng(0)
     sets = [

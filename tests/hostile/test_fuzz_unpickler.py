@@ -30,6 +30,9 @@ from torch2mlx.stream.readers import nested, unpickler
 
 
 
+# seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out
+pytestmark = pytest.mark.slow
+
 def _sample_objects() -> dict[str, object]:
     g = torch.Generator().manual_seed(0)
     base = torch.randn(4, 6, generator=g)
