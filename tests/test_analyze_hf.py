@@ -48,6 +48,7 @@ def _config_dir(tmp_path, model_type, arch):
 
 
 @pytest.mark.parametrize("model_type", list(ARCHS))
+@pytest.mark.slow
 def test_architecture_maps_fully_from_config_alone(tmp_path, model_type):
     arch, special = ARCHS[model_type]
     report = torch2mlx.analyze(_config_dir(tmp_path, model_type, arch))

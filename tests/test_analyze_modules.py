@@ -166,6 +166,7 @@ def test_weight_norm_in_both_forms():
         np.testing.assert_allclose(got, module.weight.detach().permute(0, 2, 1).numpy(), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_wrappers_are_unwrapped():
     inner = Clean()
     for wrapped in (torch.compile(inner), nn.DataParallel(inner)):

@@ -13,6 +13,9 @@ import torch
 
 from helpers import assert_one_error, check_converted, torch_save
 
+# seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out
+pytestmark = pytest.mark.slow
+
 NETS = textwrap.dedent("""\
     import torch.nn as nn
     import layers_helper   # a sibling module: importable the same way

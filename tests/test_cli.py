@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import SEED, all_dtypes_state_dict
+from conftest import SEED
 from helpers import (INDEX, MANIFEST, T2MLX, assert_no_index, assert_one_error, check_converted, read_json, run_cli,
                      run_main, torch_load, torch_save)
 
@@ -145,6 +145,7 @@ def _run_on_a_terminal(args) -> tuple[int, str]:
     return proc.wait(), b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.slow
 def test_progress_bar_on_a_terminal_and_quiet(tmp_path, dtype_files):
     rc, text = _run_on_a_terminal(["stream", dtype_files["zip"], tmp_path / "a"])
     assert rc == 0 and "converting" in text and "B/s" in text, text
@@ -197,6 +198,7 @@ def big_sources(tmp_path_factory):
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux /proc/self/io read counters")
 @pytest.mark.parametrize("kind", ["zip", "legacy", "dir"])
+@pytest.mark.slow
 def test_dry_run_reads_no_tensor_data(big_sources, tmp_path, kind):
     data_bytes = 2048 * 3072 * 4
     dry = _io_probe(big_sources[kind], big_sources["warm"], tmp_path / "out", "--dry-run", "--json")
@@ -291,6 +293,7 @@ def test_bad_input_is_one_error_line(bad_inputs, out, case):
 
 
 @pytest.mark.parametrize("case", ["missing path", "truncated legacy 0.5", "index names a missing shard"])
+@pytest.mark.slow
 def test_bad_input_in_a_real_process(bad_inputs, out, case):
     args, mention = _args(bad_inputs, case, out)
     assert_one_error(run_cli("stream", *args), mention)

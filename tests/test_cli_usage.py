@@ -17,6 +17,9 @@ from torch2mlx.stream.checkpoint import WEIGHT_SUFFIXES
 from torch2mlx.stream.options import OUT_DTYPES
 from torch2mlx.stream.writers.zarr_store import COMPRESSORS
 
+# seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 CLI_DOC = (ROOT / "docs" / "cli.md").read_text()
 SAFETY_DOC = (ROOT / "docs" / "safety.md").read_text()

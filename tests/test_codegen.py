@@ -135,6 +135,7 @@ MODELS = {
 
 
 @pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.slow
 def test_generated_module_loads_converted_weights_and_matches_torch(tmp_path, name):
     cls, inputs = MODELS[name]
     torch.manual_seed(1)
@@ -400,6 +401,7 @@ class _Case(nn.Module):
 
 
 @pytest.mark.parametrize("name", list(_layer_cases()))
+@pytest.mark.slow
 def test_every_registry_layer_generates_a_module_that_matches_torch(tmp_path, name):
     """Each registry layer in a module that calls it: the generated constructor takes the converted weights
     strictly and the call computes torch's call, in torch's layout (channels first)."""

@@ -17,6 +17,9 @@ from codegen_helpers import TOL, load
 from codegen_models import ARCHS, tiny_config, tiny_model
 from torch2mlx.codegen.examples import transformers_inputs
 
+# seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out
+pytestmark = pytest.mark.slow
+
 # The architectures whose whole __call__ traces and translates today (the rest get stubs with TODOs, see
 # docs/codegen.md); a regression in tracing or translation shows here.
 TRACED = {

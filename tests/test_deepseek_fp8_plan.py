@@ -10,6 +10,9 @@ import pytest
 
 from helpers import run_main
 
+# seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("deepseek_sparse", ROOT / "bench" / "deepseek_sparse.py")
 ds = importlib.util.module_from_spec(_spec)

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out
+pytestmark = pytest.mark.slow
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 

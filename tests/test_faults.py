@@ -27,6 +27,9 @@ from torch2mlx.stream.verify import verify
 from torch2mlx.stream.writers import files, output_dir
 from helpers import INDEX, MANIFEST, T2MLX, assert_one_error, read_json, run_main
 
+# seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out
+pytestmark = pytest.mark.slow
+
 OPTS = ["--dtype", "float16", "--max-shard-size", "2200KB", "--workers", "1", "--quiet", "--no-model"]
 N_SHARDS = 8
 

@@ -1,6 +1,7 @@
 """torch2mlx.fp8 against a torch reference: (w.float() * scale_expanded).to(bfloat16)."""
 import numpy as np
 import pytest
+pytest.importorskip("hypothesis")  # a dev dependency; a bare environment skips these property tests
 from hypothesis import given, settings, strategies as st
 
 from torch2mlx import fp8

@@ -244,6 +244,7 @@ def fp8_llama(request, tmp_path_factory):
     return src, bf16, L.torch_logits(model)
 
 
+@pytest.mark.slow
 def test_fp8_llama_float32_logits_equal_transformers(fp8_llama, tmp_path):
     src, _, ref = fp8_llama
     out = tmp_path / "out"

@@ -121,6 +121,7 @@ def runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.slow
 def test_same_start_same_end(runs, name):
     run = runs[name]
     model = NetMLX.from_torch(run["start"])

@@ -44,6 +44,7 @@ def _torch_epochs(tmp_path, opt_name, sched_name):
 
 
 @pytest.mark.parametrize("opt_name, sched_name", [("AdamW", "OneCycleLR-momentum"), ("SGD", "warmup-cosine")])
+@pytest.mark.slow
 def test_mlx_trainer_continues_a_saved_torch_run(tmp_path, opt_name, sched_name):
     model, data = _torch_epochs(tmp_path, opt_name, sched_name)
     mlx_model = GridModule.from_checkpoint(tmp_path / "run.pt", source_class=TorchNet, scheduler_interval="step")

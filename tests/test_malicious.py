@@ -105,6 +105,7 @@ TRAP = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("fmt", ["zip", "legacy"])
+@pytest.mark.slow
 def test_unknown_importable_globals_are_never_imported(tmp_path, fmt, monkeypatch):
     """A called global no rule knows (an importable module with side effects) refuses the file; allowed with
     --allow-global it becomes an inert placeholder and the weights convert. Neither imports or calls it, and

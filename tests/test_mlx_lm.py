@@ -27,6 +27,9 @@ import llm_checkpoints as L
 from torch2mlx.cli import main as t2mlx
 from torch2mlx.stream.sidecar_config import _hoist_rope
 
+# seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out
+pytestmark = pytest.mark.slow
+
 FORMATS = ("safetensors", "bin")
 
 

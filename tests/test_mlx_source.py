@@ -63,6 +63,7 @@ def tensors(d) -> dict[str, np.ndarray]:
     ("ours-q4", "already MLX (quantized: 4-bit, group 32)"),
     ("ours-f32", "already MLX (not quantized)"),
 ])
+@pytest.mark.slow
 def test_mlx_source_is_copied_without_torch_or_a_model(sources, tmp_path, name, what):
     src = sources / name
     proc = t2mlx_probe("stream", src, tmp_path / "out")
@@ -78,6 +79,7 @@ def test_mlx_source_is_copied_without_torch_or_a_model(sources, tmp_path, name, 
 
 @pytest.mark.parametrize("name, what", [("mlx-lm-q4", "4-bit, group 64"), ("ours-q4", "4-bit, group 32")])
 @pytest.mark.parametrize("opt", [("--q-bits", "4"), ("--q-recipe", "mixed_3_6")])
+@pytest.mark.slow
 def test_quantizing_a_quantized_mlx_source_is_one_error(sources, tmp_path, name, what, opt):
     proc = t2mlx_probe("stream", sources / name, tmp_path / "out", *opt)
     assert "torch not imported" in proc.stderr

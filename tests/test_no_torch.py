@@ -61,6 +61,7 @@ def _expected(kind, src):
 
 
 @pytest.mark.parametrize("kind", ["zip", "legacy", "dir"])
+@pytest.mark.slow
 def test_cli_stream_without_torch(no_torch_env, sources, tmp_path, kind):
     env, marker = no_torch_env
     out = tmp_path / "out"
@@ -74,6 +75,7 @@ def test_cli_stream_without_torch(no_torch_env, sources, tmp_path, kind):
     check_converted(out, _expected(kind, sources[kind]), dtype="float16")
 
 
+@pytest.mark.slow
 def test_config_dir_falls_back_to_inference_when_torch_is_broken(no_torch_env, sources, tmp_path):
     env, _marker = no_torch_env
     out = tmp_path / "out"

@@ -97,6 +97,7 @@ def test_a_killed_run_leaves_no_lock_that_holds(tiny, tmp_path):
     assert verify(tiny, out).ok
 
 
+@pytest.mark.slow
 def test_concurrent_runs_into_one_out(tiny, tmp_path):
     """Fifty races of two conversions started together: one wins, the other is refused; never both fail."""
     ref = tmp_path / "ref"

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 import torch
+pytest.importorskip("hypothesis")  # a dev dependency; a bare environment skips these property tests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -44,6 +46,7 @@ def views(draw):
 @given(case=views(), fmt=st.sampled_from(["zip", "legacy"]),
        dtype=st.sampled_from(["keep", "float16", "bfloat16", "float32"]),
        name=st.sampled_from(["x", "layer.weight", "a.b.c"]))
+@pytest.mark.slow
 def test_random_views_round_trip(tmp_path, case, fmt, dtype, name):
     base, view = case
     if fmt == "legacy" and base.dtype == torch.float8_e5m2:

@@ -1,6 +1,7 @@
 """torch2mlx.quant against mlx.core.quantize / dequantize, bit for bit."""
 import numpy as np
 import pytest
+pytest.importorskip("hypothesis")  # a dev dependency; a bare environment skips these property tests
 from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 

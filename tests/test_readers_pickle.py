@@ -42,6 +42,7 @@ def test_views_offsets_strides_shared_storages(views_files, out, fmt, dtype):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.slow
 def test_large_tensors_cross_block_boundaries(tmp_path, out, fmt):
     """Tensors bigger than one 16 MiB work block, contiguous and strided, cast and permuted."""
     g = torch.Generator().manual_seed(SEED)

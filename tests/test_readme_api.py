@@ -6,6 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out
+pytestmark = pytest.mark.slow
+
 MODEL_API = Path(__file__).resolve().parent.parent / "docs" / "model-api.md"
 
 

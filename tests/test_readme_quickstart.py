@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+# seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("mlx_lm")
 
 README = Path(__file__).resolve().parent.parent / "README.md"

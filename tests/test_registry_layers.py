@@ -332,6 +332,7 @@ def _max_err(a, b) -> float:
 
 
 @pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.slow
 def test_mlx_layer_computes_what_torch_computes(name, tmp_path):
     case = CASES[name]
     torch.manual_seed(0)

@@ -32,6 +32,7 @@ def _report(proc) -> dict:
     return json.loads(proc.stdout)
 
 
+@pytest.mark.slow
 def test_to_torch_of_a_quantized_directory_counts_the_bytes_it_read(qwen2, tmp_path):
     src, _ = qwen2
     q4 = tmp_path / "q4"
@@ -84,6 +85,7 @@ def test_resumed_run_counts_only_what_it_converted(qwen2, tmp_path):
     assert set(read_json(out / MANIFEST)["shards"]) == {s.file for s in res.plan.shards}
 
 
+@pytest.mark.slow
 def test_tied_head_dropped_is_not_also_warned_about(qwen2, tmp_path):
     """A base-model class has no lm_head: the tied copy is dropped, and reported once (as dropped)."""
     src, sd = qwen2

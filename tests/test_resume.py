@@ -18,6 +18,9 @@ from safetensors.numpy import save_file
 
 from helpers import INDEX, MANIFEST, T2MLX, assert_one_error, read_json, run_cli
 
+# seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out
+pytestmark = pytest.mark.slow
+
 SHARD = "13MB"
 OPTS = ["--dtype", "float16", "--max-shard-size", SHARD, "--workers", "1", "--quiet", "--no-model"]
 

@@ -28,6 +28,9 @@ from helpers import INDEX, MANIFEST, T2MLX, assert_one_error, read_json, run_cli
 from torch2mlx.errors import Torch2MLXError
 from torch2mlx.stream.writers.out_lock import LOCK
 
+# seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out
+pytestmark = pytest.mark.slow
+
 SHARD = "13MB"
 OPTS = ["--dtype", "float16", "--max-shard-size", SHARD, "--workers", "1", "--quiet", "--no-model"]
 SECOND = "model-00002-of-00002.safetensors"

@@ -56,6 +56,7 @@ CASES = [(2, 32, "bfloat16"), (3, 64, "float16"), (4, 64, "bfloat16"), (5, 128, 
 
 
 @pytest.mark.parametrize("bits, group_size, dt", CASES)
+@pytest.mark.slow
 def test_ours_dequantize_as_mlx_does_within_the_quantizers_bound(tmp_path, bits, group_size, dt, monkeypatch):
     g = torch.Generator().manual_seed(bits)
     sd = {"fc.weight": torch.randn(24, 256, generator=g).to(TORCH_DT[dt]),
@@ -132,6 +133,7 @@ def _mlx_lm_logits(path, ids: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("recipe, fmt", [("mixed", "safetensors"), ("mixed", "bin"), ("uniform", "safetensors")])
+@pytest.mark.slow
 def test_mlx_lm_quantized_llama_loads_strictly_into_transformers(mlx_lm_dir, tmp_path, recipe, fmt):
     from transformers import LlamaConfig, LlamaForCausalLM
     mlx_lm_dir = mlx_lm_dir / recipe

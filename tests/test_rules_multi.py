@@ -3,6 +3,7 @@ application of every rule, and arithmetic rules on raw-bit dtypes: torch is the 
 import numpy as np
 import pytest
 import torch
+pytest.importorskip("hypothesis")  # a dev dependency; a bare environment skips these property tests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

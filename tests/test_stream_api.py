@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import SEED
-from helpers import (FLOAT8, INDEX, MANIFEST, RECORD_FIELDS, assert_no_index, assert_same, canon_bits, canon_mx,
+from helpers import (FLOAT8, INDEX, MANIFEST, RECORD_FIELDS, assert_no_index, assert_same, canon_mx,
                      canon_torch, check_converted, check_manifest_shards, check_safetensors_layout, dtype_name, expected_output,
                      read_json, read_output, torch_load)
 

@@ -44,6 +44,7 @@ def _stream(*args, cache: Path) -> tuple[dict, str]:
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
 
+@pytest.mark.slow
 def test_torch_is_imported_exactly_when_the_docs_say(llm_dir, tmp_path):
     cache = tmp_path / "cache"
     # --no-model: never, even with a config.json transformers knows and nothing cached
@@ -60,6 +61,7 @@ def test_torch_is_imported_exactly_when_the_docs_say(llm_dir, tmp_path):
     assert (got["rc"], got["torch"], got["transformers"]) == (0, False, False) and STATUS not in err
 
 
+@pytest.mark.slow
 def test_first_run_says_what_it_is_doing_on_a_terminal(llm_dir, tmp_path, monkeypatch):
     """The seconds of torch import show as a transient line (erased before the bar, as the bar is erased)."""
     from test_cli import _run_on_a_terminal

@@ -26,6 +26,9 @@ from torch2mlx import rules
 from torch2mlx.errors import Torch2MLXError
 from torch2mlx.training import convert_optimizer, forward_specs
 
+# seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out
+pytestmark = pytest.mark.slow
+
 DONE, MORE = 4, 4
 
 

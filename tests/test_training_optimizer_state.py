@@ -37,6 +37,7 @@ CONFIGS = {
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.slow
 def test_mlx_continues_torch_training(name):
     torch.manual_seed(0)
     model = TorchNet()

@@ -25,6 +25,7 @@ def test_finetune_classifier_example_reduces_loss():
     assert out["head_parameters"] == 32 * 4 + 4 and out["all_parameters"] > out["head_parameters"]
 
 
+@pytest.mark.slow
 def test_lora_example_reduces_loss_and_merges_back_to_torch():
     out = importlib.import_module("lora_finetune").main(["--quick", "--json"])
     assert out["loss_after"] < 0.5 * out["loss_before"]

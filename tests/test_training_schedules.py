@@ -73,6 +73,7 @@ def _run(sched, schedule, steps=STEPS):
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
+@pytest.mark.slow
 def test_live_scheduler_matches_torch_for_1000_steps(name):
     sched = SCHEDULERS[name]()
     schedule = convert_scheduler(sched)

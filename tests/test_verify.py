@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import struct
 
-import numpy as np
 import pytest
 import torch
 
@@ -37,6 +36,7 @@ def _flip_tensor_byte(out, name: str) -> None:
     (out / MANIFEST).write_text(json.dumps(m))
 
 
+@pytest.mark.slow
 def test_a_good_conversion_verifies(converted):
     src, out = converted
     for quick in ([], ["--quick"]):
@@ -47,6 +47,7 @@ def test_a_good_conversion_verifies(converted):
     assert rep["ok"] and rep["tensors"] == 4 and rep["problems"] == []
 
 
+@pytest.mark.slow
 def test_a_changed_value_is_found_even_with_a_matching_hash(converted):
     src, out = converted
     _flip_tensor_byte(out, "conv.weight")

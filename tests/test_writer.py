@@ -114,6 +114,7 @@ _ORDER_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transform", [False, True], ids=["plan", "transform"])
 def test_index_is_written_after_every_shard(tmp_path, out, transform):
     """The index comes after every shard and sidecar; a manifest saying "complete": true only after the index."""

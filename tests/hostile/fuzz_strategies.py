@@ -11,6 +11,8 @@ import struct
 import sys
 import threading
 
+import pytest
+pytest.importorskip("hypothesis")  # a dev dependency; a bare environment skips these property tests
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 

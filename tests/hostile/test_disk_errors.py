@@ -56,6 +56,7 @@ def cli(*argv) -> subprocess.CompletedProcess:
                           stdin=subprocess.DEVNULL, timeout=120)
 
 
+@pytest.mark.slow
 def test_disk_full_on_a_real_filesystem(tmp_path):
     src = checkpoint(tmp_path / "model.safetensors")
     with tmpfs(tmp_path / "small", "size=1m") as small:
@@ -65,6 +66,7 @@ def test_disk_full_on_a_real_filesystem(tmp_path):
         assert_nothing_complete(out, proc.stderr, "no space left on device")
 
 
+@pytest.mark.slow
 def test_read_only_output_on_a_real_filesystem(tmp_path):
     src = checkpoint(tmp_path / "model.safetensors", tensors=1)
     with tmpfs(tmp_path / "ro", "size=1m,ro") as ro:

@@ -16,6 +16,7 @@ import zipfile
 
 import pytest
 import torch
+pytest.importorskip("hypothesis")  # a dev dependency; a bare environment skips these property tests
 from hypothesis import event, given
 from hypothesis import strategies as st
 
@@ -28,6 +29,9 @@ from torch2mlx.stream.data import DataReader
 from torch2mlx.stream.readers import nested, unpickler
 
 
+
+# seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out
+pytestmark = pytest.mark.slow
 
 def _sample_objects() -> dict[str, object]:
     g = torch.Generator().manual_seed(0)

@@ -25,6 +25,9 @@ import pytest
 import hostile_corpus
 from hostile_runner import CLEAN_ENV, TIMEOUT, limit_memory, run_process
 
+# seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out
+pytestmark = pytest.mark.slow
+
 HERE = Path(__file__).resolve().parent
 BATCHES = 4
 

@@ -6,7 +6,7 @@ import copyreg
 import pytest
 import torch
 
-from pickle_asm import EMPTY_TUPLE, NEWOBJ, REDUCE, call, glob, pickle_of, s, tup
+from pickle_asm import EMPTY_TUPLE, NEWOBJ, REDUCE, glob, pickle_of, s, tup
 from torch2mlx.errors import CheckpointError
 from torch2mlx.stream import open as open_checkpoint
 from torch2mlx.stream.readers import unpickler

@@ -19,7 +19,7 @@ from .files import os_error
 try:
     import fcntl
 except ImportError:   # Windows: no advisory locks here; runs are not serialized
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # the module is optional; callers test for None
 
 LOCK = ".torch2mlx.lock"
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
