@@ -12,9 +12,8 @@ the model for exact rules: with ``--model``, or for a directory with a config.js
 torch and transformers are installed and no cached analysis matches (the first run);
 ``--no-model`` (``use_model=False``) never imports it.
 """
-__version__ = "0.1.0"
-
-from .errors import CheckpointError, Torch2MLXError  # noqa: E402
+from .core.version import __version__
+from .errors import CheckpointError, Torch2MLXError
 
 __all__ = ["__version__", "Torch2MLXError", "CheckpointError", "stream", "templates", "training", "lightning",
            "recipes", "codegen", "analyze", "convert", "export", "load_converted", "to_nested", "to_torch", "generate"]

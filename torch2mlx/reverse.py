@@ -13,7 +13,7 @@ tensor, and their reverse is decided by the group:
 """
 from __future__ import annotations
 
-from . import rules
+from .core import rules
 from .errors import Torch2MLXError
 from .stream.plan import RuleSpec
 

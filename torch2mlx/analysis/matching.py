@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from ..stream.entry import TensorEntry
+from ..core.entry import TensorEntry
 from ..stream.plan import RuleSpec
 from .tree import TensorInfo, Tree
 

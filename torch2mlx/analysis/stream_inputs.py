@@ -114,7 +114,7 @@ def _inputs(ck: Checkpoint, built, how: str) -> StreamInputs:
 
 
 def _from_report(ck: Checkpoint, report, built_notes: list[str], how: str, extra: list[str] = ()) -> StreamInputs:
-    from ..fp8 import pair_scales
+    from ..core.fp8 import pair_scales
     m = report.checkpoint
     # float8 scales are folded into their weights by the plan: no model has them, and no rule applies.
     scales = pair_scales((e.name, e.shape, e.dtype) for e in ck.entries).drop

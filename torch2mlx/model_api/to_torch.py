@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 
-from .. import dtypes
+from ..core import dtypes
 from ..errors import Torch2MLXError
 from ..reverse import reverse_specs
 from ..stream.checkpoint import Checkpoint, open_checkpoint
-from ..stream.entry import TensorEntry
+from ..core.entry import TensorEntry
 from ..stream.plan import RuleSpec
 from ..stream import manifest
 from ..stream.reverse_plan import dequantized

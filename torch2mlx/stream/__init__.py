@@ -14,7 +14,7 @@ ShardWriter.add imports torch only for a torch tensor it is handed.
 """
 from .checkpoint import Checkpoint, open_checkpoint as open  # noqa: A001  (mirrors builtins.open on purpose)
 from .convert import Result, convert
-from .entry import TensorEntry
+from ..core.entry import TensorEntry
 from .options import Options, parse_size
 from .plan import Plan, RuleSpec, build as build_plan
 from .writers.incremental import ShardWriter

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..errors import CheckpointError, Torch2MLXError
-from .entry import TensorEntry
+from ..core.entry import TensorEntry
 from .manifest import NAME
 from .readers import npz, pickled, safetensors, unpickler, zarr_store
 

@@ -8,7 +8,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .. import __version__
+from ..core.version import __version__
 from ..errors import Torch2MLXError
 from .checkpoint import Checkpoint, open_checkpoint
 from .data import DataReader

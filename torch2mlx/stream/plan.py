@@ -10,14 +10,14 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from .. import dtypes, rules
-from ..dtypes import DType
+from ..core import dtypes, rules
+from ..core.dtypes import DType
 from ..errors import Torch2MLXError
 from . import manifest
 from .checkpoint import Checkpoint
-from .entry import TensorEntry
+from ..core.entry import TensorEntry
 from .options import Options
-from .spec import RuleSpec
+from ..core.spec import RuleSpec
 
 SHARD_METADATA = {"format": "mlx"}
 

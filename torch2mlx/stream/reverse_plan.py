@@ -23,13 +23,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import dtypes, rules
+from ..core import dtypes, rules
 from ..errors import Torch2MLXError
 from ..reverse import reverse_specs
-from . import casts, dequant
+from ..core import casts
+from . import dequant
 from .checkpoint import Checkpoint
 from .data import DataReader
-from .entry import TensorEntry
+from ..core.entry import TensorEntry
 from .options import Options
 from .plan import Op, Plan, RuleSpec, assign_shards, build
 from . import manifest as manifest_mod

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import dtypes
-from ..dtypes import DType
+from ..core import dtypes
+from ..core.dtypes import DType
 from ..errors import Torch2MLXError
-from . import casts
+from ..core import casts
 
 
 def to_mx(arr: np.ndarray, dt: DType, upcast: bool = False):

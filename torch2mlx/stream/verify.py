@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import dtypes
+from ..core import dtypes
 from ..errors import Torch2MLXError, one_line
 from .checkpoint import open_checkpoint
 from .data import DataReader

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .. import rules as _rules
+from ..core import rules as _rules
 from ..errors import Torch2MLXError
 from ..stream.plan import RuleSpec
 from . import names as _names

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ...errors import CheckpointError
-from ..entry import TensorEntry, contiguous_strides
+from ...core.entry import TensorEntry, contiguous_strides
 from . import nested, torchscript
 from .torch_legacy import LegacyCheckpoint, is_legacy
 from .torch_zip import ZipCheckpoint, is_zip

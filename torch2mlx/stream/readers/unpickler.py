@@ -26,8 +26,8 @@ import pickletools
 import struct
 from dataclasses import dataclass
 
-from ... import dtypes
-from ...dtypes import DType
+from ...core import dtypes
+from ...core.dtypes import DType
 from ...errors import CheckpointError, Torch2MLXError
 
 

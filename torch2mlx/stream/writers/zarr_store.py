@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ... import __version__
+from ...core.version import __version__
 from ...errors import Torch2MLXError
 from ..data import DataReader
 from ..execute import CHUNK, compute_outputs
