@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from .core import rules
 from .errors import Torch2MLXError
-from .stream.plan import RuleSpec
+from .core.spec import RuleSpec
 
 
 def reverse_specs(specs: list[RuleSpec], errors: list[str] | None = None) -> list[RuleSpec]:

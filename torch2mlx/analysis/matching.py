@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 
 from ..core.entry import TensorEntry
-from ..stream.plan import RuleSpec
+from ..core.spec import RuleSpec
 from .tree import TensorInfo, Tree
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")

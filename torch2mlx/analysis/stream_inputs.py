@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from ..errors import Torch2MLXError
 from ..stream.checkpoint import Checkpoint
-from ..stream.plan import RuleSpec
+from ..core.spec import RuleSpec
 
 
 @dataclass

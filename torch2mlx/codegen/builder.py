@@ -26,7 +26,8 @@ from . import prelude
 from .render import (Call, DictE, Lit, ListE, Raw, attribute_ok, call, literal, pretty, replace_lits, shape_key,
                      inline_simple, reroll, walk_lits, wrap_statement)
 from .trace import Pattern, Traced, call_arguments, default_pattern, pattern_of, trace
-from .translate import Alias, Body, Env, Out, Translator, Untranslated, Val
+from .nodes import Alias, Out, Untranslated, Val
+from .translate import Body, Env, Translator
 
 _CONV_RANK = {"conv1d": 3, "conv2d": 4, "conv3d": 5}
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..core import ops
-from .translate import Alias, Out, Untranslated, Val
+from .nodes import Alias, Out, Untranslated, Val
 
 _REQ = object()
 # torch keywords with no MLX meaning: where a tensor lives, how it is stored, autograd, in-place flags.

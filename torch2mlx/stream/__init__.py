@@ -16,7 +16,9 @@ from .checkpoint import Checkpoint, open_checkpoint as open  # noqa: A001  (mirr
 from .convert import Result, convert
 from ..core.entry import TensorEntry
 from .options import Options, parse_size
-from .plan import Plan, RuleSpec, build as build_plan
+from ..core.spec import RuleSpec
+from .plan import Plan
+from .planner import build as build_plan
 from .writers.incremental import ShardWriter
 
 __all__ = ["open", "convert", "Checkpoint", "TensorEntry", "Result", "Options", "parse_size",

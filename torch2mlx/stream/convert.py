@@ -16,7 +16,9 @@ from .execute import Executor, ShardResult
 from .options import Options
 from . import manifest as manifest_mod, mlx_source
 from . import resume as resume_mod
-from .plan import Plan, RuleSpec, build
+from ..core.spec import RuleSpec
+from .plan import Plan
+from .planner import build
 from . import sidecar_config
 from .writers import out_lock, output_dir
 from .writers.target import Target

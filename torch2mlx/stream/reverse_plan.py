@@ -32,7 +32,9 @@ from .checkpoint import Checkpoint
 from .data import DataReader
 from ..core.entry import TensorEntry
 from .options import Options
-from .plan import Op, Plan, RuleSpec, assign_shards, build
+from ..core.spec import RuleSpec
+from .plan import Op, Plan, assign_shards
+from .planner import build
 from . import manifest as manifest_mod
 from .manifest import NAME as MANIFEST, Manifest
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ..core import rules as _rules
 from ..errors import Torch2MLXError
-from ..stream.plan import RuleSpec
+from ..core.spec import RuleSpec
 from . import names as _names
 from .arrays import Array
 from .optimizers import MOMENTS, USES_STEP, infer_kind, kind_of
