@@ -66,6 +66,26 @@ def generate(model, **options):
     return _generate(model, **options)
 
 
+def _wire_analyzer() -> None:
+    # The stream engine takes rules from a model through core.model_rules, never importing the analyzer
+    # (which imports torch): this package, above both, wires them together. Python runs this module before
+    # any torch2mlx submodule, so every entry point sees it; the analyzer loads on a conversion's first ask.
+    from .core import model_rules
+
+    def forward(ck, **kw):
+        from .analysis.stream_inputs import stream_inputs
+        return stream_inputs(ck, **kw)
+
+    def reverse(ck, model, model_kwargs):
+        from .analysis.stream_inputs import reverse_inputs
+        return reverse_inputs(ck, model, model_kwargs)
+
+    model_rules.register(forward, reverse)
+
+
+_wire_analyzer()
+
+
 def __getattr__(name):
     # Submodules load on first use so `import torch2mlx` stays light.
     if name in ("stream", "templates", "training", "lightning", "recipes", "codegen"):

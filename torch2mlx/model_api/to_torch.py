@@ -4,7 +4,7 @@ The forward specs (torch -> MLX) come from the torch model through the analyzer,
 exactly as ``convert`` computed them, or from a conversion's records (its
 manifest or ``Result``). ``reverse_specs`` turns them around and the stream's
 plan and block computation apply them in memory, so bfloat16 stays bit-exact
-and sums are split the way ``torch2mlx.reverse`` documents.
+and sums are split the way ``torch2mlx.core.reverse`` documents.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import os
 
 from ..core import dtypes
 from ..errors import Torch2MLXError
-from ..reverse import reverse_specs
+from ..core.reverse import reverse_specs
 from ..stream.checkpoint import Checkpoint, open_checkpoint
 from ..core.entry import TensorEntry
 from ..core.spec import RuleSpec

@@ -10,10 +10,11 @@ User code sees values as mx.array (bfloat16 included), never raw bits.
 Reading and writing never import torch; ``convert`` does only to build the model for exact
 rules (``model=...``, or a directory with a config.json when torch and transformers are installed
 and no cached analysis matches); ``use_model=False`` never does.
-ShardWriter.add imports torch only for a torch tensor it is handed.
+ShardWriter.add never imports torch: a torch tensor it is handed comes with torch loaded.
 """
 from .checkpoint import Checkpoint, open_checkpoint as open  # noqa: A001  (mirrors builtins.open on purpose)
-from .convert import Result, convert
+from .convert import convert
+from .result import Result
 from ..core.entry import TensorEntry
 from .options import Options, parse_size
 from ..core.spec import RuleSpec

@@ -177,7 +177,7 @@ def optimizer_state_to_torch(mlx_optimizer_or_state, model, torch_optimizer, rul
     """
     import numpy as np
     from mlx.utils import tree_flatten
-    from ..reverse import reverse_specs
+    from ..core.reverse import reverse_specs
     state = getattr(mlx_optimizer_or_state, "state", mlx_optimizer_or_state)
     kind = kind_of(torch_optimizer)
     template = torch_optimizer.state_dict()

@@ -13,9 +13,9 @@ tensor, and their reverse is decided by the group:
 """
 from __future__ import annotations
 
-from .core import rules
-from .errors import Torch2MLXError
-from .core.spec import RuleSpec
+from . import rules
+from ..errors import Torch2MLXError
+from .spec import RuleSpec
 
 
 def reverse_specs(specs: list[RuleSpec], errors: list[str] | None = None) -> list[RuleSpec]:
