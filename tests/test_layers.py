@@ -15,6 +15,7 @@ PKG = Path(__file__).resolve().parent.parent / "torch2mlx"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("torch2mlx.errors",)),
     ("core", ("torch2mlx.core",)),
+    ("formats", ("torch2mlx.formats",)),
     ("stream", ("torch2mlx.stream",)),
     ("analysis", ("torch2mlx.analysis",)),
     ("api", ("torch2mlx.model_api",)),
