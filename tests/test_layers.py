@@ -40,10 +40,13 @@ def _modules() -> dict[str, Path]:
 
 
 def _targets(name: str, path: Path) -> list[tuple[str, list[str]]]:
-    """(module, names imported from it) for every import statement anywhere in the module, relative ones resolved."""
-    is_pkg = path.name == "__init__.py"
+    return _targets_in(ast.parse(path.read_text(), str(path)), name, path.name == "__init__.py")
+
+
+def _targets_in(tree: ast.AST, name: str, is_pkg: bool) -> list[tuple[str, list[str]]]:
+    """(module, names imported from it) for every import statement anywhere in ``tree``, relative ones resolved."""
     out = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             out += [(a.name, []) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -59,8 +62,12 @@ def _targets(name: str, path: Path) -> list[tuple[str, list[str]]]:
 
 def _imports(name: str, path: Path, known: set[str]) -> set[str]:
     """Every module ``name`` imports anywhere in its body: our modules by full name, third-party ones by top name."""
+    return _resolve(name, _targets(name, path), known)
+
+
+def _resolve(name: str, targets: list[tuple[str, list[str]]], known: set[str]) -> set[str]:
     out: set[str] = set()
-    for mod, names in _targets(name, path):
+    for mod, names in targets:
         # `from pkg import sub` imports the submodule when one exists, else a name from pkg itself
         out.update(f"{mod}.{n}" if f"{mod}.{n}" in known else mod for n in names or [None])
     resolved = set()
@@ -170,23 +177,43 @@ def test_no_import_cycles():
 
 def test_low_layers_never_reach_torch():
     graph = _graph()
-    low = {n for n in graph if LAYERS[_layer(n)][0] in TORCH_FREE}
-    bad = []
-    for start in sorted(low):
-        seen, todo, parent = {start}, [start], {}
-        while todo:
-            m = todo.pop()
-            for dep in graph[m]:
-                if dep in FORBIDDEN:
-                    path = [m]
-                    while path[-1] != start:
-                        path.append(parent[path[-1]])
-                    bad.append(" -> ".join(reversed(path)) + f" -> {dep}")
-                elif dep in graph and dep not in seen:
-                    seen.add(dep)
-                    parent[dep] = m
-                    todo.append(dep)
+    bad = [p for n in sorted(graph) if LAYERS[_layer(n)][0] in TORCH_FREE for p in _reach(graph, n)]
     assert not bad, "torch-free layers reach torch/transformers:\n" + "\n".join(bad)
+
+
+def _reach(graph: dict[str, set[str]], start: str) -> list[str]:
+    """Paths from ``start`` to torch or transformers through our modules' imports."""
+    seen, todo, parent, bad = {start}, [start], {}, []
+    while todo:
+        m = todo.pop()
+        for dep in graph[m]:
+            if dep in FORBIDDEN:
+                path = [m]
+                while path[-1] != start:
+                    path.append(parent[path[-1]])
+                bad.append(" -> ".join(reversed(path)) + f" -> {dep}")
+            elif dep in graph and dep not in seen:
+                seen.add(dep)
+                parent[dep] = m
+                todo.append(dep)
+    return bad
+
+
+def test_the_package_init_runs_torch_free():
+    """Python runs torch2mlx/__init__.py before any submodule, so what it imports at module level (not inside
+    its lazy functions) must be as torch-free as the stream."""
+    graph = _graph()
+    mods = _modules()
+    root = mods["torch2mlx"]
+    known = set(graph)
+    top = ast.parse(root.read_text())
+    eager = set()
+    for node in top.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            eager |= _resolve("torch2mlx", _targets_in(node, "torch2mlx", True), known)
+    assert eager, "the package __init__ imports something at module level (the version, the errors)"
+    bad = [p for d in sorted(eager) for p in (_reach(graph, d) if d in graph else [d] if d in FORBIDDEN else [])]
+    assert not bad, "import torch2mlx reaches torch/transformers:\n" + "\n".join(bad)
 
 
 def test_the_checker_sees_function_level_and_relative_imports(tmp_path):
