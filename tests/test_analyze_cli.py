@@ -72,7 +72,7 @@ def test_import_and_the_stream_without_model_information_never_import_torch(bert
     plain = tmp_path / "plain" / "plain.safetensors"
     save_file({"w": np.ones((2, 2), np.float32)}, str(plain))
     save_file({"w": np.ones((2, 2), np.float32)}, str(bert_dir / "model.safetensors"))
-    out = _run("import sys, torch2mlx, torch2mlx.stream, torch2mlx.analysis, torch2mlx.registry, torch2mlx.ops\n"
+    out = _run("import sys, torch2mlx, torch2mlx.stream, torch2mlx.analysis, torch2mlx.core.registry, torch2mlx.core.ops\n"
                "from torch2mlx.cli import main\n"
                f"assert main(['stream', {str(plain)!r}, '--dry-run', '-q']) == 0\n"
                f"assert main(['stream', {str(bert_dir)!r}, '--dry-run', '--no-model', '-q']) == 0\n"

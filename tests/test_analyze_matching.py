@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 from safetensors.numpy import load_file
 
-from torch2mlx.reverse import reverse_specs
+from torch2mlx.core.reverse import reverse_specs
 from torch2mlx.stream import convert
-from torch2mlx.stream.plan import RuleSpec
+from torch2mlx.core.spec import RuleSpec
 
 
 class Net(nn.Module):

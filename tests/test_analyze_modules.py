@@ -120,7 +120,7 @@ def test_raw_parameters_are_handled_and_functional_conv_kernels_get_the_conv_rul
     assert {n: (t.rule, t.rule_source) for n, t in by.items()} == {
         "cls_token": ("identity", "model"), "gamma": ("identity", "model"), "kernel": ("conv2d", "model"),
         "position_bias": ("identity", "model")}
-    kernel = torch2mlx.rules.get("conv2d").forward([model.kernel.detach().numpy()])
+    kernel = torch2mlx.core.rules.get("conv2d").forward([model.kernel.detach().numpy()])
     x = np.random.default_rng(0).standard_normal((1, 3, 5, 5)).astype(np.float32)
     want = F.conv2d(torch.from_numpy(x), model.kernel, padding=1).detach().numpy()
     got = np.array(mx.conv2d(mx.array(np.moveaxis(x, 1, -1)), mx.array(kernel), padding=1))
@@ -162,7 +162,7 @@ def test_weight_norm_in_both_forms():
                                                          (4, 5, 3))
         assert report.blockers == [] and report.coverage == 1.0
         state = {k: v.detach().numpy() for k, v in module.state_dict().items()}
-        got = torch2mlx.rules.get("weight_norm").forward([state[g], state[v]], t.args)
+        got = torch2mlx.core.rules.get("weight_norm").forward([state[g], state[v]], t.args)
         np.testing.assert_allclose(got, module.weight.detach().permute(0, 2, 1).numpy(), rtol=1e-6, atol=1e-7)
 
 

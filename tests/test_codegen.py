@@ -303,7 +303,7 @@ def test_write_puts_the_source_in_a_file(tmp_path):
 # ------------------------------------------------------------------ the op table behind the translation
 
 def test_translations_take_mlx_names_and_renames_from_the_op_table():
-    from torch2mlx import ops
+    from torch2mlx.core import ops
     from torch2mlx.codegen import fx_ops
     keys = {op.key for op in fx_ops.FUNCTIONS.values()}
     table = {o.torch: o for o in ops.OPS}

@@ -1,10 +1,10 @@
-"""torch2mlx.fp8 against a torch reference: (w.float() * scale_expanded).to(bfloat16)."""
+"""torch2mlx.core.fp8 against a torch reference: (w.float() * scale_expanded).to(bfloat16)."""
 import numpy as np
 import pytest
 pytest.importorskip("hypothesis")  # a dev dependency; a bare environment skips these property tests
 from hypothesis import given, settings, strategies as st
 
-from torch2mlx import fp8
+from torch2mlx.core import fp8
 
 torch = pytest.importorskip("torch")
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from mlx.utils import tree_flatten
 from torch import nn
 
-from torch2mlx import rules
+from torch2mlx.core import rules
 from torch2mlx.lightning import MLXModule, MLXTrainer
 from torch2mlx.training import forward_specs
 

@@ -256,7 +256,7 @@ def test_uncalled_globals_and_builtin_types_are_data(tmp_path):
 def test_protocol_0_pickle_of_builtin_types_is_data():
     """A protocol-0 pickle (text opcodes, as Python 2 wrote them) of builtin types and a Python 2 long type."""
     import pickle
-    from torch2mlx.stream.readers import unpickler
+    from torch2mlx.formats import unpickler
     raw = pickle.dumps({"types": [list, dict, int, tuple, float, str, bool, set]}, protocol=0)
     assert b"c__builtin__\nlist\n" in raw
     obj, unknown = unpickler.load(raw, "p0", None)

@@ -19,7 +19,7 @@ import torch2mlx
 from helpers import (INDEX, MANIFEST, canon_mx, canon_torch, assert_same, check_converted,
                      check_safetensors_layout, expected_output, read_json)
 from torch2mlx.errors import Torch2MLXError
-from torch2mlx.stream.plan import RuleSpec
+from torch2mlx.core.spec import RuleSpec
 
 
 class Net(nn.Module):

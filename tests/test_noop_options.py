@@ -1,6 +1,6 @@
 """Options that would silently do nothing: each is refused with one line, or warned about in the report.
 
-CLI and library agree: the checks live in the library (``Options.make``, ``plan.build``,
+CLI and library agree: the checks live in the library (``Options.make``, ``planner.build``,
 ``stream.convert``), so ``torch2mlx.convert`` and ``torch2mlx.stream.convert`` refuse
 and warn as ``t2mlx stream`` does.
 """

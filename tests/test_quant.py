@@ -1,12 +1,12 @@
-"""torch2mlx.quant against mlx.core.quantize / dequantize, bit for bit."""
+"""torch2mlx.core.quant against mlx.core.quantize / dequantize, bit for bit."""
 import numpy as np
 import pytest
 pytest.importorskip("hypothesis")  # a dev dependency; a bare environment skips these property tests
 from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from torch2mlx import quant
-from torch2mlx.stream.casts import FLOAT8_TABLES, f32_to_bf16
+from torch2mlx.core import quant
+from torch2mlx.core.casts import FLOAT8_TABLES, f32_to_bf16
 
 mx = pytest.importorskip("mlx.core")
 

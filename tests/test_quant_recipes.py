@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from torch2mlx import quant
-from torch2mlx.quant_recipes import (QuantSpec, Recipe, decide, is_quantizable, layer_location, mixed_recipe,
+from torch2mlx.core import quant
+from torch2mlx.core.quant_recipes import (QuantSpec, Recipe, decide, is_quantizable, layer_location, mixed_recipe,
                                      quantization_config, with_quantization)
 
 mx = pytest.importorskip("mlx.core")
@@ -115,7 +115,7 @@ def test_mixed_recipe_rejects_unknown_names():
 
 
 def test_per_expert_weights_are_named_as_mlx_lm_stacks_them():
-    from torch2mlx.quant_recipes import loaded_module_path
+    from torch2mlx.core.quant_recipes import loaded_module_path
     assert loaded_module_path("model.layers.3.block_sparse_moe.experts.7.w2") == \
         "model.layers.3.block_sparse_moe.switch_mlp.down_proj"
     assert loaded_module_path("model.layers.0.mlp.experts.12.gate_proj") == "model.layers.0.mlp.switch_mlp.gate_proj"

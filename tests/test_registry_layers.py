@@ -23,7 +23,7 @@ import torch.nn as nn
 from mlx.utils import tree_flatten
 
 import torch2mlx
-from torch2mlx import registry
+from torch2mlx.core import registry
 
 TOL = 1e-5
 RNG = np.random.default_rng(0)

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from torch2mlx import docs, dtypes, ops, registry, rules
+from torch2mlx import docs
+from torch2mlx.core import dtypes, ops, registry, rules
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

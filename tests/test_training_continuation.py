@@ -22,7 +22,7 @@ from torch import nn
 from torch.optim import lr_scheduler as L
 
 import torch2mlx
-from torch2mlx import rules
+from torch2mlx.core import rules
 from torch2mlx.errors import Torch2MLXError
 from torch2mlx.training import convert_optimizer, forward_specs
 

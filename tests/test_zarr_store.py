@@ -121,7 +121,7 @@ def test_a_store_that_is_not_zarr_is_one_error(tmp_path):
 
 def _store_names(store) -> dict:
     """name -> array as our reader decodes the store (the way back the user has)."""
-    from torch2mlx.stream.readers import zarr_store
+    from torch2mlx.formats import zarr_store
     return {e.name: e for e in zarr_store.read_entries(str(store))[0]}
 
 

@@ -12,7 +12,7 @@ import torch
 from mlx.utils import tree_flatten
 from torch import nn
 
-from torch2mlx import rules
+from torch2mlx.core import rules
 from torch2mlx.training import forward_specs
 
 SCALES = (1.0, -2.0, 3.0)       # distinct tokens: every attention parameter gets a real gradient

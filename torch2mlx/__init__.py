@@ -12,9 +12,8 @@ the model for exact rules: with ``--model``, or for a directory with a config.js
 torch and transformers are installed and no cached analysis matches (the first run);
 ``--no-model`` (``use_model=False``) never imports it.
 """
-__version__ = "0.1.0"
-
-from .errors import CheckpointError, Torch2MLXError  # noqa: E402
+from .core.version import __version__
+from .errors import CheckpointError, Torch2MLXError
 
 __all__ = ["__version__", "Torch2MLXError", "CheckpointError", "stream", "templates", "training", "lightning",
            "recipes", "codegen", "analyze", "convert", "export", "load_converted", "to_nested", "to_torch", "generate"]
@@ -65,6 +64,26 @@ def generate(model, **options):
     ``torch2mlx.codegen.generate``."""
     from .codegen import generate as _generate
     return _generate(model, **options)
+
+
+def _wire_analyzer() -> None:
+    # The stream engine takes rules from a model through core.model_rules, never importing the analyzer
+    # (which imports torch): this package, above both, wires them together. Python runs this module before
+    # any torch2mlx submodule, so every entry point sees it; the analyzer loads on a conversion's first ask.
+    from .core import model_rules
+
+    def forward(ck, **kw):
+        from .analysis.stream_inputs import stream_inputs
+        return stream_inputs(ck, **kw)
+
+    def reverse(ck, model, model_kwargs):
+        from .analysis.stream_inputs import reverse_inputs
+        return reverse_inputs(ck, model, model_kwargs)
+
+    model_rules.register(forward, reverse)
+
+
+_wire_analyzer()
 
 
 def __getattr__(name):

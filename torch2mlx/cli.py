@@ -60,8 +60,8 @@ $T2MLX_CACHE_DIR or ~/.cache/torch2mlx/analysis; T2MLX_NO_CACHE=1 turns it off.
 
 def _add_stream(sub):
     # Choices and lists come from the tables the library checks against, so --help cannot drift from them.
-    from . import quant, rules
-    from .quant_recipes import MIXED_RECIPES
+    from .core import quant, rules
+    from .core.quant_recipes import MIXED_RECIPES
     from .stream.checkpoint import FORMATS_READ
     from .stream.options import OUT_DTYPES
     from .stream.writers.zarr_store import COMPRESSORS

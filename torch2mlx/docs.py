@@ -10,7 +10,7 @@ import os
 import re
 import sys
 
-from . import dtypes, ops, registry, rules
+from .core import dtypes, ops, registry, rules
 
 MATRIX = os.path.join("docs", "support-matrix.md")
 README = "README.md"

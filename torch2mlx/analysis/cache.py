@@ -21,7 +21,7 @@ import json
 import os
 from dataclasses import asdict
 
-from ..stream.plan import RuleSpec
+from ..core.spec import RuleSpec
 from .matching import Match
 from .report import Report
 from .source import Blocker

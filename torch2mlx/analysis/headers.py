@@ -1,7 +1,7 @@
 """Analysis without a model: a checkpoint's names, shapes and dtypes, with the rules the stream would infer."""
 from __future__ import annotations
 
-from .. import rules
+from ..core import rules
 from ..stream.checkpoint import Checkpoint
 from .report import Report
 from .tree import TensorInfo

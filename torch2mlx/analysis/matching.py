@@ -18,8 +18,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from ..stream.entry import TensorEntry
-from ..stream.plan import RuleSpec
+from ..core.entry import TensorEntry
+from ..core.spec import RuleSpec
 from .tree import TensorInfo, Tree
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")

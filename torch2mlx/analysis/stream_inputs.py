@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from ..errors import Torch2MLXError
 from ..stream.checkpoint import Checkpoint
-from ..stream.plan import RuleSpec
+from ..core.spec import RuleSpec
 
 
 @dataclass
@@ -96,6 +96,28 @@ def _stream_inputs(ck: Checkpoint, model, model_kwargs, status) -> StreamInputs:
     return inputs
 
 
+def reverse_inputs(ck: Checkpoint, model, model_kwargs) -> tuple[list[RuleSpec] | None, dict, list[str]]:
+    """For the reverse direction: the forward specs of the model of the MLX checkpoint ``ck`` (torch names ->
+    MLX names, to be inverted), the torch shapes, notes. ``model`` is a class path, else ``ck``'s config.json."""
+    from . import build as abuild
+    from .tree import walk
+    if model is not None:
+        built = abuild.from_class(model, model_kwargs, ck.config_dir if ck.config is not None else None)
+    else:
+        why = abuild.why_not_config(ck.config_dir)
+        if why is not None:
+            return None, {}, [why.replace("rules inferred from shapes", "tensors kept as they are")]
+        try:
+            built = abuild.from_config_dir(ck.config_dir)
+        except (Torch2MLXError, ImportError) as e:
+            return None, {}, [f"{e}; tensors kept as they are"]
+    tree = walk(built.model)
+    specs = [RuleSpec(t.mlx, t.sources, t.rule, dict(t.args), "model") for t in tree.tensors if t.mlx]
+    shapes = {n: s for n, s in tree.shapes.items() if n not in tree.tied}
+    note = f"rules from the model {built.name} ({'config.json' if model is None else model}), inverted"
+    return specs, shapes, [note] + built.notes
+
+
 def module_inputs(ck: Checkpoint, module) -> StreamInputs:
     """Specs and drops for tensors ``ck`` holds from a live ``module`` (its own state dict, typically).
 
@@ -114,7 +136,7 @@ def _inputs(ck: Checkpoint, built, how: str) -> StreamInputs:
 
 
 def _from_report(ck: Checkpoint, report, built_notes: list[str], how: str, extra: list[str] = ()) -> StreamInputs:
-    from ..fp8 import pair_scales
+    from ..core.fp8 import pair_scales
     m = report.checkpoint
     # float8 scales are folded into their weights by the plan: no model has them, and no rule applies.
     scales = pair_scales((e.name, e.shape, e.dtype) for e in ck.entries).drop

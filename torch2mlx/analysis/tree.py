@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .. import registry, rules
-from ..registry import CUSTOM, Layer, TensorMap
+from ..core import registry, rules
+from ..core.registry import CUSTOM, Layer, TensorMap
 from . import source
 from .source import Blocker
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from .. import __version__
+from ..core.version import __version__
 from ..errors import Torch2MLXError
 from . import prelude
 from .builder import Generator
@@ -36,7 +36,7 @@ def _wrap(model):
     import inspect
 
     import torch
-    from .. import registry
+    from ..core import registry
     from .render import literal
     from .leaves import LEAVES
     entry = registry.lookup(type(model), list(model._parameters))

@@ -18,15 +18,16 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 
-from .. import registry
+from ..core import registry
 from ..analysis.tree import ModuleInfo
-from ..registry import CUSTOM
+from ..core.registry import CUSTOM
 from . import leaves as _leaves
 from . import prelude
 from .render import (Call, DictE, Lit, ListE, Raw, attribute_ok, call, literal, pretty, replace_lits, shape_key,
                      inline_simple, reroll, walk_lits, wrap_statement)
 from .trace import Pattern, Traced, call_arguments, default_pattern, pattern_of, trace
-from .translate import Alias, Body, Env, Out, Translator, Untranslated, Val
+from .nodes import Alias, Out, Untranslated, Val
+from .translate import Body, Env, Translator
 
 _CONV_RANK = {"conv1d": 3, "conv2d": 4, "conv3d": 5}
 
@@ -471,7 +472,7 @@ def _tensor_stmts(own) -> list:
 
 
 def _zeros(t) -> Call:
-    from .. import dtypes
+    from ..core import dtypes
     d = dtypes.by_name(t.dtype)
     target = dtypes.mlx_target(d).mlx if d is not None else "float32"
     dtype = None if target == "float32" else Raw("mx.bool_" if target == "bool" else f"mx.{target}")

@@ -1,7 +1,7 @@
 """fx ``call_function`` / ``call_method`` nodes as MLX expressions.
 
 The MLX function and the keyword renames (``dim`` -> ``axis``, ``keepdim`` ->
-``keepdims``, ...) come from the op table, ``torch2mlx.ops``; this module adds
+``keepdims``, ...) come from the op table, ``torch2mlx.core.ops``; this module adds
 what a translation needs beyond it: torch's parameter order (to bind positional
 arguments), which arguments MLX takes positionally, and the ops whose results or
 argument order differ (the table's notes). Python operators, ``getattr`` on
@@ -14,8 +14,8 @@ import operator
 from dataclasses import dataclass
 from typing import Callable
 
-from .. import ops
-from .translate import Alias, Out, Untranslated, Val
+from ..core import ops
+from .nodes import Alias, Out, Untranslated, Val
 
 _REQ = object()
 # torch keywords with no MLX meaning: where a tensor lives, how it is stored, autograd, in-place flags.

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .render import Call, ListE, Raw, call
-from .translate import Alias, Out, Untranslated
+from .nodes import Alias, Out, Untranslated
 
 
 @dataclass

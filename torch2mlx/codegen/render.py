@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from .. import dtypes
+from ..core import dtypes
 
 #: Names a generated module's attributes must not take as attributes: mlx.nn.Module is a dict with methods.
 _MODULE_NAMES = {

@@ -13,45 +13,13 @@ from __future__ import annotations
 
 import builtins
 import keyword
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from . import fx_ops
+from .nodes import Alias, Out, Untranslated, Val
 from .render import literal
 
 RESERVED = {"self", "mx", "nn", "math"}
-
-
-class Untranslated(Exception):
-    """A node with no MLX translation: ``what`` names the torch construct."""
-
-    def __init__(self, what: str):
-        super().__init__(what)
-        self.what = what
-
-
-@dataclass
-class Val:
-    """A value of the graph in the MLX code: its expression per layout, rank when known, what it is."""
-
-    forms: dict = field(default_factory=dict)       # "cf" / "cl" -> expression
-    rank: int | None = None
-    kind: str = "tensor"                            # tensor | shape | scalar | dtype | device | seq | none | any
-
-
-@dataclass
-class Out:
-    """What a node's translation gives: an expression and the layout and kind of its value."""
-
-    expr: str
-    layout: str = "cf"
-    rank: int | None = None
-    kind: str = "tensor"
-
-
-@dataclass
-class Alias:
-    """The node is its argument's value (``.contiguous()``, ``.detach()``, dropout at inference)."""
-
-    arg: object
 
 
 @dataclass
@@ -93,7 +61,6 @@ def _what(node) -> str:
 
 class Translator:
     def __init__(self, graph, env: Env, concrete: set[str] = frozenset()):
-        from .fx_ops import is_guard
         self.graph = graph
         self.env = env
         self.concrete = set(concrete)
@@ -102,7 +69,7 @@ class Translator:
         self.untranslated: list[str] = []
         self.vals: dict = {}
         self.used: set[str] = set()
-        self._is_guard = is_guard
+        self._is_guard = fx_ops.is_guard
 
     # ---- values ---------------------------------------------------------------------------------------
 
@@ -205,10 +172,9 @@ class Translator:
 
     def _live(self) -> set:
         """Nodes whose value the output needs, and nodes that change a value in place."""
-        from .fx_ops import mutates
         live = set()
         for node in reversed(self.graph.nodes):
-            if node.op == "output" or (mutates(node) and not self._is_guard(node)) or \
+            if node.op == "output" or (fx_ops.mutates(node) and not self._is_guard(node)) or \
                     any(u in live for u in node.users):
                 if self._is_guard(node):
                     continue
@@ -216,7 +182,6 @@ class Translator:
         return live
 
     def run(self) -> Body:
-        from . import fx_ops
         params: list[str] = []
         live = self._live()
         for node in self.graph.nodes:

@@ -157,8 +157,8 @@ class MLXModule(nn.Module):
 
 def _without_source(ck, opt_state, sched_state, interval, strict, src=None):
     """Rules from ``src`` (a torch module without configure_optimizers) or shapes; kinds from the state."""
-    from .. import rules
-    from ..stream.plan import RuleSpec
+    from ..core import rules
+    from ..core.spec import RuleSpec
     from ..training import names as _names
     from ..training.convert import convert_optimizer
     from ..training.optimizer_state import forward_specs

@@ -13,11 +13,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .. import dtypes
-from ..dtypes import DType
+from ..core import dtypes
+from ..core.dtypes import DType
 from ..errors import Torch2MLXError
 from ..stream.checkpoint import Checkpoint
-from ..stream.entry import TensorEntry, contiguous_strides
+from ..core.entry import TensorEntry, contiguous_strides
 
 
 def is_module(x) -> bool:

@@ -4,18 +4,18 @@ The forward specs (torch -> MLX) come from the torch model through the analyzer,
 exactly as ``convert`` computed them, or from a conversion's records (its
 manifest or ``Result``). ``reverse_specs`` turns them around and the stream's
 plan and block computation apply them in memory, so bfloat16 stays bit-exact
-and sums are split the way ``torch2mlx.reverse`` documents.
+and sums are split the way ``torch2mlx.core.reverse`` documents.
 """
 from __future__ import annotations
 
 import os
 
-from .. import dtypes
+from ..core import dtypes
 from ..errors import Torch2MLXError
-from ..reverse import reverse_specs
+from ..core.reverse import reverse_specs
 from ..stream.checkpoint import Checkpoint, open_checkpoint
-from ..stream.entry import TensorEntry
-from ..stream.plan import RuleSpec
+from ..core.entry import TensorEntry
+from ..core.spec import RuleSpec
 from ..stream import manifest
 from ..stream.reverse_plan import dequantized
 from .memory import is_module, memory_checkpoint
@@ -94,7 +94,7 @@ def to_torch(path_or_dict, model_or_rules=None, *, strict: bool = True, dtype: s
     from ..stream.data import DataReader
     from ..stream.execute import compute_block
     from ..stream.options import Options
-    from ..stream.plan import build
+    from ..stream.planner import build
     path = os.fspath(path_or_dict) if isinstance(path_or_dict, (str, os.PathLike)) else None
     ck = open_checkpoint(path) if path is not None else memory_checkpoint(path_or_dict, "<MLX weights>")
     specs, dropped, state, records = _forward(model_or_rules, path)

@@ -10,13 +10,16 @@ User code sees values as mx.array (bfloat16 included), never raw bits.
 Reading and writing never import torch; ``convert`` does only to build the model for exact
 rules (``model=...``, or a directory with a config.json when torch and transformers are installed
 and no cached analysis matches); ``use_model=False`` never does.
-ShardWriter.add imports torch only for a torch tensor it is handed.
+ShardWriter.add never imports torch: a torch tensor it is handed comes with torch loaded.
 """
 from .checkpoint import Checkpoint, open_checkpoint as open  # noqa: A001  (mirrors builtins.open on purpose)
-from .convert import Result, convert
-from .entry import TensorEntry
+from .convert import convert
+from .result import Result
+from ..core.entry import TensorEntry
 from .options import Options, parse_size
-from .plan import Plan, RuleSpec, build as build_plan
+from ..core.spec import RuleSpec
+from .plan import Plan
+from .planner import build as build_plan
 from .writers.incremental import ShardWriter
 
 __all__ = ["open", "convert", "Checkpoint", "TensorEntry", "Result", "Options", "parse_size",

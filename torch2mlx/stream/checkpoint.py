@@ -6,9 +6,9 @@ import os
 from dataclasses import dataclass, field
 
 from ..errors import CheckpointError, Torch2MLXError
-from .entry import TensorEntry
+from ..core.entry import TensorEntry
 from .manifest import NAME
-from .readers import npz, pickled, safetensors, unpickler, zarr_store
+from ..formats import npz, pickled, safetensors, unpickler, zarr_store
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 WEIGHT_SUFFIXES = (".safetensors", ".npz") + PICKLE_SUFFIXES

@@ -15,7 +15,7 @@ import threading
 import numpy as np
 
 from ..errors import CheckpointError
-from .entry import TensorEntry
+from ..core.entry import TensorEntry
 
 _PAGE = mmap.ALLOCATIONGRANULARITY
 

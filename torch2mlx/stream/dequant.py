@@ -18,11 +18,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .. import quant
+from ..core import quant
 from ..errors import CheckpointError, Torch2MLXError
 from .checkpoint import Checkpoint
 from .data import DataReader
-from .entry import TensorEntry
+from ..core.entry import TensorEntry
 
 # Rows dequantized at a time: float32 temporaries of about this many elements stay in cache.
 _STEP_ELEMENTS = 1 << 18

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import dtypes, rules
+from ..core import dtypes, rules
 from ..errors import Torch2MLXError
-from . import casts
+from ..core import casts
 from .data import DataReader
 from .plan import Op, Plan
 from .writers.files import copy_range, fsync_dir, os_error, pwrite_all, temp_name

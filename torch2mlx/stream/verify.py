@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import dtypes
+from ..core import dtypes
 from ..errors import Torch2MLXError, one_line
 from .checkpoint import open_checkpoint
 from .data import DataReader
 from .execute import CHUNK, compute_outputs, plan_tasks
 from .plan import Op, Output
-from .readers import pickled, safetensors as st_reader
+from ..formats import pickled, safetensors as st_reader
 from .resume import changed_source
 from .writers.files import sha256_file
 from . import manifest as manifest_mod
@@ -81,7 +81,7 @@ def _load_json(path: str, what: str) -> dict:
 
 def verify(src, out, *, quick: bool = False, progress=None, allow_globals=()) -> VerifyReport:
     """``allow_globals``: pickle globals whose calls are accepted as inert placeholders (``--allow-global``)."""
-    from .readers.unpickler import allowing
+    from ..formats.unpickler import allowing
     with allowing(allow_globals):
         return _verify(src, out, quick=quick, progress=progress)
 
@@ -167,7 +167,7 @@ def _check_source(src, manifest: Manifest, rep: VerifyReport, quick: bool) -> No
 def _verify_zarr(src, out: str, manifest: Manifest, rep: VerifyReport, quick: bool, progress) -> VerifyReport:
     """A zarr store: every recorded tensor is an array of its dtype and shape at its path, and (unless quick)
     holds its rule applied to its source. zarr keeps no hashes, so quick checks only the structure."""
-    from .readers import zarr_store
+    from ..formats import zarr_store
     try:
         entries = zarr_store.read_entries(out)[0]   # refuses a store marked incomplete
     except Torch2MLXError as e:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..dtypes import DType
+from ..core.dtypes import DType
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,6 @@ class Array:
 
     def item(self) -> float:
         if not self.dtype.exact_numpy:
-            from ..stream.casts import to_f32
+            from ..core.casts import to_f32
             return float(to_f32(self.data, self.dtype).reshape(-1)[0])
         return self.data.reshape(-1)[0].item()

@@ -11,9 +11,9 @@ import os
 from dataclasses import dataclass, field
 
 from ..errors import CheckpointError, Torch2MLXError
-from ..stream.readers import nested
-from ..stream.readers.pickled import entry_of, open_pickle
-from ..stream.readers.unpickler import TensorRef
+from ..formats import nested
+from ..formats.pickled import entry_of, open_pickle
+from ..formats.unpickler import TensorRef
 from .arrays import Array
 
 _OPTIMIZER_KEYS = ("optimizer_states", "optimizer", "optimizer_state_dict", "optimizer_state", "optim")

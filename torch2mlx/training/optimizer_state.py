@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .. import rules as _rules
+from ..core import rules as _rules
 from ..errors import Torch2MLXError
-from ..stream.plan import RuleSpec
+from ..core.spec import RuleSpec
 from . import names as _names
 from .arrays import Array
 from .optimizers import MOMENTS, USES_STEP, infer_kind, kind_of
@@ -177,7 +177,7 @@ def optimizer_state_to_torch(mlx_optimizer_or_state, model, torch_optimizer, rul
     """
     import numpy as np
     from mlx.utils import tree_flatten
-    from ..reverse import reverse_specs
+    from ..core.reverse import reverse_specs
     state = getattr(mlx_optimizer_or_state, "state", mlx_optimizer_or_state)
     kind = kind_of(torch_optimizer)
     template = torch_optimizer.state_dict()

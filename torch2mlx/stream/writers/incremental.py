@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from ... import dtypes
+from ...core import dtypes
 from ...errors import Torch2MLXError
 from ..plan import Output, render_header, shard_name
 from .files import copy_range, fsync_dir, os_error, pwrite_all, sha256_file
@@ -148,7 +148,7 @@ class ShardWriter:
         except OSError as e:
             raise os_error(self.out_dir, e) from None
         self._close_spill()
-        from ... import __version__
+        from ...core.version import __version__
         manifest.write(self.out_dir, manifest.for_writer(version=__version__, extra=self.manifest_extra,
                                                          records=self.records, shards=shards))
         output_dir.write_index(self.out_dir, weight_map, total)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pickle
 import struct
 
-from ...dtypes import DType
+from ...core.dtypes import DType
 
 
 def _global(module: str, name: str) -> bytes:

@@ -11,7 +11,7 @@ import os
 import struct
 import zipfile
 
-from ...dtypes import DType
+from ...core.dtypes import DType
 from .files import os_error, temp_name
 from .torch_pickle import data_pkl
 

@@ -18,12 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ... import __version__
+from ...core.version import __version__
 from ...errors import Torch2MLXError
 from ..data import DataReader
 from ..execute import CHUNK, compute_outputs
 from ..plan import Op, Plan
-from ..readers.zarr_store import COMPLETE_ATTR, DTYPE_ATTR, NAMES_ATTR, _zarr, array_path
+from ...formats.zarr_store import COMPLETE_ATTR, DTYPE_ATTR, NAMES_ATTR, _zarr, array_path
 from .. import manifest as manifest_mod
 
 COMPRESSORS = ("none", "zstd", "blosc", "gzip")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..dtypes import DType
+from .dtypes import DType
 
 
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:

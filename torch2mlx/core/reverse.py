@@ -14,8 +14,8 @@ tensor, and their reverse is decided by the group:
 from __future__ import annotations
 
 from . import rules
-from .errors import Torch2MLXError
-from .stream.plan import RuleSpec
+from ..errors import Torch2MLXError
+from .spec import RuleSpec
 
 
 def reverse_specs(specs: list[RuleSpec], errors: list[str] | None = None) -> list[RuleSpec]:

@@ -11,7 +11,7 @@ path we picked; ``key`` overrides (``""``: the whole object).
 """
 from __future__ import annotations
 
-from ...errors import CheckpointError
+from ..errors import CheckpointError
 from .unpickler import Opaque, TensorRef
 
 KNOWN_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "module", "net", "network",

@@ -42,7 +42,7 @@ import numpy as np
 
 from . import dtypes
 from .dtypes import DType
-from .stream.casts import cast, f32_to_bf16, f32_to_f16, to_f32
+from .casts import cast, f32_to_bf16, f32_to_f16, to_f32
 
 BITS = (1, 2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)

@@ -12,9 +12,9 @@ import os
 import struct
 import zipfile
 
-from ... import dtypes
-from ...errors import CheckpointError
-from ..entry import TensorEntry
+from ..core import dtypes
+from ..errors import CheckpointError
+from ..core.entry import TensorEntry
 from . import zip_members
 
 _DESCR = {"<f8": "float64", "<f4": "float32", "<f2": "float16", "<V2": "bfloat16", "|V2": "bfloat16",

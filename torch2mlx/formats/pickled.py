@@ -1,8 +1,8 @@
 """Entries of a PyTorch pickle checkpoint (zip or legacy), validated against the storage bounds."""
 from __future__ import annotations
 
-from ...errors import CheckpointError
-from ..entry import TensorEntry, contiguous_strides
+from ..errors import CheckpointError
+from ..core.entry import TensorEntry, contiguous_strides
 from . import nested, torchscript
 from .torch_legacy import LegacyCheckpoint, is_legacy
 from .torch_zip import ZipCheckpoint, is_zip

@@ -15,7 +15,7 @@ import ast
 import re
 import zipfile
 
-from ...errors import CheckpointError
+from ..errors import CheckpointError
 from .unpickler import Opaque, TensorRef
 
 MAX_CODE = 256 << 20   # uncompressed class definitions read per archive

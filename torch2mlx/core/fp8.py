@@ -21,7 +21,7 @@ import numpy as np
 
 from . import dtypes
 from .dtypes import DType
-from .stream.casts import FLOAT8_TABLES, cast, to_f32
+from .casts import FLOAT8_TABLES, cast, to_f32
 
 FP8_WEIGHT_DTYPES = frozenset({"float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"})
 DEFAULT_BLOCK = 128  # DeepSeek-V3 / Qwen3-FP8 "weight_block_size": [128, 128]

@@ -26,9 +26,9 @@ import pickletools
 import struct
 from dataclasses import dataclass
 
-from ... import dtypes
-from ...dtypes import DType
-from ...errors import CheckpointError, Torch2MLXError
+from ..core import dtypes
+from ..core.dtypes import DType
+from ..errors import CheckpointError, Torch2MLXError
 
 
 def _spellings(modules, names) -> set[str]:

@@ -18,9 +18,9 @@ import warnings
 
 import numpy as np
 
-from ... import dtypes
-from ...errors import CheckpointError, Torch2MLXError
-from ..entry import TensorEntry
+from ..core import dtypes
+from ..errors import CheckpointError, Torch2MLXError
+from ..core.entry import TensorEntry
 
 DTYPE_ATTR = "torch2mlx_dtype"
 NAMES_ATTR = "torch2mlx_names"        # "escaped": array paths are array_path(name)

@@ -2,7 +2,7 @@
 
 numpy has no bfloat16 or float8: those are carried as raw bits in an unsigned
 integer array of the same width (``carrier``) and cast with exact bit
-arithmetic in ``torch2mlx.stream.casts``.
+arithmetic in ``torch2mlx.core.casts``.
 """
 from __future__ import annotations
 

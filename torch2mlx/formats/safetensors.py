@@ -11,9 +11,9 @@ import json
 import os
 import struct
 
-from ... import dtypes
-from ...errors import CheckpointError
-from ..entry import TensorEntry
+from ..core import dtypes
+from ..errors import CheckpointError
+from ..core.entry import TensorEntry
 
 MAX_HEADER = 100 * 1024 * 1024
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import zipfile
 
-from ...errors import CheckpointError
+from ..errors import CheckpointError
 from . import torchscript, unpickler, zip_members
 from .unpickler import StorageRef
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dtypes import DType
+from .dtypes import DType
 
 _F32_NAN_TO_BF16 = np.uint16(0xFFFF)   # torch's vectorized float->bfloat16 kernel
 _F16_NAN_TO_BF16 = np.uint16(0x7FC0)   # torch's scalar Half->BFloat16 path

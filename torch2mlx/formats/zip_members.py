@@ -4,7 +4,7 @@ from __future__ import annotations
 import struct
 import zipfile
 
-from ...errors import CheckpointError
+from ..errors import CheckpointError
 
 LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
 

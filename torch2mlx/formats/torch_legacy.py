@@ -12,7 +12,7 @@ import os
 import pickle
 import struct
 
-from ...errors import CheckpointError
+from ..errors import CheckpointError
 from . import unpickler
 from .unpickler import StorageRef
 

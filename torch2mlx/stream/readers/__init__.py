@@ -1,1 +1,0 @@
-"""Readers turn checkpoint files into ``TensorEntry`` records without reading tensor data."""
