@@ -10,7 +10,7 @@ Everything loads on first use: ``import torch2mlx`` imports neither torch nor ML
 The streaming engine (``torch2mlx.stream``, ``t2mlx stream``) imports torch only to build
 the model for exact rules: with ``--model``, or for a directory with a config.json when
 torch and transformers are installed and no cached analysis matches (the first run);
-``--no-model`` (``use_model=False``) never imports it.
+``--no-model`` (``model=False``) never imports it.
 """
 __version__ = "0.1.0"
 
