@@ -115,12 +115,13 @@ def _convert_zarr(res: Result, ck: Checkpoint, opts: Options, plan: Plan, out: s
     return res
 
 
-def progress_bar(total: int, enabled: bool):
+def progress_bar(total: int, enabled: bool, desc: str = "converting"):
+    """``(bar, update)`` of a byte-count bar on stderr, ``(None, None)`` when not ``enabled``."""
     if not enabled:
         return None, None
     from tqdm import tqdm
     bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-               desc="converting", dynamic_ncols=True, leave=False)
+               desc=desc, dynamic_ncols=True, leave=False)
     return bar, bar.update
 
 
@@ -131,7 +132,7 @@ def status_line(text: str | None) -> None:
     sys.stderr.flush()
 
 
-def _model_args(model, model_kwargs) -> tuple[str | None, object, bool, object]:
+def model_choice(model, model_kwargs) -> tuple[str | None, object, bool, object]:
     """``model`` as ``convert`` takes it -> (class path, kwargs, whether to look for a model, analyzer result)."""
     if model is None:
         return None, model_kwargs, True, None
@@ -155,7 +156,7 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None,
     (the analyzer's first run), ``status(None)`` when it is over.
     """
     opts = options
-    path, model_kwargs, use_model, inputs = _model_args(model, model_kwargs)
+    path, model_kwargs, use_model, inputs = model_choice(model, model_kwargs)
     ck = src if isinstance(src, Checkpoint) else open_checkpoint(src, key=opts.key, allow_globals=opts.allow_globals)
     notes = []
     module_types = None

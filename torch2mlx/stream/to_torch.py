@@ -11,12 +11,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import sys
 import time
 
 from ..errors import Torch2MLXError
 from .checkpoint import OUR_FILES, SIDECAR_SUFFIXES, Checkpoint, open_checkpoint
-from .convert import Result, _model_args, manifest
+from .convert import Result, model_choice, manifest, progress_bar
 from .data import DataReader
 from .execute import Executor
 from .options import Options
@@ -29,13 +28,12 @@ FORMATS = ("safetensors", "bin")
 
 @contextlib.contextmanager
 def _progress(total: int, enabled: bool):
-    if not enabled:
-        yield None
-        return
-    from tqdm import tqdm
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, desc="to torch",
-              dynamic_ncols=True, leave=False) as bar:
-        yield bar.update
+    bar, update = progress_bar(total, enabled, desc="to torch")
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _with_store_files(ck: Checkpoint) -> Checkpoint:
@@ -97,7 +95,7 @@ def to_torch(src, out, options: Options | None = None, *, model=None, model_kwar
         raise Torch2MLXError("out is required (or dry_run=True)")
     if format not in FORMATS:
         raise Torch2MLXError(f"to_torch writes format safetensors or bin, not {format!r}")
-    path, model_kwargs, use_model, inputs = _model_args(model, model_kwargs)
+    path, model_kwargs, use_model, inputs = model_choice(model, model_kwargs)
     ck = _with_store_files(src if isinstance(src, Checkpoint)
                            else open_checkpoint(src, key=opts.key, allow_globals=opts.allow_globals))
     drop_cache = opts.drop_cache
