@@ -85,3 +85,15 @@ def test_to_torch_is_its_own_entry_point(ckpt, tmp_path):
     sd = torch.load(ckpt)
     assert sorted(got) == sorted(sd) and all(torch.equal(got[k], sd[k]) for k in sd)
     assert torch2mlx.stream.to_torch is stream.to_torch
+
+
+def test_cli_spelling_turns_parameter_names_into_flags():
+    """The library's wording, and what ``t2mlx`` prints for it."""
+    from torch2mlx.cli import cli_spelling
+    assert cli_spelling("q_group_size 32 has no effect without q_bits or q_recipe") == \
+        "--q-group-size 32 has no effect without --q-bits or --q-recipe"
+    assert cli_spelling("the pickle calls a.b, ...; nothing was executed (allow_globals a.b accepts it)") == \
+        "the pickle calls a.b, ...; nothing was executed (--allow-global a.b accepts it)"
+    assert cli_spelling("resume: x changed since y (inode); rerun with overwrite to convert afresh") == \
+        "--resume: x changed since y (inode); rerun with --overwrite to convert afresh"
+    assert cli_spelling("its dtype float8 has no format") == "its dtype float8 has no format"   # prose is left alone

@@ -39,7 +39,8 @@ def analyze(x, *, model=None, model_kwargs=None, allow_globals=()):
 
     Example:
         >>> import torch2mlx
-        >>> print(torch2mlx.analyze("torch.nn:Linear", model_kwargs={"in_features": 4, "out_features": 2}).table())  # doctest: +SKIP
+        >>> report = torch2mlx.analyze("torch.nn:Linear", model_kwargs={"in_features": 4, "out_features": 2})
+        >>> print(report.table())  # doctest: +SKIP
 
     Imports torch only when needed (a module, a class, a config); see ``torch2mlx.analysis.analyze``.
     """
@@ -131,7 +132,8 @@ def to_torch(path_or_dict, model_or_rules=None, **options):
         Torch2MLXError: no rules, missing or extra tensors with ``strict``, a dtype torch lacks.
 
     Example:
-        >>> model.load_state_dict(torch2mlx.to_torch(dict(tree_flatten(mlx_model.parameters())), model))  # doctest: +SKIP
+        >>> state = torch2mlx.to_torch(dict(tree_flatten(mlx_model.parameters())), model)  # doctest: +SKIP
+        >>> model.load_state_dict(state, strict=True)  # doctest: +SKIP
     """
     from .model_api import to_torch as _to_torch
     return _to_torch(path_or_dict, model_or_rules, **options)

@@ -145,7 +145,8 @@ def model_choice(model, model_kwargs) -> tuple[str | None, object, bool, object]
             raise Torch2MLXError("model_kwargs applies to a model class path, not to an analyzer result")
         return None, None, False, model
     raise Torch2MLXError("model must be None (a config.json next to the weights, if any), False (no model), "
-                         f"a class path 'pkg.mod:Class' or an analyzer result (StreamInputs), got {type(model).__name__}")
+                         "a class path 'pkg.mod:Class' or an analyzer result (StreamInputs), "
+                         f"got {type(model).__name__}")
 
 
 def plan_source(src, options: Options, *, model=None, model_kwargs=None,
@@ -225,7 +226,7 @@ def convert(src, out, options: Options | None = None, *, model=None, model_kwarg
 
     Example:
         >>> from torch2mlx import stream
-        >>> res = stream.convert("./my-model", "./my-model-mlx", dtype="float16", model=False)
+        >>> res = stream.convert("./my-model", "./my-model-mlx", dtype="float16", model=False)  # doctest: +SKIP
         >>> res.tensors_out  # doctest: +SKIP
         291
     """
