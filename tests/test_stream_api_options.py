@@ -98,11 +98,3 @@ def test_cli_spelling_turns_parameter_names_into_flags():
         "--resume: x changed since y (inode); rerun with --overwrite to convert afresh"
     assert cli_spelling("its dtype float8 has no format") == "its dtype float8 has no format"   # prose is left alone
 
-
-def test_constructor_kwargs_errors_name_the_parameter_in_the_library():
-    from torch2mlx.cli import cli_spelling
-    with pytest.raises(Torch2MLXError) as e:
-        torch2mlx.analyze("torch.nn:Linear", model_kwargs="[1]")
-    assert str(e.value).startswith("model_kwargs must be a JSON object")
-    assert cli_spelling(str(e.value), "analyze").startswith("--model-kwargs must be a JSON object")
-    assert cli_spelling(str(e.value), "codegen").startswith("--kwargs must be a JSON object")

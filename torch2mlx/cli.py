@@ -217,10 +217,8 @@ _FLAG_SPELLINGS = [
 ]
 
 
-def cli_spelling(message: str, command: str | None = None) -> str:
+def cli_spelling(message: str) -> str:
     """A library error as the command line says it: ``q_bits`` -> ``--q-bits``, ``out`` -> ``OUT``."""
-    if command == "codegen":   # its flag for the constructor's arguments is --kwargs
-        message = re.sub(r"^model_kwargs\b", "--kwargs", message)
     for pattern, repl in _FLAG_SPELLINGS:
         message = pattern.sub(repl, message)
     return message
@@ -378,7 +376,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except Torch2MLXError as e:
-        print(f"error: {one_line(cli_spelling(str(e), args.command))}", file=sys.stderr)
+        print(f"error: {one_line(cli_spelling(str(e)))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
         what, code = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)

@@ -71,7 +71,7 @@ def from_module(model) -> Built:
     return Built(inner, type(inner).__name__, "module", notes)
 
 
-def parse_kwargs(text, option: str = "model_kwargs") -> dict:
+def parse_kwargs(text, option: str = "--model-kwargs") -> dict:
     if text is None or isinstance(text, dict):
         return dict(text or {})
     try:
@@ -118,7 +118,7 @@ def _import_class(path: str, what: str = "--model"):
 
 
 def from_class(path: str, kwargs=None, config_dir: str | None = None, what: str = "--model",
-               kwargs_option: str = "model_kwargs") -> Built:
+               kwargs_option: str = "--model-kwargs") -> Built:
     """Instantiate ``pkg.mod:Class(**kwargs)`` on the meta device (a transformers class from ``config_dir``).
 
     ``what`` and ``kwargs_option`` name where the class path and its arguments came from in errors

@@ -22,7 +22,7 @@ def _build(x, model_kwargs):
                 raise Torch2MLXError(why.split(";")[0])
             return build.from_config_dir(path)
         if ":" in path and not os.path.exists(path):
-            return build.from_class(path, model_kwargs, what="model class")
+            return build.from_class(path, model_kwargs, what="model class", kwargs_option="--kwargs")
         raise Torch2MLXError(f"{path}: give a model class pkg.mod:Class or a directory with config.json")
     if hasattr(x, "named_modules") and hasattr(x, "_parameters"):
         return build.from_module(x)
