@@ -215,6 +215,11 @@ def convert(src, out, **kw):
     return torch2mlx.stream.convert(src, out, **kw)
 
 
+def to_torch(src, out, **kw):
+    """The library's way back (what ``t2mlx stream --to torch`` calls), quiet."""
+    return torch2mlx.stream.to_torch(src, out, **kw)
+
+
 def torch_save(obj, path, fmt: str = "zip") -> Path:
     """``torch.save`` as a zip archive (today's default) or the legacy pickle format."""
     torch.save(obj, path, _use_new_zipfile_serialization=(fmt == "zip"))

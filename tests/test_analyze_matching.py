@@ -10,6 +10,7 @@ import torch.nn as nn
 from safetensors.numpy import load_file
 
 from torch2mlx.core.reverse import reverse_specs
+from torch2mlx.analysis.stream_inputs import StreamInputs
 from torch2mlx.stream import convert
 from torch2mlx.core.spec import RuleSpec
 
@@ -112,7 +113,7 @@ def test_lstm_streams_to_mlx_and_back_through_multi_source_specs(tmp_path):
 
     specs = [RuleSpec(n, tuple(r["source"]) if isinstance(r["source"], list) else (r["source"],), r["rule"],
                       r.get("args", {})) for n, r in _records(tmp_path / "mlx")["tensors"].items()]
-    convert(tmp_path / "mlx", tmp_path / "back", specs=reverse_specs(specs))
+    convert(tmp_path / "mlx", tmp_path / "back", model=StreamInputs(specs=reverse_specs(specs)))
     back = nn.LSTM(4, 6, num_layers=2, batch_first=True)
     back.load_state_dict({k: torch.from_numpy(v) for k, v in load_file(str(tmp_path / "back" /
                                                                            "model.safetensors")).items()})

@@ -15,7 +15,8 @@ import torch2mlx
 from helpers import MANIFEST, read_json, torch_save
 from torch2mlx.errors import Torch2MLXError
 from torch2mlx.stream import ShardWriter, manifest
-from torch2mlx.stream import convert as stream_convert
+from torch2mlx.analysis.stream_inputs import StreamInputs
+from torch2mlx.stream import convert as stream_convert, to_torch as stream_to_torch
 from torch2mlx.stream.options import Options
 from torch2mlx.stream.verify import verify
 from torch2mlx.stream.writers.files import dumps
@@ -36,11 +37,11 @@ def src(tmp_path_factory):
 def _outputs(src_path, tmp_path) -> dict[str, pathlib.Path]:
     """One output of every kind that writes a manifest."""
     out = {k: tmp_path / k for k in ("fwd", "q4", "zarr", "transform", "back", "writer")}
-    stream_convert(src_path, out["fwd"], use_model=False, exclude=[r"num_batches_tracked$"])
-    stream_convert(src_path, out["q4"], use_model=False, q_bits=4)
-    stream_convert(src_path, out["zarr"], use_model=False, format="zarr")
-    stream_convert(src_path, out["transform"], use_model=False, transform=lambda n, v, d: (n, v))
-    stream_convert(out["q4"], out["back"], to="torch", format="bin")
+    stream_convert(src_path, out["fwd"], model=False, exclude=[r"num_batches_tracked$"])
+    stream_convert(src_path, out["q4"], model=False, q_bits=4)
+    stream_convert(src_path, out["zarr"], model=False, format="zarr")
+    stream_convert(src_path, out["transform"], model=False, hook=lambda n, v, d: (n, v))
+    stream_to_torch(out["q4"], out["back"], format="bin")
     with ShardWriter(out["writer"]) as w:
         w.add("x", np.arange(6, dtype=np.float32))
     return out
@@ -82,7 +83,7 @@ def test_fields_say_what_each_output_is(src, tmp_path):
 
 
 def test_a_run_that_goes_on_is_marked_unfinished_without_records(src, tmp_path):
-    res = stream_convert(src[0], None, dry_run=True, use_model=False)
+    res = stream_convert(src[0], None, dry_run=True, model=False)
     res.source_files = {}
     conv = importlib.import_module("torch2mlx.stream.convert")   # the module: stream.convert is its function
     partial = conv.manifest(res, Options.make(), complete=False)
@@ -98,7 +99,7 @@ def test_an_older_manifest_still_reads_verifies_and_goes_back_to_torch(src, tmp_
     """Older torch2mlx wrote no source identity, plan fingerprint or complete flag; it may also have
     written keys this version does not know: those are kept as they were."""
     out = tmp_path / "old"
-    stream_convert(src[0], out, use_model=False)
+    stream_convert(src[0], out, model=False)
     d = read_json(out / MANIFEST)
     for k in ("plan_sha256", "source_files", "complete"):
         del d[k]
@@ -132,13 +133,13 @@ def test_reading_a_missing_broken_or_foreign_manifest(tmp_path):
 
 def test_records_to_specs_and_back_through_a_plan(src, tmp_path):
     """Records -> specs -> a plan of the same source gives the same records (rule source aside)."""
-    res = stream_convert(src[0], None, dry_run=True, use_model=False, q_bits=4)
+    res = stream_convert(src[0], None, dry_run=True, model=False, q_bits=4)
     records = res.plan.tensor_records()
     specs, by_mlx = manifest.specs_from_records(records)
     # a quantized weight is one spec: its scales and biases are part of it
     assert {s.out for s in specs} == {n for n, r in records.items() if r.get("role") not in ("scales", "biases")}
     assert "fc.scales" in records and "fc.scales" not in by_mlx and by_mlx["fc.weight"] is records["fc.weight"]
-    again = stream_convert(src[0], None, dry_run=True, use_model=False, q_bits=4, specs=specs).plan.tensor_records()
+    again = stream_convert(src[0], None, dry_run=True, q_bits=4, model=StreamInputs(specs=specs)).plan.tensor_records()
     strip = lambda rs: {n: {k: v for k, v in r.items() if k != "rule_source"} for n, r in rs.items()}  # noqa: E731
     assert strip(again) == strip(records)
     with pytest.raises(Torch2MLXError, match="no usable source and rule"):

@@ -106,7 +106,7 @@ _LIBRARY_SCRIPT = textwrap.dedent("""
     ck = s.open(src)
     n = sum(1 for _ in ck.tensors(upcast=True))
     s.convert(src, out, dtype="bfloat16")
-    s.convert(src, out2, transform=lambda name, arr, dtype: ("x." + name, arr))
+    s.convert(src, out2, hook=lambda name, arr, dtype: ("x." + name, arr))
     with s.ShardWriter(out3) as w:
         for name, arr in s.open(out + "/model.safetensors").tensors():
             w.add(name, arr)

@@ -32,28 +32,28 @@ def test_q_group_size_without_q_bits_is_refused(ckpt, tmp_path):
     proc = run_main("stream", ckpt, tmp_path / "o", "--q-group-size", "32")
     assert_one_error(proc, "--q-group-size", "--q-bits")
     assert not (tmp_path / "o").exists()
-    with pytest.raises(Torch2MLXError, match="--q-group-size 32 has no effect without --q-bits"):
-        torch2mlx.stream.convert(ckpt, tmp_path / "o2", q_group_size=32, use_model=False)
-    with pytest.raises(Torch2MLXError, match="--q-group-size"):
+    with pytest.raises(Torch2MLXError, match="q_group_size 32 has no effect without q_bits"):
+        torch2mlx.stream.convert(ckpt, tmp_path / "o2", q_group_size=32, model=False)
+    with pytest.raises(Torch2MLXError, match="q_group_size"):
         torch2mlx.convert(prefixed_state_dict(), tmp_path / "o3.safetensors", q_group_size=32)
 
 
 def test_q_group_size_with_q_bits_still_applies(ckpt, tmp_path):
-    res = convert(ckpt, tmp_path / "o", q_bits=4, q_group_size=32, use_model=False)
+    res = convert(ckpt, tmp_path / "o", q_bits=4, q_group_size=32, model=False)
     assert res.plan.quantization["group_size"] == 32
-    res = convert(ckpt, tmp_path / "o64", q_bits=4, use_model=False)   # the default
+    res = convert(ckpt, tmp_path / "o64", q_bits=4, model=False)   # the default
     assert res.plan.quantization["group_size"] == 64
 
 
 def test_resume_with_overwrite_is_refused(ckpt, tmp_path):
     out = tmp_path / "o"
-    convert(ckpt, out, use_model=False)
+    convert(ckpt, out, model=False)
     before = sorted(p.name for p in out.iterdir())
     proc = run_main("stream", ckpt, out, "--resume", "--overwrite", "--no-model")
     assert_one_error(proc, "--resume", "--overwrite")
     assert sorted(p.name for p in out.iterdir()) == before
-    with pytest.raises(Torch2MLXError, match="--resume and --overwrite"):
-        convert(ckpt, out, resume=True, overwrite=True, use_model=False)
+    with pytest.raises(Torch2MLXError, match="resume and overwrite contradict"):
+        convert(ckpt, out, resume=True, overwrite=True, model=False)
 
 
 def test_strip_prefix_that_matches_nothing_is_warned(ckpt, tmp_path):
@@ -62,7 +62,7 @@ def test_strip_prefix_that_matches_nothing_is_warned(ckpt, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "warning: --strip-prefix 'nothere.' matched no tensor name" in proc.stdout
     assert "'model.' matched" not in proc.stdout
-    res = convert(ckpt, tmp_path / "o2", strip_prefix=["nothere."], use_model=False)
+    res = convert(ckpt, tmp_path / "o2", strip_prefix=["nothere."], model=False)
     assert "--strip-prefix 'nothere.' matched no tensor name" in res.plan.warnings
     assert "--strip-prefix 'nothere.' matched no tensor name" in read_json(tmp_path / "o2" / "torch2mlx.json")["warnings"]
 
@@ -79,14 +79,14 @@ def test_rule_written_against_the_stripped_name_applies(ckpt, tmp_path):
                     rules={"0.weight": "identity"}, rule_sources={"0.weight": "user"})
     # the source (pre-strip) name works as before
     out2 = tmp_path / "o2"
-    convert(ckpt, out2, strip_prefix=["model."], rules=[r"^model\.0\.weight=identity"], use_model=False)
+    convert(ckpt, out2, strip_prefix=["model."], rules=[r"^model\.0\.weight=identity"], model=False)
     check_converted(out2, sd, names={"0.weight": "model.0.weight", "0.bias": "model.0.bias",
                                      "1.weight": "model.1.weight"}, rules={"0.weight": "identity"})
 
 
 def test_rule_and_exclude_matching_nothing_are_warned(ckpt, tmp_path):
     res = convert(ckpt, tmp_path / "o", rules=[r"^nomatch=identity", r"0\.weight=identity", r"model\.0\.weight=conv2d"],
-                  exclude=["^gone$"], use_model=False)
+                  exclude=["^gone$"], model=False)
     assert "--rule '^nomatch=identity' matched no tensor" in res.plan.warnings
     assert "--exclude '^gone$' matched no tensor" in res.plan.warnings
     # shadowed by an earlier rule for model.0.weight, but it matches a name: not a no-op

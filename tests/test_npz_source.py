@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import assert_one_error, assert_same, canon_bits, canon_mx, convert, read_output, run_main
+from helpers import assert_one_error, assert_same, canon_bits, canon_mx, convert, read_output, run_main, to_torch
 from reverse_helpers import read_torch_output
 
 
@@ -68,14 +68,14 @@ def test_compressed_npz_is_one_error(tmp_path):
 
 
 def test_mx_savez_to_torch_keeps_names_or_undoes_a_named_layout(mx_npz, tmp_path):
-    res = convert(mx_npz, tmp_path / "same", to="torch")
+    res = to_torch(mx_npz, tmp_path / "same")
     assert any("no torch2mlx.json and no model information" in w for w in res.plan.warnings)
     got = read_torch_output(tmp_path / "same")
     want = mx.load(str(mx_npz))
     assert got["emb.weight"].dtype == torch.bfloat16
     assert np.array_equal(got["emb.weight"].view(torch.int16).numpy(), np.array(want["emb.weight"].view(mx.int16)))
     assert np.array_equal(got["conv.weight"].numpy(), np.array(want["conv.weight"]))
-    convert(mx_npz, tmp_path / "undone", to="torch", format="bin", rules=[r"conv\.weight=conv2d"])
+    to_torch(mx_npz, tmp_path / "undone", format="bin", rules=[r"conv\.weight=conv2d"])
     undone = read_torch_output(tmp_path / "undone", "bin")["conv.weight"]
     # torch's (O, I, H, W) from MLX's (O, H, W, I)
     assert torch.equal(undone, torch.from_numpy(np.array(want["conv.weight"])).permute(0, 3, 1, 2))

@@ -48,7 +48,7 @@ def wait(name, array, dtype):
     while not os.path.exists(release):
         time.sleep(0.005)
     return name, array, dtype
-torch2mlx.stream.convert(src, out, transform=wait, use_model=False)
+torch2mlx.stream.convert(src, out, hook=wait, model=False)
 """
 
 
@@ -101,7 +101,7 @@ def test_a_killed_run_leaves_no_lock_that_holds(tiny, tmp_path):
 def test_concurrent_runs_into_one_out(tiny, tmp_path):
     """Fifty races of two conversions started together: one wins, the other is refused; never both fail."""
     ref = tmp_path / "ref"
-    torch2mlx.stream.convert(tiny, ref, max_shard_size="70KB", use_model=False)
+    torch2mlx.stream.convert(tiny, ref, max_shard_size="70KB", model=False)
     want = sorted(os.listdir(ref))
     assert len([n for n in want if n.startswith("model-")]) > 2
     outcomes = {}
@@ -113,7 +113,7 @@ def test_concurrent_runs_into_one_out(tiny, tmp_path):
         def run(i):
             start.wait()
             try:
-                torch2mlx.stream.convert(tiny, out, max_shard_size="70KB", use_model=False, workers=2)
+                torch2mlx.stream.convert(tiny, out, max_shard_size="70KB", model=False, workers=2)
                 results[i] = "ok"
             except Torch2MLXError as e:
                 results[i] = str(e)
@@ -167,14 +167,14 @@ def test_lock_file_is_not_left_behind_on_an_error(tiny, tmp_path):
     out.mkdir()
     (out / "something").write_text("x")
     with pytest.raises(Torch2MLXError, match="exists and is not empty"):
-        torch2mlx.stream.convert(tiny, out, use_model=False)
+        torch2mlx.stream.convert(tiny, out, model=False)
     assert sorted(os.listdir(out)) == ["something"]
 
 
 def test_verify_and_index_ignore_a_stale_lock_file(tiny, tmp_path):
     """A run killed after its index was written leaves its lock file: the output is still complete."""
     out = tmp_path / "out"
-    torch2mlx.stream.convert(tiny, out, use_model=False)
+    torch2mlx.stream.convert(tiny, out, model=False)
     (out / LOCK).write_text("12345\n")
     assert verify(tiny, out).ok
     assert (out / INDEX).exists()
@@ -193,6 +193,6 @@ def test_a_filesystem_without_flock_still_converts(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
     out = tmp_path / "out"
-    torch2mlx.stream.convert(tiny, out, use_model=False)
+    torch2mlx.stream.convert(tiny, out, model=False)
     assert verify(tiny, out).ok
     assert not (out / LOCK).exists()

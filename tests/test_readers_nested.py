@@ -156,7 +156,7 @@ def test_a_list_of_layer_state_dicts_converts_every_tensor(tmp_path, out, fmt):
     src = torch_save(layers, tmp_path / "layers.pt", fmt)
     flat = {f"{i}.{k}": v for i, sd in enumerate(torch_load(src)) for k, v in sd.items()}
     assert len(flat) == 10
-    convert(src, out, use_model=False)
+    convert(src, out, model=False)
     check_converted(out, flat)
     assert "a list of 5 state dicts" in _notes(src)
 
@@ -167,7 +167,7 @@ def test_key_empty_means_the_whole_object(tmp_path, out, fmt):
     src = torch_save(obj, tmp_path / "m.pt", fmt)
     loaded = torch_load(src)
     flat = {f"enc.{i}.{k}": v for i, sd in enumerate(loaded["enc"]) for k, v in sd.items()} | {"head.w": loaded["head"]["w"]}
-    convert(src, out, use_model=False, key="")
+    convert(src, out, model=False, key="")
     check_converted(out, flat)
     assert "the whole object" in _notes(src, key="")
     # the CLI takes --key '' as well
@@ -188,7 +188,7 @@ def test_nested_state_dict_is_descended_to_and_recorded(tmp_path, out, fmt):
     from helpers import MANIFEST, run_cli
     src = torch_save(_nested_ckpt(_model()), tmp_path / "nested.pt", fmt)
     want = torch_load(src)["model"]["state_dict"]
-    res = convert(src, out, use_model=False)
+    res = convert(src, out, model=False)
     check_converted(out, want)                    # names as the model's: no "state_dict." in front
     assert "key 'model.state_dict'" in res.report()
     man = json.loads((out / MANIFEST).read_text())
@@ -206,13 +206,13 @@ def test_verify_and_resume_read_the_recorded_key_path(tmp_path, out):
     ckpt = {"model": {"model_args": {}, "state_dict": model.state_dict()},
             "ema": {"state_dict": ema.state_dict()}}
     src = torch_save(ckpt, tmp_path / "two.pt")
-    convert(src, out, use_model=False, key="ema.state_dict")
+    convert(src, out, model=False, key="ema.state_dict")
     man = json.loads((out / MANIFEST).read_text())
     assert man["source_key"] == "ema.state_dict"
     man["options"]["key"] = None          # as if the run had chosen ema.state_dict by itself
     (out / MANIFEST).write_text(json.dumps(man))
     assert run_cli("verify", src, out).returncode == 0   # would fail against model.state_dict
     # --resume without --key reads the recorded path too (a fresh choice would say "different plan")
-    res = convert(src, out, use_model=False, resume=True)
+    res = convert(src, out, model=False, resume=True)
     check_converted(out, torch_load(src)["ema"]["state_dict"])
     assert "reusing 1 of 1" in "\n".join(res.plan.notes)

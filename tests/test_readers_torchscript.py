@@ -52,7 +52,7 @@ def test_torchscript_archive_converts_its_state_dict_exactly(tmp_path, out, how)
         assert any(i.compress_type != zipfile.ZIP_STORED for i in zf.infolist())
     want = torch.jit.load(str(src)).state_dict()
     assert "plain" not in want and "cache" in want and "shared.weight" in want
-    res = convert(src, out, use_model=False)
+    res = convert(src, out, model=False)
     check_converted(out, dict(want))
     assert "TorchScript" in res.report()
     assert not any("placeholder" in n for n in res.plan.notes)

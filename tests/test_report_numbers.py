@@ -51,7 +51,7 @@ def test_transform_that_drops_half_reports_the_bytes_it_wrote(qwen2, tmp_path):
     src, sd = qwen2
     out = tmp_path / "out"
     kept = sorted(sd)[::2]
-    res = stream.convert(src, out, transform=lambda n, a, d: (n, a, d) if n in kept else None)
+    res = stream.convert(src, out, hook=lambda n, a, d: (n, a, d) if n in kept else None)
     d = res.to_dict()
     assert d["tensors_out"] == len(kept) and set(read_json(out / INDEX)["weight_map"]) == set(kept)
     written = sum(sd[n].numel() * sd[n].element_size() for n in kept)
@@ -63,7 +63,7 @@ def test_transform_that_drops_half_reports_the_bytes_it_wrote(qwen2, tmp_path):
 def test_resumed_run_counts_only_what_it_converted(qwen2, tmp_path):
     src, _ = qwen2
     out = tmp_path / "out"
-    full = stream.convert(src, out, max_shard_size="40KB", use_model=False)
+    full = stream.convert(src, out, max_shard_size="40KB", model=False)
     n = len(full.plan.shards)
     assert n >= 4
     # as if interrupted: the last two shards and the index never made it
@@ -71,7 +71,7 @@ def test_resumed_run_counts_only_what_it_converted(qwen2, tmp_path):
     for sh in redo:
         (out / sh.file).unlink()
     (out / INDEX).unlink()
-    res = stream.convert(src, out, max_shard_size="40KB", use_model=False, resume=True)
+    res = stream.convert(src, out, max_shard_size="40KB", model=False, resume=True)
     d = res.to_dict()
     redone = {id(o) for sh in res.plan.shards[-2:] for o in sh.outputs}
     want_in = sum(op.nbytes_in for op in res.plan.ops if id(op.outputs[0]) in redone)
@@ -107,7 +107,7 @@ def test_float8_scales_folded_in_are_counted_as_read(tmp_path):
     src.mkdir()
     save_file({n: x.contiguous() for n, x in t.items()}, str(src / "model.safetensors"))
     (src / "config.json").write_text(json.dumps({"model_type": "toy"}))
-    res = stream.convert(src, tmp_path / "out", use_model=False)
+    res = stream.convert(src, tmp_path / "out", model=False)
     assert "blk.c.input_scale" in {n for n, _ in res.plan.dropped}     # an activation scale: never read
     read = sum(x.numel() * x.element_size() for n, x in t.items() if n != "blk.c.input_scale")
     assert res.to_dict()["bytes_in"] == read

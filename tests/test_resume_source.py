@@ -297,7 +297,7 @@ def test_a_source_truncated_during_a_copy_is_named(tmp_path, monkeypatch, kernel
         pytest.skip("no copy_file_range on this platform")
     out = tmp_path / "out"
     with pytest.raises(Torch2MLXError) as e:
-        torch2mlx.stream.convert(src, out, checkpoint=ck, use_model=False)
+        torch2mlx.stream.convert(ck, out, model=False)
     assert str(e.value).startswith(f"{src}: ended during a copy (truncated while converting?) (")   # + what was left
     assert not (out / INDEX).exists()
     assert not list(out.glob(".*.tmp"))
@@ -313,7 +313,7 @@ def test_a_hub_cache_file_is_recorded_with_its_blob_hash(tmp_path):
     save_file({"w": np.ones((4, 4), dtype=np.float32)}, str(repo / "blobs" / blob))
     (snap / "model.safetensors").symlink_to(Path("..", "..", "blobs", blob))
     out = tmp_path / "out"
-    torch2mlx.stream.convert(snap, out, use_model=False)
+    torch2mlx.stream.convert(snap, out, model=False)
     rec = read_json(out / MANIFEST)["source_files"]["model.safetensors"]
     st = (repo / "blobs" / blob).stat()
     assert rec == {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "blob": blob}
@@ -331,7 +331,7 @@ def test_a_manifest_without_source_identity(tmp_path):
     src = tmp_path / "model.safetensors"
     save_file({"w": np.arange(64, dtype=np.float32).reshape(8, 8)}, str(src))
     out = tmp_path / "out"
-    torch2mlx.stream.convert(src, out, use_model=False)
+    torch2mlx.stream.convert(src, out, model=False)
     m = read_json(out / MANIFEST)
     del m["source_files"]
     (out / MANIFEST).write_text(json.dumps(m))

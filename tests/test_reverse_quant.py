@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import assert_no_index, assert_one_error, convert, read_json, run_main
+from helpers import assert_no_index, assert_one_error, convert, read_json, run_main, to_torch
 from reverse_helpers import read_torch_output
 
 TORCH_DT = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -65,14 +65,14 @@ def test_ours_dequantize_as_mlx_does_within_the_quantizers_bound(tmp_path, bits,
           "attn.c_attn.weight": torch.randn(256, 40, generator=g).to(TORCH_DT[dt]),
           "ln.weight": torch.randn(256, generator=g).to(TORCH_DT[dt])}
     torch.save(sd, tmp_path / "m.pt")
-    convert(tmp_path / "m.pt", tmp_path / "mlx", use_model=False, q_bits=bits, q_group_size=group_size,
+    convert(tmp_path / "m.pt", tmp_path / "mlx", model=False, q_bits=bits, q_group_size=group_size,
             rules=[r"c_attn\.weight=linear_transposed"])
     if bits == 3:   # blocks of a few rows and steps of a few groups: the slices must still line up
         from torch2mlx.stream import dequant, execute
         real = execute.plan_tasks
         monkeypatch.setattr(execute, "plan_tasks", lambda op, chunk: real(op, 2048))
         monkeypatch.setattr(dequant, "_STEP_ELEMENTS", 64)
-    res = convert(tmp_path / "mlx", tmp_path / "back", to="torch", format="bin" if bits % 2 else "safetensors")
+    res = to_torch(tmp_path / "mlx", tmp_path / "back", format="bin" if bits % 2 else "safetensors")
     assert any("2 quantized weight(s) dequantized" in n for n in res.plan.notes)
     back = read_torch_output(tmp_path / "back", "bin" if bits % 2 else "safetensors")
     assert set(back) == set(sd)
@@ -93,8 +93,8 @@ def test_ours_dequantize_as_mlx_does_within_the_quantizers_bound(tmp_path, bits,
 def test_forward_dtype_change_and_quantization_are_both_undone(tmp_path):
     sd = {"fc.weight": torch.randn(8, 64, dtype=torch.float32)}
     torch.save(sd, tmp_path / "m.pt")
-    convert(tmp_path / "m.pt", tmp_path / "mlx", use_model=False, q_bits=4, dtype="bfloat16")
-    convert(tmp_path / "mlx", tmp_path / "back", to="torch")
+    convert(tmp_path / "m.pt", tmp_path / "mlx", model=False, q_bits=4, dtype="bfloat16")
+    to_torch(tmp_path / "mlx", tmp_path / "back")
     got = read_torch_output(tmp_path / "back")["fc.weight"]
     assert got.dtype == torch.float32   # the torch dtype is restored: the bfloat16 values, widened
     assert torch.equal(got, _dequantized(tmp_path / "mlx", "fc", 4, 64).float())
@@ -137,7 +137,7 @@ def _mlx_lm_logits(path, ids: np.ndarray) -> np.ndarray:
 def test_mlx_lm_quantized_llama_loads_strictly_into_transformers(mlx_lm_dir, tmp_path, recipe, fmt):
     from transformers import LlamaConfig, LlamaForCausalLM
     mlx_lm_dir = mlx_lm_dir / recipe
-    res = convert(mlx_lm_dir, tmp_path / "back", to="torch", format=fmt)
+    res = to_torch(mlx_lm_dir, tmp_path / "back", format=fmt)
     assert res.plan.rules_by_source() == {"model": 21} and not res.plan.warnings, res.plan.warnings
     cfg = json.loads((tmp_path / "back" / "config.json").read_text())
     assert "quantization" not in cfg and "quantization_config" not in cfg

@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import MANIFEST, convert
+from helpers import MANIFEST, convert, to_torch
 from reverse_helpers import read_torch_output
 
 
@@ -100,7 +100,7 @@ def _check(net: Net, back: dict[str, torch.Tensor]) -> None:
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
 def test_rules_from_the_manifest_take_the_model_back(net_and_mlx, tmp_path, fmt):
     net, d = net_and_mlx
-    res = convert(d / "mlx", tmp_path / "back", to="torch", format=fmt)
+    res = to_torch(d / "mlx", tmp_path / "back", format=fmt)
     assert not res.plan.warnings, res.plan.warnings
     _check(net, read_torch_output(tmp_path / "back", fmt))
 
@@ -112,12 +112,12 @@ def test_rules_from_the_model_class_when_there_is_no_manifest(net_and_mlx, tmp_p
     for f in os.listdir(d / "mlx"):
         if f != MANIFEST:
             (bare / f).write_bytes((d / "mlx" / f).read_bytes())
-    res = convert(bare, tmp_path / "back", to="torch", model=f"{__name__}:Net")
+    res = to_torch(bare, tmp_path / "back", model=f"{__name__}:Net")
     assert {op.rule_source for op in res.plan.ops} == {"model", "default"}   # default: the restored counter
     assert not res.plan.warnings, res.plan.warnings
     back = read_torch_output(tmp_path / "back")
     _check(net, back)
-    via_manifest = convert(d / "mlx", tmp_path / "m", to="torch")
+    via_manifest = to_torch(d / "mlx", tmp_path / "m")
     assert via_manifest.plan.rules_by_source()["manifest"] == len(back) - 1
     for k, v in read_torch_output(tmp_path / "m").items():
         assert torch.equal(back[k], v), k

@@ -1,4 +1,4 @@
-"""The library API for custom pipelines: open(...).entries / .tensors(), convert(transform=...), ShardWriter."""
+"""The library API for custom pipelines: open(...).entries / .tensors(), convert(hook=...), ShardWriter."""
 from __future__ import annotations
 
 import inspect
@@ -90,7 +90,7 @@ def test_transform_renames_drops_and_maps(views_files, out):
             return name, (arr + 1).astype(mx.int32)              # map to another dtype
         return "renamed." + name, arr                             # rename, array untouched
 
-    res = stream.convert(views_files["zip"], out, transform=transform, max_shard_size="300B")
+    res = stream.convert(views_files["zip"], out, hook=transform, max_shard_size="300B")
     assert len(res.shards) > 1
     by_name = {c[0]: c for c in calls}
     assert set(by_name) == set(source)
@@ -116,7 +116,7 @@ def test_transform_renames_drops_and_maps(views_files, out):
 
 def test_transform_with_dtype_option_and_identity(dtype_files, out, tmp_path):
     """An identity transform writes the same tensors as the plain conversion."""
-    stream.convert(dtype_files["legacy"], out, dtype="bfloat16", transform=lambda n, a, d: (n, a))
+    stream.convert(dtype_files["legacy"], out, dtype="bfloat16", hook=lambda n, a, d: (n, a))
     check_converted(out, torch_load(dtype_files["zip"]), dtype="bfloat16")
     plain = tmp_path / "plain"
     stream.convert(dtype_files["legacy"], plain, dtype="bfloat16")
@@ -125,8 +125,8 @@ def test_transform_with_dtype_option_and_identity(dtype_files, out, tmp_path):
 
 @pytest.mark.parametrize("bad", [42, ("x",), (1, np.zeros(2)), [("ok", np.zeros(2)), "nope"]])
 def test_transform_returning_nonsense_is_an_error(views_files, out, bad):
-    with pytest.raises(torch2mlx.Torch2MLXError, match="transform returned"):
-        stream.convert(views_files["zip"], out, transform=lambda n, a, d: bad)
+    with pytest.raises(torch2mlx.Torch2MLXError, match="hook returned"):
+        stream.convert(views_files["zip"], out, hook=lambda n, a, d: bad)
     assert_no_index(out)
 
 

@@ -105,4 +105,4 @@ def test_every_claim_states_the_conditions(where):
         assert absolute not in text, f"{where}: {absolute!r}"
     # ... but the conditions the test above checks: config.json, a cache, and the way out
     assert "config.json" in text and re.search(r"cach", text), where
-    assert "--no-model" in text or "use_model=False" in text, where
+    assert "--no-model" in text or "model=False" in text, where

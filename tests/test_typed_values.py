@@ -46,7 +46,7 @@ def test_transform_casting_bf16_norms_to_float32_writes_torchs_values(tied_bf16,
         return _norms_to_f32(name, array, dtype)
 
     out = tmp_path / "out"
-    res = stream.convert(src, out, transform=transform)
+    res = stream.convert(src, out, hook=transform)
     norms = sorted(n for n in sd if "norm" in n)
     assert len(norms) == 5 and all(seen[n] == (mx.bfloat16, "bfloat16") for n in norms)
     got = read_output(out)
@@ -62,7 +62,7 @@ def test_transform_casting_bf16_norms_to_float32_writes_torchs_values(tied_bf16,
 def test_verify_of_a_transform_output_names_what_it_could_not_recompute(tied_bf16, tmp_path):
     src, sd = tied_bf16
     out = tmp_path / "out"
-    stream.convert(src, out, transform=_norms_to_f32)
+    stream.convert(src, out, hook=_norms_to_f32)
     rep = verify(src, out)
     norms = sorted(n for n in sd if "norm" in n)
     assert rep.ok and sorted(n for n, _ in rep.unchecked) == norms
@@ -134,16 +134,16 @@ def test_transform_returning_torch_and_numpy(tied_bf16, tmp_path):
         return name, array
 
     out = tmp_path / "out"
-    stream.convert(src, out, transform=transform)
+    stream.convert(src, out, hook=transform)
     st = load_file(str(out / "model.safetensors"))
     assert torch.equal(st["model.norm.weight"], sd["model.norm.weight"] * 2)
     assert torch.equal(st["model.layers.0.input_layernorm.weight"], sd["model.layers.0.input_layernorm.weight"].half())
 
 
-def test_transform_with_quantization_is_refused_not_half_written(tied_bf16, tmp_path):
-    """A quantized weight is three tensors; a transform sees one, so the scales and biases were lost."""
+def test_hook_with_quantization_is_refused_not_half_written(tied_bf16, tmp_path):
+    """A quantized weight is three tensors; a hook sees one, so the scales and biases were lost."""
     src, _ = tied_bf16
     out = tmp_path / "out"
-    with pytest.raises(torch2mlx.Torch2MLXError, match="transform cannot be combined with quantization"):
-        stream.convert(src, out, transform=lambda n, a, d: (n, a, d), q_bits=4)
+    with pytest.raises(torch2mlx.Torch2MLXError, match="hook cannot be combined with quantization"):
+        stream.convert(src, out, hook=lambda n, a, d: (n, a, d), q_bits=4)
     assert not (out / INDEX).exists()

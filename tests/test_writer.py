@@ -109,7 +109,7 @@ _ORDER_SCRIPT = textwrap.dedent("""
     import torch2mlx.stream
     transform = (lambda name, arr, dtype: (name, arr)) if kw.pop("transform", False) else None
     sys.addaudithook(hook)
-    torch2mlx.stream.convert(src, out, transform=transform, **kw)
+    torch2mlx.stream.convert(src, out, hook=transform, **kw)
     print(json.dumps([e for e in events if os.path.dirname(os.path.abspath(e[1])) == os.path.abspath(out)]))
 """)
 
@@ -171,6 +171,6 @@ def test_failed_run_leaves_no_index(mixed_src, tmp_path, out):
         return name, arr
 
     with pytest.raises(RuntimeError, match="user code failed"):
-        convert(mixed_src, out, transform=boom, max_shard_size="1KB")
+        convert(mixed_src, out, hook=boom, max_shard_size="1KB")
     assert_no_index(out)
     assert not list(out.glob("model*.safetensors"))

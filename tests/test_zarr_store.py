@@ -9,7 +9,7 @@ import zarr
 
 from conftest import all_dtypes_state_dict
 from helpers import (MANIFEST, assert_same, canon_bits, canon_torch, convert, dtype_name, expected_output,
-                     inferred_rule, read_json, read_output)
+                     inferred_rule, read_json, read_output, to_torch)
 from reverse_helpers import read_torch_output
 
 
@@ -25,7 +25,7 @@ def _canon_zarr(arr) -> object:
 @pytest.mark.parametrize("compressor", ["none", "zstd", "blosc", "gzip"])
 def test_sink_writes_one_chunked_array_per_tensor(dtype_files, tmp_path, compressor):
     sd = all_dtypes_state_dict()
-    res = convert(dtype_files["zip"], tmp_path / "z", use_model=False, format="zarr", zarr_compressor=compressor)
+    res = convert(dtype_files["zip"], tmp_path / "z", model=False, format="zarr", zarr_compressor=compressor)
     assert res.format == "zarr"
     root = zarr.open_group(tmp_path / "z", mode="r")
     assert root.metadata.zarr_format == 3 and root.attrs["format"] == "mlx"
@@ -44,17 +44,17 @@ def test_sink_writes_one_chunked_array_per_tensor(dtype_files, tmp_path, compres
 
 def test_sink_then_source_then_back_to_torch(dtype_files, tmp_path):
     sd = all_dtypes_state_dict()
-    convert(dtype_files["zip"], tmp_path / "direct", use_model=False)
-    convert(dtype_files["zip"], tmp_path / "z", use_model=False, format="zarr", zarr_compressor="zstd")
+    convert(dtype_files["zip"], tmp_path / "direct", model=False)
+    convert(dtype_files["zip"], tmp_path / "z", model=False, format="zarr", zarr_compressor="zstd")
     # the store reads as MLX layout: nothing is transposed a second time
-    res = convert(tmp_path / "z", tmp_path / "st", use_model=False)
+    res = convert(tmp_path / "z", tmp_path / "st", model=False)
     assert res.plan.rules_by_source() == {"default": len(sd)}
     direct, again = read_output(tmp_path / "direct"), read_output(tmp_path / "st")
     assert set(direct) == set(again)
     for name in direct:
         assert_same(again[name], direct[name], name, nan_bits=True)
     # and the store's manifest takes it back to torch
-    convert(tmp_path / "z", tmp_path / "back", to="torch", format="bin")
+    to_torch(tmp_path / "z", tmp_path / "back", format="bin")
     back = read_torch_output(tmp_path / "back", "bin")
     for name, t in sd.items():
         if t.dtype in (torch.float64, torch.complex128):
@@ -67,11 +67,11 @@ def test_quantized_store_dequantizes_through_zarr_reads(tmp_path):
     import mlx.core as mx
     sd = {"fc.weight": torch.randn(40, 128).to(torch.bfloat16), "fc.bias": torch.randn(40)}
     torch.save(sd, tmp_path / "m.pt")
-    convert(tmp_path / "m.pt", tmp_path / "z", use_model=False, format="zarr", q_bits=4)
-    convert(tmp_path / "m.pt", tmp_path / "st", use_model=False, q_bits=4)
+    convert(tmp_path / "m.pt", tmp_path / "z", model=False, format="zarr", q_bits=4)
+    convert(tmp_path / "m.pt", tmp_path / "st", model=False, q_bits=4)
     w = mx.load(str(tmp_path / "st" / "model.safetensors"))
     want = mx.dequantize(w["fc.weight"], w["fc.scales"], w["fc.biases"], group_size=64, bits=4)
-    convert(tmp_path / "z", tmp_path / "back", to="torch")
+    to_torch(tmp_path / "z", tmp_path / "back")
     got = read_torch_output(tmp_path / "back")
     assert torch.equal(got["fc.weight"].view(torch.int16), torch.from_numpy(np.array(want.view(mx.int16))))
     assert torch.equal(got["fc.bias"], sd["fc.bias"])
@@ -100,7 +100,7 @@ def test_source_stores_v2_and_v3_nested_chunked(tmp_path, zarr_format, compresse
     from torch2mlx.stream import execute
     real = execute.plan_tasks
     monkeypatch.setattr(execute, "plan_tasks", lambda op, chunk: real(op, 64))   # blocks cut across zarr chunks
-    res = convert(tmp_path / "s", tmp_path / "out", use_model=False)
+    res = convert(tmp_path / "s", tmp_path / "out", model=False)
     assert res.checkpoint.format == "zarr"
     got = read_output(tmp_path / "out")
     assert set(got) == set(want) | {"model.bf16"}
@@ -131,13 +131,13 @@ def test_names_that_would_share_a_path_get_their_own_arrays(tmp_path):
     g = torch.Generator().manual_seed(0)
     sd = {n: torch.randn(3, 2, generator=g) for n in ("x.y", "x/y", "../e", "e", "a..b", "__init__", "ü.%41")}
     torch.save(sd, tmp_path / "m.pt")
-    convert(tmp_path / "m.pt", tmp_path / "z", use_model=False, format="zarr")
+    convert(tmp_path / "m.pt", tmp_path / "z", model=False, format="zarr")
     assert set(_store_names(tmp_path / "z")) == set(sd)
     arrays = {n: r["array"] for n, r in read_json(tmp_path / "z" / MANIFEST)["tensors"].items()}
     assert len(set(arrays.values())) == len(sd)                   # the manifest points at each one's own array
     for n, path in arrays.items():
         assert_same(_canon_zarr(zarr.open_group(tmp_path / "z", mode="r")[path]), canon_torch(sd[n]), n)
-    convert(tmp_path / "z", tmp_path / "back", to="torch")        # through the store, back to torch
+    to_torch(tmp_path / "z", tmp_path / "back")        # through the store, back to torch
     back = read_torch_output(tmp_path / "back")
     assert set(back) == set(sd)
     for n, t in sd.items():
@@ -162,7 +162,7 @@ def test_a_1000_character_name_in_parts_works(tmp_path):
     assert len(name) == 999
     t = torch.randn(4, 3)
     torch.save({name: t}, tmp_path / "m.pt")
-    convert(tmp_path / "m.pt", tmp_path / "z", use_model=False, format="zarr")
+    convert(tmp_path / "m.pt", tmp_path / "z", model=False, format="zarr")
     got = _store_names(tmp_path / "z")
     assert list(got) == [name]
     assert_same(_canon_zarr(zarr.open_group(tmp_path / "z", mode="r")["/".join(["p" * 99] * 10)]), canon_torch(t))
@@ -211,7 +211,7 @@ def test_a_store_killed_mid_run_is_marked_incomplete(tmp_path, monkeypatch):
     monkeypatch.setattr(zarr_store, "finish", lambda out, m: (_ for _ in ()).throw(KeyboardInterrupt()))
     monkeypatch.setattr(Target, "_clean_up", lambda self: "")   # SIGKILL: nothing cleans up
     with pytest.raises(KeyboardInterrupt):
-        convert(tmp_path / "m.pt", tmp_path / "z", use_model=False, format="zarr")
+        convert(tmp_path / "m.pt", tmp_path / "z", model=False, format="zarr")
     monkeypatch.undo()
     assert_one_error(run_main("stream", tmp_path / "z", tmp_path / "st", "--no-model"), "did not finish")
 
@@ -219,7 +219,7 @@ def test_a_store_killed_mid_run_is_marked_incomplete(tmp_path, monkeypatch):
 def test_verify_checks_a_zarr_store(dtype_files, tmp_path):
     from helpers import run_main
     src = dtype_files["zip"]
-    convert(src, tmp_path / "z", use_model=False, format="zarr")
+    convert(src, tmp_path / "z", model=False, format="zarr")
     ok = run_main("verify", src, tmp_path / "z")
     assert ok.returncode == 0 and "OK" in ok.stdout, ok.stdout + ok.stderr
     assert run_main("verify", src, tmp_path / "z", "--quick").returncode == 0
@@ -242,7 +242,7 @@ def test_verify_checks_a_zarr_store(dtype_files, tmp_path):
 def test_verify_names_a_compressed_chunk_that_no_longer_decodes(tmp_path):
     from helpers import run_main
     torch.save({"fc.weight": torch.randn(32, 16), "fc.bias": torch.randn(32)}, tmp_path / "m.pt")
-    convert(tmp_path / "m.pt", tmp_path / "z", use_model=False, format="zarr", zarr_compressor="zstd")
+    convert(tmp_path / "m.pt", tmp_path / "z", model=False, format="zarr", zarr_compressor="zstd")
     chunk = next(p for p in (tmp_path / "z" / "fc" / "weight" / "c").rglob("*") if p.is_file())
     chunk.write_bytes(b"\0" * 7)
     bad = run_main("verify", tmp_path / "m.pt", tmp_path / "z")
@@ -253,8 +253,8 @@ def test_overwrite_replaces_the_old_store_arrays_and_all(tmp_path):
     torch.save({"old.w": torch.ones(2), "keep.w": torch.ones(3)}, tmp_path / "old.pt")
     new = {"new.w": torch.randn(2), "keep.w": torch.randn(3)}
     torch.save(new, tmp_path / "new.pt")
-    convert(tmp_path / "old.pt", tmp_path / "z", use_model=False, format="zarr")
-    convert(tmp_path / "new.pt", tmp_path / "z", use_model=False, format="zarr", overwrite=True)
+    convert(tmp_path / "old.pt", tmp_path / "z", model=False, format="zarr")
+    convert(tmp_path / "new.pt", tmp_path / "z", model=False, format="zarr", overwrite=True)
     got = _store_names(tmp_path / "z")
     assert set(got) == set(new)          # old.w does not come back from the store
     from helpers import run_main

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import textwrap
@@ -172,18 +173,21 @@ def _cmd_analyze(args) -> int:
 
 
 def _cmd_stream(args) -> int:
-    from .stream import convert
-    if not args.dry_run and not args.out:
-        raise Torch2MLXError("OUT is required (or use --dry-run)")
-    res = convert(args.src, args.out, dtype=args.dtype, max_shard_size=args.max_shard_size,
-                  strip_prefix=args.strip_prefix, exclude=args.exclude, rules=args.rule, key=args.key,
-                  q_bits=args.q_bits, q_group_size=args.q_group_size, q_recipe=args.q_recipe,
-                  overwrite=args.overwrite, dry_run=args.dry_run, resume=args.resume, drop_cache=not args.keep_cache,
-                  format=args.format, zarr_compressor=args.zarr_compressor,
-                  progress=not args.quiet and not args.json and sys.stderr.isatty(), workers=args.workers,
-                  model=args.model, model_kwargs=args.model_kwargs, use_model=not args.no_model, to=args.to,
-                  status=_status if not args.quiet and not args.json and sys.stderr.isatty() else None,
-                  allow_globals=args.allow_global)
+    from . import stream
+    if args.to == "torch" and args.resume:
+        raise Torch2MLXError("--resume does not apply with --to torch (it writes the whole output again)")
+    shown = not args.quiet and not args.json and sys.stderr.isatty()
+    settings = dict(dtype=args.dtype, max_shard_size=args.max_shard_size, strip_prefix=args.strip_prefix,
+                    exclude=args.exclude, rules=args.rule, key=args.key, q_bits=args.q_bits,
+                    q_group_size=args.q_group_size, q_recipe=args.q_recipe, allow_globals=args.allow_global,
+                    zarr_compressor=args.zarr_compressor, drop_cache=not args.keep_cache)
+    run = dict(model=args.model or (False if args.no_model else None), model_kwargs=args.model_kwargs,
+               format=args.format, overwrite=args.overwrite, dry_run=args.dry_run, workers=args.workers,
+               progress=shown)
+    if args.to == "torch":
+        res = stream.to_torch(args.src, args.out, **run, **settings)
+    else:
+        res = stream.convert(args.src, args.out, resume=args.resume, **run, **settings)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))
     else:
@@ -191,10 +195,33 @@ def _cmd_stream(args) -> int:
     return 0
 
 
-def _status(text: str | None) -> None:
-    """A transient line on the terminal while a slow step runs; erased (``None``) when it is done, as the bar is."""
-    sys.stderr.write("\r\033[K" + (one_line(text) if text else ""))
-    sys.stderr.flush()
+# The library names its parameters in errors; on the command line the same thing is a flag.
+_FLAG_SPELLINGS = [
+    (re.compile(r"^resume and overwrite contradict each other: resume keeps out's finished shards, "
+                r"overwrite throws them away"),
+     "--resume and --overwrite contradict each other: --resume keeps OUT's finished shards, "
+     "--overwrite throws them away"),
+    (re.compile(r"^out is required \(or dry_run=True\)"), "OUT is required (or use --dry-run)"),
+    (re.compile(r"^(rules|exclude): "), lambda m: {"rules": "--rule ", "exclude": "--exclude "}[m.group(1)]),
+    (re.compile(r"^(dtype|format|max_shard_size|zarr_compressor|model_kwargs)\b"),
+     lambda m: "--" + m.group(1).replace("_", "-")),
+    (re.compile(r"\b(q_bits|q_group_size|q_recipe)\b"), lambda m: "--" + m.group(1).replace("_", "-")),
+    (re.compile(r"\ballow_globals\b"), "--allow-global"),
+    (re.compile(r"^resume: "), "--resume: "),
+    (re.compile(r"\brerun with overwrite\b"), "rerun with --overwrite"),
+    (re.compile(r"format='zarr'"), "--format zarr"),
+    (re.compile(r"does not combine with resume$"), "does not combine with --resume"),
+    (re.compile(r"\(bin: stream\.to_torch\)"), "(bin needs --to torch)"),
+    (re.compile(r"^to_torch writes format"), "--to torch writes --format"),
+    (re.compile(r"\b(do|does) not apply to to_torch"), r"\1 not apply with --to torch"),
+]
+
+
+def cli_spelling(message: str) -> str:
+    """A library error as the command line says it: ``q_bits`` -> ``--q-bits``, ``out`` -> ``OUT``."""
+    for pattern, repl in _FLAG_SPELLINGS:
+        message = pattern.sub(repl, message)
+    return message
 
 
 CODEGEN_EPILOG = """\
@@ -349,7 +376,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except Torch2MLXError as e:
-        print(f"error: {one_line(str(e))}", file=sys.stderr)
+        print(f"error: {one_line(cli_spelling(str(e)))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
         what, code = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)

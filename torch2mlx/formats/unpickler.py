@@ -64,7 +64,7 @@ def allowing(names=()):
     names = [names] if isinstance(names, str) else list(names or ())
     bad = [n for n in names if not isinstance(n, str) or "." not in n.strip(".")]
     if bad:
-        raise Torch2MLXError(f"--allow-global takes MODULE.NAME (e.g. mypkg.config.Config), got {bad[0]!r}")
+        raise Torch2MLXError(f"allow_globals takes MODULE.NAME (e.g. mypkg.config.Config), got {bad[0]!r}")
     token = _allowed.set(_allowed.get() | frozenset(names))
     try:
         yield
@@ -82,7 +82,7 @@ class GlobalRefused(Exception):
     def message(self) -> str:
         if self.how == "calls":
             return (f"the pickle calls {self.qual}, which can run code or touch files; nothing was executed "
-                    f"(--allow-global {self.qual} to accept it)")
+                    f"(allow_globals {self.qual} accepts it)")
         return f"the pickle {self.how} {self.qual}, which can change code; nothing was executed"
 
 

@@ -13,7 +13,8 @@ import os
 
 from ..errors import Torch2MLXError
 from ..stream.checkpoint import Checkpoint, open_checkpoint
-from ..stream.convert import Result, prepare, progress_bar
+from ..stream.convert import Result, plan_source, progress_bar
+from ..stream.options import Options
 from ..stream.convert import convert as stream_convert
 from .memory import is_module, memory_checkpoint
 
@@ -59,17 +60,21 @@ def convert(model_or_state_dict, path, *, dtype: str = "keep", rules=(), specs=N
     path = os.fspath(path)
     # Specs given by the caller replace the analyzer's (as they replace a config's in the stream).
     label, ck, inputs = source_of(model_or_state_dict, analyze=analyze and specs is None, key=key)
-    options = dict(dtype=dtype, strip_prefix=strip_prefix, exclude=exclude, rules=rules, q_bits=q_bits,
-                   q_group_size=q_group_size, q_recipe=q_recipe)
-    use_model = analyze and specs is None and ck.format != "memory"
-    if not path.endswith(".safetensors"):
-        return stream_convert(label, path, checkpoint=ck, inputs=inputs, specs=specs, use_model=use_model,
-                               max_shard_size=max_shard_size, overwrite=overwrite, resume=resume, progress=progress,
-                               workers=workers, **options)
+    if specs is not None:
+        from ..analysis.stream_inputs import StreamInputs
+        inputs = StreamInputs(specs=list(specs))
+    one_file = path.endswith(".safetensors")
+    opts = Options.make(dtype=dtype, strip_prefix=strip_prefix, exclude=exclude, rules=rules, q_bits=q_bits,
+                        q_group_size=q_group_size, q_recipe=q_recipe, key=key,
+                        max_shard_size=_ONE_SHARD if one_file else max_shard_size)
+    # no analyzer result: a path's own config.json (if analyze), an in-memory source's shapes
+    model = inputs if inputs is not None else (None if analyze and ck.format != "memory" else False)
+    if not one_file:
+        return stream_convert(ck, path, opts, model=model, overwrite=overwrite, resume=resume, progress=progress,
+                              workers=workers)
     if resume:
         raise Torch2MLXError(f"{path}: resume=True applies to a directory; one .safetensors file is written whole")
-    _, _, plan = prepare(label, checkpoint=ck, inputs=inputs, specs=specs, use_model=use_model,
-                         max_shard_size=_ONE_SHARD, **options)
+    _, plan = plan_source(ck, opts, model=model)
     return _write_one_file(Result(label, path, plan, ck), path, progress, workers)
 
 

@@ -3,18 +3,20 @@
     ck = torch2mlx.stream.open("model_dir")      # metadata only
     for e in ck.entries: ...                      # name, dtype, shape, file, offset
     for name, arr in ck.tensors(): ...            # one tensor in memory at a time, an mx.array
-    torch2mlx.stream.convert("model_dir", "out", dtype="float16")
+    torch2mlx.stream.convert("model_dir", "out", dtype="float16")          # or options=Options.make(dtype=...)
+    torch2mlx.stream.to_torch("out", "back")                                # MLX -> PyTorch, dequantizing
     with torch2mlx.stream.ShardWriter("out") as w: w.add("x", array)   # mx.array, torch tensor or numpy
 
 User code sees values as mx.array (bfloat16 included), never raw bits.
 Reading and writing never import torch; ``convert`` does only to build the model for exact
-rules (``model=...``, or a directory with a config.json when torch and transformers are installed
-and no cached analysis matches); ``use_model=False`` never does.
-ShardWriter.add never imports torch: a torch tensor it is handed comes with torch loaded.
+rules (``model="pkg.mod:Class"``, or a directory with a config.json when torch and transformers are
+installed and no cached analysis matches); ``model=False`` never does.
+ShardWriter.add imports torch only for a torch tensor it is handed.
 """
 from .checkpoint import Checkpoint, open_checkpoint as open  # noqa: A001  (mirrors builtins.open on purpose)
 from .convert import convert
 from .result import Result
+from .to_torch import to_torch
 from ..core.entry import TensorEntry
 from .options import Options, parse_size
 from ..core.spec import RuleSpec
@@ -22,5 +24,5 @@ from .plan import Plan
 from .planner import build as build_plan
 from .writers.incremental import ShardWriter
 
-__all__ = ["open", "convert", "Checkpoint", "TensorEntry", "Result", "Options", "parse_size",
+__all__ = ["open", "convert", "to_torch", "Checkpoint", "TensorEntry", "Result", "Options", "parse_size",
            "Plan", "RuleSpec", "build_plan", "ShardWriter"]

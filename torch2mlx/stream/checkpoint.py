@@ -166,10 +166,25 @@ def _note_ignored(d: str, names: list[str], files: list[str], index_path: str | 
 
 
 def open_checkpoint(path: str, key: str | None = None, allow_globals=()) -> Checkpoint:
-    """Open a checkpoint file or directory. Raises Torch2MLXError for anything a user can fix.
+    """Open a checkpoint file or directory (``torch2mlx.stream.open``): headers only, no tensor data read.
 
-    A pickle that calls a global other than a known data constructor is refused; ``allow_globals``
-    (``"module.qualname"`` names) accepts such calls as inert placeholders. Nothing is ever executed.
+    Args:
+        path: a safetensors file, a torch zip or legacy pickle (``.pt``/``.pth``/``.bin``/``.ckpt``), an
+            ``.npz``, a zarr store, or a directory of shards (with or without an index).
+        key: which entry of a nested checkpoint holds the weights (dotted path); default: found by itself.
+        allow_globals: ``"module.qualname"`` pickle globals whose calls are accepted as inert placeholders
+            instead of refusing the file. Nothing from a pickle is ever executed.
+
+    Returns:
+        Checkpoint: ``entries`` (name, dtype, shape, file, offset), ``tensors()`` (one ``mx.array`` at a time).
+
+    Raises:
+        Torch2MLXError: anything a user can fix (no such file, an unreadable header, a pickle that calls
+            an unknown global, a nested checkpoint whose weights cannot be found).
+
+    Example:
+        >>> ck = torch2mlx.stream.open("./my-model")  # doctest: +SKIP
+        >>> [(e.name, e.shape) for e in ck.entries][:2]  # doctest: +SKIP
     """
     with unpickler.allowing(allow_globals):
         return _open(path, key)

@@ -12,7 +12,7 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
 OUT_DTYPES = ("keep", "float16", "bfloat16", "float32")
 
 
-def parse_size(text, what: str = "--max-shard-size") -> int:
+def parse_size(text, what: str = "max_shard_size") -> int:
     """'5GB' -> 5_000_000_000, '512MiB' -> 536870912; plain integers are bytes. ``what`` names it in errors."""
     if isinstance(text, int):
         n = text
@@ -30,10 +30,10 @@ def parse_rule(text: str) -> tuple[re.Pattern, str]:
     """'REGEX=RULE' -> (compiled regex, rule name)."""
     pattern, sep, rule = str(text).rpartition("=")
     if not sep or not pattern:
-        raise Torch2MLXError(f"--rule needs REGEX=RULE, got {text!r}")
+        raise Torch2MLXError(f"rules: REGEX=RULE expected, got {text!r}")
     if rule not in _rules.LAYOUT_RULES:
-        raise Torch2MLXError(f"--rule {text!r}: unknown rule {rule!r} (known: {', '.join(_rules.LAYOUT_RULES)})")
-    return _regex(pattern, "--rule"), rule
+        raise Torch2MLXError(f"rules: {text!r}: unknown rule {rule!r} (known: {', '.join(_rules.LAYOUT_RULES)})")
+    return _regex(pattern, "rules:"), rule
 
 
 def _rule_pair(r) -> tuple[re.Pattern, str]:
@@ -53,6 +53,16 @@ def _regex(pattern: str, what: str) -> re.Pattern:
 
 @dataclass
 class Options:
+    """Every setting of a conversion: what the manifest records (``to_dict``) and how the run reads and writes.
+
+    Build it with ``Options.make(...)`` from user-facing values (``"5GB"``, ``"REGEX=RULE"``),
+    then pass it whole: ``stream.convert(src, out, options=opts)``. ``stream.convert`` and
+    ``stream.to_torch`` also take the same names as keywords and build it themselves.
+    ``allow_globals`` (pickle globals accepted as inert placeholders), ``zarr_compressor``
+    and ``drop_cache`` (drop converted pages from the page cache) are run settings the
+    manifest does not replay.
+    """
+
     dtype: str = "keep"
     max_shard_size: int = 5 * 10**9
     strip_prefix: list[str] = field(default_factory=list)
@@ -62,37 +72,59 @@ class Options:
     q_bits: int | None = None
     q_group_size: int = 64
     q_recipe: str | None = None
+    allow_globals: tuple[str, ...] = ()
+    zarr_compressor: str = "none"
+    drop_cache: bool = True
+
+    @property
+    def quantizing(self) -> bool:
+        return self.q_bits is not None or self.q_recipe is not None
 
     def to_dict(self) -> dict:
         """The options as ``make`` takes them (recorded in the manifest, so verify can re-plan)."""
-        quantizing = self.q_bits is not None or self.q_recipe is not None
         return {"dtype": self.dtype, "max_shard_size": self.max_shard_size, "strip_prefix": self.strip_prefix,
                 "exclude": [p.pattern for p in self.exclude], "rules": [f"{p.pattern}={r}" for p, r in self.rules],
-                "key": self.key, "q_bits": self.q_bits, "q_group_size": self.q_group_size if quantizing else None,
+                "key": self.key, "q_bits": self.q_bits, "q_group_size": self.q_group_size if self.quantizing else None,
                 "q_recipe": self.q_recipe}
 
     @classmethod
     def make(cls, *, dtype="keep", max_shard_size="5GB", strip_prefix=(), exclude=(), rules=(), key=None,
-             q_bits=None, q_group_size=None, q_recipe=None) -> "Options":
+             q_bits=None, q_group_size=None, q_recipe=None, allow_globals=(), zarr_compressor="none",
+             drop_cache=True) -> "Options":
         """Build options from user-facing values (strings as the CLI takes them).
 
-        ``q_group_size`` without ``q_bits`` or ``q_recipe`` is refused: it would change nothing.
+        Raises:
+            Torch2MLXError: a value out of its choices, naming the parameter (``dtype must be one of ...``);
+                ``q_group_size`` without ``q_bits`` or ``q_recipe`` (it would change nothing).
         """
         from ..core import quant, quant_recipes
         if dtype not in OUT_DTYPES:
-            raise Torch2MLXError(f"--dtype must be one of {', '.join(OUT_DTYPES)}, got {dtype!r}")
+            raise Torch2MLXError(f"dtype must be one of {', '.join(OUT_DTYPES)}, got {dtype!r}")
         if q_bits is not None and q_bits not in quant.BITS:
-            raise Torch2MLXError(f"--q-bits must be one of {', '.join(map(str, quant.BITS))}, got {q_bits!r}")
+            raise Torch2MLXError(f"q_bits must be one of {', '.join(map(str, quant.BITS))}, got {q_bits!r}")
         if q_group_size is None:
             q_group_size = 64
         elif q_bits is None and q_recipe is None:
-            raise Torch2MLXError(f"--q-group-size {q_group_size} has no effect without --q-bits or --q-recipe")
+            raise Torch2MLXError(f"q_group_size {q_group_size} has no effect without q_bits or q_recipe")
         if q_group_size not in quant.GROUP_SIZES:
-            raise Torch2MLXError(f"--q-group-size must be one of {', '.join(map(str, quant.GROUP_SIZES))}, got {q_group_size!r}")
+            raise Torch2MLXError(f"q_group_size must be one of {', '.join(map(str, quant.GROUP_SIZES))}, got {q_group_size!r}")
         if q_recipe is not None and q_recipe not in quant_recipes.MIXED_RECIPES:
-            raise Torch2MLXError(f"--q-recipe must be one of {', '.join(sorted(quant_recipes.MIXED_RECIPES))}, got {q_recipe!r}")
+            raise Torch2MLXError(f"q_recipe must be one of {', '.join(sorted(quant_recipes.MIXED_RECIPES))}, got {q_recipe!r}")
         parsed_rules = [_rule_pair(r) for r in rules]
         return cls(dtype=dtype, max_shard_size=parse_size(max_shard_size),
                    strip_prefix=[p for p in strip_prefix if p],
-                   exclude=[x if isinstance(x, re.Pattern) else _regex(x, "--exclude") for x in exclude],
-                   rules=parsed_rules, key=key, q_bits=q_bits, q_group_size=q_group_size, q_recipe=q_recipe)
+                   exclude=[x if isinstance(x, re.Pattern) else _regex(x, "exclude:") for x in exclude],
+                   rules=parsed_rules, key=key, q_bits=q_bits, q_group_size=q_group_size, q_recipe=q_recipe,
+                   allow_globals=tuple(allow_globals), zarr_compressor=zarr_compressor, drop_cache=drop_cache)
+
+    @classmethod
+    def resolve(cls, options: "Options | None", settings: dict) -> "Options":
+        """``options`` as given, or built from keyword ``settings``; both at once is refused (which would win?)."""
+        if options is None:
+            return cls.make(**settings)
+        if settings:
+            raise Torch2MLXError(f"give options=Options(...) or keyword settings, not both "
+                                 f"(got options and {', '.join(sorted(settings))})")
+        if not isinstance(options, cls):
+            raise Torch2MLXError(f"options must be an Options, got {type(options).__name__}")
+        return options

@@ -27,10 +27,10 @@ class Result:
     seconds: float = 0.0
     dry_run: bool = False
     sidecars: list[str] = field(default_factory=list)
-    written: int | None = None    # tensors actually written, when a transform changed the plan's count
+    written: int | None = None    # tensors actually written, when a hook changed the plan's count
     format: str = "safetensors"
     source_files: dict = field(default_factory=dict)   # identity of each source file as the run began
-    # What this run read and wrote, when not the whole plan: a transform changes what is written,
+    # What this run read and wrote, when not the whole plan: a hook changes what is written,
     # --resume reuses finished shards (counted in ``reused``, not in the bytes or the rate).
     bytes_in: int | None = None
     bytes_out: int | None = None

@@ -100,14 +100,14 @@ def check_source(src: str, manifest: Manifest, current: dict, out_dir: str) -> N
     """Refuse to resume over output made from source files that have changed since."""
     recorded = manifest.source_files
     if not isinstance(recorded, dict):
-        raise Torch2MLXError(f"--resume: {out_dir}: its manifest records no source identity (written by an older "
-                             "torch2mlx), so a changed source cannot be ruled out; rerun with --overwrite "
+        raise Torch2MLXError(f"resume: {out_dir}: its manifest records no source identity (written by an older "
+                             "torch2mlx), so a changed source cannot be ruled out; rerun with overwrite "
                              "to convert afresh")
     changed = changed_source(src, recorded, current)
     if changed:
         since = f"{out_dir} was converted" if manifest.finished else "the interrupted run"
-        raise Torch2MLXError(f"--resume: {changed[0]} changed since {since} ({changed[1]}); "
-                             "rerun with --overwrite to convert afresh")
+        raise Torch2MLXError(f"resume: {changed[0]} changed since {since} ({changed[1]}); "
+                             "rerun with overwrite to convert afresh")
 
 
 def recorded_key(out_dir: str) -> str | None:

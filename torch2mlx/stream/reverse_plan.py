@@ -206,15 +206,36 @@ def _rules(m: Manifest | None, view: Checkpoint, specs, model, model_kwargs, use
     return _Rules(None, "none", {}, {}, [], [], errors)
 
 
+def _select(view: Checkpoint, back: list[RuleSpec], strict: bool) -> tuple[Checkpoint, list[RuleSpec]]:
+    """Only the MLX tensors ``back`` reads, and only the specs whose sources are there; ``strict`` refuses both
+    a needed tensor that is missing and a tensor with no place (an in-memory ``to_torch`` for ``load_state_dict``)."""
+    have = {e.name for e in view.entries}
+    missing = sorted({s for spec in back for s in spec.sources} - have)
+    if strict and missing:
+        raise Torch2MLXError(f"{len(missing)} MLX tensor(s) the model needs are missing, e.g. {missing[:3]}")
+    back = [s for s in back if all(n in have for n in s.sources)]
+    used = {n for s in back for n in s.sources}
+    extra = sorted(have - used)
+    if strict and extra:
+        raise Torch2MLXError(f"{len(extra)} MLX tensor(s) have no place in the model, e.g. {extra[:3]} "
+                             "(strict=False ignores them)")
+    return dataclasses.replace(view, entries=[e for e in view.entries if e.name in used]), back
+
+
 def prepare(ck: Checkpoint, opts: Options, reader: DataReader, *, specs: list[RuleSpec] | None = None,
             drop: dict[str, str] | None = None, model=None, model_kwargs=None, use_model: bool = True,
-            fmt: str = "safetensors") -> ReversePlan:
+            fmt: str = "safetensors", conversion: Manifest | None = None, strict: bool | None = None) -> ReversePlan:
     """Plan turning the MLX checkpoint ``ck`` into PyTorch tensors (written as ``fmt``: safetensors or bin);
-    ``reader`` serves the dequantized sources."""
+    ``reader`` serves the dequantized sources.
+
+    ``conversion``: the manifest of the conversion that made ``ck`` when it is not on disk next to it (an
+    in-memory source: a ``Result``'s records). ``strict`` (in-memory ``to_torch``): keep only the tensors
+    the rules rebuild, refusing missing or extra ones when true and any tensor the rules cannot rebuild.
+    """
     if ck.metadata.get("format") == "pt" or "pickle" in ck.format:   # MLX never writes pickles
         what = "a pickle" if "pickle" in ck.format else "format=pt"
         raise Torch2MLXError(f"{ck.path}: already a PyTorch checkpoint ({what}); --to torch reads MLX checkpoints")
-    m = read_manifest(ck)
+    m = conversion if conversion is not None else read_manifest(ck)
     if m is not None and m.to_torch:
         raise Torch2MLXError(f"{ck.path}: written by --to torch (already PyTorch layout)")
     if m is not None and not m.finished:
@@ -230,6 +251,10 @@ def prepare(ck: Checkpoint, opts: Options, reader: DataReader, *, specs: list[Ru
     view, n_quant = dequantized(ck, m.tensors if m is not None else {}, reader)
     view = dataclasses.replace(view, layout="mlx")   # no forward layout may be guessed on the way back
     r = _rules(m, view, specs, model, model_kwargs, use_model)
+    if strict is not None:
+        if strict and r.errors:
+            raise Torch2MLXError(r.errors[0])
+        view, r.specs = _select(view, r.specs or [], strict)
     notes = list(r.notes)
     if copied_mlx:
         notes.append(f"{MANIFEST}: the forward run read a source that was already MLX; its records are not used")

@@ -1,4 +1,4 @@
-"""``convert(src, out, to="torch")``: an MLX checkpoint back to PyTorch names, layouts and dtypes.
+"""``stream.to_torch(src, out)``: an MLX checkpoint back to PyTorch names, layouts and dtypes.
 
 The same pipeline as the forward stream with a reverse plan (``reverse_plan``):
 readers -> plan -> threaded executor -> sharded safetensors with metadata
@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import sys
 import time
 
 from ..errors import Torch2MLXError
 from .checkpoint import OUR_FILES, SIDECAR_SUFFIXES, Checkpoint, open_checkpoint
 from .result import Result, manifest
+from .convert import model_choice, progress_bar
 from .data import DataReader
 from .execute import Executor
 from .options import Options
@@ -29,13 +29,12 @@ FORMATS = ("safetensors", "bin")
 
 @contextlib.contextmanager
 def _progress(total: int, enabled: bool):
-    if not enabled:
-        yield None
-        return
-    from tqdm import tqdm
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, desc="to torch",
-              dynamic_ncols=True, leave=False) as bar:
-        yield bar.update
+    bar, update = progress_bar(total, enabled, desc="to torch")
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _with_store_files(ck: Checkpoint) -> Checkpoint:
@@ -56,30 +55,59 @@ def _with_store_files(ck: Checkpoint) -> Checkpoint:
     return dataclasses.replace(ck, sidecars=sidecars, config=config if isinstance(config, dict) else None)
 
 
-def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix=(), exclude=(), rules=(),
-            key: str | None = None, overwrite: bool = False, dry_run: bool = False, progress: bool = False,
-            workers: int | None = None, specs=None, drop=None, checkpoint: Checkpoint | None = None,
-            drop_cache: bool = True, format: str = "safetensors", model: str | None = None, model_kwargs=None,
-            use_model: bool = True, unsupported: dict | None = None) -> Result:
-    """Convert the MLX checkpoint ``src`` to PyTorch tensors in ``out``; options as ``stream.convert``.
+def to_torch(src, out, options: Options | None = None, *, model=None, model_kwargs=None,
+             format: str = "safetensors", overwrite: bool = False, dry_run: bool = False,
+             workers: int | None = None, progress: bool = False, **settings) -> Result:
+    """Convert an MLX checkpoint (ours, mlx-lm's, quantized or not) back to PyTorch names, layouts and dtypes.
 
-    ``specs`` (optional) are reverse specs: outputs named as torch names them, sources
-    as the MLX checkpoint does. ``unsupported``: forward-only options the caller set.
+    Args:
+        src: an MLX checkpoint file or directory (or zarr store), or a ``Checkpoint`` from ``stream.open``.
+        out: the output directory; ``None`` only with ``dry_run``.
+        options: settings as one ``Options``; or its fields as keyword ``**settings`` (``dtype``,
+            ``max_shard_size``, ``strip_prefix``, ``exclude``, ``rules`` -- the forward layout to undo --,
+            ``key``, ``drop_cache``). Quantization settings do not apply.
+        model: where the forward rules come from when ``src`` has no ``torch2mlx.json``: ``None``
+            (a config.json transformers knows), ``False`` (none: names and layouts kept),
+            ``"pkg.mod:Class"`` with ``model_kwargs``, or an analyzer result whose specs are
+            reverse specs (outputs named as torch names them, sources as the MLX checkpoint does).
+        model_kwargs: constructor keywords for a class path ``model``.
+        format: ``"safetensors"`` (shards with ``{"format": "pt"}``) or ``"bin"`` (zip pickles
+            ``torch.load(weights_only=True)`` reads).
+        overwrite, dry_run, workers, progress: as for ``stream.convert``.
+
+    Returns:
+        Result: as ``stream.convert``'s; quantized weights come back dequantized, and the torch dtypes our
+        manifest records are restored.
+
+    Raises:
+        Torch2MLXError: a source that is already PyTorch, an unfinished conversion, a manifest that does not
+            describe the tensors, forward-only settings, a non-empty ``out`` without ``overwrite``.
+
+    Example:
+        >>> from torch2mlx import stream
+        >>> res = stream.to_torch("./my-model-mlx", "./back", format="bin")  # doctest: +SKIP
     """
-    for opt, value in (unsupported or {}).items():
-        if value:
-            raise Torch2MLXError(f"{opt} does not apply with --to torch")
+    opts = Options.resolve(options, settings)
+    if opts.quantizing:
+        raise Torch2MLXError("q_bits/q_recipe do not apply to to_torch (quantized weights come back dequantized)")
+    if opts.zarr_compressor != "none":
+        raise Torch2MLXError("zarr_compressor does not apply to to_torch (it writes safetensors or bin)")
+    if out is None and not dry_run:
+        raise Torch2MLXError("out is required (or dry_run=True)")
     if format not in FORMATS:
-        raise Torch2MLXError(f"--to torch writes --format safetensors or bin, not {format!r}")
-    opts = Options.make(dtype=dtype, max_shard_size=max_shard_size, strip_prefix=strip_prefix, exclude=exclude,
-                        rules=rules, key=key)
-    ck = _with_store_files(checkpoint or open_checkpoint(src, key=key))
+        raise Torch2MLXError(f"to_torch writes format safetensors or bin, not {format!r}")
+    path, model_kwargs, use_model, inputs = model_choice(model, model_kwargs)
+    ck = _with_store_files(src if isinstance(src, Checkpoint)
+                           else open_checkpoint(src, key=opts.key, allow_globals=opts.allow_globals))
+    drop_cache = opts.drop_cache
     # Dequantized sources read through this reader; it lives as long as the conversion.
     with DataReader(drop_cache=drop_cache) as side, contextlib.ExitStack() as held:
-        rp = reverse_plan.prepare(ck, opts, side, specs=specs, drop=drop, model=model, model_kwargs=model_kwargs,
-                                  use_model=use_model, fmt=format)
+        rp = reverse_plan.prepare(ck, opts, side, specs=inputs.specs if inputs is not None else None,
+                                  drop=inputs.drop if inputs is not None else None, model=path,
+                                  model_kwargs=model_kwargs, use_model=use_model, fmt=format)
         plan = rp.plan
-        res = Result(str(src), None if dry_run else str(out), plan, ck, dry_run=dry_run, format=format)
+        label = ck.path if isinstance(src, Checkpoint) else str(src)
+        res = Result(label, None if dry_run else str(out), plan, ck, dry_run=dry_run, format=format)
         if format == "bin":
             for i, sh in enumerate(plan.shards):
                 sh.file = torch_bin.shard_name(i, len(plan.shards))
@@ -90,10 +118,10 @@ def convert(src, out, *, dtype: str = "keep", max_shard_size="5GB", strip_prefix
         output_dir.check_target(out, ck.files)
         existed = os.path.isdir(out)   # before the lock creates it
         held.enter_context(out_lock.locked(out))   # until the index is written
-        # not resumable: a failure leaves OUT as it was (--overwrite: the old output, whole)
+        # not resumable: a failure leaves OUT as it was (overwrite: the old output, whole)
         with Target(out, overwrite=overwrite, src_paths=ck.files, shards=len(plan.shards), existed=existed) as target:
             t0 = _write(res, rp, opts, target.dir, format, side, workers, progress, drop_cache,
-                        dict(model=model, model_kwargs=model_kwargs, use_model=use_model))
+                        dict(model=path, model_kwargs=model_kwargs, use_model=use_model))
     res.seconds = time.perf_counter() - t0
     return res
 

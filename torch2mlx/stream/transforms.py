@@ -106,7 +106,7 @@ def recipe_for(opts: Options, out_names: list[str], config: dict | None) -> quan
         try:
             loc = quant_recipes.layer_location(paths)
         except ValueError as e:
-            raise Torch2MLXError(f"--q-recipe {opts.q_recipe}: {e}") from None
+            raise Torch2MLXError(f"q_recipe {opts.q_recipe}: {e}") from None
         layers = (config or {}).get("num_hidden_layers") or 1 + max(
             (int(p.split(".")[loc]) for p in paths if len(p.split(".")) > loc and p.split(".")[loc].isdigit()),
             default=0)

@@ -113,7 +113,7 @@ def write(plan: Plan, out: str, *, compressor: str = "none", workers: int | None
     """Write every array; ``created`` collects the top-level entries made, for ``failed`` to remove."""
     zarr = _zarr(f"--format zarr ({out})")
     if compressor not in COMPRESSORS:
-        raise Torch2MLXError(f"--zarr-compressor must be one of {', '.join(COMPRESSORS)}")
+        raise Torch2MLXError(f"zarr_compressor must be one of {', '.join(COMPRESSORS)}")
     check_names(plan)
     clear_old_store(out)
     created = [] if created is None else created

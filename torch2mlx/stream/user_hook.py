@@ -1,5 +1,8 @@
-"""Conversions with a user ``transform``: each planned tensor is computed, handed to the callable,
-and whatever it returns is written by ``ShardWriter`` (sizes are no longer known in advance)."""
+"""The user hook of ``stream.convert(..., hook=fn)``: each planned tensor is computed, handed to ``fn``,
+and whatever it returns is written by ``ShardWriter`` (sizes are no longer known in advance).
+
+Not to be confused with ``transforms`` (fp8 and quantization transforms the plan applies to an op).
+The manifest calls such a run ``transform`` (its on-disk key, kept for readers of older outputs)."""
 from __future__ import annotations
 
 import numpy as np
@@ -28,13 +31,13 @@ def _results(value, name, dtype):
         return out
     if isinstance(value, tuple) and len(value) in (2, 3) and isinstance(value[0], str):
         return [value if len(value) == 3 else (value[0], value[1], None)]
-    raise Torch2MLXError(f"transform returned {type(value).__name__} for {name!r}; "
+    raise Torch2MLXError(f"hook returned {type(value).__name__} for {name!r}; "
                          "expected None, (name, array), (name, array, dtype) or a list of those")
 
 
-def run_transform(plan: Plan, out: str, transform, opts: Options, progress=None,
+def run_hook(plan: Plan, out: str, hook, opts: Options, progress=None,
                   source: str = "", source_files: dict | None = None) -> tuple[list[ShardResult], int, int]:
-    """Shard results, tensors written and their bytes (what the transform returned, not what was planned)."""
+    """Shard results, tensors written and their bytes (what the hook returned, not what was planned)."""
     writer = ShardWriter(out, opts.max_shard_size, overwrite=True, manifest_extra=manifest.for_transform(
         source=source, source_files=source_files, options=opts.to_dict(), dropped=plan.dropped,
         warnings=plan.warnings))
@@ -45,7 +48,7 @@ def run_transform(plan: Plan, out: str, transform, opts: Options, progress=None,
                 rows = o.shape[0] if o.shape else 1
                 arr = compute_block(op, reader, 0, rows).reshape(o.shape)
                 value = to_mx(arr, o.dtype)   # typed: user code never sees bfloat16 as raw bits
-                for name, array, dt in _results(transform(o.name, value, o.dtype.name), o.name, o.dtype):
+                for name, array, dt in _results(hook(o.name, value, o.dtype.name), o.name, o.dtype):
                     bits, dt = from_user(array, dt, name)
                     # Values equal to the plan's (handed back, renamed, or recomputed alike): verify can
                     # recompute them from the source with the plan's rule; the rest only the transform knows.
