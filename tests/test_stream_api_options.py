@@ -15,7 +15,7 @@ import torch2mlx
 from torch2mlx import stream
 from torch2mlx.analysis.stream_inputs import StreamInputs
 from torch2mlx.errors import Torch2MLXError
-from torch2mlx.stream.plan import RuleSpec
+from torch2mlx.core.spec import RuleSpec
 
 from conftest import SEED
 from helpers import assert_one_error, run_main, torch_save
