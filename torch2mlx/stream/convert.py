@@ -6,6 +6,7 @@ import os
 import sys
 import threading
 import time
+from typing import Any
 
 from ..errors import Torch2MLXError
 from .checkpoint import Checkpoint, open_checkpoint
@@ -14,7 +15,6 @@ from .execute import Executor, ShardResult
 from .options import Options
 from . import manifest as manifest_mod, mlx_source
 from . import resume as resume_mod
-from ..core.spec import RuleSpec
 from .plan import Plan
 from .result import Result, manifest
 from .planner import build
@@ -64,7 +64,7 @@ def status_line(text: str | None) -> None:
     sys.stderr.flush()
 
 
-def model_choice(model, model_kwargs) -> tuple[str | None, object, bool, object]:
+def model_choice(model, model_kwargs) -> tuple[str | None, Any, bool, Any]:
     """``model`` as ``convert`` takes it -> (class path, kwargs, whether to look for a model, analyzer result)."""
     if model is None:
         return None, model_kwargs, True, None
