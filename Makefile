@@ -11,8 +11,8 @@ else
 TORCH  ?= torch
 endif
 PYTEST_ARGS ?=
-# Files that already match `ruff format`; the tree-wide reformat is one commit after the restructure (issue 16).
-FORMATTED ?= torch2mlx/__main__.py
+# What `make lint` holds to `ruff format` (the whole tree since the reformat after the restructure).
+FORMATTED ?= .
 BENCH_ARGS ?=
 
 .PHONY: demo test test-fast lint typecheck venv clean bench

@@ -11,6 +11,7 @@ be timed on the real tensor count (90,427) without the data. The multi-token
 prediction layer DeepSeek ships as layer 61 is left out (transformers has no
 module for it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,15 +26,36 @@ SHARD_BYTES = 4_300_000_000
 ITEMSIZE = {"BF16": 2, "F32": 4, "F8_E4M3": 1}
 
 CONFIG = {
-    "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "hidden_size": HIDDEN,
-    "intermediate_size": DENSE_INTER, "moe_intermediate_size": EXPERT_INTER, "num_hidden_layers": LAYERS,
-    "num_attention_heads": HEADS, "num_key_value_heads": HEADS, "n_routed_experts": EXPERTS,
-    "n_shared_experts": 1, "num_experts_per_tok": 8, "first_k_dense_replace": DENSE_LAYERS,
-    "q_lora_rank": Q_LORA, "kv_lora_rank": KV_LORA, "qk_nope_head_dim": QK_NOPE, "qk_rope_head_dim": QK_ROPE,
-    "v_head_dim": V_HEAD, "vocab_size": VOCAB, "n_group": 8, "topk_group": 4, "max_position_embeddings": 163840,
-    "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
-    "quantization_config": {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
-                            "weight_block_size": [128, 128]},
+    "architectures": ["DeepseekV3ForCausalLM"],
+    "model_type": "deepseek_v3",
+    "hidden_size": HIDDEN,
+    "intermediate_size": DENSE_INTER,
+    "moe_intermediate_size": EXPERT_INTER,
+    "num_hidden_layers": LAYERS,
+    "num_attention_heads": HEADS,
+    "num_key_value_heads": HEADS,
+    "n_routed_experts": EXPERTS,
+    "n_shared_experts": 1,
+    "num_experts_per_tok": 8,
+    "first_k_dense_replace": DENSE_LAYERS,
+    "q_lora_rank": Q_LORA,
+    "kv_lora_rank": KV_LORA,
+    "qk_nope_head_dim": QK_NOPE,
+    "qk_rope_head_dim": QK_ROPE,
+    "v_head_dim": V_HEAD,
+    "vocab_size": VOCAB,
+    "n_group": 8,
+    "topk_group": 4,
+    "max_position_embeddings": 163840,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "quantization_config": {
+        "quant_method": "fp8",
+        "fmt": "e4m3",
+        "activation_scheme": "dynamic",
+        "weight_block_size": [128, 128],
+    },
 }
 
 
@@ -48,10 +70,12 @@ def tensors(layers: int = LAYERS) -> list[tuple[str, str, list[int]]]:
     mlp = (("gate_proj", False), ("up_proj", False), ("down_proj", True))
     for i in range(layers):
         p = f"model.layers.{i}."
-        out += [(p + "input_layernorm.weight", "BF16", [HIDDEN]),
-                (p + "post_attention_layernorm.weight", "BF16", [HIDDEN]),
-                (p + "self_attn.q_a_layernorm.weight", "BF16", [Q_LORA]),
-                (p + "self_attn.kv_a_layernorm.weight", "BF16", [KV_LORA])]
+        out += [
+            (p + "input_layernorm.weight", "BF16", [HIDDEN]),
+            (p + "post_attention_layernorm.weight", "BF16", [HIDDEN]),
+            (p + "self_attn.q_a_layernorm.weight", "BF16", [Q_LORA]),
+            (p + "self_attn.kv_a_layernorm.weight", "BF16", [KV_LORA]),
+        ]
         fp8(p + "self_attn.q_a_proj.weight", [Q_LORA, HIDDEN])
         fp8(p + "self_attn.q_b_proj.weight", [HEADS * (QK_NOPE + QK_ROPE), Q_LORA])
         fp8(p + "self_attn.kv_a_proj_with_mqa.weight", [KV_LORA + QK_ROPE, HIDDEN])
@@ -61,8 +85,10 @@ def tensors(layers: int = LAYERS) -> list[tuple[str, str, list[int]]]:
             for n, down in mlp:
                 fp8(p + f"mlp.{n}.weight", [HIDDEN, DENSE_INTER] if down else [DENSE_INTER, HIDDEN])
             continue
-        out += [(p + "mlp.gate.weight", "BF16", [EXPERTS, HIDDEN]),
-                (p + "mlp.gate.e_score_correction_bias", "F32", [EXPERTS])]
+        out += [
+            (p + "mlp.gate.weight", "BF16", [EXPERTS, HIDDEN]),
+            (p + "mlp.gate.e_score_correction_bias", "F32", [EXPERTS]),
+        ]
         for e in [str(e) for e in range(EXPERTS)] + ["shared"]:
             base = p + ("mlp.shared_experts." if e == "shared" else f"mlp.experts.{e}.")
             for n, down in mlp:

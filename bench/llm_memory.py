@@ -8,6 +8,7 @@ config.json, a tokenizer), runs both converters under `/usr/bin/time -v`, prints
 a Markdown table (peak RSS, wall time) and deletes everything unless --keep.
 Needs torch, transformers and mlx-lm (the dev extra). Linux (GNU time).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,17 +30,19 @@ def tensor_shapes() -> dict[str, tuple[int, ...]]:
     shapes = {"model.embed_tokens.weight": (VOCAB, HIDDEN)}
     for i in range(LAYERS):
         p = f"model.layers.{i}."
-        shapes.update({
-            p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN),
-            p + "self_attn.k_proj.weight": (KV_HEADS * head, HIDDEN),
-            p + "self_attn.v_proj.weight": (KV_HEADS * head, HIDDEN),
-            p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
-            p + "mlp.gate_proj.weight": (INTER, HIDDEN),
-            p + "mlp.up_proj.weight": (INTER, HIDDEN),
-            p + "mlp.down_proj.weight": (HIDDEN, INTER),
-            p + "input_layernorm.weight": (HIDDEN,),
-            p + "post_attention_layernorm.weight": (HIDDEN,),
-        })
+        shapes.update(
+            {
+                p + "self_attn.q_proj.weight": (HIDDEN, HIDDEN),
+                p + "self_attn.k_proj.weight": (KV_HEADS * head, HIDDEN),
+                p + "self_attn.v_proj.weight": (KV_HEADS * head, HIDDEN),
+                p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
+                p + "mlp.gate_proj.weight": (INTER, HIDDEN),
+                p + "mlp.up_proj.weight": (INTER, HIDDEN),
+                p + "mlp.down_proj.weight": (HIDDEN, INTER),
+                p + "input_layernorm.weight": (HIDDEN,),
+                p + "post_attention_layernorm.weight": (HIDDEN,),
+            }
+        )
     shapes["model.norm.weight"] = (HIDDEN,)
     shapes["lm_head.weight"] = (VOCAB, HIDDEN)
     return shapes
@@ -48,6 +51,7 @@ def tensor_shapes() -> dict[str, tuple[int, ...]]:
 def write_checkpoint(d: Path) -> int:
     import torch
     from safetensors.torch import save_file
+
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from llm_checkpoints import save_tokenizer
 
@@ -67,14 +71,31 @@ def write_checkpoint(d: Path) -> int:
             total += t.numel() * 2
         save_file(tensors, str(d / f), metadata={"format": "pt"})
         del tensors
-    (d / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    (d / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
-        "intermediate_size": INTER, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
-        "num_key_value_heads": KV_HEADS, "vocab_size": VOCAB, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
-        "max_position_embeddings": 8192, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
-        "bos_token_id": 1, "eos_token_id": 2}, indent=2))
+    (d / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )
+    (d / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["LlamaForCausalLM"],
+                "model_type": "llama",
+                "hidden_size": HIDDEN,
+                "intermediate_size": INTER,
+                "num_hidden_layers": LAYERS,
+                "num_attention_heads": HEADS,
+                "num_key_value_heads": KV_HEADS,
+                "vocab_size": VOCAB,
+                "rms_norm_eps": 1e-5,
+                "rope_theta": 500000.0,
+                "max_position_embeddings": 8192,
+                "tie_word_embeddings": False,
+                "torch_dtype": "bfloat16",
+                "bos_token_id": 1,
+                "eos_token_id": 2,
+            },
+            indent=2,
+        )
+    )
     save_tokenizer(d)
     return total
 
@@ -107,8 +128,11 @@ def main() -> None:
     try:
         t0 = time.perf_counter()
         size = write_checkpoint(src)
-        print(f"checkpoint: {size / 2**30:.2f} GiB in {time.perf_counter() - t0:.0f} s "
-              f"(embedding {VOCAB * HIDDEN * 2 / 1e9:.2f} GB)", file=sys.stderr)
+        print(
+            f"checkpoint: {size / 2**30:.2f} GiB in {time.perf_counter() - t0:.0f} s "
+            f"(embedding {VOCAB * HIDDEN * 2 / 1e9:.2f} GB)",
+            file=sys.stderr,
+        )
         py = sys.executable
         # The analysis cache lives in the work dir: the first t2mlx run builds the model (imports
         # torch), the "again" row shows a repeat run; the others build it afresh.
@@ -118,12 +142,21 @@ def main() -> None:
         q4 = [py, "-m", "torch2mlx", "stream", str(src), None, "--q-bits", "4", "--quiet"]
         runs = [
             ("t2mlx stream --q-bits 4", cached, q4[:5] + [str(work / "ours-q4")] + q4[6:]),
-            ("t2mlx stream --q-bits 4, again (analysis cached)", cached,
-             q4[:5] + [str(work / "ours-q4-again")] + q4[6:]),
-            ("mlx_lm convert -q", cold,
-             [py, "-m", "mlx_lm", "convert", "--hf-path", str(src), "--mlx-path", str(work / "mlx-lm-q4"), "-q"]),
-            ("t2mlx stream (bf16, no quantization)", cold,
-             [py, "-m", "torch2mlx", "stream", str(src), str(work / "ours-bf16"), "--quiet"]),
+            (
+                "t2mlx stream --q-bits 4, again (analysis cached)",
+                cached,
+                q4[:5] + [str(work / "ours-q4-again")] + q4[6:],
+            ),
+            (
+                "mlx_lm convert -q",
+                cold,
+                [py, "-m", "mlx_lm", "convert", "--hf-path", str(src), "--mlx-path", str(work / "mlx-lm-q4"), "-q"],
+            ),
+            (
+                "t2mlx stream (bf16, no quantization)",
+                cold,
+                [py, "-m", "torch2mlx", "stream", str(src), str(work / "ours-bf16"), "--quiet"],
+            ),
         ]
         print("| converter | peak RSS | wall time |\n|---|---:|---:|")
         for label, env, cmd in runs:

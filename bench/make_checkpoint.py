@@ -17,6 +17,7 @@ so both formats hold bit-identical data and no shard is ever copied into
 anonymous memory. Values are random but finite, with magnitudes in
 [2**-7, 2) so that a cast to float16 never overflows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,11 +67,17 @@ class Spec:
         out = [("model.embed_tokens.weight", (self.vocab, h))]
         for n in range(self.layers):
             p = f"model.layers.{n}."
-            out += [(p + "self_attn.q_proj.weight", (h, h)), (p + "self_attn.k_proj.weight", (kv, h)),
-                    (p + "self_attn.v_proj.weight", (kv, h)), (p + "self_attn.o_proj.weight", (h, h)),
-                    (p + "mlp.gate_proj.weight", (i, h)), (p + "mlp.up_proj.weight", (i, h)),
-                    (p + "mlp.down_proj.weight", (h, i)),
-                    (p + "input_layernorm.weight", (h,)), (p + "post_attention_layernorm.weight", (h,))]
+            out += [
+                (p + "self_attn.q_proj.weight", (h, h)),
+                (p + "self_attn.k_proj.weight", (kv, h)),
+                (p + "self_attn.v_proj.weight", (kv, h)),
+                (p + "self_attn.o_proj.weight", (h, h)),
+                (p + "mlp.gate_proj.weight", (i, h)),
+                (p + "mlp.up_proj.weight", (i, h)),
+                (p + "mlp.down_proj.weight", (h, i)),
+                (p + "input_layernorm.weight", (h,)),
+                (p + "post_attention_layernorm.weight", (h,)),
+            ]
         out += [("model.norm.weight", (h,)), ("lm_head.weight", (self.vocab, h))]
         return out
 
@@ -84,14 +91,27 @@ class Spec:
 
     def config(self) -> dict:
         """A llama config.json that transformers and mlx-lm accept."""
-        return {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-                "hidden_size": self.hidden, "intermediate_size": self.intermediate,
-                "num_hidden_layers": self.layers, "num_attention_heads": self.heads,
-                "num_key_value_heads": self.kv_heads, "head_dim": self.head_dim,
-                "vocab_size": self.vocab, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
-                "rope_theta": 500000.0, "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
-                "tie_word_embeddings": False, "torch_dtype": _DTYPES[self.dtype][2],
-                "bos_token_id": 1, "eos_token_id": 2}
+        return {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": self.hidden,
+            "intermediate_size": self.intermediate,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads,
+            "head_dim": self.head_dim,
+            "vocab_size": self.vocab,
+            "max_position_embeddings": 4096,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 500000.0,
+            "hidden_act": "silu",
+            "attention_bias": False,
+            "mlp_bias": False,
+            "tie_word_embeddings": False,
+            "torch_dtype": _DTYPES[self.dtype][2],
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+        }
 
 
 # Presets. The 2.5g and 10g ones have embedding and lm_head of >= 0.7 GB each
@@ -106,10 +126,8 @@ PRESETS = {
     "2.5g": Spec(hidden=3072, intermediate=8192, layers=5, vocab=128256, heads=24, kv_heads=8),
     "10g": Spec(hidden=4096, intermediate=14336, layers=18, vocab=128256, heads=32, kv_heads=8),
     "many": Spec(hidden=64, intermediate=128, layers=1112, vocab=1024, heads=4, kv_heads=4),
-    "many-100k": Spec(hidden=32, intermediate=64, layers=11112, vocab=1024, heads=2, kv_heads=2,
-                      shard_size=10 * 10**6),
-    "70b": Spec(hidden=8192, intermediate=28672, layers=80, vocab=128256, heads=64, kv_heads=8,
-                shard_size=5 * 10**9),
+    "many-100k": Spec(hidden=32, intermediate=64, layers=11112, vocab=1024, heads=2, kv_heads=2, shard_size=10 * 10**6),
+    "70b": Spec(hidden=8192, intermediate=28672, layers=80, vocab=128256, heads=64, kv_heads=8, shard_size=5 * 10**9),
 }
 
 
@@ -188,8 +206,10 @@ def write_safetensors(spec: Spec, out: str, sparse: bool = False) -> None:
             os.close(fd)
         index += len(group)
         weight_map.update({t: name for t, _ in group})
-    _json(os.path.join(out, "model.safetensors.index.json"),
-          {"metadata": {"total_size": spec.nbytes}, "weight_map": weight_map})
+    _json(
+        os.path.join(out, "model.safetensors.index.json"),
+        {"metadata": {"total_size": spec.nbytes}, "weight_map": weight_map},
+    )
 
 
 def write_bin(spec: Spec, st_dir: str, out: str) -> None:
@@ -209,7 +229,7 @@ def write_bin(spec: Spec, st_dir: str, out: str) -> None:
         tensors, pos = {}, 0
         for name, shape in group:
             n = math.prod(shape)
-            tensors[name] = torch.from_numpy(mm[pos:pos + n]).view(tdtype).reshape(shape)
+            tensors[name] = torch.from_numpy(mm[pos : pos + n]).view(tdtype).reshape(shape)
             pos += n
         name = _shard_name("pytorch_model", "bin", i, len(groups))
         path = os.path.join(out, name)
@@ -218,8 +238,10 @@ def write_bin(spec: Spec, st_dir: str, out: str) -> None:
             os.fsync(f.fileno())
         del tensors, mm
         weight_map.update({t: name for t, _ in group})
-    _json(os.path.join(out, "pytorch_model.bin.index.json"),
-          {"metadata": {"total_size": spec.nbytes}, "weight_map": weight_map})
+    _json(
+        os.path.join(out, "pytorch_model.bin.index.json"),
+        {"metadata": {"total_size": spec.nbytes}, "weight_map": weight_map},
+    )
 
 
 def _json(path: str, obj) -> None:
@@ -233,15 +255,42 @@ def write_sidecars(spec: Spec, out: str) -> None:
     _json(os.path.join(out, "config.json"), spec.config())
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
     vocab.update({f"w{i}": i for i in range(3, 256)})
-    special = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-                "normalized": False, "special": True} for t, i in list(vocab.items())[:3]]
-    _json(os.path.join(out, "tokenizer.json"),
-          {"version": "1.0", "truncation": None, "padding": None, "added_tokens": special,
-           "normalizer": None, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": None,
-           "decoder": None, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}})
-    _json(os.path.join(out, "tokenizer_config.json"),
-          {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
-           "unk_token": "<unk>", "model_max_length": 4096})
+    special = [
+        {
+            "id": i,
+            "content": t,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+        for t, i in list(vocab.items())[:3]
+    ]
+    _json(
+        os.path.join(out, "tokenizer.json"),
+        {
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": special,
+            "normalizer": None,
+            "pre_tokenizer": {"type": "Whitespace"},
+            "post_processor": None,
+            "decoder": None,
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
+        },
+    )
+    _json(
+        os.path.join(out, "tokenizer_config.json"),
+        {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "unk_token": "<unk>",
+            "model_max_length": 4096,
+        },
+    )
 
 
 def checkpoint_dir(data_dir: str, preset: str, spec: Spec, sparse: bool) -> str:
@@ -276,8 +325,10 @@ def make(spec: Spec, out: str, *, formats=("st", "bin"), sparse: bool = False, l
         write_bin(spec, st, b)
         write_sidecars(spec, b)
     _json(stamp, want)  # last: a directory with a stamp is complete
-    log(f"wrote {out} ({human(spec.nbytes)} x {len(formats)} format(s)"
-        f"{', sparse' if sparse else ''}) in {time.perf_counter() - t0:.1f} s")
+    log(
+        f"wrote {out} ({human(spec.nbytes)} x {len(formats)} format(s)"
+        f"{', sparse' if sparse else ''}) in {time.perf_counter() - t0:.1f} s"
+    )
     return out
 
 
@@ -293,11 +344,15 @@ def parse_size(text: str) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description="Write a deterministic synthetic llama-shaped checkpoint as sharded safetensors (st/) "
-                    "and sharded zip .bin (bin/), with config.json and an offline tokenizer.",
-        epilog="presets: " + ", ".join(f"{k} ({human(v.nbytes)}, {len(v.tensors())} tensors)"
-                                       for k, v in PRESETS.items()))
-    ap.add_argument("preset", choices=sorted(PRESETS) + ["custom"],
-                    help="shape preset; 'custom' starts from 'tiny' and takes the overrides below")
+        "and sharded zip .bin (bin/), with config.json and an offline tokenizer.",
+        epilog="presets: "
+        + ", ".join(f"{k} ({human(v.nbytes)}, {len(v.tensors())} tensors)" for k, v in PRESETS.items()),
+    )
+    ap.add_argument(
+        "preset",
+        choices=sorted(PRESETS) + ["custom"],
+        help="shape preset; 'custom' starts from 'tiny' and takes the overrides below",
+    )
     ap.add_argument("--out", help="checkpoint directory (default: bench/data/PRESET-DTYPE)")
     ap.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16")
     for k in ("hidden", "intermediate", "layers", "vocab", "heads", "kv_heads"):
@@ -305,12 +360,18 @@ def main(argv=None) -> int:
     ap.add_argument("--shard-size", default=None, help="input shard size, e.g. 2GB (default: 2GB, 5GB for 70b)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--formats", default="st,bin", help="comma list of st, bin (default: both)")
-    ap.add_argument("--sparse", action="store_true",
-                    help="safetensors headers over file holes (no data written; for --dry-run timing)")
+    ap.add_argument(
+        "--sparse",
+        action="store_true",
+        help="safetensors headers over file holes (no data written; for --dry-run timing)",
+    )
     a = ap.parse_args(argv)
     spec = PRESETS["tiny" if a.preset == "custom" else a.preset]
-    over = {k: getattr(a, k) for k in ("hidden", "intermediate", "layers", "vocab", "heads", "kv_heads")
-            if getattr(a, k) is not None}
+    over = {
+        k: getattr(a, k)
+        for k in ("hidden", "intermediate", "layers", "vocab", "heads", "kv_heads")
+        if getattr(a, k) is not None
+    }
     spec = replace(spec, dtype=a.dtype, seed=a.seed, **over)
     if a.shard_size:
         spec = replace(spec, shard_size=parse_size(a.shard_size))

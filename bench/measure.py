@@ -9,6 +9,7 @@ writing them. Peak RSS is the contender's ``ru_maxrss`` as GNU time
 reports it from ``wait4`` (that process only; it counts file pages a tool
 maps and touches, which is how mmap-based readers show up).
 """
+
 from __future__ import annotations
 
 import os
@@ -26,10 +27,10 @@ from importlib import metadata
 class Sample:
     seconds: float
     max_rss_mib: float
-    cpu_seconds: float          # user + system time of the child
+    cpu_seconds: float  # user + system time of the child
     rc: int
     out_bytes: int
-    load1: float                # 1-minute load average when the run started (other work on the box)
+    load1: float  # 1-minute load average when the run started (other work on the box)
     error: str = ""
 
 
@@ -93,8 +94,15 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def run(argv: list[str], *, inputs: list[str], out: str | None, env: dict | None = None,
-        timeout: float = 3600, log_path: str | None = None) -> Sample:
+def run(
+    argv: list[str],
+    *,
+    inputs: list[str],
+    out: str | None,
+    env: dict | None = None,
+    timeout: float = 3600,
+    log_path: str | None = None,
+) -> Sample:
     """Run ``argv`` once, cold, and measure it. ``out`` is removed first and fsynced after.
 
     A child forked from this (large) Python process starts with our resident
@@ -112,8 +120,9 @@ def run(argv: list[str], *, inputs: list[str], out: str | None, env: dict | None
     err = open(log_path or os.devnull, "wb")
     try:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(wrapped, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env,
-                                start_new_session=True)  # a group we can kill whole on timeout
+        proc = subprocess.Popen(
+            wrapped, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True
+        )  # a group we can kill whole on timeout
         timer = threading.Timer(timeout, _kill_group, (proc,))
         timer.start()
         try:
@@ -190,11 +199,17 @@ def machine_info(data_dir: str, root: str) -> dict:
         except metadata.PackageNotFoundError:
             versions[pkg] = "not installed"
     commit = _first_line(["git", "-C", root, "rev-parse", "--short", "HEAD"])
-    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(ram / 2**30, 1),
-            "disk": f"{dev} ({fs}, mounted on {mnt}, {usage.total / 1e9:.0f} GB, {usage.free / 1e9:.0f} GB free)",
-            "kernel": f"{platform.system()} {platform.release()} {platform.machine()}",
-            "python": platform.python_version(), "versions": versions,
-            "cp": _first_line(["cp", "--version"]),
-            "commit": commit + (" (with uncommitted changes)" if dirty else "")}
+    dirty = subprocess.run(
+        ["git", "-C", root, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gib": round(ram / 2**30, 1),
+        "disk": f"{dev} ({fs}, mounted on {mnt}, {usage.total / 1e9:.0f} GB, {usage.free / 1e9:.0f} GB free)",
+        "kernel": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "python": platform.python_version(),
+        "versions": versions,
+        "cp": _first_line(["cp", "--version"]),
+        "commit": commit + (" (with uncommitted changes)" if dirty else ""),
+    }

@@ -9,6 +9,7 @@ contenders on a 24 GB machine), every tensor materialised in memory, one
 output shard per input shard, plus an index and the config so that the
 result is a loadable MLX model directory. They are deliberately not tuned.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,8 +76,12 @@ MODES = {"torch-load": torch_load, "safe-open": safe_open_save_file}
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Naive hand-written PyTorch -> MLX conversions (benchmark contenders).")
-    ap.add_argument("mode", choices=sorted(MODES), help="torch-load: torch.load + mx.save_safetensors (reads .bin); "
-                                                        "safe-open: safe_open + save_file (reads .safetensors)")
+    ap.add_argument(
+        "mode",
+        choices=sorted(MODES),
+        help="torch-load: torch.load + mx.save_safetensors (reads .bin); "
+        "safe-open: safe_open + save_file (reads .safetensors)",
+    )
     ap.add_argument("src", help="checkpoint directory")
     ap.add_argument("out", help="output directory (must not exist)")
     a = ap.parse_args(argv)

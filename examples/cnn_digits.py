@@ -7,6 +7,7 @@ differs from torch: MLX images are channels-last (N, H, W, C), so before the
 flatten that feeds the first Linear, the MLX model moves channels back in front;
 torch's Linear was trained on features in (C, H, W) order.
 """
+
 from __future__ import annotations
 
 import sys
@@ -18,7 +19,7 @@ import harness
 
 def digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """n images (n, 1, 28, 28): each class a fixed smooth stroke pattern, shifted a little, plus noise."""
-    rng = np.random.default_rng(1234)                       # the classes are the same for every seed
+    rng = np.random.default_rng(1234)  # the classes are the same for every seed
     coarse = rng.standard_normal((10, 7, 7)) > 0.6
     templates = np.kron(coarse, np.ones((4, 4))).astype(np.float32)
     rng = np.random.default_rng(seed)
@@ -45,6 +46,7 @@ def torch_model():
             x = self.pool(self.conv1(x).relu())
             x = self.pool(self.conv2(x).relu())
             return self.fc2(self.fc1(x.flatten(1)).relu())
+
     return DigitCNN()
 
 
@@ -60,18 +62,27 @@ def mlx_model():
             self.fc1 = nn.Linear(32 * 7 * 7, 64)
             self.fc2 = nn.Linear(64, 10)
 
-        def __call__(self, x):                              # x: (N, 28, 28, 1)
+        def __call__(self, x):  # x: (N, 28, 28, 1)
             x = self.pool(nn.relu(self.conv1(x)))
             x = self.pool(nn.relu(self.conv2(x)))
-            x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)   # torch's (C, H, W) flatten order
+            x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)  # torch's (C, H, W) flatten order
             return self.fc2(nn.relu(self.fc1(x)))
+
     return DigitCNN()
 
 
 def main(argv=None) -> dict:
-    return harness.main(argv, __doc__, "cnn_digits", data=digits, torch_model=torch_model, mlx_model=mlx_model,
-                        to_mlx=lambda x: np.moveaxis(x, 1, -1),       # NCHW -> NHWC
-                        quick=dict(steps=25, batch=32, n_eval=128), full=dict(steps=300, batch=64, n_eval=1024))
+    return harness.main(
+        argv,
+        __doc__,
+        "cnn_digits",
+        data=digits,
+        torch_model=torch_model,
+        mlx_model=mlx_model,
+        to_mlx=lambda x: np.moveaxis(x, 1, -1),  # NCHW -> NHWC
+        quick=dict(steps=25, batch=32, n_eval=128),
+        full=dict(steps=300, batch=64, n_eval=1024),
+    )
 
 
 if __name__ == "__main__":

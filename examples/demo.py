@@ -7,6 +7,7 @@ the conversion itself runs in a separate process and never imports torch.
 Last, the live model goes through the model-level API (torch2mlx.convert) into
 one file, which must hold the same tensors as the stream's output.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,22 +26,40 @@ def make_model():
 
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(), nn.Linear(16, 10),
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
     ).eval()
     return model
 
 
 def make_samples(d: str, model) -> dict[str, str]:
     import torch
+
     sd = model.state_dict()
-    paths = {"zip": os.path.join(d, "cnn.pt"), "legacy": os.path.join(d, "cnn_legacy.pth"),
-             "lightning": os.path.join(d, "cnn.ckpt")}
+    paths = {
+        "zip": os.path.join(d, "cnn.pt"),
+        "legacy": os.path.join(d, "cnn_legacy.pth"),
+        "lightning": os.path.join(d, "cnn.ckpt"),
+    }
     torch.save(sd, paths["zip"])
     torch.save(sd, paths["legacy"], _use_new_zipfile_serialization=False)
-    torch.save({"epoch": 3, "global_step": 120, "state_dict": {"model." + k: v for k, v in sd.items()},
-                "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.1}]}]}, paths["lightning"])
+    torch.save(
+        {
+            "epoch": 3,
+            "global_step": 120,
+            "state_dict": {"model." + k: v for k, v in sd.items()},
+            "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.1}]}],
+        },
+        paths["lightning"],
+    )
     return paths
 
 
@@ -51,7 +70,7 @@ def check(src: str, out: str, prefix: str = "") -> int:
     import mlx.core as mx
 
     obj = torch.load(src, weights_only=True)
-    sd = {k[len(prefix):]: v for k, v in obj.get("state_dict", obj).items()}
+    sd = {k[len(prefix) :]: v for k, v in obj.get("state_dict", obj).items()}
     manifest = json.load(open(os.path.join(out, "torch2mlx.json")))
     weights = {}
     for shard in sorted({r["shard"] for r in manifest["tensors"].values()}):
@@ -67,6 +86,7 @@ def check(src: str, out: str, prefix: str = "") -> int:
 
 def check_model_api(model, path: str, stream_out: str) -> int:
     import torch2mlx
+
     torch2mlx.convert(model, path)
     got = torch2mlx.load_converted(path)
     want = torch2mlx.load_converted(stream_out)

@@ -6,6 +6,7 @@ torch: an MLP trained on synthetic 2-D blobs. MLX: torch2mlx.templates.MLP loade
 weights (outputs equal torch's), then torch2mlx.recipes.finetune_classifier trains it on blobs that moved,
 first only the last layer, then everything. Prints the loss on the new task before and after.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,7 @@ def blobs(n: int, seed: int, shift: float = 0.0):
 
 
 def batches(x, y, size: int):
-    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)]
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
 
 
 def main(argv=None) -> dict:
@@ -59,21 +60,31 @@ def main(argv=None) -> dict:
     with torch.no_grad():
         same = float(np.abs(np.array(model(mx.array(x))) - net(torch.from_numpy(x)).numpy()).max())
 
-    new_x, new_y = blobs(512, 1, shift=1.5)                  # the task moved
+    new_x, new_y = blobs(512, 1, shift=1.5)  # the task moved
     val = batches(*blobs(256, 2, shift=1.5), 64)
-    head = finetune_classifier(model, batches(new_x, new_y, 32), val, epochs=2 if args.quick else 5,
-                               learning_rate=1e-2, trainable=["layers.4"])
+    head = finetune_classifier(
+        model, batches(new_x, new_y, 32), val, epochs=2 if args.quick else 5, learning_rate=1e-2, trainable=["layers.4"]
+    )
     model.unfreeze()
-    full = finetune_classifier(model, batches(new_x, new_y, 32), val, epochs=2 if args.quick else 10,
-                               learning_rate=3e-3)
-    out = {"converted_max_diff": same, "loss_before": head.loss_before, "loss_after_head": head.loss_after,
-           "loss_after_all": full.loss_after, "head_parameters": head.trainable, "all_parameters": full.trainable}
+    full = finetune_classifier(
+        model, batches(new_x, new_y, 32), val, epochs=2 if args.quick else 10, learning_rate=3e-3
+    )
+    out = {
+        "converted_max_diff": same,
+        "loss_before": head.loss_before,
+        "loss_after_head": head.loss_after,
+        "loss_after_all": full.loss_after,
+        "head_parameters": head.trainable,
+        "all_parameters": full.trainable,
+    }
     if args.json:
         print(json.dumps(out))
     else:
         print(f"converted MLP vs torch: max logit diff {same:.2e}")
-        print(f"new task loss: {head.loss_before:.4f} before, {head.loss_after:.4f} after the head "
-              f"({head.trainable} params), {full.loss_after:.4f} after all layers ({full.trainable} params)")
+        print(
+            f"new task loss: {head.loss_before:.4f} before, {head.loss_after:.4f} after the head "
+            f"({head.trainable} params), {full.loss_after:.4f} after all layers ({full.trainable} params)"
+        )
     return out
 
 

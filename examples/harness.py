@@ -2,6 +2,7 @@
 
 Each example defines its torch model, its MLX model and its synthetic data, and calls ``main``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,6 +26,7 @@ def parse(argv, description: str):
 def train(model, batches, steps: int, lr: float = 1e-3) -> float:
     """A plain torch training loop (Adam, cross-entropy); returns the last loss."""
     import torch
+
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     loss = None
@@ -47,13 +49,23 @@ def _median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def run(name: str, torch_model, mlx_model, x_torch: np.ndarray, x_mlx: np.ndarray, labels: np.ndarray,
-        *, repeats: int, loss: float) -> dict:
+def run(
+    name: str,
+    torch_model,
+    mlx_model,
+    x_torch: np.ndarray,
+    x_mlx: np.ndarray,
+    labels: np.ndarray,
+    *,
+    repeats: int,
+    loss: float,
+) -> dict:
     """Convert ``torch_model`` with torch2mlx, load it into ``mlx_model``, compare logits on the same data."""
     import mlx.core as mx
     import torch
 
     import torch2mlx
+
     torch_model.eval()
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, f"{name}.safetensors")
@@ -91,22 +103,28 @@ def show(metrics: dict, as_json: bool) -> None:
         print(json.dumps(metrics, indent=2))
         return
     m = metrics
-    print(f"{m['example']}: {m['tensors']} tensors converted (rules: {m['rules']}), final train loss "
-          f"{m['final_train_loss']}, torch accuracy {m['torch_accuracy']:.1%}")
+    print(
+        f"{m['example']}: {m['tensors']} tensors converted (rules: {m['rules']}), final train loss "
+        f"{m['final_train_loss']}, torch accuracy {m['torch_accuracy']:.1%}"
+    )
     print(f"  max |logit difference| torch vs MLX: {m['max_logit_diff']:.2e}")
     print(f"  prediction agreement:                {m['agreement']:.1%} of {m['batch']}")
-    print(f"  forward pass (batch {m['batch']}):        torch {m['torch_forward_ms']:.2f} ms, "
-          f"MLX {m['mlx_forward_ms']:.2f} ms")
+    print(
+        f"  forward pass (batch {m['batch']}):        torch {m['torch_forward_ms']:.2f} ms, "
+        f"MLX {m['mlx_forward_ms']:.2f} ms"
+    )
 
 
-def main(argv, doc: str, name: str, *, data, torch_model, mlx_model, to_mlx, quick: dict, full: dict,
-         lr: float = 1e-3) -> dict:
+def main(
+    argv, doc: str, name: str, *, data, torch_model, mlx_model, to_mlx, quick: dict, full: dict, lr: float = 1e-3
+) -> dict:
     """Parse the options, train ``torch_model()`` on ``data(n, seed, **extra)``, then ``run`` and ``show``.
 
     ``quick`` / ``full``: ``steps``, ``batch``, ``n_eval`` and any extra keyword arguments for ``data``.
     ``to_mlx`` turns the evaluation inputs into MLX's layout.
     """
     import torch
+
     args = parse(argv, doc.splitlines()[0])
     torch.manual_seed(args.seed)
     extra = dict(quick if args.quick else full)

@@ -9,6 +9,7 @@ labelling in MLX (torch2mlx.recipes.lora_finetune); the adapters are merged into
 and the merged weights go back into the torch model (torch2mlx.to_torch), which must compute what
 MLX computes.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,30 +57,49 @@ def main(argv=None) -> dict:
     model.eval()
 
     x, y = new_task(1024 if args.quick else 4096, 100)
-    train = [(x[i:i + 64], y[i:i + 64]) for i in range(0, len(x), 64)]
+    train = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)]
     val = [tuple(new_task(256, 200))]
-    result = lora_finetune(model, train, val, rank=4, alpha=8, also_train=["head"],
-                           epochs=2 if args.quick else 8, learning_rate=3e-3, merge=False)
+    result = lora_finetune(
+        model,
+        train,
+        val,
+        rank=4,
+        alpha=8,
+        also_train=["head"],
+        epochs=2 if args.quick else 8,
+        learning_rate=3e-3,
+        merge=False,
+    )
     model.eval()
     probe = mx.array(val[0][0])
     with_adapters = np.array(model(probe))
     from torch2mlx.recipes import merge_lora
+
     merged = merge_lora(model)
     merge_diff = float(np.abs(np.array(model(probe)) - with_adapters).max())
 
     from mlx.utils import tree_flatten
+
     state = torch2mlx.to_torch(dict(tree_flatten(model.parameters())), net)
     net.load_state_dict(state, strict=True)
     with torch.no_grad():
         torch_diff = float(np.abs(net(torch.from_numpy(val[0][0]).long()).numpy() - with_adapters).max())
-    out = {"loss_before": result.loss_before, "loss_after": result.loss_after, "trainable": result.trainable,
-           "merged_projections": merged, "merge_max_diff": merge_diff, "torch_max_diff": torch_diff}
+    out = {
+        "loss_before": result.loss_before,
+        "loss_after": result.loss_after,
+        "trainable": result.trainable,
+        "merged_projections": merged,
+        "merge_max_diff": merge_diff,
+        "torch_max_diff": torch_diff,
+    }
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"new task loss {result.loss_before:.4f} -> {result.loss_after:.4f} training {result.trainable} "
-              f"parameters (LoRA + head); {merged} projections merged (max diff {merge_diff:.1e}); "
-              f"back in torch: max logit diff {torch_diff:.1e}")
+        print(
+            f"new task loss {result.loss_before:.4f} -> {result.loss_after:.4f} training {result.trainable} "
+            f"parameters (LoRA + head); {merged} projections merged (max diff {merge_diff:.1e}); "
+            f"back in torch: max logit diff {torch_diff:.1e}"
+        )
     return out
 
 

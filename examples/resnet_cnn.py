@@ -7,6 +7,7 @@ over (its step counter, num_batches_tracked, has no MLX counterpart and is
 dropped). The MLX model is built from torch2mlx.templates: ConvBlock for every
 conv -> BatchNorm (-> ReLU) unit and AdaptiveAvgPool2d, which MLX lacks.
 """
+
 from __future__ import annotations
 
 import sys
@@ -50,8 +51,9 @@ def torch_model():
             super().__init__()
             self.a = ConvBN(cin, cout, stride=stride)
             self.b = ConvBN(cout, cout, act=False)
-            self.shortcut = ConvBN(cin, cout, k=1, stride=stride, act=False) if stride != 1 or cin != cout \
-                else nn.Identity()
+            self.shortcut = (
+                ConvBN(cin, cout, k=1, stride=stride, act=False) if stride != 1 or cin != cout else nn.Identity()
+            )
 
         def forward(self, x):
             return (self.b(self.a(x)) + self.shortcut(x)).relu()
@@ -66,6 +68,7 @@ def torch_model():
 
         def forward(self, x):
             return self.fc(self.pool(self.layers(self.stem(x))).flatten(1))
+
     return ResNet()
 
 
@@ -97,19 +100,27 @@ def mlx_model():
             self.pool = AdaptiveAvgPool2d(1)
             self.fc = nn.Linear(64, CLASSES)
 
-        def __call__(self, x):                               # x: (N, H, W, 3)
+        def __call__(self, x):  # x: (N, H, W, 3)
             x = self.stem(x)
             for block in self.layers:
                 x = block(x)
             return self.fc(self.pool(x).reshape(x.shape[0], -1))
+
     return ResNet()
 
 
 def main(argv=None) -> dict:
-    return harness.main(argv, __doc__, "resnet_cnn", data=images, torch_model=torch_model, mlx_model=mlx_model,
-                        to_mlx=lambda x: np.moveaxis(x, 1, -1),       # NCHW -> NHWC
-                        quick=dict(steps=20, batch=32, n_eval=64, size=16),
-                        full=dict(steps=200, batch=64, n_eval=512, size=32))
+    return harness.main(
+        argv,
+        __doc__,
+        "resnet_cnn",
+        data=images,
+        torch_model=torch_model,
+        mlx_model=mlx_model,
+        to_mlx=lambda x: np.moveaxis(x, 1, -1),  # NCHW -> NHWC
+        quick=dict(steps=20, batch=32, n_eval=64, size=16),
+        full=dict(steps=200, batch=64, n_eval=512, size=32),
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ LayerNorm) + mean pooling + Linear. MLX: the same with torch2mlx.templates.Trans
 whose names are the ones the registry gives torch's layers (self_attn -> attention,
 norm1 -> ln1, ..., in_proj split into query/key/value projections).
 """
+
 from __future__ import annotations
 
 import sys
@@ -23,7 +24,7 @@ def sequences(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = rng.integers(0, VOCAB, (n, LENGTH))
     labels = rng.integers(0, CLASSES, n)
-    for row, c in zip(x, labels):                           # plant the answer a few extra times
+    for row, c in zip(x, labels):  # plant the answer a few extra times
         row[rng.choice(LENGTH, 4, replace=False)] = c + 1
     counts = np.stack([(x == k + 1).sum(1) for k in range(CLASSES)], 1)
     return x.astype(np.int64), counts.argmax(1)
@@ -44,6 +45,7 @@ def torch_model():
 
         def forward(self, tokens):
             return self.head(self.encoder(self.embed(tokens) + self.pos).mean(1))
+
     return Classifier()
 
 
@@ -58,19 +60,30 @@ def mlx_model():
             super().__init__()
             self.embed = nn.Embedding(VOCAB, DIM)
             self.pos = mx.zeros((LENGTH, DIM))
-            self.encoder = TransformerEncoder(LAYERS, DIM, HEADS, 2 * DIM, dropout=0.1, norm_first=True,
-                                              final_norm=True)
+            self.encoder = TransformerEncoder(
+                LAYERS, DIM, HEADS, 2 * DIM, dropout=0.1, norm_first=True, final_norm=True
+            )
             self.head = nn.Linear(DIM, CLASSES)
 
         def __call__(self, tokens):
             return self.head(self.encoder(self.embed(tokens) + self.pos).mean(1))
+
     return Classifier()
 
 
 def main(argv=None) -> dict:
-    return harness.main(argv, __doc__, "transformer_classifier", data=sequences, torch_model=torch_model,
-                        mlx_model=mlx_model, to_mlx=lambda x: x.astype(np.int32), lr=2e-3,
-                        quick=dict(steps=30, batch=32, n_eval=128), full=dict(steps=400, batch=64, n_eval=1024))
+    return harness.main(
+        argv,
+        __doc__,
+        "transformer_classifier",
+        data=sequences,
+        torch_model=torch_model,
+        mlx_model=mlx_model,
+        to_mlx=lambda x: x.astype(np.int32),
+        lr=2e-3,
+        quick=dict(steps=30, batch=32, n_eval=128),
+        full=dict(steps=400, batch=64, n_eval=1024),
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Shared by the code generation tests: run generated source against torch (the oracle)."""
+
 from __future__ import annotations
 
 import ast
@@ -23,7 +24,7 @@ def randomize_stats(module):
             elif name.endswith("running_var"):
                 t.copy_(torch.rand(t.shape, generator=g) + 0.5)
             elif t.is_floating_point() and t.numel() and not bool((t.abs() < 1e6).all()):
-                t.copy_(torch.randn(t.shape, generator=g) * 0.5)     # left uninitialized by torch.empty
+                t.copy_(torch.randn(t.shape, generator=g) * 0.5)  # left uninitialized by torch.empty
     return module.eval()
 
 
@@ -60,8 +61,9 @@ def max_error(got, want) -> float:
     assert len(g) == len(w) and g, (len(g), len(w))
     for a, b in zip(g, w):
         assert a.shape == b.shape, (a.shape, b.shape)
-    return max(float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
-               for a, b in zip(g, w))
+    return max(
+        float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0 for a, b in zip(g, w)
+    )
 
 
 def imports(source: str) -> set[str]:

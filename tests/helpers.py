@@ -3,6 +3,7 @@
 Every expected value here comes from torch (``torch.load``, ``Tensor.permute``,
 ``Tensor.to``); nothing is computed with torch2mlx's own code.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,8 +34,7 @@ PERMS = {
     "conv_transpose3d": (1, 2, 3, 4, 0),
     "linear_transposed": (1, 0),
 }
-FLOAT8 = (torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e4m3fnuz, torch.float8_e5m2fnuz,
-          torch.float8_e8m0fnu)
+FLOAT8 = (torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e4m3fnuz, torch.float8_e5m2fnuz, torch.float8_e8m0fnu)
 # What `--dtype keep` stores for dtypes MLX lacks.
 KEEP = {torch.float64: torch.float32, torch.complex128: torch.complex64, **{d: torch.bfloat16 for d in FLOAT8}}
 RECORD_FIELDS = {"source", "rule", "rule_source", "dtype", "shape", "source_dtype", "source_shape", "shard"}
@@ -45,6 +45,7 @@ def dtype_name(dt: torch.dtype) -> str:
 
 
 # ---------------------------------------------------------------- expected values (torch)
+
 
 def inferred_rule(name: str, t: torch.Tensor) -> str:
     """The documented guess without model information: a 3/4/5-D float ``*.weight`` is a conv."""
@@ -67,6 +68,7 @@ def expected_output(t: torch.Tensor, rule: str = "identity", dtype: str = "keep"
 
 
 # ---------------------------------------------------------------- canonical bits
+
 
 @dataclass
 class Canon:
@@ -110,6 +112,7 @@ def canon_torch(t: torch.Tensor) -> Canon:
 
 def canon_mx(a) -> Canon:
     import mlx.core as mx
+
     name = str(a.dtype).removeprefix("mlx.core.")
     arr = np.array(a.view(mx.uint16)) if a.dtype == mx.bfloat16 else np.array(a)
     return canon_bits(name, arr)
@@ -127,11 +130,14 @@ def assert_same(got: Canon, exp: Canon, what: str = "", nan_bits: bool = False) 
     if got.bits.ndim > keep.ndim:  # 16-byte elements carry a trailing axis
         keep = keep[..., None].repeat(got.bits.shape[-1], -1)
     bad = np.flatnonzero((got.bits != exp.bits) & keep)
-    assert bad.size == 0, (f"{what}: {bad.size} element(s) differ, first at flat index {bad[0]}: "
-                           f"{got.bits.reshape(-1)[bad[0]]:#x} != {exp.bits.reshape(-1)[bad[0]]:#x}")
+    assert bad.size == 0, (
+        f"{what}: {bad.size} element(s) differ, first at flat index {bad[0]}: "
+        f"{got.bits.reshape(-1)[bad[0]]:#x} != {exp.bits.reshape(-1)[bad[0]]:#x}"
+    )
 
 
 # ---------------------------------------------------------------- reading outputs back
+
 
 def read_json(path) -> dict:
     with open(path, "rb") as f:
@@ -181,9 +187,15 @@ def check_manifest_shards(out) -> dict:
     return man
 
 
-def check_converted(out, source: dict[str, torch.Tensor], *, dtype: str = "keep",
-                    rules: dict[str, str] | None = None, names: dict[str, str] | None = None,
-                    rule_sources: dict[str, str] | None = None) -> dict[str, Canon]:
+def check_converted(
+    out,
+    source: dict[str, torch.Tensor],
+    *,
+    dtype: str = "keep",
+    rules: dict[str, str] | None = None,
+    names: dict[str, str] | None = None,
+    rule_sources: dict[str, str] | None = None,
+) -> dict[str, Canon]:
     """OUT holds exactly ``source`` converted: each output equals the rule applied to torch's tensor.
 
     ``names`` maps output name -> source name (default: same names); ``rules``
@@ -232,11 +244,12 @@ def torch_load(path) -> object:
 
 # ---------------------------------------------------------------- safetensors format
 
+
 def parse_safetensors(path) -> tuple[int, dict, bytes]:
     """(header length, header JSON, raw header bytes), asserting the format's framing rules."""
     raw = Path(path).read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    head_bytes = raw[8:8 + n]
+    head_bytes = raw[8 : 8 + n]
     assert (8 + n) % 8 == 0, f"{path}: header not padded to 8 bytes"
     body = head_bytes.rstrip(b" ")
     assert body.endswith(b"}") and len(head_bytes) - len(body) < 8, f"{path}: header padding is not 0-7 spaces"
@@ -248,8 +261,22 @@ def check_safetensors_layout(path) -> dict:
     """Offsets tile the data buffer without holes, file length = 8 + header + data, each tensor aligned."""
     n, header, raw = parse_safetensors(path)
     assert header.get("__metadata__") == {"format": "mlx"}, header.get("__metadata__")
-    widths = {"F64": 8, "I64": 8, "U64": 8, "C64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
-              "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+    widths = {
+        "F64": 8,
+        "I64": 8,
+        "U64": 8,
+        "C64": 8,
+        "F32": 4,
+        "I32": 4,
+        "U32": 4,
+        "F16": 2,
+        "BF16": 2,
+        "I16": 2,
+        "U16": 2,
+        "I8": 1,
+        "U8": 1,
+        "BOOL": 1,
+    }
     spans = sorted((tuple(r["data_offsets"]), k, r) for k, r in header.items() if k != "__metadata__")
     pos = 0
     for (a, b), k, r in spans:
@@ -263,13 +290,21 @@ def check_safetensors_layout(path) -> dict:
 
 # ---------------------------------------------------------------- running the CLI
 
+
 def run_cli(*args, env: dict | None = None, cwd=None, timeout: float = 120) -> subprocess.CompletedProcess:
     """``python -m torch2mlx ARGS`` in a fresh process (stdin closed, text output)."""
     full_env = dict(os.environ)
     full_env.pop("T2MLX_DEBUG", None)
     full_env.update(env or {})
-    return subprocess.run(T2MLX + [str(a) for a in args], capture_output=True, text=True, env=full_env,
-                          cwd=cwd, stdin=subprocess.DEVNULL, timeout=timeout)
+    return subprocess.run(
+        T2MLX + [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+    )
 
 
 def run_main(*args) -> subprocess.CompletedProcess:
@@ -278,6 +313,7 @@ def run_main(*args) -> subprocess.CompletedProcess:
     import io
 
     from torch2mlx.cli import main
+
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:

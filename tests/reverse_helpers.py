@@ -1,4 +1,5 @@
 """Reading what ``--to torch`` writes, with torch and safetensors as the readers (never torch2mlx)."""
+
 from __future__ import annotations
 
 from pathlib import Path

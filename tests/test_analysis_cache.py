@@ -1,4 +1,5 @@
 """The analysis cache: a repeated analyze/stream of a config.json model skips building it, and is never stale."""
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,10 @@ def test_second_analyze_is_the_first_one_reused(llama, cache):
 
 def test_a_hit_imports_neither_torch_nor_transformers(llama, cache):
     torch2mlx.analyze(llama)
-    code = ("import sys, torch2mlx; r = torch2mlx.analyze(sys.argv[1]); "
-            "print(any('reused' in n for n in r.notes), 'torch' in sys.modules, 'transformers' in sys.modules)")
+    code = (
+        "import sys, torch2mlx; r = torch2mlx.analyze(sys.argv[1]); "
+        "print(any('reused' in n for n in r.notes), 'torch' in sys.modules, 'transformers' in sys.modules)"
+    )
     env = {"T2MLX_CACHE_DIR": str(cache), "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code, str(llama)], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == ["True", "False", "False"]
@@ -70,10 +73,11 @@ def test_stream_output_is_identical_with_a_cached_analysis(llama, cache, tmp_pat
 
 def test_a_changed_config_or_checkpoint_misses(llama, cache, tmp_path):
     import shutil
+
     torch2mlx.analyze(llama)
     other = tmp_path / "other"
     shutil.copytree(llama, other)
-    assert _reused(torch2mlx.analyze(other))   # the key is the content, not the place
+    assert _reused(torch2mlx.analyze(other))  # the key is the content, not the place
     cfg = json.loads((other / "config.json").read_text())
     cfg["rms_norm_eps"] = 1e-5 if cfg.get("rms_norm_eps") != 1e-5 else 1e-6
     (other / "config.json").write_text(json.dumps(cfg))
@@ -82,6 +86,7 @@ def test_a_changed_config_or_checkpoint_misses(llama, cache, tmp_path):
     small = save_safetensors(build_model("llama"), tmp_path / "small")
     assert _reused(torch2mlx.analyze(small))
     from safetensors.torch import load_file, save_file
+
     f = sorted(small.glob("model-*.safetensors"))[-1]
     tensors = load_file(f)
     gone = sorted(tensors)[0]
@@ -100,7 +105,7 @@ def test_a_damaged_entry_is_a_miss_not_an_error(llama, cache):
         entry.write_text(junk)
         r = torch2mlx.analyze(llama)
         assert not _reused(r) and r.coverage == 1.0
-    assert _reused(torch2mlx.analyze(llama))   # rewritten by the miss
+    assert _reused(torch2mlx.analyze(llama))  # rewritten by the miss
 
 
 def test_no_cache_writes_nothing(llama, cache, monkeypatch):

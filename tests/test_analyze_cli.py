@@ -1,4 +1,5 @@
 """t2mlx analyze and the stream's use of the analyzer from the command line; torch stays out of the stream path."""
+
 import json
 import subprocess
 import sys
@@ -13,8 +14,15 @@ from torch2mlx.cli import main
 @pytest.fixture
 def bert_dir(tmp_path):
     from transformers import BertConfig
-    config = BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                        vocab_size=50, max_position_embeddings=16)
+
+    config = BertConfig(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        vocab_size=50,
+        max_position_embeddings=16,
+    )
     config.architectures = ["BertModel"]
     config.to_json_file(str(tmp_path / "config.json"))
     return tmp_path
@@ -39,8 +47,12 @@ def test_analyze_a_class_path_with_kwargs(capsys):
 
 
 def test_user_errors_are_one_error_line(tmp_path, capsys):
-    for argv in (["analyze", str(tmp_path / "missing")], ["analyze", "nope.mod:Net"],
-                 ["analyze", "torch.nn:Linear", "--model-kwargs", "[1]"], ["analyze", str(tmp_path)]):
+    for argv in (
+        ["analyze", str(tmp_path / "missing")],
+        ["analyze", "nope.mod:Net"],
+        ["analyze", "torch.nn:Linear", "--model-kwargs", "[1]"],
+        ["analyze", str(tmp_path)],
+    ):
         assert main(argv) == 1
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1, (argv, err)
@@ -48,6 +60,7 @@ def test_user_errors_are_one_error_line(tmp_path, capsys):
 
 def test_stream_uses_the_config_and_no_model_opts_out(bert_dir, capsys):
     from transformers import BertConfig, BertModel
+
     model = BertModel(BertConfig.from_json_file(str(bert_dir / "config.json")))
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     state["extra.weight"] = np.zeros((2, 3, 3), np.float32)
@@ -72,11 +85,13 @@ def test_import_and_the_stream_without_model_information_never_import_torch(bert
     plain = tmp_path / "plain" / "plain.safetensors"
     save_file({"w": np.ones((2, 2), np.float32)}, str(plain))
     save_file({"w": np.ones((2, 2), np.float32)}, str(bert_dir / "model.safetensors"))
-    out = _run("import sys, torch2mlx, torch2mlx.stream, torch2mlx.analysis, torch2mlx.core.registry, torch2mlx.core.ops\n"
-               "from torch2mlx.cli import main\n"
-               f"assert main(['stream', {str(plain)!r}, '--dry-run', '-q']) == 0\n"
-               f"assert main(['stream', {str(bert_dir)!r}, '--dry-run', '--no-model', '-q']) == 0\n"
-               "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))\n")
+    out = _run(
+        "import sys, torch2mlx, torch2mlx.stream, torch2mlx.analysis, torch2mlx.core.registry, torch2mlx.core.ops\n"
+        "from torch2mlx.cli import main\n"
+        f"assert main(['stream', {str(plain)!r}, '--dry-run', '-q']) == 0\n"
+        f"assert main(['stream', {str(bert_dir)!r}, '--dry-run', '--no-model', '-q']) == 0\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))\n"
+    )
     assert out.strip().splitlines()[-1] == "[]"
 
 
@@ -91,31 +106,53 @@ def test_stream_notes_a_config_transformers_does_not_know(tmp_path, capsys):
 
 def test_stream_model_option_and_rule_override(tmp_path, capsys):
     import torch
+
     torch.save(torch.nn.GRU(3, 4).state_dict(), tmp_path / "gru.pt")
-    argv = ["stream", str(tmp_path / "gru.pt"), "--dry-run", "--json", "--model", "torch.nn:GRU",
-            "--model-kwargs", '{"input_size": 3, "hidden_size": 4}']
+    argv = [
+        "stream",
+        str(tmp_path / "gru.pt"),
+        "--dry-run",
+        "--json",
+        "--model",
+        "torch.nn:GRU",
+        "--model-kwargs",
+        '{"input_size": 3, "hidden_size": 4}',
+    ]
     assert main(argv) == 0
     plan = json.loads(capsys.readouterr().out)["plan"]
     assert {n: (r["rule"], r["rule_source"]) for n, r in plan.items()} == {
-        "Wx": ("identity", "model"), "Wh": ("identity", "model"), "b": ("gru_input_bias", "model"),
-        "bhn": ("split", "model")}
+        "Wx": ("identity", "model"),
+        "Wh": ("identity", "model"),
+        "b": ("gru_input_bias", "model"),
+        "bhn": ("split", "model"),
+    }
     assert plan["b"]["source"] == ["bias_ih_l0", "bias_hh_l0"] and plan["bhn"]["shape"] == [4]
-    assert main(argv + ["--rule", "weight_hh_l0=linear_transposed"]) == 0   # --rule still wins for one source
+    assert main(argv + ["--rule", "weight_hh_l0=linear_transposed"]) == 0  # --rule still wins for one source
     plan = json.loads(capsys.readouterr().out)["plan"]
-    assert (plan["Wh"]["rule"], plan["Wh"]["rule_source"], plan["Wh"]["shape"]) == ("linear_transposed", "user",
-                                                                                    [4, 12])
+    assert (plan["Wh"]["rule"], plan["Wh"]["rule_source"], plan["Wh"]["shape"]) == (
+        "linear_transposed",
+        "user",
+        [4, 12],
+    )
 
 
-@pytest.mark.parametrize("absent, said", [(("transformers",), "but transformers is not installed"),
-                                          (("torch", "transformers"), "but torch and transformers are not installed")])
+@pytest.mark.parametrize(
+    "absent, said",
+    [
+        (("transformers",), "but transformers is not installed"),
+        (("torch", "transformers"), "but torch and transformers are not installed"),
+    ],
+)
 def test_stream_without_torch_falls_back_to_inference_with_a_note(bert_dir, monkeypatch, absent, said):
     # `make demo`'s venv has torch but not transformers: the note names what is missing, nothing more
     import sys
     from torch2mlx.stream import convert
+
     save_file({"conv.weight": np.ones((2, 3, 3, 3), np.float32)}, str(bert_dir / "model.safetensors"))
     for name in absent:
-        monkeypatch.setitem(sys.modules, name, None)   # importlib.util.find_spec now reports it missing
+        monkeypatch.setitem(sys.modules, name, None)  # importlib.util.find_spec now reports it missing
     res = convert(bert_dir, None, dry_run=True)
     assert res.plan.rules_by_source() == {"inferred": 1}
     assert [n for n in res.plan.notes if "not installed" in n] == [
-        f"config.json found, {said} (pip install 'torch2mlx[torch]'); rules inferred from shapes"]
+        f"config.json found, {said} (pip install 'torch2mlx[torch]'); rules inferred from shapes"
+    ]

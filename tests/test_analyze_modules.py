@@ -1,5 +1,6 @@
 """The analyzer on live modules and class paths: blockers found by AST in forward code, raw parameters,
 unsupported layers, weight norm in both forms, wrappers, and MLX names checked against MLX's own modules."""
+
 import inspect
 
 import mlx.core as mx
@@ -32,9 +33,9 @@ class Blocky(nn.Module):
 
     def forward(self, x):
         n = 0
-        n += 1                                  # a counter, not a tensor
+        n += 1  # a counter, not a tensor
         seen = ()
-        seen += (x,)                            # a tuple, not a tensor
+        seen += (x,)  # a tuple, not a tensor
         h = self.lin(x)
         h += x
         h.add_(1.0)
@@ -80,9 +81,22 @@ def test_blockers_are_found_by_what_the_code_does():
         ("inplace", "inplace=True"),
     ]
     lines, first = inspect.getsourcelines(Blocky.forward)
-    at = {first + i for i, line in enumerate(lines) for snippet in (
-        "h += x", "h.add_(", ".item()", ".tolist()", "_Square.apply", "torch.cuda", "h.cuda()", "register_forward_hook",
-        "inplace=True") if snippet in line}
+    at = {
+        first + i
+        for i, line in enumerate(lines)
+        for snippet in (
+            "h += x",
+            "h.add_(",
+            ".item()",
+            ".tolist()",
+            "_Square.apply",
+            "torch.cuda",
+            "h.cuda()",
+            "register_forward_hook",
+            "inplace=True",
+        )
+        if snippet in line
+    }
     assert {int(b.where.rsplit(":", 1)[1]) for b in report.blockers} == at
     (file,) = {b.where.rsplit(":", 1)[0] for b in report.blockers}
     assert file.endswith("tests/test_analyze_modules.py")
@@ -118,8 +132,11 @@ def test_raw_parameters_are_handled_and_functional_conv_kernels_get_the_conv_rul
     assert report.coverage == 1.0 and report.parameters == 6 + 6 + 162
     by = {t.mlx: t for t in report.tensors}
     assert {n: (t.rule, t.rule_source) for n, t in by.items()} == {
-        "cls_token": ("identity", "model"), "gamma": ("identity", "model"), "kernel": ("conv2d", "model"),
-        "position_bias": ("identity", "model")}
+        "cls_token": ("identity", "model"),
+        "gamma": ("identity", "model"),
+        "kernel": ("conv2d", "model"),
+        "position_bias": ("identity", "model"),
+    }
     kernel = torch2mlx.core.rules.get("conv2d").forward([model.kernel.detach().numpy()])
     x = np.random.default_rng(0).standard_normal((1, 3, 5, 5)).astype(np.float32)
     want = F.conv2d(torch.from_numpy(x), model.kernel, padding=1).detach().numpy()
@@ -139,7 +156,7 @@ class Mixed(nn.Module):
 def test_unsupported_layers_count_against_coverage_and_are_blockers():
     report = torch2mlx.analyze(Mixed())
     assert report.unsupported == {"torch.nn.EmbeddingBag": 1, "torch.nn.LSTM": 1, "torch.nn.Linear": 1}
-    covered = 6 * 2 + 2                     # only the head maps
+    covered = 6 * 2 + 2  # only the head maps
     assert report.parameters == 40 + 2 * (12 * 4 + 12 * 3 + 24) + covered + 9 + 3
     assert report.coverage == pytest.approx(covered / report.parameters)
     reasons = {b.where: b.detail for b in report.blockers if b.kind == "layer"}
@@ -154,12 +171,18 @@ def test_weight_norm_in_both_forms():
     new = nn.utils.parametrizations.weight_norm(nn.Conv1d(3, 4, 5), dim=0)
     with pytest.warns(FutureWarning):
         old = nn.utils.weight_norm(nn.Conv1d(3, 4, 5))
-    for module, g, v in ((new, "parametrizations.weight.original0", "parametrizations.weight.original1"),
-                         (old, "weight_g", "weight_v")):
+    for module, g, v in (
+        (new, "parametrizations.weight.original0", "parametrizations.weight.original1"),
+        (old, "weight_g", "weight_v"),
+    ):
         report = torch2mlx.analyze(module)
         (t,) = [t for t in report.tensors if t.mlx == "weight"]
-        assert (t.sources, t.rule, t.args, t.shape) == ((g, v), "weight_norm", {"dim": 0, "layout": "conv1d"},
-                                                         (4, 5, 3))
+        assert (t.sources, t.rule, t.args, t.shape) == (
+            (g, v),
+            "weight_norm",
+            {"dim": 0, "layout": "conv1d"},
+            (4, 5, 3),
+        )
         assert report.blockers == [] and report.coverage == 1.0
         state = {k: v.detach().numpy() for k, v in module.state_dict().items()}
         got = torch2mlx.core.rules.get("weight_norm").forward([state[g], state[v]], t.args)
@@ -171,8 +194,12 @@ def test_wrappers_are_unwrapped():
     inner = Clean()
     for wrapped in (torch.compile(inner), nn.DataParallel(inner)):
         report = torch2mlx.analyze(wrapped)
-        assert report.model == "Clean" and {t.mlx for t in report.tensors} == {"a.weight", "a.bias", "b.weight",
-                                                                             "b.bias"}
+        assert report.model == "Clean" and {t.mlx for t in report.tensors} == {
+            "a.weight",
+            "a.bias",
+            "b.weight",
+            "b.bias",
+        }
         assert any("unwrapped" in n for n in report.notes)
 
 
@@ -184,7 +211,7 @@ def test_class_path_names_match_mlx_transformer():
     theirs = {k: v.shape for k, v in tree_flatten(mnn.Transformer(16, 2, 2, 1, 24).parameters())}
     # MLX builds its attention without biases; every other name and shape is MLX's own.
     extra = {n for n in ours if n not in theirs}
-    assert extra and all(n.rsplit(".", 2)[-2:] [1] == "bias" and "_proj" in n for n in extra)
+    assert extra and all(n.rsplit(".", 2)[-2:][1] == "bias" and "_proj" in n for n in extra)
     assert {n: ours[n] for n in theirs} == {n: tuple(s) for n, s in theirs.items()}
 
 

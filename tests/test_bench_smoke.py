@@ -1,4 +1,5 @@
 """bench/run.py --quick still runs end to end and writes its results (no timing is asserted: CI boxes vary)."""
+
 import json
 import os
 import subprocess
@@ -14,9 +15,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.timeout(120)
 def test_bench_quick_mode_runs_and_writes_results(tmp_path):
-    cmd = [sys.executable, os.path.join(ROOT, "bench", "run.py"), "--quick", "--presets", "tiny",
-           "--shard-sizes", "1MB", "--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "work"),
-           "--results-dir", str(tmp_path / "results")]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "bench", "run.py"),
+        "--quick",
+        "--presets",
+        "tiny",
+        "--shard-sizes",
+        "1MB",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--results-dir",
+        str(tmp_path / "results"),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "results" / "results.json").read_text())

@@ -1,6 +1,7 @@
 """Class paths (``codegen``/``analyze`` SRC, ``stream --model``) import from the current directory, as
 ``python -m`` would, also when run through the ``t2mlx`` console script (whose sys.path[0] is its own
 directory); errors name the option the class path came from."""
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,15 @@ def t2mlx(project, *args):
     root, script = project
     env = dict(os.environ)
     env.pop("T2MLX_DEBUG", None)
-    return subprocess.run([sys.executable, str(script), *map(str, args)], cwd=root, capture_output=True, text=True,
-                          env=env, stdin=subprocess.DEVNULL, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(script), *map(str, args)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
 
 
 def test_codegen_imports_a_class_from_the_current_directory(project):
@@ -66,21 +74,28 @@ def test_analyze_imports_a_class_from_the_current_directory(project):
 def test_stream_model_imports_a_class_from_the_current_directory(project):
     root = project[0]
     g = torch.Generator().manual_seed(0)
-    sd = {"conv.weight": torch.randn(4, 3, 3, 3, generator=g), "conv.bias": torch.randn(4, generator=g),
-          "fc.weight": torch.randn(2, 4, generator=g), "fc.bias": torch.randn(2, generator=g)}
+    sd = {
+        "conv.weight": torch.randn(4, 3, 3, 3, generator=g),
+        "conv.bias": torch.randn(4, generator=g),
+        "fc.weight": torch.randn(2, 4, generator=g),
+        "fc.bias": torch.randn(2, generator=g),
+    }
     torch_save(sd, root / "net.pt")
     proc = t2mlx(project, "stream", "net.pt", "out", "--model", "nets:Net")
     assert proc.returncode == 0, proc.stderr
     check_converted(root / "out", sd, rules={"conv.weight": "conv2d"}, rule_sources={"conv.weight": "model"})
 
 
-@pytest.mark.parametrize("args, names, not_named", [
-    (("codegen", "nothere:Net"), ("model class nothere:Net",), "--model"),
-    (("analyze", "nothere:Net"), ("model class nothere:Net",), "--model"),
-    (("stream", "net.pt", "o2", "--model", "nothere:Net"), ("--model nothere:Net",), None),
-    (("analyze", "net.pt", "--model", "nets:Nope"), ("--model nets:Nope", "'Nope'"), None),
-    (("codegen", "nets:Nope"), ("model class nets:Nope",), "--model"),
-])
+@pytest.mark.parametrize(
+    "args, names, not_named",
+    [
+        (("codegen", "nothere:Net"), ("model class nothere:Net",), "--model"),
+        (("analyze", "nothere:Net"), ("model class nothere:Net",), "--model"),
+        (("stream", "net.pt", "o2", "--model", "nothere:Net"), ("--model nothere:Net",), None),
+        (("analyze", "net.pt", "--model", "nets:Nope"), ("--model nets:Nope", "'Nope'"), None),
+        (("codegen", "nets:Nope"), ("model class nets:Nope",), "--model"),
+    ],
+)
 def test_class_path_errors_name_where_it_came_from(project, args, names, not_named):
     root = project[0]
     if not (root / "net.pt").exists():
@@ -93,5 +108,6 @@ def test_class_path_errors_name_where_it_came_from(project, args, names, not_nam
 def test_codegen_kwargs_errors_name_kwargs(project):
     err = assert_one_error(t2mlx(project, "codegen", "nets:Net", "--kwargs", "{bad"), "--kwargs is not valid JSON")
     assert "--model" not in err
-    assert_one_error(t2mlx(project, "analyze", "nets:Net", "--model-kwargs", "[1]"),
-                     "--model-kwargs must be a JSON object")
+    assert_one_error(
+        t2mlx(project, "analyze", "nets:Net", "--model-kwargs", "[1]"), "--model-kwargs must be a JSON object"
+    )

@@ -1,4 +1,5 @@
 """``t2mlx stream``: dry run, JSON, options as documented, and one ``error:`` line for every bad input."""
+
 from __future__ import annotations
 
 import fcntl
@@ -17,21 +18,32 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import SEED
-from helpers import (INDEX, MANIFEST, T2MLX, assert_no_index, assert_one_error, check_converted, read_json, run_cli,
-                     run_main, torch_load, torch_save)
+from helpers import (
+    INDEX,
+    MANIFEST,
+    T2MLX,
+    assert_no_index,
+    assert_one_error,
+    check_converted,
+    read_json,
+    run_cli,
+    run_main,
+    torch_load,
+    torch_save,
+)
 
 
 def net_state_dict() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(SEED)
     return {
-        "_orig_mod.module.stem.weight": torch.randn(8, 3, 3, 3, generator=g),        # inferred conv2d
+        "_orig_mod.module.stem.weight": torch.randn(8, 3, 3, 3, generator=g),  # inferred conv2d
         "_orig_mod.module.stem.bias": torch.randn(8, generator=g),
-        "_orig_mod.module.up.weight": torch.randn(8, 4, 2, 2, generator=g),          # really a ConvTranspose2d
-        "_orig_mod.module.seq.weight": torch.randn(6, 8, 5, generator=g).half(),     # inferred conv1d
-        "_orig_mod.module.attn.c_proj.weight": torch.randn(6, 10, generator=g),      # HF Conv1D (in, out)
+        "_orig_mod.module.up.weight": torch.randn(8, 4, 2, 2, generator=g),  # really a ConvTranspose2d
+        "_orig_mod.module.seq.weight": torch.randn(6, 8, 5, generator=g).half(),  # inferred conv1d
+        "_orig_mod.module.attn.c_proj.weight": torch.randn(6, 10, generator=g),  # HF Conv1D (in, out)
         "_orig_mod.module.bn.num_batches_tracked": torch.tensor(5),
         "_orig_mod.module.aux.weight": torch.randn(2, 2, generator=g),
-        "_orig_mod.module.table": torch.randn(3, 3, 3, generator=g),                  # 3-D, not a *.weight
+        "_orig_mod.module.table": torch.randn(3, 3, 3, generator=g),  # 3-D, not a *.weight
     }
 
 
@@ -46,9 +58,17 @@ P = "_orig_mod.module."
 def test_default_conversion_and_report(net, out):
     proc = run_main("stream", net, out)
     assert proc.returncode == 0, proc.stderr
-    check_converted(out, torch_load(net), rule_sources={P + "stem.weight": "inferred", P + "seq.weight": "inferred",
-                                                        P + "up.weight": "inferred", P + "table": "default",
-                                                        P + "stem.bias": "default"})
+    check_converted(
+        out,
+        torch_load(net),
+        rule_sources={
+            P + "stem.weight": "inferred",
+            P + "seq.weight": "inferred",
+            P + "up.weight": "inferred",
+            P + "table": "default",
+            P + "stem.bias": "default",
+        },
+    )
     text = proc.stdout
     assert "converted 8 tensors -> 8 in 1 shard(s)" in text
     assert "rules: default 5, inferred 3" in text
@@ -56,16 +76,39 @@ def test_default_conversion_and_report(net, out):
 
 
 def test_strip_prefix_exclude_rule_dtype(net, out):
-    proc = run_main("stream", net, out, "--strip-prefix", "_orig_mod.", "--strip-prefix", "module.",
-                    "--exclude", r"num_batches_tracked$", "--exclude", r"^aux\.",
-                    "--rule", r"up\.weight$=conv_transpose2d", "--rule", r"c_proj\.weight$=linear_transposed",
-                    "--rule", r"^_orig_mod\.module\.stem\.weight$=identity", "--dtype", "bfloat16")
+    proc = run_main(
+        "stream",
+        net,
+        out,
+        "--strip-prefix",
+        "_orig_mod.",
+        "--strip-prefix",
+        "module.",
+        "--exclude",
+        r"num_batches_tracked$",
+        "--exclude",
+        r"^aux\.",
+        "--rule",
+        r"up\.weight$=conv_transpose2d",
+        "--rule",
+        r"c_proj\.weight$=linear_transposed",
+        "--rule",
+        r"^_orig_mod\.module\.stem\.weight$=identity",
+        "--dtype",
+        "bfloat16",
+    )
     assert proc.returncode == 0, proc.stderr
     sd = torch_load(net)
-    kept = {k[len(P):]: k for k in sd if not k.endswith(("num_batches_tracked", "aux.weight"))}
+    kept = {k[len(P) :]: k for k in sd if not k.endswith(("num_batches_tracked", "aux.weight"))}
     rules = {"up.weight": "conv_transpose2d", "attn.c_proj.weight": "linear_transposed", "stem.weight": "identity"}
-    check_converted(out, sd, dtype="bfloat16", names=kept, rules=rules,
-                    rule_sources={**{k: "user" for k in rules}, "seq.weight": "inferred", "table": "default"})
+    check_converted(
+        out,
+        sd,
+        dtype="bfloat16",
+        names=kept,
+        rules=rules,
+        rule_sources={**{k: "user" for k in rules}, "seq.weight": "inferred", "table": "default"},
+    )
     assert "dropped: 2" in proc.stdout and "rules: default 2, inferred 1, user 3" in proc.stdout
 
 
@@ -94,8 +137,14 @@ def test_dry_run_prints_the_plan_and_writes_nothing(net, out):
     lines = proc.stdout.splitlines()
     assert lines[0].split() == ["output", "source", "rule", "from", "dtype", "shape", "shard"]
     rows = {line.split()[0]: line.split() for line in lines[1:9]}
-    assert rows["stem.weight"][1:] == [P + "stem.weight", "conv2d", "inferred", "float32->float16", "8x3x3x3",
-                                       "model.safetensors"]
+    assert rows["stem.weight"][1:] == [
+        P + "stem.weight",
+        "conv2d",
+        "inferred",
+        "float32->float16",
+        "8x3x3x3",
+        "model.safetensors",
+    ]
     assert rows["bn.num_batches_tracked"][2:5] == ["identity", "default", "int64"]
     assert not out.exists()
 
@@ -109,8 +158,9 @@ def test_json_output(net, out):
     real = run_main("stream", net, out, "--json")
     res = json.loads(real.stdout)
     assert res["tensors_out"] == 8 and res["bytes_out"] == read_json(out / INDEX)["metadata"]["total_size"]
-    assert {s["file"]: s["sha256"] for s in res["shards"]} == \
-        {f: r["sha256"] for f, r in read_json(out / MANIFEST)["shards"].items()}
+    assert {s["file"]: s["sha256"] for s in res["shards"]} == {
+        f: r["sha256"] for f, r in read_json(out / MANIFEST)["shards"].items()
+    }
     assert res["rules_by_source"] == {"default": 5, "inferred": 3}
 
 
@@ -126,8 +176,9 @@ def _run_on_a_terminal(args) -> tuple[int, str]:
     """Run ``t2mlx`` with stderr on a pseudo-terminal (where a progress bar shows); return (exit, terminal text)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal 100 columns wide
-    proc = subprocess.Popen(T2MLX + [str(a) for a in args], stdout=subprocess.DEVNULL, stderr=slave,
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        T2MLX + [str(a) for a in args], stdout=subprocess.DEVNULL, stderr=slave, stdin=subprocess.DEVNULL
+    )
     os.close(slave)
     chunks = []
     while True:
@@ -176,8 +227,12 @@ _IO_SCRIPT = textwrap.dedent("""
 
 
 def _io_probe(src, warm, *args) -> dict:
-    proc = subprocess.run([sys.executable, "-c", _IO_SCRIPT, str(src), str(warm), *map(str, args)],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _IO_SCRIPT, str(src), str(warm), *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(proc.stdout)
 
 
@@ -192,8 +247,12 @@ def big_sources(tmp_path_factory):
     shards.mkdir()
     save_file({"w": w}, shards / "a.safetensors")
     save_file({"conv.weight": sd["conv.weight"].contiguous(), "b": w[:1000].contiguous()}, shards / "b.safetensors")
-    return {"zip": torch_save(sd, d / "big.pt"), "legacy": torch_save(sd, d / "big_legacy.pt", "legacy"),
-            "dir": shards, "warm": torch_save({"x": torch.ones(2)}, d / "warm.pt")}
+    return {
+        "zip": torch_save(sd, d / "big.pt"),
+        "legacy": torch_save(sd, d / "big_legacy.pt", "legacy"),
+        "dir": shards,
+        "warm": torch_save({"x": torch.ones(2)}, d / "warm.pt"),
+    }
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux /proc/self/io read counters")
@@ -212,6 +271,7 @@ def test_dry_run_reads_no_tensor_data(big_sources, tmp_path, kind):
 
 
 # ---------------------------------------------------------------- bad input: one error line, no index
+
 
 def _truncate(path, keep: float):
     data = path.read_bytes()
@@ -247,10 +307,15 @@ def bad_inputs(tmp_path_factory, net) -> dict:
     save_file({k: v.contiguous() for k, v in sd.items()}, f)
     cases["truncated safetensors"] = ([_truncate(f, 0.9), out], "cut.safetensors")
     from test_readers_pickle import _repack
-    f = _repack(torch_save(sd, tmp_path / "pkl.pt"), tmp_path / "corrupt_pkl.pt",
-                transform=lambda name, data: os.urandom(len(data)) if name.endswith("data.pkl") else data)
+
+    f = _repack(
+        torch_save(sd, tmp_path / "pkl.pt"),
+        tmp_path / "corrupt_pkl.pt",
+        transform=lambda name, data: os.urandom(len(data)) if name.endswith("data.pkl") else data,
+    )
     cases["corrupt data.pkl"] = ([f, out], "corrupt_pkl.pt")
     from test_readers_dirs import _model_sd, _write_dir
+
     d = _write_dir(tmp_path / "missing_shard", _model_sd(), "zip", sidecars=False)
     (d / "pytorch_model-00003-of-00003.bin").unlink()
     cases["index names a missing shard"] = ([d, out], "pytorch_model-00003-of-00003.bin")
@@ -266,18 +331,39 @@ def bad_inputs(tmp_path_factory, net) -> dict:
     cases["rule does not fit"] = ([net, out, "--rule", "bias=conv2d"], "bias")
     cases["bad size"] = ([net, out, "--max-shard-size", "12XB"], "12XB")
     cases["zero size"] = ([net, out, "--max-shard-size", "0"], "0")
-    cases["names collide"] = ([net, out, "--strip-prefix", P, "--strip-prefix", "stem.", "--strip-prefix", "up."],
-                              "'weight'")
+    cases["names collide"] = (
+        [net, out, "--strip-prefix", P, "--strip-prefix", "stem.", "--strip-prefix", "up."],
+        "'weight'",
+    )
     cases["everything excluded"] = ([net, out, "--exclude", "."], "nothing to convert")
     cases["key names nothing"] = ([net, out, "--key", "nothing"], "nothing")
     return cases
 
 
-BAD = ["missing path", "unknown format", "garbage .pt", "empty .bin", "truncated zip 0.5", "truncated zip 0.999",
-       "truncated legacy 0.5", "truncated legacy 0.999", "truncated safetensors", "corrupt data.pkl",
-       "index names a missing shard", "duplicate names across shards", "OUT missing", "OUT is a file",
-       "unknown rule", "bad regex", "rule does not fit", "bad size", "zero size", "names collide",
-       "everything excluded", "key names nothing"]
+BAD = [
+    "missing path",
+    "unknown format",
+    "garbage .pt",
+    "empty .bin",
+    "truncated zip 0.5",
+    "truncated zip 0.999",
+    "truncated legacy 0.5",
+    "truncated legacy 0.999",
+    "truncated safetensors",
+    "corrupt data.pkl",
+    "index names a missing shard",
+    "duplicate names across shards",
+    "OUT missing",
+    "OUT is a file",
+    "unknown rule",
+    "bad regex",
+    "rule does not fit",
+    "bad size",
+    "zero size",
+    "names collide",
+    "everything excluded",
+    "key names nothing",
+]
 
 
 def _args(bad_inputs, case, out):

@@ -1,4 +1,5 @@
 """Usage errors, exit codes, option choices and error wording: what --help and the docs promise, checked."""
+
 from __future__ import annotations
 
 import json
@@ -54,7 +55,7 @@ USAGE = {  # argv after 'stream SRC OUT' -> what the one error line must say
 def test_usage_error_is_one_line_naming_the_choices(small, tmp_path, case):
     argv, mentions = USAGE[case]
     proc = run_cli("stream", small, tmp_path / "out", *argv)
-    assert_one_error(proc, *mentions)          # exit 1 (2 is for bugs), one 'error:' line, no usage block
+    assert_one_error(proc, *mentions)  # exit 1 (2 is for bugs), one 'error:' line, no usage block
     assert "usage:" not in proc.stderr and not (tmp_path / "out").exists()
 
 
@@ -65,8 +66,10 @@ def test_missing_arguments_are_usage_errors_too():
 
 # ---------------------------------------------------------------- exit codes: --help, docs and behaviour agree
 
-HELP_CODES = ("exit status: 0 done; 1 bad input or usage (one line 'error: ...' on stderr; for verify also: a "
-              "check failed); 2 internal error (a bug in torch2mlx: please report it); 130 interrupted.")
+HELP_CODES = (
+    "exit status: 0 done; 1 bad input or usage (one line 'error: ...' on stderr; for verify also: a "
+    "check failed); 2 internal error (a bug in torch2mlx: please report it); 130 interrupted."
+)
 
 
 @pytest.mark.parametrize("command", [[], ["stream"], ["analyze"], ["verify"], ["codegen"]])
@@ -78,8 +81,11 @@ def test_every_help_lists_the_exit_codes(command):
 
 def test_docs_give_the_same_exit_codes():
     text = " ".join(CLI_DOC.split())
-    assert re.search(r"Exit status \(also in `t2mlx --help`\): 0 done; 1 bad input or usage .*?`verify`, a failed "
-                     r"check; 2 internal error \(a bug in torch2mlx: please report it\); 130 interrupted", text)
+    assert re.search(
+        r"Exit status \(also in `t2mlx --help`\): 0 done; 1 bad input or usage .*?`verify`, a failed "
+        r"check; 2 internal error \(a bug in torch2mlx: please report it\); 130 interrupted",
+        text,
+    )
     assert "Exit status 2 (`internal error`) means a bug in torch2mlx" in " ".join(SAFETY_DOC.split())
 
 
@@ -90,6 +96,7 @@ def test_exit_codes_as_documented(small, tmp_path, monkeypatch):
 
     def bug(*a, **k):
         raise RuntimeError("a bug")
+
     monkeypatch.setattr(s, "convert", bug)
     proc = run_main("stream", small, tmp_path / "o2")
     assert proc.returncode == 2 and proc.stderr.startswith("error: internal error: RuntimeError: a bug")
@@ -97,8 +104,10 @@ def test_exit_codes_as_documented(small, tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- choices from the tables, in --help and docs
 
+
 def _stream_parser():
     from torch2mlx.cli import build_parser
+
     return next(p for a in build_parser()._subparsers._group_actions for n, p in a.choices.items() if n == "stream")
 
 
@@ -122,7 +131,7 @@ def test_help_and_docs_list_the_same_choices():
     groups = "`--q-group-size " + "\\|".join(map(str, quant.GROUP_SIZES)) + "`"
     recipes = "`--q-recipe " + "\\|".join(MIXED_RECIPES) + "`"
     for cell in (bits, groups, recipes):
-        assert sum(cell in r for r in rows) == 2, cell   # the stream table (cli.md) and the mlx-lm table (llm.md)
+        assert sum(cell in r for r in rows) == 2, cell  # the stream table (cli.md) and the mlx-lm table (llm.md)
     assert any(r.startswith("| `--workers N` | worker threads (default: cores + 1, at most 4)") for r in rows)
 
 
@@ -139,12 +148,15 @@ def test_q_bits_1_offered_by_the_cli_works(tmp_path, small):
 
 # ---------------------------------------------------------------- errors name their file or option
 
+
 def test_size_errors_name_the_option(small, tmp_path):
     for size in ("0", "12XB"):
-        assert_one_error(run_main("stream", small, tmp_path / "o", "--max-shard-size", size), "--max-shard-size",
-                         repr(size))
+        assert_one_error(
+            run_main("stream", small, tmp_path / "o", "--max-shard-size", size), "--max-shard-size", repr(size)
+        )
     from torch2mlx.errors import Torch2MLXError
     from torch2mlx.stream import ShardWriter
+
     with pytest.raises(Torch2MLXError, match=r"max_shard_size.*'0'"):
         ShardWriter(tmp_path / "w", max_shard_size="0")
 
@@ -165,8 +177,10 @@ def test_unknown_format_lists_every_format_read(tmp_path):
 
 # ---------------------------------------------------------------- Checkpoint repr, report units
 
+
 def test_checkpoint_repr_is_short(tmp_path):
     import torch2mlx.stream as s
+
     d = tmp_path / "ck"
     d.mkdir()
     torch_save({f"layers.{i}.weight": torch.zeros(16, 16) for i in range(200)}, d / "a.bin")
@@ -175,8 +189,10 @@ def test_checkpoint_repr_is_short(tmp_path):
     ck = s.open(d)
     text = repr(ck)
     assert str(ck) == text and "\n" not in text and len(text) < 200, text
-    assert text == (f"<Checkpoint {str(d)!r}: pickle, 201 tensors, {ck.nbytes / 2**10:.2f} KiB "
-                    f"({ck.nbytes:,} bytes) in 2 files, 1 sidecar file>")
+    assert text == (
+        f"<Checkpoint {str(d)!r}: pickle, 201 tensors, {ck.nbytes / 2**10:.2f} KiB "
+        f"({ck.nbytes:,} bytes) in 2 files, 1 sidecar file>"
+    )
     assert "layers" not in text and "secret" not in text
 
 
@@ -193,16 +209,22 @@ def test_missing_torch_names_the_model_class(monkeypatch):
     import sys
     from torch2mlx.analysis import build
     from torch2mlx.errors import Torch2MLXError
-    monkeypatch.setitem(sys.modules, "torch", None)      # importlib.util.find_spec now reports it missing
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # importlib.util.find_spec now reports it missing
     with pytest.raises(Torch2MLXError, match=r"the model class mypkg\.nets:Net needs torch, which is not installed"):
         build.from_class("mypkg.nets:Net")
 
 
 def test_missing_zarr_names_the_store_or_the_option(small, tmp_path, monkeypatch):
     import sys
+
     assert run_main("stream", small, tmp_path / "s.zarr", "--format", "zarr", "--quiet").returncode == 0
-    monkeypatch.setitem(sys.modules, "zarr", None)       # `import zarr` now fails as if it were not installed
-    assert_one_error(run_main("stream", small, tmp_path / "o.zarr", "--format", "zarr"), "--format zarr",
-                     "needs the zarr package")
-    assert_one_error(run_main("stream", tmp_path / "s.zarr", tmp_path / "o"), str(tmp_path / "s.zarr"),
-                     "reading a zarr store needs the zarr package")
+    monkeypatch.setitem(sys.modules, "zarr", None)  # `import zarr` now fails as if it were not installed
+    assert_one_error(
+        run_main("stream", small, tmp_path / "o.zarr", "--format", "zarr"), "--format zarr", "needs the zarr package"
+    )
+    assert_one_error(
+        run_main("stream", tmp_path / "s.zarr", tmp_path / "o"),
+        str(tmp_path / "s.zarr"),
+        "reading a zarr store needs the zarr package",
+    )

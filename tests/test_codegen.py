@@ -1,6 +1,7 @@
 """torch2mlx.generate: MLX source from torch models. For fx-traceable models the generated module, with weights
 from torch2mlx.convert loaded strictly, computes what torch computes (fp32, 1e-5); where tracing fails the
 source says what is left and why."""
+
 from __future__ import annotations
 
 import re
@@ -21,11 +22,13 @@ torch.manual_seed(0)
 
 # ------------------------------------------------------------------ the five acceptance models
 
+
 class MLP(nn.Module):
     def __init__(self):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 32), nn.GELU(),
-                                 nn.Linear(32, 5))
+        self.net = nn.Sequential(
+            nn.Linear(12, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 5)
+        )
 
     def forward(self, x):
         return F.log_softmax(self.net(x), dim=-1)
@@ -116,8 +119,14 @@ class GPTBlock(nn.Module):
         self.ln_1 = nn.LayerNorm(d)
         self.attn = CausalSelfAttention(d, h)
         self.ln_2 = nn.LayerNorm(d)
-        self.mlp = nn.ModuleDict(dict(c_fc=nn.Linear(d, 4 * d), act=nn.GELU(approximate="tanh"),
-                                      c_proj=nn.Linear(4 * d, d), dropout=nn.Dropout(0.1)))
+        self.mlp = nn.ModuleDict(
+            dict(
+                c_fc=nn.Linear(d, 4 * d),
+                act=nn.GELU(approximate="tanh"),
+                c_proj=nn.Linear(4 * d, d),
+                dropout=nn.Dropout(0.1),
+            )
+        )
 
     def forward(self, x):
         x = x + self.attn(self.ln_1(x))
@@ -187,6 +196,7 @@ def test_a_bare_sequential_root_is_wrapped_and_loads_under_layers(tmp_path):
 
 # ------------------------------------------------------------------ what cannot be traced or translated
 
+
 class DataDependent(nn.Module):
     def __init__(self):
         super().__init__()
@@ -233,7 +243,7 @@ def test_an_op_without_translation_is_a_todo_call_in_an_otherwise_translated_bod
     assert root.status == "partial" and not result.traced
     assert "_todo('torch.nn.functional.unfold'" in result.source
     assert any("unfold" in t for t in result.untranslated)
-    assert "self.proj(" in result.source           # the rest is translated
+    assert "self.proj(" in result.source  # the rest is translated
     with pytest.raises(NotImplementedError, match="unfold"):
         result.load()["Unfolding"]()(mx.zeros((1, 3, 5, 5)))
 
@@ -259,7 +269,7 @@ def test_shape_branches_trace_with_example_inputs_and_are_recorded(tmp_path):
     assert result.traced
     assert "shape-dependent branches as they took them" in result.source and "x.shape[-1] != 8" in result.source
     mlx_model = load(result, model, tmp_path)
-    x = torch.randn(5, 2, 8)      # other leading sizes than the example: sizes stay symbolic
+    x = torch.randn(5, 2, 8)  # other leading sizes than the example: sizes stay symbolic
     with torch.no_grad():
         assert max_error(mlx_model(mx.array(x.numpy())), model(x)) <= TOL
 
@@ -302,9 +312,11 @@ def test_write_puts_the_source_in_a_file(tmp_path):
 
 # ------------------------------------------------------------------ the op table behind the translation
 
+
 def test_translations_take_mlx_names_and_renames_from_the_op_table():
     from torch2mlx.core import ops
     from torch2mlx.codegen import fx_ops
+
     keys = {op.key for op in fx_ops.FUNCTIONS.values()}
     table = {o.torch: o for o in ops.OPS}
     # every translated torch function is in the op table but torch.diff (MLX has no diff: a helper)
@@ -373,18 +385,22 @@ def test_scaled_dot_product_attention_with_masks_matches_torch():
             return attend(q, mask)
 
     result = torch2mlx.generate(Attend())
-    assert result.traced and "mx.fast.scaled_dot_product_attention" in result.source and 'mask="causal"' in result.source
+    assert (
+        result.traced and "mx.fast.scaled_dot_product_attention" in result.source and 'mask="causal"' in result.source
+    )
     q = torch.randn(2, 3, 5, 8)
     mask = torch.rand(5, 5) > 0.3
-    mask[:, 0] = True                 # no row fully masked (torch and MLX differ there)
+    mask[:, 0] = True  # no row fully masked (torch and MLX differ there)
     got = result.load()["Attend"]()(mx.array(q.numpy()), mx.array(mask.numpy()))
     assert max_error(got, attend(q, mask)) <= TOL
 
 
 # ------------------------------------------------------------------ every registry layer as a generated module
 
+
 def _layer_cases():
     import test_registry_layers as reg
+
     return reg.CASES
 
 
@@ -441,8 +457,10 @@ def test_multihead_attention_helper_keeps_torchs_masks_and_weights(tmp_path):
 
 # ------------------------------------------------------------------ the CLI
 
+
 def test_cli_codegen_writes_a_module_for_a_class_and_refuses_to_overwrite(tmp_path, capsys):
     from torch2mlx.cli import main
+
     out = tmp_path / "mlp_mlx.py"
     assert main(["codegen", "test_codegen:MLP", "-o", str(out)]) == 0
     err = capsys.readouterr().err
@@ -450,7 +468,8 @@ def test_cli_codegen_writes_a_module_for_a_class_and_refuses_to_overwrite(tmp_pa
     ns: dict = {}
     exec(out.read_text(), ns)
     assert sorted(k for k, _ in __import__("mlx.utils").utils.tree_flatten(ns["MLP"]().parameters())) == sorted(
-        t.mlx for t in torch2mlx.analyze(MLP()).tensors)
+        t.mlx for t in torch2mlx.analyze(MLP()).tensors
+    )
     assert main(["codegen", "test_codegen:MLP", "-o", str(out)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "exists" in err
@@ -460,14 +479,20 @@ def test_cli_codegen_writes_a_module_for_a_class_and_refuses_to_overwrite(tmp_pa
 
 def test_cli_codegen_with_kwargs_and_input_shapes_prints_to_stdout(capsys):
     from torch2mlx.cli import main
-    assert main(["codegen", "torch.nn:Linear", "--kwargs", '{"in_features": 4, "out_features": 2}',
-                 "--input-shape", "3,4"]) == 0
+
+    assert (
+        main(
+            ["codegen", "torch.nn:Linear", "--kwargs", '{"in_features": 4, "out_features": 2}', "--input-shape", "3,4"]
+        )
+        == 0
+    )
     out = capsys.readouterr()
     assert "nn.Linear(4, 2)" in out.out and "prefix='layers.'" in out.err
 
 
 def test_cli_codegen_errors_are_one_line(capsys):
     from torch2mlx.cli import main
+
     assert main(["codegen", "no_such_pkg.mod:Net"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:")
@@ -477,8 +502,10 @@ def test_cli_codegen_errors_are_one_line(capsys):
 
 # ------------------------------------------------------------------ Lightning Level 2 draft forward
 
+
 def test_generate_forward_is_the_draft_call_of_the_module(tmp_path):
     from torch2mlx.codegen import generate_forward
+
     model = GPTBlock()
     method = generate_forward(model)
     assert method.startswith("    def __call__(self, x):") and "self.attn(" in method and "self.mlp['c_fc']" in method
@@ -491,7 +518,7 @@ def test_generate_forward_is_the_draft_call_of_the_module(tmp_path):
 
 
 def test_generated_class_names_do_not_shadow_helpers():
-    class MultiheadAttention(nn.Module):      # a model's own class named like a helper
+    class MultiheadAttention(nn.Module):  # a model's own class named like a helper
         def __init__(self):
             super().__init__()
             self.inner = nn.MultiheadAttention(8, 2, batch_first=True)
@@ -500,8 +527,9 @@ def test_generated_class_names_do_not_shadow_helpers():
             return self.inner(x, x, x, need_weights=False)[0]
 
     result = torch2mlx.generate(MultiheadAttention())
-    assert result.name == "MultiheadAttention2" and re.search(r"^class MultiheadAttention\(nn.Module\)", result.source,
-                                                               re.M)
+    assert result.name == "MultiheadAttention2" and re.search(
+        r"^class MultiheadAttention\(nn.Module\)", result.source, re.M
+    )
     x = torch.randn(2, 3, 8)
     model = result.load()[result.name]()
     assert model(mx.array(x.numpy())).shape == (2, 3, 8)
@@ -514,6 +542,7 @@ def test_readme_example_is_what_generate_writes(tmp_path):
     import sys
     import types
     from pathlib import Path
+
     section = (Path(__file__).resolve().parent.parent / "docs" / "codegen.md").read_text(encoding="utf-8")
     torch_src, mlx_src = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     module = types.ModuleType("model")
@@ -524,7 +553,7 @@ def test_readme_example_is_what_generate_writes(tmp_path):
         result = torch2mlx.generate(net)
     finally:
         del sys.modules["model"]
-    assert result.source[result.source.index("class Block("):] == mlx_src
+    assert result.source[result.source.index("class Block(") :] == mlx_src
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert max_error(load(result, net, tmp_path)(mx.array(x.numpy())), net(x)) <= TOL
@@ -532,17 +561,23 @@ def test_readme_example_is_what_generate_writes(tmp_path):
 
 def test_single_use_names_are_inlined_but_never_across_a_change_of_their_base():
     from torch2mlx.codegen.render import inline_simple, reroll
+
     lines = ["a = x[0]", "x[0] = 5", "b = a + 1", "s = y.shape", "t = s[1]", "return t * 2"]
     assert inline_simple(lines) == ["a = x[0]", "x[0] = 5", "b = a + 1", "return y.shape[1] * 2"]
     calls = ["h0 = self.blocks[0](x, m)", "h1 = self.blocks[1](h0, m)", "y = h1 + x"]
-    assert reroll(calls, {"self.blocks": 2}) == ["h1 = x", "for layer in self.blocks:", "    h1 = layer(h1, m)",
-                                                 "y = h1 + x"]
-    assert reroll(calls, {"self.blocks": 3}) == calls          # not the whole list: left as it is
-    assert reroll(calls[:2] + ["z = h0"], {"self.blocks": 2}) == calls[:2] + ["z = h0"]   # h0 used later
+    assert reroll(calls, {"self.blocks": 2}) == [
+        "h1 = x",
+        "for layer in self.blocks:",
+        "    h1 = layer(h1, m)",
+        "y = h1 + x",
+    ]
+    assert reroll(calls, {"self.blocks": 3}) == calls  # not the whole list: left as it is
+    assert reroll(calls[:2] + ["z = h0"], {"self.blocks": 2}) == calls[:2] + ["z = h0"]  # h0 used later
 
 
 def test_lightning_exposes_the_draft_forward():
     import torch2mlx.lightning as L
     from torch2mlx.codegen.lightning_forward import generate_forward
+
     assert L.generate_forward is generate_forward
     assert L.generate_forward(GPTBlock()).startswith("    def __call__(self, x):")

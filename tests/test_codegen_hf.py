@@ -1,6 +1,7 @@
 """Code generation for the HuggingFace architectures of the analyzer tests, built tiny: every generated
 module loads the converted weights strictly; those whose __call__ is traced end to end compute the
 model's first output (logits / last hidden state) as torch does (fp32)."""
+
 from __future__ import annotations
 
 import functools
@@ -23,11 +24,45 @@ pytestmark = pytest.mark.slow
 # The architectures whose whole __call__ traces and translates today (the rest get stubs with TODOs, see
 # docs/codegen.md); a regression in tracing or translation shows here.
 TRACED = {
-    "bert", "roberta", "distilbert", "albert", "deberta", "deberta-v2", "electra", "mpnet", "camembert", "data2vec-text",
-    "gpt2", "gpt_neo", "opt",
-    "bloom", "qwen2", "gpt_neox", "codegen", "falcon", "t5", "bart", "pegasus", "vit", "clip", "swin", "convnext", "dinov2",
-    "beit", "mobilenet_v2", "resnet", "whisper", "wav2vec2", "hubert", "xlnet", "llama", "mistral", "gemma2",
-    "gemma3_text", "phi3", "qwen3",
+    "bert",
+    "roberta",
+    "distilbert",
+    "albert",
+    "deberta",
+    "deberta-v2",
+    "electra",
+    "mpnet",
+    "camembert",
+    "data2vec-text",
+    "gpt2",
+    "gpt_neo",
+    "opt",
+    "bloom",
+    "qwen2",
+    "gpt_neox",
+    "codegen",
+    "falcon",
+    "t5",
+    "bart",
+    "pegasus",
+    "vit",
+    "clip",
+    "swin",
+    "convnext",
+    "dinov2",
+    "beit",
+    "mobilenet_v2",
+    "resnet",
+    "whisper",
+    "wav2vec2",
+    "hubert",
+    "xlnet",
+    "llama",
+    "mistral",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "qwen3",
 }
 
 
@@ -49,7 +84,7 @@ def _first(out):
 def test_generated_module_loads_converted_weights_strictly(tmp_path, model_type):
     model, result = _generated(model_type)
     assert result.mismatches == [] and result.coverage == 1.0
-    mlx_model = load(result, model, tmp_path)        # load_weights(..., strict=True)
+    mlx_model = load(result, model, tmp_path)  # load_weights(..., strict=True)
     assert (model_type in TRACED) == result.traced, [c.todo for c in result.classes if c.status != "traced"]
     if not result.traced:
         return
@@ -92,6 +127,7 @@ def test_a_config_directory_is_built_on_meta_and_generates_the_same_model(tmp_pa
     """``t2mlx codegen DIR``: the model comes from config.json on the meta device (no weights allocated);
     buffers transformers computes (rotary frequencies, position ids) are written out all the same."""
     from torch2mlx.cli import main
+
     config = tiny_config(model_type)
     config.to_json_file(str(tmp_path / "config.json"))
     out = tmp_path / "model_mlx.py"

@@ -1,6 +1,7 @@
 """A DeepSeek-V3-shaped float8 checkpoint at full scale (90,427 tensors in 158 shards, headers over file
 holes from bench/deepseek_sparse.py): planned with the model's rules, every block-scaled weight dequantized,
 every scale folded away, and the report says so once rather than 45,000 times."""
+
 import importlib.util
 import json
 import math
@@ -55,6 +56,6 @@ def test_four_bit_quantizes_experts_and_keeps_the_router(deepseek):
     e = "model.layers.3.mlp.experts.0.gate_proj."
     assert plan[e + "weight"]["dtype"] == "uint32" and plan[e + "weight"]["shape"] == [2048, 7168 * 4 // 32]
     assert plan[e + "scales"]["shape"] == plan[e + "biases"]["shape"] == [2048, 7168 // 64]
-    assert plan[e + "weight"]["fp8_scale"] == e + "weight_scale_inv"     # dequantized, then quantized
+    assert plan[e + "weight"]["fp8_scale"] == e + "weight_scale_inv"  # dequantized, then quantized
     assert plan["model.layers.3.mlp.gate.weight"]["dtype"] == "bfloat16"  # the router is not a Linear
     assert "model.layers.3.mlp.gate.scales" not in plan

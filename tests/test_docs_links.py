@@ -1,4 +1,5 @@
 """The README and docs stand alone: every relative link and path they give exists in a clone."""
+
 from __future__ import annotations
 
 import re
@@ -8,7 +9,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ["README.md", "bench/README.md", "CONTRIBUTING.md"] + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))
+DOCS = ["README.md", "bench/README.md", "CONTRIBUTING.md"] + sorted(
+    str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")
+)
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 CLIMB = re.compile(r"(?<![\w.])((?:\.\./)+[\w.\-/]+)")
 
@@ -39,7 +42,7 @@ def test_relative_links_exist_in_a_clone(doc):
     text = (ROOT / doc).read_text()
     bad = []
     for target in LINK.findall(text):
-        if re.match(r"[a-z][a-z0-9+.\-]*:", target):        # http:, https:, mailto:
+        if re.match(r"[a-z][a-z0-9+.\-]*:", target):  # http:, https:, mailto:
             continue
         path, _, anchor = target.partition("#")
         if not path:
@@ -87,8 +90,11 @@ def test_readme_is_short_and_links_every_docs_page():
     """The README is the way in: at most 250 lines, and every page under docs/ is reachable from it."""
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 250
-    linked = {str((ROOT / t.partition("#")[0]).resolve().relative_to(ROOT)) for t in LINK.findall(readme)
-              if t.startswith("docs/")}
+    linked = {
+        str((ROOT / t.partition("#")[0]).resolve().relative_to(ROOT))
+        for t in LINK.findall(readme)
+        if t.startswith("docs/")
+    }
     pages = {str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")}
     assert len(pages) >= 11 and pages <= linked, sorted(pages - linked)
 

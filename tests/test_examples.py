@@ -2,6 +2,7 @@
 
 torch is the oracle: MLX must predict the same class for every input and its logits must stay within 1e-4.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -29,6 +30,6 @@ def test_example_agrees_with_torch(name, capsys):
     assert metrics["agreement"] == 1.0
     assert metrics["max_logit_diff"] <= 1e-4
     assert metrics["rules"] == {"model": metrics["tensors"]}
-    assert metrics["torch_accuracy"] > 0.5          # it trained: chance is 10%, 25% and 20%
+    assert metrics["torch_accuracy"] > 0.5  # it trained: chance is 10%, 25% and 20%
     assert metrics["torch_forward_ms"] > 0 and metrics["mlx_forward_ms"] > 0
     assert '"agreement": 1.0' in capsys.readouterr().out

@@ -1,4 +1,5 @@
 """``torch2mlx.export``: now, and as a class decorator with its two triggers (export_mlx(), first eval forward)."""
+
 from __future__ import annotations
 
 import mlx.core as mx
@@ -28,6 +29,7 @@ def _decorated(path, **kw):
 
         def forward(self, x):
             return self.out(torch.relu(self.fc(x)))
+
     return Tiny
 
 
@@ -39,15 +41,14 @@ def test_export_now_replaces_the_output(tmp_path):
     assert np.array_equal(w["weight"], m.weight.detach().permute(0, 2, 3, 1).numpy())
     with torch.no_grad():
         m.weight.add_(1.0)
-    torch2mlx.export(m, tmp_path / "w.safetensors")       # the export's file: replaced, not refused
-    assert np.array_equal(_weights(tmp_path / "w.safetensors")["weight"],
-                          m.weight.detach().permute(0, 2, 3, 1).numpy())
+    torch2mlx.export(m, tmp_path / "w.safetensors")  # the export's file: replaced, not refused
+    assert np.array_equal(_weights(tmp_path / "w.safetensors")["weight"], m.weight.detach().permute(0, 2, 3, 1).numpy())
 
 
 def test_export_mlx_method_converts_current_weights(tmp_path):
     Tiny = _decorated(tmp_path / "tiny.safetensors", on_forward=None)
     m = Tiny()
-    m(torch.randn(1, 4))                                   # materializes the lazy layer; no trigger here
+    m(torch.randn(1, 4))  # materializes the lazy layer; no trigger here
     assert not (tmp_path / "tiny.safetensors").exists()
     m.export_mlx()
     w = _weights(tmp_path / "tiny.safetensors")
@@ -63,7 +64,7 @@ def test_first_eval_forward_exports_once(tmp_path):
     m = Tiny()
     x = torch.randn(2, 4)
     m.train()
-    m(x)                                                   # training-mode forwards never export
+    m(x)  # training-mode forwards never export
     assert not path.exists()
     m.eval()
     with torch.no_grad():
@@ -72,14 +73,15 @@ def test_first_eval_forward_exports_once(tmp_path):
     first = path.read_bytes()
     with torch.no_grad():
         m.fc.weight.add_(1.0)
-        m(x)                                               # once per instance: the new weights stay out
+        m(x)  # once per instance: the new weights stay out
     assert path.read_bytes() == first
     with torch.no_grad():
         m.fc.weight.sub_(1.0)
     mlx_model = mnn.Sequential(mnn.Linear(4, 3), mnn.ReLU(), mnn.Linear(3, 2))
     w = torch2mlx.load_converted(path)
-    mlx_model.load_weights([(k.replace("fc.", "layers.0.").replace("out.", "layers.2."), v) for k, v in w.items()],
-                           strict=True)
+    mlx_model.load_weights(
+        [(k.replace("fc.", "layers.0.").replace("out.", "layers.2."), v) for k, v in w.items()], strict=True
+    )
     assert np.max(np.abs(np.array(mlx_model(mx.array(x.numpy()))) - want.numpy())) <= 1e-6
 
 
@@ -101,12 +103,15 @@ def test_the_decorated_class_stays_a_working_module(tmp_path):
     m2.load_state_dict(sd, strict=True)
 
 
-@pytest.mark.parametrize("bad, why", [
-    (lambda: torch2mlx.export("w.safetensors")(object), "decorates nn.Module classes"),
-    (lambda: torch2mlx.export(nn.Linear(2, 2)), "output path is missing"),
-    (lambda: torch2mlx.export(42), "use export"),
-    (lambda: torch2mlx.export("w.safetensors", on_forward="sometimes"), "on_forward"),
-])
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        (lambda: torch2mlx.export("w.safetensors")(object), "decorates nn.Module classes"),
+        (lambda: torch2mlx.export(nn.Linear(2, 2)), "output path is missing"),
+        (lambda: torch2mlx.export(42), "use export"),
+        (lambda: torch2mlx.export("w.safetensors", on_forward="sometimes"), "on_forward"),
+    ],
+)
 def test_misuse_is_a_torch2mlx_error(bad, why):
     with pytest.raises(Torch2MLXError, match=why):
         bad()
@@ -125,7 +130,7 @@ def test_a_compiled_decorated_model_exports_outside_the_graph(tmp_path):
             return torch.relu(self.fc(x))
 
     m = Small().eval()
-    compiled = torch.compile(m, backend="eager")    # dynamo traces forward; the export must not be traced
+    compiled = torch.compile(m, backend="eager")  # dynamo traces forward; the export must not be traced
     with torch.no_grad():
         compiled(torch.randn(2, 4))
     assert np.array_equal(_weights(path)["fc.weight"], m.fc.weight.detach().numpy())

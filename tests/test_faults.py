@@ -7,6 +7,7 @@ says what was left, no temporary anywhere, never a manifest saying ``"complete":
 without an index, and ``--resume`` (or rerunning) ends byte-identical to an
 uninterrupted run. ``--overwrite`` that fails leaves the old output whole.
 """
+
 from __future__ import annotations
 
 import errno
@@ -38,8 +39,10 @@ def _source(d: Path, seed: int, rows: int = 512) -> Path:
     """16 float32 tensors (+ config and tokenizer): eight float16 output shards of two tensors each."""
     d.mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    save_file({f"layers.{i}.weight": rng.standard_normal((rows, 1024), dtype=np.float32) for i in range(16)},
-              str(d / "model.safetensors"))
+    save_file(
+        {f"layers.{i}.weight": rng.standard_normal((rows, 1024), dtype=np.float32) for i in range(16)},
+        str(d / "model.safetensors"),
+    )
     (d / "config.json").write_text(json.dumps({"hidden_size": 1024, "seed": seed}))
     (d / "tokenizer.json").write_text(json.dumps({"vocab": list(range(200))}))
     return d
@@ -79,8 +82,11 @@ def other_reference(other_src, tmp_path_factory) -> dict[str, bytes]:
 
 
 def _leftovers(out: Path) -> list[str]:
-    return [str(p) for p in out.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".t2mlx-new-")] \
-        if out.exists() else []
+    return (
+        [str(p) for p in out.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".t2mlx-new-")]
+        if out.exists()
+        else []
+    )
 
 
 def _fd_path(fd: int) -> str:
@@ -102,9 +108,11 @@ def complete_needs_index(monkeypatch):
             with open(a, "rb") as f:
                 if json.loads(f.read()).get("complete") is True:
                     seen.append(b)
-                    assert os.path.exists(os.path.join(os.path.dirname(os.fspath(b)), INDEX)), \
+                    assert os.path.exists(os.path.join(os.path.dirname(os.fspath(b)), INDEX)), (
                         "a manifest says complete before the index exists"
+                    )
         return real(a, b, *args, **kw)
+
     monkeypatch.setattr(os, "replace", replace)
     return seen
 
@@ -117,9 +125,10 @@ def _fail_json(monkeypatch, suffix: str, nth: int) -> None:
         if _fd_path(fd).endswith(suffix) and offset == 0:
             count[0] += 1
             if count[0] == nth:
-                real(fd, bytes(data)[:10], offset)    # a partial write, as a full disk leaves
+                real(fd, bytes(data)[:10], offset)  # a partial write, as a full disk leaves
                 raise _enospc()
         return real(fd, data, offset)
+
     monkeypatch.setattr(files, "pwrite_all", pwrite_all)
 
 
@@ -130,20 +139,22 @@ def _fail_shard(monkeypatch, shard: int) -> None:
         if f"model-{shard:05d}-of-{N_SHARDS:05d}.safetensors.tmp" in _fd_path(fd):
             raise _enospc()
         return real(fd, data, offset)
+
     monkeypatch.setattr(execute, "pwrite_all", pwrite_all)
 
 
 def _fail_sidecar(monkeypatch) -> None:
     def copyfile(a, b, *args, **kw):
         with open(b, "wb") as f:
-            f.write(b"{")    # half a tokenizer
+            f.write(b"{")  # half a tokenizer
         raise _enospc()
+
     monkeypatch.setattr(output_dir.shutil, "copyfile", copyfile)
 
 
 FAULTS = {
     "shard data": (lambda mp: _fail_shard(mp, 4), None),
-    "manifest after a shard": (lambda mp: _fail_json(mp, "." + MANIFEST + ".tmp", 4), 2),   # 1st: before any shard
+    "manifest after a shard": (lambda mp: _fail_json(mp, "." + MANIFEST + ".tmp", 4), 2),  # 1st: before any shard
     "index": (lambda mp: _fail_json(mp, "." + INDEX + ".tmp", 1), N_SHARDS),
     "final manifest": (lambda mp: _fail_json(mp, "." + MANIFEST + ".tmp", N_SHARDS + 2), N_SHARDS),
     "sidecar": (_fail_sidecar, 0),
@@ -151,8 +162,9 @@ FAULTS = {
 
 
 @pytest.mark.parametrize("site", list(FAULTS))
-def test_a_full_disk_at_each_write_site_says_what_it_left_and_resumes(src, reference, tmp_path, monkeypatch,
-                                                                      complete_needs_index, site):
+def test_a_full_disk_at_each_write_site_says_what_it_left_and_resumes(
+    src, reference, tmp_path, monkeypatch, complete_needs_index, site
+):
     out = tmp_path / "out"
     inject, expect_kept = FAULTS[site]
     with monkeypatch.context() as mp:
@@ -167,15 +179,17 @@ def test_a_full_disk_at_each_write_site_says_what_it_left_and_resumes(src, refer
     if shards:
         man = read_json(out / MANIFEST)
         assert man["complete"] is False and sorted(man["shards"]) == shards
-        assert f"({len(shards)} of {N_SHARDS} shard(s) finished and kept in {out}, no index: run the same " \
-               "command with --resume to continue)" in err
+        assert (
+            f"({len(shards)} of {N_SHARDS} shard(s) finished and kept in {out}, no index: run the same "
+            "command with --resume to continue)" in err
+        )
     else:
         assert not out.exists(), "a run that kept nothing left OUT behind"
         assert err.endswith(f"(no shard kept, {out} removed: run the same command again (or with --resume))")
     proc = run_main("stream", src, out, *OPTS, "--resume")
     assert proc.returncode == 0, proc.stderr
     assert _files(out) == reference
-    assert complete_needs_index   # the check above did run
+    assert complete_needs_index  # the check above did run
 
 
 def test_a_full_disk_in_an_empty_out_leaves_it_empty(src, tmp_path, monkeypatch):
@@ -197,9 +211,9 @@ def test_a_shard_whose_manifest_write_fails_leaves_no_temporary(src, tmp_path, m
 
 # ---------------------------------------------------------------- --overwrite over a complete output
 
+
 @pytest.mark.parametrize("site", ["shard data", "index", "final manifest", "sidecar"])
-def test_a_failed_overwrite_leaves_the_old_output_whole(src, other_src, other_reference, tmp_path, monkeypatch,
-                                                        site):
+def test_a_failed_overwrite_leaves_the_old_output_whole(src, other_src, other_reference, tmp_path, monkeypatch, site):
     out = tmp_path / "out"
     assert run_main("stream", other_src, out, *OPTS).returncode == 0
     (out / "notes.txt").write_text("mine")
@@ -225,6 +239,7 @@ def test_overwrite_replaces_the_output_and_leaves_nothing_else(src, other_src, r
 
 # ---------------------------------------------------------------- signals (real processes)
 
+
 @pytest.fixture(scope="module")
 def big_src(tmp_path_factory) -> Path:
     """Three times the rows: a run long enough to be caught mid-shard."""
@@ -244,8 +259,13 @@ def _shards(out: Path) -> list[Path]:
 
 
 def _signal_when(args: list, out: Path, ready, sig=signal.SIGTERM) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen(T2MLX + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        T2MLX + [str(a) for a in args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline and not ready(out):
         time.sleep(0.001)
@@ -288,8 +308,13 @@ def test_sigterm_exits_143_with_one_line_and_resumes(big_src, big_reference, tmp
     out = tmp_path / "out"
     args = ["stream", big_src, out, *BIG_OPTS]
     if point == "index write":
-        proc = subprocess.run([sys.executable, "-c", _AT_INDEX, *map(str, args)], capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-c", _AT_INDEX, *map(str, args)],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=120,
+        )
     else:
         proc = _signal_when(args, out, (lambda o: o.exists()) if point == "early" else _mid_shard)
     err = _assert_terminated(proc)
@@ -301,36 +326,54 @@ def test_sigterm_exits_143_with_one_line_and_resumes(big_src, big_reference, tmp
     if point == "index write":
         assert len(kept) == N_SHARDS
     stamps = {p.name: p.stat().st_mtime_ns for p in kept}
-    proc = subprocess.run(T2MLX + [str(a) for a in args] + ["--resume"], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=120)
+    proc = subprocess.run(
+        T2MLX + [str(a) for a in args] + ["--resume"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert _files(out) == big_reference
-    assert {n: (out / n).stat().st_mtime_ns for n in stamps} == stamps   # finished shards reused
+    assert {n: (out / n).stat().st_mtime_ns for n in stamps} == stamps  # finished shards reused
 
 
 def test_sigterm_during_overwrite_keeps_the_old_output(big_src, src, tmp_path):
     out = tmp_path / "out"
     assert run_main("stream", src, out, *OPTS).returncode == 0
     before = _files(out)
-    proc = _signal_when(["stream", big_src, out, *BIG_OPTS, "--overwrite"], out,
-                        lambda o: any(o.glob(".t2mlx-new-*/model-*.safetensors")))
+    proc = _signal_when(
+        ["stream", big_src, out, *BIG_OPTS, "--overwrite"],
+        out,
+        lambda o: any(o.glob(".t2mlx-new-*/model-*.safetensors")),
+    )
     err = _assert_terminated(proc, resume=False)
     assert err.endswith(f"({out} still holds the previous output, unchanged)")
     assert _files(out) == before and _leftovers(out) == []
 
 
-def test_a_killed_overwrite_keeps_the_old_output_and_the_next_run_clears_its_stage(big_src, big_reference, src,
-                                                                                     tmp_path):
+def test_a_killed_overwrite_keeps_the_old_output_and_the_next_run_clears_its_stage(
+    big_src, big_reference, src, tmp_path
+):
     out = tmp_path / "out"
     assert run_main("stream", src, out, *OPTS).returncode == 0
     before = _files(out)
-    _signal_when(["stream", big_src, out, *BIG_OPTS, "--overwrite"], out,
-                 lambda o: any(o.glob(".t2mlx-new-*/model-*.safetensors")), signal.SIGKILL)
-    assert _files(out) == before                      # the stage is a hidden directory; the old files are whole
+    _signal_when(
+        ["stream", big_src, out, *BIG_OPTS, "--overwrite"],
+        out,
+        lambda o: any(o.glob(".t2mlx-new-*/model-*.safetensors")),
+        signal.SIGKILL,
+    )
+    assert _files(out) == before  # the stage is a hidden directory; the old files are whole
     assert verify(str(src), str(out)).ok
     assert list(out.glob(".t2mlx-new-*"))
-    proc = subprocess.run(T2MLX + ["stream", str(big_src), str(out), *BIG_OPTS, "--overwrite"],
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    proc = subprocess.run(
+        T2MLX + ["stream", str(big_src), str(out), *BIG_OPTS, "--overwrite"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert _files(out) == big_reference and _leftovers(out) == []
 
@@ -343,7 +386,7 @@ def test_help_and_docs_give_the_exit_status_a_signal_ends_with():
     docs = Path(__file__).resolve().parent.parent / "docs"
     safety, cli = (" ".join((docs / name).read_text().split()) for name in ("safety.md", "cli.md"))
     assert "exit status 143 (Ctrl-C: 130)" in safety and "`OUT/.t2mlx-new-<pid>`" in safety
-    assert "`OUT/.t2mlx-new-<pid>`" in cli                 # the --overwrite row of the option table
+    assert "`OUT/.t2mlx-new-<pid>`" in cli  # the --overwrite row of the option table
 
 
 def test_a_failed_to_torch_overwrite_keeps_the_old_output(src, tmp_path, monkeypatch):
@@ -361,7 +404,7 @@ def test_a_failed_to_torch_overwrite_keeps_the_old_output(src, tmp_path, monkeyp
     fresh = tmp_path / "fresh"
     _fail_shard(monkeypatch, 3)
     err = assert_one_error(run_main("stream", mlx, fresh, *back_opts), "no space left on device")
-    assert err.endswith(f"(no shard kept, {fresh} removed)") and not fresh.exists()   # --to torch cannot resume
+    assert err.endswith(f"(no shard kept, {fresh} removed)") and not fresh.exists()  # --to torch cannot resume
 
 
 # Sends itself SIGTERM when --overwrite starts renaming the new output into place.
@@ -382,8 +425,13 @@ sys.exit(main(sys.argv[1:]))
 def test_sigterm_during_the_overwrite_swap_waits_for_the_swap(src, other_src, reference, tmp_path):
     out = tmp_path / "out"
     assert run_main("stream", other_src, out, *OPTS).returncode == 0
-    proc = subprocess.run([sys.executable, "-c", _AT_SWAP, "stream", str(src), str(out), *OPTS, "--overwrite"],
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _AT_SWAP, "stream", str(src), str(out), *OPTS, "--overwrite"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
     err = _assert_terminated(proc, resume=False)
     assert err.endswith(f"(after the conversion had finished: {out} holds the new output)")
     assert _files(out) == reference and _leftovers(out) == []

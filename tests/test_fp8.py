@@ -1,6 +1,8 @@
 """torch2mlx.core.fp8 against a torch reference: (w.float() * scale_expanded).to(bfloat16)."""
+
 import numpy as np
 import pytest
+
 pytest.importorskip("hypothesis")  # a dev dependency; a bare environment skips these property tests
 from hypothesis import given, settings, strategies as st
 
@@ -37,12 +39,12 @@ def bits_of(t):
 
 
 CASES = [  # (weight shape, scale shape, dtype)
-    ((300, 200), (3, 2), "float8_e4m3fn"),          # 128x128 blocks, partial edges
-    ((256, 384), (2, 3), "float8_e4m3fn"),          # exact blocks
-    ((4, 200, 130), (4, 2, 2), "float8_e4m3fn"),     # stacked experts
-    ((64, 96), (), "float8_e4m3fn"),                 # per-tensor scalar
-    ((64, 96), (1,), "float8_e5m2"),                 # per-tensor, shape [1]
-    ((64, 96), (64, 1), "float8_e5m2"),              # per-row (compressed-tensors "channel")
+    ((300, 200), (3, 2), "float8_e4m3fn"),  # 128x128 blocks, partial edges
+    ((256, 384), (2, 3), "float8_e4m3fn"),  # exact blocks
+    ((4, 200, 130), (4, 2, 2), "float8_e4m3fn"),  # stacked experts
+    ((64, 96), (), "float8_e4m3fn"),  # per-tensor scalar
+    ((64, 96), (1,), "float8_e5m2"),  # per-tensor, shape [1]
+    ((64, 96), (64, 1), "float8_e5m2"),  # per-row (compressed-tensors "channel")
     ((130, 260), (2, 3), "float8_e5m2"),
 ]
 
@@ -60,7 +62,7 @@ def test_block_and_tensor_scales_match_torch(shape, sshape, dtype):
 def test_every_code_including_nan_and_inf():
     for dtype in TORCH_FP8:
         bits = torch.arange(256, dtype=torch.uint8).reshape(2, 128)
-        scale = torch.tensor([[0.37], [3.0e38]])    # huge scale: products overflow to inf
+        scale = torch.tensor([[0.37], [3.0e38]])  # huge scale: products overflow to inf
         ref = torch_reference(bits, dtype, scale, (1, 128))
         got = fp8.dequantize(bits.numpy(), dtype, scale.numpy())
         # NaN payloads are not compared: torch's vectorized float32->bfloat16 path
@@ -76,8 +78,11 @@ def test_narrow_scale_dtypes(scale_dtype):
     scale = (torch.rand((3, 3), generator=torch.Generator().manual_seed(2)) * 4).to(scale_dtype)
     ref = torch_reference(bits, "float8_e4m3fn", scale, (128, 128))
     # numpy carriers: float16 as itself, bfloat16 as uint16 bits, float8 as uint8 bits.
-    raw = scale.numpy() if scale_dtype == torch.float16 else scale.view(
-        torch.uint8 if scale.element_size() == 1 else torch.int16).numpy()
+    raw = (
+        scale.numpy()
+        if scale_dtype == torch.float16
+        else scale.view(torch.uint8 if scale.element_size() == 1 else torch.int16).numpy()
+    )
     raw = raw.view(np.uint16) if raw.dtype == np.int16 else raw
     got = fp8.dequantize(bits.numpy(), "float8_e4m3fn", raw, str(scale_dtype).split(".")[-1])
     assert (got == bits_of(ref)).all()
@@ -106,56 +111,64 @@ def test_row_blocks_equal_whole(cuts, experts):
     scale = np.random.default_rng(0).random(sshape, dtype=np.float32)
     whole = fp8.dequantize(bits, "float8_e4m3fn", scale)
     edges = [0, *sorted(c for c in cuts if c < shape[0]), shape[0]]
-    parts = [fp8.dequantize(bits[a:b], "float8_e4m3fn", scale, weight_shape=shape, start=a)
-             for a, b in zip(edges, edges[1:])]
+    parts = [
+        fp8.dequantize(bits[a:b], "float8_e4m3fn", scale, weight_shape=shape, start=a) for a, b in zip(edges, edges[1:])
+    ]
     assert (np.concatenate(parts) == whole).all()
 
 
 def test_block_shape_inference_and_errors():
     assert fp8.block_shape((7168, 18432), (56, 144)) == (128, 128)
-    assert fp8.block_shape((1000, 1000), (8, 8)) == (128, 128)           # partial edge blocks
-    assert fp8.block_shape((1000, 1000), (8, 8), 125) == (125, 125)      # the config says otherwise
-    assert fp8.block_shape((96, 64), (3, 2)) == (32, 32)                 # exact quotient
+    assert fp8.block_shape((1000, 1000), (8, 8)) == (128, 128)  # partial edge blocks
+    assert fp8.block_shape((1000, 1000), (8, 8), 125) == (125, 125)  # the config says otherwise
+    assert fp8.block_shape((96, 64), (3, 2)) == (32, 32)  # exact quotient
     assert fp8.block_shape((4, 256, 256), (4, 2, 2)) == (1, 128, 128)
     assert fp8.block_shape((4, 256, 256), ()) == (4, 256, 256)
     for w, s in [((100, 100), (3, 3)), ((4, 256, 256), (2, 2, 2)), ((10,), (3, 3))]:
         with pytest.raises(ValueError, match="scale of shape"):
             fp8.block_shape(w, s)
     with pytest.raises(ValueError, match="do not fit"):
-        fp8.dequantize(np.zeros((4, 8), np.uint8), "float8_e4m3fn", np.ones(1, np.float32),
-                       weight_shape=(4, 8), start=2)
+        fp8.dequantize(
+            np.zeros((4, 8), np.uint8), "float8_e4m3fn", np.ones(1, np.float32), weight_shape=(4, 8), start=2
+        )
 
 
 def test_pairing_by_names_shapes_dtypes():
     entries = [
-        ("model.layers.0.mlp.down_proj.weight", (7168, 18432), "F8_E4M3"),         # DeepSeek-V3
+        ("model.layers.0.mlp.down_proj.weight", (7168, 18432), "F8_E4M3"),  # DeepSeek-V3
         ("model.layers.0.mlp.down_proj.weight_scale_inv", (56, 144), "F32"),
-        ("model.layers.0.self_attn.o_proj.weight", (64, 96), "F8_E4M3"),           # compressed-tensors
+        ("model.layers.0.self_attn.o_proj.weight", (64, 96), "F8_E4M3"),  # compressed-tensors
         ("model.layers.0.self_attn.o_proj.weight_scale", (1,), "F32"),
         ("model.layers.0.self_attn.o_proj.input_scale", (1,), "F32"),
         ("model.layers.0.self_attn.k_scale", (), "F32"),
-        ("model.layers.1.mlp.experts.down_proj", (8, 256, 512), "F8_E4M3"),       # fused experts
+        ("model.layers.1.mlp.experts.down_proj", (8, 256, 512), "F8_E4M3"),  # fused experts
         ("model.layers.1.mlp.experts.down_proj_scale_inv", (8, 2, 4), "F32"),
-        ("model.layers.1.mlp.gate.weight", (8, 256), "F8_E5M2"),                  # fp8 without a scale
+        ("model.layers.1.mlp.gate.weight", (8, 256), "F8_E5M2"),  # fp8 without a scale
         ("model.layers.1.mlp.bad.weight", (300, 300), "F8_E4M3"),
         ("model.layers.1.mlp.bad.weight_scale_inv", (7, 7), "F32"),
         ("model.embed_tokens.weight", (1000, 7168), "BF16"),
-        ("model.norm.weight_scale", (7168,), "BF16"),                             # not an fp8 weight's
+        ("model.norm.weight_scale", (7168,), "BF16"),  # not an fp8 weight's
     ]
     r = fp8.pair_scales(entries)
     w = r.weights
     assert set(w) == {e[0] for e in entries if e[2].startswith("F8")}
     assert w["model.layers.0.mlp.down_proj.weight"] == fp8.FP8Weight(
-        "model.layers.0.mlp.down_proj.weight", "float8_e4m3fn",
-        "model.layers.0.mlp.down_proj.weight_scale_inv", "float32", (128, 128))
+        "model.layers.0.mlp.down_proj.weight",
+        "float8_e4m3fn",
+        "model.layers.0.mlp.down_proj.weight_scale_inv",
+        "float32",
+        (128, 128),
+    )
     assert w["model.layers.0.self_attn.o_proj.weight"].blocks == (64, 96)
     assert w["model.layers.1.mlp.experts.down_proj"].blocks == (1, 128, 128)
     assert w["model.layers.1.mlp.gate.weight"].scale is None
     assert w["model.layers.1.mlp.bad.weight"].scale is None and len(r.errors) == 1
     assert "bad.weight" in r.errors[0]
-    assert r.drop == {"model.layers.0.mlp.down_proj.weight_scale_inv",
-                      "model.layers.0.self_attn.o_proj.weight_scale",
-                      "model.layers.0.self_attn.o_proj.input_scale",
-                      "model.layers.0.self_attn.k_scale",
-                      "model.layers.1.mlp.experts.down_proj_scale_inv"}
+    assert r.drop == {
+        "model.layers.0.mlp.down_proj.weight_scale_inv",
+        "model.layers.0.self_attn.o_proj.weight_scale",
+        "model.layers.0.self_attn.o_proj.input_scale",
+        "model.layers.0.self_attn.k_scale",
+        "model.layers.1.mlp.experts.down_proj_scale_inv",
+    }
     assert fp8.pair_scales([("a.weight", (4, 4), "BF16"), ("a.k_scale", (), "F32")]).drop == set()

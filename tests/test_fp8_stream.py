@@ -4,6 +4,7 @@ Oracles: torch's ``(w.float() * expanded_scale).to(bfloat16)`` for every float8
 tensor, ``mx.quantize`` of that for ``--q-bits``, transformers' logits and
 mlx-lm's own converter for a DeepSeek-V3-style float8 Llama.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,25 +58,31 @@ def scale_like(shape, seed, dtype=torch.float32):
 # name -> (float8 tensor, scale tensor name or None, scale, per-axis block sizes)
 def raw_checkpoint() -> tuple[dict, dict]:
     t = {
-        "blk.a.weight": random_fp8((300, 200), E4M3, 1),           # 128x128 blocks, partial edges both ways
+        "blk.a.weight": random_fp8((300, 200), E4M3, 1),  # 128x128 blocks, partial edges both ways
         "blk.a.weight_scale_inv": scale_like((3, 2), 2),
-        "blk.b.weight": random_fp8((256, 384), E5M2, 3),           # whole blocks, bfloat16 scales
+        "blk.b.weight": random_fp8((256, 384), E5M2, 3),  # whole blocks, bfloat16 scales
         "blk.b.weight_scale_inv": scale_like((2, 3), 4, torch.bfloat16),
-        "blk.c.weight": random_fp8((64, 96), E4M3, 5),             # per-tensor scalar scale
+        "blk.c.weight": random_fp8((64, 96), E4M3, 5),  # per-tensor scalar scale
         "blk.c.weight_scale": scale_like((), 6),
-        "blk.c.input_scale": scale_like((), 7),                    # activation scale: no MLX use
-        "blk.d.weight": random_fp8((64, 128), E5M2, 8),            # per-tensor scale of shape [1]
+        "blk.c.input_scale": scale_like((), 7),  # activation scale: no MLX use
+        "blk.d.weight": random_fp8((64, 128), E5M2, 8),  # per-tensor scale of shape [1]
         "blk.d.weight_scale": scale_like((1,), 9),
-        "blk.e.weight": random_fp8((32, 64), E4M3, 10),            # no scale: exact cast
-        "blk.f.weight": random_fp8((130, 256), E4M3, 11),          # partial row block, quantizable
+        "blk.e.weight": random_fp8((32, 64), E4M3, 10),  # no scale: exact cast
+        "blk.f.weight": random_fp8((130, 256), E4M3, 11),  # partial row block, quantizable
         "blk.f.weight_scale_inv": scale_like((2, 2), 12),
-        "experts.w": random_fp8((4, 200, 130), E4M3, 13),          # stacked experts
+        "experts.w": random_fp8((4, 200, 130), E4M3, 13),  # stacked experts
         "experts.w_scale_inv": scale_like((4, 2, 2), 14),
         "norm.weight": torch.rand(200, generator=torch.Generator().manual_seed(15)).to(torch.bfloat16),
     }
-    scales = {"blk.a.weight": "blk.a.weight_scale_inv", "blk.b.weight": "blk.b.weight_scale_inv",
-              "blk.c.weight": "blk.c.weight_scale", "blk.d.weight": "blk.d.weight_scale",
-              "blk.e.weight": None, "blk.f.weight": "blk.f.weight_scale_inv", "experts.w": "experts.w_scale_inv"}
+    scales = {
+        "blk.a.weight": "blk.a.weight_scale_inv",
+        "blk.b.weight": "blk.b.weight_scale_inv",
+        "blk.c.weight": "blk.c.weight_scale",
+        "blk.d.weight": "blk.d.weight_scale",
+        "blk.e.weight": None,
+        "blk.f.weight": "blk.f.weight_scale_inv",
+        "experts.w": "experts.w_scale_inv",
+    }
     return t, scales
 
 
@@ -111,8 +118,11 @@ def raw_src(request, tmp_path_factory):
     halves = [names[::2], names[1::2]]
     index = {}
     for i, part in enumerate(halves):
-        f = f"model-{i + 1:05d}-of-00002.safetensors" if request.param == "safetensors" \
+        f = (
+            f"model-{i + 1:05d}-of-00002.safetensors"
+            if request.param == "safetensors"
             else f"pytorch_model-{i + 1:05d}-of-00002.bin"
+        )
         tensors = {n: t[n].contiguous() for n in part}
         if request.param == "safetensors":
             save_file(tensors, str(d / f))
@@ -121,8 +131,19 @@ def raw_src(request, tmp_path_factory):
         index.update({n: f for n in part})
     idx_name = "model.safetensors.index.json" if request.param == "safetensors" else "pytorch_model.bin.index.json"
     (d / idx_name).write_text(json.dumps({"metadata": {}, "weight_map": index}))
-    (d / "config.json").write_text(json.dumps({"model_type": "toy", "quantization_config": {
-        "quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}}))
+    (d / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "toy",
+                "quantization_config": {
+                    "quant_method": "fp8",
+                    "fmt": "e4m3",
+                    "activation_scheme": "dynamic",
+                    "weight_block_size": [128, 128],
+                },
+            }
+        )
+    )
     return d, t, scales
 
 
@@ -132,7 +153,7 @@ def test_dequantized_like_torch_and_scales_gone(raw_src, tmp_path):
     assert t2mlx(["stream", str(src), str(out), "--quiet"]) == 0
     got = load_out(out)
     ref = reference(t, scales)
-    assert set(got) == set(ref)               # every *_scale*, input_scale gone; nothing else
+    assert set(got) == set(ref)  # every *_scale*, input_scale gone; nothing else
     for name, want in ref.items():
         assert got[name].dtype == mx.bfloat16 and tuple(got[name].shape) == tuple(want.shape), name
         assert bits(got[name]).tobytes() == bits(want).tobytes(), name
@@ -152,8 +173,9 @@ def test_dequantize_then_quantize_is_mx_quantize_of_the_reference(raw_src, tmp_p
         w = mx.array(bits(want)).view(mx.bfloat16)
         if name in quantized:
             base = name[: -len(".weight")]
-            for g, r in zip((got[name], got[base + ".scales"], got[base + ".biases"]),
-                            mx.quantize(w, group_size=64, bits=4)):
+            for g, r in zip(
+                (got[name], got[base + ".scales"], got[base + ".biases"]), mx.quantize(w, group_size=64, bits=4)
+            ):
                 assert g.dtype == r.dtype and bits(g).tobytes() == bits(r).tobytes(), name
         else:
             assert bits(got[name]).tobytes() == bits(want).tobytes(), name
@@ -170,10 +192,10 @@ def test_verify_recomputes_fp8_values(raw_src, tmp_path):
     assert t2mlx(["stream", str(src), str(out), "--quiet"]) == 0
     manifest = json.loads((out / "torch2mlx.json").read_text())
     shard = out / manifest["tensors"]["blk.a.weight"]["shard"]
-    header = json.loads(shard.read_bytes()[8:8 + int.from_bytes(shard.read_bytes()[:8], "little")])
+    header = json.loads(shard.read_bytes()[8 : 8 + int.from_bytes(shard.read_bytes()[:8], "little")])
     start = 8 + int.from_bytes(shard.read_bytes()[:8], "little") + header["blk.a.weight"]["data_offsets"][0]
     raw = bytearray(shard.read_bytes())
-    raw[start + 1] ^= 0x01                    # one bfloat16 of blk.a.weight, sign/exponent byte
+    raw[start + 1] ^= 0x01  # one bfloat16 of blk.a.weight, sign/exponent byte
     shard.write_bytes(bytes(raw))
     manifest["shards"][shard.name]["sha256"] = hashlib.sha256(raw).hexdigest()
     (out / "torch2mlx.json").write_text(json.dumps(manifest))
@@ -186,26 +208,38 @@ def test_verify_recomputes_fp8_values(raw_src, tmp_path):
 # FP8_DYNAMIC), one weight_scale per output row and the config mlx-lm refuses to load.
 
 SCHEMES = {
-    "block": ("_scale_inv", {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
-                             "weight_block_size": [128, 128]}),
-    "channel": ("_scale", {"quant_method": "compressed-tensors", "format": "float-quantized",
-                           "quantization_status": "compressed", "config_groups": {"group_0": {
-                               "targets": ["Linear"], "weights": {"num_bits": 8, "type": "float",
-                                                                  "strategy": "channel", "symmetric": True}}}}),
+    "block": (
+        "_scale_inv",
+        {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]},
+    ),
+    "channel": (
+        "_scale",
+        {
+            "quant_method": "compressed-tensors",
+            "format": "float-quantized",
+            "quantization_status": "compressed",
+            "config_groups": {
+                "group_0": {
+                    "targets": ["Linear"],
+                    "weights": {"num_bits": 8, "type": "float", "strategy": "channel", "symmetric": True},
+                }
+            },
+        },
+    ),
 }
 
 
 def fp8_quantize(w: torch.Tensor, scheme: str, block=128):
     """(float8_e4m3fn weight, float32 scale) with per-block or per-row amax / 448 scales."""
     if scheme == "channel":
-        scale = (w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 448.0)
+        scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 448.0
         blocks = (1, w.shape[1])
     else:
         rows, cols = -(-w.shape[0] // block), -(-w.shape[1] // block)
         scale = torch.empty(rows, cols)
         for i in range(rows):
             for j in range(cols):
-                blk = w[i * block:(i + 1) * block, j * block:(j + 1) * block]
+                blk = w[i * block : (i + 1) * block, j * block : (j + 1) * block]
                 scale[i, j] = blk.abs().max().clamp(min=1e-12) / 448.0
         blocks = (block, block)
     q = (w / expand(scale, w.shape, blocks)).to(E4M3)
@@ -216,21 +250,30 @@ def fp8_quantize(w: torch.Tensor, scheme: str, block=128):
 def fp8_llama(request, tmp_path_factory):
     """(float8 checkpoint dir, torch-dequantized bfloat16 dir, transformers' logits)."""
     from transformers import LlamaConfig
+
     scheme = request.param
     suffix, qconfig = SCHEMES[scheme]
-    cfg = LlamaConfig(vocab_size=L.VOCAB, hidden_size=192, intermediate_size=320, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      bos_token_id=1, eos_token_id=2)
+    cfg = LlamaConfig(
+        vocab_size=L.VOCAB,
+        hidden_size=192,
+        intermediate_size=320,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     model = L.build_model("llama", seed=3, config=cfg)
     root = tmp_path_factory.mktemp(f"fp8-llama-{scheme}")
     tensors, deq32, deq16 = {}, {}, {}
     for name, p in model.state_dict().items():
-        if name.endswith("proj.weight"):               # every Linear but lm_head
+        if name.endswith("proj.weight"):  # every Linear but lm_head
             q, s, blocks = fp8_quantize(p, scheme)
             tensors[name], tensors[name + suffix] = q, s
             deq32[name] = torch_dequant(q, s, blocks, out=torch.float32)
             deq16[name] = torch_dequant(q, s, blocks)
-        else:                                          # the rest in bfloat16, as these checkpoints ship it
+        else:  # the rest in bfloat16, as these checkpoints ship it
             tensors[name] = deq16[name] = p.to(torch.bfloat16)
             deq32[name] = tensors[name].float()
     config = json.loads(cfg.to_json_string())
@@ -240,7 +283,7 @@ def fp8_llama(request, tmp_path_factory):
         save_file(weights, str(d / "model.safetensors"))
         (d / "config.json").write_text(json.dumps(conf))
         L.save_tokenizer(d)
-    model.load_state_dict(deq32)                       # transformers with the dequantized weights
+    model.load_state_dict(deq32)  # transformers with the dequantized weights
     return src, bf16, L.torch_logits(model)
 
 
@@ -274,6 +317,7 @@ def test_fp8_llama_q4_equals_mlx_lm_on_torch_dequantized(fp8_llama, tmp_path):
 def test_report_names_the_dequantized_weights_once(raw_src):
     """Scaled float8 weights are dequantized, not cast: one note for all, a cast warning only where no scale is."""
     from helpers import run_main
+
     src, t, scales = raw_src
     proc = run_main("stream", src, "--dry-run", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -287,9 +331,11 @@ def test_report_names_the_dequantized_weights_once(raw_src):
 def test_model_rules_cover_an_fp8_llama_without_scale_warnings(fp8_llama):
     """With the analyzer on, the scales (folded away) are not reported as tensors lacking model rules."""
     from helpers import run_main
+
     src, _, _ = fp8_llama
     rep = json.loads(run_main("stream", src, "--dry-run", "--json").stdout)
     assert not [w for w in rep["warnings"] if "_scale" in w], rep["warnings"]
     scales = sum(1 for w in rep["dropped"] if w["why"] == "float8 scale, folded into its weight")
-    assert scales and any(note.startswith("rules from the model") and f"(and {scales} float8 scales)" in note
-                          for note in rep["notes"]), rep["notes"]
+    assert scales and any(
+        note.startswith("rules from the model") and f"(and {scales} float8 scales)" in note for note in rep["notes"]
+    ), rep["notes"]

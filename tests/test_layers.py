@@ -3,6 +3,7 @@
 Imports are read statically with ``ast`` -- including those inside functions, which is where cycles and torch imports
 used to hide -- so the rules hold by structure, not because a code path happened not to run.
 """
+
 from __future__ import annotations
 
 import ast
@@ -106,8 +107,12 @@ def test_every_import_of_ours_names_a_module_that_exists():
     """A module moved to another layer leaves no import of its old path (an editable install of another checkout
     could still satisfy it at run time, so only reading the imports shows it)."""
     mods = _modules()
-    bad = [f"{name}: {mod}" for name, path in mods.items() for mod, _ in _targets(name, path)
-           if mod.split(".")[0] == "torch2mlx" and mod not in mods]
+    bad = [
+        f"{name}: {mod}"
+        for name, path in mods.items()
+        for mod, _ in _targets(name, path)
+        if mod.split(".")[0] == "torch2mlx" and mod not in mods
+    ]
     assert not bad, "imports of modules that do not exist:\n" + "\n".join(bad)
 
 

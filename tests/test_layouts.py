@@ -1,4 +1,5 @@
 """Converted layers compute in MLX what they computed in torch: the layout rules are MLX's real layouts."""
+
 from __future__ import annotations
 
 import mlx.core as mx
@@ -12,16 +13,28 @@ from helpers import convert, torch_save
 
 # (torch layer, MLX op on the converted weight, rule forced with --rule or None for the default/inferred one)
 LAYERS = {
-    "conv1d": (lambda: nn.Conv1d(4, 6, 3, stride=2, padding=1, bias=False),
-               lambda x, w: mx.conv1d(x, w, stride=2, padding=1), None),
+    "conv1d": (
+        lambda: nn.Conv1d(4, 6, 3, stride=2, padding=1, bias=False),
+        lambda x, w: mx.conv1d(x, w, stride=2, padding=1),
+        None,
+    ),
     "conv2d": (lambda: nn.Conv2d(4, 6, (3, 2), padding=1, bias=False), lambda x, w: mx.conv2d(x, w, padding=1), None),
     "conv3d": (lambda: nn.Conv3d(2, 3, (2, 3, 2), bias=False), lambda x, w: mx.conv3d(x, w), None),
-    "conv_transpose1d": (lambda: nn.ConvTranspose1d(4, 6, 3, stride=2, bias=False),
-                         lambda x, w: mx.conv_transpose1d(x, w, stride=2), "conv_transpose1d"),
-    "conv_transpose2d": (lambda: nn.ConvTranspose2d(4, 6, (3, 2), stride=2, bias=False),
-                         lambda x, w: mx.conv_transpose2d(x, w, stride=2), "conv_transpose2d"),
-    "conv_transpose3d": (lambda: nn.ConvTranspose3d(2, 3, (2, 3, 2), bias=False),
-                         lambda x, w: mx.conv_transpose3d(x, w), "conv_transpose3d"),
+    "conv_transpose1d": (
+        lambda: nn.ConvTranspose1d(4, 6, 3, stride=2, bias=False),
+        lambda x, w: mx.conv_transpose1d(x, w, stride=2),
+        "conv_transpose1d",
+    ),
+    "conv_transpose2d": (
+        lambda: nn.ConvTranspose2d(4, 6, (3, 2), stride=2, bias=False),
+        lambda x, w: mx.conv_transpose2d(x, w, stride=2),
+        "conv_transpose2d",
+    ),
+    "conv_transpose3d": (
+        lambda: nn.ConvTranspose3d(2, 3, (2, 3, 2), bias=False),
+        lambda x, w: mx.conv_transpose3d(x, w),
+        "conv_transpose3d",
+    ),
 }
 
 

@@ -7,6 +7,7 @@ optimizer moments, scheduler position, epoch and batch counters) and trained to 
 matches Lightning continuing to 2k: at an epoch boundary, inside an epoch, with a per-epoch
 scheduler, and without the source class (rules and kinds inferred from the checkpoint alone).
 """
+
 from __future__ import annotations
 
 import logging
@@ -68,17 +69,25 @@ class NetMLX(MLXModule):
 
 def loader():
     g = torch.Generator().manual_seed(1)
-    data = torch.utils.data.TensorDataset(torch.randn(8 * BATCHES, 6, generator=g),
-                                          torch.randint(0, 3, (8 * BATCHES,), generator=g))
+    data = torch.utils.data.TensorDataset(
+        torch.randn(8 * BATCHES, 6, generator=g), torch.randint(0, 3, (8 * BATCHES,), generator=g)
+    )
     return torch.utils.data.DataLoader(data, batch_size=8, shuffle=False)
 
 
 def lightning(epochs: int, callbacks=(), **kw):
     for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    return pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, callbacks=list(callbacks),
-                      enable_checkpointing=bool(callbacks), **kw)
+    return pl.Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+        enable_checkpointing=bool(callbacks),
+        **kw,
+    )
 
 
 def gap(lit, model) -> float:
@@ -90,10 +99,15 @@ def gap(lit, model) -> float:
     return worst
 
 
-CONFIGS = {"sgd-step": dict(opt="sgd", interval="step"), "adam-step": dict(opt="adam", interval="step"),
-           "adam-epoch": dict(opt="adam", interval="epoch")}
-CLIP = {"sgd-step": dict(gradient_clip_val=0.05), "adam-epoch": dict(gradient_clip_val=0.02,
-                                                                      gradient_clip_algorithm="value")}
+CONFIGS = {
+    "sgd-step": dict(opt="sgd", interval="step"),
+    "adam-step": dict(opt="adam", interval="step"),
+    "adam-epoch": dict(opt="adam", interval="epoch"),
+}
+CLIP = {
+    "sgd-step": dict(gradient_clip_val=0.05),
+    "adam-epoch": dict(gradient_clip_val=0.02, gradient_clip_algorithm="value"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +126,7 @@ def runs(tmp_path_factory):
             steps = pl.callbacks.ModelCheckpoint(d, filename="{step}", every_n_train_steps=5, save_top_k=-1)
             lightning(3, [epochs, steps]).fit(lit, loader())
             out[name] = {"lit": lit, "start": start, "dir": d}
-            if name in CLIP:                    # the same run with Lightning's gradient clipping
+            if name in CLIP:  # the same run with Lightning's gradient clipping
                 torch.manual_seed(0)
                 clipped = LitNet(**hp)
                 lightning(3, **CLIP[name]).fit(clipped, loader())
@@ -138,7 +152,7 @@ def test_gradient_clipping_as_lightning_clips(runs, name):
     model = NetMLX.from_torch(run["start"])
     MLXTrainer(max_epochs=3, enable_progress_bar=False, **CLIP[name]).fit(model, loader())
     assert gap(run["clipped"], model) <= TOL
-    assert gap(run["lit"], model) > 100 * TOL              # clipping changed the run
+    assert gap(run["lit"], model) > 100 * TOL  # clipping changed the run
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -177,7 +191,7 @@ def test_resume_inside_an_epoch_as_lightning_ckpt_path_does(runs, name):
     mlx_trainer.fit(model, loader())
     assert mlx_trainer.global_step == trainer.global_step == 3 * BATCHES
     assert gap(resumed, model) <= TOL
-    assert gap(run["lit"], model) > 10 * TOL               # the two policies really differ
+    assert gap(run["lit"], model) > 10 * TOL  # the two policies really differ
 
 
 def test_resume_without_the_source_class(runs):
@@ -199,5 +213,6 @@ def test_resume_checks_the_mlx_module_names(runs):
             return x
 
     from torch2mlx.errors import Torch2MLXError
+
     with pytest.raises(Torch2MLXError, match="name its layers as the torch module names them"):
         Misnamed.from_checkpoint(runs["sgd-step"]["dir"] / "epoch=0.ckpt", source_class=LitNet)

@@ -5,6 +5,7 @@ source_class=TheTorchModule, scheduler_interval="step")`` restores it (the modul
 rules and parameter order, the optimizer and scheduler kinds come from their state). torch
 continuing the same epoch is the oracle: final weights and running statistics within 1e-5.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,8 +34,15 @@ def _torch_epochs(tmp_path, opt_name, sched_name):
     data = batches(PER_EPOCH)
     for epoch in range(2):
         if epoch == 1:
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "epoch": 1}, tmp_path / "run.pt")
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "epoch": 1,
+                },
+                tmp_path / "run.pt",
+            )
         for tok, y in data:
             opt.zero_grad()
             model(tok, y).backward()

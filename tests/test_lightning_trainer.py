@@ -1,4 +1,5 @@
 """MLXTrainer's own behaviour: batches, logging, ModelCheckpoint, EarlyStopping, ReduceLROnPlateau, errors."""
+
 from __future__ import annotations
 
 import collections
@@ -16,8 +17,15 @@ from mlx.utils import tree_flatten
 
 import torch2mlx
 from torch2mlx.errors import Torch2MLXError
-from torch2mlx.lightning import (EarlyStopping, MLXModule, MLXTrainer, ModelCheckpoint, OptimConfig,
-                                 ReduceLROnPlateau, to_mlx)
+from torch2mlx.lightning import (
+    EarlyStopping,
+    MLXModule,
+    MLXTrainer,
+    ModelCheckpoint,
+    OptimConfig,
+    ReduceLROnPlateau,
+    to_mlx,
+)
 
 
 class Tiny(MLXModule):
@@ -37,7 +45,7 @@ def blobs(n=64, seed=0, batch=16):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)
     x = (rng.normal(0, 0.5, (n, 2)) + np.where(y[:, None] == 1, 1.5, -1.5)).astype(np.float32)
-    return [(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
+    return [(x[i : i + batch], y[i : i + batch]) for i in range(0, n, batch)]
 
 
 class Scripted(Tiny):
@@ -108,8 +116,10 @@ def test_model_checkpoint_keeps_the_best_and_the_last(tmp_path):
 def test_resume_from_an_mlx_checkpoint_continues_the_run(tmp_path):
     class Sched(Tiny):
         def configure_optimizers(self):
-            return {"optimizer": optim.Adam(learning_rate=0.1),
-                    "lr_scheduler": {"scheduler": lambda n: 0.1 * 0.7 ** n, "interval": "step"}}
+            return {
+                "optimizer": optim.Adam(learning_rate=0.1),
+                "lr_scheduler": {"scheduler": lambda n: 0.1 * 0.7**n, "interval": "step"},
+            }
 
     mx.random.seed(0)
     whole = Sched()
@@ -125,13 +135,14 @@ def test_resume_from_an_mlx_checkpoint_continues_the_run(tmp_path):
     assert trainer.global_step == 16 and trainer.scheduler_steps == 16
     for k, v in tree_flatten(whole.parameters()):
         assert np.array_equal(np.array(dict(tree_flatten(again.parameters()))[k]), np.array(v)), k
-    class Kept(Sched):                                  # one optimizer for the model's life, as from_checkpoint's
+
+    class Kept(Sched):  # one optimizer for the model's life, as from_checkpoint's
         def configure_optimizers(self):
             if "cfg" not in self.__dict__:
                 self.__dict__["cfg"] = Sched.configure_optimizers(self)
             return self.__dict__["cfg"]
 
-    twice = Kept()                                      # two fits of one model: the second continues the first
+    twice = Kept()  # two fits of one model: the second continues the first
     twice.load_weights(list(start.items()))
     MLXTrainer(max_epochs=2, enable_progress_bar=False).fit(twice, blobs())
     MLXTrainer(max_epochs=4, enable_progress_bar=False).fit(twice, blobs())
@@ -165,10 +176,11 @@ def test_reduce_lr_on_plateau_follows_torch():
             got.append(float(trainer.optimizer.learning_rate.item()))
 
     cb = ReduceLROnPlateau(monitor="metric", factor=0.5, patience=1, cooldown=1, threshold=1e-3)
-    MLXTrainer(max_epochs=len(values), callbacks=[cb, Record(), Advance()],
-               enable_progress_bar=False).fit(Scripted(values), blobs(), blobs(16))
+    MLXTrainer(max_epochs=len(values), callbacks=[cb, Record(), Advance()], enable_progress_bar=False).fit(
+        Scripted(values), blobs(), blobs(16)
+    )
     assert got == pytest.approx(want, rel=1e-7)
-    assert len(set(want)) > 2                       # it did reduce, more than once
+    assert len(set(want)) > 2  # it did reduce, more than once
 
 
 def test_missing_optimizer_and_unknown_metric_are_user_errors():
@@ -187,12 +199,14 @@ def test_missing_optimizer_and_unknown_metric_are_user_errors():
 
 
 def test_configure_optimizers_in_lightning_forms():
-    sched = lambda count: 0.1 * 0.5 ** count      # noqa: E731  (an MLX schedule: any callable)
+    sched = lambda count: 0.1 * 0.5**count  # noqa: E731  (an MLX schedule: any callable)
 
     class Scheduled(Tiny):
         def configure_optimizers(self):
-            return {"optimizer": optim.SGD(learning_rate=1.0),
-                    "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 2}}
+            return {
+                "optimizer": optim.SGD(learning_rate=1.0),
+                "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 2},
+            }
 
     lrs = []
 
@@ -201,16 +215,19 @@ def test_configure_optimizers_in_lightning_forms():
             lrs.append(float(trainer.optimizer.learning_rate.item()))
 
     trainer = MLXTrainer(max_epochs=2, callbacks=[Record()], enable_progress_bar=False)
-    trainer.fit(Scheduled(), blobs(80))     # 5 batches an epoch; as Lightning: after batches 2 and 4 of each
-    assert lrs == pytest.approx([sched(2), sched(4)]) and trainer.scheduler_steps == 4   # by global step: 5
+    trainer.fit(Scheduled(), blobs(80))  # 5 batches an epoch; as Lightning: after batches 2 and 4 of each
+    assert lrs == pytest.approx([sched(2), sched(4)]) and trainer.scheduler_steps == 4  # by global step: 5
     with pytest.raises(Torch2MLXError, match="one optimizer"):
         MLXTrainer(enable_progress_bar=False).fit(
-            type("Two", (Tiny,), {"configure_optimizers": lambda self: [optim.SGD(0.1), optim.SGD(0.1)]})(), blobs())
+            type("Two", (Tiny,), {"configure_optimizers": lambda self: [optim.SGD(0.1), optim.SGD(0.1)]})(), blobs()
+        )
     assert isinstance(OptimConfig(optim.SGD(0.1)).optimizer, optim.SGD)
 
 
 def test_importing_the_package_stays_light():
-    code = ("import sys, torch2mlx, torch2mlx.training; "
-            "print(sorted(m for m in ('torch', 'mlx', 'pytorch_lightning') if m in sys.modules))")
+    code = (
+        "import sys, torch2mlx, torch2mlx.training; "
+        "print(sorted(m for m in ('torch', 'mlx', 'pytorch_lightning') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -1,4 +1,5 @@
 """``python -m torch2mlx SRC OUT`` (the original tool's form) is a thin alias of the t2mlx subcommands."""
+
 from __future__ import annotations
 
 import json
@@ -12,17 +13,20 @@ from helpers import check_converted, read_json, run_cli
 from torch2mlx.cli import alias_argv, main
 
 
-@pytest.mark.parametrize("argv, want", [
-    (["m.pt", "out"], ["stream", "m.pt", "out"]),
-    (["m.pt", "out", "--dtype", "float16"], ["stream", "m.pt", "out", "--dtype", "float16"]),
-    (["m.pt", "--analyze-only"], ["analyze", "m.pt"]),
-    (["--analyze-only", "m.pt", "--json"], ["analyze", "m.pt", "--json"]),
-    (["m.pt", "out", "--no-analyze"], ["stream", "m.pt", "out", "--no-model"]),
-    (["stream", "m.pt", "out"], ["stream", "m.pt", "out"]),
-    (["verify", "m.pt", "out"], ["verify", "m.pt", "out"]),
-    (["--version"], ["--version"]),
-    ([], []),
-])
+@pytest.mark.parametrize(
+    "argv, want",
+    [
+        (["m.pt", "out"], ["stream", "m.pt", "out"]),
+        (["m.pt", "out", "--dtype", "float16"], ["stream", "m.pt", "out", "--dtype", "float16"]),
+        (["m.pt", "--analyze-only"], ["analyze", "m.pt"]),
+        (["--analyze-only", "m.pt", "--json"], ["analyze", "m.pt", "--json"]),
+        (["m.pt", "out", "--no-analyze"], ["stream", "m.pt", "out", "--no-model"]),
+        (["stream", "m.pt", "out"], ["stream", "m.pt", "out"]),
+        (["verify", "m.pt", "out"], ["verify", "m.pt", "out"]),
+        (["--version"], ["--version"]),
+        ([], []),
+    ],
+)
 def test_alias_spelling(argv, want):
     assert alias_argv(argv) == want
 
@@ -42,8 +46,15 @@ def test_python_m_torch2mlx_model_pt_out(tmp_path):
 
 def test_no_analyze_skips_the_model(tmp_path, capsys):
     from transformers import BertConfig, BertModel
-    config = BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                        vocab_size=50, max_position_embeddings=16)
+
+    config = BertConfig(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        vocab_size=50,
+        max_position_embeddings=16,
+    )
     config.architectures = ["BertModel"]
     config.to_json_file(str(tmp_path / "config.json"))
     state = {k: v.numpy() for k, v in BertModel(config).state_dict().items()}

@@ -1,5 +1,6 @@
 """The manifest module: what it writes is what it reads back, byte for byte; older manifests still read,
 verify and go back to torch; and no other module spells the manifest's keys."""
+
 from __future__ import annotations
 
 import importlib
@@ -28,8 +29,13 @@ PACKAGE = pathlib.Path(torch2mlx.__file__).parent
 def src(tmp_path_factory):
     d = tmp_path_factory.mktemp("src")
     torch.manual_seed(0)
-    sd = {"conv.weight": torch.randn(8, 4, 3, 3), "fc.weight": torch.randn(64, 128), "fc.bias": torch.randn(64),
-          "bn.num_batches_tracked": torch.tensor(3), "emb.weight": torch.randn(32, 64).to(torch.bfloat16)}
+    sd = {
+        "conv.weight": torch.randn(8, 4, 3, 3),
+        "fc.weight": torch.randn(64, 128),
+        "fc.bias": torch.randn(64),
+        "bn.num_batches_tracked": torch.tensor(3),
+        "emb.weight": torch.randn(32, 64).to(torch.bfloat16),
+    }
     torch_save(sd, d / "model.pt")
     return d / "model.pt", sd
 
@@ -52,7 +58,7 @@ def test_read_then_write_gives_the_same_bytes_for_every_kind_of_output(src, tmp_
         raw = (out / MANIFEST).read_bytes()
         m = manifest.read(out)
         assert m.to_dict() == json.loads(raw), kind
-        assert list(m.to_dict()) == list(json.loads(raw)), kind          # key order too
+        assert list(m.to_dict()) == list(json.loads(raw)), kind  # key order too
         assert (dumps(m.to_dict()) + "\n").encode() == raw, kind
         (tmp_path / "copy" / kind).mkdir(parents=True)
         manifest.write(tmp_path / "copy" / kind, m)
@@ -61,8 +67,9 @@ def test_read_then_write_gives_the_same_bytes_for_every_kind_of_output(src, tmp_
 
 def test_fields_say_what_each_output_is(src, tmp_path):
     out = _outputs(src[0], tmp_path)
-    fwd, q4, zarr, tf, back, writer = (manifest.read(out[k]) for k in ("fwd", "q4", "zarr", "transform", "back",
-                                                                       "writer"))
+    fwd, q4, zarr, tf, back, writer = (
+        manifest.read(out[k]) for k in ("fwd", "q4", "zarr", "transform", "back", "writer")
+    )
     assert fwd.finished and fwd.complete is True and not fwd.to_torch and not fwd.is_zarr
     assert fwd.version == torch2mlx.__version__ and fwd.source == str(src[0])
     assert set(fwd.tensors) == set(src[1]) - {"bn.num_batches_tracked"}
@@ -70,29 +77,29 @@ def test_fields_say_what_each_output_is(src, tmp_path):
     assert manifest.dropped_sources(fwd) == ["bn.num_batches_tracked"]
     assert list(fwd.source_files) == ["model.pt"] and fwd.source_files["model.pt"]["bytes"] == src[0].stat().st_size
     assert set(fwd.shards) == {"model.safetensors"} and len(fwd.plan_sha256) == 64
-    assert fwd.source_key == "" and fwd.key() == ""     # the pickle's top level holds the weights
+    assert fwd.source_key == "" and fwd.key() == ""  # the pickle's top level holds the weights
     assert fwd.source_layout is None and fwd.transform is None
     assert q4.tensors["fc.weight"]["quantization"]["bits"] == 4
     assert zarr.is_zarr and zarr.compressor and zarr.plan_sha256 is None
     assert zarr.tensors["fc.weight"]["array"] and "shard" not in zarr.tensors["fc.weight"]
-    assert tf.transform is True and manifest.transformed(tf) == []      # handed back untouched
+    assert tf.transform is True and manifest.transformed(tf) == []  # handed back untouched
     assert back.to_torch and back.format == "bin" and back.model is None and back.use_model is True
     assert back.source_layout == "mlx"
     assert writer.tensors["x"]["shape"] == [6] and writer.source is None and writer.complete is None
-    assert writer.finished   # no complete key: not marked unfinished
+    assert writer.finished  # no complete key: not marked unfinished
 
 
 def test_a_run_that_goes_on_is_marked_unfinished_without_records(src, tmp_path):
     res = stream_convert(src[0], None, dry_run=True, model=False)
     res.source_files = {}
-    conv = importlib.import_module("torch2mlx.stream.convert")   # the module: stream.convert is its function
+    conv = importlib.import_module("torch2mlx.stream.convert")  # the module: stream.convert is its function
     partial = conv.manifest(res, Options.make(), complete=False)
     assert partial.complete is False and not partial.finished and partial.tensors is None
     d = partial.to_dict()
     assert "tensors" not in d and d["complete"] is False and list(d)[-1] == "complete"
     keys = list(d)
     keys.insert(keys.index("shards"), "tensors")
-    assert list(conv.manifest(res, Options.make()).to_dict()) == keys   # finished: the records before the shards
+    assert list(conv.manifest(res, Options.make()).to_dict()) == keys  # finished: the records before the shards
 
 
 def test_an_older_manifest_still_reads_verifies_and_goes_back_to_torch(src, tmp_path):
@@ -157,17 +164,29 @@ def test_the_schema_names_every_key_written(src, tmp_path):
 
 # Keys only the manifest module may spell (the generic ones -- source, options, tensors -- are other
 # things' keys too: report JSON, plans).
-OWNED = ("plan_sha256", "source_files", "source_key", "source_layout", "compressor", "complete", "transformed",
-         "model_kwargs", "use_model")
+OWNED = (
+    "plan_sha256",
+    "source_files",
+    "source_key",
+    "source_layout",
+    "compressor",
+    "complete",
+    "transformed",
+    "model_kwargs",
+    "use_model",
+)
 
 
 def test_no_other_module_spells_the_manifests_keys():
     own = PACKAGE / "stream" / "manifest.py"
     pattern = re.compile(r"""["'](%s)["']""" % "|".join(OWNED))
-    assert pattern.findall(own.read_text())            # the pattern finds them where they are
+    assert pattern.findall(own.read_text())  # the pattern finds them where they are
     found = []
     for p in sorted(PACKAGE.rglob("*.py")):
         if p != own:
-            found += [f"{p.relative_to(PACKAGE)}:{i}: {line.strip()}"
-                      for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+            found += [
+                f"{p.relative_to(PACKAGE)}:{i}: {line.strip()}"
+                for i, line in enumerate(p.read_text().splitlines(), 1)
+                if pattern.search(line)
+            ]
     assert not found, "\n".join(found)

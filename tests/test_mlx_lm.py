@@ -6,6 +6,7 @@ transformers in float32, saved as sharded safetensors and as sharded
 output; mlx-lm's ``convert`` of the same weights for quantized output (its
 tensors, its config block, its logits).
 """
+
 from __future__ import annotations
 
 import json
@@ -42,9 +43,9 @@ def ckpts(tmp_path_factory):
         model = L.build_model(kind)
         st = L.save_safetensors(model, root / f"{kind}-st")
         extra, tie = {}, None
-        if kind == "llama":      # transformers < 4.31 pickled the RoPE cache with the weights
+        if kind == "llama":  # transformers < 4.31 pickled the RoPE cache with the weights
             extra = L.rotary_buffers(model, 2)
-        if kind == "qwen2":      # a tied lm_head pickled as the embedding's storage
+        if kind == "qwen2":  # a tied lm_head pickled as the embedding's storage
             tie = ("lm_head.weight", "model.embed_tokens.weight")
         # Mixtral's .bin in torch's legacy (pre-1.6) pickle format, the others as zip.
         b = L.save_bin(st, root / f"{kind}-bin", legacy=kind == "mixtral", extra=extra, tie=tie)
@@ -71,6 +72,7 @@ def mlx_ref(tmp_path_factory):
             (dst / "config.json").write_text(json.dumps(cfg))
             cache[key] = dst
         return cache[key]
+
     return get
 
 
@@ -85,8 +87,9 @@ def logits_of(model) -> np.ndarray:
 
 def params(path: Path) -> dict[str, np.ndarray]:
     model, _ = load_model(path)
-    return {k: np.array(v.view(mx.uint16) if v.dtype == mx.bfloat16 else v)
-            for k, v in tree_flatten(model.parameters())}
+    return {
+        k: np.array(v.view(mx.uint16) if v.dtype == mx.bfloat16 else v) for k, v in tree_flatten(model.parameters())
+    }
 
 
 def config(path: Path) -> dict:
@@ -100,8 +103,7 @@ def index_names(path: Path) -> set[str]:
 def assert_same_params(ours: Path, ref: Path):
     a, b = params(ours), params(ref)
     assert a.keys() == b.keys()
-    differ = [k for k in a if a[k].dtype != b[k].dtype or a[k].shape != b[k].shape
-              or a[k].tobytes() != b[k].tobytes()]
+    differ = [k for k in a if a[k].dtype != b[k].dtype or a[k].shape != b[k].shape or a[k].tobytes() != b[k].tobytes()]
     assert not differ, f"{len(differ)} parameters differ from mlx-lm's, e.g. {differ[:3]}"
 
 
@@ -110,7 +112,7 @@ def assert_same_params(ours: Path, ref: Path):
 def test_float32_loads_in_mlx_lm_with_transformers_logits(ckpts, kind, fmt, tmp_path):
     src = getattr(ckpts[kind], fmt)
     out = stream(src, tmp_path / "out")
-    model, tokenizer = mlx_lm.load(str(out))        # weights, config and tokenizer as shipped
+    model, tokenizer = mlx_lm.load(str(out))  # weights, config and tokenizer as shipped
     got = logits_of(model)
     assert got.shape == ckpts[kind].logits.shape
     assert np.abs(got - ckpts[kind].logits).max() <= 1e-4
@@ -119,6 +121,7 @@ def test_float32_loads_in_mlx_lm_with_transformers_logits(ckpts, kind, fmt, tmp_
     if kind == "qwen2":
         assert "lm_head.weight" not in names and "model.embed_tokens.weight" in names
     from transformers import AutoTokenizer
+
     text = "w5 w9 w200"
     assert tokenizer.encode(text) == AutoTokenizer.from_pretrained(str(src)).encode(text)
     assert t2mlx(["verify", str(src), str(out)]) == 0
@@ -186,8 +189,9 @@ def test_dtype_change_updates_config_and_loads(ckpts, tmp_path):
     cfg, orig = config(out), config(src)
     assert orig["dtype"] == "float32" and cfg["dtype"] == cfg["torch_dtype"] == "float16"
     assert cfg["rope_theta"] == orig["rope_parameters"]["rope_theta"]
-    assert {k: v for k, v in cfg.items() if k not in ("dtype", "torch_dtype", "rope_theta")} == \
-           {k: v for k, v in orig.items() if k not in ("dtype", "torch_dtype")}
+    assert {k: v for k, v in cfg.items() if k not in ("dtype", "torch_dtype", "rope_theta")} == {
+        k: v for k, v in orig.items() if k not in ("dtype", "torch_dtype")
+    }
     model, _ = mlx_lm.load(str(out))
     assert {v.dtype for _, v in tree_flatten(model.parameters())} == {mx.float16}
     ref = ckpts["qwen2"].logits
@@ -210,7 +214,7 @@ def test_sidecars_copied_and_config_kept(ckpts, tmp_path):
     for name in ("generation_config.json", "tokenizer.json", "tokenizer_config.json"):
         assert (out / name).read_bytes() == (src / name).read_bytes(), name
     cfg, orig = config(out), config(src)
-    assert cfg["rope_theta"] == orig["rope_parameters"]["rope_theta"]   # hoisted for mlx-lm
+    assert cfg["rope_theta"] == orig["rope_parameters"]["rope_theta"]  # hoisted for mlx-lm
     assert {k: v for k, v in cfg.items() if not k.startswith("quantization") and k != "rope_theta"} == orig
     assert not (out / "pytorch_model.bin.index.json").exists()
 
@@ -218,8 +222,11 @@ def test_sidecars_copied_and_config_kept(ckpts, tmp_path):
 def test_cli_q4_then_mlx_lm_generate(ckpts, mlx_ref, tmp_path):
     """The walkthrough of docs/llm.md: `python -m torch2mlx stream --q-bits 4`, then mlx_lm.load + generate."""
     out = tmp_path / "llama-4bit"
-    run = subprocess.run([sys.executable, "-m", "torch2mlx", "stream", str(ckpts["llama"].bin), str(out),
-                          "--q-bits", "4"], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "torch2mlx", "stream", str(ckpts["llama"].bin), str(out), "--q-bits", "4"],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     assert "model.safetensors" in run.stdout or "shard" in run.stdout
     prompt = "w5 w9 w33 w100"

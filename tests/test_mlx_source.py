@@ -1,5 +1,6 @@
 """A source that is already MLX (ours or mlx-lm's, quantized or not) is recognised up front: no torch, no
 model, no 'rules not from the model' warnings; --q-bits on quantized weights is one error line saying what to do."""
+
 from __future__ import annotations
 
 import json
@@ -43,26 +44,40 @@ def sources(tmp_path_factory):
 def t2mlx_probe(*args, cwd=None):
     env = dict(os.environ)
     env.pop("T2MLX_DEBUG", None)
-    env["T2MLX_NO_CACHE"] = "1"    # a cached analysis would hide a torch import on a first run
-    return subprocess.run([sys.executable, "-c", PROBE, *map(str, args)], capture_output=True, text=True, env=env,
-                          cwd=cwd, stdin=subprocess.DEVNULL, timeout=300)
+    env["T2MLX_NO_CACHE"] = "1"  # a cached analysis would hide a torch import on a first run
+    return subprocess.run(
+        [sys.executable, "-c", PROBE, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
 
 
 def tensors(d) -> dict[str, np.ndarray]:
     out = {}
     for f in sorted(os.listdir(d)):
         if f.endswith(".safetensors"):
-            out.update({k: np.array(v.view(mx.uint16) if v.dtype == mx.bfloat16 else v)
-                        for k, v in mx.load(os.path.join(d, f)).items()})
+            out.update(
+                {
+                    k: np.array(v.view(mx.uint16) if v.dtype == mx.bfloat16 else v)
+                    for k, v in mx.load(os.path.join(d, f)).items()
+                }
+            )
     return out
 
 
-@pytest.mark.parametrize("name, what", [
-    ("mlx-lm-q4", "already MLX (quantized: 4-bit, group 64)"),
-    ("mlx-lm-f32", "already MLX (not quantized)"),
-    ("ours-q4", "already MLX (quantized: 4-bit, group 32)"),
-    ("ours-f32", "already MLX (not quantized)"),
-])
+@pytest.mark.parametrize(
+    "name, what",
+    [
+        ("mlx-lm-q4", "already MLX (quantized: 4-bit, group 64)"),
+        ("mlx-lm-f32", "already MLX (not quantized)"),
+        ("ours-q4", "already MLX (quantized: 4-bit, group 32)"),
+        ("ours-f32", "already MLX (not quantized)"),
+    ],
+)
 @pytest.mark.slow
 def test_mlx_source_is_copied_without_torch_or_a_model(sources, tmp_path, name, what):
     src = sources / name
@@ -100,9 +115,12 @@ def test_quantizing_a_float_mlx_source_matches_mlx_lm(sources, tmp_path):
 
 def test_library_api_detects_mlx_too(sources, tmp_path):
     import torch2mlx
+
     res = torch2mlx.stream.convert(sources / "mlx-lm-q4", tmp_path / "out")
-    assert "source is already MLX (quantized: 4-bit, group 64): names and layouts kept, no model analysis" \
+    assert (
+        "source is already MLX (quantized: 4-bit, group 64): names and layouts kept, no model analysis"
         in res.plan.notes
+    )
     with pytest.raises(torch2mlx.Torch2MLXError, match="--to torch"):
         torch2mlx.convert(sources / "ours-q4", tmp_path / "o2", q_bits=4)
 

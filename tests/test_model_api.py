@@ -2,6 +2,7 @@
 
 torch is the oracle (its tensors, permutes and casts); the files are read back by MLX and safetensors.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,17 @@ import torch
 from torch import nn
 
 import torch2mlx
-from helpers import (INDEX, MANIFEST, canon_mx, canon_torch, assert_same, check_converted,
-                     check_safetensors_layout, expected_output, read_json)
+from helpers import (
+    INDEX,
+    MANIFEST,
+    canon_mx,
+    canon_torch,
+    assert_same,
+    check_converted,
+    check_safetensors_layout,
+    expected_output,
+    read_json,
+)
 from torch2mlx.errors import Torch2MLXError
 from torch2mlx.core.spec import RuleSpec
 
@@ -66,7 +76,7 @@ def _mlx_state(path) -> dict:
 def test_convert_a_module_to_one_file(tmp_path):
     m = _net()
     res = torch2mlx.convert(m, tmp_path / "net.safetensors")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.safetensors"]    # one file, no temp left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.safetensors"]  # one file, no temp left
     check_safetensors_layout(tmp_path / "net.safetensors")
     got = _mlx_state(tmp_path / "net.safetensors")
     sd = m.state_dict()
@@ -82,8 +92,10 @@ def test_a_directory_output_is_what_t2mlx_stream_writes(tmp_path):
     torch2mlx.convert(m, tmp_path / "one.safetensors")
     res = torch2mlx.convert(m, tmp_path / "out", max_shard_size="1KB")
     names = set(read_json(tmp_path / "out" / INDEX)["weight_map"])
-    assert len(res.shards) > 1 and {p.name for p in (tmp_path / "out").iterdir()} == \
-        {s.file for s in res.shards} | {INDEX, MANIFEST}
+    assert len(res.shards) > 1 and {p.name for p in (tmp_path / "out").iterdir()} == {s.file for s in res.shards} | {
+        INDEX,
+        MANIFEST,
+    }
     man = read_json(tmp_path / "out" / MANIFEST)
     assert man["tensors"]["lstm.bias"]["source"] == ["lstm.bias_ih_l0", "lstm.bias_hh_l0"]
     assert {r["rule_source"] for r in man["tensors"].values()} == {"model"}
@@ -115,14 +127,14 @@ def test_a_module_without_analysis_infers_like_the_stream(tmp_path):
     m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LSTM(4, 4))
     res = torch2mlx.convert(m, tmp_path / "x.safetensors", analyze=False)
     got = _mlx_state(tmp_path / "x.safetensors")
-    assert "1.bias_ih_l0" in got and "1.bias" not in got      # no model: names stay torch's
+    assert "1.bias_ih_l0" in got and "1.bias" not in got  # no model: names stay torch's
     assert res.plan.rules_by_source()["inferred"] == 1
 
 
 def test_bfloat16_views_and_dtypes_are_exact(tmp_path):
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(8, 6), nn.Conv2d(2, 3, 3)).to(torch.bfloat16)
-    with torch.no_grad():   # a non-contiguous parameter: torch2mlx reads it as a view, block by block
+    with torch.no_grad():  # a non-contiguous parameter: torch2mlx reads it as a view, block by block
         m[0].weight = nn.Parameter(torch.randn(8, 6, dtype=torch.bfloat16).t())
     assert not m[0].weight.is_contiguous()
     sd = m.state_dict()
@@ -154,9 +166,12 @@ def test_round_trip_reproduces_the_model(tmp_path):
         want = m(x)
     torch2mlx.convert(m, tmp_path / "out")
     fresh = Net().eval()
-    for rules in (fresh, None):        # the model, or the conversion's own manifest
-        fresh.load_state_dict(torch2mlx.to_torch(tmp_path / "out", rules) | (
-            {"bn.num_batches_tracked": m.bn.num_batches_tracked} if rules is None else {}), strict=True)
+    for rules in (fresh, None):  # the model, or the conversion's own manifest
+        fresh.load_state_dict(
+            torch2mlx.to_torch(tmp_path / "out", rules)
+            | ({"bn.num_batches_tracked": m.bn.num_batches_tracked} if rules is None else {}),
+            strict=True,
+        )
         with torch.no_grad():
             assert torch.max(torch.abs(fresh(x) - want)) <= 1e-5
 
@@ -185,18 +200,21 @@ def test_quantized_conversion_loads_into_quantized_linear(tmp_path):
     lin = nn.Linear(64, 32)
     res = torch2mlx.convert(nn.Sequential(lin), tmp_path / "q.safetensors", q_bits=4, q_group_size=32)
     q = mnn.QuantizedLinear(64, 32, group_size=32, bits=4)
-    mnn.Sequential(q).load_weights(list(torch2mlx.load_converted(tmp_path / "q.safetensors", prefix="layers.")
-                                        .items()), strict=True)
+    mnn.Sequential(q).load_weights(
+        list(torch2mlx.load_converted(tmp_path / "q.safetensors", prefix="layers.").items()), strict=True
+    )
     ref = mnn.Linear(64, 32)
     ref.load_weights([("weight", mx.array(lin.weight.detach().numpy())), ("bias", mx.array(lin.bias.detach().numpy()))])
     ref_q = mnn.QuantizedLinear.from_linear(ref, group_size=32, bits=4)
-    for k in ("weight", "scales", "biases", "bias"):     # MLX's own quantization is the judge
+    for k in ("weight", "scales", "biases", "bias"):  # MLX's own quantization is the judge
         assert np.array_equal(np.array(getattr(q, k)), np.array(getattr(ref_q, k))), k
     # Back to torch as the stream's --to torch does it: the weight dequantized (mx.dequantize is the judge),
     # scales and biases folded into it, the bias exact.
     want = torch.from_numpy(np.array(mx.dequantize(q.weight, q.scales, q.biases, group_size=32, bits=4)))
-    for back in (torch2mlx.to_torch(tmp_path / "q.safetensors", res),
-                 torch2mlx.to_torch(torch2mlx.load_converted(tmp_path / "q.safetensors"), res)):
+    for back in (
+        torch2mlx.to_torch(tmp_path / "q.safetensors", res),
+        torch2mlx.to_torch(torch2mlx.load_converted(tmp_path / "q.safetensors"), res),
+    ):
         assert set(back) == {"0.weight", "0.bias"}
         assert torch.equal(back["0.weight"], want) and torch.equal(back["0.bias"], lin.bias.detach())
 
@@ -232,16 +250,21 @@ def test_load_converted_flat_prefixed_and_nested(tmp_path):
     assert torch2mlx.to_nested({"a.0.b": 1, "a.1.b": 2, "c": 3}) == {"a": [{"b": 1}, {"b": 2}], "c": 3}
 
 
-@pytest.mark.parametrize("bad, why", [
-    (lambda p: torch2mlx.convert(nn.Linear(2, 2, device="meta"), p / "x.safetensors"), "meta device"),
-    (lambda p: torch2mlx.convert([1, 2], p / "x.safetensors"), "mapping"),
-    (lambda p: torch2mlx.convert({"a": "text"}, p / "x.safetensors"), "expected a tensor"),
-    (lambda p: torch2mlx.convert({}, p / "x.safetensors"), "nothing to convert"),
-    (lambda p: torch2mlx.convert(nn.Linear(2, 2), (p / "d.safetensors").mkdir() or p / "d.safetensors"),
-     "is a directory"),
-    (lambda p: torch2mlx.load_converted(p / "missing"), "no such file"),
-    (lambda p: torch2mlx.load_converted(p), "no model.safetensors.index.json"),
-])
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        (lambda p: torch2mlx.convert(nn.Linear(2, 2, device="meta"), p / "x.safetensors"), "meta device"),
+        (lambda p: torch2mlx.convert([1, 2], p / "x.safetensors"), "mapping"),
+        (lambda p: torch2mlx.convert({"a": "text"}, p / "x.safetensors"), "expected a tensor"),
+        (lambda p: torch2mlx.convert({}, p / "x.safetensors"), "nothing to convert"),
+        (
+            lambda p: torch2mlx.convert(nn.Linear(2, 2), (p / "d.safetensors").mkdir() or p / "d.safetensors"),
+            "is a directory",
+        ),
+        (lambda p: torch2mlx.load_converted(p / "missing"), "no such file"),
+        (lambda p: torch2mlx.load_converted(p), "no model.safetensors.index.json"),
+    ],
+)
 def test_user_errors_are_torch2mlx_errors(tmp_path, bad, why):
     with pytest.raises(Torch2MLXError, match=why):
         bad(tmp_path)
@@ -254,12 +277,12 @@ def test_a_file_target_is_replaced_a_directory_needs_overwrite(tmp_path):
     torch2mlx.convert(m, tmp_path / "out")
     with torch.no_grad():
         m.weight.zero_()
-    torch2mlx.convert(m, tmp_path / "x.safetensors")      # a second call, as a notebook cell is rerun
+    torch2mlx.convert(m, tmp_path / "x.safetensors")  # a second call, as a notebook cell is rerun
     assert not np.any(np.array(torch2mlx.load_converted(tmp_path / "x.safetensors")["weight"]))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "x.safetensors"]   # no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "x.safetensors"]  # no temporary left
     with pytest.raises(Torch2MLXError, match="exists and is not empty.*--overwrite"):
         torch2mlx.convert(m, tmp_path / "out")
-    assert np.any(np.array(torch2mlx.load_converted(tmp_path / "out")["weight"]))   # untouched
+    assert np.any(np.array(torch2mlx.load_converted(tmp_path / "out")["weight"]))  # untouched
     torch2mlx.convert(m, tmp_path / "out", overwrite=True)
     assert not np.any(np.array(torch2mlx.load_converted(tmp_path / "out")["weight"]))
     with pytest.raises(Torch2MLXError, match="is the source itself"):
@@ -272,13 +295,18 @@ def test_a_checkpoint_path_converts_through_the_same_call(tmp_path):
     torch2mlx.convert(tmp_path / "ck.pt", tmp_path / "out")
     check_converted(tmp_path / "out", sd)
     torch2mlx.convert(str(tmp_path / "ck.pt"), tmp_path / "one.safetensors")
-    assert_same(_mlx_state(tmp_path / "one.safetensors")["0.weight"], canon_torch(sd["0.weight"].permute(0, 2, 3, 1)),
-                "0.weight")
+    assert_same(
+        _mlx_state(tmp_path / "one.safetensors")["0.weight"],
+        canon_torch(sd["0.weight"].permute(0, 2, 3, 1)),
+        "0.weight",
+    )
 
 
 def test_importing_torch2mlx_stays_light():
-    code = ("import sys, torch2mlx; torch2mlx.convert, torch2mlx.export, torch2mlx.to_torch, torch2mlx.load_converted; "
-            "import torch2mlx.model_api; "
-            "print(sorted(m for m in ('torch', 'mlx', 'transformers') if m in sys.modules))")
+    code = (
+        "import sys, torch2mlx; torch2mlx.convert, torch2mlx.export, torch2mlx.to_torch, torch2mlx.load_converted; "
+        "import torch2mlx.model_api; "
+        "print(sorted(m for m in ('torch', 'mlx', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out.replace("'", '"')) == []

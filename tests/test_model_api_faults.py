@@ -3,6 +3,7 @@
 The failure is a full disk (``OSError(ENOSPC)`` from the real write of one shard);
 torch's own tensors are the oracle for what a finished call wrote.
 """
+
 from __future__ import annotations
 
 import errno
@@ -19,7 +20,7 @@ from torch2mlx.stream.writers import files
 from helpers import INDEX, MANIFEST, check_converted, read_json
 from torch2mlx.errors import Torch2MLXError
 
-SHARD = "40KB"     # the model below: 8 shards of one 32 KiB weight (and its bias)
+SHARD = "40KB"  # the model below: 8 shards of one 32 KiB weight (and its bias)
 
 
 def _model(seed: int) -> nn.Module:
@@ -38,6 +39,7 @@ def _disk_full_at(monkeypatch, name_part: str) -> None:
         if name_part in os.readlink(f"/proc/self/fd/{fd}"):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(fd, data, offset)
+
     monkeypatch.setattr(execute, "pwrite_all", pwrite_all)
 
 
@@ -51,6 +53,7 @@ def _manifest_disk_full(monkeypatch, nth: int) -> None:
             if seen[0] == nth:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(fd, data, offset)
+
     monkeypatch.setattr(files, "pwrite_all", pwrite_all)
 
 
@@ -68,7 +71,7 @@ def test_a_failed_call_keeps_finished_shards_and_resume_finishes_them(tmp_path, 
     assert len(list(ref.glob("model-*"))) == 8
     out = tmp_path / "out"
     with monkeypatch.context() as mp:
-        _manifest_disk_full(mp, 4)   # the 1st manifest write comes before any shard
+        _manifest_disk_full(mp, 4)  # the 1st manifest write comes before any shard
         with pytest.raises(Torch2MLXError, match=r"\(2 of 8 shard\(s\) finished and kept in .*--resume"):
             torch2mlx.convert(_model(0), out, max_shard_size=SHARD, workers=1)
     assert not (out / INDEX).exists() and read_json(out / MANIFEST)["complete"] is False

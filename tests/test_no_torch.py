@@ -1,4 +1,5 @@
 """The stream path never imports torch: it runs in processes where ``import torch`` fails (and is recorded)."""
+
 from __future__ import annotations
 
 import os
@@ -28,10 +29,16 @@ def no_torch_env(tmp_path):
     (fake / "torch").mkdir(parents=True)
     (fake / "torch" / "__init__.py").write_text(FAKE_TORCH)
     marker = tmp_path / "torch_imported.txt"
-    env = {"PYTHONPATH": os.pathsep.join([str(fake)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
-           "T2MLX_TORCH_MARKER": str(marker)}
+    env = {
+        "PYTHONPATH": os.pathsep.join(
+            [str(fake)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        ),
+        "T2MLX_TORCH_MARKER": str(marker),
+    }
     # the trap works: a plain `import torch` fails there and leaves the marker
-    probe = subprocess.run([sys.executable, "-c", "import torch"], env={**os.environ, **env}, capture_output=True, text=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import torch"], env={**os.environ, **env}, capture_output=True, text=True
+    )
     assert probe.returncode != 0 and "torch is blocked" in probe.stderr and marker.exists()
     marker.unlink()
     return env, marker
@@ -42,13 +49,16 @@ def sources(tmp_path_factory):
     """A zip Lightning checkpoint, a legacy whole pickled module, a sharded safetensors directory."""
     from test_readers_dirs import _model_sd, _write_dir
     import torch
+
     d = tmp_path_factory.mktemp("notorch")
     torch.manual_seed(SEED)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(2, 2))
     ckpt = {"state_dict": {"net." + k: v for k, v in model.state_dict().items()}, "epoch": 1}
-    return {"zip": torch_save(ckpt, d / "run.ckpt"),
-            "legacy": torch_save(model, d / "model.pth", "legacy"),
-            "dir": _write_dir(d / "hf", _model_sd(), "safetensors")}
+    return {
+        "zip": torch_save(ckpt, d / "run.ckpt"),
+        "legacy": torch_save(model, d / "model.pth", "legacy"),
+        "dir": _write_dir(d / "hf", _model_sd(), "safetensors"),
+    }
 
 
 def _expected(kind, src):
@@ -57,6 +67,7 @@ def _expected(kind, src):
     if kind == "legacy":
         return torch_load(src).state_dict()
     from test_readers_dirs import _load_dir
+
     return _load_dir(src)
 
 
@@ -91,8 +102,12 @@ def test_console_script_without_torch(no_torch_env, sources, tmp_path):
     if not exe.exists():
         pytest.skip("console script not installed next to this interpreter")
     out = tmp_path / "out"
-    proc = subprocess.run([str(exe), "stream", str(sources["zip"]), str(out), "--quiet"],
-                          env={**os.environ, **env}, capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(exe), "stream", str(sources["zip"]), str(out), "--quiet"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert not marker.exists()
     check_converted(out, _expected("zip", sources["zip"]))
@@ -118,8 +133,11 @@ _LIBRARY_SCRIPT = textwrap.dedent("""
 @pytest.mark.parametrize("kind", ["zip", "legacy"])
 def test_library_api_without_torch(sources, tmp_path, kind):
     outs = [tmp_path / f"o{i}" for i in range(3)]
-    proc = subprocess.run([sys.executable, "-c", _LIBRARY_SCRIPT, str(sources[kind])] + [str(o) for o in outs],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _LIBRARY_SCRIPT, str(sources[kind])] + [str(o) for o in outs],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     expected = _expected(kind, sources[kind])
     assert proc.stdout.split()[0] == str(len(expected)) and proc.stdout.strip().endswith("[]"), proc.stdout

@@ -2,6 +2,7 @@
 
 mlx is the oracle for what ``mx.savez`` wrote (``mx.load``), numpy for ``np.savez``.
 """
+
 import zipfile
 
 import mlx.core as mx
@@ -15,13 +16,15 @@ from reverse_helpers import read_torch_output
 
 def _mx_arrays():
     g = np.random.default_rng(0)
-    return {"emb.weight": mx.array(g.standard_normal((12, 8)).astype(np.float32)).astype(mx.bfloat16),
-            "conv.weight": mx.array(g.standard_normal((4, 3, 3, 2)).astype(np.float16)),   # MLX layout (O, H, W, I)
-            "norm.weight": mx.array(g.standard_normal(8).astype(np.float32)),
-            "ids": mx.array(np.arange(-5, 7, dtype=np.int32)),
-            "mask": mx.array(g.random(9) > 0.5),
-            "bytes": mx.array(np.arange(10, dtype=np.uint8)),
-            "scalar": mx.array(1.5, dtype=mx.bfloat16)}
+    return {
+        "emb.weight": mx.array(g.standard_normal((12, 8)).astype(np.float32)).astype(mx.bfloat16),
+        "conv.weight": mx.array(g.standard_normal((4, 3, 3, 2)).astype(np.float16)),  # MLX layout (O, H, W, I)
+        "norm.weight": mx.array(g.standard_normal(8).astype(np.float32)),
+        "ids": mx.array(np.arange(-5, 7, dtype=np.int32)),
+        "mask": mx.array(g.random(9) > 0.5),
+        "bytes": mx.array(np.arange(10, dtype=np.uint8)),
+        "scalar": mx.array(1.5, dtype=mx.bfloat16),
+    }
 
 
 @pytest.fixture
@@ -33,13 +36,14 @@ def mx_npz(tmp_path):
 
 def test_mx_savez_streams_bit_exact_and_is_not_transposed(mx_npz, tmp_path, monkeypatch):
     from torch2mlx.stream import execute, open as open_ck
+
     ck = open_ck(mx_npz)
     assert ck.format == "npz" and ck.layout == "mlx"
-    assert all(e.path == str(mx_npz) and e.offset > 0 and e.loader is None for e in ck.entries)   # in place
+    assert all(e.path == str(mx_npz) and e.offset > 0 and e.loader is None for e in ck.entries)  # in place
     real = execute.plan_tasks
     monkeypatch.setattr(execute, "plan_tasks", lambda op, chunk: real(op, 16))
     res = convert(mx_npz, tmp_path / "out")
-    assert res.plan.rules_by_source() == {"default": 7}   # the 4-D conv.weight is already MLX layout
+    assert res.plan.rules_by_source() == {"default": 7}  # the 4-D conv.weight is already MLX layout
     got = read_output(tmp_path / "out")
     want = mx.load(str(mx_npz))
     assert set(got) == set(want)
@@ -50,8 +54,11 @@ def test_mx_savez_streams_bit_exact_and_is_not_transposed(mx_npz, tmp_path, monk
 
 def test_np_savez_fortran_order_and_big_endian(tmp_path):
     g = np.random.default_rng(1)
-    arrays = {"f": np.asfortranarray(g.standard_normal((5, 7)).astype(np.float32)),
-              "be": g.standard_normal((3, 4)).astype(">f4"), "be_i": np.arange(6, dtype=">i8").reshape(2, 3)}
+    arrays = {
+        "f": np.asfortranarray(g.standard_normal((5, 7)).astype(np.float32)),
+        "be": g.standard_normal((3, 4)).astype(">f4"),
+        "be_i": np.arange(6, dtype=">i8").reshape(2, 3),
+    }
     np.savez(tmp_path / "a.npz", **arrays)
     convert(tmp_path / "a.npz", tmp_path / "out")
     got = read_output(tmp_path / "out")

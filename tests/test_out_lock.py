@@ -4,6 +4,7 @@ Without a lock both runs passed the "OUT is empty" check and wrote into each oth
 output: one or both failed on files the other had removed, and stray shards of a
 failed run stayed beside a complete output.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,10 @@ def tiny(tmp_path_factory) -> Path:
     """Six small tensors and a config: several shards, a sidecar, a conversion of a few milliseconds."""
     d = tmp_path_factory.mktemp("tiny")
     rng = np.random.default_rng(1)
-    save_file({f"l.{i}.weight": rng.standard_normal((64, 256), dtype=np.float32) for i in range(6)},
-              str(d / "model.safetensors"))
+    save_file(
+        {f"l.{i}.weight": rng.standard_normal((64, 256), dtype=np.float32) for i in range(6)},
+        str(d / "model.safetensors"),
+    )
     (d / "config.json").write_text('{"hidden_size": 64}')
     return d
 
@@ -53,8 +56,12 @@ torch2mlx.stream.convert(src, out, hook=wait, model=False)
 
 
 def _hold(src: Path, out: Path, release: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(src), str(out), str(release)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(src), str(out), str(release)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline:
         if Path(f"{release}.waiting").exists():
@@ -125,8 +132,10 @@ def test_concurrent_runs_into_one_out(tiny, tmp_path):
             t.join()
         assert results.count("ok") == 1, (trial, results)
         loser = next(r for r in results if r != "ok")
-        assert (loser == f"{out}: another conversion (pid {os.getpid()}) is writing it"
-                or loser == f"{out}: exists and is not empty (use --overwrite to replace its contents)"), loser
+        assert (
+            loser == f"{out}: another conversion (pid {os.getpid()}) is writing it"
+            or loser == f"{out}: exists and is not empty (use --overwrite to replace its contents)"
+        ), loser
         outcomes[loser.split(": ", 1)[1]] = outcomes.get(loser.split(": ", 1)[1], 0) + 1
         assert sorted(os.listdir(out)) == want, (trial, results)
         rep = verify(tiny, out)
@@ -148,16 +157,16 @@ def test_a_lock_taken_on_a_file_its_holder_just_removed_is_taken_again(tmp_path,
         fd = real_open(path, flags, mode)
         if os.path.basename(path) == LOCK and not raced:
             raced.append(True)
-            with out_lock.locked(str(out)):      # run A, start to finish, between B's open and its flock
+            with out_lock.locked(str(out)):  # run A, start to finish, between B's open and its flock
                 pass
         return fd
 
     monkeypatch.setattr(os, "open", open_then_race)
-    with out_lock.locked(str(out)):              # run B
+    with out_lock.locked(str(out)):  # run B
         assert raced
         assert (out / LOCK).read_text().strip() == str(os.getpid())
         with pytest.raises(Torch2MLXError, match=r"another conversion \(pid \d+\) is writing it"):
-            with out_lock.locked(str(out)):      # run C
+            with out_lock.locked(str(out)):  # run C
                 pass
     assert not (out / LOCK).exists()
 

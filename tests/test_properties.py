@@ -1,18 +1,31 @@
 """Property-based: random views (permutations, stepped slices, selections, offsets) of random dtypes round-trip."""
+
 from __future__ import annotations
 
 import shutil
 
 import pytest
 import torch
+
 pytest.importorskip("hypothesis")  # a dev dependency; a bare environment skips these property tests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import check_converted, convert, torch_load, torch_save
 
-DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int8, torch.int32, torch.int64,
-          torch.uint8, torch.bool, torch.complex64, torch.float8_e5m2]
+DTYPES = [
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.float64,
+    torch.int8,
+    torch.int32,
+    torch.int64,
+    torch.uint8,
+    torch.bool,
+    torch.complex64,
+    torch.float8_e5m2,
+]
 
 
 @st.composite
@@ -35,17 +48,27 @@ def views(draw):
         elif op == "slice" and t.dim():
             d = draw(st.integers(0, t.dim() - 1))
             start = draw(st.integers(0, t.shape[d]))
-            t = t.narrow(d, start, t.shape[d] - start)[(slice(None),) * d + (slice(None, None, draw(st.integers(1, 3))),)]
+            t = t.narrow(d, start, t.shape[d] - start)[
+                (slice(None),) * d + (slice(None, None, draw(st.integers(1, 3))),)
+            ]
         elif op == "select" and t.dim() and t.shape[0]:
             t = t[draw(st.integers(0, t.shape[0] - 1))]
     return base, t
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(case=views(), fmt=st.sampled_from(["zip", "legacy"]),
-       dtype=st.sampled_from(["keep", "float16", "bfloat16", "float32"]),
-       name=st.sampled_from(["x", "layer.weight", "a.b.c"]))
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    case=views(),
+    fmt=st.sampled_from(["zip", "legacy"]),
+    dtype=st.sampled_from(["keep", "float16", "bfloat16", "float32"]),
+    name=st.sampled_from(["x", "layer.weight", "a.b.c"]),
+)
 @pytest.mark.slow
 def test_random_views_round_trip(tmp_path, case, fmt, dtype, name):
     base, view = case

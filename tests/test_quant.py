@@ -1,6 +1,8 @@
 """torch2mlx.core.quant against mlx.core.quantize / dequantize, bit for bit."""
+
 import numpy as np
 import pytest
+
 pytest.importorskip("hypothesis")  # a dev dependency; a bare environment skips these property tests
 from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
@@ -33,8 +35,11 @@ def from_mx(a, dt: str) -> np.ndarray:
 
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
-    return a.shape == b.shape and a.dtype.itemsize == b.dtype.itemsize and bool(
-        (a.view(np.uint8) == b.view(np.uint8)).all())
+    return (
+        a.shape == b.shape
+        and a.dtype.itemsize == b.dtype.itemsize
+        and bool((a.view(np.uint8) == b.view(np.uint8)).all())
+    )
 
 
 def mlx_quantize(x: np.ndarray, dt: str, bits: int, gs: int):
@@ -48,8 +53,7 @@ def assert_matches_mlx(x: np.ndarray, dt: str, bits: int, gs: int):
     for what, a, b in zip(("packed", "scales", "biases"), ours, ref):
         assert same_bits(a, b), f"{what} differ: {dt} bits={bits} group={gs}"
     deq = quant.dequantize(*ref, bits, gs, dt)
-    mdeq = from_mx(mx.dequantize(mx.array(ref[0]), to_mx(ref[1], dt), to_mx(ref[2], dt),
-                                 group_size=gs, bits=bits), dt)
+    mdeq = from_mx(mx.dequantize(mx.array(ref[0]), to_mx(ref[1], dt), to_mx(ref[2], dt), group_size=gs, bits=bits), dt)
     assert same_bits(deq, mdeq), f"dequantize differs: {dt} bits={bits} group={gs}"
 
 
@@ -58,15 +62,15 @@ def adversarial_rows(k: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     g = lambda: rng.standard_normal(k).astype(np.float32)  # noqa: E731
     rows = [
-        g() * 0.02,                                             # typical weights
+        g() * 0.02,  # typical weights
         g() * np.exp(rng.uniform(-12, 12, k)).astype(np.float32),  # huge dynamic range
-        np.full(k, 0.7, np.float32),                            # constant groups
+        np.full(k, 0.7, np.float32),  # constant groups
         np.full(k, -3.25, np.float32),
         np.zeros(k, np.float32),
-        -np.abs(g()),                                           # negative only
-        np.abs(g()) + 5,                                        # positive, far from 0
-        rng.integers(-8, 8, k).astype(np.float32),              # ties: rint half to even
-        g() * 1e-8,                                             # below eps / subnormal in f16
+        -np.abs(g()),  # negative only
+        np.abs(g()) + 5,  # positive, far from 0
+        rng.integers(-8, 8, k).astype(np.float32),  # ties: rint half to even
+        g() * 1e-8,  # below eps / subnormal in f16
         np.where(rng.random(k) < 0.5, -0.0, 0.0).astype(np.float32),  # signed zeros
         np.linspace(-1, 1, k, dtype=np.float32) ** 3,
         np.where(rng.random(k) < 0.9, 1.0, -1000.0).astype(np.float32),  # one big outlier
@@ -87,11 +91,11 @@ def test_inf_nan_groups_match_mlx(dt):
     x = np.random.default_rng(3).standard_normal((8, 128)).astype(np.float32)
     x[0, 3] = np.inf
     x[1, 40] = -np.inf
-    x[2, 5], x[2, 9] = np.inf, -np.inf           # inf - inf: NaN scale
-    x[3, :] = 3e38                                # all-equal, |w| > 1e31: 0/0 codes
-    x[4, ::2], x[4, 1::2] = 3e38, -3e38           # range overflows float32
-    x[5, 3] = np.nan                              # MLX's min/max loop skips NaN
-    x[6, :32] = np.nan                            # all-NaN group
+    x[2, 5], x[2, 9] = np.inf, -np.inf  # inf - inf: NaN scale
+    x[3, :] = 3e38  # all-equal, |w| > 1e31: 0/0 codes
+    x[4, ::2], x[4, 1::2] = 3e38, -3e38  # range overflows float32
+    x[5, 3] = np.nan  # MLX's min/max loop skips NaN
+    x[6, :32] = np.nan  # all-NaN group
     x[7, :32] = -0.0
     x[7, 7] = 0.0
     for bits in BITS:
@@ -126,13 +130,14 @@ def test_empty_rows():
     assert quant.dequantize(packed, scales, biases, 3, 64).shape == (2, 0, 128)
 
 
-@pytest.mark.parametrize("src,out", [("bfloat16", "float16"), ("float32", "bfloat16"),
-                                     ("float16", "float32"), ("float8_e4m3fn", "bfloat16")])
+@pytest.mark.parametrize(
+    "src,out", [("bfloat16", "float16"), ("float32", "bfloat16"), ("float16", "float32"), ("float8_e4m3fn", "bfloat16")]
+)
 def test_out_dtype_casts_first(src, out):
     rng = np.random.default_rng(9)
     if src.startswith("float8"):
         x = rng.integers(0, 256, (16, 128), dtype=np.uint8)
-        x[(x & 0x7F) == 0x7F] = 0                 # no NaN codes
+        x[(x & 0x7F) == 0x7F] = 0  # no NaN codes
         x32 = FLOAT8_TABLES[src][x]
     else:
         x32 = rng.standard_normal((16, 128)).astype(np.float32)
@@ -173,10 +178,14 @@ def test_property_matches_mlx(bits, gs, dt, data):
         assert_matches_mlx(x, dt, bits, gs)
 
 
-@pytest.mark.parametrize("kwargs,msg", [
-    (dict(bits=7), "bits"), (dict(group_size=16), "group_size"),
-    (dict(out_dtype="float64"), "quantizes only"),
-])
+@pytest.mark.parametrize(
+    "kwargs,msg",
+    [
+        (dict(bits=7), "bits"),
+        (dict(group_size=16), "group_size"),
+        (dict(out_dtype="float64"), "quantizes only"),
+    ],
+)
 def test_rejects_what_mlx_cannot_do(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
         quant.quantize(np.zeros((2, 128), np.float32), **kwargs)
@@ -212,7 +221,7 @@ def test_random_bits_match_mlx(dt):
 def test_signalling_nan_is_skipped_like_mlx():
     # numpy's fmin/fmax reductions restart after a signalling NaN; MLX's min/max loop skips it.
     x = np.linspace(-3, 2, 64, dtype=np.float32).reshape(2, 32)
-    x.view(np.uint32)[0, 20] = 0x7F800001      # signalling NaN after the group's minimum
-    x.view(np.uint32)[1, 31] = 0xFF800002      # negative signalling NaN, last in its group
+    x.view(np.uint32)[0, 20] = 0x7F800001  # signalling NaN after the group's minimum
+    x.view(np.uint32)[1, 31] = 0xFF800002  # negative signalling NaN, last in its group
     for bits in BITS:
         assert_matches_mlx(x, "float32", bits, 32)

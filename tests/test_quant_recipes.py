@@ -1,10 +1,19 @@
 """Selection rule, mixed recipes and config block against mlx-lm's own quantize_model."""
+
 import numpy as np
 import pytest
 
 from torch2mlx.core import quant
-from torch2mlx.core.quant_recipes import (QuantSpec, Recipe, decide, is_quantizable, layer_location, mixed_recipe,
-                                     quantization_config, with_quantization)
+from torch2mlx.core.quant_recipes import (
+    QuantSpec,
+    Recipe,
+    decide,
+    is_quantizable,
+    layer_location,
+    mixed_recipe,
+    quantization_config,
+    with_quantization,
+)
 
 mx = pytest.importorskip("mlx.core")
 mlx_lm_utils = pytest.importorskip("mlx_lm.utils")
@@ -15,9 +24,17 @@ from mlx_lm.models import llama  # noqa: E402
 
 def tiny_llama(layers=16, tied=False):
     # intermediate 96: down_proj's input dim divides by 32 but not by 64.
-    args = llama.ModelArgs(model_type="llama", hidden_size=128, num_hidden_layers=layers, intermediate_size=96,
-                           num_attention_heads=4, rms_norm_eps=1e-5, vocab_size=256, num_key_value_heads=2,
-                           tie_word_embeddings=tied)
+    args = llama.ModelArgs(
+        model_type="llama",
+        hidden_size=128,
+        num_hidden_layers=layers,
+        intermediate_size=96,
+        num_attention_heads=4,
+        rms_norm_eps=1e-5,
+        vocab_size=256,
+        num_key_value_heads=2,
+        tie_word_embeddings=tied,
+    )
     mx.random.seed(layers)
     return llama.Model(args)
 
@@ -89,10 +106,10 @@ def test_selection_rule_without_a_model():
     assert is_quantizable("model.embed_tokens.weight", (32000, 4096), "bfloat16")
     assert not is_quantizable("model.layers.0.mlp.up_proj.bias", (11008,), "BF16")
     assert not is_quantizable("model.norm.weight", (4096,), "BF16")
-    assert not is_quantizable("x.weight", (64, 100), "F32")                      # 100 % 64
+    assert not is_quantizable("x.weight", (64, 100), "F32")  # 100 % 64
     assert is_quantizable("x.weight", (64, 96), "F32", group_size=32)
     assert not is_quantizable("x.weight", (64, 128), "I64")
-    assert not is_quantizable("conv.weight", (64, 3, 128), "F32")                 # 3-D: a conv?
+    assert not is_quantizable("conv.weight", (64, 3, 128), "F32")  # 3-D: a conv?
     assert is_quantizable("mlp.switch_mlp.up_proj.weight", (8, 64, 128), "F32", "SwitchLinear")
     assert not is_quantizable("conv.weight", (64, 3, 128), "F32", "Conv1d")
     assert is_quantizable("h.0.attn.c_attn.weight", (768, 2304), "F32", "Conv1D")  # HF GPT-2 Conv1D
@@ -103,7 +120,7 @@ def test_per_layer_false_keeps_a_layer():
     assert decide("layers.0.mlp.gate.weight", (8, 128), "F32", recipe) == (None, False)
     assert decide("layers.0.mlp.up.weight", (8, 128), "F32", recipe) == (QuantSpec(64, 4), False)
     eight = Recipe(QuantSpec(64, 4), per_layer=lambda p: QuantSpec(128, 8) if p == "lm_head" else True)
-    assert decide("lm_head.weight", (8, 64), "F32", eight) == (None, False)      # 64 % 128
+    assert decide("lm_head.weight", (8, 64), "F32", eight) == (None, False)  # 64 % 128
     assert decide("lm_head.weight", (8, 256), "F32", eight) == (QuantSpec(128, 8), True)
 
 
@@ -116,8 +133,11 @@ def test_mixed_recipe_rejects_unknown_names():
 
 def test_per_expert_weights_are_named_as_mlx_lm_stacks_them():
     from torch2mlx.core.quant_recipes import loaded_module_path
-    assert loaded_module_path("model.layers.3.block_sparse_moe.experts.7.w2") == \
-        "model.layers.3.block_sparse_moe.switch_mlp.down_proj"
+
+    assert (
+        loaded_module_path("model.layers.3.block_sparse_moe.experts.7.w2")
+        == "model.layers.3.block_sparse_moe.switch_mlp.down_proj"
+    )
     assert loaded_module_path("model.layers.0.mlp.experts.12.gate_proj") == "model.layers.0.mlp.switch_mlp.gate_proj"
     assert loaded_module_path("model.layers.0.mlp.down_proj") == "model.layers.0.mlp.down_proj"
     # The recipe sees the stacked module: a Mixtral w2 in a "more bits" layer gets the high bits.

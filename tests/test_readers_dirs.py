@@ -1,4 +1,5 @@
 """Checkpoint directories: sharded .bin and .safetensors with index files, directories without one, sidecars."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,16 @@ from helpers import check_converted, convert, read_json, torch_load, torch_save
 
 import torch2mlx
 
-SIDECARS = {"config.json": '{"model_type": "tiny", "hidden_size": 8}\n', "generation_config.json": "{}\n",
-            "tokenizer.json": '{"version": "1.0"}', "tokenizer_config.json": "{}", "special_tokens_map.json": "{}",
-            "tokenizer.model": "\x00\x01sentencepiece", "merges.txt": "a b\n", "modeling_tiny.py": "# custom code\n"}
+SIDECARS = {
+    "config.json": '{"model_type": "tiny", "hidden_size": 8}\n',
+    "generation_config.json": "{}\n",
+    "tokenizer.json": '{"version": "1.0"}',
+    "tokenizer_config.json": "{}",
+    "special_tokens_map.json": "{}",
+    "tokenizer.model": "\x00\x01sentencepiece",
+    "merges.txt": "a b\n",
+    "modeling_tiny.py": "# custom code\n",
+}
 NOT_SIDECARS = ("training.log", "loss.png")
 
 
@@ -119,8 +127,10 @@ def test_safetensors_preferred_over_a_pickle_index(tmp_path, out):
     save_file({k: v.contiguous() for k, v in sd.items()}, src / "model.safetensors", metadata={"format": "pt"})
     res = convert(src, out)
     check_converted(out, sd)
-    assert f"{src}: reading the safetensors weights (1 file(s)); ignored pytorch_model-00001-of-00003.bin, " \
-           "pytorch_model-00003-of-00003.bin, pytorch_model.bin.index.json" in res.plan.notes
+    assert (
+        f"{src}: reading the safetensors weights (1 file(s)); ignored pytorch_model-00001-of-00003.bin, "
+        "pytorch_model-00003-of-00003.bin, pytorch_model.bin.index.json" in res.plan.notes
+    )
     assert "ignored pytorch_model" in res.report()
 
 

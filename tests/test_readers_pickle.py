@@ -1,4 +1,5 @@
 """torch zip and legacy pickles: every dtype, views, shared storages, odd archives; torch.load is the oracle."""
+
 from __future__ import annotations
 
 import zipfile
@@ -7,8 +8,17 @@ import pytest
 import torch
 
 from conftest import LEGACY_LOADABLE, SEED, all_dtypes_state_dict, views_state_dict
-from helpers import (assert_one_error, assert_same, canon_torch, check_converted, convert, read_output, run_main,
-                     torch_load, torch_save)
+from helpers import (
+    assert_one_error,
+    assert_same,
+    canon_torch,
+    check_converted,
+    convert,
+    read_output,
+    run_main,
+    torch_load,
+    torch_save,
+)
 
 FORMATS = ("zip", "legacy")
 
@@ -47,8 +57,12 @@ def test_large_tensors_cross_block_boundaries(tmp_path, out, fmt):
     """Tensors bigger than one 16 MiB work block, contiguous and strided, cast and permuted."""
     g = torch.Generator().manual_seed(SEED)
     big = torch.randn(3000, 1500, generator=g)
-    sd = {"big": big, "big.t": big.t(), "big.cols": big[:, ::3],
-          "conv.weight": torch.randn(512, 256, 3, 3, generator=g)}
+    sd = {
+        "big": big,
+        "big.t": big.t(),
+        "big.cols": big[:, ::3],
+        "conv.weight": torch.randn(512, 256, 3, 3, generator=g),
+    }
     src = torch_save(sd, tmp_path / "big.pt", fmt)
     convert(src, out, dtype="bfloat16")
     check_converted(out, torch_load(src), dtype="bfloat16")
@@ -69,7 +83,7 @@ def _repack(src, dst, rename=None, transform=None):
 
 def test_zip_archive_root_folder_can_have_any_name(views_files, tmp_path, out):
     root = zipfile.ZipFile(views_files["zip"]).namelist()[0].split("/")[0]
-    src = _repack(views_files["zip"], tmp_path / "renamed.pt", rename=lambda n: "my model v2/" + n[len(root) + 1:])
+    src = _repack(views_files["zip"], tmp_path / "renamed.pt", rename=lambda n: "my model v2/" + n[len(root) + 1 :])
     assert zipfile.ZipFile(src).namelist()[0].startswith("my model v2/")
     convert(src, out)
     check_converted(out, torch_load(src))
@@ -78,9 +92,14 @@ def test_zip_archive_root_folder_can_have_any_name(views_files, tmp_path, out):
 def test_big_endian_zip_checkpoint(tmp_path, out):
     """A checkpoint written on a big-endian machine: byteorder record 'big', storages byte-swapped."""
     g = torch.Generator().manual_seed(SEED)
-    sd = {"f32": torch.randn(5, 7, generator=g), "bf16.t": torch.randn(4, 6, generator=g).to(torch.bfloat16).t(),
-          "i64": torch.arange(-6, 6), "f16": torch.randn(9, generator=g).half(), "u8": torch.arange(5, dtype=torch.uint8),
-          "conv.weight": torch.randn(2, 3, 3, 3, generator=g, dtype=torch.float64)}
+    sd = {
+        "f32": torch.randn(5, 7, generator=g),
+        "bf16.t": torch.randn(4, 6, generator=g).to(torch.bfloat16).t(),
+        "i64": torch.arange(-6, 6),
+        "f16": torch.randn(9, generator=g).half(),
+        "u8": torch.arange(5, dtype=torch.uint8),
+        "conv.weight": torch.randn(2, 3, 3, 3, generator=g, dtype=torch.float64),
+    }
     little = torch_save(sd, tmp_path / "little.pt")
     keys = {}
     obj = torch_load(little)
@@ -89,15 +108,14 @@ def test_big_endian_zip_checkpoint(tmp_path, out):
         for name in z.namelist():
             if "/data/" in name:
                 raw = z.read(name)
-                keys[name] = next(t.element_size() for t in obj.values()
-                                  if bytes(t.untyped_storage()) == raw)
+                keys[name] = next(t.element_size() for t in obj.values() if bytes(t.untyped_storage()) == raw)
 
     def swap(name, data):
         if name.endswith("/byteorder"):
             return b"big"
         if name in keys:
             w = keys[name]
-            return b"".join(data[i:i + w][::-1] for i in range(0, len(data), w))
+            return b"".join(data[i : i + w][::-1] for i in range(0, len(data), w))
         return data
 
     big = _repack(little, tmp_path / "big.pt", transform=swap)
@@ -143,7 +161,7 @@ def test_conjugate_and_negative_views_are_refused_not_silently_wrong(tmp_path, o
     """torch saves a lazy conj/neg view as its storage plus a flag; copying the storage would give wrong values."""
     z = torch.randn(4, dtype=torch.complex64)
     t = z.conj() if view == "conj" else z.conj().imag  # .imag of a conj view is a negative view
-    assert (t.is_conj() if view == "conj" else t.is_neg())
+    assert t.is_conj() if view == "conj" else t.is_neg()
     src = torch_save({"ok": torch.ones(2), "lazy": t}, tmp_path / f"{view}.pt", fmt)
     proc = run_main("stream", src, out)
     assert_one_error(proc, str(src), view, "resolve")
@@ -165,12 +183,21 @@ def test_tensor_subclasses_and_attributes(tmp_path, out):
 def test_tiny_work_blocks(dtype_files, views_files, tmp_path, monkeypatch, fmt, dtype):
     """The same conversions cut into blocks of ~1 KiB: every block boundary must be seamless."""
     from torch2mlx.stream import execute
+
     real = execute.plan_tasks
     monkeypatch.setattr(execute, "plan_tasks", lambda op, chunk: real(op, 1024))
-    rules = [r"^conv\.float32\.weight$=conv_transpose2d", r"^conv1\.weight$=conv_transpose1d",
-             r"^conv3\.weight$=conv_transpose3d", r"^ints\.permuted$=conv_transpose1d"]
-    forced = {"conv.float32.weight": "conv_transpose2d", "conv1.weight": "conv_transpose1d",
-              "conv3.weight": "conv_transpose3d", "ints.permuted": "conv_transpose1d"}
+    rules = [
+        r"^conv\.float32\.weight$=conv_transpose2d",
+        r"^conv1\.weight$=conv_transpose1d",
+        r"^conv3\.weight$=conv_transpose3d",
+        r"^ints\.permuted$=conv_transpose1d",
+    ]
+    forced = {
+        "conv.float32.weight": "conv_transpose2d",
+        "conv1.weight": "conv_transpose1d",
+        "conv3.weight": "conv_transpose3d",
+        "ints.permuted": "conv_transpose1d",
+    }
     for name, files in (("dtypes", dtype_files), ("views", views_files)):
         out = tmp_path / name
         convert(files[fmt], out, dtype=dtype, rules=rules)

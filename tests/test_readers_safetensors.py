@@ -1,4 +1,5 @@
 """safetensors sources: every dtype the format has, odd names, and header validation before any data is read."""
+
 from __future__ import annotations
 
 import json
@@ -34,9 +35,15 @@ def test_every_safetensors_dtype(tmp_path, out, dtype):
 
 def test_odd_names_scalars_and_empty_tensors(tmp_path, out):
     g = torch.Generator().manual_seed(SEED)
-    sd = {"ünïcode.wéight": torch.randn(3, generator=g), "with space/and slash": torch.arange(4),
-          "a" * 300: torch.ones(2, dtype=torch.float16), "scalar": torch.tensor(2.5, dtype=torch.bfloat16),
-          "empty": torch.empty(0, 4), "empty.conv.weight": torch.empty(0, 2, 3, 3), "z.last": torch.tensor(True)}
+    sd = {
+        "ünïcode.wéight": torch.randn(3, generator=g),
+        "with space/and slash": torch.arange(4),
+        "a" * 300: torch.ones(2, dtype=torch.float16),
+        "scalar": torch.tensor(2.5, dtype=torch.bfloat16),
+        "empty": torch.empty(0, 4),
+        "empty.conv.weight": torch.empty(0, 2, 3, 3),
+        "z.last": torch.tensor(True),
+    }
     src = tmp_path / "odd.safetensors"
     save_file(sd, src)
     convert(src, out)
@@ -47,8 +54,10 @@ def test_hand_written_header_without_metadata_and_unsorted_offsets(tmp_path, out
     """Records in any order in the JSON, no __metadata__: only the offsets matter."""
     a = torch.arange(6, dtype=torch.int16)
     b = torch.tensor([1.5, -2.0], dtype=torch.float32)
-    header = {"b": {"dtype": "F32", "shape": [2], "data_offsets": [12, 20]},
-              "a": {"dtype": "I16", "shape": [2, 3], "data_offsets": [0, 12]}}
+    header = {
+        "b": {"dtype": "F32", "shape": [2], "data_offsets": [12, 20]},
+        "a": {"dtype": "I16", "shape": [2, 3], "data_offsets": [0, 12]},
+    }
     src = write_raw(tmp_path / "hand.safetensors", header, a.numpy().tobytes() + b.numpy().tobytes())
     convert(src, out)
     check_converted(out, {"a": a.reshape(2, 3), "b": b})
@@ -56,13 +65,27 @@ def test_hand_written_header_without_metadata_and_unsorted_offsets(tmp_path, out
 
 GOOD = {"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
 BROKEN = {
-    "header length past the end": (GOOD, b"\0" * 8, {"length": 10 ** 6}, "past the end"),
+    "header length past the end": (GOOD, b"\0" * 8, {"length": 10**6}, "past the end"),
     "data truncated": (GOOD, b"\0" * 5, {}, "past the end"),
     "trailing bytes": (GOOD, b"\0" * 12, {}, "trailing"),
-    "hole": ({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
-              "y": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}}, b"\0" * 12, {}, "hole"),
-    "overlap": ({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-                 "y": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8, {}, "overlap"),
+    "hole": (
+        {
+            "x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+            "y": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]},
+        },
+        b"\0" * 12,
+        {},
+        "hole",
+    ),
+    "overlap": (
+        {
+            "x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            "y": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]},
+        },
+        b"\0" * 8,
+        {},
+        "overlap",
+    ),
     "size mismatch": ({"x": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, {}, "needs 12 bytes"),
     "unknown dtype": ({"x": {"dtype": "F128", "shape": [1], "data_offsets": [0, 16]}}, b"\0" * 16, {}, "unknown dtype"),
     "negative dim": ({"x": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 0]}}, b"", {}, "shape"),
@@ -81,8 +104,17 @@ def test_invalid_files_are_rejected_before_any_output(tmp_path, out, case):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("raw", [b"", b"\x05\0\0", struct.pack("<Q", 4) + b"[1] ", struct.pack("<Q", 8) + b"{bad  }",
-                                 struct.pack("<Q", 16) + b'{"a":1, "a":2}  ', struct.pack("<Q", 4) + b"\xff\xfe{}"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\x05\0\0",
+        struct.pack("<Q", 4) + b"[1] ",
+        struct.pack("<Q", 8) + b"{bad  }",
+        struct.pack("<Q", 16) + b'{"a":1, "a":2}  ',
+        struct.pack("<Q", 4) + b"\xff\xfe{}",
+    ],
+)
 def test_garbage_headers(tmp_path, out, raw):
     src = tmp_path / "garbage.safetensors"
     src.write_bytes(raw)

@@ -1,4 +1,5 @@
 """docs/model-api.md's live-model and template examples run as written (torch checks MLX's numbers)."""
+
 from __future__ import annotations
 
 import re
@@ -38,8 +39,7 @@ def test_readme_live_model_example_runs_twice(tmp_path):
     """Rerun as a notebook cell is: the second convert(model, "weights.safetensors") replaces the file."""
     script = "\n".join(_python_blocks("Convert a live model"))
     for run in range(2):
-        proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                              timeout=300)
+        proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, (run, proc.stderr)
     names = {p.name for p in tmp_path.iterdir()}
     assert "weights.safetensors" in names and not [n for n in names if n.startswith(".")], names

@@ -8,6 +8,7 @@ and both run on one random input (channels-first in torch, channels-last in MLX)
 that reproduces the original, and random MLX-layout weights go back to a torch layer that computes what
 the MLX layer computes (MLX-trained weights load into the original torch model).
 """
+
 from __future__ import annotations
 
 import types
@@ -80,10 +81,10 @@ def _call(m, *x):
 class Case:
     torch: Callable
     mlx: Callable
-    inputs: Callable                     # -> list of numpy arrays (torch's layout)
+    inputs: Callable  # -> list of numpy arrays (torch's layout)
     call_t: Callable = _call
     call_m: Callable = _call
-    image: bool = False                  # first input and output channels-first in torch, channels-last in MLX
+    image: bool = False  # first input and output channels-first in torch, channels-last in MLX
 
 
 def _image(t, m, shape):
@@ -92,12 +93,14 @@ def _image(t, m, shape):
 
 def _gpt_oss_router():
     from transformers.models.gpt_oss.modeling_gpt_oss import GptOssTopKRouter
+
     cfg = types.SimpleNamespace(num_experts_per_tok=2, num_local_experts=6, hidden_size=8)
     return _seeded(GptOssTopKRouter(cfg))
 
 
 def _mixtral_router():
     from transformers.models.mixtral.modeling_mixtral import MixtralTopKRouter
+
     cfg = types.SimpleNamespace(num_experts_per_tok=2, num_local_experts=6, hidden_size=8, router_jitter_noise=0.0)
     return _seeded(MixtralTopKRouter(cfg))
 
@@ -114,10 +117,15 @@ def _seeded(module):
 
 def _family_embedding():
     """A transformers-style embedding table the registry recognises by name (no nn.Embedding base)."""
+
     def forward(self, ids):
         return nn.functional.embedding(ids, self.weight)
-    cls = type("ProbeTableEmbedding", (nn.Module,), {"forward": forward,
-                                                      "__module__": "transformers.models.probe.modeling_probe"})
+
+    cls = type(
+        "ProbeTableEmbedding",
+        (nn.Module,),
+        {"forward": forward, "__module__": "transformers.models.probe.modeling_probe"},
+    )
     m = cls()
     m.weight = nn.Parameter(torch.randn(10, 4))
     return m
@@ -131,163 +139,282 @@ def _transformers(path):
 CASES = {
     # linear and embeddings
     "Linear": Case(lambda: nn.Linear(6, 5), lambda: mnn.Linear(6, 5), lambda: [_x(3, 6)]),
-    "Linear no bias": Case(lambda: nn.Linear(6, 5, bias=False), lambda: mnn.Linear(6, 5, bias=False),
-                           lambda: [_x(2, 3, 6)]),
+    "Linear no bias": Case(
+        lambda: nn.Linear(6, 5, bias=False), lambda: mnn.Linear(6, 5, bias=False), lambda: [_x(2, 3, 6)]
+    ),
     "Bilinear": Case(lambda: nn.Bilinear(4, 3, 5), lambda: mnn.Bilinear(4, 3, 5), lambda: [_x(2, 4), _x(2, 3)]),
-    "Embedding": Case(lambda: nn.Embedding(10, 4, padding_idx=0), lambda: mnn.Embedding(10, 4),
-                      lambda: [_ids(2, 3)]),
+    "Embedding": Case(lambda: nn.Embedding(10, 4, padding_idx=0), lambda: mnn.Embedding(10, 4), lambda: [_ids(2, 3)]),
     # convolutions (stride, padding, dilation, groups where MLX has them)
-    "Conv1d groups": _image(lambda: nn.Conv1d(4, 6, 3, padding=1, groups=2),
-                            lambda: mnn.Conv1d(4, 6, 3, padding=1, groups=2), (2, 4, 9)),
-    "Conv1d stride dilation": _image(lambda: nn.Conv1d(3, 5, 3, stride=2, dilation=2, bias=False),
-                                     lambda: mnn.Conv1d(3, 5, 3, stride=2, dilation=2, bias=False), (2, 3, 15)),
-    "Conv2d": _image(lambda: nn.Conv2d(3, 5, (3, 2), stride=2), lambda: mnn.Conv2d(3, 5, (3, 2), stride=2),
-                     (2, 3, 8, 7)),
+    "Conv1d groups": _image(
+        lambda: nn.Conv1d(4, 6, 3, padding=1, groups=2), lambda: mnn.Conv1d(4, 6, 3, padding=1, groups=2), (2, 4, 9)
+    ),
+    "Conv1d stride dilation": _image(
+        lambda: nn.Conv1d(3, 5, 3, stride=2, dilation=2, bias=False),
+        lambda: mnn.Conv1d(3, 5, 3, stride=2, dilation=2, bias=False),
+        (2, 3, 15),
+    ),
+    "Conv2d": _image(
+        lambda: nn.Conv2d(3, 5, (3, 2), stride=2), lambda: mnn.Conv2d(3, 5, (3, 2), stride=2), (2, 3, 8, 7)
+    ),
     "Conv2d padding dilation groups": _image(
         lambda: nn.Conv2d(6, 9, 3, padding=2, dilation=2, groups=3),
-        lambda: mnn.Conv2d(6, 9, 3, padding=2, dilation=2, groups=3), (1, 6, 7, 8)),
+        lambda: mnn.Conv2d(6, 9, 3, padding=2, dilation=2, groups=3),
+        (1, 6, 7, 8),
+    ),
     "Conv3d": _image(lambda: nn.Conv3d(2, 3, 2), lambda: mnn.Conv3d(2, 3, 2), (1, 2, 4, 5, 3)),
     "Conv3d stride padding dilation": _image(
         lambda: nn.Conv3d(2, 4, (3, 2, 3), stride=(2, 1, 2), padding=1, dilation=(1, 2, 1)),
-        lambda: mnn.Conv3d(2, 4, (3, 2, 3), stride=(2, 1, 2), padding=1, dilation=(1, 2, 1)), (1, 2, 5, 6, 5)),
-    "ConvTranspose1d": _image(lambda: nn.ConvTranspose1d(4, 3, 3, stride=2, padding=1, output_padding=1),
-                              lambda: mnn.ConvTranspose1d(4, 3, 3, stride=2, padding=1, output_padding=1),
-                              (2, 4, 5)),
-    "ConvTranspose1d dilation": _image(lambda: nn.ConvTranspose1d(3, 2, 3, dilation=2, bias=False),
-                                       lambda: mnn.ConvTranspose1d(3, 2, 3, dilation=2, bias=False), (1, 3, 6)),
-    "ConvTranspose2d": _image(lambda: nn.ConvTranspose2d(3, 4, (2, 3), stride=2),
-                              lambda: mnn.ConvTranspose2d(3, 4, (2, 3), stride=2), (1, 3, 4, 5)),
+        lambda: mnn.Conv3d(2, 4, (3, 2, 3), stride=(2, 1, 2), padding=1, dilation=(1, 2, 1)),
+        (1, 2, 5, 6, 5),
+    ),
+    "ConvTranspose1d": _image(
+        lambda: nn.ConvTranspose1d(4, 3, 3, stride=2, padding=1, output_padding=1),
+        lambda: mnn.ConvTranspose1d(4, 3, 3, stride=2, padding=1, output_padding=1),
+        (2, 4, 5),
+    ),
+    "ConvTranspose1d dilation": _image(
+        lambda: nn.ConvTranspose1d(3, 2, 3, dilation=2, bias=False),
+        lambda: mnn.ConvTranspose1d(3, 2, 3, dilation=2, bias=False),
+        (1, 3, 6),
+    ),
+    "ConvTranspose2d": _image(
+        lambda: nn.ConvTranspose2d(3, 4, (2, 3), stride=2),
+        lambda: mnn.ConvTranspose2d(3, 4, (2, 3), stride=2),
+        (1, 3, 4, 5),
+    ),
     "ConvTranspose2d padding dilation": _image(
         lambda: nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, dilation=2, output_padding=1),
-        lambda: mnn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, dilation=2, output_padding=1), (2, 3, 4, 4)),
-    "ConvTranspose3d": _image(lambda: nn.ConvTranspose3d(2, 3, 2, stride=2),
-                              lambda: mnn.ConvTranspose3d(2, 3, 2, stride=2), (1, 2, 3, 2, 3)),
-    "ConvTranspose3d padding": _image(lambda: nn.ConvTranspose3d(2, 3, 3, stride=2, padding=1, output_padding=1),
-                                      lambda: mnn.ConvTranspose3d(2, 3, 3, stride=2, padding=1, output_padding=1),
-                                      (1, 2, 3, 3, 2)),
+        lambda: mnn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, dilation=2, output_padding=1),
+        (2, 3, 4, 4),
+    ),
+    "ConvTranspose3d": _image(
+        lambda: nn.ConvTranspose3d(2, 3, 2, stride=2), lambda: mnn.ConvTranspose3d(2, 3, 2, stride=2), (1, 2, 3, 2, 3)
+    ),
+    "ConvTranspose3d padding": _image(
+        lambda: nn.ConvTranspose3d(2, 3, 3, stride=2, padding=1, output_padding=1),
+        lambda: mnn.ConvTranspose3d(2, 3, 3, stride=2, padding=1, output_padding=1),
+        (1, 2, 3, 3, 2),
+    ),
     # normalization
     "BatchNorm1d": _image(lambda: nn.BatchNorm1d(5), lambda: mnn.BatchNorm(5), (3, 5, 4)),
     "BatchNorm2d": _image(lambda: nn.BatchNorm2d(5), lambda: mnn.BatchNorm(5), (2, 5, 3, 3)),
-    "BatchNorm3d": Case(lambda: nn.BatchNorm3d(4), lambda: mnn.BatchNorm(4), lambda: [_x(2, 4, 2, 3, 2)],
-                        # MLX BatchNorm takes at most 4-D input: the spatial axes flattened and restored
-                        call_m=lambda m, x: m(x.reshape(x.shape[0], -1, x.shape[-1])).reshape(x.shape), image=True),
+    "BatchNorm3d": Case(
+        lambda: nn.BatchNorm3d(4),
+        lambda: mnn.BatchNorm(4),
+        lambda: [_x(2, 4, 2, 3, 2)],
+        # MLX BatchNorm takes at most 4-D input: the spatial axes flattened and restored
+        call_m=lambda m, x: m(x.reshape(x.shape[0], -1, x.shape[-1])).reshape(x.shape),
+        image=True,
+    ),
     "SyncBatchNorm": _image(lambda: nn.SyncBatchNorm(5), lambda: mnn.BatchNorm(5), (2, 5, 3, 3)),
     "LayerNorm": Case(lambda: nn.LayerNorm(6), lambda: mnn.LayerNorm(6), lambda: [_x(3, 6)]),
-    "LayerNorm no bias": Case(lambda: nn.LayerNorm(6, bias=False, eps=1e-6),
-                              lambda: mnn.LayerNorm(6, eps=1e-6, bias=False), lambda: [_x(2, 3, 6)]),
+    "LayerNorm no bias": Case(
+        lambda: nn.LayerNorm(6, bias=False, eps=1e-6),
+        lambda: mnn.LayerNorm(6, eps=1e-6, bias=False),
+        lambda: [_x(2, 3, 6)],
+    ),
     "RMSNorm": Case(lambda: nn.RMSNorm(6, eps=1e-5), lambda: mnn.RMSNorm(6, eps=1e-5), lambda: [_x(3, 6)]),
-    "GroupNorm": _image(lambda: nn.GroupNorm(2, 6), lambda: mnn.GroupNorm(2, 6, pytorch_compatible=True),
-                        (2, 6, 4, 4)),
-    "InstanceNorm1d": _image(lambda: nn.InstanceNorm1d(4, affine=True), lambda: mnn.InstanceNorm(4, affine=True),
-                             (2, 4, 7)),
-    "InstanceNorm2d": _image(lambda: nn.InstanceNorm2d(4, affine=True), lambda: mnn.InstanceNorm(4, affine=True),
-                             (2, 4, 5, 5)),
-    "InstanceNorm3d": _image(lambda: nn.InstanceNorm3d(3, affine=True), lambda: mnn.InstanceNorm(3, affine=True),
-                             (2, 3, 3, 4, 2)),
+    "GroupNorm": _image(lambda: nn.GroupNorm(2, 6), lambda: mnn.GroupNorm(2, 6, pytorch_compatible=True), (2, 6, 4, 4)),
+    "InstanceNorm1d": _image(
+        lambda: nn.InstanceNorm1d(4, affine=True), lambda: mnn.InstanceNorm(4, affine=True), (2, 4, 7)
+    ),
+    "InstanceNorm2d": _image(
+        lambda: nn.InstanceNorm2d(4, affine=True), lambda: mnn.InstanceNorm(4, affine=True), (2, 4, 5, 5)
+    ),
+    "InstanceNorm3d": _image(
+        lambda: nn.InstanceNorm3d(3, affine=True), lambda: mnn.InstanceNorm(3, affine=True), (2, 3, 3, 4, 2)
+    ),
     "PReLU": Case(lambda: nn.PReLU(), lambda: mnn.PReLU(), lambda: [_x(3, 5)]),
     "PReLU per channel": _image(lambda: nn.PReLU(5), lambda: mnn.PReLU(5), (2, 5, 3, 3)),
     # attention and transformer blocks
-    "MultiheadAttention": Case(lambda: nn.MultiheadAttention(16, 4, batch_first=True),
-                               lambda: mnn.MultiHeadAttention(16, 4, bias=True),
-                               lambda: [_x(2, 5, 16), _x(2, 7, 16)],
-                               lambda m, q, kv: m(q, kv, kv, need_weights=False)[0], lambda m, q, kv: m(q, kv, kv)),
-    "MultiheadAttention no bias": Case(lambda: nn.MultiheadAttention(8, 2, bias=False, batch_first=True),
-                                       lambda: mnn.MultiHeadAttention(8, 2, bias=False), lambda: [_x(2, 5, 8)],
-                                       lambda m, x: m(x, x, x, need_weights=False)[0], lambda m, x: m(x, x, x)),
+    "MultiheadAttention": Case(
+        lambda: nn.MultiheadAttention(16, 4, batch_first=True),
+        lambda: mnn.MultiHeadAttention(16, 4, bias=True),
+        lambda: [_x(2, 5, 16), _x(2, 7, 16)],
+        lambda m, q, kv: m(q, kv, kv, need_weights=False)[0],
+        lambda m, q, kv: m(q, kv, kv),
+    ),
+    "MultiheadAttention no bias": Case(
+        lambda: nn.MultiheadAttention(8, 2, bias=False, batch_first=True),
+        lambda: mnn.MultiHeadAttention(8, 2, bias=False),
+        lambda: [_x(2, 5, 8)],
+        lambda m, x: m(x, x, x, need_weights=False)[0],
+        lambda m, x: m(x, x, x),
+    ),
     "MultiheadAttention sequence first": Case(
-        lambda: nn.MultiheadAttention(8, 2), lambda: mnn.MultiHeadAttention(8, 2, bias=True), lambda: [_x(5, 2, 8)],
+        lambda: nn.MultiheadAttention(8, 2),
+        lambda: mnn.MultiHeadAttention(8, 2, bias=True),
+        lambda: [_x(5, 2, 8)],
         lambda m, x: m(x, x, x, need_weights=False)[0].transpose(0, 1),
-        lambda m, x: m(*[x.transpose(1, 0, 2)] * 3)),
+        lambda m, x: m(*[x.transpose(1, 0, 2)] * 3),
+    ),
     "MultiheadAttention kdim/vdim": Case(
         lambda: nn.MultiheadAttention(16, 4, kdim=6, vdim=10, batch_first=True),
         lambda: mnn.MultiHeadAttention(16, 4, key_input_dims=6, value_input_dims=10, bias=True),
         lambda: [_x(2, 5, 16), _x(2, 7, 6), _x(2, 7, 10)],
-        lambda m, q, k, v: m(q, k, v, need_weights=False)[0]),
+        lambda m, q, k, v: m(q, k, v, need_weights=False)[0],
+    ),
     "TransformerEncoderLayer pre-norm": Case(
         lambda: nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True, norm_first=True),
-        lambda: _biased(mnn.TransformerEncoderLayer(16, 4, 32, norm_first=True)), lambda: [_x(2, 5, 16)],
-        call_m=lambda m, x: m(x, None)),
+        lambda: _biased(mnn.TransformerEncoderLayer(16, 4, 32, norm_first=True)),
+        lambda: [_x(2, 5, 16)],
+        call_m=lambda m, x: m(x, None),
+    ),
     "TransformerEncoderLayer post-norm": Case(
         lambda: nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True),
-        lambda: _biased(mnn.TransformerEncoderLayer(16, 4, 32, norm_first=False)), lambda: [_x(2, 5, 16)],
-        call_m=lambda m, x: m(x, None)),
+        lambda: _biased(mnn.TransformerEncoderLayer(16, 4, 32, norm_first=False)),
+        lambda: [_x(2, 5, 16)],
+        call_m=lambda m, x: m(x, None),
+    ),
     "TransformerDecoderLayer pre-norm": Case(
         lambda: nn.TransformerDecoderLayer(16, 4, 32, dropout=0.0, batch_first=True, norm_first=True),
         lambda: _biased(mnn.TransformerDecoderLayer(16, 4, 32, norm_first=True)),
-        lambda: [_x(2, 5, 16), _x(2, 6, 16)], call_m=lambda m, x, mem: m(x, mem, None, None)),
+        lambda: [_x(2, 5, 16), _x(2, 6, 16)],
+        call_m=lambda m, x, mem: m(x, mem, None, None),
+    ),
     "TransformerDecoderLayer post-norm": Case(
         lambda: nn.TransformerDecoderLayer(16, 4, 32, dropout=0.0, batch_first=True),
         lambda: _biased(mnn.TransformerDecoderLayer(16, 4, 32, norm_first=False)),
-        lambda: [_x(2, 5, 16), _x(2, 6, 16)], call_m=lambda m, x, mem: m(x, mem, None, None)),
+        lambda: [_x(2, 5, 16), _x(2, 6, 16)],
+        call_m=lambda m, x, mem: m(x, mem, None, None),
+    ),
     "TransformerEncoder": Case(
-        lambda: nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True), 2,
-                                      norm=nn.LayerNorm(16), enable_nested_tensor=False),
-        lambda: _biased(mnn.TransformerEncoder(2, 16, 4, 32, norm_first=False)), lambda: [_x(2, 5, 16)],
-        call_m=lambda m, x: m(x, None)),
+        lambda: nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True),
+            2,
+            norm=nn.LayerNorm(16),
+            enable_nested_tensor=False,
+        ),
+        lambda: _biased(mnn.TransformerEncoder(2, 16, 4, 32, norm_first=False)),
+        lambda: [_x(2, 5, 16)],
+        call_m=lambda m, x: m(x, None),
+    ),
     "TransformerDecoder": Case(
-        lambda: nn.TransformerDecoder(nn.TransformerDecoderLayer(16, 4, 32, dropout=0.0, batch_first=True,
-                                                                 norm_first=True), 2, norm=nn.LayerNorm(16)),
+        lambda: nn.TransformerDecoder(
+            nn.TransformerDecoderLayer(16, 4, 32, dropout=0.0, batch_first=True, norm_first=True),
+            2,
+            norm=nn.LayerNorm(16),
+        ),
         lambda: _biased(mnn.TransformerDecoder(2, 16, 4, 32, norm_first=True)),
-        lambda: [_x(2, 5, 16), _x(2, 6, 16)], call_m=lambda m, x, mem: m(x, mem, None, None)),
+        lambda: [_x(2, 5, 16), _x(2, 6, 16)],
+        call_m=lambda m, x, mem: m(x, mem, None, None),
+    ),
     "Transformer": Case(
         lambda: nn.Transformer(16, 4, 1, 1, 32, dropout=0.0, batch_first=True),
         lambda: _biased(mnn.Transformer(16, 4, 1, 1, 32, norm_first=False)),
-        lambda: [_x(2, 5, 16), _x(2, 4, 16)], call_m=lambda m, s, t: m(s, t, None, None, None)),
+        lambda: [_x(2, 5, 16), _x(2, 4, 16)],
+        call_m=lambda m, s, t: m(s, t, None, None, None),
+    ),
     # recurrent: MLX takes batch-first input and has one layer per module
-    "LSTM": Case(lambda: nn.LSTM(4, 8, batch_first=True), lambda: mnn.LSTM(4, 8), lambda: [_x(2, 5, 4)],
-                 lambda m, x: m(x)[0], lambda m, x: m(x)[0]),
-    "LSTM 2 layers": Case(lambda: nn.LSTM(4, 8, num_layers=2, batch_first=True),
-                          lambda: _Stack(mnn.LSTM(4, 8), mnn.LSTM(8, 8)), lambda: [_x(2, 5, 4)],
-                          lambda m, x: m(x)[0]),
-    "GRU": Case(lambda: nn.GRU(4, 8, batch_first=True), lambda: mnn.GRU(4, 8), lambda: [_x(2, 5, 4)],
-                lambda m, x: m(x)[0]),
-    "GRU 2 layers": Case(lambda: nn.GRU(4, 8, num_layers=2, batch_first=True),
-                         lambda: _Stack(mnn.GRU(4, 8), mnn.GRU(8, 8)), lambda: [_x(2, 5, 4)], lambda m, x: m(x)[0]),
-    "RNN relu": Case(lambda: nn.RNN(4, 8, nonlinearity="relu", batch_first=True),
-                     lambda: mnn.RNN(4, 8, nonlinearity=mnn.relu), lambda: [_x(2, 5, 4)], lambda m, x: m(x)[0]),
-    "RNN 2 layers": Case(lambda: nn.RNN(4, 8, num_layers=2, batch_first=True),
-                         lambda: _Stack(mnn.RNN(4, 8), mnn.RNN(8, 8)), lambda: [_x(2, 5, 4)], lambda m, x: m(x)[0]),
-    "LSTMCell": Case(lambda: nn.LSTMCell(4, 8), lambda: mnn.LSTM(4, 8), lambda: [_x(3, 4), _x(3, 8), _x(3, 8)],
-                     lambda m, x, h, c: m(x, (h, c))[0],
-                     lambda m, x, h, c: m(x[:, None], hidden=h, cell=c)[0][:, 0]),
-    "GRUCell": Case(lambda: nn.GRUCell(4, 8), lambda: mnn.GRU(4, 8), lambda: [_x(3, 4), _x(3, 8)],
-                    call_m=lambda m, x, h: m(x[:, None], hidden=h)[:, 0]),
-    "RNNCell": Case(lambda: nn.RNNCell(4, 8), lambda: mnn.RNN(4, 8), lambda: [_x(3, 4), _x(3, 8)],
-                    call_m=lambda m, x, h: m(x[:, None], hidden=h)[:, 0]),
+    "LSTM": Case(
+        lambda: nn.LSTM(4, 8, batch_first=True),
+        lambda: mnn.LSTM(4, 8),
+        lambda: [_x(2, 5, 4)],
+        lambda m, x: m(x)[0],
+        lambda m, x: m(x)[0],
+    ),
+    "LSTM 2 layers": Case(
+        lambda: nn.LSTM(4, 8, num_layers=2, batch_first=True),
+        lambda: _Stack(mnn.LSTM(4, 8), mnn.LSTM(8, 8)),
+        lambda: [_x(2, 5, 4)],
+        lambda m, x: m(x)[0],
+    ),
+    "GRU": Case(
+        lambda: nn.GRU(4, 8, batch_first=True), lambda: mnn.GRU(4, 8), lambda: [_x(2, 5, 4)], lambda m, x: m(x)[0]
+    ),
+    "GRU 2 layers": Case(
+        lambda: nn.GRU(4, 8, num_layers=2, batch_first=True),
+        lambda: _Stack(mnn.GRU(4, 8), mnn.GRU(8, 8)),
+        lambda: [_x(2, 5, 4)],
+        lambda m, x: m(x)[0],
+    ),
+    "RNN relu": Case(
+        lambda: nn.RNN(4, 8, nonlinearity="relu", batch_first=True),
+        lambda: mnn.RNN(4, 8, nonlinearity=mnn.relu),
+        lambda: [_x(2, 5, 4)],
+        lambda m, x: m(x)[0],
+    ),
+    "RNN 2 layers": Case(
+        lambda: nn.RNN(4, 8, num_layers=2, batch_first=True),
+        lambda: _Stack(mnn.RNN(4, 8), mnn.RNN(8, 8)),
+        lambda: [_x(2, 5, 4)],
+        lambda m, x: m(x)[0],
+    ),
+    "LSTMCell": Case(
+        lambda: nn.LSTMCell(4, 8),
+        lambda: mnn.LSTM(4, 8),
+        lambda: [_x(3, 4), _x(3, 8), _x(3, 8)],
+        lambda m, x, h, c: m(x, (h, c))[0],
+        lambda m, x, h, c: m(x[:, None], hidden=h, cell=c)[0][:, 0],
+    ),
+    "GRUCell": Case(
+        lambda: nn.GRUCell(4, 8),
+        lambda: mnn.GRU(4, 8),
+        lambda: [_x(3, 4), _x(3, 8)],
+        call_m=lambda m, x, h: m(x[:, None], hidden=h)[:, 0],
+    ),
+    "RNNCell": Case(
+        lambda: nn.RNNCell(4, 8),
+        lambda: mnn.RNN(4, 8),
+        lambda: [_x(3, 4), _x(3, 8)],
+        call_m=lambda m, x, h: m(x[:, None], hidden=h)[:, 0],
+    ),
     # weight_norm folds into the weight
-    "Conv1d weight_norm": _image(lambda: nn.utils.parametrizations.weight_norm(nn.Conv1d(3, 4, 5, padding=2), dim=2),
-                                 lambda: mnn.Conv1d(3, 4, 5, padding=2), (2, 3, 8)),
+    "Conv1d weight_norm": _image(
+        lambda: nn.utils.parametrizations.weight_norm(nn.Conv1d(3, 4, 5, padding=2), dim=2),
+        lambda: mnn.Conv1d(3, 4, 5, padding=2),
+        (2, 3, 8),
+    ),
     # transformers leaf types and the families recognised by name
-    "transformers Conv1D": Case(lambda: _transformers("transformers.pytorch_utils.Conv1D")(5, 6),
-                                lambda: mnn.Linear(6, 5), lambda: [_x(2, 3, 6)]),
+    "transformers Conv1D": Case(
+        lambda: _transformers("transformers.pytorch_utils.Conv1D")(5, 6),
+        lambda: mnn.Linear(6, 5),
+        lambda: [_x(2, 3, 6)],
+    ),
     "transformers T5LayerNorm": Case(
         lambda: _transformers("transformers.models.t5.modeling_t5.T5LayerNorm")(6, eps=1e-6),
-        lambda: mnn.RMSNorm(6, eps=1e-6), lambda: [_x(2, 3, 6)]),
+        lambda: mnn.RMSNorm(6, eps=1e-6),
+        lambda: [_x(2, 3, 6)],
+    ),
     "transformers BartLearnedPositionalEmbedding": Case(
         lambda: _transformers("transformers.models.bart.modeling_bart.BartLearnedPositionalEmbedding")(8, 4),
-        lambda: mnn.Embedding(10, 4), lambda: [_ids(2, 5)],
-        call_m=lambda m, ids: m(mx.broadcast_to(mx.arange(ids.shape[1]) + 2, ids.shape))),
+        lambda: mnn.Embedding(10, 4),
+        lambda: [_ids(2, 5)],
+        call_m=lambda m, ids: m(mx.broadcast_to(mx.arange(ids.shape[1]) + 2, ids.shape)),
+    ),
     "transformers OPTLearnedPositionalEmbedding": Case(
         lambda: _transformers("transformers.models.opt.modeling_opt.OPTLearnedPositionalEmbedding")(8, 4),
-        lambda: mnn.Embedding(10, 4), lambda: [np.ones((2, 5), np.int64)],
-        call_m=lambda m, mask: m(mx.cumsum(mask, axis=1) - 1 + 2)),
+        lambda: mnn.Embedding(10, 4),
+        lambda: [np.ones((2, 5), np.int64)],
+        call_m=lambda m, mask: m(mx.cumsum(mask, axis=1) - 1 + 2),
+    ),
     "transformers *RMSNorm family": Case(
         lambda: _transformers("transformers.models.llama.modeling_llama.LlamaRMSNorm")(6, eps=1e-6),
-        lambda: mnn.RMSNorm(6, eps=1e-6), lambda: [_x(2, 3, 6)]),
+        lambda: mnn.RMSNorm(6, eps=1e-6),
+        lambda: [_x(2, 3, 6)],
+    ),
     "transformers *LayerNorm family": Case(
         lambda: _transformers("transformers.models.cohere.modeling_cohere.CohereLayerNorm")(6, eps=1e-5),
-        lambda: mnn.LayerNorm(6, eps=1e-5, bias=False), lambda: [_x(2, 3, 6)]),
+        lambda: mnn.LayerNorm(6, eps=1e-5, bias=False),
+        lambda: [_x(2, 3, 6)],
+    ),
     "transformers T5-style *LayerNorm (an RMSNorm)": Case(
         lambda: _transformers("transformers.models.mt5.modeling_mt5.MT5LayerNorm")(6, eps=1e-6),
-        lambda: mnn.RMSNorm(6, eps=1e-6), lambda: [_x(2, 3, 6)]),
+        lambda: mnn.RMSNorm(6, eps=1e-6),
+        lambda: [_x(2, 3, 6)],
+    ),
     "transformers *LayerNorm family channels-first": _image(
         lambda: _transformers("transformers.models.vitdet.modeling_vitdet.VitDetLayerNorm")(6),
-        lambda: mnn.LayerNorm(6, eps=1e-6), (2, 6, 3, 3)),
+        lambda: mnn.LayerNorm(6, eps=1e-6),
+        (2, 6, 3, 3),
+    ),
     "transformers *Embedding family": Case(_family_embedding, lambda: mnn.Embedding(10, 4), lambda: [_ids(2, 3)]),
-    "transformers *Router family": Case(_gpt_oss_router, lambda: mnn.Linear(8, 6), lambda: [_x(5, 8)],
-                                        lambda m, x: m(x)[0]),
-    "transformers *Router family no bias": Case(_mixtral_router, lambda: mnn.Linear(8, 6, bias=False),
-                                                lambda: [_x(5, 8)], lambda m, x: m(x)[0]),
+    "transformers *Router family": Case(
+        _gpt_oss_router, lambda: mnn.Linear(8, 6), lambda: [_x(5, 8)], lambda m, x: m(x)[0]
+    ),
+    "transformers *Router family no bias": Case(
+        _mixtral_router, lambda: mnn.Linear(8, 6, bias=False), lambda: [_x(5, 8)], lambda m, x: m(x)[0]
+    ),
 }
 
 # Registry entries with weights that no mlx.nn layer can load, and why (every other one needs a case above).
@@ -339,7 +466,7 @@ def test_mlx_layer_computes_what_torch_computes(name, tmp_path):
     t = _randomize(case.torch())
     path = tmp_path / "x.safetensors"
     res = torch2mlx.convert(t, path)
-    assert res.plan.rules_by_source() == {"model": len(res.plan.ops)}     # every rule from the registry
+    assert res.plan.rules_by_source() == {"model": len(res.plan.ops)}  # every rule from the registry
     assert {n for n, _ in res.plan.dropped} == {k for k in t.state_dict() if k.endswith("num_batches_tracked")}
     m = case.mlx()
     m.load_weights(list(torch2mlx.load_converted(path).items()), strict=True)
@@ -372,8 +499,9 @@ def test_every_registry_layer_with_weights_has_a_case():
     exercised = set()
     for case in CASES.values():
         exercised |= {u.key for u in torch2mlx.analyze(case.torch()).layers}
-    required = {l.torch for l in registry.LAYERS if l.supported and l.kind not in WEIGHTLESS_KINDS
-                and l.torch not in WEIGHTLESS} | {"torch.nn.PReLU"}
+    required = {
+        l.torch for l in registry.LAYERS if l.supported and l.kind not in WEIGHTLESS_KINDS and l.torch not in WEIGHTLESS
+    } | {"torch.nn.PReLU"}
     required |= {f.layer.torch for f in registry.FAMILIES} - set(NOT_MLX_NN)
     assert required - exercised == set()
 
@@ -388,5 +516,6 @@ def test_a_layernorm_by_name_that_subtracts_no_mean_is_an_rmsnorm():
     mt5 = _transformers("transformers.models.mt5.modeling_mt5.MT5LayerNorm")(6)
     cohere = _transformers("transformers.models.cohere.modeling_cohere.CohereLayerNorm")(6)
     assert [(u.key, u.mlx) for u in torch2mlx.analyze(mt5).layers] == [("transformers *RMSNorm", "mlx.nn.RMSNorm")]
-    assert [(u.key, u.mlx) for u in torch2mlx.analyze(cohere).layers] == [("transformers *LayerNorm",
-                                                                          "mlx.nn.LayerNorm")]
+    assert [(u.key, u.mlx) for u in torch2mlx.analyze(cohere).layers] == [
+        ("transformers *LayerNorm", "mlx.nn.LayerNorm")
+    ]

@@ -1,4 +1,5 @@
 """Every number in a conversion report is what THIS run read and wrote, and each tensor is reported once."""
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,7 @@ def test_transform_that_drops_half_reports_the_bytes_it_wrote(qwen2, tmp_path):
     assert d["tensors_out"] == len(kept) and set(read_json(out / INDEX)["weight_map"]) == set(kept)
     written = sum(sd[n].numel() * sd[n].element_size() for n in kept)
     assert d["bytes_out"] == written == read_json(out / INDEX)["metadata"]["total_size"]
-    assert d["bytes_in"] == _source_bytes(src)       # every tensor was read to be handed to the transform
+    assert d["bytes_in"] == _source_bytes(src)  # every tensor was read to be handed to the transform
     assert f", {human_bytes(written)} out," in res.report()
 
 
@@ -80,8 +81,10 @@ def test_resumed_run_counts_only_what_it_converted(qwen2, tmp_path):
     assert (d["bytes_in"], d["bytes_out"]) == (want_in, want_out) and want_in < _source_bytes(src)
     assert d["mib_per_s"] == round(want_in / 2**20 / res.seconds, 1)
     line = res.report().splitlines()[1]
-    assert line.startswith(f"{human_bytes(want_in)} in, {human_bytes(want_out)} out") \
-        and f"{n - 2} reused shard(s) not counted" in line, line
+    assert (
+        line.startswith(f"{human_bytes(want_in)} in, {human_bytes(want_out)} out")
+        and f"{n - 2} reused shard(s) not counted" in line
+    ), line
     assert set(read_json(out / MANIFEST)["shards"]) == {s.file for s in res.plan.shards}
 
 
@@ -92,8 +95,11 @@ def test_tied_head_dropped_is_not_also_warned_about(qwen2, tmp_path):
     d = tmp_path / "with-head"
     d.mkdir()
     shutil.copy(src / "config.json", d / "config.json")
-    save_file({**sd, "lm_head.weight": sd["model.embed_tokens.weight"].clone()}, str(d / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {**sd, "lm_head.weight": sd["model.embed_tokens.weight"].clone()},
+        str(d / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     rep = _report(run_cli("stream", d, tmp_path / "out", "--model", "transformers:Qwen2Model", "--json"))
     assert [x["source"] for x in rep["dropped"]] == ["lm_head.weight"]
     assert not [w for w in rep["warnings"] if "lm_head" in w], rep["warnings"]
@@ -102,12 +108,13 @@ def test_tied_head_dropped_is_not_also_warned_about(qwen2, tmp_path):
 def test_float8_scales_folded_in_are_counted_as_read(tmp_path):
     """A float8 weight's scale is read (and folded in, not written): it is part of the bytes in."""
     from test_fp8_stream import raw_checkpoint
+
     t, _ = raw_checkpoint()
     src = tmp_path / "src"
     src.mkdir()
     save_file({n: x.contiguous() for n, x in t.items()}, str(src / "model.safetensors"))
     (src / "config.json").write_text(json.dumps({"model_type": "toy"}))
     res = stream.convert(src, tmp_path / "out", model=False)
-    assert "blk.c.input_scale" in {n for n, _ in res.plan.dropped}     # an activation scale: never read
+    assert "blk.c.input_scale" in {n for n, _ in res.plan.dropped}  # an activation scale: never read
     read = sum(x.numel() * x.element_size() for n, x in t.items() if n != "blk.c.input_scale")
     assert res.to_dict()["bytes_in"] == read

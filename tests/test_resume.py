@@ -4,6 +4,7 @@ The resumed output must be byte-identical to an uninterrupted run, shards finish
 before the crash must not be rewritten, a killed run must never leave an index,
 and a shard is trusted only when its size and sha256 match the manifest.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,8 +54,9 @@ def _shards(out: Path) -> list[Path]:
 
 def _kill_when(source: Path, out: Path, finished: int) -> None:
     """Start a conversion and SIGKILL it once ``finished`` shards have their final names."""
-    proc = subprocess.Popen(T2MLX + ["stream", str(source), str(out)] + OPTS,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        T2MLX + ["stream", str(source), str(out)] + OPTS, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
         if out.exists() and len(_shards(out)) >= finished:
@@ -77,7 +79,7 @@ def test_killed_run_resumes_to_identical_output(source, reference, tmp_path, fin
     proc = run_cli("stream", source, out, *OPTS, "--resume")
     assert proc.returncode == 0, proc.stderr
     assert _files(out) == reference
-    for name, stamp in before.items():     # a finished shard is reused, not rewritten
+    for name, stamp in before.items():  # a finished shard is reused, not rewritten
         p = out / name
         assert (p.stat().st_ino, p.stat().st_mtime_ns) == stamp, name
     assert not list(out.glob(".*.tmp")), "stale temporaries survived the resume"
@@ -89,7 +91,7 @@ def test_a_damaged_shard_is_redone(source, reference, tmp_path):
     out = tmp_path / "out"
     _kill_when(source, out, 3)
     victim = _shards(out)[1]
-    with open(victim, "r+b") as f:            # same size, different bytes: only the hash can tell
+    with open(victim, "r+b") as f:  # same size, different bytes: only the hash can tell
         f.seek(-4, 2)
         f.write(b"\xde\xad\xbe\xef")
     proc = run_cli("stream", source, out, *OPTS, "--resume")
@@ -101,8 +103,9 @@ def test_a_damaged_shard_is_redone(source, reference, tmp_path):
 def test_resume_refuses_another_plan(source, tmp_path):
     out = tmp_path / "out"
     _kill_when(source, out, 2)
-    proc = run_cli("stream", source, out, "--dtype", "bfloat16", "--max-shard-size", SHARD, "--quiet",
-                   "--no-model", "--resume")
+    proc = run_cli(
+        "stream", source, out, "--dtype", "bfloat16", "--max-shard-size", SHARD, "--quiet", "--no-model", "--resume"
+    )
     assert_one_error(proc, "different plan")
     assert not (out / INDEX).exists()
 

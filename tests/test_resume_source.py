@@ -5,6 +5,7 @@ one with the same header and other values: resuming would finish the output from
 new file after shards made from the old one. The manifest records each source file's
 size, mtime and inode, and ``--resume`` and ``verify --quick`` compare them.
 """
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,12 @@ def _shards(out: Path) -> list[Path]:
 
 
 def _start(source: Path, out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(T2MLX + ["stream", str(source), str(out)] + OPTS + list(extra),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        T2MLX + ["stream", str(source), str(out)] + OPTS + list(extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for(proc: subprocess.Popen, out: Path, finished: int) -> None:
@@ -133,8 +138,11 @@ def test_resume_refuses_a_source_shard_replaced_with_the_same_header(source, tmp
     _replace_same_header(source / SECOND, seed=7)
     before = _stamps(out)
     proc = run_cli("stream", source, out, *OPTS, "--resume")
-    assert_one_error(proc, f"--resume: {source}/{SECOND} changed since the interrupted run (mtime/inode); "
-                           "rerun with --overwrite to convert afresh")
+    assert_one_error(
+        proc,
+        f"--resume: {source}/{SECOND} changed since the interrupted run (mtime/inode); "
+        "rerun with --overwrite to convert afresh",
+    )
     assert _stamps(out) == before, "a refused resume changed OUT"
     assert not (out / INDEX).exists()
 
@@ -152,14 +160,15 @@ def test_a_rewrite_that_restores_size_and_mtime_is_caught_by_its_inode(source, t
     first = source / "model-00001-of-00002.safetensors"
     _replace_same_header(first, seed=9, keep_mtime=True)
     proc = run_cli("stream", source, out, *OPTS, "--resume")
-    assert_one_error(proc, f"--resume: {first} changed since the interrupted run (inode); "
-                           "rerun with --overwrite to convert afresh")
+    assert_one_error(
+        proc, f"--resume: {first} changed since the interrupted run (inode); rerun with --overwrite to convert afresh"
+    )
 
 
 def test_an_in_place_rewrite_restoring_size_mtime_and_inode_is_only_seen_by_a_full_verify(source, tmp_path):
     """The documented limit: nothing cheap tells such a file apart; ``verify`` (values) does."""
     out = tmp_path / "out"
-    for f in source.glob("model-*.safetensors"):     # inodes of their own: the shared ones stay intact
+    for f in source.glob("model-*.safetensors"):  # inodes of their own: the shared ones stay intact
         shutil.copyfile(f, f.with_name("own"))
         os.replace(f.with_name("own"), f)
     _kill_when(source, out, 2)
@@ -172,8 +181,11 @@ def test_an_in_place_rewrite_restoring_size_mtime_and_inode_is_only_seen_by_a_fu
     with open(victim, "r+b") as f:
         f.write(safetensors_save(tensors))
     os.utime(victim, ns=(old.st_atime_ns, old.st_mtime_ns))
-    assert (victim.stat().st_ino, victim.stat().st_size, victim.stat().st_mtime_ns) == \
-        (old.st_ino, old.st_size, old.st_mtime_ns)
+    assert (victim.stat().st_ino, victim.stat().st_size, victim.stat().st_mtime_ns) == (
+        old.st_ino,
+        old.st_size,
+        old.st_mtime_ns,
+    )
     proc = run_cli("stream", source, out, *OPTS, "--resume")
     assert proc.returncode == 0, proc.stderr
     quick = run_cli("verify", source, out, "--quick")
@@ -189,8 +201,11 @@ def test_resume_of_a_complete_output_refuses_a_changed_source(source, tmp_path):
     _replace_same_header(source / SECOND, seed=3)
     before = _stamps(out)
     proc = run_cli("stream", source, out, *OPTS, "--resume")
-    assert_one_error(proc, f"--resume: {source}/{SECOND} changed since {out} was converted (mtime/inode); "
-                           "rerun with --overwrite to convert afresh")
+    assert_one_error(
+        proc,
+        f"--resume: {source}/{SECOND} changed since {out} was converted (mtime/inode); "
+        "rerun with --overwrite to convert afresh",
+    )
     assert _stamps(out) == before
 
 
@@ -201,9 +216,11 @@ def test_verify_quick_reports_a_source_changed_since_the_conversion(source, tmp_
     _replace_same_header(source / SECOND, seed=5)
     proc = run_cli("verify", source, out, "--quick")
     assert proc.returncode == 1, proc.stdout
-    assert f"{source}/{SECOND}: changed since this output was made (mtime/inode); --quick compares no values" \
+    assert (
+        f"{source}/{SECOND}: changed since this output was made (mtime/inode); --quick compares no values"
         in proc.stdout
-    full = run_cli("verify", source, out)          # values: the second file's tensors all differ now
+    )
+    full = run_cli("verify", source, out)  # values: the second file's tensors all differ now
     assert full.returncode == 1
     assert "changed since this output was made" in full.stdout
     assert "layers.8.weight differs" in full.stdout and "layers.0.weight differs" not in full.stdout
@@ -229,6 +246,7 @@ def test_the_manifest_records_each_source_file(source, tmp_path):
 
 # ------------------------------------------------------------------ Ctrl-C and the way back (issue 15, item 6)
 
+
 def test_ctrl_c_names_the_command_that_resumes(source, tmp_path):
     out = tmp_path / "out"
     proc = _start(source, out, "--overwrite")
@@ -238,9 +256,12 @@ def test_ctrl_c_names_the_command_that_resumes(source, tmp_path):
     assert proc.returncode == 130, err
     cmd = ["python", "-m", "torch2mlx", "stream", str(source), str(out)] + OPTS + ["--resume"]
     (line,) = err.strip().splitlines()
-    assert re.fullmatch(r"error: interrupted \((\d+) of (\d+) shard\(s\) finished and kept in .*, no index\); "
-                        r"continue it with: " + re.escape(" ".join(cmd)), line), line
-    again = subprocess.run(T2MLX + cmd[3:], capture_output=True, text=True)   # the printed command, as printed
+    assert re.fullmatch(
+        r"error: interrupted \((\d+) of (\d+) shard\(s\) finished and kept in .*, no index\); "
+        r"continue it with: " + re.escape(" ".join(cmd)),
+        line,
+    ), line
+    again = subprocess.run(T2MLX + cmd[3:], capture_output=True, text=True)  # the printed command, as printed
     assert again.returncode == 0, again.stderr
     assert "resume: reusing" in again.stdout
     assert run_cli("verify", source, out).returncode == 0
@@ -251,8 +272,11 @@ def test_rerun_without_resume_over_an_interrupted_run_says_resume(source, tmp_pa
     _kill_when(source, out, 1)
     before = _stamps(out)
     proc = run_cli("stream", source, out, *OPTS)
-    assert_one_error(proc, f"{out}: holds an interrupted run of this conversion: add --resume to continue it "
-                           "(or --overwrite to start over)")
+    assert_one_error(
+        proc,
+        f"{out}: holds an interrupted run of this conversion: add --resume to continue it "
+        "(or --overwrite to start over)",
+    )
     assert _stamps(out) == before
     # Another plan over the same leftovers is not this conversion: the usual refusal.
     proc = run_cli("stream", source, out, "--dtype", "bfloat16", "--max-shard-size", SHARD, "--quiet", "--no-model")
@@ -264,8 +288,11 @@ def test_rerun_over_an_interrupted_run_of_a_changed_source_says_overwrite(source
     _kill_when(source, out, 1)
     _replace_same_header(source / SECOND, seed=11)
     proc = run_cli("stream", source, out, *OPTS)
-    assert_one_error(proc, f"{out}: holds an interrupted run of this conversion, but {source}/{SECOND} changed "
-                           "since (mtime/inode): use --overwrite to start over")
+    assert_one_error(
+        proc,
+        f"{out}: holds an interrupted run of this conversion, but {source}/{SECOND} changed "
+        "since (mtime/inode): use --overwrite to start over",
+    )
 
 
 def test_a_run_interrupted_before_its_first_shard_is_known_as_one(source, tmp_path):
@@ -285,11 +312,12 @@ def test_a_run_interrupted_before_its_first_shard_is_known_as_one(source, tmp_pa
 
 # ------------------------------------------------------------------ a source truncated mid-copy (issue 25, item 7)
 
+
 @pytest.mark.parametrize("kernel_copy", [True, False])
 def test_a_source_truncated_during_a_copy_is_named(tmp_path, monkeypatch, kernel_copy):
     src = tmp_path / "model.safetensors"
     save_file({"a": np.arange(1 << 20, dtype=np.float32), "b": np.ones(1 << 20, dtype=np.float32)}, str(src))
-    ck = open_checkpoint(src)           # headers read; the file shrinks before the copy
+    ck = open_checkpoint(src)  # headers read; the file shrinks before the copy
     os.truncate(src, src.stat().st_size - (3 << 20))
     if not kernel_copy:
         monkeypatch.delattr(os, "copy_file_range", raising=False)
@@ -298,7 +326,7 @@ def test_a_source_truncated_during_a_copy_is_named(tmp_path, monkeypatch, kernel
     out = tmp_path / "out"
     with pytest.raises(Torch2MLXError) as e:
         torch2mlx.stream.convert(ck, out, model=False)
-    assert str(e.value).startswith(f"{src}: ended during a copy (truncated while converting?) (")   # + what was left
+    assert str(e.value).startswith(f"{src}: ended during a copy (truncated while converting?) (")  # + what was left
     assert not (out / INDEX).exists()
     assert not list(out.glob(".*.tmp"))
 
@@ -337,8 +365,13 @@ def test_a_manifest_without_source_identity(tmp_path):
     (out / MANIFEST).write_text(json.dumps(m))
     proc = run_cli("verify", src, out, "--quick")
     assert proc.returncode == 0
-    assert "note: torch2mlx.json records no source identity: --quick cannot tell whether SRC is the checkpoint" \
+    assert (
+        "note: torch2mlx.json records no source identity: --quick cannot tell whether SRC is the checkpoint"
         in proc.stdout
+    )
     proc = run_cli("stream", src, out, "--no-model", "--quiet", "--resume")
-    assert_one_error(proc, f"--resume: {out}: its manifest records no source identity (written by an older "
-                           "torch2mlx), so a changed source cannot be ruled out; rerun with --overwrite")
+    assert_one_error(
+        proc,
+        f"--resume: {out}: its manifest records no source identity (written by an older "
+        "torch2mlx), so a changed source cannot be ruled out; rerun with --overwrite",
+    )

@@ -12,6 +12,7 @@ What is exact, precisely:
 - BatchNorm's step counter, which MLX does not keep, comes back as 0.
 Every result loads into a fresh model with ``strict=True``.
 """
+
 import json
 import os
 
@@ -55,14 +56,35 @@ def _outputs(net: Net) -> dict[str, torch.Tensor]:
     seq, img = torch.randn(2, 5, 8, generator=g), torch.randn(2, 3, 6, 6, generator=g)
     feat = torch.randn(2, 6, 5, generator=g)
     with torch.no_grad():
-        return {"emb": net.emb(torch.tensor([[1, 7, 3]])), "conv1": net.conv1(seq.transpose(1, 2)),
-                "conv2": net.conv2(img), "deconv": net.deconv(feat), "bn": net.bn(feat), "wn": net.wn(feat),
-                "lstm": net.lstm(seq)[0], "gru": net.gru(seq)[0], "mha": net.mha(seq, seq, seq)[0],
-                "bil": net.bil(seq, torch.randn(2, 5, 6, generator=g)), "fc": net.fc(feat.transpose(1, 2))}
+        return {
+            "emb": net.emb(torch.tensor([[1, 7, 3]])),
+            "conv1": net.conv1(seq.transpose(1, 2)),
+            "conv2": net.conv2(img),
+            "deconv": net.deconv(feat),
+            "bn": net.bn(feat),
+            "wn": net.wn(feat),
+            "lstm": net.lstm(seq)[0],
+            "gru": net.gru(seq)[0],
+            "mha": net.mha(seq, seq, seq)[0],
+            "bil": net.bil(seq, torch.randn(2, 5, 6, generator=g)),
+            "fc": net.fc(feat.transpose(1, 2)),
+        }
 
 
-EXACT = ("emb.", "conv1.", "conv2.", "deconv.", "mha.", "bil.", "fc.", "bn.running", "bn.weight", "bn.bias",
-         "lstm.weight", "gru.weight")
+EXACT = (
+    "emb.",
+    "conv1.",
+    "conv2.",
+    "deconv.",
+    "mha.",
+    "bil.",
+    "fc.",
+    "bn.running",
+    "bn.weight",
+    "bn.bias",
+    "lstm.weight",
+    "gru.weight",
+)
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +108,12 @@ def _check(net: Net, back: dict[str, torch.Tensor]) -> None:
         b_ih, b_hh = f"lstm.bias_ih_l{k}", f"lstm.bias_hh_l{k}"
         assert torch.equal(back[b_ih] + back[b_hh], sd[b_ih] + sd[b_hh]) and not back[b_hh].any()
     h = 6
-    assert torch.equal(back["gru.bias_hh_l0"][:2 * h], torch.zeros(2 * h))
-    assert torch.equal(back["gru.bias_hh_l0"][2 * h:], sd["gru.bias_hh_l0"][2 * h:])
-    assert torch.allclose(back["gru.bias_ih_l0"][:2 * h], sd["gru.bias_ih_l0"][:2 * h] + sd["gru.bias_hh_l0"][:2 * h])
-    assert torch.equal(back["gru.bias_ih_l0"][2 * h:], sd["gru.bias_ih_l0"][2 * h:])
+    assert torch.equal(back["gru.bias_hh_l0"][: 2 * h], torch.zeros(2 * h))
+    assert torch.equal(back["gru.bias_hh_l0"][2 * h :], sd["gru.bias_hh_l0"][2 * h :])
+    assert torch.allclose(
+        back["gru.bias_ih_l0"][: 2 * h], sd["gru.bias_ih_l0"][: 2 * h] + sd["gru.bias_hh_l0"][: 2 * h]
+    )
+    assert torch.equal(back["gru.bias_ih_l0"][2 * h :], sd["gru.bias_ih_l0"][2 * h :])
     torch.testing.assert_close(fresh.wn.weight, net.wn.weight, rtol=1e-6, atol=1e-6)
     assert fresh.bn.num_batches_tracked.item() == 0
     want, got = _outputs(net), _outputs(fresh)
@@ -113,7 +137,7 @@ def test_rules_from_the_model_class_when_there_is_no_manifest(net_and_mlx, tmp_p
         if f != MANIFEST:
             (bare / f).write_bytes((d / "mlx" / f).read_bytes())
     res = to_torch(bare, tmp_path / "back", model=f"{__name__}:Net")
-    assert {op.rule_source for op in res.plan.ops} == {"model", "default"}   # default: the restored counter
+    assert {op.rule_source for op in res.plan.ops} == {"model", "default"}  # default: the restored counter
     assert not res.plan.warnings, res.plan.warnings
     back = read_torch_output(tmp_path / "back")
     _check(net, back)
@@ -126,5 +150,13 @@ def test_rules_from_the_model_class_when_there_is_no_manifest(net_and_mlx, tmp_p
 def test_rule_counts_cover_every_kind(net_and_mlx):
     _, d = net_and_mlx
     rules = {r["rule"] for r in json.loads((d / "mlx" / MANIFEST).read_text())["tensors"].values()}
-    assert {"conv1d", "conv2d", "conv_transpose1d", "bilinear", "split", "sum", "gru_input_bias",
-            "weight_norm"} <= rules, rules
+    assert {
+        "conv1d",
+        "conv2d",
+        "conv_transpose1d",
+        "bilinear",
+        "split",
+        "sum",
+        "gru_input_bias",
+        "weight_norm",
+    } <= rules, rules

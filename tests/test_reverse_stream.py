@@ -3,6 +3,7 @@
 torch is the oracle: the expected tensor is always torch's own (the saved
 tensor, or torch's ``.to()`` of it where the forward step had to change dtype).
 """
+
 import json
 import os
 
@@ -12,8 +13,20 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import all_dtypes_state_dict, views_state_dict
-from helpers import (FLOAT8, KEEP, MANIFEST, assert_no_index, assert_one_error, assert_same, canon_torch, convert,
-                     read_json, run_cli, run_main, to_torch)
+from helpers import (
+    FLOAT8,
+    KEEP,
+    MANIFEST,
+    assert_no_index,
+    assert_one_error,
+    assert_same,
+    canon_torch,
+    convert,
+    read_json,
+    run_cli,
+    run_main,
+    to_torch,
+)
 from reverse_helpers import INDEXES, read_torch_output
 from test_no_torch import no_torch_env  # noqa: F401  (a fixture)
 
@@ -42,21 +55,27 @@ def test_every_dtype_comes_back_bit_exact(dtype_files, tmp_path, fmt):
     for name, t in sd.items():
         want = _via_mlx(t)
         if fmt == "safetensors" and t.dtype == torch.complex128:
-            want = t.to(torch.complex64)   # the format has no complex128: kept as MLX holds it, with a warning
+            want = t.to(torch.complex64)  # the format has no complex128: kept as MLX holds it, with a warning
             assert any(w.startswith(f"{name}: safetensors has no complex128") for w in res.plan.warnings)
         assert_same(canon_torch(got[name]), canon_torch(want), name)
     assert len(res.shards) > 1, "a small --max-shard-size gives several shards"
     mlx_rules = read_json(tmp_path / "mlx" / MANIFEST)["tensors"]
     back = read_json(tmp_path / "back" / MANIFEST)["tensors"]
     # every conv layout guessed on the way in is undone by its twin on the way out
-    assert {n for n, r in back.items() if r["rule"].endswith(".reverse")} == \
-        {n for n, r in mlx_rules.items() if r["rule"] != "identity"} != set()
+    assert (
+        {n for n, r in back.items() if r["rule"].endswith(".reverse")}
+        == {n for n, r in mlx_rules.items() if r["rule"] != "identity"}
+        != set()
+    )
     assert {r["rule_source"] for r in back.values()} == {"manifest"}
 
 
 def test_forward_dtype_is_undone_by_restoring_the_source_dtypes(dtype_files, tmp_path):
-    sd = {k: v for k, v in all_dtypes_state_dict().items()
-          if v.dtype in (torch.float32, torch.bfloat16, torch.float64, torch.int16)}
+    sd = {
+        k: v
+        for k, v in all_dtypes_state_dict().items()
+        if v.dtype in (torch.float32, torch.bfloat16, torch.float64, torch.int16)
+    }
     torch.save(sd, tmp_path / "m.pt")
     _, got = _round_trip(tmp_path / "m.pt", tmp_path, "safetensors", forward={"dtype": "float16"})
     for name, t in sd.items():
@@ -76,13 +95,14 @@ def test_dtype_option_on_the_way_back_casts_floats_as_torch_does(dtype_files, tm
     sd = all_dtypes_state_dict()
     _, got = _round_trip(dtype_files["zip"], tmp_path, "bin", dtype="bfloat16")
     for name, t in sd.items():
-        kept = t.to(KEEP.get(t.dtype, t.dtype))          # what MLX holds
+        kept = t.to(KEEP.get(t.dtype, t.dtype))  # what MLX holds
         want = kept.to(torch.bfloat16) if t.is_floating_point() else kept
         assert_same(canon_torch(got[name]), canon_torch(want), name)
 
 
 def test_tiny_blocks_give_the_same_bytes(dtype_files, tmp_path, monkeypatch):
     from torch2mlx.stream import execute
+
     convert(dtype_files["zip"], tmp_path / "mlx", model=False)
     to_torch(tmp_path / "mlx", tmp_path / "big", format="bin")
     real = execute.plan_tasks
@@ -95,20 +115,26 @@ def test_tiny_blocks_give_the_same_bytes(dtype_files, tmp_path, monkeypatch):
 
 def test_float8_changed_in_mlx_is_refused_not_rounded(tmp_path):
     import mlx.core as mx
+
     torch.save({"w": torch.linspace(-2, 2, 64).to(torch.float8_e4m3fn).reshape(8, 8)}, tmp_path / "f8.pt")
     convert(tmp_path / "f8.pt", tmp_path / "mlx", model=False)
     shard = str(tmp_path / "mlx" / "model.safetensors")
     w = mx.load(shard)["w"]
     mx.save_safetensors(shard, {"w": w + mx.array(0.01, dtype=mx.bfloat16)}, metadata={"format": "mlx"})
-    err = assert_one_error(run_main("stream", tmp_path / "mlx", tmp_path / "back", "--to", "torch"),
-                           "w:", "float8_e4m3fn", "--dtype bfloat16")
+    err = assert_one_error(
+        run_main("stream", tmp_path / "mlx", tmp_path / "back", "--to", "torch"),
+        "w:",
+        "float8_e4m3fn",
+        "--dtype bfloat16",
+    )
     assert "not exactly" in err
     assert_no_index(tmp_path / "back")
     # with a float dtype instead, the changed values come back as they are
     to_torch(tmp_path / "mlx", tmp_path / "bf16", dtype="bfloat16")
     got = read_torch_output(tmp_path / "bf16")["w"]
-    assert torch.equal(got.view(torch.int16), torch.from_numpy(np.array((w + mx.array(0.01, dtype=mx.bfloat16))
-                                                                        .view(mx.int16))))
+    assert torch.equal(
+        got.view(torch.int16), torch.from_numpy(np.array((w + mx.array(0.01, dtype=mx.bfloat16)).view(mx.int16)))
+    )
 
 
 def test_cli_bin_output_and_json_report(tmp_path):
@@ -123,11 +149,14 @@ def test_cli_bin_output_and_json_report(tmp_path):
     assert all(torch.equal(got[k], v) for k, v in sd.items())
 
 
-@pytest.mark.parametrize("args, mentions", [
-    (("--format", "zarr"), ("--format safetensors or bin",)),
-    (("--q-bits", "4"), ("--q-bits", "--to torch")),
-    (("--resume",), ("--resume",)),
-])
+@pytest.mark.parametrize(
+    "args, mentions",
+    [
+        (("--format", "zarr"), ("--format safetensors or bin",)),
+        (("--q-bits", "4"), ("--q-bits", "--to torch")),
+        (("--resume",), ("--resume",)),
+    ],
+)
 def test_cli_options_that_do_not_apply_are_one_error_line(tmp_path, args, mentions):
     torch.save({"a": torch.ones(2)}, tmp_path / "m.pt")
     convert(tmp_path / "m.pt", tmp_path / "mlx", model=False)
@@ -141,8 +170,7 @@ def test_bin_needs_to_torch(tmp_path):
 
 def test_a_pytorch_checkpoint_is_not_reversed_again(tmp_path):
     save_file({"a": torch.ones(2)}, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    assert_one_error(run_main("stream", tmp_path / "model.safetensors", tmp_path / "o", "--to", "torch"),
-                     "format=pt")
+    assert_one_error(run_main("stream", tmp_path / "model.safetensors", tmp_path / "o", "--to", "torch"), "format=pt")
     torch.save({"a": torch.ones(2)}, tmp_path / "m.pt")
     convert(tmp_path / "m.pt", tmp_path / "mlx", model=False)
     to_torch(tmp_path / "mlx", tmp_path / "back")
@@ -167,7 +195,7 @@ def test_without_a_manifest_or_model_tensors_keep_names_and_layouts_with_a_warni
     res = to_torch(tmp_path / "mlx", tmp_path / "same")
     assert any("no torch2mlx.json and no model information" in w for w in res.plan.warnings)
     got = read_torch_output(tmp_path / "same")
-    assert torch.equal(got["conv.weight"], sd["conv.weight"].permute(0, 2, 3, 1))   # still MLX's layout
+    assert torch.equal(got["conv.weight"], sd["conv.weight"].permute(0, 2, 3, 1))  # still MLX's layout
     # --rule names the forward layout; on the way back its twin undoes it
     to_torch(tmp_path / "mlx", tmp_path / "undone", rules=[r"conv\.weight=conv2d"])
     assert torch.equal(read_torch_output(tmp_path / "undone")["conv.weight"], sd["conv.weight"])
@@ -195,8 +223,11 @@ def test_dry_run_names_bin_shards_and_writes_nothing(tmp_path):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_verify_recomputes_a_reverse_output_and_finds_a_changed_byte(tmp_path, fmt):
-    sd = {"conv.weight": torch.randn(4, 3, 3, 3), "fc.weight": torch.randn(8, 64).to(torch.bfloat16),
-          "f8": torch.randn(4, 4).to(torch.float8_e5m2)}
+    sd = {
+        "conv.weight": torch.randn(4, 3, 3, 3),
+        "fc.weight": torch.randn(8, 64).to(torch.bfloat16),
+        "f8": torch.randn(4, 4).to(torch.float8_e5m2),
+    }
     torch.save(sd, tmp_path / "m.pt")
     convert(tmp_path / "m.pt", tmp_path / "mlx", model=False, q_bits=4, q_group_size=32)
     to_torch(tmp_path / "mlx", tmp_path / "back", format=fmt)
@@ -214,6 +245,7 @@ def test_verify_recomputes_a_reverse_output_and_finds_a_changed_byte(tmp_path, f
 
 def test_missing_mlx_tensors_are_reported_and_a_pickle_is_refused(tmp_path):
     from safetensors.numpy import load_file as np_load, save_file as np_save
+
     torch.save({"a": torch.ones(2), "b": torch.zeros(3)}, tmp_path / "m.pt")
     assert_one_error(run_main("stream", tmp_path / "m.pt", tmp_path / "o", "--to", "torch"), "a pickle")
     convert(tmp_path / "m.pt", tmp_path / "mlx", model=False)

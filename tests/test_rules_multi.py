@@ -1,8 +1,10 @@
 """Rules added for the registry (bilinear, weight_norm, the reverses of sum and the GRU biases), block-wise
 application of every rule, and arithmetic rules on raw-bit dtypes: torch is the oracle."""
+
 import numpy as np
 import pytest
 import torch
+
 pytest.importorskip("hypothesis")  # a dev dependency; a bare environment skips these property tests
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,8 +25,11 @@ def _x(*shape):
 # rule -> (source arrays, args) that the rule accepts
 SAMPLES = {
     "identity": ([_x(5, 3)], {}),
-    **{name: ([_x(*([4, 3, 5, 2, 3][:len(rules.RULES[name].perm)]))], {})
-       for name in rules.RULES if isinstance(rules.RULES[name], rules.Permute)},
+    **{
+        name: ([_x(*([4, 3, 5, 2, 3][: len(rules.RULES[name].perm)]))], {})
+        for name in rules.RULES
+        if isinstance(rules.RULES[name], rules.Permute)
+    },
     "split": ([_x(9, 4)], {"parts": 3, "index": 1}),
     "concat": ([_x(2, 4), _x(5, 4), _x(1, 4)], {}),
     "sum": ([_x(7, 3), _x(7, 3)], {}),
@@ -77,9 +82,9 @@ def test_permutations_and_their_twins_undo_each_other(name):
 
 
 def test_bilinear_matches_mlx_weight_order():
-    w = torch.from_numpy(_x(5, 4, 3))           # torch Bilinear (out, in1, in2)
+    w = torch.from_numpy(_x(5, 4, 3))  # torch Bilinear (out, in1, in2)
     got = rules.RULES["bilinear"].forward([w.numpy()])
-    np.testing.assert_array_equal(got, w.permute(0, 2, 1).numpy())   # MLX (out, in2, in1)
+    np.testing.assert_array_equal(got, w.permute(0, 2, 1).numpy())  # MLX (out, in2, in1)
 
 
 @pytest.mark.parametrize("dim", [0, 1, 2, -1])
@@ -90,8 +95,9 @@ def test_weight_norm_is_torchs_weight(dim):
     want = torch._weight_norm(v, g, dim).permute(0, 2, 1).numpy()
     got = rules.RULES["weight_norm"].forward([g.numpy(), v.numpy()], {"dim": dim, "layout": "conv1d"})
     np.testing.assert_allclose(got, want, rtol=2e-7, atol=1e-7)
-    g_back, v_back = (rules.RULES["weight_norm.reverse"].forward([got], {"dim": dim, "layout": "conv1d", "index": i})
-                      for i in (0, 1))
+    g_back, v_back = (
+        rules.RULES["weight_norm.reverse"].forward([got], {"dim": dim, "layout": "conv1d", "index": i}) for i in (0, 1)
+    )
     again = torch._weight_norm(torch.from_numpy(v_back), torch.from_numpy(g_back), dim).permute(0, 2, 1).numpy()
     np.testing.assert_allclose(again, got, rtol=1e-6, atol=1e-7)
 
@@ -120,7 +126,7 @@ def test_sum_adds_values_not_bit_patterns(dtype):
     out_dtype = dtypes.mlx_target(dtypes.get(dtype))
     op = Op(src, "sum", "model", {}, [Output("bias", out_dtype, (64,))])
 
-    class _Memory:   # compute_block's reader, over in-memory entries
+    class _Memory:  # compute_block's reader, over in-memory entries
         def read_rows(self, e, s, t, axis=0):
             return e.array[s:t]
 
@@ -128,9 +134,9 @@ def test_sum_adds_values_not_bit_patterns(dtype):
             return e.array[s:t]
 
     got = compute_block(op, _Memory(), 0, 64)
-    want = (a.float() + b.float()).to(getattr(torch, out_dtype.name))   # torch adds float8 via float32 too
+    want = (a.float() + b.float()).to(getattr(torch, out_dtype.name))  # torch adds float8 via float32 too
     want_bits = want.view(torch.uint16).numpy() if out_dtype.name == "bfloat16" else want.numpy()
     np.testing.assert_array_equal(got, want_bits)
-    if dtype == "bfloat16":   # and it is exactly torch's own bfloat16 addition
+    if dtype == "bfloat16":  # and it is exactly torch's own bfloat16 addition
         np.testing.assert_array_equal(got, (a + b).view(torch.uint16).numpy())
     assert casts.to_f32(got, out_dtype).dtype == np.float32

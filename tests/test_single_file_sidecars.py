@@ -1,5 +1,6 @@
 """A single weight file inside a model directory (config.json beside it) brings the directory's sidecars, as
 the directory would: ``t2mlx stream dir/model.safetensors out`` loads in mlx-lm. A file alone changes nothing."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ from helpers import check_converted, run_main, torch_save
 def llama_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("llama")
     model = L.build_model("llama")
-    model.save_pretrained(str(d))            # one model.safetensors
+    model.save_pretrained(str(d))  # one model.safetensors
     L.save_tokenizer(d)
     assert (d / "model.safetensors").is_file() and not (d / "model.safetensors.index.json").exists()
     return d, L.torch_logits(model)
@@ -26,6 +27,7 @@ def llama_dir(tmp_path_factory):
 
 def _logits(out, src) -> np.ndarray:
     from transformers import AutoTokenizer
+
     model, tokenizer = mlx_lm.load(str(out))
     assert tokenizer.encode("w5 w9 w200") == AutoTokenizer.from_pretrained(str(src)).encode("w5 w9 w200")
     return np.array(model(mx.array(L.PROMPT)).astype(mx.float32))
@@ -40,7 +42,7 @@ def test_single_file_in_a_model_directory_loads_in_mlx_lm(llama_dir, tmp_path):
         assert (out / name).is_file(), name
         assert name in proc.stdout.split("copied:")[1].splitlines()[0]
     assert "a single file in a model directory; its sidecars come along" in proc.stdout
-    assert "rules from the model LlamaForCausalLM" in proc.stdout   # config.json beside the file: the analyzer
+    assert "rules from the model LlamaForCausalLM" in proc.stdout  # config.json beside the file: the analyzer
     assert np.abs(_logits(out, d) - ref).max() <= 1e-4
 
 
@@ -48,8 +50,11 @@ def test_single_file_quantized_gets_the_config_block(llama_dir, tmp_path):
     d, _ = llama_dir
     out = tmp_path / "q4"
     assert run_main("stream", d / "model.safetensors", out, "--q-bits", "4").returncode == 0
-    assert json.loads((out / "config.json").read_text())["quantization"] == {"group_size": 64, "bits": 4,
-                                                                              "mode": "affine"}
+    assert json.loads((out / "config.json").read_text())["quantization"] == {
+        "group_size": 64,
+        "bits": 4,
+        "mode": "affine",
+    }
     mlx_lm.load(str(out))
 
 
@@ -62,6 +67,9 @@ def test_a_file_alone_copies_nothing(tmp_path):
     proc = run_main("stream", src, tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     assert "copied:" not in proc.stdout and "sidecars" not in proc.stdout
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.safetensors",
-                                                                    "model.safetensors.index.json", "torch2mlx.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "torch2mlx.json",
+    ]
     check_converted(tmp_path / "out", sd)

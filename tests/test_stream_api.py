@@ -1,4 +1,5 @@
 """The library API for custom pipelines: open(...).entries / .tensors(), convert(hook=...), ShardWriter."""
+
 from __future__ import annotations
 
 import inspect
@@ -9,9 +10,24 @@ import pytest
 import torch
 
 from conftest import SEED
-from helpers import (FLOAT8, INDEX, MANIFEST, RECORD_FIELDS, assert_no_index, assert_same, canon_mx,
-                     canon_torch, check_converted, check_manifest_shards, check_safetensors_layout, dtype_name, expected_output,
-                     read_json, read_output, torch_load)
+from helpers import (
+    FLOAT8,
+    INDEX,
+    MANIFEST,
+    RECORD_FIELDS,
+    assert_no_index,
+    assert_same,
+    canon_mx,
+    canon_torch,
+    check_converted,
+    check_manifest_shards,
+    check_safetensors_layout,
+    dtype_name,
+    expected_output,
+    read_json,
+    read_output,
+    torch_load,
+)
 
 import torch2mlx
 import torch2mlx.stream as stream
@@ -33,7 +49,9 @@ def test_open_entries_and_tensors(dtype_files, fmt):
         # typed values, never raw bits: bit-identical to torch (NaN payloads too); dtypes MLX lacks
         # arrive as a conversion stores them (float8 -> bfloat16 exactly, complex128 -> complex64)
         t = source[name]
-        want = t.to(torch.bfloat16) if t.dtype in FLOAT8 else t.to(torch.complex64) if t.dtype == torch.complex128 else t
+        want = (
+            t.to(torch.bfloat16) if t.dtype in FLOAT8 else t.to(torch.complex64) if t.dtype == torch.complex128 else t
+        )
         assert_same(canon_mx(arr), canon_torch(want), name, nan_bits=True)
         seen.add(name)
     assert seen == set(source)
@@ -57,6 +75,7 @@ def test_open_upcasts_float8_exactly(dtype_files):
 
 def test_open_directory_and_missing_path(tmp_path):
     from test_readers_dirs import _load_dir, _model_sd, _write_dir
+
     src = _write_dir(tmp_path / "src", _model_sd(), "zip")
     ck = stream.open(src)
     assert {e.name for e in ck.entries} == set(_load_dir(src))
@@ -83,12 +102,12 @@ def test_transform_renames_drops_and_maps(views_files, out):
     def transform(name, arr, dtype):
         calls.append((name, arr.dtype, dtype, arr.shape))
         if name.startswith("empty"):
-            return None                                          # drop
+            return None  # drop
         if name == "base":
-            return [("base.a", arr), ("base.b", arr * 2, "float32")]   # one to many, mapped
+            return [("base.a", arr), ("base.b", arr * 2, "float32")]  # one to many, mapped
         if name == "ints.permuted":
-            return name, (arr + 1).astype(mx.int32)              # map to another dtype
-        return "renamed." + name, arr                             # rename, array untouched
+            return name, (arr + 1).astype(mx.int32)  # map to another dtype
+        return "renamed." + name, arr  # rename, array untouched
 
     res = stream.convert(views_files["zip"], out, hook=transform, max_shard_size="300B")
     assert len(res.shards) > 1
@@ -138,11 +157,16 @@ def test_shard_writer_fed_one_tensor_at_a_time(tmp_path):
         for i in range(30):
             # sizes unknown in advance, dtypes interleaved: the writer must still align every tensor
             n = 8 * (i + 1)
-            t = [torch.randn(n, generator=g), torch.arange(n, dtype=torch.int64),
-                 torch.rand(n + 3, generator=g) > 0.5, torch.randn(2, n, generator=g).to(torch.bfloat16),
-                 torch.randn(i % 4, generator=g).half(), torch.tensor(float(i))][i % 6]
+            t = [
+                torch.randn(n, generator=g),
+                torch.arange(n, dtype=torch.int64),
+                torch.rand(n + 3, generator=g) > 0.5,
+                torch.randn(2, n, generator=g).to(torch.bfloat16),
+                torch.randn(i % 4, generator=g).half(),
+                torch.tensor(float(i)),
+            ][i % 6]
             name = f"t{i:02d}.{dtype_name(t.dtype)}"
-            if t.dtype == torch.bfloat16:   # a torch tensor and an mx.array, as they come
+            if t.dtype == torch.bfloat16:  # a torch tensor and an mx.array, as they come
                 w.add(name, t if i % 4 == 3 else mx.array(t.float().numpy()).astype(mx.bfloat16))
             else:
                 w.add(name, t.numpy())
@@ -153,7 +177,9 @@ def test_shard_writer_fed_one_tensor_at_a_time(tmp_path):
         with pytest.raises(torch2mlx.Torch2MLXError, match="already"):
             w.add("t00.float32", np.zeros(1, np.float32))
     files = sorted(set(read_json(out / INDEX)["weight_map"].values()))
-    assert len(files) > 2 and files == [f"model-{i:05d}-of-{len(files):05d}.safetensors" for i in range(1, len(files) + 1)]
+    assert len(files) > 2 and files == [
+        f"model-{i:05d}-of-{len(files):05d}.safetensors" for i in range(1, len(files) + 1)
+    ]
     for f in files:
         header = check_safetensors_layout(out / f)
         data = sum(r["data_offsets"][1] - r["data_offsets"][0] for k, r in header.items() if k != "__metadata__")
@@ -162,10 +188,13 @@ def test_shard_writer_fed_one_tensor_at_a_time(tmp_path):
     assert set(got) == set(tensors)
     for name, t in tensors.items():
         assert_same(got[name], canon_torch(t), name, nan_bits=True)
-    assert read_json(out / INDEX)["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in tensors.values())
+    assert read_json(out / INDEX)["metadata"]["total_size"] == sum(
+        t.numel() * t.element_size() for t in tensors.values()
+    )
     man = check_manifest_shards(out)
-    assert {k: (r["dtype"], r["shape"]) for k, r in man["tensors"].items()} == \
-        {k: (dtype_name(t.dtype), list(t.shape)) for k, t in tensors.items()}
+    assert {k: (r["dtype"], r["shape"]) for k, r in man["tensors"].items()} == {
+        k: (dtype_name(t.dtype), list(t.shape)) for k, t in tensors.items()
+    }
     assert sorted(p.name for p in out.iterdir()) == sorted(files + [INDEX, MANIFEST])
 
 

@@ -3,6 +3,7 @@ rules as one ``model`` object, errors that name parameters (the CLI spells them 
 
 torch is the oracle for values (``torch.save`` in, the safetensors bytes out).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -24,8 +25,10 @@ from helpers import assert_one_error, run_main, torch_save
 @pytest.fixture
 def ckpt(tmp_path):
     g = torch.Generator().manual_seed(SEED)
-    return torch_save({"conv.weight": torch.randn(4, 3, 3, 3, generator=g),
-                       "fc.weight": torch.randn(5, 4, generator=g)}, tmp_path / "m.pt")
+    return torch_save(
+        {"conv.weight": torch.randn(4, 3, 3, 3, generator=g), "fc.weight": torch.randn(5, 4, generator=g)},
+        tmp_path / "m.pt",
+    )
 
 
 def test_options_passed_whole_equal_the_keyword_shortcut(ckpt, tmp_path):
@@ -45,12 +48,13 @@ def test_options_passed_whole_equal_the_keyword_shortcut(ckpt, tmp_path):
 
 def test_rules_arrive_as_one_object(ckpt, tmp_path):
     """An analyzer result gives specs and drops; no other rule parameter exists."""
-    given = StreamInputs(specs=[RuleSpec("renamed", ("conv.weight",), "identity", {}, "user")],
-                         drop={"fc.weight": "not wanted"})
+    given = StreamInputs(
+        specs=[RuleSpec("renamed", ("conv.weight",), "identity", {}, "user")], drop={"fc.weight": "not wanted"}
+    )
     res = stream.convert(ckpt, tmp_path / "o", model=given)
     out = load_file(str(tmp_path / "o" / res.shards[0].file))
     assert sorted(out) == ["renamed"]
-    assert (out["renamed"] == torch.load(ckpt)["conv.weight"].numpy()).all()   # identity: torch layout kept
+    assert (out["renamed"] == torch.load(ckpt)["conv.weight"].numpy()).all()  # identity: torch layout kept
     with pytest.raises(Torch2MLXError, match="model must be"):
         stream.convert(ckpt, tmp_path / "x", model=[1, 2])
     for old in ("specs", "drop", "module_types", "inputs", "use_model", "to", "transform", "checkpoint"):
@@ -90,11 +94,17 @@ def test_to_torch_is_its_own_entry_point(ckpt, tmp_path):
 def test_cli_spelling_turns_parameter_names_into_flags():
     """The library's wording, and what ``t2mlx`` prints for it."""
     from torch2mlx.cli import cli_spelling
-    assert cli_spelling("q_group_size 32 has no effect without q_bits or q_recipe") == \
-        "--q-group-size 32 has no effect without --q-bits or --q-recipe"
-    assert cli_spelling("the pickle calls a.b, ...; nothing was executed (allow_globals a.b accepts it)") == \
-        "the pickle calls a.b, ...; nothing was executed (--allow-global a.b accepts it)"
-    assert cli_spelling("resume: x changed since y (inode); rerun with overwrite to convert afresh") == \
-        "--resume: x changed since y (inode); rerun with --overwrite to convert afresh"
-    assert cli_spelling("its dtype float8 has no format") == "its dtype float8 has no format"   # prose is left alone
 
+    assert (
+        cli_spelling("q_group_size 32 has no effect without q_bits or q_recipe")
+        == "--q-group-size 32 has no effect without --q-bits or --q-recipe"
+    )
+    assert (
+        cli_spelling("the pickle calls a.b, ...; nothing was executed (allow_globals a.b accepts it)")
+        == "the pickle calls a.b, ...; nothing was executed (--allow-global a.b accepts it)"
+    )
+    assert (
+        cli_spelling("resume: x changed since y (inode); rerun with overwrite to convert afresh")
+        == "--resume: x changed since y (inode); rerun with --overwrite to convert afresh"
+    )
+    assert cli_spelling("its dtype float8 has no format") == "its dtype float8 has no format"  # prose is left alone

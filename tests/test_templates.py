@@ -1,5 +1,6 @@
 """torch2mlx.templates: each MLX template loads weights converted from its torch counterpart (strictly)
 and computes what the torch module computes (fp32, 1e-5)."""
+
 from __future__ import annotations
 
 import mlx.core as mx
@@ -32,8 +33,9 @@ def _randomize(module):
 
 def _load(torch_module, mlx_module, tmp_path, prefix=""):
     torch2mlx.convert(torch_module, tmp_path / "w.safetensors")
-    mlx_module.load_weights(list(torch2mlx.load_converted(tmp_path / "w.safetensors", prefix=prefix).items()),
-                            strict=True)
+    mlx_module.load_weights(
+        list(torch2mlx.load_converted(tmp_path / "w.safetensors", prefix=prefix).items()), strict=True
+    )
     return mlx_module.eval()
 
 
@@ -45,11 +47,19 @@ def _err(mlx_out, torch_out) -> float:
 
 # ---------------------------------------------------------------- MLP
 
+
 class TorchMLP(nn.Module):
     def __init__(self):
         super().__init__()
-        self.layers = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 16), nn.ReLU(),
-                                    nn.Dropout(0.1), nn.Linear(16, 4))
+        self.layers = nn.Sequential(
+            nn.Linear(8, 16),
+            nn.ReLU(),
+            nn.Dropout(0.1),
+            nn.Linear(16, 16),
+            nn.ReLU(),
+            nn.Dropout(0.1),
+            nn.Linear(16, 4),
+        )
 
     def forward(self, x):
         return self.layers(x)
@@ -71,13 +81,22 @@ def test_mlp_matches_a_bare_sequential_with_a_prefix(tmp_path):
 
 # ---------------------------------------------------------------- transformer blocks
 
+
 @pytest.mark.parametrize("norm_first", [True, False], ids=["pre-norm", "post-norm"])
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
 def test_transformer_block_matches_torch_encoder_layer(tmp_path, norm_first, activation):
-    t = _randomize(nn.TransformerEncoderLayer(16, 4, 40, dropout=0.1, activation=activation, batch_first=True,
-                                              norm_first=norm_first, layer_norm_eps=1e-6))
-    m = _load(t, templates.TransformerBlock(16, 4, 40, dropout=0.1, activation=activation, norm_first=norm_first,
-                                            layer_norm_eps=1e-6), tmp_path)
+    t = _randomize(
+        nn.TransformerEncoderLayer(
+            16, 4, 40, dropout=0.1, activation=activation, batch_first=True, norm_first=norm_first, layer_norm_eps=1e-6
+        )
+    )
+    m = _load(
+        t,
+        templates.TransformerBlock(
+            16, 4, 40, dropout=0.1, activation=activation, norm_first=norm_first, layer_norm_eps=1e-6
+        ),
+        tmp_path,
+    )
     x = _x(3, 7, 16)
     with torch.no_grad():
         assert _err(m(mx.array(x)), t(torch.from_numpy(x))) <= TOL
@@ -98,8 +117,9 @@ def test_transformer_block_without_bias(tmp_path):
 @pytest.mark.parametrize("final_norm", [True, False])
 def test_transformer_encoder_matches_torch(tmp_path, final_norm):
     layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True, norm_first=True)
-    t = _randomize(nn.TransformerEncoder(layer, 3, norm=nn.LayerNorm(16) if final_norm else None,
-                                         enable_nested_tensor=False))
+    t = _randomize(
+        nn.TransformerEncoder(layer, 3, norm=nn.LayerNorm(16) if final_norm else None, enable_nested_tensor=False)
+    )
     m = _load(t, templates.TransformerEncoder(3, 16, 2, 32, norm_first=True, final_norm=final_norm), tmp_path)
     x = _x(2, 6, 16)
     with torch.no_grad():
@@ -108,14 +128,19 @@ def test_transformer_encoder_matches_torch(tmp_path, final_norm):
 
 # ---------------------------------------------------------------- convolutions
 
+
 class TorchConvBlock(nn.Module):
     """The torch pattern ConvBlock mirrors: conv, norm, activation, max pool as attributes."""
 
     def __init__(self, cin, cout, k=3, stride=1, norm="batch", pool=None):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=norm is None)
-        self.norm = {"batch": lambda: nn.BatchNorm2d(cout), "group": lambda: nn.GroupNorm(2, cout),
-                     "instance": lambda: nn.InstanceNorm2d(cout, affine=True), None: lambda: None}[norm]()
+        self.norm = {
+            "batch": lambda: nn.BatchNorm2d(cout),
+            "group": lambda: nn.GroupNorm(2, cout),
+            "instance": lambda: nn.InstanceNorm2d(cout, affine=True),
+            None: lambda: None,
+        }[norm]()
         self.act = nn.SiLU()
         self.pool = nn.MaxPool2d(pool) if pool else nn.Identity()
 
@@ -137,8 +162,7 @@ def _nchw_out(m_out):
 @pytest.mark.parametrize("norm", ["batch", "group", "instance", None])
 def test_conv_block_matches_torch(tmp_path, norm):
     t = _randomize(TorchConvBlock(4, 6, k=3, stride=2, norm=norm, pool=2))
-    m = _load(t, templates.ConvBlock(4, 6, 3, stride=2, norm=norm, norm_groups=2, activation="silu", pool=2),
-              tmp_path)
+    m = _load(t, templates.ConvBlock(4, 6, 3, stride=2, norm=norm, norm_groups=2, activation="silu", pool=2), tmp_path)
     x = _x(2, 4, 12, 10)
     with torch.no_grad():
         want = t(torch.from_numpy(x)).numpy()
@@ -156,7 +180,7 @@ def test_conv_stack_matches_torch(tmp_path):
 
     t = _randomize(TorchStack())
     m = templates.ConvStack([3, 8, 16], kernel_size=3, activation="silu", pool=2)
-    m.blocks[1] = templates.ConvBlock(8, 16, 5, activation="silu", pool=2)    # blocks may differ
+    m.blocks[1] = templates.ConvBlock(8, 16, 5, activation="silu", pool=2)  # blocks may differ
     _load(t, m, tmp_path)
     x = _x(2, 3, 16, 16)
     with torch.no_grad():
@@ -166,8 +190,10 @@ def test_conv_stack_matches_torch(tmp_path):
 
 # ---------------------------------------------------------------- pooling
 
-@pytest.mark.parametrize("size, out", [((8, 8), 1), ((8, 6), (4, 3)), ((7, 5), 3), ((5, 9), (2, 4)),
-                                       ((3, 4), (5, 6)), ((6, 7), (None, 2))])
+
+@pytest.mark.parametrize(
+    "size, out", [((8, 8), 1), ((8, 6), (4, 3)), ((7, 5), 3), ((5, 9), (2, 4)), ((3, 4), (5, 6)), ((6, 7), (None, 2))]
+)
 def test_adaptive_avg_pool_matches_torch(size, out):
     x = _x(2, 3, *size)
     want = nn.AdaptiveAvgPool2d(out)(torch.from_numpy(x)).numpy()

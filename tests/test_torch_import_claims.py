@@ -5,6 +5,7 @@ The claim: torch (and transformers) are imported only to build the model for exa
 matches (the first run, which says so on a terminal unless --quiet/--json); ``--no-model`` never
 imports it. Each case runs the real CLI in a fresh process and reads ``sys.modules`` afterwards.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,14 @@ def llm_dir(tmp_path_factory):
 def _stream(*args, cache: Path) -> tuple[dict, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("T2MLX_NO_CACHE", "T2MLX_DEBUG")}
     env["T2MLX_CACHE_DIR"] = str(cache)
-    proc = subprocess.run([sys.executable, "-c", _RUN, "stream", *map(str, args)], capture_output=True, text=True,
-                          env=env, stdin=subprocess.DEVNULL, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _RUN, "stream", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
@@ -65,16 +72,17 @@ def test_torch_is_imported_exactly_when_the_docs_say(llm_dir, tmp_path):
 def test_first_run_says_what_it_is_doing_on_a_terminal(llm_dir, tmp_path, monkeypatch):
     """The seconds of torch import show as a transient line (erased before the bar, as the bar is erased)."""
     from test_cli import _run_on_a_terminal
-    monkeypatch.setenv("T2MLX_NO_CACHE", "1")          # every run a first run
+
+    monkeypatch.setenv("T2MLX_NO_CACHE", "1")  # every run a first run
     rc, text = _run_on_a_terminal(["stream", llm_dir, tmp_path / "a"])
-    assert rc == 0 and STATUS in text and "\r\x1b[K" in text[text.index(STATUS):], text
+    assert rc == 0 and STATUS in text and "\r\x1b[K" in text[text.index(STATUS) :], text
     for flag in ("--quiet", "--json"):
         rc, text = _run_on_a_terminal(["stream", llm_dir, tmp_path / flag.strip("-"), flag])
         assert rc == 0 and STATUS not in text, (flag, text)
     monkeypatch.delenv("T2MLX_NO_CACHE")
     monkeypatch.setenv("T2MLX_CACHE_DIR", str(tmp_path / "cache"))
     assert _run_on_a_terminal(["stream", llm_dir, tmp_path / "b"])[0] == 0
-    rc, text = _run_on_a_terminal(["stream", llm_dir, tmp_path / "c"])   # cached: nothing slow to announce
+    rc, text = _run_on_a_terminal(["stream", llm_dir, tmp_path / "c"])  # cached: nothing slow to announce
     assert rc == 0 and STATUS not in text and "converting" in text, text
 
 
@@ -83,25 +91,46 @@ def _claims() -> dict[str, str]:
     import torch2mlx
     import torch2mlx.stream
     from torch2mlx.cli import build_parser
+
     readme = (ROOT / "README.md").read_text()
     intro = readme[: readme.index("## The two commands")]
     safety = (ROOT / "docs" / "safety.md").read_text()
     library = (ROOT / "docs" / "library-api.md").read_text()
-    stream_help = next(p for a in build_parser()._subparsers._group_actions
-                       for n, p in a.choices.items() if n == "stream").format_help()
-    return {"README intro": intro, "docs/safety.md": safety, "docs/library-api.md": library,
-            "t2mlx stream --help": stream_help, "help(torch2mlx)": torch2mlx.__doc__,
-            "help(torch2mlx.stream)": torch2mlx.stream.__doc__}
+    stream_help = next(
+        p for a in build_parser()._subparsers._group_actions for n, p in a.choices.items() if n == "stream"
+    ).format_help()
+    return {
+        "README intro": intro,
+        "docs/safety.md": safety,
+        "docs/library-api.md": library,
+        "t2mlx stream --help": stream_help,
+        "help(torch2mlx)": torch2mlx.__doc__,
+        "help(torch2mlx.stream)": torch2mlx.stream.__doc__,
+    }
 
 
-@pytest.mark.parametrize("where", ["README intro", "docs/safety.md", "docs/library-api.md", "t2mlx stream --help",
-                                   "help(torch2mlx)", "help(torch2mlx.stream)"])
+@pytest.mark.parametrize(
+    "where",
+    [
+        "README intro",
+        "docs/safety.md",
+        "docs/library-api.md",
+        "t2mlx stream --help",
+        "help(torch2mlx)",
+        "help(torch2mlx.stream)",
+    ],
+)
 def test_every_claim_states_the_conditions(where):
     text = " ".join(_claims()[where].split())
     # no unconditional promise (what the behaviour above disproves) ...
-    for absolute in ("without importing torch and", "torch is never imported", "Never imports torch",
-                     "Nothing here imports torch", "None of `torch2mlx.stream` imports torch",
-                     "engine (``torch2mlx.stream``, ``t2mlx stream``) never imports torch"):
+    for absolute in (
+        "without importing torch and",
+        "torch is never imported",
+        "Never imports torch",
+        "Nothing here imports torch",
+        "None of `torch2mlx.stream` imports torch",
+        "engine (``torch2mlx.stream``, ``t2mlx stream``) never imports torch",
+    ):
         assert absolute not in text, f"{where}: {absolute!r}"
     # ... but the conditions the test above checks: config.json, a cache, and the way out
     assert "config.json" in text and re.search(r"cach", text), where

@@ -8,6 +8,7 @@ MLX loop (``optimizer.update(model, grads)``, nothing else). torch is the oracle
 learning rate (and cycled beta1/momentum) within 1e-6 relative, final weights and running statistics
 within 1e-5, for every optimizer x scheduler.
 """
+
 from __future__ import annotations
 
 import functools
@@ -59,7 +60,7 @@ class MLXNet(mnn.Module):
         self.out = mnn.Linear(4, 1)
 
     def __call__(self, tok, y):
-        h = mx.tanh(self.bn(self.conv(self.emb(tok))))          # channels-last all along
+        h = mx.tanh(self.bn(self.conv(self.emb(tok))))  # channels-last all along
         h = self.att(h, h, h)
         return ((self.out(h).squeeze(-1) - y) ** 2).mean()
 
@@ -80,8 +81,9 @@ SCHEDULERS = {
     "StepLR": lambda o: L.StepLR(o, step_size=3, gamma=0.5),
     "OneCycleLR": lambda o: L.OneCycleLR(o, max_lr=0.05, total_steps=10, cycle_momentum=False),
     "OneCycleLR-momentum": lambda o: L.OneCycleLR(o, max_lr=0.05, total_steps=10),
-    "warmup-cosine": lambda o: L.SequentialLR(o, [L.LinearLR(o, start_factor=0.1, total_iters=3),
-                                                  L.CosineAnnealingLR(o, T_max=6)], milestones=[3]),
+    "warmup-cosine": lambda o: L.SequentialLR(
+        o, [L.LinearLR(o, start_factor=0.1, total_iters=3), L.CosineAnnealingLR(o, T_max=6)], milestones=[3]
+    ),
     "CosineAnnealingLR": lambda o: L.CosineAnnealingLR(o, T_max=7, eta_min=1e-4),
 }
 # torch itself refuses a momentum cycle for Adagrad (it has none); RMSprop's is not expressible in MLX
@@ -105,8 +107,10 @@ def _torch_run(tmp_path, opt_name, sched_name):
         model(tok, y).backward()
         opt.step()
         sched.step()
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict()},
-               tmp_path / "run.pt")
+    torch.save(
+        {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict()},
+        tmp_path / "run.pt",
+    )
     return model, opt, sched, data
 
 
@@ -177,12 +181,13 @@ def test_rmsprop_momentum_cycle_is_refused_not_dropped(tmp_path):
 def test_sgd_step_comes_from_the_scheduler_or_is_asked_for(tmp_path):
     """SGD's state has no step count: the scheduler's position is used; a Schedule without one is refused."""
     from torch2mlx.training import convert_scheduler
+
     _torch_run(tmp_path, "SGD", "warmup-cosine")
     ck = torch.load(tmp_path / "run.pt", weights_only=True)
     conv = convert_optimizer(ck["optimizer"], TorchNet(), schedule=ck["scheduler"])
     assert int(conv.optimizer.step.item()) == DONE
     lost = convert_scheduler(ck["scheduler"])
-    lost.start = None                                   # a schedule that does not say where it is
+    lost.start = None  # a schedule that does not say where it is
     with pytest.raises(Torch2MLXError, match="pass step="):
         convert_optimizer(ck["optimizer"], TorchNet(), schedule=lost)
     assert int(convert_optimizer(ck["optimizer"], TorchNet(), schedule=lost, step=DONE).optimizer.step.item()) == DONE
@@ -202,7 +207,7 @@ def test_a_scheduler_not_stepped_per_update_is_refused(tmp_path):
             sched.step()
     with pytest.raises(Torch2MLXError, match="the optimizer took 8 steps and the scheduler 2"):
         convert_optimizer(opt.state_dict(), model, schedule=sched.state_dict())
-    conv = convert_optimizer(opt.state_dict(), model)          # without it: the rate torch is at, fixed
+    conv = convert_optimizer(opt.state_dict(), model)  # without it: the rate torch is at, fixed
     assert conv.report.exact and float(conv.optimizer.learning_rate.item()) == pytest.approx(opt.param_groups[0]["lr"])
 
 
@@ -230,8 +235,7 @@ def test_param_groups_each_follow_their_cycled_beta1(tmp_path):
     model = TorchNet()
     decay = [p for n, p in model.named_parameters() if n.endswith("weight")]
     rest = [p for n, p in model.named_parameters() if not n.endswith("weight")]
-    opt = torch.optim.AdamW([{"params": rest, "weight_decay": 0.0}, {"params": decay, "weight_decay": 0.1}],
-                            lr=1e-2)
+    opt = torch.optim.AdamW([{"params": rest, "weight_decay": 0.0}, {"params": decay, "weight_decay": 0.1}], lr=1e-2)
     sched = L.OneCycleLR(opt, max_lr=[0.05, 0.02], total_steps=10)
     data = batches(DONE + MORE)
     _steps(model, opt, sched, data[:DONE])

@@ -4,6 +4,7 @@ A torch model trains a few steps; its optimizer is converted (moments laid out b
 rules, hyper-parameters mapped, the step carried) and both frameworks continue on the same inputs:
 the parameters must stay together. Quantities MLX cannot continue exactly must be reported.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -19,8 +20,13 @@ from mlx.utils import tree_flatten
 from torch import nn
 
 from torch2mlx.errors import Torch2MLXError
-from torch2mlx.training import (InexactConversionWarning, convert_optimizer, convert_optimizer_state,
-                                optimizer_state_to_torch, read_training_checkpoint)
+from torch2mlx.training import (
+    InexactConversionWarning,
+    convert_optimizer,
+    convert_optimizer_state,
+    optimizer_state_to_torch,
+    read_training_checkpoint,
+)
 from training_helpers import TorchNet, inputs, max_gap, mlx_steps, mlx_twin, torch_steps
 
 CONFIGS = {
@@ -62,11 +68,11 @@ def test_moments_follow_their_weights_rules():
     st, tst = got.state, {n: opt.state[p] for n, p in model.named_parameters()}
     assert got.kind == "Adam" and got.step == 3 and int(st["step"].item()) == 3
     assert float(st["learning_rate"].item()) == pytest.approx(1e-2)
-    conv = tst["conv.weight"]["exp_avg_sq"].permute(0, 2, 3, 1).numpy()           # channels-last, exactly
+    conv = tst["conv.weight"]["exp_avg_sq"].permute(0, 2, 3, 1).numpy()  # channels-last, exactly
     assert np.array_equal(np.array(st["conv"]["weight"]["v"]), conv)
-    packed = tst["att.in_proj_weight"]["exp_avg"].numpy()                           # split in q/k/v rows
+    packed = tst["att.in_proj_weight"]["exp_avg"].numpy()  # split in q/k/v rows
     for i, proj in enumerate(("query_proj", "key_proj", "value_proj")):
-        assert np.array_equal(np.array(st["att"][proj]["weight"]["m"]), packed[4 * i:4 * (i + 1)])
+        assert np.array_equal(np.array(st["att"][proj]["weight"]["m"]), packed[4 * i : 4 * (i + 1)])
     assert np.array_equal(np.array(st["fc"]["bias"]["m"]), tst["fc.bias"]["exp_avg"].numpy())
 
 
@@ -105,6 +111,7 @@ def test_state_trained_in_mlx_goes_back_to_torch(name):
     mlx_steps(twin, conv.optimizer, xs[3:6])
 
     import torch2mlx
+
     fresh = TorchNet()
     fresh.load_state_dict(torch2mlx.to_torch(dict(tree_flatten(twin.parameters())), fresh), strict=True)
     fresh_opt = CONFIGS[name](fresh.parameters())
@@ -127,8 +134,17 @@ def test_param_groups_become_a_multi_optimizer():
     conv = convert_optimizer(opt, model)
     assert isinstance(conv.optimizer, optim.MultiOptimizer)
     assert [o.weight_decay for o in conv.optimizer.optimizers] == [0.0, 0.1]
-    assert conv.state.groups == [["conv.bias", "fc.bias"], ["att.key_proj.weight", "att.out_proj.weight",
-                                 "att.query_proj.weight", "att.value_proj.weight", "conv.weight", "fc.weight"]]
+    assert conv.state.groups == [
+        ["conv.bias", "fc.bias"],
+        [
+            "att.key_proj.weight",
+            "att.out_proj.weight",
+            "att.query_proj.weight",
+            "att.value_proj.weight",
+            "conv.weight",
+            "fc.weight",
+        ],
+    ]
     twin = mlx_twin(model)
     torch_steps(model, opt, xs[3:])
     mlx_steps(twin, conv.optimizer, xs[3:])
@@ -157,11 +173,14 @@ def test_summed_lstm_bias_moments_are_reported_not_guessed():
     assert np.array_equal(np.array(got.state["rnn"]["Wx"]["m"]), opt.state[model.rnn.weight_ih_l0]["exp_avg"].numpy())
 
 
-@pytest.mark.parametrize("make, what", [
-    (lambda p: torch.optim.Adam(p, amsgrad=True), "amsgrad"),
-    (lambda p: torch.optim.RMSprop(p, centered=True), "centered"),
-    (lambda p: torch.optim.RMSprop(p, momentum=0.9), "momentum"),
-])
+@pytest.mark.parametrize(
+    "make, what",
+    [
+        (lambda p: torch.optim.Adam(p, amsgrad=True), "amsgrad"),
+        (lambda p: torch.optim.RMSprop(p, centered=True), "centered"),
+        (lambda p: torch.optim.RMSprop(p, momentum=0.9), "momentum"),
+    ],
+)
 def test_updates_mlx_cannot_follow_are_reported(make, what):
     model = TorchNet()
     opt = make(model.parameters())
@@ -193,8 +212,10 @@ def test_checkpoint_optimizer_state_converts_where_torch_cannot_be_imported(tmp_
     model = TorchNet()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     torch_steps(model, opt, inputs(3))
-    torch.save({"state_dict": model.state_dict(), "optimizer_states": [opt.state_dict()], "global_step": 3},
-               tmp_path / "run.ckpt")
+    torch.save(
+        {"state_dict": model.state_dict(), "optimizer_states": [opt.state_dict()], "global_step": 3},
+        tmp_path / "run.ckpt",
+    )
     script = textwrap.dedent(f"""
         import sys
         sys.modules["torch"] = None          # any import of torch fails from here on
@@ -234,14 +255,26 @@ def test_parameters_never_stepped_start_from_zero_in_mlx_too():
 
 
 def test_read_training_checkpoint_fields(tmp_path):
-    torch.save({"state_dict": {"a": torch.ones(2, dtype=torch.bfloat16)}, "epoch": 4, "global_step": 40,
-                "hyper_parameters": {"hidden": 8}, "optimizer_states": [{"state": {}, "param_groups": []}],
-                "lr_schedulers": [{"last_epoch": 3}]}, tmp_path / "x.ckpt")
+    torch.save(
+        {
+            "state_dict": {"a": torch.ones(2, dtype=torch.bfloat16)},
+            "epoch": 4,
+            "global_step": 40,
+            "hyper_parameters": {"hidden": 8},
+            "optimizer_states": [{"state": {}, "param_groups": []}],
+            "lr_schedulers": [{"last_epoch": 3}],
+        },
+        tmp_path / "x.ckpt",
+    )
     ck = read_training_checkpoint(tmp_path / "x.ckpt")
     assert (ck.epoch, ck.global_step, ck.hyper_parameters) == (4, 40, {"hidden": 8})
     assert ck.lr_schedulers == [{"last_epoch": 3}] and ck.optimizer_states[0]["param_groups"] == []
     a = ck.state_dict["a"]
-    assert a.dtype.name == "bfloat16" and a.to_mlx().dtype == mx.bfloat16 and a.to_torch().equal(torch.ones(2, dtype=torch.bfloat16))
+    assert (
+        a.dtype.name == "bfloat16"
+        and a.to_mlx().dtype == mx.bfloat16
+        and a.to_torch().equal(torch.ones(2, dtype=torch.bfloat16))
+    )
     with pytest.raises(Torch2MLXError, match="no such file"):
         read_training_checkpoint(tmp_path / "missing.ckpt")
 
@@ -250,6 +283,6 @@ def test_unknown_param_group_keys_are_inexact_not_notes():
     model = TorchNet()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sd = opt.state_dict()
-    sd["param_groups"][0]["trust_ratio"] = 0.02          # e.g. a LARS-style subclass's own hyper-parameter
+    sd["param_groups"][0]["trust_ratio"] = 0.02  # e.g. a LARS-style subclass's own hyper-parameter
     with pytest.raises(Torch2MLXError, match="trust_ratio=0.02 is not known"):
         convert_optimizer(sd, model, kind="SGD")

@@ -2,6 +2,7 @@
 
 The examples run in quick mode (seconds); the recipe functions are checked directly too.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -29,7 +30,7 @@ def test_finetune_classifier_example_reduces_loss():
 def test_lora_example_reduces_loss_and_merges_back_to_torch():
     out = importlib.import_module("lora_finetune").main(["--quick", "--json"])
     assert out["loss_after"] < 0.5 * out["loss_before"]
-    assert out["merged_projections"] == 2 * 4          # 2 layers x query/key/value/out
+    assert out["merged_projections"] == 2 * 4  # 2 layers x query/key/value/out
     assert out["merge_max_diff"] <= 1e-5 and out["torch_max_diff"] <= 1e-4
 
 
@@ -49,9 +50,10 @@ def test_lora_starts_at_the_base_model_and_trains_only_adapters():
     x = mx.random.normal((4, 5, 8))
     base = np.array(model(x))
     from mlx.utils import tree_flatten
+
     before = {k: np.array(v) for k, v in tree_flatten(model.parameters())}
     assert apply_lora(model, rank=2) == 4
-    assert np.array_equal(np.array(model(x)), base)                 # B = 0: the converted outputs, exactly
+    assert np.array_equal(np.array(model(x)), base)  # B = 0: the converted outputs, exactly
     model.freeze()
     for _, m in model.named_modules():
         if isinstance(m, LoRALinear):
@@ -63,10 +65,10 @@ def test_lora_starts_at_the_base_model_and_trains_only_adapters():
     adapted = np.array(model(x))
     merge_lora(model)
     after = {k: np.array(v) for k, v in tree_flatten(model.parameters())}
-    assert after.keys() == before.keys()                            # plain Linear layers again
+    assert after.keys() == before.keys()  # plain Linear layers again
     assert np.array_equal(after["head.weight"], before["head.weight"])
     assert not np.array_equal(after["attention.query_proj.weight"], before["attention.query_proj.weight"])
-    assert np.abs(np.array(model(x)) - adapted).max() <= 1e-6 * np.abs(adapted).max()     # float32 rounding
+    assert np.abs(np.array(model(x)) - adapted).max() <= 1e-6 * np.abs(adapted).max()  # float32 rounding
 
 
 def test_recipe_errors():

@@ -3,6 +3,7 @@
 torch is the oracle: a scheduler steps next to an MLX optimizer whose ``learning_rate`` is the
 converted schedule, and after every update MLX's rate (float32) is compared with torch's.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -26,8 +27,11 @@ def _opt(lr=0.1, kind="sgd"):
 
 def _sequential():
     o = _opt()
-    return L.SequentialLR(o, [L.LinearLR(o, 0.01, total_iters=50), L.CosineAnnealingLR(o, 300, eta_min=1e-4),
-                              L.ExponentialLR(o, 0.99)], milestones=[50, 400])
+    return L.SequentialLR(
+        o,
+        [L.LinearLR(o, 0.01, total_iters=50), L.CosineAnnealingLR(o, 300, eta_min=1e-4), L.ExponentialLR(o, 0.99)],
+        milestones=[50, 400],
+    )
 
 
 def _warmup_step():
@@ -37,16 +41,17 @@ def _warmup_step():
 
 SCHEDULERS = {
     "StepLR": lambda: L.StepLR(_opt(), 7, 0.7),
-    "MultiStepLR": lambda: L.MultiStepLR(_opt(), [10, 10, 300], 0.5),       # a repeated milestone decays twice
+    "MultiStepLR": lambda: L.MultiStepLR(_opt(), [10, 10, 300], 0.5),  # a repeated milestone decays twice
     "ExponentialLR": lambda: L.ExponentialLR(_opt(), 0.995),
-    "CosineAnnealingLR": lambda: L.CosineAnnealingLR(_opt(), 137),            # past T_max: torch keeps cycling
+    "CosineAnnealingLR": lambda: L.CosineAnnealingLR(_opt(), 137),  # past T_max: torch keeps cycling
     "CosineAnnealingLR-eta": lambda: L.CosineAnnealingLR(_opt(), 100, eta_min=1e-3),
     "LinearLR": lambda: L.LinearLR(_opt(), 0.1, 1.0, 200),
     "ConstantLR": lambda: L.ConstantLR(_opt(), 0.25, 30),
     "PolynomialLR": lambda: L.PolynomialLR(_opt(), 600, 2.0),
     "OneCycleLR": lambda: L.OneCycleLR(_opt(), 0.5, total_steps=STEPS + 1),
-    "OneCycleLR-3-linear": lambda: L.OneCycleLR(_opt(kind="adam"), 0.5, total_steps=STEPS + 1, three_phase=True,
-                                                anneal_strategy="linear"),
+    "OneCycleLR-3-linear": lambda: L.OneCycleLR(
+        _opt(kind="adam"), 0.5, total_steps=STEPS + 1, three_phase=True, anneal_strategy="linear"
+    ),
     "SequentialLR": _sequential,
     "SequentialLR-warmup": _warmup_step,
 }
@@ -130,22 +135,31 @@ def test_lightning_checkpoint_schedule_read_without_torch(tmp_path):
     for _ in range(5):
         sched.optimizer.step()
         sched.step()
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "lr_schedulers": [sched.state_dict()],
-                "optimizer_states": [sched.optimizer.state_dict()]}, tmp_path / "run.ckpt")
+    torch.save(
+        {
+            "state_dict": {"w": torch.zeros(1)},
+            "lr_schedulers": [sched.state_dict()],
+            "optimizer_states": [sched.optimizer.state_dict()],
+        },
+        tmp_path / "run.ckpt",
+    )
     ck = read_training_checkpoint(tmp_path / "run.ckpt")
     schedule = convert_scheduler(ck.lr_schedulers[0])
     assert schedule.kind == "MultiStepLR" and schedule.start == 5
     assert [schedule.lr(t) for t in (0, 2, 3, 8, 9, 20)] == [0.1, 0.1, 0.025, 0.025, 0.0125, 0.0125]
 
 
-@pytest.mark.parametrize("make, alternative", [
-    (lambda o: L.LambdaLR(o, lambda e: 0.9 ** e), "MLX schedule"),
-    (lambda o: L.MultiplicativeLR(o, lambda e: 0.9), "MLX schedule"),
-    (lambda o: L.ReduceLROnPlateau(o), "torch2mlx.lightning.ReduceLROnPlateau"),
-    (lambda o: L.CyclicLR(o, 0.01, 0.1), "join_schedules"),
-    (lambda o: L.CosineAnnealingWarmRestarts(o, 5), "join_schedules"),
-    (lambda o: L.ChainedScheduler([L.ExponentialLR(o, 0.9)]), "SequentialLR"),
-])
+@pytest.mark.parametrize(
+    "make, alternative",
+    [
+        (lambda o: L.LambdaLR(o, lambda e: 0.9**e), "MLX schedule"),
+        (lambda o: L.MultiplicativeLR(o, lambda e: 0.9), "MLX schedule"),
+        (lambda o: L.ReduceLROnPlateau(o), "torch2mlx.lightning.ReduceLROnPlateau"),
+        (lambda o: L.CyclicLR(o, 0.01, 0.1), "join_schedules"),
+        (lambda o: L.CosineAnnealingWarmRestarts(o, 5), "join_schedules"),
+        (lambda o: L.ChainedScheduler([L.ExponentialLR(o, 0.9)]), "SequentialLR"),
+    ],
+)
 def test_unsupported_schedulers_name_an_alternative(make, alternative):
     sched = make(_opt())
     for x in (sched, sched.state_dict()):

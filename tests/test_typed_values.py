@@ -3,6 +3,7 @@
 torch is the oracle: a tied bfloat16 Qwen2 checkpoint saved by transformers, a transform that
 casts the norms to float32, and the written values compared bit for bit with torch's ``.float()``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,7 +53,7 @@ def test_transform_casting_bf16_norms_to_float32_writes_torchs_values(tied_bf16,
     got = read_output(out)
     assert set(got) == set(sd)
     for name, t in sd.items():
-        want = t.float() if "norm" in name else t   # torch's own widening, bit for bit
+        want = t.float() if "norm" in name else t  # torch's own widening, bit for bit
         assert_same(got[name], canon_torch(want), name, nan_bits=True)
     assert read_json(out / INDEX)["weight_map"].keys() == sd.keys()
     # the report counts what was written: five norms now take four bytes an element
@@ -66,7 +67,7 @@ def test_verify_of_a_transform_output_names_what_it_could_not_recompute(tied_bf1
     rep = verify(src, out)
     norms = sorted(n for n in sd if "norm" in n)
     assert rep.ok and sorted(n for n, _ in rep.unchecked) == norms
-    assert rep.checked_tensors == len(sd) - len(norms)    # the untouched tensors are recomputed from the source
+    assert rep.checked_tensors == len(sd) - len(norms)  # the untouched tensors are recomputed from the source
     proc = run_cli("verify", src, out)
     assert proc.returncode == 0, proc.stderr
     head = proc.stdout.splitlines()[0]
@@ -74,13 +75,16 @@ def test_verify_of_a_transform_output_names_what_it_could_not_recompute(tied_bf1
     assert "user transform" in proc.stdout and all(n in proc.stdout for n in norms), proc.stdout
     # an untouched tensor that no longer matches its source is still caught
     from safetensors.torch import save_file
+
     shard = out / "model.safetensors"
     tensors = load_file(str(shard))
     tensors["model.embed_tokens.weight"] = tensors["model.embed_tokens.weight"].flip(0).contiguous()
     save_file(tensors, str(shard), metadata={"format": "mlx"})
     man = read_json(out / "torch2mlx.json")
-    man["shards"]["model.safetensors"] = {"bytes": shard.stat().st_size,
-                                          "sha256": hashlib.sha256(shard.read_bytes()).hexdigest()}
+    man["shards"]["model.safetensors"] = {
+        "bytes": shard.stat().st_size,
+        "sha256": hashlib.sha256(shard.read_bytes()).hexdigest(),
+    }
     (out / "torch2mlx.json").write_text(json.dumps(man))
     rep = verify(src, out)
     assert not rep.ok and any("model.embed_tokens.weight" in p for p in rep.problems), rep.problems
@@ -109,12 +113,11 @@ def test_shard_writer_takes_mx_torch_and_numpy_values(tmp_path):
         w.add("torch_bf16", t)
         w.add("torch_f8", f8)
         w.add("param", torch.nn.Parameter(wide.clone()))
-        w.add("np_cast", wide.numpy(), dtype="bfloat16")       # values cast exactly, as torch's .to()
+        w.add("np_cast", wide.numpy(), dtype="bfloat16")  # values cast exactly, as torch's .to()
         w.add("mx_cast", mx.array(wide.numpy()), dtype=mx.float16)
         with pytest.raises(torch2mlx.Torch2MLXError, match="never read as the raw bits of bfloat16"):
             w.add("bits", t.view(torch.int16).numpy().view(np.uint16), dtype="bfloat16")
-    want = {"mx_bf16": t, "torch_bf16": t, "param": wide, "np_cast": wide.to(torch.bfloat16),
-            "mx_cast": wide.half()}
+    want = {"mx_bf16": t, "torch_bf16": t, "param": wide, "np_cast": wide.to(torch.bfloat16), "mx_cast": wide.half()}
     st = load_file(str(out / "model.safetensors"))
     assert set(st) == set(want) | {"torch_f8"}
     assert torch.equal(st["torch_f8"].view(torch.uint8), f8.view(torch.uint8))

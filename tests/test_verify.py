@@ -1,4 +1,5 @@
 """`t2mlx verify SRC OUT`: exit 0 only when hashes, headers, index and every tensor hold."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,12 @@ from helpers import INDEX, MANIFEST, run_cli, torch_save
 @pytest.fixture
 def converted(tmp_path):
     torch.manual_seed(0)
-    sd = {"conv.weight": torch.randn(8, 3, 3, 3), "fc.weight": torch.randn(10, 8).to(torch.bfloat16),
-          "fc.bias": torch.randn(10), "steps": torch.tensor(7)}
+    sd = {
+        "conv.weight": torch.randn(8, 3, 3, 3),
+        "fc.weight": torch.randn(10, 8).to(torch.bfloat16),
+        "fc.bias": torch.randn(10),
+        "steps": torch.tensor(7),
+    }
     src = torch_save(sd, tmp_path / "model.pt")
     out = tmp_path / "out"
     proc = run_cli("stream", src, out, "--dtype", "float16", "--quiet")
@@ -25,10 +30,11 @@ def converted(tmp_path):
 def _flip_tensor_byte(out, name: str) -> None:
     """Change one byte of ``name``'s data and fix the manifest's hash, so only the values are wrong."""
     import hashlib
+
     path = out / "model.safetensors"
     raw = bytearray(path.read_bytes())
     (n,) = struct.unpack("<Q", raw[:8])
-    begin = json.loads(raw[8:8 + n])[name]["data_offsets"][0]
+    begin = json.loads(raw[8 : 8 + n])[name]["data_offsets"][0]
     raw[8 + n + begin] ^= 0x01
     path.write_bytes(raw)
     m = json.loads((out / MANIFEST).read_text())
@@ -51,8 +57,8 @@ def test_a_good_conversion_verifies(converted):
 def test_a_changed_value_is_found_even_with_a_matching_hash(converted):
     src, out = converted
     _flip_tensor_byte(out, "conv.weight")
-    assert run_cli("verify", src, out, "--quick").returncode == 0     # hashes and headers agree ...
-    proc = run_cli("verify", src, out)                                # ... the values do not
+    assert run_cli("verify", src, out, "--quick").returncode == 0  # hashes and headers agree ...
+    proc = run_cli("verify", src, out)  # ... the values do not
     assert proc.returncode == 1
     assert "conv.weight differs from rule conv2d applied to conv.weight" in proc.stdout
 

@@ -1,4 +1,5 @@
 """The MLX safetensors writer: the format's rules, shards, index, manifest, determinism, output directory."""
+
 from __future__ import annotations
 
 import json
@@ -11,12 +12,20 @@ import pytest
 import torch
 
 from conftest import SEED
-from helpers import (INDEX, MANIFEST, assert_no_index, check_converted, check_safetensors_layout, convert,
-                     read_json, torch_save)
+from helpers import (
+    INDEX,
+    MANIFEST,
+    assert_no_index,
+    check_converted,
+    check_safetensors_layout,
+    convert,
+    read_json,
+    torch_save,
+)
 
 import torch2mlx
 
-UNITS = {"B": 1, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "KiB": 2 ** 10, "MiB": 2 ** 20}
+UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 2**10, "MiB": 2**20}
 
 
 def mixed_state_dict() -> dict[str, torch.Tensor]:
@@ -40,9 +49,14 @@ def mixed_src(tmp_path_factory):
 
 
 def shard_data_sizes(out) -> dict[str, int]:
-    return {f: sum(r["data_offsets"][1] - r["data_offsets"][0] for k, r in check_safetensors_layout(out / f).items()
-                   if k != "__metadata__")
-            for f in sorted(set(read_json(out / INDEX)["weight_map"].values()))}
+    return {
+        f: sum(
+            r["data_offsets"][1] - r["data_offsets"][0]
+            for k, r in check_safetensors_layout(out / f).items()
+            if k != "__metadata__"
+        )
+        for f in sorted(set(read_json(out / INDEX)["weight_map"].values()))
+    }
 
 
 @pytest.mark.parametrize("limit", ["1500", "2KB", "2KiB", "5KB", "5GB"])
@@ -52,7 +66,9 @@ def test_shards_index_and_format(mixed_src, out, limit):
     max_bytes = int(m.group(1)) * UNITS[m.group(2) or "B"]
     sizes = shard_data_sizes(out)
     n = len(sizes)
-    expected_names = ["model.safetensors"] if n == 1 else [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+    expected_names = (
+        ["model.safetensors"] if n == 1 else [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+    )
     assert sorted(sizes) == expected_names
     total = sum(sizes.values())
     assert n == 1 or all(s <= max_bytes for s in sizes.values()), sizes
@@ -64,7 +80,11 @@ def test_shards_index_and_format(mixed_src, out, limit):
 
 def test_tensor_larger_than_the_shard_limit_gets_a_shard_of_its_own(tmp_path, out):
     g = torch.Generator().manual_seed(SEED)
-    sd = {"small.a": torch.randn(10, generator=g), "big": torch.randn(1000, generator=g), "small.b": torch.randn(10, generator=g)}
+    sd = {
+        "small.a": torch.randn(10, generator=g),
+        "big": torch.randn(1000, generator=g),
+        "small.b": torch.randn(10, generator=g),
+    }
     src = torch_save(sd, tmp_path / "s.pt")
     convert(src, out, max_shard_size="1KB")
     sizes = shard_data_sizes(out)
@@ -119,15 +139,20 @@ _ORDER_SCRIPT = textwrap.dedent("""
 def test_index_is_written_after_every_shard(tmp_path, out, transform):
     """The index comes after every shard and sidecar; a manifest saying "complete": true only after the index."""
     from test_readers_dirs import _model_sd, _write_dir
+
     src = _write_dir(tmp_path / "src", _model_sd(), "safetensors")
     kw = {"max_shard_size": "2KB", "transform": transform}
-    proc = subprocess.run([sys.executable, "-c", _ORDER_SCRIPT, str(src), str(out), json.dumps(kw)],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _ORDER_SCRIPT, str(src), str(out), json.dumps(kw)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     events = json.loads(proc.stdout)
     index_events = [i for i, (kind, path) in enumerate(events) if path.endswith(INDEX)]
     assert index_events and ["rename", str(out / INDEX)] in events
     # between the index's temp file and the end, only the index and (forward plan) the final manifest
-    tail = [path for _, path in events[index_events[0]:]]
+    tail = [path for _, path in events[index_events[0] :]]
     after = {str(out / INDEX), str(out / ("." + INDEX + ".tmp"))}
     if not transform:
         after |= {str(out / MANIFEST), str(out / ("." + MANIFEST + ".tmp"))}

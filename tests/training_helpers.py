@@ -3,6 +3,7 @@
 The layers cover the moment layouts: a conv weight (transposed to channels-last), a packed
 attention projection (split in three) and plain Linear weights (unchanged).
 """
+
 from __future__ import annotations
 
 import mlx.core as mx
@@ -15,7 +16,7 @@ from torch import nn
 from torch2mlx.core import rules
 from torch2mlx.training import forward_specs
 
-SCALES = (1.0, -2.0, 3.0)       # distinct tokens: every attention parameter gets a real gradient
+SCALES = (1.0, -2.0, 3.0)  # distinct tokens: every attention parameter gets a real gradient
 
 
 class TorchNet(nn.Module):
@@ -41,7 +42,7 @@ class MLXNet(mnn.Module):
         self.att = mnn.MultiHeadAttention(4, 2, bias=False)
 
     def __call__(self, x):
-        h = mnn.relu(self.conv(x)).transpose(0, 3, 1, 2).reshape(x.shape[0], -1)   # torch's flatten order
+        h = mnn.relu(self.conv(x)).transpose(0, 3, 1, 2).reshape(x.shape[0], -1)  # torch's flatten order
         h = mx.tanh(self.fc(h)[:, None] * mx.array(SCALES).reshape(1, 3, 1))
         return (self.att(h, h, h) ** 2).mean()
 

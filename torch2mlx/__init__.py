@@ -12,11 +12,28 @@ the model for exact rules: with ``--model``, or for a directory with a config.js
 torch and transformers are installed and no cached analysis matches (the first run);
 ``--no-model`` (``model=False``) never imports it.
 """
+
 from .core.version import __version__
 from .errors import CheckpointError, Torch2MLXError
 
-__all__ = ["__version__", "Torch2MLXError", "CheckpointError", "stream", "templates", "training", "lightning",
-           "recipes", "codegen", "analyze", "convert", "export", "load_converted", "to_nested", "to_torch", "generate"]
+__all__ = [
+    "__version__",
+    "Torch2MLXError",
+    "CheckpointError",
+    "stream",
+    "templates",
+    "training",
+    "lightning",
+    "recipes",
+    "codegen",
+    "analyze",
+    "convert",
+    "export",
+    "load_converted",
+    "to_nested",
+    "to_torch",
+    "generate",
+]
 
 
 def analyze(x, *, model=None, model_kwargs=None, allow_globals=()):
@@ -44,6 +61,7 @@ def analyze(x, *, model=None, model_kwargs=None, allow_globals=()):
     Imports torch only when needed (a module, a class, a config); see ``torch2mlx.analysis.analyze``.
     """
     from .analysis import analyze as _analyze
+
     return _analyze(x, model=model, model_kwargs=model_kwargs, allow_globals=allow_globals)
 
 
@@ -73,12 +91,14 @@ def convert(model_or_state_dict, path, **options):
         ['bias', 'weight']
     """
     from .model_api import convert as _convert
+
     return _convert(model_or_state_dict, path, **options)
 
 
 def export(model_or_path, path=None, **options):
     """``export(model, path)`` now, or ``@export(path)`` on an nn.Module class; see ``torch2mlx.model_api.export``."""
     from .model_api import export as _export
+
     return _export(model_or_path, path, **options)
 
 
@@ -103,12 +123,14 @@ def load_converted(path, *, prefix: str = "", nested: bool = False):
     See ``torch2mlx.model_api.load``.
     """
     from .model_api import load_converted as _load
+
     return _load(path, prefix=prefix, nested=nested)
 
 
 def to_nested(flat):
     """Flat dotted names to the nested dicts and lists of an MLX module tree."""
     from .model_api import to_nested as _nested
+
     return _nested(flat)
 
 
@@ -135,6 +157,7 @@ def to_torch(path_or_dict, model_or_rules=None, **options):
         >>> model.load_state_dict(state, strict=True)  # doctest: +SKIP
     """
     from .model_api import to_torch as _to_torch
+
     return _to_torch(path_or_dict, model_or_rules, **options)
 
 
@@ -156,6 +179,7 @@ def generate(model, **options):
         >>> torch2mlx.generate(torch.nn.Sequential(torch.nn.Linear(4, 2))).write("model_mlx.py")  # doctest: +SKIP
     """
     from .codegen import generate as _generate
+
     return _generate(model, **options)
 
 
@@ -167,10 +191,12 @@ def _wire_analyzer() -> None:
 
     def forward(ck, **kw):
         from .analysis.stream_inputs import stream_inputs
+
         return stream_inputs(ck, **kw)
 
     def reverse(ck, model, model_kwargs):
         from .analysis.stream_inputs import reverse_inputs
+
         return reverse_inputs(ck, model, model_kwargs)
 
     model_rules.register(forward, reverse)
@@ -183,5 +209,6 @@ def __getattr__(name):
     # Submodules load on first use so `import torch2mlx` stays light.
     if name in ("stream", "templates", "training", "lightning", "recipes", "codegen"):
         import importlib
+
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'torch2mlx' has no attribute {name!r}")

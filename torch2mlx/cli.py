@@ -1,4 +1,5 @@
 """``t2mlx``: command-line front end. Parses arguments and calls the library; holds no logic of its own."""
+
 from __future__ import annotations
 
 import argparse
@@ -66,61 +67,134 @@ def _add_stream(sub):
     from .stream.checkpoint import FORMATS_READ
     from .stream.options import OUT_DTYPES
     from .stream.writers.zarr_store import COMPRESSORS
-    p = sub.add_parser("stream", help="convert a checkpoint to sharded MLX safetensors, tensor by tensor",
-                       description=textwrap.fill(
-                           f"Convert a PyTorch checkpoint ({FORMATS_READ}; a directory with or without an index) to "
-                           "MLX safetensors shards in OUT, reading one block at a time. Never runs pickle code; "
-                           "imports torch only to build a model (see below).", 78),
-                       epilog=STREAM_EPILOG.replace("{rules}", textwrap.fill(", ".join(rules.LAYOUT_RULES), 74,
-                                                                              subsequent_indent="  "))
-                       + "\n" + EXIT_CODES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = sub.add_parser(
+        "stream",
+        help="convert a checkpoint to sharded MLX safetensors, tensor by tensor",
+        description=textwrap.fill(
+            f"Convert a PyTorch checkpoint ({FORMATS_READ}; a directory with or without an index) to "
+            "MLX safetensors shards in OUT, reading one block at a time. Never runs pickle code; "
+            "imports torch only to build a model (see below).",
+            78,
+        ),
+        epilog=STREAM_EPILOG.replace(
+            "{rules}", textwrap.fill(", ".join(rules.LAYOUT_RULES), 74, subsequent_indent="  ")
+        )
+        + "\n"
+        + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("src", metavar="SRC", help="checkpoint file or directory")
     p.add_argument("out", metavar="OUT", nargs="?", help="output directory (optional with --dry-run)")
-    p.add_argument("--dtype", default="keep", choices=OUT_DTYPES,
-                   help="output dtype for floating tensors (default: keep; float64 becomes float32, float8 bfloat16)")
-    p.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
-                   help="largest output shard, e.g. 5GB, 500MB, 2GiB (default: 5GB)")
-    p.add_argument("--strip-prefix", action="append", default=[], metavar="PREFIX",
-                   help="remove PREFIX from tensor names (repeatable), e.g. _orig_mod. or module.")
-    p.add_argument("--exclude", action="append", default=[], metavar="REGEX",
-                   help="drop tensors whose name matches REGEX (repeatable)")
-    p.add_argument("--rule", action="append", default=[], metavar="REGEX=RULE",
-                   help="force the layout rule of tensors matching REGEX (repeatable; first match wins)")
-    p.add_argument("--q-bits", type=int, metavar="BITS", choices=quant.BITS,
-                   help=f"quantize Linear/Embedding weights to BITS ({_listed(quant.BITS)}) as mlx.core.quantize "
-                        "(affine) does, stored as mlx-lm stores them; config.json gets the quantization block")
-    p.add_argument("--q-group-size", type=int, default=None, metavar="N", choices=quant.GROUP_SIZES,
-                   help=f"quantization group size: {_listed(quant.GROUP_SIZES)} (default 64; only with --q-bits/--q-recipe)")
-    p.add_argument("--q-recipe", metavar="NAME", choices=tuple(MIXED_RECIPES),
-                   help=f"mlx-lm's mixed-precision recipes ({_listed(MIXED_RECIPES)}): higher bits for lm_head "
-                        "and some v_proj/down_proj")
-    p.add_argument("--to", default="mlx", choices=("mlx", "torch"),
-                   help="direction: mlx (default) or torch: an MLX checkpoint (ours or mlx-lm's, quantized or not) "
-                        "back to PyTorch names, layouts and dtypes")
-    p.add_argument("--format", default="safetensors", choices=("safetensors", "zarr", "bin"),
-                   help="output format: sharded safetensors (default), a zarr store, one chunked array per "
-                        "tensor (for analysis pipelines; pip install 'torch2mlx[zarr]'), or with --to torch "
-                        "bin: pytorch_model-*.bin zip pickles torch.load(weights_only=True) reads")
-    p.add_argument("--zarr-compressor", default="none", choices=COMPRESSORS,
-                   help="compression of zarr chunks (default none: fastest)")
+    p.add_argument(
+        "--dtype",
+        default="keep",
+        choices=OUT_DTYPES,
+        help="output dtype for floating tensors (default: keep; float64 becomes float32, float8 bfloat16)",
+    )
+    p.add_argument(
+        "--max-shard-size",
+        default="5GB",
+        metavar="SIZE",
+        help="largest output shard, e.g. 5GB, 500MB, 2GiB (default: 5GB)",
+    )
+    p.add_argument(
+        "--strip-prefix",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="remove PREFIX from tensor names (repeatable), e.g. _orig_mod. or module.",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="drop tensors whose name matches REGEX (repeatable)",
+    )
+    p.add_argument(
+        "--rule",
+        action="append",
+        default=[],
+        metavar="REGEX=RULE",
+        help="force the layout rule of tensors matching REGEX (repeatable; first match wins)",
+    )
+    p.add_argument(
+        "--q-bits",
+        type=int,
+        metavar="BITS",
+        choices=quant.BITS,
+        help=f"quantize Linear/Embedding weights to BITS ({_listed(quant.BITS)}) as mlx.core.quantize "
+        "(affine) does, stored as mlx-lm stores them; config.json gets the quantization block",
+    )
+    p.add_argument(
+        "--q-group-size",
+        type=int,
+        default=None,
+        metavar="N",
+        choices=quant.GROUP_SIZES,
+        help=f"quantization group size: {_listed(quant.GROUP_SIZES)} (default 64; only with --q-bits/--q-recipe)",
+    )
+    p.add_argument(
+        "--q-recipe",
+        metavar="NAME",
+        choices=tuple(MIXED_RECIPES),
+        help=f"mlx-lm's mixed-precision recipes ({_listed(MIXED_RECIPES)}): higher bits for lm_head "
+        "and some v_proj/down_proj",
+    )
+    p.add_argument(
+        "--to",
+        default="mlx",
+        choices=("mlx", "torch"),
+        help="direction: mlx (default) or torch: an MLX checkpoint (ours or mlx-lm's, quantized or not) "
+        "back to PyTorch names, layouts and dtypes",
+    )
+    p.add_argument(
+        "--format",
+        default="safetensors",
+        choices=("safetensors", "zarr", "bin"),
+        help="output format: sharded safetensors (default), a zarr store, one chunked array per "
+        "tensor (for analysis pipelines; pip install 'torch2mlx[zarr]'), or with --to torch "
+        "bin: pytorch_model-*.bin zip pickles torch.load(weights_only=True) reads",
+    )
+    p.add_argument(
+        "--zarr-compressor",
+        default="none",
+        choices=COMPRESSORS,
+        help="compression of zarr chunks (default none: fastest)",
+    )
     p.add_argument("--key", metavar="KEY", help="which entry of a nested checkpoint holds the weights (dotted path)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the contents of a non-empty OUT (the old output stays until the new one is whole)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted conversion in OUT: keep shards whose size and sha256 match "
-                        "its manifest, redo the rest (output identical to an uninterrupted run); refused when a "
-                        "source file changed since (size, mtime or inode)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the contents of a non-empty OUT (the old output stays until the new one is whole)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted conversion in OUT: keep shards whose size and sha256 match "
+        "its manifest, redo the rest (output identical to an uninterrupted run); refused when a "
+        "source file changed since (size, mtime or inode)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop; reads headers only")
     p.add_argument("--json", action="store_true", help="print the report (or plan) as JSON on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or status lines on stderr")
-    p.add_argument("--keep-cache", action="store_true",
-                   help="leave converted bytes in the page cache (default: drop them, so big runs do not evict your apps)")
-    p.add_argument("--workers", type=_positive_int, default=None, metavar="N",
-                   help="worker threads (default: cores + 1, at most 4)")
+    p.add_argument(
+        "--keep-cache",
+        action="store_true",
+        help="leave converted bytes in the page cache (default: drop them, so big runs do not evict your apps)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="worker threads (default: cores + 1, at most 4)",
+    )
     _add_model_options(p)
-    p.add_argument("--no-model", action="store_true",
-                   help="ignore config.json: infer rules from shapes (never imports torch)")
+    p.add_argument(
+        "--no-model", action="store_true", help="ignore config.json: infer rules from shapes (never imports torch)"
+    )
     _add_allow_global(p)
     p.set_defaults(func=_cmd_stream)
 
@@ -140,24 +214,36 @@ def _positive_int(text: str) -> int:
 
 
 def _add_allow_global(p):
-    p.add_argument("--allow-global", action="append", default=[], metavar="MODULE.NAME",
-                   help="accept a pickle that calls this global (repeatable): it becomes an inert placeholder; "
-                        "nothing from the file is ever executed (by default such a pickle is refused)")
+    p.add_argument(
+        "--allow-global",
+        action="append",
+        default=[],
+        metavar="MODULE.NAME",
+        help="accept a pickle that calls this global (repeatable): it becomes an inert placeholder; "
+        "nothing from the file is ever executed (by default such a pickle is refused)",
+    )
 
 
 def _add_model_options(p):
-    p.add_argument("--model", metavar="PKG.MOD:CLASS",
-                   help="the torch model class the weights belong to (built on the meta device for exact rules)")
+    p.add_argument(
+        "--model",
+        metavar="PKG.MOD:CLASS",
+        help="the torch model class the weights belong to (built on the meta device for exact rules)",
+    )
     p.add_argument("--model-kwargs", metavar="JSON", help="keyword arguments for --model's constructor, as JSON")
 
 
 def _add_analyze(sub):
-    p = sub.add_parser("analyze", help="how much of a model maps to MLX, each tensor's rule, and what blocks the rest",
-                       description="Build the model on torch's meta device (no weight memory, no weight bytes "
-                                   "read), map every layer to MLX and report coverage, unsupported layers, "
-                                   "blockers in forward code and each tensor's MLX name, shape and rule. SRC is a "
-                                   "checkpoint or config directory, a checkpoint file, or a class pkg.mod:Class.",
-                       epilog=ANALYZE_EPILOG + "\n" + EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "analyze",
+        help="how much of a model maps to MLX, each tensor's rule, and what blocks the rest",
+        description="Build the model on torch's meta device (no weight memory, no weight bytes "
+        "read), map every layer to MLX and report coverage, unsupported layers, "
+        "blockers in forward code and each tensor's MLX name, shape and rule. SRC is a "
+        "checkpoint or config directory, a checkpoint file, or a class pkg.mod:Class.",
+        epilog=ANALYZE_EPILOG + "\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("src", metavar="SRC", help="checkpoint / config directory, checkpoint file, or pkg.mod:Class")
     _add_model_options(p)
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
@@ -167,6 +253,7 @@ def _add_analyze(sub):
 
 def _cmd_analyze(args) -> int:
     from . import analyze
+
     report = analyze(args.src, model=args.model, model_kwargs=args.model_kwargs, allow_globals=args.allow_global)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
     return 0
@@ -174,16 +261,33 @@ def _cmd_analyze(args) -> int:
 
 def _cmd_stream(args) -> int:
     from . import stream
+
     if args.to == "torch" and args.resume:
         raise Torch2MLXError("--resume does not apply with --to torch (it writes the whole output again)")
     shown = not args.quiet and not args.json and sys.stderr.isatty()
-    settings = dict(dtype=args.dtype, max_shard_size=args.max_shard_size, strip_prefix=args.strip_prefix,
-                    exclude=args.exclude, rules=args.rule, key=args.key, q_bits=args.q_bits,
-                    q_group_size=args.q_group_size, q_recipe=args.q_recipe, allow_globals=args.allow_global,
-                    zarr_compressor=args.zarr_compressor, drop_cache=not args.keep_cache)
-    run = dict(model=args.model or (False if args.no_model else None), model_kwargs=args.model_kwargs,
-               format=args.format, overwrite=args.overwrite, dry_run=args.dry_run, workers=args.workers,
-               progress=shown)
+    settings = dict(
+        dtype=args.dtype,
+        max_shard_size=args.max_shard_size,
+        strip_prefix=args.strip_prefix,
+        exclude=args.exclude,
+        rules=args.rule,
+        key=args.key,
+        q_bits=args.q_bits,
+        q_group_size=args.q_group_size,
+        q_recipe=args.q_recipe,
+        allow_globals=args.allow_global,
+        zarr_compressor=args.zarr_compressor,
+        drop_cache=not args.keep_cache,
+    )
+    run = dict(
+        model=args.model or (False if args.no_model else None),
+        model_kwargs=args.model_kwargs,
+        format=args.format,
+        overwrite=args.overwrite,
+        dry_run=args.dry_run,
+        workers=args.workers,
+        progress=shown,
+    )
     if args.to == "torch":
         res = stream.to_torch(args.src, args.out, **run, **settings)
     else:
@@ -197,14 +301,20 @@ def _cmd_stream(args) -> int:
 
 # The library names its parameters in errors; on the command line the same thing is a flag.
 _FLAG_SPELLINGS = [
-    (re.compile(r"^resume and overwrite contradict each other: resume keeps out's finished shards, "
-                r"overwrite throws them away"),
-     "--resume and --overwrite contradict each other: --resume keeps OUT's finished shards, "
-     "--overwrite throws them away"),
+    (
+        re.compile(
+            r"^resume and overwrite contradict each other: resume keeps out's finished shards, "
+            r"overwrite throws them away"
+        ),
+        "--resume and --overwrite contradict each other: --resume keeps OUT's finished shards, "
+        "--overwrite throws them away",
+    ),
     (re.compile(r"^out is required \(or dry_run=True\)"), "OUT is required (or use --dry-run)"),
     (re.compile(r"^(rules|exclude): "), lambda m: {"rules": "--rule ", "exclude": "--exclude "}[m.group(1)]),
-    (re.compile(r"^(dtype|format|max_shard_size|zarr_compressor|model_kwargs)\b"),
-     lambda m: "--" + m.group(1).replace("_", "-")),
+    (
+        re.compile(r"^(dtype|format|max_shard_size|zarr_compressor|model_kwargs)\b"),
+        lambda m: "--" + m.group(1).replace("_", "-"),
+    ),
     (re.compile(r"\b(q_bits|q_group_size|q_recipe)\b"), lambda m: "--" + m.group(1).replace("_", "-")),
     (re.compile(r"\ballow_globals\b"), "--allow-global"),
     (re.compile(r"^resume: "), "--resume: "),
@@ -233,27 +343,48 @@ examples:
 
 
 def _add_codegen(sub):
-    p = sub.add_parser("codegen", help="write an MLX module (Python source) for a torch model",
-                       description="Generate the MLX module of a torch model: classes from its module tree, named "
-                                   "so that weights from t2mlx stream / torch2mlx.convert load strictly, and "
-                                   "__call__ translated from a torch.fx trace (a TODO stub where it cannot trace).",
-                       epilog=CODEGEN_EPILOG + "\n" + EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "codegen",
+        help="write an MLX module (Python source) for a torch model",
+        description="Generate the MLX module of a torch model: classes from its module tree, named "
+        "so that weights from t2mlx stream / torch2mlx.convert load strictly, and "
+        "__call__ translated from a torch.fx trace (a TODO stub where it cannot trace).",
+        epilog=CODEGEN_EPILOG + "\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("src", metavar="SRC", help="a model class pkg.mod:Class, or a directory with config.json")
-    p.add_argument("--kwargs", "--model-kwargs", dest="kwargs", metavar="JSON",
-                   help="keyword arguments for the class's constructor, as JSON")
+    p.add_argument(
+        "--kwargs",
+        "--model-kwargs",
+        dest="kwargs",
+        metavar="JSON",
+        help="keyword arguments for the class's constructor, as JSON",
+    )
     p.add_argument("-o", "--output", metavar="FILE", help="write the source here (default: stdout)")
     p.add_argument("--class-name", metavar="NAME", help="name of the generated root class")
-    p.add_argument("--input-shape", action="append", default=[], metavar="SHAPE[:DTYPE]",
-                   help="an example input (e.g. 1,3,32,32 or 1,16:int64; repeatable, in forward's order): "
-                        "code that branches on shapes is traced as these inputs take it")
+    p.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="SHAPE[:DTYPE]",
+        help="an example input (e.g. 1,3,32,32 or 1,16:int64; repeatable, in forward's order): "
+        "code that branches on shapes is traced as these inputs take it",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=_cmd_codegen)
 
 
 def _cmd_codegen(args) -> int:
     from .codegen.api import generate_cli
-    result = generate_cli(args.src, kwargs=args.kwargs, class_name=args.class_name, shapes=args.input_shape,
-                          output=args.output, overwrite=args.overwrite)
+
+    result = generate_cli(
+        args.src,
+        kwargs=args.kwargs,
+        class_name=args.class_name,
+        shapes=args.input_shape,
+        output=args.output,
+        overwrite=args.overwrite,
+    )
     if args.output is None:
         sys.stdout.write(result.source)
     print(result.summary(), file=sys.stderr)
@@ -261,16 +392,23 @@ def _cmd_codegen(args) -> int:
 
 
 def _add_verify(sub):
-    p = sub.add_parser("verify", help="check a conversion: hashes, headers, index, and every tensor against its source",
-                       description="Re-read SRC and OUT tensor by tensor (bounded memory) and check that every output "
-                                   "tensor equals its rule applied to its source, every shard's sha256 matches the "
-                                   "manifest and the index matches the shards. Exit 0 only when all hold.",
-                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "verify",
+        help="check a conversion: hashes, headers, index, and every tensor against its source",
+        description="Re-read SRC and OUT tensor by tensor (bounded memory) and check that every output "
+        "tensor equals its rule applied to its source, every shard's sha256 matches the "
+        "manifest and the index matches the shards. Exit 0 only when all hold.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("src", metavar="SRC", help="the checkpoint that was converted")
     p.add_argument("out", metavar="OUT", help="the conversion's output directory")
-    p.add_argument("--quick", action="store_true",
-                   help="hashes, headers, index, and SRC's files unchanged since the conversion (size, mtime, "
-                        "inode); no tensor values")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="hashes, headers, index, and SRC's files unchanged since the conversion (size, mtime, "
+        "inode); no tensor values",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_allow_global(p)
     p.set_defaults(func=_cmd_verify)
@@ -278,6 +416,7 @@ def _add_verify(sub):
 
 def _cmd_verify(args) -> int:
     from .stream.verify import verify
+
     rep = verify(args.src, args.out, quick=args.quick, allow_globals=args.allow_global)
     print(json.dumps(rep.to_dict(), indent=2) if args.json else rep.text())
     return 0 if rep.ok else 1
@@ -295,7 +434,7 @@ class _Parser(argparse.ArgumentParser):
         name, sep, problem = message.partition(": ")
         if not (sep and name.startswith("argument ")):
             return message
-        name = name[len("argument "):]
+        name = name[len("argument ") :]
         action = next((a for a in self._actions if name in ("/".join(a.option_strings), a.metavar, a.dest)), None)
         if action is not None and action.choices is not None and problem.startswith("invalid "):
             # argparse quotes every choice (and says nothing of them when the value is not even an int)
@@ -305,11 +444,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="t2mlx", description="Move PyTorch checkpoints and models to Apple MLX.",
-                 epilog="python -m torch2mlx takes the same commands, and also the short form\n"
-                        "SRC OUT (= stream SRC OUT), with --analyze-only (= analyze SRC)\n"
-                        "or --no-analyze (= stream SRC OUT --no-model).\n\n" + EXIT_CODES,
-                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _Parser(
+        prog="t2mlx",
+        description="Move PyTorch checkpoints and models to Apple MLX.",
+        epilog="python -m torch2mlx takes the same commands, and also the short form\n"
+        "SRC OUT (= stream SRC OUT), with --analyze-only (= analyze SRC)\n"
+        "or --no-analyze (= stream SRC OUT --no-model).\n\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--version", action="version", version=f"torch2mlx {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -344,15 +486,16 @@ def _interrupted(args, argv: list[str], what: str, left: str | None) -> str:
         return what if left is None else f"{what} ({left})"
     left = (left or "no index was written; the output is incomplete").split(": run the same command")[0]
     if "previous output" in left or "holds the new output" in left:
-        return f"{what} ({left})"   # --overwrite: nothing of this run is left to continue
+        return f"{what} ({left})"  # --overwrite: nothing of this run is left to continue
     import shlex
+
     prog = "t2mlx" if os.path.basename(sys.argv[0] or "") == "t2mlx" else "python -m torch2mlx"
     if args.to == "mlx" and args.format == "safetensors":
         # --overwrite would throw the finished shards away (argparse also takes it abbreviated)
         again = [a for a in argv if not (a.startswith("--o") and "--overwrite".startswith(a))]
         again += [] if args.resume else ["--resume"]
         how = "continue it with"
-    else:   # --resume covers safetensors shards made by the forward conversion only
+    else:  # --resume covers safetensors shards made by the forward conversion only
         again = argv + ([] if args.overwrite else ["--overwrite"])
         how = "start over with"
     return f"{what} ({left}); {how}: {prog} {shlex.join(again)}"
@@ -363,7 +506,7 @@ class Terminated(KeyboardInterrupt):
 
 
 def _on_sigterm(signum, frame):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)   # one is enough: let the clean-up finish
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: let the clean-up finish
     raise Terminated()
 
 
@@ -387,8 +530,11 @@ def main(argv=None) -> int:
     except Exception as e:  # a bug in torch2mlx, not in the input
         if os.environ.get("T2MLX_DEBUG"):
             raise
-        print(f"error: internal error: {type(e).__name__}: {one_line(str(e))} (set T2MLX_DEBUG=1 for a traceback; "
-              "please report it)", file=sys.stderr)
+        print(
+            f"error: internal error: {type(e).__name__}: {one_line(str(e))} (set T2MLX_DEBUG=1 for a traceback; "
+            "please report it)",
+            file=sys.stderr,
+        )
         return 2
     finally:
         if in_main and previous is not None:

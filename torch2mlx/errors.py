@@ -27,5 +27,5 @@ def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
     reach the user's terminal, and a megabyte string would flood it.
     """
     if len(text) > limit:
-        text = text[: limit * 2 // 3] + " [...] " + text[-(limit // 3):]
+        text = text[: limit * 2 // 3] + " [...] " + text[-(limit // 3) :]
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

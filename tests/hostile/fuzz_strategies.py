@@ -3,6 +3,7 @@
 Runs are deterministic (``derandomize``, no example database), so CI sees the
 same inputs every time and a failure reproduces locally with the same command.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,24 +13,65 @@ import sys
 import threading
 
 import pytest
+
 pytest.importorskip("hypothesis")  # a dev dependency; a bare environment skips these property tests
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from pickle_asm import (APPENDS, BINPERSID, BUILD, EMPTY_LIST, MARK, NEWFALSE, NEWOBJ, NEWTRUE, NONE, REDUCE, TUPLE,
-                        binget, binput, dict_of, glob, i, inst, s, storage_pid, tensor_v2)
+from pickle_asm import (
+    APPENDS,
+    BINPERSID,
+    BUILD,
+    EMPTY_LIST,
+    MARK,
+    NEWFALSE,
+    NEWOBJ,
+    NEWTRUE,
+    NONE,
+    REDUCE,
+    TUPLE,
+    binget,
+    binput,
+    dict_of,
+    glob,
+    i,
+    inst,
+    s,
+    storage_pid,
+    tensor_v2,
+)
 
 
 def fuzz_settings(examples: int):
-    return settings(max_examples=examples, derandomize=True, database=None, deadline=None, print_blob=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.filter_too_much])
+    return settings(
+        max_examples=examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    )
 
 
 # ---------------------------------------------------------------- byte-level mutations
 
-INTERESTING = [0, 1, 0x7F, 0x80, 0xFF, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, 1 << 31, 1 << 32, 1 << 40,
-               (1 << 63) - 1, 1 << 63, (1 << 64) - 1]
+INTERESTING = [
+    0,
+    1,
+    0x7F,
+    0x80,
+    0xFF,
+    0x7FFF,
+    0xFFFF,
+    0x7FFFFFFF,
+    0xFFFFFFFF,
+    1 << 31,
+    1 << 32,
+    1 << 40,
+    (1 << 63) - 1,
+    1 << 63,
+    (1 << 64) - 1,
+]
 
 
 @st.composite
@@ -47,49 +89,133 @@ def mutated(draw, data: bytes, extra: st.SearchStrategy[bytes] | None = None) ->
         elif kind == "int":
             width = draw(st.sampled_from([1, 2, 4, 8]))
             value = draw(st.sampled_from(INTERESTING)) % (1 << (8 * width))
-            buf[pos:pos + width] = value.to_bytes(width, "little")
+            buf[pos : pos + width] = value.to_bytes(width, "little")
         elif kind == "truncate":
             del buf[pos:]
         elif kind == "insert":
             buf[pos:pos] = draw(extra if extra is not None and draw(st.booleans()) else st.binary(max_size=16))
         elif kind == "delete":
-            del buf[pos:pos + draw(st.integers(1, 32))]
+            del buf[pos : pos + draw(st.integers(1, 32))]
         elif kind == "copy" and buf:
             start = draw(st.integers(0, len(buf) - 1))
-            buf[pos:pos] = buf[start:start + draw(st.integers(1, 64))]
+            buf[pos:pos] = buf[start : start + draw(st.integers(1, 64))]
     return bytes(buf)
 
 
 # ---------------------------------------------------------------- pickle opcodes
 
 # Globals a fuzzed pickle may name: everything the restricted unpickler knows, placeholders, and refusals.
-GLOBALS = [("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor_v3"),
-           ("torch._utils", "_rebuild_tensor"), ("torch._utils", "_rebuild_parameter"),
-           ("torch._utils", "_rebuild_parameter_with_state"), ("torch._tensor", "_rebuild_from_type_v2"),
-           ("torch", "FloatStorage"), ("torch", "BFloat16Storage"), ("torch", "UntypedStorage"),
-           ("torch", "LongStorage"), ("torch", "float16"), ("torch", "bfloat16"), ("torch", "Size"),
-           ("torch", "QInt8Storage"), ("torch._utils", "_rebuild_qtensor"),
-           ("collections", "OrderedDict"), ("_codecs", "encode"), ("copyreg", "_reconstructor"),
-           ("copy_reg", "_reconstructor"), ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"),
-           ("builtins", "complex"), ("builtins", "object"), ("__builtin__", "set"),
-           ("torch.nn.modules.linear", "Linear"), ("__main__", "Net"), ("numpy.core.multiarray", "_reconstruct"),
-           ("os", "system"), ("builtins", "eval"), ("builtins", "getattr"), ("subprocess", "Popen"),
-           ("importlib", "import_module"), ("pip", "main"), ("os", "environ"), ("__builtin__", "list"),
-           ("__builtin__", "dict"), ("collections", "Counter"), ("argparse", "Namespace"), ("pathlib", "PosixPath")]
-STRINGS = ["storage", "cpu", "0", "1", "w", "state_dict", "_parameters", "_modules", "_buffers", "__setstate__",
-           "append", "extend", "add",
-           "items", "get", "numel", "dtype", "shape", "latin1", "utf-8", "little_endian", "__dict__", ""]
-NO_ARG = [b"(", b"t", b"\x85", b"\x86", b"\x87", b")", b"]", b"l", b"}", b"d", b"a", b"e", b"s", b"u",
-          b"\x8f", b"\x90", b"\x91", b"0", b"1", b"2", b"N", b"\x88", b"\x89", b"R", b"b", b"o", b"\x81",
-          b"\x92", b"\x93", b"Q", b"\x94", b"\x97", b"\x98"]
+GLOBALS = [
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_tensor_v3"),
+    ("torch._utils", "_rebuild_tensor"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"),
+    ("torch._tensor", "_rebuild_from_type_v2"),
+    ("torch", "FloatStorage"),
+    ("torch", "BFloat16Storage"),
+    ("torch", "UntypedStorage"),
+    ("torch", "LongStorage"),
+    ("torch", "float16"),
+    ("torch", "bfloat16"),
+    ("torch", "Size"),
+    ("torch", "QInt8Storage"),
+    ("torch._utils", "_rebuild_qtensor"),
+    ("collections", "OrderedDict"),
+    ("_codecs", "encode"),
+    ("copyreg", "_reconstructor"),
+    ("copy_reg", "_reconstructor"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "slice"),
+    ("builtins", "complex"),
+    ("builtins", "object"),
+    ("__builtin__", "set"),
+    ("torch.nn.modules.linear", "Linear"),
+    ("__main__", "Net"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("os", "system"),
+    ("builtins", "eval"),
+    ("builtins", "getattr"),
+    ("subprocess", "Popen"),
+    ("importlib", "import_module"),
+    ("pip", "main"),
+    ("os", "environ"),
+    ("__builtin__", "list"),
+    ("__builtin__", "dict"),
+    ("collections", "Counter"),
+    ("argparse", "Namespace"),
+    ("pathlib", "PosixPath"),
+]
+STRINGS = [
+    "storage",
+    "cpu",
+    "0",
+    "1",
+    "w",
+    "state_dict",
+    "_parameters",
+    "_modules",
+    "_buffers",
+    "__setstate__",
+    "append",
+    "extend",
+    "add",
+    "items",
+    "get",
+    "numel",
+    "dtype",
+    "shape",
+    "latin1",
+    "utf-8",
+    "little_endian",
+    "__dict__",
+    "",
+]
+NO_ARG = [
+    b"(",
+    b"t",
+    b"\x85",
+    b"\x86",
+    b"\x87",
+    b")",
+    b"]",
+    b"l",
+    b"}",
+    b"d",
+    b"a",
+    b"e",
+    b"s",
+    b"u",
+    b"\x8f",
+    b"\x90",
+    b"\x91",
+    b"0",
+    b"1",
+    b"2",
+    b"N",
+    b"\x88",
+    b"\x89",
+    b"R",
+    b"b",
+    b"o",
+    b"\x81",
+    b"\x92",
+    b"\x93",
+    b"Q",
+    b"\x94",
+    b"\x97",
+    b"\x98",
+]
 
 
 def _glob_args(pair):
     return pair[0].encode() + b"\n" + pair[1].encode() + b"\n"
 
 
-small_ints = st.sampled_from([0, 1, 2, 3, 4, -1, 16, 255, 256, 65535, 1 << 31, 1 << 40, 1 << 63, 1 << 70]) \
-    | st.integers(-(1 << 70), 1 << 70)
+small_ints = st.sampled_from(
+    [0, 1, 2, 3, 4, -1, 16, 255, 256, 65535, 1 << 31, 1 << 40, 1 << 63, 1 << 70]
+) | st.integers(-(1 << 70), 1 << 70)
 
 opcode = st.one_of(
     st.sampled_from(NO_ARG),
@@ -112,8 +238,16 @@ opcode = st.one_of(
     st.sampled_from([b"\x82\x01", b"\x83\x01\x00", b"\x84\xff\xff\xff\x7f"]),
     st.sampled_from([b"P0\n", b"Pstorage\n", b"I12\n", b"I01\n", b"L5L\n", b"F1.5\n", b"S'x'\n", b"Vx\n"]),
     st.floats(allow_nan=True).map(lambda f: b"G" + struct.pack(">d", f)),
-    st.sampled_from([b"X\xff\xff\xff\xff", b"\x8e" + b"\xff" * 8, b"T\xff\xff\xff\xff", b"\x8b\x00\x00\x00\x80",
-                     b"B\x10\x00\x00\x00", b"\x8d" + struct.pack("<Q", 1 << 62)]),
+    st.sampled_from(
+        [
+            b"X\xff\xff\xff\xff",
+            b"\x8e" + b"\xff" * 8,
+            b"T\xff\xff\xff\xff",
+            b"\x8b\x00\x00\x00\x80",
+            b"B\x10\x00\x00\x00",
+            b"\x8d" + struct.pack("<Q", 1 << 62),
+        ]
+    ),
 )
 opcode_stream = st.lists(opcode, max_size=40).map(lambda ops: b"\x80\x02" + b"".join(ops) + b".")
 
@@ -122,12 +256,20 @@ opcode_stream = st.lists(opcode, max_size=40).map(lambda ops: b"\x80\x02" + b"".
 dim = st.sampled_from([0, 1, 2, 3, 4, 16, -1, 1 << 31, 1 << 62]) | st.integers(0, 70)
 dims = st.lists(dim, max_size=4)
 # (storage key, type, element count): mostly ones that match the zip test's members ("0": 64 bytes, "1": 8).
-STORAGES = [("0", "FloatStorage", 16), ("0", "ByteStorage", 64), ("0", "HalfStorage", 32), ("0", "UntypedStorage", 64),
-            ("1", "FloatStorage", 2), ("1", "LongStorage", 1), ("1", "BFloat16Storage", 4)]
+STORAGES = [
+    ("0", "FloatStorage", 16),
+    ("0", "ByteStorage", 64),
+    ("0", "HalfStorage", 32),
+    ("0", "UntypedStorage", 64),
+    ("1", "FloatStorage", 2),
+    ("1", "LongStorage", 1),
+    ("1", "BFloat16Storage", 4),
+]
 storage_record = st.sampled_from(STORAGES) | st.tuples(
     st.sampled_from(["0", "1", "2", "../0"]),
     st.sampled_from(["FloatStorage", "HalfStorage", "ByteStorage", "LongStorage", "UntypedStorage", "QInt8Storage"]),
-    st.sampled_from([16, 2, 64, 0, 8, 1 << 40, -1]))
+    st.sampled_from([16, 2, 64, 0, 8, 1 << 40, -1]),
+)
 
 
 @st.composite
@@ -141,24 +283,35 @@ def tensor_value(draw) -> bytes:
 
 
 leaf_value = st.one_of(
-    tensor_value(), tensor_value(), small_ints.map(i), (st.sampled_from(STRINGS) | st.text(max_size=6)).map(s),
-    st.sampled_from([NONE, NEWTRUE, NEWFALSE]), st.sampled_from(GLOBALS).map(lambda g: glob(*g)))
+    tensor_value(),
+    tensor_value(),
+    small_ints.map(i),
+    (st.sampled_from(STRINGS) | st.text(max_size=6)).map(s),
+    st.sampled_from([NONE, NEWTRUE, NEWFALSE]),
+    st.sampled_from(GLOBALS).map(lambda g: glob(*g)),
+)
 
 
 def _containers(children):
     items = st.lists(children, max_size=4).map(b"".join)
     state_dict = st.lists(st.tuples(st.sampled_from(STRINGS).map(s), children), max_size=4).map(dict_of)
-    plain = [items.map(lambda xs: MARK + xs + TUPLE), items.map(lambda xs: EMPTY_LIST + MARK + xs + APPENDS),
-             state_dict, state_dict,
-             st.tuples(st.sampled_from(GLOBALS), items).map(lambda g: glob(*g[0]) + MARK + g[1] + TUPLE + REDUCE)]
+    plain = [
+        items.map(lambda xs: MARK + xs + TUPLE),
+        items.map(lambda xs: EMPTY_LIST + MARK + xs + APPENDS),
+        state_dict,
+        state_dict,
+        st.tuples(st.sampled_from(GLOBALS), items).map(lambda g: glob(*g[0]) + MARK + g[1] + TUPLE + REDUCE),
+    ]
     # Rarer: each of these alone may doom the whole pickle, which would hide what lies deeper.
-    risky = [st.lists(st.tuples(children, children), max_size=3).map(dict_of),
-             st.tuples(children, children).map(lambda fa: fa[0] + fa[1] + REDUCE),
-             st.tuples(children, children).map(lambda os_: os_[0] + os_[1] + BUILD),
-             st.tuples(children, items).map(lambda ca: ca[0] + MARK + ca[1] + TUPLE + NEWOBJ),
-             children.map(lambda pid: pid + BINPERSID),
-             st.integers(0, 3).map(binget),
-             st.tuples(children, st.integers(0, 3)).map(lambda vk: vk[0] + binput(vk[1]))]
+    risky = [
+        st.lists(st.tuples(children, children), max_size=3).map(dict_of),
+        st.tuples(children, children).map(lambda fa: fa[0] + fa[1] + REDUCE),
+        st.tuples(children, children).map(lambda os_: os_[0] + os_[1] + BUILD),
+        st.tuples(children, items).map(lambda ca: ca[0] + MARK + ca[1] + TUPLE + NEWOBJ),
+        children.map(lambda pid: pid + BINPERSID),
+        st.integers(0, 3).map(binget),
+        st.tuples(children, st.integers(0, 3)).map(lambda vk: vk[0] + binput(vk[1])),
+    ]
     return st.one_of(*plain, *plain, *plain, *risky)
 
 
@@ -173,9 +326,11 @@ state_dict_graph = st.tuples(
 
 def guarded_persistent_load(unpickler_module):
     """What the zip reader's persistent_load does, without a file: validate, then return a storage record."""
+
     def load(pid):
         key, stype, numel, location, _view = unpickler_module.storage_ref(pid, "fuzz")
         return unpickler_module.StorageRef(key, stype.dtype or unpickler_module.UINT8, numel, location)
+
     return load
 
 
@@ -183,9 +338,25 @@ def guarded_persistent_load(unpickler_module):
 
 # Audit events that would mean a checkpoint reached code: CPython raises them before the action,
 # and a hook that raises aborts it.
-FORBIDDEN_EVENTS = ("pickle.find_class", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
-                    "subprocess.Popen", "exec", "compile", "import", "ctypes.", "socket.", "os.remove", "os.rmdir",
-                    "shutil.rmtree", "builtins.input", "webbrowser.open")
+FORBIDDEN_EVENTS = (
+    "pickle.find_class",
+    "os.system",
+    "os.exec",
+    "os.posix_spawn",
+    "os.spawn",
+    "os.fork",
+    "subprocess.Popen",
+    "exec",
+    "compile",
+    "import",
+    "ctypes.",
+    "socket.",
+    "os.remove",
+    "os.rmdir",
+    "shutil.rmtree",
+    "builtins.input",
+    "webbrowser.open",
+)
 _armed = threading.local()
 _hook_installed = False
 
@@ -226,6 +397,7 @@ def open_or_none(path):
 
     from torch2mlx.errors import Torch2MLXError
     from torch2mlx.stream import open as open_checkpoint
+
     try:
         with nothing_runs():
             ck = open_checkpoint(path)

@@ -12,6 +12,7 @@ lets the caller put the whole batch under a memory limit. Running the files
 one after another in one process also shows that no file leaves anything
 behind that changes how the next one is read.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,7 +26,7 @@ import sys
 import traceback
 
 CASE_TIMEOUT = 30  # seconds; enforced between bytecodes (a loop inside one C call is caught by the caller's timeout)
-TIMEOUT = 120      # seconds for a whole process
+TIMEOUT = 120  # seconds for a whole process
 MEMORY_LIMIT = 1536 << 20  # address space of each process under test: far below what hostile numbers ask for
 CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "T2MLX_DEBUG"}
 # One BLAS thread: OpenBLAS reserves address space per thread, which the limit above counts.
@@ -46,8 +47,15 @@ def limit_memory():
 def run_process(argv) -> subprocess.CompletedProcess:
     """``python -m torch2mlx ARGV`` as its own memory-limited process."""
     try:
-        return subprocess.run([sys.executable, "-m", "torch2mlx", *map(str, argv)], capture_output=True, text=True,
-                              env=CLEAN_ENV, stdin=subprocess.DEVNULL, timeout=TIMEOUT, preexec_fn=limit_memory)
+        return subprocess.run(
+            [sys.executable, "-m", "torch2mlx", *map(str, argv)],
+            capture_output=True,
+            text=True,
+            env=CLEAN_ENV,
+            stdin=subprocess.DEVNULL,
+            timeout=TIMEOUT,
+            preexec_fn=limit_memory,
+        )
     except subprocess.TimeoutExpired as e:
         return subprocess.CompletedProcess(e.cmd, -1, "", f"TIMEOUT after {TIMEOUT}s")
 
@@ -62,6 +70,7 @@ def _alarm(signum, frame):
 
 def run(argv: list[str]) -> dict:
     from torch2mlx.cli import main
+
     out, err = io.StringIO(), io.StringIO()
     signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(CASE_TIMEOUT)

@@ -6,6 +6,7 @@ STACK_GLOBAL, INST vs OBJ vs NEWOBJ, ...), nothing depends on how this
 interpreter happens to pickle a function, and no dangerous object is ever
 constructed here. Nothing in this module imports torch.
 """
+
 from __future__ import annotations
 
 import struct
@@ -49,7 +50,7 @@ def stack_global(module: str, name: str) -> bytes:
 
 def i(n: int) -> bytes:
     """An int: BININT for 32-bit values, LONG1 beyond."""
-    if -(2 ** 31) <= n < 2 ** 31:
+    if -(2**31) <= n < 2**31:
         return b"J" + struct.pack("<i", n)
     raw = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
     if len(raw) < 256:
@@ -92,8 +93,15 @@ def pickle_of(body: bytes, protocol: int = 2) -> bytes:
 
 # ---------------------------------------------------------------- torch records
 
-def storage_pid(key: str = "0", storage: str = "FloatStorage", numel: int = 4, location: str = "cpu",
-                legacy: bool = False, module: str = "torch") -> bytes:
+
+def storage_pid(
+    key: str = "0",
+    storage: str = "FloatStorage",
+    numel: int = 4,
+    location: str = "cpu",
+    legacy: bool = False,
+    module: str = "torch",
+) -> bytes:
     """The persistent id torch.save writes for a storage, followed by BINPERSID."""
     view = (NONE,) if legacy else ()
     return tup(s("storage"), glob(module, storage), s(key), s(location), i(numel), *view) + BINPERSID
@@ -101,8 +109,15 @@ def storage_pid(key: str = "0", storage: str = "FloatStorage", numel: int = 4, l
 
 def tensor_v2(pid: bytes, offset: int = 0, size=(2, 2), stride=(2, 1)) -> bytes:
     """torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks)."""
-    return call(glob("torch._utils", "_rebuild_tensor_v2"), pid, i(offset), ints(size), ints(stride),
-                NEWFALSE, call(glob("collections", "OrderedDict")))
+    return call(
+        glob("torch._utils", "_rebuild_tensor_v2"),
+        pid,
+        i(offset),
+        ints(size),
+        ints(stride),
+        NEWFALSE,
+        call(glob("collections", "OrderedDict")),
+    )
 
 
 def state_dict(tensors: dict[str, bytes], extra: list[tuple[bytes, bytes]] = ()) -> bytes:
@@ -116,17 +131,27 @@ def float_bytes(n: int) -> bytes:
 
 # ---------------------------------------------------------------- containers
 
-def torch_zip(path, pkl: bytes, storages: dict[str, bytes], *, root: str = "archive",
-              byteorder: bytes | None = b"little", compress: set[str] = frozenset()) -> None:
+
+def torch_zip(
+    path,
+    pkl: bytes,
+    storages: dict[str, bytes],
+    *,
+    root: str = "archive",
+    byteorder: bytes | None = b"little",
+    compress: set[str] = frozenset(),
+) -> None:
     """A torch.save (zipfile serialization) archive: root/data.pkl, root/byteorder, root/data/<key>.
 
     Members named in ``compress`` are deflated (torch never does this).
     """
     with zipfile.ZipFile(path, "w") as zf:
+
         def put(name, data):
             zi = zipfile.ZipInfo(f"{root}/{name}", date_time=(1980, 1, 1, 0, 0, 0))
             zi.compress_type = zipfile.ZIP_DEFLATED if name in compress else zipfile.ZIP_STORED
             zf.writestr(zi, data)
+
         put("data.pkl", pkl)
         if byteorder is not None:
             put("byteorder", byteorder)
@@ -136,17 +161,35 @@ def torch_zip(path, pkl: bytes, storages: dict[str, bytes], *, root: str = "arch
 
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-SYS_INFO = dict_of([(s("protocol_version"), i(1001)), (s("little_endian"), NEWTRUE),
-                    (s("type_sizes"), dict_of([(s("short"), i(2)), (s("int"), i(4)), (s("long"), i(4))]))])
+SYS_INFO = dict_of(
+    [
+        (s("protocol_version"), i(1001)),
+        (s("little_endian"), NEWTRUE),
+        (s("type_sizes"), dict_of([(s("short"), i(2)), (s("int"), i(4)), (s("long"), i(4))])),
+    ]
+)
 
 
-def torch_legacy(path, pkl: bytes, storages: list[tuple[str, int, bytes]], *, keys: bytes | None = None,
-                 magic: bytes | None = None, version: int = 1001, sys_info: bytes = SYS_INFO) -> None:
+def torch_legacy(
+    path,
+    pkl: bytes,
+    storages: list[tuple[str, int, bytes]],
+    *,
+    keys: bytes | None = None,
+    magic: bytes | None = None,
+    version: int = 1001,
+    sys_info: bytes = SYS_INFO,
+) -> None:
     """A legacy torch.save file: magic, version, sys info, object pickle, key list, then per storage
     an int64 element count and its bytes. ``storages`` is [(key, count written, data)]."""
     key_list = pickle_of(EMPTY_LIST + MARK + b"".join(s(k) for k, _, _ in storages) + APPENDS)
-    parts = [magic if magic is not None else pickle_of(i(LEGACY_MAGIC)), pickle_of(i(version)),
-             pickle_of(sys_info), pkl, keys if keys is not None else key_list]
+    parts = [
+        magic if magic is not None else pickle_of(i(LEGACY_MAGIC)),
+        pickle_of(i(version)),
+        pickle_of(sys_info),
+        pkl,
+        keys if keys is not None else key_list,
+    ]
     for _key, count, data in storages:
         parts.append(struct.pack("<q", count) + data)
     with open(path, "wb") as f:
@@ -156,6 +199,7 @@ def torch_legacy(path, pkl: bytes, storages: list[tuple[str, int, bytes]], *, ke
 def safetensors_file(path, header: bytes | dict, data: bytes = b"", *, length: int | None = None) -> None:
     """8-byte little-endian header length, header, data. ``length`` overrides the stated length."""
     import json
+
     raw = header if isinstance(header, bytes) else json.dumps(header).encode()
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw) if length is None else length) + raw + data)

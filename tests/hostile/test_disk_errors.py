@@ -4,6 +4,7 @@ Real filesystems where this machine allows mounting a small tmpfs (root in a
 container that permits it); injected OSErrors everywhere, so the same paths
 are exercised on any machine.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +24,9 @@ INDEX = "model.safetensors.index.json"
 
 def checkpoint(path, tensors: int = 3, mib: int = 1) -> str:
     rng = np.random.default_rng(0)
-    save_file({f"layer{k}.weight": rng.standard_normal(mib << 18).astype(np.float32) for k in range(tensors)},
-              str(path))
+    save_file(
+        {f"layer{k}.weight": rng.standard_normal(mib << 18).astype(np.float32) for k in range(tensors)}, str(path)
+    )
     return str(path)
 
 
@@ -52,8 +54,13 @@ def tmpfs(path, options: str):
 
 
 def cli(*argv) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "torch2mlx", *map(str, argv)], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "torch2mlx", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
 
 
 @pytest.mark.slow
@@ -78,6 +85,7 @@ def test_read_only_output_on_a_real_filesystem(tmp_path):
 def _raise(code):
     def fail(*args, **kwargs):
         raise OSError(code, os.strerror(code))
+
     return fail
 
 
@@ -93,6 +101,7 @@ def test_disk_full_while_writing(tmp_path, monkeypatch, dtype):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         written.append(len(data))
         return real_pwrite(fd, data, offset)
+
     monkeypatch.setattr(os, "pwrite", pwrite)
     monkeypatch.setattr(os, "copy_file_range", _raise(errno.ENOSPC), raising=False)
     res = run(["stream", src, str(tmp_path / "out"), "-q", "--dtype", dtype, "--max-shard-size", "1MiB"])
@@ -115,6 +124,7 @@ def test_disk_full_when_writing_the_index(tmp_path, monkeypatch):
         if fd in index_fds:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_pwrite(fd, data, offset)
+
     monkeypatch.setattr(os, "open", tracking_open)
     monkeypatch.setattr(os, "pwrite", pwrite)
     res = run(["stream", src, str(tmp_path / "out"), "-q"])
@@ -134,6 +144,7 @@ def test_output_directory_not_writable(tmp_path, monkeypatch):
         if str(path).startswith(str(out)):
             raise OSError(errno.EACCES, os.strerror(errno.EACCES))
         return real_open(path, *args, **kwargs)
+
     monkeypatch.setattr(os, "open", guarded)
     res = run(["stream", src, str(out), "-q"])
     assert res["returncode"] == 1

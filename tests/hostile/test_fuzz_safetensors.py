@@ -8,6 +8,7 @@ accepted describes exactly the file's data buffer (tensors tile it in order,
 sizes agree with shapes) and the reference implementation reads the same
 tensors from it; an accepted index never names a file outside its directory.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,6 +18,7 @@ import tempfile
 
 import numpy as np
 import pytest
+
 pytest.importorskip("hypothesis")  # a dev dependency; a bare environment skips these property tests
 from hypothesis import given
 from hypothesis import strategies as st
@@ -28,6 +30,7 @@ from fuzz_strategies import INTERESTING, fuzz_settings, mutated, open_or_none
 
 # seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out
 pytestmark = pytest.mark.slow
+
 
 def _seeds() -> list[bytes]:
     rng = np.random.default_rng(0)
@@ -89,8 +92,26 @@ def test_mutated_files(scratch, raw):
     check_header(write(scratch / "m.safetensors", raw))
 
 
-DTYPES = ["F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL", "F8_E4M3", "U64", "C64",
-          "F33", "f32", "", "BF16 ", "U128"]
+DTYPES = [
+    "F64",
+    "F32",
+    "F16",
+    "BF16",
+    "I64",
+    "I32",
+    "I16",
+    "I8",
+    "U8",
+    "BOOL",
+    "F8_E4M3",
+    "U64",
+    "C64",
+    "F33",
+    "f32",
+    "",
+    "BF16 ",
+    "U128",
+]
 json_ints = st.sampled_from(INTERESTING + [-1, 2, 3, 4, 8, 16]) | st.integers(-(1 << 70), 1 << 70)
 odd_values = st.one_of(st.none(), st.booleans(), st.floats(allow_nan=False), st.text(max_size=4), json_ints)
 
@@ -106,27 +127,35 @@ def headers(draw) -> bytes:
     header, pos = {}, 0
     for k in range(draw(st.integers(0, 4))):
         dtype = rarely(draw, st.sampled_from(DTYPES[:13]), st.sampled_from(DTYPES[13:]) | odd_values)
-        shape = rarely(draw, st.lists(st.integers(0, 5), max_size=3), st.lists(json_ints | odd_values, max_size=3)
-                       | odd_values)
+        shape = rarely(
+            draw, st.lists(st.integers(0, 5), max_size=3), st.lists(json_ints | odd_values, max_size=3) | odd_values
+        )
         item = {"F64": 8, "I64": 8, "U64": 8, "C64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2}.get(dtype, 1)
         n = item
         for d in shape if isinstance(shape, list) else []:
             n *= d if isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 20 else 1
         n = min(n, 4096)  # the data written below stays small whatever the shape claims
-        rec = {"dtype": dtype, "shape": shape,
-               "data_offsets": rarely(draw, st.just([pos, pos + n]), st.lists(json_ints, max_size=3) | odd_values)}
+        rec = {
+            "dtype": dtype,
+            "shape": shape,
+            "data_offsets": rarely(draw, st.just([pos, pos + n]), st.lists(json_ints, max_size=3) | odd_values),
+        }
         if draw(st.integers(0, 15)) == 0:
             rec[draw(st.sampled_from(["extra", "dtype2", "offsets"]))] = draw(odd_values)
         if draw(st.integers(0, 15)) == 0:
             del rec[draw(st.sampled_from(sorted(rec)))]
-        name = rarely(draw, st.sampled_from(["w", "b", "a.b", "layers.0.weight"]) | st.text(max_size=4),
-                      st.sampled_from(["", "__metadata__", "w\u00e9", "\ud800", "w"]))
+        name = rarely(
+            draw,
+            st.sampled_from(["w", "b", "a.b", "layers.0.weight"]) | st.text(max_size=4),
+            st.sampled_from(["", "__metadata__", "w\u00e9", "\ud800", "w"]),
+        )
         header[name if k else "w"] = rec
         pos += n
     metadata = st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2)
     if draw(st.booleans()):
-        header["__metadata__"] = rarely(draw, metadata, odd_values | st.dictionaries(st.text(max_size=3), odd_values,
-                                                                                     min_size=1, max_size=2))
+        header["__metadata__"] = rarely(
+            draw, metadata, odd_values | st.dictionaries(st.text(max_size=3), odd_values, min_size=1, max_size=2)
+        )
     raw = json.dumps(header).encode()
     raw += b" " * draw(st.sampled_from([0, 0, 3, -len(raw) % 8]))
     data_len = pos + rarely(draw, st.just(0), st.sampled_from([1, -1, 8]), one_in=4)
@@ -140,9 +169,14 @@ def test_structured_headers(scratch, raw):
 
 
 @fuzz_settings(600)
-@given(st.recursive(st.none() | st.booleans() | st.floats() | json_ints | st.text(max_size=6),
-                    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids, max_size=4),
-                    max_leaves=20), st.binary(max_size=16))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.floats() | json_ints | st.text(max_size=6),
+        lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids, max_size=4),
+        max_leaves=20,
+    ),
+    st.binary(max_size=16),
+)
 def test_arbitrary_json_headers(scratch, value, data):
     raw = json.dumps(value).encode()
     check_header(write(scratch / "j.safetensors", struct.pack("<Q", len(raw)) + raw + data))
@@ -155,16 +189,35 @@ def test_arbitrary_header_bytes(scratch, header, stated):
     check_header(write(scratch / "b.safetensors", struct.pack("<Q", length) + header))
 
 
-shard_names = st.sampled_from(["model.safetensors", "./model.safetensors", "other.safetensors", "../model.safetensors",
-                               "/etc/passwd", "sub/../model.safetensors", "", ".", "model.safetensors\x00",
-                               "..", "sub/x.safetensors", "model.safetensors.index.json"]) | st.text(max_size=8)
+shard_names = st.sampled_from(
+    [
+        "model.safetensors",
+        "./model.safetensors",
+        "other.safetensors",
+        "../model.safetensors",
+        "/etc/passwd",
+        "sub/../model.safetensors",
+        "",
+        ".",
+        "model.safetensors\x00",
+        "..",
+        "sub/x.safetensors",
+        "model.safetensors.index.json",
+    ]
+) | st.text(max_size=8)
 index_files = st.one_of(
     st.dictionaries(st.sampled_from(["a", "b", "c"]) | st.text(max_size=3), shard_names, max_size=4).map(
-        lambda wm: json.dumps({"metadata": {"total_size": 8}, "weight_map": wm})),
-    st.recursive(st.none() | json_ints | st.text(max_size=4),
-                 lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.sampled_from(["weight_map", "metadata", "a"]),
-                                                                           kids, max_size=3)).map(json.dumps),
-    st.text(max_size=30))
+        lambda wm: json.dumps({"metadata": {"total_size": 8}, "weight_map": wm})
+    ),
+    st.recursive(
+        st.none() | json_ints | st.text(max_size=4),
+        lambda kids: (
+            st.lists(kids, max_size=3)
+            | st.dictionaries(st.sampled_from(["weight_map", "metadata", "a"]), kids, max_size=3)
+        ),
+    ).map(json.dumps),
+    st.text(max_size=30),
+)
 
 
 @fuzz_settings(300)

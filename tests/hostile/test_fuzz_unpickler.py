@@ -6,6 +6,7 @@ every input the only exception allowed out is ``Torch2MLXError``, no audit
 event shows a pickle reaching code, and what is accepted stays inside the
 file: every tensor's bytes lie within it and can be read.
 """
+
 from __future__ import annotations
 
 import collections
@@ -16,12 +17,23 @@ import zipfile
 
 import pytest
 import torch
+
 pytest.importorskip("hypothesis")  # a dev dependency; a bare environment skips these property tests
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from fuzz_strategies import (GLOBALS, fuzz_settings, guarded_persistent_load, mutated, nothing_runs, object_graph,
-                             opcode, opcode_stream, open_or_none, state_dict_graph)
+from fuzz_strategies import (
+    GLOBALS,
+    fuzz_settings,
+    guarded_persistent_load,
+    mutated,
+    nothing_runs,
+    object_graph,
+    opcode,
+    opcode_stream,
+    open_or_none,
+    state_dict_graph,
+)
 from pickle_asm import float_bytes, torch_zip
 from torch2mlx.errors import Torch2MLXError
 from torch2mlx.stream import open as open_checkpoint
@@ -29,22 +41,30 @@ from torch2mlx.stream.data import DataReader
 from torch2mlx.formats import nested, unpickler
 
 
-
 # seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out
 pytestmark = pytest.mark.slow
+
 
 def _sample_objects() -> dict[str, object]:
     g = torch.Generator().manual_seed(0)
     base = torch.randn(4, 6, generator=g)
     linear = torch.nn.Linear(3, 2)
     return {
-        "state_dict": collections.OrderedDict(w=base, b=torch.zeros(3, dtype=torch.bfloat16), i=torch.arange(5),
-                                              h=torch.ones(2, 2, dtype=torch.float16)),
+        "state_dict": collections.OrderedDict(
+            w=base, b=torch.zeros(3, dtype=torch.bfloat16), i=torch.arange(5), h=torch.ones(2, 2, dtype=torch.float16)
+        ),
         "views": {"row": base[1], "cols": base[:, 2:], "t": base.t(), "expand": torch.ones(1).expand(3, 2)},
-        "lightning": {"state_dict": linear.state_dict(), "epoch": 3,
-                      "optimizer_states": [{"state": {0: {"step": torch.tensor(1.0), "exp_avg": torch.zeros(2, 3)}},
-                                            "param_groups": [{"lr": 0.1, "params": [0]}]}],
-                      "hyper_parameters": {"name": "net", "sizes": (3, 2), "blob": b"\x00\xff"}},
+        "lightning": {
+            "state_dict": linear.state_dict(),
+            "epoch": 3,
+            "optimizer_states": [
+                {
+                    "state": {0: {"step": torch.tensor(1.0), "exp_avg": torch.zeros(2, 3)}},
+                    "param_groups": [{"lr": 0.1, "params": [0]}],
+                }
+            ],
+            "hyper_parameters": {"name": "net", "sizes": (3, 2), "blob": b"\x00\xff"},
+        },
         "module": torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()),
         "parameter": {"p": torch.nn.Parameter(torch.ones(2))},
     }
@@ -127,8 +147,9 @@ def unpickle_and_select(data: bytes) -> None:
             nested.select(obj, "fuzz")
             event("tensors found")
     except Torch2MLXError as e:
-        assert not any(ours in str(e) for ours in ("Opaque", "_t2m", "_Placeholder", "_InstanceMethod")), \
+        assert not any(ours in str(e) for ours in ("Opaque", "_t2m", "_Placeholder", "_InstanceMethod")), (
             f"the error names our internals, not the file's globals: {e}"
+        )
         event(f"refused: {str(e).split(': ', 1)[-1][:30]}")
 
 
@@ -164,8 +185,13 @@ def test_random_bytes(data):
 
 
 @fuzz_settings(1000)
-@given(st.sampled_from(DATA_PKL_SEEDS).flatmap(
-    lambda seed: st.tuples(st.just(seed), mutated(seed[2], extra=st.lists(opcode, min_size=1, max_size=3).map(b"".join)))))
+@given(
+    st.sampled_from(DATA_PKL_SEEDS).flatmap(
+        lambda seed: st.tuples(
+            st.just(seed), mutated(seed[2], extra=st.lists(opcode, min_size=1, max_size=3).map(b"".join))
+        )
+    )
+)
 def test_mutated_data_pkl(scratch, case):
     (name, root, _pkl, members), data_pkl = case
     path = str(scratch / "mutated.pt")
@@ -186,8 +212,11 @@ def test_mutated_zip_archives(scratch, raw):
 
 
 @fuzz_settings(800)
-@given(st.sampled_from(LEGACY_SEEDS).flatmap(
-    lambda seed: mutated(seed[1], extra=st.lists(opcode, min_size=1, max_size=3).map(b"".join))))
+@given(
+    st.sampled_from(LEGACY_SEEDS).flatmap(
+        lambda seed: mutated(seed[1], extra=st.lists(opcode, min_size=1, max_size=3).map(b"".join))
+    )
+)
 def test_mutated_legacy_files(scratch, raw):
     path = str(scratch / "mutated-legacy.bin")
     with open(path, "wb") as f:
@@ -196,11 +225,20 @@ def test_mutated_legacy_files(scratch, raw):
 
 
 plain_data = st.recursive(
-    st.none() | st.booleans() | st.integers(-(1 << 80), 1 << 80) | st.floats() | st.text(max_size=300)
+    st.none()
+    | st.booleans()
+    | st.integers(-(1 << 80), 1 << 80)
+    | st.floats()
+    | st.text(max_size=300)
     | st.binary(max_size=300),
-    lambda kids: st.lists(kids, max_size=6) | st.tuples(kids, kids) | st.dictionaries(st.text(max_size=4), kids, max_size=4)
-    | st.lists(kids, max_size=3).map(lambda xs: xs + xs),  # shared objects: memo puts and gets
-    max_leaves=40)
+    lambda kids: (
+        st.lists(kids, max_size=6)
+        | st.tuples(kids, kids)
+        | st.dictionaries(st.text(max_size=4), kids, max_size=4)
+        | st.lists(kids, max_size=3).map(lambda xs: xs + xs)
+    ),  # shared objects: memo puts and gets
+    max_leaves=40,
+)
 
 
 @fuzz_settings(800)
@@ -208,6 +246,7 @@ plain_data = st.recursive(
 def test_scan_accepts_every_real_pickle(value, protocol):
     """The opcode scan before unpickling refuses nothing CPython's pickler writes, at any protocol."""
     import pickle
+
     data = pickle.dumps(value, protocol=protocol)
     assert unpickler.pickle_extent(io.BytesIO(data + b"trailing"), len(data) + 8, "scan") == len(data)
 
@@ -217,11 +256,47 @@ ALLOWED = set(map(id, unpickler._TORCH_GLOBALS.values())) | set(map(id, unpickle
 
 
 @fuzz_settings(1500)
-@given(st.sampled_from(GLOBALS) | st.tuples(
-    st.sampled_from(["os", "builtins", "torch", "torch._utils", "torch.storage", "collections", "posix",
-                     "subprocess", "numpy", "copyreg", "_codecs", "nt", "sys", "x.y"]) | st.text(max_size=12),
-    st.sampled_from(["system", "eval", "FloatStorage", "Storage", "float32", "_rebuild_x", "__class__", "set",
-                     "OrderedDict", "getattr", "a.b", "__reduce__"]) | st.text(max_size=12)))
+@given(
+    st.sampled_from(GLOBALS)
+    | st.tuples(
+        st.sampled_from(
+            [
+                "os",
+                "builtins",
+                "torch",
+                "torch._utils",
+                "torch.storage",
+                "collections",
+                "posix",
+                "subprocess",
+                "numpy",
+                "copyreg",
+                "_codecs",
+                "nt",
+                "sys",
+                "x.y",
+            ]
+        )
+        | st.text(max_size=12),
+        st.sampled_from(
+            [
+                "system",
+                "eval",
+                "FloatStorage",
+                "Storage",
+                "float32",
+                "_rebuild_x",
+                "__class__",
+                "set",
+                "OrderedDict",
+                "getattr",
+                "a.b",
+                "__reduce__",
+            ]
+        )
+        | st.text(max_size=12),
+    )
+)
 def test_find_class_returns_only_stand_ins(pair):
     up = unpickler.RestrictedUnpickler(io.BytesIO(b""), "fuzz", lambda pid: None)
     try:
@@ -230,5 +305,6 @@ def test_find_class_returns_only_stand_ins(pair):
     except Torch2MLXError:
         return
     inert = isinstance(found, (unpickler._StorageType, unpickler.DTypeRef)) or (
-        isinstance(found, type) and issubclass(found, unpickler.Opaque))
+        isinstance(found, type) and issubclass(found, unpickler.Opaque)
+    )
     assert inert or id(found) in ALLOWED, f"find_class{pair} returned {found!r}"

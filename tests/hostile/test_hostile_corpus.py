@@ -11,6 +11,7 @@ The whole corpus runs through the CLI's ``main`` in a few batch processes
 (``hostile_runner``); one case per category also runs as its own
 ``python -m torch2mlx`` process, the console script end to end.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,17 +45,25 @@ def run_batches(jobs: list[tuple[str, list[str]]], work: Path) -> dict[str, subp
         jobs_file, results_file = work / f"jobs{i}.json", work / f"results{i}.jsonl"
         jobs_file.write_text(json.dumps(parts[i]))
         try:
-            subprocess.run([sys.executable, str(HERE / "hostile_runner.py"), str(jobs_file), str(results_file)],
-                           env=CLEAN_ENV, stdin=subprocess.DEVNULL, capture_output=True, timeout=TIMEOUT,
-                           preexec_fn=limit_memory)
+            subprocess.run(
+                [sys.executable, str(HERE / "hostile_runner.py"), str(jobs_file), str(results_file)],
+                env=CLEAN_ENV,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=TIMEOUT,
+                preexec_fn=limit_memory,
+            )
         except subprocess.TimeoutExpired:
             pass  # the cases without a result line below are reported as hung
         lines = results_file.read_text().splitlines() if results_file.exists() else []
         return [json.loads(line) for line in lines]
 
     with ThreadPoolExecutor(BATCHES) as pool:
-        done = {r["name"]: subprocess.CompletedProcess([], r["returncode"], r["stdout"], r["stderr"])
-                for rs in pool.map(batch, range(BATCHES)) for r in rs}
+        done = {
+            r["name"]: subprocess.CompletedProcess([], r["returncode"], r["stdout"], r["stderr"])
+            for rs in pool.map(batch, range(BATCHES))
+            for r in rs
+        }
     missing = subprocess.CompletedProcess([], -1, "", f"TIMEOUT: no result within {TIMEOUT}s (hung or killed)")
     return {name: done.get(name, missing) for name, _ in jobs}
 
@@ -86,11 +95,15 @@ def assert_clean_failure(root: Path, case: hostile_corpus.Case, proc: subprocess
     name, err = case.name, proc.stderr
     assert "TIMEOUT" not in err, f"{name}: hung\n{err}"
     assert "Traceback" not in err, f"{name}: traceback\n{err}"
-    assert "MemoryError" not in err and "more memory than" not in err, f"{name}: an allocation sized by the input\n{err}"
+    assert "MemoryError" not in err and "more memory than" not in err, (
+        f"{name}: an allocation sized by the input\n{err}"
+    )
     assert proc.returncode == 1, f"{name}: exit {proc.returncode}\nstderr: {err}"
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), f"{name}: stderr is not one error line: {err!r}"
-    assert len(lines[0]) <= 2100 and lines[0].isprintable(), f"{name}: the error line floods the terminal: {err[:300]!r}"
+    assert len(lines[0]) <= 2100 and lines[0].isprintable(), (
+        f"{name}: the error line floods the terminal: {err[:300]!r}"
+    )
     assert "internal error" not in err, err
     assert case.names in err, f"{name}: the error does not name {case.names}: {err}"
     assert case.expect in err, f"{name}: expected {case.expect!r} in {err}"
@@ -101,8 +114,18 @@ def assert_clean_failure(root: Path, case: hostile_corpus.Case, proc: subprocess
 
 def test_corpus_is_large_and_covers_every_category():
     assert len(CASES) >= 30
-    assert {"code execution", "persistent ids", "storage bounds", "pickle machinery", "zip container",
-            "legacy pickle", "safetensors", "directories and indexes", "npz", "zarr"} <= {c.category for c in CATALOG}
+    assert {
+        "code execution",
+        "persistent ids",
+        "storage bounds",
+        "pickle machinery",
+        "zip container",
+        "legacy pickle",
+        "safetensors",
+        "directories and indexes",
+        "npz",
+        "zarr",
+    } <= {c.category for c in CATALOG}
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -124,14 +147,20 @@ def test_payloads_are_live_under_plain_pickle(tmp_path):
     assert len(cases) >= 10
     for c in cases:
         (tmp_path / f"{c.name}.pkl").write_bytes(c.live)
-    code = ("import pickle, sys\n"
-            "for path in sys.argv[1:]:\n"
-            "    try:\n"
-            "        pickle.loads(open(path, 'rb').read())\n"
-            "    except Exception:\n"
-            "        pass\n")
-    subprocess.run([sys.executable, "-c", code, *(str(tmp_path / f"{c.name}.pkl") for c in cases)],
-                   cwd=tmp_path, timeout=120, capture_output=True)
+    code = (
+        "import pickle, sys\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        pickle.loads(open(path, 'rb').read())\n"
+        "    except Exception:\n"
+        "        pass\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, *(str(tmp_path / f"{c.name}.pkl") for c in cases)],
+        cwd=tmp_path,
+        timeout=120,
+        capture_output=True,
+    )
     dead = [c.name for c in cases if not c.marker.exists()]
     assert not dead, f"payloads that did not run under plain pickle (these cases prove nothing): {dead}"
 
@@ -148,6 +177,7 @@ def harmless(tmp_path_factory):
 def test_harmless_look_alikes_convert(harmless, name):
     """Controls: the corpus builders make valid files, and inert oddities (placeholders, BUILD on a dict) convert."""
     from safetensors.numpy import load_file
+
     root, cases, results = harmless
     proc = results[name]
     assert proc.returncode == 0, proc.stderr

@@ -1,4 +1,5 @@
 """Focused checks of the reader guards, with torch as the oracle where a real file is needed."""
+
 from __future__ import annotations
 
 import copyreg
@@ -48,13 +49,14 @@ def test_build_cannot_change_a_rebuild_function_for_later_loads():
     assert unpickler._rebuild_v2.__defaults__ == before
 
 
-
 def test_sparse_config_json_is_not_read_into_memory(tmp_path):
     """A 4 GiB sparse config.json costs nothing to make; parsing it whole would need 4 GiB."""
     from hostile_runner import run_process
     from pickle_asm import safetensors_file
-    safetensors_file(tmp_path / "model.safetensors", {"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}},
-                     bytes(4))
+
+    safetensors_file(
+        tmp_path / "model.safetensors", {"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, bytes(4)
+    )
     with open(tmp_path / "config.json", "wb") as f:
         f.truncate(4 << 30)
     proc = run_process(["stream", tmp_path, "--dry-run"])

@@ -8,6 +8,7 @@
 torch and transformers are imported when one of these functions needs them,
 never when this package is imported.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,11 +33,13 @@ def analyze(x, *, model: str | None = None, model_kwargs=None, allow_globals=())
         path = os.fspath(x)
         if model is None and not os.path.exists(path) and ":" in path:
             from .build import from_class
+
             report = model_report(from_class(path, model_kwargs, what="model class"), path)
         else:
             report = _from_path(path, model, model_kwargs, allow_globals)
     elif hasattr(x, "named_modules") and hasattr(x, "_parameters"):
         from .build import from_module
+
         report = model_report(from_module(x), type(x).__name__)
     else:
         raise Torch2MLXError(f"cannot analyze a {type(x).__name__}: give an nn.Module, 'pkg.mod:Class' or a path")
@@ -47,6 +50,7 @@ def analyze(x, *, model: str | None = None, model_kwargs=None, allow_globals=())
 def _from_path(path: str, model, model_kwargs, allow_globals=()) -> Report:
     from ..stream.checkpoint import open_checkpoint
     from . import build, headers
+
     if not os.path.exists(path):
         raise Torch2MLXError(f"{path}: no such file or directory")
     ck = open_checkpoint(path, allow_globals=allow_globals) if build.has_weights(path) else None
@@ -56,6 +60,7 @@ def _from_path(path: str, model, model_kwargs, allow_globals=()) -> Report:
     notes = []
     if config_dir is not None:
         from . import cache
+
         k = cache.key(config_dir, ck)
         hit = cache.load(k, path, ck)
         if hit is not None:

@@ -4,6 +4,7 @@ Three ways in: a live module (used as it is), a class path ``"pkg.mod:Class"``
 with keyword arguments, or a directory with a transformers ``config.json``.
 Remote code is never trusted: a config transformers does not know is refused.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,9 +21,9 @@ from ..errors import Torch2MLXError
 
 @dataclass
 class Built:
-    model: object                  # a torch.nn.Module (its tensors on the meta device unless it came live)
-    name: str                      # class name
-    how: str                       # module | class | config
+    model: object  # a torch.nn.Module (its tensors on the meta device unless it came live)
+    name: str  # class name
+    how: str  # module | class | config
     notes: list[str] = field(default_factory=list)
 
 
@@ -53,13 +54,16 @@ def unwrap(model):
         model = inner
 
 
-SCRIPTED = ("a TorchScript module: its layers are compiled (RecursiveScriptModule), so their types are not "
-            "visible; rules are inferred from tensor shapes, not taken from the model")
+SCRIPTED = (
+    "a TorchScript module: its layers are compiled (RecursiveScriptModule), so their types are not "
+    "visible; rules are inferred from tensor shapes, not taken from the model"
+)
 
 
 def is_scripted(model) -> bool:
     """A TorchScript module (torch.jit.script/trace/load): every submodule's type is RecursiveScriptModule."""
     import torch
+
     return isinstance(model, torch.jit.ScriptModule)
 
 
@@ -117,17 +121,20 @@ def _import_class(path: str, what: str = "--model"):
     return obj
 
 
-def from_class(path: str, kwargs=None, config_dir: str | None = None, what: str = "--model",
-               kwargs_option: str = "--model-kwargs") -> Built:
+def from_class(
+    path: str, kwargs=None, config_dir: str | None = None, what: str = "--model", kwargs_option: str = "--model-kwargs"
+) -> Built:
     """Instantiate ``pkg.mod:Class(**kwargs)`` on the meta device (a transformers class from ``config_dir``).
 
     ``what`` and ``kwargs_option`` name where the class path and its arguments came from in errors
     (``model class`` for a positional; codegen's arguments are ``--kwargs``).
     """
     if not torch_available():
-        raise Torch2MLXError(f"analyzing the model class {path} needs torch, which is not installed "
-                             "(pip install 'torch2mlx[torch]')")
+        raise Torch2MLXError(
+            f"analyzing the model class {path} needs torch, which is not installed (pip install 'torch2mlx[torch]')"
+        )
     import torch
+
     cls = _import_class(path, what)
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
         raise Torch2MLXError(f"{path} is not a torch.nn.Module subclass")
@@ -149,6 +156,7 @@ def from_class(path: str, kwargs=None, config_dir: str | None = None, what: str 
 def _quiet():
     """transformers logs advice about configs while building; the report carries what matters."""
     from transformers.utils import logging as hf_logging
+
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
@@ -163,6 +171,7 @@ def _load_config(path: str):
     """The config object, read through its own class (AutoConfig's hub machinery costs seconds of imports)."""
     import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
     file = os.path.join(path, "config.json")
     try:
         with open(file, "rb") as f:
@@ -172,8 +181,9 @@ def _load_config(path: str):
             return cls.from_json_file(file)
         return transformers.AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=True)
     except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:
-        raise Torch2MLXError(f"{file}: transformers cannot read it ({str(e).splitlines()[0] if str(e) else e!r})") \
-            from None
+        raise Torch2MLXError(
+            f"{file}: transformers cannot read it ({str(e).splitlines()[0] if str(e) else e!r})"
+        ) from None
 
 
 def why_not_config(config_dir: str) -> str | None:
@@ -189,9 +199,12 @@ def why_not_config(config_dir: str) -> str | None:
     if missing:
         return f"config.json found, but {missing} (pip install 'torch2mlx[torch]'); rules inferred from shapes"
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
     if config.get("model_type") not in CONFIG_MAPPING_NAMES:
-        return (f"transformers does not know model_type {config.get('model_type')!r}; rules inferred from shapes "
-                "(give the model with --model pkg.mod:Class)")
+        return (
+            f"transformers does not know model_type {config.get('model_type')!r}; rules inferred from shapes "
+            "(give the model with --model pkg.mod:Class)"
+        )
     return None
 
 
@@ -199,10 +212,12 @@ def from_config_dir(path: str) -> Built:
     """The transformers model ``config.json`` describes: ``architectures[0]``, else the model type's AutoModel."""
     missing = missing_for_config()
     if missing:
-        raise Torch2MLXError(f"analyzing {path}/config.json needs torch and transformers, but {missing} "
-                             "(pip install 'torch2mlx[torch]')")
+        raise Torch2MLXError(
+            f"analyzing {path}/config.json needs torch and transformers, but {missing} (pip install 'torch2mlx[torch]')"
+        )
     import torch
     import transformers
+
     with _quiet():
         config = _load_config(path)
     notes = []
@@ -210,24 +225,30 @@ def from_config_dir(path: str) -> Built:
     cls = getattr(transformers, arch, None) if arch else None
     if cls is None:
         cls = transformers.AutoModel
-        notes.append(f"config.json names no architecture transformers has ({arch}); built the base "
-                     f"{config.model_type} model")
-    with _quiet():   # older transformers spell it torch_dtype, newer ones warn when that is read
+        notes.append(
+            f"config.json names no architecture transformers has ({arch}); built the base {config.model_type} model"
+        )
+    with _quiet():  # older transformers spell it torch_dtype, newer ones warn when that is read
         dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None)
     with torch.device("meta"), _quiet():
         try:
-            model = (cls.from_config(config) if cls is transformers.AutoModel
-                     else cls._from_config(config, dtype=dtype if isinstance(dtype, torch.dtype) else None))
+            model = (
+                cls.from_config(config)
+                if cls is transformers.AutoModel
+                else cls._from_config(config, dtype=dtype if isinstance(dtype, torch.dtype) else None)
+            )
         except Exception as e:  # an inconsistent config
-            raise Torch2MLXError(f"{path}/config.json: building {arch or config.model_type} failed: "
-                                 f"{type(e).__name__}: {e}") from None
+            raise Torch2MLXError(
+                f"{path}/config.json: building {arch or config.model_type} failed: {type(e).__name__}: {e}"
+            ) from None
     return Built(model, type(model).__name__, "config", notes)
 
 
 def has_weights(path: str) -> bool:
     from ..stream.checkpoint import NOT_WEIGHTS, WEIGHT_SUFFIXES
+
     if os.path.isfile(path):
         return True
     return any(n.endswith(WEIGHT_SUFFIXES) and n not in NOT_WEIGHTS for n in os.listdir(path))

@@ -13,6 +13,7 @@ Where: ``$T2MLX_CACHE_DIR``, else ``$XDG_CACHE_HOME/torch2mlx/analysis``, else
 JSON (never pickle): a planted file can at worst make a conversion's rules wrong,
 the same as editing config.json could.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,8 +57,7 @@ def _code_fingerprint(h) -> None:
         for f in sorted(files):
             if f.endswith(".py"):
                 st = os.stat(os.path.join(root, f))
-                h.update(f"{os.path.relpath(os.path.join(root, f), _PACKAGE)}:{st.st_size}:{st.st_mtime_ns}\n"
-                         .encode())
+                h.update(f"{os.path.relpath(os.path.join(root, f), _PACKAGE)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
 
 
 def key(config_dir: str, ck) -> str | None:
@@ -84,8 +84,10 @@ def _encode(report: Report, built_notes: list[str], ck) -> str:
     # The checkpoint's own notes come last in a report's notes; they are added back on load.
     n_ck = len(ck.notes) if ck is not None else 0
     d["notes"] = d["notes"][: len(d["notes"]) - n_ck]
-    return json.dumps({"format": _FORMAT, "report": d, "built_notes": built_notes},
-                      default=lambda o: sorted(o) if isinstance(o, (set, frozenset)) else _refuse(o))
+    return json.dumps(
+        {"format": _FORMAT, "report": d, "built_notes": built_notes},
+        default=lambda o: sorted(o) if isinstance(o, (set, frozenset)) else _refuse(o),
+    )
 
 
 def _refuse(o):
@@ -97,16 +99,44 @@ def _decode(text: str, source: str, ck) -> tuple[Report, list[str]]:
     if top.get("format") != _FORMAT:
         raise ValueError("other format")
     d = top["report"]
-    tensors = [TensorInfo(**{**t, "sources": tuple(t["sources"]), "shape": tuple(t["shape"]),
-                             "source_shapes": tuple(tuple(s) for s in t["source_shapes"])}) for t in d["tensors"]]
+    tensors = [
+        TensorInfo(
+            **{
+                **t,
+                "sources": tuple(t["sources"]),
+                "shape": tuple(t["shape"]),
+                "source_shapes": tuple(tuple(s) for s in t["source_shapes"]),
+            }
+        )
+        for t in d["tensors"]
+    ]
     layers = [LayerUse(**{**u, "rules": set(u["rules"])}) for u in d["layers"]]
     m = d["checkpoint"]
-    matched = None if m is None else Match(
-        [RuleSpec(**{**s, "sources": tuple(s["sources"])}) for s in m["specs"]], m["drop"],
-        [tuple(u) for u in m["unmatched"]], m["missing"], m["tensors"], m["notes"])
-    report = Report(source, d["model"], d["how"], d["parameters"], d["coverage"], d["unsupported"],
-                    [Blocker(**b) for b in d["blockers"]], tensors, layers, matched,
-                    d["notes"] + (list(ck.notes) if ck is not None else []))
+    matched = (
+        None
+        if m is None
+        else Match(
+            [RuleSpec(**{**s, "sources": tuple(s["sources"])}) for s in m["specs"]],
+            m["drop"],
+            [tuple(u) for u in m["unmatched"]],
+            m["missing"],
+            m["tensors"],
+            m["notes"],
+        )
+    )
+    report = Report(
+        source,
+        d["model"],
+        d["how"],
+        d["parameters"],
+        d["coverage"],
+        d["unsupported"],
+        [Blocker(**b) for b in d["blockers"]],
+        tensors,
+        layers,
+        matched,
+        d["notes"] + (list(ck.notes) if ck is not None else []),
+    )
     return report, list(top["built_notes"])
 
 
@@ -136,7 +166,7 @@ def save(k: str | None, report: Report, built_notes: list[str], ck) -> None:
         return
     back.seconds = report.seconds
     if back != report or notes != built_notes:
-        return   # something (a tuple in rule args, say) would not come back as it was
+        return  # something (a tuple in rule args, say) would not come back as it was
     try:
         os.makedirs(where, exist_ok=True)
         tmp = os.path.join(where, f".{k}.{os.getpid()}.tmp")

@@ -13,6 +13,7 @@ the layout MLX ports such as mlx-lm read) and get the rule of the tensor they
 are a piece of, when stacking or concatenating cannot change it (identity).
 Everything else is reported with the reason its rule did not come from the model.
 """
+
 from __future__ import annotations
 
 import sys
@@ -31,8 +32,8 @@ _PIECE_OPS = {"MergeModulelist", "Concatenate", "Chunk", "Split", "SplitModuleli
 class Match:
     specs: list[RuleSpec] = field(default_factory=list)
     drop: dict[str, str] = field(default_factory=dict)
-    unmatched: list[tuple[str, str]] = field(default_factory=list)   # (checkpoint name, why its rule is not the model's)
-    missing: list[str] = field(default_factory=list)                 # model tensors the checkpoint lacks
+    unmatched: list[tuple[str, str]] = field(default_factory=list)  # (checkpoint name, why its rule is not the model's)
+    missing: list[str] = field(default_factory=list)  # model tensors the checkpoint lacks
     tensors: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -41,9 +42,13 @@ class Match:
         return self.tensors - len(self.unmatched)
 
     def to_dict(self) -> dict:
-        return {"tensors": self.tensors, "matched": self.matched,
-                "unmatched": [{"name": n, "why": w} for n, w in self.unmatched],
-                "missing": self.missing, "dropped": [{"name": n, "why": w} for n, w in self.drop.items()]}
+        return {
+            "tensors": self.tensors,
+            "matched": self.matched,
+            "unmatched": [{"name": n, "why": w} for n, w in self.unmatched],
+            "missing": self.missing,
+            "dropped": [{"name": n, "why": w} for n, w in self.drop.items()],
+        }
 
 
 def strip_wrappers(name: str) -> str:
@@ -52,7 +57,7 @@ def strip_wrappers(name: str) -> str:
         changed = False
         for p in WRAPPER_PREFIXES:
             if name.startswith(p):
-                name, changed = name[len(p):], True
+                name, changed = name[len(p) :], True
     return name
 
 
@@ -97,8 +102,8 @@ class _Transformers:
 def match(entries: list[TensorEntry], tree: Tree, model=None) -> Match:
     res = Match(tensors=len(entries))
     hf = _Transformers(model, tree.shapes) if model is not None else None
-    to_ckpt: dict[str, str] = {}          # model name -> checkpoint name
-    exact: set[str] = set()               # checkpoint names equal to the model's once wrappers are stripped
+    to_ckpt: dict[str, str] = {}  # model name -> checkpoint name
+    exact: set[str] = set()  # checkpoint names equal to the model's once wrappers are stripped
     pieces: dict[str, tuple[str, list[str]]] = {}
     why: dict[str, str] = {}
 
@@ -134,8 +139,9 @@ def match(entries: list[TensorEntry], tree: Tree, model=None) -> Match:
         whole = by_source.get((target,))
         bad = sorted(set(ops) - _PIECE_OPS)
         if whole is None or whole.rule != "identity" or bad:
-            why[name] = (f"transformers rebuilds {target} from it ({', '.join(ops)}) and the rule of a piece "
-                         f"is not known")
+            why[name] = (
+                f"transformers rebuilds {target} from it ({', '.join(ops)}) and the rule of a piece is not known"
+            )
             continue
         covered.add(name)
         res.specs.append(RuleSpec(strip_wrappers(name), (name,), "identity", {}, "model"))
@@ -147,14 +153,18 @@ def match(entries: list[TensorEntry], tree: Tree, model=None) -> Match:
     res.missing = sorted(n for n in tree.shapes if n not in matched_model)
     tied = [n for n in res.missing if n in tree.tied]
     if tied:
-        res.notes.append(f"{len(tied)} model tensor(s) share storage with another and are not in the checkpoint "
-                         f"(tied weights, e.g. {tied[0]} = {tree.tied[tied[0]]})")
+        res.notes.append(
+            f"{len(tied)} model tensor(s) share storage with another and are not in the checkpoint "
+            f"(tied weights, e.g. {tied[0]} = {tree.tied[tied[0]]})"
+        )
     renamed = len(to_ckpt) - len(exact)
     if renamed:
         res.notes.append(f"{renamed} checkpoint name(s) matched the model through known renames")
     if pieces:
-        res.notes.append(f"{len(pieces)} checkpoint tensor(s) are pieces transformers stacks into fused tensors; "
-                         "kept per piece under their checkpoint names")
+        res.notes.append(
+            f"{len(pieces)} checkpoint tensor(s) are pieces transformers stacks into fused tensors; "
+            "kept per piece under their checkpoint names"
+        )
     return res
 
 

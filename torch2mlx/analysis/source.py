@@ -12,6 +12,7 @@ Names in the code are resolved against the function's own globals, so
 - hooks registered from ``forward``;
 - device code (``.cuda()``, ``.cpu()``, ``torch.cuda.*``, ``.to("cuda")``).
 """
+
 from __future__ import annotations
 
 import ast
@@ -25,9 +26,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Blocker:
-    kind: str        # inplace | data_dependent | autograd_function | hook | device | layer
-    module: str      # class path
-    where: str       # file:line, or the module's path in the model for layer checks
+    kind: str  # inplace | data_dependent | autograd_function | hook | device | layer
+    module: str  # class path
+    where: str  # file:line, or the module's path in the model for layer checks
     detail: str
 
     def to_dict(self) -> dict:
@@ -36,8 +37,14 @@ class Blocker:
 
 _CONTROL = (ast.If, ast.While, ast.IfExp, ast.Assert)
 _LITERAL_VALUES = (ast.Constant, ast.Tuple, ast.List, ast.Dict, ast.Set, ast.JoinedStr)
-_HOOKS = {"register_forward_hook", "register_forward_pre_hook", "register_full_backward_hook",
-          "register_full_backward_pre_hook", "register_backward_hook", "register_hook"}
+_HOOKS = {
+    "register_forward_hook",
+    "register_forward_pre_hook",
+    "register_full_backward_hook",
+    "register_full_backward_pre_hook",
+    "register_backward_hook",
+    "register_hook",
+}
 
 
 @dataclass
@@ -69,7 +76,7 @@ def _short(path: str) -> str:
     parts = path.replace(os.sep, "/").split("/")
     for anchor in ("site-packages", "dist-packages"):
         if anchor in parts:
-            return "/".join(parts[parts.index(anchor) + 1:])
+            return "/".join(parts[parts.index(anchor) + 1 :])
     rel = os.path.relpath(path)
     return rel if not rel.startswith("..") else "/".join(parts[-3:])
 
@@ -99,8 +106,10 @@ def _non_tensor_names(fn: ast.AST) -> set[str]:
             if not isinstance(t, ast.Name):
                 continue
             plain = isinstance(value, _LITERAL_VALUES) or (
-                isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
-                and value.func.id in ("len", "int", "float", "range", "enumerate", "list", "tuple", "dict", "str"))
+                isinstance(value, ast.Call)
+                and isinstance(value.func, ast.Name)
+                and value.func.id in ("len", "int", "float", "range", "enumerate", "list", "tuple", "dict", "str")
+            )
             (literal if plain else other).add(t.id)
     return literal - other
 
@@ -125,8 +134,10 @@ def _steers(node, parents, fn) -> bool:
         parent = parents[parent]
     if isinstance(parent, ast.Assign) and len(parent.targets) == 1 and isinstance(parent.targets[0], ast.Name):
         name = parent.targets[0].id
-        return any(isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load) and _in_control(n, parents)
-                   for n in ast.walk(fn))
+        return any(
+            isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load) and _in_control(n, parents)
+            for n in ast.walk(fn)
+        )
     return False
 
 
@@ -134,6 +145,7 @@ def _steers(node, parents, fn) -> bool:
 def forward_blockers(cls) -> tuple[Blocker, ...]:
     """Blockers in ``cls.forward`` (torch's own layers are trusted and skipped)."""
     import torch
+
     forward = cls.__dict__.get("forward")
     if forward is None or cls.__module__.startswith("torch.nn."):
         return ()
@@ -147,8 +159,14 @@ def forward_blockers(cls) -> tuple[Blocker, ...]:
 
     def add(kind, node, detail):
         segment = ast.get_source_segment(src.text, node) or ""
-        found.append(Blocker(kind, key, f"{_short(src.file)}:{src.line0 + node.lineno - 1}",
-                             f"{detail}: {segment.splitlines()[0][:80]}" if segment else detail))
+        found.append(
+            Blocker(
+                kind,
+                key,
+                f"{_short(src.file)}:{src.line0 + node.lineno - 1}",
+                f"{detail}: {segment.splitlines()[0][:80]}" if segment else detail,
+            )
+        )
 
     for node in ast.walk(src.tree):
         if isinstance(node, ast.AugAssign):
@@ -158,14 +176,20 @@ def forward_blockers(cls) -> tuple[Blocker, ...]:
             add("inplace", node, "augmented assignment (in place on a tensor)")
         elif isinstance(node, ast.Call):
             func = node.func
-            if any(k.arg == "inplace" and isinstance(k.value, ast.Constant) and k.value.value is True
-                   for k in node.keywords):
+            if any(
+                k.arg == "inplace" and isinstance(k.value, ast.Constant) and k.value.value is True
+                for k in node.keywords
+            ):
                 add("inplace", node, "inplace=True")
             if not isinstance(func, ast.Attribute):
                 continue
             name = func.attr
-            if (name.endswith("_") and not name.startswith("_") and hasattr(torch.Tensor, name)
-                    and hasattr(torch.Tensor, name[:-1])):
+            if (
+                name.endswith("_")
+                and not name.startswith("_")
+                and hasattr(torch.Tensor, name)
+                and hasattr(torch.Tensor, name[:-1])
+            ):
                 add("inplace", node, f"in-place tensor method .{name}()")
             elif name in ("item", "tolist") and not node.args:
                 flow = _steers(node, parents, src.tree)
@@ -178,7 +202,9 @@ def forward_blockers(cls) -> tuple[Blocker, ...]:
                 add("hook", node, f"registers a hook (.{name})")
             elif name in ("cuda", "cpu") and not node.args:
                 add("device", node, f".{name}()")
-            elif name == "to" and any(_is_device_literal(a) for a in list(node.args) + [k.value for k in node.keywords]):
+            elif name == "to" and any(
+                _is_device_literal(a) for a in list(node.args) + [k.value for k in node.keywords]
+            ):
                 add("device", node, "moves to a fixed device")
         elif isinstance(node, ast.Attribute) and node.attr == "cuda" and _resolve(node.value, src.globals) is torch:
             add("device", node, "uses torch.cuda")
@@ -186,20 +212,30 @@ def forward_blockers(cls) -> tuple[Blocker, ...]:
 
 
 def _is_device_literal(node) -> bool:
-    return isinstance(node, ast.Constant) and isinstance(node.value, str) and \
-        node.value.split(":")[0] in ("cuda", "mps", "xpu", "cpu")
+    return (
+        isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and node.value.split(":")[0] in ("cuda", "mps", "xpu", "cpu")
+    )
 
 
 @functools.lru_cache(maxsize=None)
 def functional_layouts(cls) -> dict[str, str]:
     """Parameters ``forward`` passes as the weight of a functional convolution: name -> layout rule."""
     import torch.nn.functional as F
+
     forward = cls.__dict__.get("forward")
     src = _parse(forward) if forward is not None else None
     if src is None:
         return {}
-    convs = [(F.conv1d, "conv1d"), (F.conv2d, "conv2d"), (F.conv3d, "conv3d"), (F.conv_transpose1d, "conv_transpose1d"),
-             (F.conv_transpose2d, "conv_transpose2d"), (F.conv_transpose3d, "conv_transpose3d")]
+    convs = [
+        (F.conv1d, "conv1d"),
+        (F.conv2d, "conv2d"),
+        (F.conv3d, "conv3d"),
+        (F.conv_transpose1d, "conv_transpose1d"),
+        (F.conv_transpose2d, "conv_transpose2d"),
+        (F.conv_transpose3d, "conv_transpose3d"),
+    ]
     found = {}
     for node in ast.walk(src.tree):
         if not isinstance(node, ast.Call):
@@ -208,7 +244,9 @@ def functional_layouts(cls) -> dict[str, str]:
         rule = next((r for f, r in convs if f is fn), None)
         if rule is None:
             continue
-        weight = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "weight"), None)
+        weight = (
+            node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "weight"), None)
+        )
         if isinstance(weight, ast.Attribute) and isinstance(weight.value, ast.Name) and weight.value.id == "self":
             found[weight.attr] = rule
     return found
@@ -236,8 +274,14 @@ def offset_weight(cls) -> bool:
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
             for one, other in ((node.left, node.right), (node.right, node.left)):
                 root = _root_attr(other)
-                if (isinstance(one, ast.Constant) and one.value == 1 and isinstance(root, ast.Attribute)
-                        and root.attr == "weight" and isinstance(root.value, ast.Name) and root.value.id == "self"):
+                if (
+                    isinstance(one, ast.Constant)
+                    and one.value == 1
+                    and isinstance(root, ast.Attribute)
+                    and root.attr == "weight"
+                    and isinstance(root.value, ast.Name)
+                    and root.value.id == "self"
+                ):
                     return True
     return False
 
@@ -252,19 +296,23 @@ def centers(cls) -> bool:
     """``forward`` subtracts a mean (or calls ``layer_norm``): a LayerNorm. Without either it is an RMS norm
     (T5's ``*LayerNorm`` classes). True when the code cannot be read: the class name's word stands."""
     owner = next((c for c in cls.__mro__ if "forward" in c.__dict__), None)
-    src = _parse(owner.__dict__["forward"]) if owner is not None and not owner.__module__.startswith("torch.") \
-        else None
+    src = _parse(owner.__dict__["forward"]) if owner is not None and not owner.__module__.startswith("torch.") else None
     if src is None:
         return True
-    means = {t.id for node in ast.walk(src.tree) if isinstance(node, ast.Assign)
-             and isinstance(node.value, ast.Call) and _callee(node.value) == "mean"
-             for t in node.targets if isinstance(t, ast.Name)}
+    means = {
+        t.id
+        for node in ast.walk(src.tree)
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and _callee(node.value) == "mean"
+        for t in node.targets
+        if isinstance(t, ast.Name)
+    }
     for node in ast.walk(src.tree):
         if isinstance(node, ast.Call) and _callee(node) == "layer_norm":
             return True
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Sub):
             right = node.right
-            if (isinstance(right, ast.Name) and right.id in means) or \
-                    (isinstance(right, ast.Call) and _callee(right) == "mean"):
+            if (isinstance(right, ast.Name) and right.id in means) or (
+                isinstance(right, ast.Call) and _callee(right) == "mean"
+            ):
                 return True
     return False

@@ -5,6 +5,7 @@ has a config.json transformers knows, or when a model class is given, and by
 ``torch2mlx.convert`` with a live module. Without any of these, nothing here
 imports torch.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,12 +17,12 @@ from ..core.spec import RuleSpec
 
 @dataclass
 class StreamInputs:
-    specs: list[RuleSpec] | None = None      # None: no model information, the stream infers
+    specs: list[RuleSpec] | None = None  # None: no model information, the stream infers
     drop: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    report: object = None                    # the analyzer's Report, when a model was analyzed
-    unmatched: list[tuple[str, str]] = field(default_factory=list)   # (checkpoint name, why no model rule)
+    report: object = None  # the analyzer's Report, when a model was analyzed
+    unmatched: list[tuple[str, str]] = field(default_factory=list)  # (checkpoint name, why no model rule)
 
     def all_warnings(self, dropped: set[str] = frozenset()) -> list[str]:
         """``warnings`` and the tensors without model rules, less those the plan drops anyway
@@ -30,16 +31,21 @@ class StreamInputs:
         if not unmatched:
             return list(self.warnings)
         shown = "; ".join(f"{n} ({w})" for n, w in unmatched[:5])
-        return self.warnings + [f"{len(unmatched)} tensor(s) have rules not from the model: {shown}"
-                                + (" ..." if len(unmatched) > 5 else "")]
+        return self.warnings + [
+            f"{len(unmatched)} tensor(s) have rules not from the model: {shown}"
+            + (" ..." if len(unmatched) > 5 else "")
+        ]
 
     @property
     def module_types(self) -> dict[str, str]:
         """MLX module path -> torch class name (decides which weights quantization takes)."""
         if self.report is None:
             return {}
-        return {t.mlx[: -len(".weight")]: t.layer.replace(":", ".").split(".")[-1]
-                for t in self.report.tensors if t.mlx and t.mlx.endswith(".weight")}
+        return {
+            t.mlx[: -len(".weight")]: t.layer.replace(":", ".").split(".")[-1]
+            for t in self.report.tensors
+            if t.mlx and t.mlx.endswith(".weight")
+        }
 
 
 def stream_inputs(ck: Checkpoint, *, model: str | None = None, model_kwargs=None, status=None) -> StreamInputs:
@@ -54,6 +60,7 @@ def stream_inputs(ck: Checkpoint, *, model: str | None = None, model_kwargs=None
         if status is not None:
             shown.append(text)
             status(text)
+
     try:
         return _stream_inputs(ck, model, model_kwargs, say)
     finally:
@@ -63,18 +70,25 @@ def stream_inputs(ck: Checkpoint, *, model: str | None = None, model_kwargs=None
 
 def _stream_inputs(ck: Checkpoint, model, model_kwargs, status) -> StreamInputs:
     from . import build
+
     if model is not None:
         status(f"analyzing {model}: importing torch...")
         config_dir = ck.config_dir if ck.config is not None else None
         built = build.from_class(model, model_kwargs, config_dir)
     elif ck.config is not None:
         from . import cache
+
         k = cache.key(ck.config_dir, ck)
         hit = cache.load(k, ck.path, ck)
         if hit is not None:
             report, built_notes, where = hit
-            return _from_report(ck, report, built_notes, "config.json, analyzed on the meta device",
-                                [f"analysis reused from {where} (T2MLX_NO_CACHE=1 builds the model again)"])
+            return _from_report(
+                ck,
+                report,
+                built_notes,
+                "config.json, analyzed on the meta device",
+                [f"analysis reused from {where} (T2MLX_NO_CACHE=1 builds the model again)"],
+            )
         if build.transformers_available():
             status("analyzing the model (first run; cached afterwards)...")
         try:
@@ -85,8 +99,9 @@ def _stream_inputs(ck: Checkpoint, model, model_kwargs, status) -> StreamInputs:
         except Torch2MLXError as e:
             return StreamInputs(notes=[f"{e}; rules inferred from shapes"])
         except ImportError as e:  # torch/transformers present but broken: convert anyway, by inference
-            return StreamInputs(notes=[f"config.json found, but the model could not be built ({e}); "
-                                       "rules inferred from shapes"])
+            return StreamInputs(
+                notes=[f"config.json found, but the model could not be built ({e}); rules inferred from shapes"]
+            )
     else:
         return StreamInputs()
     how = "config.json" if built.how == "config" else model
@@ -101,6 +116,7 @@ def reverse_inputs(ck: Checkpoint, model, model_kwargs) -> tuple[list[RuleSpec] 
     MLX names, to be inverted), the torch shapes, notes. ``model`` is a class path, else ``ck``'s config.json."""
     from . import build as abuild
     from .tree import walk
+
     if model is not None:
         built = abuild.from_class(model, model_kwargs, ck.config_dir if ck.config is not None else None)
     else:
@@ -125,23 +141,33 @@ def module_inputs(ck: Checkpoint, module) -> StreamInputs:
     the output names are the inner model's.
     """
     from .build import SCRIPTED, from_module, is_scripted
-    if is_scripted(module):   # no layer types to take rules from: the stream infers them, as without a model
+
+    if is_scripted(module):  # no layer types to take rules from: the stream infers them, as without a model
         return StreamInputs(notes=[SCRIPTED])
     return _inputs(ck, from_module(module), "a live module")
 
 
 def _inputs(ck: Checkpoint, built, how: str) -> StreamInputs:
     from .report import model_report
+
     return _from_report(ck, model_report(built, ck.path, ck), built.notes, how)
 
 
 def _from_report(ck: Checkpoint, report, built_notes: list[str], how: str, extra: list[str] = ()) -> StreamInputs:
     from ..core.fp8 import pair_scales
+
     m = report.checkpoint
     # float8 scales are folded into their weights by the plan: no model has them, and no rule applies.
     scales = pair_scales((e.name, e.shape, e.dtype) for e in ck.entries).drop
     unmatched = [(n, w) for n, w in m.unmatched if n not in scales]
     counted = m.tensors - (len(m.unmatched) - len(unmatched))
-    notes = ([f"rules from the model {report.model} ({how}): {m.matched} of {counted} tensors"
-              + (f" (and {len(scales)} float8 scales)" if scales else "")] + m.notes + built_notes + list(extra))
+    notes = (
+        [
+            f"rules from the model {report.model} ({how}): {m.matched} of {counted} tensors"
+            + (f" (and {len(scales)} float8 scales)" if scales else "")
+        ]
+        + m.notes
+        + built_notes
+        + list(extra)
+    )
     return StreamInputs(m.specs, m.drop, notes, [], report, unmatched)

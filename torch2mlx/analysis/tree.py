@@ -3,6 +3,7 @@
 Reads module attributes and tensor shapes only; works the same on the meta
 device, on CPU tensors or on a model too large to load.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -19,19 +20,26 @@ class TensorInfo:
     """One MLX tensor of the model (``mlx`` None: a buffer MLX does not keep, ``why`` says so)."""
 
     mlx: str | None
-    sources: tuple[str, ...]          # full torch names
+    sources: tuple[str, ...]  # full torch names
     source_shapes: tuple[tuple[int, ...], ...]
-    shape: tuple[int, ...]            # MLX shape
+    shape: tuple[int, ...]  # MLX shape
     dtype: str
     rule: str
     args: dict
-    rule_source: str                  # model: from the registry; default: an unsupported module's tensor
-    layer: str                        # registry entry or class path
+    rule_source: str  # model: from the registry; default: an unsupported module's tensor
+    layer: str  # registry entry or class path
     why: str = ""
 
     def to_dict(self) -> dict:
-        d = {"mlx": self.mlx, "sources": list(self.sources), "shape": list(self.shape), "dtype": self.dtype,
-             "rule": self.rule, "rule_source": self.rule_source, "layer": self.layer}
+        d = {
+            "mlx": self.mlx,
+            "sources": list(self.sources),
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "rule": self.rule,
+            "rule_source": self.rule_source,
+            "layer": self.layer,
+        }
         if self.args:
             d["args"] = dict(self.args)
         if any(s != self.shape for s in self.source_shapes):
@@ -51,21 +59,27 @@ class LayerUse:
     rules: set = field(default_factory=set)
 
     def to_dict(self) -> dict:
-        return {"layer": self.key, "mlx": self.mlx, "supported": self.supported, "count": self.count,
-                "parameters": self.parameters, "rules": sorted(self.rules)}
+        return {
+            "layer": self.key,
+            "mlx": self.mlx,
+            "supported": self.supported,
+            "count": self.count,
+            "parameters": self.parameters,
+            "rules": sorted(self.rules),
+        }
 
 
 @dataclass
 class ModuleInfo:
     """One module of the tree as the walk saw it: code generation builds the MLX module from these."""
 
-    module: object                    # the torch module
-    path: str                         # its torch path ("" for the root)
-    mlx_path: str                     # its MLX path, after the registry's child renames of its ancestors
-    entry: Layer | None               # registry entry (CUSTOM: a module of the model's own holding tensors)
+    module: object  # the torch module
+    path: str  # its torch path ("" for the root)
+    mlx_path: str  # its MLX path, after the registry's child renames of its ancestors
+    entry: Layer | None  # registry entry (CUSTOM: a module of the model's own holding tensors)
     supported: bool
-    tensors: list[TensorInfo] = field(default_factory=list)   # its own tensors (full MLX names)
-    buffers: dict = field(default_factory=dict)               # its non-persistent buffers: name -> tensor
+    tensors: list[TensorInfo] = field(default_factory=list)  # its own tensors (full MLX names)
+    buffers: dict = field(default_factory=dict)  # its non-persistent buffers: name -> tensor
 
 
 @dataclass
@@ -76,10 +90,10 @@ class Tree:
     blockers: list[Blocker] = field(default_factory=list)
     parameters: int = 0
     covered: int = 0
-    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)   # every torch tensor name -> shape
-    tied: dict[str, str] = field(default_factory=dict)                 # a name -> the first name of that tensor
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # every torch tensor name -> shape
+    tied: dict[str, str] = field(default_factory=dict)  # a name -> the first name of that tensor
     notes: list[str] = field(default_factory=list)
-    modules: list[ModuleInfo] = field(default_factory=list)           # every module, parents first
+    modules: list[ModuleInfo] = field(default_factory=list)  # every module, parents first
 
     @property
     def coverage(self) -> float:
@@ -110,23 +124,34 @@ def _weight_norms(mod, entry: Layer | None, tensors: dict) -> tuple[list[TensorM
             extra.update(full)
             if len(plist) == 1 and type(plist[0]).__name__ == "_WeightNorm" and len(originals) == 2:
                 g, v = (f"parametrizations.{name}.original{i}" for i in (0, 1))
-                maps.append(TensorMap(rename(name), (g, v), "weight_norm", {"dim": plist[0].dim, "layout": layout(name)}))
+                maps.append(
+                    TensorMap(rename(name), (g, v), "weight_norm", {"dim": plist[0].dim, "layout": layout(name)})
+                )
             else:
-                problems.append(f"parametrization {', '.join(type(p).__name__ for p in plist)} on {name!r} "
-                                "(materialize it with torch.nn.utils.parametrize.remove_parametrizations)")
+                problems.append(
+                    f"parametrization {', '.join(type(p).__name__ for p in plist)} on {name!r} "
+                    "(materialize it with torch.nn.utils.parametrize.remove_parametrizations)"
+                )
                 maps += [TensorMap(n, (n,)) for n in full]
     for hook in getattr(mod, "_forward_pre_hooks", {}).values():
         name = getattr(hook, "name", None)
         if type(hook).__name__ == "WeightNorm" and f"{name}_g" in tensors and f"{name}_v" in tensors:
-            maps.append(TensorMap(rename(name), (f"{name}_g", f"{name}_v"), "weight_norm",
-                                  {"dim": hook.dim, "layout": layout(name)}))
+            maps.append(
+                TensorMap(
+                    rename(name), (f"{name}_g", f"{name}_v"), "weight_norm", {"dim": hook.dim, "layout": layout(name)}
+                )
+            )
     return maps, extra, problems
 
 
 def _hook_blockers(mod, key: str, path: str) -> list[Blocker]:
     found = []
-    for attr, what in (("_forward_hooks", "forward hook"), ("_forward_pre_hooks", "forward pre-hook"),
-                       ("_backward_hooks", "backward hook"), ("_backward_pre_hooks", "backward pre-hook")):
+    for attr, what in (
+        ("_forward_hooks", "forward hook"),
+        ("_forward_pre_hooks", "forward pre-hook"),
+        ("_backward_hooks", "backward hook"),
+        ("_backward_pre_hooks", "backward pre-hook"),
+    ):
         for hook in getattr(mod, attr, {}).values():
             if type(hook).__name__ == "WeightNorm":
                 continue  # old-style weight_norm: folded into the weight by the weight_norm rule
@@ -165,7 +190,7 @@ def walk(model) -> Tree:
         tensors = _own_tensors(mod)
         entry = registry.lookup(cls, list(tensors))
         if entry is not None and entry.torch == "transformers *LayerNorm" and not source.centers(cls):
-            entry = registry.get("transformers *RMSNorm")     # T5-style: "LayerNorm" by name, RMS by code
+            entry = registry.get("transformers *RMSNorm")  # T5-style: "LayerNorm" by name, RMS by code
         wn_maps, wn_tensors, problems = _weight_norms(mod, entry, tensors)
         tensors.update(wn_tensors)
         builtin = registry.is_torch_builtin(cls)
@@ -184,8 +209,10 @@ def walk(model) -> Tree:
             seen_classes.add(cls)
             tree.blockers += source.forward_blockers(cls)
             if entry is not None and entry.mlx == "mlx.nn.RMSNorm" and source.offset_weight(cls):
-                tree.notes.append(f"{cls.__name__} scales by (1 + weight): an MLX RMSNorm needs weight + 1 "
-                                  "(the weights are kept as stored; mlx-lm's Gemma norms add the 1)")
+                tree.notes.append(
+                    f"{cls.__name__} scales by (1 + weight): an MLX RMSNorm needs weight + 1 "
+                    "(the weights are kept as stored; mlx-lm's Gemma norms add the 1)"
+                )
 
         handled = {s for m in wn_maps for s in m.sources}
         maps, dropped = _maps(mod, entry, [n for n in tensors if n not in handled])
@@ -210,19 +237,39 @@ def walk(model) -> Tree:
                 if supported:
                     tree.covered += t.numel()
         skip = getattr(mod, "_non_persistent_buffers_set", set())
-        info = ModuleInfo(mod, tprefix.rstrip("."), mprefix.rstrip("."), entry, supported,
-                          buffers={n: b for n, b in mod._buffers.items() if b is not None and n in skip})
+        info = ModuleInfo(
+            mod,
+            tprefix.rstrip("."),
+            mprefix.rstrip("."),
+            entry,
+            supported,
+            buffers={n: b for n, b in mod._buffers.items() if b is not None and n in skip},
+        )
         tree.modules.append(info)
         for m in maps:
             shapes = tuple(tuple(tensors[s].shape) for s in m.sources)
             out_shape = tuple(rules.get(m.rule).out_shape(list(shapes), m.args))
-            tree.tensors.append(TensorInfo(mprefix + m.mlx, tuple(tprefix + s for s in m.sources), shapes, out_shape,
-                                           _dtype(tensors[m.sources[0]]), m.rule, dict(m.args), rule_source, key))
+            tree.tensors.append(
+                TensorInfo(
+                    mprefix + m.mlx,
+                    tuple(tprefix + s for s in m.sources),
+                    shapes,
+                    out_shape,
+                    _dtype(tensors[m.sources[0]]),
+                    m.rule,
+                    dict(m.args),
+                    rule_source,
+                    key,
+                )
+            )
             info.tensors.append(tree.tensors[-1])
         for n, why in dropped.items():
             t = tensors[n]
-            tree.tensors.append(TensorInfo(None, (tprefix + n,), (tuple(t.shape),), tuple(t.shape), _dtype(t),
-                                           "drop", {}, "model", key, why))
+            tree.tensors.append(
+                TensorInfo(
+                    None, (tprefix + n,), (tuple(t.shape),), tuple(t.shape), _dtype(t), "drop", {}, "model", key, why
+                )
+            )
 
         for name, child in mod._modules.items():
             if child is None or (name == "parametrizations" and wn_tensors):

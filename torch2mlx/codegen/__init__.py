@@ -11,6 +11,7 @@ The generated module takes the weights ``torch2mlx.convert`` writes, by name:
 Its inputs and outputs keep torch's layout (channels first for images).
 torch is imported when ``generate`` runs, never when this package is imported.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,16 +25,16 @@ __all__ = ["generate", "generate_forward", "Generated"]
 @dataclass
 class Generated:
     source: str
-    name: str                               # the root class
-    coverage: float                         # modules with a generated constructor / all modules
-    traced: bool                            # every __call__ the root reaches came from a trace, fully translated
+    name: str  # the root class
+    coverage: float  # modules with a generated constructor / all modules
+    traced: bool  # every __call__ the root reaches came from a trace, fully translated
     modules: int
     generated: int
-    classes: list = field(default_factory=list)      # ClassCode: name, torch class, status, todo
-    prefix: str = ""                        # load_converted(path, prefix=...) when the root is wrapped
+    classes: list = field(default_factory=list)  # ClassCode: name, torch class, status, todo
+    prefix: str = ""  # load_converted(path, prefix=...) when the root is wrapped
     blockers: list = field(default_factory=list)
     notes: list = field(default_factory=list)
-    mismatches: list = field(default_factory=list)   # generated parameters that differ from the converter's
+    mismatches: list = field(default_factory=list)  # generated parameters that differ from the converter's
 
     @property
     def untranslated(self) -> list[str]:
@@ -47,11 +48,13 @@ class Generated:
 
     def summary(self) -> str:
         counts = ", ".join(f"{v} {k}" for k, v in sorted(self.counts().items()))
-        lines = [f"class:      {self.name}",
-                 f"coverage:   {self.coverage:.1%} of modules have generated constructors "
-                 f"({self.generated} of {self.modules})",
-                 f"__call__:   {'traced and translated' if self.traced else 'not all traced (see TODOs)'}; "
-                 f"classes: {counts}"]
+        lines = [
+            f"class:      {self.name}",
+            f"coverage:   {self.coverage:.1%} of modules have generated constructors "
+            f"({self.generated} of {self.modules})",
+            f"__call__:   {'traced and translated' if self.traced else 'not all traced (see TODOs)'}; "
+            f"classes: {counts}",
+        ]
         if self.prefix:
             lines.append(f"weights:    load with torch2mlx.load_converted(path, prefix={self.prefix!r})")
         for t in self.untranslated[:10]:
@@ -72,7 +75,7 @@ class Generated:
     def load(self):
         """The generated module's namespace (the source executed): ``ns[result.name]`` is the root class."""
         ns: dict = {"__name__": f"torch2mlx_generated_{self.name}"}
-        exec(compile(self.source, f"<generated {self.name}>", "exec"), ns)   # noqa: S102 - source we generated
+        exec(compile(self.source, f"<generated {self.name}>", "exec"), ns)  # noqa: S102 - source we generated
         return ns
 
 
@@ -85,10 +88,12 @@ def generate(x, *, model_kwargs=None, class_name: str | None = None, example_inp
     ``class_name`` names the root class (default: the torch class's name).
     """
     from .api import generate_source
+
     return generate_source(x, model_kwargs=model_kwargs, class_name=class_name, example_inputs=example_inputs)
 
 
 def generate_forward(module, **options) -> str:
     """The draft ``__call__`` of ``module``'s MLX class (Lightning Level 2); see ``lightning_forward``."""
     from .lightning_forward import generate_forward as _generate_forward
+
     return _generate_forward(module, **options)

@@ -1,4 +1,5 @@
 """``generate``: build the model, walk it, trace it, write the file, check it against the converter's names."""
+
 from __future__ import annotations
 
 import os
@@ -12,6 +13,7 @@ from .trace import eval_mode, pattern_of, record_calls
 
 def _build(x, model_kwargs):
     from ..analysis import build
+
     if isinstance(x, (str, os.PathLike)):
         path = os.fspath(x)
         if os.path.isdir(path):
@@ -26,8 +28,9 @@ def _build(x, model_kwargs):
         raise Torch2MLXError(f"{path}: give a model class pkg.mod:Class or a directory with config.json")
     if hasattr(x, "named_modules") and hasattr(x, "_parameters"):
         return build.from_module(x)
-    raise Torch2MLXError(f"cannot generate code for a {type(x).__name__}: give an nn.Module, 'pkg.mod:Class' or a "
-                         "config directory")
+    raise Torch2MLXError(
+        f"cannot generate code for a {type(x).__name__}: give an nn.Module, 'pkg.mod:Class' or a config directory"
+    )
 
 
 def _wrap(model):
@@ -39,10 +42,15 @@ def _wrap(model):
     from ..core import registry
     from .render import literal
     from .leaves import LEAVES
+
     entry = registry.lookup(type(model), list(model._parameters))
     layer = entry is not None and entry.torch in LEAVES and registry.class_key(type(model)) == entry.torch
-    if not layer and (not registry.is_torch_builtin(type(model)) or entry is None or entry.kind != "container"
-                      or entry.torch == "torch.nn.Module"):
+    if not layer and (
+        not registry.is_torch_builtin(type(model))
+        or entry is None
+        or entry.kind != "container"
+        or entry.torch == "torch.nn.Module"
+    ):
         return model, ""
     params, call = [], []
     for p in inspect.signature(model.forward).parameters.values():
@@ -69,10 +77,12 @@ def _wrap(model):
 
 def generate_source(x, *, model_kwargs=None, class_name=None, example_inputs=None):
     from ..analysis.build import torch_available
+
     if not torch_available():
         raise Torch2MLXError("code generation needs torch (pip install 'torch2mlx[torch]')")
     from ..analysis.tree import walk
     from . import Generated
+
     built = _build(x, model_kwargs)
     model, prefix = _wrap(built.model)
     tree = walk(model)
@@ -80,6 +90,7 @@ def generate_source(x, *, model_kwargs=None, class_name=None, example_inputs=Non
     notes = []
     if example_inputs is None and not prefix:
         from .examples import transformers_inputs
+
         example_inputs = transformers_inputs(model)
     if example_inputs is not None:
         args, kwargs = _split_inputs(example_inputs)
@@ -88,8 +99,10 @@ def generate_source(x, *, model_kwargs=None, class_name=None, example_inputs=Non
         try:
             gen.recorded = record_calls(model, example_inputs, classes)
         except Exception as e:  # the model's own code on the example inputs: fall back to traces alone
-            notes.append(f"running the example inputs failed ({type(e).__name__}: {str(e).splitlines()[0][:120]});"
-                         " module calls are read from the traces alone")
+            notes.append(
+                f"running the example inputs failed ({type(e).__name__}: {str(e).splitlines()[0][:120]});"
+                " module calls are read from the traces alone"
+            )
     with eval_mode(model):
         gen.trace_all()
         name = gen.generate()
@@ -97,12 +110,23 @@ def generate_source(x, *, model_kwargs=None, class_name=None, example_inputs=Non
     modules = len(gen.plans) - (1 if prefix else 0)
     generated = sum(1 for p in gen.plans if p.kind != "placeholder") - (1 if prefix else 0)
     reached = [p for p in gen.plans if p.kind == "class" and p.reached]
-    traced = all(gen.classes[id(p)][0].status == "traced" for p in reached) and \
-        not any(p.kind == "placeholder" and _called(gen, p) for p in gen.plans)
-    if traced:   # a failed run of the examples mattered only if some call could not be traced without it
+    traced = all(gen.classes[id(p)][0].status == "traced" for p in reached) and not any(
+        p.kind == "placeholder" and _called(gen, p) for p in gen.plans
+    )
+    if traced:  # a failed run of the examples mattered only if some call could not be traced without it
         notes = [n for n in notes if not n.startswith("running the example inputs failed")]
-    result = Generated(source, name, generated / modules if modules else 1.0, traced, modules, generated,
-                       list(gen.order), prefix, list(tree.blockers), built.notes + gen.notes + notes)
+    result = Generated(
+        source,
+        name,
+        generated / modules if modules else 1.0,
+        traced,
+        modules,
+        generated,
+        list(gen.order),
+        prefix,
+        list(tree.blockers),
+        built.notes + gen.notes + notes,
+    )
     result.mismatches = check(result, tree, prefix)
     return result
 
@@ -130,19 +154,21 @@ def _assemble(gen: Generator, name: str, built, prefix: str) -> str:
         counts[c.status] = counts.get(c.status, 0) + 1
     traced = counts.get("traced", 0)
     load = f'torch2mlx.load_converted("weights.safetensors"{", prefix=" + repr(prefix) if prefix else ""})'
-    doc = [f'"""MLX port of {torch_cls}, generated by torch2mlx {__version__}.',
-           "",
-           "Weights (names and layouts as torch2mlx converts them):",
-           '    torch2mlx.convert(torch_model, "weights.safetensors")',
-           f"    model = {name}()",
-           f"    model.load_weights(list({load}.items()), strict=True)",
-           "    model.eval()    # as in torch: dropout off, batch norm on running statistics",
-           "",
-           "Inputs and outputs keep torch's layout (channels first for images): convolutions, pooling",
-           "and channel norms run channels-last inside, behind _cl(...) / _cf(...).",
-           f"__call__ of {traced} of {len(gen.order)} classes translated from torch.fx traces"
-           + ("." if traced == len(gen.order) else "; TODO(torch2mlx) marks what is left."),
-           '"""']
+    doc = [
+        f'"""MLX port of {torch_cls}, generated by torch2mlx {__version__}.',
+        "",
+        "Weights (names and layouts as torch2mlx converts them):",
+        '    torch2mlx.convert(torch_model, "weights.safetensors")',
+        f"    model = {name}()",
+        f"    model.load_weights(list({load}.items()), strict=True)",
+        "    model.eval()    # as in torch: dropout off, batch norm on running statistics",
+        "",
+        "Inputs and outputs keep torch's layout (channels first for images): convolutions, pooling",
+        "and channel norms run channels-last inside, behind _cl(...) / _cf(...).",
+        f"__call__ of {traced} of {len(gen.order)} classes translated from torch.fx traces"
+        + ("." if traced == len(gen.order) else "; TODO(torch2mlx) marks what is left."),
+        '"""',
+    ]
     body = "\n\n\n".join(prelude.render(gen.helpers) + [c.source for c in gen.order])
     imports = ["import math", ""] if "math." in body else []
     imports += ["import mlx.core as mx", "import mlx.nn as nn"]
@@ -152,14 +178,18 @@ def _assemble(gen: Generator, name: str, built, prefix: str) -> str:
 def check(result, tree, prefix: str) -> list[str]:
     """The generated module's parameters against the converter's tensors: names and shapes (empty: they match)."""
     from mlx.utils import tree_flatten
+
     ns = result.load()
     model = ns[result.name]()
     got = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
-    want = {t.mlx: tuple(t.shape) for t in tree.tensors if t.mlx}   # walked on the wrapped root: prefixed
+    want = {t.mlx: tuple(t.shape) for t in tree.tensors if t.mlx}  # walked on the wrapped root: prefixed
     out = [f"missing in the generated module: {k}" for k in sorted(want.keys() - got.keys())]
     out += [f"not in the converted weights: {k}" for k in sorted(got.keys() - want.keys())]
-    out += [f"{k}: shape {got[k]} in the generated module, {want[k]} in the weights"
-            for k in sorted(want.keys() & got.keys()) if got[k] != want[k]]
+    out += [
+        f"{k}: shape {got[k]} in the generated module, {want[k]} in the weights"
+        for k in sorted(want.keys() & got.keys())
+        if got[k] != want[k]
+    ]
     return out
 
 
@@ -173,6 +203,7 @@ def generate_cli(src, *, kwargs=None, class_name=None, shapes=(), output=None, o
         example = tuple(_example_tensor(s, built.model) for s in shapes)
         src = built.model
     from . import generate
+
     result = generate(src, model_kwargs=kwargs, class_name=class_name, example_inputs=example)
     if output is not None:
         result.write(output)
@@ -182,6 +213,7 @@ def generate_cli(src, *, kwargs=None, class_name=None, shapes=(), output=None, o
 def _example_tensor(spec: str, model):
     """``1,3,32,32`` (float32) or ``1,16:int64``, on the model's device (meta: nothing allocated)."""
     import torch
+
     shape_text, _, dtype_name = spec.partition(":")
     try:
         shape = tuple(int(d) for d in shape_text.split(",") if d.strip())

@@ -13,6 +13,7 @@
    torch class that differ only in numbers share one class whose constructor
    takes those numbers.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -23,8 +24,23 @@ from ..analysis.tree import ModuleInfo
 from ..core.registry import CUSTOM
 from . import leaves as _leaves
 from . import prelude
-from .render import (Call, DictE, Lit, ListE, Raw, attribute_ok, call, literal, pretty, replace_lits, shape_key,
-                     inline_simple, reroll, walk_lits, wrap_statement)
+from .render import (
+    Call,
+    DictE,
+    Lit,
+    ListE,
+    Raw,
+    attribute_ok,
+    call,
+    literal,
+    pretty,
+    replace_lits,
+    shape_key,
+    inline_simple,
+    reroll,
+    walk_lits,
+    wrap_statement,
+)
 from .trace import Pattern, Traced, call_arguments, default_pattern, pattern_of, trace
 from .nodes import Alias, Out, Untranslated, Val
 from .translate import Body, Env, Translator
@@ -37,22 +53,21 @@ class Plan:
     """One torch module and what it becomes."""
 
     info: ModuleInfo
-    kind: str                                   # leaf | container | class | inline | placeholder
-    children: dict = field(default_factory=dict)   # torch name -> (mlx name, Plan)
-    leaf: object = None                         # LeafCode
-    base: Call | None = None                    # class: the MLX class it extends, with arguments
-    base_names: set = field(default_factory=set)   # tensors the base creates
-    why: str = ""                               # placeholder: what MLX lacks
-    listlike: bool = False                      # container: an MLX list (else a dict)
+    kind: str  # leaf | container | class | inline | placeholder
+    children: dict = field(default_factory=dict)  # torch name -> (mlx name, Plan)
+    leaf: object = None  # LeafCode
+    base: Call | None = None  # class: the MLX class it extends, with arguments
+    base_names: set = field(default_factory=set)  # tensors the base creates
+    why: str = ""  # placeholder: what MLX lacks
+    listlike: bool = False  # container: an MLX list (else a dict)
     pattern: Pattern | None = None
     traced: Traced | None = None
-    reached: bool = False                       # called from a traced parent
-    conflict: bool = False                      # called with two patterns
+    reached: bool = False  # called from a traced parent
+    conflict: bool = False  # called with two patterns
 
     @property
     def module(self):
         return self.info.module
-
 
 
 @dataclass
@@ -60,10 +75,10 @@ class ClassCode:
     """A generated class: its name, constructor parameters and source."""
 
     name: str
-    torch: str                      # the torch class it comes from
-    params: list                    # lifted constructor parameters
+    torch: str  # the torch class it comes from
+    params: list  # lifted constructor parameters
     source: str
-    status: str                     # traced | partial | stub | placeholder | none
+    status: str  # traced | partial | stub | placeholder | none
     todo: list = field(default_factory=list)
     plans: list = field(default_factory=list)
 
@@ -74,7 +89,7 @@ class Generator:
         self.tree = tree
         self.blockers = blockers
         self.recorded = recorded or {}
-        self.root_call: Pattern | None = None     # the root's call on the example inputs, when there are some
+        self.root_call: Pattern | None = None  # the root's call on the example inputs, when there are some
         self.by_path = {m.path: m for m in tree.modules}
         self.by_source = {t.sources[0]: t for t in tree.tensors if len(t.sources) == 1 and t.mlx}
         self.helpers: set[str] = set()
@@ -82,7 +97,7 @@ class Generator:
         self.root = self._plan(self.by_path[""])
         self.root_name = root_name
         self.plans = list(self._all(self.root))
-        self.classes: dict[int, tuple[ClassCode, dict]] = {}      # plan id -> (class, constructor kwargs)
+        self.classes: dict[int, tuple[ClassCode, dict]] = {}  # plan id -> (class, constructor kwargs)
         self.order: list[ClassCode] = []
         self._names: dict[str, int] = {}
 
@@ -154,9 +169,9 @@ class Generator:
 
     def _child_expr_of(self, info):
         """For composite layers (TransformerEncoder): a child module's constructor expression."""
+
         def build(child):
-            path = next((p for p, m in self.by_path.items() if m.module is child
-                         and p.startswith(info.path)), None)
+            path = next((p for p, m in self.by_path.items() if m.module is child and p.startswith(info.path)), None)
             if path is None:
                 return None
             sub = self._kind(self.by_path[path])
@@ -164,6 +179,7 @@ class Generator:
                 raise Untranslated(f"{type(child).__name__} inside {type(info.module).__name__}")
             self.helpers.update(sub.leaf.helpers)
             return sub.leaf.init
+
         return build
 
     def _all(self, plan):
@@ -188,19 +204,20 @@ class Generator:
         for plan in self.plans:
             plan.pattern, plan.traced, plan.reached, plan.conflict = None, None, False, False
         leaves = {id(p.module) for p in self.plans if p.kind in ("leaf", "class", "placeholder")} - inlined
-        self.root.pattern = self.recorded.get(id(self.root.module)) or self.root_call or \
-            default_pattern(self.root.module)
+        self.root.pattern = (
+            self.recorded.get(id(self.root.module)) or self.root_call or default_pattern(self.root.module)
+        )
         self.root.reached = True
         queue = [self.root]
         done = set()
-        while queue:       # breadth first from the root along traced calls
+        while queue:  # breadth first from the root along traced calls
             plan = queue.pop(0)
             if id(plan) in done or plan.kind != "class":
                 continue
             done.add(id(plan))
             self._trace(plan, leaves, reached=True)
             queue.extend(c for c in self._called(plan) if c.kind == "class")
-        for plan in self.plans:    # classes no traced parent calls: traced on their own, as drafts
+        for plan in self.plans:  # classes no traced parent calls: traced on their own, as drafts
             if plan.kind == "class" and id(plan) not in done:
                 if plan.pattern is None:
                     plan.pattern = self.recorded.get(id(plan.module)) or default_pattern(plan.module)
@@ -283,6 +300,7 @@ class Generator:
                     found[sub] = len(child.children)
                 if child.kind in ("container",):
                     visit(child, sub)
+
         visit(plan, "self")
         return found
 
@@ -303,9 +321,10 @@ class Generator:
         t = self.by_source.get(full)
         if t is None:
             raise Untranslated(f"tensor {target} (no single MLX tensor holds it)")
-        rel = t.mlx[len(owner.info.mlx_path) + 1:] if owner.info.mlx_path else t.mlx
-        expr = me + "".join(f"[{int(p)}]" if p.isdigit() else f".{p}" if attribute_ok(p) else f"[{p!r}]"
-                            for p in rel.split("."))
+        rel = t.mlx[len(owner.info.mlx_path) + 1 :] if owner.info.mlx_path else t.mlx
+        expr = me + "".join(
+            f"[{int(p)}]" if p.isdigit() else f".{p}" if attribute_ok(p) else f"[{p!r}]" for p in rel.split(".")
+        )
         if t.rule == "identity":
             return Val({"cf": expr})
         if t.rule == "linear_transposed":
@@ -348,8 +367,15 @@ class Generator:
             params, per_plan = _lift([c for _, c in members])
             first = members[0][1]
             source = first.render(name, params, per_plan[0][0])
-            code = ClassCode(name, f"{cls.__module__}.{cls.__qualname__}", [p for p, _ in params], source,
-                             first.status, first.todo, [p for p, _ in members])
+            code = ClassCode(
+                name,
+                f"{cls.__module__}.{cls.__qualname__}",
+                [p for p, _ in params],
+                source,
+                first.status,
+                first.todo,
+                [p for p, _ in members],
+            )
             self.order.append(code)
             for (p, _), (_, kwargs) in zip(members, per_plan):
                 self.classes[id(p)] = (code, kwargs)
@@ -374,7 +400,7 @@ class Generator:
             if e is not None:
                 stmts.append((_target(mlx_name), e))
         prefix = plan.info.mlx_path + "." if plan.info.mlx_path else ""
-        own = [(t.mlx[len(prefix):], t) for t in plan.info.tensors if t.mlx]
+        own = [(t.mlx[len(prefix) :], t) for t in plan.info.tensors if t.mlx]
         own = [(n, t) for n, t in own if n not in plan.base_names]
         stmts += _tensor_stmts(own)
         missing = []
@@ -404,8 +430,10 @@ class Generator:
         body = Translator(traced.graph, env, traced.concrete).run()
         self.helpers.update(body.helpers)
         if plan.conflict:
-            body.untranslated.append(f"{type(plan.module).__name__} is called with different arguments in "
-                                     "different places; the draft follows the first")
+            body.untranslated.append(
+                f"{type(plan.module).__name__} is called with different arguments in "
+                "different places; the draft follows the first"
+            )
         status = "traced" if body.complete else "partial"
         return body, status, [f"no MLX translation for {w}" for w in dict.fromkeys(body.untranslated)]
 
@@ -473,6 +501,7 @@ def _tensor_stmts(own) -> list:
 
 def _zeros(t) -> Call:
     from ..core import dtypes
+
     d = dtypes.by_name(t.dtype)
     target = dtypes.mlx_target(d).mlx if d is not None else "float32"
     dtype = None if target == "float32" else Raw("mx.bool_" if target == "bool" else f"mx.{target}")
@@ -484,6 +513,7 @@ def _materialized(module, name: str, b):
     rotary frequencies from the module's ``rope_init_fn``, ``position_ids`` / ``token_type_ids`` as
     transformers registers them (a range, zeros). Otherwise the buffer as it is."""
     import torch
+
     if not b.is_meta:
         return b
     try:
@@ -503,12 +533,14 @@ def _materialized(module, name: str, b):
 def _rope_frequencies(module):
     """transformers' rotary frequencies of ``module`` (its rope_type's init function on its config), on the CPU."""
     import torch
+
     kind = getattr(module, "rope_type", None)
     fn = getattr(module, "rope_init_fn", None)
     if fn is None and kind == "default":
         fn = getattr(module, "compute_default_rope_parameters", None)
     if fn is None and kind is not None:
         from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
         fn = ROPE_INIT_FUNCTIONS.get(kind)
     if fn is None:
         return None
@@ -520,6 +552,7 @@ def _buffer_expr(b) -> tuple:
     """A non-persistent buffer (not in the weights): its value, when it is small or a known pattern
     (a range, a constant, a causal or banded causal mask); else zeros and a note."""
     import torch
+
     shape = tuple(b.shape)
     dtype = literal(b.dtype)
     if b.is_meta:
@@ -533,12 +566,18 @@ def _buffer_expr(b) -> tuple:
         ones = torch.ones_like(b)
         if torch.equal(b, torch.tril(ones)):
             return Raw(f"mx.tril(mx.ones({literal(shape)}, dtype={dtype}))"), None
-        for w in range(1, b.shape[-1]):     # a local (sliding-window) causal mask: the band below the diagonal
-            if torch.equal(b, torch.tril(ones) ^ torch.tril(ones, -w) if b.dtype == torch.bool
-                           else torch.tril(ones) - torch.tril(ones, -w)):
+        for w in range(1, b.shape[-1]):  # a local (sliding-window) causal mask: the band below the diagonal
+            if torch.equal(
+                b,
+                torch.tril(ones) ^ torch.tril(ones, -w)
+                if b.dtype == torch.bool
+                else torch.tril(ones) - torch.tril(ones, -w),
+            ):
                 op = "^" if b.dtype == torch.bool else "-"
-                return Raw(f"mx.tril(mx.ones({literal(shape)}, dtype={dtype})) {op} "
-                           f"mx.tril(mx.ones({literal(shape)}, dtype={dtype}), k={-w})"), None
+                return Raw(
+                    f"mx.tril(mx.ones({literal(shape)}, dtype={dtype})) {op} "
+                    f"mx.tril(mx.ones({literal(shape)}, dtype={dtype}), k={-w})"
+                ), None
     if flat.numel() <= 1024:
         return Raw(f"mx.array({literal(b.tolist())}, dtype={dtype})"), None
     return call("mx.zeros", Lit(shape), dtype=Raw(dtype)), "TODO: computed in torch's __init__"
@@ -579,15 +618,17 @@ def namespace() -> dict:
 
         import mlx.core as mx
         import mlx.nn as nn
+
         ns = {"mx": mx, "nn": nn, "math": math}
-        exec("\n\n".join(prelude.render(set(prelude.HELPERS))), ns)   # noqa: S102 - our own helper source
+        exec("\n\n".join(prelude.render(set(prelude.HELPERS))), ns)  # noqa: S102 - our own helper source
         _NAMESPACE = ns
     return _NAMESPACE
 
 
 def _mlx_parameter_names(e: Call, helpers) -> set:
     from mlx.utils import tree_flatten
-    obj = eval(e.render(), namespace())   # noqa: S307 - an expression we wrote
+
+    obj = eval(e.render(), namespace())  # noqa: S307 - an expression we wrote
     return {k for k, _ in tree_flatten(obj.parameters())}
 
 
@@ -620,11 +661,12 @@ class _ClassEnv(Env):
 
 # ---- class content and lifting ---------------------------------------------------------------------------
 
+
 @dataclass
 class _Content:
     plan: Plan
     base: Call | None
-    stmts: list                     # (target, expr)
+    stmts: list  # (target, expr)
     body: Body | None
     status: str
     todo: list
@@ -637,8 +679,12 @@ class _Content:
     @property
     def key(self):
         call_text = "\n".join(self.body.lines) if self.body is not None else self.status + "|".join(self.todo)
-        return (shape_key(self.base) if self.base else "", tuple((t, shape_key(e)) for t, e in self.stmts),
-                call_text, tuple(self.body.params) if self.body else ())
+        return (
+            shape_key(self.base) if self.base else "",
+            tuple((t, shape_key(e)) for t, e in self.stmts),
+            call_text,
+            tuple(self.body.params) if self.body else (),
+        )
 
     def render(self, name: str, params: list, mapping: dict) -> str:
         plan = self.plan
@@ -648,7 +694,7 @@ class _Content:
         doc = f'"""From torch: {torch_cls.__module__}.{torch_cls.__qualname__}'
         if plan.kind == "placeholder":
             doc += f". MLX has no equivalent ({plan.why}): it holds the tensors so that weights load"
-        lines = [f"class {name}({parent}):", f"    {doc}."'"""', ""]
+        lines = [f"class {name}({parent}):", f'    {doc}."""', ""]
         sig = ", ".join(["self"] + [p for p, _ in params])
         lines.append(f"    def __init__({sig}):")
         if base is not None:
@@ -674,13 +720,19 @@ class _Content:
                 lines += [f"        #   {a[:100]}" for a in assumed[:8]]
                 if len(assumed) > 8:
                     lines.append(f"        #   ... and {len(assumed) - 8} more")
-            lines += [out for ln in reroll(inline_simple(body.lines), self.gen.list_lengths(plan))
-                      for out in wrap_statement(ln, 8)]
+            lines += [
+                out
+                for ln in reroll(inline_simple(body.lines), self.gen.list_lengths(plan))
+                for out in wrap_statement(ln, 8)
+            ]
             return lines
         if plan.base is not None and plan.kind == "class":
             # the MLX class computes what the registry says the torch class computes
-            return [f"    # TODO(torch2mlx): {self.todo[0]}; this class uses {plan.base.fn}'s __call__"] \
-                if self.todo else []
+            return (
+                [f"    # TODO(torch2mlx): {self.todo[0]}; this class uses {plan.base.fn}'s __call__"]
+                if self.todo
+                else []
+            )
         sig = _signature_text(plan.module)
         lines = [f"    def __call__({sig}):"]
         what = type(plan.module).__name__
@@ -689,7 +741,9 @@ class _Content:
             lines.append(f"        #   {t}")
         for b in _class_blockers(self.gen, plan):
             lines.append(f"        #   analyzer: {b.kind} at {b.where}: {b.detail}")
-        lines.append(f"        raise NotImplementedError({what + '.__call__ was not translated: see the TODO above'!r})")
+        lines.append(
+            f"        raise NotImplementedError({what + '.__call__ was not translated: see the TODO above'!r})"
+        )
         return lines
 
 
@@ -806,7 +860,10 @@ def _positional_names(fn: str) -> list:
         return []
     try:
         target = obj.__init__ if isinstance(obj, type) else obj
-        return [p.name for p in inspect.signature(target).parameters.values() if p.name != "self"
-                and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        return [
+            p.name
+            for p in inspect.signature(target).parameters.values()
+            if p.name != "self" and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
     except (TypeError, ValueError):
         return []

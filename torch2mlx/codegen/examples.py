@@ -3,6 +3,7 @@ module's call (which arguments are tensors) and the shapes its code branches on.
 
 On the meta device (a model built from config.json) the inputs are meta tensors too: nothing is computed.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -10,8 +11,12 @@ import math
 
 
 def _get(config, *names, default=None):
-    for c in (config, getattr(config, "text_config", None), getattr(config, "vision_config", None),
-              getattr(config, "audio_config", None)):
+    for c in (
+        config,
+        getattr(config, "text_config", None),
+        getattr(config, "vision_config", None),
+        getattr(config, "audio_config", None),
+    ):
         for n in names:
             v = getattr(c, n, None) if c is not None else None
             if isinstance(v, int) and not isinstance(v, bool):
@@ -22,6 +27,7 @@ def _get(config, *names, default=None):
 def transformers_inputs(model) -> dict | None:
     """Keyword inputs for a transformers ``PreTrainedModel`` (None for other models or unknown inputs)."""
     import torch
+
     config = getattr(model, "config", None)
     name = getattr(model, "main_input_name", None)
     if config is None or name is None:
@@ -65,6 +71,6 @@ def transformers_inputs(model) -> dict | None:
         return None
     if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in params:
         inputs["decoder_input_ids"] = ids(4)
-    if "use_cache" in params:      # a forward pass, not generation: no key/value cache objects
+    if "use_cache" in params:  # a forward pass, not generation: no key/value cache objects
         inputs["use_cache"] = False
     return inputs

@@ -8,6 +8,7 @@ argument order differ (the table's notes). Python operators, ``getattr`` on
 tensors and the tensor methods that are no op at all (``.contiguous()``,
 ``.size()``, ``.to(dtype)``) are handled here too.
 """
+
 from __future__ import annotations
 
 import operator
@@ -19,8 +20,19 @@ from .nodes import Alias, Out, Untranslated, Val
 
 _REQ = object()
 # torch keywords with no MLX meaning: where a tensor lives, how it is stored, autograd, in-place flags.
-_IGNORED = {"device", "layout", "pin_memory", "requires_grad", "memory_format", "out", "_stacklevel", "inplace",
-            "generator", "non_blocking", "copy"}
+_IGNORED = {
+    "device",
+    "layout",
+    "pin_memory",
+    "requires_grad",
+    "memory_format",
+    "out",
+    "_stacklevel",
+    "inplace",
+    "generator",
+    "non_blocking",
+    "copy",
+}
 # numpy spellings torch accepts for its own keywords.
 _ALIASES = {"axis": "dim", "keepdims": "keepdim", "x": "input", "a": "input"}
 
@@ -32,7 +44,7 @@ def _parse(spec: str):
             params.append((part[1:], _REQ, True))
             continue
         name, eq, default = part.partition("=")
-        params.append((name, eval(default) if eq else _REQ, False))   # noqa: S307 - our own literal specs
+        params.append((name, eval(default) if eq else _REQ, False))  # noqa: S307 - our own literal specs
     return params
 
 
@@ -80,9 +92,9 @@ def bind(params, args, kwargs) -> Bound:
 
 @dataclass
 class Op:
-    key: str                       # the op table entry, or the tensor method
+    key: str  # the op table entry, or the tensor method
     params: list
-    emit: Callable                 # (translator, Bound, key) -> Out | Alias | Val
+    emit: Callable  # (translator, Bound, key) -> Out | Alias | Val
 
 
 def mlx_name(path: str) -> str:
@@ -101,12 +113,14 @@ def _dims(v):
 
 # ---- generic emitters -------------------------------------------------------------------------------------
 
+
 def table(layout_free=False):
     """The op table's MLX function, arguments passed as the torch code passed them: positional ones in
     place (the table lists only keywords that change name), keywords renamed (``dim`` -> ``axis``).
 
     ``layout_free``: an elementwise op of one tensor (runs channels-last when its input is).
     """
+
     def emit(tr, b, key):
         op = ops.get(key)
         first = b.pos[0] if b.pos else None
@@ -115,6 +129,7 @@ def table(layout_free=False):
         kw = op.rename({k: b[k] for k in b if k in b.given and k not in b.pos})
         parts = args + [f"{k}={_kw_value(tr, k, v)}" for k, v in kw.items()]
         return Out(f"{mlx_name(op.mlx)}({', '.join(parts)})", layout, rank)
+
     return emit
 
 
@@ -138,30 +153,41 @@ def infix(symbol: str, reverse=False):
     def emit(tr, b, key):
         a, c = (b["other"], b["input"]) if reverse else (b["input"], b["other"])
         return _binary(tr, a, c, symbol)
+
     return emit
 
 
 def _binary(tr, a, c, symbol):
     layout, rank = tr.elementwise(a, c)
     kinds = {tr.kind(a), tr.kind(c)}
-    kind = "tensor" if "tensor" in kinds or "any" in kinds else ("shape" if "shape" in kinds or "seq" in kinds
-                                                                 else "scalar")
+    kind = (
+        "tensor"
+        if "tensor" in kinds or "any" in kinds
+        else ("shape" if "shape" in kinds or "seq" in kinds else "scalar")
+    )
     left = tr.tensor(a, layout) if _is_node(a) else tr.value(a)
     right = tr.tensor(c, layout) if _is_node(c) else tr.value(c)
     return Out(f"{_paren(left)} {symbol} {_paren(right)}", layout, rank, kind)
 
 
 def _paren(s: str) -> str:
-    return s if s.replace("_", "").replace(".", "").isalnum() or s.startswith("(") and s.endswith(")") \
-        or (s.endswith(")") and s.split("(")[0].replace(".", "").replace("_", "").isalnum() and s.count("(") == 1) \
+    return (
+        s
+        if s.replace("_", "").replace(".", "").isalnum()
+        or s.startswith("(")
+        and s.endswith(")")
+        or (s.endswith(")") and s.split("(")[0].replace(".", "").replace("_", "").isalnum() and s.count("(") == 1)
         else f"({s})"
+    )
 
 
 def unary_expr(template: str):
     """An elementwise expression in MLX with ``{x}`` for the input: keeps the input's layout."""
+
     def emit(tr, b, key):
         layout, rank = tr.elementwise(b["input"])
         return Out(template.format(x=tr.tensor(b["input"], layout)), layout, rank)
+
     return emit
 
 
@@ -170,6 +196,7 @@ def alias(tr, b, key):
 
 
 # ---- ops whose MLX form differs from a renamed call -----------------------------------------------------------
+
 
 def _reshape(tr, b, key):
     shape = _dims(b["shape"])
@@ -195,6 +222,7 @@ def _repeat(tr, b, key):
 def _creation(fn, source="size"):
     """torch.zeros/ones/full (a size), ``*_like`` (another tensor's shape and dtype), ``Tensor.new_*``
     (a size, the tensor's dtype): ``mx.zeros`` / ``mx.ones`` / ``mx.full``."""
+
     def emit(tr, b, key):
         x = tr.tensor(b["input"]) if source != "size" else None
         if source == "like":
@@ -205,6 +233,7 @@ def _creation(fn, source="size"):
         dtype = tr.value(b["dtype"]) if b.get("dtype") is not None else f"{x}.dtype" if x else None
         args = [shape] + ([tr.value(b["fill_value"])] if fn == "full" else [])
         return Out(f"mx.{fn}({', '.join(args)}{', dtype=' + dtype if dtype else ''})")
+
     return emit
 
 
@@ -218,6 +247,7 @@ def _astype(dtype: str):
     def emit(tr, b, key):
         layout, rank = tr.elementwise(b["input"])
         return Out(f"{tr.tensor(b['input'], layout)}.astype({dtype})", layout, rank)
+
     return emit
 
 
@@ -252,6 +282,7 @@ def _masked_fill(tr, b, key):
 
 def _minmax(name):
     """torch.max / torch.min: of all elements, along a dim (values and indices), or of two tensors."""
+
     def emit(tr, b, key):
         other = b.get("dim")
         x = tr.tensor(b["input"])
@@ -262,6 +293,7 @@ def _minmax(name):
         tr.helpers.add(f"_{name}")
         keep = f", keepdims={tr.value(b['keepdim'])}" if "keepdim" in b.given else ""
         return Out(f"_{name}({x}, {tr.value(other)}{keep})", kind="seq")
+
     return emit
 
 
@@ -279,9 +311,14 @@ def _var_std(name):
             ddof = b["correction"]
         elif "unbiased" in b.given:
             ddof = int(bool(b["unbiased"]))
-        parts = [x] + ([f"axis={tr.value(b['dim'])}"] if b.get("dim") is not None else []) + \
-            ([f"keepdims={tr.value(b['keepdim'])}"] if "keepdim" in b.given else []) + [f"ddof={tr.value(ddof)}"]
+        parts = (
+            [x]
+            + ([f"axis={tr.value(b['dim'])}"] if b.get("dim") is not None else [])
+            + ([f"keepdims={tr.value(b['keepdim'])}"] if "keepdim" in b.given else [])
+            + [f"ddof={tr.value(ddof)}"]
+        )
         return Out(f"mx.{name}({', '.join(parts)})")
+
     return emit
 
 
@@ -308,8 +345,11 @@ def _squeeze(tr, b, key):
 
 def _diff(tr, b, key):
     tr.helpers.add("_diff")
-    extra = "".join(f", {m}={tr.value(b[t])}" for t, m in (("n", "n"), ("dim", "axis"), ("prepend", "prepend"),
-                                                          ("append", "append")) if t in b.given)
+    extra = "".join(
+        f", {m}={tr.value(b[t])}"
+        for t, m in (("n", "n"), ("dim", "axis"), ("prepend", "prepend"), ("append", "append"))
+        if t in b.given
+    )
     return Out(f"_diff({tr.tensor(b['input'])}{extra})")
 
 
@@ -339,7 +379,7 @@ def _einsum(tr, b, key):
     operands = b["operands"]
     if len(operands) == 1 and isinstance(operands[0], (tuple, list)):
         operands = operands[0]
-    elif len(operands) == 1 and tr.kind(operands[0]) == "seq":     # a list the graph built: spread it
+    elif len(operands) == 1 and tr.kind(operands[0]) == "seq":  # a list the graph built: spread it
         return Out(f"mx.einsum({tr.value(b['equation'])}, *{tr.value(operands[0])})")
     return Out(f"mx.einsum({tr.value(b['equation'])}, {', '.join(tr.value(o) for o in operands)})")
 
@@ -376,9 +416,12 @@ def _add_sub(symbol):
         other = b["other"]
         if b.get("alpha", 1) != 1:
             layout, _ = tr.elementwise(b["input"], other)
-            return Out(f"{tr.tensor(b['input'], layout)} {symbol} {tr.value(b['alpha'])} * "
-                       f"{_paren(tr.tensor(other, layout))}", layout)
+            return Out(
+                f"{tr.tensor(b['input'], layout)} {symbol} {tr.value(b['alpha'])} * {_paren(tr.tensor(other, layout))}",
+                layout,
+            )
         return _binary(tr, b["input"], other, symbol)
+
     return emit
 
 
@@ -393,6 +436,7 @@ def _div(tr, b, key):
 
 
 # ---- neural-network functions ---------------------------------------------------------------------------------
+
 
 def _gelu(tr, b, key):
     fn = "nn.gelu_approx" if b.get("approximate") == "tanh" else "nn.gelu"
@@ -470,12 +514,14 @@ def _conv(d):
                 raise Untranslated(f"F.conv{d}d with padding={padding!r}")
             padding = 0
         x, w = tr.tensor(b["input"], "cl"), tr.tensor(b["weight"], "cl")
-        kw = [f"{name}={tr.value(b[name])}" for name in ("stride", "dilation", "groups") if name in b.given] + \
-            ([f"padding={tr.value(padding)}"] if padding else [])
+        kw = [f"{name}={tr.value(b[name])}" for name in ("stride", "dilation", "groups") if name in b.given] + (
+            [f"padding={tr.value(padding)}"] if padding else []
+        )
         expr = f"mx.conv{d}d({', '.join([x, w] + kw)})"
         if b.get("bias") is not None:
             expr = f"{expr} + {tr.tensor(b['bias'])}"
         return Out(expr, "cl", d + 2)
+
     return emit
 
 
@@ -487,9 +533,13 @@ def _pool(kind, d):
             raise Untranslated(f"F.avg_pool{d}d with count_include_pad=False or divisor_override")
         cls = "MaxPool" if kind == "max" else "AvgPool"
         stride = b.get("stride")
-        args = [tr.value(b["kernel_size"])] + ([f"stride={tr.value(stride)}"] if stride not in (None, (), []) else []) \
+        args = (
+            [tr.value(b["kernel_size"])]
+            + ([f"stride={tr.value(stride)}"] if stride not in (None, (), []) else [])
             + ([f"padding={tr.value(b['padding'])}"] if b.get("padding") else [])
+        )
         return Out(f"nn.{cls}{d}d({', '.join(args)})({tr.tensor(b['input'], 'cl')})", "cl", d + 2)
+
     return emit
 
 
@@ -500,8 +550,12 @@ def _adaptive(kind, d):
         if any(s != 1 for s in sizes):
             raise Untranslated(f"F.adaptive_{kind}_pool{d}d to an output size other than 1")
         axes = tuple(range(1, d + 1))
-        return Out(f"mx.{'mean' if kind == 'avg' else 'max'}({tr.tensor(b['input'], 'cl')}, axis={axes}, "
-                   f"keepdims=True)", "cl", d + 2)
+        return Out(
+            f"mx.{'mean' if kind == 'avg' else 'max'}({tr.tensor(b['input'], 'cl')}, axis={axes}, keepdims=True)",
+            "cl",
+            d + 2,
+        )
+
     return emit
 
 
@@ -509,13 +563,19 @@ def _interpolate(tr, b, key):
     scale = b.get("scale_factor")
     if scale is None or b.get("size") is not None:
         raise Untranslated("F.interpolate to a fixed size")
-    mode = {"nearest": "nearest", "linear": "linear", "bilinear": "linear", "trilinear": "linear",
-            "bicubic": "cubic"}.get(b.get("mode", "nearest"))
+    mode = {
+        "nearest": "nearest",
+        "linear": "linear",
+        "bilinear": "linear",
+        "trilinear": "linear",
+        "bicubic": "cubic",
+    }.get(b.get("mode", "nearest"))
     if mode is None:
         raise Untranslated(f"F.interpolate mode {b.get('mode')!r}")
     corners = ", align_corners=True" if b.get("align_corners") else ""
-    return Out(f"nn.Upsample(scale_factor={tr.value(scale)}, mode={mode!r}{corners})({tr.tensor(b['input'], 'cl')})",
-               "cl")
+    return Out(
+        f"nn.Upsample(scale_factor={tr.value(scale)}, mode={mode!r}{corners})({tr.tensor(b['input'], 'cl')})", "cl"
+    )
 
 
 def _pad(tr, b, key):
@@ -541,13 +601,35 @@ def _softmax(fn):
         if b.get("dim") is None:
             raise Untranslated(f"{key} without dim (torch's implicit choice of axis)")
         return Out(f"{fn}({x}, axis={tr.value(b['dim'])})")
+
     return emit
 
 
 # ---- the tables -------------------------------------------------------------------------------------------------
 
-_UNARY_TABLE = ("exp", "log", "log1p", "sqrt", "rsqrt", "abs", "sign", "square", "sin", "cos", "tanh", "sigmoid",
-                "erf", "floor", "ceil", "isnan", "isinf", "logical_not", "round", "neg", "reciprocal")
+_UNARY_TABLE = (
+    "exp",
+    "log",
+    "log1p",
+    "sqrt",
+    "rsqrt",
+    "abs",
+    "sign",
+    "square",
+    "sin",
+    "cos",
+    "tanh",
+    "sigmoid",
+    "erf",
+    "floor",
+    "ceil",
+    "isnan",
+    "isinf",
+    "logical_not",
+    "round",
+    "neg",
+    "reciprocal",
+)
 _REDUCE = "input, dim=None, keepdim=False, dtype=None"
 
 FUNCTIONS: dict[str, Op] = {}
@@ -627,8 +709,13 @@ _add("torch.zeros_like", "input, dtype=None", _creation("zeros", "like"))
 _add("torch.ones_like", "input, dtype=None", _creation("ones", "like"))
 _add("torch.full_like", "input, fill_value, dtype=None", _creation("full", "like"))
 _add("torch.arange", "start, end=None, step=1, dtype=None", _arange)
-_add("torch.tensor", "data, dtype=None", lambda tr, b, k: Out(
-    f"mx.array({tr.value(b['data'])}{', dtype=' + tr.value(b['dtype']) if b.get('dtype') is not None else ''})"))
+_add(
+    "torch.tensor",
+    "data, dtype=None",
+    lambda tr, b, k: Out(
+        f"mx.array({tr.value(b['data'])}{', dtype=' + tr.value(b['dtype']) if b.get('dtype') is not None else ''})"
+    ),
+)
 # neural-network functions
 _F = "torch.nn.functional."
 for _n in ("relu", "silu", "relu6", "hardswish", "mish", "softsign"):
@@ -644,22 +731,38 @@ _add(_F + "softmax", "input, dim=None, _stacklevel=3, dtype=None", _softmax("mx.
 _add(_F + "log_softmax", "input, dim=None, _stacklevel=3, dtype=None", _softmax("nn.log_softmax"))
 _add(_F + "dropout", "input, p=0.5, training=True, inplace=False", _dropout)
 _add(_F + "linear", "input, weight, bias=None", _linear)
-_add(_F + "embedding", "input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False, "
-     "sparse=False", _embedding)
+_add(
+    _F + "embedding",
+    "input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False, sparse=False",
+    _embedding,
+)
 _add(_F + "layer_norm", "input, normalized_shape, weight=None, bias=None, eps=1e-05", _layer_norm)
 _add(_F + "rms_norm", "input, normalized_shape, weight=None, eps=None", _rms_norm)
-_add(_F + "scaled_dot_product_attention", "query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, "
-     "scale=None, enable_gqa=False", _sdpa)
+_add(
+    _F + "scaled_dot_product_attention",
+    "query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False",
+    _sdpa,
+)
 for _d in (1, 2, 3):
     _add(f"{_F}conv{_d}d", "input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1", _conv(_d))
-    _add(f"{_F}max_pool{_d}d", "input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, "
-         "return_indices=False", _pool("max", _d))
-    _add(f"{_F}avg_pool{_d}d", "input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, "
-         "divisor_override=None", _pool("avg", _d))
+    _add(
+        f"{_F}max_pool{_d}d",
+        "input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False",
+        _pool("max", _d),
+    )
+    _add(
+        f"{_F}avg_pool{_d}d",
+        "input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None",
+        _pool("avg", _d),
+    )
     _add(f"{_F}adaptive_avg_pool{_d}d", "input, output_size", _adaptive("avg", _d))
     _add(f"{_F}adaptive_max_pool{_d}d", "input, output_size, return_indices=False", _adaptive("max", _d))
-_add(_F + "interpolate", "input, size=None, scale_factor=None, mode='nearest', align_corners=None, "
-     "recompute_scale_factor=None, antialias=False", _interpolate)
+_add(
+    _F + "interpolate",
+    "input, size=None, scale_factor=None, mode='nearest', align_corners=None, "
+    "recompute_scale_factor=None, antialias=False",
+    _interpolate,
+)
 _add(_F + "pad", "input, pad, mode='constant', value=None", _pad)
 _add(_F + "normalize", "input, p=2.0, dim=1, eps=1e-12", _normalize)
 
@@ -673,8 +776,15 @@ def _method(name, spec, emit):
 
 for _n in ("contiguous", "clone", "detach", "cpu", "cuda", "requires_grad_"):
     _method(_n, "input, *args", alias)
-for _n, _t in (("float", "mx.float32"), ("half", "mx.float16"), ("bfloat16", "mx.bfloat16"), ("double", "mx.float32"),
-               ("long", "mx.int64"), ("int", "mx.int32"), ("bool", "mx.bool_")):
+for _n, _t in (
+    ("float", "mx.float32"),
+    ("half", "mx.float16"),
+    ("bfloat16", "mx.bfloat16"),
+    ("double", "mx.float32"),
+    ("long", "mx.int64"),
+    ("int", "mx.int32"),
+    ("bool", "mx.bool_"),
+):
     _method(_n, "input", _astype(_t))
 _method("to", "input, *args, dtype=None", _to)
 _method("type", "input, *args, dtype=None", _to)
@@ -688,8 +798,11 @@ _method("reshape", "input, *shape", _reshape)
 _method("view", "input, *shape", _reshape)
 _method("permute", "input, *dims", _permute)
 _method("expand", "input, *size", _expand)
-_method("expand_as", "input, other", lambda tr, b, k: Out(f"mx.broadcast_to({tr.tensor(b['input'])}, "
-                                                          f"{tr.tensor(b['other'])}.shape)"))
+_method(
+    "expand_as",
+    "input, other",
+    lambda tr, b, k: Out(f"mx.broadcast_to({tr.tensor(b['input'])}, {tr.tensor(b['other'])}.shape)"),
+)
 _method("repeat", "input, *repeats", _repeat)
 _method("split", "input, split_size, dim=0", _split)
 _method("new_zeros", "input, *size, dtype=None", _creation("zeros", "new"))
@@ -704,10 +817,23 @@ _method("log_softmax", "input, dim=None, dtype=None", _softmax("nn.log_softmax")
 # ---- dispatch -------------------------------------------------------------------------------------------------------
 
 _OPERATORS = {
-    operator.add: "+", operator.sub: "-", operator.mul: "*", operator.truediv: "/", operator.floordiv: "//",
-    operator.mod: "%", operator.pow: "**", operator.matmul: "@", operator.eq: "==", operator.ne: "!=",
-    operator.lt: "<", operator.le: "<=", operator.gt: ">", operator.ge: ">=", operator.and_: "&",
-    operator.or_: "|", operator.xor: "^",
+    operator.add: "+",
+    operator.sub: "-",
+    operator.mul: "*",
+    operator.truediv: "/",
+    operator.floordiv: "//",
+    operator.mod: "%",
+    operator.pow: "**",
+    operator.matmul: "@",
+    operator.eq: "==",
+    operator.ne: "!=",
+    operator.lt: "<",
+    operator.le: "<=",
+    operator.gt: ">",
+    operator.ge: ">=",
+    operator.and_: "&",
+    operator.or_: "|",
+    operator.xor: "^",
 }
 _INPLACE = {operator.iadd: "+", operator.isub: "-", operator.imul: "*", operator.itruediv: "/"}
 _BY_ID: dict[int, str] | None = None
@@ -715,6 +841,7 @@ _BY_ID: dict[int, str] | None = None
 
 def _resolve(path: str):
     import importlib
+
     parts = path.split(".")
     for i in range(len(parts) - 1, 0, -1):
         try:
@@ -769,12 +896,23 @@ def _getitem(tr, node):
     base, idx = node.args
     kind = tr.kind(base)
     if kind == "tensor":
-        if _is_node(idx) and tr.kind(idx) == "tensor" or isinstance(idx, tuple) and any(
-                _is_node(i) and tr.kind(i) == "tensor" for i in idx):
-            pass   # integer-array indexing MLX has too; a boolean mask it has not (reported by MLX at run time)
+        if (
+            _is_node(idx)
+            and tr.kind(idx) == "tensor"
+            or isinstance(idx, tuple)
+            and any(_is_node(i) and tr.kind(i) == "tensor" for i in idx)
+        ):
+            pass  # integer-array indexing MLX has too; a boolean mask it has not (reported by MLX at run time)
         return Out(f"{tr.tensor(base)}[{tr.index(idx)}]")
-    out_kind = "scalar" if kind == "shape" and not isinstance(idx, slice) else \
-        "shape" if kind == "shape" else "tensor" if kind == "seq" else "any"
+    out_kind = (
+        "scalar"
+        if kind == "shape" and not isinstance(idx, slice)
+        else "shape"
+        if kind == "shape"
+        else "tensor"
+        if kind == "seq"
+        else "any"
+    )
     return Out(f"{tr.tensor(base)}[{tr.index(idx)}]", kind=out_kind)
 
 
@@ -836,8 +974,12 @@ def translate(tr, node):
     name = str(node.target)
     inplace = name.endswith("_") and not name.startswith("_") and name not in METHODS
     base = name[:-1] if inplace else name
-    op = METHODS.get(base) or FUNCTIONS.get(f"torch.Tensor.{base}") or FUNCTIONS.get(f"torch.{base}") \
+    op = (
+        METHODS.get(base)
+        or FUNCTIONS.get(f"torch.Tensor.{base}")
+        or FUNCTIONS.get(f"torch.{base}")
         or FUNCTIONS.get(f"{_F}{base}")
+    )
     if op is None:
         raise Untranslated(f"Tensor.{name}")
     out = op.emit(tr, bind(op.params, node.args, node.kwargs), op.key)

@@ -12,6 +12,7 @@ original signature, a TODO listing what was not translated and the
 analyzer's blockers. Helpers the draft calls (``_cl``, ``_cf``, ...) come first
 with ``helpers=True``; ``generate(module).source`` has them all.
 """
+
 from __future__ import annotations
 
 from ..errors import Torch2MLXError
@@ -21,6 +22,7 @@ def generate_forward(module, *, example_inputs=None, helpers: bool = False) -> s
     """The draft ``__call__`` of ``module``'s MLX class (an ``nn.Module``, e.g. a LightningModule)."""
     from . import generate
     from .prelude import HELPERS, render
+
     if not (hasattr(module, "named_modules") and hasattr(module, "_parameters")):
         raise Torch2MLXError(f"generate_forward takes an nn.Module, not a {type(module).__name__}")
     result = generate(module, example_inputs=example_inputs)

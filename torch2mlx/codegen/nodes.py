@@ -3,6 +3,7 @@
 Its own module so that ``translate`` can use the op table and the op table can build these without importing
 ``translate`` back.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,9 +21,9 @@ class Untranslated(Exception):
 class Val:
     """A value of the graph in the MLX code: its expression per layout, rank when known, what it is."""
 
-    forms: dict = field(default_factory=dict)       # "cf" / "cl" -> expression
+    forms: dict = field(default_factory=dict)  # "cf" / "cl" -> expression
     rank: int | None = None
-    kind: str = "tensor"                            # tensor | shape | scalar | dtype | device | seq | none | any
+    kind: str = "tensor"  # tensor | shape | scalar | dtype | device | seq | none | any
 
 
 @dataclass

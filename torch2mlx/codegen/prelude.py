@@ -4,6 +4,7 @@ Each helper is plain MLX code with torch's calling convention, so a traced call
 translates one to one. The names start with an underscore or are torch's layer
 names (``MultiheadAttention``); the generator keeps its own classes clear of them.
 """
+
 from __future__ import annotations
 
 # name -> (source, helpers it uses)
@@ -14,25 +15,36 @@ def _helper(name: str, source: str, *uses: str) -> None:
     HELPERS[name] = (source.strip("\n"), uses)
 
 
-_helper("_cl", '''
+_helper(
+    "_cl",
+    '''
 def _cl(x):
     """torch's channels-first (N, C, *spatial) as MLX's channels-last (N, *spatial, C)."""
     return mx.moveaxis(x, 1, -1) if x.ndim > 2 else x
-''')
+''',
+)
 
-_helper("_cf", '''
+_helper(
+    "_cf",
+    '''
 def _cf(x):
     """MLX's channels-last (N, *spatial, C) back to torch's channels-first (N, C, *spatial)."""
     return mx.moveaxis(x, -1, 1) if x.ndim > 2 else x
-''')
+''',
+)
 
-_helper("_todo", '''
+_helper(
+    "_todo",
+    '''
 def _todo(what, *args, **kwargs):
     """A torch construct with no translation yet: port it by hand (see the TODO of the class)."""
     raise NotImplementedError(f"no MLX translation for {what}")
-''')
+''',
+)
 
-_helper("_Output", '''
+_helper(
+    "_Output",
+    '''
 class _Output(dict):
     """What a transformers module returns (a ModelOutput): fields by name or attribute, in order by index."""
 
@@ -43,9 +55,12 @@ class _Output(dict):
         if isinstance(key, (int, slice)):
             return tuple(self.values())[key]
         return super().__getitem__(key)
-''')
+''',
+)
 
-_helper("_expand", '''
+_helper(
+    "_expand",
+    '''
 def _expand(x, *sizes):
     """torch's Tensor.expand: -1 keeps a size; new leading axes may be added."""
     if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
@@ -53,9 +68,12 @@ def _expand(x, *sizes):
     lead = len(sizes) - x.ndim
     shape = [x.shape[i - lead] if s == -1 else s for i, s in enumerate(sizes)]
     return mx.broadcast_to(x, shape)
-''')
+''',
+)
 
-_helper("_split", '''
+_helper(
+    "_split",
+    '''
 def _split(x, size, axis=0):
     """torch.split: pieces of ``size`` along ``axis`` (the last may be shorter), or a list of sizes."""
     n = x.shape[axis]
@@ -67,22 +85,31 @@ def _split(x, size, axis=0):
             total += s
             cuts.append(total)
     return mx.split(x, cuts, axis=axis)
-''')
+''',
+)
 
-_helper("_chunk", '''
+_helper(
+    "_chunk",
+    '''
 def _chunk(x, chunks, axis=0):
     """torch.chunk: pieces of ceil(n / chunks) along ``axis``."""
     size = -(-x.shape[axis] // chunks)
     return mx.split(x, list(range(size, x.shape[axis], size)), axis=axis)
-''')
+''',
+)
 
-_helper("_unbind", '''
+_helper(
+    "_unbind",
+    '''
 def _unbind(x, axis=0):
     """torch.unbind: the slices along ``axis``, that axis removed."""
     return tuple(mx.take(x, i, axis=axis) for i in range(x.shape[axis]))
-''')
+''',
+)
 
-_helper("_pad", '''
+_helper(
+    "_pad",
+    '''
 def _pad(x, pad, mode="constant", value=0.0):
     """torch.nn.functional.pad: ``pad`` lists (before, after) pairs from the last axis backwards."""
     pairs = [(pad[i], pad[i + 1]) for i in range(0, len(pad), 2)]
@@ -91,9 +118,12 @@ def _pad(x, pad, mode="constant", value=0.0):
     if mode == "constant":
         return mx.pad(x, widths, mode=mode, constant_values=0.0 if value is None else value)
     return mx.pad(x, widths, mode=mode)
-''')
+''',
+)
 
-_helper("_diff", '''
+_helper(
+    "_diff",
+    '''
 def _diff(x, n=1, axis=-1, prepend=None, append=None):
     """torch.diff: n-th differences along ``axis``, after ``prepend`` / ``append``."""
     parts = [p for p in (prepend, x, append) if p is not None]
@@ -102,61 +132,85 @@ def _diff(x, n=1, axis=-1, prepend=None, append=None):
         m = x.shape[axis]
         x = mx.take(x, mx.arange(1, m), axis=axis) - mx.take(x, mx.arange(0, m - 1), axis=axis)
     return x
-''')
+''',
+)
 
-_helper("_topk", '''
+_helper(
+    "_topk",
+    '''
 def _topk(x, k, axis=-1, largest=True, sorted=True):
     """torch.topk: (values, indices), largest first (MLX's mx.topk gives values only, unordered)."""
     order = mx.argsort(-x if largest else x, axis=axis)
     indices = mx.take(order, mx.arange(k), axis=axis)
     return mx.take_along_axis(x, indices, axis=axis), indices
-''')
+''',
+)
 
-_helper("_max", '''
+_helper(
+    "_max",
+    '''
 def _max(x, axis, keepdims=False):
     """torch.max(x, dim): (values, indices)."""
     return mx.max(x, axis=axis, keepdims=keepdims), mx.argmax(x, axis=axis, keepdims=keepdims)
-''')
+''',
+)
 
-_helper("_min", '''
+_helper(
+    "_min",
+    '''
 def _min(x, axis, keepdims=False):
     """torch.min(x, dim): (values, indices)."""
     return mx.min(x, axis=axis, keepdims=keepdims), mx.argmin(x, axis=axis, keepdims=keepdims)
-''')
+''',
+)
 
-_helper("_squeeze", '''
+_helper(
+    "_squeeze",
+    '''
 def _squeeze(x, axis=None):
     """torch.squeeze: an axis whose size is not 1 is left alone (MLX would raise)."""
     if axis is None:
         return mx.squeeze(x)
     axes = [a for a in (axis if isinstance(axis, (tuple, list)) else (axis,)) if x.shape[a] == 1]
     return mx.squeeze(x, axes) if axes else x
-''')
+''',
+)
 
-_helper("_attention_mask", '''
+_helper(
+    "_attention_mask",
+    '''
 def _attention_mask(mask, dtype):
     """torch's attention masks as an additive MLX mask: boolean True means 'do not attend' in torch."""
     if mask is None or mask.dtype != mx.bool_:
         return mask
     return mx.where(mask, mx.array(-mx.inf, dtype), mx.array(0, dtype))
-''')
+''',
+)
 
-_helper("_sdpa_mask", '''
+_helper(
+    "_sdpa_mask",
+    '''
 def _sdpa_mask(mask, dtype):
     """F.scaled_dot_product_attention's mask as MLX's: boolean True means 'attend' in both; floats add."""
     if mask is None or mask.dtype == mx.bool_:
         return mask
     return mask.astype(dtype)
-''')
+''',
+)
 
-_helper("_causal", '''
+_helper(
+    "_causal",
+    '''
 def _causal(q, k):
     """torch's is_causal mask (top-left aligned, as F.scaled_dot_product_attention builds it)."""
     lq, lk = q.shape[-2], k.shape[-2]
     return mx.tril(mx.ones((lq, lk), dtype=mx.bool_))
-''')
+''',
+)
 
-_helper("MultiheadAttention", '''
+_helper(
+    "MultiheadAttention",
+    '''
 class MultiheadAttention(nn.Module):
     """torch.nn.MultiheadAttention: same arguments and results (output, averaged weights or None).
 
@@ -194,9 +248,13 @@ class MultiheadAttention(nn.Module):
         if not need_weights:
             return out, None
         return out, weights.mean(axis=1) if average_attn_weights else weights
-''', "_attention_mask")
+''',
+    "_attention_mask",
+)
 
-_helper("TransformerEncoderLayer", '''
+_helper(
+    "TransformerEncoderLayer",
+    '''
 class TransformerEncoderLayer(nn.Module):
     """torch.nn.TransformerEncoderLayer, post-norm or pre-norm (``norm_first``), with torch's arguments.
 
@@ -230,9 +288,13 @@ class TransformerEncoderLayer(nn.Module):
             return x + self._feed_forward(self.ln2(x))
         x = self.ln1(x + self._attend(x, src_mask, src_key_padding_mask))
         return self.ln2(x + self._feed_forward(x))
-''', "MultiheadAttention")
+''',
+    "MultiheadAttention",
+)
 
-_helper("TransformerEncoder", '''
+_helper(
+    "TransformerEncoder",
+    '''
 class TransformerEncoder(nn.Module):
     """torch.nn.TransformerEncoder: its ``layers`` in turn, then the optional final norm (``ln``)."""
 
@@ -247,9 +309,12 @@ class TransformerEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x, mask, src_key_padding_mask)
         return self.ln(x) if "ln" in self else x
-''')
+''',
+)
 
-_helper("TransformerDecoderLayer", '''
+_helper(
+    "TransformerDecoderLayer",
+    '''
 class TransformerDecoderLayer(nn.Module):
     """torch.nn.TransformerDecoderLayer with torch's arguments; names as torch2mlx converts torch's:
     ``self_attention``, ``cross_attention``, ``linear1``, ``linear2``, ``ln1``, ``ln2``, ``ln3``."""
@@ -290,9 +355,13 @@ class TransformerDecoderLayer(nn.Module):
         x = self.ln1(x + self._self(x, tgt_mask, tgt_key_padding_mask))
         x = self.ln2(x + self._cross(x, memory, memory_mask, memory_key_padding_mask))
         return self.ln3(x + self._feed_forward(x))
-''', "MultiheadAttention")
+''',
+    "MultiheadAttention",
+)
 
-_helper("TransformerDecoder", '''
+_helper(
+    "TransformerDecoder",
+    '''
 class TransformerDecoder(nn.Module):
     """torch.nn.TransformerDecoder: its ``layers`` in turn, then the optional final norm (``ln``)."""
 
@@ -308,9 +377,12 @@ class TransformerDecoder(nn.Module):
         for layer in self.layers:
             x = layer(x, memory, tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask)
         return self.ln(x) if "ln" in self else x
-''')
+''',
+)
 
-_helper("Transformer", '''
+_helper(
+    "Transformer",
+    '''
 class Transformer(nn.Module):
     """torch.nn.Transformer: ``encoder`` then ``decoder``, with torch's arguments."""
 
@@ -324,18 +396,24 @@ class Transformer(nn.Module):
                  memory_is_causal=False):
         memory = self.encoder(src, src_mask, src_key_padding_mask)
         return self.decoder(tgt, memory, tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask)
-''')
+''',
+)
 
-_helper("_Stack", '''
+_helper(
+    "_Stack",
+    '''
 class _Stack(nn.Module):
     """Layers under ``layers``: a torch recurrent module with num_layers > 1, one MLX layer per torch layer."""
 
     def __init__(self, layers):
         super().__init__()
         self.layers = layers
-''')
+''',
+)
 
-_helper("_recurrent", '''
+_helper(
+    "_recurrent",
+    '''
 def _recurrent(cells, x, hx=None, batch_first=False):
     """torch's LSTM / GRU / RNN call on MLX layers (one per torch layer): (output, h_n) or (output, (h_n, c_n))."""
     unbatched = x.ndim == 2
@@ -358,9 +436,12 @@ def _recurrent(cells, x, hx=None, batch_first=False):
         c = mx.stack(cs)
         return out, (h, c[:, 0] if unbatched else c)
     return out, h
-''')
+''',
+)
 
-_helper("_recurrent_cell", '''
+_helper(
+    "_recurrent_cell",
+    '''
 def _recurrent_cell(cell, x, hx=None):
     """torch's LSTMCell / GRUCell / RNNCell: one step of an MLX layer (a length-1 sequence)."""
     if isinstance(cell, nn.LSTM):
@@ -368,7 +449,8 @@ def _recurrent_cell(cell, x, hx=None):
         h, c = cell(x[:, None], hidden=h0, cell=c0)
         return h[:, 0], c[:, 0]
     return cell(x[:, None], hidden=hx)[:, 0]
-''')
+''',
+)
 
 
 def render(names: set[str]) -> list[str]:

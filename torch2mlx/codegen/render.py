@@ -4,6 +4,7 @@ Constructors are kept as trees (``Call``, ``Lit``, ``ListE``, ...) rather than
 text so that instances of one torch class can be compared, and the literals
 that differ between them lifted into constructor arguments.
 """
+
 from __future__ import annotations
 
 import keyword
@@ -15,18 +16,48 @@ from ..core import dtypes
 
 #: Names a generated module's attributes must not take as attributes: mlx.nn.Module is a dict with methods.
 _MODULE_NAMES = {
-    "apply", "apply_to_modules", "children", "clear", "copy", "eval", "filter_and_map", "freeze", "fromkeys",
-    "get", "is_module", "items", "keys", "leaf_modules", "load_weights", "modules", "named_modules",
-    "parameters", "pop", "popitem", "save_weights", "set_dtype", "setdefault", "state", "train", "training",
-    "trainable_parameters", "unfreeze", "update", "update_modules", "valid_child_filter",
-    "valid_parameter_filter", "values", "mro",
+    "apply",
+    "apply_to_modules",
+    "children",
+    "clear",
+    "copy",
+    "eval",
+    "filter_and_map",
+    "freeze",
+    "fromkeys",
+    "get",
+    "is_module",
+    "items",
+    "keys",
+    "leaf_modules",
+    "load_weights",
+    "modules",
+    "named_modules",
+    "parameters",
+    "pop",
+    "popitem",
+    "save_weights",
+    "set_dtype",
+    "setdefault",
+    "state",
+    "train",
+    "training",
+    "trainable_parameters",
+    "unfreeze",
+    "update",
+    "update_modules",
+    "valid_child_filter",
+    "valid_parameter_filter",
+    "values",
+    "mro",
 }
 
 
 def attribute_ok(name: str) -> bool:
     """``self.<name>`` reaches an MLX module's child or parameter of that name."""
-    return name.isidentifier() and not keyword.iskeyword(name) and name not in _MODULE_NAMES \
-        and not name.startswith("__")
+    return (
+        name.isidentifier() and not keyword.iskeyword(name) and name not in _MODULE_NAMES and not name.startswith("__")
+    )
 
 
 def literal(v) -> str:
@@ -68,6 +99,7 @@ def dtype_name(v) -> str | None:
 
 # --- constructor expressions -----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Lit:
     value: object
@@ -88,7 +120,7 @@ class Raw:
 class Call:
     fn: str
     args: tuple = ()
-    kwargs: tuple = ()          # ((name, expr), ...)
+    kwargs: tuple = ()  # ((name, expr), ...)
 
     def render(self) -> str:
         parts = [a.render() for a in self.args] + [f"{k}={v.render()}" for k, v in self.kwargs]
@@ -108,7 +140,7 @@ class ListE:
 
 @dataclass(frozen=True)
 class DictE:
-    items: tuple                # ((key, expr), ...)
+    items: tuple  # ((key, expr), ...)
 
     def render(self) -> str:
         return "{" + ", ".join(f"{k!r}: {v.render()}" for k, v in self.items) + "}"
@@ -116,8 +148,10 @@ class DictE:
 
 def call(fn: str, *args, **kwargs) -> Call:
     """A constructor call; plain values become literals, keyword arguments equal to None are left out."""
+
     def wrap(v):
         return v if isinstance(v, (Lit, Raw, Call, ListE, DictE)) else Lit(v)
+
     return Call(fn, tuple(wrap(a) for a in args), tuple((k, wrap(v)) for k, v in kwargs.items() if v is not None))
 
 
@@ -144,8 +178,11 @@ def replace_lits(e, mapping: dict):
     if isinstance(e, Lit):
         return mapping.get(id(e), e)
     if isinstance(e, Call):
-        return Call(e.fn, tuple(replace_lits(a, mapping) for a in e.args),
-                    tuple((k, replace_lits(v, mapping)) for k, v in e.kwargs))
+        return Call(
+            e.fn,
+            tuple(replace_lits(a, mapping) for a in e.args),
+            tuple((k, replace_lits(v, mapping)) for k, v in e.kwargs),
+        )
     if isinstance(e, ListE):
         return ListE(tuple(replace_lits(i, mapping) for i in e.items))
     if isinstance(e, DictE):
@@ -158,8 +195,9 @@ def shape_key(e) -> str:
     if isinstance(e, Lit):
         return "?" if isinstance(e.value, (int, float)) and not isinstance(e.value, bool) else e.render()
     if isinstance(e, Call):
-        return f"{e.fn}(" + ",".join([shape_key(a) for a in e.args] + [f"{k}={shape_key(v)}" for k, v in e.kwargs]) \
-            + ")"
+        return (
+            f"{e.fn}(" + ",".join([shape_key(a) for a in e.args] + [f"{k}={shape_key(v)}" for k, v in e.kwargs]) + ")"
+        )
     if isinstance(e, ListE):
         return "[" + ",".join(shape_key(i) for i in e.items) + "]"
     if isinstance(e, DictE):
@@ -178,15 +216,19 @@ def pretty(e, indent: int = 0, head: str = "", tail: str = "", width: int = 110)
     if isinstance(e, ListE):
         texts = [i.render() for i in e.items]
         if len(texts) >= 2 and len(set(texts)) == 1:
-            return [f"{pad}{head}["] + pretty(e.items[0], inner) + \
-                [f"{' ' * inner}for _ in range({len(texts)})", f"{pad}]{tail}"]
+            return (
+                [f"{pad}{head}["]
+                + pretty(e.items[0], inner)
+                + [f"{' ' * inner}for _ in range({len(texts)})", f"{pad}]{tail}"]
+            )
         return [f"{pad}{head}["] + [ln for i in e.items for ln in pretty(i, inner, tail=",")] + [f"{pad}]{tail}"]
     if isinstance(e, DictE):
         body = [ln for k, v in e.items for ln in pretty(v, inner, head=f"{k!r}: ", tail=",")]
         return [f"{pad}{head}{{"] + body + [f"{pad}}}{tail}"]
     if isinstance(e, Call):
-        body = [ln for a in e.args for ln in pretty(a, inner, tail=",")] + \
-            [ln for k, v in e.kwargs for ln in pretty(v, inner, head=f"{k}=", tail=",")]
+        body = [ln for a in e.args for ln in pretty(a, inner, tail=",")] + [
+            ln for k, v in e.kwargs for ln in pretty(v, inner, head=f"{k}=", tail=",")
+        ]
         return [f"{pad}{head}{e.fn}("] + body + [f"{pad}){tail}"]
     return [flat]
 
@@ -209,11 +251,11 @@ def wrap_statement(line: str, indent: int, width: int = 110) -> list[str]:
         elif ch in ")]}":
             depth -= 1
             if depth == 0 and start is not None and i != len(line) - 1:
-                return [pad + line]            # the outer call is not the whole tail
+                return [pad + line]  # the outer call is not the whole tail
     if start is None:
         return [pad + line]
     args, depth, cur, quote = [], 0, "", None
-    for ch in line[start + 1:-1]:
+    for ch in line[start + 1 : -1]:
         if quote:
             quote = None if ch == quote else quote
         elif ch in "'\"":
@@ -228,7 +270,7 @@ def wrap_statement(line: str, indent: int, width: int = 110) -> list[str]:
         else:
             cur += ch
     args.append(cur.strip())
-    return [pad + line[:start + 1]] + [f"{pad}    {a}," for a in args if a] + [pad + ")"]
+    return [pad + line[: start + 1]] + [f"{pad}    {a}," for a in args if a] + [pad + ")"]
 
 
 _CALL = re.compile(r"^(\w+) = (self(?:\.\w+|\[[^\]]+\])*)\[(\d+)\]\((\w+)((?:, [^()]*)?)\)$")
@@ -245,12 +287,17 @@ def reroll(lines: list[str], lengths: dict) -> list[str]:
             run = [m]
             for k in range(1, n):
                 nxt = _CALL.match(lines[i + k]) if i + k < len(lines) else None
-                if not (nxt and nxt.group(2) == container and nxt.group(3) == str(k)
-                        and nxt.group(4) == run[-1].group(1) and nxt.group(5) == rest):
+                if not (
+                    nxt
+                    and nxt.group(2) == container
+                    and nxt.group(3) == str(k)
+                    and nxt.group(4) == run[-1].group(1)
+                    and nxt.group(5) == rest
+                ):
                     break
                 run.append(nxt)
             inner = {r.group(1) for r in run[:-1]}
-            later = lines[i + len(run):]
+            later = lines[i + len(run) :]
             if len(run) == n and not any(re.search(rf"\b{v}\b", ln) for v in inner for ln in later):
                 x, last = m.group(4), run[-1].group(1)
                 out += [f"{last} = {x}", f"for layer in {container}:", f"    {last} = layer({last}{rest})"]
@@ -282,11 +329,16 @@ def inline_simple(lines: list[str]) -> list[str]:
                 continue
             base = re.match(r"[\w.]+", expr).group(0)
             # the value must not change between here and its use (``base[...] = v`` or ``base = ...``)
-            changed_between = any(re.match(rf"\s*{re.escape(base)}\s*(\[.*\])?\s*=[^=]", ln)
-                                  for ln in lines[i + 1:uses[0] + 1])
+            changed_between = any(
+                re.match(rf"\s*{re.escape(base)}\s*(\[.*\])?\s*=[^=]", ln) for ln in lines[i + 1 : uses[0] + 1]
+            )
             use = lines[uses[0]]
-            if len(word.findall(use)) != 1 or changed_between or re.match(rf"\s*{name} = ", use) or \
-                    use.lstrip().startswith("for "):
+            if (
+                len(word.findall(use)) != 1
+                or changed_between
+                or re.match(rf"\s*{name} = ", use)
+                or use.lstrip().startswith("for ")
+            ):
                 continue
             lines[uses[0]] = word.sub(lambda _: expr, use)
             del lines[i]

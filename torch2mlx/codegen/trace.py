@@ -8,6 +8,7 @@ tensors become parameters, constants are traced as constants (``if mask is not
 None`` takes the branch the parent's call takes). Modules are traced in eval
 mode: dropout and batch statistics as at inference.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,14 +22,16 @@ from dataclasses import dataclass, field
 class Pattern:
     """How a module is called: per parameter of its forward, ``TENSOR`` or the constant passed."""
 
-    bound: dict            # named parameter -> TENSOR or a constant
-    order: list            # the tensor parameters, named ones in signature order, then **kwargs entries
-    values: dict = field(default_factory=dict)   # tensor parameter -> an example value (from a run)
-    extra: dict = field(default_factory=dict)    # what the call puts in **kwargs: key -> TENSOR or a constant
+    bound: dict  # named parameter -> TENSOR or a constant
+    order: list  # the tensor parameters, named ones in signature order, then **kwargs entries
+    values: dict = field(default_factory=dict)  # tensor parameter -> an example value (from a run)
+    extra: dict = field(default_factory=dict)  # what the call puts in **kwargs: key -> TENSOR or a constant
 
     def key(self) -> tuple:
-        return tuple((k, "<tensor>" if v is TENSOR else repr(v)) for k, v in list(self.bound.items())
-                     + [("**" + k, v) for k, v in self.extra.items()])
+        return tuple(
+            (k, "<tensor>" if v is TENSOR else repr(v))
+            for k, v in list(self.bound.items()) + [("**" + k, v) for k, v in self.extra.items()]
+        )
 
 
 TENSOR = object()
@@ -37,12 +40,12 @@ TENSOR = object()
 @dataclass
 class Traced:
     graph: object | None
-    concrete: set = field(default_factory=set)      # placeholders of parameters traced as constants
-    params: list = field(default_factory=list)      # the tensor parameters, in order
-    error: str | None = None                        # why tracing failed
+    concrete: set = field(default_factory=set)  # placeholders of parameters traced as constants
+    params: list = field(default_factory=list)  # the tensor parameters, in order
+    error: str | None = None  # why tracing failed
     assumptions: list = field(default_factory=list)  # shape decisions taken as the example inputs took them
-    constants: dict = field(default_factory=dict)    # tensors the forward builds from constants
-    values: dict = field(default_factory=dict)       # node -> its example value (traces with an example)
+    constants: dict = field(default_factory=dict)  # tensors the forward builds from constants
+    values: dict = field(default_factory=dict)  # node -> its example value (traces with an example)
 
 
 def _signature(module):
@@ -155,7 +158,7 @@ def trace(module, pattern: Pattern | None, leaves: set[int], example: dict | Non
     try:
         with _forward(type(module), shim), _factories(tracer):
             graph = tracer.trace(module, concrete_args=concrete)
-    except Exception as e:   # fx raises many kinds: each one means this forward does not trace
+    except Exception as e:  # fx raises many kinds: each one means this forward does not trace
         return Traced(None, error=_describe(e, type(module)))
     # fx names the placeholder of a parameter traced as a constant "mask_1": match them by position
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
@@ -190,7 +193,7 @@ def _shim(cls, pattern: Pattern):
     call += [f"{k}={k}" for k in extra] + (["**_fixed"] if fixed else [])
     src = f"def forward(self, {', '.join(names)}):\n    return _orig(self, {', '.join(call)})\n"
     ns = {"_orig": orig, "_fixed": fixed}
-    exec(src, ns)   # noqa: S102 - a call shim built from the signature
+    exec(src, ns)  # noqa: S102 - a call shim built from the signature
     return ns["forward"], names
 
 
@@ -203,6 +206,7 @@ def _factories(tracer):
     before fx sees it, so during the trace these factories record themselves when a size is traced."""
     import torch
     import torch.fx as fx
+
     originals = {n: getattr(torch, n) for n in _FACTORIES}
 
     def wrap(name, fn):
@@ -210,6 +214,7 @@ def _factories(tracer):
             if any(isinstance(a, fx.Proxy) for a in _flat((args, kwargs))):
                 return tracer.create_proxy("call_function", fn, args, kwargs)
             return fn(*args, **kwargs)
+
         return factory
 
     for n, fn in originals.items():
@@ -414,8 +419,11 @@ def _where(module) -> str:
     except TypeError:
         file = ""
     for f in inspect.stack()[2:]:
-        if os.path.realpath(f.filename) == file or "/torch/" not in f.filename.replace(os.sep, "/") and \
-                "torch2mlx" not in f.filename:
+        if (
+            os.path.realpath(f.filename) == file
+            or "/torch/" not in f.filename.replace(os.sep, "/")
+            and "torch2mlx" not in f.filename
+        ):
             line = (f.code_context or [""])[0].strip()
             return f"{os.path.basename(f.filename)}:{f.lineno} `{line}`"
     return "a condition on a shape"
@@ -433,8 +441,9 @@ def _describe(e: Exception, cls) -> str:
     except TypeError:
         file = ""
     frames = traceback.extract_tb(e.__traceback__)
-    mine = [f for f in frames if os.path.realpath(f.filename) == file] or \
-        [f for f in frames if "/torch/" not in f.filename.replace(os.sep, "/")]
+    mine = [f for f in frames if os.path.realpath(f.filename) == file] or [
+        f for f in frames if "/torch/" not in f.filename.replace(os.sep, "/")
+    ]
     if mine:
         f = mine[-1]
         return f"{type(e).__name__}: {msg} at {os.path.basename(f.filename)}:{f.lineno}: {(f.line or '').strip()}"
@@ -444,6 +453,7 @@ def _describe(e: Exception, cls) -> str:
 def record_calls(model, example_inputs, leaves_of) -> dict[int, Pattern]:
     """Run the model once on ``example_inputs`` and record how each module is called (module id -> pattern)."""
     import torch
+
     found: dict[int, Pattern] = {}
     hooks = []
 
@@ -457,8 +467,13 @@ def record_calls(model, example_inputs, leaves_of) -> dict[int, Pattern]:
         if id(m) in leaves_of:
             hooks.append(m.register_forward_pre_hook(hook, with_kwargs=True))
     try:
-        args, kwargs = (example_inputs, {}) if isinstance(example_inputs, tuple) else \
-            ((), example_inputs) if isinstance(example_inputs, dict) else ((example_inputs,), {})
+        args, kwargs = (
+            (example_inputs, {})
+            if isinstance(example_inputs, tuple)
+            else ((), example_inputs)
+            if isinstance(example_inputs, dict)
+            else ((example_inputs,), {})
+        )
         with torch.no_grad(), eval_mode(model):
             model(*args, **kwargs)
     finally:

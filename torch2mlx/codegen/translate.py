@@ -9,6 +9,7 @@ Elementwise nodes (activations, dropout, ``+`` of two channels-last values of
 one rank) keep whichever layout their inputs have, so a conv -> norm -> relu ->
 pool chain converts once on the way in and once on the way out.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -37,7 +38,7 @@ class Body:
 class Env:
     """What the translator asks of the module the graph belongs to (see ``generate``)."""
 
-    def attr(self, target: str) -> Val:            # get_attr: a parameter or buffer, relative to the module
+    def attr(self, target: str) -> Val:  # get_attr: a parameter or buffer, relative to the module
         raise Untranslated(f"attribute {target}")
 
     def call_module(self, tr: "Translator", node) -> Out | Alias:
@@ -46,10 +47,11 @@ class Env:
 
 def _var(name: str) -> str:
     name = name if name.isidentifier() else "v_" + "".join(c if c.isalnum() else "_" for c in name)
-    return name + "_" if keyword.iskeyword(name) or name in RESERVED or name.startswith("_") \
-        or hasattr(builtins, name) else name
-
-
+    return (
+        name + "_"
+        if keyword.iskeyword(name) or name in RESERVED or name.startswith("_") or hasattr(builtins, name)
+        else name
+    )
 
 
 def _what(node) -> str:
@@ -78,6 +80,7 @@ class Translator:
 
     def kind(self, a) -> str:
         from torch.fx import Node
+
         if isinstance(a, Node):
             return self.vals[a].kind
         if a is None:
@@ -106,6 +109,7 @@ class Translator:
         """The expression of argument ``a`` in ``layout`` (converting a graph value when it lacks that form).
         ``rank``: what the consumer knows of the value's rank (a Conv2d input has 4 axes)."""
         from torch.fx import Node
+
         if not isinstance(a, Node):
             return self.value(a)
         v = self.vals[a]
@@ -127,6 +131,7 @@ class Translator:
     def value(self, a) -> str:
         """Source of any argument: graph values in torch's layout, nested tuples, lists, dicts and constants."""
         from torch.fx import Node
+
         if isinstance(a, Node):
             return self.tensor(a)
         if isinstance(a, tuple):
@@ -159,6 +164,7 @@ class Translator:
         """The layout an elementwise node runs in: channels-last only when every tensor input has it already
         and they share one known rank (or there is one); otherwise torch's."""
         from torch.fx import Node
+
         tensors = [self.vals[a] for a in args if isinstance(a, Node) and self.vals[a].kind in ("tensor", "any")]
         if not tensors or all("cf" in v.forms for v in tensors):
             return "cf", None
@@ -174,8 +180,11 @@ class Translator:
         """Nodes whose value the output needs, and nodes that change a value in place."""
         live = set()
         for node in reversed(self.graph.nodes):
-            if node.op == "output" or (fx_ops.mutates(node) and not self._is_guard(node)) or \
-                    any(u in live for u in node.users):
+            if (
+                node.op == "output"
+                or (fx_ops.mutates(node) and not self._is_guard(node))
+                or any(u in live for u in node.users)
+            ):
                 if self._is_guard(node):
                     continue
                 live.add(node)
@@ -199,7 +208,7 @@ class Translator:
             if node.op == "output":
                 out = node.args[0]
                 try:
-                    if isinstance(out, dict):    # a transformers ModelOutput: keep its attribute and index access
+                    if isinstance(out, dict):  # a transformers ModelOutput: keep its attribute and index access
                         self.helpers.add("_Output")
                         self.lines.append(f"return _Output({self.value(out)})")
                     else:
@@ -217,12 +226,13 @@ class Translator:
                 else:
                     result = fx_ops.translate(self, node)
             except (Untranslated, Exception) as e:
-                if not isinstance(e, Untranslated):    # a construct the translator does not expect: a TODO too
+                if not isinstance(e, Untranslated):  # a construct the translator does not expect: a TODO too
                     e = Untranslated(f"{_what(node)} ({type(e).__name__}: {e})")
                 self.untranslated.append(e.what)
                 self.helpers.add("_todo")
-                args = ", ".join([self.value(a) for a in node.args] +
-                                 [f"{k}={self.value(v)}" for k, v in node.kwargs.items()])
+                args = ", ".join(
+                    [self.value(a) for a in node.args] + [f"{k}={self.value(v)}" for k, v in node.kwargs.items()]
+                )
                 var = self.fresh(node.name)
                 self.lines.append(f"{var} = _todo({e.what!r}{', ' + args if args else ''})")
                 self.vals[node] = Val({"cf": var}, kind="any")
@@ -232,6 +242,7 @@ class Translator:
 
     def _bind(self, node, result) -> None:
         from torch.fx import Node
+
         if isinstance(result, Val):
             self.vals[node] = result
         elif isinstance(result, Alias):
@@ -241,12 +252,13 @@ class Translator:
             var = self.fresh(node.name)
             self.lines.append(f"{var} = {result.expr}")
             self.vals[node] = Val({result.layout: var}, result.rank, result.kind)
-        else:   # a statement with no value (setitem)
+        else:  # a statement with no value (setitem)
             self.vals[node] = Val({"cf": "None"}, kind="none")
 
     def rebind(self, target, expr: str) -> Val:
         """An in-place change of ``target``: its variable is assigned the new value (later uses see it)."""
         from torch.fx import Node
+
         if not isinstance(target, Node):
             raise Untranslated("in-place change of a constant")
         v = self.vals[target]

@@ -11,14 +11,15 @@ are written as integer arithmetic, and 16-bit -> 16-bit casts are table
 lookups: every bfloat16 value in float16's range is exact there, so a
 65,536-entry table is the whole function.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 from .dtypes import DType
 
-_F32_NAN_TO_BF16 = np.uint16(0xFFFF)   # torch's vectorized float->bfloat16 kernel
-_F16_NAN_TO_BF16 = np.uint16(0x7FC0)   # torch's scalar Half->BFloat16 path
+_F32_NAN_TO_BF16 = np.uint16(0xFFFF)  # torch's vectorized float->bfloat16 kernel
+_F16_NAN_TO_BF16 = np.uint16(0x7FC0)  # torch's scalar Half->BFloat16 path
 
 
 def _float8_table(exp_bits: int, man_bits: int, bias: int, *, ieee: bool, fnuz: bool) -> np.ndarray:
@@ -91,7 +92,7 @@ def f32_to_bf16(x: np.ndarray, nan_bits=_F32_NAN_TO_BF16) -> np.ndarray:
     return out
 
 
-_L2_ELEMS = 1 << 16   # slices that stay in cache across the ~10 passes below
+_L2_ELEMS = 1 << 16  # slices that stay in cache across the ~10 passes below
 
 
 def f32_to_f16(x: np.ndarray) -> np.ndarray:
@@ -99,7 +100,7 @@ def f32_to_f16(x: np.ndarray) -> np.ndarray:
     u = np.ascontiguousarray(x, dtype=np.float32).reshape(-1).view(np.uint32)
     out = np.empty(u.shape, dtype=np.uint16)
     for i in range(0, len(u), _L2_ELEMS):
-        out[i:i + _L2_ELEMS] = _f32_to_f16_slice(u[i:i + _L2_ELEMS])
+        out[i : i + _L2_ELEMS] = _f32_to_f16_slice(u[i : i + _L2_ELEMS])
     return out.reshape(np.shape(x))
 
 
@@ -108,7 +109,7 @@ def _f32_to_f16_slice(u: np.ndarray) -> np.ndarray:
     # Normal range: rebias the exponent, round the 13 dropped mantissa bits to even.
     res = (a >> 13) & 1
     res += a
-    res += np.uint32(0xC8000FFF)          # ((15 - 127) << 23) + 0xFFF, wrapping
+    res += np.uint32(0xC8000FFF)  # ((15 - 127) << 23) + 0xFFF, wrapping
     res >>= 13
     # Below float16's smallest normal (2**-14), adding 0.5 makes the FPU round
     # at float16's subnormal spacing (2**-24); computed everywhere, kept where small.
@@ -116,7 +117,7 @@ def _f32_to_f16_slice(u: np.ndarray) -> np.ndarray:
         sub = (a.view(np.float32) + np.float32(0.5)).view(np.uint32)
     sub -= np.uint32(0x3F000000)
     np.copyto(res, sub, where=a < np.uint32(0x38800000))
-    np.copyto(res, np.uint32(0x7C00), where=a >= np.uint32(0x47800000))   # overflow, infinity
+    np.copyto(res, np.uint32(0x7C00), where=a >= np.uint32(0x47800000))  # overflow, infinity
     nan = a > np.uint32(0x7F800000)
     if nan.any():
         res[nan] = np.uint32(0x7E00) | ((a[nan] >> 13) & np.uint32(0x3FF))
@@ -155,7 +156,7 @@ def bf16_to_f16(bits: np.ndarray) -> np.ndarray:
     the table, which is kept for the rest (zeros, subnormals, overflow, NaN).
     """
     a = bits & np.uint16(0x7FFF)
-    out = a - np.uint16(0x3800)          # (exponent - 112) << 7 | mantissa, wrapping outside the range
+    out = a - np.uint16(0x3800)  # (exponent - 112) << 7 | mantissa, wrapping outside the range
     out <<= 3
     out |= bits & np.uint16(0x8000)
     rest = (a < np.uint16(0x3880)) | (a >= np.uint16(0x4780))
@@ -247,10 +248,10 @@ def to_float8_exact(arr: np.ndarray, src: DType, dst: DType) -> tuple[np.ndarray
     out = codes[at]
     miss = (keys[at] != bits) & ~nan
     if nan.any():
-        if dst.name.endswith(("fnuz", "e8m0fnu")):   # one NaN pattern: 0x80 (fnuz), 0xFF (e8m0)
+        if dst.name.endswith(("fnuz", "e8m0fnu")):  # one NaN pattern: 0x80 (fnuz), 0xFF (e8m0)
             signed = np.uint8(np.flatnonzero(np.isnan(FLOAT8_TABLES[dst.name]))[0])
             unsigned = signed
-        else:                                        # S.1111.111 keeps the sign, as torch's casts do
+        else:  # S.1111.111 keeps the sign, as torch's casts do
             signed, unsigned = np.uint8(0xFF), np.uint8(0x7F)
         out = np.where(nan, np.where(bits >> 31, signed, unsigned), out)
     return out.astype(np.uint8), int(miss.sum())

@@ -4,6 +4,7 @@ numpy has no bfloat16 or float8: those are carried as raw bits in an unsigned
 integer array of the same width (``carrier``) and cast with exact bit
 arithmetic in ``torch2mlx.core.casts``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,14 +14,14 @@ import numpy as np
 
 @dataclass(frozen=True)
 class DType:
-    name: str                 # torch's name without the "torch." prefix
-    safetensors: str | None   # safetensors dtype code, None when the format has none
+    name: str  # torch's name without the "torch." prefix
+    safetensors: str | None  # safetensors dtype code, None when the format has none
     itemsize: int
-    numpy: str                # numpy dtype that holds the values, or the raw-bit carrier
-    exact_numpy: bool         # False: ``numpy`` is only a carrier of the bits
-    kind: str                 # float | int | uint | bool | complex
-    mlx: str | None           # mlx.core dtype name, None when MLX has no such dtype
-    storage: str | None       # torch typed storage class (legacy pickles name it)
+    numpy: str  # numpy dtype that holds the values, or the raw-bit carrier
+    exact_numpy: bool  # False: ``numpy`` is only a carrier of the bits
+    kind: str  # float | int | uint | bool | complex
+    mlx: str | None  # mlx.core dtype name, None when MLX has no such dtype
+    storage: str | None  # torch typed storage class (legacy pickles name it)
 
     @property
     def is_float(self) -> bool:
@@ -63,8 +64,14 @@ _BY_SAFETENSORS = {d.safetensors: d for d in DTYPES if d.safetensors}
 _BY_STORAGE = {d.storage: d for d in DTYPES if d.storage}
 # torch spells some dtypes two ways (torch.half, torch.long, ...).
 _ALIASES = {
-    "float": "float32", "double": "float64", "half": "float16", "long": "int64",
-    "int": "int32", "short": "int16", "cfloat": "complex64", "cdouble": "complex128",
+    "float": "float32",
+    "double": "float64",
+    "half": "float16",
+    "long": "int64",
+    "int": "int32",
+    "short": "int16",
+    "cfloat": "complex64",
+    "cdouble": "complex128",
 }
 
 

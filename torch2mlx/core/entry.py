@@ -1,4 +1,5 @@
 """``TensorEntry``: everything known about a tensor before a byte of it is read."""
+
 from __future__ import annotations
 
 import math
@@ -22,14 +23,14 @@ class TensorEntry:
     name: str
     dtype: DType
     shape: tuple[int, ...]
-    path: str | None = None           # file holding the bytes; None for in-memory arrays
-    offset: int = 0                   # byte offset of the first element in ``path``
+    path: str | None = None  # file holding the bytes; None for in-memory arrays
+    offset: int = 0  # byte offset of the first element in ``path``
     strides: tuple[int, ...] | None = None  # element strides; None means C-contiguous
     byteorder: str = "little"
     array: np.ndarray | None = field(default=None, compare=False, repr=False)
     # A chunked store (zarr) reading its own blocks: ``loader.read(axis, start, stop) -> array``.
     loader: object | None = field(default=None, compare=False, repr=False)
-    origin: str = ""                  # where it came from, for messages (file, member)
+    origin: str = ""  # where it came from, for messages (file, member)
 
     @property
     def numel(self) -> int:
@@ -66,5 +67,11 @@ class TensorEntry:
         return (last + 1) * self.dtype.itemsize
 
     def describe(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype.name, "shape": list(self.shape),
-                "file": self.path, "offset": self.offset, "contiguous": self.contiguous}
+        return {
+            "name": self.name,
+            "dtype": self.dtype.name,
+            "shape": list(self.shape),
+            "file": self.path,
+            "offset": self.offset,
+            "contiguous": self.contiguous,
+        }

@@ -12,6 +12,7 @@ or per block (``(ceil(out/bo), ceil(in/bi))``, 128x128 in DeepSeek-V3, edge
 blocks partial); weights with more than two axes (stacked experts) carry their
 leading axes in the scale too.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -37,8 +38,9 @@ def _dtype(d: DType | str) -> DType:
     return d if isinstance(d, DType) else dtypes.get(d)
 
 
-def block_shape(weight_shape: tuple[int, ...], scale_shape: tuple[int, ...],
-                block: int | tuple[int, int] | None = None) -> tuple[int, ...]:
+def block_shape(
+    weight_shape: tuple[int, ...], scale_shape: tuple[int, ...], block: int | tuple[int, int] | None = None
+) -> tuple[int, ...]:
     """Per-axis block sizes mapping ``scale_shape`` onto ``weight_shape``.
 
     A one-element scale covers the tensor. Otherwise the scale has the weight's
@@ -70,8 +72,10 @@ def block_shape(weight_shape: tuple[int, ...], scale_shape: tuple[int, ...],
         else:
             b = 0
         if b <= 0 or -(-n // b) != k:
-            raise ValueError(f"scale of shape {scale_shape} does not tile weight {weight_shape}"
-                             + (f" in blocks of {given}" if given else ""))
+            raise ValueError(
+                f"scale of shape {scale_shape} does not tile weight {weight_shape}"
+                + (f" in blocks of {given}" if given else "")
+            )
         out.append(b)
     return tuple(out)
 
@@ -104,10 +108,18 @@ def _scale_into(vals: np.ndarray, s: np.ndarray, b: int) -> None:
         vals[..., full:] *= s[..., -1:]
 
 
-def dequantize(w: np.ndarray, fp8_dtype: DType | str, scale: np.ndarray | None = None,
-               scale_dtype: DType | str = "float32", *, weight_shape: tuple[int, ...] | None = None,
-               start: int = 0, block: int | tuple[int, int] | None = None,
-               blocks: tuple[int, ...] | None = None, out_dtype: DType | str = "bfloat16") -> np.ndarray:
+def dequantize(
+    w: np.ndarray,
+    fp8_dtype: DType | str,
+    scale: np.ndarray | None = None,
+    scale_dtype: DType | str = "float32",
+    *,
+    weight_shape: tuple[int, ...] | None = None,
+    start: int = 0,
+    block: int | tuple[int, int] | None = None,
+    blocks: tuple[int, ...] | None = None,
+    out_dtype: DType | str = "bfloat16",
+) -> np.ndarray:
     """Dequantize float8 raw bits ``w`` to ``out_dtype`` (bfloat16 as uint16 bits).
 
     ``w`` is rows ``[start, start + len(w))`` (axis 0) of a weight of
@@ -125,13 +137,17 @@ def dequantize(w: np.ndarray, fp8_dtype: DType | str, scale: np.ndarray | None =
         return cast(w, src, out)
     shape = tuple(w.shape) if weight_shape is None else tuple(weight_shape)
     if not shape or tuple(w.shape[1:]) != shape[1:] or start + len(w) > shape[0]:
-        raise ValueError(f"rows of shape {w.shape} from {start} do not fit a weight of shape {shape}"
-                         " (a scaled float8 tensor needs at least one axis)")
+        raise ValueError(
+            f"rows of shape {w.shape} from {start} do not fit a weight of shape {shape}"
+            " (a scaled float8 tensor needs at least one axis)"
+        )
     scale = np.asarray(scale)
     if blocks is None:
         blocks = block_shape(shape, scale.shape, block)
-    elif len(blocks) != len(shape) or (scale.size > 1 and tuple(
-            -(-n // b) for n, b in zip(shape, blocks)) != (1,) * (len(shape) - scale.ndim) + scale.shape):
+    elif len(blocks) != len(shape) or (
+        scale.size > 1
+        and tuple(-(-n // b) for n, b in zip(shape, blocks)) != (1,) * (len(shape) - scale.ndim) + scale.shape
+    ):
         raise ValueError(f"blocks {tuple(blocks)} do not map a scale of shape {scale.shape} onto weight {shape}")
     s = _scale_rows(to_f32(scale, _dtype(scale_dtype)), blocks, tuple(w.shape), start)
     # Decoding by table: np.take with native-int indices is ~2x faster than table[w].
@@ -150,15 +166,16 @@ def describes_fp8(quantization_config) -> bool:
     """
     qc = quantization_config if isinstance(quantization_config, dict) else {}
     method = qc.get("quant_method")
-    return method in ("fp8", "fbgemm_fp8") or (method == "compressed-tensors"
-                                                and qc.get("format") == "float-quantized")
+    return method in ("fp8", "fbgemm_fp8") or (method == "compressed-tensors" and qc.get("format") == "float-quantized")
 
 
 # ---- pairing weights with scales (names, shapes and dtypes only) -----------------
 
+
 @dataclass(frozen=True)
 class FP8Weight:
     """A float8 tensor and how to dequantize it; ``scale`` None means an exact cast."""
+
     name: str
     dtype: str
     scale: str | None = None
@@ -168,13 +185,14 @@ class FP8Weight:
 
 @dataclass
 class FP8Pairing:
-    weights: dict[str, FP8Weight] = field(default_factory=dict)   # every float8 tensor
-    drop: set[str] = field(default_factory=set)                   # scales, activation scales
-    errors: list[str] = field(default_factory=list)               # scales that do not fit
+    weights: dict[str, FP8Weight] = field(default_factory=dict)  # every float8 tensor
+    drop: set[str] = field(default_factory=set)  # scales, activation scales
+    errors: list[str] = field(default_factory=list)  # scales that do not fit
 
 
-def pair_scales(entries: Iterable[tuple[str, tuple[int, ...], DType | str]],
-                block: int | tuple[int, int] | None = None) -> FP8Pairing:
+def pair_scales(
+    entries: Iterable[tuple[str, tuple[int, ...], DType | str]], block: int | tuple[int, int] | None = None
+) -> FP8Pairing:
     """Pair each float8 tensor with its scale tensor, from ``(name, shape, dtype)`` records.
 
     The paired scales, and the activation/kv-cache scales (``input_scale``,
@@ -188,8 +206,9 @@ def pair_scales(entries: Iterable[tuple[str, tuple[int, ...], DType | str]],
     for name, (shape, dt) in table.items():
         if dt.name not in FP8_WEIGHT_DTYPES:
             continue
-        found = next((name + sfx for sfx in SCALE_SUFFIXES
-                      if name + sfx in table and table[name + sfx][1].is_float), None)
+        found = next(
+            (name + sfx for sfx in SCALE_SUFFIXES if name + sfx in table and table[name + sfx][1].is_float), None
+        )
         if found is None:
             result.weights[name] = FP8Weight(name, dt.name)
             continue

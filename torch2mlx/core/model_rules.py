@@ -6,6 +6,7 @@ never imports a higher one (``tests/test_layers.py``). The analyzer is wired in 
 package's ``__init__``, which Python runs before any ``torch2mlx`` submodule, registers it here, and the engine
 calls through this module. The analyzer itself loads only when a conversion asks for a model.
 """
+
 from __future__ import annotations
 
 from typing import Callable

@@ -5,6 +5,7 @@ keywords a call must rename (``dim`` -> ``axis``); arguments both libraries
 take positionally in the same order are left out. ``note`` says what else
 differs (return values, layouts, argument order).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,9 +13,9 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class OpMap:
-    torch: str                 # "torch.cat", "torch.nn.functional.gelu", "torch.Tensor.view"
-    mlx: str                   # "mlx.core.concatenate", "mlx.nn.gelu", "mlx.core.fast.layer_norm"
-    args: dict = field(default_factory=dict)   # torch keyword -> MLX keyword
+    torch: str  # "torch.cat", "torch.nn.functional.gelu", "torch.Tensor.view"
+    mlx: str  # "mlx.core.concatenate", "mlx.nn.gelu", "mlx.core.fast.layer_norm"
+    args: dict = field(default_factory=dict)  # torch keyword -> MLX keyword
     note: str = ""
 
     def rename(self, kwargs: dict) -> dict:
@@ -29,16 +30,49 @@ _MX = "mlx.core."
 
 OPS: tuple[OpMap, ...] = (
     # elementwise arithmetic
-    *[OpMap(f"torch.{t}", _MX + m) for t, m in (
-        ("add", "add"), ("sub", "subtract"), ("mul", "multiply"), ("div", "divide"), ("pow", "power"),
-        ("maximum", "maximum"), ("minimum", "minimum"), ("remainder", "remainder"),
-        ("floor_divide", "floor_divide"), ("eq", "equal"), ("gt", "greater"), ("lt", "less"),
-        ("exp", "exp"), ("log", "log"), ("log1p", "log1p"), ("sqrt", "sqrt"), ("rsqrt", "rsqrt"),
-        ("abs", "abs"), ("sign", "sign"), ("square", "square"), ("sin", "sin"), ("cos", "cos"), ("tanh", "tanh"),
-        ("sigmoid", "sigmoid"), ("erf", "erf"), ("floor", "floor"), ("ceil", "ceil"), ("isnan", "isnan"),
-        ("isinf", "isinf"), ("logical_not", "logical_not"), ("logaddexp", "logaddexp"),
-        ("zeros_like", "zeros_like"), ("ones_like", "ones_like"), ("neg", "negative"), ("reciprocal", "reciprocal"),
-        ("ne", "not_equal"), ("ge", "greater_equal"), ("le", "less_equal"))],
+    *[
+        OpMap(f"torch.{t}", _MX + m)
+        for t, m in (
+            ("add", "add"),
+            ("sub", "subtract"),
+            ("mul", "multiply"),
+            ("div", "divide"),
+            ("pow", "power"),
+            ("maximum", "maximum"),
+            ("minimum", "minimum"),
+            ("remainder", "remainder"),
+            ("floor_divide", "floor_divide"),
+            ("eq", "equal"),
+            ("gt", "greater"),
+            ("lt", "less"),
+            ("exp", "exp"),
+            ("log", "log"),
+            ("log1p", "log1p"),
+            ("sqrt", "sqrt"),
+            ("rsqrt", "rsqrt"),
+            ("abs", "abs"),
+            ("sign", "sign"),
+            ("square", "square"),
+            ("sin", "sin"),
+            ("cos", "cos"),
+            ("tanh", "tanh"),
+            ("sigmoid", "sigmoid"),
+            ("erf", "erf"),
+            ("floor", "floor"),
+            ("ceil", "ceil"),
+            ("isnan", "isnan"),
+            ("isinf", "isinf"),
+            ("logical_not", "logical_not"),
+            ("logaddexp", "logaddexp"),
+            ("zeros_like", "zeros_like"),
+            ("ones_like", "ones_like"),
+            ("neg", "negative"),
+            ("reciprocal", "reciprocal"),
+            ("ne", "not_equal"),
+            ("ge", "greater_equal"),
+            ("le", "less_equal"),
+        )
+    ],
     OpMap("torch.round", _MX + "round", note="same keyword: decimals"),
     OpMap("torch.clamp", _MX + "clip", {"min": "a_min", "max": "a_max"}),
     OpMap("torch.where", _MX + "where", note="condition, x, y are positional in MLX"),
@@ -54,9 +88,21 @@ OPS: tuple[OpMap, ...] = (
     OpMap("torch.tensordot", _MX + "tensordot", {"dims": "axes"}),
     OpMap("torch.linalg.norm", _MX + "linalg.norm", _REDUCE),
     # reductions
-    *[OpMap(f"torch.{t}", _MX + m, _REDUCE) for t, m in (
-        ("sum", "sum"), ("mean", "mean"), ("amax", "max"), ("amin", "min"), ("prod", "prod"),
-        ("logsumexp", "logsumexp"), ("all", "all"), ("any", "any"), ("argmax", "argmax"), ("argmin", "argmin"))],
+    *[
+        OpMap(f"torch.{t}", _MX + m, _REDUCE)
+        for t, m in (
+            ("sum", "sum"),
+            ("mean", "mean"),
+            ("amax", "max"),
+            ("amin", "min"),
+            ("prod", "prod"),
+            ("logsumexp", "logsumexp"),
+            ("all", "all"),
+            ("any", "any"),
+            ("argmax", "argmax"),
+            ("argmin", "argmin"),
+        )
+    ],
     OpMap("torch.max", _MX + "max", _REDUCE, note="with dim, torch also returns the indices (mx.argmax)"),
     OpMap("torch.min", _MX + "min", _REDUCE, note="with dim, torch also returns the indices (mx.argmin)"),
     OpMap("torch.var", _MX + "var", {**_REDUCE, "correction": "ddof"}, note="torch defaults to correction=1"),
@@ -87,10 +133,18 @@ OPS: tuple[OpMap, ...] = (
     OpMap("torch.tril", _MX + "tril", {"diagonal": "k"}),
     OpMap("torch.triu", _MX + "triu", {"diagonal": "k"}),
     OpMap("torch.diag", _MX + "diag", {"diagonal": "k"}),
-    OpMap("torch.gather", _MX + "take_along_axis", {"dim": "axis", "index": "indices"},
-          note="argument order: gather(x, dim, index) is take_along_axis(x, index, axis)"),
-    OpMap("torch.index_select", _MX + "take", {"dim": "axis", "index": "indices"},
-          note="argument order: index_select(x, dim, index) is take(x, index, axis)"),
+    OpMap(
+        "torch.gather",
+        _MX + "take_along_axis",
+        {"dim": "axis", "index": "indices"},
+        note="argument order: gather(x, dim, index) is take_along_axis(x, index, axis)",
+    ),
+    OpMap(
+        "torch.index_select",
+        _MX + "take",
+        {"dim": "axis", "index": "indices"},
+        note="argument order: index_select(x, dim, index) is take(x, index, axis)",
+    ),
     OpMap("torch.topk", _MX + "topk", _DIM, note="MLX returns the values only, unsorted"),
     OpMap("torch.sort", _MX + "sort", _DIM, note="MLX returns the values only (mx.argsort for indices)"),
     OpMap("torch.argsort", _MX + "argsort", _DIM),
@@ -107,10 +161,18 @@ OPS: tuple[OpMap, ...] = (
     OpMap("torch.meshgrid", _MX + "meshgrid", note="torch defaults to indexing='ij', MLX to 'xy'"),
     # neural-network functions
     OpMap(_F + "relu", "mlx.nn.relu"),
-    *[OpMap(_F + t, m) for t, m in (
-        ("relu6", "mlx.nn.relu6"), ("hardswish", "mlx.nn.hardswish"), ("mish", "mlx.nn.mish"),
-        ("softsign", "mlx.nn.softsign"), ("logsigmoid", "mlx.nn.log_sigmoid"), ("sigmoid", _MX + "sigmoid"),
-        ("tanh", _MX + "tanh"))],
+    *[
+        OpMap(_F + t, m)
+        for t, m in (
+            ("relu6", "mlx.nn.relu6"),
+            ("hardswish", "mlx.nn.hardswish"),
+            ("mish", "mlx.nn.mish"),
+            ("softsign", "mlx.nn.softsign"),
+            ("logsigmoid", "mlx.nn.log_sigmoid"),
+            ("sigmoid", _MX + "sigmoid"),
+            ("tanh", _MX + "tanh"),
+        )
+    ],
     OpMap(_F + "hardsigmoid", "mlx.nn.relu6", note="hardsigmoid(x) is relu6(x + 3) / 6"),
     OpMap(_F + "dropout", "mlx.nn.Dropout", note="a no-op at inference (training=False)"),
     OpMap(_F + "normalize", _MX + "linalg.norm", note="x / max(norm(x, p, dim, keepdims), eps)"),
@@ -122,26 +184,47 @@ OPS: tuple[OpMap, ...] = (
     OpMap(_F + "glu", "mlx.nn.glu", _DIM),
     OpMap(_F + "softmax", _MX + "softmax", _DIM),
     OpMap(_F + "log_softmax", "mlx.nn.log_softmax", _DIM),
-    OpMap(_F + "layer_norm", _MX + "fast.layer_norm", {"input": "x"},
-          note="normalized_shape is implied (the last axis); eps is required"),
-    OpMap(_F + "rms_norm", _MX + "fast.rms_norm", {"input": "x"},
-          note="normalized_shape is implied (the last axis); eps is required"),
-    OpMap(_F + "scaled_dot_product_attention", _MX + "fast.scaled_dot_product_attention",
-          {"query": "q", "key": "k", "value": "v", "attn_mask": "mask"},
-          note="is_causal=True is mask='causal'; scale is required; MLX takes (B, heads, L, D) as torch does"),
+    OpMap(
+        _F + "layer_norm",
+        _MX + "fast.layer_norm",
+        {"input": "x"},
+        note="normalized_shape is implied (the last axis); eps is required",
+    ),
+    OpMap(
+        _F + "rms_norm",
+        _MX + "fast.rms_norm",
+        {"input": "x"},
+        note="normalized_shape is implied (the last axis); eps is required",
+    ),
+    OpMap(
+        _F + "scaled_dot_product_attention",
+        _MX + "fast.scaled_dot_product_attention",
+        {"query": "q", "key": "k", "value": "v", "attn_mask": "mask"},
+        note="is_causal=True is mask='causal'; scale is required; MLX takes (B, heads, L, D) as torch does",
+    ),
     OpMap(_F + "conv1d", _MX + "conv1d", note="channels-last input and weight (see the conv1d rule); add bias"),
     OpMap(_F + "conv2d", _MX + "conv2d", note="channels-last input and weight (see the conv2d rule); add bias"),
     OpMap(_F + "conv3d", _MX + "conv3d", note="channels-last input and weight (see the conv3d rule); add bias"),
     OpMap(_F + "conv_transpose2d", _MX + "conv_transpose2d", note="channels-last; weight as conv_transpose2d"),
-    *[OpMap(f"{_F}{k}_pool{d}d", f"mlx.nn.{c}Pool{d}d", note="a layer in MLX; channels-last input")
-      for k, c in (("max", "Max"), ("avg", "Avg")) for d in (1, 2, 3)],
-    *[OpMap(f"{_F}adaptive_{k}_pool{d}d", _MX + m, note="output size 1: a reduction over the spatial axes")
-      for k, m in (("avg", "mean"), ("max", "max")) for d in (1, 2, 3)],
+    *[
+        OpMap(f"{_F}{k}_pool{d}d", f"mlx.nn.{c}Pool{d}d", note="a layer in MLX; channels-last input")
+        for k, c in (("max", "Max"), ("avg", "Avg"))
+        for d in (1, 2, 3)
+    ],
+    *[
+        OpMap(f"{_F}adaptive_{k}_pool{d}d", _MX + m, note="output size 1: a reduction over the spatial axes")
+        for k, m in (("avg", "mean"), ("max", "max"))
+        for d in (1, 2, 3)
+    ],
     OpMap(_F + "interpolate", "mlx.nn.Upsample", note="by scale_factor; channels-last; bilinear is mode='linear'"),
     OpMap(_F + "linear", _MX + "addmm", note="linear(x, w, b) is addmm(b, x, w.T)"),
     OpMap(_F + "embedding", _MX + "take", note="embedding(ids, w) is take(w, ids, axis=0)"),
-    OpMap(_F + "pad", _MX + "pad", {"pad": "pad_width", "value": "constant_values"},
-          note="torch lists (before, after) pairs from the last axis backwards; mode 'replicate' is 'edge'"),
+    OpMap(
+        _F + "pad",
+        _MX + "pad",
+        {"pad": "pad_width", "value": "constant_values"},
+        note="torch lists (before, after) pairs from the last axis backwards; mode 'replicate' is 'edge'",
+    ),
 )
 
 _BY_TORCH = {o.torch: o for o in OPS}

@@ -36,6 +36,7 @@ Metal float arithmetic, so mlx-lm converting on a GPU can differ from this
 module (and from MLX on the CPU) in groups with no positive value and in codes
 at a rounding tie.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -84,15 +85,19 @@ def _from_f32(x: np.ndarray, dt: DType) -> np.ndarray:
 
 # ---- bit packing: runs of 8 codes <-> `bits` bytes ---------------------------------
 
+
 def _byte_pieces(bits: int):
     """(byte j, code i, shift) for every code bit range overlapping byte j of a run.
 
     Code i occupies bits [i*bits, (i+1)*bits) of the run; a positive shift moves it
     left within byte j, a negative one right.
     """
-    return [(j, i, i * bits - 8 * j)
-            for j in range(bits) for i in range(8)
-            if i * bits < 8 * (j + 1) and (i + 1) * bits > 8 * j]
+    return [
+        (j, i, i * bits - 8 * j)
+        for j in range(bits)
+        for i in range(8)
+        if i * bits < 8 * (j + 1) and (i + 1) * bits > 8 * j
+    ]
 
 
 def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -129,6 +134,7 @@ def unpack_codes(packed: np.ndarray, bits: int) -> np.ndarray:
 # The quantizer works on groups laid out as columns, ``xT`` of shape (group_size, G):
 # reductions and per-group broadcasts then run along long contiguous rows, about
 # twice as fast as numpy's reductions over a short last axis.
+
 
 def _group_min_max(xT: np.ndarray):
     """Per-group (min, max), as MLX's sequential ``std::min``/``std::max`` loop finds them.
@@ -203,9 +209,9 @@ def _pack_T(codesT: np.ndarray, bits: int, rows: int) -> np.ndarray:
     gs, g = codesT.shape
     if bits == 8:
         return np.ascontiguousarray(codesT.T).reshape(rows, -1).view("<u4").astype(np.uint32, copy=False)
-    out = np.zeros((bits, gs // 8, g), np.uint8)   # byte j of run r of group n
+    out = np.zeros((bits, gs // 8, g), np.uint8)  # byte j of run r of group n
     for j, i, shift in _byte_pieces(bits):
-        c = codesT[i::8]                           # code i of every run, (gs/8, G)
+        c = codesT[i::8]  # code i of every run, (gs/8, G)
         out[j] |= c << shift if shift >= 0 else c >> -shift
     raw = np.ascontiguousarray(out.transpose(2, 1, 0)).reshape(rows, -1)
     return raw.view("<u4").astype(np.uint32, copy=False)
@@ -217,8 +223,13 @@ def _groups_T(block: np.ndarray, dt: DType, group_size: int) -> np.ndarray:
     return to_f32(np.ascontiguousarray(block.reshape(-1, group_size).T), dt)
 
 
-def quantize(w: np.ndarray, bits: int = 4, group_size: int = 64,
-             src_dtype: DType | str | None = None, out_dtype: DType | str | None = None):
+def quantize(
+    w: np.ndarray,
+    bits: int = 4,
+    group_size: int = 64,
+    src_dtype: DType | str | None = None,
+    out_dtype: DType | str | None = None,
+):
     """Quantize ``w`` along its last axis exactly as ``mx.quantize(w.astype(T), group_size, bits)``.
 
     ``w``: values (float32/float16/...) or raw bits (bfloat16 as uint16, float8 as
@@ -253,19 +264,28 @@ def quantize(w: np.ndarray, bits: int = 4, group_size: int = 64,
     biases = np.empty((n, groups), np.float32)
     step = max(1, _STEP_ELEMENTS // k)
     for r in range(0, n, step):
-        block = rows[r:r + step]
+        block = rows[r : r + step]
         if src.name != out.name:
             block = cast(block, src, out)
         codes, scale, bias = _codes_T(_groups_T(block, out, group_size), bits)
-        packed[r:r + step] = _pack_T(codes, bits, block.shape[0])
-        scales[r:r + step] = scale.reshape(-1, groups)
-        biases[r:r + step] = bias.reshape(-1, groups)
-    return (packed.reshape(*lead, k * bits // 32), _from_f32(scales, out).reshape(*lead, groups),
-            _from_f32(biases, out).reshape(*lead, groups))
+        packed[r : r + step] = _pack_T(codes, bits, block.shape[0])
+        scales[r : r + step] = scale.reshape(-1, groups)
+        biases[r : r + step] = bias.reshape(-1, groups)
+    return (
+        packed.reshape(*lead, k * bits // 32),
+        _from_f32(scales, out).reshape(*lead, groups),
+        _from_f32(biases, out).reshape(*lead, groups),
+    )
 
 
-def dequantize(packed: np.ndarray, scales: np.ndarray, biases: np.ndarray, bits: int = 4,
-               group_size: int = 64, dtype: DType | str = "float32") -> np.ndarray:
+def dequantize(
+    packed: np.ndarray,
+    scales: np.ndarray,
+    biases: np.ndarray,
+    bits: int = 4,
+    group_size: int = 64,
+    dtype: DType | str = "float32",
+) -> np.ndarray:
     """``mx.dequantize(packed, scales, biases, group_size, bits)`` in numpy.
 
     ``dtype`` is the dtype of ``scales``/``biases`` (bfloat16 as uint16 bits) and

@@ -21,6 +21,7 @@ Model-specific ``quant_predicate``s of some mlx-lm models (e.g. Qwen3-MoE
 router gates at 8 bits) are not reproduced here; a ``Recipe.per_layer``
 callable can express them.
 """
+
 from __future__ import annotations
 
 import re
@@ -35,15 +36,22 @@ DEFAULT_BITS = 4
 
 # MLX / mlx-lm module classes with ``to_quantized``, and torch classes that become
 # one of them (HF's GPT-2 ``Conv1D`` is a transposed Linear).
-QUANTIZABLE_MODULES = frozenset({
-    "Linear", "Embedding", "SwitchLinear", "MultiLinear",
-    "NonDynamicallyQuantizableLinear", "Conv1D",
-})
+QUANTIZABLE_MODULES = frozenset(
+    {
+        "Linear",
+        "Embedding",
+        "SwitchLinear",
+        "MultiLinear",
+        "NonDynamicallyQuantizableLinear",
+        "Conv1D",
+    }
+)
 
 
 @dataclass(frozen=True)
 class QuantSpec:
     """How one module is quantized; ``as_config()`` is its entry in mlx-lm's config."""
+
     group_size: int = DEFAULT_GROUP_SIZE
     bits: int = DEFAULT_BITS
     mode: str = "affine"
@@ -60,6 +68,7 @@ PerLayer = Callable[[str], Union[QuantSpec, bool]]
 @dataclass(frozen=True)
 class Recipe:
     """A default spec plus an optional per-layer rule, as mlx-lm's ``quant_predicate``."""
+
     default: QuantSpec = QuantSpec()
     per_layer: PerLayer | None = None
     name: str = "uniform"
@@ -87,8 +96,13 @@ def loaded_module_path(path: str) -> str:
     return f"{m[1]}.switch_mlp.{_MIXTRAL_PROJ.get(m[2], m[2])}"
 
 
-def is_quantizable(name: str, shape: tuple[int, ...], dtype: DType | str,
-                   module_type: str | None = None, group_size: int = DEFAULT_GROUP_SIZE) -> bool:
+def is_quantizable(
+    name: str,
+    shape: tuple[int, ...],
+    dtype: DType | str,
+    module_type: str | None = None,
+    group_size: int = DEFAULT_GROUP_SIZE,
+) -> bool:
     """mlx-lm's default selection for one tensor.
 
     ``module_type`` is the class name of the owning module when known (the
@@ -105,8 +119,9 @@ def is_quantizable(name: str, shape: tuple[int, ...], dtype: DType | str,
     return len(shape) == 2
 
 
-def decide(name: str, shape: tuple[int, ...], dtype: DType | str, recipe: Recipe = Recipe(),
-           module_type: str | None = None) -> tuple[QuantSpec | None, bool]:
+def decide(
+    name: str, shape: tuple[int, ...], dtype: DType | str, recipe: Recipe = Recipe(), module_type: str | None = None
+) -> tuple[QuantSpec | None, bool]:
     """(spec or None to keep, whether the spec is a per-layer config entry) for one tensor."""
     if not is_quantizable(name, shape, dtype, module_type, recipe.default.group_size):
         return None, False
@@ -159,8 +174,9 @@ def layer_location(paths: Iterable[str]) -> int:
     raise ValueError("Model does not have expected keys for mixed quant.")
 
 
-def mixed_recipe(name: str, num_layers: int, location: int, group_size: int = DEFAULT_GROUP_SIZE,
-                 bits: int | None = None) -> Recipe:
+def mixed_recipe(
+    name: str, num_layers: int, location: int, group_size: int = DEFAULT_GROUP_SIZE, bits: int | None = None
+) -> Recipe:
     """mlx-lm's ``mixed_*`` recipe (after llama.cpp's Q4_K_M choices).
 
     High bits for ``lm_head`` and for ``v_proj``/``v_a_proj``/``v_b_proj`` and
@@ -177,8 +193,7 @@ def mixed_recipe(name: str, num_layers: int, location: int, group_size: int = DE
         parts = path.split(".")
         # mlx-lm raises on a non-numeric component there; such a module is no layer.
         index = int(parts[location]) if len(parts) > location and parts[location].isdigit() else 0
-        more = (index < num_layers // 8 or index >= 7 * num_layers // 8
-                or (index - num_layers // 8) % 3 == 2)
+        more = index < num_layers // 8 or index >= 7 * num_layers // 8 or (index - num_layers // 8) % 3 == 2
         if more and ("v_proj" in path or "v_a_proj" in path or "v_b_proj" in path or "down_proj" in path):
             return high_spec
         if "lm_head" in path:

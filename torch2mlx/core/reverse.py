@@ -11,6 +11,7 @@ tensor, and their reverse is decided by the group:
   with zero reset/update thirds (``gru_hidden_bias``);
 - ``weight_norm`` gives g (the weight's norm) and v (the weight).
 """
+
 from __future__ import annotations
 
 from . import rules

@@ -10,6 +10,7 @@ Most rules only move elements, so they work on the raw bits the stream
 carries bfloat16 and float8 in. A rule that computes (``arithmetic``) is
 handed values instead: the executor widens such blocks to float32 first.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,7 +30,7 @@ def _inverse(perm: tuple[int, ...]) -> tuple[int, ...]:
 class Rule:
     name: str
     doc: str
-    reverse_name: str | None = None   # the rule that undoes this one (MLX -> torch)
+    reverse_name: str | None = None  # the rule that undoes this one (MLX -> torch)
 
     n_sources: int = 1
 
@@ -225,7 +226,7 @@ class GRUHiddenBias(Rule):
         n = (r1 if r1 is not None else r0 + len(blocks[0])) - r0
         out = np.zeros((n,), dtype=blocks[0].dtype)
         if len(blocks[0]):
-            out[n - len(blocks[0]):] = blocks[0]
+            out[n - len(blocks[0]) :] = blocks[0]
         return out
 
 
@@ -319,13 +320,16 @@ RULES["split"] = Split("split", "one of N equal slices along axis 0 (MHA in_proj
 RULES["concat"] = Concat("concat", "sources stacked along axis 0", "split")
 RULES["sum"] = Sum("sum", "elementwise sum of sources (LSTM/RNN b_ih + b_hh)", "sum.reverse")
 RULES["sum.reverse"] = SumReverse("sum.reverse", "undo sum: the whole sum into source 0, zeros into the others", "sum")
-RULES["gru_input_bias"] = GRUInputBias("gru_input_bias", "GRU b_ih + b_hh with the new-gate third of b_hh left out",
-                                       "sum.reverse")
+RULES["gru_input_bias"] = GRUInputBias(
+    "gru_input_bias", "GRU b_ih + b_hh with the new-gate third of b_hh left out", "sum.reverse"
+)
 RULES["gru_hidden_bias"] = GRUHiddenBias("gru_hidden_bias", "undo GRU bhn: torch b_hh = [0, 0, bhn]", "split")
-RULES["weight_norm"] = WeightNorm("weight_norm", "weight_norm (g, v) -> weight v*g/||v||, then a layout rule",
-                                  "weight_norm.reverse")
-RULES["weight_norm.reverse"] = WeightNormReverse("weight_norm.reverse", "weight -> weight_norm g (its norm) or v",
-                                                 "weight_norm")
+RULES["weight_norm"] = WeightNorm(
+    "weight_norm", "weight_norm (g, v) -> weight v*g/||v||, then a layout rule", "weight_norm.reverse"
+)
+RULES["weight_norm.reverse"] = WeightNormReverse(
+    "weight_norm.reverse", "weight -> weight_norm g (its norm) or v", "weight_norm"
+)
 
 # Rules a user may name on the command line (--rule REGEX=RULE): one source, one output, no arguments.
 LAYOUT_RULES = ("identity",) + tuple(_PERMS)

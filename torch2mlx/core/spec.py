@@ -1,5 +1,6 @@
 """``RuleSpec``: one planned output and the rule that makes it (what the analyzer, a manifest's records or
 a caller's ``specs=`` give the planner)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -9,13 +9,26 @@ tensors), descend through well-known keys that alone hold the tensors
 (``{"model": {"model_args": ..., "state_dict": {...}}}``), and say which key
 path we picked; ``key`` overrides (``""``: the whole object).
 """
+
 from __future__ import annotations
 
 from ..errors import CheckpointError
 from .unpickler import Opaque, TensorRef
 
-KNOWN_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "module", "net", "network",
-              "params", "weights", "generator", "ema", "params_ema")
+KNOWN_KEYS = (
+    "state_dict",
+    "model_state_dict",
+    "model_state",
+    "model",
+    "module",
+    "net",
+    "network",
+    "params",
+    "weights",
+    "generator",
+    "ema",
+    "params_ema",
+)
 MAX_ENTRIES = 4_000_000
 
 
@@ -32,8 +45,10 @@ class Budget:
     def spend(self, n: int) -> None:
         self.left -= n
         if self.left < 0:
-            raise ValueError(f"too many entries to search (over {MAX_ENTRIES:,}): "
-                             "containers shared many times over or nested in themselves")
+            raise ValueError(
+                f"too many entries to search (over {MAX_ENTRIES:,}): "
+                "containers shared many times over or nested in themselves"
+            )
 
 
 def _children(obj, budget: Budget):
@@ -49,8 +64,9 @@ def _name(key) -> str:
     try:
         return str(key)
     except (ValueError, RecursionError):  # an int over 4300 digits; a tuple nested 100,000 deep
-        raise ValueError("a dict key cannot be made into a tensor name (a huge integer or a deeply "
-                         "nested tuple)") from None
+        raise ValueError(
+            "a dict key cannot be made into a tensor name (a huge integer or a deeply nested tuple)"
+        ) from None
 
 
 def _kids(obj, budget: Budget):
@@ -68,8 +84,11 @@ def _kids(obj, budget: Budget):
             transient = dict.get(state, "_non_persistent_buffers_set")  # buffers state_dict() leaves out
             transient = transient if isinstance(transient, (set, frozenset, list, tuple)) else ()
             for group in ("_parameters", "_buffers"):
-                out += [(k, v) for k, v in _kids(dict.get(state, group) or {}, budget)
-                        if v is not None and not (group == "_buffers" and k in transient)]
+                out += [
+                    (k, v)
+                    for k, v in _kids(dict.get(state, group) or {}, budget)
+                    if v is not None and not (group == "_buffers" and k in transient)
+                ]
             out += _kids(dict.get(state, "_modules") or {}, budget)
             return out
         if obj._t2m_items:
@@ -83,8 +102,9 @@ def _is_module(obj) -> bool:
     return isinstance(obj, Opaque) and isinstance(obj.state, dict) and "_modules" in obj.state
 
 
-def flatten(obj, budget: Budget, prefix: str = "", out: dict | None = None, skipped: list | None = None,
-            depth: int = 0):
+def flatten(
+    obj, budget: Budget, prefix: str = "", out: dict | None = None, skipped: list | None = None, depth: int = 0
+):
     """name -> TensorRef for every tensor under ``obj``; other leaves are listed in ``skipped``."""
     out = {} if out is None else out
     if depth > 64:
@@ -167,7 +187,11 @@ def _select(root, path: str, key: str | None, budget: Budget):
         if node is None or _count(node, budget) == 0:
             tops = ", ".join(n for n, _ in _children(root, budget)[:12])
             raise CheckpointError(path, f"--key {key!r} does not name a container of tensors (top-level keys: {tops})")
-        how, chosen, keys = ("the whole object (--key '')" if key == "" else f"key {key!r} (chosen by --key)"), node, None
+        how, chosen, keys = (
+            ("the whole object (--key '')" if key == "" else f"key {key!r} (chosen by --key)"),
+            node,
+            None,
+        )
     else:
         # A well-known key holding a container of tensors wins even over stray top-level tensors
         # ({"state_dict": ..., "best_acc1": tensor(71.5), "optimizer": ...}); a flat state dict has none.
@@ -179,13 +203,23 @@ def _select(root, path: str, key: str | None, budget: Budget):
                 break
         if chosen is None and _is_module(root):
             how, chosen = "a whole pickled nn.Module (its parameters and buffers)", root
-        if chosen is None and isinstance(root, (list, tuple)) and root \
-                and all(_holds_tensors(item, budget) for item in root):
+        if (
+            chosen is None
+            and isinstance(root, (list, tuple))
+            and root
+            and all(_holds_tensors(item, budget) for item in root)
+        ):
             how, chosen = f"a list of {len(root)} state dicts, named by index (0.weight, ...)", root
         if chosen is None:
             # the container with the most tensors of its own; the root first, so it wins ties
-            best = max(((sum(isinstance(c, TensorRef) for _, c in _children(node, budget)), p, node)
-                        for p, node in _walk(root, budget)), key=lambda t: t[0], default=(0, (), None))
+            best = max(
+                (
+                    (sum(isinstance(c, TensorRef) for _, c in _children(node, budget)), p, node)
+                    for p, node in _walk(root, budget)
+                ),
+                key=lambda t: t[0],
+                default=(0, (), None),
+            )
             if best[0] == 0:
                 raise CheckpointError(path, "no tensors found in the checkpoint")
             chosen, keys = best[2], best[1]
@@ -197,8 +231,11 @@ def _select(root, path: str, key: str | None, budget: Budget):
         elif depth < len(keys) and how != "top-level tensors":
             how += ", then well-known keys that alone hold the tensors"
         if keys:
-            how = f"key {'.'.join(keys)!r} ({how})" if how != "top-level tensors" else \
-                f"key {'.'.join(keys)!r} (well-known keys that alone hold the tensors)"
+            how = (
+                f"key {'.'.join(keys)!r} ({how})"
+                if how != "top-level tensors"
+                else f"key {'.'.join(keys)!r} (well-known keys that alone hold the tensors)"
+            )
     skipped: list[str] = []
     tensors = flatten(chosen, budget, skipped=skipped)
     if not tensors:

@@ -4,6 +4,7 @@ Members must be stored uncompressed (``mx.savez``, ``np.savez``) so each
 array's bytes can be read in place; the ``.npy`` header is parsed as a
 literal, never unpickled. MLX writes bfloat16 as the 2-byte void type ``<V2``.
 """
+
 from __future__ import annotations
 
 import ast
@@ -17,11 +18,34 @@ from ..errors import CheckpointError
 from ..core.entry import TensorEntry
 from . import zip_members
 
-_DESCR = {"<f8": "float64", "<f4": "float32", "<f2": "float16", "<V2": "bfloat16", "|V2": "bfloat16",
-          "<i8": "int64", "<i4": "int32", "<i2": "int16", "|i1": "int8", "<u8": "uint64", "<u4": "uint32",
-          "<u2": "uint16", "|u1": "uint8", "|b1": "bool", "<c8": "complex64", "<c16": "complex128",
-          ">f8": "float64", ">f4": "float32", ">f2": "float16", ">i8": "int64", ">i4": "int32", ">i2": "int16",
-          ">u8": "uint64", ">u4": "uint32", ">u2": "uint16", ">c8": "complex64"}
+_DESCR = {
+    "<f8": "float64",
+    "<f4": "float32",
+    "<f2": "float16",
+    "<V2": "bfloat16",
+    "|V2": "bfloat16",
+    "<i8": "int64",
+    "<i4": "int32",
+    "<i2": "int16",
+    "|i1": "int8",
+    "<u8": "uint64",
+    "<u4": "uint32",
+    "<u2": "uint16",
+    "|u1": "uint8",
+    "|b1": "bool",
+    "<c8": "complex64",
+    "<c16": "complex128",
+    ">f8": "float64",
+    ">f4": "float32",
+    ">f2": "float16",
+    ">i8": "int64",
+    ">i4": "int32",
+    ">i2": "int16",
+    ">u8": "uint64",
+    ">u4": "uint32",
+    ">u2": "uint16",
+    ">c8": "complex64",
+}
 
 
 def is_npz(path: str) -> bool:
@@ -58,7 +82,13 @@ def read_entries(path: str) -> tuple[list[TensorEntry], list[str]]:
     try:
         size = os.path.getsize(path)
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:  # NotImplementedError: an unsupported zip version
+    except (
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        EOFError,
+        NotImplementedError,
+    ) as e:  # NotImplementedError: an unsupported zip version
         raise CheckpointError(path, f"not a readable .npz archive ({e})") from None
     entries = []
     with zf, open(path, "rb") as f:
@@ -66,8 +96,10 @@ def read_entries(path: str) -> tuple[list[TensorEntry], list[str]]:
             if not info.filename.endswith(".npy"):
                 continue
             if info.compress_type != zipfile.ZIP_STORED:
-                raise CheckpointError(path, f"member {info.filename} is compressed (savez_compressed); "
-                                            "stream needs mx.savez / np.savez output")
+                raise CheckpointError(
+                    path,
+                    f"member {info.filename} is compressed (savez_compressed); stream needs mx.savez / np.savez output",
+                )
             start = zip_members.data_offset(f, info, path)
             if start + info.file_size > size:
                 raise CheckpointError(path, f"member {info.filename} runs past the end of the file")
@@ -90,8 +122,11 @@ def read_entries(path: str) -> tuple[list[TensorEntry], list[str]]:
                     step *= n
                 strides = tuple(strides)
             byteorder = "big" if str(d["descr"]).startswith(">") else "little"
-            entries.append(TensorEntry(name, dt, tuple(shape), path=path, offset=data, strides=strides,
-                                       byteorder=byteorder, origin=path))
+            entries.append(
+                TensorEntry(
+                    name, dt, tuple(shape), path=path, offset=data, strides=strides, byteorder=byteorder, origin=path
+                )
+            )
     if not entries:
         raise CheckpointError(path, "no .npy arrays in the archive")
     return entries, []

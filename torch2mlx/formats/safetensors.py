@@ -5,6 +5,7 @@ tensor records plus an optional ``__metadata__`` of string pairs), then the
 data buffer. Each record's ``data_offsets`` are relative to the buffer; the
 records must tile the buffer exactly, without overlaps or holes.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,9 @@ def read_header(path: str) -> tuple[dict, dict, int]:
             if n > MAX_HEADER:
                 raise CheckpointError(path, f"safetensors header length {n} exceeds the {MAX_HEADER}-byte limit")
             if 8 + n > size:
-                raise CheckpointError(path, f"safetensors header length {n} runs past the end of the file ({size} bytes)")
+                raise CheckpointError(
+                    path, f"safetensors header length {n} runs past the end of the file ({size} bytes)"
+                )
             raw = f.read(n)
     except OSError as e:
         raise CheckpointError(path, f"cannot read: {e.strerror or e}") from None
@@ -56,7 +59,9 @@ def read_header(path: str) -> tuple[dict, dict, int]:
     metadata = header.pop("__metadata__", None)
     if metadata is None:  # absent or null; false, 0, "" or [] are no metadata map (the reference refuses them)
         metadata = {}
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
         raise CheckpointError(path, "safetensors __metadata__ must map strings to strings")
     return header, metadata, 8 + n
 
@@ -99,13 +104,19 @@ def read_entries(path: str) -> tuple[list[TensorEntry], dict]:
             raise CheckpointError(path, f"tensor {name!r}: shape or data_offsets out of range (more than 64 bits)")
         nbytes = _nbytes(shape, dt.itemsize)
         if nbytes is None:
-            raise CheckpointError(path, f"tensor {name!r}: a {len(shape)}-D shape of {dt.safetensors} that needs "
-                                        "more than 2**64 bytes")
+            raise CheckpointError(
+                path, f"tensor {name!r}: a {len(shape)}-D shape of {dt.safetensors} that needs more than 2**64 bytes"
+            )
         if offs[1] - offs[0] != nbytes:
-            raise CheckpointError(path, f"tensor {name!r}: shape {shape} of {dt.safetensors} needs {nbytes} bytes "
-                                        f"but data_offsets span {offs[1] - offs[0]}")
+            raise CheckpointError(
+                path,
+                f"tensor {name!r}: shape {shape} of {dt.safetensors} needs {nbytes} bytes "
+                f"but data_offsets span {offs[1] - offs[0]}",
+            )
         if offs[1] > data_len:
-            raise CheckpointError(path, f"tensor {name!r}: data_offsets {offs} run past the end of the data ({data_len} bytes)")
+            raise CheckpointError(
+                path, f"tensor {name!r}: data_offsets {offs} run past the end of the data ({data_len} bytes)"
+            )
         spans.append((offs[0], offs[1], name, dt, tuple(shape)))
     spans.sort(key=lambda s: (s[0], s[1]))
     pos = 0

@@ -6,6 +6,7 @@ of storage keys; after that, for each key in that order, an int64 element
 count followed by the storage's raw bytes. We skip over the bytes by their
 counts, so locating every storage reads 8 bytes per storage and no data.
 """
+
 from __future__ import annotations
 
 import os
@@ -83,7 +84,9 @@ class LegacyCheckpoint:
     def load(self):
         missing = set(self._pids) - set(self.keys)
         if missing:
-            raise CheckpointError(self.path, f"storage {sorted(missing)[0]!r} is used by the pickle but not in the storage list")
+            raise CheckpointError(
+                self.path, f"storage {sorted(missing)[0]!r} is used by the pickle but not in the storage list"
+            )
         self._locate()
         return self._obj, self._placeholders
 
@@ -100,11 +103,15 @@ class LegacyCheckpoint:
                 ref = self._pids.get(key)
                 itemsize = ref.dtype.itemsize if ref else 1
                 if count < 0 or (ref is not None and count != ref.numel):
-                    raise CheckpointError(self.path, f"storage {key!r}: size record {count} disagrees with the pickle"
-                                                     f" ({ref.numel if ref else '?'})")
+                    raise CheckpointError(
+                        self.path,
+                        f"storage {key!r}: size record {count} disagrees with the pickle ({ref.numel if ref else '?'})",
+                    )
                 nbytes = count * itemsize
                 if pos + 8 + nbytes > self.size:
-                    raise CheckpointError(self.path, f"storage {key!r}: {nbytes} bytes run past the end of the file (truncated?)")
+                    raise CheckpointError(
+                        self.path, f"storage {key!r}: {nbytes} bytes run past the end of the file (truncated?)"
+                    )
                 self.offsets[key] = (pos + 8, nbytes)
                 pos += 8 + nbytes
 

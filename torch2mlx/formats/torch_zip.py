@@ -6,6 +6,7 @@ read the central directory, unpickle ``data.pkl`` with the restricted
 unpickler and map every storage to the byte offset of its member's data, so
 tensor bytes are later read in place.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,7 +30,13 @@ class ZipCheckpoint:
         try:
             self.size = os.path.getsize(path)
             zf = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:  # NotImplementedError: an unsupported zip version
+        except (
+            zipfile.BadZipFile,
+            OSError,
+            ValueError,
+            EOFError,
+            NotImplementedError,
+        ) as e:  # NotImplementedError: an unsupported zip version
             raise CheckpointError(path, f"not a readable zip archive ({e})") from None
         with zf:
             infos = zf.infolist()
@@ -67,14 +74,18 @@ class ZipCheckpoint:
             if info.compress_type != zipfile.ZIP_STORED:
                 # TorchScript compresses its code/ text; tensor data and pickles are read in place, so stored
                 if not (self.torchscript and info.filename.startswith(self.root + "code/")):
-                    raise CheckpointError(self.path, f"zip member {info.filename} is compressed; "
-                                                     "torch checkpoints store data uncompressed")
+                    raise CheckpointError(
+                        self.path,
+                        f"zip member {info.filename} is compressed; torch checkpoints store data uncompressed",
+                    )
             elif info.compress_size != info.file_size:
                 raise CheckpointError(self.path, f"zip member {info.filename}: stored, but its sizes disagree")
             start = self._data_offset(info)
             end = start + info.compress_size
             if end > self.size:
-                raise CheckpointError(self.path, f"zip member {info.filename} runs past the end of the file (truncated?)")
+                raise CheckpointError(
+                    self.path, f"zip member {info.filename} runs past the end of the file (truncated?)"
+                )
             self.data_offsets[info.filename] = start
             spans.append((info.header_offset, end, info.filename))
         spans.sort()
@@ -97,8 +108,11 @@ class ZipCheckpoint:
         if info is None:
             raise CheckpointError(self.path, f"storage {key!r} has no data/{key} member in the archive")
         if numel * dtype.itemsize != info.file_size:
-            raise CheckpointError(self.path, f"storage {key!r}: {numel} x {dtype.name} needs {numel * dtype.itemsize} bytes "
-                                             f"but its member holds {info.file_size}")
+            raise CheckpointError(
+                self.path,
+                f"storage {key!r}: {numel} x {dtype.name} needs {numel * dtype.itemsize} bytes "
+                f"but its member holds {info.file_size}",
+            )
         return StorageRef(key, dtype, numel, location)
 
     def load(self):

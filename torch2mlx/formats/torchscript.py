@@ -9,6 +9,7 @@ definitions under ``code/``: ``__parameters__ = ["weight", "bias", ]`` and
 as literals; the code is never executed. Anything we cannot account for
 refuses the whole file, so a conversion is never partial.
 """
+
 from __future__ import annotations
 
 import ast
@@ -18,9 +19,9 @@ import zipfile
 from ..errors import CheckpointError
 from .unpickler import Opaque, TensorRef
 
-MAX_CODE = 256 << 20   # uncompressed class definitions read per archive
+MAX_CODE = 256 << 20  # uncompressed class definitions read per archive
 MAX_MODULES = 1_000_000
-MAX_DECL = 1 << 20     # characters in one __parameters__/__buffers__ line
+MAX_DECL = 1 << 20  # characters in one __parameters__/__buffers__ line
 _CLASS = re.compile(r"^class (\w+)(?:\((.*)\))?:")
 _DECL = re.compile(r"^  (__parameters__|__buffers__) = (\[.*\])\s*$")
 ADVICE = "load it with torch and save its weights: torch.save(torch.jit.load(FILE).state_dict(), 'weights.pt')"
@@ -37,12 +38,14 @@ class Decl:
         self.module = module
         self.parameters: list[str] = []
         self.buffers: list[str] = []
-        self.declared: set[str] = set()   # which of the two lists its definition had
+        self.declared: set[str] = set()  # which of the two lists its definition had
 
 
 def refuse(path: str, why: str) -> CheckpointError:
-    return CheckpointError(path, f"a TorchScript archive (torch.jit.save): {why}; nothing was converted. "
-                                 + ADVICE.replace("FILE", repr(path)))
+    return CheckpointError(
+        path,
+        f"a TorchScript archive (torch.jit.save): {why}; nothing was converted. " + ADVICE.replace("FILE", repr(path)),
+    )
 
 
 def class_decls(zf: zipfile.ZipFile, infos, root: str, path: str) -> dict[str, Decl]:
@@ -63,7 +66,7 @@ def class_decls(zf: zipfile.ZipFile, infos, root: str, path: str) -> dict[str, D
             raise refuse(path, f"its member {name} cannot be read ({e})") from None
         if len(text) != info.file_size:
             raise refuse(path, f"its member {name} does not hold the size its header claims")
-        module = name[len(root + "code/"):-len(".py")].replace("/", ".")
+        module = name[len(root + "code/") : -len(".py")].replace("/", ".")
         current = None
         for line in text.decode("utf-8", "replace").splitlines():
             m = _CLASS.match(line)
@@ -73,7 +76,7 @@ def class_decls(zf: zipfile.ZipFile, infos, root: str, path: str) -> dict[str, D
             if current is None or not line.startswith(("  __parameters__", "  __buffers__")):
                 continue
             m = _DECL.match(line) if len(line) <= MAX_DECL else None
-            if m is None:   # a declaration we cannot read would lose tensors: refuse rather than guess
+            if m is None:  # a declaration we cannot read would lose tensors: refuse rather than guess
                 raise refuse(path, f"{module}: a {line.split()[0]} line we cannot read")
             if m:
                 try:
@@ -92,7 +95,7 @@ def _decl_of(obj, decls: dict[str, Decl], path: str, where: str) -> Decl:
     decl = decls.get(qual)
     if decl is None or not decl.module:
         raise refuse(path, f"{where or 'the root'} is a {qual} with no Module definition under code/")
-    if decl.declared != {"__parameters__", "__buffers__"}:   # without both, we would guess which tensors count
+    if decl.declared != {"__parameters__", "__buffers__"}:  # without both, we would guess which tensors count
         raise refuse(path, f"{qual} does not declare both its __parameters__ and __buffers__")
     return decl
 
@@ -118,7 +121,7 @@ def state_dict(root, decls: dict[str, Decl], path: str) -> dict[str, TensorRef]:
             if name not in state:
                 raise refuse(path, f"{prefix}{name} is declared but not stored")
             value = state[name]
-            if value is None:            # an optional parameter left unset (bias=False)
+            if value is None:  # an optional parameter left unset (bias=False)
                 continue
             if not isinstance(value, TensorRef):
                 raise refuse(path, f"{prefix}{name} is declared a tensor but holds a {type(value).__name__}")

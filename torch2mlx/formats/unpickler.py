@@ -15,6 +15,7 @@ that is only referenced (a type in hyper-parameters, ``__builtin__.list``) or
 only instantiated from state (NEWOBJ without arguments, then BUILD) is data.
 Even an accepted call is never executed: it becomes a placeholder.
 """
+
 from __future__ import annotations
 
 import collections
@@ -39,20 +40,40 @@ _BUILTINS = ("builtins", "__builtin__")
 # Plain-data builtins that we construct for real (protocol 0-2 spell these as globals).
 _REAL_BUILTINS = {"set": set, "frozenset": frozenset, "complex": complex, "slice": slice, "object": object}
 # Builtin data types: old and Lightning checkpoints store them as values (``__builtin__.long`` in hyper-parameters).
-_BUILTIN_TYPES = ("list", "dict", "tuple", "int", "long", "float", "str", "unicode", "bytes", "bytearray", "bool",
-                  "range")
+_BUILTIN_TYPES = (
+    "list",
+    "dict",
+    "tuple",
+    "int",
+    "long",
+    "float",
+    "str",
+    "unicode",
+    "bytes",
+    "bytearray",
+    "bool",
+    "range",
+)
 # Globals whose call only builds data: calls to them are accepted (as placeholders that keep the arguments).
 DATA_CONSTRUCTORS = frozenset(
     _spellings(_BUILTINS, (*_BUILTIN_TYPES, *_REAL_BUILTINS))
     | _spellings(("numpy.core.multiarray", "numpy._core.multiarray"), ("_reconstruct", "scalar"))
     | _spellings(("numpy.core.numeric", "numpy._core.numeric"), ("_frombuffer",))
-    | {"numpy.dtype", "numpy.random._pickle.__randomstate_ctor", "numpy.random._pickle.__generator_ctor",
-       "numpy.random._pickle.__bit_generator_ctor", "numpy.random.bit_generator.__pyx_unpickle_SeedSequence"}
+    | {
+        "numpy.dtype",
+        "numpy.random._pickle.__randomstate_ctor",
+        "numpy.random._pickle.__generator_ctor",
+        "numpy.random._pickle.__bit_generator_ctor",
+        "numpy.random.bit_generator.__pyx_unpickle_SeedSequence",
+    }
     | _spellings(("collections",), ("Counter", "defaultdict", "deque"))
-    | _spellings(("pathlib", "pathlib._local"), ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath",
-                                               "PureWindowsPath"))
+    | _spellings(
+        ("pathlib", "pathlib._local"),
+        ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath"),
+    )
     | _spellings(("datetime",), ("datetime", "date", "time", "timedelta", "timezone"))
-    | {"decimal.Decimal", "fractions.Fraction", "uuid.UUID", "argparse.Namespace", "torch.device"})
+    | {"decimal.Decimal", "fractions.Fraction", "uuid.UUID", "argparse.Namespace", "torch.device"}
+)
 
 # Globals the caller accepts as data (``--allow-global``, ``allow_globals=``), for the current load.
 _allowed: contextvars.ContextVar[frozenset] = contextvars.ContextVar("t2m_allowed_globals", default=frozenset())
@@ -81,8 +102,10 @@ class GlobalRefused(Exception):
 
     def message(self) -> str:
         if self.how == "calls":
-            return (f"the pickle calls {self.qual}, which can run code or touch files; nothing was executed "
-                    f"(allow_globals {self.qual} accepts it)")
+            return (
+                f"the pickle calls {self.qual}, which can run code or touch files; nothing was executed "
+                f"(allow_globals {self.qual} accepts it)"
+            )
         return f"the pickle {self.how} {self.qual}, which can change code; nothing was executed"
 
 
@@ -94,8 +117,9 @@ def _read_only(*_args):
     # BUILD ("set state") calls __setstate__ when there is one, else writes straight into __dict__,
     # which would rewrite a storage's size after it was checked against the file, or our own
     # functions' defaults for every later load in this process.
-    raise pickle.UnpicklingError("pickle tries to modify a read-only record (BUILD on a storage, tensor, "
-                                 "dtype or rebuild function)")
+    raise pickle.UnpicklingError(
+        "pickle tries to modify a read-only record (BUILD on a storage, tensor, dtype or rebuild function)"
+    )
 
 
 @dataclass(frozen=True)
@@ -103,7 +127,7 @@ class StorageRef:
     __setstate__ = _read_only
     key: str
     dtype: DType
-    numel: int            # elements of ``dtype`` in the storage
+    numel: int  # elements of ``dtype`` in the storage
     location: str
     view: tuple | None = None  # legacy view metadata (view_key, offset, size)
 
@@ -117,7 +141,7 @@ class TensorRef:
     __setstate__ = _read_only
     storage: StorageRef
     dtype: DType
-    storage_offset: int   # in elements of ``dtype``
+    storage_offset: int  # in elements of ``dtype``
     shape: tuple[int, ...]
     stride: tuple[int, ...]
 
@@ -141,7 +165,7 @@ class DTypeRef:
 
 
 _loading: contextvars.ContextVar[bool] = contextvars.ContextVar("t2m_unpickling", default=False)
-_HOOKS = ("__setstate__", "append", "extend", "add")   # methods BUILD / APPEND(S) / ADDITEMS look up on an object
+_HOOKS = ("__setstate__", "append", "extend", "add")  # methods BUILD / APPEND(S) / ADDITEMS look up on an object
 
 
 class _PlaceholderType(type):
@@ -198,8 +222,9 @@ class Opaque(metaclass=_PlaceholderType):
     @classmethod
     def _t2m_make(cls, args, kwargs):
         obj = object.__new__(cls)
-        obj.__dict__.update(_t2m_args=args, _t2m_kwargs=kwargs, _t2m_state=None, _t2m_items={}, _t2m_list=[],
-                            _t2m_hooks={})
+        obj.__dict__.update(
+            _t2m_args=args, _t2m_kwargs=kwargs, _t2m_state=None, _t2m_items={}, _t2m_list=[], _t2m_hooks={}
+        )
         return obj
 
     def _t2m_hook(self, name):
@@ -218,7 +243,7 @@ class Opaque(metaclass=_PlaceholderType):
     def __setstate__(self, state):
         self._t2m_hook("__setstate__")
         self.__dict__["_t2m_state"] = state
-        for part in (state if isinstance(state, tuple) and len(state) == 2 else (state,)):
+        for part in state if isinstance(state, tuple) and len(state) == 2 else (state,):
             if isinstance(part, dict):
                 self._t2m_hooks.update((k, dict.__getitem__(part, k)) for k in _HOOKS if dict.__contains__(part, k))
 
@@ -227,7 +252,7 @@ class Opaque(metaclass=_PlaceholderType):
 
     @_InstanceMethod
     def append(self, value):
-        self._t2m_hook("extend")   # APPEND calls extend([value]) when there is one, else append
+        self._t2m_hook("extend")  # APPEND calls extend([value]) when there is one, else append
         self._t2m_hook("append")
         self._t2m_list.append(value)
 
@@ -297,8 +322,10 @@ def _check_view_flags(metadata) -> None:
     # dict; the values torch.load returns are conj(storage) / -storage, so a byte copy would be wrong.
     flags = [k for k in ("conj", "neg") if isinstance(metadata, dict) and metadata.get(k)]
     if flags:
-        raise UnsupportedTensor(f"a tensor is saved as a lazy {'/'.join(flags)} view, which is not supported "
-                                "(call .resolve_conj() / .resolve_neg() on it before saving)")
+        raise UnsupportedTensor(
+            f"a tensor is saved as a lazy {'/'.join(flags)} view, which is not supported "
+            "(call .resolve_conj() / .resolve_neg() on it before saving)"
+        )
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, dtype: DType | None = None) -> TensorRef:
@@ -406,8 +433,10 @@ _TORCH_GLOBALS = {
 for _fn in _TORCH_GLOBALS.values():
     if callable(_fn) and not isinstance(_fn, type):
         _fn.__setstate__ = _read_only  # found by BUILD before it would reach the function's attributes
-_OUR_NAMES = {**{v: f"{m}.{n}" for (m, n), v in _TORCH_GLOBALS.items()},
-              **{v: f"builtins.{n}" for n, v in _REAL_BUILTINS.items()}}
+_OUR_NAMES = {
+    **{v: f"{m}.{n}" for (m, n), v in _TORCH_GLOBALS.items()},
+    **{v: f"builtins.{n}" for n, v in _REAL_BUILTINS.items()},
+}
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -432,13 +461,18 @@ class RestrictedUnpickler(pickle.Unpickler):
             if name.endswith("Storage"):
                 dt = dtypes.by_storage(name)
                 if dt is None:
-                    raise CheckpointError(self._path, f"unsupported storage type torch.{name} (quantized or sparse tensors are not supported)")
+                    raise CheckpointError(
+                        self._path,
+                        f"unsupported storage type torch.{name} (quantized or sparse tensors are not supported)",
+                    )
                 return _StorageType(name, dt)
             dt = dtypes.by_name(name)
             if dt is not None:
                 return DTypeRef(dt)
         if module == "torch._utils" and name.startswith("_rebuild"):
-            raise CheckpointError(self._path, f"unsupported tensor kind torch._utils.{name} (only dense tensors can be converted)")
+            raise CheckpointError(
+                self._path, f"unsupported tensor kind torch._utils.{name} (only dense tensors can be converted)"
+            )
         # Anything else is a placeholder: inert when only referenced or made from state, refused when called.
         qual = f"{module}.{name}"
         if not (module in _BUILTINS and name in _BUILTIN_TYPES):
@@ -474,10 +508,16 @@ MAX_PICKLE = 1 << 30
 # How each opcode's argument is laid out, from pickletools' table: a fixed byte count, a text line
 # (two for GLOBAL/INST), or a little-endian length field of 1/4/8 bytes followed by that many bytes.
 _LINE, _TWO_LINES = -1, -100
-_LENGTH_FIELD = {pickletools.TAKEN_FROM_ARGUMENT1: ("<B", 1), pickletools.TAKEN_FROM_ARGUMENT4: ("<i", 4),
-                 pickletools.TAKEN_FROM_ARGUMENT4U: ("<I", 4), pickletools.TAKEN_FROM_ARGUMENT8U: ("<Q", 8)}
-_OPCODES = {op.code.encode("latin-1"): (op.name, _TWO_LINES if op.name in ("GLOBAL", "INST")
-                                        else op.arg.n if op.arg else 0) for op in pickletools.opcodes}
+_LENGTH_FIELD = {
+    pickletools.TAKEN_FROM_ARGUMENT1: ("<B", 1),
+    pickletools.TAKEN_FROM_ARGUMENT4: ("<i", 4),
+    pickletools.TAKEN_FROM_ARGUMENT4U: ("<I", 4),
+    pickletools.TAKEN_FROM_ARGUMENT8U: ("<Q", 8),
+}
+_OPCODES = {
+    op.code.encode("latin-1"): (op.name, _TWO_LINES if op.name in ("GLOBAL", "INST") else op.arg.n if op.arg else 0)
+    for op in pickletools.opcodes
+}
 _MEMO_PUT = {"PUT": None, "BINPUT": "<B", "LONG_BINPUT": "<I"}
 _INT_LINES = {"INT", "LONG"}
 # Integers hash to themselves modulo 2**61 - 1, so a pickle can fill a dict or set with keys that all
@@ -528,7 +568,9 @@ def pickle_extent(f, limit: int, path: str) -> int:
                 if size > limit - pos:
                     fail(f"FRAME at byte {at} claims {size} bytes, more than the {limit - pos} left")
             elif name in _MEMO_PUT and struct.unpack(_MEMO_PUT[name], raw)[0] > ops:
-                fail(f"memo index {struct.unpack(_MEMO_PUT[name], raw)[0]} at byte {at} is beyond the {ops} opcodes before it")
+                fail(
+                    f"memo index {struct.unpack(_MEMO_PUT[name], raw)[0]} at byte {at} is beyond the {ops} opcodes before it"
+                )
         elif kind in _LENGTH_FIELD:
             fmt, width = _LENGTH_FIELD[kind]
             raw = read(width) if pos + width <= limit else b""
@@ -554,10 +596,15 @@ def pickle_extent(f, limit: int, path: str) -> int:
                 except ValueError:
                     index = -1
                 if not 0 <= index <= ops:
-                    fail(f"memo index {raw[:-1][:20].decode('latin-1')} at byte {at} is beyond the {ops} opcodes before it")
+                    fail(
+                        f"memo index {raw[:-1][:20].decode('latin-1')} at byte {at} is beyond the {ops} opcodes before it"
+                    )
         if wide > MAX_WIDE_INTS:
-            raise CheckpointError(path, f"pickle holds more than {MAX_WIDE_INTS} integers wider than 64 bits; "
-                                        "refused (their hashes can be made to collide and stall unpickling)")
+            raise CheckpointError(
+                path,
+                f"pickle holds more than {MAX_WIDE_INTS} integers wider than 64 bits; "
+                "refused (their hashes can be made to collide and stall unpickling)",
+            )
 
 
 def load(data, path: str, persistent_load) -> tuple[object, set[str]]:

@@ -10,6 +10,7 @@ empty, ``..`` or reserved; the root attribute ``torch2mlx_names`` says so and
 names are decoded back. It also marks the root ``torch2mlx_complete: false``
 until the run has finished: such a store is refused here.
 """
+
 from __future__ import annotations
 
 import string
@@ -23,17 +24,16 @@ from ..errors import CheckpointError, Torch2MLXError
 from ..core.entry import TensorEntry
 
 DTYPE_ATTR = "torch2mlx_dtype"
-NAMES_ATTR = "torch2mlx_names"        # "escaped": array paths are array_path(name)
+NAMES_ATTR = "torch2mlx_names"  # "escaped": array paths are array_path(name)
 COMPLETE_ATTR = "torch2mlx_complete"  # False while the sink writes, True once its manifest is written
 _SAFE = frozenset(string.ascii_letters + string.digits + "_-")
 
 
 def _escape(part: str) -> str:
     if part == "":
-        return "%"          # an empty part ("a..b", ".x"): no escape spells a lone %
-    out = "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
-                  for c in part)
-    return "%5F" + out[1:] if out.startswith("__") else out   # zarr v3 reserves names starting "__"
+        return "%"  # an empty part ("a..b", ".x"): no escape spells a lone %
+    out = "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass")) for c in part)
+    return "%5F" + out[1:] if out.startswith("__") else out  # zarr v3 reserves names starting "__"
 
 
 def array_path(name: str) -> str:
@@ -48,8 +48,10 @@ def name_of(path: str) -> str:
 
 def is_zarr(path: str) -> bool:
     import os
+
     return os.path.isdir(path) and any(
-        os.path.exists(os.path.join(path, f)) for f in ("zarr.json", ".zgroup", ".zattrs", ".zarray"))
+        os.path.exists(os.path.join(path, f)) for f in ("zarr.json", ".zgroup", ".zattrs", ".zarray")
+    )
 
 
 class _Rows:
@@ -86,14 +88,20 @@ def read_entries(path: str) -> tuple[list[TensorEntry], list[str], dict]:
         warnings.simplefilter("ignore")
         try:
             root = zarr.open(path, mode="r")
-            arrays = [("", root)] if isinstance(root, zarr.Array) else [
-                (name, node) for name, node in root.members(max_depth=None) if isinstance(node, zarr.Array)]
+            arrays = (
+                [("", root)]
+                if isinstance(root, zarr.Array)
+                else [(name, node) for name, node in root.members(max_depth=None) if isinstance(node, zarr.Array)]
+            )
         except Exception as e:  # zarr raises several types for unreadable stores
             raise CheckpointError(path, f"not a readable zarr store ({type(e).__name__}: {e})") from None
         attrs = dict(root.attrs) if not isinstance(root, zarr.Array) else {}
     if attrs.get(COMPLETE_ATTR) is False:
-        raise CheckpointError(path, "a zarr store from a conversion that did not finish (marked incomplete): "
-                                    "its arrays may be partly written; convert the source again with --overwrite")
+        raise CheckpointError(
+            path,
+            "a zarr store from a conversion that did not finish (marked incomplete): "
+            "its arrays may be partly written; convert the source again with --overwrite",
+        )
     escaped = attrs.get(NAMES_ATTR) == "escaped"
     entries = []
     for name, arr in sorted(arrays, key=lambda t: t[0]):
@@ -110,8 +118,16 @@ def read_entries(path: str) -> tuple[list[TensorEntry], list[str], dict]:
             tensor = name_of(name) if escaped else name.replace("/", ".")
         except UnicodeDecodeError:
             raise CheckpointError(path, f"array {name!r}: its escaped name is not valid UTF-8") from None
-        entries.append(TensorEntry(tensor or "tensor", dt, tuple(arr.shape), path=path,
-                                   loader=_Rows(arr, f"{path}/{name}"), origin=f"{path}/{name}"))
+        entries.append(
+            TensorEntry(
+                tensor or "tensor",
+                dt,
+                tuple(arr.shape),
+                path=path,
+                loader=_Rows(arr, f"{path}/{name}"),
+                origin=f"{path}/{name}",
+            )
+        )
     if not entries:
         raise CheckpointError(path, "zarr store holds no arrays")
     return entries, [], attrs

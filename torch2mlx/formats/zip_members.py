@@ -1,4 +1,5 @@
 """Where a stored zip member's bytes begin: torch checkpoints and .npz archives are read in place."""
+
 from __future__ import annotations
 
 import struct

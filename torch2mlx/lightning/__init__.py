@@ -14,6 +14,7 @@
 
 Importing this module imports MLX (not torch; torch is used only to inspect a source class).
 """
+
 from .callbacks import Callback, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau
 from .data import to_mlx
 from .module import MLXModule
@@ -21,8 +22,18 @@ from .saving import save_weights
 from .source import OptimConfig
 from .trainer import MLXTrainer
 
-__all__ = ["MLXModule", "MLXTrainer", "Callback", "ModelCheckpoint", "EarlyStopping", "ReduceLROnPlateau",
-           "OptimConfig", "to_mlx", "save_weights", "generate_forward"]
+__all__ = [
+    "MLXModule",
+    "MLXTrainer",
+    "Callback",
+    "ModelCheckpoint",
+    "EarlyStopping",
+    "ReduceLROnPlateau",
+    "OptimConfig",
+    "to_mlx",
+    "save_weights",
+    "generate_forward",
+]
 
 
 def __getattr__(name):
@@ -30,5 +41,6 @@ def __getattr__(name):
     # so it loads on first use only).
     if name == "generate_forward":
         from ..codegen.lightning_forward import generate_forward
+
         return generate_forward
     raise AttributeError(f"module 'torch2mlx.lightning' has no attribute {name!r}")

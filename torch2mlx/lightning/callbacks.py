@@ -1,4 +1,5 @@
 """MLXTrainer callbacks: ModelCheckpoint, EarlyStopping, ReduceLROnPlateau (Lightning's and torch's rules)."""
+
 from __future__ import annotations
 
 import math
@@ -38,9 +39,17 @@ class ModelCheckpoint(Callback):
     ``torch2mlx.load_converted`` reads. ``best_model_path`` / ``best_model_score`` as in Lightning.
     """
 
-    def __init__(self, dirpath, monitor: str | None = None, mode: str = "min", save_top_k: int = 1,
-                 save_last: bool = False, every_n_epochs: int = 1, filename: str = "epoch={epoch}-step={step}",
-                 save_optimizer: bool = True):
+    def __init__(
+        self,
+        dirpath,
+        monitor: str | None = None,
+        mode: str = "min",
+        save_top_k: int = 1,
+        save_last: bool = False,
+        every_n_epochs: int = 1,
+        filename: str = "epoch={epoch}-step={step}",
+        save_optimizer: bool = True,
+    ):
         self.dirpath = os.fspath(dirpath)
         self.monitor, self.mode = monitor, _check_mode(mode)
         self.save_top_k, self.save_last = save_top_k, save_last
@@ -52,16 +61,24 @@ class ModelCheckpoint(Callback):
 
     def _save(self, trainer, model, name: str) -> str:
         from .saving import save_weights
+
         path = os.path.join(self.dirpath, name)
-        extra = {"epoch": trainer.current_epoch, "global_step": trainer.global_step,
-                 "scheduler_steps": trainer.scheduler_steps, "metrics": dict(trainer.callback_metrics)}
+        extra = {
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "scheduler_steps": trainer.scheduler_steps,
+            "metrics": dict(trainer.callback_metrics),
+        }
         return save_weights(model, path, extra=extra, optimizer=trainer.optimizer if self.save_optimizer else None)
 
     def on_validation_end(self, trainer, model):
         if (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        name = self.filename.format(epoch=trainer.current_epoch, step=trainer.global_step,
-                                    **{k.replace("/", "_"): v for k, v in trainer.callback_metrics.items()})
+        name = self.filename.format(
+            epoch=trainer.current_epoch,
+            step=trainer.global_step,
+            **{k.replace("/", "_"): v for k, v in trainer.callback_metrics.items()},
+        )
         if self.save_last:
             self.last_model_path = self._save(trainer, model, "last")
         if self.save_top_k == 0:
@@ -75,8 +92,10 @@ class ModelCheckpoint(Callback):
             self.best_model_path = path
             return
         if self.monitor not in trainer.callback_metrics:
-            raise Torch2MLXError(f"ModelCheckpoint monitors {self.monitor!r}, which was not logged "
-                                 f"(logged: {sorted(trainer.callback_metrics)})")
+            raise Torch2MLXError(
+                f"ModelCheckpoint monitors {self.monitor!r}, which was not logged "
+                f"(logged: {sorted(trainer.callback_metrics)})"
+            )
         score = trainer.callback_metrics[self.monitor]
         ranked = sorted(self._kept, key=lambda t: t[0], reverse=self.mode == "max")
         if self.save_top_k > 0 and len(ranked) >= self.save_top_k and not _improved(self.mode, score, ranked[-1][0]):
@@ -84,7 +103,7 @@ class ModelCheckpoint(Callback):
         path = self._save(trainer, model, name)
         ranked = sorted(ranked + [(score, path)], key=lambda t: t[0], reverse=self.mode == "max")
         if self.save_top_k > 0:
-            for _, old in ranked[self.save_top_k:]:
+            for _, old in ranked[self.save_top_k :]:
                 shutil.rmtree(old, ignore_errors=True)
             ranked = ranked[: self.save_top_k]
         self._kept = ranked
@@ -102,8 +121,10 @@ class EarlyStopping(Callback):
 
     def on_validation_end(self, trainer, model):
         if self.monitor not in trainer.callback_metrics:
-            raise Torch2MLXError(f"EarlyStopping monitors {self.monitor!r}, which was not logged "
-                                 f"(logged: {sorted(trainer.callback_metrics)})")
+            raise Torch2MLXError(
+                f"EarlyStopping monitors {self.monitor!r}, which was not logged "
+                f"(logged: {sorted(trainer.callback_metrics)})"
+            )
         value = trainer.callback_metrics[self.monitor]
         if _improved(self.mode, value, self.best, self.min_delta):
             self.best, self.wait = value, 0
@@ -122,9 +143,18 @@ class ReduceLROnPlateau(Callback):
     ``cooldown`` validations; never below ``min_lr``, and not for a change under ``eps``.
     """
 
-    def __init__(self, monitor: str = "val_loss", mode: str = "min", factor: float = 0.1, patience: int = 10,
-                 threshold: float = 1e-4, threshold_mode: str = "rel", cooldown: int = 0, min_lr: float = 0.0,
-                 eps: float = 1e-8):
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        mode: str = "min",
+        factor: float = 0.1,
+        patience: int = 10,
+        threshold: float = 1e-4,
+        threshold_mode: str = "rel",
+        cooldown: int = 0,
+        min_lr: float = 0.0,
+        eps: float = 1e-8,
+    ):
         if factor >= 1.0:
             raise Torch2MLXError("ReduceLROnPlateau factor must be < 1.0")
         if threshold_mode not in ("rel", "abs"):

@@ -1,4 +1,5 @@
 """``MLXModule``: a LightningModule-shaped ``mlx.nn.Module`` the user completes with an MLX ``__call__``."""
+
 from __future__ import annotations
 
 import inspect
@@ -49,9 +50,11 @@ class MLXModule(nn.Module):
 
     def configure_optimizers(self):
         if self._t2m_optim is None:
-            raise Torch2MLXError(f"{type(self).__name__} has no optimizer: build it with from_checkpoint/from_torch "
-                                 "(the torch module's configure_optimizers is converted) or override "
-                                 "configure_optimizers")
+            raise Torch2MLXError(
+                f"{type(self).__name__} has no optimizer: build it with from_checkpoint/from_torch "
+                "(the torch module's configure_optimizers is converted) or override "
+                "configure_optimizers"
+            )
         return self._t2m_optim
 
     # --- from torch ---------------------------------------------------------------------------------------
@@ -68,8 +71,10 @@ class MLXModule(nn.Module):
         try:
             self.load_weights(list(weights.items()), strict=strict)
         except ValueError as e:
-            raise Torch2MLXError(f"{type(self).__name__} does not take the converted weights ({e}); name its "
-                                 "layers as the torch module names them") from None
+            raise Torch2MLXError(
+                f"{type(self).__name__} does not take the converted weights ({e}); name its "
+                "layers as the torch module names them"
+            ) from None
         mx.eval(self.parameters())
 
     @classmethod
@@ -80,6 +85,7 @@ class MLXModule(nn.Module):
         """
         from ..training.arrays import Array
         from ..training.optimizer_state import forward_specs
+
         specs = forward_specs(torch_module)
         model = cls._construct(args, kwargs, dict(getattr(torch_module, "hparams", {}) or {}))
         tensors = {n: Array.of(n, t) for n, t in torch_module.state_dict().items()}
@@ -94,16 +100,22 @@ class MLXModule(nn.Module):
         import json
         from mlx.utils import tree_unflatten
         from ..model_api.load import load_converted
+
         path = os.fspath(path)
         self._load(load_converted(path), True)
         try:
             with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as f:
                 counters = json.load(f)
         except (OSError, ValueError) as e:
-            raise Torch2MLXError(f"{path}: no readable trainer_state.json ({e}); not a ModelCheckpoint "
-                                 "directory") from None
-        resume = {"global_step": counters["global_step"], "epoch": counters["epoch"] + 1, "batches_done": 0,
-                  "scheduler_steps": counters["scheduler_steps"]}
+            raise Torch2MLXError(
+                f"{path}: no readable trainer_state.json ({e}); not a ModelCheckpoint directory"
+            ) from None
+        resume = {
+            "global_step": counters["global_step"],
+            "epoch": counters["epoch"] + 1,
+            "batches_done": 0,
+            "scheduler_steps": counters["scheduler_steps"],
+        }
         opt_file = os.path.join(path, "optimizer.safetensors")
         if os.path.isfile(opt_file):
             resume["optimizer_state"] = tree_unflatten(list(mx.load(opt_file).items()))
@@ -111,8 +123,16 @@ class MLXModule(nn.Module):
         return self
 
     @classmethod
-    def from_checkpoint(cls, path, *args, source_class=None, strict: bool = True, scheduler_interval=None,
-                        mid_epoch: str = "skip", **kwargs):
+    def from_checkpoint(
+        cls,
+        path,
+        *args,
+        source_class=None,
+        strict: bool = True,
+        scheduler_interval=None,
+        mid_epoch: str = "skip",
+        **kwargs,
+    ):
         """An instance from a Lightning ``.ckpt`` (or a plain torch run's file): weights, optimizer
         moments and schedule position.
 
@@ -131,6 +151,7 @@ class MLXModule(nn.Module):
         constructor names.
         """
         from ..training.checkpoint import read_training_checkpoint
+
         if mid_epoch not in ("skip", "restart"):
             raise Torch2MLXError(f"mid_epoch must be 'skip' or 'restart', got {mid_epoch!r}")
         ck = read_training_checkpoint(os.fspath(path))
@@ -139,11 +160,15 @@ class MLXModule(nn.Module):
         src = None
         if source_class is not None:
             from ..training.optimizer_state import forward_specs
+
             src = _source.build_meta(source_class, ck.hyper_parameters)
             specs = forward_specs(src)
         if src is not None and hasattr(src, "configure_optimizers"):
-            config = _source.convert_config(src, specs, opt_state, sched_state, strict=strict) \
-                if opt_state is not None else None
+            config = (
+                _source.convert_config(src, specs, opt_state, sched_state, strict=strict)
+                if opt_state is not None
+                else None
+            )
             if config is not None and scheduler_interval is not None:
                 config.interval = scheduler_interval
         else:
@@ -163,28 +188,41 @@ def _without_source(ck, opt_state, sched_state, interval, strict, src=None):
     from ..training.convert import convert_optimizer
     from ..training.optimizer_state import forward_specs
     from ..training.schedules import convert_scheduler
+
     kept = [n for n in ck.state_dict if not n.endswith("num_batches_tracked")]
     if src is not None:
         specs = forward_specs(src)
     else:
-        specs = [RuleSpec(n, (n,), rules.infer(n, ck.state_dict[n].shape, ck.state_dict[n].dtype.is_float)
-                          or "identity", {}, "inferred") for n in kept]
+        specs = [
+            RuleSpec(
+                n,
+                (n,),
+                rules.infer(n, ck.state_dict[n].shape, ck.state_dict[n].dtype.is_float) or "identity",
+                {},
+                "inferred",
+            )
+            for n in kept
+        ]
     if opt_state is None:
         return specs, None
     n = _names.count_ids(opt_state["param_groups"])
     names = _names.from_module(src, None, n) if src is not None else _names.from_state_dict(kept, n)
-    schedule = convert_scheduler(sched_state, param_groups=opt_state["param_groups"], strict=None) \
-        if sched_state else None
+    schedule = (
+        convert_scheduler(sched_state, param_groups=opt_state["param_groups"], strict=None) if sched_state else None
+    )
     conv = convert_optimizer(opt_state, names, specs, strict=None)
     if schedule is not None:
         conv.report.extend(schedule.report)
         if interval is None:
-            conv.report.inexact.append("how often the scheduler stepped is not in the checkpoint: pass "
-                                       "scheduler_interval='step' or 'epoch' (strict=False assumes 'epoch', "
-                                       "Lightning's default)")
+            conv.report.inexact.append(
+                "how often the scheduler stepped is not in the checkpoint: pass "
+                "scheduler_interval='step' or 'epoch' (strict=False assumes 'epoch', "
+                "Lightning's default)"
+            )
     conv.report.check(strict, "the checkpoint's optimizer")
-    return specs, _source.OptimConfig(conv.optimizer, schedule, interval or "epoch", 1,
-                                      schedule.start if schedule else 0, conv.report)
+    return specs, _source.OptimConfig(
+        conv.optimizer, schedule, interval or "epoch", 1, schedule.start if schedule else 0, conv.report
+    )
 
 
 def _resume_point(ck) -> dict:

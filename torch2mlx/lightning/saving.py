@@ -1,4 +1,5 @@
 """Save MLX module weights through torch2mlx's shard writer (index + manifest, written atomically)."""
+
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ def weight_arrays(module) -> dict:
     import mlx.core as mx
     import numpy as np
     from mlx.utils import tree_flatten
+
     out = {}
     for name, a in tree_flatten(module.parameters()):
         dt = str(a.dtype).removeprefix("mlx.core.")
@@ -27,6 +29,7 @@ def save_weights(module, out_dir: str, *, extra: dict | None = None, optimizer=N
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from ..stream.writers.incremental import ShardWriter
+
     with ShardWriter(out_dir, overwrite=True, metadata={"format": "mlx"}) as w:
         for name, (arr, dt) in weight_arrays(module).items():
             w.add(name, arr, dt)

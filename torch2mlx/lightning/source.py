@@ -7,6 +7,7 @@ optimizer and scheduler are converted (torch.optim -> mlx.optimizers, the
 scheduler -> a ``Schedule``). Tensor values always come from the checkpoint,
 read without torch.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -21,10 +22,10 @@ class OptimConfig:
     """What ``MLXModule.configure_optimizers`` returns, normalized: the trainer's view of it."""
 
     optimizer: object
-    schedule: object = None            # a Schedule or any callable count -> learning rate
-    interval: str = "epoch"            # Lightning's default: the scheduler steps once per epoch
+    schedule: object = None  # a Schedule or any callable count -> learning rate
+    interval: str = "epoch"  # Lightning's default: the scheduler steps once per epoch
     frequency: int = 1
-    start: int = 0                     # scheduler steps already taken (a resumed run)
+    start: int = 0  # scheduler steps already taken (a resumed run)
     report: Report = field(default_factory=Report)
 
 
@@ -38,8 +39,10 @@ def normalize(out) -> OptimConfig:
     elif isinstance(out, (list, tuple)) and len(out) == 2 and isinstance(out[0], (list, tuple)):
         opts, scheds = out
         if len(opts) != 1 or len(scheds) > 1:
-            raise Torch2MLXError("MLXTrainer runs one optimizer (with at most one scheduler); "
-                                 f"configure_optimizers gave {len(opts)} and {len(scheds)}")
+            raise Torch2MLXError(
+                "MLXTrainer runs one optimizer (with at most one scheduler); "
+                f"configure_optimizers gave {len(opts)} and {len(scheds)}"
+            )
         opt, sched_cfg = opts[0], (scheds[0] if scheds else None)
     elif isinstance(out, (list, tuple)):
         if len(out) != 1:
@@ -57,8 +60,13 @@ def normalize(out) -> OptimConfig:
     if interval not in ("epoch", "step"):
         raise Torch2MLXError(f"lr_scheduler interval must be 'epoch' or 'step', got {interval!r}")
     schedule = sched_cfg["scheduler"]
-    return OptimConfig(opt, schedule, interval, int(sched_cfg.get("frequency", 1)),
-                       int(sched_cfg.get("start", getattr(schedule, "start", 0))))
+    return OptimConfig(
+        opt,
+        schedule,
+        interval,
+        int(sched_cfg.get("frequency", 1)),
+        int(sched_cfg.get("start", getattr(schedule, "start", 0))),
+    )
 
 
 def torch_optim(module):
@@ -68,8 +76,10 @@ def torch_optim(module):
     try:
         out = module.configure_optimizers()
     except Exception as e:  # the user's code, run outside a Trainer (e.g. it reads self.trainer)
-        raise Torch2MLXError(f"{type(module).__name__}.configure_optimizers() failed outside a Lightning Trainer "
-                             f"({type(e).__name__}: {e}); override configure_optimizers in the MLX module") from None
+        raise Torch2MLXError(
+            f"{type(module).__name__}.configure_optimizers() failed outside a Lightning Trainer "
+            f"({type(e).__name__}: {e}); override configure_optimizers in the MLX module"
+        ) from None
     cfg = normalize(out)
     return cfg.optimizer, cfg.schedule, cfg.interval, cfg.frequency
 
@@ -80,6 +90,7 @@ def convert_config(module, specs, optimizer_state=None, scheduler_state=None, *,
     from ..training.convert import convert_optimizer
     from ..training.optimizers import kind_of
     from ..training.schedules import convert_scheduler
+
     topt, tsched, interval, frequency = torch_optim(module)
     names = _names.from_module(module, topt)
     source = optimizer_state if optimizer_state is not None else topt
@@ -87,7 +98,7 @@ def convert_config(module, specs, optimizer_state=None, scheduler_state=None, *,
     schedule = None
     if tsched is not None:
         if scheduler_state is not None:
-            tsched.load_state_dict(scheduler_state)    # the checkpoint's counters on a freshly built scheduler
+            tsched.load_state_dict(scheduler_state)  # the checkpoint's counters on a freshly built scheduler
         schedule = convert_scheduler(tsched, param_groups=groups, strict=None)
     conv = convert_optimizer(source, names, specs, kind=kind_of(topt), strict=None)
     report = conv.report
@@ -100,6 +111,7 @@ def convert_config(module, specs, optimizer_state=None, scheduler_state=None, *,
 def build_meta(source_class, hyper_parameters: dict):
     """The torch module on the meta device, constructed from the checkpoint's hyper-parameters."""
     import torch
+
     sig = inspect.signature(source_class.__init__)
     takes_all = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
     kwargs = {k: v for k, v in hyper_parameters.items() if takes_all or k in sig.parameters}
@@ -107,8 +119,9 @@ def build_meta(source_class, hyper_parameters: dict):
         with torch.device("meta"):
             return source_class(**kwargs)
     except Exception as e:  # the user's constructor
-        raise Torch2MLXError(f"{source_class.__name__}(**{kwargs}) failed on the meta device "
-                             f"({type(e).__name__}: {e})") from None
+        raise Torch2MLXError(
+            f"{source_class.__name__}(**{kwargs}) failed on the meta device ({type(e).__name__}: {e})"
+        ) from None
 
 
 def mlx_weights(specs, tensors: dict) -> dict:
@@ -117,6 +130,7 @@ def mlx_weights(specs, tensors: dict) -> dict:
     import numpy as np
     from ..core import rules
     from ..core.casts import to_f32
+
     out = {}
     for s in specs:
         try:

@@ -11,6 +11,7 @@ A checkpoint from inside an epoch continues with the batches not done yet, or, w
 ``from_checkpoint(..., mid_epoch="restart")``, as Lightning's ``ckpt_path`` resume does with
 a plain DataLoader (the data from its first batch, for the batches the epoch had left).
 """
+
 from __future__ import annotations
 
 import csv
@@ -26,9 +27,18 @@ from .source import normalize
 
 
 class MLXTrainer:
-    def __init__(self, max_epochs: int = 1, max_steps: int = -1, callbacks=None, log_every_n_steps: int = 50,
-                 enable_progress_bar: bool = True, default_root_dir=None, limit_train_batches: int | None = None,
-                 gradient_clip_val: float | None = None, gradient_clip_algorithm: str = "norm"):
+    def __init__(
+        self,
+        max_epochs: int = 1,
+        max_steps: int = -1,
+        callbacks=None,
+        log_every_n_steps: int = 50,
+        enable_progress_bar: bool = True,
+        default_root_dir=None,
+        limit_train_batches: int | None = None,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str = "norm",
+    ):
         if max_epochs < 1 and max_steps < 1:
             raise Torch2MLXError("give max_epochs >= 1 or max_steps >= 1")
         if gradient_clip_algorithm not in ("norm", "value"):
@@ -44,7 +54,7 @@ class MLXTrainer:
         self.current_epoch = 0
         self.should_stop = False
         self.callback_metrics: dict[str, float] = {}
-        self.history: list[dict] = []       # every logged row: step, epoch and the metrics
+        self.history: list[dict] = []  # every logged row: step, epoch and the metrics
         self.optimizer = None
         self.config = None
         self.scheduler_steps = 0
@@ -73,8 +83,10 @@ class MLXTrainer:
     # --- logging ------------------------------------------------------------------------------------------
 
     def _collect(self, model) -> dict:
-        got = {k: (float(v.item()) if isinstance(v, mx.array) else float(v), bar)
-               for k, (v, bar) in model._t2m_logged.items()}
+        got = {
+            k: (float(v.item()) if isinstance(v, mx.array) else float(v), bar)
+            for k, (v, bar) in model._t2m_logged.items()
+        }
         model._t2m_logged.clear()
         return got
 
@@ -109,7 +121,7 @@ class MLXTrainer:
         self.global_step = int(resume.get("global_step", 0))
         self.current_epoch = int(resume.get("epoch", 0))
         self.scheduler_steps = int(resume.get("scheduler_steps", self.config.start))
-        if "optimizer_state" in resume:         # an MLX checkpoint (MLXModule.resume_from)
+        if "optimizer_state" in resume:  # an MLX checkpoint (MLXModule.resume_from)
             self.optimizer.state = resume.pop("optimizer_state")
             model._t2m_resume.pop("optimizer_state", None)
         skip = int(resume.get("batches_done", 0))
@@ -128,8 +140,11 @@ class MLXTrainer:
             model.train()
             self._train_epoch(model, step_fn, train_dataloader, skip, restart)
             skip = 0
-            if self.config.schedule is not None and self.config.interval == "epoch" \
-                    and (self.current_epoch + 1) % self.config.frequency == 0:
+            if (
+                self.config.schedule is not None
+                and self.config.interval == "epoch"
+                and (self.current_epoch + 1) % self.config.frequency == 0
+            ):
                 self.scheduler_steps += 1
             self._callbacks("on_train_epoch_end", model)
             if val_dataloader is not None:
@@ -140,8 +155,16 @@ class MLXTrainer:
                 break
         self._callbacks("on_fit_end", model)
         # A later fit of this model continues from here, not from where its checkpoint stopped.
-        object.__setattr__(model, "_t2m_resume", {"global_step": self.global_step, "epoch": self.current_epoch,
-                                                  "batches_done": 0, "scheduler_steps": self.scheduler_steps})
+        object.__setattr__(
+            model,
+            "_t2m_resume",
+            {
+                "global_step": self.global_step,
+                "epoch": self.current_epoch,
+                "batches_done": 0,
+                "scheduler_steps": self.scheduler_steps,
+            },
+        )
         return self
 
     def _clip(self, grads):
@@ -150,8 +173,10 @@ class MLXTrainer:
             return grads
         if self.gradient_clip_algorithm == "norm":
             import mlx.optimizers as optim
+
             return optim.clip_grad_norm(grads, self.gradient_clip_val)[0]
         from mlx.utils import tree_map
+
         v = self.gradient_clip_val
         return tree_map(lambda g: mx.clip(g, -v, v), grads)
 
@@ -181,6 +206,7 @@ class MLXTrainer:
         batches = self._batches(loader, skip, restart)
         if self.enable_progress_bar:
             from tqdm.auto import tqdm
+
             total = len(loader) if hasattr(loader, "__len__") else None
             bar = tqdm(batches, total=total, initial=skip, desc=f"epoch {self.current_epoch}", leave=False)
             batches = bar
@@ -190,19 +216,31 @@ class MLXTrainer:
                     self._apply_schedule()
                 loss, grads = step_fn(to_mlx(batch), batch_idx)
                 self.optimizer.update(model, self._clip(grads))
-                mx.eval(model.parameters(), self.optimizer.state, loss,
-                        [v for v, _ in model._t2m_logged.values() if isinstance(v, mx.array)])
+                mx.eval(
+                    model.parameters(),
+                    self.optimizer.state,
+                    loss,
+                    [v for v, _ in model._t2m_logged.values() if isinstance(v, mx.array)],
+                )
                 self.global_step += 1
                 # Lightning counts the frequency by the batch index inside the epoch, not the global step
-                if self.config.schedule is not None and self.config.interval == "step" \
-                        and (batch_idx + 1) % self.config.frequency == 0:
+                if (
+                    self.config.schedule is not None
+                    and self.config.interval == "step"
+                    and (batch_idx + 1) % self.config.frequency == 0
+                ):
                     self.scheduler_steps += 1
                 logged = self._collect(model)
                 logged.setdefault("train_loss", (float(loss.item()), True))
                 self.callback_metrics.update({k: v for k, (v, _) in logged.items()})
                 if self.global_step % self.log_every_n_steps == 0:
-                    self._record({"step": self.global_step, "epoch": self.current_epoch,
-                                  **{k: v for k, (v, _) in logged.items()}})
+                    self._record(
+                        {
+                            "step": self.global_step,
+                            "epoch": self.current_epoch,
+                            **{k: v for k, (v, _) in logged.items()},
+                        }
+                    )
                 if bar is not None:
                     bar.set_postfix({k: f"{v:.4g}" for k, (v, shown) in logged.items() if shown}, refresh=False)
                 if self._steps_done():

@@ -4,6 +4,7 @@
 the model's state dict, the analyzer's exact rules, the stream's plan and executor);
 ``load_converted`` reads the result as MLX arrays; ``to_torch`` undoes names and layouts.
 """
+
 from .convert import convert
 from .export import export
 from .load import load_converted, to_nested

@@ -7,6 +7,7 @@ plan and executor write the output. A path ending in ``.safetensors`` gets
 one file; any other path is a directory with shards, index and manifest,
 exactly as ``t2mlx stream`` writes it.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,15 +33,31 @@ def source_of(x, *, analyze: bool = True, key: str | None = None):
         if not analyze:
             return label, ck, None
         from ..analysis.stream_inputs import module_inputs
+
         return label, ck, module_inputs(ck, x)
     return "<state dict>", memory_checkpoint(x), None
 
 
-def convert(model_or_state_dict, path, *, dtype: str = "keep", rules=(), specs=None, analyze: bool = True,
-            strip_prefix=(), exclude=(), max_shard_size="5GB", q_bits: int | None = None,
-            q_group_size: int | None = None, q_recipe: str | None = None, key: str | None = None,
-            overwrite: bool = False, resume: bool = False, progress: bool = False,
-            workers: int | None = None) -> Result:
+def convert(
+    model_or_state_dict,
+    path,
+    *,
+    dtype: str = "keep",
+    rules=(),
+    specs=None,
+    analyze: bool = True,
+    strip_prefix=(),
+    exclude=(),
+    max_shard_size="5GB",
+    q_bits: int | None = None,
+    q_group_size: int | None = None,
+    q_recipe: str | None = None,
+    key: str | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = False,
+    workers: int | None = None,
+) -> Result:
     """Write MLX-named, MLX-layout weights of ``model_or_state_dict`` to ``path``.
 
     - an ``nn.Module`` (torch.compile'd or not): rules and names from the registry through
@@ -62,16 +79,26 @@ def convert(model_or_state_dict, path, *, dtype: str = "keep", rules=(), specs=N
     label, ck, inputs = source_of(model_or_state_dict, analyze=analyze and specs is None, key=key)
     if specs is not None:
         from ..analysis.stream_inputs import StreamInputs
+
         inputs = StreamInputs(specs=list(specs))
     one_file = path.endswith(".safetensors")
-    opts = Options.make(dtype=dtype, strip_prefix=strip_prefix, exclude=exclude, rules=rules, q_bits=q_bits,
-                        q_group_size=q_group_size, q_recipe=q_recipe, key=key,
-                        max_shard_size=_ONE_SHARD if one_file else max_shard_size)
+    opts = Options.make(
+        dtype=dtype,
+        strip_prefix=strip_prefix,
+        exclude=exclude,
+        rules=rules,
+        q_bits=q_bits,
+        q_group_size=q_group_size,
+        q_recipe=q_recipe,
+        key=key,
+        max_shard_size=_ONE_SHARD if one_file else max_shard_size,
+    )
     # no analyzer result: a path's own config.json (if analyze), an in-memory source's shapes
     model = inputs if inputs is not None else (None if analyze and ck.format != "memory" else False)
     if not one_file:
-        return stream_convert(ck, path, opts, model=model, overwrite=overwrite, resume=resume, progress=progress,
-                              workers=workers)
+        return stream_convert(
+            ck, path, opts, model=model, overwrite=overwrite, resume=resume, progress=progress, workers=workers
+        )
     if resume:
         raise Torch2MLXError(f"{path}: resume=True applies to a directory; one .safetensors file is written whole")
     _, plan = plan_source(ck, opts, model=model)
@@ -83,6 +110,7 @@ def _write_one_file(res: Result, path: str, progress: bool, workers) -> Result:
     import time
     from ..stream.data import DataReader
     from ..stream.execute import Executor
+
     _check_target(path, res.checkpoint)
     (shard,) = res.plan.shards
     shard.file = os.path.basename(path)

@@ -12,6 +12,7 @@ the ones to ship, and the first eval forward usually follows loading or
 training. ``torch.save(model.state_dict(), ...)`` cannot be hooked (the state
 dict is a plain dict), so saving is not a trigger; call ``export_mlx()`` next to it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -44,11 +45,13 @@ def export(model_or_path, path=None, *, on_forward="eval", **options):
 
 def _run(model, path, options):
     from .convert import convert
+
     return convert(model, path, **{"overwrite": True, **options})
 
 
 def _decorate(cls, *, path: str, on_forward, options: dict):
     import torch
+
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
         raise Torch2MLXError(f"@torch2mlx.export decorates nn.Module classes, not {cls!r}")
     forward = cls.forward
@@ -65,8 +68,11 @@ def _decorate(cls, *, path: str, on_forward, options: dict):
     def wrapped(self, *args, **kwargs):
         out = forward(self, *args, **kwargs)
         # After the pass: a lazy layer's weights exist only once it has run.
-        if (on_forward is not None and not getattr(self, "_torch2mlx_exported", False)
-                and (on_forward == "always" or not self.training)):
+        if (
+            on_forward is not None
+            and not getattr(self, "_torch2mlx_exported", False)
+            and (on_forward == "always" or not self.training)
+        ):
             export_outside_graph(self)
         return out
 

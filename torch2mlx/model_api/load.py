@@ -1,4 +1,5 @@
 """Read converted weights back as MLX arrays, flat (for ``load_weights``) or nested (for ``update``)."""
+
 from __future__ import annotations
 
 import json
@@ -38,6 +39,7 @@ def load_converted(path, *, prefix: str = "", nested: bool = False) -> dict:
     takes (see ``to_nested``).
     """
     import mlx.core as mx
+
     path = os.fspath(path)
     weights: dict = {}
     for f in _shards(path):
@@ -57,4 +59,5 @@ def to_nested(flat: dict):
     Integer components become list indices, as ``mlx.utils.tree_unflatten`` makes them.
     """
     from mlx.utils import tree_unflatten
+
     return tree_unflatten(list(flat.items()))

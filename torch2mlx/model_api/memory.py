@@ -7,6 +7,7 @@ their entries record strides, so the executor copies one block at a time
 instead of the whole tensor per block. MLX arrays (the input of ``to_torch``)
 are copied once, as ``numpy.array`` does.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -27,10 +28,12 @@ def is_module(x) -> bool:
 
 def _from_torch(name: str, t) -> tuple[DType, np.ndarray]:
     import torch
+
     t = t.detach()
     if t.device.type == "meta":
-        raise Torch2MLXError(f"{name}: a tensor on the meta device has no values to convert "
-                             "(load or initialize the weights first)")
+        raise Torch2MLXError(
+            f"{name}: a tensor on the meta device has no values to convert (load or initialize the weights first)"
+        )
     if t.layout != torch.strided:
         raise Torch2MLXError(f"{name}: {t.layout} tensors are not supported (convert to dense first)")
     if t.device.type != "cpu":
@@ -39,13 +42,14 @@ def _from_torch(name: str, t) -> tuple[DType, np.ndarray]:
     if dt is None:
         raise Torch2MLXError(f"{name}: dtype {t.dtype} has no MLX counterpart")
     t = t.resolve_conj().resolve_neg()
-    if not dt.exact_numpy:   # bfloat16 / float8: the same bytes as unsigned words
+    if not dt.exact_numpy:  # bfloat16 / float8: the same bytes as unsigned words
         t = t.view(torch.uint16 if dt.itemsize == 2 else torch.uint8)
     return dt, t.numpy()
 
 
 def _from_mlx(name: str, a) -> tuple[DType, np.ndarray]:
     import mlx.core as mx
+
     dt = dtypes.by_name(str(a.dtype).removeprefix("mlx.core."))
     if dt is None:
         raise Torch2MLXError(f"{name}: MLX dtype {a.dtype} is not supported")
@@ -82,7 +86,7 @@ def _entry(name: str, dt: DType, arr: np.ndarray) -> TensorEntry:
         strides = tuple(s // arr.itemsize for s in arr.strides)
         if strides == contiguous_strides(shape):
             strides = None
-    elif not arr.flags.c_contiguous:   # negative or odd strides: numpy may hand us those; make them plain
+    elif not arr.flags.c_contiguous:  # negative or odd strides: numpy may hand us those; make them plain
         arr = np.ascontiguousarray(arr)
     return TensorEntry(name, dt, shape, strides=strides, array=arr, origin=f"<memory>:{name}")
 

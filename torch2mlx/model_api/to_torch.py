@@ -6,6 +6,7 @@ manifest or ``Result``). ``stream.reverse_plan`` -- the plan ``stream.to_torch``
 to disk -- inverts them, dequantizes and restores dtypes; here its ops are computed in
 memory, so bfloat16 stays bit-exact and sums are split the way ``torch2mlx.core.reverse`` documents.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,16 +41,19 @@ def _rules(model_or_rules, path: str | None) -> tuple[list[RuleSpec] | None, dic
     """
     if is_module(model_or_rules):
         from ..analysis.stream_inputs import module_inputs
+
         state = model_or_rules.state_dict()
         got = module_inputs(_names_only(state), model_or_rules)
         return _inverted(got.specs or []), dict(got.drop), state, None
     if model_or_rules is None:
         if not path or not os.path.isfile(manifest.path(path)):
-            raise Torch2MLXError("to_torch needs the torch model (or its rules) unless the source is a "
-                                 f"conversion directory with {manifest.NAME}")
+            raise Torch2MLXError(
+                "to_torch needs the torch model (or its rules) unless the source is a "
+                f"conversion directory with {manifest.NAME}"
+            )
         return None, {}, None, None
     plan = getattr(model_or_rules, "plan", None)
-    if plan is not None:   # a conversion's Result: its records, as its manifest holds them
+    if plan is not None:  # a conversion's Result: its records, as its manifest holds them
         dropped = [{"source": n, "why": w} for n, w in plan.dropped]
         return None, {}, None, manifest.Manifest(tensors=plan.tensor_records(), dropped=dropped)
     specs = list(model_or_rules)
@@ -66,6 +70,7 @@ def _inverted(forward: list[RuleSpec]) -> list[RuleSpec]:
 
 def _to_tensor(arr, dt):
     import torch
+
     t = torch.from_numpy(arr)
     return t if dt.exact_numpy else t.view(getattr(torch, dt.name))
 
@@ -88,14 +93,23 @@ def to_torch(path_or_dict, model_or_rules=None, *, strict: bool = True, dtype: s
     from ..stream.execute import compute_block
     from ..stream.options import Options
     from ..stream.reverse_plan import prepare
+
     path = os.fspath(path_or_dict) if isinstance(path_or_dict, (str, os.PathLike)) else None
     ck = open_checkpoint(path) if path is not None else memory_checkpoint(path_or_dict, "<MLX weights>")
     back, dropped, state, conversion = _rules(model_or_rules, path)
     out = {}
     with DataReader() as reader:
         # fmt "bin": a torch tensor holds every torch dtype, as a pickle does (safetensors lacks some)
-        rp = prepare(ck, Options.make(dtype=dtype), reader, specs=back, use_model=False, conversion=conversion,
-                     strict=strict, fmt="bin")
+        rp = prepare(
+            ck,
+            Options.make(dtype=dtype),
+            reader,
+            specs=back,
+            use_model=False,
+            conversion=conversion,
+            strict=strict,
+            fmt="bin",
+        )
         if not rp.plan.ops:
             raise Torch2MLXError("no tensors to convert back (the rules are empty)")
         for op in rp.plan.ops:
@@ -113,4 +127,5 @@ def to_torch(path_or_dict, model_or_rules=None, *, strict: bool = True, dtype: s
 
 def _zeros_like(t):
     import torch
+
     return torch.zeros(t.shape, dtype=t.dtype)

@@ -1,4 +1,5 @@
 """Fine-tune a converted classifier in MLX: cross-entropy, AdamW, optionally only some submodules."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,11 +27,11 @@ class Wrapped(MLXModule):
 
 @dataclass
 class FineTuned:
-    model: object                  # the MLX model, trained in place
+    model: object  # the MLX model, trained in place
     trainer: MLXTrainer
     loss_before: float
     loss_after: float
-    trainable: int                 # parameters that were trained
+    trainable: int  # parameters that were trained
     notes: list = field(default_factory=list)
 
 
@@ -51,6 +52,7 @@ def mean_loss(model, data) -> float:
 def set_trainable(model, trainable) -> int:
     """Freeze ``model`` except the submodules named in ``trainable`` (dotted paths; None: train all)."""
     from mlx.utils import tree_flatten
+
     if trainable is not None:
         model.freeze()
         modules = dict(model.named_modules())
@@ -61,9 +63,19 @@ def set_trainable(model, trainable) -> int:
     return sum(a.size for _, a in tree_flatten(model.trainable_parameters()))
 
 
-def finetune_classifier(model, train_data, val_data=None, *, epochs: int = 3, learning_rate: float = 1e-3,
-                        weight_decay: float = 0.01, optimizer=None, trainable=None, callbacks=(),
-                        progress: bool = False) -> FineTuned:
+def finetune_classifier(
+    model,
+    train_data,
+    val_data=None,
+    *,
+    epochs: int = 3,
+    learning_rate: float = 1e-3,
+    weight_decay: float = 0.01,
+    optimizer=None,
+    trainable=None,
+    callbacks=(),
+    progress: bool = False,
+) -> FineTuned:
     """Fine-tune an MLX classifier (e.g. a template holding converted torch weights) on new labels.
 
     ``train_data`` / ``val_data``: torch DataLoaders or iterables of ``(inputs, integer labels)``.

@@ -7,6 +7,7 @@ training starts from the converted model's exact outputs. ``merge_lora`` folds
 merged model has the original names and shapes, so ``torch2mlx.to_torch`` takes it
 back to the torch model.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,8 +64,14 @@ def _replace(model, pick) -> int:
 def apply_lora(model, targets=ATTENTION, rank: int = 8, alpha: float = 16.0, seed: int = 0) -> int:
     """Wrap every ``nn.Linear`` attribute named in ``targets`` with a LoRALinear; returns how many."""
     counter = iter(range(1 << 30))
-    n = _replace(model, lambda key, child: LoRALinear(child, rank, alpha, seed + next(counter))
-                 if key in targets and isinstance(child, nn.Linear) else None)
+    n = _replace(
+        model,
+        lambda key, child: (
+            LoRALinear(child, rank, alpha, seed + next(counter))
+            if key in targets and isinstance(child, nn.Linear)
+            else None
+        ),
+    )
     if not n:
         raise Torch2MLXError(f"no nn.Linear named {', '.join(targets)} in the model to adapt")
     return n
@@ -77,9 +84,20 @@ def merge_lora(model) -> int:
     return n
 
 
-def lora_finetune(model, train_data, val_data=None, *, targets=ATTENTION, rank: int = 8, alpha: float = 16.0,
-                  also_train=(), epochs: int = 3, learning_rate: float = 1e-3, merge: bool = True,
-                  progress: bool = False) -> FineTuned:
+def lora_finetune(
+    model,
+    train_data,
+    val_data=None,
+    *,
+    targets=ATTENTION,
+    rank: int = 8,
+    alpha: float = 16.0,
+    also_train=(),
+    epochs: int = 3,
+    learning_rate: float = 1e-3,
+    merge: bool = True,
+    progress: bool = False,
+) -> FineTuned:
     """Adapt ``targets`` with LoRA, train the adapters (and ``also_train`` submodules, e.g. a new head),
     then merge (``merge=False`` keeps the adapters). The rest of the model stays frozen."""
     adapted = apply_lora(model, targets, rank, alpha)
@@ -93,8 +111,16 @@ def lora_finetune(model, train_data, val_data=None, *, targets=ATTENTION, rank: 
             raise Torch2MLXError(f"no submodule {path!r} to train")
         modules[path].unfreeze()
     # finetune_classifier must keep this selection: trainable=None leaves freezing as it is
-    result = finetune_classifier(model, train_data, val_data, epochs=epochs, learning_rate=learning_rate,
-                                 weight_decay=0.0, trainable=None, progress=progress)
+    result = finetune_classifier(
+        model,
+        train_data,
+        val_data,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        weight_decay=0.0,
+        trainable=None,
+        progress=progress,
+    )
     result.notes.append(f"{adapted} projection(s) adapted with rank {rank}")
     if merge:
         merge_lora(model)

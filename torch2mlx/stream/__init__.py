@@ -13,6 +13,7 @@ rules (``model="pkg.mod:Class"``, or a directory with a config.json when torch a
 installed and no cached analysis matches); ``model=False`` never does.
 ShardWriter.add imports torch only for a torch tensor it is handed.
 """
+
 from .checkpoint import Checkpoint, open_checkpoint as open  # noqa: A001  (mirrors builtins.open on purpose)
 from .convert import convert
 from .result import Result
@@ -24,5 +25,17 @@ from .plan import Plan
 from .planner import build as build_plan
 from .writers.incremental import ShardWriter
 
-__all__ = ["open", "convert", "to_torch", "Checkpoint", "TensorEntry", "Result", "Options", "parse_size",
-           "Plan", "RuleSpec", "build_plan", "ShardWriter"]
+__all__ = [
+    "open",
+    "convert",
+    "to_torch",
+    "Checkpoint",
+    "TensorEntry",
+    "Result",
+    "Options",
+    "parse_size",
+    "Plan",
+    "RuleSpec",
+    "build_plan",
+    "ShardWriter",
+]

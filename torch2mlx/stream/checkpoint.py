@@ -1,4 +1,5 @@
 """Open a checkpoint file or directory: the list of tensor entries, with no tensor data read."""
+
 from __future__ import annotations
 
 import json
@@ -12,12 +13,12 @@ from ..formats import npz, pickled, safetensors, unpickler, zarr_store
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 WEIGHT_SUFFIXES = (".safetensors", ".npz") + PICKLE_SUFFIXES
-FORMATS_READ = ", ".join(WEIGHT_SUFFIXES) + ", a zarr store"   # for errors and --help
+FORMATS_READ = ", ".join(WEIGHT_SUFFIXES) + ", a zarr store"  # for errors and --help
 # Files in model directories that hold training state, not weights.
 NOT_WEIGHTS = ("optimizer.pt", "scheduler.pt", "training_args.bin", "rng_state.pth", "scaler.pt")
 SIDECAR_SUFFIXES = (".json", ".txt", ".model", ".py", ".jinja", ".tiktoken", ".md")
 OUR_FILES = (NAME,)
-MAX_JSON = 100 * 1024 * 1024   # index and config files; the index of a 1T-parameter model is a few MB
+MAX_JSON = 100 * 1024 * 1024  # index and config files; the index of a 1T-parameter model is a few MB
 
 
 @dataclass
@@ -32,7 +33,7 @@ class Checkpoint:
     notes: list[str] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
     config: dict | None = None
-    layout: str = "torch"     # "mlx" when the source is already in MLX layout (mx.savez, format=mlx shards)
+    layout: str = "torch"  # "mlx" when the source is already in MLX layout (mx.savez, format=mlx shards)
     # Pickles: the key path the weights were taken from ("" the whole object), recorded in the
     # manifest so verify and --resume read the same tensors. None for formats without nesting.
     key: str | None = None
@@ -52,10 +53,14 @@ class Checkpoint:
     def __repr__(self) -> str:
         # The dataclass repr would print every entry and the whole config: unreadable for a real model.
         from .report import human_bytes
+
         size = human_bytes(self.nbytes) + (f" ({self.nbytes:,} bytes)" if self.nbytes >= 1024 else "")
-        return (f"<Checkpoint {self.path!r}: {self.format}, {len(self.entries)} tensors, {size} in "
-                f"{_count(self.files, 'file')}" + (f", {_count(self.sidecars, 'sidecar file')}" if self.sidecars
-                                                  else "") + ">")
+        return (
+            f"<Checkpoint {self.path!r}: {self.format}, {len(self.entries)} tensors, {size} in "
+            f"{_count(self.files, 'file')}"
+            + (f", {_count(self.sidecars, 'sidecar file')}" if self.sidecars else "")
+            + ">"
+        )
 
     def tensors(self, upcast: bool = False):
         """Yield ``(name, mx.array)`` one tensor at a time, holding the tensor's values.
@@ -65,6 +70,7 @@ class Checkpoint:
         """
         from .data import DataReader
         from .values import to_mx
+
         with DataReader() as reader:
             for e in self.entries:
                 yield e.name, to_mx(reader.read_all(e), e.dtype, upcast)
@@ -86,8 +92,7 @@ def _file_format(path: str) -> str:
         head = f.read(8)
     if head[:4] == b"PK\x03\x04" or (len(head) >= 2 and head[0] == 0x80):
         return "pickle"
-    raise CheckpointError(path, f"unknown checkpoint format (torch2mlx reads {FORMATS_READ}, "
-                                "or a directory of these)")
+    raise CheckpointError(path, f"unknown checkpoint format (torch2mlx reads {FORMATS_READ}, or a directory of these)")
 
 
 def _read_file(path: str, key: str | None) -> tuple[list[TensorEntry], list[str], dict, str, str | None]:
@@ -156,11 +161,20 @@ def _weight_files(d: str, names: list[str], notes: list[str]) -> list[str]:
 def _note_ignored(d: str, names: list[str], files: list[str], index_path: str | None, notes: list[str]) -> None:
     """Say which set of weights was chosen when the directory holds another (transformers prefers safetensors)."""
     used = set(files) | ({os.path.basename(index_path)} if index_path else set())
-    other = sorted(n for n in names if n not in used and n not in NOT_WEIGHTS
-                   and (n.endswith(WEIGHT_SUFFIXES) or n.endswith(".index.json")))
+    other = sorted(
+        n
+        for n in names
+        if n not in used and n not in NOT_WEIGHTS and (n.endswith(WEIGHT_SUFFIXES) or n.endswith(".index.json"))
+    )
     if other:
-        kind = "+".join(sorted({"safetensors" if f.endswith(".safetensors") else "npz" if f.endswith(".npz")
-                                else "pickle" for f in files}))
+        kind = "+".join(
+            sorted(
+                {
+                    "safetensors" if f.endswith(".safetensors") else "npz" if f.endswith(".npz") else "pickle"
+                    for f in files
+                }
+            )
+        )
         shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
         notes.append(f"{d}: reading the {kind} weights ({len(files)} file(s)); ignored {shown}")
 
@@ -196,8 +210,7 @@ def _open(path: str, key: str | None) -> Checkpoint:
         raise Torch2MLXError(f"{path}: no such file or directory")
     if os.path.isdir(path) and zarr_store.is_zarr(path):
         entries, notes, attrs = zarr_store.read_entries(path)
-        ck = Checkpoint(path, entries, [], "zarr", notes=notes, metadata=attrs,
-                        layout=_layout("zarr", attrs))
+        ck = Checkpoint(path, entries, [], "zarr", notes=notes, metadata=attrs, layout=_layout("zarr", attrs))
         _check_names(ck)
         return ck
     if os.path.isfile(path):
@@ -210,10 +223,22 @@ def _open(path: str, key: str | None) -> Checkpoint:
             names = sorted(n for n in os.listdir(d) if os.path.isfile(os.path.join(d, n)))
             sidecars, config = _sidecars_and_config(d, names, {os.path.basename(path)}, notes)
             if sidecars:
-                notes.append(f"{d}: a single file in a model directory; its sidecars come along "
-                             f"({', '.join(os.path.basename(x) for x in sidecars)})")
-        ck = Checkpoint(path, entries, [path], fmt, sidecars=sidecars, notes=notes, metadata=meta, config=config,
-                        layout=_layout(fmt, meta), key=key_path)
+                notes.append(
+                    f"{d}: a single file in a model directory; its sidecars come along "
+                    f"({', '.join(os.path.basename(x) for x in sidecars)})"
+                )
+        ck = Checkpoint(
+            path,
+            entries,
+            [path],
+            fmt,
+            sidecars=sidecars,
+            notes=notes,
+            metadata=meta,
+            config=config,
+            layout=_layout(fmt, meta),
+            key=key_path,
+        )
         _check_names(ck)
         return ck
     if not os.path.isdir(path):
@@ -234,8 +259,9 @@ def _open(path: str, key: str | None) -> Checkpoint:
         files = _weight_files(path, names, notes)
         _note_ignored(path, names, files, None, notes)
         if not files:
-            raise CheckpointError(path, f"directory holds no weight files (torch2mlx reads {', '.join(WEIGHT_SUFFIXES)}"
-                                        ", or a zarr store)")
+            raise CheckpointError(
+                path, f"directory holds no weight files (torch2mlx reads {', '.join(WEIGHT_SUFFIXES)}, or a zarr store)"
+            )
     entries: list[TensorEntry] = []
     meta: dict = {}
     fmts = set()
@@ -253,26 +279,42 @@ def _open(path: str, key: str | None) -> Checkpoint:
                 raise CheckpointError(index_path, f"says {missing[0]!r} is in {f}, but that file does not hold it")
             extra = sorted(have - listed)
             if extra:
-                notes.append(f"{fp}: {len(extra)} tensor(s) not listed in the index (e.g. {extra[0]!r}); converted anyway")
+                notes.append(
+                    f"{fp}: {len(extra)} tensor(s) not listed in the index (e.g. {extra[0]!r}); converted anyway"
+                )
         entries += e
         notes += n
         meta.update(m)
     used = set(files) | ({os.path.basename(index_path)} if index_path else set())
     sidecars, config = _sidecars_and_config(path, names, used, notes)
-    ck = Checkpoint(path, entries, [os.path.join(path, f) for f in files], "+".join(sorted(fmts)),
-                    sidecars=sidecars, notes=notes, metadata=meta, config=config,
-                    layout=_layout("+".join(sorted(fmts)), meta),
-                    key=key_paths.pop() if len(key_paths - {None}) == 1 and len(key_paths) == 1 else None)
+    ck = Checkpoint(
+        path,
+        entries,
+        [os.path.join(path, f) for f in files],
+        "+".join(sorted(fmts)),
+        sidecars=sidecars,
+        notes=notes,
+        metadata=meta,
+        config=config,
+        layout=_layout("+".join(sorted(fmts)), meta),
+        key=key_paths.pop() if len(key_paths - {None}) == 1 and len(key_paths) == 1 else None,
+    )
     _check_names(ck)
     return ck
 
 
 def _sidecars_and_config(d: str, names: list[str], used: set[str], notes: list[str]) -> tuple[list[str], dict | None]:
     """The files of directory ``d`` that go along with its weights (config, tokenizer, ...) and config.json's value."""
-    sidecars = [os.path.join(d, n) for n in names
-                if n not in used and not n.endswith(WEIGHT_SUFFIXES) and not n.endswith(".index.json")
-                and n not in OUR_FILES and not n.startswith(".")
-                and (n.endswith(SIDECAR_SUFFIXES) or n.startswith("tokenizer"))]
+    sidecars = [
+        os.path.join(d, n)
+        for n in names
+        if n not in used
+        and not n.endswith(WEIGHT_SUFFIXES)
+        and not n.endswith(".index.json")
+        and n not in OUR_FILES
+        and not n.startswith(".")
+        and (n.endswith(SIDECAR_SUFFIXES) or n.startswith("tokenizer"))
+    ]
     config = None
     if "config.json" in names:
         try:

@@ -6,6 +6,7 @@ float8), little-endian. Contiguous row slices are one ``preadv`` each;
 strided views map only the storage region they touch and unmap it right after,
 so resident memory is bounded by the block, not by the file.
 """
+
 from __future__ import annotations
 
 import mmap
@@ -118,7 +119,9 @@ class DataReader:
         mm = mmap.mmap(fd, last - base, access=mmap.ACCESS_READ, offset=base)
         try:
             flat = np.frombuffer(mm, dtype=carrier, offset=first - base, count=(last - first) // item)
-            view = np.lib.stride_tricks.as_strided(flat, shape=sub, strides=[s * item for s in strides], writeable=False)
+            view = np.lib.stride_tricks.as_strided(
+                flat, shape=sub, strides=[s * item for s in strides], writeable=False
+            )
             out = np.ascontiguousarray(view)
             del view, flat
         finally:
@@ -132,11 +135,11 @@ class DataReader:
         """Elements ``[start, stop)`` of a contiguous tensor in memory order."""
         if entry.array is not None:
             return np.ascontiguousarray(entry.array.reshape(-1)[start:stop])
-        if entry.loader is not None:   # a chunked store: the rows that hold the range
+        if entry.loader is not None:  # a chunked store: the rows that hold the range
             row = max(1, entry.numel // entry.shape[0]) if entry.shape and entry.shape[0] else 1
             first = start // row
             rows = self.read_rows(entry, first, -(-stop // row)) if entry.shape else self.read_all(entry)
-            return np.ascontiguousarray(rows.reshape(-1)[start - first * row: stop - first * row])
+            return np.ascontiguousarray(rows.reshape(-1)[start - first * row : stop - first * row])
         out = np.empty(stop - start, dtype=entry.dtype.np_dtype)
         if out.nbytes:
             pread_into(self.fd(entry.path), out, entry.offset + start * entry.dtype.itemsize, entry.path)

@@ -12,6 +12,7 @@ Only the last axis is packed, so a slice along any other axis is the same
 slice of the three stored tensors; a slice of the last axis is widened to whole
 quantization groups, dequantized, and cut.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -57,13 +58,13 @@ class DequantRows:
         if axis % len(q.shape) != last:
             parts = [self.reader.read_rows(e, start, stop, axis) for e in (q.weight, q.scales, q.biases)]
             return self._dequantize(*parts)
-        gs, words = q.group_size, q.group_size * q.bits // 32   # a group is a whole number of words
+        gs, words = q.group_size, q.group_size * q.bits // 32  # a group is a whole number of words
         g0, g1 = start // gs, -(-stop // gs)
         packed = self.reader.read_rows(q.weight, g0 * words, g1 * words, last)
         scales = self.reader.read_rows(q.scales, g0, g1, last)
         biases = self.reader.read_rows(q.biases, g0, g1, last)
         lo = start - g0 * gs
-        return np.ascontiguousarray(self._dequantize(packed, scales, biases)[..., lo:lo + stop - start])
+        return np.ascontiguousarray(self._dequantize(packed, scales, biases)[..., lo : lo + stop - start])
 
     def _dequantize(self, packed: np.ndarray, scales: np.ndarray, biases: np.ndarray) -> np.ndarray:
         q = self.q
@@ -72,8 +73,9 @@ class DequantRows:
         out = np.empty((packed.shape[0], k), q.scales.dtype.np_dtype)
         step = max(1, _STEP_ELEMENTS // max(k, 1))
         for r in range(0, out.shape[0], step):
-            out[r:r + step] = quant.dequantize(packed[r:r + step], scales[r:r + step], biases[r:r + step],
-                                               q.bits, q.group_size, q.scales.dtype)
+            out[r : r + step] = quant.dequantize(
+                packed[r : r + step], scales[r : r + step], biases[r : r + step], q.bits, q.group_size, q.scales.dtype
+            )
         return out.reshape(lead + (k,))
 
 
@@ -91,8 +93,9 @@ def find(entries: list[TensorEntry]) -> dict[str, tuple[TensorEntry, TensorEntry
     return found
 
 
-def check(base: str, w: TensorEntry, s: TensorEntry, b: TensorEntry | None, bits: int, group_size: int,
-          mode: str = "affine") -> Quantized:
+def check(
+    base: str, w: TensorEntry, s: TensorEntry, b: TensorEntry | None, bits: int, group_size: int, mode: str = "affine"
+) -> Quantized:
     """The stored triple as a ``Quantized``, or an error naming what does not fit."""
     if mode != "affine":
         raise Torch2MLXError(f"{base}: quantization mode {mode!r} cannot be undone (only affine)")
@@ -101,11 +104,17 @@ def check(base: str, w: TensorEntry, s: TensorEntry, b: TensorEntry | None, bits
     if bits not in quant.BITS or group_size not in quant.GROUP_SIZES:
         raise Torch2MLXError(f"{base}: bits={bits}, group_size={group_size} is not an MLX affine quantization")
     if s.dtype.name not in quant.SCALE_DTYPES or b.dtype != s.dtype or b.shape != s.shape:
-        raise CheckpointError(w.origin, f"{base}: scales {s.dtype.name}{list(s.shape)} and biases "
-                                        f"{b.dtype.name}{list(b.shape)} must share a float dtype and shape")
+        raise CheckpointError(
+            w.origin,
+            f"{base}: scales {s.dtype.name}{list(s.shape)} and biases "
+            f"{b.dtype.name}{list(b.shape)} must share a float dtype and shape",
+        )
     if len(w.shape) < 2 or w.shape[:-1] != s.shape[:-1] or w.shape[-1] * 32 != s.shape[-1] * group_size * bits:
-        raise CheckpointError(w.origin, f"{base}: packed weight {list(w.shape)} does not hold {list(s.shape)} groups "
-                                        f"of {group_size} {bits}-bit codes")
+        raise CheckpointError(
+            w.origin,
+            f"{base}: packed weight {list(w.shape)} does not hold {list(s.shape)} groups "
+            f"of {group_size} {bits}-bit codes",
+        )
     return Quantized(w, s, b, bits, group_size)
 
 
@@ -120,7 +129,14 @@ def view(ck: Checkpoint, quantized: dict[str, Quantized], reader: DataReader) ->
         q = parts.get(e.name)
         if q is not None:
             # path/offset of the packed codes keep the plan's file order (sequential reads)
-            e = TensorEntry(e.name, q.scales.dtype, q.shape, path=e.path, offset=e.offset,
-                            loader=DequantRows(q, reader), origin=e.origin)
+            e = TensorEntry(
+                e.name,
+                q.scales.dtype,
+                q.shape,
+                path=e.path,
+                offset=e.offset,
+                loader=DequantRows(q, reader),
+                origin=e.origin,
+            )
         entries.append(e)
     return replace(ck, entries=entries)

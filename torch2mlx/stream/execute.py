@@ -9,6 +9,7 @@ can follow the written prefix of each shard (sha256 is sequential) while
 the workers move on; a shard is fsynced and renamed into place as soon as
 its last byte is hashed.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,7 +40,7 @@ class ShardResult:
 @dataclass
 class _Task:
     op: Op
-    start: int      # rows (elements when flat, bytes when copying)
+    start: int  # rows (elements when flat, bytes when copying)
     stop: int
     copy: bool
     flat: bool = False
@@ -52,12 +53,16 @@ class _Copy:
     path: str
     src: int
     shard: int
-    dst: int            # absolute offset in the shard file
+    dst: int  # absolute offset in the shard file
     n: int
 
     def follows(self, other: "_Copy") -> bool:
-        return (other.path == self.path and other.shard == self.shard
-                and other.src + other.n == self.src and other.dst + other.n == self.dst)
+        return (
+            other.path == self.path
+            and other.shard == self.shard
+            and other.src + other.n == self.src
+            and other.dst + other.n == self.dst
+        )
 
 
 def _row_bytes(shape: tuple[int, ...], itemsize: int) -> int:
@@ -75,8 +80,12 @@ def plan_tasks(op: Op, chunk: int) -> list[_Task]:
     out = op.outputs[0]
     if not out.shape:
         return [_Task(op, 0, 1, False)]
-    flat = (rules.get(op.rule).elementwise and op.transform is None and len(out.shape) > 1
-            and all(e.contiguous and e.loader is None for e in op.sources))
+    flat = (
+        rules.get(op.rule).elementwise
+        and op.transform is None
+        and len(out.shape) > 1
+        and all(e.contiguous and e.loader is None for e in op.sources)
+    )
     if flat:
         rows, row = out.nbytes // out.dtype.itemsize, 1
     else:
@@ -84,7 +93,9 @@ def plan_tasks(op: Op, chunk: int) -> list[_Task]:
         row = max([1, _row_bytes(out.shape, 1)] + [_row_bytes(e.shape, 1) for e in op.sources])
     # Blocks pass through float32 on the way: budget 4 bytes an element, twice.
     per = max(1, chunk // (row * 8))
-    return [_Task(op, s, min(s + per, rows), False, flat) for s in range(0, rows, per)] or [_Task(op, 0, 0, False, flat)]
+    return [_Task(op, s, min(s + per, rows), False, flat) for s in range(0, rows, per)] or [
+        _Task(op, 0, 0, False, flat)
+    ]
 
 
 def batches(plan: Plan, ops: list[Op], chunk: int) -> list[list]:
@@ -99,8 +110,13 @@ def batches(plan: Plan, ops: list[Op], chunk: int) -> list[list]:
             src = op.sources[0]
             if t.copy and src.array is None:
                 out = op.outputs[0]
-                c = _Copy(src.path, src.offset + t.start, out.shard,
-                          len(plan.shards[out.shard].header) + out.offset + t.start, t.stop - t.start)
+                c = _Copy(
+                    src.path,
+                    src.offset + t.start,
+                    out.shard,
+                    len(plan.shards[out.shard].header) + out.offset + t.start,
+                    t.stop - t.start,
+                )
                 if units and isinstance(units[-1], _Copy) and c.follows(units[-1]) and units[-1].n + c.n <= 4 * chunk:
                     units[-1].n += c.n
                     continue
@@ -145,8 +161,10 @@ def compute_outputs(op: Op, reader: DataReader, start: int, stop: int, flat: boo
         start, stop = 0, 1
     else:
         shapes = [e.shape for e in op.sources]
-        blocks = [reader.read_rows(e, s, t, axis) if e.shape else reader.read_all(e)
-                  for e, (axis, s, t) in zip(op.sources, rule.source_slices(start, stop, shapes, op.args))]
+        blocks = [
+            reader.read_rows(e, s, t, axis) if e.shape else reader.read_all(e)
+            for e, (axis, s, t) in zip(op.sources, rule.source_slices(start, stop, shapes, op.args))
+        ]
     src = op.source_dtype
     if rule.arithmetic and not src.exact_numpy:
         # Sums and norms need values: bfloat16/float8 blocks arrive as raw bits.
@@ -187,8 +205,18 @@ def _yield_to_hasher() -> None:
 
 
 class Executor:
-    def __init__(self, plan: Plan, out_dir: str, *, reader: DataReader, workers: int | None = None,
-                 chunk: int = CHUNK, progress=None, drop_cache: bool = False, on_shard=None):
+    def __init__(
+        self,
+        plan: Plan,
+        out_dir: str,
+        *,
+        reader: DataReader,
+        workers: int | None = None,
+        chunk: int = CHUNK,
+        progress=None,
+        drop_cache: bool = False,
+        on_shard=None,
+    ):
         self.plan, self.out_dir, self.reader = plan, out_dir, reader
         self.on_shard = on_shard  # called with each ShardResult once the shard is in place
         self.workers = workers or min(4, (os.cpu_count() or 2) + 1)
@@ -197,7 +225,7 @@ class Executor:
         self._states: dict[int, _ShardState] = {}
         self._cond = threading.Condition()
         self._failed = False
-        self._unplaced: set[int] = set()   # shards of this run whose temporary is not yet renamed
+        self._unplaced: set[int] = set()  # shards of this run whose temporary is not yet renamed
         self.results: dict[int, ShardResult] = {}
 
     def _open_shard(self, i: int) -> None:
@@ -244,7 +272,7 @@ class Executor:
         if t.copy:  # an in-memory source: its bytes are already here
             out = op.outputs[0]
             at = len(self.plan.shards[out.shard].header) + out.offset + t.start
-            data = np.ascontiguousarray(op.sources[0].array).reshape(-1).view(np.uint8)[t.start:t.stop]
+            data = np.ascontiguousarray(op.sources[0].array).reshape(-1).view(np.uint8)[t.start : t.stop]
             pwrite_all(self._fds[out.shard], data, at)
             ranges.append((out.shard, at, at + data.nbytes))
             return data.nbytes
@@ -259,6 +287,7 @@ class Executor:
     def _hash_and_finish(self, indices: list[int]) -> None:
         """Follow each shard's written prefix with sha256; fsync and rename the shard once complete."""
         import hashlib
+
         buf = bytearray(HASH_CHUNK)
         view = memoryview(buf)
         for i in indices:
@@ -310,8 +339,10 @@ class Executor:
         """Write the given shards (default: all); returns their results in shard order."""
         indices = sorted(range(len(self.plan.shards)) if shard_indices is None else shard_indices)
         wanted = set(indices)
-        ops = sorted((op for op in self.plan.ops if op.outputs[0].shard in wanted),
-                     key=lambda op: (op.outputs[0].shard, op.outputs[0].offset))
+        ops = sorted(
+            (op for op in self.plan.ops if op.outputs[0].shard in wanted),
+            key=lambda op: (op.outputs[0].shard, op.outputs[0].offset),
+        )
         work = batches(self.plan, ops, self.chunk)
         hasher = ThreadPoolExecutor(1, thread_name_prefix="t2mlx-hash")
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="t2mlx-work", initializer=_yield_to_hasher)

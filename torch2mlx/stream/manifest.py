@@ -24,6 +24,7 @@ fields are None where the file has no such key (older manifests lack
 ``source_files``, ``plan_sha256``, ``complete``...); values are as the file
 has them, so each reader keeps its own checks.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,34 +42,52 @@ NAME = "torch2mlx.json"
 # on-disk key -> field; every other field has its key's name
 _FIELD = {"torch2mlx": "version"}
 _KEY = {v: k for k, v in _FIELD.items()}
-KEYS = ("torch2mlx", "source", "options", "format", "source_key", "source_layout", "compressor", "transform",
-        "tensors", "shards", "dropped", "warnings", "plan_sha256", "source_files", "complete", "to", "model",
-        "model_kwargs", "use_model")
+KEYS = (
+    "torch2mlx",
+    "source",
+    "options",
+    "format",
+    "source_key",
+    "source_layout",
+    "compressor",
+    "transform",
+    "tensors",
+    "shards",
+    "dropped",
+    "warnings",
+    "plan_sha256",
+    "source_files",
+    "complete",
+    "to",
+    "model",
+    "model_kwargs",
+    "use_model",
+)
 
 
 @dataclass
 class Manifest:
-    version: str | None = None           # the torch2mlx that wrote it
+    version: str | None = None  # the torch2mlx that wrote it
     source: str | None = None
-    options: dict | None = None          # Options.to_dict()
-    format: str | None = None            # zarr, or --to torch's safetensors/bin
-    source_key: str | None = None        # key path chosen inside a nested source
-    source_layout: str | None = None     # "mlx": the source was already MLX (its records say nothing of torch)
-    compressor: str | None = None        # zarr
-    transform: bool | None = None        # written through a user transform
-    tensors: dict | None = None          # output name -> record (absent while a run goes on)
-    shards: dict | None = None           # file -> {"bytes", "sha256"}
-    dropped: list | None = None          # [{"source", "why"}]
+    options: dict | None = None  # Options.to_dict()
+    format: str | None = None  # zarr, or --to torch's safetensors/bin
+    source_key: str | None = None  # key path chosen inside a nested source
+    source_layout: str | None = None  # "mlx": the source was already MLX (its records say nothing of torch)
+    compressor: str | None = None  # zarr
+    transform: bool | None = None  # written through a user transform
+    tensors: dict | None = None  # output name -> record (absent while a run goes on)
+    shards: dict | None = None  # file -> {"bytes", "sha256"}
+    dropped: list | None = None  # [{"source", "why"}]
     warnings: list | None = None
-    plan_sha256: str | None = None       # resume.fingerprint of the plan
-    source_files: dict | None = None     # resume.source_identity
-    complete: bool | None = None         # False while a run goes on
-    to: str | None = None                # "torch" for --to torch
-    model: object = None                 # --to torch: the model it was given
+    plan_sha256: str | None = None  # resume.fingerprint of the plan
+    source_files: dict | None = None  # resume.source_identity
+    complete: bool | None = None  # False while a run goes on
+    to: str | None = None  # "torch" for --to torch
+    model: object = None  # --to torch: the model it was given
     model_kwargs: dict | None = None
     use_model: bool | None = None
-    extra: dict = field(default_factory=dict)      # keys this version does not know, kept as read
-    layout: tuple[str, ...] = ()                   # the keys written, in order
+    extra: dict = field(default_factory=dict)  # keys this version does not know, kept as read
+    layout: tuple[str, ...] = ()  # the keys written, in order
 
     @classmethod
     def from_dict(cls, d: dict) -> Manifest:
@@ -119,8 +138,14 @@ def transform_record(op, transformed: bool) -> dict:
     """The record of a tensor a user transform returned for ``op``'s output (ShardWriter adds dtype, shape,
     shard); ``transformed``: its values are not the plan's, so only the transform knows them."""
     src = op.sources[0]
-    rec = {"source": src.name, "rule": op.rule, "rule_source": op.rule_source, "transformed": transformed,
-           "source_dtype": src.dtype.name, "source_shape": list(src.shape)}
+    rec = {
+        "source": src.name,
+        "rule": op.rule,
+        "rule_source": op.rule_source,
+        "transformed": transformed,
+        "source_dtype": src.dtype.name,
+        "source_shape": list(src.shape),
+    }
     if op.args:
         rec["args"] = op.args
     return rec
@@ -136,9 +161,21 @@ def shard_records(shards) -> dict:
     return {s.file: {"bytes": s.bytes, "sha256": s.sha256} for s in shards}
 
 
-def for_run(*, version: str, source: str, options: dict, source_key: str | None, mlx_source: bool,
-            tensors: dict | None, shards: dict, dropped, warnings: list, plan_sha256: str, source_files: dict,
-            to_torch: dict | None = None) -> Manifest:
+def for_run(
+    *,
+    version: str,
+    source: str,
+    options: dict,
+    source_key: str | None,
+    mlx_source: bool,
+    tensors: dict | None,
+    shards: dict,
+    dropped,
+    warnings: list,
+    plan_sha256: str,
+    source_files: dict,
+    to_torch: dict | None = None,
+) -> Manifest:
     """A planned run (either direction). ``tensors`` None while it goes on (complete: false);
     ``to_torch``: ``{"format", "model", "model_kwargs", "use_model"}`` of a --to torch run."""
     layout = ["torch2mlx", "source", "options"]
@@ -150,27 +187,65 @@ def for_run(*, version: str, source: str, options: dict, source_key: str | None,
     if to_torch is not None:
         layout += ["to", "format", "model", "model_kwargs", "use_model"]
         values = dict(to_torch, to="torch")
-    return _made(layout, torch2mlx=version, source=source, options=options, source_key=source_key,
-                 source_layout="mlx" if mlx_source else None, tensors=tensors, shards=shards,
-                 dropped=dropped_records(dropped), warnings=warnings, plan_sha256=plan_sha256,
-                 source_files=source_files, complete=tensors is not None, **values)
+    return _made(
+        layout,
+        torch2mlx=version,
+        source=source,
+        options=options,
+        source_key=source_key,
+        source_layout="mlx" if mlx_source else None,
+        tensors=tensors,
+        shards=shards,
+        dropped=dropped_records(dropped),
+        warnings=warnings,
+        plan_sha256=plan_sha256,
+        source_files=source_files,
+        complete=tensors is not None,
+        **values,
+    )
 
 
-def for_zarr(*, version: str, source: str, options: dict, source_key: str | None, compressor: str,
-             records: dict, array_path, dropped, warnings: list) -> Manifest:
+def for_zarr(
+    *,
+    version: str,
+    source: str,
+    options: dict,
+    source_key: str | None,
+    compressor: str,
+    records: dict,
+    array_path,
+    dropped,
+    warnings: list,
+) -> Manifest:
     """A finished zarr store: records name their array (``array_path(name)``) instead of a shard."""
     layout = ["torch2mlx", "source", "options", "format"] + (["source_key"] if source_key is not None else [])
     layout += ["compressor", "tensors", "dropped", "warnings", "complete"]
     tensors = {n: {k: v for k, v in r.items() if k != "shard"} | {"array": array_path(n)} for n, r in records.items()}
-    return _made(layout, torch2mlx=version, source=source, options=options, format="zarr", source_key=source_key,
-                 compressor=compressor, tensors=tensors, dropped=dropped_records(dropped), warnings=warnings,
-                 complete=True)
+    return _made(
+        layout,
+        torch2mlx=version,
+        source=source,
+        options=options,
+        format="zarr",
+        source_key=source_key,
+        compressor=compressor,
+        tensors=tensors,
+        dropped=dropped_records(dropped),
+        warnings=warnings,
+        complete=True,
+    )
 
 
 def for_transform(*, source: str, source_files: dict | None, options: dict, dropped, warnings: list) -> dict:
     """What a run through a user transform adds to its ShardWriter's manifest (``for_writer``'s ``extra``)."""
-    return {"source": source, "source_files": source_files or {}, "options": options, "transform": True,
-            "dropped": dropped_records(dropped), "warnings": warnings}
+    return {
+        "source": source,
+        "source_files": source_files or {},
+        "options": options,
+        "transform": True,
+        "dropped": dropped_records(dropped),
+        "warnings": warnings,
+    }
 
 
 def for_writer(*, version: str, extra: dict, records: dict, shards: dict) -> Manifest:
@@ -216,11 +291,16 @@ def tensor_records(plan) -> dict[str, dict]:
     for op in plan.ops:
         src = op.sources[0]
         for out in op.outputs:
-            rec = {"source": src.name if len(op.sources) == 1 else [s.name for s in op.sources],
-                   "rule": op.rule, "rule_source": op.rule_source,
-                   "dtype": out.dtype.name, "shape": list(out.shape),
-                   "source_dtype": src.dtype.name, "source_shape": list(src.shape),
-                   "shard": shards[out.shard].file}
+            rec = {
+                "source": src.name if len(op.sources) == 1 else [s.name for s in op.sources],
+                "rule": op.rule,
+                "rule_source": op.rule_source,
+                "dtype": out.dtype.name,
+                "shape": list(out.shape),
+                "source_dtype": src.dtype.name,
+                "source_shape": list(src.shape),
+                "shard": shards[out.shard].file,
+            }
             if op.args:
                 rec["args"] = op.args
             if op.transform_info:

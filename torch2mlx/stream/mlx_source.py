@@ -5,6 +5,7 @@ Recognised up front from what such a directory carries (our torch2mlx.json, the
 config.json), so no model is built for it: the analyzer would map torch layouts
 onto tensors that have none (and needs torch).
 """
+
 from __future__ import annotations
 
 import os
@@ -20,7 +21,7 @@ class MLXSource:
     quantized: bool
     bits: int | None = None
     group_size: int | None = None
-    overrides: int = 0          # layers with their own bits/group (mixed recipes)
+    overrides: int = 0  # layers with their own bits/group (mixed recipes)
 
     def describe(self) -> str:
         if not self.quantized:
@@ -39,15 +40,19 @@ def _our_manifest(ck: Checkpoint) -> Manifest | None:
 def _has_quantized_triplets(ck: Checkpoint) -> bool:
     """``p.weight`` (uint32) with ``p.scales`` and ``p.biases``: how MLX stores a quantized layer."""
     dtypes = {e.name: e.dtype.name for e in ck.entries}
-    return any(n.endswith(".scales") and f"{n[:-len('.scales')]}.biases" in dtypes
-               and dtypes.get(f"{n[:-len('.scales')]}.weight") == "uint32" for n in dtypes)
+    return any(
+        n.endswith(".scales")
+        and f"{n[: -len('.scales')]}.biases" in dtypes
+        and dtypes.get(f"{n[: -len('.scales')]}.weight") == "uint32"
+        for n in dtypes
+    )
 
 
 def detect(ck: Checkpoint) -> MLXSource | None:
     """What ``ck`` is when it is already MLX; None for a PyTorch (or unknown-layout) source."""
     ours = _our_manifest(ck)
     if ours is not None and ours.to_torch:
-        return None    # our --to torch output: PyTorch layout
+        return None  # our --to torch output: PyTorch layout
     block = (ck.config or {}).get("quantization")
     if ours is None and ck.metadata.get("format") != "mlx" and not isinstance(block, dict):
         return None

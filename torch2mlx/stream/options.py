@@ -1,4 +1,5 @@
 """Conversion options shared by the CLI and the library, with parsing of user-facing strings."""
+
 from __future__ import annotations
 
 import re
@@ -7,8 +8,18 @@ from dataclasses import dataclass, field
 from ..errors import Torch2MLXError
 from ..core import rules as _rules
 
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 OUT_DTYPES = ("keep", "float16", "bfloat16", "float32")
 
 
@@ -82,15 +93,35 @@ class Options:
 
     def to_dict(self) -> dict:
         """The options as ``make`` takes them (recorded in the manifest, so verify can re-plan)."""
-        return {"dtype": self.dtype, "max_shard_size": self.max_shard_size, "strip_prefix": self.strip_prefix,
-                "exclude": [p.pattern for p in self.exclude], "rules": [f"{p.pattern}={r}" for p, r in self.rules],
-                "key": self.key, "q_bits": self.q_bits, "q_group_size": self.q_group_size if self.quantizing else None,
-                "q_recipe": self.q_recipe}
+        return {
+            "dtype": self.dtype,
+            "max_shard_size": self.max_shard_size,
+            "strip_prefix": self.strip_prefix,
+            "exclude": [p.pattern for p in self.exclude],
+            "rules": [f"{p.pattern}={r}" for p, r in self.rules],
+            "key": self.key,
+            "q_bits": self.q_bits,
+            "q_group_size": self.q_group_size if self.quantizing else None,
+            "q_recipe": self.q_recipe,
+        }
 
     @classmethod
-    def make(cls, *, dtype="keep", max_shard_size="5GB", strip_prefix=(), exclude=(), rules=(), key=None,
-             q_bits=None, q_group_size=None, q_recipe=None, allow_globals=(), zarr_compressor="none",
-             drop_cache=True) -> "Options":
+    def make(
+        cls,
+        *,
+        dtype="keep",
+        max_shard_size="5GB",
+        strip_prefix=(),
+        exclude=(),
+        rules=(),
+        key=None,
+        q_bits=None,
+        q_group_size=None,
+        q_recipe=None,
+        allow_globals=(),
+        zarr_compressor="none",
+        drop_cache=True,
+    ) -> "Options":
         """Build options from user-facing values (strings as the CLI takes them).
 
         Raises:
@@ -98,6 +129,7 @@ class Options:
                 ``q_group_size`` without ``q_bits`` or ``q_recipe`` (it would change nothing).
         """
         from ..core import quant, quant_recipes
+
         if dtype not in OUT_DTYPES:
             raise Torch2MLXError(f"dtype must be one of {', '.join(OUT_DTYPES)}, got {dtype!r}")
         if q_bits is not None and q_bits not in quant.BITS:
@@ -107,15 +139,28 @@ class Options:
         elif q_bits is None and q_recipe is None:
             raise Torch2MLXError(f"q_group_size {q_group_size} has no effect without q_bits or q_recipe")
         if q_group_size not in quant.GROUP_SIZES:
-            raise Torch2MLXError(f"q_group_size must be one of {', '.join(map(str, quant.GROUP_SIZES))}, got {q_group_size!r}")
+            raise Torch2MLXError(
+                f"q_group_size must be one of {', '.join(map(str, quant.GROUP_SIZES))}, got {q_group_size!r}"
+            )
         if q_recipe is not None and q_recipe not in quant_recipes.MIXED_RECIPES:
-            raise Torch2MLXError(f"q_recipe must be one of {', '.join(sorted(quant_recipes.MIXED_RECIPES))}, got {q_recipe!r}")
+            raise Torch2MLXError(
+                f"q_recipe must be one of {', '.join(sorted(quant_recipes.MIXED_RECIPES))}, got {q_recipe!r}"
+            )
         parsed_rules = [_rule_pair(r) for r in rules]
-        return cls(dtype=dtype, max_shard_size=parse_size(max_shard_size),
-                   strip_prefix=[p for p in strip_prefix if p],
-                   exclude=[x if isinstance(x, re.Pattern) else _regex(x, "exclude:") for x in exclude],
-                   rules=parsed_rules, key=key, q_bits=q_bits, q_group_size=q_group_size, q_recipe=q_recipe,
-                   allow_globals=tuple(allow_globals), zarr_compressor=zarr_compressor, drop_cache=drop_cache)
+        return cls(
+            dtype=dtype,
+            max_shard_size=parse_size(max_shard_size),
+            strip_prefix=[p for p in strip_prefix if p],
+            exclude=[x if isinstance(x, re.Pattern) else _regex(x, "exclude:") for x in exclude],
+            rules=parsed_rules,
+            key=key,
+            q_bits=q_bits,
+            q_group_size=q_group_size,
+            q_recipe=q_recipe,
+            allow_globals=tuple(allow_globals),
+            zarr_compressor=zarr_compressor,
+            drop_cache=drop_cache,
+        )
 
     @classmethod
     def resolve(cls, options: "Options | None", settings: dict) -> "Options":
@@ -123,8 +168,10 @@ class Options:
         if options is None:
             return cls.make(**settings)
         if settings:
-            raise Torch2MLXError(f"give options=Options(...) or keyword settings, not both "
-                                 f"(got options and {', '.join(sorted(settings))})")
+            raise Torch2MLXError(
+                f"give options=Options(...) or keyword settings, not both "
+                f"(got options and {', '.join(sorted(settings))})"
+            )
         if not isinstance(options, cls):
             raise Torch2MLXError(f"options must be an Options, got {type(options).__name__}")
         return options

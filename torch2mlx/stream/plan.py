@@ -4,6 +4,7 @@ A plan is pure data: ops (sources -> rule -> outputs), shards (which outputs,
 at which byte offsets, with the header bytes already rendered) and the notes
 the report shows. ``--dry-run`` prints it; execution only follows it.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,7 @@ class Output:
     dtype: DType
     shape: tuple[int, ...]
     shard: int = -1
-    offset: int = -1          # byte offset inside the shard's data buffer
+    offset: int = -1  # byte offset inside the shard's data buffer
 
     @property
     def nbytes(self) -> int:
@@ -35,7 +36,7 @@ class Output:
 class Op:
     sources: list[TensorEntry]
     rule: str
-    rule_source: str          # model | user | inferred | default
+    rule_source: str  # model | user | inferred | default
     args: dict
     outputs: list[Output]
     # Replaces the final cast: block -> one array per output (quantization, fp8 scaling).
@@ -58,10 +59,16 @@ class Op:
     def passthrough(self) -> bool:
         """Bytes can be copied as they are (by the kernel, when they live in a file)."""
         (src,) = self.sources if len(self.sources) == 1 else (None,)
-        return (src is not None and self.rule == "identity" and len(self.outputs) == 1 and self.transform is None
-                and src.loader is None
-                and self.outputs[0].dtype == src.dtype and src.contiguous
-                and (src.byteorder == "little" or src.dtype.itemsize == 1))
+        return (
+            src is not None
+            and self.rule == "identity"
+            and len(self.outputs) == 1
+            and self.transform is None
+            and src.loader is None
+            and self.outputs[0].dtype == src.dtype
+            and src.contiguous
+            and (src.byteorder == "little" or src.dtype.itemsize == 1)
+        )
 
 
 @dataclass
@@ -83,10 +90,10 @@ class Shard:
 class Plan:
     ops: list[Op]
     shards: list[Shard]
-    dropped: list[tuple[str, str]] = field(default_factory=list)   # (source name, why)
+    dropped: list[tuple[str, str]] = field(default_factory=list)  # (source name, why)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    quantization: dict | None = None     # the config block mlx-lm reads, when quantizing
+    quantization: dict | None = None  # the config block mlx-lm reads, when quantizing
     fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)  # resume.fingerprint's
 
     @property
@@ -108,12 +115,16 @@ class Plan:
         return manifest.tensor_records(self)
 
     def to_dict(self) -> dict:
-        return {"tensors": self.tensor_records(),
-                "shards": {s.file: {"bytes": s.size, "tensors": len(s.outputs)} for s in self.shards},
-                "dropped": [{"source": n, "why": w} for n, w in self.dropped],
-                "warnings": self.warnings, "notes": self.notes,
-                "bytes_in": self.nbytes_in, "bytes_out": self.nbytes_out,
-                "rules_by_source": self.rules_by_source()}
+        return {
+            "tensors": self.tensor_records(),
+            "shards": {s.file: {"bytes": s.size, "tensors": len(s.outputs)} for s in self.shards},
+            "dropped": [{"source": n, "why": w} for n, w in self.dropped],
+            "warnings": self.warnings,
+            "notes": self.notes,
+            "bytes_in": self.nbytes_in,
+            "bytes_out": self.nbytes_out,
+            "rules_by_source": self.rules_by_source(),
+        }
 
 
 def shard_name(i: int, n: int) -> str:
@@ -124,11 +135,15 @@ def render_header(outputs: list[Output], metadata: dict | None = None) -> bytes:
     """safetensors header: compact JSON padded with spaces to a multiple of 8 bytes."""
     head = {"__metadata__": dict(metadata if metadata is not None else SHARD_METADATA)}
     for o in outputs:
-        head[o.name] = {"dtype": o.dtype.safetensors, "shape": list(o.shape),
-                        "data_offsets": [o.offset, o.offset + o.nbytes]}
+        head[o.name] = {
+            "dtype": o.dtype.safetensors,
+            "shape": list(o.shape),
+            "data_offsets": [o.offset, o.offset + o.nbytes],
+        }
     raw = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     raw += b" " * (-(8 + len(raw)) % 8)
     import struct
+
     return struct.pack("<Q", len(raw)) + raw
 
 

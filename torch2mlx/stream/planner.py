@@ -3,6 +3,7 @@
 Separate from ``plan`` so that the float8 and quantization steps (``transforms``) can use the plan's data
 types while the planner uses them: the planner imports ``transforms``, ``transforms`` imports ``plan``.
 """
+
 from __future__ import annotations
 
 from ..core import dtypes, rules
@@ -22,7 +23,7 @@ def _strip(name: str, prefixes: list[str], used: set[str] | None = None) -> str:
         changed = False
         for p in prefixes:
             if p and name.startswith(p) and len(name) > len(p):
-                name, changed = name[len(p):], True
+                name, changed = name[len(p) :], True
                 if used is not None:
                     used.add(p)
     return name
@@ -33,8 +34,10 @@ def out_dtype(src: DType, opts: Options, warn: list[str], name: str) -> DType:
     if opts.dtype != "keep" and src.is_float:
         target = dtypes.get(opts.dtype)
     elif target != src:
-        warn.append(f"{name}: {src.name} has no MLX equivalent; stored as {target.name}"
-                    + (" (exact)" if src.name.startswith("float8") else " (rounded)"))
+        warn.append(
+            f"{name}: {src.name} has no MLX equivalent; stored as {target.name}"
+            + (" (exact)" if src.name.startswith("float8") else " (rounded)")
+        )
     return target
 
 
@@ -47,8 +50,9 @@ def _user_rule(names, opts: Options, used: set[int]) -> str | None:
     return None
 
 
-def _unused_options(ck: Checkpoint, opts: Options, stripped: set[str], ruled: set[int],
-                    excluded: set[int]) -> list[str]:
+def _unused_options(
+    ck: Checkpoint, opts: Options, stripped: set[str], ruled: set[int], excluded: set[int]
+) -> list[str]:
     """Warnings for --strip-prefix, --rule and --exclude values that matched no tensor: each was a silent no-op."""
     out = [f"--strip-prefix {p!r} matched no tensor name" for p in opts.strip_prefix if p not in stripped]
     rules_left = [i for i in range(len(opts.rules)) if i not in ruled]
@@ -64,8 +68,13 @@ def _unused_options(ck: Checkpoint, opts: Options, stripped: set[str], ruled: se
     return out
 
 
-def build(ck: Checkpoint, opts: Options, specs: list[RuleSpec] | None = None,
-          drop: dict[str, str] | None = None, module_types: dict[str, str] | None = None) -> Plan:
+def build(
+    ck: Checkpoint,
+    opts: Options,
+    specs: list[RuleSpec] | None = None,
+    drop: dict[str, str] | None = None,
+    module_types: dict[str, str] | None = None,
+) -> Plan:
     """Plan the conversion of ``ck``. ``specs`` (from the analyzer) fix rules and names exactly;
     ``module_types`` (module path -> torch class name) sharpens which weights get quantized."""
     warnings: list[str] = []
@@ -74,13 +83,21 @@ def build(ck: Checkpoint, opts: Options, specs: list[RuleSpec] | None = None,
     drop = dict(drop or {})
     if ck.config is not None:
         # A cached RoPE table: recomputed from the config by MLX (and rejected by mlx-lm's loader).
-        drop.update({e.name: "rotary cache, recomputed at load time" for e in ck.entries
-                     if e.name.endswith("rotary_emb.inv_freq")})
+        drop.update(
+            {
+                e.name: "rotary cache, recomputed at load time"
+                for e in ck.entries
+                if e.name.endswith("rotary_emb.inv_freq")
+            }
+        )
         # A tied head saved next to its embedding: transformers and mlx-lm use the embedding,
         # and mlx-lm's loader rejects the copy once it is quantized (lm_head.scales/biases).
         head = by_name.get("lm_head.weight")
-        if ck.config.get("tie_word_embeddings") is True and head is not None and any(
-                e is not head and e.shape == head.shape and e.dtype == head.dtype for e in ck.entries):
+        if (
+            ck.config.get("tie_word_embeddings") is True
+            and head is not None
+            and any(e is not head and e.shape == head.shape and e.dtype == head.dtype for e in ck.entries)
+        ):
             drop["lm_head.weight"] = "tied to the input embedding (tie_word_embeddings)"
     dequant, fp8_drop, fp8_errors = transforms.plan_fp8(ck, by_name)
     drop.update(fp8_drop)
@@ -91,6 +108,7 @@ def build(ck: Checkpoint, opts: Options, specs: list[RuleSpec] | None = None,
 
     def warn_for(srcs) -> list[str]:
         return quiet if len(srcs) == 1 and srcs[0].name in dequant else warnings
+
     ops: list[Op] = []
     covered: set[str] = set()
 
@@ -142,8 +160,10 @@ def build(ck: Checkpoint, opts: Options, specs: list[RuleSpec] | None = None,
             guess = rules.infer(e.name, e.shape, e.dtype.is_float)
             rule, source = (guess, "inferred") if guess else ("identity", "default")
             if guess:
-                warnings.append(f"{e.name}: rule {guess} inferred from its {len(e.shape)}-D shape "
-                                f"(override with --rule '{e.name}=identity')")
+                warnings.append(
+                    f"{e.name}: rule {guess} inferred from its {len(e.shape)}-D shape "
+                    f"(override with --rule '{e.name}=identity')"
+                )
         ops.append(_make_op([e], out_name, rule, source, {}, opts, warn_for([e])))
 
     warnings += _unused_options(ck, opts, stripped, ruled, excluded_by)
@@ -155,26 +175,30 @@ def build(ck: Checkpoint, opts: Options, specs: list[RuleSpec] | None = None,
     for op in ops:
         for o in op.outputs:
             if o.name in seen:
-                raise Torch2MLXError(f"two tensors would both be written as {o.name!r} "
-                                     f"({seen[o.name]} and {op.sources[0].name}); check --strip-prefix")
+                raise Torch2MLXError(
+                    f"two tensors would both be written as {o.name!r} "
+                    f"({seen[o.name]} and {op.sources[0].name}); check --strip-prefix"
+                )
             seen[o.name] = op.sources[0].name
     ops.sort(key=lambda op: (op.sources[0].path or "", op.sources[0].offset))
     recipe = transforms.recipe_for(opts, [o.name for op in ops for o in op.outputs], ck.config)
     block = transforms.attach(ops, dequant, recipe, module_types, warnings)
     notes = list(ck.notes)
-    scaled = [op for op in ops if op.transform is not None and op.transform_info
-              and "fp8_scale" in op.transform_info]
+    scaled = [op for op in ops if op.transform is not None and op.transform_info and "fp8_scale" in op.transform_info]
     if scaled:
-        kinds = sorted({op.outputs[-1].dtype.name for op in scaled})   # [-1]: quantized ops end in biases
-        notes.append(f"{len(scaled)} float8 weight(s) dequantized to {', '.join(kinds)} with their scales "
-                     "(the scale tensors are folded in, not written)")
+        kinds = sorted({op.outputs[-1].dtype.name for op in scaled})  # [-1]: quantized ops end in biases
+        notes.append(
+            f"{len(scaled)} float8 weight(s) dequantized to {', '.join(kinds)} with their scales "
+            "(the scale tensors are folded in, not written)"
+        )
     plan = Plan(ops, assign_shards(ops, opts.max_shard_size), dropped, warnings, notes)
     plan.quantization = block
     return plan
 
 
-def _make_op(srcs: list[TensorEntry], out_name: str, rule_name: str, source: str, args: dict,
-             opts: Options, warnings: list[str]) -> Op:
+def _make_op(
+    srcs: list[TensorEntry], out_name: str, rule_name: str, source: str, args: dict, opts: Options, warnings: list[str]
+) -> Op:
     rule = rules.get(rule_name)
     shapes = [e.shape for e in srcs]
     why = rule.check(shapes, args)

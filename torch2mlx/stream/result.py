@@ -2,6 +2,7 @@
 
 Its own module so that ``to_torch`` and ``convert`` both use it without importing each other.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -27,9 +28,9 @@ class Result:
     seconds: float = 0.0
     dry_run: bool = False
     sidecars: list[str] = field(default_factory=list)
-    written: int | None = None    # tensors actually written, when a hook changed the plan's count
+    written: int | None = None  # tensors actually written, when a hook changed the plan's count
     format: str = "safetensors"
-    source_files: dict = field(default_factory=dict)   # identity of each source file as the run began
+    source_files: dict = field(default_factory=dict)  # identity of each source file as the run began
     # What this run read and wrote, when not the whole plan: a hook changes what is written,
     # --resume reuses finished shards (counted in ``reused``, not in the bytes or the rate).
     bytes_in: int | None = None
@@ -49,23 +50,32 @@ class Result:
         return self.plan.nbytes_out if self.bytes_out is None else self.bytes_out
 
     def to_dict(self) -> dict:
-        d = {"source": self.source, "out": self.out, "dry_run": self.dry_run,
-             "tensors_in": len(self.checkpoint.entries),
-             "tensors_out": self.tensors_out,
-             "bytes_in": self.nbytes_in, "bytes_out": self.nbytes_out, "reused_shards": self.reused,
-             "seconds": round(self.seconds, 3),
-             "mib_per_s": round(self.nbytes_in / 2**20 / self.seconds, 1) if self.seconds else None,
-             "rules_by_source": self.plan.rules_by_source(),
-             "shards": [{"file": s.file, "bytes": s.bytes, "sha256": s.sha256} for s in self.shards]
-             or [{"file": s.file, "bytes": s.size} for s in self.plan.shards],
-             "sidecars": self.sidecars, "dropped": [{"source": n, "why": w} for n, w in self.plan.dropped],
-             "warnings": self.plan.warnings, "notes": self.plan.notes}
+        d = {
+            "source": self.source,
+            "out": self.out,
+            "dry_run": self.dry_run,
+            "tensors_in": len(self.checkpoint.entries),
+            "tensors_out": self.tensors_out,
+            "bytes_in": self.nbytes_in,
+            "bytes_out": self.nbytes_out,
+            "reused_shards": self.reused,
+            "seconds": round(self.seconds, 3),
+            "mib_per_s": round(self.nbytes_in / 2**20 / self.seconds, 1) if self.seconds else None,
+            "rules_by_source": self.plan.rules_by_source(),
+            "shards": [{"file": s.file, "bytes": s.bytes, "sha256": s.sha256} for s in self.shards]
+            or [{"file": s.file, "bytes": s.size} for s in self.plan.shards],
+            "sidecars": self.sidecars,
+            "dropped": [{"source": n, "why": w} for n, w in self.plan.dropped],
+            "warnings": self.plan.warnings,
+            "notes": self.plan.notes,
+        }
         if self.dry_run:
             d["plan"] = self.plan.to_dict()["tensors"]
         return d
 
     def report(self) -> str:
         from .report import format_result
+
         return format_result(self)
 
 
@@ -77,8 +87,17 @@ def manifest(res: Result, opts: Options, complete: bool = True, to_torch: dict |
     conversion 35x slower than one shard.
     """
     return manifest_mod.for_run(
-        version=__version__, source=res.source, options=opts.to_dict(), source_key=res.checkpoint.key,
+        version=__version__,
+        source=res.source,
+        options=opts.to_dict(),
+        source_key=res.checkpoint.key,
         # records of an MLX source say nothing about torch layouts (--to torch)
-        mlx_source=res.checkpoint.layout == "mlx", tensors=res.plan.tensor_records() if complete else None,
-        shards=manifest_mod.shard_records(res.shards), dropped=res.plan.dropped, warnings=res.plan.warnings,
-        plan_sha256=resume_mod.fingerprint(res.plan), source_files=res.source_files, to_torch=to_torch)
+        mlx_source=res.checkpoint.layout == "mlx",
+        tensors=res.plan.tensor_records() if complete else None,
+        shards=manifest_mod.shard_records(res.shards),
+        dropped=res.plan.dropped,
+        warnings=res.plan.warnings,
+        plan_sha256=resume_mod.fingerprint(res.plan),
+        source_files=res.source_files,
+        to_torch=to_torch,
+    )

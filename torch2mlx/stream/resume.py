@@ -11,6 +11,7 @@ hash): a source replaced by one with the same headers but other values would
 otherwise be finished from the new file after shards made from the old one.
 An in-place rewrite that keeps the size and restores the mtime is not seen.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,7 +27,7 @@ from .manifest import NAME as MANIFEST, Manifest
 
 def fingerprint(plan: Plan) -> str:
     """Hash of everything that decides the output bytes: shard names, headers, tensor records."""
-    if plan.fingerprint is None:   # a plan does not change once built; the manifest asks after every shard
+    if plan.fingerprint is None:  # a plan does not change once built; the manifest asks after every shard
         h = hashlib.sha256()
         for s in plan.shards:
             h.update(s.file.encode())
@@ -44,7 +45,7 @@ def _stat(path: str) -> dict:
     st = os.stat(path)
     rec = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
     real = os.path.realpath(path)
-    if os.path.basename(os.path.dirname(real)) == "blobs":   # the Hub cache: snapshots/REV/f -> blobs/<hash>
+    if os.path.basename(os.path.dirname(real)) == "blobs":  # the Hub cache: snapshots/REV/f -> blobs/<hash>
         rec["blob"] = os.path.basename(real)
     return rec
 
@@ -100,14 +101,17 @@ def check_source(src: str, manifest: Manifest, current: dict, out_dir: str) -> N
     """Refuse to resume over output made from source files that have changed since."""
     recorded = manifest.source_files
     if not isinstance(recorded, dict):
-        raise Torch2MLXError(f"resume: {out_dir}: its manifest records no source identity (written by an older "
-                             "torch2mlx), so a changed source cannot be ruled out; rerun with overwrite "
-                             "to convert afresh")
+        raise Torch2MLXError(
+            f"resume: {out_dir}: its manifest records no source identity (written by an older "
+            "torch2mlx), so a changed source cannot be ruled out; rerun with overwrite "
+            "to convert afresh"
+        )
     changed = changed_source(src, recorded, current)
     if changed:
         since = f"{out_dir} was converted" if manifest.finished else "the interrupted run"
-        raise Torch2MLXError(f"resume: {changed[0]} changed since {since} ({changed[1]}); "
-                             "rerun with overwrite to convert afresh")
+        raise Torch2MLXError(
+            f"resume: {changed[0]} changed since {since} ({changed[1]}); rerun with overwrite to convert afresh"
+        )
 
 
 def recorded_key(out_dir: str) -> str | None:
@@ -117,8 +121,9 @@ def recorded_key(out_dir: str) -> str | None:
     return key if isinstance(key, str) else None
 
 
-def finished_shards(plan: Plan, out_dir: str, fp: str, src: str,
-                    current: dict) -> tuple[list[int], dict[int, str], list[str]]:
+def finished_shards(
+    plan: Plan, out_dir: str, fp: str, src: str, current: dict
+) -> tuple[list[int], dict[int, str], list[str]]:
     """(indices of shards to keep, their sha256, notes).
 
     Raises when OUT belongs to another plan, or when a source file is not the one
@@ -131,8 +136,10 @@ def finished_shards(plan: Plan, out_dir: str, fp: str, src: str,
     except (OSError, ValueError, TypeError):
         return [], {}, [f"{MANIFEST} in OUT is unreadable; converting everything"]
     if manifest.plan_sha256 != fp:
-        raise Torch2MLXError(f"{out_dir}: holds a conversion with a different plan (other source or options); "
-                             "cannot resume it (use --overwrite to start over)")
+        raise Torch2MLXError(
+            f"{out_dir}: holds a conversion with a different plan (other source or options); "
+            "cannot resume it (use --overwrite to start over)"
+        )
     check_source(src, manifest, current, out_dir)
     keep, digests, notes = [], {}, []
     by_file = {s.file: i for i, s in enumerate(plan.shards)}
@@ -164,11 +171,15 @@ def interrupted_run(out_dir: str, fp: str, src: str, current: dict) -> str | Non
     if manifest is None or manifest.finished or manifest.plan_sha256 != fp:
         return None
     recorded = manifest.source_files
-    if not isinstance(recorded, dict):   # an older torch2mlx's run: --resume would refuse it
+    if not isinstance(recorded, dict):  # an older torch2mlx's run: --resume would refuse it
         return None
     changed = changed_source(src, recorded, current)
     if changed:
-        return (f"{out_dir}: holds an interrupted run of this conversion, but {changed[0]} changed since "
-                f"({changed[1]}): use --overwrite to start over")
-    return f"{out_dir}: holds an interrupted run of this conversion: add --resume to continue it " \
-           "(or --overwrite to start over)"
+        return (
+            f"{out_dir}: holds an interrupted run of this conversion, but {changed[0]} changed since "
+            f"({changed[1]}): use --overwrite to start over"
+        )
+    return (
+        f"{out_dir}: holds an interrupted run of this conversion: add --resume to continue it "
+        "(or --overwrite to start over)"
+    )

@@ -15,6 +15,7 @@ and zeros, permutations -> their twins, ...). Quantized weights first become
 virtual float sources (``dequant``), so the plan, the executor and every rule
 work unchanged; shards carry ``{"format": "pt"}`` as transformers writes them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,9 +49,9 @@ COUNTER = "num_batches_tracked"
 @dataclass
 class ReversePlan:
     plan: Plan
-    view: Checkpoint               # what the plan reads: quantized triples as virtual float entries
-    how: str                       # manifest | model | given | none
-    config: dict | None = None     # config.json for the torch side (quantization blocks removed)
+    view: Checkpoint  # what the plan reads: quantized triples as virtual float entries
+    how: str  # manifest | model | given | none
+    config: dict | None = None  # config.json for the torch side (quantization blocks removed)
 
 
 def read_manifest(ck: Checkpoint) -> Manifest | None:
@@ -85,15 +86,20 @@ def dequantized(ck: Checkpoint, records: dict, reader: DataReader) -> tuple[Chec
     for base, (w, s, b) in dequant.find(ck.entries).items():
         q = _quant_params(base, records, ck.config)
         if q is None:
-            raise Torch2MLXError(f"{base}.weight is quantized (uint32 codes with scales), but neither {MANIFEST} "
-                                 "nor config.json says with how many bits and which group size")
+            raise Torch2MLXError(
+                f"{base}.weight is quantized (uint32 codes with scales), but neither {MANIFEST} "
+                "nor config.json says with how many bits and which group size"
+            )
         found[base] = dequant.check(base, w, s, b, int(q["bits"]), int(q["group_size"]), q.get("mode", "affine"))
     return (dequant.view(ck, found, reader) if found else ck), len(found)
 
 
 def _counters(names: list[str]) -> list[TensorEntry]:
-    return [TensorEntry(n, dtypes.get("int64"), (), array=np.zeros((), np.int64), origin="restored counter")
-            for n in names if n.rsplit(".", 1)[-1] == COUNTER]
+    return [
+        TensorEntry(n, dtypes.get("int64"), (), array=np.zeros((), np.int64), origin="restored counter")
+        for n in names
+        if n.rsplit(".", 1)[-1] == COUNTER
+    ]
 
 
 class ExactFloat8:
@@ -106,8 +112,10 @@ class ExactFloat8:
         out = op.outputs[0].dtype
         codes, missed = casts.to_float8_exact(block, src or op.source_dtype, out)
         if missed:
-            raise Torch2MLXError(f"{self.name}: {missed} value(s) are not exactly {out.name} (changed in MLX?); "
-                                 "convert with --dtype bfloat16 to keep them")
+            raise Torch2MLXError(
+                f"{self.name}: {missed} value(s) are not exactly {out.name} (changed in MLX?); "
+                "convert with --dtype bfloat16 to keep them"
+            )
         return [codes]
 
     def info(self) -> dict:
@@ -124,7 +132,7 @@ def _restore_dtypes(plan: Plan, by_mlx: dict[str, dict], opts: Options, fmt: str
         want = dtypes.by_name(rec.get("source_dtype", "")) if rec else None
         o = op.outputs[0]
         if want is None or want == o.dtype or len(op.outputs) != 1 or rec.get("fp8_scale"):
-            continue   # float8 with a scale came out scaled: its values are no float8 any more
+            continue  # float8 with a scale came out scaled: its values are no float8 any more
         if fmt == "safetensors" and want.safetensors is None:
             kept.append(f"{o.name}: safetensors has no {want.name}; kept as {o.dtype.name} (--format bin keeps it)")
             continue
@@ -162,7 +170,7 @@ def torch_config(config: dict | None, opts: Options, plan: Plan) -> dict | None:
     qc = cfg.get("quantization_config")
     fp8_left = any(o.dtype.name.startswith("float8") for op in plan.ops for o in op.outputs)
     if isinstance(qc, dict) and ("quant_method" not in qc or (qc.get("quant_method") == "fp8" and not fp8_left)):
-        del cfg["quantization_config"]   # mlx-lm's copy of its block, or fp8 weights now dequantized
+        del cfg["quantization_config"]  # mlx-lm's copy of its block, or fp8 weights now dequantized
     floats = sorted({o.dtype.name for op in plan.ops for o in op.outputs if o.dtype.is_float and o.shape})
     if len(floats) == 1:
         for k in ("torch_dtype", "dtype"):
@@ -181,10 +189,10 @@ class _Rules:
     """Where the reverse specs came from and what that source knows about the torch side."""
 
     specs: list[RuleSpec] | None
-    how: str                                  # manifest | model | given | none
-    by_mlx: dict[str, dict]                   # manifest record of each MLX tensor
+    how: str  # manifest | model | given | none
+    by_mlx: dict[str, dict]  # manifest record of each MLX tensor
     model_shapes: dict[str, tuple[int, ...]]  # torch name -> shape, from a model
-    counters: list[str]                       # torch names that may be restored step counters
+    counters: list[str]  # torch names that may be restored step counters
     notes: list[str]
     errors: list[str]
 
@@ -196,8 +204,15 @@ def _rules(m: Manifest | None, view: Checkpoint, specs, model, model_kwargs, use
     if m is not None:
         forward, by_mlx = manifest_mod.specs_from_records(m.tensors)
         counters = manifest_mod.dropped_sources(m)
-        return _Rules(reverse_specs(forward, errors), "manifest", by_mlx, {}, counters,
-                      [f"rules from {MANIFEST} ({len(forward)} MLX tensors), inverted"], errors)
+        return _Rules(
+            reverse_specs(forward, errors),
+            "manifest",
+            by_mlx,
+            {},
+            counters,
+            [f"rules from {MANIFEST} ({len(forward)} MLX tensors), inverted"],
+            errors,
+        )
     if model is not None or (use_model and view.config is not None):
         forward, shapes, notes = _model_specs(view, model, model_kwargs)
         if forward is not None:
@@ -217,14 +232,26 @@ def _select(view: Checkpoint, back: list[RuleSpec], strict: bool) -> tuple[Check
     used = {n for s in back for n in s.sources}
     extra = sorted(have - used)
     if strict and extra:
-        raise Torch2MLXError(f"{len(extra)} MLX tensor(s) have no place in the model, e.g. {extra[:3]} "
-                             "(strict=False ignores them)")
+        raise Torch2MLXError(
+            f"{len(extra)} MLX tensor(s) have no place in the model, e.g. {extra[:3]} (strict=False ignores them)"
+        )
     return dataclasses.replace(view, entries=[e for e in view.entries if e.name in used]), back
 
 
-def prepare(ck: Checkpoint, opts: Options, reader: DataReader, *, specs: list[RuleSpec] | None = None,
-            drop: dict[str, str] | None = None, model=None, model_kwargs=None, use_model: bool = True,
-            fmt: str = "safetensors", conversion: Manifest | None = None, strict: bool | None = None) -> ReversePlan:
+def prepare(
+    ck: Checkpoint,
+    opts: Options,
+    reader: DataReader,
+    *,
+    specs: list[RuleSpec] | None = None,
+    drop: dict[str, str] | None = None,
+    model=None,
+    model_kwargs=None,
+    use_model: bool = True,
+    fmt: str = "safetensors",
+    conversion: Manifest | None = None,
+    strict: bool | None = None,
+) -> ReversePlan:
     """Plan turning the MLX checkpoint ``ck`` into PyTorch tensors (written as ``fmt``: safetensors or bin);
     ``reader`` serves the dequantized sources.
 
@@ -232,7 +259,7 @@ def prepare(ck: Checkpoint, opts: Options, reader: DataReader, *, specs: list[Ru
     in-memory source: a ``Result``'s records). ``strict`` (in-memory ``to_torch``): keep only the tensors
     the rules rebuild, refusing missing or extra ones when true and any tensor the rules cannot rebuild.
     """
-    if ck.metadata.get("format") == "pt" or "pickle" in ck.format:   # MLX never writes pickles
+    if ck.metadata.get("format") == "pt" or "pickle" in ck.format:  # MLX never writes pickles
         what = "a pickle" if "pickle" in ck.format else "format=pt"
         raise Torch2MLXError(f"{ck.path}: already a PyTorch checkpoint ({what}); --to torch reads MLX checkpoints")
     m = conversion if conversion is not None else read_manifest(ck)
@@ -242,14 +269,15 @@ def prepare(ck: Checkpoint, opts: Options, reader: DataReader, *, specs: list[Ru
         raise Torch2MLXError(f"{ck.path}: its {MANIFEST} says the conversion did not finish")
     warnings = []
     if m is not None and m.transform:
-        warnings.append(f"{MANIFEST}: written through a user transform, whose changes cannot be undone; "
-                        "its records are not used")
+        warnings.append(
+            f"{MANIFEST}: written through a user transform, whose changes cannot be undone; its records are not used"
+        )
         m = None
     copied_mlx = m is not None and m.source_layout == "mlx"
-    if copied_mlx:   # its records map MLX tensors to themselves: nothing about torch layouts in them
+    if copied_mlx:  # its records map MLX tensors to themselves: nothing about torch layouts in them
         m = None
     view, n_quant = dequantized(ck, m.tensors if m is not None else {}, reader)
-    view = dataclasses.replace(view, layout="mlx")   # no forward layout may be guessed on the way back
+    view = dataclasses.replace(view, layout="mlx")  # no forward layout may be guessed on the way back
     r = _rules(m, view, specs, model, model_kwargs, use_model)
     if strict is not None:
         if strict and r.errors:
@@ -259,8 +287,10 @@ def prepare(ck: Checkpoint, opts: Options, reader: DataReader, *, specs: list[Ru
     if copied_mlx:
         notes.append(f"{MANIFEST}: the forward run read a source that was already MLX; its records are not used")
     if r.how == "none":
-        warnings.append(f"no {MANIFEST} and no model information: tensors keep their MLX names and layouts "
-                        "(give --model, or --rule REGEX=RULE naming the forward layout to undo)")
+        warnings.append(
+            f"no {MANIFEST} and no model information: tensors keep their MLX names and layouts "
+            "(give --model, or --rule REGEX=RULE naming the forward layout to undo)"
+        )
     have = {e.name for e in view.entries}
     restored = [e for e in _counters(r.counters) if e.name not in have]
     if restored:
@@ -273,19 +303,24 @@ def prepare(ck: Checkpoint, opts: Options, reader: DataReader, *, specs: list[Ru
     plan.warnings[:0] = warnings + [f"not rebuilt: {e}" for e in r.errors]
     outs = {o.name for op in plan.ops for o in op.outputs}
     if r.how == "model":
-        extra = [op.outputs[0].name for op in plan.ops
-                 if op.rule_source == "default" and op.outputs[0].name not in r.model_shapes]
+        extra = [
+            op.outputs[0].name
+            for op in plan.ops
+            if op.rule_source == "default" and op.outputs[0].name not in r.model_shapes
+        ]
         if extra:
-            plan.warnings.append(f"{len(extra)} tensor(s) are not in the model and keep their MLX names and "
-                                 f"layout: {_some(extra)}")
+            plan.warnings.append(
+                f"{len(extra)} tensor(s) are not in the model and keep their MLX names and layout: {_some(extra)}"
+            )
         missing = sorted(set(r.model_shapes) - outs)
         if missing:
             plan.warnings.append(f"{len(missing)} model tensor(s) have no source in the checkpoint: {_some(missing)}")
     if r.how == "manifest":
         absent = sorted({s.out for s in r.specs if not all(n in have for n in s.sources)})
         if absent:
-            plan.warnings.append(f"{len(absent)} tensor(s) in {MANIFEST} are not in the checkpoint, so not "
-                                 f"rebuilt: {_some(absent)}")
+            plan.warnings.append(
+                f"{len(absent)} tensor(s) in {MANIFEST} are not in the checkpoint, so not rebuilt: {_some(absent)}"
+            )
         lost = [s for s in manifest_mod.dropped_sources(m) if s not in outs]
         if lost:
             notes.append(f"{len(lost)} tensor(s) the forward conversion dropped are not rebuilt: {_some(lost)}")

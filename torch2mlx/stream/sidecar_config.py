@@ -6,6 +6,7 @@ settings only from the top-level ``rope_theta`` / ``rope_scaling`` that
 transformers 5 moved into ``rope_parameters`` (without them mlx-lm silently
 uses its default base frequency and computes different logits).
 """
+
 from __future__ import annotations
 
 from .checkpoint import Checkpoint
@@ -32,8 +33,12 @@ def _hoist_rope(cfg: dict) -> list[str]:
 def rewrite(ck: Checkpoint, opts: Options, plan: Plan) -> dict[str, dict] | None:
     """config.json as the converted weights need it: quantization block, new dtype, no stale fp8 block."""
     from ..core.fp8 import FP8_WEIGHT_DTYPES, describes_fp8
-    stale_fp8 = (ck.config is not None and describes_fp8(ck.config.get("quantization_config"))
-                 and any(op.source_dtype.name in FP8_WEIGHT_DTYPES for op in plan.ops))
+
+    stale_fp8 = (
+        ck.config is not None
+        and describes_fp8(ck.config.get("quantization_config"))
+        and any(op.source_dtype.name in FP8_WEIGHT_DTYPES for op in plan.ops)
+    )
     if ck.config is None:
         return None
     cfg = dict(ck.config)
@@ -41,13 +46,16 @@ def rewrite(ck: Checkpoint, opts: Options, plan: Plan) -> dict[str, dict] | None
     if plan.quantization is None and opts.dtype == "keep" and not stale_fp8 and not hoisted:
         return None
     if hoisted:
-        plan.notes.append(f"config.json: {', '.join(hoisted)} copied to the top level from rope_parameters "
-                          "(mlx-lm reads only the top-level keys)")
+        plan.notes.append(
+            f"config.json: {', '.join(hoisted)} copied to the top level from rope_parameters "
+            "(mlx-lm reads only the top-level keys)"
+        )
     if stale_fp8:
         del cfg["quantization_config"]
         plan.notes.append("config.json: float8 quantization_config removed (the weights are dequantized)")
     if plan.quantization is not None:
         from ..core.quant_recipes import with_quantization
+
         cfg = with_quantization(cfg, plan.quantization)
     if opts.dtype != "keep":
         for k in ("torch_dtype", "dtype"):

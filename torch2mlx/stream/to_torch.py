@@ -6,6 +6,7 @@ readers -> plan -> threaded executor -> sharded safetensors with metadata
 ``pytorch_model-0000i-of-0000N.bin`` zip pickles written sequentially and
 ``pytorch_model.bin.index.json``. The manifest ``torch2mlx.json`` says ``"to": "torch"``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,11 +43,15 @@ def _with_store_files(ck: Checkpoint) -> Checkpoint:
     if ck.format != "zarr" or not os.path.isdir(ck.path):
         return ck
     names = sorted(n for n in os.listdir(ck.path) if os.path.isfile(os.path.join(ck.path, n)))
-    sidecars = [os.path.join(ck.path, n) for n in names if n.endswith(SIDECAR_SUFFIXES)
-                and n not in OUR_FILES and n != "zarr.json" and not n.startswith(".")]
+    sidecars = [
+        os.path.join(ck.path, n)
+        for n in names
+        if n.endswith(SIDECAR_SUFFIXES) and n not in OUR_FILES and n != "zarr.json" and not n.startswith(".")
+    ]
     config = None
     if "config.json" in names:
         import json
+
         try:
             with open(os.path.join(ck.path, "config.json"), "rb") as f:
                 config = json.loads(f.read())
@@ -55,9 +60,20 @@ def _with_store_files(ck: Checkpoint) -> Checkpoint:
     return dataclasses.replace(ck, sidecars=sidecars, config=config if isinstance(config, dict) else None)
 
 
-def to_torch(src, out, options: Options | None = None, *, model=None, model_kwargs=None,
-             format: str = "safetensors", overwrite: bool = False, dry_run: bool = False,
-             workers: int | None = None, progress: bool = False, **settings) -> Result:
+def to_torch(
+    src,
+    out,
+    options: Options | None = None,
+    *,
+    model=None,
+    model_kwargs=None,
+    format: str = "safetensors",
+    overwrite: bool = False,
+    dry_run: bool = False,
+    workers: int | None = None,
+    progress: bool = False,
+    **settings,
+) -> Result:
     """Convert an MLX checkpoint (ours, mlx-lm's, quantized or not) back to PyTorch names, layouts and dtypes.
 
     Args:
@@ -97,14 +113,23 @@ def to_torch(src, out, options: Options | None = None, *, model=None, model_kwar
     if format not in FORMATS:
         raise Torch2MLXError(f"to_torch writes format safetensors or bin, not {format!r}")
     path, model_kwargs, use_model, inputs = model_choice(model, model_kwargs)
-    ck = _with_store_files(src if isinstance(src, Checkpoint)
-                           else open_checkpoint(src, key=opts.key, allow_globals=opts.allow_globals))
+    ck = _with_store_files(
+        src if isinstance(src, Checkpoint) else open_checkpoint(src, key=opts.key, allow_globals=opts.allow_globals)
+    )
     drop_cache = opts.drop_cache
     # Dequantized sources read through this reader; it lives as long as the conversion.
     with DataReader(drop_cache=drop_cache) as side, contextlib.ExitStack() as held:
-        rp = reverse_plan.prepare(ck, opts, side, specs=inputs.specs if inputs is not None else None,
-                                  drop=inputs.drop if inputs is not None else None, model=path,
-                                  model_kwargs=model_kwargs, use_model=use_model, fmt=format)
+        rp = reverse_plan.prepare(
+            ck,
+            opts,
+            side,
+            specs=inputs.specs if inputs is not None else None,
+            drop=inputs.drop if inputs is not None else None,
+            model=path,
+            model_kwargs=model_kwargs,
+            use_model=use_model,
+            fmt=format,
+        )
         plan = rp.plan
         label = ck.path if isinstance(src, Checkpoint) else str(src)
         res = Result(label, None if dry_run else str(out), plan, ck, dry_run=dry_run, format=format)
@@ -116,27 +141,48 @@ def to_torch(src, out, options: Options | None = None, *, model=None, model_kwar
         out = os.fspath(out)
         res.source_files = resume_mod.source_identity(ck.path, ck.files)
         output_dir.check_target(out, ck.files)
-        existed = os.path.isdir(out)   # before the lock creates it
-        held.enter_context(out_lock.locked(out))   # until the index is written
+        existed = os.path.isdir(out)  # before the lock creates it
+        held.enter_context(out_lock.locked(out))  # until the index is written
         # not resumable: a failure leaves OUT as it was (overwrite: the old output, whole)
         with Target(out, overwrite=overwrite, src_paths=ck.files, shards=len(plan.shards), existed=existed) as target:
-            t0 = _write(res, rp, opts, target.dir, format, side, workers, progress, drop_cache,
-                        dict(model=path, model_kwargs=model_kwargs, use_model=use_model))
+            t0 = _write(
+                res,
+                rp,
+                opts,
+                target.dir,
+                format,
+                side,
+                workers,
+                progress,
+                drop_cache,
+                dict(model=path, model_kwargs=model_kwargs, use_model=use_model),
+            )
     res.seconds = time.perf_counter() - t0
     return res
 
 
-def _write(res: Result, rp, opts: Options, out: str, format: str, side: DataReader, workers, progress: bool,
-           drop_cache: bool, model_info: dict) -> float:
+def _write(
+    res: Result,
+    rp,
+    opts: Options,
+    out: str,
+    format: str,
+    side: DataReader,
+    workers,
+    progress: bool,
+    drop_cache: bool,
+    model_info: dict,
+) -> float:
     """Sidecars, shards, index, manifest into ``out``; returns when the writing started."""
     plan = res.plan
-    res.sidecars = output_dir.copy_sidecars(res.checkpoint.sidecars, out,
-                                            rewrite={"config.json": rp.config} if rp.config else None)
+    res.sidecars = output_dir.copy_sidecars(
+        res.checkpoint.sidecars, out, rewrite={"config.json": rp.config} if rp.config else None
+    )
     t0 = time.perf_counter()
     done = {}
 
     def shard_done(r):
-        done[r.file] = r   # the manifest on disk says which shards are finished, as the forward run's does
+        done[r.file] = r  # the manifest on disk says which shards are finished, as the forward run's does
         res.shards = [done[s.file] for s in plan.shards if s.file in done]
         manifest_mod.write(out, manifest(res, opts, complete=False, to_torch=dict(format=format, **model_info)))
 
@@ -145,12 +191,19 @@ def _write(res: Result, rp, opts: Options, out: str, format: str, side: DataRead
             torch_bin.write(plan, out, reader=side, workers=workers, progress=update, on_shard=shard_done)
         else:
             with DataReader(drop_cache=drop_cache) as reader:
-                Executor(plan, out, reader=reader, workers=workers, progress=update, drop_cache=drop_cache,
-                         on_shard=shard_done).run()
+                Executor(
+                    plan,
+                    out,
+                    reader=reader,
+                    workers=workers,
+                    progress=update,
+                    drop_cache=drop_cache,
+                    on_shard=shard_done,
+                ).run()
     weight_map = {o.name: plan.shards[o.shard].file for op in plan.ops for o in op.outputs}
-    output_dir.write_index(out, weight_map, plan.nbytes_out,
-                           output_dir.BIN_INDEX if format == "bin" else output_dir.INDEX)
+    output_dir.write_index(
+        out, weight_map, plan.nbytes_out, output_dir.BIN_INDEX if format == "bin" else output_dir.INDEX
+    )
     # complete only once the index exists
     manifest_mod.write(out, manifest(res, opts, to_torch=dict(format=format, **model_info)))
     return t0
-

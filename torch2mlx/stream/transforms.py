@@ -6,6 +6,7 @@ quantized in bounded memory. A transform replaces an op's final cast: it takes
 the block the rule produced (in the source dtype) and returns one array per
 output — three for a quantized weight (``weight`` uint32, ``scales``, ``biases``).
 """
+
 from __future__ import annotations
 
 import threading
@@ -39,9 +40,16 @@ class _FP8Dequant:
             return self._arr
 
     def __call__(self, block, op: Op, start: int, reader, dtype: DType) -> np.ndarray:
-        return fp8.dequantize(block, op.source_dtype, self.scale_array(reader), self.scale.dtype,
-                              weight_shape=op.sources[0].shape, start=start, blocks=self.weight.blocks,
-                              out_dtype=dtype)
+        return fp8.dequantize(
+            block,
+            op.source_dtype,
+            self.scale_array(reader),
+            self.scale.dtype,
+            weight_shape=op.sources[0].shape,
+            start=start,
+            blocks=self.weight.blocks,
+            out_dtype=dtype,
+        )
 
 
 class Chain:
@@ -79,14 +87,17 @@ def rebuild(info: dict, weight: TensorEntry, by_name: dict[str, TensorEntry]) ->
     if info.get("fp8_scale"):
         scale = by_name[info["fp8_scale"]]
         blocks = tuple(info.get("fp8_blocks") or fp8.block_shape(weight.shape, scale.shape))
-        dequant = _FP8Dequant(scale, fp8.FP8Weight(weight.name, weight.dtype.name, scale.name,
-                                                   scale.dtype.name, blocks))
+        dequant = _FP8Dequant(
+            scale, fp8.FP8Weight(weight.name, weight.dtype.name, scale.name, scale.dtype.name, blocks)
+        )
     q = info.get("quantization")
     spec = quant_recipes.QuantSpec(q["group_size"], q["bits"], q.get("mode", "affine")) if q else None
     return Chain(dequant, spec)
 
 
-def plan_fp8(ck: Checkpoint, by_name: dict[str, TensorEntry]) -> tuple[dict[str, _FP8Dequant], dict[str, str], list[str]]:
+def plan_fp8(
+    ck: Checkpoint, by_name: dict[str, TensorEntry]
+) -> tuple[dict[str, _FP8Dequant], dict[str, str], list[str]]:
     """(dequantizer per float8 weight with a scale, tensors to drop, warnings)."""
     block = None
     qc = (ck.config or {}).get("quantization_config") or {}
@@ -109,13 +120,15 @@ def recipe_for(opts: Options, out_names: list[str], config: dict | None) -> quan
             raise Torch2MLXError(f"q_recipe {opts.q_recipe}: {e}") from None
         layers = (config or {}).get("num_hidden_layers") or 1 + max(
             (int(p.split(".")[loc]) for p in paths if len(p.split(".")) > loc and p.split(".")[loc].isdigit()),
-            default=0)
+            default=0,
+        )
         return quant_recipes.mixed_recipe(opts.q_recipe, layers, loc, opts.q_group_size, opts.q_bits)
     return quant_recipes.Recipe(quant_recipes.QuantSpec(opts.q_group_size, opts.q_bits))
 
 
-def attach(ops: list[Op], deq: dict[str, _FP8Dequant], recipe, module_types: dict[str, str] | None,
-           warnings: list[str]) -> dict | None:
+def attach(
+    ops: list[Op], deq: dict[str, _FP8Dequant], recipe, module_types: dict[str, str] | None, warnings: list[str]
+) -> dict | None:
     """Give ops their float8 / quantization transforms; returns the config ``quantization`` block."""
     explicit: dict[str, quant_recipes.QuantSpec] = {}
     quantized = 0
@@ -138,14 +151,18 @@ def attach(ops: list[Op], deq: dict[str, _FP8Dequant], recipe, module_types: dic
             quantized += 1
             lead, k = out.shape[:-1], out.shape[-1]
             groups = k // spec.group_size
-            base = out.name[: -len("weight")]     # "a.b." (or "" for a bare Linear's "weight")
-            op.outputs = [Output(out.name, dtypes.get("uint32"), lead + (k * spec.bits // 32,)),
-                          Output(base + "scales", out.dtype, lead + (groups,)),
-                          Output(base + "biases", out.dtype, lead + (groups,))]
+            base = out.name[: -len("weight")]  # "a.b." (or "" for a bare Linear's "weight")
+            op.outputs = [
+                Output(out.name, dtypes.get("uint32"), lead + (k * spec.bits // 32,)),
+                Output(base + "scales", out.dtype, lead + (groups,)),
+                Output(base + "biases", out.dtype, lead + (groups,)),
+            ]
         op.transform_info = op.transform.info()
     if recipe is None:
         return None
     if not quantized:
-        warnings.append("quantization asked for, but no tensor qualifies (2-D float *.weight with a last "
-                        "dimension divisible by the group size)")
+        warnings.append(
+            "quantization asked for, but no tensor qualifies (2-D float *.weight with a last "
+            "dimension divisible by the group size)"
+        )
     return quant_recipes.quantization_config(recipe, explicit)

@@ -8,6 +8,7 @@ Dtypes MLX lacks arrive as the converter would store them: float8 as bfloat16
 (exact), complex128 as complex64. The conversion happens only at the boundary
 with user code; the plain conversion path never calls this module.
 """
+
 from __future__ import annotations
 
 import sys
@@ -23,20 +24,22 @@ from ..core import casts
 def to_mx(arr: np.ndarray, dt: DType, upcast: bool = False):
     """``arr`` (values, or raw bits of ``dt``) as an ``mx.array`` holding the values."""
     import mlx.core as mx
-    shape = arr.shape     # np.ascontiguousarray and the casts make a 0-d array 1-d
+
+    shape = arr.shape  # np.ascontiguousarray and the casts make a 0-d array 1-d
     if upcast and dt.is_float and not dt.exact_numpy:
         arr, dt = casts.to_f32(arr, dt), dtypes.get("float32")
     target = dtypes.mlx_target(dt) if dt.name != "float64" else dt
     if target != dt:
         arr, dt = casts.cast(arr, dt, target), target
     arr = np.ascontiguousarray(arr).reshape(shape)
-    if not dt.exact_numpy:   # bfloat16 bits: same width in MLX, reinterpret
+    if not dt.exact_numpy:  # bfloat16 bits: same width in MLX, reinterpret
         return mx.array(arr.view(np.uint16)).view(mx.bfloat16)
     return mx.array(arr, dtype=getattr(mx, dt.mlx if dt.mlx != "bool" else "bool_"))
 
 
 def _from_mx(a) -> tuple[np.ndarray, DType]:
     import mlx.core as mx
+
     name = str(a.dtype).rsplit(".", 1)[-1]
     dt = dtypes.by_name(name)
     if dt is None:
@@ -54,7 +57,7 @@ def _from_torch(t) -> tuple[np.ndarray, DType]:
     dt = dtypes.by_name(str(t.dtype))
     if dt is None:
         raise Torch2MLXError(f"torch tensor of {t.dtype} has no safetensors equivalent")
-    if not dt.exact_numpy:   # bfloat16/float8: numpy gets the bits, the DType says what they mean
+    if not dt.exact_numpy:  # bfloat16/float8: numpy gets the bits, the DType says what they mean
         return t.view(torch.uint8 if dt.itemsize == 1 else torch.int16).numpy().view(dt.np_dtype), dt
     return t.numpy(), dt
 
@@ -109,7 +112,10 @@ def from_user(array, dtype=None, name: str = "") -> tuple[np.ndarray, DType]:
         return casts.cast(arr, dt, want), want
     except ValueError:
         if not dt.is_float and not want.exact_numpy:
-            raise Torch2MLXError(f"{name}: a {dt.name} array is never read as the raw bits of {want.name}; "
-                                 f"pass float values to cast, or a torch tensor of {want.name}") from None
-        raise Torch2MLXError(f"{name}: no cast from {dt.name} to {want.name} here; "
-                             f"pass a torch tensor of {want.name}") from None
+            raise Torch2MLXError(
+                f"{name}: a {dt.name} array is never read as the raw bits of {want.name}; "
+                f"pass float values to cast, or a torch tensor of {want.name}"
+            ) from None
+        raise Torch2MLXError(
+            f"{name}: no cast from {dt.name} to {want.name} here; pass a torch tensor of {want.name}"
+        ) from None

@@ -8,6 +8,7 @@ no value is compared, so an output finished from a changed source would pass);
 then (unless ``quick``) every output tensor against its rule applied to its
 source, block by block, in the same bounded memory as the conversion.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,25 +46,40 @@ class VerifyReport:
         return not self.problems
 
     def to_dict(self) -> dict:
-        return {"out": self.out, "ok": self.ok, "shards": self.checked_shards,
-                "tensors": self.checked_tensors, "problems": self.problems, "notes": self.notes,
-                "not_recomputed": [{"name": n, "why": w} for n, w in self.unchecked]}
+        return {
+            "out": self.out,
+            "ok": self.ok,
+            "shards": self.checked_shards,
+            "tensors": self.checked_tensors,
+            "problems": self.problems,
+            "notes": self.notes,
+            "not_recomputed": [{"name": n, "why": w} for n, w in self.unchecked],
+        }
 
     def text(self) -> str:
         # Problems quote tensor names from the files: one printable line each, like the report.
         status = "OK" if self.ok else f"{len(self.problems)} problem(s)"
         if self.unchecked:
             status += f"; {len(self.unchecked)} tensor(s) not recomputed (only their hashes, headers and index checked)"
-        head = f"verified {self.checked_shards} shard(s), {self.checked_tensors} tensor(s) in {one_line(self.out)}: " + status
+        head = (
+            f"verified {self.checked_shards} shard(s), {self.checked_tensors} tensor(s) in {one_line(self.out)}: "
+            + status
+        )
         by_why: dict[str, list[str]] = {}
         for n, w in self.unchecked:
             by_why.setdefault(w, []).append(n)
-        unchecked = [f"  not recomputed, {w}: " + one_line(", ".join(ns[:10]) + (f" ... and {len(ns) - 10} more"
-                                                                           if len(ns) > 10 else ""))
-                     for w, ns in by_why.items()]
-        return "\n".join([head] + unchecked + [f"  note: {one_line(n)}" for n in self.notes]
-                         + [f"  {one_line(p)}" for p in self.problems[:50]]
-                         + ([f"  ... and {len(self.problems) - 50} more"] if len(self.problems) > 50 else []))
+        unchecked = [
+            f"  not recomputed, {w}: "
+            + one_line(", ".join(ns[:10]) + (f" ... and {len(ns) - 10} more" if len(ns) > 10 else ""))
+            for w, ns in by_why.items()
+        ]
+        return "\n".join(
+            [head]
+            + unchecked
+            + [f"  note: {one_line(n)}" for n in self.notes]
+            + [f"  {one_line(p)}" for p in self.problems[:50]]
+            + ([f"  ... and {len(self.problems) - 50} more"] if len(self.problems) > 50 else [])
+        )
 
 
 def _load_json(path: str, what: str) -> dict:
@@ -82,6 +98,7 @@ def _load_json(path: str, what: str) -> dict:
 def verify(src, out, *, quick: bool = False, progress=None, allow_globals=()) -> VerifyReport:
     """``allow_globals``: pickle globals whose calls are accepted as inert placeholders (``--allow-global``)."""
     from ..formats.unpickler import allowing
+
     with allowing(allow_globals):
         return _verify(src, out, quick=quick, progress=progress)
 
@@ -92,11 +109,10 @@ def _verify(src, out, *, quick: bool, progress) -> VerifyReport:
     manifest = Manifest.from_dict(_load_json(manifest_mod.path(out), f"manifest {MANIFEST}"))
     if manifest.is_zarr:
         return _verify_zarr(src, out, manifest, rep, quick, progress)
-    index_name = BIN_INDEX if manifest.format == "bin" else INDEX   # --to torch --format bin
+    index_name = BIN_INDEX if manifest.format == "bin" else INDEX  # --to torch --format bin
     index = _load_json(os.path.join(out, index_name), "index " + index_name)
-    if not manifest.finished:   # written while a run went on: it lists no tensors
-        rep.problems.append(f"{MANIFEST}: says the conversion did not finish (complete: false); "
-                            "rerun it with --resume")
+    if not manifest.finished:  # written while a run went on: it lists no tensors
+        rep.problems.append(f"{MANIFEST}: says the conversion did not finish (complete: false); rerun it with --resume")
     shards = manifest.shards or {}
     outputs: dict[str, object] = {}
     for file, rec in sorted(shards.items()):
@@ -113,7 +129,9 @@ def _verify(src, out, *, quick: bool, progress) -> VerifyReport:
         finally:
             os.close(fd)
         if digest != rec.get("sha256"):
-            rep.problems.append(f"{file}: sha256 {digest[:12]}... differs from the manifest's {str(rec.get('sha256'))[:12]}...")
+            rep.problems.append(
+                f"{file}: sha256 {digest[:12]}... differs from the manifest's {str(rec.get('sha256'))[:12]}..."
+            )
         try:
             entries = pickled.read_entries(path)[0] if file.endswith(".bin") else st_reader.read_entries(path)[0]
         except Torch2MLXError as e:
@@ -131,7 +149,9 @@ def _verify(src, out, *, quick: bool, progress) -> VerifyReport:
         rep.problems.append(f"index: {name!r} is in a shard but not in the index")
     total = sum(e.nbytes for e in outputs.values())
     if (index.get("metadata") or {}).get("total_size") != total:
-        rep.problems.append(f"index: total_size {(index.get('metadata') or {}).get('total_size')} != {total} bytes of tensors")
+        rep.problems.append(
+            f"index: total_size {(index.get('metadata') or {}).get('total_size')} != {total} bytes of tensors"
+        )
     _check_source(src, manifest, rep, quick)
     if quick:
         return rep
@@ -151,25 +171,33 @@ def _check_source(src, manifest: Manifest, rep: VerifyReport, quick: bool) -> No
     recorded = manifest.source_files
     if not isinstance(recorded, dict):
         if quick:
-            rep.notes.append(f"{MANIFEST} records no source identity: --quick cannot tell whether SRC is the "
-                             "checkpoint that was converted")
+            rep.notes.append(
+                f"{MANIFEST} records no source identity: --quick cannot tell whether SRC is the "
+                "checkpoint that was converted"
+            )
         return
     changed = changed_source(os.fspath(src), recorded)
     if changed is None:
         return
     path, what = changed
     if quick:
-        rep.problems.append(f"{path}: changed since this output was made ({what}); --quick compares no "
-                            "values: run verify without --quick")
+        rep.problems.append(
+            f"{path}: changed since this output was made ({what}); --quick compares no "
+            "values: run verify without --quick"
+        )
     else:
-        rep.notes.append(f"{path}: changed since this output was made ({what}); values compared with the file "
-                         "as it is now")
+        rep.notes.append(
+            f"{path}: changed since this output was made ({what}); values compared with the file as it is now"
+        )
+
+
 def _verify_zarr(src, out: str, manifest: Manifest, rep: VerifyReport, quick: bool, progress) -> VerifyReport:
     """A zarr store: every recorded tensor is an array of its dtype and shape at its path, and (unless quick)
     holds its rule applied to its source. zarr keeps no hashes, so quick checks only the structure."""
     from ..formats import zarr_store
+
     try:
-        entries = zarr_store.read_entries(out)[0]   # refuses a store marked incomplete
+        entries = zarr_store.read_entries(out)[0]  # refuses a store marked incomplete
     except Torch2MLXError as e:
         rep.problems.append(str(e))
         return rep
@@ -180,8 +208,9 @@ def _verify_zarr(src, out: str, manifest: Manifest, rep: VerifyReport, quick: bo
         if e is None:
             rep.problems.append(f"{name}: in the manifest but no array {rec.get('array')!r} in the store")
         elif e.dtype.name != rec.get("dtype") or list(e.shape) != rec.get("shape"):
-            rep.problems.append(f"{name}: array is {e.dtype.name}{list(e.shape)}, manifest says "
-                                f"{rec.get('dtype')}{rec.get('shape')}")
+            rep.problems.append(
+                f"{name}: array is {e.dtype.name}{list(e.shape)}, manifest says {rec.get('dtype')}{rec.get('shape')}"
+            )
     for name in outputs.keys() - records.keys():
         rep.problems.append(f"{name}: an array in the store that the manifest does not list")
     if not quick and not rep.problems:
@@ -195,6 +224,7 @@ def _verify_zarr(src, out: str, manifest: Manifest, rep: VerifyReport, quick: bo
 def _ops_from_manifest(records: dict, by_name: dict, problems: list[str]):
     """Rebuild the conversion's ops from manifest records (a quantized weight: three records, one op)."""
     from .transforms import rebuild
+
     for name, rec in records.items():
         role = rec.get("role")
         if role in ("scales", "biases"):
@@ -227,22 +257,27 @@ def _verify_values(src, manifest, outputs, rep: VerifyReport, progress) -> None:
     ck = open_checkpoint(src, key=manifest.key())
     by_name = {e.name: e for e in ck.entries}
     with DataReader() as reader:
-        _compare_ops(_ops_from_manifest(manifest.tensors or {}, by_name, rep.problems), outputs, reader,
-                     rep, progress)
+        _compare_ops(_ops_from_manifest(manifest.tensors or {}, by_name, rep.problems), outputs, reader, rep, progress)
 
 
 def _verify_reverse(src, manifest, outputs, rep: VerifyReport, progress) -> None:
     """A --to torch output: plan the way back again with the recorded options, compare every tensor."""
     from .options import Options
     from .reverse_plan import prepare
+
     opts = manifest.options or {}
     ck = open_checkpoint(src, key=manifest.key())
     with DataReader() as side, DataReader() as reader:
         # --to torch never quantizes; older manifests recorded the default group size anyway
-        plan = prepare(ck, Options.make(**{**opts, "q_group_size": None}), side, model=manifest.model,
-                       model_kwargs=manifest.model_kwargs,
-                       use_model=manifest.use_model if manifest.use_model is not None else True,
-                       fmt=manifest.format if manifest.format is not None else "safetensors").plan
+        plan = prepare(
+            ck,
+            Options.make(**{**opts, "q_group_size": None}),
+            side,
+            model=manifest.model,
+            model_kwargs=manifest.model_kwargs,
+            use_model=manifest.use_model if manifest.use_model is not None else True,
+            fmt=manifest.format if manifest.format is not None else "safetensors",
+        ).plan
         _compare_ops(plan.ops, outputs, reader, rep, progress)
 
 
@@ -254,7 +289,7 @@ def _compare_ops(ops, outputs, reader: DataReader, rep: VerifyReport, progress) 
             continue
         try:
             why = _compare(op, got, reader)
-        except Torch2MLXError as e:   # a chunk of a zarr output that no longer decodes
+        except Torch2MLXError as e:  # a chunk of a zarr output that no longer decodes
             why = str(e)
         if why:
             rep.problems.append(f"{op.outputs[0].name}: {why}")
@@ -274,8 +309,12 @@ def _compare(op: Op, got: list, reader: DataReader) -> str | None:
             haves = [reader.read_flat(got[0], t.start // item, t.stop // item)]
         else:
             wants = compute_outputs(op, reader, t.start, t.stop, t.flat)
-            haves = [reader.read_flat(g, t.start, t.stop) if t.flat else
-                     (reader.read_rows(g, t.start, t.stop) if g.shape else reader.read_all(g)) for g in got]
+            haves = [
+                reader.read_flat(g, t.start, t.stop)
+                if t.flat
+                else (reader.read_rows(g, t.start, t.stop) if g.shape else reader.read_all(g))
+                for g in got
+            ]
         for o, want, have in zip(op.outputs, wants, haves):
             if np.ascontiguousarray(want).tobytes() != np.ascontiguousarray(have).tobytes():
                 what = f"rule {op.rule}" + (" + " + ", ".join(sorted(op.transform.info())) if op.transform else "")

@@ -11,6 +11,7 @@ Inputs are MLX's: batch first, channels last for images (N, H, W, C).
 A bare torch ``nn.Sequential`` names its children ``0.``, ``1.``, ...; an MLX list of
 layers names them ``layers.0.``: load with ``torch2mlx.load_converted(path, prefix="layers.")``.
 """
+
 from .conv import ConvBlock, ConvStack
 from .mlp import MLP
 from .pooling import AdaptiveAvgPool2d

@@ -1,4 +1,5 @@
 """Activation names as torch spells its modules' defaults, to the MLX module that computes the same."""
+
 from __future__ import annotations
 
 import mlx.nn as nn
@@ -7,7 +8,7 @@ from ..errors import Torch2MLXError
 
 _ACTIVATIONS = {
     "relu": nn.ReLU,
-    "gelu": nn.GELU,                               # exact (erf), torch's nn.GELU() default
+    "gelu": nn.GELU,  # exact (erf), torch's nn.GELU() default
     "gelu_tanh": lambda: nn.GELU(approx="precise"),  # torch's nn.GELU(approximate="tanh")
     "silu": nn.SiLU,
     "tanh": nn.Tanh,

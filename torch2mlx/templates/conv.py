@@ -1,4 +1,5 @@
 """ConvBlock (conv -> norm -> activation -> max pool) and ConvStack, for channels-last (N, H, W, C) input."""
+
 from __future__ import annotations
 
 import mlx.nn as nn
@@ -25,13 +26,34 @@ class ConvBlock(nn.Module):
     ``bias=None`` means a bias only without a norm (the usual torch choice).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, *, stride: int = 1,
-                 padding: int | None = None, dilation: int = 1, groups: int = 1, bias: bool | None = None,
-                 norm: str | None = "batch", norm_groups: int = 32, activation="relu", pool: int | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        *,
+        stride: int = 1,
+        padding: int | None = None,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool | None = None,
+        norm: str | None = "batch",
+        norm_groups: int = 32,
+        activation="relu",
+        pool: int | None = None,
+    ):
         super().__init__()
         padding = dilation * (kernel_size // 2) if padding is None else padding
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                              dilation=dilation, groups=groups, bias=norm is None if bias is None else bias)
+        self.conv = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=norm is None if bias is None else bias,
+        )
         if norm is not None:
             if norm not in _NORMS:
                 raise Torch2MLXError(f"unknown norm {norm!r} (known: {', '.join(_NORMS)})")

@@ -1,4 +1,5 @@
 """MLP: Linear layers with activations between them, indexed as torch's nn.Sequential indexes them."""
+
 from __future__ import annotations
 
 import mlx.nn as nn
@@ -16,12 +17,19 @@ class MLP(nn.Module):
     built in the same order. ``final_activation`` adds the activation after the last Linear.
     """
 
-    def __init__(self, dims: list[int], activation="relu", *, bias: bool = True, dropout: float = 0.0,
-                 final_activation: bool = False):
+    def __init__(
+        self,
+        dims: list[int],
+        activation="relu",
+        *,
+        bias: bool = True,
+        dropout: float = 0.0,
+        final_activation: bool = False,
+    ):
         super().__init__()
         if len(dims) < 2:
             raise Torch2MLXError("MLP needs at least input and output dims")
-        make_activation(activation)   # an unknown name fails here, even when no layer uses it
+        make_activation(activation)  # an unknown name fails here, even when no layer uses it
         self.layers = []
         last = len(dims) - 2
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):

@@ -1,4 +1,5 @@
 """AdaptiveAvgPool2d: torch's adaptive average pooling, which MLX lacks, for channels-last input."""
+
 from __future__ import annotations
 
 import math

@@ -6,6 +6,7 @@ has them) and takes a mask argument always; these follow torch's options:
 the registry gives torch's tensors: ``attention.{query,key,value,out}_proj``,
 ``ln1``, ``ln2``, ``linear1``, ``linear2`` and, for the stack, ``layers.K`` and ``ln``.
 """
+
 from __future__ import annotations
 
 import mlx.nn as nn
@@ -20,8 +21,18 @@ class TransformerBlock(nn.Module):
     (torch's boolean masks mean the opposite), or ``"causal"``.
     """
 
-    def __init__(self, dims: int, num_heads: int, mlp_dims: int | None = None, *, dropout: float = 0.0,
-                 activation="relu", norm_first: bool = False, bias: bool = True, layer_norm_eps: float = 1e-5):
+    def __init__(
+        self,
+        dims: int,
+        num_heads: int,
+        mlp_dims: int | None = None,
+        *,
+        dropout: float = 0.0,
+        activation="relu",
+        norm_first: bool = False,
+        bias: bool = True,
+        layer_norm_eps: float = 1e-5,
+    ):
         super().__init__()
         mlp_dims = mlp_dims or 4 * dims
         self.attention = nn.MultiHeadAttention(dims, num_heads, bias=bias)
@@ -30,9 +41,9 @@ class TransformerBlock(nn.Module):
         self.linear1 = nn.Linear(dims, mlp_dims, bias=bias)
         self.linear2 = nn.Linear(mlp_dims, dims, bias=bias)
         self.activation = make_activation(activation)
-        self.dropout = nn.Dropout(dropout)     # inside the feed-forward, as torch's ``dropout``
-        self.dropout1 = nn.Dropout(dropout)    # after attention
-        self.dropout2 = nn.Dropout(dropout)    # after the feed-forward
+        self.dropout = nn.Dropout(dropout)  # inside the feed-forward, as torch's ``dropout``
+        self.dropout1 = nn.Dropout(dropout)  # after attention
+        self.dropout2 = nn.Dropout(dropout)  # after the feed-forward
         self.norm_first = norm_first
 
     def _attend(self, x, mask):
@@ -52,11 +63,22 @@ class TransformerBlock(nn.Module):
 class TransformerEncoder(nn.Module):
     """``num_layers`` TransformerBlocks and, with ``final_norm``, a LayerNorm ``ln`` (torch's ``norm=``)."""
 
-    def __init__(self, num_layers: int, dims: int, num_heads: int, mlp_dims: int | None = None, *,
-                 final_norm: bool = False, layer_norm_eps: float = 1e-5, **block_options):
+    def __init__(
+        self,
+        num_layers: int,
+        dims: int,
+        num_heads: int,
+        mlp_dims: int | None = None,
+        *,
+        final_norm: bool = False,
+        layer_norm_eps: float = 1e-5,
+        **block_options,
+    ):
         super().__init__()
-        self.layers = [TransformerBlock(dims, num_heads, mlp_dims, layer_norm_eps=layer_norm_eps, **block_options)
-                       for _ in range(num_layers)]
+        self.layers = [
+            TransformerBlock(dims, num_heads, mlp_dims, layer_norm_eps=layer_norm_eps, **block_options)
+            for _ in range(num_layers)
+        ]
         if final_norm:
             self.ln = nn.LayerNorm(dims, eps=layer_norm_eps, bias=block_options.get("bias", True))
 

@@ -7,17 +7,25 @@
 
 Nothing is imported until used: ``import torch2mlx.training`` loads neither torch nor MLX.
 """
+
 from __future__ import annotations
 
 import importlib
 
 _EXPORTS = {
-    "convert_optimizer": ".convert", "ConvertedOptimizer": ".convert",
-    "convert_optimizer_state": ".optimizer_state", "optimizer_state_to_torch": ".optimizer_state",
-    "OptimizerState": ".optimizer_state", "forward_specs": ".optimizer_state",
-    "convert_scheduler": ".schedules", "Schedule": ".schedules",
-    "read_training_checkpoint": ".checkpoint", "TrainingCheckpoint": ".checkpoint",
-    "Report": ".report", "InexactConversionWarning": ".report", "Array": ".arrays",
+    "convert_optimizer": ".convert",
+    "ConvertedOptimizer": ".convert",
+    "convert_optimizer_state": ".optimizer_state",
+    "optimizer_state_to_torch": ".optimizer_state",
+    "OptimizerState": ".optimizer_state",
+    "forward_specs": ".optimizer_state",
+    "convert_scheduler": ".schedules",
+    "Schedule": ".schedules",
+    "read_training_checkpoint": ".checkpoint",
+    "TrainingCheckpoint": ".checkpoint",
+    "Report": ".report",
+    "InexactConversionWarning": ".report",
+    "Array": ".arrays",
 }
 __all__ = sorted(_EXPORTS)
 

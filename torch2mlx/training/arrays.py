@@ -5,6 +5,7 @@ float8, which numpy lacks) and its dtype. Layout rules only move elements, so
 they apply to the carrier as they do in the stream; MLX and torch get the
 values back exactly.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ class Array:
         if isinstance(value, Array):
             return value
         from ..model_api.memory import carrier
+
         dt, arr = carrier(name, value)
         return cls(dt, arr)
 
@@ -37,16 +39,19 @@ class Array:
 
     def to_mlx(self):
         import mlx.core as mx
+
         a = mx.array(np.ascontiguousarray(self.data))
         return a if self.dtype.exact_numpy else a.view(getattr(mx, self.dtype.name))
 
     def to_torch(self):
         import torch
+
         t = torch.from_numpy(np.ascontiguousarray(self.data))
         return t if self.dtype.exact_numpy else t.view(getattr(torch, self.dtype.name))
 
     def item(self) -> float:
         if not self.dtype.exact_numpy:
             from ..core.casts import to_f32
+
             return float(to_f32(self.data, self.dtype).reshape(-1)[0])
         return self.data.reshape(-1)[0].item()

@@ -5,6 +5,7 @@ is a pickle; the stream's restricted unpickler reads it (nothing from the file i
 ever called) and every tensor record becomes an ``Array`` read from its bytes.
 Training state is small next to a model's weights, so it is read whole.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,7 +30,7 @@ class TrainingCheckpoint:
     hyper_parameters: dict = field(default_factory=dict)
     epoch: int | None = None
     global_step: int | None = None
-    raw: dict = field(default_factory=dict)       # the whole object graph, tensors as Arrays
+    raw: dict = field(default_factory=dict)  # the whole object graph, tensors as Arrays
 
 
 def _materialize(obj, ck, reader, path=(), depth=0):
@@ -59,6 +60,7 @@ def _listed(root: dict, keys) -> list[dict]:
 def read_training_checkpoint(path, *, key: str | None = None) -> TrainingCheckpoint:
     """Everything a training run saved, read without torch (Lightning ``.ckpt`` or a plain torch pickle)."""
     from ..stream.data import DataReader
+
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise Torch2MLXError(f"{path}: no such file")
@@ -69,7 +71,13 @@ def read_training_checkpoint(path, *, key: str | None = None) -> TrainingCheckpo
         weights = {n: _materialize(r, ck, reader, (n,)) for n, r in refs.items()}
         raw = _materialize(obj, ck, reader) if isinstance(obj, dict) else {}
     hp = raw.get("hyper_parameters")
-    return TrainingCheckpoint(path, weights, _listed(raw, _OPTIMIZER_KEYS), _listed(raw, _SCHEDULER_KEYS),
-                              dict(hp) if isinstance(hp, dict) else {},
-                              raw.get("epoch") if isinstance(raw.get("epoch"), int) else None,
-                              raw.get("global_step") if isinstance(raw.get("global_step"), int) else None, raw)
+    return TrainingCheckpoint(
+        path,
+        weights,
+        _listed(raw, _OPTIMIZER_KEYS),
+        _listed(raw, _SCHEDULER_KEYS),
+        dict(hp) if isinstance(hp, dict) else {},
+        raw.get("epoch") if isinstance(raw.get("epoch"), int) else None,
+        raw.get("global_step") if isinstance(raw.get("global_step"), int) else None,
+        raw,
+    )

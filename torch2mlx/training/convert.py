@@ -1,4 +1,5 @@
 """A torch optimizer (hyper-parameters, state and schedule) as one ready ``mlx.optimizers`` optimizer."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from .schedules import Schedule, convert_scheduler
 
 @dataclass
 class ConvertedOptimizer:
-    optimizer: object                 # an mlx.optimizers.Optimizer (MultiOptimizer for several param groups)
+    optimizer: object  # an mlx.optimizers.Optimizer (MultiOptimizer for several param groups)
     kind: str
     schedule: Schedule | None
     state: OptimizerState | None
@@ -29,7 +30,7 @@ def _mlx_groups(sd, model_or_names, rules) -> list[list[str]]:
     specs = _specs(rules, model, torch_names, {n: () for n in torch_names})
     out, pos = [], 0
     for g in groups:
-        mine = set(torch_names[pos:pos + len(g["params"])])
+        mine = set(torch_names[pos : pos + len(g["params"])])
         pos += len(g["params"])
         out.append(sorted({s.out for s in specs if set(s.sources) & mine}))
     return out
@@ -47,23 +48,34 @@ def _step_count(kind, sd, step, schedule, loaded: bool, report: Report) -> int |
     if loaded and any("step" in s for s in sd["state"].values()):
         return None
     if kind in USES_STEP or schedule is None:
-        return 0                            # fresh moments; or nothing depends on the count
+        return 0  # fresh moments; or nothing depends on the count
     if schedule.start is None:
-        report.inexact.append(f"neither the {kind} state nor the schedule says how many steps were taken, so the "
-                              "schedule's position is not known: pass step=")
+        report.inexact.append(
+            f"neither the {kind} state nor the schedule says how many steps were taken, so the "
+            "schedule's position is not known: pass step="
+        )
         return 0
     return schedule.start
 
 
 def _set_step(opt, n: int) -> None:
     import mlx.core as mx
+
     for o in getattr(opt, "optimizers", [opt]):
         o.state["step"] = mx.array(n, dtype=mx.uint64)
 
 
-def convert_optimizer(torch_optimizer_or_state, model_or_param_names=None, rules=None, *, kind: str | None = None,
-                      schedule=None, with_state: bool = True, step: int | None = None,
-                      strict: bool = True) -> ConvertedOptimizer:
+def convert_optimizer(
+    torch_optimizer_or_state,
+    model_or_param_names=None,
+    rules=None,
+    *,
+    kind: str | None = None,
+    schedule=None,
+    with_state: bool = True,
+    step: int | None = None,
+    strict: bool = True,
+) -> ConvertedOptimizer:
     """An MLX optimizer equal to a torch one: hyper-parameters, moments and (optionally) LR schedule.
 
     ``torch_optimizer_or_state``: a live optimizer or its ``state_dict()``. ``schedule``: a
@@ -78,6 +90,7 @@ def convert_optimizer(torch_optimizer_or_state, model_or_param_names=None, rules
     torch is in ``.report``; with ``strict`` (the default) it raises, otherwise it warns.
     """
     import mlx.optimizers as optim
+
     live = hasattr(torch_optimizer_or_state, "param_groups") and not isinstance(torch_optimizer_or_state, dict)
     sd = torch_optimizer_or_state.state_dict() if live else torch_optimizer_or_state
     if not isinstance(sd, dict) or "param_groups" not in sd:
@@ -92,24 +105,28 @@ def convert_optimizer(torch_optimizer_or_state, model_or_param_names=None, rules
         if len(schedule.groups) != len(groups):
             raise Torch2MLXError(f"the schedule has {len(schedule.groups)} group(s), the optimizer {len(groups)}")
     loaded = bool(with_state and sd.get("state"))
-    later = Report()                       # the state's findings, listed after the hyper-parameters'
+    later = Report()  # the state's findings, listed after the hyper-parameters'
     n_step = _step_count(kind, sd, step, schedule, loaded, later)
     state = None
     if loaded:
-        state = convert_optimizer_state(torch_optimizer_or_state, model_or_param_names, rules, kind=kind, step=n_step,
-                                        strict=None)
+        state = convert_optimizer_state(
+            torch_optimizer_or_state, model_or_param_names, rules, kind=kind, step=n_step, strict=None
+        )
         later.extend(state.report)
         if n_step is None and schedule is not None and schedule.start is not None and state.step != schedule.start:
-            later.inexact.append(f"the optimizer took {state.step} steps and the scheduler {schedule.start}: it "
-                                  "did not step once per update, as the converted learning rate does (a per-epoch "
-                                  "scheduler: convert without schedule= and set optimizer.learning_rate = "
-                                  "sched.lr(epoch) each epoch, or use MLXTrainer)")
+            later.inexact.append(
+                f"the optimizer took {state.step} steps and the scheduler {schedule.start}: it "
+                "did not step once per update, as the converted learning rate does (a per-epoch "
+                "scheduler: convert without schedule= and set optimizer.learning_rate = "
+                "sched.lr(epoch) each epoch, or use MLXTrainer)"
+            )
         n_step = state.step
     elif kind == "SGD":
         check_sgd_start(kind, sd, {}, [None], later)
     elif kind == "Adagrad" and any(float(g.get("initial_accumulator_value", 0)) for g in groups):
-        later.inexact.append("Adagrad initial_accumulator_value is carried by the state, and there is none: "
-                              "MLX starts the sums at zero")
+        later.inexact.append(
+            "Adagrad initial_accumulator_value is carried by the state, and there is none: MLX starts the sums at zero"
+        )
     opts = []
     for i, g in enumerate(groups):
         if schedule is None:
@@ -117,7 +134,7 @@ def convert_optimizer(torch_optimizer_or_state, model_or_param_names=None, rules
             continue
         sched = schedule.group(i)
         if sched.start is not None:
-            sched = sched.resumed(at=n_step)       # the next update uses the rate the scheduler is at
+            sched = sched.resumed(at=n_step)  # the next update uses the rate the scheduler is at
         opts.append(make(kind, g, sched, report, sched.momentum[0] if sched.momentum else None, sched.momentum_key))
     if len(opts) == 1:
         opt = opts[0]

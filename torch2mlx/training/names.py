@@ -6,6 +6,7 @@ each id is. With only the model, its parameter order is used (all parameters, or
 the trainable ones, whichever count matches). With only a checkpoint, the
 state dict's names minus known buffers are used when their count matches.
 """
+
 from __future__ import annotations
 
 from ..errors import Torch2MLXError
@@ -32,17 +33,21 @@ def from_module(model, optimizer=None, n: int | None = None) -> list[str]:
     trainable = [name for name, p in named if p.requires_grad]
     if n == len(trainable):
         return trainable
-    raise Torch2MLXError(f"the optimizer state counts {n} parameters but the model has {len(named)} "
-                         f"({len(trainable)} trainable): pass the live optimizer or the names in its order")
+    raise Torch2MLXError(
+        f"the optimizer state counts {n} parameters but the model has {len(named)} "
+        f"({len(trainable)} trainable): pass the live optimizer or the names in its order"
+    )
 
 
 def from_state_dict(names, n: int) -> list[str]:
     """A checkpoint's parameter names without torch: its state-dict names minus known buffers."""
     params = [x for x in names if not x.endswith(BUFFER_SUFFIXES)]
     if len(params) != n:
-        raise Torch2MLXError(f"the optimizer state counts {n} parameters but the checkpoint's state dict has "
-                             f"{len(params)} tensors that look like parameters: give the model (source_class=) "
-                             "or the parameter names in the optimizer's order")
+        raise Torch2MLXError(
+            f"the optimizer state counts {n} parameters but the checkpoint's state dict has "
+            f"{len(params)} tensors that look like parameters: give the model (source_class=) "
+            "or the parameter names in the optimizer's order"
+        )
     return params
 
 
@@ -52,8 +57,10 @@ def resolve(model_or_names, param_groups, optimizer=None) -> list[str]:
     if hasattr(model_or_names, "named_parameters"):
         if optimizer is None and len(param_groups) > 1:
             # ids run group by group, in the order configure_optimizers listed them, not the model's
-            raise Torch2MLXError(f"the optimizer state has {len(param_groups)} param groups: pass the live "
-                                 "optimizer too (its groups say which parameter each id is)")
+            raise Torch2MLXError(
+                f"the optimizer state has {len(param_groups)} param groups: pass the live "
+                "optimizer too (its groups say which parameter each id is)"
+            )
         return from_module(model_or_names, optimizer, n)
     if isinstance(model_or_names, dict):
         try:

@@ -8,6 +8,7 @@ Rules that compute (an LSTM's two biases summed into one, ``weight_norm``)
 have no exact counterpart for moments: those are reported and left for MLX to
 start from zero.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from .arrays import Array
 from .optimizers import MOMENTS, USES_STEP, infer_kind, kind_of
 from .report import Report
 
-_MOVING = ("identity", "split", "concat")   # besides permutations: rules that only move elements
+_MOVING = ("identity", "split", "concat")  # besides permutations: rules that only move elements
 
 
 def _moves_only(rule: str) -> bool:
@@ -33,9 +34,9 @@ class OptimizerState:
     """An MLX optimizer state tree converted from torch (or the parts to build one)."""
 
     kind: str
-    state: dict                       # ready for ``optimizer.state = ...`` (``{"states": [...]}`` for several groups)
+    state: dict  # ready for ``optimizer.state = ...`` (``{"states": [...]}`` for several groups)
     step: int
-    groups: list[list[str]]           # MLX parameter names per param group
+    groups: list[list[str]]  # MLX parameter names per param group
     report: Report = field(default_factory=Report)
 
 
@@ -43,6 +44,7 @@ def forward_specs(model) -> list[RuleSpec]:
     """The analyzer's torch -> MLX specs for a torch module (meta tensors are fine: only shapes are read)."""
     from ..analysis.stream_inputs import module_inputs
     from ..model_api.to_torch import _names_only
+
     return module_inputs(_names_only(model.state_dict()), model).specs or []
 
 
@@ -53,8 +55,9 @@ def _specs(rules, model, torch_names, shapes) -> list[RuleSpec]:
         return forward_specs(model)
     # No model information: the stream's inference, so moments follow the weights converted without a model.
     # (a parameter without state has no shape here; it needs no rule either)
-    return [RuleSpec(n, (n,), _rules.infer(n, shapes.get(n, ()), True) or "identity", {}, "inferred")
-            for n in torch_names]
+    return [
+        RuleSpec(n, (n,), _rules.infer(n, shapes.get(n, ()), True) or "identity", {}, "inferred") for n in torch_names
+    ]
 
 
 def _unpack(torch_state, model_or_names):
@@ -79,13 +82,22 @@ def _step_of(per_param: dict, kind: str, step, report: Report) -> int:
         return 0
     values = sorted(set(steps.values()))
     if len(values) > 1 and kind in USES_STEP:
-        report.inexact.append(f"parameters were stepped {values[0]}..{values[-1]} times; MLX keeps one step "
-                              f"count for all (using {values[-1]})")
+        report.inexact.append(
+            f"parameters were stepped {values[0]}..{values[-1]} times; MLX keeps one step "
+            f"count for all (using {values[-1]})"
+        )
     return values[-1]
 
 
-def convert_optimizer_state(torch_state, model_or_param_names=None, rules=None, *, kind: str | None = None,
-                            step: int | None = None, strict: bool = True) -> OptimizerState:
+def convert_optimizer_state(
+    torch_state,
+    model_or_param_names=None,
+    rules=None,
+    *,
+    kind: str | None = None,
+    step: int | None = None,
+    strict: bool = True,
+) -> OptimizerState:
     """An ``mlx.optimizers`` state tree from a torch optimizer's state.
 
     ``torch_state``: a live torch optimizer or its ``state_dict()`` (torch tensors, numpy
@@ -111,7 +123,7 @@ def convert_optimizer_state(torch_state, model_or_param_names=None, rules=None, 
     for spec in specs:
         params = [s for s in spec.sources if s in group_of]
         if not params:
-            continue                                # a buffer: optimizers keep no state for it
+            continue  # a buffer: optimizers keep no state for it
         if len(params) != len(spec.sources):
             report.inexact.append(f"{spec.out}: made from parameters and buffers together; its state is not carried")
             continue
@@ -119,10 +131,12 @@ def convert_optimizer_state(torch_state, model_or_param_names=None, rules=None, 
         states = [per_param.get(s) for s in spec.sources]
         mapped.update(spec.sources)
         if any(s is None for s in states):
-            continue                                # never stepped in torch: MLX starts it from zero too
+            continue  # never stepped in torch: MLX starts it from zero too
         if not _moves_only(spec.rule):
-            report.inexact.append(f"{spec.out}: rule {spec.rule} combines {', '.join(spec.sources)}; "
-                                  f"their {'/'.join(moments)} cannot be combined exactly (MLX starts it from zero)")
+            report.inexact.append(
+                f"{spec.out}: rule {spec.rule} combines {', '.join(spec.sources)}; "
+                f"their {'/'.join(moments)} cannot be combined exactly (MLX starts it from zero)"
+            )
             continue
         for tkey, mkey in moments.items():
             vals = [s.get(tkey) for s in states]
@@ -149,8 +163,10 @@ def check_sgd_start(kind, sd, per_param, torch_names, report):
         if kind == "SGD" and g.get("momentum", 0) and g.get("dampening", 0):
             fresh = [n for n in torch_names if per_param.get(n, {}).get("momentum_buffer") is None]
             if fresh:
-                report.inexact.append(f"SGD dampening={g['dampening']}: {len(fresh)} parameter(s) have no momentum "
-                                      "buffer yet, and MLX damps the first step where torch does not")
+                report.inexact.append(
+                    f"SGD dampening={g['dampening']}: {len(fresh)} parameter(s) have no momentum "
+                    "buffer yet, and MLX damps the first step where torch does not"
+                )
                 return
 
 
@@ -161,14 +177,16 @@ def _tensors(s: dict) -> dict:
 def _tree(flat: dict, step: int, lr) -> dict:
     import mlx.core as mx
     from mlx.utils import tree_unflatten
+
     tree = tree_unflatten(list(flat.items())) if flat else {}
     tree["step"] = mx.array(step, dtype=mx.uint64)
     tree["learning_rate"] = mx.array(float(lr), dtype=mx.float32)
     return tree
 
 
-def optimizer_state_to_torch(mlx_optimizer_or_state, model, torch_optimizer, rules=None, *,
-                             strict: bool = True) -> dict:
+def optimizer_state_to_torch(
+    mlx_optimizer_or_state, model, torch_optimizer, rules=None, *, strict: bool = True
+) -> dict:
     """A state dict for ``torch_optimizer.load_state_dict`` from an MLX optimizer (or its state).
 
     ``model`` and ``torch_optimizer`` are the torch side the state goes to: the model's
@@ -178,6 +196,7 @@ def optimizer_state_to_torch(mlx_optimizer_or_state, model, torch_optimizer, rul
     import numpy as np
     from mlx.utils import tree_flatten
     from ..core.reverse import reverse_specs
+
     state = getattr(mlx_optimizer_or_state, "state", mlx_optimizer_or_state)
     kind = kind_of(torch_optimizer)
     template = torch_optimizer.state_dict()
@@ -210,11 +229,15 @@ def optimizer_state_to_torch(mlx_optimizer_or_state, model, torch_optimizer, rul
             if any(s is None for s in srcs):
                 continue
             arrs = [Array.of(s, a) for s, a in zip(spec.sources, srcs)]
-            entry[tkey] = arrs[0].with_data(
-                np.ascontiguousarray(_rules.get(spec.rule).forward([a.data for a in arrs], dict(spec.args)))).to_torch()
+            entry[tkey] = (
+                arrs[0]
+                .with_data(np.ascontiguousarray(_rules.get(spec.rule).forward([a.data for a in arrs], dict(spec.args))))
+                .to_torch()
+            )
         if entry:
             if kind != "SGD":
                 import torch
+
                 entry["step"] = torch.tensor(float(step))
             by_name[spec.out] = entry
     report.check(strict, f"the MLX {kind} state")

@@ -27,6 +27,7 @@ Compared line by line with torch 2.x's single-tensor updates and MLX 0.2x's
   torch's order. ``foreach``/``fused``/``capturable``/``differentiable`` choose
   torch kernels, not maths: noted when set, otherwise ignored.
 """
+
 from __future__ import annotations
 
 from ..errors import Torch2MLXError
@@ -59,11 +60,15 @@ def infer_kind(param_groups=None, state=None) -> str:
             return kind
     skeys = {k for s in (state or {}).values() for k in s}
     for kind, moments in MOMENTS.items():
-        if skeys and skeys - {"step"} <= set(moments) | {"max_exp_avg_sq", "grad_avg", "momentum_buffer"} \
-                and set(moments) & skeys:
+        if (
+            skeys
+            and skeys - {"step"} <= set(moments) | {"max_exp_avg_sq", "grad_avg", "momentum_buffer"}
+            and set(moments) & skeys
+        ):
             return kind
-    raise Torch2MLXError(f"cannot tell the optimizer kind from keys {sorted(keys | skeys)}; pass kind= "
-                         f"(one of {', '.join(KINDS)})")
+    raise Torch2MLXError(
+        f"cannot tell the optimizer kind from keys {sorted(keys | skeys)}; pass kind= (one of {', '.join(KINDS)})"
+    )
 
 
 def kind_of(optimizer) -> str:
@@ -73,8 +78,9 @@ def kind_of(optimizer) -> str:
             if c.__name__ == "Adam" and any(g.get("decoupled_weight_decay") for g in optimizer.param_groups):
                 return "AdamW"
             return c.__name__
-    raise Torch2MLXError(f"torch optimizer {type(optimizer).__name__} has no MLX mapping "
-                         f"(supported: {', '.join(KINDS)})")
+    raise Torch2MLXError(
+        f"torch optimizer {type(optimizer).__name__} has no MLX mapping (supported: {', '.join(KINDS)})"
+    )
 
 
 class TorchTerms:
@@ -102,6 +108,7 @@ class TorchTerms:
         if not self.lr_decay:
             return lr
         import mlx.core as mx
+
         # apply_single runs after the step was incremented: (step - 1) is torch's (t - 1)
         done = mx.maximum(self.step, 1) - 1
         return lr / (1 + done.astype(mx.float32) * self.lr_decay)
@@ -109,6 +116,7 @@ class TorchTerms:
     @learning_rate.setter
     def learning_rate(self, value):
         import mlx.core as mx
+
         self.state["learning_rate"] = mx.array(value)
 
 
@@ -124,7 +132,7 @@ class FollowsMomentum:
     """
 
     momentum_schedule = None
-    momentum_key = "momentum"            # or "betas" (beta1)
+    momentum_key = "momentum"  # or "betas" (beta1)
 
     def apply_gradients(self, gradients, parameters):
         if self.momentum_schedule is not None:
@@ -154,19 +162,24 @@ def _flags(group: dict, kind: str, report: Report, handled: set) -> None:
     extra = sorted(set(group) - handled - set(_IMPL_FLAGS) - _SCHEDULER_KEYS - {"params", "maximize", "lr"})
     for k in extra:
         # unknown to us, so it may change the update: not something to drop quietly
-        report.inexact.append(f"{kind} param-group key {k}={group[k]!r} is not known here; whatever it does in "
-                              "torch is not carried")
+        report.inexact.append(
+            f"{kind} param-group key {k}={group[k]!r} is not known here; whatever it does in torch is not carried"
+        )
 
 
 def hyperparameters(kind: str, group: dict, report: Report) -> tuple[type, dict, dict]:
     """``(MLX class, constructor kwargs without learning_rate, TorchTerms settings)`` for one param group."""
     import mlx.optimizers as optim
+
     g = group
     terms = {"maximize": bool(g.get("maximize", False))}
     if kind in ("Adam", "AdamW"):
         decoupled = kind == "AdamW" or bool(g.get("decoupled_weight_decay"))
-        kwargs = {"betas": [float(b) for b in g.get("betas", (0.9, 0.999))], "eps": float(g.get("eps", 1e-8)),
-                  "bias_correction": True}
+        kwargs = {
+            "betas": [float(b) for b in g.get("betas", (0.9, 0.999))],
+            "eps": float(g.get("eps", 1e-8)),
+            "bias_correction": True,
+        }
         wd = float(g.get("weight_decay", 0.0))
         if decoupled:
             cls, kwargs["weight_decay"] = optim.AdamW, wd
@@ -177,8 +190,12 @@ def hyperparameters(kind: str, group: dict, report: Report) -> tuple[type, dict,
         _flags(g, kind, report, {"betas", "eps", "weight_decay", "amsgrad", "decoupled_weight_decay"})
     elif kind == "SGD":
         cls = optim.SGD
-        kwargs = {"momentum": float(g.get("momentum", 0.0)), "weight_decay": float(g.get("weight_decay", 0.0)),
-                  "dampening": float(g.get("dampening", 0.0)), "nesterov": bool(g.get("nesterov", False))}
+        kwargs = {
+            "momentum": float(g.get("momentum", 0.0)),
+            "weight_decay": float(g.get("weight_decay", 0.0)),
+            "dampening": float(g.get("dampening", 0.0)),
+            "nesterov": bool(g.get("nesterov", False)),
+        }
         _flags(g, kind, report, {"momentum", "weight_decay", "dampening", "nesterov"})
     elif kind == "RMSprop":
         cls = optim.RMSprop

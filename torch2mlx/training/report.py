@@ -9,6 +9,7 @@ hyper-parameter ignored). With ``strict=True`` (the default) an inexact item
 raises, so nothing is silently wrong; ``strict=False`` accepts them with a
 warning and leaves the list to read.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -41,10 +42,13 @@ class Report:
             return
         listed = "; ".join(self.inexact[:6]) + (" ..." if len(self.inexact) > 6 else "")
         if strict:
-            raise Torch2MLXError(f"{what} cannot be carried exactly: {listed} (strict=False accepts this and "
-                                 "keeps the list in the result's report)")
-        warnings.warn(f"{what} will not continue torch's training exactly: {listed}", InexactConversionWarning,
-                      stacklevel=3)
+            raise Torch2MLXError(
+                f"{what} cannot be carried exactly: {listed} (strict=False accepts this and "
+                "keeps the list in the result's report)"
+            )
+        warnings.warn(
+            f"{what} will not continue torch's training exactly: {listed}", InexactConversionWarning, stacklevel=3
+        )
 
     def __str__(self) -> str:
         lines = [f"inexact: {x}" for x in self.inexact] + [f"note: {x}" for x in self.notes]

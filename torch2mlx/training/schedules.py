@@ -18,6 +18,7 @@ the kind is read from the state's keys (or given as ``kind``), and OneCycleLR
 needs the optimizer's ``param_groups`` (its peak and floor rates live there).
 Nothing here imports torch.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,22 +29,33 @@ from typing import Callable
 from ..errors import Torch2MLXError
 from .report import Report
 
-_CODE = ("its lr_lambda is Python code that neither a state dict nor a checkpoint holds; write the same "
-         "function as an MLX schedule (a callable step -> learning rate, e.g. `lambda step: base_lr * f(step)`) "
-         "and pass it as learning_rate")
+_CODE = (
+    "its lr_lambda is Python code that neither a state dict nor a checkpoint holds; write the same "
+    "function as an MLX schedule (a callable step -> learning rate, e.g. `lambda step: base_lr * f(step)`) "
+    "and pass it as learning_rate"
+)
 UNSUPPORTED = {
     "LambdaLR": _CODE,
     "MultiplicativeLR": _CODE,
     "ReduceLROnPlateau": "it follows a validation metric, not the step count; use "
-                         "torch2mlx.lightning.ReduceLROnPlateau, an MLXTrainer callback that does the same from "
-                         "the logged metric",
+    "torch2mlx.lightning.ReduceLROnPlateau, an MLXTrainer callback that does the same from "
+    "the logged metric",
     "CyclicLR": "not converted; build the cycle from mlx.optimizers.linear_schedule pieces with join_schedules",
     "CosineAnnealingWarmRestarts": "not converted; join mlx.optimizers.cosine_decay pieces with join_schedules",
     "ChainedScheduler": "not converted; write the warmup chain as SequentialLR (e.g. LinearLR then "
-                        "CosineAnnealingLR), which converts exactly",
+    "CosineAnnealingLR), which converts exactly",
 }
-SUPPORTED = ("StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "LinearLR", "ConstantLR",
-             "OneCycleLR", "PolynomialLR", "SequentialLR")
+SUPPORTED = (
+    "StepLR",
+    "MultiStepLR",
+    "ExponentialLR",
+    "CosineAnnealingLR",
+    "LinearLR",
+    "ConstantLR",
+    "OneCycleLR",
+    "PolynomialLR",
+    "SequentialLR",
+)
 
 
 @dataclass
@@ -52,9 +64,9 @@ class Schedule:
 
     kind: str
     groups: list[Callable[[int], float]]
-    start: int | None = None            # steps the scheduler had taken (its ``last_epoch``); None: not known
-    momentum: list[Callable[[int], float]] | None = None   # OneCycleLR's cycled momentum / beta1
-    momentum_key: str | None = None     # "betas" (beta1) or "momentum"
+    start: int | None = None  # steps the scheduler had taken (its ``last_epoch``); None: not known
+    momentum: list[Callable[[int], float]] | None = None  # OneCycleLR's cycled momentum / beta1
+    momentum_key: str | None = None  # "betas" (beta1) or "momentum"
     report: Report = field(default_factory=Report)
 
     def lr(self, t: int, group: int = 0) -> float:
@@ -67,9 +79,11 @@ class Schedule:
         Reads the step's value on the host, so call it outside ``mx.compile``.
         """
         import mlx.core as mx
+
         if len(self.groups) != 1:
-            raise Torch2MLXError(f"this {self.kind} has {len(self.groups)} param groups; "
-                                 "use schedule.group(i) for each")
+            raise Torch2MLXError(
+                f"this {self.kind} has {len(self.groups)} param groups; use schedule.group(i) for each"
+            )
         return mx.array(self.groups[0](int(step)), dtype=mx.float32)
 
     def group(self, i: int) -> "Schedule":
@@ -89,24 +103,36 @@ class Schedule:
         if k == 0:
             return self
         mom = [lambda t, f=f: f(t + k) for f in self.momentum] if self.momentum else None
-        return Schedule(self.kind, [lambda t, f=f: f(t + k) for f in self.groups], int(at), mom, self.momentum_key,
-                        self.report)
+        return Schedule(
+            self.kind, [lambda t, f=f: f(t + k) for f in self.groups], int(at), mom, self.momentum_key, self.report
+        )
 
 
 def infer_kind(state: dict) -> str:
     """The scheduler class a state dict came from, told by its keys (torch stores no class name)."""
     keys = set(state)
-    for kind, marks in (("SequentialLR", {"_schedulers", "_milestones"}), ("ChainedScheduler", {"_schedulers"}),
-                        ("ReduceLROnPlateau", {"patience"}), ("OneCycleLR", {"total_steps", "_schedule_phases"}),
-                        ("CyclicLR", {"max_lrs"}), ("CosineAnnealingWarmRestarts", {"T_0"}),
-                        ("LambdaLR", {"lr_lambdas"}), ("StepLR", {"step_size"}), ("MultiStepLR", {"milestones"}),
-                        ("CosineAnnealingLR", {"T_max"}), ("LinearLR", {"start_factor"}),
-                        ("PolynomialLR", {"power"}), ("ConstantLR", {"factor", "total_iters"}),
-                        ("ExponentialLR", {"gamma", "base_lrs"})):
+    for kind, marks in (
+        ("SequentialLR", {"_schedulers", "_milestones"}),
+        ("ChainedScheduler", {"_schedulers"}),
+        ("ReduceLROnPlateau", {"patience"}),
+        ("OneCycleLR", {"total_steps", "_schedule_phases"}),
+        ("CyclicLR", {"max_lrs"}),
+        ("CosineAnnealingWarmRestarts", {"T_0"}),
+        ("LambdaLR", {"lr_lambdas"}),
+        ("StepLR", {"step_size"}),
+        ("MultiStepLR", {"milestones"}),
+        ("CosineAnnealingLR", {"T_max"}),
+        ("LinearLR", {"start_factor"}),
+        ("PolynomialLR", {"power"}),
+        ("ConstantLR", {"factor", "total_iters"}),
+        ("ExponentialLR", {"gamma", "base_lrs"}),
+    ):
         if marks <= keys:
             return kind
-    raise Torch2MLXError(f"cannot tell which LR scheduler this state dict is from (keys: {sorted(keys)}); "
-                         "pass kind='StepLR' (or another class name)")
+    raise Torch2MLXError(
+        f"cannot tell which LR scheduler this state dict is from (keys: {sorted(keys)}); "
+        "pass kind='StepLR' (or another class name)"
+    )
 
 
 def _counts(milestones) -> dict[int, int]:
@@ -116,7 +142,7 @@ def _counts(milestones) -> dict[int, int]:
         for m in milestones:
             out[int(m)] = out.get(int(m), 0) + 1
         return out
-    args = getattr(milestones, "_t2m_args", None)      # collections.Counter as our unpickler keeps it
+    args = getattr(milestones, "_t2m_args", None)  # collections.Counter as our unpickler keeps it
     if args and isinstance(args[0], dict):
         milestones = args[0]
     if isinstance(milestones, dict):
@@ -137,7 +163,7 @@ def _multistep_lr(b, st):
 
 def _exponential_lr(b, st):
     gamma = float(st["gamma"])
-    return lambda t: b * gamma ** t
+    return lambda t: b * gamma**t
 
 
 def _cosine_lr(b, st):
@@ -161,9 +187,15 @@ def _polynomial_lr(b, st):
     return lambda t: b * (1.0 - min(t, n) / n) ** p
 
 
-_SIMPLE = {"StepLR": _step_lr, "MultiStepLR": _multistep_lr, "ExponentialLR": _exponential_lr,
-           "CosineAnnealingLR": _cosine_lr, "LinearLR": _linear_lr, "ConstantLR": _constant_lr,
-           "PolynomialLR": _polynomial_lr}
+_SIMPLE = {
+    "StepLR": _step_lr,
+    "MultiStepLR": _multistep_lr,
+    "ExponentialLR": _exponential_lr,
+    "CosineAnnealingLR": _cosine_lr,
+    "LinearLR": _linear_lr,
+    "ConstantLR": _constant_lr,
+    "PolynomialLR": _polynomial_lr,
+}
 
 
 def _anneal(kind: str):
@@ -176,8 +208,9 @@ def _anneal(kind: str):
 
 def _one_cycle(st, group: dict, value: str) -> Callable[[int], float]:
     """OneCycleLR's piecewise anneal for one group; ``value`` is "lr" or "momentum" (the phase keys' suffix)."""
-    phases = [(float(p["end_step"]), group[p[f"start_{value}"]], group[p[f"end_{value}"]])
-              for p in st["_schedule_phases"]]
+    phases = [
+        (float(p["end_step"]), group[p[f"start_{value}"]], group[p[f"end_{value}"]]) for p in st["_schedule_phases"]
+    ]
     anneal = _anneal(st.get("_anneal_func_type", "cos"))
     total = int(st["total_steps"])
 
@@ -189,13 +222,16 @@ def _one_cycle(st, group: dict, value: str) -> Callable[[int], float]:
             if t <= end or i == len(phases) - 1:
                 return anneal(a, b, (t - start) / (end - start))
             start = end
+
     return f
 
 
 def _groups_needed(param_groups, kind: str, n: int) -> list[dict]:
     if param_groups is None:
-        raise Torch2MLXError(f"{kind} keeps its peak and floor rates in the optimizer's param groups: pass "
-                             "param_groups= (checkpoint['optimizer_states'][0]['param_groups']) or the live scheduler")
+        raise Torch2MLXError(
+            f"{kind} keeps its peak and floor rates in the optimizer's param groups: pass "
+            "param_groups= (checkpoint['optimizer_states'][0]['param_groups']) or the live scheduler"
+        )
     if len(param_groups) != n:
         raise Torch2MLXError(f"{kind} has {n} base rate(s) but {len(param_groups)} param group(s) were given")
     return list(param_groups)
@@ -204,7 +240,7 @@ def _groups_needed(param_groups, kind: str, n: int) -> list[dict]:
 def _build(kind: str, st: dict, param_groups, children, report: Report) -> Schedule:
     if kind in UNSUPPORTED:
         raise Torch2MLXError(f"{kind} cannot be converted: {UNSUPPORTED[kind]}")
-    start = int(st["last_epoch"])         # torch always saves it; without it the position would be a guess
+    start = int(st["last_epoch"])  # torch always saves it; without it the position would be a guess
     if kind in _SIMPLE:
         return Schedule(kind, [_SIMPLE[kind](float(b), st) for b in st["base_lrs"]], start, report=report)
     if kind == "OneCycleLR":
@@ -214,9 +250,11 @@ def _build(kind: str, st: dict, param_groups, children, report: Report) -> Sched
             sched.momentum = [_one_cycle(st, g, "momentum") for g in groups]
             sched.momentum_key = "betas" if st.get("use_beta1") else "momentum"
             what = "beta1" if st.get("use_beta1") else "momentum"
-            report.notes.append(f"OneCycleLR also cycles {what} (schedule.momentum): the optimizer "
-                                "convert_optimizer(schedule=...) returns sets it before every update, as "
-                                f"MLXTrainer does; an MLX optimizer given only this learning rate keeps {what} fixed")
+            report.notes.append(
+                f"OneCycleLR also cycles {what} (schedule.momentum): the optimizer "
+                "convert_optimizer(schedule=...) returns sets it before every update, as "
+                f"MLXTrainer does; an MLX optimizer given only this learning rate keeps {what} fixed"
+            )
         return sched
     if kind == "SequentialLR":
         milestones = [int(m) for m in st["_milestones"]]
@@ -229,7 +267,9 @@ def _build(kind: str, st: dict, param_groups, children, report: Report) -> Sched
             def f(t):
                 i = bisect_right(milestones, t)
                 return subs[i].groups[g](t - (milestones[i - 1] if i else 0))
+
             return f
+
         sched = Schedule(kind, [piece(g) for g in range(len(subs[0].groups))], start, report=report)
         moms = [s for s in subs if s.momentum]
         if moms:
@@ -254,8 +294,9 @@ def _parts(x, kind, param_groups):
     raise Torch2MLXError(f"expected a torch LR scheduler or its state_dict(), got {type(x).__name__}")
 
 
-def convert_scheduler(scheduler_or_state, *, kind: str | None = None, param_groups=None,
-                      strict: bool = True) -> Schedule:
+def convert_scheduler(
+    scheduler_or_state, *, kind: str | None = None, param_groups=None, strict: bool = True
+) -> Schedule:
     """An MLX schedule equal to a torch LR scheduler (see the module doc).
 
     ``scheduler_or_state``: a live ``torch.optim.lr_scheduler`` object or its ``state_dict()``;

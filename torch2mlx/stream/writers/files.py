@@ -1,4 +1,5 @@
 """File primitives every writer uses: temp-then-rename, fsync, positional writes, kernel copies."""
+
 from __future__ import annotations
 
 import errno
@@ -31,8 +32,15 @@ def pwrite_all(fd: int, data, offset: int) -> None:
         done += os.pwrite(fd, view[done:], offset + done)
 
 
-def copy_range(src_fd: int, dst_fd: int, src_off: int, dst_off: int, count: int, buf: bytearray | None = None,
-               src_name: str = "source file") -> None:
+def copy_range(
+    src_fd: int,
+    dst_fd: int,
+    src_off: int,
+    dst_off: int,
+    count: int,
+    buf: bytearray | None = None,
+    src_name: str = "source file",
+) -> None:
     """Copy bytes file to file; the kernel does it when it can (no user-space buffer).
 
     ``src_name`` names the source in the error when it ends early (a checkpoint

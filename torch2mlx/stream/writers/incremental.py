@@ -7,6 +7,7 @@ shard is full its header is written and the spill files are appended after it
 by the kernel. Shards are renamed to ``model-0000i-of-0000N`` names once N is
 known, and the index is written last.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,22 +25,30 @@ _WIDTHS = (16, 8, 4, 2, 1)
 
 
 class ShardWriter:
-    def __init__(self, out_dir: str, max_shard_size="5GB", *, overwrite: bool = False,
-                 metadata: dict | None = None, manifest_extra: dict | None = None):
+    def __init__(
+        self,
+        out_dir: str,
+        max_shard_size="5GB",
+        *,
+        overwrite: bool = False,
+        metadata: dict | None = None,
+        manifest_extra: dict | None = None,
+    ):
         from ..options import parse_size
+
         self.out_dir = os.fspath(out_dir)
         self.max = parse_size(max_shard_size, "ShardWriter(max_shard_size=...)")
         self.metadata = metadata
         self.manifest_extra = manifest_extra or {}
         output_dir.prepare(self.out_dir, overwrite=overwrite, src_paths=[])
         self._spill = {}
-        self._pending: list[tuple[Output, int]] = []   # (output, offset in its spill file)
+        self._pending: list[tuple[Output, int]] = []  # (output, offset in its spill file)
         self._spill_size = {w: 0 for w in _WIDTHS}
         self._sealed: list[tuple[str, list[Output], int]] = []  # (temp path, outputs, size)
         self._names: set[str] = set()
         self.records: dict[str, dict] = {}
         self.results = []
-        self.nbytes = 0          # tensor bytes written (the index's total_size), once closed
+        self.nbytes = 0  # tensor bytes written (the index's total_size), once closed
         self._closed = False
 
     def __enter__(self):
@@ -73,6 +82,7 @@ class ShardWriter:
         if name in self._names:
             raise Torch2MLXError(f"tensor {name!r} was already written")
         from ..values import from_user
+
         array, dt = from_user(array, dtype, name)
         self.add_bits(name, array, dt, record)
 
@@ -149,8 +159,11 @@ class ShardWriter:
             raise os_error(self.out_dir, e) from None
         self._close_spill()
         from ...core.version import __version__
-        manifest.write(self.out_dir, manifest.for_writer(version=__version__, extra=self.manifest_extra,
-                                                         records=self.records, shards=shards))
+
+        manifest.write(
+            self.out_dir,
+            manifest.for_writer(version=__version__, extra=self.manifest_extra, records=self.records, shards=shards),
+        )
         output_dir.write_index(self.out_dir, weight_map, total)
         self.nbytes = total
         self._closed = True

@@ -6,6 +6,7 @@ holder's pid for the message. The holder removes the file last, while it
 still holds the lock; a run that opened the file before the removal finds its
 lock on a file that is no longer at that path and tries again.
 """
+
 from __future__ import annotations
 
 import errno
@@ -18,7 +19,7 @@ from .files import os_error
 
 try:
     import fcntl
-except ImportError:   # Windows: no advisory locks here; runs are not serialized
+except ImportError:  # Windows: no advisory locks here; runs are not serialized
     fcntl = None  # type: ignore[assignment]  # the module is optional; callers test for None
 
 LOCK = ".torch2mlx.lock"
@@ -71,7 +72,7 @@ def locked(out_dir: str):
                 break
             if _same_file(fd, path):
                 break
-            os.close(fd)   # locked a file its holder had just removed: take the current one
+            os.close(fd)  # locked a file its holder had just removed: take the current one
             fd = None
         if fd is not None:
             os.ftruncate(fd, 0)
@@ -90,7 +91,7 @@ def locked(out_dir: str):
         if _same_file(fd, path):
             _remove(path)
         os.close(fd)
-        if created:   # a run refused before writing leaves no empty OUT behind (rmdir fails unless empty)
+        if created:  # a run refused before writing leaves no empty OUT behind (rmdir fails unless empty)
             try:
                 os.rmdir(out_dir)
             except OSError:

@@ -1,4 +1,5 @@
 """The output directory: refuse to clobber, clear our own old files, copy sidecars, write index last."""
+
 from __future__ import annotations
 
 import glob
@@ -11,7 +12,7 @@ from .files import os_error, write_json_atomic
 from .out_lock import LOCK
 
 INDEX = "model.safetensors.index.json"
-BIN_INDEX = "pytorch_model.bin.index.json"    # --to torch --format bin
+BIN_INDEX = "pytorch_model.bin.index.json"  # --to torch --format bin
 
 
 def has_contents(out_dir: str) -> bool:
@@ -29,8 +30,9 @@ def check_target(out_dir: str, src_paths: list[str]) -> None:
         raise Torch2MLXError(f"{out_dir}: exists and is not a directory")
 
 
-def prepare(out_dir: str, *, overwrite: bool, src_paths: list[str], resume: bool = False,
-            check_only: bool = False) -> None:
+def prepare(
+    out_dir: str, *, overwrite: bool, src_paths: list[str], resume: bool = False, check_only: bool = False
+) -> None:
     """Refuse an OUT we must not write; else create it and clear our old files (``check_only``: refuse only)."""
     check_target(out_dir, src_paths)
     if has_contents(out_dir) and not (overwrite or resume):
@@ -81,7 +83,5 @@ def copy_sidecars(paths: list[str], out_dir: str, rewrite: dict[str, dict] | Non
 
 def write_index(out_dir: str, weight_map: dict[str, str], total_size: int, name: str = INDEX) -> str:
     path = os.path.join(out_dir, name)
-    write_json_atomic(path, {"metadata": {"total_size": total_size},
-                             "weight_map": dict(sorted(weight_map.items()))})
+    write_json_atomic(path, {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))})
     return path
-

@@ -10,6 +10,7 @@ keeps finished shards only when the run can be resumed and at least one is recor
 in the manifest; otherwise OUT goes back to what it was (removed if the run created
 it). The exception's message then says which of these happened.
 """
+
 from __future__ import annotations
 
 import glob
@@ -31,7 +32,7 @@ _ZARR_ROOTS = ("zarr.json", ".zgroup")
 
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
-        return False   # ours from an earlier process that had this pid (a restarted container)
+        return False  # ours from an earlier process that had this pid (a restarted container)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -56,8 +57,17 @@ class Target:
     ``shards``: how many shards the plan has, for the failure message.
     """
 
-    def __init__(self, out: str, *, overwrite: bool, src_paths=(), resume: bool = False,
-                 resumable: bool = False, shards: int = 0, existed: bool | None = None):
+    def __init__(
+        self,
+        out: str,
+        *,
+        overwrite: bool,
+        src_paths=(),
+        resume: bool = False,
+        resumable: bool = False,
+        shards: int = 0,
+        existed: bool | None = None,
+    ):
         self.out, self.resume, self.resumable, self.shards = out, resume, resumable, shards
         # ``existed``: whether OUT was there before the run's lock file created it
         self.existed = os.path.isdir(out) if existed is None else existed
@@ -71,7 +81,7 @@ class Target:
     def __enter__(self) -> "Target":
         try:
             output_dir.prepare(self.dir, overwrite=True, src_paths=[], resume=self.resume)
-        except BaseException as e:   # a full disk or a signal already: the same clean-up
+        except BaseException as e:  # a full disk or a signal already: the same clean-up
             self.__exit__(type(e), e, None)
             raise
         return self
@@ -85,7 +95,7 @@ class Target:
         if isinstance(exc, Torch2MLXError):
             exc.args = (f"{exc} ({left})",)
         elif isinstance(exc, KeyboardInterrupt):
-            exc.left = left   # the CLI's 'interrupted' line says it
+            exc.left = left  # the CLI's 'interrupted' line says it
         return False
 
     # ------------------------------------------------------------ failure
@@ -99,12 +109,14 @@ class Target:
         kept = self._kept() if self.resumable else 0
         if kept or self.resume:
             of = f" of {self.shards}" if self.shards else ""
-            return (f"{kept}{of} shard(s) finished and kept in {self.out}, no index: run the same command with "
-                    "--resume to continue")
+            return (
+                f"{kept}{of} shard(s) finished and kept in {self.out}, no index: run the same command with "
+                "--resume to continue"
+            )
         if not self.existed and not os.path.exists(os.path.join(self.dir, LOCK)):
             shutil.rmtree(self.dir, ignore_errors=True)
             left = f"no shard kept, {self.out} removed"
-        else:   # it was empty before this run (or made by the lock, which removes it when released)
+        else:  # it was empty before this run (or made by the lock, which removes it when released)
             for name in os.listdir(self.dir):
                 if name == LOCK:
                     continue
@@ -149,7 +161,7 @@ class Target:
                 signal.signal(s, handler if handler is not None else signal.SIG_DFL)
         if got:
             try:
-                signal.raise_signal(got[0])   # now, as its handler would have taken it
+                signal.raise_signal(got[0])  # now, as its handler would have taken it
             except KeyboardInterrupt as e:
                 e.left = f"after the conversion had finished: {self.out} holds the new output"
                 raise
@@ -161,12 +173,13 @@ class Target:
             if any(os.path.exists(os.path.join(self.dir, n)) for n in _ZARR_ROOTS):
                 # a zarr store: the old store's arrays go too, or they would read back beside the new ones
                 from .zarr_store import clear_old_store
+
                 clear_old_store(self.out)
             names = sorted(os.listdir(self.dir), key=lambda n: (n == manifest.NAME, n in _INDEXES, n))
             for name in names:
                 src, dst = os.path.join(self.dir, name), os.path.join(self.out, name)
                 if os.path.isdir(dst) and not os.path.islink(dst) and os.path.isdir(src):
-                    shutil.rmtree(dst)   # a zarr array group of the old output under the same name
+                    shutil.rmtree(dst)  # a zarr array group of the old output under the same name
                 os.replace(src, dst)
             os.rmdir(self.dir)
             fsync_dir(self.out)

@@ -6,6 +6,7 @@ block by block (``execute.compute_outputs``: read, rule, dequantize, cast) by
 worker threads that run a few blocks ahead of the writer, so computing overlaps
 writing while memory stays bounded by those few blocks, never by a tensor.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -45,11 +46,13 @@ def _jobs(op: Op, reader: DataReader, chunk: int):
             if src.array is not None:
                 yield lambda s=s, e=e: _raw(src.array)[s:e]
             else:
+
                 def read(s=s, e=e):
                     buf = bytearray(e - s)
                     pread_into(reader.fd(src.path), buf, src.offset + s, src.path)
                     reader.done_with_range(src.path, src.offset + s, e - s)
                     return buf
+
                 yield read
         if t.start == t.stop == 0 and out.nbytes == 0:
             yield lambda: b""
@@ -73,8 +76,16 @@ def _ahead(pool: ThreadPoolExecutor, jobs, depth: int):
             f.cancel()
 
 
-def write(plan: Plan, out_dir: str, *, reader: DataReader, workers: int | None = None, progress=None,
-          on_shard=None, chunk: int = CHUNK) -> list[ShardResult]:
+def write(
+    plan: Plan,
+    out_dir: str,
+    *,
+    reader: DataReader,
+    workers: int | None = None,
+    progress=None,
+    on_shard=None,
+    chunk: int = CHUNK,
+) -> list[ShardResult]:
     """Write every shard of ``plan`` (its ops have one output each) as a torch zip checkpoint."""
     workers = workers or min(4, (os.cpu_count() or 2) + 1)
     results = []
@@ -84,8 +95,9 @@ def write(plan: Plan, out_dir: str, *, reader: DataReader, workers: int | None =
             path = os.path.join(out_dir, sh.file)
             writer = TorchZipWriter(path)
             try:
-                blocks = _ahead(pool, ((k, job) for k, op in enumerate(ops) for job in _jobs(op, reader, chunk)),
-                                workers + 1)
+                blocks = _ahead(
+                    pool, ((k, job) for k, op in enumerate(ops) for job in _jobs(op, reader, chunk)), workers + 1
+                )
                 for k, group in itertools.groupby(blocks, key=lambda kb: kb[0]):
                     o = ops[k].outputs[0]
                     writer.add(o.name, o.dtype, o.shape, (b for _, b in group))

@@ -7,6 +7,7 @@ dtypes without a typed storage class (uint16/32/64, float8) use
 ``_rebuild_tensor_v3`` with ``UntypedStorage`` (numel in bytes) and the dtype,
 as ``torch.save`` does. These are exactly the globals ``torch.load(weights_only=True)`` accepts.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -62,10 +63,24 @@ def data_pkl(tensors: list[tuple[str, DType, tuple[int, ...], str]]) -> bytes:
             args = [pid + pickle.BINPERSID, _int(0), size, stride, pickle.NEWFALSE, empty_odict]
             rebuild = _global("torch._utils", "_rebuild_tensor_v2")
         else:
-            pid = _tuple([_str("storage"), _global("torch.storage", "UntypedStorage"), _str(key), _str("cpu"),
-                          _int(numel * dt.itemsize)])
-            args = [pid + pickle.BINPERSID, _int(0), size, stride, pickle.NEWFALSE, empty_odict,
-                    _global("torch", dt.name)]
+            pid = _tuple(
+                [
+                    _str("storage"),
+                    _global("torch.storage", "UntypedStorage"),
+                    _str(key),
+                    _str("cpu"),
+                    _int(numel * dt.itemsize),
+                ]
+            )
+            args = [
+                pid + pickle.BINPERSID,
+                _int(0),
+                size,
+                stride,
+                pickle.NEWFALSE,
+                empty_odict,
+                _global("torch", dt.name),
+            ]
             rebuild = _global("torch._utils", "_rebuild_tensor_v3")
         out += [_str(name), rebuild, _tuple(args), pickle.REDUCE]
     if tensors:

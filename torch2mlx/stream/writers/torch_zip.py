@@ -5,6 +5,7 @@ like torch's writer does, via padding in the local header's extra field),
 then ``data.pkl``, ``byteorder``, ``version`` and ``.format_version``.
 ``torch.load(path, weights_only=True)`` reads the result.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,9 +58,13 @@ class TorchZipWriter:
 
     def close(self) -> None:
         try:
-            for name, payload in (("data.pkl", data_pkl(self._tensors)), ("byteorder", b"little"),
-                                  (".format_version", b"1"), (".storage_alignment", str(ALIGN).encode()),
-                                  ("version", b"3\n")):
+            for name, payload in (
+                ("data.pkl", data_pkl(self._tensors)),
+                ("byteorder", b"little"),
+                (".format_version", b"1"),
+                (".storage_alignment", str(ALIGN).encode()),
+                ("version", b"3\n"),
+            ):
                 with self._member(name, len(payload)) as f:
                     f.write(payload)
             self._zf.close()

@@ -9,6 +9,7 @@ anything is written. The root says ``torch2mlx_complete: false`` until the
 manifest ``torch2mlx.json`` is written; a failed run removes its arrays and
 leaves the mark, so reading the store back refuses.
 """
+
 from __future__ import annotations
 
 import errno
@@ -27,7 +28,7 @@ from ...formats.zarr_store import COMPLETE_ATTR, DTYPE_ATTR, NAMES_ATTR, _zarr, 
 from .. import manifest as manifest_mod
 
 COMPRESSORS = ("none", "zstd", "blosc", "gzip")
-NAME_MAX = 255   # bytes in one file name on common file systems (ext4, APFS, NTFS)
+NAME_MAX = 255  # bytes in one file name on common file systems (ext4, APFS, NTFS)
 
 
 def _short(name: str) -> str:
@@ -42,20 +43,26 @@ def check_names(plan: Plan) -> None:
         p = array_path(name)
         long = max(p.split("/"), key=len)
         if len(long.encode()) > NAME_MAX:
-            raise Torch2MLXError(f"tensor {_short(name)}: a part of its name is {len(long.encode())} bytes as a zarr "
-                                 f"node, over the {NAME_MAX}-byte file-name limit; use --format safetensors")
+            raise Torch2MLXError(
+                f"tensor {_short(name)}: a part of its name is {len(long.encode())} bytes as a zarr "
+                f"node, over the {NAME_MAX}-byte file-name limit; use --format safetensors"
+            )
         # macOS and Windows file systems ignore case: x.Norm and x.norm would share one directory there
         other = folded.get(p.casefold())
         if other is not None:
-            raise Torch2MLXError(f"tensors {_short(other)} and {_short(name)} differ only in case: one zarr "
-                                 "array on case-insensitive file systems; use --format safetensors")
+            raise Torch2MLXError(
+                f"tensors {_short(other)} and {_short(name)} differ only in case: one zarr "
+                "array on case-insensitive file systems; use --format safetensors"
+            )
         folded[p.casefold()] = paths[p] = name
     for p, name in paths.items():
         parts = p.split("/")
         for i in range(1, len(parts)):
             if "/".join(parts[:i]) in paths:
-                raise Torch2MLXError(f"tensors {_short(paths['/'.join(parts[:i])])} and {_short(name)}: a zarr store "
-                                     "cannot hold an array where the other needs a group; use --format safetensors")
+                raise Torch2MLXError(
+                    f"tensors {_short(paths['/'.join(parts[:i])])} and {_short(name)}: a zarr store "
+                    "cannot hold an array where the other needs a group; use --format safetensors"
+                )
 
 
 def failed(out: str, e: OSError | Torch2MLXError, created: list[str]) -> Torch2MLXError:
@@ -69,7 +76,7 @@ def failed(out: str, e: OSError | Torch2MLXError, created: list[str]) -> Torch2M
     if isinstance(e, OSError):
         what = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
         what += f" ({e.filename})" if e.filename else ""
-    else:   # the manifest's writer names its file and the OS error itself
+    else:  # the manifest's writer names its file and the OS error itself
         what = str(e).replace(" (partial output removed)", "")
     # What stays of OUT is the Target's to say; a store left behind (SIGKILL) stays marked incomplete.
     return Torch2MLXError(f"{out}: writing the zarr store failed: {what}")
@@ -79,8 +86,12 @@ def _codec(name: str):
     if name == "none":
         return None
     from zarr import codecs
-    return {"zstd": lambda: codecs.ZstdCodec(level=3), "blosc": lambda: codecs.BloscCodec(cname="zstd", clevel=3),
-            "gzip": lambda: codecs.GzipCodec(level=5)}[name]()
+
+    return {
+        "zstd": lambda: codecs.ZstdCodec(level=3),
+        "blosc": lambda: codecs.BloscCodec(cname="zstd", clevel=3),
+        "gzip": lambda: codecs.GzipCodec(level=5),
+    }[name]()
 
 
 def _rows_per_block(op: Op, chunk: int) -> int:
@@ -98,18 +109,27 @@ def clear_old_store(out: str) -> None:
     if not os.path.isdir(out):
         return
     for name in os.listdir(out):
-        if name.startswith(".t2mlx-new-"):   # an --overwrite's new store, staged inside OUT
+        if name.startswith(".t2mlx-new-"):  # an --overwrite's new store, staged inside OUT
             continue
         p = os.path.join(out, name)
         if name in _NODE_FILES:
             os.unlink(p)
-        elif os.path.isdir(p) and not os.path.islink(p) and any(
-                os.path.exists(os.path.join(p, f)) for f in _NODE_FILES):
+        elif (
+            os.path.isdir(p) and not os.path.islink(p) and any(os.path.exists(os.path.join(p, f)) for f in _NODE_FILES)
+        ):
             shutil.rmtree(p)
 
 
-def write(plan: Plan, out: str, *, compressor: str = "none", workers: int | None = None,
-          progress=None, chunk: int = CHUNK, created: list[str] | None = None) -> list[dict]:
+def write(
+    plan: Plan,
+    out: str,
+    *,
+    compressor: str = "none",
+    workers: int | None = None,
+    progress=None,
+    chunk: int = CHUNK,
+    created: list[str] | None = None,
+) -> list[dict]:
     """Write every array; ``created`` collects the top-level entries made, for ``failed`` to remove."""
     zarr = _zarr(f"--format zarr ({out})")
     if compressor not in COMPRESSORS:
@@ -117,8 +137,10 @@ def write(plan: Plan, out: str, *, compressor: str = "none", workers: int | None
     check_names(plan)
     clear_old_store(out)
     created = [] if created is None else created
-    created += sorted({array_path(o.name).split("/")[0] for op in plan.ops for o in op.outputs}
-                      - set(os.listdir(out) if os.path.isdir(out) else ()))
+    created += sorted(
+        {array_path(o.name).split("/")[0] for op in plan.ops for o in op.outputs}
+        - set(os.listdir(out) if os.path.isdir(out) else ())
+    )
     root = zarr.open_group(out, mode="a")
     # MLX layout (a later read must not transpose again); escaped names; incomplete until finish()
     root.attrs.update({"format": "mlx", NAMES_ATTR: "escaped", COMPLETE_ATTR: False})
@@ -128,9 +150,14 @@ def write(plan: Plan, out: str, *, compressor: str = "none", workers: int | None
         per = _rows_per_block(op, chunk)
         arrays = []
         for o in op.outputs:
-            a = root.create_array(array_path(o.name), shape=o.shape, dtype=o.dtype.np_dtype,
-                                  chunks=(min(per, o.shape[0]) or 1,) + o.shape[1:] if o.shape else (),
-                                  compressors=[codec] if codec else None, overwrite=True)
+            a = root.create_array(
+                array_path(o.name),
+                shape=o.shape,
+                dtype=o.dtype.np_dtype,
+                chunks=(min(per, o.shape[0]) or 1,) + o.shape[1:] if o.shape else (),
+                compressors=[codec] if codec else None,
+                overwrite=True,
+            )
             if not o.dtype.exact_numpy:
                 a.attrs[DTYPE_ATTR] = o.dtype.name
             arrays.append(a)
@@ -154,9 +181,17 @@ def write(plan: Plan, out: str, *, compressor: str = "none", workers: int | None
 
 
 def manifest(plan: Plan, source: str, options: dict, compressor: str, source_key: str | None = None):
-    return manifest_mod.for_zarr(version=__version__, source=source, options=options, source_key=source_key,
-                                 compressor=compressor, records=plan.tensor_records(), array_path=array_path,
-                                 dropped=plan.dropped, warnings=plan.warnings)
+    return manifest_mod.for_zarr(
+        version=__version__,
+        source=source,
+        options=options,
+        source_key=source_key,
+        compressor=compressor,
+        records=plan.tensor_records(),
+        array_path=array_path,
+        dropped=plan.dropped,
+        warnings=plan.warnings,
+    )
 
 
 def finish(out: str, m) -> None:
