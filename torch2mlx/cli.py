@@ -66,6 +66,7 @@ def _add_stream(sub):
     from .core.quant_recipes import MIXED_RECIPES
     from .stream.checkpoint import FORMATS_READ
     from .stream.options import OUT_DTYPES
+    from .stream.sinks import FORWARD, REVERSE, SINKS
     from .stream.writers.zarr_store import COMPRESSORS
 
     p = sub.add_parser(
@@ -145,14 +146,14 @@ def _add_stream(sub):
     p.add_argument(
         "--to",
         default="mlx",
-        choices=("mlx", "torch"),
+        choices=(FORWARD, REVERSE),
         help="direction: mlx (default) or torch: an MLX checkpoint (ours or mlx-lm's, quantized or not) "
         "back to PyTorch names, layouts and dtypes",
     )
     p.add_argument(
         "--format",
         default="safetensors",
-        choices=("safetensors", "zarr", "bin"),
+        choices=tuple(SINKS),
         help="output format: sharded safetensors (default), a zarr store, one chunked array per "
         "tensor (for analysis pipelines; pip install 'torch2mlx[zarr]'), or with --to torch "
         "bin: pytorch_model-*.bin zip pickles torch.load(weights_only=True) reads",

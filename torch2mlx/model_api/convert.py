@@ -14,7 +14,8 @@ import os
 
 from ..errors import Torch2MLXError
 from ..stream.checkpoint import Checkpoint, open_checkpoint
-from ..stream.convert import Result, plan_source, progress_bar
+from ..stream.convert import Result, plan_source
+from ..stream.progress import progress_bar
 from ..stream.options import Options
 from ..stream.convert import convert as stream_convert
 from .memory import is_module, memory_checkpoint
