@@ -64,7 +64,7 @@ def _add_stream(sub):
     # Choices and lists come from the tables the library checks against, so --help cannot drift from them.
     from .core import quant, rules
     from .core.quant_recipes import MIXED_RECIPES
-    from .stream.checkpoint import FORMATS_READ
+    from .formats.checkpoint import FORMATS_READ
     from .stream.options import OUT_DTYPES
     from .stream.sinks import FORWARD, REVERSE, SINKS
     from .stream.writers.zarr_store import COMPRESSORS

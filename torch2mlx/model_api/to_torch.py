@@ -14,7 +14,7 @@ import os
 from ..core import dtypes
 from ..errors import Torch2MLXError
 from ..core.reverse import reverse_specs
-from ..stream.checkpoint import Checkpoint, open_checkpoint
+from ..formats.checkpoint import Checkpoint, open_checkpoint
 from ..core.entry import TensorEntry
 from ..core.spec import RuleSpec
 from ..stream import manifest
@@ -89,7 +89,7 @@ def to_torch(path_or_dict, model_or_rules=None, *, strict: bool = True, dtype: s
     conversion's quantized weights come back dequantized and the torch dtypes its records
     name are restored.
     """
-    from ..stream.data import DataReader
+    from ..formats.data import DataReader
     from ..stream.execute import compute_block
     from ..stream.options import Options
     from ..stream.reverse_plan import prepare

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from ..errors import Torch2MLXError
-from .checkpoint import Checkpoint, open_checkpoint
+from ..formats.checkpoint import Checkpoint, open_checkpoint
 from .execute import ShardResult
 from .options import Options
 from . import mlx_source

@@ -30,8 +30,8 @@ from ..core.model_rules import reverse_inputs as _model_specs
 from ..core.reverse import reverse_specs
 from ..core import casts
 from . import dequant
-from .checkpoint import Checkpoint
-from .data import DataReader
+from ..formats.checkpoint import Checkpoint
+from ..formats.data import DataReader
 from ..core.entry import TensorEntry
 from .options import Options
 from ..core.spec import RuleSpec

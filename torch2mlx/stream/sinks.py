@@ -16,7 +16,7 @@ from typing import Callable
 
 from ..errors import Torch2MLXError
 from . import manifest as manifest_mod
-from .data import DataReader
+from ..formats.data import DataReader
 from .execute import Executor, ShardResult
 from .options import Options
 from .plan import Plan

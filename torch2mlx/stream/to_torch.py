@@ -14,10 +14,10 @@ import dataclasses
 import os
 
 from ..errors import Torch2MLXError
-from .checkpoint import OUR_FILES, SIDECAR_SUFFIXES, Checkpoint, open_checkpoint
+from ..formats.checkpoint import OUR_FILES, SIDECAR_SUFFIXES, Checkpoint, open_checkpoint
 from .result import Result
 from .convert import model_choice
-from .data import DataReader
+from ..formats.data import DataReader
 from .options import Options
 from . import resume as resume_mod, reverse_plan, sinks
 from .writers import out_lock, output_dir

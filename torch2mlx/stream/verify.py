@@ -19,8 +19,8 @@ import numpy as np
 
 from ..core import dtypes
 from ..errors import Torch2MLXError, one_line
-from .checkpoint import open_checkpoint
-from .data import DataReader
+from ..formats.checkpoint import open_checkpoint
+from ..formats.data import DataReader
 from .execute import CHUNK, compute_outputs, plan_tasks
 from .plan import Op, Output
 from ..formats import pickled, safetensors as st_reader

@@ -81,7 +81,7 @@ class ShardWriter:
             raise Torch2MLXError("ShardWriter is closed")
         if name in self._names:
             raise Torch2MLXError(f"tensor {name!r} was already written")
-        from ..values import from_user
+        from ...core.values import from_user
 
         array, dt = from_user(array, dtype, name)
         self.add_bits(name, array, dt, record)
