@@ -92,7 +92,7 @@ def to_torch(path_or_dict, model_or_rules=None, *, strict: bool = True, dtype: s
     from ..formats.data import DataReader
     from ..stream.execute import compute_block
     from ..stream.options import Options
-    from ..stream.reverse_plan import prepare
+    from ..stream.reverse_plan import plan_reverse
 
     path = os.fspath(path_or_dict) if isinstance(path_or_dict, (str, os.PathLike)) else None
     ck = open_checkpoint(path) if path is not None else memory_checkpoint(path_or_dict, "<MLX weights>")
@@ -100,7 +100,7 @@ def to_torch(path_or_dict, model_or_rules=None, *, strict: bool = True, dtype: s
     out = {}
     with DataReader() as reader:
         # fmt "bin": a torch tensor holds every torch dtype, as a pickle does (safetensors lacks some)
-        rp = prepare(
+        rp = plan_reverse(
             ck,
             Options.make(dtype=dtype),
             reader,

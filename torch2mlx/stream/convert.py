@@ -154,7 +154,7 @@ def convert(
     if dry_run:
         return res
     out = os.fspath(out)
-    sinks.refuse(sink, plan, hook=hook, resume=resume)  # before OUT is touched
+    sinks.refuse_settings(sink, plan, hook=hook, resume=resume)  # before OUT is touched
     res.source_files = resume_mod.source_identity(ck.path, ck.files)
     output_dir.check_target(out, ck.files)
     existed = os.path.isdir(out)  # the lock creates OUT: what a failure restores is decided before it

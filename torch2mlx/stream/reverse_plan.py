@@ -238,7 +238,7 @@ def _select(view: Checkpoint, back: list[RuleSpec], strict: bool) -> tuple[Check
     return dataclasses.replace(view, entries=[e for e in view.entries if e.name in used]), back
 
 
-def prepare(
+def plan_reverse(
     ck: Checkpoint,
     opts: Options,
     reader: DataReader,

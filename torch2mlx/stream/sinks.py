@@ -193,7 +193,7 @@ SINKS: dict[str, Sink] = {
 }
 
 
-def refuse(s: Sink, plan: Plan, *, hook=None, resume: bool = False) -> None:
+def refuse_settings(s: Sink, plan: Plan, *, hook=None, resume: bool = False) -> None:
     """Refuse, before OUT is touched, what sink ``s`` cannot do with this plan and these settings."""
     if hook is not None and (resume or not s.takes_hook):
         no_hook = " or ".join(f"format={n!r}" for n in names(FORWARD) if not SINKS[n].takes_hook)

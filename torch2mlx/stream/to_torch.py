@@ -106,7 +106,7 @@ def to_torch(
     drop_cache = opts.drop_cache
     # Dequantized sources read through this reader; it lives as long as the conversion.
     with DataReader(drop_cache=drop_cache) as side, contextlib.ExitStack() as held:
-        rp = reverse_plan.prepare(
+        rp = reverse_plan.plan_reverse(
             ck,
             opts,
             side,
