@@ -491,12 +491,14 @@ def _interrupted(args, argv: list[str], what: str, left: str | None) -> str:
     import shlex
 
     prog = "t2mlx" if os.path.basename(sys.argv[0] or "") == "t2mlx" else "python -m torch2mlx"
-    if args.to == "mlx" and args.format == "safetensors":
+    from .stream.sinks import FORWARD, SINKS
+
+    if args.to == FORWARD and SINKS[args.format].resumable:
         # --overwrite would throw the finished shards away (argparse also takes it abbreviated)
         again = [a for a in argv if not (a.startswith("--o") and "--overwrite".startswith(a))]
         again += [] if args.resume else ["--resume"]
         how = "continue it with"
-    else:  # --resume covers safetensors shards made by the forward conversion only
+    else:  # --resume covers the shards of a resumable sink made by the forward conversion only
         again = argv + ([] if args.overwrite else ["--overwrite"])
         how = "start over with"
     return f"{what} ({left}); {how}: {prog} {shlex.join(again)}"
