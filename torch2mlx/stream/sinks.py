@@ -2,7 +2,7 @@
 
 ``convert`` and ``to_torch`` look the format up here instead of branching on its name: which direction
 writes it, whether a failed run can be resumed, whether a user hook can feed it, what it refuses before
-OUT is touched, what its shards and index are called. Error messages and ``--format``'s choices list the
+OUT is touched, what its shards are called. Error messages and ``--format``'s choices list the
 formats from this table.
 """
 
