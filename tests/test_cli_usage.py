@@ -14,7 +14,7 @@ import torch
 from helpers import assert_one_error, run_cli, run_main, torch_save
 from torch2mlx.core import quant
 from torch2mlx.core.quant_recipes import MIXED_RECIPES
-from torch2mlx.stream.checkpoint import WEIGHT_SUFFIXES
+from torch2mlx.formats.checkpoint import WEIGHT_SUFFIXES
 from torch2mlx.stream.options import OUT_DTYPES
 from torch2mlx.stream.writers.zarr_store import COMPRESSORS
 

@@ -24,6 +24,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("training", ("torch2mlx.training", "torch2mlx.recipes", "torch2mlx.lightning", "torch2mlx.templates")),
     ("entry", ("torch2mlx.cli", "torch2mlx.__main__", "torch2mlx.docs", "torch2mlx")),
 ]
+# Layers that may import only some of the layers below them (besides their own): the analyzer reads checkpoints
+# (formats) and rules (core), and knows nothing of the engine that runs plans (stream).
+ONLY: dict[str, tuple[str, ...]] = {"analysis": ("base", "core", "formats")}
 # The torch-free layers: nothing in them may import torch or transformers, directly or through our own modules.
 TORCH_FREE = ("base", "core", "formats", "stream")
 FORBIDDEN = ("torch", "transformers")
@@ -132,6 +135,37 @@ def test_imports_point_down():
             if _layer(dep) > _layer(name):
                 bad.append(f"{name} ({LAYERS[_layer(name)][0]}) imports {dep} ({LAYERS[_layer(dep)][0]})")
     assert not bad, "upward imports:\n" + "\n".join(sorted(bad))
+
+
+def _narrow_violations(graph: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for name in graph:
+        layer = LAYERS[_layer(name)][0]
+        allowed = ONLY.get(layer)
+        if allowed is None:
+            continue
+        for dep in _ours(graph, name):
+            dep_layer = LAYERS[_layer(dep)][0]
+            if dep_layer != layer and dep_layer not in allowed:
+                bad.append(f"{name} ({layer}) imports {dep} ({dep_layer}); {layer} imports only {', '.join(allowed)}")
+    return sorted(bad)
+
+
+def test_analysis_imports_only_core_and_formats():
+    bad = _narrow_violations(_graph())
+    assert not bad, "imports outside a layer's allowed ones:\n" + "\n".join(bad)
+
+
+def test_the_narrow_check_sees_an_analysis_import_of_the_engine():
+    graph = {
+        "torch2mlx.analysis.x": {"torch2mlx.stream.plan", "torch2mlx.formats.checkpoint", "torch2mlx.errors", "numpy"},
+        "torch2mlx.stream.plan": set(),
+        "torch2mlx.formats.checkpoint": set(),
+        "torch2mlx.errors": set(),
+    }
+    assert _narrow_violations(graph) == [
+        "torch2mlx.analysis.x (analysis) imports torch2mlx.stream.plan (stream); analysis imports only base, core, formats"
+    ]
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:

@@ -3,7 +3,6 @@ verify and go back to torch; and no other module spells the manifest's keys."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import pathlib
 import re
@@ -19,6 +18,7 @@ from torch2mlx.stream import ShardWriter, manifest
 from torch2mlx.analysis.stream_inputs import StreamInputs
 from torch2mlx.stream import convert as stream_convert, to_torch as stream_to_torch
 from torch2mlx.stream.options import Options
+from torch2mlx.stream.result import manifest as result_manifest
 from torch2mlx.stream.verify import verify
 from torch2mlx.stream.writers.files import dumps
 
@@ -92,14 +92,13 @@ def test_fields_say_what_each_output_is(src, tmp_path):
 def test_a_run_that_goes_on_is_marked_unfinished_without_records(src, tmp_path):
     res = stream_convert(src[0], None, dry_run=True, model=False)
     res.source_files = {}
-    conv = importlib.import_module("torch2mlx.stream.convert")  # the module: stream.convert is its function
-    partial = conv.manifest(res, Options.make(), complete=False)
+    partial = result_manifest(res, Options.make(), complete=False)
     assert partial.complete is False and not partial.finished and partial.tensors is None
     d = partial.to_dict()
     assert "tensors" not in d and d["complete"] is False and list(d)[-1] == "complete"
     keys = list(d)
     keys.insert(keys.index("shards"), "tensors")
-    assert list(conv.manifest(res, Options.make()).to_dict()) == keys  # finished: the records before the shards
+    assert list(result_manifest(res, Options.make()).to_dict()) == keys  # finished: the records before the shards
 
 
 def test_an_older_manifest_still_reads_verifies_and_goes_back_to_torch(src, tmp_path):

@@ -13,7 +13,7 @@ from helpers import INDEX, MANIFEST, read_json, run_cli
 from llm_checkpoints import build_model
 
 import torch2mlx.stream as stream
-from torch2mlx.stream.report import human_bytes
+from torch2mlx.core.sizes import human_bytes
 
 
 @pytest.fixture(scope="module")

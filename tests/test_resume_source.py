@@ -24,7 +24,7 @@ from safetensors.numpy import save as safetensors_save, save_file
 from safetensors.torch import load_file
 
 import torch2mlx.stream
-from torch2mlx.stream.checkpoint import open_checkpoint
+from torch2mlx.formats.checkpoint import open_checkpoint
 from helpers import INDEX, MANIFEST, T2MLX, assert_one_error, read_json, run_cli
 from torch2mlx.errors import Torch2MLXError
 from torch2mlx.stream.writers.out_lock import LOCK

@@ -64,8 +64,9 @@ def _add_stream(sub):
     # Choices and lists come from the tables the library checks against, so --help cannot drift from them.
     from .core import quant, rules
     from .core.quant_recipes import MIXED_RECIPES
-    from .stream.checkpoint import FORMATS_READ
+    from .formats.checkpoint import FORMATS_READ
     from .stream.options import OUT_DTYPES
+    from .stream.sinks import FORWARD, REVERSE, SINKS
     from .stream.writers.zarr_store import COMPRESSORS
 
     p = sub.add_parser(
@@ -145,14 +146,14 @@ def _add_stream(sub):
     p.add_argument(
         "--to",
         default="mlx",
-        choices=("mlx", "torch"),
+        choices=(FORWARD, REVERSE),
         help="direction: mlx (default) or torch: an MLX checkpoint (ours or mlx-lm's, quantized or not) "
         "back to PyTorch names, layouts and dtypes",
     )
     p.add_argument(
         "--format",
         default="safetensors",
-        choices=("safetensors", "zarr", "bin"),
+        choices=tuple(SINKS),
         help="output format: sharded safetensors (default), a zarr store, one chunked array per "
         "tensor (for analysis pipelines; pip install 'torch2mlx[zarr]'), or with --to torch "
         "bin: pytorch_model-*.bin zip pickles torch.load(weights_only=True) reads",
@@ -490,12 +491,14 @@ def _interrupted(args, argv: list[str], what: str, left: str | None) -> str:
     import shlex
 
     prog = "t2mlx" if os.path.basename(sys.argv[0] or "") == "t2mlx" else "python -m torch2mlx"
-    if args.to == "mlx" and args.format == "safetensors":
+    from .stream.sinks import FORWARD, SINKS
+
+    if args.to == FORWARD and SINKS[args.format].resumable:
         # --overwrite would throw the finished shards away (argparse also takes it abbreviated)
         again = [a for a in argv if not (a.startswith("--o") and "--overwrite".startswith(a))]
         again += [] if args.resume else ["--resume"]
         how = "continue it with"
-    else:  # --resume covers safetensors shards made by the forward conversion only
+    else:  # --resume covers the shards of a resumable sink made by the forward conversion only
         again = argv + ([] if args.overwrite else ["--overwrite"])
         how = "start over with"
     return f"{what} ({left}); {how}: {prog} {shlex.join(again)}"

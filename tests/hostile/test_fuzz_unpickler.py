@@ -37,7 +37,7 @@ from fuzz_strategies import (
 from pickle_asm import float_bytes, torch_zip
 from torch2mlx.errors import Torch2MLXError
 from torch2mlx.stream import open as open_checkpoint
-from torch2mlx.stream.data import DataReader
+from torch2mlx.formats.data import DataReader
 from torch2mlx.formats import nested, unpickler
 
 

@@ -48,7 +48,7 @@ def analyze(x, *, model: str | None = None, model_kwargs=None, allow_globals=())
 
 
 def _from_path(path: str, model, model_kwargs, allow_globals=()) -> Report:
-    from ..stream.checkpoint import open_checkpoint
+    from ..formats.checkpoint import open_checkpoint
     from . import build, headers
 
     if not os.path.exists(path):

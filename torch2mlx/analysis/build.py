@@ -247,7 +247,7 @@ def from_config_dir(path: str) -> Built:
 
 
 def has_weights(path: str) -> bool:
-    from ..stream.checkpoint import NOT_WEIGHTS, WEIGHT_SUFFIXES
+    from ..formats.checkpoint import NOT_WEIGHTS, WEIGHT_SUFFIXES
 
     if os.path.isfile(path):
         return True

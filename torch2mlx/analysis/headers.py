@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..core import rules
-from ..stream.checkpoint import Checkpoint
+from ..formats.checkpoint import Checkpoint
 from .report import Report
 from .tree import TensorInfo
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import Torch2MLXError
-from ..stream.checkpoint import Checkpoint
+from ..formats.checkpoint import Checkpoint
 from ..core.spec import RuleSpec
 
 

@@ -49,12 +49,12 @@ _CONV_RANK = {"conv1d": 3, "conv2d": 4, "conv3d": 5}
 
 
 @dataclass
-class Plan:
+class ModulePlan:
     """One torch module and what it becomes."""
 
     info: ModuleInfo
     kind: str  # leaf | container | class | inline | placeholder
-    children: dict = field(default_factory=dict)  # torch name -> (mlx name, Plan)
+    children: dict = field(default_factory=dict)  # torch name -> (mlx name, ModulePlan)
     leaf: object = None  # LeafCode
     base: Call | None = None  # class: the MLX class it extends, with arguments
     base_names: set = field(default_factory=set)  # tensors the base creates
@@ -103,7 +103,7 @@ class Generator:
 
     # ---- plans -----------------------------------------------------------------------------------------
 
-    def _plan(self, info: ModuleInfo) -> Plan:
+    def _plan(self, info: ModuleInfo) -> ModulePlan:
         plan = self._kind(info)
         entry = info.entry if info.entry is not CUSTOM else None
         for name, child in info.module._modules.items():
@@ -117,29 +117,33 @@ class Generator:
             plan.listlike = names == [str(i) for i in range(len(names))]
         return plan
 
-    def _kind(self, info: ModuleInfo) -> Plan:
+    def _kind(self, info: ModuleInfo) -> ModulePlan:
         mod, entry = info.module, info.entry
         cls = type(mod)
         builtin = registry.is_torch_builtin(cls)
         real = entry is not None and entry is not CUSTOM
         if builtin and real and entry.kind == "container" and entry.torch != "torch.nn.Module":
-            return Plan(info, "container")
+            return ModulePlan(info, "container")
         exact = real and registry.class_key(cls) == entry.torch
         if (builtin or exact) and real and entry.torch in _leaves.LEAVES:
             if not info.supported:
-                return Plan(info, "placeholder", why=self._why(info))
+                return ModulePlan(info, "placeholder", why=self._why(info))
             try:
                 code = _leaves.leaf_code(mod, entry, self._child_expr_of(info))
             except Untranslated as e:
-                return Plan(info, "placeholder", why=e.what)
-            return Plan(info, "leaf", leaf=code)
+                return ModulePlan(info, "placeholder", why=e.what)
+            return ModulePlan(info, "leaf", leaf=code)
         if builtin and entry is not None and entry.torch != "torch.nn.Module":
             if info.tensors or not info.supported and entry.mlx is None:
-                return Plan(info, "placeholder", why=self._why(info))
-            return Plan(info, "inline")
+                return ModulePlan(info, "placeholder", why=self._why(info))
+            return ModulePlan(info, "inline")
         if builtin and entry is None:
-            return Plan(info, "placeholder", why="no MLX equivalent known") if info.tensors else Plan(info, "inline")
-        plan = Plan(info, "class")
+            return (
+                ModulePlan(info, "placeholder", why="no MLX equivalent known")
+                if info.tensors
+                else ModulePlan(info, "inline")
+            )
+        plan = ModulePlan(info, "class")
         if real and info.supported and entry.mlx and entry.mlx.startswith("mlx.nn."):
             self._set_base(plan, entry)
         return plan
@@ -148,7 +152,7 @@ class Generator:
         found = [b.detail for b in self.blockers if b.kind == "layer" and b.where == (info.path or "(root)")]
         return found[0] if found else (info.entry.note or "no MLX equivalent") if info.entry else "no MLX equivalent"
 
-    def _set_base(self, plan: Plan, entry) -> None:
+    def _set_base(self, plan: ModulePlan, entry) -> None:
         """A model's own class the registry maps to an mlx.nn class extends it (``super().__init__(...)``)."""
         mod = plan.module
         base = None
@@ -223,7 +227,7 @@ class Generator:
                     plan.pattern = self.recorded.get(id(plan.module)) or default_pattern(plan.module)
                 self._trace(plan, leaves, reached=False)
 
-    def _trace(self, plan: Plan, leaves, reached: bool) -> None:
+    def _trace(self, plan: ModulePlan, leaves, reached: bool) -> None:
         example = None
         if plan.pattern is not None:
             # example values: what the parent's trace passed, else what a run of the model passed
@@ -254,7 +258,7 @@ class Generator:
             elif child.pattern is None:
                 child.pattern = p
 
-    def _called(self, plan: Plan):
+    def _called(self, plan: ModulePlan):
         if plan.traced is None or plan.traced.graph is None:
             return []
         out = []
@@ -265,7 +269,7 @@ class Generator:
                     out.append(child)
         return out
 
-    def resolve(self, plan: Plan, target: str) -> Plan | None:
+    def resolve(self, plan: ModulePlan, target: str) -> ModulePlan | None:
         for part in target.split(".") if target else []:
             if part not in plan.children:
                 return None
@@ -274,7 +278,7 @@ class Generator:
 
     # ---- expressions relative to a class ---------------------------------------------------------------
 
-    def access(self, plan: Plan, target: str) -> tuple[str, Plan]:
+    def access(self, plan: ModulePlan, target: str) -> tuple[str, ModulePlan]:
         """``self.encoder.layer[0]`` for torch path ``encoder.layer.0`` below ``plan``."""
         expr = "self"
         for part in target.split(".") if target else []:
@@ -286,7 +290,7 @@ class Generator:
             plan = child
         return expr, plan
 
-    def list_lengths(self, plan: Plan) -> dict:
+    def list_lengths(self, plan: ModulePlan) -> dict:
         """``self.blocks`` -> 4 for every MLX list of modules below ``plan`` (what a loop may run over)."""
         found = {}
 
@@ -304,7 +308,7 @@ class Generator:
         visit(plan, "self")
         return found
 
-    def attr_val(self, plan: Plan, target: str) -> Val:
+    def attr_val(self, plan: ModulePlan, target: str) -> Val:
         constant = plan.traced.constants.get(target) if plan.traced is not None else None
         if constant is not None:
             return Val({"cf": _tensor_literal(constant, target)})
@@ -335,7 +339,7 @@ class Generator:
 
     # ---- classes ---------------------------------------------------------------------------------------
 
-    def construct(self, plan: Plan):
+    def construct(self, plan: ModulePlan):
         """The expression that builds ``plan``'s MLX object (None: nothing to build)."""
         if plan.kind == "leaf":
             self.helpers.update(plan.leaf.helpers)
@@ -350,7 +354,7 @@ class Generator:
         code, kwargs = self.class_of(plan)
         return call(code.name, **kwargs) if kwargs else Call(code.name)
 
-    def class_of(self, plan: Plan) -> tuple[ClassCode, dict]:
+    def class_of(self, plan: ModulePlan) -> tuple[ClassCode, dict]:
         if id(plan) not in self.classes:
             self._classes_for(type(plan.module), plan.kind)
         return self.classes[id(plan)]
@@ -393,7 +397,7 @@ class Generator:
                     self._names[name] = 1
                 return name
 
-    def _content(self, plan: Plan) -> "_Content":
+    def _content(self, plan: ModulePlan) -> "_Content":
         stmts = []
         for t_name, (mlx_name, child) in plan.children.items():
             e = self.construct(child)
@@ -420,7 +424,7 @@ class Generator:
             self.helpers.update(_helper_classes(plan.base))
         return _Content(plan, plan.base, stmts, body, status, todo, self)
 
-    def _call(self, plan: Plan):
+    def _call(self, plan: ModulePlan):
         """The ``__call__`` lines, or None for a stub; its status; what is left to do."""
         traced = plan.traced
         if traced is None or traced.graph is None:
@@ -633,7 +637,7 @@ def _mlx_parameter_names(e: Call, helpers) -> set:
 
 
 class _ClassEnv(Env):
-    def __init__(self, gen: Generator, plan: Plan):
+    def __init__(self, gen: Generator, plan: ModulePlan):
         self.gen, self.plan = gen, plan
 
     def attr(self, target: str) -> Val:
@@ -664,7 +668,7 @@ class _ClassEnv(Env):
 
 @dataclass
 class _Content:
-    plan: Plan
+    plan: ModulePlan
     base: Call | None
     stmts: list  # (target, expr)
     body: Body | None

@@ -91,7 +91,7 @@ def bind(params, args, kwargs) -> Bound:
 
 
 @dataclass
-class Op:
+class FxOp:
     key: str  # the op table entry, or the tensor method
     params: list
     emit: Callable  # (translator, Bound, key) -> Out | Alias | Val
@@ -632,11 +632,11 @@ _UNARY_TABLE = (
 )
 _REDUCE = "input, dim=None, keepdim=False, dtype=None"
 
-FUNCTIONS: dict[str, Op] = {}
+FUNCTIONS: dict[str, FxOp] = {}
 
 
 def _add(key, spec, emit, *aliases):
-    op = Op(key, _parse(spec), emit)
+    op = FxOp(key, _parse(spec), emit)
     for k in (key,) + aliases:
         FUNCTIONS[k] = op
 
@@ -767,11 +767,11 @@ _add(_F + "pad", "input, pad, mode='constant', value=None", _pad)
 _add(_F + "normalize", "input, p=2.0, dim=1, eps=1e-12", _normalize)
 
 # Tensor methods that are no op in MLX, or whose MLX form is an attribute or a cast.
-METHODS: dict[str, Op] = {}
+METHODS: dict[str, FxOp] = {}
 
 
 def _method(name, spec, emit):
-    METHODS[name] = Op(f"torch.Tensor.{name}", _parse(spec), emit)
+    METHODS[name] = FxOp(f"torch.Tensor.{name}", _parse(spec), emit)
 
 
 for _n in ("contiguous", "clone", "detach", "cpu", "cuda", "requires_grad_"):

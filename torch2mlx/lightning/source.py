@@ -14,7 +14,7 @@ import inspect
 from dataclasses import dataclass, field
 
 from ..errors import Torch2MLXError
-from ..training.report import Report
+from ..training.report import TrainingReport
 
 
 @dataclass
@@ -26,7 +26,7 @@ class OptimConfig:
     interval: str = "epoch"  # Lightning's default: the scheduler steps once per epoch
     frequency: int = 1
     start: int = 0  # scheduler steps already taken (a resumed run)
-    report: Report = field(default_factory=Report)
+    report: TrainingReport = field(default_factory=TrainingReport)
 
 
 def normalize(out) -> OptimConfig:

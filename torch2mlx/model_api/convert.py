@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 
 from ..errors import Torch2MLXError
-from ..stream.checkpoint import Checkpoint, open_checkpoint
-from ..stream.convert import Result, plan_source, progress_bar
+from ..formats.checkpoint import Checkpoint, open_checkpoint
+from ..stream.convert import Result, plan_source
+from ..stream.progress import progress_bar
 from ..stream.options import Options
 from ..stream.convert import convert as stream_convert
 from .memory import is_module, memory_checkpoint
@@ -108,7 +109,7 @@ def convert(
 def _write_one_file(res: Result, path: str, progress: bool, workers) -> Result:
     """The plan's single shard as ``path`` (temp file, fsync, rename: never a half-written file)."""
     import time
-    from ..stream.data import DataReader
+    from ..formats.data import DataReader
     from ..stream.execute import Executor
 
     _check_target(path, res.checkpoint)

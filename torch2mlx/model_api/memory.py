@@ -17,7 +17,7 @@ import numpy as np
 from ..core import dtypes
 from ..core.dtypes import DType
 from ..errors import Torch2MLXError
-from ..stream.checkpoint import Checkpoint
+from ..formats.checkpoint import Checkpoint
 from ..core.entry import TensorEntry, contiguous_strides
 
 

@@ -14,7 +14,7 @@ import os
 from ..core import dtypes
 from ..errors import Torch2MLXError
 from ..core.reverse import reverse_specs
-from ..stream.checkpoint import Checkpoint, open_checkpoint
+from ..formats.checkpoint import Checkpoint, open_checkpoint
 from ..core.entry import TensorEntry
 from ..core.spec import RuleSpec
 from ..stream import manifest
@@ -89,10 +89,10 @@ def to_torch(path_or_dict, model_or_rules=None, *, strict: bool = True, dtype: s
     conversion's quantized weights come back dequantized and the torch dtypes its records
     name are restored.
     """
-    from ..stream.data import DataReader
+    from ..formats.data import DataReader
     from ..stream.execute import compute_block
     from ..stream.options import Options
-    from ..stream.reverse_plan import prepare
+    from ..stream.reverse_plan import plan_reverse
 
     path = os.fspath(path_or_dict) if isinstance(path_or_dict, (str, os.PathLike)) else None
     ck = open_checkpoint(path) if path is not None else memory_checkpoint(path_or_dict, "<MLX weights>")
@@ -100,7 +100,7 @@ def to_torch(path_or_dict, model_or_rules=None, *, strict: bool = True, dtype: s
     out = {}
     with DataReader() as reader:
         # fmt "bin": a torch tensor holds every torch dtype, as a pickle does (safetensors lacks some)
-        rp = prepare(
+        rp = plan_reverse(
             ck,
             Options.make(dtype=dtype),
             reader,

@@ -14,7 +14,7 @@ installed and no cached analysis matches); ``model=False`` never does.
 ShardWriter.add imports torch only for a torch tensor it is handed.
 """
 
-from .checkpoint import Checkpoint, open_checkpoint as open  # noqa: A001  (mirrors builtins.open on purpose)
+from ..formats.checkpoint import Checkpoint, open_checkpoint as open  # noqa: A001  (mirrors builtins.open on purpose)
 from .convert import convert
 from .result import Result
 from .to_torch import to_torch

@@ -4,77 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
-import threading
-import time
 from typing import Any
 
 from ..errors import Torch2MLXError
-from .checkpoint import Checkpoint, open_checkpoint
-from .data import DataReader
-from .execute import Executor, ShardResult
+from ..formats.checkpoint import Checkpoint, open_checkpoint
+from .execute import ShardResult
 from .options import Options
-from . import manifest as manifest_mod, mlx_source
+from . import mlx_source
 from . import resume as resume_mod
 from .plan import Plan
-from .result import Result, manifest
+from .progress import status_line
+from .result import Result
 from .planner import build
-from . import sidecar_config
+from . import sidecar_config, sinks
 from .writers import out_lock, output_dir
 from .writers.target import Target
-
-FORMATS = ("safetensors", "zarr")
-
-
-def _convert_zarr(
-    res: Result, ck: Checkpoint, opts: Options, plan: Plan, out: str, progress: bool, workers, compressor: str
-) -> Result:
-    from .writers import zarr_store
-
-    res.sidecars = output_dir.copy_sidecars(ck.sidecars, out, rewrite=sidecar_config.rewrite(ck, opts, plan))
-    t0 = time.perf_counter()
-    bar, update = progress_bar(plan.nbytes_in, progress)
-    created: list[str] = []
-    try:
-        zarr_store.write(plan, out, compressor=compressor, workers=workers, progress=update, created=created)
-        zarr_store.finish(out, zarr_store.manifest(plan, res.source, opts.to_dict(), compressor, source_key=ck.key))
-    except (OSError, Torch2MLXError) as e:
-        if isinstance(e, Torch2MLXError) and not created:
-            raise  # refused before anything was written (names, options)
-        raise zarr_store.failed(out, e, created) from None
-    finally:
-        if bar is not None:
-            bar.close()
-    res.seconds = time.perf_counter() - t0
-    res.format = "zarr"
-    return res
-
-
-def progress_bar(total: int, enabled: bool, desc: str = "converting"):
-    """``(bar, update)`` of a byte-count bar on stderr, ``(None, None)`` when not ``enabled``."""
-    if not enabled:
-        return None, None
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=total,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        file=sys.stderr,
-        desc=desc,
-        dynamic_ncols=True,
-        leave=False,
-    )
-    return bar, bar.update
-
-
-def status_line(text: str | None) -> None:
-    """A transient line on stderr while a slow step runs; erased (``None``) when it is done, as the bar is."""
-    from ..errors import one_line
-
-    sys.stderr.write("\r\033[K" + (one_line(text) if text else ""))
-    sys.stderr.flush()
 
 
 def model_choice(model, model_kwargs) -> tuple[str | None, Any, bool, Any]:
@@ -200,8 +144,7 @@ def convert(
         )
     if out is None and not dry_run:
         raise Torch2MLXError("out is required (or dry_run=True)")
-    if format not in FORMATS:
-        raise Torch2MLXError(f"format must be one of {', '.join(FORMATS)} (bin: stream.to_torch), got {format!r}")
+    sink = sinks.sink(format, sinks.FORWARD)
     if resume and opts.key is None and not isinstance(src, Checkpoint):
         # the nesting the interrupted run chose
         opts = dataclasses.replace(opts, key=resume_mod.recorded_key(os.fspath(out)))
@@ -211,20 +154,7 @@ def convert(
     if dry_run:
         return res
     out = os.fspath(out)
-    if hook is not None and (resume or format == "zarr"):
-        raise Torch2MLXError("a hook does not combine with resume or format='zarr'")
-    if hook is not None and any(len(op.outputs) > 1 for op in plan.ops):
-        # A hook sees one array a tensor; a quantized weight is three (codes, scales, biases).
-        raise Torch2MLXError(
-            "a hook cannot be combined with quantization (q_bits/q_recipe): "
-            "convert with the hook first, then quantize that output in a second run"
-        )
-    if format == "zarr" and resume:
-        raise Torch2MLXError("format='zarr' does not combine with resume")
-    if format == "zarr":
-        from .writers import zarr_store
-
-        zarr_store.check_names(plan)  # before OUT is touched
+    sinks.refuse_settings(sink, plan, hook=hook, resume=resume)  # before OUT is touched
     res.source_files = resume_mod.source_identity(ck.path, ck.files)
     output_dir.check_target(out, ck.files)
     existed = os.path.isdir(out)  # the lock creates OUT: what a failure restores is decided before it
@@ -250,77 +180,21 @@ def convert(
             src_paths=ck.files,
             resume=do_resume,
             existed=existed,
-            resumable=format == "safetensors" and hook is None,
+            resumable=sink.resumable and hook is None,
             shards=len(plan.shards),
         ) as target:
-            if format == "zarr":
-                _convert_zarr(res, ck, opts, plan, target.dir, progress, workers, opts.zarr_compressor)
-            else:
-                _write_shards(
-                    res, ck, opts, plan, target.dir, hook, done, progress, workers, opts.drop_cache, fresh=not do_resume
-                )
-    return res
-
-
-def _write_shards(
-    res: Result,
-    ck: Checkpoint,
-    opts: Options,
-    plan: Plan,
-    out: str,
-    hook,
-    done: dict[int, ShardResult],
-    progress: bool,
-    workers,
-    drop_cache: bool,
-    fresh: bool,
-) -> None:
-    """Sidecars, the shards not ``done`` yet, the index, then the manifest that says complete."""
-    # Sidecars first: a ShardWriter (hook) writes its index when it closes, and nothing follows an index
-    # but the manifest that says complete.
-    res.sidecars = output_dir.copy_sidecars(ck.sidecars, out, rewrite=sidecar_config.rewrite(ck, opts, plan))
-    if hook is None and fresh:
-        # Before any shard: an interrupted run is known as one (and resumable) from the start.
-        manifest_mod.write(out, manifest(res, opts, complete=False))
-    t0 = time.perf_counter()
-    todo = [i for i in range(len(plan.shards)) if i not in done]
-    bar, update = progress_bar(res.nbytes_in, progress)
-    lock = threading.Lock()
-    index_of = {s.file: i for i, s in enumerate(plan.shards)}
-
-    def shard_done(r: ShardResult):
-        # Record each finished shard at once: a crash later loses only unfinished shards.
-        with lock:
-            done[index_of[r.file]] = r
-            res.shards = [done[i] for i in sorted(done)]
-            manifest_mod.write(out, manifest(res, opts, complete=False))
-
-    try:
-        if hook is not None:
-            from .user_hook import run_hook
-
-            res.shards, res.written, res.bytes_out = run_hook(
-                plan, out, hook, opts, update, res.source, res.source_files
-            )
-        else:
-            with DataReader(drop_cache=drop_cache) as reader:
-                ex = Executor(
-                    plan,
-                    out,
-                    reader=reader,
+            sink.write(
+                sinks.Run(
+                    res,
+                    opts,
+                    target.dir,
+                    progress=progress,
                     workers=workers,
-                    progress=update,
-                    drop_cache=drop_cache,
-                    on_shard=shard_done,
+                    rewrite=sidecar_config.rewrite(ck, opts, plan),
+                    hook=hook,
+                    done=done,
+                    fresh=not do_resume,
+                    resumable=sink.resumable and hook is None,
                 )
-                ex.run(todo)
-            res.shards = [done[i] for i in sorted(done)]
-    finally:
-        if bar is not None:
-            bar.close()
-    if hook is None:  # the ShardWriter behind a hook wrote its own manifest and index
-        weight_map = {o.name: plan.shards[o.shard].file for op in plan.ops for o in op.outputs}
-        output_dir.write_index(out, weight_map, plan.nbytes_out)
-        # complete only once the index exists (a failure here removes the index again)
-        manifest_mod.write(out, manifest(res, opts))
-    res.seconds = time.perf_counter() - t0
+            )
+    return res

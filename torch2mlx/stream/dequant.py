@@ -21,8 +21,8 @@ import numpy as np
 
 from ..core import quant
 from ..errors import CheckpointError, Torch2MLXError
-from .checkpoint import Checkpoint
-from .data import DataReader
+from ..formats.checkpoint import Checkpoint
+from ..formats.data import DataReader
 from ..core.entry import TensorEntry
 
 # Rows dequantized at a time: float32 temporaries of about this many elements stay in cache.

@@ -22,7 +22,7 @@ import numpy as np
 from ..core import dtypes, rules
 from ..errors import Torch2MLXError
 from ..core import casts
-from .data import DataReader
+from ..formats.data import DataReader
 from .plan import Op, Plan
 from .writers.files import copy_range, fsync_dir, os_error, pwrite_all, temp_name
 

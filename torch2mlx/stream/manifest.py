@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 from ..core import rules
 from ..errors import Torch2MLXError
 from ..core.spec import RuleSpec
+from ..formats.checkpoint import MANIFEST_NAME
 from .writers.files import write_json_atomic
 
-NAME = "torch2mlx.json"
+NAME = MANIFEST_NAME
 
 # on-disk key -> field; every other field has its key's name
 _FIELD = {"torch2mlx": "version"}

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 
 from . import manifest
-from .checkpoint import Checkpoint
+from ..formats.checkpoint import Checkpoint
 from .manifest import Manifest
 
 

@@ -12,7 +12,7 @@ from ..core.entry import TensorEntry
 from ..core.spec import RuleSpec
 from ..errors import Torch2MLXError
 from . import transforms
-from .checkpoint import Checkpoint
+from ..formats.checkpoint import Checkpoint
 from .options import Options
 from .plan import Op, Output, Plan, assign_shards
 

@@ -7,15 +7,8 @@ surrogate that stdout cannot encode.
 
 from __future__ import annotations
 
+from ..core.sizes import human_bytes
 from ..errors import one_line
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 def format_plan(plan, limit: int | None = None) -> str:

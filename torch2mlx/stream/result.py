@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from ..core.version import __version__
 from . import manifest as manifest_mod
 from . import resume as resume_mod
-from .checkpoint import Checkpoint
+from ..formats.checkpoint import Checkpoint
 from .execute import ShardResult
 from .options import Options
 from .plan import Plan

@@ -30,8 +30,8 @@ from ..core.model_rules import reverse_inputs as _model_specs
 from ..core.reverse import reverse_specs
 from ..core import casts
 from . import dequant
-from .checkpoint import Checkpoint
-from .data import DataReader
+from ..formats.checkpoint import Checkpoint
+from ..formats.data import DataReader
 from ..core.entry import TensorEntry
 from .options import Options
 from ..core.spec import RuleSpec
@@ -238,7 +238,7 @@ def _select(view: Checkpoint, back: list[RuleSpec], strict: bool) -> tuple[Check
     return dataclasses.replace(view, entries=[e for e in view.entries if e.name in used]), back
 
 
-def prepare(
+def plan_reverse(
     ck: Checkpoint,
     opts: Options,
     reader: DataReader,

@@ -9,7 +9,7 @@ uses its default base frequency and computes different logits).
 
 from __future__ import annotations
 
-from .checkpoint import Checkpoint
+from ..formats.checkpoint import Checkpoint
 from .options import Options
 from .plan import Plan
 

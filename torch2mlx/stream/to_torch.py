@@ -12,30 +12,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import time
 
 from ..errors import Torch2MLXError
-from .checkpoint import OUR_FILES, SIDECAR_SUFFIXES, Checkpoint, open_checkpoint
-from .result import Result, manifest
-from .convert import model_choice, progress_bar
-from .data import DataReader
-from .execute import Executor
+from ..formats.checkpoint import OUR_FILES, SIDECAR_SUFFIXES, Checkpoint, open_checkpoint
+from .result import Result
+from .convert import model_choice
+from ..formats.data import DataReader
 from .options import Options
-from . import manifest as manifest_mod, resume as resume_mod, reverse_plan
-from .writers import out_lock, output_dir, torch_bin
+from . import resume as resume_mod, reverse_plan, sinks
+from .writers import out_lock, output_dir
 from .writers.target import Target
-
-FORMATS = ("safetensors", "bin")
-
-
-@contextlib.contextmanager
-def _progress(total: int, enabled: bool):
-    bar, update = progress_bar(total, enabled, desc="to torch")
-    try:
-        yield update
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 def _with_store_files(ck: Checkpoint) -> Checkpoint:
@@ -107,11 +93,12 @@ def to_torch(
     if opts.quantizing:
         raise Torch2MLXError("q_bits/q_recipe do not apply to to_torch (quantized weights come back dequantized)")
     if opts.zarr_compressor != "none":
-        raise Torch2MLXError("zarr_compressor does not apply to to_torch (it writes safetensors or bin)")
+        raise Torch2MLXError(
+            f"zarr_compressor does not apply to to_torch (it writes {' or '.join(sinks.names(sinks.REVERSE))})"
+        )
     if out is None and not dry_run:
         raise Torch2MLXError("out is required (or dry_run=True)")
-    if format not in FORMATS:
-        raise Torch2MLXError(f"to_torch writes format safetensors or bin, not {format!r}")
+    sink = sinks.sink(format, sinks.REVERSE)
     path, model_kwargs, use_model, inputs = model_choice(model, model_kwargs)
     ck = _with_store_files(
         src if isinstance(src, Checkpoint) else open_checkpoint(src, key=opts.key, allow_globals=opts.allow_globals)
@@ -119,7 +106,7 @@ def to_torch(
     drop_cache = opts.drop_cache
     # Dequantized sources read through this reader; it lives as long as the conversion.
     with DataReader(drop_cache=drop_cache) as side, contextlib.ExitStack() as held:
-        rp = reverse_plan.prepare(
+        rp = reverse_plan.plan_reverse(
             ck,
             opts,
             side,
@@ -133,9 +120,9 @@ def to_torch(
         plan = rp.plan
         label = ck.path if isinstance(src, Checkpoint) else str(src)
         res = Result(label, None if dry_run else str(out), plan, ck, dry_run=dry_run, format=format)
-        if format == "bin":
+        if sink.shard_name is not None:
             for i, sh in enumerate(plan.shards):
-                sh.file = torch_bin.shard_name(i, len(plan.shards))
+                sh.file = sink.shard_name(i, len(plan.shards))
         if dry_run:
             return res
         out = os.fspath(out)
@@ -145,65 +132,16 @@ def to_torch(
         held.enter_context(out_lock.locked(out))  # until the index is written
         # not resumable: a failure leaves OUT as it was (overwrite: the old output, whole)
         with Target(out, overwrite=overwrite, src_paths=ck.files, shards=len(plan.shards), existed=existed) as target:
-            t0 = _write(
-                res,
-                rp,
-                opts,
-                target.dir,
-                format,
-                side,
-                workers,
-                progress,
-                drop_cache,
-                dict(model=path, model_kwargs=model_kwargs, use_model=use_model),
-            )
-    res.seconds = time.perf_counter() - t0
-    return res
-
-
-def _write(
-    res: Result,
-    rp,
-    opts: Options,
-    out: str,
-    format: str,
-    side: DataReader,
-    workers,
-    progress: bool,
-    drop_cache: bool,
-    model_info: dict,
-) -> float:
-    """Sidecars, shards, index, manifest into ``out``; returns when the writing started."""
-    plan = res.plan
-    res.sidecars = output_dir.copy_sidecars(
-        res.checkpoint.sidecars, out, rewrite={"config.json": rp.config} if rp.config else None
-    )
-    t0 = time.perf_counter()
-    done = {}
-
-    def shard_done(r):
-        done[r.file] = r  # the manifest on disk says which shards are finished, as the forward run's does
-        res.shards = [done[s.file] for s in plan.shards if s.file in done]
-        manifest_mod.write(out, manifest(res, opts, complete=False, to_torch=dict(format=format, **model_info)))
-
-    with _progress(plan.nbytes_in, progress) as update:
-        if format == "bin":
-            torch_bin.write(plan, out, reader=side, workers=workers, progress=update, on_shard=shard_done)
-        else:
-            with DataReader(drop_cache=drop_cache) as reader:
-                Executor(
-                    plan,
-                    out,
-                    reader=reader,
+            sink.write(
+                sinks.Run(
+                    res,
+                    opts,
+                    target.dir,
+                    progress=progress,
                     workers=workers,
-                    progress=update,
-                    drop_cache=drop_cache,
-                    on_shard=shard_done,
-                ).run()
-    weight_map = {o.name: plan.shards[o.shard].file for op in plan.ops for o in op.outputs}
-    output_dir.write_index(
-        out, weight_map, plan.nbytes_out, output_dir.BIN_INDEX if format == "bin" else output_dir.INDEX
-    )
-    # complete only once the index exists
-    manifest_mod.write(out, manifest(res, opts, to_torch=dict(format=format, **model_info)))
-    return t0
+                    rewrite={"config.json": rp.config} if rp.config else None,
+                    reader=side,
+                    to_torch=dict(format=format, model=path, model_kwargs=model_kwargs, use_model=use_model),
+                )
+            )
+    return res

@@ -17,7 +17,7 @@ from ..core import dtypes, fp8, quant, quant_recipes
 from ..core.dtypes import DType
 from ..errors import Torch2MLXError
 from ..core import casts
-from .checkpoint import Checkpoint
+from ..formats.checkpoint import Checkpoint
 from ..core.entry import TensorEntry
 from .options import Options
 from .plan import Op, Output

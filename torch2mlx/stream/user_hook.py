@@ -10,11 +10,11 @@ import numpy as np
 
 from ..errors import Torch2MLXError
 from . import manifest
-from .data import DataReader
+from ..formats.data import DataReader
 from .execute import ShardResult, compute_block
 from .options import Options
 from .plan import Plan
-from .values import from_user, to_mx
+from ..core.values import from_user, to_mx
 from .writers.incremental import ShardWriter
 
 

@@ -19,8 +19,8 @@ import numpy as np
 
 from ..core import dtypes
 from ..errors import Torch2MLXError, one_line
-from .checkpoint import open_checkpoint
-from .data import DataReader
+from ..formats.checkpoint import open_checkpoint
+from ..formats.data import DataReader
 from .execute import CHUNK, compute_outputs, plan_tasks
 from .plan import Op, Output
 from ..formats import pickled, safetensors as st_reader
@@ -263,13 +263,13 @@ def _verify_values(src, manifest, outputs, rep: VerifyReport, progress) -> None:
 def _verify_reverse(src, manifest, outputs, rep: VerifyReport, progress) -> None:
     """A --to torch output: plan the way back again with the recorded options, compare every tensor."""
     from .options import Options
-    from .reverse_plan import prepare
+    from .reverse_plan import plan_reverse
 
     opts = manifest.options or {}
     ck = open_checkpoint(src, key=manifest.key())
     with DataReader() as side, DataReader() as reader:
         # --to torch never quantizes; older manifests recorded the default group size anyway
-        plan = prepare(
+        plan = plan_reverse(
             ck,
             Options.make(**{**opts, "q_group_size": None}),
             side,

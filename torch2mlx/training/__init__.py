@@ -23,7 +23,7 @@ _EXPORTS = {
     "Schedule": ".schedules",
     "read_training_checkpoint": ".checkpoint",
     "TrainingCheckpoint": ".checkpoint",
-    "Report": ".report",
+    "TrainingReport": ".report",
     "InexactConversionWarning": ".report",
     "Array": ".arrays",
 }

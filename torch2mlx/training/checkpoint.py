@@ -59,7 +59,7 @@ def _listed(root: dict, keys) -> list[dict]:
 
 def read_training_checkpoint(path, *, key: str | None = None) -> TrainingCheckpoint:
     """Everything a training run saved, read without torch (Lightning ``.ckpt`` or a plain torch pickle)."""
-    from ..stream.data import DataReader
+    from ..formats.data import DataReader
 
     path = os.fspath(path)
     if not os.path.isfile(path):

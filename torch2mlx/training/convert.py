@@ -8,7 +8,7 @@ from ..errors import Torch2MLXError
 from . import names as _names
 from .optimizer_state import OptimizerState, _specs, check_sgd_start, convert_optimizer_state
 from .optimizers import USES_STEP, infer_kind, kind_of, make
-from .report import Report
+from .report import TrainingReport
 from .schedules import Schedule, convert_scheduler
 
 
@@ -18,7 +18,7 @@ class ConvertedOptimizer:
     kind: str
     schedule: Schedule | None
     state: OptimizerState | None
-    report: Report
+    report: TrainingReport
 
 
 def _mlx_groups(sd, model_or_names, rules) -> list[list[str]]:
@@ -36,7 +36,7 @@ def _mlx_groups(sd, model_or_names, rules) -> list[list[str]]:
     return out
 
 
-def _step_count(kind, sd, step, schedule, loaded: bool, report: Report) -> int | None:
+def _step_count(kind, sd, step, schedule, loaded: bool, report: TrainingReport) -> int | None:
     """Optimizer updates already taken: ``None`` means "as the loaded state records it".
 
     torch's SGD keeps no step count (its update does not need one), but a schedule does:
@@ -97,7 +97,7 @@ def convert_optimizer(
         raise Torch2MLXError("expected a torch optimizer or its state_dict() ({'state': ..., 'param_groups': ...})")
     groups = sd["param_groups"]
     kind = kind or (kind_of(torch_optimizer_or_state) if live else infer_kind(groups, sd.get("state")))
-    report = Report()
+    report = TrainingReport()
     if schedule is not None and not isinstance(schedule, Schedule):
         schedule = convert_scheduler(schedule, param_groups=groups, strict=None)
     if schedule is not None:
@@ -105,7 +105,7 @@ def convert_optimizer(
         if len(schedule.groups) != len(groups):
             raise Torch2MLXError(f"the schedule has {len(schedule.groups)} group(s), the optimizer {len(groups)}")
     loaded = bool(with_state and sd.get("state"))
-    later = Report()  # the state's findings, listed after the hyper-parameters'
+    later = TrainingReport()  # the state's findings, listed after the hyper-parameters'
     n_step = _step_count(kind, sd, step, schedule, loaded, later)
     state = None
     if loaded:

@@ -19,7 +19,7 @@ from ..core.spec import RuleSpec
 from . import names as _names
 from .arrays import Array
 from .optimizers import MOMENTS, USES_STEP, infer_kind, kind_of
-from .report import Report
+from .report import TrainingReport
 
 _MOVING = ("identity", "split", "concat")  # besides permutations: rules that only move elements
 
@@ -37,7 +37,7 @@ class OptimizerState:
     state: dict  # ready for ``optimizer.state = ...`` (``{"states": [...]}`` for several groups)
     step: int
     groups: list[list[str]]  # MLX parameter names per param group
-    report: Report = field(default_factory=Report)
+    report: TrainingReport = field(default_factory=TrainingReport)
 
 
 def forward_specs(model) -> list[RuleSpec]:
@@ -74,7 +74,7 @@ def _unpack(torch_state, model_or_names):
     return torch_state, model, names, optimizer
 
 
-def _step_of(per_param: dict, kind: str, step, report: Report) -> int:
+def _step_of(per_param: dict, kind: str, step, report: TrainingReport) -> int:
     steps = {name: int(Array.of(name, s["step"]).item()) for name, s in per_param.items() if "step" in s}
     if step is not None:
         return int(step)
@@ -111,7 +111,7 @@ def convert_optimizer_state(
     kind = kind or (kind_of(optimizer) if optimizer is not None else infer_kind(sd["param_groups"], sd["state"]))
     if kind not in MOMENTS:
         raise Torch2MLXError(f"optimizer kind {kind!r} has no MLX mapping (supported: {', '.join(MOMENTS)})")
-    report = Report()
+    report = TrainingReport()
     ids = [i for g in sd["param_groups"] for i in g["params"]]
     per_param = {torch_names[pos]: sd["state"][i] for pos, i in enumerate(ids) if i in sd["state"]}
     group_of = dict(zip(torch_names, (gi for gi, g in enumerate(sd["param_groups"]) for _ in g["params"])))
@@ -213,7 +213,7 @@ def optimizer_state_to_torch(
             # MLX keeps the rate in float32: torch's double stays when it is what MLX rounded
             g["lr"] = g["lr"] if np.float32(g["lr"]) == np.float32(lr) else float(lr)
     step = int(trees[0]["step"].item()) if "step" in trees[0] else 0
-    report = Report()
+    report = TrainingReport()
     back = reverse_specs(_specs(rules, model, [], {}), errors=report.inexact)
     torch_names = _names.from_module(model, torch_optimizer)
     by_name = {}

@@ -31,7 +31,7 @@ Compared line by line with torch 2.x's single-tensor updates and MLX 0.2x's
 from __future__ import annotations
 
 from ..errors import Torch2MLXError
-from .report import Report
+from .report import TrainingReport
 
 #: torch state key -> MLX state key, per optimizer kind.
 MOMENTS = {
@@ -155,7 +155,7 @@ def _with(cls, *mixins):
     return _classes[key]
 
 
-def _flags(group: dict, kind: str, report: Report, handled: set) -> None:
+def _flags(group: dict, kind: str, report: TrainingReport, handled: set) -> None:
     for k, default in _IMPL_FLAGS.items():
         if group.get(k, default) not in (default, False, None):
             report.notes.append(f"{kind} {k}={group[k]!r} chooses torch kernels only; MLX has no such switch")
@@ -167,7 +167,7 @@ def _flags(group: dict, kind: str, report: Report, handled: set) -> None:
         )
 
 
-def hyperparameters(kind: str, group: dict, report: Report) -> tuple[type, dict, dict]:
+def hyperparameters(kind: str, group: dict, report: TrainingReport) -> tuple[type, dict, dict]:
     """``(MLX class, constructor kwargs without learning_rate, TorchTerms settings)`` for one param group."""
     import mlx.optimizers as optim
 
@@ -217,7 +217,7 @@ def hyperparameters(kind: str, group: dict, report: Report) -> tuple[type, dict,
     return cls, kwargs, {k: v for k, v in terms.items() if v}
 
 
-def make(kind: str, group: dict, learning_rate, report: Report, momentum=None, momentum_key: str | None = None):
+def make(kind: str, group: dict, learning_rate, report: TrainingReport, momentum=None, momentum_key: str | None = None):
     """The MLX optimizer for one torch param group; ``learning_rate`` is a float or a schedule.
 
     ``momentum``: a schedule (step -> value) for beta1 (``momentum_key="betas"``) or SGD's momentum.

@@ -1,6 +1,6 @@
 """What a training-state conversion could not carry exactly, said out loud.
 
-Every converter here returns its result with a ``Report``: ``notes`` are facts
+Every converter here returns its result with a ``TrainingReport``: ``notes`` are facts
 that change nothing numerically (an implementation flag such as ``foreach``
 ignored, a hyper-parameter spelled differently in MLX); ``inexact`` are
 anything that makes the continued run differ from torch's (a moment of a
@@ -23,7 +23,7 @@ class InexactConversionWarning(UserWarning):
 
 
 @dataclass
-class Report:
+class TrainingReport:
     notes: list[str] = field(default_factory=list)
     inexact: list[str] = field(default_factory=list)
 
@@ -31,7 +31,7 @@ class Report:
     def exact(self) -> bool:
         return not self.inexact
 
-    def extend(self, other: "Report") -> "Report":
+    def extend(self, other: "TrainingReport") -> "TrainingReport":
         self.notes += [n for n in other.notes if n not in self.notes]
         self.inexact += [n for n in other.inexact if n not in self.inexact]
         return self

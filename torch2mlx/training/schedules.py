@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import Torch2MLXError
-from .report import Report
+from .report import TrainingReport
 
 _CODE = (
     "its lr_lambda is Python code that neither a state dict nor a checkpoint holds; write the same "
@@ -67,7 +67,7 @@ class Schedule:
     start: int | None = None  # steps the scheduler had taken (its ``last_epoch``); None: not known
     momentum: list[Callable[[int], float]] | None = None  # OneCycleLR's cycled momentum / beta1
     momentum_key: str | None = None  # "betas" (beta1) or "momentum"
-    report: Report = field(default_factory=Report)
+    report: TrainingReport = field(default_factory=TrainingReport)
 
     def lr(self, t: int, group: int = 0) -> float:
         """torch's learning rate of ``group`` after ``t`` scheduler steps, in double precision."""
@@ -237,7 +237,7 @@ def _groups_needed(param_groups, kind: str, n: int) -> list[dict]:
     return list(param_groups)
 
 
-def _build(kind: str, st: dict, param_groups, children, report: Report) -> Schedule:
+def _build(kind: str, st: dict, param_groups, children, report: TrainingReport) -> Schedule:
     if kind in UNSUPPORTED:
         raise Torch2MLXError(f"{kind} cannot be converted: {UNSUPPORTED[kind]}")
     start = int(st["last_epoch"])  # torch always saves it; without it the position would be a guess
@@ -308,7 +308,7 @@ def convert_scheduler(
     """
     k, st, groups, children = _parts(scheduler_or_state, kind, param_groups)
     try:
-        sched = _build(k, st, groups, children, Report())
+        sched = _build(k, st, groups, children, TrainingReport())
     except (KeyError, TypeError, ValueError) as e:
         raise Torch2MLXError(f"{k} state is missing or has a malformed field ({type(e).__name__}: {e})") from None
     sched.report.check(strict, f"the {k} schedule")

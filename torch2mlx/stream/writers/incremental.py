@@ -40,7 +40,7 @@ class ShardWriter:
         self.max = parse_size(max_shard_size, "ShardWriter(max_shard_size=...)")
         self.metadata = metadata
         self.manifest_extra = manifest_extra or {}
-        output_dir.prepare(self.out_dir, overwrite=overwrite, src_paths=[])
+        output_dir.ready_for_writing(self.out_dir, overwrite=overwrite, src_paths=[])
         self._spill = {}
         self._pending: list[tuple[Output, int]] = []  # (output, offset in its spill file)
         self._spill_size = {w: 0 for w in _WIDTHS}
@@ -81,7 +81,7 @@ class ShardWriter:
             raise Torch2MLXError("ShardWriter is closed")
         if name in self._names:
             raise Torch2MLXError(f"tensor {name!r} was already written")
-        from ..values import from_user
+        from ...core.values import from_user
 
         array, dt = from_user(array, dtype, name)
         self.add_bits(name, array, dt, record)

@@ -30,15 +30,16 @@ def check_target(out_dir: str, src_paths: list[str]) -> None:
         raise Torch2MLXError(f"{out_dir}: exists and is not a directory")
 
 
-def prepare(
-    out_dir: str, *, overwrite: bool, src_paths: list[str], resume: bool = False, check_only: bool = False
-) -> None:
-    """Refuse an OUT we must not write; else create it and clear our old files (``check_only``: refuse only)."""
+def check_writable(out_dir: str, *, overwrite: bool, src_paths: list[str], resume: bool = False) -> None:
+    """Refuse an OUT we must not write: a file, the source's directory, or non-empty without overwrite/resume."""
     check_target(out_dir, src_paths)
     if has_contents(out_dir) and not (overwrite or resume):
         raise Torch2MLXError(f"{out_dir}: exists and is not empty (use --overwrite to replace its contents)")
-    if check_only:
-        return
+
+
+def ready_for_writing(out_dir: str, *, overwrite: bool, src_paths: list[str], resume: bool = False) -> None:
+    """``check_writable``, then create OUT, clear our old files from it and make sure it can be written."""
+    check_writable(out_dir, overwrite=overwrite, src_paths=src_paths, resume=resume)
     try:
         os.makedirs(out_dir, exist_ok=True)
         clear(out_dir, resume=resume)

@@ -75,12 +75,12 @@ class Target:
             remove_stale_stages(out)
         self.was_empty = not output_dir.has_contents(out)
         self.staged = overwrite and not resume and not self.was_empty
-        output_dir.prepare(out, overwrite=overwrite, src_paths=src_paths, resume=resume, check_only=True)
+        output_dir.check_writable(out, overwrite=overwrite, src_paths=src_paths, resume=resume)
         self.dir = os.path.join(out, f"{STAGE_PREFIX}{os.getpid()}") if self.staged else out
 
     def __enter__(self) -> "Target":
         try:
-            output_dir.prepare(self.dir, overwrite=True, src_paths=[], resume=self.resume)
+            output_dir.ready_for_writing(self.dir, overwrite=True, src_paths=[], resume=self.resume)
         except BaseException as e:  # a full disk or a signal already: the same clean-up
             self.__exit__(type(e), e, None)
             raise

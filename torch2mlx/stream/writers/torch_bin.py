@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..data import DataReader, pread_into
+from ...formats.data import DataReader, pread_into
 from .. import execute
 from ..execute import CHUNK, ShardResult, compute_outputs
 from ..plan import Op, Plan

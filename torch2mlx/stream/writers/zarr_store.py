@@ -21,7 +21,7 @@ import numpy as np
 
 from ...core.version import __version__
 from ...errors import Torch2MLXError
-from ..data import DataReader
+from ...formats.data import DataReader
 from ..execute import CHUNK, compute_outputs
 from ..plan import Op, Plan
 from ...formats.zarr_store import COMPLETE_ATTR, DTYPE_ATTR, NAMES_ATTR, _zarr, array_path

@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 
 from ..errors import CheckpointError, Torch2MLXError
 from ..core.entry import TensorEntry
-from .manifest import NAME
-from ..formats import npz, pickled, safetensors, unpickler, zarr_store
+from . import npz, pickled, safetensors, unpickler, zarr_store
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 WEIGHT_SUFFIXES = (".safetensors", ".npz") + PICKLE_SUFFIXES
@@ -17,7 +16,10 @@ FORMATS_READ = ", ".join(WEIGHT_SUFFIXES) + ", a zarr store"  # for errors and -
 # Files in model directories that hold training state, not weights.
 NOT_WEIGHTS = ("optimizer.pt", "scheduler.pt", "training_args.bin", "rng_state.pth", "scaler.pt")
 SIDECAR_SUFFIXES = (".json", ".txt", ".model", ".py", ".jinja", ".tiktoken", ".md")
-OUR_FILES = (NAME,)
+# The manifest a conversion leaves beside its weights (written by stream/manifest.py, which takes its name
+# from here): read by the way back and --resume, never copied as a sidecar.
+MANIFEST_NAME = "torch2mlx.json"
+OUR_FILES = (MANIFEST_NAME,)
 MAX_JSON = 100 * 1024 * 1024  # index and config files; the index of a 1T-parameter model is a few MB
 
 
@@ -52,7 +54,7 @@ class Checkpoint:
 
     def __repr__(self) -> str:
         # The dataclass repr would print every entry and the whole config: unreadable for a real model.
-        from .report import human_bytes
+        from ..core.sizes import human_bytes
 
         size = human_bytes(self.nbytes) + (f" ({self.nbytes:,} bytes)" if self.nbytes >= 1024 else "")
         return (
@@ -69,7 +71,7 @@ class Checkpoint:
         (exact), complex128 as complex64. ``upcast`` widens bfloat16/float8 to float32.
         """
         from .data import DataReader
-        from .values import to_mx
+        from ..core.values import to_mx
 
         with DataReader() as reader:
             for e in self.entries:

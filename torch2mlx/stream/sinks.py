@@ -1,0 +1,227 @@
+"""The output formats, as one table: each a writer with the same signature, ``write(run)``, and what it can do.
+
+``convert`` and ``to_torch`` look the format up here instead of branching on its name: which direction
+writes it, whether a failed run can be resumed, whether a user hook can feed it, what it refuses before
+OUT is touched, what its shards are called. Error messages and ``--format``'s choices list the
+formats from this table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import Torch2MLXError
+from . import manifest as manifest_mod
+from ..formats.data import DataReader
+from .execute import Executor, ShardResult
+from .options import Options
+from .plan import Plan
+from .progress import progress_bar
+from .result import Result, manifest
+from .writers import output_dir
+
+FORWARD, REVERSE = "mlx", "torch"  # the directions, as --to names them
+
+
+@dataclass
+class Run:
+    """Everything a sink's writer needs: the plan and checkpoint (in ``res``, where it records what it wrote),
+    the settings, the directory to write into, and how to work."""
+
+    res: Result
+    opts: Options
+    out: str  # the directory written into (the Target's: OUT itself or a staging directory inside it)
+    progress: bool = False
+    workers: int | None = None
+    rewrite: dict[str, dict] | None = None  # sidecar files whose JSON content is replaced
+    hook: Callable | None = None  # the user hook: tensors go through ShardWriter one at a time
+    done: dict[int, ShardResult] = field(default_factory=dict)  # shards a resumed run keeps
+    fresh: bool = True  # nothing of an earlier run is reused
+    resumable: bool = False  # a failure may keep finished shards: the manifest says so from the start
+    reader: DataReader | None = None  # the reverse plan's reader, serving its dequantized sources
+    to_torch: dict | None = None  # what a run back to PyTorch records in its manifest
+
+    @property
+    def plan(self) -> Plan:
+        return self.res.plan
+
+    def manifest(self, complete: bool = True) -> manifest_mod.Manifest:
+        return manifest(self.res, self.opts, complete=complete, to_torch=self.to_torch)
+
+    def bar(self):
+        return progress_bar(self.res.nbytes_in, self.progress, desc="to torch" if self.to_torch else "converting")
+
+
+@dataclass(frozen=True)
+class Sink:
+    name: str  # as --format and ``format=`` name it
+    write: Callable[[Run], None]
+    directions: tuple[str, ...]  # FORWARD, REVERSE: which runs write it
+    resumable: bool = False  # a failed run keeps its finished shards for resume
+    takes_hook: bool = False  # a user hook can feed it
+    check: Callable[[Plan], None] | None = None  # refuses a plan before OUT is touched
+    shard_name: Callable[[int, int], str] | None = None  # shard ``i`` of ``n``, when not the plan's name
+
+
+def _write_shards(run: Run, index: str, write: Callable[[Callable, Callable], None]) -> None:
+    """Sidecars, the shards not ``done`` yet (``write(progress, on_shard)``), the index, then the manifest
+    that says complete."""
+    res, plan, out = run.res, run.plan, run.out
+    # Sidecars first: a ShardWriter (hook) writes its index when it closes, and nothing follows an index
+    # but the manifest that says complete.
+    res.sidecars = output_dir.copy_sidecars(res.checkpoint.sidecars, out, rewrite=run.rewrite)
+    if run.resumable and run.fresh:
+        # Before any shard: an interrupted run is known as one (and resumable) from the start.
+        manifest_mod.write(out, run.manifest(complete=False))
+    t0 = time.perf_counter()
+    done = run.done
+    lock = threading.Lock()
+    index_of = {s.file: i for i, s in enumerate(plan.shards)}
+
+    def shard_done(r: ShardResult):
+        # Record each finished shard at once: a crash later loses only unfinished shards.
+        with lock:
+            done[index_of[r.file]] = r
+            res.shards = [done[i] for i in sorted(done)]
+            manifest_mod.write(out, run.manifest(complete=False))
+
+    bar, update = run.bar()
+    try:
+        if run.hook is not None:
+            from .user_hook import run_hook
+
+            res.shards, res.written, res.bytes_out = run_hook(
+                plan, out, run.hook, run.opts, update, res.source, res.source_files
+            )
+        else:
+            write(update, shard_done)
+            res.shards = [done[i] for i in sorted(done)]
+    finally:
+        if bar is not None:
+            bar.close()
+    if run.hook is None:  # the ShardWriter behind a hook wrote its own manifest and index
+        weight_map = {o.name: plan.shards[o.shard].file for op in plan.ops for o in op.outputs}
+        output_dir.write_index(out, weight_map, plan.nbytes_out, index)
+        # complete only once the index exists (a failure here removes the index again)
+        manifest_mod.write(out, run.manifest())
+    res.seconds = time.perf_counter() - t0
+
+
+def write_safetensors(run: Run) -> None:
+    """Shards at known offsets by the threaded executor (``execute.py``), ``model.safetensors.index.json``."""
+
+    def write(update, shard_done):
+        todo = [i for i in range(len(run.plan.shards)) if i not in run.done]
+        drop_cache = run.opts.drop_cache
+        with DataReader(drop_cache=drop_cache) as reader:
+            Executor(
+                run.plan,
+                run.out,
+                reader=reader,
+                workers=run.workers,
+                progress=update,
+                drop_cache=drop_cache,
+                on_shard=shard_done,
+            ).run(todo)
+
+    _write_shards(run, output_dir.INDEX, write)
+
+
+def write_bin(run: Run) -> None:
+    """PyTorch zip pickles written front to back (``writers/torch_bin.py``), ``pytorch_model.bin.index.json``."""
+    from .writers import torch_bin
+
+    def write(update, shard_done):
+        own = DataReader(drop_cache=run.opts.drop_cache) if run.reader is None else contextlib.nullcontext(run.reader)
+        with own as reader:
+            torch_bin.write(run.plan, run.out, reader=reader, workers=run.workers, progress=update, on_shard=shard_done)
+
+    _write_shards(run, output_dir.BIN_INDEX, write)
+
+
+def write_zarr(run: Run) -> None:
+    """One array per tensor (``writers/zarr_store.py``); a failure removes the arrays it made."""
+    from .writers import zarr_store
+
+    res, plan, out, opts = run.res, run.plan, run.out, run.opts
+    res.sidecars = output_dir.copy_sidecars(res.checkpoint.sidecars, out, rewrite=run.rewrite)
+    t0 = time.perf_counter()
+    bar, update = run.bar()
+    created: list[str] = []
+    try:
+        zarr_store.write(
+            plan, out, compressor=opts.zarr_compressor, workers=run.workers, progress=update, created=created
+        )
+        zarr_store.finish(
+            out,
+            zarr_store.manifest(plan, res.source, opts.to_dict(), opts.zarr_compressor, source_key=res.checkpoint.key),
+        )
+    except (OSError, Torch2MLXError) as e:
+        if isinstance(e, Torch2MLXError) and not created:
+            raise  # refused before anything was written (names, options)
+        raise zarr_store.failed(out, e, created) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    res.seconds = time.perf_counter() - t0
+    res.format = "zarr"
+
+
+def _check_zarr_names(plan: Plan) -> None:
+    from .writers import zarr_store
+
+    zarr_store.check_names(plan)
+
+
+def _bin_shard_name(i: int, n: int) -> str:
+    from .writers import torch_bin
+
+    return torch_bin.shard_name(i, n)
+
+
+SINKS: dict[str, Sink] = {
+    s.name: s
+    for s in (
+        Sink("safetensors", write_safetensors, (FORWARD, REVERSE), resumable=True, takes_hook=True),
+        Sink("zarr", write_zarr, (FORWARD,), check=_check_zarr_names),
+        Sink("bin", write_bin, (REVERSE,), shard_name=_bin_shard_name),
+    )
+}
+
+
+def refuse_settings(s: Sink, plan: Plan, *, hook=None, resume: bool = False) -> None:
+    """Refuse, before OUT is touched, what sink ``s`` cannot do with this plan and these settings."""
+    if hook is not None and (resume or not s.takes_hook):
+        no_hook = " or ".join(f"format={n!r}" for n in names(FORWARD) if not SINKS[n].takes_hook)
+        raise Torch2MLXError(f"a hook does not combine with resume or {no_hook}")
+    if hook is not None and any(len(op.outputs) > 1 for op in plan.ops):
+        # A hook sees one array a tensor; a quantized weight is three (codes, scales, biases).
+        raise Torch2MLXError(
+            "a hook cannot be combined with quantization (q_bits/q_recipe): "
+            "convert with the hook first, then quantize that output in a second run"
+        )
+    if resume and not s.resumable:
+        raise Torch2MLXError(f"format={s.name!r} does not combine with resume")
+    if s.check is not None:
+        s.check(plan)
+
+
+def names(direction: str) -> tuple[str, ...]:
+    """The formats a run in ``direction`` writes, in the table's order."""
+    return tuple(n for n, s in SINKS.items() if direction in s.directions)
+
+
+def sink(format: str, direction: str) -> Sink:
+    """The sink of ``format`` for a run in ``direction``; an error listing the formats there are."""
+    s = SINKS.get(format)
+    if s is not None and direction in s.directions:
+        return s
+    if direction == FORWARD:
+        other = [n for n in SINKS if n not in names(FORWARD)]
+        where = f" ({', '.join(other)}: stream.to_torch)" if other else ""
+        raise Torch2MLXError(f"format must be one of {', '.join(names(FORWARD))}{where}, got {format!r}")
+    raise Torch2MLXError(f"to_torch writes format {' or '.join(names(REVERSE))}, not {format!r}")
