@@ -281,11 +281,16 @@ class WeightNormReverse(Rule):
 
     arithmetic = True
 
+    def _undo(self, args) -> Rule:
+        back = RULES[args.get("layout", "identity")].reverse_name
+        assert back is not None, "every layout weight_norm records has a reverse"
+        return RULES[back]
+
     def _torch_weight(self, w: np.ndarray, args) -> np.ndarray:
-        return RULES[RULES[args.get("layout", "identity")].reverse_name].forward([w])
+        return self._undo(args).forward([w])
 
     def out_shape(self, shapes, args):
-        undo = RULES[RULES[args.get("layout", "identity")].reverse_name]
+        undo = self._undo(args)
         v = undo.out_shape(shapes, {})
         if args.get("index", 1) == 1:
             return v
