@@ -99,6 +99,7 @@ def read_entries_at(path: str, key: str | None = None) -> tuple[list[TensorEntry
     if getattr(ck, "torchscript", False):
         if key:
             raise torchscript.refuse(path, "--key does not apply (its weights are the scripted module's)")
+        skipped: list[str]
         refs, how, skipped, key_path = (
             torchscript.state_dict(obj, ck.script_classes, path),
             "a TorchScript module (torch.jit.save; its parameters and buffers, code not run)",

@@ -212,6 +212,9 @@ class Opaque(metaclass=_PlaceholderType):
     """Instance of a class we do not import: arguments and state are kept, nothing runs."""
 
     _t2m_global = "?"
+    # per instance, set by _t2m_make (declared only, so no class attribute exists)
+    _t2m_items: dict
+    _t2m_list: list
 
     def __new__(cls, *args, **kwargs):
         # NEWOBJ / NEWOBJ_EX, and INST / OBJ without arguments: CPython runs cls.__new__(cls, *args) only;
