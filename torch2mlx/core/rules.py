@@ -282,9 +282,7 @@ class WeightNormReverse(Rule):
     arithmetic = True
 
     def _undo(self, args) -> Rule:
-        back = RULES[args.get("layout", "identity")].reverse_name
-        assert back is not None, "every layout weight_norm records has a reverse"
-        return RULES[back]
+        return RULES[reverse_of(args.get("layout", "identity"))]
 
     def _torch_weight(self, w: np.ndarray, args) -> np.ndarray:
         return self._undo(args).forward([w])
@@ -345,6 +343,13 @@ def get(name: str) -> Rule:
         return RULES[name]
     except KeyError:
         raise KeyError(f"unknown rule {name!r} (known: {', '.join(LAYOUT_RULES)})") from None
+
+
+def reverse_of(name: str) -> str:
+    """The rule undoing layout rule ``name`` (each of LAYOUT_RULES has one)."""
+    back = get(name).reverse_name
+    assert back is not None, f"rule {name!r} has no reverse"
+    return back
 
 
 def infer(name: str, shape: tuple[int, ...], is_float: bool) -> str | None:
