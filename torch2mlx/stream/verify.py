@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core import dtypes
+from ..core.entry import TensorEntry
 from ..errors import Torch2MLXError, one_line
 from .checkpoint import open_checkpoint
 from .data import DataReader
@@ -114,7 +115,7 @@ def _verify(src, out, *, quick: bool, progress) -> VerifyReport:
     if not manifest.finished:  # written while a run went on: it lists no tensors
         rep.problems.append(f"{MANIFEST}: says the conversion did not finish (complete: false); rerun it with --resume")
     shards = manifest.shards or {}
-    outputs: dict[str, object] = {}
+    outputs: dict[str, TensorEntry] = {}
     for file, rec in sorted(shards.items()):
         path = os.path.join(out, file)
         if not os.path.isfile(path):
@@ -137,13 +138,13 @@ def _verify(src, out, *, quick: bool, progress) -> VerifyReport:
         except Torch2MLXError as e:
             rep.problems.append(str(e))
             continue
-        for e in entries:
-            outputs[e.name] = e
+        for entry in entries:
+            outputs[entry.name] = entry
         rep.checked_shards += 1
     wm = index.get("weight_map") or {}
     for name, file in wm.items():
-        e = outputs.get(name)
-        if e is None or os.path.basename(e.path) != file:
+        got = outputs.get(name)
+        if got is None or os.path.basename(got.path or "") != file:
             rep.problems.append(f"index: {name!r} -> {file}, but that shard does not hold it")
     for name in outputs.keys() - wm.keys():
         rep.problems.append(f"index: {name!r} is in a shard but not in the index")
@@ -204,12 +205,12 @@ def _verify_zarr(src, out: str, manifest: Manifest, rep: VerifyReport, quick: bo
     outputs = {e.name: e for e in entries}
     records = manifest.tensors or {}
     for name, rec in records.items():
-        e = outputs.get(name)
-        if e is None:
+        got = outputs.get(name)
+        if got is None:
             rep.problems.append(f"{name}: in the manifest but no array {rec.get('array')!r} in the store")
-        elif e.dtype.name != rec.get("dtype") or list(e.shape) != rec.get("shape"):
+        elif got.dtype.name != rec.get("dtype") or list(got.shape) != rec.get("shape"):
             rep.problems.append(
-                f"{name}: array is {e.dtype.name}{list(e.shape)}, manifest says {rec.get('dtype')}{rec.get('shape')}"
+                f"{name}: array is {got.dtype.name}{list(got.shape)}, manifest says {rec.get('dtype')}{rec.get('shape')}"
             )
     for name in outputs.keys() - records.keys():
         rep.problems.append(f"{name}: an array in the store that the manifest does not list")
