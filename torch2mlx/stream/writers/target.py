@@ -96,7 +96,7 @@ class Target:
         if isinstance(exc, Torch2MLXError):
             exc.args = (f"{exc} ({left})",)
         elif isinstance(exc, KeyboardInterrupt):
-            exc.__dict__["left"] = left  # the CLI's 'interrupted' line says it (KeyboardInterrupt declares no such field)
+            exc.__dict__["left"] = left  # the CLI's 'interrupted' line says it (not a declared field)
         return False
 
     # ------------------------------------------------------------ failure
