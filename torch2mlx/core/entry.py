@@ -60,7 +60,9 @@ class TensorEntry:
     def contiguous(self) -> bool:
         if self.strides is None or self.numel <= 1:
             return True
-        return all(s == c for n, s, c in zip(self.shape, self.strides, contiguous_strides(self.shape)) if n > 1)
+        return all(
+            s == c for n, s, c in zip(self.shape, self.strides, contiguous_strides(self.shape), strict=True) if n > 1
+        )
 
     @property
     def span(self) -> int:
@@ -69,7 +71,7 @@ class TensorEntry:
             return 0
         if self.strides is None:
             return self.nbytes
-        last = sum((n - 1) * s for n, s in zip(self.shape, self.strides))
+        last = sum((n - 1) * s for n, s in zip(self.shape, self.strides, strict=True))
         return (last + 1) * self.dtype.itemsize
 
     def describe(self) -> dict:

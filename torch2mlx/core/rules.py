@@ -65,7 +65,7 @@ class Rule:
         if not rows:
             return self.apply([a.reshape(()) for a in arrays], args)
         idx = []
-        for arr, (axis, s, e) in zip(arrays, self.source_slices(0, rows[0], shapes, args)):
+        for arr, (axis, s, e) in zip(arrays, self.source_slices(0, rows[0], shapes, args), strict=True):
             sl = [slice(None)] * arr.ndim
             if arr.ndim:
                 sl[axis] = slice(s, e)

@@ -36,7 +36,7 @@ def _entry(ck, name: str, ref, path: str) -> TensorEntry:
                 f"tensor {name!r}: empty, with offset {ref.storage_offset} past its storage ({storage_bytes} bytes)",
             )
     else:
-        last = ref.storage_offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride))
+        last = ref.storage_offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride, strict=True))
         if (last + 1) * item > storage_bytes:
             raise CheckpointError(
                 path,

@@ -112,7 +112,7 @@ class DataReader:
         if 0 in sub:
             return np.empty(sub, dtype=carrier)
         first = entry.offset + start * strides[axis] * item
-        last = first + (sum((n - 1) * s for n, s in zip(sub, strides)) + 1) * item
+        last = first + (sum((n - 1) * s for n, s in zip(sub, strides, strict=True)) + 1) * item
         base = first - first % _PAGE
         fd = self.fd(entry.path)
         if last > os.fstat(fd).st_size:

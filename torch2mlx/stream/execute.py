@@ -166,7 +166,7 @@ def compute_outputs(op: Op, reader: DataReader, start: int, stop: int, flat: boo
         shapes = [e.shape for e in op.sources]
         blocks = [
             reader.read_rows(e, s, t, axis) if e.shape else reader.read_all(e)
-            for e, (axis, s, t) in zip(op.sources, rule.source_slices(start, stop, shapes, op.args))
+            for e, (axis, s, t) in zip(op.sources, rule.source_slices(start, stop, shapes, op.args), strict=True)
         ]
     src = op.source_dtype
     if rule.arithmetic and not src.exact_numpy:
@@ -280,7 +280,7 @@ class Executor:
             pwrite_all(self._fds[out.shard], data, at)
             ranges.append((out.shard, at, at + data.nbytes))
             return data.nbytes
-        for o, block in zip(op.outputs, compute_outputs(op, self.reader, t.start, t.stop, t.flat)):
+        for o, block in zip(op.outputs, compute_outputs(op, self.reader, t.start, t.stop, t.flat), strict=True):
             block = np.ascontiguousarray(block)
             unit = o.dtype.itemsize if t.flat else (_row_bytes(o.shape, o.dtype.itemsize) if o.shape else 0)
             at = len(self.plan.shards[o.shard].header) + o.offset + t.start * unit

@@ -300,7 +300,7 @@ def _compare_ops(ops, outputs, reader: DataReader, rep: VerifyReport, progress) 
 
 
 def _compare(op: Op, got: list, reader: DataReader) -> str | None:
-    for o, g in zip(op.outputs, got):
+    for o, g in zip(op.outputs, got, strict=True):
         if tuple(g.shape) != o.shape or g.dtype != o.dtype:
             return f"{o.name} is {g.dtype.name}{list(g.shape)}, expected {o.dtype.name}{list(o.shape)}"
     for t in plan_tasks(op, CHUNK):
@@ -316,7 +316,7 @@ def _compare(op: Op, got: list, reader: DataReader) -> str | None:
                 else (reader.read_rows(g, t.start, t.stop) if g.shape else reader.read_all(g))
                 for g in got
             ]
-        for o, want, have in zip(op.outputs, wants, haves):
+        for o, want, have in zip(op.outputs, wants, haves, strict=True):
             if np.ascontiguousarray(want).tobytes() != np.ascontiguousarray(have).tobytes():
                 what = f"rule {op.rule}" + (" + " + ", ".join(sorted(op.transform.info())) if op.transform else "")
                 return f"{o.name} differs from {what} applied to {'+'.join(e.name for e in op.sources)}"
