@@ -296,7 +296,7 @@ def plots(res: dict, out_dir: str) -> list[str]:
     for c in [c for c in res["contenders"] if not c["skip"]]:
         pts = [(p["info"]["bytes"] / 1e9, summary(p, c)["rss"]) for p in sized if summary(p, c)]
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=c["name"])
+            ax.plot(*zip(*pts, strict=True), marker="o", label=c["name"])
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks([p["info"]["bytes"] / 1e9 for p in sized], [_gb(p["info"]["bytes"]) for p in sized])

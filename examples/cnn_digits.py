@@ -25,7 +25,7 @@ def digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, n)
     shifts = rng.integers(-2, 3, (n, 2))
-    x = np.stack([np.roll(templates[c], tuple(s), (0, 1)) for c, s in zip(labels, shifts)])
+    x = np.stack([np.roll(templates[c], tuple(s), (0, 1)) for c, s in zip(labels, shifts, strict=True)])
     x = x + 0.5 * rng.standard_normal(x.shape).astype(np.float32)
     return x[:, None].astype(np.float32), labels
 

@@ -24,7 +24,7 @@ def sequences(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     x = rng.integers(0, VOCAB, (n, LENGTH))
     labels = rng.integers(0, CLASSES, n)
-    for row, c in zip(x, labels):  # plant the answer a few extra times
+    for row, c in zip(x, labels, strict=True):  # plant the answer a few extra times
         row[rng.choice(LENGTH, 4, replace=False)] = c + 1
     counts = np.stack([(x == k + 1).sum(1) for k in range(CLASSES)], 1)
     return x.astype(np.int64), counts.argmax(1)

@@ -59,10 +59,11 @@ def flat(x):
 def max_error(got, want) -> float:
     g, w = flat(got), flat(want)
     assert len(g) == len(w) and g, (len(g), len(w))
-    for a, b in zip(g, w):
+    for a, b in zip(g, w, strict=True):
         assert a.shape == b.shape, (a.shape, b.shape)
     return max(
-        float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0 for a, b in zip(g, w)
+        float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+        for a, b in zip(g, w, strict=True)
     )
 
 

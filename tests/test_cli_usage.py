@@ -142,7 +142,7 @@ def test_q_bits_1_offered_by_the_cli_works(tmp_path, small):
     got = mx.load(str(out / "model.safetensors"))
     w = mx.array(torch.load(small, weights_only=True)["fc.weight"].numpy())
     want = mx.quantize(w, group_size=32, bits=1)
-    for k, v in zip(("weight", "scales", "biases"), want):
+    for k, v in zip(("weight", "scales", "biases"), want, strict=True):
         assert np.array_equal(np.array(got[f"fc.{k}"]), np.array(v)), k
 
 

@@ -174,7 +174,9 @@ def test_dequantize_then_quantize_is_mx_quantize_of_the_reference(raw_src, tmp_p
         if name in quantized:
             base = name[: -len(".weight")]
             for g, r in zip(
-                (got[name], got[base + ".scales"], got[base + ".biases"]), mx.quantize(w, group_size=64, bits=4)
+                (got[name], got[base + ".scales"], got[base + ".biases"]),
+                mx.quantize(w, group_size=64, bits=4),
+                strict=True,
             ):
                 assert g.dtype == r.dtype and bits(g).tobytes() == bits(r).tobytes(), name
         else:

@@ -171,7 +171,7 @@ def test_quantized_tensors_are_mx_quantize_of_the_float_output(ckpts, mlx_ref, t
         w = fw[base + ".weight"]
         assert w.dtype == mx.bfloat16 and mx.isfinite(w).all().item()
         ref = mx.quantize(w, group_size=32, bits=3)
-        for got, want in zip((qw[base + ".weight"], qw[base + ".scales"], qw[base + ".biases"]), ref):
+        for got, want in zip((qw[base + ".weight"], qw[base + ".scales"], qw[base + ".biases"]), ref, strict=True):
             assert got.dtype == want.dtype and bits_of(got).tobytes() == bits_of(want).tobytes(), base
     for n, a in qw.items():
         if not n.endswith((".scales", ".biases")) and n[: -len(".weight")] not in quantized:

@@ -117,7 +117,7 @@ def test_concurrent_runs_into_one_out(tiny, tmp_path):
         start = threading.Barrier(2)
         results = [None, None]
 
-        def run(i):
+        def run(i, start=start, out=out, results=results):
             start.wait()
             try:
                 torch2mlx.stream.convert(tiny, out, max_shard_size="70KB", model=False, workers=2)

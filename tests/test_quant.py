@@ -50,7 +50,7 @@ def mlx_quantize(x: np.ndarray, dt: str, bits: int, gs: int):
 def assert_matches_mlx(x: np.ndarray, dt: str, bits: int, gs: int):
     ours = quant.quantize(x, bits, gs, dt)
     ref = mlx_quantize(x, dt, bits, gs)
-    for what, a, b in zip(("packed", "scales", "biases"), ours, ref):
+    for what, a, b in zip(("packed", "scales", "biases"), ours, ref, strict=True):
         assert same_bits(a, b), f"{what} differ: {dt} bits={bits} group={gs}"
     deq = quant.dequantize(*ref, bits, gs, dt)
     mdeq = from_mx(mx.dequantize(mx.array(ref[0]), to_mx(ref[1], dt), to_mx(ref[2], dt), group_size=gs, bits=bits), dt)
@@ -118,7 +118,7 @@ def test_row_blocks_equal_whole(bits):
     whole = quant.quantize(x, bits, 64, "bfloat16")
     flat = x.reshape(-1, 256)
     cuts = [0, 1, 2, 17, 100, 101, 150, flat.shape[0]]
-    parts = [quant.quantize(flat[a:b], bits, 64, "bfloat16") for a, b in zip(cuts, cuts[1:])]
+    parts = [quant.quantize(flat[a:b], bits, 64, "bfloat16") for a, b in zip(cuts, cuts[1:], strict=False)]
     for i in range(3):
         assert same_bits(np.concatenate([p[i] for p in parts]), whole[i].reshape(flat.shape[0], -1))
     assert whole[0].shape == (6, 37, 256 * bits // 32) and whole[1].shape == (6, 37, 4)
@@ -145,7 +145,7 @@ def test_out_dtype_casts_first(src, out):
         x32 = from_mx(to_mx(x, src).astype(mx.float32), "float32")
     ours = quant.quantize(x, 4, 32, src, out)
     ref = mlx_quantize(from_mx(mx.array(x32).astype(getattr(mx, out)), out), out, 4, 32)
-    assert all(same_bits(a, b) for a, b in zip(ours, ref))
+    assert all(same_bits(a, b) for a, b in zip(ours, ref, strict=True))
 
 
 def test_pack_layout_is_lsb_first_bit_stream():
@@ -193,7 +193,9 @@ def test_rejects_what_mlx_cannot_do(kwargs, msg):
 
 def test_src_dtype_from_numpy_or_named():
     x = np.random.default_rng(1).standard_normal((2, 64)).astype(np.float16)
-    assert all(same_bits(a, b) for a, b in zip(quant.quantize(x, 4, 32), quant.quantize(x, 4, 32, "float16")))
+    assert all(
+        same_bits(a, b) for a, b in zip(quant.quantize(x, 4, 32), quant.quantize(x, 4, 32, "float16"), strict=True)
+    )
     with pytest.raises(ValueError, match="raw bits"):
         quant.quantize(x.view(np.uint16), 4, 32)
 

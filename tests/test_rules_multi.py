@@ -53,9 +53,9 @@ def _blockwise(rule, arrays, args, cuts):
     rows = rule.out_shape(shapes, args)[0]
     bounds = sorted({0, rows, *[c % (rows + 1) for c in cuts]})
     parts = []
-    for r0, r1 in zip(bounds, bounds[1:]):
+    for r0, r1 in zip(bounds, bounds[1:], strict=False):
         blocks = []
-        for a, (axis, s, e) in zip(arrays, rule.source_slices(r0, r1, shapes, args)):
+        for a, (axis, s, e) in zip(arrays, rule.source_slices(r0, r1, shapes, args), strict=True):
             sl = [slice(None)] * a.ndim
             sl[axis] = slice(s, e)
             blocks.append(a[tuple(sl)])

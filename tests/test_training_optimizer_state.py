@@ -117,7 +117,9 @@ def test_state_trained_in_mlx_goes_back_to_torch(name):
     fresh_opt = CONFIGS[name](fresh.parameters())
     fresh_opt.load_state_dict(optimizer_state_to_torch(conv.optimizer, fresh, fresh_opt))
     torch_steps(fresh, fresh_opt, xs[6:])
-    gap = max(float((a - b).abs().max()) for a, b in zip(fresh.state_dict().values(), ref.state_dict().values()))
+    gap = max(
+        float((a - b).abs().max()) for a, b in zip(fresh.state_dict().values(), ref.state_dict().values(), strict=True)
+    )
     assert gap <= 1e-5
 
 

@@ -123,7 +123,7 @@ def _numel(shape) -> int:
 
 def _columns(rows, width: int = 48) -> str:
     widths = [min(max(len(r[i]) for r in rows), width) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c[:width].ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join("  ".join(c[:width].ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 def _tensor_rows(tensors: list[TensorInfo], limit: int) -> str:

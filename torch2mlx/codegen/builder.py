@@ -381,7 +381,7 @@ class Generator:
                 [p for p, _ in members],
             )
             self.order.append(code)
-            for (p, _), (_, kwargs) in zip(members, per_plan):
+            for (p, _), (_, kwargs) in zip(members, per_plan, strict=True):
                 self.classes[id(p)] = (code, kwargs)
 
     def _name(self, base: str) -> str:
@@ -399,7 +399,7 @@ class Generator:
 
     def _content(self, plan: ModulePlan) -> "_Content":
         stmts = []
-        for t_name, (mlx_name, child) in plan.children.items():
+        for mlx_name, child in plan.children.values():
             e = self.construct(child)
             if e is not None:
                 stmts.append((_target(mlx_name), e))
@@ -805,7 +805,7 @@ def _lift(contents: list) -> tuple[list, list]:
         groups.setdefault(tuple(repr(ls[i].value) for ls in lits), []).append(i)
     names = _slot_names(contents[0])
     params, by_slot, used = [], {}, set()
-    for vec, members in groups.items():
+    for members in groups.values():
         base = names.get(members[0], "arg")
         name = base
         k = 1

@@ -115,7 +115,7 @@ def _conv_padding(m, d):
         if pad == "valid":
             return 0
         ks, dil = m.kernel_size, m.dilation
-        total = [di * (k - 1) for k, di in zip(ks, dil)]
+        total = [di * (k - 1) for k, di in zip(ks, dil, strict=True)]
         if any(t % 2 for t in total):
             raise Untranslated("padding='same' with an even receptive field (torch pads one side more)")
         return _tuple1(tuple(t // 2 for t in total))

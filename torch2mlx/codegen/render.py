@@ -340,7 +340,7 @@ def inline_simple(lines: list[str]) -> list[str]:
                 or use.lstrip().startswith("for ")
             ):
                 continue
-            lines[uses[0]] = word.sub(lambda _: expr, use)
+            lines[uses[0]] = word.sub(lambda _, expr=expr: expr, use)  # backslashes in expr stay as they are
             del lines[i]
             changed = True
             break

@@ -162,7 +162,7 @@ def trace(module, pattern: Pattern | None, leaves: set[int], example: dict | Non
         return Traced(None, error=_describe(e, type(module)))
     # fx names the placeholder of a parameter traced as a constant "mask_1": match them by position
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    fixed = {str(n.target) for n, name in zip(placeholders, names) if name in concrete}
+    fixed = {str(n.target) for n, name in zip(placeholders, names, strict=True) if name in concrete}
     assumptions = list(dict.fromkeys(getattr(tracer, "assumptions", [])))
     # tensors the forward makes from constants: fx keeps them as attributes of the module; take them back
     constants = {}

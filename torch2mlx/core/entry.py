@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from .dtypes import DType
+
+
+class Loader(Protocol):
+    """A chunked store (zarr) reading its own blocks."""
+
+    def read(self, axis: int, start: int, stop: int) -> np.ndarray: ...
 
 
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -28,8 +35,7 @@ class TensorEntry:
     strides: tuple[int, ...] | None = None  # element strides; None means C-contiguous
     byteorder: str = "little"
     array: np.ndarray | None = field(default=None, compare=False, repr=False)
-    # A chunked store (zarr) reading its own blocks: ``loader.read(axis, start, stop) -> array``.
-    loader: object | None = field(default=None, compare=False, repr=False)
+    loader: Loader | None = field(default=None, compare=False, repr=False)
     origin: str = ""  # where it came from, for messages (file, member)
 
     @property
@@ -54,7 +60,9 @@ class TensorEntry:
     def contiguous(self) -> bool:
         if self.strides is None or self.numel <= 1:
             return True
-        return all(s == c for n, s, c in zip(self.shape, self.strides, contiguous_strides(self.shape)) if n > 1)
+        return all(
+            s == c for n, s, c in zip(self.shape, self.strides, contiguous_strides(self.shape), strict=True) if n > 1
+        )
 
     @property
     def span(self) -> int:
@@ -63,7 +71,7 @@ class TensorEntry:
             return 0
         if self.strides is None:
             return self.nbytes
-        last = sum((n - 1) * s for n, s in zip(self.shape, self.strides))
+        last = sum((n - 1) * s for n, s in zip(self.shape, self.strides, strict=True))
         return (last + 1) * self.dtype.itemsize
 
     def describe(self) -> dict:

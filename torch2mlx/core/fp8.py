@@ -57,7 +57,7 @@ def block_shape(
     s = (1,) * (ndim - len(scale_shape)) + tuple(scale_shape)
     given = (block, block) if isinstance(block, int) else block
     out = []
-    for ax, (n, k) in enumerate(zip(weight_shape, s)):
+    for ax, (n, k) in enumerate(zip(weight_shape, s, strict=True)):
         tail = ax - ndim + 2  # 0 or 1 for the last two axes
         if k == 1:
             b = max(n, 1)
@@ -87,7 +87,7 @@ def _scale_rows(scale: np.ndarray, blocks: tuple[int, ...], shape: tuple[int, ..
     stays one entry per block (``_scale_into`` applies it without expanding).
     """
     s = scale.reshape((1,) * (len(shape) - scale.ndim) + scale.shape)
-    for ax, (b, n) in enumerate(zip(blocks[:-1], shape[:-1])):
+    for ax, (b, n) in enumerate(zip(blocks[:-1], shape[:-1], strict=True)):
         if s.shape[ax] != 1:
             s = np.take(s, ((start if ax == 0 else 0) + np.arange(n)) // b, axis=ax)
     return s
@@ -146,7 +146,8 @@ def dequantize(
         blocks = block_shape(shape, scale.shape, block)
     elif len(blocks) != len(shape) or (
         scale.size > 1
-        and tuple(-(-n // b) for n, b in zip(shape, blocks)) != (1,) * (len(shape) - scale.ndim) + scale.shape
+        and tuple(-(-n // b) for n, b in zip(shape, blocks, strict=True))
+        != (1,) * (len(shape) - scale.ndim) + scale.shape
     ):
         raise ValueError(f"blocks {tuple(blocks)} do not map a scale of shape {scale.shape} onto weight {shape}")
     s = _scale_rows(to_f32(scale, _dtype(scale_dtype)), blocks, tuple(w.shape), start)

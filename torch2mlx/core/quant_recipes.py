@@ -125,7 +125,11 @@ def decide(
     """(spec or None to keep, whether the spec is a per-layer config entry) for one tensor."""
     if not is_quantizable(name, shape, dtype, module_type, recipe.default.group_size):
         return None, False
-    choice = recipe.per_layer(loaded_module_path(module_path(name))) if recipe.per_layer else True
+    choice: QuantSpec | bool = True
+    if recipe.per_layer:
+        path = module_path(name)
+        assert path is not None  # is_quantizable refused every tensor outside a module
+        choice = recipe.per_layer(loaded_module_path(path))
     if choice is False:
         return None, False
     spec, explicit = (recipe.default, False) if choice is True else (choice, True)

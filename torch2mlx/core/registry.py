@@ -207,7 +207,7 @@ def _expand_mha(module, names):
             TensorMap(f"{p}.weight", ("in_proj_weight",), "split", {"parts": 3, "index": i})
             for i, p in enumerate(_MHA_PROJ)
         ]
-    for t, p in zip(("q_proj_weight", "k_proj_weight", "v_proj_weight"), _MHA_PROJ):
+    for t, p in zip(("q_proj_weight", "k_proj_weight", "v_proj_weight"), _MHA_PROJ, strict=True):
         if t in names:
             maps.append(TensorMap(f"{p}.weight", (t,)))
     if "in_proj_bias" in names:

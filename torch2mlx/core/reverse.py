@@ -53,9 +53,9 @@ def _reverse_one(name: str, group: list[RuleSpec]) -> RuleSpec:
         if back is None or s.rule in ("split", "gru_hidden_bias"):
             raise Torch2MLXError(f"{name}: rule {s.rule} keeps only part of it; it cannot be rebuilt alone")
         return RuleSpec(name, (s.out,), back, dict(s.args), src)
-    (s,) = joint if len(joint) == 1 else (None,)
-    if s is None:
+    if len(joint) != 1:
         raise Torch2MLXError(f"{name}: read by {len(joint)} multi-source rules; no reverse is defined")
+    (s,) = joint
     index = s.sources.index(name)
     if s.rule == "weight_norm":
         return RuleSpec(name, (s.out,), "weight_norm.reverse", {**s.args, "index": index}, src)

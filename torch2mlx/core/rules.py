@@ -65,7 +65,7 @@ class Rule:
         if not rows:
             return self.apply([a.reshape(()) for a in arrays], args)
         idx = []
-        for arr, (axis, s, e) in zip(arrays, self.source_slices(0, rows[0], shapes, args)):
+        for arr, (axis, s, e) in zip(arrays, self.source_slices(0, rows[0], shapes, args), strict=True):
             sl = [slice(None)] * arr.ndim
             if arr.ndim:
                 sl[axis] = slice(s, e)
@@ -281,11 +281,14 @@ class WeightNormReverse(Rule):
 
     arithmetic = True
 
+    def _undo(self, args) -> Rule:
+        return RULES[reverse_of(args.get("layout", "identity"))]
+
     def _torch_weight(self, w: np.ndarray, args) -> np.ndarray:
-        return RULES[RULES[args.get("layout", "identity")].reverse_name].forward([w])
+        return self._undo(args).forward([w])
 
     def out_shape(self, shapes, args):
-        undo = RULES[RULES[args.get("layout", "identity")].reverse_name]
+        undo = self._undo(args)
         v = undo.out_shape(shapes, {})
         if args.get("index", 1) == 1:
             return v
@@ -340,6 +343,13 @@ def get(name: str) -> Rule:
         return RULES[name]
     except KeyError:
         raise KeyError(f"unknown rule {name!r} (known: {', '.join(LAYOUT_RULES)})") from None
+
+
+def reverse_of(name: str) -> str:
+    """The rule undoing layout rule ``name`` (each of LAYOUT_RULES has one)."""
+    back = get(name).reverse_name
+    assert back is not None, f"rule {name!r} has no reverse"
+    return back
 
 
 def infer(name: str, shape: tuple[int, ...], is_float: bool) -> str | None:

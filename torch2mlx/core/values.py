@@ -32,6 +32,7 @@ def to_mx(arr: np.ndarray, dt: DType, upcast: bool = False):
     if target != dt:
         arr, dt = casts.cast(arr, dt, target), target
     arr = np.ascontiguousarray(arr).reshape(shape)
+    assert dt.mlx is not None  # mlx_target's choice, or float64
     if not dt.exact_numpy:  # bfloat16 bits: same width in MLX, reinterpret
         return mx.array(arr.view(np.uint16)).view(mx.bfloat16)
     return mx.array(arr, dtype=getattr(mx, dt.mlx if dt.mlx != "bool" else "bool_"))
@@ -91,6 +92,7 @@ def from_user(array, dtype=None, name: str = "") -> tuple[np.ndarray, DType]:
     A cast is exact, as torch's ``Tensor.to``. An integer array is never read as the bits of a
     float dtype: that is the mistake typed values exist to prevent.
     """
+    dt: DType | None
     if _is_mx(array):
         arr, dt = _from_mx(array)
     elif _is_torch(array):

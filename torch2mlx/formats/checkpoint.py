@@ -219,6 +219,7 @@ def _open(path: str, key: str | None) -> Checkpoint:
         entries, notes, meta, fmt, key_path = _read_file(path, key)
         # A file inside a model directory (config.json beside it) brings the directory's sidecars, as the
         # directory would: without config.json and the tokenizer, mlx_lm.load cannot use the output.
+        sidecars: list[str]
         sidecars, config = [], None
         d = os.path.dirname(os.path.abspath(path))
         if os.path.isfile(os.path.join(d, "config.json")):
@@ -246,7 +247,7 @@ def _open(path: str, key: str | None) -> Checkpoint:
     if not os.path.isdir(path):
         raise Torch2MLXError(f"{path}: not a regular file or directory")
     names = sorted(n for n in os.listdir(path) if os.path.isfile(os.path.join(path, n)))
-    notes: list[str] = []
+    notes = []
     index_path = _find_index(path, names)
     weight_map = None
     if index_path:
@@ -264,8 +265,8 @@ def _open(path: str, key: str | None) -> Checkpoint:
             raise CheckpointError(
                 path, f"directory holds no weight files (torch2mlx reads {', '.join(WEIGHT_SUFFIXES)}, or a zarr store)"
             )
-    entries: list[TensorEntry] = []
-    meta: dict = {}
+    entries = []
+    meta = {}
     fmts = set()
     key_paths = set()
     for f in files:

@@ -90,6 +90,7 @@ class DataReader:
                 row *= n
             out = np.empty(sub, dtype=carrier)
             if out.nbytes:
+                assert entry.path is not None  # neither loaded nor in memory: in a file
                 pread_into(self.fd(entry.path), out, entry.offset + start * row, entry.path)
                 self.done_with_range(entry.path, entry.offset + start * row, out.nbytes)
         else:
@@ -111,7 +112,7 @@ class DataReader:
         if 0 in sub:
             return np.empty(sub, dtype=carrier)
         first = entry.offset + start * strides[axis] * item
-        last = first + (sum((n - 1) * s for n, s in zip(sub, strides)) + 1) * item
+        last = first + (sum((n - 1) * s for n, s in zip(sub, strides, strict=True)) + 1) * item
         base = first - first % _PAGE
         fd = self.fd(entry.path)
         if last > os.fstat(fd).st_size:
@@ -142,6 +143,7 @@ class DataReader:
             return np.ascontiguousarray(rows.reshape(-1)[start - first * row : stop - first * row])
         out = np.empty(stop - start, dtype=entry.dtype.np_dtype)
         if out.nbytes:
+            assert entry.path is not None  # neither loaded nor in memory: in a file
             pread_into(self.fd(entry.path), out, entry.offset + start * entry.dtype.itemsize, entry.path)
             self.done_with_range(entry.path, entry.offset + start * entry.dtype.itemsize, out.nbytes)
         if entry.byteorder == "big" and entry.dtype.itemsize > 1:

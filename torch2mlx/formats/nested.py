@@ -182,6 +182,7 @@ def _holds_tensors(obj, budget: Budget) -> bool:
 def _select(root, path: str, key: str | None, budget: Budget):
     if isinstance(root, TensorRef):
         return {"tensor": root}, "the file holds a single tensor, named 'tensor'", [], ""
+    keys: tuple[str, ...] | None
     if key is not None:
         node = _lookup(root, key, budget)
         if node is None or _count(node, budget) == 0:
@@ -224,6 +225,7 @@ def _select(root, path: str, key: str | None, budget: Budget):
                 raise CheckpointError(path, "no tensors found in the checkpoint")
             chosen, keys = best[2], best[1]
             how = "top-level tensors" if chosen is root else f"the container holding the most tensors, {best[0]}"
+        assert how is not None  # set with chosen
         depth = len(keys)
         chosen, keys = _descend(chosen, keys, budget)
         if how == "a well-known state-dict key" and len(keys) > 1:

@@ -114,13 +114,13 @@ def read_entries(path: str) -> tuple[list[TensorEntry], list[str]]:
                 raise CheckpointError(path, f"array {name!r}: bad shape {shape!r}")
             if data + math.prod(shape) * dt.itemsize > start + info.file_size:
                 raise CheckpointError(path, f"array {name!r}: data runs past its member")
-            strides = None
+            strides: tuple[int, ...] | None = None
             if d["fortran_order"] and len(shape) > 1:
-                strides, step = [], 1
+                columns, step = [], 1
                 for n in shape:
-                    strides.append(step)
+                    columns.append(step)
                     step *= n
-                strides = tuple(strides)
+                strides = tuple(columns)
             byteorder = "big" if str(d["descr"]).startswith(">") else "little"
             entries.append(
                 TensorEntry(

@@ -36,7 +36,7 @@ def _entry(ck, name: str, ref, path: str) -> TensorEntry:
                 f"tensor {name!r}: empty, with offset {ref.storage_offset} past its storage ({storage_bytes} bytes)",
             )
     else:
-        last = ref.storage_offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride))
+        last = ref.storage_offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride, strict=True))
         if (last + 1) * item > storage_bytes:
             raise CheckpointError(
                 path,
@@ -99,6 +99,7 @@ def read_entries_at(path: str, key: str | None = None) -> tuple[list[TensorEntry
     if getattr(ck, "torchscript", False):
         if key:
             raise torchscript.refuse(path, "--key does not apply (its weights are the scripted module's)")
+        skipped: list[str]
         refs, how, skipped, key_path = (
             torchscript.state_dict(obj, ck.script_classes, path),
             "a TorchScript module (torch.jit.save; its parameters and buffers, code not run)",

@@ -89,7 +89,7 @@ class ZipCheckpoint:
             self.data_offsets[info.filename] = start
             spans.append((info.header_offset, end, info.filename))
         spans.sort()
-        for (s0, e0, n0), (s1, e1, n1) in zip(spans, spans[1:]):
+        for (_, e0, n0), (s1, _, n1) in zip(spans, spans[1:], strict=False):
             if s1 < e0:
                 raise CheckpointError(self.path, f"zip members {n0} and {n1} overlap")
 

@@ -26,6 +26,7 @@ import pickle
 import pickletools
 import struct
 from dataclasses import dataclass
+from typing import Any, NoReturn
 
 from ..core import dtypes
 from ..core.dtypes import DType
@@ -211,6 +212,9 @@ class Opaque(metaclass=_PlaceholderType):
     """Instance of a class we do not import: arguments and state are kept, nothing runs."""
 
     _t2m_global = "?"
+    # per instance, set by _t2m_make (declared only, so no class attribute exists)
+    _t2m_items: dict
+    _t2m_list: list
 
     def __new__(cls, *args, **kwargs):
         # NEWOBJ / NEWOBJ_EX, and INST / OBJ without arguments: CPython runs cls.__new__(cls, *args) only;
@@ -414,7 +418,8 @@ def _reconstructor(cls, base, state=None):
     return obj
 
 
-_TORCH_GLOBALS = {
+# Functions and classes a pickle may call by name (Any: the loop below gives the functions a __setstate__).
+_TORCH_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_tensor"): _rebuild_v1,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_v2,
     ("torch._utils", "_rebuild_tensor_v3"): _rebuild_v3,
@@ -518,7 +523,7 @@ _OPCODES = {
     op.code.encode("latin-1"): (op.name, _TWO_LINES if op.name in ("GLOBAL", "INST") else op.arg.n if op.arg else 0)
     for op in pickletools.opcodes
 }
-_MEMO_PUT = {"PUT": None, "BINPUT": "<B", "LONG_BINPUT": "<I"}
+_MEMO_PUT = {"BINPUT": "<B", "LONG_BINPUT": "<I"}  # PUT's index is a text line, checked with the lines
 _INT_LINES = {"INT", "LONG"}
 # Integers hash to themselves modulo 2**61 - 1, so a pickle can fill a dict or set with keys that all
 # collide and make building it quadratic (200,000 keys: hours). Within 64 bits at most a handful of
@@ -538,7 +543,7 @@ def pickle_extent(f, limit: int, path: str) -> int:
     """
     read, pos, ops, wide = f.read, 0, 0, 0
 
-    def fail(problem: str):
+    def fail(problem: str) -> NoReturn:
         raise CheckpointError(path, f"corrupt pickle: {problem}")
 
     def line() -> bytes:
@@ -556,7 +561,7 @@ def pickle_extent(f, limit: int, path: str) -> int:
             if name == "STOP":
                 return pos
             continue
-        if name is None:
+        if name is None or kind is None:
             fail(f"unknown opcode at byte {at}" if pos <= limit else f"ends without a STOP opcode at byte {at}")
         if kind > 0:
             raw = read(kind) if pos + kind <= limit else b""

@@ -109,12 +109,13 @@ def batches(plan: Plan, ops: list[Op], chunk: int) -> list[list]:
         for t in plan_tasks(op, chunk):
             src = op.sources[0]
             if t.copy and src.array is None:
-                out = op.outputs[0]
+                dst = op.outputs[0]
+                assert src.path is not None  # a copy is planned only for bytes in a file
                 c = _Copy(
                     src.path,
                     src.offset + t.start,
-                    out.shard,
-                    len(plan.shards[out.shard].header) + out.offset + t.start,
+                    dst.shard,
+                    len(plan.shards[dst.shard].header) + dst.offset + t.start,
                     t.stop - t.start,
                 )
                 if units and isinstance(units[-1], _Copy) and c.follows(units[-1]) and units[-1].n + c.n <= 4 * chunk:
@@ -123,7 +124,9 @@ def batches(plan: Plan, ops: list[Op], chunk: int) -> list[list]:
                 units.append(c)
             else:
                 units.append(t)
-    out, cur, size = [], [], 0
+    out: list[list] = []  # batches of units
+    cur: list = []
+    size = 0
     for u in units:
         n = u.n if isinstance(u, _Copy) else u.op.nbytes_out * (u.stop - u.start) // max(_rows_of(u), 1)
         if cur and size + n > chunk:
@@ -163,7 +166,7 @@ def compute_outputs(op: Op, reader: DataReader, start: int, stop: int, flat: boo
         shapes = [e.shape for e in op.sources]
         blocks = [
             reader.read_rows(e, s, t, axis) if e.shape else reader.read_all(e)
-            for e, (axis, s, t) in zip(op.sources, rule.source_slices(start, stop, shapes, op.args))
+            for e, (axis, s, t) in zip(op.sources, rule.source_slices(start, stop, shapes, op.args), strict=True)
         ]
     src = op.source_dtype
     if rule.arithmetic and not src.exact_numpy:
@@ -248,7 +251,8 @@ class Executor:
         self._states[i] = _ShardState(i, sh.size, len(sh.header))
 
     def _run(self, batch: list) -> int:
-        ranges, done_in = [], 0
+        ranges: list[tuple[int, int, int]] = []  # (shard, start, end) written
+        done_in = 0
         for u in batch:
             try:
                 done_in += self._copy(u, ranges) if isinstance(u, _Copy) else self._unit(u, ranges)
@@ -276,7 +280,7 @@ class Executor:
             pwrite_all(self._fds[out.shard], data, at)
             ranges.append((out.shard, at, at + data.nbytes))
             return data.nbytes
-        for o, block in zip(op.outputs, compute_outputs(op, self.reader, t.start, t.stop, t.flat)):
+        for o, block in zip(op.outputs, compute_outputs(op, self.reader, t.start, t.stop, t.flat), strict=True):
             block = np.ascontiguousarray(block)
             unit = o.dtype.itemsize if t.flat else (_row_bytes(o.shape, o.dtype.itemsize) if o.shape else 0)
             at = len(self.plan.shards[o.shard].header) + o.offset + t.start * unit

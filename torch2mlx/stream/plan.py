@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..core.dtypes import DType
 from . import manifest
@@ -32,6 +33,14 @@ class Output:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
+class Transform(Protocol):
+    """Replaces an op's final cast: block -> one array per output (quantization, fp8 scaling)."""
+
+    def __call__(self, block, op: Op, start: int, reader, src: DType | None = None) -> list: ...
+
+    def info(self) -> dict: ...
+
+
 @dataclass(slots=True)
 class Op:
     sources: list[TensorEntry]
@@ -39,8 +48,7 @@ class Op:
     rule_source: str  # model | user | inferred | default
     args: dict
     outputs: list[Output]
-    # Replaces the final cast: block -> one array per output (quantization, fp8 scaling).
-    transform: object = None
+    transform: Transform | None = None
     transform_info: dict | None = None
 
     @property

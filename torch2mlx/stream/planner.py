@@ -123,10 +123,11 @@ def build(
                 return True
         return False
 
+    rule: str | None
     for spec in specs or []:
-        srcs = [by_name.get(s) for s in spec.sources]
-        if any(s is None for s in srcs):
+        if any(s not in by_name for s in spec.sources):
             continue  # the analyzer knows the module; this checkpoint lacks the tensor
+        srcs = [by_name[s] for s in spec.sources]
         covered.update(spec.sources)
         gone = next((s for s in spec.sources if s in drop), None)
         if gone is not None:  # a drop decided from the checkpoint wins over the model's spec

@@ -30,7 +30,7 @@ def format_plan(plan, limit: int | None = None) -> str:
     head = ("output", "source", "rule", "from", "dtype", "shape", "shard")
     shown = rows if limit is None else rows[:limit]
     widths = [min(max(len(str(r[i])) for r in [head] + shown), 60) for i in range(len(head))]
-    lines = ["  ".join(str(c)[:60].ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head] + shown]
+    lines = ["  ".join(str(c)[:60].ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head] + shown]
     if len(shown) < len(rows):
         lines.append(f"... {len(rows) - len(shown)} more (use --json for all)")
     lines.append("")

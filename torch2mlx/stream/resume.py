@@ -43,7 +43,7 @@ _IDENTITY = (("bytes", "size"), ("mtime_ns", "mtime"), ("inode", "inode"), ("blo
 
 def _stat(path: str) -> dict:
     st = os.stat(path)
-    rec = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+    rec: dict[str, int | str] = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
     real = os.path.realpath(path)
     if os.path.basename(os.path.dirname(real)) == "blobs":  # the Hub cache: snapshots/REV/f -> blobs/<hash>
         rec["blob"] = os.path.basename(real)

@@ -131,7 +131,7 @@ def _restore_dtypes(plan: Plan, by_mlx: dict[str, dict], opts: Options, fmt: str
         rec = by_mlx.get(op.sources[0].name)
         want = dtypes.by_name(rec.get("source_dtype", "")) if rec else None
         o = op.outputs[0]
-        if want is None or want == o.dtype or len(op.outputs) != 1 or rec.get("fp8_scale"):
+        if rec is None or want is None or want == o.dtype or len(op.outputs) != 1 or rec.get("fp8_scale"):
             continue  # float8 with a scale came out scaled: its values are no float8 any more
         if fmt == "safetensors" and want.safetensors is None:
             kept.append(f"{o.name}: safetensors has no {want.name}; kept as {o.dtype.name} (--format bin keeps it)")
@@ -202,7 +202,7 @@ def _rules(m: Manifest | None, view: Checkpoint, specs, model, model_kwargs, use
     if specs is not None:
         return _Rules(specs, "given", {}, {}, [], [], errors)
     if m is not None:
-        forward, by_mlx = manifest_mod.specs_from_records(m.tensors)
+        forward, by_mlx = manifest_mod.specs_from_records(m.tensors or {})
         counters = manifest_mod.dropped_sources(m)
         return _Rules(
             reverse_specs(forward, errors),
@@ -276,7 +276,7 @@ def plan_reverse(
     copied_mlx = m is not None and m.source_layout == "mlx"
     if copied_mlx:  # its records map MLX tensors to themselves: nothing about torch layouts in them
         m = None
-    view, n_quant = dequantized(ck, m.tensors if m is not None else {}, reader)
+    view, n_quant = dequantized(ck, (m.tensors or {}) if m is not None else {}, reader)
     view = dataclasses.replace(view, layout="mlx")  # no forward layout may be guessed on the way back
     r = _rules(m, view, specs, model, model_kwargs, use_model)
     if strict is not None:
@@ -297,7 +297,7 @@ def plan_reverse(
         view = dataclasses.replace(view, entries=view.entries + restored)
         notes.append(f"{len(restored)} {COUNTER} counter(s) restored as 0 (MLX keeps none)")
     # A user --rule names the forward layout; on the way back its twin undoes it.
-    bopts = dataclasses.replace(opts, rules=[(p, rules.get(name).reverse_name) for p, name in opts.rules])
+    bopts = dataclasses.replace(opts, rules=[(p, rules.reverse_of(name)) for p, name in opts.rules])
     plan = build(view, bopts, r.specs or [], drop)
     plan.warnings = [w for w in plan.warnings if not w.startswith("source is already in MLX layout")]
     plan.warnings[:0] = warnings + [f"not rebuilt: {e}" for e in r.errors]
@@ -316,6 +316,7 @@ def plan_reverse(
         if missing:
             plan.warnings.append(f"{len(missing)} model tensor(s) have no source in the checkpoint: {_some(missing)}")
     if r.how == "manifest":
+        assert m is not None and r.specs is not None  # what _rules read them from, and what it made
         absent = sorted({s.out for s in r.specs if not all(n in have for n in s.sources)})
         if absent:
             plan.warnings.append(

@@ -30,7 +30,7 @@ class _FP8Dequant:
 
     def __init__(self, scale: TensorEntry, weight: fp8.FP8Weight):
         self.scale, self.weight = scale, weight
-        self._arr = None
+        self._arr: np.ndarray | None = None
         self._lock = threading.Lock()
 
     def scale_array(self, reader) -> np.ndarray:
@@ -72,10 +72,12 @@ class Chain:
         return list(quant.quantize(block, self.spec.bits, self.spec.group_size, src, float_dtype))
 
     def info(self) -> dict:
-        d = {}
+        d: dict[str, object] = {}
         if self.dequant is not None:
+            blocks = self.dequant.weight.blocks
+            assert blocks is not None  # pair_scales gives every weight with a scale its blocks
             d["fp8_scale"] = self.dequant.scale.name
-            d["fp8_blocks"] = list(self.dequant.weight.blocks)
+            d["fp8_blocks"] = list(blocks)
         if self.spec is not None:
             d["quantization"] = self.spec.as_config()
         return d
@@ -123,6 +125,7 @@ def recipe_for(opts: Options, out_names: list[str], config: dict | None) -> quan
             default=0,
         )
         return quant_recipes.mixed_recipe(opts.q_recipe, layers, loc, opts.q_group_size, opts.q_bits)
+    assert opts.q_bits  # neither q_bits nor q_recipe returned above
     return quant_recipes.Recipe(quant_recipes.QuantSpec(opts.q_group_size, opts.q_bits))
 
 
@@ -143,6 +146,7 @@ def attach(
             mtype = (module_types or {}).get(path) if path else None
             spec, is_entry = quant_recipes.decide(out.name, out.shape, out.dtype, recipe, mtype)
             if spec and is_entry:
+                assert path is not None  # decide quantizes only weights of a module
                 explicit[quant_recipes.loaded_module_path(path)] = spec
         if d is None and spec is None:
             continue

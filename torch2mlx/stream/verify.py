@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core import dtypes
+from ..core.entry import TensorEntry
 from ..errors import Torch2MLXError, one_line
 from ..formats.checkpoint import open_checkpoint
 from ..formats.data import DataReader
@@ -114,7 +115,7 @@ def _verify(src, out, *, quick: bool, progress) -> VerifyReport:
     if not manifest.finished:  # written while a run went on: it lists no tensors
         rep.problems.append(f"{MANIFEST}: says the conversion did not finish (complete: false); rerun it with --resume")
     shards = manifest.shards or {}
-    outputs: dict[str, object] = {}
+    outputs: dict[str, TensorEntry] = {}
     for file, rec in sorted(shards.items()):
         path = os.path.join(out, file)
         if not os.path.isfile(path):
@@ -137,13 +138,13 @@ def _verify(src, out, *, quick: bool, progress) -> VerifyReport:
         except Torch2MLXError as e:
             rep.problems.append(str(e))
             continue
-        for e in entries:
-            outputs[e.name] = e
+        for entry in entries:
+            outputs[entry.name] = entry
         rep.checked_shards += 1
     wm = index.get("weight_map") or {}
     for name, file in wm.items():
-        e = outputs.get(name)
-        if e is None or os.path.basename(e.path) != file:
+        got = outputs.get(name)
+        if got is None or os.path.basename(got.path or "") != file:
             rep.problems.append(f"index: {name!r} -> {file}, but that shard does not hold it")
     for name in outputs.keys() - wm.keys():
         rep.problems.append(f"index: {name!r} is in a shard but not in the index")
@@ -204,12 +205,12 @@ def _verify_zarr(src, out: str, manifest: Manifest, rep: VerifyReport, quick: bo
     outputs = {e.name: e for e in entries}
     records = manifest.tensors or {}
     for name, rec in records.items():
-        e = outputs.get(name)
-        if e is None:
+        got = outputs.get(name)
+        if got is None:
             rep.problems.append(f"{name}: in the manifest but no array {rec.get('array')!r} in the store")
-        elif e.dtype.name != rec.get("dtype") or list(e.shape) != rec.get("shape"):
+        elif got.dtype.name != rec.get("dtype") or list(got.shape) != rec.get("shape"):
             rep.problems.append(
-                f"{name}: array is {e.dtype.name}{list(e.shape)}, manifest says {rec.get('dtype')}{rec.get('shape')}"
+                f"{name}: array is {got.dtype.name}{list(got.shape)}, manifest says {rec.get('dtype')}{rec.get('shape')}"
             )
     for name in outputs.keys() - records.keys():
         rep.problems.append(f"{name}: an array in the store that the manifest does not list")
@@ -299,7 +300,7 @@ def _compare_ops(ops, outputs, reader: DataReader, rep: VerifyReport, progress) 
 
 
 def _compare(op: Op, got: list, reader: DataReader) -> str | None:
-    for o, g in zip(op.outputs, got):
+    for o, g in zip(op.outputs, got, strict=True):
         if tuple(g.shape) != o.shape or g.dtype != o.dtype:
             return f"{o.name} is {g.dtype.name}{list(g.shape)}, expected {o.dtype.name}{list(o.shape)}"
     for t in plan_tasks(op, CHUNK):
@@ -315,7 +316,7 @@ def _compare(op: Op, got: list, reader: DataReader) -> str | None:
                 else (reader.read_rows(g, t.start, t.stop) if g.shape else reader.read_all(g))
                 for g in got
             ]
-        for o, want, have in zip(op.outputs, wants, haves):
+        for o, want, have in zip(op.outputs, wants, haves, strict=True):
             if np.ascontiguousarray(want).tobytes() != np.ascontiguousarray(have).tobytes():
                 what = f"rule {op.rule}" + (" + " + ", ".join(sorted(op.transform.info())) if op.transform else "")
                 return f"{o.name} differs from {what} applied to {'+'.join(e.name for e in op.sources)}"

@@ -80,7 +80,7 @@ class ConvStack(nn.Module):
         super().__init__()
         if len(channels) < 2:
             raise Torch2MLXError("ConvStack needs input channels and at least one block's output channels")
-        self.blocks = [ConvBlock(a, b, **block_options) for a, b in zip(channels[:-1], channels[1:])]
+        self.blocks = [ConvBlock(a, b, **block_options) for a, b in zip(channels[:-1], channels[1:], strict=False)]
 
     def __call__(self, x):
         for block in self.blocks:

@@ -32,7 +32,7 @@ class MLP(nn.Module):
         make_activation(activation)  # an unknown name fails here, even when no layer uses it
         self.layers = []
         last = len(dims) - 2
-        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=False)):
             self.layers.append(nn.Linear(a, b, bias=bias))
             if i < last or final_activation:
                 self.layers.append(make_activation(activation))

@@ -26,7 +26,7 @@ class AdaptiveAvgPool2d(nn.Module):
 
     def __call__(self, x):
         n, h, w, c = x.shape
-        oh, ow = (s if s is not None else d for s, d in zip(self.output_size, (h, w)))
+        oh, ow = (s if s is not None else d for s, d in zip(self.output_size, (h, w), strict=True))
         if h % oh == 0 and w % ow == 0:
             return x.reshape(n, oh, h // oh, ow, w // ow, c).mean(axis=(2, 4))
         rows = [x[:, a:b].mean(axis=1, keepdims=True) for a, b in _bins(h, oh)]

@@ -114,7 +114,7 @@ def convert_optimizer_state(
     report = TrainingReport()
     ids = [i for g in sd["param_groups"] for i in g["params"]]
     per_param = {torch_names[pos]: sd["state"][i] for pos, i in enumerate(ids) if i in sd["state"]}
-    group_of = dict(zip(torch_names, (gi for gi, g in enumerate(sd["param_groups"]) for _ in g["params"])))
+    group_of = dict(zip(torch_names, (gi for gi, g in enumerate(sd["param_groups"]) for _ in g["params"]), strict=True))
     shapes = {n: Array.of(n, next(iter(_tensors(s).values()))).shape for n, s in per_param.items() if _tensors(s)}
     specs = _specs(rules, model, torch_names, shapes)
     moments = MOMENTS[kind]
@@ -142,7 +142,7 @@ def convert_optimizer_state(
             vals = [s.get(tkey) for s in states]
             if any(v is None for v in vals):
                 continue
-            arrs = [Array.of(f"{src}.{tkey}", v) for src, v in zip(spec.sources, vals)]
+            arrs = [Array.of(f"{src}.{tkey}", v) for src, v in zip(spec.sources, vals, strict=True)]
             out = _rules.get(spec.rule).forward([a.data for a in arrs], dict(spec.args))
             flat[gi][f"{spec.out}.{mkey}"] = arrs[0].with_data(out).to_mlx()
         for extra in sorted(set().union(*[set(_tensors(s)) for s in states]) - set(moments) - {"step"}):
@@ -152,7 +152,7 @@ def convert_optimizer_state(
     n_step = _step_of(per_param, kind, step, report)
     check_sgd_start(kind, sd, per_param, torch_names, report)
     group_names = [sorted({k.rsplit(".", 1)[0] for k in f}) for f in flat]
-    trees = [_tree(f, n_step, g.get("lr", 0.0)) for f, g in zip(flat, sd["param_groups"])]
+    trees = [_tree(f, n_step, g.get("lr", 0.0)) for f, g in zip(flat, sd["param_groups"], strict=True)]
     state = trees[0] if len(trees) == 1 else {"states": trees}
     report.check(strict, f"the {kind} state")
     return OptimizerState(kind, state, n_step, group_names, report)
@@ -207,7 +207,7 @@ def optimizer_state_to_torch(
     flat = {}
     for t in trees:
         flat.update({k: v for k, v in tree_flatten(t) if k not in ("step", "learning_rate")})
-    for g, t in zip(groups, trees if len(trees) == len(groups) else trees * len(groups)):
+    for g, t in zip(groups, trees if len(trees) == len(groups) else trees * len(groups), strict=True):
         if "learning_rate" in t:
             lr = t["learning_rate"].item()
             # MLX keeps the rate in float32: torch's double stays when it is what MLX rounded
@@ -228,7 +228,7 @@ def optimizer_state_to_torch(
             srcs = [flat.get(f"{s}.{mkey}") for s in spec.sources]
             if any(s is None for s in srcs):
                 continue
-            arrs = [Array.of(s, a) for s, a in zip(spec.sources, srcs)]
+            arrs = [Array.of(s, a) for s, a in zip(spec.sources, srcs, strict=True)]
             entry[tkey] = (
                 arrs[0]
                 .with_data(np.ascontiguousarray(_rules.get(spec.rule).forward([a.data for a in arrs], dict(spec.args))))
@@ -242,4 +242,7 @@ def optimizer_state_to_torch(
             by_name[spec.out] = entry
     report.check(strict, f"the MLX {kind} state")
     ids = [i for g in groups for i in g["params"]]
-    return {"state": {i: by_name[n] for i, n in zip(ids, torch_names) if n in by_name}, "param_groups": groups}
+    return {
+        "state": {i: by_name[n] for i, n in zip(ids, torch_names, strict=True) if n in by_name},
+        "param_groups": groups,
+    }

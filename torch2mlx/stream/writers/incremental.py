@@ -41,13 +41,13 @@ class ShardWriter:
         self.metadata = metadata
         self.manifest_extra = manifest_extra or {}
         output_dir.ready_for_writing(self.out_dir, overwrite=overwrite, src_paths=[])
-        self._spill = {}
+        self._spill: dict[int, int] = {}  # item width -> fd of its spill file
         self._pending: list[tuple[Output, int]] = []  # (output, offset in its spill file)
         self._spill_size = {w: 0 for w in _WIDTHS}
-        self._sealed: list[tuple[str, list[Output], int]] = []  # (temp path, outputs, size)
+        self._sealed: list[tuple[str, list[Output], int, str]] = []  # (temp path, outputs, size, sha256)
         self._names: set[str] = set()
         self.records: dict[str, dict] = {}
-        self.results = []
+        self.results: list[dict] = []
         self.nbytes = 0  # tensor bytes written (the index's total_size), once closed
         self._closed = False
 

@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import threading
+from typing import Literal
 
 from ...errors import Torch2MLXError
 from .files import fsync_dir, os_error
@@ -86,7 +87,7 @@ class Target:
             raise
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         if exc_type is None:
             if self.staged:
                 self._swap_whole()
@@ -95,7 +96,7 @@ class Target:
         if isinstance(exc, Torch2MLXError):
             exc.args = (f"{exc} ({left})",)
         elif isinstance(exc, KeyboardInterrupt):
-            exc.left = left  # the CLI's 'interrupted' line says it
+            exc.__dict__["left"] = left  # the CLI's 'interrupted' line says it (not a declared field)
         return False
 
     # ------------------------------------------------------------ failure
@@ -163,7 +164,7 @@ class Target:
             try:
                 signal.raise_signal(got[0])  # now, as its handler would have taken it
             except KeyboardInterrupt as e:
-                e.left = f"after the conversion had finished: {self.out} holds the new output"
+                e.__dict__["left"] = f"after the conversion had finished: {self.out} holds the new output"
                 raise
 
     def _swap(self) -> None:

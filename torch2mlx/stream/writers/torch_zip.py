@@ -36,6 +36,7 @@ class TorchZipWriter:
         info.file_size = size
         zip64 = size >= zipfile.ZIP64_LIMIT
         # Local header: 30 bytes + name + (zip64 extra 20) + our padding field (4 + pad).
+        assert self._zf.fp is not None  # open for writing until close()
         pos = self._zf.fp.tell()
         fixed = 30 + len(info.filename.encode()) + (20 if zip64 else 0) + 4
         pad = -(pos + fixed) % ALIGN

@@ -165,7 +165,7 @@ def write(
         with DataReader() as reader:
             for s in range(0, rows, per):
                 t = min(s + per, rows)
-                for a, block in zip(arrays, compute_outputs(op, reader, s, t)):
+                for a, block in zip(arrays, compute_outputs(op, reader, s, t), strict=True):
                     if a.ndim == 0:
                         a[()] = np.asarray(block).reshape(())
                     else:
