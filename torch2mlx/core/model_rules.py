@@ -32,7 +32,7 @@ class StreamInputs:
     report: object = None  # the analyzer's Report, when a model was analyzed
     unmatched: list[tuple[str, str]] = field(default_factory=list)  # (checkpoint name, why no model rule)
 
-    def all_warnings(self, dropped: set[str] = frozenset()) -> list[str]:
+    def all_warnings(self, dropped: set[str] | frozenset[str] = frozenset()) -> list[str]:
         """``warnings`` and the tensors without model rules, less those the plan drops anyway
         (a tied ``lm_head.weight``): each tensor is reported once."""
         unmatched = [(n, w) for n, w in self.unmatched if n not in dropped]

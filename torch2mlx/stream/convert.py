@@ -9,7 +9,7 @@ import threading
 import time
 
 from ..errors import Torch2MLXError
-from .checkpoint import Checkpoint, open_checkpoint
+from .checkpoint import Checkpoint
 from .data import DataReader
 from .execute import Executor, ShardResult
 from .options import Options

@@ -167,12 +167,13 @@ def to_torch(
         if in_memory:
             return _in_memory(rp.plan, side, rules.state, rules.drop)
         plan = rp.plan
-        res = Result(label, None if dry_run else os.fspath(out), plan, ck, dry_run=dry_run, format=format)
+        res = Result(label, None if dry_run else str(out), plan, ck, dry_run=dry_run, format=format)
         if format == "bin":
             for i, sh in enumerate(plan.shards):
                 sh.file = torch_bin.shard_name(i, len(plan.shards))
         if dry_run:
             return res
+        assert out is not None  # not in memory, not a dry run
         out = os.fspath(out)
         res.source_files = resume_mod.source_identity(ck.path, ck.files)
         output_dir.check_target(out, ck.files)
