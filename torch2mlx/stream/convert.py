@@ -339,15 +339,18 @@ def _write_one_file(res: Result, path: str, progress: bool, workers) -> Result:
     real = os.path.realpath(path)
     if any(os.path.realpath(f) == real for f in res.checkpoint.files):
         raise Torch2MLXError(f"{path}: is the source itself; choose another output path")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise Torch2MLXError(f"{folder}: cannot create the output folder ({e.strerror})") from None
     (shard,) = res.plan.shards
     shard.file = os.path.basename(path)
     t0 = time.perf_counter()
     bar, update = progress_bar(res.plan.nbytes_in, progress)
     try:
         with DataReader() as reader:
-            res.shards = Executor(
-                res.plan, os.path.dirname(os.path.abspath(path)), reader=reader, workers=workers, progress=update
-            ).run()
+            res.shards = Executor(res.plan, folder, reader=reader, workers=workers, progress=update).run()
     finally:
         if bar is not None:
             bar.close()
