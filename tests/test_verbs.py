@@ -150,3 +150,15 @@ def test_cli_no_model_is_parsed_as_model_false():
     assert parse(["stream", "a", "b", "--no-model"]).model is False
     assert parse(["stream", "a", "b", "--model", "x:Y"]).model == "x:Y"
     assert parse(["stream", "a", "b"]).model is None
+
+
+def test_the_cli_writes_one_file_when_out_names_one(tmp_path):
+    sd = {"fc.weight": torch.randn(5, 4, generator=torch.Generator().manual_seed(1))}
+    torch_save(sd, tmp_path / "m.pt")
+    proc = run_main("stream", tmp_path / "m.pt", tmp_path / "w.safetensors", "--no-model", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "w.safetensors").is_file()
+    got = load_file(tmp_path / "w.safetensors")
+    assert_same(canon_bits("float32", got["fc.weight"]), canon_torch(sd["fc.weight"]), "fc.weight")
+    msg = assert_one_error(run_main("stream", tmp_path / "m.pt", tmp_path / "w.safetensors", "--resume"), "resume")
+    assert "one .safetensors file is written whole" in msg

@@ -86,7 +86,13 @@ def _add_stream(sub):
     )
     p.add_argument("src", metavar="SRC", help="checkpoint file or directory")
     # "" (not None) when absent: None asks stream.to_torch for tensors in memory, which a command cannot print
-    p.add_argument("out", metavar="OUT", nargs="?", default="", help="output directory (optional with --dry-run)")
+    p.add_argument(
+        "out",
+        metavar="OUT",
+        nargs="?",
+        default="",
+        help="output directory, or one file: a path ending in .safetensors (optional with --dry-run)",
+    )
     p.add_argument(
         "--dtype",
         default="keep",
