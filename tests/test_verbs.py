@@ -58,7 +58,7 @@ def test_the_package_verbs_are_the_library_functions_themselves():
         export,
         load_converted,
     )
-    for fn in (stream.convert, stream.to_torch, analyze, generate, load_converted, export):
+    for fn in (stream.open, stream.convert, stream.to_torch, analyze, generate, load_converted, export):
         doc = fn.__doc__ or ""
         assert all(part in doc for part in ("Args:", "Returns:", "Raises:", "Example:")), fn.__name__
     assert {"convert", "to_torch", "analyze", "generate", "export", "load_converted", "stream"} <= set(dir(torch2mlx))
@@ -162,3 +162,29 @@ def test_the_cli_writes_one_file_when_out_names_one(tmp_path):
     assert_same(canon_bits("float32", got["fc.weight"]), canon_torch(sd["fc.weight"]), "fc.weight")
     msg = assert_one_error(run_main("stream", tmp_path / "m.pt", tmp_path / "w.safetensors", "--resume"), "resume")
     assert "one .safetensors file is written whole" in msg
+
+
+_NO_TORCH_SCRIPT = """
+import sys
+sys.modules["torch"] = None  # any import of torch fails
+import numpy as np, mlx.core as mx
+import torch2mlx
+from torch2mlx.core.spec import RuleSpec
+out, back = sys.argv[1], sys.argv[2]
+w = np.arange(4 * 3 * 3 * 3, dtype=np.float32).reshape(4, 3, 3, 3)
+torch2mlx.convert({"conv.weight": w, "b": mx.ones(4, dtype=mx.bfloat16)}, out, model=[RuleSpec("conv.weight", ("conv.weight",), "conv2d")])
+torch2mlx.to_torch(out, back, model=[RuleSpec("conv.weight", ("conv.weight",), "conv2d")], format="bin")
+"""
+
+
+def test_in_memory_sources_and_the_way_back_to_disk_need_no_torch(tmp_path):
+    out, back = tmp_path / "w.safetensors", tmp_path / "back"
+    proc = subprocess.run([sys.executable, "-c", _NO_TORCH_SCRIPT, str(out), str(back)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    w = torch.arange(4 * 3 * 3 * 3, dtype=torch.float32).reshape(4, 3, 3, 3)
+    from safetensors.torch import load_file as load_torch
+
+    assert torch.equal(load_torch(out)["conv.weight"], w.permute(0, 2, 3, 1))
+    (f,) = set(json.loads((back / "pytorch_model.bin.index.json").read_text())["weight_map"].values())
+    got = torch.load(back / f, weights_only=True)
+    assert torch.equal(got["conv.weight"], w) and torch.equal(got["b"], torch.ones(4, dtype=torch.bfloat16))
