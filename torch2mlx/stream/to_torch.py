@@ -2,8 +2,8 @@
 
 ``torch2mlx.to_torch`` and ``torch2mlx.stream.to_torch`` are this one function. Without ``out``
 the reverse plan's ops are computed in memory into torch tensors (made through ``core.model_rules``,
-so this module never imports torch). With ``out``, the same pipeline as the forward stream with a reverse plan (``reverse_plan``):
-readers -> plan -> threaded executor -> sharded safetensors with metadata
+so this module never imports torch). With ``out``, the same pipeline as the forward stream with a
+reverse plan (``reverse_plan``): readers -> plan -> threaded executor -> sharded safetensors with metadata
 ``{"format": "pt"}`` and ``model.safetensors.index.json``, or ``--format bin``:
 ``pytorch_model-0000i-of-0000N.bin`` zip pickles written sequentially and
 ``pytorch_model.bin.index.json``. The manifest ``torch2mlx.json`` says ``"to": "torch"``.
@@ -83,7 +83,7 @@ def to_torch(
     progress: bool = False,
     strict: bool | None = None,
     **settings,
-):
+) -> Result | dict:
     """MLX weights (ours, mlx-lm's, quantized or not) back to PyTorch names, layouts and dtypes.
 
     ``torch2mlx.to_torch`` is this function. One reverse plan (``stream.reverse_plan``) for every source:
