@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
 
     from mlx.utils import tree_flatten
 
-    state = torch2mlx.to_torch(dict(tree_flatten(model.parameters())), net)
+    state = torch2mlx.to_torch(dict(tree_flatten(model.parameters())), model=net)
     net.load_state_dict(state, strict=True)
     with torch.no_grad():
         torch_diff = float(np.abs(net(torch.from_numpy(val[0][0]).long()).numpy() - with_adapters).max())

@@ -112,11 +112,11 @@ def test_a_state_dict_converts_by_inference_or_given_rules(tmp_path):
     torch2mlx.convert(dict(sd), tmp_path / "b", rules=[r"0\.weight=identity"])
     check_converted(tmp_path / "b", sd, rules={"0.weight": "identity"}, rule_sources={"0.weight": "user"})
     spec = [RuleSpec("conv.w", ("0.weight",), "conv1d")]
-    torch2mlx.convert(dict(sd), tmp_path / "c", specs=spec)
+    torch2mlx.convert(dict(sd), tmp_path / "c", model=spec)
     got = _mlx_state(tmp_path / "c")
     assert_same(got["conv.w"], canon_torch(sd["0.weight"].permute(0, 2, 1)), "conv.w")
     # given specs win over a module's own rules
-    torch2mlx.convert(nn.Sequential(nn.Conv1d(2, 3, 3)), tmp_path / "e.safetensors", specs=spec)
+    torch2mlx.convert(nn.Sequential(nn.Conv1d(2, 3, 3)), tmp_path / "e.safetensors", model=spec)
     assert set(_mlx_state(tmp_path / "e.safetensors")) == {"conv.w", "0.bias"}
     # numpy arrays are state dicts too
     torch2mlx.convert({k: v.numpy() for k, v in sd.items()}, tmp_path / "d.safetensors")
@@ -125,7 +125,7 @@ def test_a_state_dict_converts_by_inference_or_given_rules(tmp_path):
 
 def test_a_module_without_analysis_infers_like_the_stream(tmp_path):
     m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LSTM(4, 4))
-    res = torch2mlx.convert(m, tmp_path / "x.safetensors", analyze=False)
+    res = torch2mlx.convert(m, tmp_path / "x.safetensors", model=False)
     got = _mlx_state(tmp_path / "x.safetensors")
     assert "1.bias_ih_l0" in got and "1.bias" not in got  # no model: names stay torch's
     assert res.plan.rules_by_source()["inferred"] == 1
@@ -154,7 +154,7 @@ def test_torch_compiled_models_convert_identically(tmp_path):
     torch2mlx.convert(m, tmp_path / "plain.safetensors")
     torch2mlx.convert(compiled, tmp_path / "compiled.safetensors")
     assert (tmp_path / "plain.safetensors").read_bytes() == (tmp_path / "compiled.safetensors").read_bytes()
-    back = torch2mlx.to_torch(tmp_path / "compiled.safetensors", compiled)
+    back = torch2mlx.to_torch(tmp_path / "compiled.safetensors", model=compiled)
     assert list(back) == list(compiled.state_dict())
     compiled.load_state_dict(back, strict=True)
 
@@ -168,7 +168,7 @@ def test_round_trip_reproduces_the_model(tmp_path):
     fresh = Net().eval()
     for rules in (fresh, None):  # the model, or the conversion's own manifest
         fresh.load_state_dict(
-            torch2mlx.to_torch(tmp_path / "out", rules)
+            torch2mlx.to_torch(tmp_path / "out", model=rules)
             | ({"bn.num_batches_tracked": m.bn.num_batches_tracked} if rules is None else {}),
             strict=True,
         )
@@ -180,16 +180,16 @@ def test_to_torch_takes_a_result_or_specs_and_checks_names(tmp_path):
     m = nn.Sequential(nn.Conv2d(2, 3, 3))
     res = torch2mlx.convert(m, tmp_path / "x.safetensors")
     weights = torch2mlx.load_converted(tmp_path / "x.safetensors")
-    from_result = torch2mlx.to_torch(weights, res)
+    from_result = torch2mlx.to_torch(weights, model=res)
     specs = [RuleSpec("0.weight", ("0.weight",), "conv2d"), RuleSpec("0.bias", ("0.bias",), "identity")]
-    from_specs = torch2mlx.to_torch(tmp_path / "x.safetensors", specs)
+    from_specs = torch2mlx.to_torch(tmp_path / "x.safetensors", model=specs)
     for k, t in m.state_dict().items():
         assert torch.equal(from_result[k], t) and torch.equal(from_specs[k], t)
     with pytest.raises(Torch2MLXError, match="no place in the model"):
-        torch2mlx.to_torch({**weights, "extra": mx.zeros(2)}, m)
+        torch2mlx.to_torch({**weights, "extra": mx.zeros(2)}, model=m)
     with pytest.raises(Torch2MLXError, match="missing"):
-        torch2mlx.to_torch({"0.weight": weights["0.weight"]}, m)
-    partial = torch2mlx.to_torch({"0.weight": weights["0.weight"], "extra": mx.zeros(2)}, m, strict=False)
+        torch2mlx.to_torch({"0.weight": weights["0.weight"]}, model=m)
+    partial = torch2mlx.to_torch({"0.weight": weights["0.weight"], "extra": mx.zeros(2)}, model=m, strict=False)
     assert list(partial) == ["0.weight"]
     with pytest.raises(Torch2MLXError, match="needs the torch model"):
         torch2mlx.to_torch(weights)
@@ -212,8 +212,8 @@ def test_quantized_conversion_loads_into_quantized_linear(tmp_path):
     # scales and biases folded into it, the bias exact.
     want = torch.from_numpy(np.array(mx.dequantize(q.weight, q.scales, q.biases, group_size=32, bits=4)))
     for back in (
-        torch2mlx.to_torch(tmp_path / "q.safetensors", res),
-        torch2mlx.to_torch(torch2mlx.load_converted(tmp_path / "q.safetensors"), res),
+        torch2mlx.to_torch(tmp_path / "q.safetensors", model=res),
+        torch2mlx.to_torch(torch2mlx.load_converted(tmp_path / "q.safetensors"), model=res),
     ):
         assert set(back) == {"0.weight", "0.bias"}
         assert torch.equal(back["0.weight"], want) and torch.equal(back["0.bias"], lin.bias.detach())

@@ -476,7 +476,7 @@ def test_mlx_layer_computes_what_torch_computes(name, tmp_path):
 
     # Round trip: the file back into a fresh torch layer, strictly, reproduces the original.
     fresh = case.torch()
-    fresh.load_state_dict(torch2mlx.to_torch(path, fresh), strict=True)
+    fresh.load_state_dict(torch2mlx.to_torch(path, model=fresh), strict=True)
     assert _max_err(_run_torch(case, fresh.eval(), xs), _run_torch(case, t, xs)) <= TOL
 
 
@@ -490,7 +490,7 @@ def test_mlx_weights_go_back_to_the_torch_layer(name):
     # Random values, running statistics included, in MLX's own layout (as if trained in MLX).
     weights = {k: mx.array(_values(k, v.shape)) for k, v in tree_flatten(m.parameters())}
     m.load_weights(list(weights.items()), strict=True)
-    template.load_state_dict(torch2mlx.to_torch(weights, template), strict=True)
+    template.load_state_dict(torch2mlx.to_torch(weights, model=template), strict=True)
     xs = case.inputs()
     assert _max_err(_run_torch(case, template.eval(), xs), _run_mlx(case, m, xs)) <= TOL
 

@@ -35,7 +35,7 @@ def test_in_memory_to_torch_restores_the_source_dtype_as_the_stream_does(tmp_pat
     res = torch2mlx.convert(sd, tmp_path / "mlx", dtype="float16")
     want = {k: v.half().float() for k, v in sd.items()}  # float16 widened back exactly
     from_dir = torch2mlx.to_torch(tmp_path / "mlx")
-    from_memory = torch2mlx.to_torch(torch2mlx.load_converted(tmp_path / "mlx"), res)
+    from_memory = torch2mlx.to_torch(torch2mlx.load_converted(tmp_path / "mlx"), model=res)
     torch2mlx.stream.to_torch(tmp_path / "mlx", tmp_path / "back")
     on_disk = read_torch_output(tmp_path / "back", "safetensors")
     for got in (from_dir, from_memory, on_disk):

@@ -113,7 +113,7 @@ def test_state_trained_in_mlx_goes_back_to_torch(name):
     import torch2mlx
 
     fresh = TorchNet()
-    fresh.load_state_dict(torch2mlx.to_torch(dict(tree_flatten(twin.parameters())), fresh), strict=True)
+    fresh.load_state_dict(torch2mlx.to_torch(dict(tree_flatten(twin.parameters())), model=fresh), strict=True)
     fresh_opt = CONFIGS[name](fresh.parameters())
     fresh_opt.load_state_dict(optimizer_state_to_torch(conv.optimizer, fresh, fresh_opt))
     torch_steps(fresh, fresh_opt, xs[6:])

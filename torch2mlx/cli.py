@@ -86,7 +86,14 @@ def _add_stream(sub):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("src", metavar="SRC", help="checkpoint file or directory")
-    p.add_argument("out", metavar="OUT", nargs="?", help="output directory (optional with --dry-run)")
+    # "" (not None) when absent: None asks stream.to_torch for tensors in memory, which a command cannot print
+    p.add_argument(
+        "out",
+        metavar="OUT",
+        nargs="?",
+        default="",
+        help="output directory, or one file: a path ending in .safetensors (optional with --dry-run)",
+    )
     p.add_argument(
         "--dtype",
         default="keep",
@@ -193,8 +200,12 @@ def _add_stream(sub):
         help="worker threads (default: cores + 1, at most 4)",
     )
     _add_model_options(p)
-    p.add_argument(
-        "--no-model", action="store_true", help="ignore config.json: infer rules from shapes (never imports torch)"
+    p.add_argument(  # model=False, as the library spells it
+        "--no-model",
+        dest="model",
+        action="store_const",
+        const=False,
+        help="ignore config.json: infer rules from shapes (never imports torch)",
     )
     _add_allow_global(p)
     p.set_defaults(func=_cmd_stream)
@@ -263,8 +274,6 @@ def _cmd_analyze(args) -> int:
 def _cmd_stream(args) -> int:
     from . import stream
 
-    if args.to == "torch" and args.resume:
-        raise Torch2MLXError("--resume does not apply with --to torch (it writes the whole output again)")
     shown = not args.quiet and not args.json and sys.stderr.isatty()
     settings = dict(
         dtype=args.dtype,
@@ -281,10 +290,11 @@ def _cmd_stream(args) -> int:
         drop_cache=not args.keep_cache,
     )
     run = dict(
-        model=args.model or (False if args.no_model else None),
+        model=args.model,
         model_kwargs=args.model_kwargs,
         format=args.format,
         overwrite=args.overwrite,
+        resume=args.resume,
         dry_run=args.dry_run,
         workers=args.workers,
         progress=shown,
@@ -292,7 +302,7 @@ def _cmd_stream(args) -> int:
     if args.to == "torch":
         res = stream.to_torch(args.src, args.out, **run, **settings)
     else:
-        res = stream.convert(args.src, args.out, resume=args.resume, **run, **settings)
+        res = stream.convert(args.src, args.out, **run, **settings)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))
     else:
@@ -318,7 +328,7 @@ _FLAG_SPELLINGS = [
     ),
     (re.compile(r"\b(q_bits|q_group_size|q_recipe)\b"), lambda m: "--" + m.group(1).replace("_", "-")),
     (re.compile(r"\ballow_globals\b"), "--allow-global"),
-    (re.compile(r"^resume: "), "--resume: "),
+    (re.compile(r"^resume(:| does not)"), r"--resume\1"),
     (re.compile(r"\brerun with overwrite\b"), "rerun with --overwrite"),
     (re.compile(r"format='zarr'"), "--format zarr"),
     (re.compile(r"does not combine with resume$"), "does not combine with --resume"),

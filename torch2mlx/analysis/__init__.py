@@ -22,11 +22,28 @@ __all__ = ["analyze", "Report", "StreamInputs", "stream_inputs", "module_inputs"
 
 
 def analyze(x, *, model: str | None = None, model_kwargs=None, allow_globals=()) -> Report:
-    """Analyze ``x``: an ``nn.Module``, a class path ``"pkg.mod:Class"``, or a checkpoint/config path.
+    """How much of a model maps to MLX, how each tensor converts, and what blocks the rest.
 
-    ``model`` (a class path) gives the model for a checkpoint path; ``model_kwargs``
-    (a dict or JSON text) are its constructor's keyword arguments. ``allow_globals``: pickle
-    globals whose calls are accepted as inert placeholders (``--allow-global``).
+    ``torch2mlx.analyze`` is this function. Imports torch only when needed (a module, a class, a config).
+
+    Args:
+        x: an ``nn.Module``, a class path ``"pkg.mod:Class"``, or a checkpoint / config directory
+            (a config.json transformers knows is built on the meta device: no weights are read).
+        model: for a checkpoint path, the class path of the model its weights belong to.
+        model_kwargs: that class's constructor keywords (a dict or JSON text).
+        allow_globals: pickle globals whose calls are accepted as inert placeholders (``--allow-global``).
+
+    Returns:
+        Report: ``table()`` is what ``t2mlx analyze`` prints, ``to_dict()`` its JSON; ``tensors``
+        holds each tensor's rule and MLX name, ``blockers`` what has no MLX counterpart.
+
+    Raises:
+        Torch2MLXError: an unreadable path, a class that cannot be imported or built, bad kwargs.
+
+    Example:
+        >>> import torch2mlx
+        >>> report = torch2mlx.analyze("torch.nn:Linear", model_kwargs={"in_features": 4, "out_features": 2})
+        >>> print(report.table())  # doctest: +SKIP
     """
     t0 = time.perf_counter()
     if isinstance(x, (str, os.PathLike)):

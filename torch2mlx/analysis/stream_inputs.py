@@ -8,44 +8,12 @@ imports torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from ..errors import Torch2MLXError
 from ..formats.checkpoint import Checkpoint
+from ..core.model_rules import StreamInputs
 from ..core.spec import RuleSpec
 
-
-@dataclass
-class StreamInputs:
-    specs: list[RuleSpec] | None = None  # None: no model information, the stream infers
-    drop: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    report: object = None  # the analyzer's Report, when a model was analyzed
-    unmatched: list[tuple[str, str]] = field(default_factory=list)  # (checkpoint name, why no model rule)
-
-    def all_warnings(self, dropped: set[str] = frozenset()) -> list[str]:
-        """``warnings`` and the tensors without model rules, less those the plan drops anyway
-        (a tied ``lm_head.weight``): each tensor is reported once."""
-        unmatched = [(n, w) for n, w in self.unmatched if n not in dropped]
-        if not unmatched:
-            return list(self.warnings)
-        shown = "; ".join(f"{n} ({w})" for n, w in unmatched[:5])
-        return self.warnings + [
-            f"{len(unmatched)} tensor(s) have rules not from the model: {shown}"
-            + (" ..." if len(unmatched) > 5 else "")
-        ]
-
-    @property
-    def module_types(self) -> dict[str, str]:
-        """MLX module path -> torch class name (decides which weights quantization takes)."""
-        if self.report is None:
-            return {}
-        return {
-            t.mlx[: -len(".weight")]: t.layer.replace(":", ".").split(".")[-1]
-            for t in self.report.tensors
-            if t.mlx and t.mlx.endswith(".weight")
-        }
+__all__ = ["StreamInputs", "stream_inputs", "reverse_inputs", "module_inputs"]
 
 
 def stream_inputs(ck: Checkpoint, *, model: str | None = None, model_kwargs=None, status=None) -> StreamInputs:

@@ -80,12 +80,26 @@ class Generated:
 
 
 def generate(x, *, model_kwargs=None, class_name: str | None = None, example_inputs=None) -> Generated:
-    """The MLX source of ``x``: an ``nn.Module``, a class path ``"pkg.mod:Class"`` or a directory with a
-    transformers ``config.json`` (built on the meta device, as the analyzer builds it).
+    """The MLX module (Python source) of a torch model, named so converted weights load strictly.
 
-    ``example_inputs`` (a tensor, a tuple, or a dict of keyword arguments) are run once to learn how each
-    module is called; without them each module's call is read from its parent's trace.
-    ``class_name`` names the root class (default: the torch class's name).
+    ``torch2mlx.generate`` is this function.
+
+    Args:
+        x: an ``nn.Module``, a class path ``"pkg.mod:Class"`` or a directory with a transformers
+            ``config.json`` (built on the meta device, as the analyzer builds it).
+        model_kwargs: constructor keywords for a class path (a dict or JSON text).
+        class_name: the root class's name (default: the torch class's name).
+        example_inputs: a tensor, a tuple, or a dict of keyword arguments, run once to learn how each
+            module is called; without them each module's call is read from its parent's trace.
+
+    Returns:
+        Generated: ``.source`` (the module's code), ``.coverage``, ``.traced``, ``write(path)``.
+
+    Raises:
+        Torch2MLXError: torch is not installed, or the model cannot be built.
+
+    Example:
+        >>> torch2mlx.generate(torch.nn.Sequential(torch.nn.Linear(4, 2))).write("model_mlx.py")  # doctest: +SKIP
     """
     from .api import generate_source
 

@@ -1,13 +1,11 @@
-"""The model-level API: a live ``nn.Module`` (or state dict) to MLX weights and back.
+"""The model-level API around the verbs: ``export`` (a live ``nn.Module`` to MLX, now or on its first
+forward) and ``load_converted`` (a conversion read back as MLX arrays).
 
-``convert`` and ``export`` write through the streaming engine (an in-memory source over
-the model's state dict, the analyzer's exact rules, the stream's plan and executor);
-``load_converted`` reads the result as MLX arrays; ``to_torch`` undoes names and layouts.
+``torch2mlx.convert`` and ``torch2mlx.to_torch`` are the stream's own ``convert`` and ``to_torch``,
+which take live modules and state dicts as well as checkpoint paths.
 """
 
-from .convert import convert
 from .export import export
 from .load import load_converted, to_nested
-from .to_torch import to_torch
 
-__all__ = ["convert", "export", "load_converted", "to_nested", "to_torch"]
+__all__ = ["export", "load_converted", "to_nested"]

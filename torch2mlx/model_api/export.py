@@ -19,7 +19,7 @@ import functools
 import os
 
 from ..errors import Torch2MLXError
-from .memory import is_module
+from ..stream.memory import is_module
 
 _TRIGGERS = ("eval", "always", None)
 
@@ -27,10 +27,25 @@ _TRIGGERS = ("eval", "always", None)
 def export(model_or_path, path=None, *, on_forward="eval", **options):
     """``export(model, path)`` converts now; ``export(path)`` is a class decorator (see the module doc).
 
-    ``options`` go to ``torch2mlx.convert`` (``dtype``, ``q_bits``, ...). The output is
-    replaced each time (it belongs to the export). ``on_forward``: ``"eval"`` (the first
-    forward in eval mode), ``"always"`` (the first forward in any mode) or ``None``
-    (only ``export_mlx()``).
+    ``torch2mlx.export`` is this function.
+
+    Args:
+        model_or_path: an ``nn.Module`` (convert it now to ``path``), or the output path of a decorator.
+        path: the output (as ``torch2mlx.convert`` takes it), with a module.
+        on_forward: ``"eval"`` (the first forward in eval mode), ``"always"`` (the first forward in any
+            mode) or ``None`` (only ``export_mlx()``).
+        **options: go to ``torch2mlx.convert`` (``dtype``, ``q_bits``, ``model``, ...). The output is
+            replaced each time (it belongs to the export).
+
+    Returns:
+        Result of the conversion (a module), or the class decorator (a path).
+
+    Raises:
+        Torch2MLXError: a missing path, a decorated class that is no ``nn.Module``, a bad ``on_forward``,
+            or what ``convert`` raises.
+
+    Example:
+        >>> torch2mlx.export(model, "weights.safetensors")  # doctest: +SKIP
     """
     if is_module(model_or_path):
         if path is None:
@@ -44,7 +59,7 @@ def export(model_or_path, path=None, *, on_forward="eval", **options):
 
 
 def _run(model, path, options):
-    from .convert import convert
+    from ..stream.convert import convert
 
     return convert(model, path, **{"overwrite": True, **options})
 

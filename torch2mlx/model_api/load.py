@@ -31,12 +31,25 @@ def _shards(path: str) -> list[str]:
 
 
 def load_converted(path, *, prefix: str = "", nested: bool = False) -> dict:
-    """``{name: mx.array}`` of a conversion: a ``.safetensors`` / ``.npz`` file or an output directory.
+    """``{name: mx.array}`` of a conversion, ready for ``mlx_module.load_weights``.
 
-    Ready for ``mlx_module.load_weights(list(weights.items()), strict=True)``. ``prefix`` is
-    put before every name (a bare torch ``nn.Sequential`` names its children ``0.``, an
-    MLX list of layers ``layers.0.``). ``nested=True`` gives the tree ``mlx_module.update``
-    takes (see ``to_nested``).
+    ``torch2mlx.load_converted`` is this function.
+
+    Args:
+        path: a ``.safetensors`` / ``.npz`` file or an output directory (all its shards).
+        prefix: put before every name (a bare torch ``nn.Sequential`` names its children ``0.``,
+            an MLX list of layers ``layers.0.``).
+        nested: the nested tree ``mlx_module.update`` takes instead of flat names (see ``to_nested``).
+
+    Returns:
+        dict: ``{name: mx.array}`` (or the nested tree).
+
+    Raises:
+        Torch2MLXError: no such file, or a directory without weights.
+
+    Example:
+        >>> weights = torch2mlx.load_converted("conv.safetensors")  # doctest: +SKIP
+        >>> mlx_conv.load_weights(list(weights.items()), strict=True)  # doctest: +SKIP
     """
     import mlx.core as mx
 

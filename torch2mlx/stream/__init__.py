@@ -4,13 +4,16 @@
     for e in ck.entries: ...                      # name, dtype, shape, file, offset
     for name, arr in ck.tensors(): ...            # one tensor in memory at a time, an mx.array
     torch2mlx.stream.convert("model_dir", "out", dtype="float16")          # or options=Options.make(dtype=...)
+    torch2mlx.stream.convert(model, "w.safetensors")   # also a state dict or a live nn.Module; one file
     torch2mlx.stream.to_torch("out", "back")                                # MLX -> PyTorch, dequantizing
+    state = torch2mlx.stream.to_torch(weights, model=model)   # no out: {name: torch.Tensor} in memory
     with torch2mlx.stream.ShardWriter("out") as w: w.add("x", array)   # mx.array, torch tensor or numpy
 
 User code sees values as mx.array (bfloat16 included), never raw bits.
 Reading and writing never import torch; ``convert`` does only to build the model for exact
 rules (``model="pkg.mod:Class"``, or a directory with a config.json when torch and transformers are
-installed and no cached analysis matches); ``model=False`` never does.
+installed and no cached analysis matches); ``model=False`` never does. ``to_torch`` without ``out``
+imports it to make the tensors it returns. ``torch2mlx.convert`` / ``to_torch`` are these two functions.
 ShardWriter.add imports torch only for a torch tensor it is handed.
 """
 

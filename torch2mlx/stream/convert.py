@@ -4,51 +4,37 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+import time
 
 from ..errors import Torch2MLXError
-from ..formats.checkpoint import Checkpoint, open_checkpoint
-from .execute import ShardResult
+from ..formats.checkpoint import Checkpoint
+from ..formats.data import DataReader
+from .execute import Executor, ShardResult
 from .options import Options
 from . import mlx_source
 from . import resume as resume_mod
 from .plan import Plan
-from .progress import status_line
+from .progress import progress_bar, status_line
 from .result import Result
 from .planner import build
+from .sources import model_choice, open_source
 from . import sidecar_config, sinks
 from .writers import out_lock, output_dir
 from .writers.target import Target
 
-
-def model_choice(model, model_kwargs) -> tuple[str | None, Any, bool, Any]:
-    """``model`` as ``convert`` takes it -> (class path, kwargs, whether to look for a model, analyzer result)."""
-    if model is None:
-        return None, model_kwargs, True, None
-    if model is False:
-        return None, model_kwargs, False, None
-    if isinstance(model, str):
-        return model, model_kwargs, True, None
-    if hasattr(model, "specs") and hasattr(model, "drop"):
-        if model_kwargs is not None:
-            raise Torch2MLXError("model_kwargs applies to a model class path, not to an analyzer result")
-        return None, None, False, model
-    raise Torch2MLXError(
-        "model must be None (a config.json next to the weights, if any), False (no model), "
-        "a class path 'pkg.mod:Class' or an analyzer result (StreamInputs), "
-        f"got {type(model).__name__}"
-    )
+# One output file is one shard: no size limit applies.
+_ONE_SHARD = 1 << 62
 
 
 def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=None) -> tuple[Checkpoint, Plan]:
-    """Open ``src`` (a path or an opened ``Checkpoint``) and plan its conversion; no tensor data is read.
+    """Open ``src`` (as ``convert`` takes it) and plan its conversion; no tensor data is read.
 
     ``model`` as for ``convert``; ``status(text)`` is told before a slow step without output starts
     (the analyzer's first run), ``status(None)`` when it is over.
     """
     opts = options
+    ck, _, model = open_source(src, opts, model)
     path, model_kwargs, use_model, inputs = model_choice(model, model_kwargs)
-    ck = src if isinstance(src, Checkpoint) else open_checkpoint(src, key=opts.key, allow_globals=opts.allow_globals)
     notes = []
     module_types = None
     already = mlx_source.detect(ck) if path is None and inputs is None else None
@@ -96,45 +82,54 @@ def convert(
     hook=None,
     **settings,
 ) -> Result:
-    """Convert a PyTorch checkpoint into MLX safetensors shards (or a zarr store) in directory ``out``.
+    """Convert PyTorch weights (a checkpoint, a state dict or a live model) to MLX names and layouts.
+
+    ``torch2mlx.convert`` is this function.
 
     Args:
         src: a checkpoint file or directory (safetensors, torch zip/legacy pickles, npz, zarr),
-            or a ``Checkpoint`` from ``stream.open`` (e.g. opened with ``allow_globals``).
-        out: the output directory; ``None`` only with ``dry_run``.
+            a ``Checkpoint`` from ``stream.open`` (e.g. opened with ``allow_globals``), a state dict
+            ``{name: tensor}`` (torch, numpy or MLX arrays, read in place: CPU tensors are not copied),
+            or an ``nn.Module`` (torch.compile'd or not; its state dict, with the registry's exact rules
+            and names from the analyzer unless ``model`` says otherwise).
+        out: a directory (shards, ``model.safetensors.index.json``, ``torch2mlx.json``), or a path ending
+            in ``.safetensors``: one file, replaced whole (temp file, then rename: the old file stays until
+            the new one is complete); ``None`` only with ``dry_run``.
         options: every conversion setting as one ``Options`` (``Options.make(dtype="float16", ...)``).
         **settings: instead of ``options``, its fields as keywords (``dtype``, ``max_shard_size``,
-            ``strip_prefix``, ``exclude``, ``rules``, ``key``, ``q_bits``, ``q_group_size``, ``q_recipe``,
-            ``allow_globals``, ``zarr_compressor``, ``drop_cache``); giving both is refused.
-        model: where exact rules come from. ``None``: a config.json next to the weights that
-            transformers knows (analyzed on the meta device; imports torch), else shape inference;
-            ``False``: shape inference only, never imports torch; ``"pkg.mod:Class"``: that class,
-            built with ``model_kwargs`` (a dict or a JSON string); or an analyzer result
-            (``analysis.stream_inputs.StreamInputs``: specs, drops and notes as given).
+            ``strip_prefix``, ``exclude``, ``rules`` (``"REGEX=RULE"``), ``key``, ``q_bits``, ``q_group_size``,
+            ``q_recipe``, ``allow_globals``, ``zarr_compressor``, ``drop_cache``); giving both is refused.
+        model: where exact rules come from. ``None``: a live module's own, or a config.json next to the
+            weights that transformers knows (analyzed on the meta device; imports torch), else shape
+            inference (always, for a state dict); ``False``: shape inference only, never imports torch;
+            ``"pkg.mod:Class"``: that class, built with ``model_kwargs`` (a dict or a JSON string); an analyzer
+            result (``StreamInputs``: specs, drops and notes as given) or a list of ``RuleSpec`` (these tensors'
+            rules and names; the others are inferred). Given rules replace a module's own.
         model_kwargs: constructor keywords for a class path ``model``.
         format: ``"safetensors"`` or ``"zarr"``.
-        overwrite: replace a non-empty ``out`` (the old output stays whole until the new one is).
+        overwrite: replace a non-empty ``out`` directory (the old output stays whole until the new one is).
         resume: reuse the shards of an interrupted run whose size and sha256 still match its manifest.
         dry_run: plan only; nothing is read or written.
         workers: writer threads (default: by core count).
         progress: a progress bar and status lines on stderr.
         hook: ``hook(name, array, dtype)`` sees each planned tensor (an ``mx.array``) and may rename it
             (return ``(new_name, array[, dtype])``), drop it (``None``) or replace it; tensors then go
-            through ``ShardWriter`` one at a time. Not with quantization, ``resume`` or zarr.
+            through ``ShardWriter`` one at a time. Not with quantization, ``resume``, zarr or one file.
 
     Returns:
         Result: ``report()`` is the text the CLI prints, ``to_dict()`` its JSON, ``plan`` the plan.
 
     Raises:
-        Torch2MLXError: bad input (unreadable source, bad option, contradictory options, a non-empty
-            ``out`` without ``overwrite``/``resume``); ``out`` is left as it was, or with its finished
-            shards for ``resume``. Nothing from a pickle is ever executed.
+        Torch2MLXError: bad input (unreadable source, nothing to convert, a tensor MLX cannot hold, a bad
+            option, contradictory options, a non-empty ``out`` without ``overwrite``/``resume``); ``out`` is
+            left as it was, or with its finished shards for ``resume``. Nothing from a pickle is ever executed.
 
     Example:
         >>> from torch2mlx import stream
         >>> res = stream.convert("./my-model", "./my-model-mlx", dtype="float16", model=False)  # doctest: +SKIP
         >>> res.tensors_out  # doctest: +SKIP
         291
+        >>> torch2mlx.convert(torch.nn.Conv2d(3, 8, 3), "conv.safetensors")  # doctest: +SKIP
     """
     opts = Options.resolve(options, settings)
     if resume and overwrite:
@@ -142,18 +137,24 @@ def convert(
             "resume and overwrite contradict each other: resume keeps out's finished "
             "shards, overwrite throws them away; give one"
         )
-    if out is None and not dry_run:
+    if (out is None or out == "") and not dry_run:
         raise Torch2MLXError("out is required (or dry_run=True)")
     sink = sinks.sink(format, sinks.FORWARD)
-    if resume and opts.key is None and not isinstance(src, Checkpoint):
+    one_file = bool(out) and os.fspath(out).endswith(".safetensors")
+    if one_file:
+        _one_file_allows(os.fspath(out), format, resume, hook)
+        opts = dataclasses.replace(opts, max_shard_size=_ONE_SHARD)
+    if resume and opts.key is None and isinstance(src, (str, os.PathLike)):
         # the nesting the interrupted run chose
         opts = dataclasses.replace(opts, key=resume_mod.recorded_key(os.fspath(out)))
-    ck, plan = plan_source(src, opts, model=model, model_kwargs=model_kwargs, status=status_line if progress else None)
-    label = ck.path if isinstance(src, Checkpoint) else str(src)
+    ck, label, model = open_source(src, opts, model)
+    ck, plan = plan_source(ck, opts, model=model, model_kwargs=model_kwargs, status=status_line if progress else None)
     res = Result(label, None if dry_run else str(out), plan, ck, dry_run=dry_run)
     if dry_run:
         return res
     out = os.fspath(out)
+    if one_file:
+        return _write_one_file(res, out, progress, workers)
     sinks.refuse_settings(sink, plan, hook=hook, resume=resume)  # before OUT is touched
     res.source_files = resume_mod.source_identity(ck.path, ck.files)
     output_dir.check_target(out, ck.files)
@@ -197,4 +198,38 @@ def convert(
                     resumable=sink.resumable and hook is None,
                 )
             )
+    return res
+
+
+def _one_file_allows(path: str, format: str, resume: bool, hook) -> None:
+    if resume:
+        raise Torch2MLXError(f"{path}: resume=True applies to a directory; one .safetensors file is written whole")
+    if format != "safetensors" or hook is not None:
+        what = f"format={format!r}" if format != "safetensors" else "a hook"
+        raise Torch2MLXError(f"{path}: {what} writes a directory; a path ending in .safetensors is one file")
+
+
+def _write_one_file(res: Result, path: str, progress: bool, workers) -> Result:
+    """The plan's single shard as ``path`` (temp file, fsync, rename: never a half-written file)."""
+    if os.path.isdir(path):
+        raise Torch2MLXError(f"{path}: is a directory (a path ending in .safetensors names one output file)")
+    real = os.path.realpath(path)
+    if any(os.path.realpath(f) == real for f in res.checkpoint.files):
+        raise Torch2MLXError(f"{path}: is the source itself; choose another output path")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise Torch2MLXError(f"{folder}: cannot create the output folder ({e.strerror})") from None
+    (shard,) = res.plan.shards
+    shard.file = os.path.basename(path)
+    t0 = time.perf_counter()
+    bar, update = progress_bar(res.plan.nbytes_in, progress)
+    try:
+        with DataReader() as reader:
+            res.shards = Executor(res.plan, folder, reader=reader, workers=workers, progress=update).run()
+    finally:
+        if bar is not None:
+            bar.close()
+    res.seconds = time.perf_counter() - t0
     return res

@@ -29,7 +29,7 @@ class Array:
         """A torch tensor, numpy array, MLX array or ``Array`` as an ``Array`` (torch CPU tensors: no copy)."""
         if isinstance(value, Array):
             return value
-        from ..model_api.memory import carrier
+        from ..stream.memory import carrier
 
         dt, arr = carrier(name, value)
         return cls(dt, arr)

@@ -43,9 +43,9 @@ class OptimizerState:
 def forward_specs(model) -> list[RuleSpec]:
     """The analyzer's torch -> MLX specs for a torch module (meta tensors are fine: only shapes are read)."""
     from ..analysis.stream_inputs import module_inputs
-    from ..model_api.to_torch import _names_only
+    from ..stream.memory import names_only
 
-    return module_inputs(_names_only(model.state_dict()), model).specs or []
+    return module_inputs(names_only(model.state_dict()), model).specs or []
 
 
 def _specs(rules, model, torch_names, shapes) -> list[RuleSpec]:

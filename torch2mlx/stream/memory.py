@@ -1,15 +1,17 @@
-"""An in-memory source for the stream: a state dict's tensors as ``TensorEntry(array=...)`` records.
+"""In-memory sources for the stream: a state dict's tensors as ``TensorEntry(array=...)`` records.
 
 torch tensors become numpy arrays that share their memory (``Tensor.numpy()``
 is a view); numpy has no bfloat16 or float8, so those are viewed as the raw
 16/8-bit words the stream carries them in. Non-contiguous tensors stay views:
 their entries record strides, so the executor copies one block at a time
 instead of the whole tensor per block. MLX arrays (the input of ``to_torch``)
-are copied once, as ``numpy.array`` does.
+are copied once, as ``numpy.array`` does. torch is never imported here: a torch
+tensor in hand means torch is loaded, and its own module is used.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 
 import numpy as np
@@ -17,8 +19,8 @@ import numpy as np
 from ..core import dtypes
 from ..core.dtypes import DType
 from ..errors import Torch2MLXError
-from ..formats.checkpoint import Checkpoint
 from ..core.entry import TensorEntry, contiguous_strides
+from ..formats.checkpoint import Checkpoint
 
 
 def is_module(x) -> bool:
@@ -27,7 +29,7 @@ def is_module(x) -> bool:
 
 
 def _from_torch(name: str, t) -> tuple[DType, np.ndarray]:
-    import torch
+    torch = sys.modules["torch"]  # the tensor's own torch (see the module doc)
 
     t = t.detach()
     if t.device.type == "meta":
@@ -100,4 +102,15 @@ def memory_checkpoint(tensors: Mapping, label: str = "<state dict>") -> Checkpoi
         if not isinstance(name, str):
             raise Torch2MLXError(f"tensor names must be strings, got {name!r}")
         entries.append(_entry(name, *carrier(name, value)))
+    return Checkpoint(label, entries, [], "memory")
+
+
+def names_only(state: Mapping, label: str = "<model>") -> Checkpoint:
+    """A state dict's tensor names, dtypes and shapes (no values: meta tensors too), all rule matching needs."""
+    entries = []
+    for n, t in state.items():
+        dt = dtypes.by_name(str(t.dtype).removeprefix("torch."))
+        if dt is None:
+            raise Torch2MLXError(f"{n}: dtype {t.dtype} has no MLX counterpart")
+        entries.append(TensorEntry(n, dt, tuple(t.shape)))
     return Checkpoint(label, entries, [], "memory")
