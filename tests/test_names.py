@@ -11,17 +11,10 @@ PKG = Path(__file__).resolve().parent.parent / "torch2mlx"
 
 # Top-level functions of one name in several modules, each the same idea in its own place.
 SHARED_FUNCTIONS = {
-    # the facade and what it re-exports lazily (issue 16's verbs work removes these)
-    "analyze",
-    "convert",
-    "export",
-    "generate",
-    "load_converted",
-    "to_nested",
-    "to_torch",
     # the seam through which the stream asks the analyzer, and the analyzer's side of it
     "reverse_inputs",
     "stream_inputs",
+    "module_inputs",
     # one per table, format, sink or module
     "get",
     "read_entries",
