@@ -97,6 +97,7 @@ def time_row(name: str, src: str, work: str, runs: int, env: dict, log) -> dict:
         "t2mlx_s": statistics.median(s.seconds for s in samples["t2mlx"]),
         "ratio": statistics.median(ratios),
         "ratios": [round(x, 3) for x in ratios],
+        "cp_cpu_s": statistics.median(s.cpu_seconds for s in samples["cp"]),
         "t2mlx_cpu_s": statistics.median(s.cpu_seconds for s in samples["t2mlx"]),
         "t2mlx_peak_rss_mib": max(s.max_rss_mib for s in samples["t2mlx"]),
         "load1": [s.load1 for s in samples["t2mlx"]],
@@ -152,11 +153,11 @@ def main(argv=None) -> int:
                 shutil.rmtree(shm, ignore_errors=True)
         else:
             results["rows"].append(time_row(name, src, os.path.join(work, name), a.runs, env, log))
-    print(f"{'row':<12} {'GB':>5} {'cp s':>6} {'t2mlx s':>8} {'t2mlx/cp':>9} {'CPU s':>6} {'peak MiB':>9}  ratios")
+    print(f"{'row':<12} {'GB':>5} {'cp s':>6} {'t2mlx s':>8} {'t2mlx/cp':>9} {'CPU cp/t2mlx':>13} {'peak MiB':>9}  ratios")
     for r in results["rows"]:
         print(
             f"{r['row']:<12} {r['bytes'] / 1e9:5.2f} {r['cp_s']:6.2f} {r['t2mlx_s']:8.2f} {r['ratio']:9.2f}"
-            f" {r['t2mlx_cpu_s']:6.2f} {r['t2mlx_peak_rss_mib']:9.0f}  {r['ratios']}"
+            f" {r['cp_cpu_s']:6.2f}/{r['t2mlx_cpu_s']:<6.2f} {r['t2mlx_peak_rss_mib']:9.0f}  {r['ratios']}"
         )
     for h in results["hash"]:
         print(f"hash {h['hash']:<7} {h['threads']} thread(s): {h['gb_per_s']:.2f} GB/s")

@@ -20,12 +20,14 @@ import blake3
 HASH = "blake3"
 ALGORITHMS = ("blake3", "sha256")
 CHUNK = 8 << 20
-# blake3 splits an update this large across threads (AUTO: one per core); smaller ones stay on one.
-AUTO = blake3.blake3.AUTO
+AUTO = blake3.blake3.AUTO  # one thread per core
+# blake3 splits each update across threads. On 2 cores that bought no time and cost ~20% more CPU
+# (rayon's idle threads spin in sched_yield while the copy workers need the cores): one thread there.
+THREADS = AUTO if (os.cpu_count() or 1) > 2 else 1
 
 
-def new(algorithm: str, threads: int = AUTO):
-    """A hasher; ``threads`` (blake3 only): how many threads one update may use (AUTO: one per core)."""
+def new(algorithm: str, threads: int = THREADS):
+    """A hasher; ``threads`` (blake3 only): how many threads one update may use (``AUTO``: one per core)."""
     if algorithm == "blake3":
         return blake3.blake3(max_threads=threads)
     if algorithm == "sha256":
@@ -38,7 +40,7 @@ def recorded(manifest_hash) -> str:
     return "sha256" if manifest_hash is None else manifest_hash
 
 
-def file_digests(fd: int, size: int, algorithms=(HASH,), threads: int = AUTO) -> dict[str, str]:
+def file_digests(fd: int, size: int, algorithms=(HASH,), threads: int = THREADS) -> dict[str, str]:
     """Hex digest of the first ``size`` bytes of ``fd`` with each algorithm, in one read.
 
     A file shorter than ``size`` is hashed as it is (its digest then differs from the recorded one).
@@ -57,11 +59,11 @@ def file_digests(fd: int, size: int, algorithms=(HASH,), threads: int = AUTO) ->
     return {a: h.hexdigest() for a, h in hashers.items()}
 
 
-def file_digest(fd: int, size: int, algorithm: str = HASH, threads: int = AUTO) -> str:
+def file_digest(fd: int, size: int, algorithm: str = HASH, threads: int = THREADS) -> str:
     return file_digests(fd, size, (algorithm,), threads)[algorithm]
 
 
-def path_digests(path: str, algorithms=(HASH,), threads: int = AUTO) -> dict[str, str]:
+def path_digests(path: str, algorithms=(HASH,), threads: int = THREADS) -> dict[str, str]:
     fd = os.open(path, os.O_RDONLY)
     try:
         return file_digests(fd, os.fstat(fd).st_size, algorithms, threads)
