@@ -111,3 +111,18 @@ def test_an_unknown_hash_is_a_problem_not_a_pass(source, tmp_path):
     assert "records shard hash 'md7', unknown here; converting everything" in proc.stdout, proc.stdout
     assert "reusing" not in proc.stdout
     assert {p.name: p.read_bytes() for p in sorted(out.iterdir())} == reference
+
+
+@pytest.mark.parametrize("threads", [1, 2, -1])
+def test_chunked_file_digests_equal_the_reference_hashes(tmp_path, threads):
+    """Read in 8 MiB pieces (and split over threads), a file hashes as blake3 and hashlib hash it whole."""
+    import blake3
+
+    from torch2mlx.stream import hashing
+
+    data = torch.randint(0, 256, (hashing.CHUNK * 2 + 12345,), generator=torch.Generator().manual_seed(1))
+    raw = data.to(torch.uint8).numpy().tobytes()
+    path = tmp_path / "f"
+    path.write_bytes(raw)
+    got = hashing.path_digests(str(path), ("blake3", "sha256"), threads=threads)
+    assert got == {"blake3": blake3.blake3(raw).hexdigest(), "sha256": hashlib.sha256(raw).hexdigest()}
