@@ -81,7 +81,7 @@ def time_row(name: str, src: str, work: str, runs: int, env: dict, log) -> dict:
     outs = {"cp": cp_out, "t2mlx": t_out}
     samples: dict[str, list] = {"cp": [], "t2mlx": []}
     for r in range(runs):
-        for c in (["cp", "t2mlx"] if r % 2 == 0 else ["t2mlx", "cp"]):
+        for c in ["cp", "t2mlx"] if r % 2 == 0 else ["t2mlx", "cp"]:
             s = measure.run(contenders[c], inputs=[src], out=outs[c], env=env)
             if s.rc != 0:
                 raise SystemExit(f"error: {name}: {c} failed ({s.error})")
@@ -153,7 +153,9 @@ def main(argv=None) -> int:
                 shutil.rmtree(shm, ignore_errors=True)
         else:
             results["rows"].append(time_row(name, src, os.path.join(work, name), a.runs, env, log))
-    print(f"{'row':<12} {'GB':>5} {'cp s':>6} {'t2mlx s':>8} {'t2mlx/cp':>9} {'CPU cp/t2mlx':>13} {'peak MiB':>9}  ratios")
+    print(
+        f"{'row':<12} {'GB':>5} {'cp s':>6} {'t2mlx s':>8} {'t2mlx/cp':>9} {'CPU cp/t2mlx':>13} {'peak MiB':>9}  ratios"
+    )
     for r in results["rows"]:
         print(
             f"{r['row']:<12} {r['bytes'] / 1e9:5.2f} {r['cp_s']:6.2f} {r['t2mlx_s']:8.2f} {r['ratio']:9.2f}"

@@ -6,7 +6,6 @@ casts the norms to float32, and the written values compared bit for bit with tor
 
 from __future__ import annotations
 
-import json
 
 import mlx.core as mx
 import numpy as np
