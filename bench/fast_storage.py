@@ -130,6 +130,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args(argv)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    json_path = os.path.abspath(a.json) if a.json else None
+    os.chdir(ROOT)  # `python -m torch2mlx` imports from the working directory first: this checkout's
     work = os.path.join(HERE, "_work", "fast_storage")
     env = child_env(work)
     results: dict = {"rows": [], "hash": [], "cores": os.cpu_count()}
@@ -163,8 +165,8 @@ def main(argv=None) -> int:
         )
     for h in results["hash"]:
         print(f"hash {h['hash']:<7} {h['threads']} thread(s): {h['gb_per_s']:.2f} GB/s")
-    if a.json:
-        with open(a.json, "w") as f:
+    if json_path:
+        with open(json_path, "w") as f:
             json.dump(results, f, indent=2)
     return 0
 
