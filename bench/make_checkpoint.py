@@ -116,12 +116,13 @@ class Spec:
 
 # Presets. The 2.5g and 10g ones have embedding and lm_head of >= 0.7 GB each
 # (a single tensor bigger than any reasonable memory budget); 0.5g is
-# TinyLlama-shaped with 3 layers; "many" has 10,011 tiny tensors to expose
+# TinyLlama-shaped with 3 layers, 0.3g a smaller llama (fixed costs show); "many" has 10,011 tiny tensors to expose
 # per-tensor overhead, "many-100k" 100,011 in 24 input shards (a DeepSeek-V3 has
 # ~91,000); "70b" is Llama-3-70B-shaped and only makes sense with --sparse.
 PRESETS = {
     "tiny": Spec(hidden=128, intermediate=344, layers=2, vocab=8192, heads=4, kv_heads=2),
     "tiny-many": Spec(hidden=16, intermediate=32, layers=120, vocab=256, heads=2, kv_heads=2),
+    "0.3g": Spec(hidden=1024, intermediate=2816, layers=8, vocab=32000, heads=16, kv_heads=4),
     "0.5g": Spec(hidden=2048, intermediate=5632, layers=3, vocab=32000, heads=32, kv_heads=4),
     "2.5g": Spec(hidden=3072, intermediate=8192, layers=5, vocab=128256, heads=24, kv_heads=8),
     "10g": Spec(hidden=4096, intermediate=14336, layers=18, vocab=128256, heads=32, kv_heads=8),

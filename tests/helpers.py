@@ -175,15 +175,40 @@ def sha256(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def file_hash(path, algorithm: str) -> str:
+    """A file's digest, computed whole by the reference package (not by torch2mlx's chunked reader)."""
+    if algorithm == "sha256":
+        return sha256(path)
+    assert algorithm == "blake3", algorithm
+    import blake3
+
+    return blake3.blake3(Path(path).read_bytes()).hexdigest()
+
+
+def shard_hash(man: dict) -> str:
+    """The algorithm of a manifest's shard digests (sha256 in manifests without ``hash``)."""
+    return man.get("hash", "sha256")
+
+
+def rehash_shard(out, file: str) -> None:
+    """Record ``file``'s current size and digest in OUT's manifest: a change to it then shows only in values."""
+    out = Path(out)
+    man = read_json(out / MANIFEST)
+    alg = shard_hash(man)
+    man["shards"][file] = {"bytes": (out / file).stat().st_size, alg: file_hash(out / file, alg)}
+    (out / MANIFEST).write_text(json.dumps(man))
+
+
 def check_manifest_shards(out) -> dict:
-    """The manifest's shard bytes and sha256 match the files; returns the manifest."""
+    """The manifest's shard bytes and digests match the files; returns the manifest."""
     out = Path(out)
     man = read_json(out / MANIFEST)
     shards = set(read_json(out / INDEX)["weight_map"].values())
     assert set(man["shards"]) == shards
+    alg = shard_hash(man)
     for f, rec in man["shards"].items():
         assert rec["bytes"] == (out / f).stat().st_size, f
-        assert rec["sha256"] == sha256(out / f), f
+        assert rec[alg] == file_hash(out / f, alg), f
     return man
 
 

@@ -8,7 +8,7 @@ import struct
 import pytest
 import torch
 
-from helpers import INDEX, MANIFEST, run_cli, torch_save
+from helpers import INDEX, MANIFEST, rehash_shard, run_cli, torch_save
 
 
 @pytest.fixture
@@ -29,17 +29,13 @@ def converted(tmp_path):
 
 def _flip_tensor_byte(out, name: str) -> None:
     """Change one byte of ``name``'s data and fix the manifest's hash, so only the values are wrong."""
-    import hashlib
-
     path = out / "model.safetensors"
     raw = bytearray(path.read_bytes())
     (n,) = struct.unpack("<Q", raw[:8])
     begin = json.loads(raw[8 : 8 + n])[name]["data_offsets"][0]
     raw[8 + n + begin] ^= 0x01
     path.write_bytes(raw)
-    m = json.loads((out / MANIFEST).read_text())
-    m["shards"]["model.safetensors"]["sha256"] = hashlib.sha256(raw).hexdigest()
-    (out / MANIFEST).write_text(json.dumps(m))
+    rehash_shard(out, "model.safetensors")
 
 
 @pytest.mark.slow
@@ -70,7 +66,7 @@ def test_a_corrupted_shard_fails_its_hash(converted):
     raw[-1] ^= 0xFF
     path.write_bytes(raw)
     proc = run_cli("verify", src, out, "--quick")
-    assert proc.returncode == 1 and "sha256" in proc.stdout and "differs from the manifest" in proc.stdout
+    assert proc.returncode == 1 and "blake3" in proc.stdout and "differs from the manifest" in proc.stdout
 
 
 def test_index_must_match_the_shards(converted):

@@ -180,7 +180,7 @@ def _add_stream(sub):
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue an interrupted conversion in OUT: keep shards whose size and sha256 match "
+        help="continue an interrupted conversion in OUT: keep shards whose size and hash match "
         "its manifest, redo the rest (output identical to an uninterrupted run); refused when a "
         "source file changed since (size, mtime or inode)",
     )
@@ -407,8 +407,9 @@ def _add_verify(sub):
         "verify",
         help="check a conversion: hashes, headers, index, and every tensor against its source",
         description="Re-read SRC and OUT tensor by tensor (bounded memory) and check that every output "
-        "tensor equals its rule applied to its source, every shard's sha256 matches the "
-        "manifest and the index matches the shards. Exit 0 only when all hold.",
+        "tensor equals its rule applied to its source, every shard's hash (blake3, or sha256 in "
+        "older manifests) matches the manifest and the index matches the shards. "
+        "Exit 0 only when all hold.",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -420,6 +421,12 @@ def _add_verify(sub):
         help="hashes, headers, index, and SRC's files unchanged since the conversion (size, mtime, "
         "inode); no tensor values",
     )
+    p.add_argument(
+        "--sha256",
+        action="store_true",
+        help="also print every shard's sha256 (e.g. to compare with the Hub's LFS object ids); "
+        "read in the same pass as the recorded hash",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_allow_global(p)
     p.set_defaults(func=_cmd_verify)
@@ -428,7 +435,7 @@ def _add_verify(sub):
 def _cmd_verify(args) -> int:
     from .stream.verify import verify
 
-    rep = verify(args.src, args.out, quick=args.quick, allow_globals=args.allow_global)
+    rep = verify(args.src, args.out, quick=args.quick, allow_globals=args.allow_global, sha256=args.sha256)
     print(json.dumps(rep.to_dict(), indent=2) if args.json else rep.text())
     return 0 if rep.ok else 1
 

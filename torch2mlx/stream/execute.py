@@ -5,9 +5,9 @@ independent tasks — a byte range of a tensor that needs no change (copied by
 the kernel), or a block of rows that is transformed — which worker threads
 run with positional writes. numpy and file I/O release the GIL, so reading,
 casting and writing overlap. Tasks run in output order, so a hasher thread
-can follow the written prefix of each shard (sha256 is sequential) while
-the workers move on; a shard is fsynced and renamed into place as soon as
-its last byte is hashed.
+can follow the written prefix of each shard (a hash reads its input in order)
+while the workers move on; a shard is fsynced and renamed into place as soon
+as its last byte is hashed.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ..core import dtypes, rules
 from ..errors import Torch2MLXError
 from ..core import casts
 from ..formats.data import DataReader
+from .hashing import HASH, new as new_hash
 from .plan import Op, Plan
 from .writers.files import copy_range, fsync_dir, os_error, pwrite_all, temp_name
 
@@ -34,7 +35,8 @@ HASH_CHUNK = 8 * 1024 * 1024
 class ShardResult:
     file: str
     bytes: int
-    sha256: str
+    digest: str
+    hash: str = HASH  # the algorithm of ``digest``
 
 
 @dataclass
@@ -197,7 +199,7 @@ class _ShardState:
 def _yield_to_hasher() -> None:
     """Run a worker thread at lower priority than the hasher.
 
-    sha256 is the one stage that cannot be split across threads; with more
+    The hasher is the one thread that must see every byte in order; with more
     workers than cores, an equal share of the CPU would make it the bottleneck.
     Linux lets a thread change its own nice value; elsewhere this does nothing.
     """
@@ -289,14 +291,12 @@ class Executor:
         return op.nbytes_in * (t.stop - t.start) // max(_rows_of(t), 1)
 
     def _hash_and_finish(self, indices: list[int]) -> None:
-        """Follow each shard's written prefix with sha256; fsync and rename the shard once complete."""
-        import hashlib
-
+        """Follow each shard's written prefix with the manifest's hash; fsync and rename the shard once complete."""
         buf = bytearray(HASH_CHUNK)
         view = memoryview(buf)
         for i in indices:
             st, fd = self._states[i], self._fds[i]
-            h, pos = hashlib.sha256(), 0
+            h, pos = new_hash(HASH), 0
             while pos < st.size:
                 with self._cond:
                     while st.watermark <= pos and not self._failed:

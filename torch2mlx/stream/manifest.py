@@ -3,7 +3,8 @@
 Every output directory (and zarr store) carries one. It says what was read
 (``source``, ``source_key``, ``source_files``: each source file's identity),
 how (``options``, ``plan_sha256``), what was written (``tensors``: one record
-per output tensor; ``shards`` with size and sha256), what was left out
+per output tensor; ``shards`` with size and digest, ``hash`` naming the
+digests' algorithm: sha256 when absent, as older versions wrote), what was left out
 (``dropped``, ``warnings``) and whether the run finished (``complete``).
 ``--to torch`` adds ``to``, ``format`` and the model it used; zarr adds
 ``format`` and ``compressor``; a run through a user transform adds
@@ -36,6 +37,7 @@ from ..core import rules
 from ..errors import Torch2MLXError
 from ..core.spec import RuleSpec
 from ..formats.checkpoint import MANIFEST_NAME
+from .hashing import HASH
 from .writers.files import write_json_atomic
 
 NAME = MANIFEST_NAME
@@ -54,6 +56,7 @@ KEYS = (
     "transform",
     "tensors",
     "shards",
+    "hash",
     "dropped",
     "warnings",
     "plan_sha256",
@@ -77,7 +80,8 @@ class Manifest:
     compressor: str | None = None  # zarr
     transform: bool | None = None  # written through a user transform
     tensors: dict | None = None  # output name -> record (absent while a run goes on)
-    shards: dict | None = None  # file -> {"bytes", "sha256"}
+    shards: dict | None = None  # file -> {"bytes", <hash>: hex digest}
+    hash: str | None = None  # the algorithm of the shards' digests (None: sha256, an older manifest)
     dropped: list | None = None  # [{"source", "why"}]
     warnings: list | None = None
     plan_sha256: str | None = None  # resume.fingerprint of the plan
@@ -158,8 +162,8 @@ def transformed(m: Manifest) -> list[str]:
 
 
 def shard_records(shards) -> dict:
-    """Finished shards (``.file``, ``.bytes``, ``.sha256``) as the manifest lists them."""
-    return {s.file: {"bytes": s.bytes, "sha256": s.sha256} for s in shards}
+    """Finished shards (``.file``, ``.bytes``, ``.digest`` by ``.hash``) as the manifest lists them."""
+    return {s.file: {"bytes": s.bytes, s.hash: s.digest} for s in shards}
 
 
 def for_run(
@@ -183,7 +187,7 @@ def for_run(
     layout += ["source_key"] if source_key is not None else []
     layout += ["source_layout"] if mlx_source else []
     layout += ["tensors"] if tensors is not None else []
-    layout += ["shards", "dropped", "warnings", "plan_sha256", "source_files", "complete"]
+    layout += ["shards", "hash", "dropped", "warnings", "plan_sha256", "source_files", "complete"]
     values = {}
     if to_torch is not None:
         layout += ["to", "format", "model", "model_kwargs", "use_model"]
@@ -197,6 +201,7 @@ def for_run(
         source_layout="mlx" if mlx_source else None,
         tensors=tensors,
         shards=shards,
+        hash=HASH,
         dropped=dropped_records(dropped),
         warnings=warnings,
         plan_sha256=plan_sha256,
@@ -251,7 +256,7 @@ def for_transform(*, source: str, source_files: dict | None, options: dict, drop
 
 def for_writer(*, version: str, extra: dict, records: dict, shards: dict) -> Manifest:
     """A ShardWriter's manifest: ``extra`` (``for_transform``'s, or nothing) then the records and shards."""
-    return Manifest.from_dict({"torch2mlx": version, **extra, "tensors": records, "shards": shards})
+    return Manifest.from_dict({"torch2mlx": version, **extra, "tensors": records, "shards": shards, "hash": HASH})
 
 
 def path(out_dir: str) -> str:

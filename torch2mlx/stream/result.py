@@ -62,7 +62,7 @@ class Result:
             "seconds": round(self.seconds, 3),
             "mib_per_s": round(self.nbytes_in / 2**20 / self.seconds, 1) if self.seconds else None,
             "rules_by_source": self.plan.rules_by_source(),
-            "shards": [{"file": s.file, "bytes": s.bytes, "sha256": s.sha256} for s in self.shards]
+            "shards": [{"file": s.file, "bytes": s.bytes, s.hash: s.digest} for s in self.shards]
             or [{"file": s.file, "bytes": s.size} for s in self.plan.shards],
             "sidecars": self.sidecars,
             "dropped": [{"source": n, "why": w} for n, w in self.plan.dropped],

@@ -1,7 +1,7 @@
 """Resuming an interrupted conversion: which finished shards can be trusted.
 
 While a conversion runs, ``torch2mlx.json`` is rewritten after every finished
-shard with the plan's fingerprint and each finished shard's size and sha256.
+shard with the plan's fingerprint and each finished shard's size and hash.
 A resumed run with the same plan reuses a shard only when the file on disk
 still has exactly that size and hash; everything else is redone.
 
@@ -20,7 +20,7 @@ import os
 
 from ..errors import Torch2MLXError
 from .plan import Plan
-from .writers.files import sha256_file
+from . import hashing
 from . import manifest as manifest_mod
 from .manifest import NAME as MANIFEST, Manifest
 
@@ -124,7 +124,7 @@ def recorded_key(out_dir: str) -> str | None:
 def finished_shards(
     plan: Plan, out_dir: str, fp: str, src: str, current: dict
 ) -> tuple[list[int], dict[int, str], list[str]]:
-    """(indices of shards to keep, their sha256, notes).
+    """(indices of shards to keep, their digest with ``hashing.HASH``, notes).
 
     Raises when OUT belongs to another plan, or when a source file is not the one
     the finished shards were made from (``current``: this run's source identities).
@@ -142,6 +142,9 @@ def finished_shards(
         )
     check_source(src, manifest, current, out_dir)
     keep, digests, notes = [], {}, []
+    alg = hashing.recorded(manifest.hash)
+    if alg not in hashing.ALGORITHMS:
+        return [], {}, [f"{MANIFEST} in OUT records shard hash {alg!r}, unknown here; converting everything"]
     by_file = {s.file: i for i, s in enumerate(plan.shards)}
     for file, rec in sorted((manifest.shards or {}).items()):
         i = by_file.get(file)
@@ -151,16 +154,13 @@ def finished_shards(
         if os.path.getsize(p) != rec.get("bytes") or rec.get("bytes") != plan.shards[i].size:
             notes.append(f"{file}: size differs from the manifest; redoing it")
             continue
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            digest = sha256_file(fd, plan.shards[i].size)
-        finally:
-            os.close(fd)
-        if digest != rec.get("sha256"):
-            notes.append(f"{file}: sha256 differs from the manifest; redoing it")
+        # A run recorded with another hash (an older torch2mlx's sha256): check with it, record ours.
+        got = hashing.path_digests(p, tuple(dict.fromkeys((alg, hashing.HASH))))
+        if got[alg] != rec.get(alg):
+            notes.append(f"{file}: {alg} differs from the manifest; redoing it")
             continue
         keep.append(i)
-        digests[i] = digest
+        digests[i] = got[hashing.HASH]
     notes.append(f"resume: reusing {len(keep)} of {len(plan.shards)} shard(s)")
     return keep, digests, notes
 

@@ -12,6 +12,7 @@ from ..errors import Torch2MLXError
 from . import manifest
 from ..formats.data import DataReader
 from .execute import ShardResult, compute_block
+from .hashing import HASH
 from .options import Options
 from .plan import Plan
 from ..core.values import from_user, to_mx
@@ -78,4 +79,4 @@ def run_hook(
     except BaseException:
         writer.abort()
         raise
-    return [ShardResult(r["file"], r["bytes"], r["sha256"]) for r in results], len(writer.records), writer.nbytes
+    return [ShardResult(r["file"], r["bytes"], r[HASH]) for r in results], len(writer.records), writer.nbytes

@@ -1,6 +1,7 @@
 """``verify``: re-read source and output tensor by tensor and check the conversion holds.
 
-Checks, in order: every shard's size and sha256 against the manifest; every
+Checks, in order: every shard's size and hash (blake3, or sha256 in older
+manifests; ``sha256`` also computes each shard's sha256) against the manifest; every
 shard's safetensors header against the format's rules; the index against the
 shards; each source file's size, mtime and inode against those the manifest
 recorded when the conversion began (with ``quick`` a difference is a problem:
@@ -26,7 +27,7 @@ from .execute import CHUNK, compute_outputs, plan_tasks
 from .plan import Op, Output
 from ..formats import pickled, safetensors as st_reader
 from .resume import changed_source
-from .writers.files import sha256_file
+from . import hashing
 from . import manifest as manifest_mod
 from .manifest import NAME as MANIFEST, Manifest
 from .writers.output_dir import BIN_INDEX, INDEX
@@ -37,6 +38,7 @@ class VerifyReport:
     out: str
     checked_shards: int = 0
     checked_tensors: int = 0
+    sha256: dict[str, str] = field(default_factory=dict)  # shard -> its sha256 (verify --sha256)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     # Tensors whose values could not be recomputed from the source, and why: OK then covers less.
@@ -52,6 +54,7 @@ class VerifyReport:
             "ok": self.ok,
             "shards": self.checked_shards,
             "tensors": self.checked_tensors,
+            **({"sha256": self.sha256} if self.sha256 else {}),
             "problems": self.problems,
             "notes": self.notes,
             "not_recomputed": [{"name": n, "why": w} for n, w in self.unchecked],
@@ -77,6 +80,7 @@ class VerifyReport:
         return "\n".join(
             [head]
             + unchecked
+            + [f"  sha256 {d}  {one_line(f)}" for f, d in self.sha256.items()]
             + [f"  note: {one_line(n)}" for n in self.notes]
             + [f"  {one_line(p)}" for p in self.problems[:50]]
             + ([f"  ... and {len(self.problems) - 50} more"] if len(self.problems) > 50 else [])
@@ -96,15 +100,16 @@ def _load_json(path: str, what: str) -> dict:
     return obj
 
 
-def verify(src, out, *, quick: bool = False, progress=None, allow_globals=()) -> VerifyReport:
-    """``allow_globals``: pickle globals whose calls are accepted as inert placeholders (``--allow-global``)."""
+def verify(src, out, *, quick: bool = False, progress=None, allow_globals=(), sha256: bool = False) -> VerifyReport:
+    """``allow_globals``: pickle globals whose calls are accepted as inert placeholders (``--allow-global``);
+    ``sha256``: also compute every shard's sha256 (``report.sha256``), in the same read as the recorded hash."""
     from ..formats.unpickler import allowing
 
     with allowing(allow_globals):
-        return _verify(src, out, quick=quick, progress=progress)
+        return _verify(src, out, quick=quick, progress=progress, sha256=sha256)
 
 
-def _verify(src, out, *, quick: bool, progress) -> VerifyReport:
+def _verify(src, out, *, quick: bool, progress, sha256: bool = False) -> VerifyReport:
     out = os.fspath(out)
     rep = VerifyReport(out)
     manifest = Manifest.from_dict(_load_json(manifest_mod.path(out), f"manifest {MANIFEST}"))
@@ -115,23 +120,28 @@ def _verify(src, out, *, quick: bool, progress) -> VerifyReport:
     if not manifest.finished:  # written while a run went on: it lists no tensors
         rep.problems.append(f"{MANIFEST}: says the conversion did not finish (complete: false); rerun it with --resume")
     shards = manifest.shards or {}
+    alg = hashing.recorded(manifest.hash)
+    if alg not in hashing.ALGORITHMS:
+        rep.problems.append(f"{MANIFEST}: shard hash {alg!r} is not one this torch2mlx knows; shards not checked")
+    algs = tuple(dict.fromkeys(([alg] if alg in hashing.ALGORITHMS else []) + (["sha256"] if sha256 else [])))
     outputs: dict[str, TensorEntry] = {}
     for file, rec in sorted(shards.items()):
         path = os.path.join(out, file)
         if not os.path.isfile(path):
             rep.problems.append(f"{file}: listed in the manifest but missing")
             continue
+        if not isinstance(rec, dict):
+            rep.problems.append(f"{file}: its manifest record is not an object")
+            continue
         size = os.path.getsize(path)
         if size != rec.get("bytes"):
             rep.problems.append(f"{file}: {size} bytes, manifest says {rec.get('bytes')}")
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            digest = sha256_file(fd, size)
-        finally:
-            os.close(fd)
-        if digest != rec.get("sha256"):
+        digests = hashing.path_digests(path, algs) if algs else {}
+        if "sha256" in digests and sha256:
+            rep.sha256[file] = digests["sha256"]
+        if alg in digests and digests[alg] != rec.get(alg):
             rep.problems.append(
-                f"{file}: sha256 {digest[:12]}... differs from the manifest's {str(rec.get('sha256'))[:12]}..."
+                f"{file}: {alg} {digests[alg][:12]}... differs from the manifest's {str(rec.get(alg))[:12]}..."
             )
         try:
             entries = pickled.read_entries(path)[0] if file.endswith(".bin") else st_reader.read_entries(path)[0]

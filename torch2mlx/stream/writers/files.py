@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 
@@ -64,20 +63,6 @@ def copy_range(
             raise Torch2MLXError(f"{src_name}: ended during a copy (truncated while converting?)")
         pwrite_all(dst_fd, view[:n], dst_off)
         src_off, dst_off, count = src_off + n, dst_off + n, count - n
-
-
-def sha256_file(fd: int, size: int, chunk: int = 8 << 20) -> str:
-    h = hashlib.sha256()
-    buf = bytearray(chunk)
-    view = memoryview(buf)
-    pos = 0
-    while pos < size:
-        n = os.preadv(fd, [view[: min(chunk, size - pos)]], pos)
-        if n == 0:
-            break
-        h.update(view[:n])
-        pos += n
-    return h.hexdigest()
 
 
 def fsync_dir(path: str) -> None:

@@ -17,7 +17,8 @@ import numpy as np
 from ...core import dtypes
 from ...errors import Torch2MLXError
 from ..plan import Output, render_header, shard_name
-from .files import copy_range, fsync_dir, os_error, pwrite_all, sha256_file
+from ..hashing import HASH, file_digest
+from .files import copy_range, fsync_dir, os_error, pwrite_all
 from .. import manifest
 from . import output_dir
 
@@ -129,7 +130,7 @@ class ShardWriter:
                         os.ftruncate(self._spill[w], 0)
                         self._spill_size[w] = 0
                 os.fsync(fd)
-                digest = sha256_file(fd, dst)
+                digest = file_digest(fd, dst)
             finally:
                 os.close(fd)
         except OSError as e:
@@ -149,7 +150,7 @@ class ShardWriter:
             for i, (tmp, outs, size, digest) in enumerate(self._sealed):
                 name = shard_name(i, n)
                 os.replace(tmp, os.path.join(self.out_dir, name))
-                shards[name] = {"bytes": size, "sha256": digest}
+                shards[name] = {"bytes": size, HASH: digest}
                 for o in outs:
                     weight_map[o.name] = name
                     self.records[o.name]["shard"] = name

@@ -20,7 +20,8 @@ from ...formats.data import DataReader, pread_into
 from .. import execute
 from ..execute import CHUNK, ShardResult, compute_outputs
 from ..plan import Op, Plan
-from .files import os_error, sha256_file
+from ..hashing import file_digest
+from .files import os_error
 from .torch_zip import TorchZipWriter
 
 
@@ -111,7 +112,7 @@ def write(
                 fd = os.open(path, os.O_RDONLY)
                 try:
                     size = os.fstat(fd).st_size
-                    result = ShardResult(sh.file, size, sha256_file(fd, size))
+                    result = ShardResult(sh.file, size, file_digest(fd, size))
                 finally:
                     os.close(fd)
             except OSError as e:
