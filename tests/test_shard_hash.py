@@ -59,8 +59,8 @@ def test_a_flipped_byte_in_any_shard_fails_verify_and_resume_redoes_it(source, t
     reference = _convert(src, tmp_path / "ref")
     shards = _shards(tmp_path / "ref")
     assert len(shards) == 3 and read_json(tmp_path / "ref" / MANIFEST)["hash"] == "blake3"
-    for victim in shards:
-        out = tmp_path / f"out-{victim}"
+    for i, victim in enumerate(shards):
+        out = tmp_path / f"out-{i}"  # a directory (an OUT ending in .safetensors names one file)
         assert _convert(src, out) == reference
         if recorded == "sha256":
             _as_older_manifest(out)
