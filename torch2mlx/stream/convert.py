@@ -20,6 +20,7 @@ from .plan import Plan
 from .result import Result, manifest
 from .planner import build
 from . import sidecar_config
+from .gc_pause import paused
 from .writers import out_lock, output_dir
 from .writers.target import Target
 
@@ -136,6 +137,7 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
     return ck, plan
 
 
+@paused
 def convert(
     src,
     out,
