@@ -99,14 +99,14 @@ def read_entries(path: str) -> tuple[list[TensorEntry], dict]:
             dt = dtypes.by_safetensors(d) if type(d) is str else None
             if dt is not None and type(shape) is list and len(shape) <= 8 and type(offs) is list and len(offs) == 2:
                 begin, end = offs
-                nbytes = dt.itemsize
+                size = dt.itemsize
                 for x in shape:
                     if type(x) is not int or not 0 <= x < 1 << 64:
-                        nbytes = -1
+                        size = -1
                         break
-                    nbytes *= x
+                    size *= x
                 # end <= data_len bounds every size below 2**64, as the full checks demand
-                if type(begin) is int and type(end) is int and 0 <= begin <= end <= data_len and end - begin == nbytes:
+                if type(begin) is int and type(end) is int and 0 <= begin <= end <= data_len and end - begin == size:
                     spans.append((begin, end, name, dt, tuple(shape)))
                     continue
         if not isinstance(rec, dict) or set(rec) != {"dtype", "shape", "data_offsets"}:

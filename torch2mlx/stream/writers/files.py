@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+from typing import Any
 
 from ...errors import Torch2MLXError
 
@@ -123,18 +124,24 @@ def _pieces(obj, indent: int, depth: int):
 # 10,000-tensor manifest's time. One encoder, reused; and its C core called directly,
 # as JSONEncoder.encode would, without the per-call set-up (100,000 records a manifest).
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "))
+_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
 try:  # no markers: what we write (manifests, indexes, configs read as JSON) holds no cycles
-    _C_ENCODE = json.encoder.c_make_encoder(  # type: ignore[misc]
+    _C_ENCODE = _make_encoder(
         None, _ENCODER.default, json.encoder.encode_basestring, None, ": ", ", ", False, False, True
     )
-except TypeError:  # no C accelerator, or another signature: the plain encoder
+except TypeError:  # no C accelerator (None), or another signature: the plain encoder
     _C_ENCODE = None
 
 
 def _ENCODE(obj) -> str:
-    if _C_ENCODE is None or isinstance(obj, (str, float)):  # floats: JSONEncoder spells nan/inf itself
+    if isinstance(obj, str):  # keys, file names: what JSONEncoder.encode does for a str
+        return _encode_str(obj)
+    if _C_ENCODE is None or isinstance(obj, float):  # floats: JSONEncoder spells nan/inf itself
         return _ENCODER.encode(obj)
     return "".join(_C_ENCODE(obj, 0))
+
+
+_encode_str = json.encoder.encode_basestring
 
 
 def write_json_atomic(path: str, obj) -> None:
