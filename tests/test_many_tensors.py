@@ -188,3 +188,17 @@ def test_conversion_runs_without_automatic_gc_and_restores_the_callers_setting(t
         assert gc.isenabled() is enabled
     finally:
         gc.enable()
+
+
+def test_dry_run_text_formats_the_rows_it_shows_and_counts_the_rest(tmp_path):
+    save_file({f"t{i:03d}": torch.ones(2) for i in range(30)}, tmp_path / "m.safetensors")
+    res = convert(tmp_path / "m.safetensors", None, dry_run=True, model=False)
+    from torch2mlx.stream.report import format_plan
+
+    lines = format_plan(res.plan, limit=5).splitlines()
+    names = [o.name for op in res.plan.ops for o in op.outputs]
+    assert [ln.split()[0] for ln in lines[1:6]] == names[:5]
+    assert lines[6] == "... 25 more (use --json for all)"
+    assert lines[8].startswith("30 output tensors in 1 shard(s)")
+    full = format_plan(res.plan).splitlines()
+    assert [ln.split()[0] for ln in full[1:31]] == names and "more" not in full[31]
