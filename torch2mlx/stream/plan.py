@@ -138,7 +138,9 @@ def shard_name(i: int, n: int) -> str:
 def render_header(outputs: list[Output], metadata: dict | None = None) -> bytes:
     """safetensors header: compact JSON padded with spaces to a multiple of 8 bytes."""
     meta = dict(metadata if metadata is not None else SHARD_METADATA)
-    if any(o.name == "__metadata__" or o.dtype.safetensors is None for o in outputs):  # the rare cases: as ever
+    names = {o.name for o in outputs}
+    if "__metadata__" in names or len(names) < len(outputs) or any(o.dtype.safetensors is None for o in outputs):
+        # the rare cases (a name replacing the metadata or another record, a dtype with no code): as a dict does
         head = {"__metadata__": meta}
         for o in outputs:
             head[o.name] = {
@@ -164,16 +166,12 @@ def render_header(outputs: list[Output], metadata: dict | None = None) -> bytes:
 
 def layout_shard(outputs: list[Output]) -> list[Output]:
     """Order a shard's tensors widest dtype first, then by name, so each starts aligned."""
-    ordered = sorted(outputs, key=_layout_key)
+    ordered = sorted(outputs, key=lambda o: (-o.dtype.itemsize, o.name))
     pos = 0
     for o in ordered:
         o.offset = pos
         pos += o.nbytes
     return ordered
-
-
-def _layout_key(o: Output) -> tuple[int, str]:
-    return -o.dtype.itemsize, o.name
 
 
 def assign_shards(ops: list[Op], max_size: int, metadata: dict | None = None) -> list[Shard]:
