@@ -19,7 +19,7 @@ def human_bytes(n: float) -> str:
 
 
 def format_plan(plan, limit: int | None = None) -> str:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     total = sum(len(op.outputs) for op in plan.ops)
     for op in plan.ops:
         if limit is not None and len(rows) >= limit:
