@@ -107,8 +107,6 @@ def test_render_header_matches_json_for_odd_names_and_the_rare_cases():
     # A tensor named like the metadata key replaces it, and a dtype with no code is null: as json.dumps does.
     rare = [Output("__metadata__", f32, (1,), 0, 0), Output("c", c128, (1,), 0, 4)]
     assert render_header(rare, {"format": "mlx"}) == _reference_header(rare, {"format": "mlx"})
-    twice = [Output("a", f32, (1,), 0, 0), Output("b", f32, (1,), 0, 4), Output("a", f32, (2,), 0, 8)]
-    assert render_header(twice, {}) == _reference_header(twice, {})  # the later record, at the first place
 
 
 def test_kernel_copies_cover_exactly_the_bytes_plan_tasks_names(tmp_path):

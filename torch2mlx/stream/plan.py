@@ -136,11 +136,12 @@ def shard_name(i: int, n: int) -> str:
 
 
 def render_header(outputs: list[Output], metadata: dict | None = None) -> bytes:
-    """safetensors header: compact JSON padded with spaces to a multiple of 8 bytes."""
+    """safetensors header: compact JSON padded with spaces to a multiple of 8 bytes.
+
+    Output names are unique (the planner and ShardWriter refuse a second tensor of a name)."""
     meta = dict(metadata if metadata is not None else SHARD_METADATA)
-    names = {o.name for o in outputs}
-    if "__metadata__" in names or len(names) < len(outputs) or any(o.dtype.safetensors is None for o in outputs):
-        # the rare cases (a name replacing the metadata or another record, a dtype with no code): as a dict does
+    if any(o.name == "__metadata__" or o.dtype.safetensors is None for o in outputs):
+        # the rare cases (a name replacing the metadata, a dtype with no code): as a dict does
         head = {"__metadata__": meta}
         for o in outputs:
             head[o.name] = {
