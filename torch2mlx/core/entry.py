@@ -49,7 +49,9 @@ class TensorEntry:
     @property
     def nbytes_read(self) -> int:
         """Bytes a full read takes from the source (a dequantized view reads packed codes, scales, biases)."""
-        return self.nbytes if self.loader is None else getattr(self.loader, "nbytes_read", self.nbytes)
+        if self.loader is None:  # summed over every tensor of a plan, several times a run
+            return math.prod(self.shape) * self.dtype.itemsize
+        return getattr(self.loader, "nbytes_read", self.nbytes)
 
     @property
     def in_file(self) -> bool:

@@ -132,7 +132,7 @@ def _load_index(path: str) -> dict[str, str]:
     wm = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
         raise CheckpointError(path, "index file has no weight_map of tensor name -> file")
-    for v in wm.values():
+    for v in dict.fromkeys(wm.values()):
         if os.path.isabs(v) or ".." in v.replace("\\", "/").split("/"):
             raise CheckpointError(path, f"index names a file outside its directory: {v!r}")
     return wm
@@ -269,13 +269,16 @@ def _open(path: str, key: str | None) -> Checkpoint:
     meta = {}
     fmts = set()
     key_paths = set()
+    listed_in: dict[str, set[str]] = {}
+    for k, v in (weight_map or {}).items():
+        listed_in.setdefault(v, set()).add(k)
     for f in files:
         fp = os.path.join(path, f)
         e, n, m, fmt, key_path = _read_file(fp, key)
         fmts.add(fmt)
         key_paths.add(key_path)
         if weight_map is not None:
-            listed = {k for k, v in weight_map.items() if v == f}
+            listed = listed_in.get(f, set())
             have = {x.name for x in e}
             missing = sorted(listed - have)
             if missing:

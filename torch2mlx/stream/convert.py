@@ -19,6 +19,7 @@ from .result import Result
 from .planner import build
 from .sources import model_choice, open_source
 from . import sidecar_config, sinks
+from .gc_pause import paused
 from .writers import out_lock, output_dir
 from .writers.target import Target
 
@@ -66,6 +67,7 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
     return ck, plan
 
 
+@paused
 def convert(
     src,
     out,

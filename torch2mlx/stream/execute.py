@@ -107,30 +107,31 @@ def batches(plan: Plan, ops: list[Op], chunk: int) -> list[list]:
     kernel copies of tensors that sit back to back in both files become one copy.
     """
     units: list = []
+    heads = [len(s.header) for s in plan.shards]
+    last = None  # the copy the next tensor's bytes may extend
     for op in ops:
-        for t in plan_tasks(op, chunk):
-            src = op.sources[0]
-            if t.copy and src.array is None:
-                dst = op.outputs[0]
-                assert src.path is not None  # a copy is planned only for bytes in a file
-                c = _Copy(
-                    src.path,
-                    src.offset + t.start,
-                    dst.shard,
-                    len(plan.shards[dst.shard].header) + dst.offset + t.start,
-                    t.stop - t.start,
-                )
-                if units and isinstance(units[-1], _Copy) and c.follows(units[-1]) and units[-1].n + c.n <= 4 * chunk:
-                    units[-1].n += c.n
-                    continue
-                units.append(c)
-            else:
-                units.append(t)
+        src = op.sources[0]
+        if src.array is not None or not op.passthrough:
+            units += plan_tasks(op, chunk)
+            last = None
+            continue
+        assert src.path is not None  # a passthrough source without an array is bytes in a file
+        # plan_tasks' pieces of a kernel copy, made here without a _Task each (100,000 tensors a plan)
+        dst = op.outputs[0]
+        total, step = dst.nbytes, max(chunk * 4, 1)
+        at = heads[dst.shard] + dst.offset
+        for s in range(0, total, step) or (0,):
+            c = _Copy(src.path, src.offset + s, dst.shard, at + s, min(s + step, total) - s)
+            if last is not None and c.follows(last) and last.n + c.n <= 4 * chunk:
+                last.n += c.n
+                continue
+            units.append(c)
+            last = c
     out: list[list] = []  # batches of units
     cur: list = []
     size = 0
     for u in units:
-        n = u.n if isinstance(u, _Copy) else u.op.nbytes_out * (u.stop - u.start) // max(_rows_of(u), 1)
+        n = u.n if type(u) is _Copy else u.op.nbytes_out * (u.stop - u.start) // max(_rows_of(u), 1)
         if cur and size + n > chunk:
             out.append(cur)
             cur, size = [], 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -17,6 +18,7 @@ from . import manifest
 from ..core.entry import TensorEntry
 
 SHARD_METADATA = {"format": "mlx"}
+_json_str = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) writes for a str
 
 
 # slots: a checkpoint of 100,000 tensors holds as many entries, ops and outputs.
@@ -57,11 +59,13 @@ class Op:
 
     @property
     def nbytes_in(self) -> int:
+        if len(self.sources) == 1 and self.transform is None:  # most ops, asked for several times a run
+            return self.sources[0].nbytes_read
         return sum(e.nbytes_read for e in self.sources) + getattr(self.transform, "nbytes_read", 0)
 
     @property
     def nbytes_out(self) -> int:
-        return sum(o.nbytes for o in self.outputs)
+        return self.outputs[0].nbytes if len(self.outputs) == 1 else sum(o.nbytes for o in self.outputs)
 
     @property
     def passthrough(self) -> bool:
@@ -140,18 +144,32 @@ def shard_name(i: int, n: int) -> str:
 
 
 def render_header(outputs: list[Output], metadata: dict | None = None) -> bytes:
-    """safetensors header: compact JSON padded with spaces to a multiple of 8 bytes."""
-    head = {"__metadata__": dict(metadata if metadata is not None else SHARD_METADATA)}
-    for o in outputs:
-        head[o.name] = {
-            "dtype": o.dtype.safetensors,
-            "shape": list(o.shape),
-            "data_offsets": [o.offset, o.offset + o.nbytes],
-        }
-    raw = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    raw += b" " * (-(8 + len(raw)) % 8)
-    import struct
+    """safetensors header: compact JSON padded with spaces to a multiple of 8 bytes.
 
+    Output names are unique (the planner and ShardWriter refuse a second tensor of a name)."""
+    meta = dict(metadata if metadata is not None else SHARD_METADATA)
+    if any(o.name == "__metadata__" or o.dtype.safetensors is None for o in outputs):
+        # the rare cases (a name replacing the metadata, a dtype with no code): as a dict does
+        head = {"__metadata__": meta}
+        for o in outputs:
+            head[o.name] = {
+                "dtype": o.dtype.safetensors,
+                "shape": list(o.shape),
+                "data_offsets": [o.offset, o.offset + o.nbytes],
+            }
+        text = json.dumps(head, separators=(",", ":"), ensure_ascii=False)
+    else:
+        # The text json.dumps gives for that dict, one record at a time: a 100,000-tensor
+        # header without a dict and three lists per tensor.
+        parts = [json.dumps({"__metadata__": meta}, separators=(",", ":"), ensure_ascii=False)[:-1]]
+        for o in outputs:
+            parts.append(
+                f'{_json_str(o.name)}:{{"dtype":"{o.dtype.safetensors}",'
+                f'"shape":[{",".join(map(str, o.shape))}],"data_offsets":[{o.offset},{o.offset + o.nbytes}]}}'
+            )
+        text = ",".join(parts) + "}"
+    raw = text.encode("utf-8")
+    raw += b" " * (-(8 + len(raw)) % 8)
     return struct.pack("<Q", len(raw)) + raw
 
 

@@ -33,7 +33,7 @@ def out_dtype(src: DType, opts: Options, warn: list[str], name: str) -> DType:
     target = dtypes.mlx_target(src)
     if opts.dtype != "keep" and src.is_float:
         target = dtypes.get(opts.dtype)
-    elif target != src:
+    elif target is not src and target != src:  # `is`: DType's == compares field by field, in Python
         warn.append(
             f"{name}: {src.name} has no MLX equivalent; stored as {target.name}"
             + (" (exact)" if src.name.startswith("float8") else " (rounded)")
@@ -205,7 +205,7 @@ def _make_op(
     why = rule.check(shapes, args)
     if why:
         raise Torch2MLXError(f"{srcs[0].name}: rule {rule_name} ({source}) does not fit: {why}")
-    if len({e.dtype for e in srcs}) != 1:
+    if len(srcs) > 1 and len({e.dtype for e in srcs}) != 1:
         raise Torch2MLXError(f"{out_name}: sources have different dtypes")
     dt = out_dtype(srcs[0].dtype, opts, warnings, srcs[0].name)
     return Op(srcs, rule_name, source, args, [Output(out_name, dt, rule.out_shape(shapes, args))])

@@ -12,8 +12,11 @@ from ..errors import one_line
 
 
 def format_plan(plan, limit: int | None = None) -> str:
-    rows = []
+    rows: list[tuple[str, ...]] = []
+    total = sum(len(op.outputs) for op in plan.ops)
     for op in plan.ops:
+        if limit is not None and len(rows) >= limit:
+            break  # the rest is counted, not formatted: 100,000 rows took a second
         src = "+".join(e.name for e in op.sources)
         for o in op.outputs:
             rows.append(
@@ -31,11 +34,11 @@ def format_plan(plan, limit: int | None = None) -> str:
     shown = rows if limit is None else rows[:limit]
     widths = [min(max(len(str(r[i])) for r in [head] + shown), 60) for i in range(len(head))]
     lines = ["  ".join(str(c)[:60].ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head] + shown]
-    if len(shown) < len(rows):
-        lines.append(f"... {len(rows) - len(shown)} more (use --json for all)")
+    if len(shown) < total:
+        lines.append(f"... {total - len(shown)} more (use --json for all)")
     lines.append("")
     lines.append(
-        f"{len(rows)} output tensors in {len(plan.shards)} shard(s), "
+        f"{total} output tensors in {len(plan.shards)} shard(s), "
         f"{human_bytes(plan.nbytes_in)} in -> {human_bytes(plan.nbytes_out)} out"
     )
     lines += _tail(plan)

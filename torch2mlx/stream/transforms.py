@@ -101,6 +101,8 @@ def plan_fp8(
     ck: Checkpoint, by_name: dict[str, TensorEntry]
 ) -> tuple[dict[str, _FP8Dequant], dict[str, str], list[str]]:
     """(dequantizer per float8 weight with a scale, tensors to drop, warnings)."""
+    if not any(e.dtype.name in fp8.FP8_WEIGHT_DTYPES for e in ck.entries):
+        return {}, {}, []  # nothing to pair (and 100,000 entries need no table for that)
     block = None
     qc = (ck.config or {}).get("quantization_config") or {}
     if isinstance(qc, dict) and isinstance(qc.get("weight_block_size"), list):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+from typing import Any
 
 from ...errors import Torch2MLXError
 
@@ -92,18 +93,40 @@ def _pieces(obj, indent: int, depth: int):
         pad = ",\n" + " " * (indent * (depth + 1))
         first = True
         for k, v in obj.items():
-            yield ("{\n" + pad[2:]) if first else pad
+            head = ("{\n" + pad[2:]) if first else pad
             first = False
-            yield _ENCODE(k) + ": "
-            yield from _pieces(v, indent, depth + 1)
+            if depth == 1 or not isinstance(v, dict) or not v:  # v on one line: one piece per record
+                yield head + _ENCODE(k) + ": " + _ENCODE(v)
+            else:
+                yield head + _ENCODE(k) + ": "
+                yield from _pieces(v, indent, depth + 1)
         yield "\n" + " " * (indent * depth) + "}"
     else:
         yield _ENCODE(obj)
 
 
 # json.dumps with any non-default option builds a new encoder per call: a third of a
-# 10,000-tensor manifest's time. One encoder, reused.
-_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
+# 10,000-tensor manifest's time. One encoder, reused; and its C core called directly,
+# as JSONEncoder.encode would, without the per-call set-up (100,000 records a manifest).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "))
+_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+try:  # no markers: what we write (manifests, indexes, configs read as JSON) holds no cycles
+    _C_ENCODE = _make_encoder(
+        None, _ENCODER.default, json.encoder.encode_basestring, None, ": ", ", ", False, False, True
+    )
+except TypeError:  # no C accelerator (None), or another signature: the plain encoder
+    _C_ENCODE = None
+
+
+def _ENCODE(obj) -> str:
+    if isinstance(obj, str):  # keys, file names: what JSONEncoder.encode does for a str
+        return _encode_str(obj)
+    if _C_ENCODE is None or isinstance(obj, float):  # floats: JSONEncoder spells nan/inf itself
+        return _ENCODER.encode(obj)
+    return "".join(_C_ENCODE(obj, 0))
+
+
+_encode_str = json.encoder.encode_basestring
 
 
 def write_json_atomic(path: str, obj) -> None:
