@@ -18,8 +18,8 @@ t2mlx runs as an installed package would: with its bytecode cached (``PYTHONDONT
 dropped for the child and ``PYTHONPYCACHEPREFIX`` points into bench/_work; one untimed warm-up run
 fills it). Without a cache every run compiles torch2mlx's modules first (~0.1-0.25 s here).
 
-``hash`` rows time torch2mlx's shard hash (``stream.hashing.path_digests``) over the tmpfs output with
-1, 2 and all cores, and sha256 (what manifests recorded before) for comparison.
+``hash`` rows time torch2mlx's shard hash (``stream.hashing.path_digests``, XXH3-128 through mmap, one
+thread) over the tmpfs output, and sha256 (what manifests recorded before) for comparison.
 """
 
 from __future__ import annotations
@@ -108,14 +108,12 @@ def time_hashing(path: str, runs: int) -> list[dict]:
     from torch2mlx.stream import hashing
 
     size = os.path.getsize(path)
-    cores = os.cpu_count() or 1
-    cases = [("blake3", 1), ("blake3", 2)] + ([("blake3", cores)] if cores > 2 else []) + [("sha256", 1)]
     rows = []
-    for alg, threads in cases:
+    for alg, threads in [(hashing.HASH, 1), ("sha256", 1)]:
         times = []
         for _ in range(runs):
             t0 = time.perf_counter()
-            hashing.path_digests(path, (alg,), threads=threads)
+            hashing.path_digests(path, (alg,))
             times.append(time.perf_counter() - t0)
         s = statistics.median(times)
         rows.append({"hash": alg, "threads": threads, "seconds": s, "gb_per_s": size / s / 1e9})

@@ -158,8 +158,8 @@ def test_json_output(net, out):
     real = run_main("stream", net, out, "--json")
     res = json.loads(real.stdout)
     assert res["tensors_out"] == 8 and res["bytes_out"] == read_json(out / INDEX)["metadata"]["total_size"]
-    assert {s["file"]: s["blake3"] for s in res["shards"]} == {
-        f: r["blake3"] for f, r in read_json(out / MANIFEST)["shards"].items()
+    assert {s["file"]: s["xxh3-128"] for s in res["shards"]} == {
+        f: r["xxh3-128"] for f, r in read_json(out / MANIFEST)["shards"].items()
     }
     assert res["rules_by_source"] == {"default": 5, "inferred": 3}
 

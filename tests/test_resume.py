@@ -96,7 +96,7 @@ def test_a_damaged_shard_is_redone(source, reference, tmp_path):
         f.write(b"\xde\xad\xbe\xef")
     proc = run_cli("stream", source, out, *OPTS, "--resume")
     assert proc.returncode == 0, proc.stderr
-    assert f"{victim.name}: blake3 differs from the manifest; redoing it" in proc.stdout
+    assert f"{victim.name}: xxh3-128 differs from the manifest; redoing it" in proc.stdout
     assert _files(out) == reference
 
 

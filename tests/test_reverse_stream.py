@@ -240,7 +240,7 @@ def test_verify_recomputes_a_reverse_output_and_finds_a_changed_byte(tmp_path, f
     raw[at + 10] ^= 0x01
     shard.write_bytes(bytes(raw))
     bad = run_main("verify", tmp_path / "mlx", tmp_path / "back")
-    assert bad.returncode == 1 and "fc.weight differs" in bad.stdout and "blake3" in bad.stdout, bad.stdout
+    assert bad.returncode == 1 and "fc.weight differs" in bad.stdout and "xxh3-128" in bad.stdout, bad.stdout
 
 
 def test_missing_mlx_tensors_are_reported_and_a_pickle_is_refused(tmp_path):

@@ -1,5 +1,5 @@
 """Shard hashes: a flipped byte anywhere in any shard is caught by `verify` and redone by `--resume`,
-with the blake3 this version records and with the sha256 of manifests written before it had a ``hash`` key."""
+with the XXH3-128 this version records and with the sha256 of manifests written before it had a ``hash`` key."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def _shards(out: Path) -> list[str]:
 
 
 def _as_older_manifest(out: Path) -> None:
-    """Rewrite the manifest as torch2mlx wrote it before blake3: no ``hash`` key, sha256 records."""
+    """Rewrite the manifest as torch2mlx wrote it before XXH3-128: no ``hash`` key, sha256 records."""
     man = read_json(out / MANIFEST)
     del man["hash"]
     man["shards"] = {f: {"bytes": r["bytes"], "sha256": file_hash(out / f, "sha256")} for f, r in man["shards"].items()}
@@ -52,13 +52,13 @@ def _flip(path: Path, where: str) -> None:
     path.write_bytes(bytes(raw))
 
 
-@pytest.mark.parametrize("recorded", ["blake3", "sha256"])
+@pytest.mark.parametrize("recorded", ["xxh3-128", "sha256"])
 @pytest.mark.parametrize("where", ["header", "middle"])
 def test_a_flipped_byte_in_any_shard_fails_verify_and_resume_redoes_it(source, tmp_path, recorded, where):
     src, sd = source
     reference = _convert(src, tmp_path / "ref")
     shards = _shards(tmp_path / "ref")
-    assert len(shards) == 3 and read_json(tmp_path / "ref" / MANIFEST)["hash"] == "blake3"
+    assert len(shards) == 3 and read_json(tmp_path / "ref" / MANIFEST)["hash"] == "xxh3-128"
     for i, victim in enumerate(shards):
         out = tmp_path / f"out-{i}"  # a directory (an OUT ending in .safetensors names one file)
         assert _convert(src, out) == reference
@@ -77,7 +77,7 @@ def test_a_flipped_byte_in_any_shard_fails_verify_and_resume_redoes_it(source, t
         assert f"{victim}: {recorded} differs from the manifest; redoing it" in proc.stdout, proc.stdout
         assert "resume: reusing 2 of 3 shard(s)" in proc.stdout, proc.stdout
         man = read_json(out / MANIFEST)
-        assert man["hash"] == "blake3"  # resumed over an older manifest: every shard recorded anew
+        assert man["hash"] == "xxh3-128"  # resumed over an older manifest: every shard recorded anew
         assert {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name != MANIFEST} == {
             k: v for k, v in reference.items() if k != MANIFEST
         }
@@ -113,10 +113,13 @@ def test_an_unknown_hash_is_a_problem_not_a_pass(source, tmp_path):
     assert {p.name: p.read_bytes() for p in sorted(out.iterdir())} == reference
 
 
-@pytest.mark.parametrize("threads", [1, 2, -1])
-def test_chunked_file_digests_equal_the_reference_hashes(tmp_path, threads):
-    """Read in 8 MiB pieces (and split over threads), a file hashes as blake3 and hashlib hash it whole."""
-    import blake3
+@pytest.mark.parametrize("cuts", [[], [1], [4095, 4097, 65537], [8 << 20, (8 << 20) + 1]])
+def test_file_digests_through_mmap_pieces_equal_the_reference_hashes(tmp_path, cuts):
+    """Hashed through mmap in pieces that start anywhere (as the follower hashes a growing shard), a file's
+    digest is what xxhash and hashlib give for its bytes whole."""
+    import os
+
+    import xxhash
 
     from torch2mlx.stream import hashing
 
@@ -124,5 +127,14 @@ def test_chunked_file_digests_equal_the_reference_hashes(tmp_path, threads):
     raw = data.to(torch.uint8).numpy().tobytes()
     path = tmp_path / "f"
     path.write_bytes(raw)
-    got = hashing.path_digests(str(path), ("blake3", "sha256"), threads=threads)
-    assert got == {"blake3": blake3.blake3(raw).hexdigest(), "sha256": hashlib.sha256(raw).hexdigest()}
+    want = {"xxh3-128": xxhash.xxh3_128(raw).hexdigest(), "sha256": hashlib.sha256(raw).hexdigest()}
+    assert hashing.path_digests(str(path), ("xxh3-128", "sha256")) == want
+    hashers = [hashing.new("xxh3-128"), hashing.new("sha256")]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        bounds = [0, *cuts, len(raw)]
+        for start, stop in zip(bounds, bounds[1:], strict=False):
+            assert hashing.update_from(hashers, fd, start, stop) == stop - start
+    finally:
+        os.close(fd)
+    assert [h.hexdigest() for h in hashers] == list(want.values())

@@ -66,7 +66,7 @@ def test_a_corrupted_shard_fails_its_hash(converted):
     raw[-1] ^= 0xFF
     path.write_bytes(raw)
     proc = run_cli("verify", src, out, "--quick")
-    assert proc.returncode == 1 and "blake3" in proc.stdout and "differs from the manifest" in proc.stdout
+    assert proc.returncode == 1 and "xxh3-128" in proc.stdout and "differs from the manifest" in proc.stdout
 
 
 def test_index_must_match_the_shards(converted):

@@ -407,7 +407,7 @@ def _add_verify(sub):
         "verify",
         help="check a conversion: hashes, headers, index, and every tensor against its source",
         description="Re-read SRC and OUT tensor by tensor (bounded memory) and check that every output "
-        "tensor equals its rule applied to its source, every shard's hash (blake3, or sha256 in "
+        "tensor equals its rule applied to its source, every shard's hash (xxh3-128, or sha256 in "
         "older manifests) matches the manifest and the index matches the shards. "
         "Exit 0 only when all hold.",
         epilog=EXIT_CODES,

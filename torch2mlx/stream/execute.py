@@ -23,12 +23,11 @@ from ..core import dtypes, rules
 from ..errors import Torch2MLXError
 from ..core import casts
 from ..formats.data import DataReader
-from .hashing import HASH, new as new_hash
+from .hashing import HASH, new as new_hash, update_from
 from .plan import Op, Plan
 from .writers.files import copy_range, fsync_dir, os_error, pwrite_all, temp_name
 
 CHUNK = 16 * 1024 * 1024
-HASH_CHUNK = 8 * 1024 * 1024
 
 
 @dataclass
@@ -293,8 +292,6 @@ class Executor:
 
     def _hash_and_finish(self, indices: list[int]) -> None:
         """Follow each shard's written prefix with the manifest's hash; fsync and rename the shard once complete."""
-        buf = bytearray(HASH_CHUNK)
-        view = memoryview(buf)
         for i in indices:
             st, fd = self._states[i], self._fds[i]
             h, pos = new_hash(HASH), 0
@@ -305,16 +302,15 @@ class Executor:
                     if self._failed:
                         return
                     limit = st.watermark
-                while pos < limit:
-                    n = os.preadv(fd, [view[: min(HASH_CHUNK, limit - pos)]], pos)
-                    if n == 0:
-                        raise Torch2MLXError(f"{self.plan.shards[i].file}: shard shorter than planned")
-                    h.update(view[:n])
-                    if self.drop_cache and hasattr(os, "posix_fadvise"):
-                        # Hashed bytes are final: start their writeback now (DONTNEED on dirty pages
-                        # queues it) so the closing fsync waits for the tail only, not the whole shard.
-                        os.posix_fadvise(fd, pos, n, os.POSIX_FADV_DONTNEED)
-                    pos += n
+                if os.fstat(fd).st_size < limit:
+                    raise Torch2MLXError(f"{self.plan.shards[i].file}: shard shorter than planned")
+                # through mmap: the written pages themselves, not a copy of them read back
+                update_from((h,), fd, pos, limit)
+                if self.drop_cache and hasattr(os, "posix_fadvise"):
+                    # Hashed bytes are final: start their writeback now (DONTNEED on dirty pages
+                    # queues it) so the closing fsync waits for the tail only, not the whole shard.
+                    os.posix_fadvise(fd, pos, limit - pos, os.POSIX_FADV_DONTNEED)
+                pos = limit
             self._finish(i, h.hexdigest())
 
     def _finish(self, i: int, digest: str) -> None:

@@ -1,6 +1,6 @@
 """``verify``: re-read source and output tensor by tensor and check the conversion holds.
 
-Checks, in order: every shard's size and hash (blake3, or sha256 in older
+Checks, in order: every shard's size and hash (xxh3-128, or sha256 in older
 manifests; ``sha256`` also computes each shard's sha256) against the manifest; every
 shard's safetensors header against the format's rules; the index against the
 shards; each source file's size, mtime and inode against those the manifest
