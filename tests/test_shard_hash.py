@@ -138,3 +138,63 @@ def test_file_digests_through_mmap_pieces_equal_the_reference_hashes(tmp_path, c
     finally:
         os.close(fd)
     assert [h.hexdigest() for h in hashers] == list(want.values())
+
+
+def test_memory_backed_reads_the_mount_table(tmp_path):
+    """The longest mount point above a path decides; an escaped space in a mount point is one."""
+    mounts = tmp_path / "mounts"
+    mounts.write_text(
+        "/dev/vda / ext4 rw 0 0\n"
+        f"tmpfs {tmp_path}/ram\\040disk tmpfs rw 0 0\n"
+        f"/dev/vdb {tmp_path}/ram\\040disk/data ext4 rw 0 0\n"
+    )
+    from torch2mlx.stream.writers.files import memory_backed
+
+    assert memory_backed(str(tmp_path / "ram disk" / "out"), str(mounts))
+    assert memory_backed(str(tmp_path / "ram disk"), str(mounts))
+    assert not memory_backed(str(tmp_path / "ram disk" / "data" / "out"), str(mounts))
+    assert not memory_backed(str(tmp_path / "ram diskette"), str(mounts))
+    assert not memory_backed(str(tmp_path), str(tmp_path / "no-such-mounts"))
+
+
+def _calls_to_fallocate(monkeypatch) -> list:
+    import os
+
+    calls, real = [], os.posix_fallocate
+    monkeypatch.setattr(os, "posix_fallocate", lambda fd, off, n: (calls.append(n), real(fd, off, n))[1])
+    return calls
+
+
+def test_on_memory_storage_shards_are_not_preallocated(source, tmp_path, monkeypatch):
+    """fallocate zeroes tmpfs pages the copy then overwrites: skipped there, kept on disk; output the same."""
+    from torch2mlx.stream import execute
+
+    src, sd = source
+    calls = _calls_to_fallocate(monkeypatch)
+    on_disk = _convert(src, tmp_path / "disk")
+    assert len(calls) == 3  # one claim per shard
+    calls.clear()
+    monkeypatch.setattr(execute, "memory_backed", lambda path: True)
+    assert _convert(src, tmp_path / "ram") == on_disk
+    assert calls == []
+    check_converted(tmp_path / "ram", sd)
+
+
+def test_on_memory_storage_a_full_filesystem_fails_before_any_shard(source, tmp_path, monkeypatch):
+    import os
+
+    from torch2mlx.stream import execute
+
+    src, _ = source
+    monkeypatch.setattr(execute, "memory_backed", lambda path: True)
+    real = os.statvfs
+
+    def statvfs(path):  # 400 KB free: less than the three shards (768 KiB) need
+        st = real(path)
+        return os.statvfs_result((st.f_bsize, 4096, st.f_blocks, 100, 100) + tuple(st)[5:])
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    out = tmp_path / "out"
+    proc = run_main("stream", src, out, *OPTS)
+    assert proc.returncode == 1 and "no space left on device" in proc.stderr, proc.stderr
+    assert not out.exists() or not list(out.glob("*.safetensors"))

@@ -25,7 +25,7 @@ from ..core import casts
 from ..formats.data import DataReader
 from .hashing import HASH, new as new_hash, update_from
 from .plan import Op, Plan
-from .writers.files import copy_range, fsync_dir, os_error, pwrite_all, temp_name
+from .writers.files import check_free_space, copy_range, fsync_dir, memory_backed, os_error, pwrite_all, temp_name
 
 CHUNK = 16 * 1024 * 1024
 
@@ -232,6 +232,7 @@ class Executor:
         self._failed = False
         self._unplaced: set[int] = set()  # shards of this run whose temporary is not yet renamed
         self.results: dict[int, ShardResult] = {}
+        self._in_memory = memory_backed(out_dir)  # tmpfs: check free space instead of fallocate
 
     def _open_shard(self, i: int) -> None:
         sh = self.plan.shards[i]
@@ -241,7 +242,7 @@ class Executor:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             self._fds[i] = fd
             pwrite_all(fd, sh.header, 0)
-            if hasattr(os, "posix_fallocate") and sh.size:
+            if hasattr(os, "posix_fallocate") and sh.size and not self._in_memory:
                 try:
                     os.posix_fallocate(fd, 0, sh.size)  # claim the space now: ENOSPC before hours of work
                 except OSError as e:
@@ -348,6 +349,11 @@ class Executor:
         hasher = ThreadPoolExecutor(1, thread_name_prefix="t2mlx-hash")
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="t2mlx-work", initializer=_yield_to_hasher)
         try:
+            if self._in_memory:
+                try:
+                    check_free_space(self.out_dir, sum(self.plan.shards[i].size for i in indices))
+                except OSError as e:
+                    raise os_error(self.out_dir, e) from None
             for i in indices:
                 self._open_shard(i)
             hashing = hasher.submit(self._hash_and_finish, indices)
