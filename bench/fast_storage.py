@@ -8,7 +8,9 @@ Rows (llama-shaped bfloat16 checkpoints from make_checkpoint.py, no dtype change
 kernel copy and the cost above cp is the shard hash and the fixed start-up):
 
 - ``tmpfs-2.4g``: preset 2.5g (2.4 GiB), source and output in /dev/shm (memory-speed storage);
-- ``disk-0.3g``, ``disk-2.4g``: presets 0.3g and 2.5g, source in bench/data, output in bench/_work.
+- ``disk-0.3g``, ``disk-2.4g``: presets 0.3g and 2.5g, source in bench/data, output in bench/_work;
+- ``q4-w1-2.4g``, ``q4-w2-2.4g``: ``--q-bits 4`` with one and two worker threads (does quantizing scale
+  with cores?), on disk; cp is only the yardstick there.
 
 Each round runs cp and t2mlx once, in alternating order (a run is slowed by what ran just before it),
 each measured by measure.run: input pages dropped first, clock stopped after an fsync of the output.
@@ -41,10 +43,13 @@ sys.path.insert(0, ROOT)
 import make_checkpoint  # noqa: E402
 import measure  # noqa: E402
 
-ROWS = {  # name -> (preset, storage)
-    "tmpfs-2.4g": ("2.5g", "tmpfs"),
-    "disk-0.3g": ("0.3g", "disk"),
-    "disk-2.4g": ("2.5g", "disk"),
+ROWS = {  # name -> (preset, storage, extra t2mlx arguments)
+    "tmpfs-2.4g": ("2.5g", "tmpfs", ()),
+    "disk-0.3g": ("0.3g", "disk", ()),
+    "disk-2.4g": ("2.5g", "disk", ()),
+    # quantized output: does it scale with the worker threads? (cp is only the yardstick here)
+    "q4-w1-2.4g": ("2.5g", "disk", ("--q-bits", "4", "--workers", "1")),
+    "q4-w2-2.4g": ("2.5g", "disk", ("--q-bits", "4", "--workers", "2")),
 }
 
 
@@ -70,14 +75,14 @@ def child_env(work: str) -> dict:
     return env
 
 
-def t2mlx_argv(src: str, out: str) -> list[str]:
-    return [sys.executable, "-m", "torch2mlx", "stream", src, out, "--no-model", "--quiet"]
+def t2mlx_argv(src: str, out: str, extra=()) -> list[str]:
+    return [sys.executable, "-m", "torch2mlx", "stream", src, out, "--no-model", "--quiet", *extra]
 
 
-def time_row(name: str, src: str, work: str, runs: int, env: dict, log) -> dict:
+def time_row(name: str, src: str, work: str, runs: int, env: dict, log, extra=()) -> dict:
     os.makedirs(work, exist_ok=True)
     cp_out, t_out = os.path.join(work, "cp-out"), os.path.join(work, "t2mlx-out")
-    contenders = {"cp": ["cp", "-r", src, cp_out], "t2mlx": t2mlx_argv(src, t_out)}
+    contenders = {"cp": ["cp", "-r", src, cp_out], "t2mlx": t2mlx_argv(src, t_out, extra)}
     outs = {"cp": cp_out, "t2mlx": t_out}
     samples: dict[str, list] = {"cp": [], "t2mlx": []}
     for r in range(runs):
@@ -137,7 +142,7 @@ def main(argv=None) -> int:
     measure.run(t2mlx_argv(tiny, os.path.join(work, "warm")), inputs=[tiny], out=os.path.join(work, "warm"), env=env)
     measure.remove(os.path.join(work, "warm"))
     for name in a.rows:
-        preset, storage = ROWS[name]
+        preset, storage, extra = ROWS[name]
         src = checkpoint(preset)
         if storage == "tmpfs":
             shm = os.path.join(a.tmpfs, "t2mlx-fast-storage")
@@ -152,7 +157,7 @@ def main(argv=None) -> int:
             finally:
                 shutil.rmtree(shm, ignore_errors=True)
         else:
-            results["rows"].append(time_row(name, src, os.path.join(work, name), a.runs, env, log))
+            results["rows"].append(time_row(name, src, os.path.join(work, name), a.runs, env, log, extra))
     print(
         f"{'row':<12} {'GB':>5} {'cp s':>6} {'t2mlx s':>8} {'t2mlx/cp':>9} {'CPU cp/t2mlx':>13} {'peak MiB':>9}  ratios"
     )
