@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import statistics
 
 RSS_TARGET_MIB = 300
@@ -322,6 +323,40 @@ def plots(res: dict, out_dir: str) -> list[str]:
 
 def write_all(res: dict, out_dir: str) -> None:
     notes = plots(res, out_dir)
+    path = os.path.join(out_dir, "results.md")
+    kept = _sections(path)  # what the other bench scripts wrote stays
     text = markdown(res) + "".join(f"\n{n}\n" for n in notes)
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
+    with open(path, "w") as f:
+        f.write(text + "".join(f"\n{block}\n" for block in kept.values()))
+
+
+_BEGIN, _END = "<!-- begin {} -->", "<!-- end {} -->"
+
+
+def _sections(path: str) -> dict[str, str]:
+    """``{key: block}`` of the sections ``put_section`` wrote into ``path`` (markers included)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return {}
+    found = {}
+    for m in re.finditer(r"<!-- begin (\S+) -->.*?<!-- end \1 -->", text, re.S):
+        found[m.group(1)] = m.group(0)
+    return found
+
+
+def put_section(path: str, key: str, markdown_text: str) -> None:
+    """Write ``markdown_text`` into results.md as section ``key``: replaced in place when there, else appended.
+
+    bench/run.py regenerates the rest of the file and keeps these sections."""
+    block = f"{_BEGIN.format(key)}\n{markdown_text.strip()}\n{_END.format(key)}"
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        text = ""
+    old = _sections(path).get(key)
+    text = text.replace(old, block) if old else text.rstrip("\n") + "\n\n" + block + "\n"
+    with open(path, "w") as f:
         f.write(text)
