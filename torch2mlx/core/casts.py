@@ -14,12 +14,15 @@ lookups: every bfloat16 value in float16's range is exact there, so a
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .dtypes import DType
 
-_F32_NAN_TO_BF16 = np.uint16(0xFFFF)  # torch's vectorized float->bfloat16 kernel
-_F16_NAN_TO_BF16 = np.uint16(0x7FC0)  # torch's scalar Half->BFloat16 path
+# Plain ints, made np.uint16 where used: numpy is imported on first use (a passthrough never needs it).
+_F32_NAN_TO_BF16 = 0xFFFF  # torch's vectorized float->bfloat16 kernel
+_F16_NAN_TO_BF16 = 0x7FC0  # torch's scalar Half->BFloat16 path
 
 
 def _float8_table(exp_bits: int, man_bits: int, bias: int, *, ieee: bool, fnuz: bool) -> np.ndarray:
@@ -62,13 +65,32 @@ def _torch_nans(table: np.ndarray, man_bits: int) -> np.ndarray:
     return bits.view(np.float32)
 
 
-FLOAT8_TABLES = {
-    "float8_e4m3fn": _torch_nans(_float8_table(4, 3, 7, ieee=False, fnuz=False), 3),
-    "float8_e5m2": _torch_nans(_float8_table(5, 2, 15, ieee=True, fnuz=False), 2),
-    "float8_e4m3fnuz": _float8_table(4, 3, 8, ieee=False, fnuz=True),
-    "float8_e5m2fnuz": _float8_table(5, 2, 16, ieee=False, fnuz=True),
-    "float8_e8m0fnu": _e8m0_table(),
-}
+class _BuiltOnFirstUse(dict):
+    """``{name: table}`` whose tables are computed the first time each is asked for.
+
+    Membership needs no table: a run that casts nothing never imports numpy for them."""
+
+    def __init__(self, builders: dict) -> None:
+        super().__init__()
+        self._builders = builders
+
+    def __contains__(self, name) -> bool:
+        return name in self._builders
+
+    def __missing__(self, name):
+        table = self[name] = self._builders[name]()
+        return table
+
+
+FLOAT8_TABLES: dict[str, np.ndarray] = _BuiltOnFirstUse(
+    {
+        "float8_e4m3fn": lambda: _torch_nans(_float8_table(4, 3, 7, ieee=False, fnuz=False), 3),
+        "float8_e5m2": lambda: _torch_nans(_float8_table(5, 2, 15, ieee=True, fnuz=False), 2),
+        "float8_e4m3fnuz": lambda: _float8_table(4, 3, 8, ieee=False, fnuz=True),
+        "float8_e5m2fnuz": lambda: _float8_table(5, 2, 16, ieee=False, fnuz=True),
+        "float8_e8m0fnu": _e8m0_table,
+    }
+)
 
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -125,15 +147,14 @@ def _f32_to_f16_slice(u: np.ndarray) -> np.ndarray:
     return res
 
 
+@functools.cache
 def _tables():
+    """The 16-bit cast tables (bfloat16 -> float16, float16 -> bfloat16), made on the first 16-bit cast."""
     bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
     bf16_to_f16 = f32_to_f16(bf16_to_f32(bits))
     with np.errstate(all="ignore"):
         f16_to_bf16 = f32_to_bf16(bits.view(np.float16).astype(np.float32), _F16_NAN_TO_BF16)
     return bf16_to_f16, f16_to_bf16
-
-
-BF16_TO_F16, F16_TO_BF16 = _tables()
 
 
 _F8_CACHE: dict = {}
@@ -161,7 +182,7 @@ def bf16_to_f16(bits: np.ndarray) -> np.ndarray:
     out |= bits & np.uint16(0x8000)
     rest = (a < np.uint16(0x3880)) | (a >= np.uint16(0x4780))
     if rest.any():
-        out[rest] = BF16_TO_F16[bits[rest]]
+        out[rest] = _tables()[0][bits[rest]]
     return out
 
 
@@ -203,7 +224,7 @@ def _cast(arr: np.ndarray, src: DType, dst: DType) -> np.ndarray:
     if src.name == "bfloat16" and dst.name == "float16":
         return bf16_to_f16(arr).view(np.float16)
     if src.name == "float16" and dst.name == "bfloat16":
-        return F16_TO_BF16[arr.view(np.uint16)]
+        return _tables()[1][arr.view(np.uint16)]
     if src.name in FLOAT8_TABLES and dst.name in ("float16", "bfloat16"):
         return _float8_to(src.name, dst.name)[arr].view(dst.np_dtype)
     if dst.name == "float64":

@@ -110,3 +110,12 @@ def mlx_target(d: DType) -> DType:
     if d.name == "complex128":
         return _BY_NAME["complex64"]
     return _BY_NAME["float32"]
+
+
+def load_numpy() -> None:
+    """Finish importing numpy in this thread, before worker threads that compute with it start.
+
+    The CLI defers numpy's import to its first use (a passthrough never uses it); before Python 3.12
+    a deferred module is not safe to load from two threads at once.
+    """
+    np.dtype("uint8")

@@ -48,7 +48,7 @@ from .casts import cast, f32_to_bf16, f32_to_f16, to_f32
 BITS = (1, 2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
 SCALE_DTYPES = ("float32", "float16", "bfloat16")
-_EPS = np.float32(1e-7)
+_EPS = 1e-7  # as np.float32 where used: numpy is imported on first use
 # Rows are processed in steps of about this many elements: the float32 temporaries
 # stay in cache (throughput drops ~2x on multi-MB steps) and memory stays bounded.
 _STEP_ELEMENTS = 1 << 17
@@ -172,7 +172,7 @@ def _signed_zero_min(xT: np.ndarray, w_min: np.ndarray) -> np.ndarray:
 def _snapped_scale_bias(w_min: np.ndarray, w_max: np.ndarray, n_bins: np.float32):
     """Per-group float32 (scale, bias) for bits >= 2, see the module docstring."""
     low_edge = np.abs(w_min) > np.abs(w_max)
-    scale = np.maximum((w_max - w_min) / n_bins, _EPS)
+    scale = np.maximum((w_max - w_min) / n_bins, np.float32(_EPS))
     scale = np.where(low_edge, scale, -scale)
     edge = np.where(low_edge, w_min, w_max)
     q0 = np.rint(edge / scale)
@@ -188,7 +188,7 @@ def _codes_T(xT: np.ndarray, bits: int):
     w_min, w_max = _group_min_max(xT)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if bits == 1:
-            scale = np.maximum(w_max - w_min, _EPS)
+            scale = np.maximum(w_max - w_min, np.float32(_EPS))
             bias = _signed_zero_min(xT, w_min)
         else:
             scale, bias = _snapped_scale_bias(w_min, w_max, n_bins)

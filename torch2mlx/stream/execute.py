@@ -346,6 +346,8 @@ class Executor:
             key=lambda op: (op.outputs[0].shard, op.outputs[0].offset),
         )
         work = batches(self.plan, ops, self.chunk)
+        if any(op.sources[0].array is not None or not op.passthrough for op in self.plan.ops):
+            dtypes.load_numpy()  # before the workers that compute with it
         hasher = ThreadPoolExecutor(1, thread_name_prefix="t2mlx-hash")
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="t2mlx-work", initializer=_yield_to_hasher)
         try:

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ...core.dtypes import load_numpy
 from ...formats.data import DataReader, pread_into
 from .. import execute
 from ..execute import CHUNK, ShardResult, compute_outputs
@@ -90,6 +91,7 @@ def write(
     """Write every shard of ``plan`` (its ops have one output each) as a torch zip checkpoint."""
     workers = workers or min(4, (os.cpu_count() or 2) + 1)
     results = []
+    load_numpy()  # before the workers that compute with it
     with ThreadPoolExecutor(workers, thread_name_prefix="t2mlx-bin") as pool:
         for i, sh in enumerate(plan.shards):
             ops = [op for op in plan.ops if op.outputs[0].shard == i]

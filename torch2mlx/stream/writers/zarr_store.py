@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ...core.dtypes import load_numpy
 from ...core.version import __version__
 from ...errors import Torch2MLXError
 from ...formats.data import DataReader
@@ -174,6 +175,7 @@ def write(
             progress(op.nbytes_in)
         return op.nbytes_in
 
+    load_numpy()  # before the workers that compute with it
     with ThreadPoolExecutor(workers or min(4, (os.cpu_count() or 2) + 1)) as pool:
         for f in [pool.submit(one, op) for op in plan.ops]:
             f.result()
