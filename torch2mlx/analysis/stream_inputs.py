@@ -23,6 +23,7 @@ class StreamInputs:
     warnings: list[str] = field(default_factory=list)
     report: object = None  # the analyzer's Report, when a model was analyzed
     unmatched: list[tuple[str, str]] = field(default_factory=list)  # (checkpoint name, why no model rule)
+    types: dict[str, str] | None = None  # module_types without a report (the rules kept as data)
 
     def all_warnings(self, dropped: set[str] = frozenset()) -> list[str]:
         """``warnings`` and the tensors without model rules, less those the plan drops anyway
@@ -39,6 +40,8 @@ class StreamInputs:
     @property
     def module_types(self) -> dict[str, str]:
         """MLX module path -> torch class name (decides which weights quantization takes)."""
+        if self.types is not None:
+            return dict(self.types)
         if self.report is None:
             return {}
         return {
@@ -76,7 +79,11 @@ def _stream_inputs(ck: Checkpoint, model, model_kwargs, status) -> StreamInputs:
         config_dir = ck.config_dir if ck.config is not None else None
         built = build.from_class(model, model_kwargs, config_dir)
     elif ck.config is not None:
-        from . import cache
+        from . import cache, known
+
+        kept = known.stream_inputs(ck)
+        if kept is not None:
+            return kept
 
         k = cache.key(ck.config_dir, ck)
         hit = cache.load(k, ck.path, ck)
@@ -154,20 +161,26 @@ def _inputs(ck: Checkpoint, built, how: str) -> StreamInputs:
 
 
 def _from_report(ck: Checkpoint, report, built_notes: list[str], how: str, extra: list[str] = ()) -> StreamInputs:
+    inputs = from_match(ck, report.model, report.checkpoint, built_notes, how, extra)
+    inputs.report = report
+    return inputs
+
+
+def from_match(ck: Checkpoint, model: str, m, built_notes: list[str], how: str, extra=()) -> StreamInputs:
+    """The stream's inputs from the analyzer's match of ``ck`` to ``model``."""
     from ..core.fp8 import pair_scales
 
-    m = report.checkpoint
     # float8 scales are folded into their weights by the plan: no model has them, and no rule applies.
     scales = pair_scales((e.name, e.shape, e.dtype) for e in ck.entries).drop
     unmatched = [(n, w) for n, w in m.unmatched if n not in scales]
     counted = m.tensors - (len(m.unmatched) - len(unmatched))
     notes = (
         [
-            f"rules from the model {report.model} ({how}): {m.matched} of {counted} tensors"
+            f"rules from the model {model} ({how}): {m.matched} of {counted} tensors"
             + (f" (and {len(scales)} float8 scales)" if scales else "")
         ]
         + m.notes
         + built_notes
         + list(extra)
     )
-    return StreamInputs(m.specs, m.drop, notes, [], report, unmatched)
+    return StreamInputs(m.specs, m.drop, notes, [], None, unmatched)

@@ -1,0 +1,200 @@
+"""The rules kept as data (analysis/known_rules.json) give what the analyzer gives, for every registered
+architecture, on configs other than the one they were generated from; a first run on a known architecture
+imports neither torch nor transformers, and anything the data cannot say goes to the analyzer."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from torch2mlx.analysis import known
+from torch2mlx.analysis.stream_inputs import StreamInputs, _inputs
+from torch2mlx.core.dtypes import get as dtype
+from torch2mlx.core.entry import TensorEntry
+from torch2mlx.stream.checkpoint import Checkpoint
+from torch2mlx.stream.options import Options
+from torch2mlx.stream.planner import build as plan
+
+from test_analyze_hf import ARCHS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_the_registered_architectures_are_the_analyzers():
+    """The data covers every architecture tests/test_analyze_hf.py holds to 100% coverage, and only those."""
+    assert known.ARCHS == {mt: arch for mt, (arch, _) in ARCHS.items()}
+    assert set(known._data()) == set(known.ARCHS.values())
+
+
+def _config(tmp_path, model_type: str, *, layers: int | None, tie: bool | None):
+    """transformers' default config with another layer count (the data was made from the default one)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(model_type)
+    config.architectures = [known.ARCHS[model_type]]
+    for sub in [config] + [getattr(config, k) for k in ("text_config", "vision_config") if hasattr(config, k)]:
+        for key in ("num_hidden_layers", "n_layer", "num_layers", "encoder_layers", "decoder_layers"):
+            if layers is not None and isinstance(getattr(sub, key, None), int) and getattr(sub, key) > layers:
+                setattr(sub, key, layers)
+                if isinstance(getattr(sub, "layer_types", None), list):
+                    sub.layer_types = sub.layer_types[:layers]
+    if tie is not None and getattr(config, "tie_word_embeddings", None) is not None:
+        for sub in [config] + [v for v in vars(config).values() if hasattr(v, "tie_word_embeddings")]:
+            sub.tie_word_embeddings = tie
+    d = tmp_path / f"{model_type}-{layers}-{tie}"
+    d.mkdir()
+    config.to_json_file(str(d / "config.json"))
+    return str(d)
+
+
+def _checkpoint(config_dir: str, tree, with_tied: bool) -> Checkpoint:
+    """What the model's state dict would be on disk: names, shapes, dtypes (a tied copy, or not)."""
+    by_name = {s: t.dtype for t in tree.tensors for s in t.sources}
+    names = [n for n in tree.shapes if with_tied or n not in tree.tied]
+    entries = [
+        TensorEntry(n, dtype(by_name.get(n) or by_name[tree.tied[n]]), tree.shapes[n], path="w.safetensors", offset=i)
+        for i, n in enumerate(names)
+    ]
+    with open(os.path.join(config_dir, "config.json")) as f:
+        config = json.load(f)
+    return Checkpoint(config_dir, entries, ["w.safetensors"], "safetensors", config=config)
+
+
+def _plan_view(ck, inputs: StreamInputs, opts: Options):
+    p = plan(ck, opts, inputs.specs, inputs.drop, inputs.module_types)
+    ops = [
+        (
+            [e.name for e in op.sources],
+            op.rule,
+            op.rule_source,
+            op.args,
+            [(o.name, o.dtype.name, o.shape, o.shard, o.offset) for o in op.outputs],
+            op.transform_info,
+        )
+        for op in p.ops
+    ]
+    return ops, p.dropped, p.warnings, p.notes, p.quantization, inputs.all_warnings({n for n, _ in p.dropped})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", list(ARCHS))
+def test_rules_kept_as_data_equal_the_analyzers(tmp_path, model_type):
+    from torch2mlx.analysis.build import from_config_dir
+    from torch2mlx.analysis.tree import walk
+
+    seen = 0
+    for layers, tie in ((2, None), (3, False), (1, True)):
+        config_dir = _config(tmp_path, model_type, layers=layers, tie=tie)
+        tree = walk(from_config_dir(config_dir).model)
+        for with_tied in (False, True):
+            ck = _checkpoint(config_dir, tree, with_tied)
+            data = known.stream_inputs(ck)
+            assert data is not None, (model_type, layers, tie, with_tied)
+            # A fresh model each time, as each run builds: matching may untie a model's tensors.
+            ref = _inputs(ck, from_config_dir(config_dir), known.HOW)
+            assert data.specs == ref.specs
+            assert data.drop == ref.drop and list(data.drop) == list(ref.drop)
+            assert data.unmatched == ref.unmatched
+            assert data.notes == ref.notes
+            for opts in (Options.make(), Options.make(dtype="float16", q_bits=4)):
+                assert _plan_view(ck, data, opts) == _plan_view(ck, ref, opts)
+            seen += 1
+    assert seen == 6
+
+
+def _llama_dir(tmp_path, **config):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    d = tmp_path / "llama"
+    d.mkdir()
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8, **config}
+    (d / "config.json").write_text(json.dumps(cfg))
+    tensors = {
+        "model.embed_tokens.weight": np.ones((16, 8), np.float32),
+        "model.layers.0.self_attn.q_proj.weight": np.ones((8, 8), np.float32),
+        "model.layers.0.input_layernorm.weight": np.ones(8, np.float32),
+        "model.norm.weight": np.ones(8, np.float32),
+        "lm_head.weight": np.ones((16, 8), np.float32),
+    }
+    save_file(tensors, str(d / "model.safetensors"))
+    return d
+
+
+_RUN = """
+import json, sys
+from torch2mlx import stream
+res = stream.convert(sys.argv[1], sys.argv[2])
+print(json.dumps({"torch": "torch" in sys.modules, "transformers": "transformers" in sys.modules,
+                  "notes": res.plan.notes}))
+"""
+
+
+def _first_run(tmp_path, src):
+    env = {**os.environ, "PYTHONPATH": ROOT, "T2MLX_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run(
+        [sys.executable, "-c", _RUN, str(src), str(tmp_path / "out")], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_a_first_run_on_a_known_architecture_imports_neither_torch_nor_transformers(tmp_path):
+    seen = _first_run(tmp_path, _llama_dir(tmp_path))
+    assert (seen["torch"], seen["transformers"]) == (False, False)
+    assert any(f"rules from the model LlamaForCausalLM ({known.HOW}): 5 of 5 tensors" in n for n in seen["notes"])
+    assert not os.path.exists(tmp_path / "cache")  # nothing analyzed, nothing cached
+
+
+def test_a_name_the_data_does_not_know_goes_to_the_analyzer(tmp_path):
+    """A tensor no pattern of the data names: the analyzer decides (and imports torch)."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    d = _llama_dir(tmp_path)
+    tensors = load_file(str(d / "model.safetensors"))
+    tensors["model.layers.0.self_attn.mlp_extra.weight"] = np.ones((8, 8), np.float32)
+    save_file(tensors, str(d / "model.safetensors"))
+    seen = _first_run(tmp_path, d)
+    assert seen["torch"] is True
+    assert any("rules from the model LlamaForCausalLM (config.json, analyzed on the meta device)" in n for n in seen["notes"])
+
+
+def test_an_unknown_architecture_uses_the_analyzer(tmp_path):
+    d = _llama_dir(tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "architectures": ["LlamaForSequenceClassification"]}))
+    seen = _first_run(tmp_path, d)
+    assert seen["torch"] is True
+    assert any("LlamaForSequenceClassification (config.json, analyzed on the meta device)" in n for n in seen["notes"])
+
+
+def test_a_layer_of_another_rank_goes_to_the_analyzer(tmp_path):
+    """The data knows each name's rank; a checkpoint that disagrees is the analyzer's to judge."""
+    ck = _checkpoint_of(_llama_dir(tmp_path))
+    assert known.stream_inputs(ck) is not None
+    bad = Checkpoint(ck.path, [e if "norm" not in e.name else TensorEntry(e.name, e.dtype, (8, 1)) for e in ck.entries],
+                     ck.files, ck.format, config=ck.config)
+    assert known.stream_inputs(bad) is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model_type": "mistral"},  # architectures and model_type disagree
+        {"tie_word_embeddings": "yes"},
+        {"text_config": {"tie_word_embeddings": True}},  # a sub-config says otherwise than the default
+        {"architectures": "LlamaForCausalLM"},
+    ],
+)
+def test_configs_the_data_cannot_judge_go_to_the_analyzer(tmp_path, change):
+    ck = _checkpoint_of(_llama_dir(tmp_path))
+    assert known.stream_inputs(Checkpoint(ck.path, ck.entries, ck.files, ck.format, config={**ck.config, **change})) is None
+
+
+def _checkpoint_of(d):
+    from torch2mlx.stream.checkpoint import open_checkpoint
+
+    return open_checkpoint(str(d))

@@ -1,0 +1,177 @@
+"""The rules of the registered architectures, kept as data: a config.json naming one converts without torch.
+
+The analyzer builds the model with torch and transformers (seconds of imports, hundreds of MiB) to learn
+what is the same for every config of an architecture: which layer each tensor name belongs to, its rule and
+MLX name, which tensors are dropped and which are tied. ``known_rules.json`` holds that answer per
+architecture, generated from the analyzer (``known_gen.py``) and checked against it
+(tests/test_known_rules.py), with layer indices as ``*``. A checkpoint is converted from it only when every
+tensor name is one of its patterns, with the rank the model gives it; anything else (another transformers
+rename, an option that adds tensors the data has never seen, a wrapper prefix) is left to the analyzer.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+from ..core.fp8 import pair_scales
+from ..core.spec import RuleSpec
+from .matching import Match
+from .stream_inputs import StreamInputs, from_match
+
+# model_type -> architectures[0]: the architectures whose rules are kept as data (each analyzes at 100%
+# coverage from its config alone, tests/test_analyze_hf.py).
+ARCHS = {
+    "bert": "BertForMaskedLM",
+    "roberta": "RobertaForMaskedLM",
+    "distilbert": "DistilBertForMaskedLM",
+    "albert": "AlbertForMaskedLM",
+    "deberta": "DebertaForMaskedLM",
+    "deberta-v2": "DebertaV2ForMaskedLM",
+    "electra": "ElectraForPreTraining",
+    "mpnet": "MPNetForMaskedLM",
+    "longformer": "LongformerForMaskedLM",
+    "funnel": "FunnelModel",
+    "camembert": "CamembertForMaskedLM",
+    "data2vec-text": "Data2VecTextForMaskedLM",
+    "gpt2": "GPT2LMHeadModel",
+    "gpt_neo": "GPTNeoForCausalLM",
+    "opt": "OPTForCausalLM",
+    "bloom": "BloomForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "gpt_neox": "GPTNeoXForCausalLM",
+    "codegen": "CodeGenForCausalLM",
+    "falcon": "FalconForCausalLM",
+    "t5": "T5ForConditionalGeneration",
+    "bart": "BartForConditionalGeneration",
+    "pegasus": "PegasusForConditionalGeneration",
+    "vit": "ViTForImageClassification",
+    "clip": "CLIPModel",
+    "swin": "SwinForImageClassification",
+    "convnext": "ConvNextForImageClassification",
+    "dinov2": "Dinov2Model",
+    "beit": "BeitForImageClassification",
+    "segformer": "SegformerForSemanticSegmentation",
+    "mobilenet_v2": "MobileNetV2ForImageClassification",
+    "resnet": "ResNetForImageClassification",
+    "whisper": "WhisperForConditionalGeneration",
+    "wav2vec2": "Wav2Vec2ForCTC",
+    "hubert": "HubertForCTC",
+    "xlnet": "XLNetLMHeadModel",
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3": "Gemma3ForConditionalGeneration",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+}
+
+HOW = "config.json, rules kept as data from the analyzer"
+_PIECE = "part of a model tensor whose other sources are missing"
+
+
+def pattern(name: str, fixed=()) -> str:
+    """``name`` with its layer indices (parts that are all digits) as ``*``, but for the children of
+    ``fixed`` prefixes (whose numbered children are different layers, a Sequential's)."""
+    out: list[str] = []
+    for p in name.split("."):
+        out.append("*" if p.isdigit() and ".".join(out) not in fixed else p)
+    return ".".join(out)
+
+
+def _fill(pat: str, nums: list[str]) -> str:
+    it = iter(nums)
+    return ".".join(next(it) if p == "*" else p for p in pat.split("."))
+
+
+_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "known_rules.json")
+
+
+@functools.cache
+def _data() -> dict:
+    with open(_DATA, encoding="utf-8") as f:
+        return json.load(f)["architectures"]
+
+
+def _tie(config: dict, default):
+    """The config's tie_word_embeddings as the data keys it; None when the data cannot tell (sub-configs that
+    say otherwise, or a config class without the setting whose model may still read it)."""
+    tie = config.get("tie_word_embeddings", default)
+    nested = [v["tie_word_embeddings"] for v in config.values() if isinstance(v, dict) and "tie_word_embeddings" in v]
+    if not isinstance(tie, (bool, type(None))) or any(v != tie for v in nested) or (default is None) != (tie is None):
+        return None
+    return json.dumps(tie)
+
+
+def _rank(name: str, order: dict, fixed) -> tuple:
+    """Where the analyzer's depth-first walk meets ``name``: indices by value, other parts by first sight."""
+    parts = name.split(".")
+    return tuple(
+        int(p) if p.isdigit() else order.get(pattern(".".join(parts[: i + 1]), fixed), len(order))
+        for i, p in enumerate(parts)
+    )
+
+
+def stream_inputs(ck) -> StreamInputs | None:
+    """What the analyzer would give for ``ck`` and its config.json, or None when the data cannot say."""
+    config = ck.config
+    if not isinstance(config, dict) or ck.layout != "torch":
+        return None
+    archs = config.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
+    data = _data().get(arch) if arch is not None else None
+    if data is None or config.get("model_type") != data["model_type"]:
+        return None
+    tied = data["tied"].get(_tie(config, data["tie_default"]))
+    if tied is None:
+        return None
+    fixed = set(data["fixed"])
+    by_source: dict[str, list] = {}
+    for row in data["tensors"].values():
+        for i, src in enumerate(row[0]):
+            by_source.setdefault(src, []).append((row, i))
+    names = {e.name for e in ck.entries}
+    scales = pair_scales((e.name, e.shape, e.dtype) for e in ck.entries).drop
+    found, unmatched, types = [], [], {}
+    for e in ck.entries:
+        if e.name in scales:  # float8 scales: not in the model, and folded into their weights by the plan
+            unmatched.append((e.name, "not in the model"))
+            continue
+        pat = pattern(e.name, fixed)
+        hits = by_source.get(pat)
+        if not hits or any(len(e.shape) != row[6][i] for row, i in hits):
+            return None
+        nums = [p for p, w in zip(e.name.split("."), pat.split(".")) if w == "*"]
+        covered = False
+        for row, i in hits:
+            sources = tuple(_fill(s, nums) for s in row[0])
+            if all(s in names for s in sources):
+                covered = True
+                if i == 0:
+                    found.append((_rank(e.name, data["order"], fixed), len(found), sources, row, nums))
+        if not covered:
+            unmatched.append((e.name, _PIECE))
+    found.sort(key=lambda f: f[:2])
+    m = Match(tensors=len(ck.entries))
+    for _, _, sources, (_, mlx, rule, args, layer, why, _), nums in found:
+        if mlx is None:
+            m.drop[sources[0]] = why
+            continue
+        out = _fill(mlx, nums)
+        m.specs.append(RuleSpec(out, sources, rule, dict(args), "model"))
+        if out.endswith(".weight"):
+            types[out[: -len(".weight")]] = layer
+    m.unmatched = unmatched
+    absent = sorted(n for n in tied if n not in names)
+    if absent:
+        m.notes.append(
+            f"{len(absent)} model tensor(s) share storage with another and are not in the checkpoint "
+            f"(tied weights, e.g. {absent[0]} = {tied[absent[0]]})"
+        )
+    inputs = from_match(ck, arch, m, [], HOW)
+    inputs.types = types
+    return inputs
