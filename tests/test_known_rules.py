@@ -28,25 +28,50 @@ def test_the_registered_architectures_are_the_analyzers():
     assert set(known._data()) == set(known.ARCHS.values())
 
 
-def _config(tmp_path, model_type: str, *, layers: int | None, tie: bool | None):
-    """transformers' default config with another layer count (the data was made from the default one)."""
+def _other_layers(config, layers: int) -> bool:
+    """Another layer count than transformers' default (the data was made from the default), in every
+    (sub-)config; a MobileNetV2, whose layers are fixed, gets other widths."""
+    changed = False
+    for sub in [config] + [v for v in vars(config).values() if hasattr(v, "to_dict")]:
+        depths = getattr(sub, "depths", None)
+        if isinstance(depths, (list, tuple)):  # layers per stage (their count is the stages')
+            if max(depths) > layers:
+                sub.depths, changed = [min(d, layers) for d in depths], True
+            continue
+        if isinstance(getattr(sub, "depth_multiplier", None), float):
+            sub.depth_multiplier, changed = layers / 4, True
+        for key in ("num_hidden_layers", "n_layer", "num_layers", "encoder_layers", "decoder_layers"):
+            if isinstance(getattr(sub, key, None), int) and getattr(sub, key) != layers:
+                changed = True
+                if type(sub).__name__ == "FunnelConfig":
+                    sub.block_sizes = [layers] * len(sub.block_sizes)  # its layer count is their sum
+                    continue
+                setattr(sub, key, layers)
+                if isinstance(getattr(sub, "layer_types", None), list):
+                    sub.layer_types = sub.layer_types[:layers]
+                if isinstance(getattr(sub, "attention_types", None), list):  # GPT-Neo: one kind per layer
+                    sub.attention_types = [[["global"], layers]]
+                    sub.attention_layers = ["global"] * layers
+        if changed and getattr(sub, "out_features", None):  # a backbone's outputs name its stages
+            n = len(sub.depths) if getattr(sub, "depths", None) else sub.num_hidden_layers
+            sub.stage_names = ["stem"] + [f"stage{i}" for i in range(1, n + 1)]
+            sub.out_features, sub.out_indices = [f"stage{n}"], [n]
+    return changed
+
+
+def _config(tmp_path, model_type: str, *, layers: int, tie: bool | None):
     from transformers import AutoConfig
 
     config = AutoConfig.for_model(model_type)
     config.architectures = [known.ARCHS[model_type]]
-    for sub in [config] + [getattr(config, k) for k in ("text_config", "vision_config") if hasattr(config, k)]:
-        for key in ("num_hidden_layers", "n_layer", "num_layers", "encoder_layers", "decoder_layers"):
-            if layers is not None and isinstance(getattr(sub, key, None), int) and getattr(sub, key) > layers:
-                setattr(sub, key, layers)
-                if isinstance(getattr(sub, "layer_types", None), list):
-                    sub.layer_types = sub.layer_types[:layers]
+    changed = _other_layers(config, layers)
     if tie is not None and getattr(config, "tie_word_embeddings", None) is not None:
         for sub in [config] + [v for v in vars(config).values() if hasattr(v, "tie_word_embeddings")]:
             sub.tie_word_embeddings = tie
     d = tmp_path / f"{model_type}-{layers}-{tie}"
     d.mkdir()
     config.to_json_file(str(d / "config.json"))
-    return str(d)
+    return str(d), changed
 
 
 def _checkpoint(config_dir: str, tree, with_tied: bool) -> Checkpoint:
@@ -84,9 +109,10 @@ def test_rules_kept_as_data_equal_the_analyzers(tmp_path, model_type):
     from torch2mlx.analysis.build import from_config_dir
     from torch2mlx.analysis.tree import walk
 
-    seen = 0
-    for layers, tie in ((2, None), (3, False), (1, True)):
-        config_dir = _config(tmp_path, model_type, layers=layers, tie=tie)
+    seen, changed = 0, []
+    for layers, tie in ((1, None), (3, False), (5, True)):
+        config_dir, other = _config(tmp_path, model_type, layers=layers, tie=tie)
+        changed.append(other)
         tree = walk(from_config_dir(config_dir).model)
         for with_tied in (False, True):
             ck = _checkpoint(config_dir, tree, with_tied)
@@ -101,7 +127,7 @@ def test_rules_kept_as_data_equal_the_analyzers(tmp_path, model_type):
             for opts in (Options.make(), Options.make(dtype="float16", q_bits=4)):
                 assert _plan_view(ck, data, opts) == _plan_view(ck, ref, opts)
             seen += 1
-    assert seen == 6
+    assert seen == 6 and any(changed)  # not only the config the data was made from
 
 
 def _llama_dir(tmp_path, **config):
@@ -110,7 +136,17 @@ def _llama_dir(tmp_path, **config):
 
     d = tmp_path / "llama"
     d.mkdir()
-    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8, **config}
+    cfg = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 8,
+        "intermediate_size": 16,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "num_hidden_layers": 1,
+        "vocab_size": 16,
+        **config,
+    }
     (d / "config.json").write_text(json.dumps(cfg))
     tensors = {
         "model.embed_tokens.weight": np.ones((16, 8), np.float32),
@@ -148,6 +184,7 @@ def test_a_first_run_on_a_known_architecture_imports_neither_torch_nor_transform
     assert not os.path.exists(tmp_path / "cache")  # nothing analyzed, nothing cached
 
 
+@pytest.mark.slow  # imports torch and transformers in a subprocess
 def test_a_name_the_data_does_not_know_goes_to_the_analyzer(tmp_path):
     """A tensor no pattern of the data names: the analyzer decides (and imports torch)."""
     import numpy as np
@@ -162,6 +199,7 @@ def test_a_name_the_data_does_not_know_goes_to_the_analyzer(tmp_path):
     assert any("rules from the model LlamaForCausalLM (config.json, analyzed on the meta device)" in n for n in seen["notes"])
 
 
+@pytest.mark.slow
 def test_an_unknown_architecture_uses_the_analyzer(tmp_path):
     d = _llama_dir(tmp_path)
     cfg = json.loads((d / "config.json").read_text())
