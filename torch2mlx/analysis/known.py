@@ -18,7 +18,6 @@ import os
 from ..core.fp8 import pair_scales
 from ..core.spec import RuleSpec
 from .matching import Match
-from .stream_inputs import StreamInputs, from_match
 
 # model_type -> architectures[0]: the architectures whose rules are kept as data (each analyzes at 100%
 # coverage from its config alone, tests/test_analyze_hf.py).
@@ -116,8 +115,9 @@ def _rank(name: str, order: dict, fixed) -> tuple:
     )
 
 
-def stream_inputs(ck) -> StreamInputs | None:
-    """What the analyzer would give for ``ck`` and its config.json, or None when the data cannot say."""
+def match(ck) -> tuple[str, Match, dict[str, str]] | None:
+    """What the analyzer's match of ``ck`` to the model its config.json names would be: (the model's class
+    name, the match, MLX module path -> torch class name), or None when the data cannot say."""
     config = ck.config
     if not isinstance(config, dict) or ck.layout != "torch":
         return None
@@ -172,6 +172,4 @@ def stream_inputs(ck) -> StreamInputs | None:
             f"{len(absent)} model tensor(s) share storage with another and are not in the checkpoint "
             f"(tied weights, e.g. {absent[0]} = {tied[absent[0]]})"
         )
-    inputs = from_match(ck, arch, m, [], HOW)
-    inputs.types = types
-    return inputs
+    return arch, m, types

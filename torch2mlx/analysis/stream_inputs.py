@@ -81,9 +81,12 @@ def _stream_inputs(ck: Checkpoint, model, model_kwargs, status) -> StreamInputs:
     elif ck.config is not None:
         from . import cache, known
 
-        kept = known.stream_inputs(ck)
-        if kept is not None:
-            return kept
+        kept = known.match(ck)
+        if kept is not None:  # a registered architecture: its rules are data, no model to build
+            model_name, m, types = kept
+            inputs = from_match(ck, model_name, m, [], known.HOW)
+            inputs.types = types
+            return inputs
 
         k = cache.key(ck.config_dir, ck)
         hit = cache.load(k, ck.path, ck)

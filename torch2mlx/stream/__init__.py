@@ -9,8 +9,9 @@
 
 User code sees values as mx.array (bfloat16 included), never raw bits.
 Reading and writing never import torch; ``convert`` does only to build the model for exact
-rules (``model="pkg.mod:Class"``, or a directory with a config.json when torch and transformers are
-installed and no cached analysis matches); ``model=False`` never does.
+rules (``model="pkg.mod:Class"``, or a directory with a config.json whose architecture's rules are not
+kept as data, when torch and transformers are installed and no cached analysis matches); ``model=False``
+never does.
 ShardWriter.add imports torch only for a torch tensor it is handed.
 """
 
