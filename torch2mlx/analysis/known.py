@@ -5,8 +5,9 @@ what is the same for every config of an architecture: which layer each tensor na
 MLX name, which tensors are dropped and which are tied. ``known_rules.json`` holds that answer per
 architecture, generated from the analyzer (``known_gen.py``) and checked against it
 (tests/test_known_rules.py), with layer indices as ``*``. A checkpoint is converted from it only when every
-tensor name is one of its patterns, with the rank the model gives it; anything else (another transformers
-rename, an option that adds tensors the data has never seen, a wrapper prefix) is left to the analyzer.
+tensor name is one of its patterns, with as many dimensions as the model's tensor; anything else (another
+transformers rename, an option that adds tensors the data has never seen, a wrapper prefix) is left to the
+analyzer.
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ def _tie(config: dict, default):
 
 
 def _rank(name: str, order: dict, fixed) -> tuple:
-    """Where the analyzer's depth-first walk meets ``name``: indices by value, other parts by first sight."""
+    """Where the analyzer's depth-first walk meets ``name`` (its specs come in that order): indices by value,
+    other parts by their place among their siblings (``order``, from the generator)."""
     parts = name.split(".")
     return tuple(
         int(p) if p.isdigit() else order.get(pattern(".".join(parts[: i + 1]), fixed), len(order))
