@@ -79,7 +79,7 @@ def _stream_inputs(ck: Checkpoint, model, model_kwargs, status) -> StreamInputs:
         config_dir = ck.config_dir if ck.config is not None else None
         built = build.from_class(model, model_kwargs, config_dir)
     elif ck.config is not None:
-        from . import cache, known
+        from . import known
 
         kept = known.match(ck)
         if kept is not None:  # a registered architecture: its rules are data, no model to build
@@ -87,6 +87,7 @@ def _stream_inputs(ck: Checkpoint, model, model_kwargs, status) -> StreamInputs:
             inputs = from_match(ck, model_name, m, [], known.HOW)
             inputs.types = types
             return inputs
+        from . import cache
 
         k = cache.key(ck.config_dir, ck)
         hit = cache.load(k, ck.path, ck)
