@@ -253,3 +253,14 @@ def test_the_data_is_what_the_analyzer_generates_today(capsys):
     with open(known_gen.OUT, encoding="utf-8") as f:
         kept = f.read()
     assert known_gen.render(known_gen.generate()) == kept, "stale: run `make rules-data`"
+
+
+def test_a_model_class_given_is_analyzed_even_for_a_known_architecture(tmp_path):
+    """--model / model=: the class is built and walked (its report is there), the data is not consulted."""
+    ck = _checkpoint_of(_llama_dir(tmp_path))
+    got = stream_inputs(ck, model="transformers:LlamaForCausalLM")
+    assert got.report is not None and got.types is None
+    assert got.notes[0].startswith("rules from the model LlamaForCausalLM (transformers:LlamaForCausalLM, analyzed")
+    data = stream_inputs(ck)
+    assert data.report is None and data.notes[0].startswith(f"rules from the model LlamaForCausalLM ({known.HOW})")
+    assert data.specs == got.specs and data.drop == got.drop
