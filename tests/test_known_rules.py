@@ -87,6 +87,25 @@ def _checkpoint(config_dir: str, tree, with_tied: bool) -> Checkpoint:
     return Checkpoint(config_dir, entries, ["w.safetensors"], "safetensors", config=config)
 
 
+def _saved_checkpoint(config_dir: str, model) -> Checkpoint | None:
+    """The names and shapes transformers saves ``model`` under, when they are not its own (per-expert MoE
+    weights, a multimodal model's older prefixes): what Hub checkpoints of it hold."""
+    from transformers.core_model_loading import revert_weight_conversion
+
+    state = model.state_dict()
+    saved = revert_weight_conversion(model, state)
+    if list(saved) == list(state):
+        return None
+    entries = [
+        TensorEntry(n, dtype(str(t.dtype).removeprefix("torch.")), tuple(t.shape), path="w.safetensors", offset=i)
+        for i, n in enumerate(saved)
+        for t in [saved[n]]
+    ]
+    with open(os.path.join(config_dir, "config.json")) as f:
+        config = json.load(f)
+    return Checkpoint(config_dir, entries, ["w.safetensors"], "safetensors", config=config)
+
+
 def _plan_view(ck, inputs: StreamInputs, opts: Options):
     p = plan(ck, opts, inputs.specs, inputs.drop, inputs.module_types)
     ops = [
@@ -109,13 +128,18 @@ def test_rules_kept_as_data_equal_the_analyzers(tmp_path, model_type):
     from torch2mlx.analysis.build import from_config_dir
     from torch2mlx.analysis.tree import walk
 
-    seen, changed = 0, []
+    seen, changed, layouts = 0, [], 0
     for layers, tie in ((1, None), (3, False), (5, True)):
         config_dir, other = _config(tmp_path, model_type, layers=layers, tie=tie)
         changed.append(other)
-        tree = walk(from_config_dir(config_dir).model)
-        for with_tied in (False, True):
-            ck = _checkpoint(config_dir, tree, with_tied)
+        model = from_config_dir(config_dir).model
+        tree = walk(model)
+        cks = [_checkpoint(config_dir, tree, with_tied) for with_tied in (False, True)]
+        saved = _saved_checkpoint(config_dir, model)
+        if saved is not None:
+            cks.append(saved)
+            layouts += 1
+        for with_tied, ck in enumerate(cks):
             assert known.match(ck) is not None, (model_type, layers, tie, with_tied)
             data = stream_inputs(ck)
             # A fresh model each time, as each run builds: matching may untie a model's tensors.
@@ -127,7 +151,8 @@ def test_rules_kept_as_data_equal_the_analyzers(tmp_path, model_type):
             for opts in (Options.make(), Options.make(dtype="float16", q_bits=4)):
                 assert _plan_view(ck, data, opts) == _plan_view(ck, ref, opts)
             seen += 1
-    assert seen == 6 and any(changed)  # not only the config the data was made from
+    assert seen == 6 + layouts and any(changed)  # not only the config the data was made from
+    assert layouts in (0, 3)  # the names transformers saves, when they are not the model's, every time
 
 
 def _llama_dir(tmp_path, **config):

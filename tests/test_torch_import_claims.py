@@ -38,9 +38,9 @@ def llm_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def moe_dir(tmp_path_factory):
-    # per-expert weights (transformers stacks them at load time): not covered by the rules kept as data
-    return save_safetensors(build_model("mixtral"), tmp_path_factory.mktemp("claims") / "mixtral")
+def other_dir(tmp_path_factory):
+    # an architecture whose rules are not kept as data: the analyzer builds it
+    return save_safetensors(build_model("gemma"), tmp_path_factory.mktemp("claims") / "gemma")
 
 
 def _stream(*args, cache: Path) -> tuple[dict, str]:
@@ -59,10 +59,10 @@ def _stream(*args, cache: Path) -> tuple[dict, str]:
 
 
 @pytest.mark.slow
-def test_torch_is_imported_exactly_when_the_docs_say(llm_dir, moe_dir, tmp_path):
+def test_torch_is_imported_exactly_when_the_docs_say(llm_dir, other_dir, tmp_path):
     cache = tmp_path / "cache"
     # --no-model: never, even with a config.json transformers knows and nothing cached
-    got, err = _stream(moe_dir, tmp_path / "a", "--no-model", cache=cache)
+    got, err = _stream(other_dir, tmp_path / "a", "--no-model", cache=cache)
     assert (got["rc"], got["torch"], got["transformers"]) == (0, False, False) and STATUS not in err
     assert not cache.exists() or not any(cache.iterdir())
     # first run on a registered architecture: its rules are kept as data, nothing is built or cached
@@ -71,29 +71,29 @@ def test_torch_is_imported_exactly_when_the_docs_say(llm_dir, moe_dir, tmp_path)
     assert not cache.exists() or not any(cache.iterdir())
     # first run on a config.json the data does not cover: the analyzer builds the model (stderr is no
     # terminal here, so no status line: a script's stderr holds only warnings and errors)
-    got, err = _stream(moe_dir, tmp_path / "b", cache=cache)
+    got, err = _stream(other_dir, tmp_path / "b", cache=cache)
     assert (got["rc"], got["torch"], got["transformers"]) == (0, True, True)
     assert STATUS not in err
     # a repeat run: the cached analysis, no torch, no status line
-    got, err = _stream(moe_dir, tmp_path / "c", cache=cache)
+    got, err = _stream(other_dir, tmp_path / "c", cache=cache)
     assert (got["rc"], got["torch"], got["transformers"]) == (0, False, False) and STATUS not in err
 
 
 @pytest.mark.slow
-def test_first_run_says_what_it_is_doing_on_a_terminal(moe_dir, tmp_path, monkeypatch):
+def test_first_run_says_what_it_is_doing_on_a_terminal(other_dir, tmp_path, monkeypatch):
     """The seconds of torch import show as a transient line (erased before the bar, as the bar is erased)."""
     from test_cli import _run_on_a_terminal
 
     monkeypatch.setenv("T2MLX_NO_CACHE", "1")  # every run a first run
-    rc, text = _run_on_a_terminal(["stream", moe_dir, tmp_path / "a"])
+    rc, text = _run_on_a_terminal(["stream", other_dir, tmp_path / "a"])
     assert rc == 0 and STATUS in text and "\r\x1b[K" in text[text.index(STATUS) :], text
     for flag in ("--quiet", "--json"):
-        rc, text = _run_on_a_terminal(["stream", moe_dir, tmp_path / flag.strip("-"), flag])
+        rc, text = _run_on_a_terminal(["stream", other_dir, tmp_path / flag.strip("-"), flag])
         assert rc == 0 and STATUS not in text, (flag, text)
     monkeypatch.delenv("T2MLX_NO_CACHE")
     monkeypatch.setenv("T2MLX_CACHE_DIR", str(tmp_path / "cache"))
-    assert _run_on_a_terminal(["stream", moe_dir, tmp_path / "b"])[0] == 0
-    rc, text = _run_on_a_terminal(["stream", moe_dir, tmp_path / "c"])  # cached: nothing slow to announce
+    assert _run_on_a_terminal(["stream", other_dir, tmp_path / "b"])[0] == 0
+    rc, text = _run_on_a_terminal(["stream", other_dir, tmp_path / "c"])  # cached: nothing slow to announce
     assert rc == 0 and STATUS not in text and "converting" in text, text
 
 

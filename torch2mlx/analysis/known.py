@@ -4,10 +4,11 @@ The analyzer builds the model with torch and transformers (seconds of imports, h
 what is the same for every config of an architecture: which layer each tensor name belongs to, its rule and
 MLX name, which tensors are dropped and which are tied. ``known_rules.json`` holds that answer per
 architecture, generated from the analyzer (``known_gen.py``) and checked against it
-(tests/test_known_rules.py), with layer indices as ``*``. A checkpoint is converted from it only when every
-tensor name is one of its patterns, with as many dimensions as the model's tensor; anything else (another
-transformers rename, an option that adds tensors the data has never seen, a wrapper prefix) is left to the
-analyzer.
+(tests/test_known_rules.py), with layer indices as ``*``: for the model's own names, and for the names
+transformers saves it under when they differ (per-expert MoE weights, a multimodal model's older
+prefixes). A checkpoint is converted from it only when every tensor name is a pattern of one of these
+layouts, with as many dimensions as the model's tensor; anything else (another checkpoint layout, an
+option that adds tensors the data has never seen, a wrapper prefix) is left to the analyzer.
 """
 
 from __future__ import annotations
@@ -132,14 +133,26 @@ def match(ck) -> tuple[str, Match, dict[str, str]] | None:
     if tied is None:
         return None
     fixed = set(data["fixed"])
+    model_rows = [row + [row[0][0], "exact"] for row in data["tensors"].values()]
+    for rows in (model_rows, list(data["saved"].values())):
+        got = _match(ck, rows, data["order"], fixed, tied) if rows else None
+        if got is not None:
+            return (arch,) + got
+    return None
+
+
+def _match(ck, rows: list, order: dict, fixed: set, tied: dict) -> tuple[Match, dict[str, str]] | None:
+    """The analyzer's match of ``ck`` when every name is a source of ``rows`` (one layout's), else None."""
     by_source: dict[str, list] = {}
-    for row in data["tensors"].values():
+    for row in rows:
         for i, src in enumerate(row[0]):
             by_source.setdefault(src, []).append((row, i))
     names = {e.name for e in ck.entries}
     scales = pair_scales((e.name, e.shape, e.dtype) for e in ck.entries).drop
     found, unmatched, types = [], [], {}
-    for e in ck.entries:
+    renamed = pieces = 0
+    matched: set[str] = set()  # the model's names the checkpoint has
+    for index, e in enumerate(ck.entries):
         if e.name in scales:  # float8 scales: not in the model, and folded into their weights by the plan
             unmatched.append((e.name, "not in the model"))
             continue
@@ -148,30 +161,45 @@ def match(ck) -> tuple[str, Match, dict[str, str]] | None:
         if not hits or any(len(e.shape) != row[6][i] for row, i in hits):
             return None
         nums = [p for p, w in zip(e.name.split("."), pat.split(".")) if w == "*"]
+        kind = hits[0][0][8]
+        if kind == "piece":
+            pieces += 1
+        else:
+            renamed += kind == "renamed"
+            matched.add(_fill(hits[0][0][7], nums) if hits[0][1] == 0 else e.name)
         covered = False
         for row, i in hits:
             sources = tuple(_fill(s, nums) for s in row[0])
             if all(s in names for s in sources):
                 covered = True
                 if i == 0:
-                    found.append((_rank(e.name, data["order"], fixed), len(found), sources, row, nums))
+                    # the analyzer's order: the model's walk, then the pieces in checkpoint order
+                    rank = (0, _rank(_fill(row[7], nums), order, fixed)) if row[7] else (1, (index,))
+                    found.append((rank, len(found), sources, row, nums))
         if not covered:
             unmatched.append((e.name, _PIECE))
     found.sort(key=lambda f: f[:2])
     m = Match(tensors=len(ck.entries))
-    for _, _, sources, (_, mlx, rule, args, layer, why, _), nums in found:
+    for _, _, sources, (_, mlx, rule, args, layer, why, *_), nums in found:
         if mlx is None:
             m.drop[sources[0]] = why
             continue
         out = _fill(mlx, nums)
         m.specs.append(RuleSpec(out, sources, rule, dict(args), "model"))
-        if out.endswith(".weight"):
+        if layer is not None and out.endswith(".weight"):
             types[out[: -len(".weight")]] = layer
     m.unmatched = unmatched
-    absent = sorted(n for n in tied if n not in names)
+    absent = sorted(n for n in tied if n not in matched)
     if absent:
         m.notes.append(
             f"{len(absent)} model tensor(s) share storage with another and are not in the checkpoint "
             f"(tied weights, e.g. {absent[0]} = {tied[absent[0]]})"
         )
-    return arch, m, types
+    if renamed:
+        m.notes.append(f"{renamed} checkpoint name(s) matched the model through known renames")
+    if pieces:
+        m.notes.append(
+            f"{pieces} checkpoint tensor(s) are pieces transformers stacks into fused tensors; "
+            "kept per piece under their checkpoint names"
+        )
+    return m, types

@@ -37,7 +37,7 @@ def _walk(model_type: str, arch: str, tie: bool | None):
         built = from_config_dir(d)
     if built.name != arch or built.notes:
         raise ValueError(f"{arch}: built {built.name} ({built.notes})")
-    return walk(built.model), getattr(config, "tie_word_embeddings", None)
+    return walk(built.model), getattr(config, "tie_word_embeddings", None), built.model
 
 
 def _numbers(name: str) -> list[str]:
@@ -133,10 +133,12 @@ def _order(trees: list, fixed: list, arch: str) -> dict:
 
 def architecture(model_type: str, arch: str) -> dict:
     fixed: list[str] = []
-    tree, tie = _walk(model_type, arch, None)
+    tree, tie, model = _walk(model_type, arch, None)
     variants = {json.dumps(tie): tree}
+    models = [model]
     if tie is not None:
-        variants[json.dumps(not tie)], _ = _walk(model_type, arch, not tie)
+        variants[json.dumps(not tie)], _, other = _walk(model_type, arch, not tie)
+        models.append(other)
     for t in variants.values():
         _fixed_table(t, arch, fixed)
     tensors: dict = {}
@@ -149,14 +151,79 @@ def architecture(model_type: str, arch: str) -> dict:
     for t in variants.values():
         if any(_numbers(n) for n in t.tied):
             raise ValueError(f"{arch}: numbered tied tensors ({sorted(t.tied)[:2]}): their count depends on the config")
+    saved: dict = {}
+    for t, m in zip(variants.values(), models):
+        for k, row in (_saved_layout(t, m, arch, fixed) or {}).items():
+            if saved.setdefault(k, row) != row:
+                raise ValueError(f"{arch}: saved {k} has another rule when tie_word_embeddings is {not tie}")
     return {
         "model_type": model_type,
         "tie_default": tie,
         "fixed": sorted(fixed),
         "tensors": tensors,
+        "saved": saved,
         "tied": {k: t.tied for k, t in variants.items()},
         "order": order,
     }
+
+
+def _saved_layout(tree, model, arch: str, fixed: list) -> dict | None:
+    """The rows for the names transformers saves the model under, when they are not the model's own
+    (per-expert MoE weights it stacks at load time, a multimodal model's older prefixes): checkpoint source
+    patterns -> [source patterns, output pattern, rule, args, module type, why, ranks, the model's name
+    for the first source as a pattern (None: a piece of a stacked tensor), kind (exact, renamed, piece)]."""
+    from transformers.core_model_loading import revert_weight_conversion
+
+    from ..core.dtypes import get as dtype
+    from ..core.entry import TensorEntry
+    from .matching import _Transformers, match
+
+    state = model.state_dict()
+    saved = revert_weight_conversion(model, state)
+    if list(saved) == list(state):
+        return None
+    entries = [TensorEntry(n, dtype(str(t.dtype).removeprefix("torch.")), tuple(t.shape)) for n, t in saved.items()]
+    m = match(entries, tree, model)
+    if m.unmatched:
+        raise ValueError(f"{arch}: saved names the analyzer does not match: {m.unmatched[:2]}")
+    hf = _Transformers(model, tree.shapes)
+    kind: dict[str, tuple[str, str | None]] = {}
+    for e in entries:
+        target, ops = (e.name, None) if e.name in tree.shapes else hf.rename(e.name)
+        kind[e.name] = ("piece", None) if ops is not None else ("exact" if target == e.name else "renamed", target)
+    types = {
+        t.mlx[: -len(".weight")]: t.layer.replace(":", ".").split(".")[-1]
+        for t in tree.tensors
+        if t.mlx and t.mlx.endswith(".weight")
+    }
+    ndims = {e.name: len(e.shape) for e in entries}
+    rows: dict[str, list] = {}
+    outs = [(s.sources, s.out, s.rule, s.args, "") for s in m.specs] + [
+        ((n,), None, "drop", {}, w) for n, w in m.drop.items()
+    ]
+    for sources, out, rule, args, why in outs:
+        nums = _numbers(sources[0])
+        k, target = kind[sources[0]]
+        if any(_numbers(x) != nums for x in sources) or (out is not None and _numbers(out) != nums):
+            raise ValueError(f"{arch}: saved {sources} -> {out}: indices do not carry over")
+        if target is not None and _numbers(target) != nums:
+            raise ValueError(f"{arch}: saved {sources[0]} is the model's {target}: indices do not carry over")
+        src = [pattern(x, fixed) for x in sources]
+        row = [
+            src,
+            None if out is None else _mlx_pattern(out, src[0]),
+            rule,
+            dict(args),
+            types.get(out[: -len(".weight")]) if out is not None and out.endswith(".weight") else None,
+            why,
+            [ndims[x] for x in sources],
+            None if target is None else _mlx_pattern(target, src[0]),
+            k,
+        ]
+        key = f"{' '.join(src)} -> {row[1]}"
+        if rows.setdefault(key, row) != row:
+            raise ValueError(f"{arch}: saved {key} has two rules")
+    return rows
 
 
 def generate() -> dict:
