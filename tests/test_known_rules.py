@@ -289,3 +289,26 @@ def test_a_model_class_given_is_analyzed_even_for_a_known_architecture(tmp_path)
     data = stream_inputs(ck)
     assert data.report is None and data.notes[0].startswith(f"rules from the model LlamaForCausalLM ({known.HOW})")
     assert data.specs == got.specs and data.drop == got.drop
+
+
+@pytest.mark.slow  # the analyzer's run imports torch and transformers
+@pytest.mark.parametrize("kind", ["qwen2", "mixtral"])
+def test_a_saved_checkpoint_converts_from_the_data_as_from_the_model(tmp_path, kind):
+    """save_pretrained's own output (Mixtral's per-expert weights, Qwen2's tied head): the first run imports
+    no torch, and writes the same shards, byte for byte, as the model's class given with --model."""
+    from helpers import run_main
+    from llm_checkpoints import build_model, save_safetensors
+
+    src = save_safetensors(build_model(kind), tmp_path / kind)
+    seen = _first_run(tmp_path, src)
+    assert (seen["torch"], seen["transformers"]) == (False, False)
+    arch = json.loads((src / "config.json").read_text())["architectures"][0]
+    assert any(f"rules from the model {arch} ({known.HOW})" in n for n in seen["notes"])
+    ref = run_main("stream", src, tmp_path / "ref", "--model", f"transformers:{arch}", "--q-bits", "4")
+    got = run_main("stream", src, tmp_path / "got", "--q-bits", "4")
+    assert ref.returncode == 0 and got.returncode == 0, ref.stderr + got.stderr
+    shards = sorted(p.name for p in (tmp_path / "ref").glob("*.safetensors"))
+    assert shards == sorted(p.name for p in (tmp_path / "got").glob("*.safetensors")) and shards
+    for name in shards:
+        assert (tmp_path / "ref" / name).read_bytes() == (tmp_path / "got" / name).read_bytes(), name
+    assert (tmp_path / "out").exists()
