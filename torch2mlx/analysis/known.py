@@ -78,6 +78,8 @@ _PIECE = "part of a model tensor whose other sources are missing"
 def pattern(name: str, fixed=()) -> str:
     """``name`` with its layer indices (parts that are all digits) as ``*``, but for the children of
     ``fixed`` prefixes (whose numbered children are different layers, a Sequential's)."""
+    if not fixed:
+        return ".".join(["*" if p.isdigit() else p for p in name.split(".")])
     out: list[str] = []
     for p in name.split("."):
         out.append("*" if p.isdigit() and ".".join(out) not in fixed else p)
@@ -85,8 +87,10 @@ def pattern(name: str, fixed=()) -> str:
 
 
 def _fill(pat: str, nums: list[str]) -> str:
+    if not nums:
+        return pat
     it = iter(nums)
-    return ".".join(next(it) if p == "*" else p for p in pat.split("."))
+    return ".".join([next(it) if p == "*" else p for p in pat.split(".")])
 
 
 _DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "known_rules.json")
@@ -108,14 +112,20 @@ def _tie(config: dict, default):
     return json.dumps(tie)
 
 
-def _rank(name: str, order: dict, fixed) -> tuple:
-    """Where the analyzer's depth-first walk meets ``name`` (its specs come in that order): indices by value,
-    other parts by their place among their siblings (``order``, from the generator)."""
-    parts = name.split(".")
-    return tuple(
-        int(p) if p.isdigit() else order.get(pattern(".".join(parts[: i + 1]), fixed), len(order))
+def _rank_template(pat: str, order: dict) -> list:
+    """Where the analyzer's depth-first walk meets a name of pattern ``pat`` (its specs come in that order):
+    indices by value (None: the name's own), other parts by their place among their siblings (``order``,
+    from the generator)."""
+    parts = pat.split(".")
+    return [
+        None if p == "*" else int(p) if p.isdigit() else order.get(".".join(parts[: i + 1]), len(order))
         for i, p in enumerate(parts)
-    )
+    ]
+
+
+def _rank(template: list, nums: list[str]) -> tuple:
+    it = iter(nums)
+    return tuple(int(next(it)) if r is None else r for r in template)
 
 
 def match(ck) -> tuple[str, Match, dict[str, str]] | None:
@@ -150,6 +160,7 @@ def _match(ck, rows: list, order: dict, fixed: set, tied: dict) -> tuple[Match, 
     names = {e.name for e in ck.entries}
     scales = pair_scales((e.name, e.shape, e.dtype) for e in ck.entries).drop
     found, unmatched, types = [], [], {}
+    templates: dict[str, list] = {}
     renamed = pieces = 0
     matched: set[str] = set()  # the model's names the checkpoint has
     for index, e in enumerate(ck.entries):
@@ -160,31 +171,37 @@ def _match(ck, rows: list, order: dict, fixed: set, tied: dict) -> tuple[Match, 
         hits = by_source.get(pat)
         if not hits or any(len(e.shape) != row[6][i] for row, i in hits):
             return None
-        nums = [p for p, w in zip(e.name.split("."), pat.split(".")) if w == "*"]
+        nums = [p for p, w in zip(e.name.split("."), pat.split(".")) if w == "*"] if "*" in pat else []
         kind = hits[0][0][8]
         if kind == "piece":
             pieces += 1
         else:
             renamed += kind == "renamed"
-            matched.add(_fill(hits[0][0][7], nums) if hits[0][1] == 0 else e.name)
+            model_pat = hits[0][0][7]
+            matched.add(e.name if hits[0][1] or model_pat == pat else _fill(model_pat, nums))
         covered = False
         for row, i in hits:
-            sources = tuple(_fill(s, nums) for s in row[0])
-            if all(s in names for s in sources):
+            sources = (e.name,) if len(row[0]) == 1 else tuple(_fill(s, nums) for s in row[0])
+            if len(sources) == 1 or all(s in names for s in sources):
                 covered = True
                 if i == 0:
                     # the analyzer's order: the model's walk, then the pieces in checkpoint order
-                    rank = (0, _rank(_fill(row[7], nums), order, fixed)) if row[7] else (1, (index,))
+                    if row[7] is None:
+                        rank: tuple = (1, (index,))
+                    else:
+                        if row[7] not in templates:
+                            templates[row[7]] = _rank_template(row[7], order)
+                        rank = (0, _rank(templates[row[7]], nums))
                     found.append((rank, len(found), sources, row, nums))
         if not covered:
             unmatched.append((e.name, _PIECE))
     found.sort(key=lambda f: f[:2])
     m = Match(tensors=len(ck.entries))
-    for _, _, sources, (_, mlx, rule, args, layer, why, *_), nums in found:
+    for _, _, sources, ((row0, *_), mlx, rule, args, layer, why, *_), nums in found:
         if mlx is None:
             m.drop[sources[0]] = why
             continue
-        out = _fill(mlx, nums)
+        out = sources[0] if mlx == row0 else _fill(mlx, nums)
         m.specs.append(RuleSpec(out, sources, rule, dict(args), "model"))
         if layer is not None and out.endswith(".weight"):
             types[out[: -len(".weight")]] = layer
