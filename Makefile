@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 FORMATTED ?= .
 BENCH_ARGS ?=
 
-.PHONY: demo test test-fast lint typecheck venv clean bench
+.PHONY: demo test test-fast lint typecheck venv clean bench rules-data
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ lint: $(VENV)/.dev-installed
 # What is checked, and what is not yet, is in pyproject.toml [tool.mypy].
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy
+
+# The registered architectures' rules kept as data (torch2mlx/analysis/known_rules.json), from the analyzer.
+rules-data: $(VENV)/.dev-installed
+	$(BIN)/python -m torch2mlx.analysis.known_gen
 
 # Benchmarks (bench/README.md): a few GB of checkpoints in bench/data, results in bench/results.md.
 bench: $(VENV)/.bench-installed

@@ -97,7 +97,7 @@ def contenders(t: Tools) -> list[Contender]:
         Contender("t2mlx", "`t2mlx stream` passthrough", "st", stream),
         Contender(
             "t2mlx-model",
-            "`t2mlx stream` passthrough, rules from the model (imports torch)",
+            "`t2mlx stream` passthrough, rules from the model (kept as data for llama)",
             "st",
             with_model,
             skip="" if t.has_analyze and t.has_torch else "needs `t2mlx analyze` and torch",

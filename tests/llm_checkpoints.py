@@ -20,7 +20,7 @@ PROMPT = [[1, 5, 9, 33, 100, 7, 250, 3]]
 
 
 def _configs():
-    from transformers import LlamaConfig, MixtralConfig, Qwen2Config
+    from transformers import GemmaConfig, LlamaConfig, MixtralConfig, Qwen2Config
 
     common = dict(
         vocab_size=VOCAB,
@@ -41,6 +41,8 @@ def _configs():
             **common, tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 3000.0}
         ),
         "mixtral": MixtralConfig(**common, num_local_experts=4, num_experts_per_tok=2),
+        # Not a registered architecture (analysis/known.py): its first run builds the model.
+        "gemma": GemmaConfig(**common, head_dim=16),
     }
 
 

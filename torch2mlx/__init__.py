@@ -9,9 +9,9 @@
 ``torch2mlx.convert`` and ``torch2mlx.to_torch`` are ``torch2mlx.stream.convert`` and
 ``torch2mlx.stream.to_torch``. Everything loads on first use: ``import torch2mlx`` imports neither torch nor MLX.
 The streaming engine (``torch2mlx.stream``, ``t2mlx stream``) imports torch only to build
-the model for exact rules: with ``--model``, or for a directory with a config.json when
-torch and transformers are installed and no cached analysis matches (the first run);
-``--no-model`` (``model=False``) never imports it.
+the model for exact rules: with ``--model``, or for a directory with a config.json whose
+architecture's rules are not kept as data, when torch and transformers are installed and no
+cached analysis matches (the first run); ``--no-model`` (``model=False``) never imports it.
 """
 
 from .core.version import __version__

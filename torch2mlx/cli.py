@@ -30,13 +30,14 @@ examples:
 
 Rules (layouts):
   {rules}.
-With --model, or a config.json transformers knows, the analyzer builds the
-model on the meta device and every tensor gets the model's exact rule and
-name (reported as 'model'). Only this imports torch (and transformers):
-with --model, or for a directory with a config.json when both are
-installed and its analysis is not cached yet (~/.cache/torch2mlx/analysis;
-T2MLX_NO_CACHE=1 turns the cache off). A repeat run does not; --no-model
-never does. Without model information
+With --model, or a config.json transformers knows, every tensor gets the
+model's exact rule and name (reported as 'model'): for the registered
+architectures from their rules kept as data, else from the model the
+analyzer builds on the meta device. Only this imports torch (and
+transformers): with --model, or for a config.json whose rules are not kept
+as data when both are installed and its analysis is not cached yet
+(~/.cache/torch2mlx/analysis; T2MLX_NO_CACHE=1 turns the cache off). A
+repeat run does not; --no-model never does. Without model information
 a 3/4/5-D float '*.weight' is assumed to be a convolution (reported as
 'inferred'); override with --rule REGEX=RULE.
 

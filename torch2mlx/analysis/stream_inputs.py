@@ -44,6 +44,14 @@ def _stream_inputs(ck: Checkpoint, model, model_kwargs, status) -> StreamInputs:
         config_dir = ck.config_dir if ck.config is not None else None
         built = build.from_class(model, model_kwargs, config_dir)
     elif ck.config is not None:
+        from . import known
+
+        kept = known.match(ck)
+        if kept is not None:  # a registered architecture: its rules are data, no model to build
+            model_name, m, types = kept
+            inputs = from_match(ck, model_name, m, [], known.HOW)
+            inputs.types = types
+            return inputs
         from . import cache
 
         k = cache.key(ck.config_dir, ck)
@@ -122,20 +130,26 @@ def _inputs(ck: Checkpoint, built, how: str) -> StreamInputs:
 
 
 def _from_report(ck: Checkpoint, report, built_notes: list[str], how: str, extra: list[str] = ()) -> StreamInputs:
+    inputs = from_match(ck, report.model, report.checkpoint, built_notes, how, extra)
+    inputs.report = report
+    return inputs
+
+
+def from_match(ck: Checkpoint, model: str, m, built_notes: list[str], how: str, extra=()) -> StreamInputs:
+    """The stream's inputs from the analyzer's match of ``ck`` to ``model``."""
     from ..core.fp8 import pair_scales
 
-    m = report.checkpoint
     # float8 scales are folded into their weights by the plan: no model has them, and no rule applies.
     scales = pair_scales((e.name, e.shape, e.dtype) for e in ck.entries).drop
     unmatched = [(n, w) for n, w in m.unmatched if n not in scales]
     counted = m.tensors - (len(m.unmatched) - len(unmatched))
     notes = (
         [
-            f"rules from the model {report.model} ({how}): {m.matched} of {counted} tensors"
+            f"rules from the model {model} ({how}): {m.matched} of {counted} tensors"
             + (f" (and {len(scales)} float8 scales)" if scales else "")
         ]
         + m.notes
         + built_notes
         + list(extra)
     )
-    return StreamInputs(m.specs, m.drop, notes, [], report, unmatched)
+    return StreamInputs(m.specs, m.drop, notes, [], None, unmatched)

@@ -31,6 +31,7 @@ class StreamInputs:
     warnings: list[str] = field(default_factory=list)
     report: object = None  # the analyzer's Report, when a model was analyzed
     unmatched: list[tuple[str, str]] = field(default_factory=list)  # (checkpoint name, why no model rule)
+    types: dict[str, str] | None = None  # module_types without a report (the rules kept as data)
 
     def all_warnings(self, dropped: set[str] | frozenset[str] = frozenset()) -> list[str]:
         """``warnings`` and the tensors without model rules, less those the plan drops anyway
@@ -47,6 +48,8 @@ class StreamInputs:
     @property
     def module_types(self) -> dict[str, str]:
         """MLX module path -> torch class name (decides which weights quantization takes)."""
+        if self.types is not None:
+            return dict(self.types)
         if self.report is None:
             return {}
         return {

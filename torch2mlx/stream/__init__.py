@@ -11,9 +11,10 @@
 
 User code sees values as mx.array (bfloat16 included), never raw bits.
 Reading and writing never import torch; ``convert`` does only to build the model for exact
-rules (``model="pkg.mod:Class"``, or a directory with a config.json when torch and transformers are
-installed and no cached analysis matches); ``model=False`` never does. ``to_torch`` without ``out``
-imports it to make the tensors it returns. ``torch2mlx.convert`` / ``to_torch`` are these two functions.
+rules (``model="pkg.mod:Class"``, or a directory with a config.json whose architecture's rules are not
+kept as data, when torch and transformers are installed and no cached analysis matches); ``model=False``
+never does. ``to_torch`` without ``out`` imports it to make the tensors it returns.
+``torch2mlx.convert`` / ``to_torch`` are these two functions.
 ShardWriter.add imports torch only for a torch tensor it is handed.
 """
 

@@ -56,7 +56,7 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
     specs = drop = None
     if inputs is not None:
         specs, drop, notes = inputs.specs, inputs.drop, notes + list(inputs.notes)
-        if inputs.report is not None:
+        if inputs.report is not None or inputs.types is not None:
             module_types = inputs.module_types
     plan = build(ck, opts, specs, drop, module_types)
     if already is not None:  # the note above says it better
