@@ -128,7 +128,7 @@ def _rank(template: list, nums: list[str]) -> tuple:
     return tuple(int(next(it)) if r is None else r for r in template)
 
 
-def match(ck) -> tuple[str, Match, dict[str, str]] | None:
+def match_known(ck) -> tuple[str, Match, dict[str, str]] | None:
     """What the analyzer's match of ``ck`` to the model its config.json names would be: (the model's class
     name, the match, MLX module path -> torch class name), or None when the data cannot say."""
     config = ck.config

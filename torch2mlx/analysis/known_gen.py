@@ -226,7 +226,7 @@ def _saved_layout(tree, model, arch: str, fixed: list) -> dict | None:
     return rows
 
 
-def generate() -> dict:
+def generate_rules() -> dict:
     import transformers
 
     return {
@@ -235,13 +235,13 @@ def generate() -> dict:
     }
 
 
-def render(data: dict) -> str:
+def render_rules(data: dict) -> str:
     """JSON, an item a line (diffs of a regeneration show what changed)."""
     return json.dumps(data, indent=0) + "\n"
 
 
 def main() -> int:
-    text = render(generate())
+    text = render_rules(generate_rules())
     with open(OUT, "w", encoding="utf-8") as f:
         f.write(text)
     print(f"wrote {OUT}", file=sys.stderr)

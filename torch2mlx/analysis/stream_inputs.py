@@ -46,7 +46,7 @@ def _stream_inputs(ck: Checkpoint, model, model_kwargs, status) -> StreamInputs:
     elif ck.config is not None:
         from . import known
 
-        kept = known.match(ck)
+        kept = known.match_known(ck)
         if kept is not None:  # a registered architecture: its rules are data, no model to build
             model_name, m, types = kept
             inputs = from_match(ck, model_name, m, [], known.HOW)
