@@ -197,7 +197,8 @@ def markdown(results: dict, command: str) -> str:
     ]
     for r in results["rows"]:
         lines.append(
-            f"| `{r['row']}` | {r['bytes'] / 1e9:.2f} | {r['cp_s']:.2f} s | {r['t2mlx_s']:.2f} s | **{r['ratio']:.2f}** |"
+            f"| `{r['row']}` | {r['bytes'] / 1e9:.2f} | {r['cp_s']:.2f} s | {r['t2mlx_s']:.2f} s |"
+            f" **{r['ratio']:.2f}** |"
             f" {r['cp_cpu_s']:.2f} / {r['t2mlx_cpu_s']:.2f} s | {r['t2mlx_peak_rss_mib']:.0f} MiB |"
             f" {', '.join(f'{x:.2f}' for x in r['ratios'])} |"
         )

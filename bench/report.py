@@ -236,7 +236,8 @@ def markdown(res: dict) -> str:
         "by leaving dirty pages behind. `× cp` is the median over rounds of time / time of `cp -r` + sync of "
         "the same input directory in the same round; `best × cp` is the fastest run over the fastest cp, "
         "which is less sensitive to other load on the machine (time targets are checked on the median, on "
-        "checkpoints of 100 MB and more). Peak RSS is the contender's `ru_maxrss` as GNU `time` reports it (the largest over the "
+        "checkpoints of 100 MB and more). Peak RSS is the contender's `ru_maxrss` as GNU `time` reports it "
+        "(the largest over the "
         "rounds); it counts file pages a process maps and touches. Throughput is input bytes / median time.",
         "",
     ]

@@ -357,7 +357,8 @@ def parse_args(argv=None):
             f"{k} ({mc.human(v.nbytes)}, {len(v.tensors())} tensors)" for k, v in mc.PRESETS.items() if k != "70b"
         )
         + "; the 70b preset is only used sparse, for --dry-run timing.\n"
-        "contenders: cp, t2mlx, t2mlx-model, t2mlx-f16, t2mlx-q4, cp-bin, t2mlx-bin, mlx-lm, mlx-lm-q4, naive-torch, naive-safe",
+        "contenders: cp, t2mlx, t2mlx-model, t2mlx-f16, t2mlx-q4, cp-bin, t2mlx-bin, "
+        "mlx-lm, mlx-lm-q4, naive-torch, naive-safe",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument(

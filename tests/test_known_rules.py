@@ -261,7 +261,8 @@ def test_a_layer_of_another_rank_goes_to_the_analyzer(tmp_path):
 )
 def test_configs_the_data_cannot_judge_go_to_the_analyzer(tmp_path, change):
     ck = _checkpoint_of(_llama_dir(tmp_path))
-    assert known.match_known(Checkpoint(ck.path, ck.entries, ck.files, ck.format, config={**ck.config, **change})) is None
+    changed = Checkpoint(ck.path, ck.entries, ck.files, ck.format, config={**ck.config, **change})
+    assert known.match_known(changed) is None
 
 
 def _checkpoint_of(d):

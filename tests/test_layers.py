@@ -164,7 +164,8 @@ def test_the_narrow_check_sees_an_analysis_import_of_the_engine():
         "torch2mlx.errors": set(),
     }
     assert _narrow_violations(graph) == [
-        "torch2mlx.analysis.x (analysis) imports torch2mlx.stream.plan (stream); analysis imports only base, core, formats"
+        "torch2mlx.analysis.x (analysis) imports torch2mlx.stream.plan (stream); "
+        "analysis imports only base, core, formats"
     ]
 
 

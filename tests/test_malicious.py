@@ -160,7 +160,8 @@ def _asm():
 
 
 def _with_hparams(path, value: bytes, protocol: int = 2):
-    """A Lightning-shaped zip checkpoint, hand-assembled: {"state_dict": {"w": tensor}, "hyper_parameters": {"x": value}}."""
+    """A Lightning-shaped zip checkpoint, hand-assembled:
+    {"state_dict": {"w": tensor}, "hyper_parameters": {"x": value}}."""
     a = _asm()
     w = a.tensor_v2(a.storage_pid("0", numel=4))
     pkl = a.pickle_of(

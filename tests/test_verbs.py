@@ -69,7 +69,8 @@ def test_the_package_verbs_are_the_library_functions_themselves():
 def test_the_lazy_table_imports_nothing_heavy_until_a_verb_is_used():
     code = (
         "import sys, torch2mlx\n"
-        "assert not {'torch', 'mlx', 'torch2mlx.stream', 'torch2mlx.analysis'} & set(sys.modules), sorted(sys.modules)\n"
+        "assert not {'torch', 'mlx', 'torch2mlx.stream', 'torch2mlx.analysis'} "
+        "& set(sys.modules), sorted(sys.modules)\n"
         "torch2mlx.convert\n"
         "assert 'torch2mlx.stream.convert' in sys.modules and 'torch' not in sys.modules\n"
     )
@@ -172,8 +173,9 @@ import torch2mlx
 from torch2mlx.core.spec import RuleSpec
 out, back = sys.argv[1], sys.argv[2]
 w = np.arange(4 * 3 * 3 * 3, dtype=np.float32).reshape(4, 3, 3, 3)
-torch2mlx.convert({"conv.weight": w, "b": mx.ones(4, dtype=mx.bfloat16)}, out, model=[RuleSpec("conv.weight", ("conv.weight",), "conv2d")])
-torch2mlx.to_torch(out, back, model=[RuleSpec("conv.weight", ("conv.weight",), "conv2d")], format="bin")
+rules = [RuleSpec("conv.weight", ("conv.weight",), "conv2d")]
+torch2mlx.convert({"conv.weight": w, "b": mx.ones(4, dtype=mx.bfloat16)}, out, model=rules)
+torch2mlx.to_torch(out, back, model=rules, format="bin")
 """
 
 

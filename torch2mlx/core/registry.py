@@ -266,7 +266,8 @@ _RNN_DOC = {
     "LSTM": "`weight_ih_lK` -> `Wx`, `weight_hh_lK` -> `Wh`, `bias_ih_lK + bias_hh_lK` -> `bias` (sum); "
     "with num_layers > 1 each layer under `layers.K.`",
     "GRU": "`weight_ih_lK` -> `Wx`, `weight_hh_lK` -> `Wh`, `bias_ih_lK` + reset/update thirds of `bias_hh_lK` "
-    "-> `b` (gru_input_bias), new-gate third of `bias_hh_lK` -> `bhn` (split); with num_layers > 1 each layer under `layers.K.`",
+    "-> `b` (gru_input_bias), new-gate third of `bias_hh_lK` -> `bhn` (split); "
+    "with num_layers > 1 each layer under `layers.K.`",
     "RNN": "`weight_ih_lK` -> `Wxh`, `weight_hh_lK` -> `Whh`, `bias_ih_lK + bias_hh_lK` -> `bias` (sum); "
     "with num_layers > 1 each layer under `layers.K.`",
 }

@@ -574,7 +574,8 @@ def pickle_extent(f, limit: int, path: str) -> int:
                     fail(f"FRAME at byte {at} claims {size} bytes, more than the {limit - pos} left")
             elif name in _MEMO_PUT and struct.unpack(_MEMO_PUT[name], raw)[0] > ops:
                 fail(
-                    f"memo index {struct.unpack(_MEMO_PUT[name], raw)[0]} at byte {at} is beyond the {ops} opcodes before it"
+                    f"memo index {struct.unpack(_MEMO_PUT[name], raw)[0]}"
+                    f" at byte {at} is beyond the {ops} opcodes before it"
                 )
         elif kind in _LENGTH_FIELD:
             fmt, width = _LENGTH_FIELD[kind]
@@ -602,7 +603,8 @@ def pickle_extent(f, limit: int, path: str) -> int:
                     index = -1
                 if not 0 <= index <= ops:
                     fail(
-                        f"memo index {raw[:-1][:20].decode('latin-1')} at byte {at} is beyond the {ops} opcodes before it"
+                        f"memo index {raw[:-1][:20].decode('latin-1')}"
+                        f" at byte {at} is beyond the {ops} opcodes before it"
                     )
         if wide > MAX_WIDE_INTS:
             raise CheckpointError(

@@ -220,7 +220,8 @@ def _verify_zarr(src, out: str, manifest: Manifest, rep: VerifyReport, quick: bo
             rep.problems.append(f"{name}: in the manifest but no array {rec.get('array')!r} in the store")
         elif got.dtype.name != rec.get("dtype") or list(got.shape) != rec.get("shape"):
             rep.problems.append(
-                f"{name}: array is {got.dtype.name}{list(got.shape)}, manifest says {rec.get('dtype')}{rec.get('shape')}"
+                f"{name}: array is {got.dtype.name}{list(got.shape)}"
+                f", manifest says {rec.get('dtype')}{rec.get('shape')}"
             )
     for name in outputs.keys() - records.keys():
         rep.problems.append(f"{name}: an array in the store that the manifest does not list")
