@@ -19,7 +19,7 @@ import os
 
 from ..core.fp8 import pair_scales
 from ..core.spec import RuleSpec
-from .matching import Match
+from .matching import Match, rename_notes
 
 # model_type -> architectures[0]: the architectures whose rules are kept as data (each analyzes at 100%
 # coverage from its config alone, tests/test_analyze_hf.py).
@@ -212,11 +212,5 @@ def _match(ck, rows: list, order: dict, fixed: set, tied: dict) -> tuple[Match, 
             f"{len(absent)} model tensor(s) share storage with another and are not in the checkpoint "
             f"(tied weights, e.g. {absent[0]} = {tied[absent[0]]})"
         )
-    if renamed:
-        m.notes.append(f"{renamed} checkpoint name(s) matched the model through known renames")
-    if pieces:
-        m.notes.append(
-            f"{pieces} checkpoint tensor(s) are pieces transformers stacks into fused tensors; "
-            "kept per piece under their checkpoint names"
-        )
+    m.notes += rename_notes(renamed, pieces)
     return m, types

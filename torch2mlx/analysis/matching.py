@@ -158,14 +158,21 @@ def match(entries: list[TensorEntry], tree: Tree, model=None) -> Match:
             f"(tied weights, e.g. {tied[0]} = {tree.tied[tied[0]]})"
         )
     renamed = len(to_ckpt) - len(exact)
+    res.notes += rename_notes(renamed, len(pieces))
+    return res
+
+
+def rename_notes(renamed: int, pieces: int) -> list[str]:
+    """What a match says of names it found through renames and of fused tensors' pieces (the data path too)."""
+    notes = []
     if renamed:
-        res.notes.append(f"{renamed} checkpoint name(s) matched the model through known renames")
+        notes.append(f"{renamed} checkpoint name(s) matched the model through known renames")
     if pieces:
-        res.notes.append(
-            f"{len(pieces)} checkpoint tensor(s) are pieces transformers stacks into fused tensors; "
+        notes.append(
+            f"{pieces} checkpoint tensor(s) are pieces transformers stacks into fused tensors; "
             "kept per piece under their checkpoint names"
         )
-    return res
+    return notes
 
 
 def _out_name(t: TensorInfo, names: list[str], exact: set[str]) -> str:
