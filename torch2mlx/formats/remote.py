@@ -1,0 +1,376 @@
+"""Remote sources: a Hub repo (``hf://org/model[@rev]``), an ``http(s)://`` file or any fsspec URL, read by range.
+
+``resolve`` turns a URL into the files it holds (name, size, ETag), pinned to one Hub commit so every read
+sees the same bytes. ``RangeReader`` reads ``[offset, offset + n)`` of one of them with bounded retries and
+backoff on 429/5xx, dropped connections and short bodies; an answer that is not the requested range (a
+server that ignores ``Range``, a wrong ``Content-Range``) is an error, never data. Nothing is stored on disk:
+bytes go from the socket into the caller's buffer.
+
+huggingface_hub (``torch2mlx[hub]``) and fsspec (``torch2mlx[remote]``) are imported only for a source that
+needs them; ``http(s)://`` needs neither.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from urllib.parse import quote, urljoin, urlsplit
+
+from ..errors import Torch2MLXError
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)$")
+RETRIES = 6  # per request: 429/5xx, dropped connections, short bodies
+BACKOFF = 0.25  # seconds, doubled per retry, capped at MAX_WAIT
+MAX_WAIT = 8.0
+TIMEOUT = 60.0
+PIECE = 8 * 1024 * 1024  # bytes taken from a response at a time when streaming a long range
+
+
+def is_remote(path) -> bool:
+    """A URL with a scheme other than ``file://`` (local paths never have one)."""
+    return isinstance(path, str) and bool(_SCHEME.match(path)) and not path.startswith("file://")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    label: str  # hf://org/model@commit/name: the path entries and messages carry
+    name: str  # path inside the repo or directory
+    size: int
+    url: str  # http(s) URL read by range, or an fsspec URL
+    etag: str | None = None
+    headers: tuple = ()  # (name, value) sent with each request (the Hub token, user agent)
+
+
+@dataclass
+class Listing:
+    label: str  # the source as reports name it, e.g. hf://org/model@<commit>
+    files: dict[str, RemoteFile]
+    commit: str | None = None
+    single: str | None = None  # the URL named one file: its name
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    retries: int = 0
+    bytes: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, requests=0, retries=0, nbytes=0):
+        with self._lock:
+            self.requests += requests
+            self.retries += retries
+            self.bytes += nbytes
+
+
+_FILES: dict[str, RemoteFile] = {}  # label -> file, for DataReader
+STATS = Stats()
+
+
+def lookup(path: str) -> RemoteFile | None:
+    return _FILES.get(path)
+
+
+def _register(listing: Listing) -> Listing:
+    for f in listing.files.values():
+        _FILES[f.label] = f
+    return listing
+
+
+def identity(labels: list[str]) -> dict[str, dict]:
+    """What the manifest records of remote source files: size and ETag (the Hub's LFS sha256)."""
+    return {lab: {"size": _FILES[lab].size, "etag": _FILES[lab].etag} for lab in labels}
+
+
+# -- resolving a URL to files -----------------------------------------------------------------------
+
+
+def resolve(url: str) -> Listing:
+    if url.startswith("hf://"):
+        return _register(_resolve_hub(url))
+    if url.startswith(("http://", "https://")):
+        return _register(_resolve_http(url))
+    return _register(_resolve_fsspec(url))
+
+
+def _hub_parts(url: str) -> tuple[str, str | None]:
+    rest = url[len("hf://") :].strip("/")
+    if rest.startswith("models/"):
+        rest = rest[len("models/") :]
+    repo, _, rev = rest.partition("@")
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise Torch2MLXError(f"{url}: a Hub source is hf://ORG/NAME or hf://ORG/NAME@REVISION")
+    return repo, (rev or None)
+
+
+def _resolve_hub(url: str) -> Listing:
+    try:
+        import huggingface_hub
+        from huggingface_hub import errors as hub_errors
+        from huggingface_hub.utils import build_hf_headers
+    except ImportError:
+        raise Torch2MLXError(f"{url}: reading from the Hub needs huggingface_hub: pip install 'torch2mlx[hub]'") from None
+    repo, rev = _hub_parts(url)
+    endpoint = (os.environ.get("HF_ENDPOINT") or huggingface_hub.constants.ENDPOINT).rstrip("/")
+    shown = f"hf://{repo}" + (f"@{rev}" if rev else "")
+    try:
+        info = huggingface_hub.HfApi(endpoint=endpoint).model_info(repo, revision=rev, files_metadata=True)
+    except hub_errors.GatedRepoError:
+        raise Torch2MLXError(
+            f"{shown}: a gated repo; accept its terms on its Hub page, then log in (`hf auth login`) or set HF_TOKEN"
+        ) from None
+    except hub_errors.RevisionNotFoundError:
+        raise Torch2MLXError(f"{shown}: no branch, tag or commit {rev!r} in {repo} on {endpoint}") from None
+    except hub_errors.RepositoryNotFoundError:
+        raise Torch2MLXError(
+            f"{shown}: no such model repo on {endpoint} (check the name; for a private repo log in "
+            "with `hf auth login` or set HF_TOKEN)"
+        ) from None
+    except hub_errors.OfflineModeIsEnabled:
+        raise Torch2MLXError(f"{shown}: HF_HUB_OFFLINE is set; unset it to read from the Hub") from None
+    except Exception as e:  # HfHubHTTPError, and httpx's transport errors (no OSError)
+        raise Torch2MLXError(f"{shown}: cannot read the repo from {endpoint} ({type(e).__name__}: {e})") from None
+    commit = info.sha
+    if not commit:
+        raise Torch2MLXError(f"{shown}: {endpoint} gave no commit for this revision")
+    headers = tuple(build_hf_headers().items())
+    label = f"hf://{repo}@{commit}"
+    files = {}
+    for s in info.siblings or ():
+        if s.size is None:
+            raise Torch2MLXError(f"{shown}: {endpoint} gave no size for {s.rfilename}")
+        files[s.rfilename] = RemoteFile(
+            f"{label}/{s.rfilename}",
+            s.rfilename,
+            s.size,
+            f"{endpoint}/{repo}/resolve/{commit}/{quote(s.rfilename)}",
+            etag=s.lfs.sha256 if s.lfs is not None else s.blob_id,
+            headers=headers,
+        )
+    return Listing(label, files, commit=commit)
+
+
+def _resolve_http(url: str) -> Listing:
+    name = os.path.basename(urlsplit(url).path)
+    if not name:
+        raise Torch2MLXError(f"{url}: an http(s) source names one file (a directory cannot be listed over HTTP)")
+    resp, final = _open(url, "HEAD", (), None, url)
+    size = resp.getheader("Content-Length")
+    etag = resp.getheader("ETag")
+    resp.read()
+    if size is None:
+        raise Torch2MLXError(f"{url}: the server gives no Content-Length; cannot read it by range")
+    f = RemoteFile(url, name, int(size), final, etag=etag)
+    return Listing(url.rsplit("/", 1)[0], {name: f}, single=name)
+
+
+def _fsspec(url: str):
+    try:
+        import fsspec
+    except ImportError:
+        raise Torch2MLXError(f"{url}: reading this URL needs fsspec: pip install 'torch2mlx[remote]'") from None
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as e:
+        raise Torch2MLXError(f"{url}: no filesystem for this URL ({e}); install the fsspec package for it") from None
+
+
+def _resolve_fsspec(url: str) -> Listing:
+    fs, path = _fsspec(url)
+    proto = url.split("://", 1)[0]
+    try:
+        if fs.isdir(path):
+            found = {os.path.basename(i["name"]): i for i in fs.ls(path, detail=True) if i.get("type") == "file"}
+            single = None
+        else:
+            info = fs.info(path)
+            found, single = {os.path.basename(path): info}, os.path.basename(path)
+    except FileNotFoundError:
+        raise Torch2MLXError(f"{url}: no such file or directory") from None
+    except OSError as e:
+        raise Torch2MLXError(f"{url}: cannot list ({e})") from None
+    base = url.rstrip("/") if single is None else url.rsplit("/", 1)[0]
+    files = {
+        n: RemoteFile(f"{base}/{n}", n, int(i["size"]), f"{proto}://{i['name']}", etag=i.get("ETag") or i.get("etag"))
+        for n, i in found.items()
+    }
+    return Listing(base, files, single=single)
+
+
+# -- reading ranges ---------------------------------------------------------------------------------
+
+
+class _Retry(Exception):
+    """A failure worth another try (429, 5xx, a dropped connection, a short body)."""
+
+    def __init__(self, why: str, wait: float | None = None):
+        super().__init__(why)
+        self.wait = wait
+
+
+_local = threading.local()
+
+
+def _conn(scheme: str, netloc: str) -> http.client.HTTPConnection:
+    pool = getattr(_local, "pool", None)
+    if pool is None:
+        pool = _local.pool = {}
+    c = pool.get((scheme, netloc))
+    if c is None:
+        cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+        c = pool[(scheme, netloc)] = cls(netloc, timeout=TIMEOUT)
+    return c
+
+
+def _drop(scheme: str, netloc: str) -> None:
+    c = getattr(_local, "pool", {}).pop((scheme, netloc), None)
+    if c is not None:
+        c.close()
+
+
+def _open(url: str, method: str, headers, rng: tuple[int, int] | None, label: str):
+    """The response to ``method url`` after redirects, status checked (2xx); ``_Retry`` or an error otherwise."""
+    hdrs = dict(headers)
+    hdrs["Accept-Encoding"] = "identity"
+    if rng is not None:
+        hdrs["Range"] = f"bytes={rng[0]}-{rng[1] - 1}"
+    origin = urlsplit(url).netloc
+    for _ in range(8):
+        u = urlsplit(url)
+        if u.netloc != origin:  # never hand the Hub token to a CDN
+            hdrs.pop("authorization", None)
+            hdrs.pop("Authorization", None)
+        target = u.path + (f"?{u.query}" if u.query else "")
+        c = _conn(u.scheme, u.netloc)
+        try:
+            c.request(method, target or "/", headers=hdrs)
+            resp = c.getresponse()
+        except (OSError, http.client.HTTPException) as e:
+            _drop(u.scheme, u.netloc)
+            raise _Retry(f"{type(e).__name__}: {e}") from None
+        status = resp.status
+        if status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
+            resp.read()
+            url = urljoin(url, resp.getheader("Location"))
+            continue
+        if 200 <= status < 300:
+            return resp, url
+        body = resp.read(4096)
+        if resp.getheader("Connection", "").lower() == "close":
+            _drop(u.scheme, u.netloc)
+        if status == 429 or status >= 500:
+            after = resp.getheader("Retry-After")
+            raise _Retry(f"HTTP {status}", float(after) if after and after.isdigit() else None)
+        why = resp.getheader("X-Error-Message") or body.decode("utf-8", "replace").strip()[:200]
+        hint = {401: " (log in: `hf auth login`, or set HF_TOKEN)", 403: " (no access: a gated or private file?)"}
+        raise Torch2MLXError(f"{label}: HTTP {status}{hint.get(status, '')}" + (f": {why}" if why else ""))
+    raise Torch2MLXError(f"{label}: too many redirects")
+
+
+def _check_range(resp, f: RemoteFile, lo: int, hi: int) -> None:
+    """The answer must be bytes [lo, hi) of the file and nothing else."""
+    if resp.status == 200:
+        if lo == 0 and hi == f.size and int(resp.getheader("Content-Length") or -1) == f.size:
+            return  # the whole file was asked for
+        raise Torch2MLXError(
+            f"{f.label}: the server ignored the Range header (answered 200 with the whole file instead of "
+            f"bytes {lo}-{hi - 1}); torch2mlx reads remote files by range and will not download them whole"
+        )
+    m = _CONTENT_RANGE.match((resp.getheader("Content-Range") or "").strip())
+    if resp.status != 206 or m is None:
+        raise Torch2MLXError(f"{f.label}: HTTP {resp.status} without a usable Content-Range for bytes {lo}-{hi - 1}")
+    a, b, total = int(m.group(1)), int(m.group(2)), m.group(3)
+    if (a, b + 1) != (lo, hi) or (total != "*" and int(total) != f.size):
+        raise Torch2MLXError(
+            f"{f.label}: asked for bytes {lo}-{hi - 1} of {f.size}, the server answered "
+            f"{resp.getheader('Content-Range')!r}; refusing to read the wrong bytes"
+        )
+
+
+def _backoff(attempt: int, wait: float | None) -> None:
+    time.sleep(min(MAX_WAIT, wait if wait is not None else BACKOFF * (2**attempt)))
+
+
+def stream_range(f: RemoteFile, offset: int, n: int, sink) -> None:
+    """Call ``sink(piece, at)`` for consecutive pieces of bytes ``[offset, offset + n)`` (``at`` from 0)."""
+    if offset < 0 or offset + n > f.size:
+        raise Torch2MLXError(f"{f.label}: bytes {offset}-{offset + n - 1} lie past the end ({f.size} bytes)")
+    if n == 0:
+        return
+    if not f.url.startswith(("http://", "https://")):
+        return _stream_fsspec(f, offset, n, sink)
+    done, attempt, last = 0, 0, ""
+    while done < n:
+        lo, hi = offset + done, offset + n
+        try:
+            resp, _ = _open(f.url, "GET", f.headers, (lo, hi), f.label)
+            STATS.add(requests=1)
+            _check_range(resp, f, lo, hi)
+            while done < n:
+                piece = resp.read(min(PIECE, hi - (offset + done)))
+                if not piece:
+                    raise _Retry(f"short body: {hi - offset - done} bytes missing")
+                sink(piece, done)
+                done += len(piece)
+                STATS.add(nbytes=len(piece))
+        except _Retry as e:
+            u = urlsplit(f.url)
+            _drop(u.scheme, u.netloc)
+            last = str(e)
+            if attempt >= RETRIES:
+                raise Torch2MLXError(
+                    f"{f.label}: bytes {lo}-{hi - 1}: gave up after {attempt + 1} attempts ({last})"
+                ) from None
+            STATS.add(retries=1)
+            _backoff(attempt, e.wait)
+            attempt += 1
+        except (OSError, http.client.HTTPException) as e:  # the body broke off mid-read
+            u = urlsplit(f.url)
+            _drop(u.scheme, u.netloc)
+            if attempt >= RETRIES:
+                raise Torch2MLXError(f"{f.label}: bytes {lo}-{hi - 1}: gave up after {attempt + 1} attempts ({e})") from None
+            STATS.add(retries=1)
+            _backoff(attempt, None)
+            attempt += 1
+
+
+def _stream_fsspec(f: RemoteFile, offset: int, n: int, sink) -> None:
+    fs, path = _fsspec(f.url)
+    done = 0
+    for attempt in range(RETRIES + 1):
+        try:
+            while done < n:
+                step = min(PIECE * 4, n - done)
+                data = fs.cat_file(path, start=offset + done, end=offset + done + step)
+                STATS.add(requests=1, nbytes=len(data))
+                if len(data) != step:
+                    raise OSError(f"asked for {step} bytes, got {len(data)}")
+                sink(data, done)
+                done += step
+            return
+        except OSError as e:
+            if attempt == RETRIES:
+                raise Torch2MLXError(f"{f.label}: bytes {offset + done}-: gave up after {attempt + 1} attempts ({e})") from None
+            STATS.add(retries=1)
+            _backoff(attempt, None)
+
+
+def read_into(f: RemoteFile, buf, offset: int) -> None:
+    """Fill ``buf`` (any writable buffer) with the file's bytes from ``offset``."""
+    view = memoryview(buf).cast("B")
+
+    def put(piece, at):
+        view[at : at + len(piece)] = piece
+
+    stream_range(f, offset, len(view), put)
+
+
+def read_bytes(f: RemoteFile, offset: int, n: int) -> bytes:
+    buf = bytearray(n)
+    read_into(f, buf, offset)
+    return bytes(buf)
