@@ -181,7 +181,9 @@ def _handler(server: HubServer):
                         "gated": False,
                         "disabled": False,
                         "siblings": [
-                            _sibling(server.file_record(repo, f)) if query.get("blobs") == ["true"] else {"rfilename": f}
+                            _sibling(server.file_record(repo, f))
+                            if query.get("blobs") == ["true"]
+                            else {"rfilename": f}
                             for f in files
                         ],
                     }
@@ -205,7 +207,10 @@ def _handler(server: HubServer):
                     os.path.join(server.repo_dir(repo), rel),
                     [("X-Repo-Commit", server.commit(repo)), ("ETag", f'"{server.etag(repo, rel)}"')]
                     + (
-                        [("X-Linked-Etag", f'"{server.etag(repo, rel)}"'), ("X-Linked-Size", str(_size(server, repo, rel)))]
+                        [
+                            ("X-Linked-Etag", f'"{server.etag(repo, rel)}"'),
+                            ("X-Linked-Size", str(_size(server, repo, rel))),
+                        ]
                         if rel.endswith((".safetensors", ".bin"))
                         else []
                     ),

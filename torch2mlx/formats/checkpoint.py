@@ -412,13 +412,18 @@ def _open_remote(url: str) -> Checkpoint:
         files = sorted(set(weight_map.values()))
         for f in files:
             if f not in listing.files:
-                raise CheckpointError(f"{listing.label}/{os.path.basename(index_path)}", f"names shard {f!r}, which the repo does not hold")
+                raise CheckpointError(
+                    f"{listing.label}/{os.path.basename(index_path)}",
+                    f"names shard {f!r}, which the repo does not hold",
+                )
         notes.append(f"{listing.label}: using index {os.path.basename(index_path)} ({len(files)} shard(s))")
     else:
         weight_map = None
         files = wanted or _weight_files(listing.label, names, notes)
         if not files:
-            raise CheckpointError(listing.label, f"holds no weight files (torch2mlx reads {', '.join(WEIGHT_SUFFIXES)})")
+            raise CheckpointError(
+                listing.label, f"holds no weight files (torch2mlx reads {', '.join(WEIGHT_SUFFIXES)})"
+            )
     other = [f for f in files if not f.endswith(".safetensors")]
     if other:
         raise Torch2MLXError(

@@ -133,7 +133,9 @@ class DataReader:
                 raise CheckpointError(entry.path, f"tensor {entry.name!r} reaches past the end of the file")
             flat = np.empty((last - first) // item, dtype=carrier)
             remote.read_into(rf, flat, first)
-            view = np.lib.stride_tricks.as_strided(flat, shape=sub, strides=[s * item for s in strides], writeable=False)
+            view = np.lib.stride_tricks.as_strided(
+                flat, shape=sub, strides=[s * item for s in strides], writeable=False
+            )
             return np.ascontiguousarray(view)
         base = first - first % _PAGE
         fd = self.fd(entry.path)

@@ -114,7 +114,9 @@ def _resolve_hub(url: str) -> Listing:
         from huggingface_hub import errors as hub_errors
         from huggingface_hub.utils import build_hf_headers
     except ImportError:
-        raise Torch2MLXError(f"{url}: reading from the Hub needs huggingface_hub: pip install 'torch2mlx[hub]'") from None
+        raise Torch2MLXError(
+            f"{url}: reading from the Hub needs huggingface_hub: pip install 'torch2mlx[hub]'"
+        ) from None
     repo, rev = _hub_parts(url)
     endpoint = (os.environ.get("HF_ENDPOINT") or huggingface_hub.constants.ENDPOINT).rstrip("/")
     shown = f"hf://{repo}" + (f"@{rev}" if rev else "")
@@ -304,9 +306,13 @@ def stream_range(f: RemoteFile, offset: int, n: int, sink) -> None:
         return
     if not f.url.startswith(("http://", "https://")):
         return _stream_fsspec(f, offset, n, sink)
-    done, attempt, last = 0, 0, ""
+    # Attempts without progress are bounded by RETRIES; a body that breaks off after some bytes resumes
+    # from there, up to 4 * RETRIES tries in all.
+    done, attempt, tries, last = 0, 0, 0, ""
     while done < n:
         lo, hi = offset + done, offset + n
+        before = done
+        tries += 1
         try:
             resp, _ = _open(f.url, "GET", f.headers, (lo, hi), f.label)
             STATS.add(requests=1)
@@ -322,9 +328,10 @@ def stream_range(f: RemoteFile, offset: int, n: int, sink) -> None:
             u = urlsplit(f.url)
             _drop(u.scheme, u.netloc)
             last = str(e)
-            if attempt >= RETRIES:
+            attempt = 0 if done > before else attempt
+            if attempt >= RETRIES or tries > 4 * RETRIES:
                 raise Torch2MLXError(
-                    f"{f.label}: bytes {lo}-{hi - 1}: gave up after {attempt + 1} attempts ({last})"
+                    f"{f.label}: bytes {lo}-{hi - 1}: gave up after {tries} attempts ({last})"
                 ) from None
             STATS.add(retries=1)
             _backoff(attempt, e.wait)
@@ -332,8 +339,9 @@ def stream_range(f: RemoteFile, offset: int, n: int, sink) -> None:
         except (OSError, http.client.HTTPException) as e:  # the body broke off mid-read
             u = urlsplit(f.url)
             _drop(u.scheme, u.netloc)
-            if attempt >= RETRIES:
-                raise Torch2MLXError(f"{f.label}: bytes {lo}-{hi - 1}: gave up after {attempt + 1} attempts ({e})") from None
+            attempt = 0 if done > before else attempt
+            if attempt >= RETRIES or tries > 4 * RETRIES:
+                raise Torch2MLXError(f"{f.label}: bytes {lo}-{hi - 1}: gave up after {tries} attempts ({e})") from None
             STATS.add(retries=1)
             _backoff(attempt, None)
             attempt += 1
@@ -355,7 +363,9 @@ def _stream_fsspec(f: RemoteFile, offset: int, n: int, sink) -> None:
             return
         except OSError as e:
             if attempt == RETRIES:
-                raise Torch2MLXError(f"{f.label}: bytes {offset + done}-: gave up after {attempt + 1} attempts ({e})") from None
+                raise Torch2MLXError(
+                    f"{f.label}: bytes {offset + done}-: gave up after {attempt + 1} attempts ({e})"
+                ) from None
             STATS.add(retries=1)
             _backoff(attempt, None)
 

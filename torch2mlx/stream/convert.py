@@ -136,6 +136,7 @@ def convert(
         >>> torch2mlx.convert(torch.nn.Conv2d(3, 8, 3), "conv.safetensors")  # doctest: +SKIP
     """
     opts = Options.resolve(options, settings)
+    before = (remote.STATS.requests, remote.STATS.retries, remote.STATS.bytes)  # a remote source's transfer
     if resume and overwrite:
         raise Torch2MLXError(
             "resume and overwrite contradict each other: resume keeps out's finished "
@@ -195,7 +196,6 @@ def convert(
             resumable=sink.resumable and hook is None,
             shards=len(plan.shards),
         ) as target:
-            before = (remote.STATS.requests, remote.STATS.retries, remote.STATS.bytes)
             sink.write(
                 sinks.Run(
                     res,

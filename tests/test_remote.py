@@ -1,0 +1,208 @@
+"""Remote sources (issue 17): ``hf://`` repos and ``http(s)://`` files read by range from tests/hub_server.py.
+
+The oracle is the same conversion of the local folder: output byte-identical, with and without faults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+pytest.importorskip("huggingface_hub")
+
+import torch2mlx.stream  # noqa: E402
+from torch2mlx.errors import Torch2MLXError  # noqa: E402
+from torch2mlx.formats import remote  # noqa: E402
+from hub_server import serving  # noqa: E402
+
+
+def _tensors(seed: int, n: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for i in range(n):
+        out[f"layers.{seed}.{i}.weight"] = torch.randn(512, 512, generator=g).to(torch.bfloat16)
+        out[f"layers.{seed}.{i}.bias"] = torch.randn(512, generator=g)
+        out[f"layers.{seed}.{i}.norm"] = torch.randn(512, generator=g).to(torch.float16)
+    return out
+
+
+@pytest.fixture(scope="module")
+def repos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repos")
+    sharded = root / "org" / "sharded"
+    sharded.mkdir(parents=True)
+    weight_map = {}
+    for k in (1, 2):
+        name = f"model-0000{k}-of-00002.safetensors"
+        t = _tensors(k, 3)
+        save_file(t, str(sharded / name), metadata={"format": "pt"})
+        weight_map.update({n: name for n in t})
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (sharded / "config.json").write_text(json.dumps({"model_type": "t2mlx-test", "hidden_size": 512}))
+    (sharded / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"vocab": {"a": 0}}}))
+    single = root / "org" / "single"
+    single.mkdir(parents=True)
+    save_file(_tensors(3, 2), str(single / "model.safetensors"))
+    (single / "tokenizer_config.json").write_text("{}")
+    return root
+
+
+@pytest.fixture
+def hub(repos, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(remote, "BACKOFF", 0.01)
+    with serving(str(repos)) as srv:
+        monkeypatch.setenv("HF_ENDPOINT", srv.url)
+        yield srv
+
+
+def _files(d) -> dict[str, bytes]:
+    return {n: open(os.path.join(d, n), "rb").read() for n in sorted(os.listdir(d)) if n != "torch2mlx.json"}
+
+
+def _same_output(a, b):
+    fa, fb = _files(a), _files(b)
+    assert sorted(fa) == sorted(fb)
+    for n in fa:
+        assert fa[n] == fb[n], n
+    ma, mb = (json.load(open(os.path.join(d, "torch2mlx.json"))) for d in (a, b))
+    assert ma["tensors"] == mb["tensors"]
+
+
+SETTINGS = {"passthrough": {}, "float16": {"dtype": "float16"}, "q4": {"q_bits": 4}}
+
+
+@pytest.mark.parametrize("repo", ["sharded", "single"])
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
+def test_hub_stream_matches_local(hub, repos, tmp_path, repo, setting):
+    kw = dict(SETTINGS[setting], model=False)
+    local = torch2mlx.stream.convert(str(repos / "org" / repo), tmp_path / "local", **kw)
+    res = torch2mlx.stream.convert(f"hf://org/{repo}", tmp_path / "remote", **kw)
+    _same_output(tmp_path / "local", tmp_path / "remote")
+    assert res.tensors_out == local.tensors_out
+    src = sum(os.path.getsize(repos / "org" / repo / n) for n in os.listdir(repos / "org" / repo))
+    shards = len([n for n in os.listdir(repos / "org" / repo) if n.endswith(".safetensors")])
+    # each byte once, plus the first request of each header (64 KiB, most of it tensor data fetched again)
+    assert src <= hub.fetched <= src + shards * 64 * 1024
+    assert any(n.startswith("fetched ") for n in res.plan.notes)
+    # the model's bytes went to OUT only: nothing under HF_HOME, the sidecar copies gone with the run
+    hf_home = tmp_path / "hf_home"
+    grown = sum(os.path.getsize(os.path.join(b, n)) for b, _, ns in os.walk(hf_home) for n in ns)
+    assert grown < 64 * 1024
+
+
+def test_passthrough_copies_adjacent_tensors_in_one_request(hub, repos, tmp_path):
+    d = repos / "org" / "uniform"
+    d.mkdir(exist_ok=True)
+    g = torch.Generator().manual_seed(7)
+    save_file(
+        {f"t.{i:02d}": torch.randn(64, 256, generator=g).to(torch.bfloat16) for i in range(20)},
+        str(d / "model.safetensors"),
+    )
+    torch2mlx.stream.convert("hf://org/uniform", tmp_path / "out", model=False)
+    gets = [r for m, p, r in hub.requests if m == "GET" and p.endswith("/model.safetensors")]
+    # tensors in the same order in source and output: the header's read, then one range for all 20
+    assert len(gets) == 2, gets
+    torch2mlx.stream.convert(str(d), tmp_path / "local", model=False)
+    _same_output(tmp_path / "local", tmp_path / "out")
+
+
+def test_revision_by_commit_and_tag(hub, tmp_path):
+    commit = hub.commit("org/single")
+    res = torch2mlx.stream.convert(f"hf://org/single@{commit}", tmp_path / "a", model=False)
+    assert res.checkpoint.path == f"hf://org/single@{commit}"
+    hub.tags[("org/single", "v1.0")] = commit
+    torch2mlx.stream.convert("hf://org/single@v1.0", tmp_path / "b", model=False)
+    _same_output(tmp_path / "a", tmp_path / "b")
+
+
+def test_faults_retried_to_identical_output(hub, repos, tmp_path):
+    torch2mlx.stream.convert(str(repos / "org" / "sharded"), tmp_path / "local", dtype="float16", model=False)
+    hub.faults.status_503, hub.faults.drop, hub.faults.short = 3, 2, 2
+    res = torch2mlx.stream.convert("hf://org/sharded", tmp_path / "remote", dtype="float16", model=False)
+    _same_output(tmp_path / "local", tmp_path / "remote")
+    assert (hub.faults.status_503, hub.faults.drop, hub.faults.short) == (0, 0, 0)
+    (note,) = [n for n in res.plan.notes if n.startswith("fetched ")]
+    assert note.endswith("7 retried")
+
+
+def test_persistent_503_gives_up_with_a_clear_error(hub, tmp_path):
+    hub.faults.status_503 = 1000
+    with pytest.raises(Torch2MLXError, match=r"gave up after 7 attempts \(HTTP 503\)"):
+        torch2mlx.stream.convert("hf://org/single", tmp_path / "out", model=False)
+    assert not os.path.exists(tmp_path / "out" / "model.safetensors")
+
+
+@pytest.mark.parametrize("fault", ["ignore_range", "wrong_content_range"])
+def test_wrong_range_answers_are_refused(hub, tmp_path, fault):
+    setattr(hub.faults, fault, True)
+    what = "ignored the Range header" if fault == "ignore_range" else "refusing to read the wrong bytes"
+    with pytest.raises(Torch2MLXError, match=what):
+        torch2mlx.stream.convert("hf://org/sharded", tmp_path / "out", model=False)
+    assert not os.path.exists(tmp_path / "out" / "model.safetensors.index.json")
+
+
+def test_https_file_matches_local(hub, repos, tmp_path):
+    torch2mlx.stream.convert(str(repos / "org" / "single" / "model.safetensors"), tmp_path / "local", model=False)
+    res = torch2mlx.stream.convert(f"{hub.url}/files/org/single/model.safetensors", tmp_path / "remote", model=False)
+    _same_output(tmp_path / "local", tmp_path / "remote")
+    assert res.tensors_out == 6
+
+
+def test_remote_resume_is_refused_not_misread(hub, tmp_path):
+    with pytest.raises(Torch2MLXError, match="resume of a remote source is not supported yet"):
+        torch2mlx.stream.convert("hf://org/single", tmp_path / "out", model=False, resume=True)
+
+
+def _cli(hub, *args):
+    env = dict(os.environ, PYTHONPATH=os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(
+        [sys.executable, "-m", "torch2mlx", "stream", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_stream_hf_url(hub, repos, tmp_path):
+    r = _cli(hub, "hf://org/sharded", str(tmp_path / "out"), "--no-model", "--q-bits", "4")
+    assert r.returncode == 0, r.stderr
+    torch2mlx.stream.convert(str(repos / "org" / "sharded"), tmp_path / "local", q_bits=4, model=False)
+    _same_output(tmp_path / "local", tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "src, says",
+    [
+        ("hf://org/nothing", "no such model repo"),
+        ("hf://org/single@v9", "no branch, tag or commit 'v9'"),
+        ("hf://gated/x", "a gated repo; accept its terms"),
+        ("hf://justone", "hf://ORG/NAME"),
+        ("{url}/files/org/nothing.safetensors", "HTTP 404"),
+    ],
+)
+def test_cli_errors_are_one_line(hub, repos, tmp_path, src, says):
+    (repos / "gated" / "x").mkdir(parents=True, exist_ok=True)
+    hub.gated.add("gated/x")
+    r = _cli(hub, src.format(url=hub.url), str(tmp_path / "out"), "--no-model")
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], r.stderr
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_missing_huggingface_hub_is_one_line(hub, tmp_path):
+    code = (
+        "import sys; sys.modules['huggingface_hub'] = None\n"
+        "from torch2mlx.cli import main\n"
+        f"sys.exit(main(['stream', 'hf://org/single', {str(tmp_path / 'out')!r}, '--no-model']))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert r.stderr.strip() == (
+        "error: hf://org/single: reading from the Hub needs huggingface_hub: pip install 'torch2mlx[hub]'"
+    )
