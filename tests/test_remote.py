@@ -206,3 +206,15 @@ def test_missing_huggingface_hub_is_one_line(hub, tmp_path):
     assert r.stderr.strip() == (
         "error: hf://org/single: reading from the Hub needs huggingface_hub: pip install 'torch2mlx[hub]'"
     )
+
+
+def test_analyze_reads_headers_only(hub, repos, tmp_path):
+    rep = torch2mlx.analyze("hf://org/sharded", model=None)
+    local = torch2mlx.analyze(str(repos / "org" / "sharded"), model=None)
+    assert rep.to_dict()["tensors"] == local.to_dict()["tensors"] and rep.to_dict()["tensors"]
+    assert hub.fetched < 2 * 64 * 1024 + 4096  # two header reads and the sidecars, no tensor data
+
+
+def test_remote_to_torch_is_refused(hub, tmp_path):
+    with pytest.raises(Torch2MLXError, match="back to torch is not supported yet"):
+        torch2mlx.stream.to_torch("hf://org/single", tmp_path / "out")

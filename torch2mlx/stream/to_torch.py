@@ -131,6 +131,10 @@ def to_torch(
         raise Torch2MLXError("src is the MLX weights; the torch model goes in model=")
     in_memory = out is None and not dry_run
     ck, label, _ = open_source(src, opts, False, label="<MLX weights>")
+    if ck.remote:  # its torch2mlx.json (the rules to undo) is not fetched yet: refuse rather than keep MLX layouts
+        raise Torch2MLXError(
+            f"{ck.path}: converting a remote source back to torch is not supported yet; download it first"
+        )
     ck = _with_store_files(ck)
     rules = _rules(model, model_kwargs, ck, in_memory)
     if strict is None:
