@@ -218,3 +218,42 @@ def test_analyze_reads_headers_only(hub, repos, tmp_path):
 def test_remote_to_torch_is_refused(hub, tmp_path):
     with pytest.raises(Torch2MLXError, match="back to torch is not supported yet"):
         torch2mlx.stream.to_torch("hf://org/single", tmp_path / "out")
+
+
+def test_fsspec_url_matches_local(repos, tmp_path):
+    fsspec = pytest.importorskip("fsspec")
+    fs = fsspec.filesystem("memory")
+    src = repos / "org" / "sharded"
+    for n in os.listdir(src):
+        fs.pipe_file(f"/t2mlx-test/sharded/{n}", (src / n).read_bytes())
+    try:
+        torch2mlx.stream.convert(str(src), tmp_path / "local", dtype="float16", model=False)
+        res = torch2mlx.stream.convert("memory://t2mlx-test/sharded", tmp_path / "remote", dtype="float16", model=False)
+        _same_output(tmp_path / "local", tmp_path / "remote")
+        assert res.checkpoint.sidecars and "tokenizer.json" in os.listdir(tmp_path / "remote")
+    finally:
+        fs.rm("/t2mlx-test", recursive=True)
+
+
+def test_missing_fsspec_is_one_line(tmp_path):
+    code = (
+        "import sys; sys.modules['fsspec'] = None\n"
+        "from torch2mlx.cli import main\n"
+        f"sys.exit(main(['stream', 's3://bucket/model', {str(tmp_path / 'out')!r}, '--no-model']))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert (
+        r.stderr.strip() == "error: s3://bucket/model: reading this URL needs fsspec: pip install 'torch2mlx[remote]'"
+    )
+
+
+def test_local_runs_import_no_remote_package(repos, tmp_path):
+    code = (
+        "import sys, torch2mlx.stream\n"
+        f"torch2mlx.stream.convert({str(repos / 'org' / 'single')!r}, {str(tmp_path / 'out')!r}, model=False)\n"
+        "print(sorted(m for m in ('huggingface_hub', 'fsspec', 'httpx', 'aiohttp') if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
