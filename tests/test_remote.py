@@ -257,3 +257,25 @@ def test_local_runs_import_no_remote_package(repos, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_verify_with_a_remote_source(hub, repos, tmp_path):
+    from torch2mlx.stream.verify import verify
+
+    torch2mlx.stream.convert("hf://org/single", tmp_path / "out", dtype="float16", model=False)
+    rep = verify("hf://org/single", tmp_path / "out")
+    assert rep.ok and not rep.notes, (rep.problems, rep.notes)
+    quick = verify("hf://org/single", tmp_path / "out", quick=True)
+    assert quick.ok and not quick.notes
+    # the repo's file changes (same size, other bytes): --quick says so, a full verify finds the values differ
+    p = repos / "org" / "single" / "model.safetensors"
+    data = bytearray(p.read_bytes())
+    data[-1] ^= 0x40
+    p.write_bytes(bytes(data))
+    try:
+        quick = verify("hf://org/single", tmp_path / "out", quick=True)
+        assert not quick.ok and "changed since this output was made (etag differ)" in quick.problems[0]
+        assert not verify("hf://org/single", tmp_path / "out").ok
+    finally:
+        data[-1] ^= 0x40
+        p.write_bytes(bytes(data))

@@ -83,8 +83,26 @@ def _register(listing: Listing) -> Listing:
 
 
 def identity(labels: list[str]) -> dict[str, dict]:
-    """What the manifest records of remote source files: size and ETag (the Hub's LFS sha256)."""
-    return {lab: {"size": _FILES[lab].size, "etag": _FILES[lab].etag} for lab in labels}
+    """What the manifest records of remote source files, by name in the repo: size and ETag (the Hub's
+    LFS sha256), and the commit they were read at."""
+    out = {}
+    for lab in labels:
+        f = _FILES[lab]
+        out[f.name] = {"size": f.size, "etag": f.etag, "url": lab}
+    return out
+
+
+def changed(src: str, recorded: dict) -> tuple[str, str] | None:
+    """(file, what differs) of the first recorded file that ``src`` no longer serves as it was; None if none."""
+    now = resolve(src).files
+    for name, rec in sorted(recorded.items()):
+        f = now.get(name)
+        if f is None:
+            return f"{src}/{name}", "missing"
+        diff = [k for k in ("size", "etag") if not isinstance(rec, dict) or rec.get(k) != getattr(f, k)]
+        if diff:
+            return f.label, " and ".join(diff) + " differ"
+    return None
 
 
 # -- resolving a URL to files -----------------------------------------------------------------------
