@@ -31,6 +31,7 @@ class Faults:
     short: int = 0  # claim the full Content-Length, send half, close
     ignore_range: bool = False  # answer 200 with the whole file whatever Range says
     wrong_content_range: bool = False  # 206 with a Content-Range shifted by one byte
+    stop_after_bytes: int | None = None  # once this many data bytes are sent, every data GET answers 503
 
 
 @dataclass
@@ -243,7 +244,11 @@ def _handler(server: HubServer):
             fault = None
             if self.command == "GET":
                 with server._lock:
+                    if f.stop_after_bytes is not None and server.fetched >= f.stop_after_bytes:
+                        fault = "status_503"
                     for name in ("status_503", "drop", "short"):
+                        if fault:
+                            break
                         if getattr(f, name) > 0:
                             setattr(f, name, getattr(f, name) - 1)
                             fault = name

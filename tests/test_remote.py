@@ -156,9 +156,43 @@ def test_https_file_matches_local(hub, repos, tmp_path):
     assert res.tensors_out == 6
 
 
-def test_remote_resume_is_refused_not_misread(hub, tmp_path):
-    with pytest.raises(Torch2MLXError, match="resume of a remote source is not supported yet"):
-        torch2mlx.stream.convert("hf://org/single", tmp_path / "out", model=False, resume=True)
+@pytest.fixture(scope="module")
+def big_repo(repos):
+    """32 MiB in one file: more than one batch of the executor's work (16 MiB), so a failed run keeps shards."""
+    d = repos / "org" / "big"
+    d.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(11)
+    t = {f"layers.{i}.weight": torch.randn(2048, 1024, generator=g).to(torch.bfloat16) for i in range(8)}
+    save_file(t, str(d / "model.safetensors"))
+    return d
+
+
+def test_resume_fetches_only_unfinished_shards(hub, big_repo, tmp_path):
+    kw = dict(dtype="float16", model=False, max_shard_size="9MB", workers=1)
+    torch2mlx.stream.convert(str(big_repo), tmp_path / "local", **kw)
+    shards = len([n for n in os.listdir(tmp_path / "local") if n.endswith(".safetensors")])
+    src = os.path.getsize(big_repo / "model.safetensors")
+    hub.faults.stop_after_bytes = src * 3 // 4  # the server fails for good: the run dies with what it finished
+    with pytest.raises(Torch2MLXError, match="gave up"):
+        torch2mlx.stream.convert("hf://org/big", tmp_path / "remote", **kw)
+    kept = [n for n in os.listdir(tmp_path / "remote") if n.endswith(".safetensors")]
+    assert 1 <= len(kept) < shards
+    hub.faults.stop_after_bytes = None
+    res = torch2mlx.stream.convert("hf://org/big", tmp_path / "remote", resume=True, **kw)
+    assert res.reused == len(kept)
+    _same_output(tmp_path / "local", tmp_path / "remote")
+    assert hub.fetched <= 1.3 * src  # both runs together
+
+
+def test_resume_refuses_a_changed_remote_file(hub, big_repo, tmp_path):
+    kw = dict(model=False, max_shard_size="9MB", workers=1)
+    hub.faults.stop_after_bytes = os.path.getsize(big_repo / "model.safetensors") * 3 // 4
+    with pytest.raises(Torch2MLXError, match="gave up"):
+        torch2mlx.stream.convert("hf://org/big", tmp_path / "out", **kw)
+    hub.faults.stop_after_bytes = None
+    os.utime(big_repo / "model.safetensors")  # the server's ETag follows mtime: as a re-upload of the file
+    with pytest.raises(Torch2MLXError, match=r"resume: hf://org/big@\w+ changed since .*\(content hash\)"):
+        torch2mlx.stream.convert("hf://org/big", tmp_path / "out", resume=True, **kw)
 
 
 def _cli(hub, *args):

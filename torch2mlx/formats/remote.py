@@ -83,25 +83,30 @@ def _register(listing: Listing) -> Listing:
 
 
 def identity(labels: list[str]) -> dict[str, dict]:
-    """What the manifest records of remote source files, by name in the repo: size and ETag (the Hub's
-    LFS sha256), and the commit they were read at."""
+    """What the manifest records of remote source files, by name in the repo, in the keys local files use
+    (stream/resume.py compares them): ``bytes``, ``blob`` (the ETag: on the Hub the LFS sha256), and the
+    commit-pinned ``url`` they were read at."""
     out = {}
     for lab in labels:
         f = _FILES[lab]
-        out[f.name] = {"size": f.size, "etag": f.etag, "url": lab}
+        out[f.name] = {"bytes": f.size, "blob": f.etag, "url": lab}
     return out
 
 
 def changed(src: str, recorded: dict) -> tuple[str, str] | None:
     """(file, what differs) of the first recorded file that ``src`` no longer serves as it was; None if none."""
-    now = resolve(src).files
+    now = identity([f.label for f in resolve(src).files.values()])
     for name, rec in sorted(recorded.items()):
-        f = now.get(name)
-        if f is None:
+        cur = now.get(name)
+        if cur is None:
             return f"{src}/{name}", "missing"
-        diff = [k for k in ("size", "etag") if not isinstance(rec, dict) or rec.get(k) != getattr(f, k)]
+        diff = [
+            what
+            for k, what in (("bytes", "size"), ("blob", "etag"))
+            if not isinstance(rec, dict) or rec.get(k) != cur[k]
+        ]
         if diff:
-            return f.label, " and ".join(diff) + " differ"
+            return cur["url"], " and ".join(diff) + " differ"
     return None
 
 

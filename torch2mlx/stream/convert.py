@@ -161,11 +161,7 @@ def convert(
     if one_file:
         return _write_one_file(res, out, progress, workers)
     sinks.refuse_settings(sink, plan, hook=hook, resume=resume)  # before OUT is touched
-    if ck.remote:
-        if resume:
-            raise Torch2MLXError(
-                f"{ck.path}: resume of a remote source is not supported yet; convert again without resume"
-            )
+    if ck.remote:  # size and ETag by name: resume refuses a source that changed since
         res.source_files = remote.identity(ck.files)
     else:
         res.source_files = resume_mod.source_identity(ck.path, ck.files)
