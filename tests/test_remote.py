@@ -89,8 +89,9 @@ def test_hub_stream_matches_local(hub, repos, tmp_path, repo, setting):
     assert res.tensors_out == local.tensors_out
     src = sum(os.path.getsize(repos / "org" / repo / n) for n in os.listdir(repos / "org" / repo))
     shards = len([n for n in os.listdir(repos / "org" / repo) if n.endswith(".safetensors")])
-    # each byte once, plus the first request of each header (64 KiB, most of it tensor data fetched again)
-    assert src <= hub.fetched <= src + shards * 64 * 1024
+    # each byte about once: plus the first request of each header (64 KiB, most of it tensor data fetched
+    # again) and small tensors copied unchanged that also lie in a window fetched for their neighbours
+    assert src <= hub.fetched <= 1.01 * src + shards * 64 * 1024
     assert any(n.startswith("fetched ") for n in res.plan.notes)
     # the model's bytes went to OUT only: nothing under HF_HOME, the sidecar copies gone with the run
     hf_home = tmp_path / "hf_home"
@@ -98,7 +99,7 @@ def test_hub_stream_matches_local(hub, repos, tmp_path, repo, setting):
     assert grown < 64 * 1024
 
 
-def test_passthrough_copies_adjacent_tensors_in_one_request(hub, repos, tmp_path):
+def test_adjacent_tensors_in_one_request(hub, repos, tmp_path):
     d = repos / "org" / "uniform"
     d.mkdir(exist_ok=True)
     g = torch.Generator().manual_seed(7)
@@ -112,6 +113,13 @@ def test_passthrough_copies_adjacent_tensors_in_one_request(hub, repos, tmp_path
     assert len(gets) == 2, gets
     torch2mlx.stream.convert(str(d), tmp_path / "local", model=False)
     _same_output(tmp_path / "local", tmp_path / "out")
+    # cast, tensor by tensor: the small reads share one window (the file is under 16 MiB)
+    hub.requests.clear()
+    torch2mlx.stream.convert("hf://org/uniform", tmp_path / "f16", model=False, dtype="float16")
+    gets = [r for m, p, r in hub.requests if m == "GET" and p.endswith("/model.safetensors")]
+    assert len(gets) == 2, gets
+    torch2mlx.stream.convert(str(d), tmp_path / "f16-local", model=False, dtype="float16")
+    _same_output(tmp_path / "f16-local", tmp_path / "f16")
 
 
 def test_revision_by_commit_and_tag(hub, tmp_path):
@@ -167,7 +175,10 @@ def big_repo(repos):
     return d
 
 
-def test_resume_fetches_only_unfinished_shards(hub, big_repo, tmp_path):
+def test_resume_fetches_only_unfinished_shards(hub, big_repo, tmp_path, monkeypatch):
+    # At this scale (9 MB shards) a 16 MiB read window is most of a shard; on a real model (5 GB shards)
+    # it is noise. Scaled down with the shards:
+    monkeypatch.setattr(remote, "WINDOW", 1 << 20)
     kw = dict(dtype="float16", model=False, max_shard_size="9MB", workers=1)
     torch2mlx.stream.convert(str(big_repo), tmp_path / "local", **kw)
     shards = len([n for n in os.listdir(tmp_path / "local") if n.endswith(".safetensors")])

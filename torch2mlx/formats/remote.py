@@ -79,6 +79,7 @@ def lookup(path: str) -> RemoteFile | None:
 def _register(listing: Listing) -> Listing:
     for f in listing.files.values():
         _FILES[f.label] = f
+    _WINDOWS.forget({f.label for f in listing.files.values()})  # a URL's bytes may differ from last time
     return listing
 
 
@@ -339,7 +340,11 @@ def stream_range(f: RemoteFile, offset: int, n: int, sink) -> None:
         try:
             resp, _ = _open(f.url, "GET", f.headers, (lo, hi), f.label)
             STATS.add(requests=1)
-            _check_range(resp, f, lo, hi)
+            try:
+                _check_range(resp, f, lo, hi)
+            except Torch2MLXError:
+                _drop(*urlsplit(f.url)[:2])  # its unread body makes the connection useless
+                raise
             while done < n:
                 piece = resp.read(min(PIECE, hi - (offset + done)))
                 if not piece:
@@ -394,8 +399,15 @@ def _stream_fsspec(f: RemoteFile, offset: int, n: int, sink) -> None:
 
 
 def read_into(f: RemoteFile, buf, offset: int) -> None:
-    """Fill ``buf`` (any writable buffer) with the file's bytes from ``offset``."""
+    """Fill ``buf`` (any writable buffer) with the file's bytes from ``offset``.
+
+    Reads shorter than a window go through the shared window cache: the blocks of a tensor and the small
+    tensors beside it then cost one request per ``WINDOW`` bytes instead of one each.
+    """
     view = memoryview(buf).cast("B")
+    if len(view) < WINDOW:
+        _WINDOWS.read_into(f, view, offset)
+        return
 
     def put(piece, at):
         view[at : at + len(piece)] = piece
@@ -403,7 +415,91 @@ def read_into(f: RemoteFile, buf, offset: int) -> None:
     stream_range(f, offset, len(view), put)
 
 
+WINDOW = 16 * 1024 * 1024  # bytes fetched at once for small reads, aligned to multiples of itself
+WINDOWS_KEPT = 4  # windows held after use (memory: WINDOW each, plus those being fetched)
+
+
+class _Window:
+    __slots__ = ("data", "error", "done")
+
+    def __init__(self):
+        self.data: bytes | bytearray = b""
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+
+class _WindowCache:
+    """Aligned windows of remote files, shared by the worker threads; the first thread to need a window
+    fetches it, the others wait for it. Least recently used windows go first."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._windows: dict[tuple[str, int], _Window] = {}  # insertion order = recency
+
+    def forget(self, labels: set[str]) -> None:
+        with self._lock:
+            for key in [key for key in self._windows if key[0] in labels]:
+                del self._windows[key]
+
+    def read_into(self, f: RemoteFile, view: memoryview, offset: int) -> None:
+        if offset < 0 or offset + len(view) > f.size:
+            raise Torch2MLXError(
+                f"{f.label}: bytes {offset}-{offset + len(view) - 1} lie past the end ({f.size} bytes)"
+            )
+        pos = 0
+        while pos < len(view):
+            k = (offset + pos) // WINDOW
+            data = self._get(f, k)
+            lo = offset + pos - k * WINDOW
+            take = min(len(view) - pos, len(data) - lo)
+            view[pos : pos + take] = data[lo : lo + take]
+            pos += take
+
+    def _get(self, f: RemoteFile, k: int) -> bytes | bytearray:
+        key = (f.label, k)
+        with self._lock:
+            found = self._windows.pop(key, None)
+            owner = found is None
+            w = _Window() if found is None else found
+            self._windows[key] = w  # most recent last
+        if not owner:
+            w.done.wait()
+            if w.error is not None:
+                raise w.error
+            return w.data
+        try:
+            start = k * WINDOW
+            buf = bytearray(min(WINDOW, f.size - start))
+
+            def put(piece, at):
+                buf[at : at + len(piece)] = piece
+
+            stream_range(f, start, len(buf), put)
+            w.data = buf  # never written again: shared as is, without a copy
+        except BaseException as e:
+            w.error = e
+            with self._lock:
+                if self._windows.get(key) is w:
+                    del self._windows[key]
+            raise
+        finally:
+            w.done.set()
+        with self._lock:
+            done = [key for key, x in self._windows.items() if x.done.is_set()]
+            for old in done[: max(0, len(done) - WINDOWS_KEPT)]:
+                del self._windows[old]
+        return w.data
+
+
+_WINDOWS = _WindowCache()
+
+
 def read_bytes(f: RemoteFile, offset: int, n: int) -> bytes:
+    """Bytes ``[offset, offset + n)`` in one request of their own (headers: no window around them)."""
     buf = bytearray(n)
-    read_into(f, buf, offset)
+
+    def put(piece, at):
+        buf[at : at + len(piece)] = piece
+
+    stream_range(f, offset, n, put)
     return bytes(buf)
