@@ -324,3 +324,19 @@ def test_verify_with_a_remote_source(hub, repos, tmp_path):
     finally:
         data[-1] ^= 0x40
         p.write_bytes(bytes(data))
+
+
+def test_bare_hub_id_when_no_such_local_path(hub, repos, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch2mlx.stream.convert("org/single", tmp_path / "a", model=False)
+    torch2mlx.stream.convert(str(repos / "org" / "single"), tmp_path / "b", model=False)
+    _same_output(tmp_path / "a", tmp_path / "b")
+    with pytest.raises(
+        Torch2MLXError, match=r"^org/absent: no such file or directory; as a Hub id: hf://org/absent: no such"
+    ):
+        torch2mlx.stream.convert("org/absent", tmp_path / "c", model=False)
+    # a local path of that shape wins
+    (tmp_path / "org").mkdir()
+    with pytest.raises(Torch2MLXError, match=r"org/single: not a regular file or directory|holds no weight files"):
+        (tmp_path / "org" / "single").mkdir()
+        torch2mlx.stream.convert("org/single", tmp_path / "d", model=False)

@@ -220,6 +220,11 @@ def _open(path: str, key: str | None) -> Checkpoint:
     if remote.is_remote(path):
         return _open_remote(path)
     if not os.path.exists(path):
+        if remote.looks_like_hub_id(path):  # as mlx-lm's --hf-path: ORG/NAME[@REV] that is no local path
+            try:
+                return _open_remote("hf://" + path)
+            except Torch2MLXError as e:
+                raise Torch2MLXError(f"{path}: no such file or directory; as a Hub id: {e}") from None
         raise Torch2MLXError(f"{path}: no such file or directory")
     if os.path.isdir(path) and zarr_store.is_zarr(path):
         entries, notes, attrs = zarr_store.read_entries(path)

@@ -36,6 +36,14 @@ def is_remote(path) -> bool:
     return isinstance(path, str) and bool(_SCHEME.match(path)) and not path.startswith("file://")
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")
+
+
+def looks_like_hub_id(path: str) -> bool:
+    """``ORG/NAME[@REV]`` as the Hub spells repo ids (checked only for a path that does not exist)."""
+    return bool(_HUB_ID.fullmatch(path)) and ".." not in path
+
+
 @dataclass(frozen=True)
 class RemoteFile:
     label: str  # hf://org/model@commit/name: the path entries and messages carry
