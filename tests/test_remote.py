@@ -340,3 +340,23 @@ def test_bare_hub_id_when_no_such_local_path(hub, repos, tmp_path, monkeypatch):
     with pytest.raises(Torch2MLXError, match=r"org/single: not a regular file or directory|holds no weight files"):
         (tmp_path / "org" / "single").mkdir()
         torch2mlx.stream.convert("org/single", tmp_path / "d", model=False)
+
+
+def test_progress_shows_bytes_fetched(hub, tmp_path, monkeypatch):
+    from torch2mlx.stream import progress
+
+    shown = []
+    real = progress.progress_bar
+
+    def spy(total, enabled, desc="converting", fetched=None):
+        bar, update = real(total, enabled, desc, fetched)
+
+        def recording(n):
+            update(n)
+            shown.append(bar.postfix)
+
+        return bar, recording
+
+    monkeypatch.setattr("torch2mlx.stream.sinks.progress_bar", spy)
+    torch2mlx.stream.convert("hf://org/single", tmp_path / "out", model=False, dtype="float16", progress=True)
+    assert shown and shown[-1].startswith("fetched 1") and "/s" in shown[-1]
