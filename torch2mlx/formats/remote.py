@@ -409,31 +409,24 @@ def _stream_fsspec(f: RemoteFile, offset: int, n: int, sink) -> None:
 def read_into(f: RemoteFile, buf, offset: int) -> None:
     """Fill ``buf`` (any writable buffer) with the file's bytes from ``offset``.
 
-    Reads shorter than a window go through the shared window cache: the blocks of a tensor and the small
-    tensors beside it then cost one request per ``WINDOW`` bytes instead of one each.
+    Reads go through the shared window cache: the blocks of a tensor and the small tensors beside it cost
+    one request per ``WINDOW`` bytes, not one each, and a window is fetched once however the reads split it.
     """
-    view = memoryview(buf).cast("B")
-    if len(view) < WINDOW:
-        _WINDOWS.read_into(f, view, offset)
-        return
-
-    def put(piece, at):
-        view[at : at + len(piece)] = piece
-
-    stream_range(f, offset, len(view), put)
+    _WINDOWS.read_into(f, memoryview(buf).cast("B"), offset)
 
 
 WINDOW = 16 * 1024 * 1024  # bytes fetched at once for small reads, aligned to multiples of itself
-WINDOWS_KEPT = 4  # windows held after use (memory: WINDOW each, plus those being fetched)
+WINDOWS_KEPT = 8  # windows held, partly read, at most (memory: WINDOW each, plus those being fetched)
 
 
 class _Window:
-    __slots__ = ("data", "error", "done")
+    __slots__ = ("data", "error", "done", "served")
 
     def __init__(self):
         self.data: bytes | bytearray = b""
         self.error: BaseException | None = None
         self.done = threading.Event()
+        self.served = 0  # bytes copied out: once every byte has been, nobody needs the window again
 
 
 class _WindowCache:
@@ -457,13 +450,19 @@ class _WindowCache:
         pos = 0
         while pos < len(view):
             k = (offset + pos) // WINDOW
-            data = self._get(f, k)
+            w = self._get(f, k)
             lo = offset + pos - k * WINDOW
-            take = min(len(view) - pos, len(data) - lo)
-            view[pos : pos + take] = data[lo : lo + take]
+            take = min(len(view) - pos, len(w.data) - lo)
+            view[pos : pos + take] = w.data[lo : lo + take]
             pos += take
+            with self._lock:
+                w.served += take
+                # Each byte of a source is read once a run: a window whose every byte went out is done with
+                # (reads that overlap are rare and only cost a refetch).
+                if w.served >= len(w.data) and self._windows.get((f.label, k)) is w:
+                    del self._windows[(f.label, k)]
 
-    def _get(self, f: RemoteFile, k: int) -> bytes | bytearray:
+    def _get(self, f: RemoteFile, k: int) -> _Window:
         key = (f.label, k)
         with self._lock:
             found = self._windows.pop(key, None)
@@ -474,7 +473,7 @@ class _WindowCache:
             w.done.wait()
             if w.error is not None:
                 raise w.error
-            return w.data
+            return w
         try:
             start = k * WINDOW
             buf = bytearray(min(WINDOW, f.size - start))
@@ -496,7 +495,7 @@ class _WindowCache:
             done = [key for key, x in self._windows.items() if x.done.is_set()]
             for old in done[: max(0, len(done) - WINDOWS_KEPT)]:
                 del self._windows[old]
-        return w.data
+        return w
 
 
 _WINDOWS = _WindowCache()
