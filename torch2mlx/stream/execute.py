@@ -306,7 +306,9 @@ class Executor:
                 with self._cond:
                     while st.watermark <= pos and not self._failed:
                         self._cond.wait()
-                    if self._failed:
+                    # After a failure, shards already written whole are still hashed and placed (what
+                    # --resume keeps: a remote run that dies should not fetch them again); the rest are not.
+                    if self._failed and st.watermark < st.size:
                         return
                     limit = st.watermark
                 if os.fstat(fd).st_size < limit:
