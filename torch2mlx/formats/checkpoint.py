@@ -218,13 +218,13 @@ def open_checkpoint(path: str, key: str | None = None, allow_globals=()) -> Chec
 def _open(path: str, key: str | None) -> Checkpoint:
     path = os.fspath(path)
     if remote.is_remote(path):
-        return _open_remote(path)
+        return _open_remote(path, key)
     if not os.path.exists(path):
         if remote.looks_like_hub_id(path):  # as mlx-lm's --hf-path: ORG/NAME[@REV] that is no local path
             try:
-                return _open_remote("hf://" + path)
-            except Torch2MLXError as e:
-                raise Torch2MLXError(f"{path}: no such file or directory; as a Hub id: {e}") from None
+                return _open_remote("hf://" + path, key)
+            except Torch2MLXError as err:
+                raise Torch2MLXError(f"{path}: no such file or directory; as a Hub id: {err}") from None
         raise Torch2MLXError(f"{path}: no such file or directory")
     if os.path.isdir(path) and zarr_store.is_zarr(path):
         entries, notes, attrs = zarr_store.read_entries(path)
@@ -381,9 +381,10 @@ def _remote_source(f: remote.RemoteFile):
     return f.size, read
 
 
-def _open_remote(url: str) -> Checkpoint:
-    """A remote source: safetensors headers read by range, small files (index, config, tokenizer) fetched
-    whole into a temporary directory, tensor bytes left where they are (read by ``DataReader``)."""
+def _open_remote(url: str, key: str | None) -> Checkpoint:
+    """A remote source: safetensors headers and torch zip directories read by range, small files (index,
+    config, tokenizer) fetched whole into a temporary directory, tensor bytes left where they are (read by
+    ``DataReader``)."""
     import atexit
     import shutil
     import tempfile
@@ -392,8 +393,6 @@ def _open_remote(url: str) -> Checkpoint:
     names = sorted(n for n in listing.files if "/" not in n)
     if listing.single is not None:
         wanted = [listing.single]
-        if not listing.single.endswith(".safetensors"):
-            raise Torch2MLXError(f"{url}: only .safetensors files are read remotely yet; download it first")
     else:
         wanted = None
     tmp = tempfile.mkdtemp(prefix="t2mlx-remote-")
@@ -429,17 +428,27 @@ def _open_remote(url: str) -> Checkpoint:
             raise CheckpointError(
                 listing.label, f"holds no weight files (torch2mlx reads {', '.join(WEIGHT_SUFFIXES)})"
             )
-    other = [f for f in files if not f.endswith(".safetensors")]
+    other = [f for f in files if not f.endswith((".safetensors",) + PICKLE_SUFFIXES)]
     if other:
         raise Torch2MLXError(
-            f"{listing.label}: {other[0]}: only .safetensors weights are read remotely yet; "
-            "download the repo first (e.g. `hf download`) and convert the folder"
+            f"{listing.label}: {other[0]}: only .safetensors and torch zip (.bin/.pt/.pth/.ckpt) weights are "
+            "read remotely yet; download the repo first (e.g. `hf download`) and convert the folder"
         )
     entries: list[TensorEntry] = []
     meta: dict = {}
+    fmts: set[str] = set()
+    key_paths: set[str] = set()
     for f in files:
         rf = listing.files[f]
-        e, m = safetensors.read_entries(rf.label, _remote_source(rf))
+        if f.endswith(".safetensors"):
+            e, m = safetensors.read_entries(rf.label, _remote_source(rf))
+            fmts.add("safetensors")
+        else:  # the zip's central directory, each member's local header and data.pkl, by range
+            e, pickle_notes, key_path = pickled.read_entries_at(rf.label, key)
+            m = {}
+            notes += pickle_notes
+            fmts.add("pickle")
+            key_paths.add(key_path)
         if weight_map is not None:
             missing = sorted({k for k, v in weight_map.items() if v == f} - {x.name for x in e})
             if missing:
@@ -448,16 +457,18 @@ def _open_remote(url: str) -> Checkpoint:
         meta.update(m)
     used = set(files) | ({os.path.basename(index_path)} if index_path else set())
     sidecars, config = _sidecars_and_config(tmp, sorted(small), used, notes)
+    fmt = "+".join(sorted(fmts))
     ck = Checkpoint(
         listing.label,
         entries,
         [listing.files[f].label for f in files],
-        "safetensors",
+        fmt,
         sidecars=sidecars,
         notes=notes,
         metadata=meta,
         config=config,
-        layout=_layout("safetensors", meta),
+        layout=_layout(fmt, meta),
+        key=key_paths.pop() if len(key_paths) == 1 else None,
         local_dir=tmp,
     )
     _check_names(ck)

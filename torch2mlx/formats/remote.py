@@ -13,6 +13,7 @@ needs them; ``http(s)://`` needs neither.
 from __future__ import annotations
 
 import http.client
+import io
 import os
 import re
 import threading
@@ -87,7 +88,8 @@ def lookup(path: str) -> RemoteFile | None:
 def _register(listing: Listing) -> Listing:
     for f in listing.files.values():
         _FILES[f.label] = f
-    _WINDOWS.forget({f.label for f in listing.files.values()})  # a URL's bytes may differ from last time
+    for cache in (_WINDOWS, _META):  # a URL's bytes may differ from last time
+        cache.forget({f.label for f in listing.files.values()})
     return listing
 
 
@@ -406,6 +408,12 @@ def _stream_fsspec(f: RemoteFile, offset: int, n: int, sink) -> None:
             _backoff(attempt, None)
 
 
+def copy_range(f: RemoteFile, offset: int, n: int, sink) -> None:
+    """``sink(piece, at)`` for the bytes ``[offset, offset + n)``, through the same windows as ``read_into``:
+    a file's bytes are fetched once whether they are copied unchanged or read to be transformed."""
+    _WINDOWS.stream(f, offset, n, sink)
+
+
 def read_into(f: RemoteFile, buf, offset: int) -> None:
     """Fill ``buf`` (any writable buffer) with the file's bytes from ``offset``.
 
@@ -431,11 +439,15 @@ class _Window:
 
 class _WindowCache:
     """Aligned windows of remote files, shared by the worker threads; the first thread to need a window
-    fetches it, the others wait for it. Least recently used windows go first."""
+    fetches it, the others wait for it. Least recently used windows go first.
 
-    def __init__(self):
+    ``window``/``kept``: sizes of a cache of its own (None: the module's ``WINDOW``/``WINDOWS_KEPT``, read
+    at each call so tests can scale them)."""
+
+    def __init__(self, window: int | None = None, kept: int | None = None):
         self._lock = threading.Lock()
         self._windows: dict[tuple[str, int], _Window] = {}  # insertion order = recency
+        self._size, self._kept = window, kept
 
     def forget(self, labels: set[str]) -> None:
         with self._lock:
@@ -443,17 +455,23 @@ class _WindowCache:
                 del self._windows[key]
 
     def read_into(self, f: RemoteFile, view: memoryview, offset: int) -> None:
-        if offset < 0 or offset + len(view) > f.size:
-            raise Torch2MLXError(
-                f"{f.label}: bytes {offset}-{offset + len(view) - 1} lie past the end ({f.size} bytes)"
-            )
+        def put(piece, at):
+            view[at : at + len(piece)] = piece
+
+        self.stream(f, offset, len(view), put)
+
+    def stream(self, f: RemoteFile, offset: int, n: int, sink) -> None:
+        """``sink(piece, at)`` for consecutive pieces of ``[offset, offset + n)``, views into the windows."""
+        if offset < 0 or offset + n > f.size:
+            raise Torch2MLXError(f"{f.label}: bytes {offset}-{offset + n - 1} lie past the end ({f.size} bytes)")
         pos = 0
-        while pos < len(view):
-            k = (offset + pos) // WINDOW
-            w = self._get(f, k)
-            lo = offset + pos - k * WINDOW
-            take = min(len(view) - pos, len(w.data) - lo)
-            view[pos : pos + take] = w.data[lo : lo + take]
+        size = self._size or WINDOW
+        while pos < n:
+            k = (offset + pos) // size
+            w = self._get(f, k, size)
+            lo = offset + pos - k * size
+            take = min(n - pos, len(w.data) - lo)
+            sink(memoryview(w.data)[lo : lo + take], pos)
             pos += take
             with self._lock:
                 w.served += take
@@ -462,7 +480,7 @@ class _WindowCache:
                 if w.served >= len(w.data) and self._windows.get((f.label, k)) is w:
                     del self._windows[(f.label, k)]
 
-    def _get(self, f: RemoteFile, k: int) -> _Window:
+    def _get(self, f: RemoteFile, k: int, size: int) -> _Window:
         key = (f.label, k)
         with self._lock:
             found = self._windows.pop(key, None)
@@ -475,8 +493,8 @@ class _WindowCache:
                 raise w.error
             return w
         try:
-            start = k * WINDOW
-            buf = bytearray(min(WINDOW, f.size - start))
+            start = k * size
+            buf = bytearray(min(size, f.size - start))
 
             def put(piece, at):
                 buf[at : at + len(piece)] = piece
@@ -493,12 +511,61 @@ class _WindowCache:
             w.done.set()
         with self._lock:
             done = [key for key, x in self._windows.items() if x.done.is_set()]
-            for old in done[: max(0, len(done) - WINDOWS_KEPT)]:
+            for old in done[: max(0, len(done) - (self._kept or WINDOWS_KEPT))]:
                 del self._windows[old]
         return w
 
 
 _WINDOWS = _WindowCache()
+# Metadata (zip directories, local headers, pickles) is read in small scattered pieces: small windows.
+_META = _WindowCache(window=64 * 1024, kept=32)
+DIRECT = 1024 * 1024  # a metadata read at least this long is one request of its own
+
+
+class RemoteIO(io.RawIOBase):
+    """A remote file as a seekable binary file, for the readers that parse metadata with ``seek``/``read``
+    (``zipfile``, the torch zip reader)."""
+
+    def __init__(self, f: RemoteFile):
+        super().__init__()
+        self.f, self.pos = f, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.pos, 2: self.f.size}[whence]
+        if base + offset < 0:
+            raise OSError(22, "negative seek position")
+        self.pos = base + offset
+        return self.pos
+
+    def readinto(self, b) -> int:
+        view = memoryview(b).cast("B")
+        n = max(0, min(len(view), self.f.size - self.pos))
+        if n >= DIRECT:
+            view[:n] = read_bytes(self.f, self.pos, n)
+        elif n:
+            _META.read_into(self.f, view[:n], self.pos)
+        self.pos += n
+        return n
+
+
+def open_binary(path: str):
+    """``open(path, "rb")`` for a local file, a ``RemoteIO`` for a remote one."""
+    rf = lookup(path) if "://" in path else None
+    return RemoteIO(rf) if rf is not None else open(path, "rb")
+
+
+def file_size(path: str) -> int:
+    rf = lookup(path) if "://" in path else None
+    return rf.size if rf is not None else os.path.getsize(path)
 
 
 def read_bytes(f: RemoteFile, offset: int, n: int) -> bytes:
