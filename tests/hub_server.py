@@ -32,6 +32,7 @@ class Faults:
     ignore_range: bool = False  # answer 200 with the whole file whatever Range says
     wrong_content_range: bool = False  # 206 with a Content-Range shifted by one byte
     stop_after_bytes: int | None = None  # once this many data bytes are sent, every data GET answers 503
+    redirect: bool = False  # resolve of weight files answers 302 to another host name (as the Hub's CDN)
 
 
 class _Quiet(ThreadingHTTPServer):
@@ -50,6 +51,7 @@ class HubServer:
     fetched: int = 0  # data bytes sent by resolve/file GETs
     requests: list = field(default_factory=list)  # (method, path, Range header)
     max_requests: int = 100_000  # a runaway client fails instead of spinning forever
+    authorized: list = field(default_factory=list)  # (path, whether an Authorization header came)
 
     def __post_init__(self):
         self._lock = threading.Lock()
@@ -117,6 +119,7 @@ def _handler(server: HubServer):
         def _count(self) -> bool:
             with server._lock:
                 server.requests.append((self.command, self.path, self.headers.get("Range")))
+                server.authorized.append((self.path, self.headers.get("Authorization") is not None))
                 return len(server.requests) <= server.max_requests
 
         def _json(self, obj, status=200, extra=()):
@@ -209,6 +212,15 @@ def _handler(server: HubServer):
                     return
                 if rel not in server.files(repo):
                     return self._error(404, "EntryNotFound", f"{rel} does not exist")
+                if server.faults.redirect and rel.endswith((".safetensors", ".bin")):
+                    self.send_response(302)
+                    self.send_header("Location", f"http://localhost:{server.port}/files/{repo}/{rel}")
+                    self.send_header("X-Repo-Commit", server.commit(repo))
+                    self.send_header("X-Linked-Etag", f'"{server.etag(repo, rel)}"')
+                    self.send_header("X-Linked-Size", str(_size(server, repo, rel)))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 return self._serve_file(
                     os.path.join(server.repo_dir(repo), rel),
                     [("X-Repo-Commit", server.commit(repo)), ("ETag", f'"{server.etag(repo, rel)}"')]

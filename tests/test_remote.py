@@ -409,3 +409,23 @@ def test_torch_zip_shards_match_local(hub, bin_repo, tmp_path, setting):
 def test_legacy_pickle_is_refused_remotely(hub, bin_repo, tmp_path):
     with pytest.raises(Torch2MLXError, match="legacy .pre-1.6. pickles are not read remotely yet"):
         torch2mlx.stream.convert("hf://org/legacy", tmp_path / "out", model=False)
+
+
+def test_redirects_followed_without_the_token(hub, repos, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token_not_real")
+    hub.faults.redirect = True
+    torch2mlx.stream.convert(str(repos / "org" / "single"), tmp_path / "local", model=False, dtype="float16")
+    torch2mlx.stream.convert("hf://org/single", tmp_path / "remote", model=False, dtype="float16")
+    _same_output(tmp_path / "local", tmp_path / "remote")
+    api = [a for p, a in hub.authorized if p.startswith("/api/")]
+    cdn = [a for p, a in hub.authorized if p.startswith("/files/")]
+    assert api and all(api)  # the Hub gets the token
+    assert cdn and not any(cdn)  # the other host does not
+
+
+def test_dry_run_reads_no_tensor_data(hub, repos, tmp_path):
+    res = torch2mlx.stream.convert("hf://org/sharded", None, model=False, dry_run=True, q_bits=4)
+    assert res.plan.ops
+    sidecars = sum(os.path.getsize(repos / "org" / "sharded" / n) for n in ("config.json", "tokenizer.json"))
+    index = os.path.getsize(repos / "org" / "sharded" / "model.safetensors.index.json")
+    assert hub.fetched <= 2 * 64 * 1024 + sidecars + index
