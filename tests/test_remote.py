@@ -18,7 +18,7 @@ pytest.importorskip("huggingface_hub")
 
 import torch2mlx.stream  # noqa: E402
 from torch2mlx.errors import Torch2MLXError  # noqa: E402
-from torch2mlx.formats import remote  # noqa: E402
+from torch2mlx.formats import ranges  # noqa: E402
 from hub_server import serving  # noqa: E402
 
 
@@ -57,7 +57,7 @@ def repos(tmp_path_factory):
 def hub(repos, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(remote, "BACKOFF", 0.01)
+    monkeypatch.setattr(ranges, "BACKOFF", 0.01)
     with serving(str(repos)) as srv:
         monkeypatch.setenv("HF_ENDPOINT", srv.url)
         yield srv
@@ -178,7 +178,7 @@ def big_repo(repos):
 def test_resume_fetches_only_unfinished_shards(hub, big_repo, tmp_path, monkeypatch):
     # At this scale (9 MB shards) a 16 MiB read window is most of a shard; on a real model (5 GB shards)
     # it is noise. Scaled down with the shards:
-    monkeypatch.setattr(remote, "WINDOW", 1 << 20)
+    monkeypatch.setattr(ranges, "WINDOW", 1 << 20)
     kw = dict(dtype="float16", model=False, max_shard_size="9MB", workers=1)
     torch2mlx.stream.convert(str(big_repo), tmp_path / "local", **kw)
     shards = len([n for n in os.listdir(tmp_path / "local") if n.endswith(".safetensors")])
@@ -365,7 +365,7 @@ def test_progress_shows_bytes_fetched(hub, tmp_path, monkeypatch):
 @pytest.mark.parametrize("setting", ["float16", "q4"])
 def test_many_windows_fetch_each_byte_about_once(hub, repos, tmp_path, monkeypatch, setting):
     # windows far smaller than the files, as 16 MiB windows are against a real model's shards
-    monkeypatch.setattr(remote, "WINDOW", 64 * 1024)
+    monkeypatch.setattr(ranges, "WINDOW", 64 * 1024)
     kw = dict(SETTINGS[setting], model=False, workers=4)
     torch2mlx.stream.convert(str(repos / "org" / "sharded"), tmp_path / "local", **kw)
     torch2mlx.stream.convert("hf://org/sharded", tmp_path / "remote", **kw)
