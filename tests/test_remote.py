@@ -260,9 +260,16 @@ def test_analyze_reads_headers_only(hub, repos, tmp_path):
     assert hub.fetched < 2 * 64 * 1024 + 4096  # two header reads and the sidecars, no tensor data
 
 
-def test_remote_to_torch_is_refused(hub, tmp_path):
-    with pytest.raises(Torch2MLXError, match="back to torch is not supported yet"):
-        torch2mlx.stream.to_torch("hf://org/single", tmp_path / "out")
+def test_to_torch_from_a_remote_conversion(hub, repos, bin_repo, tmp_path):
+    # an MLX conversion (with its torch2mlx.json) published as a repo, converted back from the Hub
+    torch2mlx.stream.convert(str(bin_repo), repos / "org" / "mlx", model=False, dtype="float16", overwrite=True)
+    for n in os.listdir(repos / "org" / "mlx"):
+        if n.startswith("."):
+            os.remove(repos / "org" / "mlx" / n)
+    local = torch2mlx.stream.to_torch(str(repos / "org" / "mlx"), tmp_path / "local")
+    res = torch2mlx.stream.to_torch("hf://org/mlx", tmp_path / "remote")
+    _same_output(tmp_path / "local", tmp_path / "remote")
+    assert res.tensors_out == local.tensors_out and any("rules from torch2mlx.json" in n for n in res.plan.notes)
 
 
 def test_fsspec_url_matches_local(repos, tmp_path):

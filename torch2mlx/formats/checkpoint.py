@@ -50,6 +50,14 @@ class Checkpoint:
         return self.path if os.path.isdir(self.path) else os.path.dirname(os.path.abspath(self.path))
 
     @property
+    def folder(self) -> str | None:
+        """The local directory of the source's small files (index, config, ``torch2mlx.json``): the source
+        directory itself, the fetched copy for a remote source, None for a single local file."""
+        if self.local_dir is not None:
+            return self.local_dir
+        return self.path if os.path.isdir(self.path) else None
+
+    @property
     def remote(self) -> bool:
         """Tensor bytes are read by range from a URL (``hf://``, ``https://``, fsspec), not from local files."""
         return self.local_dir is not None
@@ -402,7 +410,6 @@ def _open_remote(url: str, key: str | None) -> Checkpoint:
         for n in names
         if (n.endswith(".index.json") or n.endswith(SIDECAR_SUFFIXES) or n.startswith("tokenizer"))
         and not n.endswith(WEIGHT_SUFFIXES)
-        and n not in OUR_FILES
         and listing.files[n].size <= MAX_SIDECAR
         and (wanted is None or not n.endswith(".index.json"))
     ]
