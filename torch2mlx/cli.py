@@ -86,7 +86,13 @@ def _add_stream(sub):
         + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("src", metavar="SRC", help="checkpoint file or directory")
+    p.add_argument(
+        "src",
+        metavar="SRC",
+        help="checkpoint file or directory, or a remote source read by range: hf://ORG/NAME[@REV] "
+        "(or ORG/NAME when no such local path exists), "
+        "an https:// .safetensors URL, another fsspec URL (docs/remote.md)",
+    )
     # "" (not None) when absent: None asks stream.to_torch for tensors in memory, which a command cannot print
     p.add_argument(
         "out",

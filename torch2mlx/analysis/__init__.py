@@ -48,7 +48,7 @@ def analyze(x, *, model: str | None = None, model_kwargs=None, allow_globals=())
     t0 = time.perf_counter()
     if isinstance(x, (str, os.PathLike)):
         path = os.fspath(x)
-        if model is None and not os.path.exists(path) and ":" in path:
+        if model is None and not os.path.exists(path) and ":" in path and "://" not in path:
             from .build import from_class
 
             report = model_report(from_class(path, model_kwargs, what="model class"), path)
@@ -68,10 +68,15 @@ def _from_path(path: str, model, model_kwargs, allow_globals=()) -> Report:
     from ..formats.checkpoint import open_checkpoint
     from . import build, headers
 
-    if not os.path.exists(path):
-        raise Torch2MLXError(f"{path}: no such file or directory")
-    ck = open_checkpoint(path, allow_globals=allow_globals) if build.has_weights(path) else None
-    config_dir = path if os.path.isfile(os.path.join(path, "config.json")) else None
+    if "://" in path:  # a remote source: headers by range, config.json fetched beside them
+        ck = open_checkpoint(path, allow_globals=allow_globals)
+        path = ck.path
+        config_dir = ck.config_dir if ck.config is not None else None
+    else:
+        if not os.path.exists(path):
+            raise Torch2MLXError(f"{path}: no such file or directory")
+        ck = open_checkpoint(path, allow_globals=allow_globals) if build.has_weights(path) else None
+        config_dir = path if os.path.isfile(os.path.join(path, "config.json")) else None
     if model is not None:
         return model_report(build.from_class(model, model_kwargs, config_dir), path, ck)
     notes = []

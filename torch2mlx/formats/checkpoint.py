@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..errors import CheckpointError, Torch2MLXError
 from ..core.entry import TensorEntry
-from . import npz, pickled, safetensors, unpickler, zarr_store
+from . import npz, pickled, remote, safetensors, unpickler, zarr_store
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 WEIGHT_SUFFIXES = (".safetensors", ".npz") + PICKLE_SUFFIXES
@@ -39,11 +39,28 @@ class Checkpoint:
     # Pickles: the key path the weights were taken from ("" the whole object), recorded in the
     # manifest so verify and --resume read the same tensors. None for formats without nesting.
     key: str | None = None
+    # A remote source: the temporary directory its sidecars (config, tokenizer, index) were fetched into.
+    local_dir: str | None = None
 
     @property
     def config_dir(self) -> str:
         """The directory whose config.json ``config`` came from: ``path``, or a single file's directory."""
+        if self.local_dir is not None:
+            return self.local_dir
         return self.path if os.path.isdir(self.path) else os.path.dirname(os.path.abspath(self.path))
+
+    @property
+    def folder(self) -> str | None:
+        """The local directory of the source's small files (index, config, ``torch2mlx.json``): the source
+        directory itself, the fetched copy for a remote source, None for a single local file."""
+        if self.local_dir is not None:
+            return self.local_dir
+        return self.path if os.path.isdir(self.path) else None
+
+    @property
+    def remote(self) -> bool:
+        """Tensor bytes are read by range from a URL (``hf://``, ``https://``, fsspec), not from local files."""
+        return self.local_dir is not None
 
     @property
     def nbytes(self) -> int:
@@ -208,7 +225,14 @@ def open_checkpoint(path: str, key: str | None = None, allow_globals=()) -> Chec
 
 def _open(path: str, key: str | None) -> Checkpoint:
     path = os.fspath(path)
+    if remote.is_remote(path):
+        return _open_remote(path, key)
     if not os.path.exists(path):
+        if remote.looks_like_hub_id(path):  # as mlx-lm's --hf-path: ORG/NAME[@REV] that is no local path
+            try:
+                return _open_remote("hf://" + path, key)
+            except Torch2MLXError as err:
+                raise Torch2MLXError(f"{path}: no such file or directory; as a Hub id: {err}") from None
         raise Torch2MLXError(f"{path}: no such file or directory")
     if os.path.isdir(path) and zarr_store.is_zarr(path):
         entries, notes, attrs = zarr_store.read_entries(path)
@@ -347,3 +371,112 @@ def _check_names(ck: Checkpoint):
         if e.name in seen:
             raise CheckpointError(e.origin, f"tensor {e.name!r} is also in {seen[e.name]} (duplicate name)")
         seen[e.name] = e.origin
+
+
+MAX_SIDECAR = 64 * 1024 * 1024  # a remote tokenizer or config larger than this is no sidecar
+_HEAD_GUESS = 1 << 16  # first request for a remote safetensors header: most headers fit
+
+
+def _remote_source(f: remote.RemoteFile):
+    """``(size, read)`` for ``safetensors.read_header``: the first request takes the header's likely size."""
+    first = remote.read_bytes(f, 0, min(f.size, _HEAD_GUESS))
+
+    def read(offset: int, n: int) -> bytes:
+        if offset + n <= len(first):
+            return first[offset : offset + n]
+        return remote.read_bytes(f, offset, min(n, f.size - offset))
+
+    return f.size, read
+
+
+def _open_remote(url: str, key: str | None) -> Checkpoint:
+    """A remote source: safetensors headers and torch zip directories read by range, small files (index,
+    config, tokenizer) fetched whole into a temporary directory, tensor bytes left where they are (read by
+    ``DataReader``)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    listing = remote.resolve(url)
+    names = sorted(n for n in listing.files if "/" not in n)
+    if listing.single is not None:
+        wanted = [listing.single]
+    else:
+        wanted = None
+    tmp = tempfile.mkdtemp(prefix="t2mlx-remote-")
+    atexit.register(shutil.rmtree, tmp, True)
+    small = [
+        n
+        for n in names
+        if (n.endswith(".index.json") or n.endswith(SIDECAR_SUFFIXES) or n.startswith("tokenizer"))
+        and not n.endswith(WEIGHT_SUFFIXES)
+        and listing.files[n].size <= MAX_SIDECAR
+        and (wanted is None or not n.endswith(".index.json"))
+    ]
+    for n in small:
+        with open(os.path.join(tmp, n), "wb") as out:
+            remote.stream_range(listing.files[n], 0, listing.files[n].size, lambda piece, at: out.write(piece))
+    notes: list[str] = []
+    index_path = None if wanted else _find_index(tmp, [n for n in names if n in small or n.endswith(WEIGHT_SUFFIXES)])
+    if index_path:
+        weight_map = _load_index(index_path)
+        files = sorted(set(weight_map.values()))
+        for f in files:
+            if f not in listing.files:
+                raise CheckpointError(
+                    f"{listing.label}/{os.path.basename(index_path)}",
+                    f"names shard {f!r}, which the repo does not hold",
+                )
+        notes.append(f"{listing.label}: using index {os.path.basename(index_path)} ({len(files)} shard(s))")
+    else:
+        weight_map = None
+        files = wanted or _weight_files(listing.label, names, notes)
+        if not files:
+            raise CheckpointError(
+                listing.label, f"holds no weight files (torch2mlx reads {', '.join(WEIGHT_SUFFIXES)})"
+            )
+    other = [f for f in files if not f.endswith((".safetensors",) + PICKLE_SUFFIXES)]
+    if other:
+        raise Torch2MLXError(
+            f"{listing.label}: {other[0]}: only .safetensors and torch zip (.bin/.pt/.pth/.ckpt) weights are "
+            "read remotely yet; download the repo first (e.g. `hf download`) and convert the folder"
+        )
+    entries: list[TensorEntry] = []
+    meta: dict = {}
+    fmts: set[str] = set()
+    key_paths: set[str] = set()
+    for f in files:
+        rf = listing.files[f]
+        if f.endswith(".safetensors"):
+            e, m = safetensors.read_entries(rf.label, _remote_source(rf))
+            fmts.add("safetensors")
+        else:  # the zip's central directory, each member's local header and data.pkl, by range
+            e, pickle_notes, key_path = pickled.read_entries_at(rf.label, key)
+            m = {}
+            notes += pickle_notes
+            fmts.add("pickle")
+            key_paths.add(key_path)
+        if weight_map is not None:
+            missing = sorted({k for k, v in weight_map.items() if v == f} - {x.name for x in e})
+            if missing:
+                raise CheckpointError(rf.label, f"the index says it holds {missing[0]!r}; it does not")
+        entries += e
+        meta.update(m)
+    used = set(files) | ({os.path.basename(index_path)} if index_path else set())
+    sidecars, config = _sidecars_and_config(tmp, sorted(small), used, notes)
+    fmt = "+".join(sorted(fmts))
+    ck = Checkpoint(
+        listing.label,
+        entries,
+        [listing.files[f].label for f in files],
+        fmt,
+        sidecars=sidecars,
+        notes=notes,
+        metadata=meta,
+        config=config,
+        layout=_layout(fmt, meta),
+        key=key_paths.pop() if len(key_paths) == 1 else None,
+        local_dir=tmp,
+    )
+    _check_names(ck)
+    return ck

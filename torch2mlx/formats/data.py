@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import CheckpointError
 from ..core.entry import TensorEntry
+from . import remote
 
 _PAGE = mmap.ALLOCATIONGRANULARITY
 
@@ -67,9 +68,23 @@ class DataReader:
                     self._fds[path] = fd
         return fd
 
+    @staticmethod
+    def remote_file(path: str) -> remote.RemoteFile | None:
+        """The remote file ``path`` names (an ``hf://`` or other URL source), None for a local file."""
+        return remote.lookup(path) if "://" in path else None
+
+    def read_into(self, path: str, buf, offset: int) -> None:
+        """Fill ``buf`` with bytes of ``path`` from ``offset``: ``preadv`` locally, a range request remotely."""
+        rf = self.remote_file(path)
+        if rf is not None:
+            remote.read_into(rf, buf, offset)
+            return
+        pread_into(self.fd(path), buf, offset, path)
+        self.done_with_range(path, offset, memoryview(buf).nbytes)
+
     def done_with_range(self, path: str, offset: int, length: int) -> None:
         """Let the kernel drop source pages we will not read again (keeps the page cache for the user)."""
-        if self.drop_cache and hasattr(os, "posix_fadvise") and length > 0:
+        if self.drop_cache and hasattr(os, "posix_fadvise") and length > 0 and self.remote_file(path) is None:
             os.posix_fadvise(self.fd(path), offset, length, os.POSIX_FADV_DONTNEED)
 
     def read_rows(self, entry: TensorEntry, start: int, stop: int, axis: int = 0) -> np.ndarray:
@@ -91,8 +106,7 @@ class DataReader:
             out = np.empty(sub, dtype=carrier)
             if out.nbytes:
                 assert entry.path is not None  # neither loaded nor in memory: in a file
-                pread_into(self.fd(entry.path), out, entry.offset + start * row, entry.path)
-                self.done_with_range(entry.path, entry.offset + start * row, out.nbytes)
+                self.read_into(entry.path, out, entry.offset + start * row)
         else:
             out = self._strided(entry, start, stop, axis, shape, carrier)
         if entry.byteorder == "big" and entry.dtype.itemsize > 1:
@@ -113,6 +127,16 @@ class DataReader:
             return np.empty(sub, dtype=carrier)
         first = entry.offset + start * strides[axis] * item
         last = first + (sum((n - 1) * s for n, s in zip(sub, strides, strict=True)) + 1) * item
+        rf = self.remote_file(entry.path)
+        if rf is not None:  # the storage region the view touches, in one request
+            if last > rf.size:
+                raise CheckpointError(entry.path, f"tensor {entry.name!r} reaches past the end of the file")
+            flat = np.empty((last - first) // item, dtype=carrier)
+            remote.read_into(rf, flat, first)
+            view = np.lib.stride_tricks.as_strided(
+                flat, shape=sub, strides=[s * item for s in strides], writeable=False
+            )
+            return np.ascontiguousarray(view)
         base = first - first % _PAGE
         fd = self.fd(entry.path)
         if last > os.fstat(fd).st_size:
@@ -144,8 +168,7 @@ class DataReader:
         out = np.empty(stop - start, dtype=entry.dtype.np_dtype)
         if out.nbytes:
             assert entry.path is not None  # neither loaded nor in memory: in a file
-            pread_into(self.fd(entry.path), out, entry.offset + start * entry.dtype.itemsize, entry.path)
-            self.done_with_range(entry.path, entry.offset + start * entry.dtype.itemsize, out.nbytes)
+            self.read_into(entry.path, out, entry.offset + start * entry.dtype.itemsize)
         if entry.byteorder == "big" and entry.dtype.itemsize > 1:
             out.byteswap(inplace=True)
         return out

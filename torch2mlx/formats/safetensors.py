@@ -31,22 +31,34 @@ def _no_duplicates(pairs):
     return out
 
 
-def read_header(path: str) -> tuple[dict, dict, int]:
-    """Return (records, metadata, data_start) after checking the header's framing."""
-    try:
-        size = os.path.getsize(path)
+def _local_source(path: str):
+    """``(size, read(offset, n))`` of a file on disk."""
+    size = os.path.getsize(path)
+
+    def read(offset: int, n: int) -> bytes:
         with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise CheckpointError(path, f"truncated safetensors file ({size} bytes, no header length)")
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER:
-                raise CheckpointError(path, f"safetensors header length {n} exceeds the {MAX_HEADER}-byte limit")
-            if 8 + n > size:
-                raise CheckpointError(
-                    path, f"safetensors header length {n} runs past the end of the file ({size} bytes)"
-                )
-            raw = f.read(n)
+            f.seek(offset)
+            return f.read(n)
+
+    return size, read
+
+
+def read_header(path: str, source=None) -> tuple[dict, dict, int]:
+    """Return (records, metadata, data_start) after checking the header's framing.
+
+    ``source``: ``(size, read(offset, n))`` for a file not on the local disk (read by range).
+    """
+    try:
+        size, read = source or _local_source(path)
+        head = read(0, 8)
+        if len(head) < 8:
+            raise CheckpointError(path, f"truncated safetensors file ({size} bytes, no header length)")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER:
+            raise CheckpointError(path, f"safetensors header length {n} exceeds the {MAX_HEADER}-byte limit")
+        if 8 + n > size:
+            raise CheckpointError(path, f"safetensors header length {n} runs past the end of the file ({size} bytes)")
+        raw = read(8, n)
     except OSError as e:
         raise CheckpointError(path, f"cannot read: {e.strerror or e}") from None
     if not raw.lstrip(b" ").startswith(b"{"):
@@ -86,10 +98,10 @@ def _nbytes(shape: list[int], itemsize: int) -> int | None:
     return n
 
 
-def read_entries(path: str) -> tuple[list[TensorEntry], dict]:
-    """Entries of one safetensors file, in data order, and its ``__metadata__``."""
-    header, metadata, start = read_header(path)
-    data_len = os.path.getsize(path) - start
+def read_entries(path: str, source=None) -> tuple[list[TensorEntry], dict]:
+    """Entries of one safetensors file, in data order, and its ``__metadata__`` (``source`` as for ``read_header``)."""
+    header, metadata, start = read_header(path, source)
+    data_len = (source[0] if source else os.path.getsize(path)) - start
     spans = []
     for name, rec in header.items():
         # The common record, accepted in a few steps (100,000 tensors make the full checks

@@ -9,18 +9,17 @@ tensor bytes are later read in place.
 
 from __future__ import annotations
 
-import os
 import zipfile
 
 from ..errors import CheckpointError
-from . import torchscript, unpickler, zip_members
+from . import remote, torchscript, unpickler, zip_members
 from .unpickler import StorageRef
 
 MAX_PICKLE = 1 << 30
 
 
 def is_zip(path: str) -> bool:
-    with open(path, "rb") as f:
+    with remote.open_binary(path) as f:
         return f.read(4) == b"PK\x03\x04"
 
 
@@ -28,8 +27,10 @@ class ZipCheckpoint:
     def __init__(self, path: str):
         self.path = path
         try:
-            self.size = os.path.getsize(path)
-            zf = zipfile.ZipFile(path)
+            self.size = remote.file_size(path)
+            # a remote file: the central directory read by range (ZipFile leaves a file object open)
+            self._remote = remote.open_binary(path) if "://" in path else None
+            zf = zipfile.ZipFile(self._remote or path)
         except (
             zipfile.BadZipFile,
             OSError,
@@ -63,6 +64,8 @@ class ZipCheckpoint:
             raise CheckpointError(path, f"unknown byteorder record {self.byteorder!r}")
 
     def _data_offset(self, info: zipfile.ZipInfo) -> int:
+        if self._remote is not None:
+            return zip_members.data_offset(self._remote, info, self.path)
         with open(self.path, "rb") as f:
             return zip_members.data_offset(f, info, self.path)
 
@@ -94,7 +97,7 @@ class ZipCheckpoint:
                 raise CheckpointError(self.path, f"zip members {n0} and {n1} overlap")
 
     def _read_member(self, info: zipfile.ZipInfo) -> bytes:
-        with open(self.path, "rb") as f:
+        with remote.open_binary(self.path) as f:
             f.seek(self.data_offsets[info.filename])
             data = f.read(info.file_size)
         if len(data) != info.file_size:

@@ -6,7 +6,9 @@ import dataclasses
 import os
 import time
 
+from ..core.sizes import human_bytes
 from ..errors import Torch2MLXError
+from ..formats import remote
 from ..formats.checkpoint import Checkpoint
 from ..formats.data import DataReader
 from .execute import Executor, ShardResult
@@ -134,6 +136,7 @@ def convert(
         >>> torch2mlx.convert(torch.nn.Conv2d(3, 8, 3), "conv.safetensors")  # doctest: +SKIP
     """
     opts = Options.resolve(options, settings)
+    before = (remote.STATS.requests, remote.STATS.retries, remote.STATS.bytes)  # a remote source's transfer
     if resume and overwrite:
         raise Torch2MLXError(
             "resume and overwrite contradict each other: resume keeps out's finished "
@@ -158,7 +161,10 @@ def convert(
     if one_file:
         return _write_one_file(res, out, progress, workers)
     sinks.refuse_settings(sink, plan, hook=hook, resume=resume)  # before OUT is touched
-    res.source_files = resume_mod.source_identity(ck.path, ck.files)
+    if ck.remote:  # size and ETag by name: resume refuses a source that changed since
+        res.source_files = remote.identity(ck.files)
+    else:
+        res.source_files = resume_mod.source_identity(ck.path, ck.files)
     output_dir.check_target(out, ck.files)
     existed = os.path.isdir(out)  # the lock creates OUT: what a failure restores is decided before it
     with out_lock.locked(out):
@@ -200,6 +206,12 @@ def convert(
                     resumable=sink.resumable and hook is None,
                 )
             )
+            if ck.remote:
+                got = remote.STATS.bytes - before[2]
+                plan.notes.append(
+                    f"fetched {human_bytes(got)} ({got:,} bytes) in {remote.STATS.requests - before[0]} range "
+                    f"request(s), {remote.STATS.retries - before[1]} retried"
+                )
     return res
 
 

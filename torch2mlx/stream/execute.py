@@ -22,6 +22,7 @@ import numpy as np
 from ..core import dtypes, rules
 from ..errors import Torch2MLXError
 from ..core import casts
+from ..formats import remote
 from ..formats.data import DataReader
 from .hashing import HASH, new as new_hash, update_from
 from .plan import Op, Plan
@@ -269,8 +270,13 @@ class Executor:
         return done_in
 
     def _copy(self, c: _Copy, ranges: list) -> int:
-        copy_range(self.reader.fd(c.path), self._fds[c.shard], c.src, c.dst, c.n, src_name=c.path)
-        self.reader.done_with_range(c.path, c.src, c.n)
+        rf = self.reader.remote_file(c.path)
+        if rf is not None:  # through the reader's windows (large range requests), written as they arrive
+            fd = self._fds[c.shard]
+            remote.copy_range(rf, c.src, c.n, lambda piece, at: pwrite_all(fd, piece, c.dst + at))
+        else:
+            copy_range(self.reader.fd(c.path), self._fds[c.shard], c.src, c.dst, c.n, src_name=c.path)
+            self.reader.done_with_range(c.path, c.src, c.n)
         ranges.append((c.shard, c.dst, c.dst + c.n))
         return c.n
 
@@ -300,7 +306,9 @@ class Executor:
                 with self._cond:
                     while st.watermark <= pos and not self._failed:
                         self._cond.wait()
-                    if self._failed:
+                    # After a failure, shards already written whole are still hashed and placed (what
+                    # --resume keeps: a remote run that dies should not fetch them again); the rest are not.
+                    if self._failed and st.watermark < st.size:
                         return
                     limit = st.watermark
                 if os.fstat(fd).st_size < limit:

@@ -8,7 +8,6 @@ onto tensors that have none (and needs torch).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from . import manifest
@@ -33,7 +32,7 @@ class MLXSource:
 
 
 def _our_manifest(ck: Checkpoint) -> Manifest | None:
-    m = manifest.read_or_none(ck.path) if os.path.isdir(ck.path) else None
+    m = manifest.read_or_none(ck.folder) if ck.folder is not None else None
     return m if m is not None and m.version is not None else None
 
 

@@ -56,12 +56,13 @@ class ReversePlan:
 
 def read_manifest(ck: Checkpoint) -> Manifest | None:
     """Our manifest next to the weights of a directory (or zarr store), if there is one with records."""
-    if not os.path.isdir(ck.path) or not os.path.isfile(manifest_mod.path(ck.path)):
+    d = ck.folder  # a remote source's manifest was fetched with its sidecars
+    if d is None or not os.path.isfile(manifest_mod.path(d)):
         return None
     try:
-        m = manifest_mod.read(ck.path)
+        m = manifest_mod.read(d)
     except (OSError, ValueError) as e:
-        raise Torch2MLXError(f"{manifest_mod.path(ck.path)}: unreadable manifest ({e})") from None
+        raise Torch2MLXError(f"{manifest_mod.path(d)}: unreadable manifest ({e})") from None
     except TypeError:
         return None
     return m if isinstance(m.tensors, dict) else None

@@ -16,6 +16,7 @@ from typing import Callable
 
 from ..errors import Torch2MLXError
 from . import manifest as manifest_mod
+from ..formats import remote
 from ..formats.data import DataReader
 from .execute import Executor, ShardResult
 from .options import Options
@@ -53,7 +54,10 @@ class Run:
         return manifest(self.res, self.opts, complete=complete, to_torch=self.to_torch)
 
     def bar(self):
-        return progress_bar(self.res.nbytes_in, self.progress, desc="to torch" if self.to_torch else "converting")
+        fetched = (lambda: remote.STATS.bytes) if self.res.checkpoint.remote else None  # network bytes beside
+        return progress_bar(
+            self.res.nbytes_in, self.progress, desc="to torch" if self.to_torch else "converting", fetched=fetched
+        )
 
 
 @dataclass(frozen=True)

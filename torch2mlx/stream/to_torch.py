@@ -20,6 +20,7 @@ from ..core import model_rules
 from ..core.reverse import reverse_specs
 from ..core.spec import RuleSpec
 from ..formats.checkpoint import OUR_FILES, SIDECAR_SUFFIXES, Checkpoint
+from ..formats import remote
 from ..formats.data import DataReader
 from .result import Result
 from .execute import compute_block
@@ -162,7 +163,10 @@ def to_torch(
             return res
         assert out is not None  # not in memory, not a dry run
         out = os.fspath(out)
-        res.source_files = resume_mod.source_identity(ck.path, ck.files)
+        if ck.remote:
+            res.source_files = remote.identity(ck.files)
+        else:
+            res.source_files = resume_mod.source_identity(ck.path, ck.files)
         output_dir.check_target(out, ck.files)
         existed = os.path.isdir(out)  # before the lock creates it
         held.enter_context(out_lock.locked(out))  # until the index is written
@@ -209,7 +213,7 @@ def _rules(model, model_kwargs, ck: Checkpoint, in_memory: bool) -> _Given:
     path, model_kwargs, use_model, inputs = model_choice(model, model_kwargs)
     if inputs is not None:
         return _Given(_inverted(inputs.specs or []))
-    has_manifest = os.path.isdir(ck.path) and os.path.isfile(manifest_mod.path(ck.path))
+    has_manifest = ck.folder is not None and os.path.isfile(manifest_mod.path(ck.folder))
     if in_memory and model is None and not has_manifest and ck.config is None:
         raise Torch2MLXError(
             "to_torch needs the torch model (or its rules) unless the source is a "

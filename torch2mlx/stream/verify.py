@@ -25,7 +25,7 @@ from ..formats.checkpoint import open_checkpoint
 from ..formats.data import DataReader
 from .execute import CHUNK, compute_outputs, plan_tasks
 from .plan import Op, Output
-from ..formats import pickled, safetensors as st_reader
+from ..formats import pickled, remote, safetensors as st_reader
 from .resume import changed_source
 from . import hashing
 from . import manifest as manifest_mod
@@ -187,7 +187,8 @@ def _check_source(src, manifest: Manifest, rep: VerifyReport, quick: bool) -> No
                 "checkpoint that was converted"
             )
         return
-    changed = changed_source(os.fspath(src), recorded)
+    src = os.fspath(src)
+    changed = remote.changed(src, recorded) if remote.is_remote(src) else changed_source(src, recorded)
     if changed is None:
         return
     path, what = changed

@@ -1,0 +1,214 @@
+"""Remote sources: a Hub repo (``hf://org/model[@rev]``), an ``http(s)://`` file or any fsspec URL.
+
+``resolve`` turns a URL into the files it holds (name, size, ETag), pinned to one Hub commit so every read
+sees the same bytes, and registers them so ``DataReader`` and the readers find them by the path their entries
+carry (``hf://org/model@<commit>/<file>``); ``ranges.py`` reads their bytes.
+
+huggingface_hub (``torch2mlx[hub]``) and fsspec (``torch2mlx[remote]``) are imported only for a source that
+needs them; ``http(s)://`` needs neither.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
+
+from ..errors import Torch2MLXError
+from .ranges import (
+    STATS,
+    RemoteFile,
+    RemoteIO,
+    copy_range,
+    forget,
+    fsspec_fs,
+    open_url,
+    read_bytes,
+    read_into,
+    stream_range,
+)
+
+__all__ = ["STATS", "RemoteFile", "copy_range", "read_bytes", "read_into", "stream_range"]
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_remote(path) -> bool:
+    """A URL with a scheme other than ``file://`` (local paths never have one)."""
+    return isinstance(path, str) and bool(_SCHEME.match(path)) and not path.startswith("file://")
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")
+
+
+def looks_like_hub_id(path: str) -> bool:
+    """``ORG/NAME[@REV]`` as the Hub spells repo ids (checked only for a path that does not exist)."""
+    return bool(_HUB_ID.fullmatch(path)) and ".." not in path
+
+
+@dataclass
+class Listing:
+    label: str  # the source as reports name it, e.g. hf://org/model@<commit>
+    files: dict[str, RemoteFile]
+    commit: str | None = None
+    single: str | None = None  # the URL named one file: its name
+
+
+_FILES: dict[str, RemoteFile] = {}  # label -> file, for DataReader
+
+
+def lookup(path: str) -> RemoteFile | None:
+    return _FILES.get(path)
+
+
+def _register(listing: Listing) -> Listing:
+    for f in listing.files.values():
+        _FILES[f.label] = f
+    forget({f.label for f in listing.files.values()})
+    return listing
+
+
+def identity(labels: list[str]) -> dict[str, dict]:
+    """What the manifest records of remote source files, by name in the repo, in the keys local files use
+    (stream/resume.py compares them): ``bytes``, ``blob`` (the ETag: on the Hub the LFS sha256), and the
+    commit-pinned ``url`` they were read at."""
+    out = {}
+    for lab in labels:
+        f = _FILES[lab]
+        out[f.name] = {"bytes": f.size, "blob": f.etag, "url": lab}
+    return out
+
+
+def changed(src: str, recorded: dict) -> tuple[str, str] | None:
+    """(file, what differs) of the first recorded file that ``src`` no longer serves as it was; None if none."""
+    now = identity([f.label for f in resolve(src).files.values()])
+    for name, rec in sorted(recorded.items()):
+        cur = now.get(name)
+        if cur is None:
+            return f"{src}/{name}", "missing"
+        diff = [
+            what
+            for k, what in (("bytes", "size"), ("blob", "etag"))
+            if not isinstance(rec, dict) or rec.get(k) != cur[k]
+        ]
+        if diff:
+            return cur["url"], " and ".join(diff) + " differ"
+    return None
+
+
+# -- resolving a URL to files -----------------------------------------------------------------------
+
+
+def resolve(url: str) -> Listing:
+    if url.startswith("hf://"):
+        return _register(_resolve_hub(url))
+    if url.startswith(("http://", "https://")):
+        return _register(_resolve_http(url))
+    return _register(_resolve_fsspec(url))
+
+
+def _hub_parts(url: str) -> tuple[str, str | None]:
+    rest = url[len("hf://") :].strip("/")
+    if rest.startswith("models/"):
+        rest = rest[len("models/") :]
+    repo, _, rev = rest.partition("@")
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise Torch2MLXError(f"{url}: a Hub source is hf://ORG/NAME or hf://ORG/NAME@REVISION")
+    return repo, (rev or None)
+
+
+def _resolve_hub(url: str) -> Listing:
+    try:
+        import huggingface_hub
+        from huggingface_hub import errors as hub_errors
+        from huggingface_hub.utils import build_hf_headers
+    except ImportError:
+        raise Torch2MLXError(
+            f"{url}: reading from the Hub needs huggingface_hub: pip install 'torch2mlx[hub]'"
+        ) from None
+    repo, rev = _hub_parts(url)
+    endpoint = (os.environ.get("HF_ENDPOINT") or huggingface_hub.constants.ENDPOINT).rstrip("/")
+    shown = f"hf://{repo}" + (f"@{rev}" if rev else "")
+    try:
+        info = huggingface_hub.HfApi(endpoint=endpoint).model_info(repo, revision=rev, files_metadata=True)
+    except hub_errors.GatedRepoError:
+        raise Torch2MLXError(
+            f"{shown}: a gated repo; accept its terms on its Hub page, then log in (`hf auth login`) or set HF_TOKEN"
+        ) from None
+    except hub_errors.RevisionNotFoundError:
+        raise Torch2MLXError(f"{shown}: no branch, tag or commit {rev!r} in {repo} on {endpoint}") from None
+    except hub_errors.RepositoryNotFoundError:
+        raise Torch2MLXError(
+            f"{shown}: no such model repo on {endpoint} (check the name; for a private repo log in "
+            "with `hf auth login` or set HF_TOKEN)"
+        ) from None
+    except hub_errors.OfflineModeIsEnabled:
+        raise Torch2MLXError(f"{shown}: HF_HUB_OFFLINE is set; unset it to read from the Hub") from None
+    except Exception as e:  # HfHubHTTPError, and httpx's transport errors (no OSError)
+        raise Torch2MLXError(f"{shown}: cannot read the repo from {endpoint} ({type(e).__name__}: {e})") from None
+    commit = info.sha
+    if not commit:
+        raise Torch2MLXError(f"{shown}: {endpoint} gave no commit for this revision")
+    headers = tuple(build_hf_headers().items())
+    label = f"hf://{repo}@{commit}"
+    files = {}
+    for s in info.siblings or ():
+        if s.size is None:
+            raise Torch2MLXError(f"{shown}: {endpoint} gave no size for {s.rfilename}")
+        files[s.rfilename] = RemoteFile(
+            f"{label}/{s.rfilename}",
+            s.rfilename,
+            s.size,
+            f"{endpoint}/{repo}/resolve/{commit}/{quote(s.rfilename)}",
+            etag=s.lfs.sha256 if s.lfs is not None else s.blob_id,
+            headers=headers,
+        )
+    return Listing(label, files, commit=commit)
+
+
+def _resolve_http(url: str) -> Listing:
+    name = os.path.basename(urlsplit(url).path)
+    if not name:
+        raise Torch2MLXError(f"{url}: an http(s) source names one file (a directory cannot be listed over HTTP)")
+    resp, final = open_url(url, "HEAD", (), None, url)
+    size = resp.getheader("Content-Length")
+    etag = resp.getheader("ETag")
+    resp.read()
+    if size is None:
+        raise Torch2MLXError(f"{url}: the server gives no Content-Length; cannot read it by range")
+    f = RemoteFile(url, name, int(size), final, etag=etag)
+    return Listing(url.rsplit("/", 1)[0], {name: f}, single=name)
+
+
+def _resolve_fsspec(url: str) -> Listing:
+    fs, path = fsspec_fs(url)
+    proto = url.split("://", 1)[0]
+    try:
+        if fs.isdir(path):
+            found = {os.path.basename(i["name"]): i for i in fs.ls(path, detail=True) if i.get("type") == "file"}
+            single = None
+        else:
+            info = fs.info(path)
+            found, single = {os.path.basename(path): info}, os.path.basename(path)
+    except FileNotFoundError:
+        raise Torch2MLXError(f"{url}: no such file or directory") from None
+    except OSError as e:
+        raise Torch2MLXError(f"{url}: cannot list ({e})") from None
+    base = url.rstrip("/") if single is None else url.rsplit("/", 1)[0]
+    files = {
+        n: RemoteFile(f"{base}/{n}", n, int(i["size"]), f"{proto}://{i['name']}", etag=i.get("ETag") or i.get("etag"))
+        for n, i in found.items()
+    }
+    return Listing(base, files, single=single)
+
+
+def open_binary(path: str):
+    """``open(path, "rb")`` for a local file, a ``RemoteIO`` for a remote one."""
+    rf = lookup(path) if "://" in path else None
+    return RemoteIO(rf) if rf is not None else open(path, "rb")
+
+
+def file_size(path: str) -> int:
+    rf = lookup(path) if "://" in path else None
+    return rf.size if rf is not None else os.path.getsize(path)
