@@ -397,7 +397,7 @@ def _open_remote(url: str, key: str | None) -> Checkpoint:
     import shutil
     import tempfile
 
-    listing = remote.resolve(url)
+    listing = remote.resolve_url(url)
     names = sorted(n for n in listing.files if "/" not in n)
     if listing.single is not None:
         wanted = [listing.single]

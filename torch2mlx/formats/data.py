@@ -71,7 +71,7 @@ class DataReader:
     @staticmethod
     def remote_file(path: str) -> remote.RemoteFile | None:
         """The remote file ``path`` names (an ``hf://`` or other URL source), None for a local file."""
-        return remote.lookup(path) if "://" in path else None
+        return remote.lookup_file(path) if "://" in path else None
 
     def read_into(self, path: str, buf, offset: int) -> None:
         """Fill ``buf`` with bytes of ``path`` from ``offset``: ``preadv`` locally, a range request remotely."""

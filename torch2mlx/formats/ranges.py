@@ -3,7 +3,7 @@
 ``stream_range`` reads ``[offset, offset + n)`` of a ``RemoteFile`` with bounded retries and backoff on
 429/5xx, dropped connections and short bodies (resuming after the bytes already received); an answer that is
 not the requested range (a server that ignores ``Range``, a wrong ``Content-Range``) is an error, never data.
-The worker threads read through a shared cache of aligned windows (``read_into``, ``copy_range``), so a
+The worker threads read through a shared cache of aligned windows (``read_into``, ``copy_remote_range``), so a
 file's bytes are fetched once in large requests however the plan cuts them; ``RemoteIO`` serves the metadata
 readers (zip directories) through small windows. Nothing is stored on disk. ``remote.py`` turns URLs into
 ``RemoteFile``s.
@@ -234,7 +234,7 @@ def _stream_fsspec(f: RemoteFile, offset: int, n: int, sink) -> None:
             _backoff(attempt, None)
 
 
-def copy_range(f: RemoteFile, offset: int, n: int, sink) -> None:
+def copy_remote_range(f: RemoteFile, offset: int, n: int, sink) -> None:
     """``sink(piece, at)`` for the bytes ``[offset, offset + n)``, through the same windows as ``read_into``:
     a file's bytes are fetched once whether they are copied unchanged or read to be transformed."""
     _WINDOWS.stream(f, offset, n, sink)

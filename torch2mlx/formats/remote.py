@@ -20,7 +20,7 @@ from .ranges import (
     STATS,
     RemoteFile,
     RemoteIO,
-    copy_range,
+    copy_remote_range,
     forget,
     fsspec_fs,
     open_url,
@@ -29,7 +29,7 @@ from .ranges import (
     stream_range,
 )
 
-__all__ = ["STATS", "RemoteFile", "copy_range", "read_bytes", "read_into", "stream_range"]
+__all__ = ["STATS", "RemoteFile", "copy_remote_range", "read_bytes", "read_into", "stream_range"]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -58,7 +58,7 @@ class Listing:
 _FILES: dict[str, RemoteFile] = {}  # label -> file, for DataReader
 
 
-def lookup(path: str) -> RemoteFile | None:
+def lookup_file(path: str) -> RemoteFile | None:
     return _FILES.get(path)
 
 
@@ -69,7 +69,7 @@ def _register(listing: Listing) -> Listing:
     return listing
 
 
-def identity(labels: list[str]) -> dict[str, dict]:
+def remote_identity(labels: list[str]) -> dict[str, dict]:
     """What the manifest records of remote source files, by name in the repo, in the keys local files use
     (stream/resume.py compares them): ``bytes``, ``blob`` (the ETag: on the Hub the LFS sha256), and the
     commit-pinned ``url`` they were read at."""
@@ -82,7 +82,7 @@ def identity(labels: list[str]) -> dict[str, dict]:
 
 def changed(src: str, recorded: dict) -> tuple[str, str] | None:
     """(file, what differs) of the first recorded file that ``src`` no longer serves as it was; None if none."""
-    now = identity([f.label for f in resolve(src).files.values()])
+    now = remote_identity([f.label for f in resolve_url(src).files.values()])
     for name, rec in sorted(recorded.items()):
         cur = now.get(name)
         if cur is None:
@@ -100,7 +100,7 @@ def changed(src: str, recorded: dict) -> tuple[str, str] | None:
 # -- resolving a URL to files -----------------------------------------------------------------------
 
 
-def resolve(url: str) -> Listing:
+def resolve_url(url: str) -> Listing:
     if url.startswith("hf://"):
         return _register(_resolve_hub(url))
     if url.startswith(("http://", "https://")):
@@ -205,10 +205,10 @@ def _resolve_fsspec(url: str) -> Listing:
 
 def open_binary(path: str):
     """``open(path, "rb")`` for a local file, a ``RemoteIO`` for a remote one."""
-    rf = lookup(path) if "://" in path else None
+    rf = lookup_file(path) if "://" in path else None
     return RemoteIO(rf) if rf is not None else open(path, "rb")
 
 
 def file_size(path: str) -> int:
-    rf = lookup(path) if "://" in path else None
+    rf = lookup_file(path) if "://" in path else None
     return rf.size if rf is not None else os.path.getsize(path)

@@ -162,7 +162,7 @@ def convert(
         return _write_one_file(res, out, progress, workers)
     sinks.refuse_settings(sink, plan, hook=hook, resume=resume)  # before OUT is touched
     if ck.remote:  # size and ETag by name: resume refuses a source that changed since
-        res.source_files = remote.identity(ck.files)
+        res.source_files = remote.remote_identity(ck.files)
     else:
         res.source_files = resume_mod.source_identity(ck.path, ck.files)
     output_dir.check_target(out, ck.files)

@@ -273,7 +273,7 @@ class Executor:
         rf = self.reader.remote_file(c.path)
         if rf is not None:  # through the reader's windows (large range requests), written as they arrive
             fd = self._fds[c.shard]
-            remote.copy_range(rf, c.src, c.n, lambda piece, at: pwrite_all(fd, piece, c.dst + at))
+            remote.copy_remote_range(rf, c.src, c.n, lambda piece, at: pwrite_all(fd, piece, c.dst + at))
         else:
             copy_range(self.reader.fd(c.path), self._fds[c.shard], c.src, c.dst, c.n, src_name=c.path)
             self.reader.done_with_range(c.path, c.src, c.n)

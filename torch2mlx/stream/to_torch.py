@@ -164,7 +164,7 @@ def to_torch(
         assert out is not None  # not in memory, not a dry run
         out = os.fspath(out)
         if ck.remote:
-            res.source_files = remote.identity(ck.files)
+            res.source_files = remote.remote_identity(ck.files)
         else:
             res.source_files = resume_mod.source_identity(ck.path, ck.files)
         output_dir.check_target(out, ck.files)
