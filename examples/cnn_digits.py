@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
-
 import harness
+import numpy as np
 
 
 def digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -66,8 +66,9 @@ def make_samples(d: str, model) -> dict[str, str]:
 def check(src: str, out: str, prefix: str = "") -> int:
     """Compare every output tensor with torch's tensor under the rule the plan recorded."""
     import json
-    import torch
+
     import mlx.core as mx
+    import torch
 
     obj = torch.load(src, weights_only=True)
     sd = {k[len(prefix) :]: v for k, v in obj.get("state_dict", obj).items()}

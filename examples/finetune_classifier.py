@@ -14,9 +14,8 @@ import os
 import sys
 import tempfile
 
-import numpy as np
-
 import harness
+import numpy as np
 
 CLASSES, DIMS = 4, [2, 32, 32, 4]
 
@@ -38,6 +37,7 @@ def main(argv=None) -> dict:
     import mlx.core as mx
     import torch
     from torch import nn
+
     import torch2mlx
     from torch2mlx.recipes import finetune_classifier
     from torch2mlx.templates import MLP

@@ -35,6 +35,7 @@ def main(argv=None) -> dict:
     args = harness.parse(argv, __doc__)
     import mlx.core as mx
     import torch
+
     import torch2mlx
     from torch2mlx.recipes import lora_finetune
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
-
 import harness
+import numpy as np
 
 VOCAB, LENGTH, DIM, HEADS, LAYERS, CLASSES = 32, 16, 32, 4, 2, 4
 

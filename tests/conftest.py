@@ -7,7 +7,6 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from helpers import FLOAT8, torch_save
 
 SEED = 20240601

@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 import pytest
-
-import torch2mlx
 from helpers import read_output, run_main
 from llm_checkpoints import build_model, save_safetensors
+
+import torch2mlx
 
 
 @pytest.fixture

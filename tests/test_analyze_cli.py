@@ -146,6 +146,7 @@ def test_stream_model_option_and_rule_override(tmp_path, capsys):
 def test_stream_without_torch_falls_back_to_inference_with_a_note(bert_dir, monkeypatch, absent, said):
     # `make demo`'s venv has torch but not transformers: the note names what is missing, nothing more
     import sys
+
     from torch2mlx.stream import convert
 
     save_file({"conv.weight": np.ones((2, 3, 3, 3), np.float32)}, str(bert_dir / "model.safetensors"))

@@ -10,10 +10,10 @@ import torch
 import torch.nn as nn
 from safetensors.numpy import load_file
 
-from torch2mlx.core.reverse import reverse_specs
 from torch2mlx.analysis.stream_inputs import StreamInputs
-from torch2mlx.stream import convert
+from torch2mlx.core.reverse import reverse_specs
 from torch2mlx.core.spec import RuleSpec
+from torch2mlx.stream import convert
 
 
 class Net(nn.Module):

@@ -11,7 +11,6 @@ import textwrap
 
 import pytest
 import torch
-
 from helpers import assert_one_error, check_converted, torch_save
 
 # seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out

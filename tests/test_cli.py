@@ -15,8 +15,6 @@ import textwrap
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from conftest import SEED
 from helpers import (
     INDEX,
@@ -31,6 +29,7 @@ from helpers import (
     torch_load,
     torch_save,
 )
+from safetensors.torch import save_file
 
 
 def net_state_dict() -> dict[str, torch.Tensor]:

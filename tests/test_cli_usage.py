@@ -10,8 +10,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-
 from helpers import assert_one_error, run_cli, run_main, torch_save
+
 from torch2mlx.core import quant
 from torch2mlx.core.quant_recipes import MIXED_RECIPES
 from torch2mlx.formats.checkpoint import WEIGHT_SUFFIXES
@@ -207,6 +207,7 @@ def test_report_units_are_mib(small, tmp_path):
 
 def test_missing_torch_names_the_model_class(monkeypatch):
     import sys
+
     from torch2mlx.analysis import build
     from torch2mlx.errors import Torch2MLXError
 

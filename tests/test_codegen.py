@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from codegen_helpers import TOL, imports, load, max_error, randomize_stats, to_mx
 
 import torch2mlx
-from codegen_helpers import TOL, imports, load, max_error, randomize_stats, to_mx
 from torch2mlx.errors import Torch2MLXError
 
 torch.manual_seed(0)
@@ -314,8 +314,8 @@ def test_write_puts_the_source_in_a_file(tmp_path):
 
 
 def test_translations_take_mlx_names_and_renames_from_the_op_table():
-    from torch2mlx.core import ops
     from torch2mlx.codegen import fx_ops
+    from torch2mlx.core import ops
 
     keys = {op.key for op in fx_ops.FUNCTIONS.values()}
     table = {o.torch: o for o in ops.OPS}

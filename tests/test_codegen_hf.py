@@ -12,10 +12,10 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-
-import torch2mlx
 from codegen_helpers import TOL, load
 from codegen_models import ARCHS, tiny_config, tiny_model
+
+import torch2mlx
 from torch2mlx.codegen.examples import transformers_inputs
 
 # seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out

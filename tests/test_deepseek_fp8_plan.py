@@ -8,7 +8,6 @@ import math
 from pathlib import Path
 
 import pytest
-
 from helpers import run_main
 
 # seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out

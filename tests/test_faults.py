@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import INDEX, MANIFEST, T2MLX, assert_one_error, read_json, run_main
 from safetensors.numpy import save_file
 
 import torch2mlx.stream.execute as execute
 from torch2mlx.stream.verify import verify
 from torch2mlx.stream.writers import files, output_dir
-from helpers import INDEX, MANIFEST, T2MLX, assert_one_error, read_json, run_main
 
 # seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out
 pytestmark = pytest.mark.slow

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 pytest.importorskip("hypothesis")  # a dev dependency; a bare environment skips these property tests
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from torch2mlx.core import fp8
 

@@ -10,18 +10,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import llm_checkpoints as L
+import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
-
-import mlx.core as mx
+from helpers import rehash_shard
 from mlx.utils import tree_flatten
 from mlx_lm.convert import convert as mlx_lm_convert
 from mlx_lm.utils import load_model
+from safetensors.torch import save_file
 
-import llm_checkpoints as L
-from helpers import rehash_shard
 from torch2mlx.cli import main as t2mlx
 
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2

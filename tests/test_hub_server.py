@@ -11,7 +11,6 @@ from safetensors.torch import save_file
 huggingface_hub = pytest.importorskip("huggingface_hub")
 import huggingface_hub.constants  # noqa: E402
 import huggingface_hub.errors  # noqa: E402
-
 from hub_server import serving  # noqa: E402
 
 

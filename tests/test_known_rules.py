@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from test_analyze_hf import ARCHS
 
 from torch2mlx.analysis import known
 from torch2mlx.analysis.stream_inputs import StreamInputs, _inputs, stream_inputs
@@ -16,8 +17,6 @@ from torch2mlx.core.entry import TensorEntry
 from torch2mlx.formats.checkpoint import Checkpoint
 from torch2mlx.stream.options import Options
 from torch2mlx.stream.planner import build as plan
-
-from test_analyze_hf import ARCHS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

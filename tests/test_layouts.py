@@ -6,10 +6,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from conftest import SEED
 from helpers import convert, torch_save
+from torch import nn
 
 # (torch layer, MLX op on the converted weight, rule forced with --rule or None for the default/inferred one)
 LAYERS = {

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 from mlx.utils import tree_flatten
-
 from test_training_continuation import OPTIMIZERS, SCHEDULERS, MLXNet, TorchNet, _mlx_view, batches
+
 from torch2mlx.errors import Torch2MLXError
 from torch2mlx.lightning import MLXModule, MLXTrainer
 

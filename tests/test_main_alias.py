@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
+from helpers import check_converted, read_json, run_cli
 from safetensors.numpy import save_file
 from torch import nn
 
-from helpers import check_converted, read_json, run_cli
 from torch2mlx.cli import alias_argv, main
 
 

@@ -10,10 +10,10 @@ import textwrap
 
 import pytest
 import torch
+from helpers import assert_no_index, assert_one_error, check_converted, run_cli, run_main, torch_load, torch_save
 
 import torch2mlx
 import torch2mlx.stream
-from helpers import assert_no_index, assert_one_error, check_converted, run_cli, run_main, torch_load, torch_save
 from torch2mlx.stream.verify import verify
 
 
@@ -302,6 +302,7 @@ def test_uncalled_globals_and_builtin_types_are_data(tmp_path):
 def test_protocol_0_pickle_of_builtin_types_is_data():
     """A protocol-0 pickle (text opcodes, as Python 2 wrote them) of builtin types and a Python 2 long type."""
     import pickle
+
     from torch2mlx.formats import unpickler
 
     raw = pickle.dumps({"types": [list, dict, int, tuple, float, str, bool, set]}, protocol=0)

@@ -10,13 +10,14 @@ import re
 import numpy as np
 import pytest
 import torch
+from helpers import MANIFEST, read_json, torch_save
 
 import torch2mlx
-from helpers import MANIFEST, read_json, torch_save
+from torch2mlx.analysis.stream_inputs import StreamInputs
 from torch2mlx.errors import Torch2MLXError
 from torch2mlx.stream import ShardWriter, manifest
-from torch2mlx.analysis.stream_inputs import StreamInputs
-from torch2mlx.stream import convert as stream_convert, to_torch as stream_to_torch
+from torch2mlx.stream import convert as stream_convert
+from torch2mlx.stream import to_torch as stream_to_torch
 from torch2mlx.stream.options import Options
 from torch2mlx.stream.result import manifest as result_manifest
 from torch2mlx.stream.verify import verify

@@ -14,9 +14,8 @@ import struct
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from helpers import INDEX, MANIFEST, check_converted, check_safetensors_layout, convert
+from safetensors.torch import load_file, save_file
 
 import torch2mlx
 from torch2mlx.core import dtypes

@@ -15,16 +15,15 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
-import pytest
-
+import llm_checkpoints as L
 import mlx.core as mx
 import mlx_lm
+import numpy as np
+import pytest
 from mlx.utils import tree_flatten
 from mlx_lm.convert import convert as mlx_lm_convert
 from mlx_lm.utils import load_model
 
-import llm_checkpoints as L
 from torch2mlx.cli import main as t2mlx
 from torch2mlx.stream.sidecar_config import _hoist_rope
 

@@ -9,14 +9,13 @@ import subprocess
 import sys
 import textwrap
 
+import llm_checkpoints as L
 import mlx.core as mx
 import mlx_lm
 import numpy as np
 import pytest
-from mlx_lm.convert import convert as mlx_lm_convert
-
-import llm_checkpoints as L
 from helpers import assert_one_error, run_main
+from mlx_lm.convert import convert as mlx_lm_convert
 
 # t2mlx in a fresh process that reports whether torch got imported
 PROBE = textwrap.dedent("""\

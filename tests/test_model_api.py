@@ -14,22 +14,22 @@ import mlx.nn as mnn
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
-import torch2mlx
 from helpers import (
     INDEX,
     MANIFEST,
+    assert_same,
     canon_mx,
     canon_torch,
-    assert_same,
     check_converted,
     check_safetensors_layout,
     expected_output,
     read_json,
 )
-from torch2mlx.errors import Torch2MLXError
+from torch import nn
+
+import torch2mlx
 from torch2mlx.core.spec import RuleSpec
+from torch2mlx.errors import Torch2MLXError
 
 
 class Net(nn.Module):

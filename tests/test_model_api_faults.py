@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import INDEX, MANIFEST, check_converted, read_json
 from torch import nn
 
 import torch2mlx
 import torch2mlx.stream.execute as execute
-from torch2mlx.stream.writers import files
-from helpers import INDEX, MANIFEST, check_converted, read_json
 from torch2mlx.errors import Torch2MLXError
+from torch2mlx.stream.writers import files
 
 SHARD = "40KB"  # the model below: 8 shards of one 32 KiB weight (and its bias)
 

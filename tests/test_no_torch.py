@@ -9,10 +9,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from torch import nn
-
 from conftest import SEED
 from helpers import check_converted, read_json, run_cli, torch_load, torch_save
+from torch import nn
 
 FAKE_TORCH = textwrap.dedent("""
     import os
@@ -47,8 +46,8 @@ def no_torch_env(tmp_path):
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     """A zip Lightning checkpoint, a legacy whole pickled module, a sharded safetensors directory."""
-    from test_readers_dirs import _model_sd, _write_dir
     import torch
+    from test_readers_dirs import _model_sd, _write_dir
 
     d = tmp_path_factory.mktemp("notorch")
     torch.manual_seed(SEED)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import SEED
+from helpers import assert_one_error, check_converted, convert, read_json, run_main, torch_save
 
 import torch2mlx
 from torch2mlx.errors import Torch2MLXError
-
-from conftest import SEED
-from helpers import assert_one_error, check_converted, convert, read_json, run_main, torch_save
 
 
 def prefixed_state_dict() -> dict[str, torch.Tensor]:

@@ -9,7 +9,6 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-
 from helpers import assert_one_error, assert_same, canon_bits, canon_mx, convert, read_output, run_main, to_torch
 from reverse_helpers import read_torch_output
 
@@ -35,7 +34,8 @@ def mx_npz(tmp_path):
 
 
 def test_mx_savez_streams_bit_exact_and_is_not_transposed(mx_npz, tmp_path, monkeypatch):
-    from torch2mlx.stream import execute, open as open_ck
+    from torch2mlx.stream import execute
+    from torch2mlx.stream import open as open_ck
 
     ck = open_ck(mx_npz)
     assert ck.format == "npz" and ck.layout == "mlx"

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import INDEX, assert_one_error, run_cli
 from safetensors.numpy import save_file
 
 import torch2mlx.stream
-from helpers import INDEX, assert_one_error, run_cli
 from torch2mlx.errors import Torch2MLXError
 from torch2mlx.stream.verify import verify
 from torch2mlx.stream.writers import out_lock

@@ -8,10 +8,9 @@ import pytest
 import torch
 
 pytest.importorskip("hypothesis")  # a dev dependency; a bare environment skips these property tests
+from helpers import check_converted, convert, torch_load, torch_save
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from helpers import check_converted, convert, torch_load, torch_save
 
 DTYPES = [
     torch.float32,

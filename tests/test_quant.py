@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 pytest.importorskip("hypothesis")  # a dev dependency; a bare environment skips these property tests
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from torch2mlx.core import quant

@@ -6,10 +6,9 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from conftest import SEED
 from helpers import check_converted, convert, read_json, torch_load, torch_save
+from safetensors.torch import load_file, save_file
 
 import torch2mlx
 

@@ -6,10 +6,9 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from torch import nn
-
 from conftest import SEED
 from helpers import check_converted, convert, torch_load, torch_save
+from torch import nn
 
 import torch2mlx
 import torch2mlx.stream
@@ -209,6 +208,7 @@ def _nested_ckpt(model: nn.Module) -> dict:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_nested_state_dict_is_descended_to_and_recorded(tmp_path, out, fmt):
     import json
+
     from helpers import MANIFEST, run_cli
 
     src = torch_save(_nested_ckpt(_model()), tmp_path / "nested.pt", fmt)
@@ -224,6 +224,7 @@ def test_nested_state_dict_is_descended_to_and_recorded(tmp_path, out, fmt):
 def test_verify_and_resume_read_the_recorded_key_path(tmp_path, out):
     """The recorded path wins over a fresh choice: verify and --resume read what the conversion read."""
     import json
+
     from helpers import MANIFEST, run_cli
 
     model = _model()

@@ -6,7 +6,6 @@ import zipfile
 
 import pytest
 import torch
-
 from conftest import LEGACY_LOADABLE, SEED, all_dtypes_state_dict, views_state_dict
 from helpers import (
     assert_one_error,

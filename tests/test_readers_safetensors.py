@@ -7,10 +7,9 @@ import struct
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from conftest import SEED, all_dtypes_state_dict
 from helpers import check_converted, convert
+from safetensors.torch import load_file, save_file
 
 import torch2mlx
 

@@ -8,11 +8,10 @@ import zipfile
 
 import pytest
 import torch
-from torch import nn
-
 from conftest import SEED
 from helpers import assert_no_index, assert_one_error, check_converted, convert, run_cli, run_main
 from test_no_torch import no_torch_env  # noqa: F401  (fixture)
+from torch import nn
 
 import torch2mlx
 

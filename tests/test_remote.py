@@ -16,10 +16,11 @@ from safetensors.torch import save_file
 
 pytest.importorskip("huggingface_hub")
 
+from hub_server import serving  # noqa: E402
+
 import torch2mlx.stream  # noqa: E402
 from torch2mlx.errors import Torch2MLXError  # noqa: E402
 from torch2mlx.formats import ranges  # noqa: E402
-from hub_server import serving  # noqa: E402
 
 
 def _tensors(seed: int, n: int) -> dict:

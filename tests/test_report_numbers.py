@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 
-import torch
 import pytest
-from safetensors.torch import load_file, save_file
-
+import torch
 from helpers import INDEX, MANIFEST, read_json, run_cli
 from llm_checkpoints import build_model
+from safetensors.torch import load_file, save_file
 
 import torch2mlx.stream as stream
 from torch2mlx.core.sizes import human_bytes

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
-
 from helpers import INDEX, MANIFEST, T2MLX, assert_one_error, read_json, run_cli
+from safetensors.numpy import save_file
 
 # seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out
 pytestmark = pytest.mark.slow

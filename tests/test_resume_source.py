@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import save as safetensors_save, save_file
+from helpers import INDEX, MANIFEST, T2MLX, assert_one_error, read_json, run_cli
+from safetensors.numpy import save as safetensors_save
+from safetensors.numpy import save_file
 from safetensors.torch import load_file
 
 import torch2mlx.stream
-from torch2mlx.formats.checkpoint import open_checkpoint
-from helpers import INDEX, MANIFEST, T2MLX, assert_one_error, read_json, run_cli
 from torch2mlx.errors import Torch2MLXError
+from torch2mlx.formats.checkpoint import open_checkpoint
 from torch2mlx.stream.writers.out_lock import LOCK
 
 # seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out

@@ -7,10 +7,10 @@ way back and the on-disk way back give the same tensors bit for bit.
 from __future__ import annotations
 
 import torch
-
-import torch2mlx
 from conftest import SEED
 from reverse_helpers import read_torch_output
+
+import torch2mlx
 
 
 def _state() -> dict[str, torch.Tensor]:

@@ -12,7 +12,6 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-
 from helpers import assert_no_index, assert_one_error, convert, read_json, run_main, to_torch
 from reverse_helpers import read_torch_output
 
@@ -128,9 +127,9 @@ def test_forward_dtype_change_and_quantization_are_both_undone(tmp_path):
 def mlx_lm_dir(tmp_path_factory):
     """A tiny random Llama from a transformers config, quantized by mlx-lm's convert: with its mixed 3/6-bit
     recipe (a config entry per layer) and uniformly at 4 bits (the config's default block alone)."""
+    from mlx_lm.convert import convert as mlx_lm_convert
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-    from mlx_lm.convert import convert as mlx_lm_convert
 
     d = tmp_path_factory.mktemp("mlx_lm")
     cfg = LlamaConfig(

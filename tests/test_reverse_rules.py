@@ -18,10 +18,9 @@ import os
 
 import pytest
 import torch
-from torch import nn
-
 from helpers import MANIFEST, convert, to_torch
 from reverse_helpers import read_torch_output
+from torch import nn
 
 
 class Net(nn.Module):

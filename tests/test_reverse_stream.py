@@ -10,8 +10,6 @@ import os
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from conftest import all_dtypes_state_dict, views_state_dict
 from helpers import (
     FLOAT8,
@@ -28,6 +26,7 @@ from helpers import (
     to_torch,
 )
 from reverse_helpers import INDEXES, read_torch_output
+from safetensors.torch import save_file
 from test_no_torch import no_torch_env  # noqa: F401  (a fixture)
 
 FORMATS = ("safetensors", "bin")
@@ -244,7 +243,8 @@ def test_verify_recomputes_a_reverse_output_and_finds_a_changed_byte(tmp_path, f
 
 
 def test_missing_mlx_tensors_are_reported_and_a_pickle_is_refused(tmp_path):
-    from safetensors.numpy import load_file as np_load, save_file as np_save
+    from safetensors.numpy import load_file as np_load
+    from safetensors.numpy import save_file as np_save
 
     torch.save({"a": torch.ones(2), "b": torch.zeros(3)}, tmp_path / "m.pt")
     assert_one_error(run_main("stream", tmp_path / "m.pt", tmp_path / "o", "--to", "torch"), "a pickle")

@@ -9,8 +9,7 @@ pytest.importorskip("hypothesis")  # a dev dependency; a bare environment skips 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torch2mlx.core import dtypes, rules
-from torch2mlx.core import casts
+from torch2mlx.core import casts, dtypes, rules
 from torch2mlx.core.entry import TensorEntry
 from torch2mlx.stream.execute import compute_block
 from torch2mlx.stream.plan import Op, Output

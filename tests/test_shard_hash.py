@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from helpers import MANIFEST, check_converted, file_hash, read_json, run_main
+from safetensors.torch import save_file
 
 OPTS = ["--max-shard-size", "300KB", "--no-model", "--quiet"]  # passthrough: bfloat16 kept, kernel copies
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 
+import llm_checkpoints as L
 import mlx.core as mx
 import mlx_lm
 import numpy as np
 import pytest
 import torch
-
-import llm_checkpoints as L
 from helpers import check_converted, run_main, torch_save
 
 

@@ -8,8 +8,8 @@ import os
 
 import numpy as np
 import pytest
-
 from helpers import assert_one_error, run_main
+
 from torch2mlx import stream
 from torch2mlx.cli import build_parser
 from torch2mlx.errors import Torch2MLXError

@@ -8,7 +8,6 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-
 from conftest import SEED
 from helpers import (
     FLOAT8,

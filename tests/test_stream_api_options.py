@@ -10,16 +10,15 @@ import inspect
 
 import pytest
 import torch
+from conftest import SEED
+from helpers import assert_one_error, run_main, torch_save
 from safetensors.numpy import load_file
 
 import torch2mlx
 from torch2mlx import stream
 from torch2mlx.analysis.stream_inputs import StreamInputs
-from torch2mlx.errors import Torch2MLXError
 from torch2mlx.core.spec import RuleSpec
-
-from conftest import SEED
-from helpers import assert_one_error, run_main, torch_save
+from torch2mlx.errors import Torch2MLXError
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from llm_checkpoints import build_model, save_safetensors
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,6 +18,7 @@ import pytest
 import torch
 from mlx.utils import tree_flatten
 from torch import nn
+from training_helpers import TorchNet, inputs, max_gap, mlx_steps, mlx_twin, torch_steps
 
 from torch2mlx.errors import Torch2MLXError
 from torch2mlx.training import (
@@ -27,7 +28,6 @@ from torch2mlx.training import (
     optimizer_state_to_torch,
     read_training_checkpoint,
 )
-from training_helpers import TorchNet, inputs, max_gap, mlx_steps, mlx_twin, torch_steps
 
 CONFIGS = {
     "SGD-momentum": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),

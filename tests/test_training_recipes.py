@@ -11,11 +11,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from test_examples import examples_on_path  # noqa: F401  (puts examples/ on sys.path for this module)
 
 from torch2mlx.errors import Torch2MLXError
 from torch2mlx.recipes import LoRALinear, apply_lora, finetune_classifier, merge_lora
-
-from test_examples import examples_on_path  # noqa: F401  (puts examples/ on sys.path for this module)
 
 
 def test_finetune_classifier_example_reduces_loss():

@@ -6,15 +6,13 @@ casts the norms to float32, and the written values compared bit for bit with tor
 
 from __future__ import annotations
 
-
 import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from helpers import INDEX, assert_same, canon_mx, canon_torch, read_json, read_output, rehash_shard, run_cli
 from llm_checkpoints import build_model
+from safetensors.torch import load_file
 
 import torch2mlx
 import torch2mlx.stream as stream

@@ -17,14 +17,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from helpers import assert_one_error, assert_same, canon_bits, canon_torch, run_main, torch_save
 from safetensors.numpy import load_file
 
 import torch2mlx
 from torch2mlx import stream
 from torch2mlx.core.spec import RuleSpec
 from torch2mlx.errors import Torch2MLXError
-
-from helpers import assert_one_error, canon_bits, canon_torch, assert_same, run_main, torch_save
 
 PKG = Path(torch2mlx.__file__).resolve().parent
 VERBS = ("open_checkpoint", "convert", "to_torch", "analyze", "generate", "load_converted", "export")

@@ -7,7 +7,6 @@ import struct
 
 import pytest
 import torch
-
 from helpers import INDEX, MANIFEST, rehash_shard, run_cli, torch_save
 
 

@@ -10,7 +10,6 @@ import textwrap
 
 import pytest
 import torch
-
 from conftest import SEED
 from helpers import (
     INDEX,

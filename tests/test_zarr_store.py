@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 import zarr
-
 from conftest import all_dtypes_state_dict
 from helpers import (
     MANIFEST,
@@ -200,6 +199,7 @@ def _enospc_after(monkeypatch, n_ok: int):
     """The n_ok-th zarr chunk write onwards fails with ENOSPC, as on a full disk."""
     import errno
     import os
+
     from zarr.storage import _local
 
     real, count = _local._put, [0]
@@ -239,6 +239,7 @@ def test_enospc_at_a_chunk_is_one_error_and_the_store_reads_back_as_incomplete(t
 def test_a_store_killed_mid_run_is_marked_incomplete(tmp_path, monkeypatch):
     """No manifest yet, no finish: as after SIGKILL. The mark was written first, so reading refuses."""
     from helpers import assert_one_error, run_main
+
     from torch2mlx.stream.writers import zarr_store
 
     torch.save({"a.weight": torch.randn(8, 4)}, tmp_path / "m.pt")
@@ -304,7 +305,9 @@ def test_overwrite_replaces_the_old_store_arrays_and_all(tmp_path):
 def test_enospc_at_the_manifest_is_one_error_and_the_store_reads_back_as_incomplete(tmp_path, monkeypatch):
     import errno
     import os
+
     from helpers import assert_one_error, run_main
+
     from torch2mlx.stream.writers import files
 
     torch.save({"a.weight": torch.randn(8, 4), "b.weight": torch.randn(3)}, tmp_path / "m.pt")

@@ -17,7 +17,6 @@ import pytest
 pytest.importorskip("hypothesis")  # a dev dependency; a bare environment skips these property tests
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-
 from pickle_asm import (
     APPENDS,
     BINPERSID,

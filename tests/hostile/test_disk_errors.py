@@ -15,9 +15,8 @@ import sys
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
-
 from hostile_runner import run
+from safetensors.numpy import save_file
 
 INDEX = "model.safetensors.index.json"
 

@@ -20,13 +20,11 @@ import numpy as np
 import pytest
 
 pytest.importorskip("hypothesis")  # a dev dependency; a bare environment skips these property tests
+from fuzz_strategies import INTERESTING, fuzz_settings, mutated, open_or_none
 from hypothesis import given
 from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.numpy import save_file
-
-from fuzz_strategies import INTERESTING, fuzz_settings, mutated, open_or_none
-
 
 # seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out
 pytestmark = pytest.mark.slow

@@ -19,9 +19,6 @@ import pytest
 import torch
 
 pytest.importorskip("hypothesis")  # a dev dependency; a bare environment skips these property tests
-from hypothesis import event, given
-from hypothesis import strategies as st
-
 from fuzz_strategies import (
     GLOBALS,
     fuzz_settings,
@@ -34,12 +31,14 @@ from fuzz_strategies import (
     open_or_none,
     state_dict_graph,
 )
+from hypothesis import event, given
+from hypothesis import strategies as st
 from pickle_asm import float_bytes, torch_zip
-from torch2mlx.errors import Torch2MLXError
-from torch2mlx.stream import open as open_checkpoint
-from torch2mlx.formats.data import DataReader
-from torch2mlx.formats import nested, unpickler
 
+from torch2mlx.errors import Torch2MLXError
+from torch2mlx.formats import nested, unpickler
+from torch2mlx.formats.data import DataReader
+from torch2mlx.stream import open as open_checkpoint
 
 # seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out
 pytestmark = pytest.mark.slow

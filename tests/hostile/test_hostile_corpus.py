@@ -21,9 +21,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
-
 import hostile_corpus
+import pytest
 from hostile_runner import CLEAN_ENV, TIMEOUT, limit_memory, run_process
 
 # seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out

@@ -6,11 +6,11 @@ import copyreg
 
 import pytest
 import torch
-
 from pickle_asm import EMPTY_TUPLE, NEWOBJ, REDUCE, glob, pickle_of, s, tup
+
 from torch2mlx.errors import CheckpointError
-from torch2mlx.stream import open as open_checkpoint
 from torch2mlx.formats import unpickler
+from torch2mlx.stream import open as open_checkpoint
 
 
 def test_legacy_whole_module_converts(tmp_path):

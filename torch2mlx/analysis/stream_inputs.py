@@ -8,10 +8,10 @@ imports torch.
 
 from __future__ import annotations
 
-from ..errors import Torch2MLXError
-from ..formats.checkpoint import Checkpoint
 from ..core.model_rules import StreamInputs
 from ..core.spec import RuleSpec
+from ..errors import Torch2MLXError
+from ..formats.checkpoint import Checkpoint
 
 __all__ = ["StreamInputs", "stream_inputs", "reverse_inputs", "module_inputs"]
 

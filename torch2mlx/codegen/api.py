@@ -39,9 +39,10 @@ def _wrap(model):
     import inspect
 
     import torch
+
     from ..core import registry
-    from .render import literal
     from .leaves import LEAVES
+    from .render import literal
 
     entry = registry.lookup(type(model), list(model._parameters))
     layer = entry is not None and entry.torch in LEAVES and registry.class_key(type(model)) == entry.torch

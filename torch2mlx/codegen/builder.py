@@ -19,30 +19,30 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 
-from ..core import registry
 from ..analysis.tree import ModuleInfo
+from ..core import registry
 from ..core.registry import CUSTOM
 from . import leaves as _leaves
 from . import prelude
+from .nodes import Alias, Out, Untranslated, Val
 from .render import (
     Call,
     DictE,
-    Lit,
     ListE,
+    Lit,
     Raw,
     attribute_ok,
     call,
+    inline_simple,
     literal,
     pretty,
     replace_lits,
-    shape_key,
-    inline_simple,
     reroll,
+    shape_key,
     walk_lits,
     wrap_statement,
 )
 from .trace import Pattern, Traced, call_arguments, default_pattern, pattern_of, trace
-from .nodes import Alias, Out, Untranslated, Val
 from .translate import Body, Env, Translator
 
 _CONV_RANK = {"conv1d": 3, "conv2d": 4, "conv3d": 5}

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .render import Call, ListE, Raw, call
 from .nodes import Alias, Out, Untranslated
+from .render import Call, ListE, Raw, call
 
 
 @dataclass

@@ -21,8 +21,8 @@ from typing import Iterable
 import numpy as np
 
 from . import dtypes
-from .dtypes import DType
 from .casts import FLOAT8_TABLES, cast, to_f32
+from .dtypes import DType
 
 FP8_WEIGHT_DTYPES = frozenset({"float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"})
 DEFAULT_BLOCK = 128  # DeepSeek-V3 / Qwen3-FP8 "weight_block_size": [128, 128]

@@ -42,8 +42,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import dtypes
-from .dtypes import DType
 from .casts import cast, f32_to_bf16, f32_to_f16, to_f32
+from .dtypes import DType
 
 BITS = (1, 2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)

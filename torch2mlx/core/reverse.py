@@ -14,8 +14,8 @@ tensor, and their reverse is decided by the group:
 
 from __future__ import annotations
 
-from . import rules
 from ..errors import Torch2MLXError
+from . import rules
 from .spec import RuleSpec
 
 

@@ -15,10 +15,9 @@ import sys
 
 import numpy as np
 
-from ..core import dtypes
+from ..core import casts, dtypes
 from ..core.dtypes import DType
 from ..errors import Torch2MLXError
-from ..core import casts
 
 
 def to_mx(arr: np.ndarray, dt: DType, upcast: bool = False):

@@ -6,8 +6,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from ..errors import CheckpointError, Torch2MLXError
 from ..core.entry import TensorEntry
+from ..errors import CheckpointError, Torch2MLXError
 from . import npz, pickled, remote, safetensors, unpickler, zarr_store
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -87,8 +87,8 @@ class Checkpoint:
         Dtypes MLX lacks arrive as a conversion stores them: float8 as bfloat16
         (exact), complex128 as complex64. ``upcast`` widens bfloat16/float8 to float32.
         """
-        from .data import DataReader
         from ..core.values import to_mx
+        from .data import DataReader
 
         with DataReader() as reader:
             for e in self.entries:

@@ -15,8 +15,8 @@ import threading
 
 import numpy as np
 
-from ..errors import CheckpointError
 from ..core.entry import TensorEntry
+from ..errors import CheckpointError
 from . import remote
 
 _PAGE = mmap.ALLOCATIONGRANULARITY

@@ -14,8 +14,8 @@ import struct
 import zipfile
 
 from ..core import dtypes
-from ..errors import CheckpointError
 from ..core.entry import TensorEntry
+from ..errors import CheckpointError
 from . import zip_members
 
 _DESCR = {

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..errors import CheckpointError
 from ..core.entry import TensorEntry, contiguous_strides
+from ..errors import CheckpointError
 from . import nested, torchscript
 from .torch_legacy import LegacyCheckpoint, is_legacy
 from .torch_zip import ZipCheckpoint, is_zip

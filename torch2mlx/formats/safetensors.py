@@ -13,8 +13,8 @@ import os
 import struct
 
 from ..core import dtypes
-from ..errors import CheckpointError
 from ..core.entry import TensorEntry
+from ..errors import CheckpointError
 
 MAX_HEADER = 100 * 1024 * 1024
 _RECORD_KEYS = {"dtype", "shape", "data_offsets"}

@@ -20,8 +20,8 @@ import warnings
 import numpy as np
 
 from ..core import dtypes
-from ..errors import CheckpointError, Torch2MLXError
 from ..core.entry import TensorEntry
+from ..errors import CheckpointError, Torch2MLXError
 
 DTYPE_ATTR = "torch2mlx_dtype"
 NAMES_ATTR = "torch2mlx_names"  # "escaped": array paths are array_path(name)

@@ -98,7 +98,9 @@ class MLXModule(nn.Module):
         """Continue an MLX run from a ``ModelCheckpoint`` directory: weights now; optimizer state, step,
         epoch and schedule position when ``MLXTrainer.fit`` starts (onto ``configure_optimizers``' optimizer)."""
         import json
+
         from mlx.utils import tree_unflatten
+
         from ..model_api.load import load_converted
 
         path = os.fspath(path)

@@ -28,6 +28,7 @@ def save_weights(module, out_dir: str, *, extra: dict | None = None, optimizer=N
     """
     import mlx.core as mx
     from mlx.utils import tree_flatten
+
     from ..stream.writers.incremental import ShardWriter
 
     with ShardWriter(out_dir, overwrite=True, metadata={"format": "mlx"}) as w:

@@ -128,6 +128,7 @@ def mlx_weights(specs, tensors: dict) -> dict:
     """``{MLX name: mx.array}`` from ``{torch name: Array}`` by the specs (arithmetic rules in float32)."""
     import mlx.core as mx
     import numpy as np
+
     from ..core import rules
     from ..core.casts import to_f32
 

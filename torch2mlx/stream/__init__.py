@@ -18,15 +18,16 @@ never does. ``to_torch`` without ``out`` imports it to make the tensors it retur
 ShardWriter.add imports torch only for a torch tensor it is handed.
 """
 
-from ..formats.checkpoint import Checkpoint, open_checkpoint as open  # noqa: A001  (mirrors builtins.open on purpose)
-from .convert import convert
-from .result import Result
-from .to_torch import to_torch
 from ..core.entry import TensorEntry
-from .options import Options, parse_size
 from ..core.spec import RuleSpec
+from ..formats.checkpoint import Checkpoint  # noqa: A001  (mirrors builtins.open on purpose)
+from ..formats.checkpoint import open_checkpoint as open
+from .convert import convert
+from .options import Options, parse_size
 from .plan import Plan
 from .planner import build as build_plan
+from .result import Result
+from .to_torch import to_torch
 from .writers.incremental import ShardWriter
 
 __all__ = [

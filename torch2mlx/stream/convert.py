@@ -11,17 +11,16 @@ from ..errors import Torch2MLXError
 from ..formats import remote
 from ..formats.checkpoint import Checkpoint
 from ..formats.data import DataReader
-from .execute import Executor, ShardResult
-from .options import Options
-from . import mlx_source
+from . import mlx_source, sidecar_config, sinks
 from . import resume as resume_mod
+from .execute import Executor, ShardResult
+from .gc_pause import paused
+from .options import Options
 from .plan import Plan
+from .planner import build
 from .progress import progress_bar, status_line
 from .result import Result
-from .planner import build
 from .sources import model_choice, open_source
-from . import sidecar_config, sinks
-from .gc_pause import paused
 from .writers import out_lock, output_dir
 from .writers.target import Target
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..core import quant
+from ..core.entry import TensorEntry
 from ..errors import CheckpointError, Torch2MLXError
 from ..formats.checkpoint import Checkpoint
 from ..formats.data import DataReader
-from ..core.entry import TensorEntry
 
 # Rows dequantized at a time: float32 temporaries of about this many elements stay in cache.
 _STEP_ELEMENTS = 1 << 18

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core import dtypes, rules
+from ..core import casts, dtypes, rules
 from ..errors import Torch2MLXError
-from ..core import casts
 from ..formats import remote
 from ..formats.data import DataReader
-from .hashing import HASH, new as new_hash, update_from
+from .hashing import HASH, update_from
+from .hashing import new as new_hash
 from .plan import Op, Plan
 from .writers.files import check_free_space, copy_range, fsync_dir, memory_backed, os_error, pwrite_all, temp_name
 

@@ -34,8 +34,8 @@ import os
 from dataclasses import dataclass, field
 
 from ..core import rules
-from ..errors import Torch2MLXError
 from ..core.spec import RuleSpec
+from ..errors import Torch2MLXError
 from ..formats.checkpoint import MANIFEST_NAME
 from .hashing import HASH
 from .writers.files import write_json_atomic

@@ -18,8 +18,8 @@ import numpy as np
 
 from ..core import dtypes
 from ..core.dtypes import DType
-from ..errors import Torch2MLXError
 from ..core.entry import TensorEntry, contiguous_strides
+from ..errors import Torch2MLXError
 from ..formats.checkpoint import Checkpoint
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import manifest
 from ..formats.checkpoint import Checkpoint
+from . import manifest
 from .manifest import Manifest
 
 

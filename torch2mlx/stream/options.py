@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ..errors import Torch2MLXError
 from ..core import rules as _rules
+from ..errors import Torch2MLXError
 
 _UNITS = {
     "": 1,

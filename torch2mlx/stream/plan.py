@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..core.dtypes import DType
-from . import manifest
 from ..core.entry import TensorEntry
+from . import manifest
 
 SHARD_METADATA = {"format": "mlx"}
 _json_str = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) writes for a str

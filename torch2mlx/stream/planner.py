@@ -11,8 +11,8 @@ from ..core.dtypes import DType
 from ..core.entry import TensorEntry
 from ..core.spec import RuleSpec
 from ..errors import Torch2MLXError
-from . import transforms
 from ..formats.checkpoint import Checkpoint
+from . import transforms
 from .options import Options
 from .plan import Op, Output, Plan, assign_shards
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..core.version import __version__
+from ..formats.checkpoint import Checkpoint
 from . import manifest as manifest_mod
 from . import resume as resume_mod
-from ..formats.checkpoint import Checkpoint
 from .execute import ShardResult
 from .options import Options
 from .plan import Plan

@@ -19,10 +19,11 @@ import json
 import os
 
 from ..errors import Torch2MLXError
-from .plan import Plan
 from . import hashing
 from . import manifest as manifest_mod
-from .manifest import NAME as MANIFEST, Manifest
+from .manifest import NAME as MANIFEST
+from .manifest import Manifest
+from .plan import Plan
 
 
 def fingerprint(plan: Plan) -> str:

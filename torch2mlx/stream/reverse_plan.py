@@ -24,21 +24,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core import dtypes, rules
-from ..errors import Torch2MLXError
+from ..core import casts, dtypes, rules
+from ..core.entry import TensorEntry
 from ..core.model_rules import reverse_inputs as _model_specs
 from ..core.reverse import reverse_specs
-from ..core import casts
-from . import dequant
+from ..core.spec import RuleSpec
+from ..errors import Torch2MLXError
 from ..formats.checkpoint import Checkpoint
 from ..formats.data import DataReader
-from ..core.entry import TensorEntry
+from . import dequant
+from . import manifest as manifest_mod
+from .manifest import NAME as MANIFEST
+from .manifest import Manifest
 from .options import Options
-from ..core.spec import RuleSpec
 from .plan import Op, Plan, assign_shards
 from .planner import build
-from . import manifest as manifest_mod
-from .manifest import NAME as MANIFEST, Manifest
 
 TORCH_METADATA = {"format": "pt"}
 # A training-step counter the forward stream drops (MLX norms have none): strict loading in torch

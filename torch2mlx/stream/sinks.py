@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import Torch2MLXError
-from . import manifest as manifest_mod
 from ..formats import remote
 from ..formats.data import DataReader
+from . import manifest as manifest_mod
 from .execute import Executor, ShardResult
 from .options import Options
 from .plan import Plan

@@ -15,20 +15,22 @@ import contextlib
 import dataclasses
 import os
 
-from ..errors import Torch2MLXError
 from ..core import model_rules
 from ..core.reverse import reverse_specs
 from ..core.spec import RuleSpec
-from ..formats.checkpoint import OUR_FILES, SIDECAR_SUFFIXES, Checkpoint
+from ..errors import Torch2MLXError
 from ..formats import remote
+from ..formats.checkpoint import OUR_FILES, SIDECAR_SUFFIXES, Checkpoint
 from ..formats.data import DataReader
-from .result import Result
+from . import manifest as manifest_mod
+from . import resume as resume_mod
+from . import reverse_plan, sinks
 from .execute import compute_block
 from .manifest import Manifest
 from .memory import is_module, names_only
-from .sources import model_choice, open_source
 from .options import Options
-from . import manifest as manifest_mod, resume as resume_mod, reverse_plan, sinks
+from .result import Result
+from .sources import model_choice, open_source
 from .writers import out_lock, output_dir
 from .writers.target import Target
 

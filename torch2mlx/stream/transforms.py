@@ -13,12 +13,11 @@ import threading
 
 import numpy as np
 
-from ..core import dtypes, fp8, quant, quant_recipes
+from ..core import casts, dtypes, fp8, quant, quant_recipes
 from ..core.dtypes import DType
-from ..errors import Torch2MLXError
-from ..core import casts
-from ..formats.checkpoint import Checkpoint
 from ..core.entry import TensorEntry
+from ..errors import Torch2MLXError
+from ..formats.checkpoint import Checkpoint
 from .options import Options
 from .plan import Op, Output
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.values import from_user, to_mx
 from ..errors import Torch2MLXError
-from . import manifest
 from ..formats.data import DataReader
+from . import manifest
 from .execute import ShardResult, compute_block
 from .hashing import HASH
 from .options import Options
 from .plan import Plan
-from ..core.values import from_user, to_mx
 from .writers.incremental import ShardWriter
 
 

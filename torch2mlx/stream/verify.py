@@ -21,15 +21,17 @@ import numpy as np
 from ..core import dtypes
 from ..core.entry import TensorEntry
 from ..errors import Torch2MLXError, one_line
+from ..formats import pickled, remote
+from ..formats import safetensors as st_reader
 from ..formats.checkpoint import open_checkpoint
 from ..formats.data import DataReader
-from .execute import CHUNK, compute_outputs, plan_tasks
-from .plan import Op, Output
-from ..formats import pickled, remote, safetensors as st_reader
-from .resume import changed_source
 from . import hashing
 from . import manifest as manifest_mod
-from .manifest import NAME as MANIFEST, Manifest
+from .execute import CHUNK, compute_outputs, plan_tasks
+from .manifest import NAME as MANIFEST
+from .manifest import Manifest
+from .plan import Op, Output
+from .resume import changed_source
 from .writers.output_dir import BIN_INDEX, INDEX
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import mlx.nn as nn
 
 from ..errors import Torch2MLXError
-
 from .activations import make_activation
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..core import rules as _rules
-from ..errors import Torch2MLXError
 from ..core.spec import RuleSpec
+from ..errors import Torch2MLXError
 from . import names as _names
 from .arrays import Array
 from .optimizers import MOMENTS, USES_STEP, infer_kind, kind_of
@@ -195,6 +195,7 @@ def optimizer_state_to_torch(
     """
     import numpy as np
     from mlx.utils import tree_flatten
+
     from ..core.reverse import reverse_specs
 
     state = getattr(mlx_optimizer_or_state, "state", mlx_optimizer_or_state)

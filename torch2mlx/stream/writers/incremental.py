@@ -16,11 +16,11 @@ import numpy as np
 
 from ...core import dtypes
 from ...errors import Torch2MLXError
-from ..plan import Output, render_header, shard_name
-from ..hashing import HASH, file_digest
-from .files import copy_range, fsync_dir, os_error, pwrite_all
 from .. import manifest
+from ..hashing import HASH, file_digest
+from ..plan import Output, render_header, shard_name
 from . import output_dir
+from .files import copy_range, fsync_dir, os_error, pwrite_all
 
 _WIDTHS = (16, 8, 4, 2, 1)
 

@@ -21,9 +21,9 @@ import threading
 from typing import Literal
 
 from ...errors import Torch2MLXError
-from .files import fsync_dir, os_error
 from .. import manifest
 from . import output_dir
+from .files import fsync_dir, os_error
 from .out_lock import LOCK
 
 STAGE_PREFIX = ".t2mlx-new-"

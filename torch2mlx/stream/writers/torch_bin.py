@@ -20,8 +20,8 @@ from ...core.dtypes import load_numpy
 from ...formats.data import DataReader, pread_into
 from .. import execute
 from ..execute import CHUNK, ShardResult, compute_outputs
-from ..plan import Op, Plan
 from ..hashing import file_digest
+from ..plan import Op, Plan
 from .files import os_error
 from .torch_zip import TorchZipWriter
 

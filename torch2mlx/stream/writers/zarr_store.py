@@ -23,10 +23,10 @@ from ...core.dtypes import load_numpy
 from ...core.version import __version__
 from ...errors import Torch2MLXError
 from ...formats.data import DataReader
-from ..execute import CHUNK, compute_outputs
-from ..plan import Op, Plan
 from ...formats.zarr_store import COMPLETE_ATTR, DTYPE_ATTR, NAMES_ATTR, _zarr, array_path
 from .. import manifest as manifest_mod
+from ..execute import CHUNK, compute_outputs
+from ..plan import Op, Plan
 
 COMPRESSORS = ("none", "zstd", "blosc", "gzip")
 NAME_MAX = 255  # bytes in one file name on common file systems (ext4, APFS, NTFS)
