@@ -69,12 +69,19 @@ def _shards(out: Path) -> list[Path]:
     return sorted(out.glob("model-*.safetensors"))
 
 
+def _restore_sigint() -> None:
+    # A job a shell starts in the background inherits SIGINT ignored, and Python keeps an ignored SIGINT
+    # ignored: the child must see Ctrl-C however this suite was started.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(source: Path, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         T2MLX + ["stream", str(source), str(out)] + OPTS + list(extra),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_restore_sigint,
     )
 
 
