@@ -7,7 +7,8 @@ run with positional writes. numpy and file I/O release the GIL, so reading,
 casting and writing overlap. Tasks run in output order, so a hasher thread
 can follow the written prefix of each shard (a hash reads its input in order)
 while the workers move on; a shard is fsynced and renamed into place as soon
-as its last byte is hashed.
+as its last byte is hashed. A remote source is read in its own order within
+each shard instead (its windows are shared by neighbouring tensors).
 """
 
 from __future__ import annotations
