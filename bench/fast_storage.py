@@ -54,10 +54,10 @@ ROWS = {  # name -> (preset, storage, extra t2mlx arguments)
 }
 
 
-def checkpoint(preset: str) -> str:
+def checkpoint(preset: str, data: str = os.path.join(HERE, "data")) -> str:
     """The preset's safetensors directory; one that bench/run.py made (with .bin too) is used as it is."""
     spec = make_checkpoint.PRESETS[preset]
-    d = make_checkpoint.checkpoint_dir(os.path.join(HERE, "data"), preset, spec, False)
+    d = make_checkpoint.checkpoint_dir(data, preset, spec, False)
     try:
         with open(os.path.join(d, make_checkpoint.SPEC_FILE)) as f:
             stamp = json.load(f)

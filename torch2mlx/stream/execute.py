@@ -7,7 +7,8 @@ run with positional writes. numpy and file I/O release the GIL, so reading,
 casting and writing overlap. Tasks run in output order, so a hasher thread
 can follow the written prefix of each shard (a hash reads its input in order)
 while the workers move on; a shard is fsynced and renamed into place as soon
-as its last byte is hashed.
+as its last byte is hashed. A remote source is read in its own order within
+each shard instead (its windows are shared by neighbouring tensors).
 """
 
 from __future__ import annotations
@@ -349,10 +350,14 @@ class Executor:
         """Write the given shards (default: all); returns their results in shard order."""
         indices = sorted(range(len(self.plan.shards)) if shard_indices is None else shard_indices)
         wanted = set(indices)
-        ops = sorted(
-            (op for op in self.plan.ops if op.outputs[0].shard in wanted),
-            key=lambda op: (op.outputs[0].shard, op.outputs[0].offset),
-        )
+        ops = [op for op in self.plan.ops if op.outputs[0].shard in wanted]
+        if any(self.reader.remote_file(op.sources[0].path or "") for op in ops):
+            # A remote source is read through windows shared by neighbouring tensors, and few are kept: read
+            # it in its own order (a shard holds a stretch of it), or a window left partly used until a
+            # distant tensor's turn is evicted and fetched again. The hasher then catches up per shard.
+            ops.sort(key=lambda op: (op.outputs[0].shard, op.sources[0].path or "", op.sources[0].offset or 0))
+        else:  # output order: the hasher follows the workers
+            ops.sort(key=lambda op: (op.outputs[0].shard, op.outputs[0].offset))
         work = batches(self.plan, ops, self.chunk)
         if any(op.sources[0].array is not None or not op.passthrough for op in self.plan.ops):
             dtypes.load_numpy()  # before the workers that compute with it
