@@ -119,6 +119,14 @@ def load(path) -> Adapter:
     return _load_peft(path, config) if kind == "peft" else _load_mlx(path, config)
 
 
+def load_digest(path: str) -> str:
+    """``Adapter.sha256`` of the adapter in ``path`` from its files alone (no tensor is read)."""
+    kind = detect(path)
+    file = MLX_FILE if kind == "mlx" else next(f for f in PEFT_FILES if os.path.isfile(os.path.join(path, f)))
+    files = {n: _file_sha(os.path.join(path, n)) for n in (CONFIG, file)}
+    return Adapter(kind or "?", path, {}, {}, files=files).sha256
+
+
 def _read_config(path: str) -> dict:
     f = os.path.join(path, CONFIG)
     try:

@@ -42,6 +42,12 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
     already = mlx_source.detect(ck) if path is None and inputs is None else None
     if already is not None:
         # No model for it: its tensors have MLX names and layouts already (and the analyzer needs torch).
+        if already.quantized and opts.adapter is not None:
+            raise Torch2MLXError(
+                f"{ck.path}: {already.describe()}; an adapter fuses into float weights: dequantize first "
+                f"(t2mlx stream {ck.path} OUT --to torch), then fuse while converting that (add --q-bits to "
+                "quantize again)"
+            )
         if already.quantized and opts.quantizing:
             raise Torch2MLXError(
                 f"{ck.path}: {already.describe()}; q_bits/q_recipe need float weights: "
@@ -65,7 +71,24 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
     plan.notes += notes
     if inputs is not None:
         plan.warnings[:0] = inputs.all_warnings({n for n, _ in plan.dropped})
+    if opts.adapter is not None:
+        _fuse_adapter(plan, opts)
     return ck, plan
+
+
+def _fuse_adapter(plan: Plan, opts: Options) -> None:
+    from ..adapters import fuse
+    from ..adapters.load import load
+
+    ad = load(opts.adapter)
+    plan.fuses = fuse.attach(plan, ad, opts.adapter_scale)
+    what = {"peft": "PEFT", "mlx": "mlx-lm"}[ad.kind] + (" DoRA" if ad.dora else " LoRA")
+    plan.notes.append(
+        f"fused the {what} adapter {opts.adapter} (sha256 {ad.sha256[:16]}...): {len(ad.modules)} module(s)"
+        + (f" and {len(ad.full)} modules_to_save tensor(s)" if ad.full else "")
+        + (f", scale x{opts.adapter_scale:g}" if opts.adapter_scale != 1 else "")
+        + (", before quantizing" if opts.quantizing else "")
+    )
 
 
 @paused
@@ -158,7 +181,7 @@ def convert(
         return res
     out = os.fspath(out)
     if one_file:
-        return _write_one_file(res, out, progress, workers)
+        return _quantized_fuses(_write_one_file(res, out, progress, workers))
     sinks.refuse_settings(sink, plan, hook=hook, resume=resume)  # before OUT is touched
     if ck.remote:  # size and ETag by name: resume refuses a source that changed since
         res.source_files = remote.remote_identity(ck.files)
@@ -211,6 +234,19 @@ def convert(
                     f"fetched {human_bytes(got)} ({got:,} bytes) in {remote.STATS.requests - before[0]} range "
                     f"request(s), {remote.STATS.retries - before[1]} retried"
                 )
+    return _quantized_fuses(res)
+
+
+def _quantized_fuses(res: Result) -> Result:
+    """The report says what quantizing the fused weights cost (measured on every block written)."""
+    fused = [f for f in res.plan.fuses if f.full is None]
+    q = [op for op in res.plan.ops if op.transform_info and "adapter_module" in op.transform_info and len(op.outputs) > 1]
+    if fused and q:
+        worst = max(f.quant_error for f in fused)
+        res.plan.notes.append(
+            f"{len(q)} fused weight(s) quantized after fusing: largest |dequantized - fused| element {worst:.4g} "
+            "(the quantization's own rounding; the unfused conversion rounds as much)"
+        )
     return res
 
 
