@@ -36,6 +36,7 @@ from ..formats.data import DataReader
 CONFIG = "adapter_config.json"
 PEFT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 MLX_FILE = "adapters.safetensors"
+UNFOLDED_FILE = "torch2mlx_unfolded.safetensors"  # beside an mlx-lm adapter made from PEFT's (write.to_mlx)
 PEFT_PREFIX = "base_model.model."
 F32 = dtypes.get("float32")
 
@@ -249,6 +250,10 @@ def _load_mlx(path: str, config: dict) -> Adapter:
         parts.setdefault(mod, {})[leaf] = (dt, arr)
     own = config.get("torch2mlx") or {}
     ranks, scales = own.get("ranks") or {}, own.get("scales") or {}
+    unfolded = {}
+    if os.path.isfile(os.path.join(path, UNFOLDED_FILE)):
+        unfolded, more = _tensors(path, UNFOLDED_FILE)
+        files.update(more)
     modules = {}
     for mod, p in parts.items():
         if "lora_a" not in p or "lora_b" not in p:
@@ -276,14 +281,17 @@ def _load_mlx(path: str, config: dict) -> Adapter:
         )
         # what a PEFT adapter held before ``to_mlx`` padded its rank and folded its scale
         if mod in ranks or mod in scales:
-            modules[mod] = _unfold(modules[mod], ranks.get(mod), scales.get(mod))
+            modules[mod] = _unfold(modules[mod], ranks.get(mod), scales.get(mod), unfolded.get(mod + ".lora_b"))
     if not modules:
         raise Torch2MLXError(f"{path}/{MLX_FILE}: no LoRA tensors")
     return Adapter("mlx", path, config, modules, {}, kind == "dora", float(params.get("dropout") or 0), files)
 
 
-def _unfold(m: LoraModule, rank: int | None, scale: float | None) -> LoraModule:
-    """Undo ``to_mlx``'s zero padding and scale folding when that gives back exactly what mlx-lm computes."""
+def _unfold(m: LoraModule, rank: int | None, scale: float | None, original=None) -> LoraModule:
+    """Undo ``to_mlx``'s zero padding and scale folding when that gives back exactly what mlx-lm computes.
+
+    ``original``: the unrounded lora_b ``to_mlx`` kept when the fold rounded; used only if folding it
+    again still gives the lora_b in the adapter bit for bit (not trained since)."""
     a, b = m.a, m.b
     if rank is not None and rank < a.shape[0]:
         if np.any(casts.to_f32(a[rank:], m.dtype)) or np.any(casts.to_f32(b[:, rank:], m.dtype)):
@@ -294,7 +302,14 @@ def _unfold(m: LoraModule, rank: int | None, scale: float | None) -> LoraModule:
         return out
     ratio = scale / m.scale
     if not is_power_of_two(ratio):
-        return out  # the fold rounded: the folded lora_b is what mlx-lm computes with
+        if original is None or original[0] != m.dtype or original[1].shape != b.T.shape:
+            return out  # the fold rounded: the folded lora_b is what mlx-lm computes with
+        from .write import _fold
+
+        orig = np.ascontiguousarray(original[1].T)
+        if not np.array_equal(_fold(orig, m.dtype, ratio)[0], b):
+            return out
+        return LoraModule(m.path, a, orig, m.dtype, float(scale), m.magnitude, m.magnitude_dtype)
     b32 = casts.to_f32(b, m.dtype)
     back = casts.cast((b32 / np.float32(ratio)).astype(np.float32), F32, m.dtype)
     if not np.array_equal(casts.to_f32(back, m.dtype) * np.float32(ratio), b32):

@@ -21,7 +21,7 @@ from ..core.dtypes import DType
 from ..errors import Torch2MLXError
 from ..stream.plan import Output, layout_shard, render_header
 from ..stream.writers.files import os_error, temp_name, write_json_atomic
-from .load import CONFIG, F32, MLX_FILE, PEFT_PREFIX, Adapter, is_power_of_two
+from .load import CONFIG, F32, MLX_FILE, PEFT_PREFIX, UNFOLDED_FILE, Adapter, is_power_of_two
 
 
 def write_safetensors(path: str, tensors: dict[str, tuple[DType, np.ndarray]], metadata: dict) -> None:
@@ -73,6 +73,7 @@ def to_mlx(ad: Adapter, out: str, rename, *, overwrite: bool = False) -> tuple[d
     scale = _most_common([m.scale for m in mods])
     tensors: dict[str, tuple[DType, np.ndarray]] = {}
     ranks, scales, keys = {}, {}, []
+    originals: dict[str, tuple[DType, np.ndarray]] = {}
     padded, folded, worst = 0, [], 0.0
     for m in mods:
         path = rename(m.path)
@@ -88,6 +89,8 @@ def to_mlx(ad: Adapter, out: str, rename, *, overwrite: bool = False) -> tuple[d
             b, err = _fold(b, m.dtype, m.scale / scale)
             folded.append(path)
             worst = max(worst, err)
+            if err:  # the fold rounded: keep the exact lora_B beside it for the way back
+                originals[path + ".lora_b"] = (m.dtype, np.ascontiguousarray(m.b.T))
         tensors[path + ".lora_a"] = (m.dtype, np.ascontiguousarray(a.T))
         tensors[path + ".lora_b"] = (m.dtype, np.ascontiguousarray(b.T))
         if m.magnitude is not None:
@@ -111,6 +114,9 @@ def to_mlx(ad: Adapter, out: str, rename, *, overwrite: bool = False) -> tuple[d
     }
     _prepare(out, overwrite, (MLX_FILE, CONFIG))
     write_safetensors(os.path.join(out, MLX_FILE), tensors, {"format": "mlx"})
+    if originals:  # mlx-lm reads only adapters.safetensors
+        write_safetensors(os.path.join(out, UNFOLDED_FILE), originals, {"format": "mlx"})
+        notes.append(f"{UNFOLDED_FILE}: the unrounded lora_b of those modules, for an exact way back to PEFT")
     write_json_atomic(os.path.join(out, CONFIG), config)
     return config, notes
 
