@@ -112,7 +112,9 @@ def test_peft_adapter_loads_in_mlx_lm_and_comes_back_bit_for_bit(bases, tmp_path
     assert a.keys() == b.keys()
     for k in a:
         assert a[k].dtype == b[k].dtype and np.array_equal(a[k].view(np.uint32), b[k].view(np.uint32)), k
-    assert json.loads((back / "adapter_config.json").read_text()) == json.loads((ad / "adapter_config.json").read_text())
+    assert json.loads((back / "adapter_config.json").read_text()) == json.loads(
+        (ad / "adapter_config.json").read_text()
+    )
     again = PeftModel.from_pretrained(L.build_model(kind), back).eval()
     assert np.array_equal(L.torch_logits(again), want)
 
@@ -213,6 +215,32 @@ def test_fusing_into_q4_output_stays_within_the_quantization_error(bases, tmp_pa
     assert 0 < fused_err <= 2 * base_err, (fused_err, base_err)
 
 
+def test_fusing_into_a_q4_base_dequantizes_fuses_and_requantizes(bases, tmp_path):
+    src, _ = bases["llama"]
+    ad, _, merged = _peft(bases, "llama", "dora", tmp_path)
+    q4 = tmp_path / "q4"
+    assert run_main("stream", src, q4, "--q-bits", "4", "--q-group-size", "32").returncode == 0
+    out = tmp_path / "fused"
+    proc = run_main("stream", q4, out, "--adapter", ad)
+    assert proc.returncode == 0, proc.stderr
+    assert "6 quantized base weight(s) dequantized, fused and quantized again as they were" in proc.stdout
+    assert "largest |dequantized - fused| element" in proc.stdout
+    fused_q = load_file(out / "model.safetensors")
+    base_q = load_file(q4 / "model.safetensors")
+    assert fused_q.keys() == base_q.keys()
+    changed = {k for k in base_q if not np.array_equal(base_q[k], fused_q[k])}
+    adapted = {
+        f"model.layers.{i}.{m}.{p}"
+        for i in (0, 1)
+        for m in ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")
+        for p in ("weight", "scales", "biases")
+    }
+    assert changed == adapted  # the other packed weights pass through untouched
+    base_err = np.abs(_mlx_logits(mlx_lm.load(str(q4))[0]) - L.torch_logits(L.build_model("llama"))).max()
+    fused_err = np.abs(_mlx_logits(mlx_lm.load(str(out))[0]) - merged).max()
+    assert 0 < fused_err <= 2 * base_err, (fused_err, base_err)
+
+
 def test_bad_adapter_input_is_one_line(bases, tmp_path):
     src, base_mlx = bases["llama"]
     ad, _, _ = _peft(bases, "llama", "plain", tmp_path)
@@ -232,7 +260,7 @@ def test_bad_adapter_input_is_one_line(bases, tmp_path):
     assert_one_error(run_main("stream", base_mlx, out, "--to", "torch", "--adapter", ad), "adapter does not apply")
     q4 = tmp_path / "q4"
     assert run_main("stream", src, q4, "--q-bits", "4").returncode == 0
-    assert_one_error(run_main("stream", q4, out, "--adapter", ad), "quantized", "dequantize first")
+    assert_one_error(run_main("stream", q4, out, "--adapter", ad, "--q-bits", "4"), "need float weights")
     # a tied head (qwen2): the saved lm_head is dropped, so modules_to_save has nowhere to go
     qad, _, _ = _peft(bases, "qwen2", "plain", tmp_path, modules_to_save=["lm_head"])
     assert_one_error(run_main("stream", bases["qwen2"][0], out, "--adapter", qad), "lm_head.weight")

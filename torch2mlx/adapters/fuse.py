@@ -9,7 +9,9 @@ one that matches nothing is an error, never a silent no-op.
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 
 import numpy as np
 
@@ -74,7 +76,9 @@ def attach(plan, ad: Adapter, mult: float) -> list[Fuse]:
                 + (f" (the base's {name} is dropped: {dropped})" if dropped else "")
             )
         if op.rule != "identity" or len(op.sources) != 1:
-            raise Torch2MLXError(f"adapter: {name}: the base tensor is converted by rule {op.rule}; only identity fuses")
+            raise Torch2MLXError(
+                f"adapter: {name}: the base tensor is converted by rule {op.rule}; only identity fuses"
+            )
         if tuple(op.sources[0].shape) != tuple(shape):
             raise Torch2MLXError(
                 f"adapter: {name}: the adapter's update is {list(shape)}, the base tensor {list(op.sources[0].shape)}"
@@ -91,3 +95,59 @@ def attach(plan, ad: Adapter, mult: float) -> list[Fuse]:
         op.transform_info = chain.info()
         fuses.append(fuse)
     return fuses
+
+
+def _close_fds(fds: dict) -> None:
+    for fd in fds.values():
+        os.close(fd)
+    fds.clear()
+
+
+def quantized_view(ck, paths: set[str]):
+    """``ck`` with the quantized weights the adapter targets seen as float (dequantized block by block),
+    and the quantization each is given back after fusing: (checkpoint, {weight name: QuantSpec})."""
+    from ..core.quant_recipes import QuantSpec
+    from ..formats.data import DataReader
+    from ..stream import dequant
+    from ..stream.reverse_plan import _quant_params
+
+    found, specs = {}, {}
+    for base, (w, s, b) in dequant.find(ck.entries).items():
+        if base not in paths:
+            continue  # not adapted: its packed codes pass through untouched
+        q = _quant_params(base, {}, ck.config)
+        if q is None:
+            raise Torch2MLXError(
+                f"{base}.weight is quantized, but config.json does not say with how many bits and which group size"
+            )
+        found[base] = dequant.check(base, w, s, b, int(q["bits"]), int(q["group_size"]), q.get("mode", "affine"))
+        specs[base + ".weight"] = QuantSpec(int(q["group_size"]), int(q["bits"]), q.get("mode", "affine"))
+    if not found:
+        return ck, specs
+    # The dequantizing loaders read through their own reader, as long as the plan lives: its files
+    # are closed when the last loader is gone (the finalizer holds the open files, not the reader).
+    reader = DataReader()
+    weakref.finalize(reader, _close_fds, reader._fds)
+    return dequant.view(ck, found, reader), specs
+
+
+def requantize(plan, specs: dict, max_shard_size: int) -> None:
+    """Fused weights of a quantized base go back to its quantization (after fusing, in their chain)."""
+    from ..core import dtypes
+    from ..stream.plan import Output, assign_shards
+
+    for op in plan.ops:
+        out = op.outputs[0]
+        spec = specs.get(out.name) or specs.get(op.sources[0].name)
+        if spec is None or len(op.outputs) != 1:
+            continue
+        op.transform.spec = spec
+        lead, k = out.shape[:-1], out.shape[-1]
+        base = out.name[: -len("weight")]
+        op.outputs = [
+            Output(out.name, dtypes.get("uint32"), lead + (k * spec.bits // 32,)),
+            Output(base + "scales", out.dtype, lead + (k // spec.group_size,)),
+            Output(base + "biases", out.dtype, lead + (k // spec.group_size,)),
+        ]
+        op.transform_info = op.transform.info()
+    plan.shards = assign_shards(plan.ops, max_shard_size)

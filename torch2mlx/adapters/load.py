@@ -96,7 +96,7 @@ class Adapter:
 
 
 def detect(path) -> str | None:
-    """"peft", "mlx" or None: what kind of adapter directory ``path`` is."""
+    """ "peft", "mlx" or None: what kind of adapter directory ``path`` is."""
     path = os.fspath(path)
     if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, CONFIG)):
         return None
@@ -222,9 +222,7 @@ def _load_peft(path: str, config: dict) -> Adapter:
             raise Torch2MLXError(f"{path}/{file}: {mod}: use_dora and lora_magnitude_vector disagree")
         if mag is not None and mag[1].shape != (b.shape[0],):
             raise Torch2MLXError(f"{path}/{file}: {mod}: magnitude {list(mag[1].shape)} is not [{b.shape[0]}]")
-        modules[mod] = LoraModule(
-            mod, a, b, da, float(scale), mag[1] if mag else None, mag[0] if mag else None
-        )
+        modules[mod] = LoraModule(mod, a, b, da, float(scale), mag[1] if mag else None, mag[0] if mag else None)
     if not modules and not full:
         raise Torch2MLXError(f"{path}/{file}: no LoRA tensors")
     return Adapter(
@@ -263,7 +261,8 @@ def _load_mlx(path: str, config: dict) -> Adapter:
         (da, la), (db, lb) = p["lora_a"], p["lora_b"]
         if la.ndim != 2 or lb.ndim != 2 or la.shape[1] != lb.shape[0]:
             raise Torch2MLXError(
-                f"{path}/{MLX_FILE}: {mod}: lora_a {list(la.shape)} and lora_b {list(lb.shape)} are not [in, r] and [r, out]"
+                f"{path}/{MLX_FILE}: {mod}: lora_a {list(la.shape)} and lora_b {list(lb.shape)} "
+                "are not [in, r] and [r, out]"
             )
         if da != db:
             raise Torch2MLXError(f"{path}/{MLX_FILE}: {mod}: lora_a is {da.name}, lora_b {db.name}")

@@ -33,7 +33,9 @@ def write_safetensors(path: str, tensors: dict[str, tuple[DType, np.ndarray]], m
         with open(tmp, "wb") as f:
             f.write(render_header(ordered, metadata))
             for o in ordered:
-                f.write(np.ascontiguousarray(tensors[o.name][1]).astype(tensors[o.name][0].np_dtype, copy=False).tobytes())
+                f.write(
+                    np.ascontiguousarray(tensors[o.name][1]).astype(tensors[o.name][0].np_dtype, copy=False).tobytes()
+                )
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -213,4 +215,3 @@ def _peft_scale(config: dict, path: str, rank: int) -> float:
 
     alpha = _pattern_value(config.get("alpha_pattern"), path, config.get("lora_alpha", 8))
     return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
-

@@ -39,15 +39,12 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
     path, model_kwargs, use_model, inputs = model_choice(model, model_kwargs)
     notes = []
     module_types = None
+    requant: dict = {}
     already = mlx_source.detect(ck) if path is None and inputs is None else None
     if already is not None:
         # No model for it: its tensors have MLX names and layouts already (and the analyzer needs torch).
         if already.quantized and opts.adapter is not None:
-            raise Torch2MLXError(
-                f"{ck.path}: {already.describe()}; an adapter fuses into float weights: dequantize first "
-                f"(t2mlx stream {ck.path} OUT --to torch), then fuse while converting that (add --q-bits to "
-                "quantize again)"
-            )
+            ck, requant = _dequantized_for_adapter(ck, opts)
         if already.quantized and opts.quantizing:
             raise Torch2MLXError(
                 f"{ck.path}: {already.describe()}; q_bits/q_recipe need float weights: "
@@ -72,16 +69,29 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
     if inputs is not None:
         plan.warnings[:0] = inputs.all_warnings({n for n, _ in plan.dropped})
     if opts.adapter is not None:
-        _fuse_adapter(plan, opts)
+        _fuse_adapter(plan, opts, requant)
     return ck, plan
 
 
-def _fuse_adapter(plan: Plan, opts: Options) -> None:
+def _dequantized_for_adapter(ck: Checkpoint, opts: Options) -> tuple[Checkpoint, dict]:
+    """An MLX-quantized base: the adapted weights dequantized (block by block), to be fused and requantized."""
+    from ..adapters import fuse
+    from ..adapters.load import load
+
+    return fuse.quantized_view(ck, set(load(opts.adapter).modules))
+
+
+def _fuse_adapter(plan: Plan, opts: Options, requant: dict) -> None:
     from ..adapters import fuse
     from ..adapters.load import load
 
     ad = load(opts.adapter)
     plan.fuses = fuse.attach(plan, ad, opts.adapter_scale)
+    if requant:
+        fuse.requantize(plan, requant, opts.max_shard_size)
+        plan.notes.append(
+            f"{len(requant)} quantized base weight(s) dequantized, fused and quantized again as they were"
+        )
     what = {"peft": "PEFT", "mlx": "mlx-lm"}[ad.kind] + (" DoRA" if ad.dora else " LoRA")
     plan.notes.append(
         f"fused the {what} adapter {opts.adapter} (sha256 {ad.sha256[:16]}...): {len(ad.modules)} module(s)"
@@ -240,7 +250,9 @@ def convert(
 def _quantized_fuses(res: Result) -> Result:
     """The report says what quantizing the fused weights cost (measured on every block written)."""
     fused = [f for f in res.plan.fuses if f.full is None]
-    q = [op for op in res.plan.ops if op.transform_info and "adapter_module" in op.transform_info and len(op.outputs) > 1]
+    q = [
+        op for op in res.plan.ops if op.transform_info and "adapter_module" in op.transform_info and len(op.outputs) > 1
+    ]
     if fused and q:
         worst = max(f.quant_error for f in fused)
         res.plan.notes.append(

@@ -80,7 +80,9 @@ def _adapter(path, scale, sha256) -> tuple[str | None, float, str | None]:
         raise Torch2MLXError(f"adapter_scale must be finite, got {scale!r}")
     digest = load_digest(path)
     if sha256 is not None and sha256 != digest:
-        raise Torch2MLXError(f"adapter: {path} changed since it was recorded (sha256 {digest[:12]}..., was {sha256[:12]}...)")
+        raise Torch2MLXError(
+            f"adapter: {path} changed since it was recorded (sha256 {digest[:12]}..., was {sha256[:12]}...)"
+        )
     return path, scale, digest
 
 
