@@ -102,6 +102,6 @@ def convert_adapter(src, out, *, to: str | None = None, base=None, overwrite: bo
         written, notes = write.to_peft(ad, out, rename, overwrite=overwrite)
     if note:
         notes.insert(0, note)
-    elif where:
+    elif where and config is not None:
         notes.insert(0, f"module names mapped with the rules for {config['architectures'][0]} ({where})")
     return AdapterResult(src, out, kind, want, len(ad.modules), written, ad.sha256, notes)

@@ -30,7 +30,8 @@ class Fuse:
             self.sb = (np.float32(module.scale * mult) * module.b32()).astype(np.float32)
             self.a = np.ascontiguousarray(module.a32())
             m = module.magnitude
-            self.m = None if m is None else casts.to_f32(m, module.magnitude_dtype).astype(np.float32)
+            md = module.magnitude_dtype
+            self.m = None if m is None or md is None else casts.to_f32(m, md).astype(np.float32)
         self.quant_error = 0.0  # largest |dequantized - fused| when the chain quantizes after fusing
         self._lock = threading.Lock()
 
@@ -55,9 +56,11 @@ class Fuse:
 
 def attach(plan, ad: Adapter, mult: float) -> list[Fuse]:
     """Give the plan's ops of the adapted weights their ``Fuse`` stage; returns the stages."""
+    from ..stream.plan import Op
     from ..stream.transforms import Chain
 
-    by_src, by_out = {}, {}
+    by_src: dict[str, Op] = {}
+    by_out: dict[str, Op] = {}
     for op in plan.ops:
         if len(op.sources) == 1:
             by_src.setdefault(op.sources[0].name, op)

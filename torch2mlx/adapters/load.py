@@ -158,7 +158,7 @@ def _tensors(path: str, file: str) -> tuple[dict[str, tuple[DType, np.ndarray]],
 
 def _pattern_value(patterns: dict, module: str, default):
     """PEFT's ``get_pattern_key``: the first key matching the end of the module path (whole components)."""
-    for key, value in (patterns or {}).items():
+    for key, value in patterns.items():
         if re.match(rf"(.*\.)?({key})$", module):
             return value
     return default
@@ -213,9 +213,9 @@ def _load_peft(path: str, config: dict) -> Adapter:
         if da != db:
             raise Torch2MLXError(f"{path}/{file}: {mod}: lora_A is {da.name}, lora_B {db.name}")
         r = a.shape[0]
-        if r != _pattern_value(config.get("rank_pattern"), mod, r0):
+        if r != _pattern_value(config.get("rank_pattern") or {}, mod, r0):
             raise Torch2MLXError(f"{where}: {mod}: rank {r} in the weights, the config says otherwise")
-        alpha = _pattern_value(config.get("alpha_pattern"), mod, alpha0)
+        alpha = _pattern_value(config.get("alpha_pattern") or {}, mod, alpha0)
         scale = alpha / math.sqrt(r) if rslora else alpha / r
         mag = p.get("lora_magnitude_vector")
         if bool(mag) != bool(config.get("use_dora")):
@@ -248,7 +248,7 @@ def _load_mlx(path: str, config: dict) -> Adapter:
         parts.setdefault(mod, {})[leaf] = (dt, arr)
     own = config.get("torch2mlx") or {}
     ranks, scales = own.get("ranks") or {}, own.get("scales") or {}
-    unfolded = {}
+    unfolded: dict[str, tuple[DType, np.ndarray]] = {}
     if os.path.isfile(os.path.join(path, UNFOLDED_FILE)):
         unfolded, more = _tensors(path, UNFOLDED_FILE)
         files.update(more)

@@ -66,11 +66,12 @@ def mapper(config: dict | None, to: str):
         return (lambda p: p), f"module names kept as they are ({what}; transformers and mlx-lm share most LLMs' names)"
     if to == "torch":
         table = {v: k for k, v in table.items()}
+    arch = (config or {}).get("architectures", ["?"])[0]
 
     def f(path: str) -> str:
         pat = pattern(path)
         if pat not in table:
-            raise Torch2MLXError(f"{path}: not a Linear of {config.get('architectures', ['?'])[0]} with an MLX name")
+            raise Torch2MLXError(f"{path}: not a Linear of {arch} with an MLX name")
         nums = [p for p in path.split(".") if p.isdigit()]
         return _fill(table[pat], nums) if "*" in table[pat] else table[pat]
 

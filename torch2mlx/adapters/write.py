@@ -13,6 +13,7 @@ import math
 import os
 import re
 from collections import Counter
+from typing import TypeVar
 
 import numpy as np
 
@@ -22,6 +23,8 @@ from ..errors import Torch2MLXError
 from ..stream.plan import Output, layout_shard, render_header
 from ..stream.writers.files import os_error, temp_name, write_json_atomic
 from .load import CONFIG, F32, MLX_FILE, PEFT_PREFIX, UNFOLDED_FILE, Adapter, is_power_of_two
+
+T = TypeVar("T")
 
 
 def write_safetensors(path: str, tensors: dict[str, tuple[DType, np.ndarray]], metadata: dict) -> None:
@@ -56,17 +59,18 @@ def _prepare(out: str, overwrite: bool, names: tuple[str, ...]) -> None:
         raise os_error(out, e) from None
 
 
-def _most_common(values) -> object:
+def _most_common(values: list[T]) -> T:
+    """The most frequent value; the first seen among equals."""
     counts = Counter(values)
-    return max(counts, key=lambda v: (counts[v], -list(values).index(v)))
+    return max(counts, key=lambda v: (counts[v], -values.index(v)))
 
 
 def to_mlx(ad: Adapter, out: str, rename, *, overwrite: bool = False) -> tuple[dict, list[str]]:
     """mlx-lm's ``adapters.safetensors`` + ``adapter_config.json`` for ``ad``; (config written, notes)."""
     if ad.full:
-        mods = sorted({n.rsplit(".", 1)[0] for n in ad.full})
+        saved = sorted({n.rsplit(".", 1)[0] for n in ad.full})
         raise Torch2MLXError(
-            f"{ad.path}: modules_to_save ({', '.join(mods)}) are full weights, and mlx-lm's adapter loader "
+            f"{ad.path}: modules_to_save ({', '.join(saved)}) are full weights, and mlx-lm's adapter loader "
             "takes only lora_a/lora_b/m: fuse the adapter instead (t2mlx stream BASE OUT --adapter DIR)"
         )
     notes: list[str] = []
@@ -165,7 +169,7 @@ def to_peft(ad: Adapter, out: str, rename, *, overwrite: bool = False) -> tuple[
         and (ad.config.get("torch2mlx") or {}).get("from") == "peft"
         and all(_peft_scale(source, paths[m.path], m.rank) == m.scale for m in mods)
     )
-    if same:
+    if isinstance(source, dict) and same:
         config = dict(source)  # what the adapter was made from, and still describes it exactly
     else:
         r = _most_common([m.rank for m in mods])
@@ -211,7 +215,8 @@ def to_peft(ad: Adapter, out: str, rename, *, overwrite: bool = False) -> tuple[
 
 
 def _peft_scale(config: dict, path: str, rank: int) -> float:
+    """The scale PEFT gives ``path`` under ``config``."""
     from .load import _pattern_value
 
-    alpha = _pattern_value(config.get("alpha_pattern"), path, config.get("lora_alpha", 8))
+    alpha = _pattern_value(config.get("alpha_pattern") or {}, path, config.get("lora_alpha", 8))
     return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank

@@ -73,7 +73,8 @@ class Chain:
             return [casts.cast(block, src, float_dtype)]
         parts = list(quant.quantize(block, self.spec.bits, self.spec.group_size, src, float_dtype))
         if self.fuse is not None and self.spec.mode == "affine":  # what quantizing the fused rows cost, for the report
-            back = quant.dequantize(*parts, self.spec.bits, self.spec.group_size, float_dtype)
+            packed, scales, biases = parts
+            back = quant.dequantize(packed, scales, biases, self.spec.bits, self.spec.group_size, float_dtype)
             self.fuse.saw_quantized(float(np.abs(casts.to_f32(back, float_dtype) - block).max(initial=0.0)))
         return parts
 
