@@ -19,10 +19,11 @@ import mlx_lm
 import numpy as np
 import pytest
 import torch
-from helpers import assert_one_error, run_main
+from helpers import assert_one_error, run_cli, run_main
 from mlx.utils import tree_flatten
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.numpy import load_file
+from test_no_torch import no_torch_env  # noqa: F401  (a fixture)
 
 import torch2mlx
 from torch2mlx.adapters.load import load_digest
@@ -267,3 +268,20 @@ def test_bad_adapter_input_is_one_line(bases, tmp_path):
     assert not (out / "model.safetensors.index.json").exists() and not (out / "model.safetensors").exists()
     with pytest.raises(Torch2MLXError, match="scale"):
         torch2mlx.convert(src, tmp_path / "p", adapter=str(ad), adapter_scale="x")
+
+
+def test_adapter_conversion_and_fusing_never_import_torch(bases, tmp_path, no_torch_env):
+    env, marker = no_torch_env
+    src, _ = bases["llama"]
+    ad, _, merged = _peft(bases, "llama", "dora", tmp_path)
+    runs = [
+        ("stream", src, tmp_path / "fused", "--adapter", ad, "--q-bits", "4"),
+        ("stream", ad, tmp_path / "mlx-ad", "--base", src),
+        ("stream", tmp_path / "mlx-ad", tmp_path / "peft-ad", "--to", "torch"),
+    ]
+    for args in runs:
+        proc = run_cli(*args, env=env)
+        assert proc.returncode == 0, proc.stderr
+    assert not marker.exists()
+    a, b = load_file(ad / "adapter_model.safetensors"), load_file(tmp_path / "peft-ad" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
