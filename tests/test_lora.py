@@ -139,6 +139,18 @@ def test_fused_conversion_matches_merge_and_unload(bases, tmp_path, kind, varian
     assert rep.ok and any("fused with the adapter" in w for _, w in rep.unchecked)
 
 
+def test_a_pickled_peft_adapter_converts_as_its_safetensors_twin(bases, tmp_path):
+    ad, _, _ = _peft(bases, "llama", "patterns", tmp_path)
+    pm = PeftModel.from_pretrained(L.build_model("llama"), ad)
+    pickled = tmp_path / "bin"
+    pm.save_pretrained(pickled, safe_serialization=False)
+    assert (pickled / "adapter_model.bin").exists() and not (pickled / "adapter_model.safetensors").exists()
+    torch2mlx.convert_adapter(ad, tmp_path / "a")
+    torch2mlx.convert_adapter(pickled, tmp_path / "b")
+    a, b = load_file(tmp_path / "a" / "adapters.safetensors"), load_file(tmp_path / "b" / "adapters.safetensors")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def test_modules_to_save_cannot_be_an_mlx_lm_adapter(bases, tmp_path):
     ad, _, _ = _peft(bases, "llama", "plain", tmp_path, modules_to_save=["lm_head"])
     out = tmp_path / "x"

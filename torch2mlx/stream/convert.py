@@ -134,7 +134,10 @@ def convert(
         options: every conversion setting as one ``Options`` (``Options.make(dtype="float16", ...)``).
         **settings: instead of ``options``, its fields as keywords (``dtype``, ``max_shard_size``,
             ``strip_prefix``, ``exclude``, ``rules`` (``"REGEX=RULE"``), ``key``, ``q_bits``, ``q_group_size``,
-            ``q_recipe``, ``allow_globals``, ``zarr_compressor``, ``drop_cache``); giving both is refused.
+            ``q_recipe``, ``allow_globals``, ``zarr_compressor``, ``drop_cache``, ``adapter``, ``adapter_scale``);
+            giving both is refused. ``adapter``: a LoRA/DoRA adapter directory (PEFT's or mlx-lm's) fused into
+            the weights as they stream, before any quantization (docs/adapters.md); ``adapter_scale``
+            multiplies its scale.
         model: where exact rules come from. ``None``: a live module's own, or a config.json next to the
             weights that transformers knows (analyzed on the meta device; imports torch), else shape
             inference (always, for a state dict); ``False``: shape inference only, never imports torch;

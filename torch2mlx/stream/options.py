@@ -102,7 +102,8 @@ class Options:
     ``stream.to_torch`` also take the same names as keywords and build it themselves.
     ``allow_globals`` (pickle globals accepted as inert placeholders), ``zarr_compressor``
     and ``drop_cache`` (drop converted pages from the page cache) are run settings the
-    manifest does not replay.
+    manifest does not replay. ``adapter`` (with ``adapter_scale`` and the adapter files' ``adapter_sha256``)
+    is recorded only when given, so other runs' manifests are unchanged.
     """
 
     dtype: str = "keep"
