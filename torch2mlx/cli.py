@@ -27,6 +27,8 @@ examples:
   t2mlx stream ./ckpt ./out --dry-run            # print the plan; no tensor data is read
   t2mlx stream model.ckpt ./out --key state_dict --strip-prefix model.
   t2mlx stream ./my-model-mlx ./back --to torch [--format bin]   # MLX -> PyTorch (dequantizes)
+  t2mlx stream ./my-model ./fused-mlx --adapter ./lora [--q-bits 4]  # LoRA fused in
+  t2mlx stream ./peft-lora ./mlx-lora     # PEFT adapter -> mlx-lm (--to torch: back)
 
 Rules (layouts):
   {rules}.

@@ -260,7 +260,7 @@ def _quantized_fuses(res: Result) -> Result:
         worst = max(f.quant_error for f in fused)
         res.plan.notes.append(
             f"{len(q)} fused weight(s) quantized after fusing: largest |dequantized - fused| element {worst:.4g} "
-            "(the quantization's own rounding; the unfused conversion rounds as much)"
+            "(the quantization's rounding of the fused values)"
         )
     return res
 
