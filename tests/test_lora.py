@@ -297,3 +297,23 @@ def test_adapter_conversion_and_fusing_never_import_torch(bases, tmp_path, no_to
     assert not marker.exists()
     a, b = load_file(ad / "adapter_model.safetensors"), load_file(tmp_path / "peft-ad" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_fused_zarr_and_hooked_outputs_hold_the_same_values(bases, tmp_path):
+    import zarr
+
+    src, _ = bases["llama"]
+    ad, _, _ = _peft(bases, "llama", "dora", tmp_path)
+    torch2mlx.convert(src, tmp_path / "st", adapter=str(ad))
+    torch2mlx.convert(src, tmp_path / "z", adapter=str(ad), format="zarr")
+    torch2mlx.convert(src, tmp_path / "h", adapter=str(ad), hook=lambda n, a, d: (n, a))
+    want = load_file(tmp_path / "st" / "model.safetensors")
+    hooked = load_file(tmp_path / "h" / "model.safetensors")
+    store = zarr.open(str(tmp_path / "z"), mode="r")
+    torch2mlx.convert(src, tmp_path / "plain")
+    plain = load_file(tmp_path / "plain" / "model.safetensors")
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not np.array_equal(want[q], plain[q]) and np.array_equal(want["lm_head.weight"], plain["lm_head.weight"])
+    for k in want:
+        assert np.array_equal(hooked[k], want[k]), k
+        assert np.array_equal(np.asarray(store[k.replace(".", "/")]), want[k]), k
