@@ -269,6 +269,13 @@ def test_bad_adapter_input_is_one_line(bases, tmp_path):
     assert_one_error(run_main("stream", ad, out, "--q-bits", "4"), "--q-bits would change nothing")
     mlx_ad = tmp_path / "m"
     assert run_main("stream", ad, mlx_ad).returncode == 0
+    assert_one_error(run_main("stream", ad, mlx_ad), "not empty", "--overwrite")
+    # overwriting a conversion that kept an unrounded lora_b leaves none of its files behind
+    pat, _, _ = _peft(bases, "llama", "patterns", tmp_path)
+    assert run_main("stream", pat, mlx_ad, "--overwrite").returncode == 0
+    assert (mlx_ad / "torch2mlx_unfolded.safetensors").exists()
+    assert run_main("stream", ad, mlx_ad, "--overwrite").returncode == 0
+    assert sorted(p.name for p in mlx_ad.iterdir()) == ["adapter_config.json", "adapters.safetensors"]
     assert_one_error(run_main("stream", mlx_ad, out), "already a mlx-lm adapter")
     assert_one_error(run_main("stream", base_mlx, out, "--to", "torch", "--adapter", ad), "adapter does not apply")
     q4 = tmp_path / "q4"

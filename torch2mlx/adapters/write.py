@@ -22,7 +22,7 @@ from ..core.dtypes import DType
 from ..errors import Torch2MLXError
 from ..stream.plan import Output, layout_shard, render_header
 from ..stream.writers.files import os_error, temp_name, write_json_atomic
-from .load import CONFIG, F32, MLX_FILE, PEFT_PREFIX, UNFOLDED_FILE, Adapter, is_power_of_two
+from .load import CONFIG, F32, MLX_FILE, PEFT_FILES, PEFT_PREFIX, UNFOLDED_FILE, Adapter, is_power_of_two
 
 T = TypeVar("T")
 
@@ -48,13 +48,21 @@ def write_safetensors(path: str, tensors: dict[str, tuple[DType, np.ndarray]], m
         raise os_error(path, e) from None
 
 
-def _prepare(out: str, overwrite: bool, names: tuple[str, ...]) -> None:
+# every file either kind of adapter directory may hold: overwrite removes them all, so no stale one
+# (another kind's weights, an unfolded lora_b of an earlier conversion) is read with the new adapter
+_ADAPTER_FILES = (CONFIG, MLX_FILE, UNFOLDED_FILE) + PEFT_FILES
+
+
+def _prepare(out: str, overwrite: bool) -> None:
     if os.path.isfile(out):
         raise Torch2MLXError(f"{out}: is a file; an adapter is written as a directory")
     if os.path.isdir(out) and os.listdir(out) and not overwrite:
         raise Torch2MLXError(f"{out}: not empty (rerun with overwrite)")
     try:
         os.makedirs(out, exist_ok=True)
+        for name in _ADAPTER_FILES:
+            if os.path.isfile(os.path.join(out, name)):
+                os.unlink(os.path.join(out, name))
     except OSError as e:
         raise os_error(out, e) from None
 
@@ -118,7 +126,7 @@ def to_mlx(ad: Adapter, out: str, rename, *, overwrite: bool = False) -> tuple[d
         "lora_parameters": {"rank": rank, "scale": scale, "dropout": ad.dropout, "keys": keys},
         "torch2mlx": {"from": ad.kind, "ranks": ranks, "scales": scales, "source_config": ad.config},
     }
-    _prepare(out, overwrite, (MLX_FILE, CONFIG))
+    _prepare(out, overwrite)
     write_safetensors(os.path.join(out, MLX_FILE), tensors, {"format": "mlx"})
     if originals:  # mlx-lm reads only adapters.safetensors
         write_safetensors(os.path.join(out, UNFOLDED_FILE), originals, {"format": "mlx"})
@@ -208,7 +216,7 @@ def to_peft(ad: Adapter, out: str, rename, *, overwrite: bool = False) -> tuple[
         if m.magnitude is not None:
             assert m.magnitude_dtype is not None
             tensors[key + ".lora_magnitude_vector"] = (m.magnitude_dtype, m.magnitude)
-    _prepare(out, overwrite, ("adapter_model.safetensors", CONFIG))
+    _prepare(out, overwrite)
     write_safetensors(os.path.join(out, "adapter_model.safetensors"), tensors, {"format": "pt"})
     write_json_atomic(os.path.join(out, CONFIG), config)
     return config, notes
