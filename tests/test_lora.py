@@ -26,8 +26,8 @@ from safetensors.numpy import load_file
 from test_no_torch import no_torch_env  # noqa: F401  (a fixture)
 
 import torch2mlx
-from torch2mlx.adapters.load import load_digest
 from torch2mlx.errors import Torch2MLXError
+from torch2mlx.stream.lora.load import load_digest
 from torch2mlx.stream.verify import verify
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,5 @@
-"""LoRA adapters between PEFT and mlx-lm, and fused into a streamed conversion (``--adapter``). No torch."""
+"""``convert_adapter``: LoRA adapters between PEFT and mlx-lm (the work is in ``stream/lora``; here module names
+are mapped through the analyzer's rules kept as data). No torch."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..errors import Torch2MLXError
-from .load import Adapter, detect, load
+from ..stream.lora.load import Adapter, detect, load
 
 __all__ = ["Adapter", "AdapterResult", "convert_adapter", "detect", "load"]
 
@@ -78,7 +79,8 @@ def convert_adapter(src, out, *, to: str | None = None, base=None, overwrite: bo
         >>> convert_adapter("./my-peft-adapter", "./my-mlx-adapter")  # doctest: +SKIP
         >>> # mlx_lm.load("./base-mlx", adapter_path="./my-mlx-adapter")
     """
-    from . import names, write
+    from ..stream.lora import write
+    from . import names
 
     src = os.fspath(src)
     out = os.fspath(out)

@@ -75,15 +75,15 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
 
 def _dequantized_for_adapter(ck: Checkpoint, opts: Options) -> tuple[Checkpoint, dict]:
     """An MLX-quantized base: the adapted weights dequantized (block by block), to be fused and requantized."""
-    from ..adapters import fuse
-    from ..adapters.load import load
+    from .lora import fuse
+    from .lora.load import load
 
     return fuse.quantized_view(ck, set(load(opts.adapter).modules))
 
 
 def _fuse_adapter(plan: Plan, opts: Options, requant: dict) -> None:
-    from ..adapters import fuse
-    from ..adapters.load import load
+    from .lora import fuse
+    from .lora.load import load
 
     ad = load(opts.adapter)
     plan.fuses = fuse.attach(plan, ad, opts.adapter_scale)

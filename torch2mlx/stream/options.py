@@ -64,7 +64,7 @@ def _adapter(path, scale, sha256) -> tuple[str | None, float, str | None]:
         if scale is not None:
             raise Torch2MLXError(f"adapter_scale {scale} has no effect without adapter")
         return None, 1.0, None
-    from ..adapters.load import detect, load_digest
+    from .lora.load import detect, load_digest
 
     path = os.fspath(path)
     if detect(path) is None:

@@ -53,7 +53,7 @@ class _FP8Dequant:
 
 class Chain:
     """What happens to a block after the rule: optional float8 scaling, an adapter fused in
-    (``adapters.fuse.Fuse``), then cast or quantize."""
+    (``stream.lora.fuse.Fuse``), then cast or quantize."""
 
     def __init__(self, dequant: _FP8Dequant | None = None, spec: quant_recipes.QuantSpec | None = None, fuse=None):
         self.dequant, self.spec, self.fuse = dequant, spec, fuse

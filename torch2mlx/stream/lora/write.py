@@ -17,12 +17,12 @@ from typing import TypeVar
 
 import numpy as np
 
-from ..core import casts
-from ..core.dtypes import DType
-from ..errors import Torch2MLXError
-from ..stream.plan import Output, layout_shard, render_header
-from ..stream.writers.files import os_error, temp_name, write_json_atomic
-from .load import CONFIG, F32, MLX_FILE, PEFT_FILES, PEFT_PREFIX, UNFOLDED_FILE, Adapter, is_power_of_two
+from ...core.dtypes import DType
+from ...errors import Torch2MLXError
+from ..plan import Output, layout_shard, render_header
+from ..writers.files import os_error, temp_name, write_json_atomic
+from .fold import fold
+from .load import CONFIG, MLX_FILE, PEFT_FILES, PEFT_PREFIX, UNFOLDED_FILE, Adapter, _pattern_value
 
 T = TypeVar("T")
 
@@ -100,7 +100,7 @@ def to_mlx(ad: Adapter, out: str, rename, *, overwrite: bool = False) -> tuple[d
             b = np.concatenate([b, np.zeros((b.shape[0], rank - m.rank), b.dtype)], axis=1)
         if m.scale != scale:
             scales[path] = m.scale
-            b, err = _fold(b, m.dtype, m.scale / scale)
+            b, err = fold(b, m.dtype, m.scale / scale)
             folded.append(path)
             worst = max(worst, err)
             if err:  # the fold rounded: keep the exact lora_B beside it for the way back
@@ -141,17 +141,6 @@ def _layer(path: str) -> int | None:
         if p == "layers" and parts[i + 1].isdigit():
             return int(parts[i + 1])
     return None
-
-
-def _fold(b: np.ndarray, dt: DType, ratio: float) -> tuple[np.ndarray, float]:
-    """``b * ratio`` in ``dt`` and its largest relative rounding error (0 when exact)."""
-    b64 = casts.to_f32(b, dt).astype(np.float64)
-    want = b64 * ratio
-    got = casts.cast((want).astype(np.float32), F32, dt)
-    if is_power_of_two(ratio):
-        return got, 0.0
-    err = np.abs(casts.to_f32(got, dt).astype(np.float64) - want).max(initial=0.0)
-    return got, float(err / max(np.abs(want).max(initial=0.0), np.finfo(np.float64).tiny))
 
 
 def _alpha_for(scale: float, r: int) -> float:
@@ -224,7 +213,5 @@ def to_peft(ad: Adapter, out: str, rename, *, overwrite: bool = False) -> tuple[
 
 def _peft_scale(config: dict, path: str, rank: int) -> float:
     """The scale PEFT gives ``path`` under ``config``."""
-    from .load import _pattern_value
-
     alpha = _pattern_value(config.get("alpha_pattern") or {}, path, config.get("lora_alpha", 8))
     return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank

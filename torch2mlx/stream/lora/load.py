@@ -27,18 +27,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core import casts, dtypes
-from ..core.dtypes import DType
-from ..errors import Torch2MLXError
-from ..formats.checkpoint import open_checkpoint
-from ..formats.data import DataReader
+from ...core import casts
+from ...core.dtypes import DType
+from ...errors import Torch2MLXError
+from ...formats.checkpoint import open_checkpoint
+from ...formats.data import DataReader
+from .fold import F32, fold, is_power_of_two
 
 CONFIG = "adapter_config.json"
 PEFT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 MLX_FILE = "adapters.safetensors"
 UNFOLDED_FILE = "torch2mlx_unfolded.safetensors"  # beside an mlx-lm adapter made from PEFT's (write.to_mlx)
 PEFT_PREFIX = "base_model.model."
-F32 = dtypes.get("float32")
 
 # PEFT settings that change what the weights mean in ways neither converter nor mlx-lm reproduces.
 _PEFT_UNSUPPORTED = {
@@ -303,10 +303,8 @@ def _unfold(m: LoraModule, rank: int | None, scale: float | None, original=None)
     if not is_power_of_two(ratio):
         if original is None or original[0] != m.dtype or original[1].shape != b.T.shape:
             return out  # the fold rounded: the folded lora_b is what mlx-lm computes with
-        from .write import _fold
-
         orig = np.ascontiguousarray(original[1].T)
-        if not np.array_equal(_fold(orig, m.dtype, ratio)[0], b):
+        if not np.array_equal(fold(orig, m.dtype, ratio)[0], b):
             return out
         return LoraModule(m.path, a, orig, m.dtype, float(scale), m.magnitude, m.magnitude_dtype)
     b32 = casts.to_f32(b, m.dtype)
@@ -314,11 +312,3 @@ def _unfold(m: LoraModule, rank: int | None, scale: float | None, original=None)
     if not np.array_equal(casts.to_f32(back, m.dtype) * np.float32(ratio), b32):
         return out
     return LoraModule(m.path, a, back, m.dtype, float(scale), m.magnitude, m.magnitude_dtype)
-
-
-def is_power_of_two(x: float) -> bool:
-    """``x`` = 2**k: multiplying by it is exact (barring overflow and subnormals)."""
-    if not (x > 0 and math.isfinite(x)):
-        return False
-    mant, _ = math.frexp(x)
-    return mant == 0.5

@@ -15,8 +15,8 @@ import weakref
 
 import numpy as np
 
-from ..core import casts
-from ..errors import Torch2MLXError
+from ...core import casts
+from ...errors import Torch2MLXError
 from .load import Adapter, LoraModule
 
 
@@ -56,8 +56,8 @@ class Fuse:
 
 def attach(plan, ad: Adapter, mult: float) -> list[Fuse]:
     """Give the plan's ops of the adapted weights their ``Fuse`` stage; returns the stages."""
-    from ..stream.plan import Op
-    from ..stream.transforms import Chain
+    from ..plan import Op
+    from ..transforms import Chain
 
     by_src: dict[str, Op] = {}
     by_out: dict[str, Op] = {}
@@ -109,10 +109,10 @@ def _close_fds(fds: dict) -> None:
 def quantized_view(ck, paths: set[str]):
     """``ck`` with the quantized weights the adapter targets seen as float (dequantized block by block),
     and the quantization each is given back after fusing: (checkpoint, {weight name: QuantSpec})."""
-    from ..core.quant_recipes import QuantSpec
-    from ..formats.data import DataReader
-    from ..stream import dequant
-    from ..stream.reverse_plan import _quant_params
+    from ...core.quant_recipes import QuantSpec
+    from ...formats.data import DataReader
+    from .. import dequant
+    from ..reverse_plan import _quant_params
 
     found, specs = {}, {}
     for base, (w, s, b) in dequant.find(ck.entries).items():
@@ -136,8 +136,8 @@ def quantized_view(ck, paths: set[str]):
 
 def requantize(plan, specs: dict, max_shard_size: int) -> None:
     """Fused weights of a quantized base go back to its quantization (after fusing, in their chain)."""
-    from ..core import dtypes
-    from ..stream.plan import Output, assign_shards
+    from ...core import dtypes
+    from ..plan import Output, assign_shards
 
     for op in plan.ops:
         out = op.outputs[0]
