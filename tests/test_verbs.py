@@ -26,7 +26,7 @@ from torch2mlx.core.spec import RuleSpec
 from torch2mlx.errors import Torch2MLXError
 
 PKG = Path(torch2mlx.__file__).resolve().parent
-VERBS = ("open_checkpoint", "convert", "to_torch", "analyze", "generate", "load_converted", "export")
+VERBS = ("open_checkpoint", "convert", "to_torch", "analyze", "generate", "load_converted", "export", "convert_adapter")
 
 
 def _module_level_defs(name: str) -> list[str]:
@@ -57,7 +57,19 @@ def test_the_package_verbs_are_the_library_functions_themselves():
         export,
         load_converted,
     )
-    for fn in (stream.open, stream.convert, stream.to_torch, analyze, generate, load_converted, export):
+    from torch2mlx.adapters import convert_adapter
+
+    assert torch2mlx.convert_adapter is convert_adapter
+    for fn in (
+        stream.open,
+        stream.convert,
+        stream.to_torch,
+        analyze,
+        generate,
+        load_converted,
+        export,
+        convert_adapter,
+    ):
         doc = fn.__doc__ or ""
         assert all(part in doc for part in ("Args:", "Returns:", "Raises:", "Example:")), fn.__name__
     assert {"convert", "to_torch", "analyze", "generate", "export", "load_converted", "stream"} <= set(dir(torch2mlx))

@@ -34,6 +34,7 @@ __all__ = [
     "to_nested",
     "to_torch",
     "generate",
+    "convert_adapter",
 ]
 
 
@@ -87,6 +88,7 @@ _LAZY = {
     "load_converted": (".model_api.load", "load_converted"),
     "to_nested": (".model_api.load", "to_nested"),
     "generate": (".codegen", "generate"),
+    "convert_adapter": (".adapters", "convert_adapter"),
 }
 
 

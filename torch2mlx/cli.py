@@ -27,6 +27,8 @@ examples:
   t2mlx stream ./ckpt ./out --dry-run            # print the plan; no tensor data is read
   t2mlx stream model.ckpt ./out --key state_dict --strip-prefix model.
   t2mlx stream ./my-model-mlx ./back --to torch [--format bin]   # MLX -> PyTorch (dequantizes)
+  t2mlx stream ./my-model ./fused-mlx --adapter ./lora [--q-bits 4]  # LoRA fused in
+  t2mlx stream ./peft-lora ./mlx-lora     # PEFT adapter -> mlx-lm (--to torch: back)
 
 Rules (layouts):
   {rules}.
@@ -158,6 +160,24 @@ def _add_stream(sub):
         "and some v_proj/down_proj",
     )
     p.add_argument(
+        "--adapter",
+        metavar="DIR",
+        help="fuse a LoRA/DoRA adapter (PEFT's or mlx-lm's directory) into the weights as they stream, "
+        "before any quantization (docs/adapters.md)",
+    )
+    p.add_argument(
+        "--adapter-scale",
+        type=float,
+        metavar="S",
+        help="multiply the adapter's scale by S when fusing (default 1)",
+    )
+    p.add_argument(
+        "--base",
+        metavar="DIR",
+        help="with an adapter directory as SRC: the base model (its config.json) whose module names the "
+        "adapter's are mapped to (default: the adapter's base_model_name_or_path when local)",
+    )
+    p.add_argument(
         "--to",
         default="mlx",
         choices=(FORWARD, REVERSE),
@@ -280,6 +300,12 @@ def _cmd_analyze(args) -> int:
 
 def _cmd_stream(args) -> int:
     from . import stream
+    from .adapters import detect
+
+    if detect(args.src) is not None:
+        return _cmd_adapter(args)
+    if args.base is not None:
+        raise Torch2MLXError("--base applies when SRC is an adapter directory (it names the adapter's base model)")
 
     shown = not args.quiet and not args.json and sys.stderr.isatty()
     settings = dict(
@@ -295,6 +321,8 @@ def _cmd_stream(args) -> int:
         allow_globals=args.allow_global,
         zarr_compressor=args.zarr_compressor,
         drop_cache=not args.keep_cache,
+        adapter=args.adapter,
+        adapter_scale=args.adapter_scale,
     )
     run = dict(
         model=args.model,
@@ -317,6 +345,48 @@ def _cmd_stream(args) -> int:
     return 0
 
 
+# what an adapter SRC is converted with; anything else given would be a silent no-op
+_ADAPTER_DEFAULTS = dict(
+    dtype="keep",
+    max_shard_size="5GB",
+    strip_prefix=[],
+    exclude=[],
+    rule=[],
+    key=None,
+    q_bits=None,
+    q_group_size=None,
+    q_recipe=None,
+    format="safetensors",
+    zarr_compressor="none",
+    resume=False,
+    dry_run=False,
+    keep_cache=False,
+    workers=None,
+    model=None,
+    model_kwargs=None,
+    allow_global=[],
+    adapter=None,
+    adapter_scale=None,
+)
+
+
+def _cmd_adapter(args) -> int:
+    from .adapters import convert_adapter
+
+    given = [k for k, v in _ADAPTER_DEFAULTS.items() if getattr(args, k) != v]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise Torch2MLXError(
+            f"{args.src} is a LoRA adapter directory: it is converted as it is ({flags} would change nothing; "
+            "to fuse it into a model: t2mlx stream BASE OUT --adapter DIR)"
+        )
+    if not args.out:
+        raise Torch2MLXError("OUT is required")
+    res = convert_adapter(args.src, args.out, to=args.to, base=args.base, overwrite=args.overwrite)
+    print(json.dumps(res.to_dict(), indent=2) if args.json else res.report())
+    return 0
+
+
 # The library names its parameters in errors; on the command line the same thing is a flag.
 _FLAG_SPELLINGS = [
     (
@@ -333,7 +403,7 @@ _FLAG_SPELLINGS = [
         re.compile(r"^(dtype|format|max_shard_size|zarr_compressor|model_kwargs)\b"),
         lambda m: "--" + m.group(1).replace("_", "-"),
     ),
-    (re.compile(r"\b(q_bits|q_group_size|q_recipe)\b"), lambda m: "--" + m.group(1).replace("_", "-")),
+    (re.compile(r"\b(q_bits|q_group_size|q_recipe|adapter_scale)\b"), lambda m: "--" + m.group(1).replace("_", "-")),
     (re.compile(r"\ballow_globals\b"), "--allow-global"),
     (re.compile(r"^resume(:| does not)"), r"--resume\1"),
     (re.compile(r"\brerun with overwrite\b"), "rerun with --overwrite"),

@@ -39,9 +39,12 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
     path, model_kwargs, use_model, inputs = model_choice(model, model_kwargs)
     notes = []
     module_types = None
+    requant: dict = {}
     already = mlx_source.detect(ck) if path is None and inputs is None else None
     if already is not None:
         # No model for it: its tensors have MLX names and layouts already (and the analyzer needs torch).
+        if already.quantized and opts.adapter is not None:
+            ck, requant = _dequantized_for_adapter(ck, opts)
         if already.quantized and opts.quantizing:
             raise Torch2MLXError(
                 f"{ck.path}: {already.describe()}; q_bits/q_recipe need float weights: "
@@ -65,7 +68,37 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
     plan.notes += notes
     if inputs is not None:
         plan.warnings[:0] = inputs.all_warnings({n for n, _ in plan.dropped})
+    if opts.adapter is not None:
+        _fuse_adapter(plan, opts, requant)
     return ck, plan
+
+
+def _dequantized_for_adapter(ck: Checkpoint, opts: Options) -> tuple[Checkpoint, dict]:
+    """An MLX-quantized base: the adapted weights dequantized (block by block), to be fused and requantized."""
+    from .lora import fuse
+    from .lora.load import load
+
+    return fuse.quantized_view(ck, set(load(opts.adapter).modules))
+
+
+def _fuse_adapter(plan: Plan, opts: Options, requant: dict) -> None:
+    from .lora import fuse
+    from .lora.load import load
+
+    ad = load(opts.adapter)
+    plan.fuses = fuse.attach(plan, ad, opts.adapter_scale)
+    if requant:
+        fuse.requantize(plan, requant, opts.max_shard_size)
+        plan.notes.append(
+            f"{len(requant)} quantized base weight(s) dequantized, fused and quantized again as they were"
+        )
+    what = {"peft": "PEFT", "mlx": "mlx-lm"}[ad.kind] + (" DoRA" if ad.dora else " LoRA")
+    plan.notes.append(
+        f"fused the {what} adapter {opts.adapter} (sha256 {ad.sha256[:16]}...): {len(ad.modules)} module(s)"
+        + (f" and {len(ad.full)} modules_to_save tensor(s)" if ad.full else "")
+        + (f", scale x{opts.adapter_scale:g}" if opts.adapter_scale != 1 else "")
+        + (", before quantizing" if opts.quantizing else "")
+    )
 
 
 @paused
@@ -101,7 +134,10 @@ def convert(
         options: every conversion setting as one ``Options`` (``Options.make(dtype="float16", ...)``).
         **settings: instead of ``options``, its fields as keywords (``dtype``, ``max_shard_size``,
             ``strip_prefix``, ``exclude``, ``rules`` (``"REGEX=RULE"``), ``key``, ``q_bits``, ``q_group_size``,
-            ``q_recipe``, ``allow_globals``, ``zarr_compressor``, ``drop_cache``); giving both is refused.
+            ``q_recipe``, ``allow_globals``, ``zarr_compressor``, ``drop_cache``, ``adapter``, ``adapter_scale``);
+            giving both is refused. ``adapter``: a LoRA/DoRA adapter directory (PEFT's or mlx-lm's) fused into
+            the weights as they stream, before any quantization (docs/adapters.md); ``adapter_scale``
+            multiplies its scale.
         model: where exact rules come from. ``None``: a live module's own, or a config.json next to the
             weights that transformers knows (analyzed on the meta device; imports torch), else shape
             inference (always, for a state dict); ``False``: shape inference only, never imports torch;
@@ -158,7 +194,7 @@ def convert(
         return res
     out = os.fspath(out)
     if one_file:
-        return _write_one_file(res, out, progress, workers)
+        return _quantized_fuses(_write_one_file(res, out, progress, workers))
     sinks.refuse_settings(sink, plan, hook=hook, resume=resume)  # before OUT is touched
     if ck.remote:  # size and ETag by name: resume refuses a source that changed since
         res.source_files = remote.remote_identity(ck.files)
@@ -211,6 +247,21 @@ def convert(
                     f"fetched {human_bytes(got)} ({got:,} bytes) in {remote.STATS.requests - before[0]} range "
                     f"request(s), {remote.STATS.retries - before[1]} retried"
                 )
+    return _quantized_fuses(res)
+
+
+def _quantized_fuses(res: Result) -> Result:
+    """The report says what quantizing the fused weights cost (measured on every block written)."""
+    fused = [f for f in res.plan.fuses if f.full is None]
+    q = [
+        op for op in res.plan.ops if op.transform_info and "adapter_module" in op.transform_info and len(op.outputs) > 1
+    ]
+    if fused and q:
+        worst = max(f.quant_error for f in fused)
+        res.plan.notes.append(
+            f"{len(q)} fused weight(s) quantized after fusing: largest |dequantized - fused| element {worst:.4g} "
+            "(the quantization's rounding of the fused values)"
+        )
     return res
 
 

@@ -55,6 +55,37 @@ def _rule_pair(r) -> tuple[re.Pattern, str]:
     return parse_rule(r)
 
 
+def _adapter(path, scale, sha256) -> tuple[str | None, float, str | None]:
+    """The adapter directory, its scale multiplier and its files' digest (a recorded one must still match)."""
+    import math
+    import os
+
+    if path is None:
+        if scale is not None:
+            raise Torch2MLXError(f"adapter_scale {scale} has no effect without adapter")
+        return None, 1.0, None
+    from .lora.load import detect, load_digest
+
+    path = os.fspath(path)
+    if detect(path) is None:
+        raise Torch2MLXError(
+            f"adapter: {path} is not a LoRA adapter directory (adapter_config.json with "
+            "adapter_model.safetensors/.bin (PEFT) or adapters.safetensors (mlx-lm))"
+        )
+    try:
+        scale = 1.0 if scale is None else float(scale)
+    except (TypeError, ValueError):
+        raise Torch2MLXError(f"adapter_scale must be a number, got {scale!r}") from None
+    if not math.isfinite(scale):
+        raise Torch2MLXError(f"adapter_scale must be finite, got {scale!r}")
+    digest = load_digest(path)
+    if sha256 is not None and sha256 != digest:
+        raise Torch2MLXError(
+            f"adapter: {path} changed since it was recorded (sha256 {digest[:12]}..., was {sha256[:12]}...)"
+        )
+    return path, scale, digest
+
+
 def _regex(pattern: str, what: str) -> re.Pattern:
     try:
         return re.compile(pattern)
@@ -71,7 +102,8 @@ class Options:
     ``stream.to_torch`` also take the same names as keywords and build it themselves.
     ``allow_globals`` (pickle globals accepted as inert placeholders), ``zarr_compressor``
     and ``drop_cache`` (drop converted pages from the page cache) are run settings the
-    manifest does not replay.
+    manifest does not replay. ``adapter`` (with ``adapter_scale`` and the adapter files' ``adapter_sha256``)
+    is recorded only when given, so other runs' manifests are unchanged.
     """
 
     dtype: str = "keep"
@@ -86,6 +118,9 @@ class Options:
     allow_globals: tuple[str, ...] = ()
     zarr_compressor: str = "none"
     drop_cache: bool = True
+    adapter: str | None = None  # a LoRA adapter directory fused into the weights (PEFT's or mlx-lm's)
+    adapter_scale: float = 1.0  # multiplies the adapter's own scale(s)
+    adapter_sha256: str | None = None  # of the adapter's files, as read when the options were made
 
     @property
     def quantizing(self) -> bool:
@@ -103,7 +138,12 @@ class Options:
             "q_bits": self.q_bits,
             "q_group_size": self.q_group_size if self.quantizing else None,
             "q_recipe": self.q_recipe,
-        }
+        } | (
+            # only with an adapter: the manifests of other runs stay byte for byte as before
+            {"adapter": self.adapter, "adapter_scale": self.adapter_scale, "adapter_sha256": self.adapter_sha256}
+            if self.adapter is not None
+            else {}
+        )
 
     @classmethod
     def make(
@@ -121,6 +161,9 @@ class Options:
         allow_globals=(),
         zarr_compressor="none",
         drop_cache=True,
+        adapter=None,
+        adapter_scale=None,
+        adapter_sha256=None,
     ) -> "Options":
         """Build options from user-facing values (strings as the CLI takes them).
 
@@ -147,6 +190,7 @@ class Options:
                 f"q_recipe must be one of {', '.join(sorted(quant_recipes.MIXED_RECIPES))}, got {q_recipe!r}"
             )
         parsed_rules = [_rule_pair(r) for r in rules]
+        adapter, adapter_scale, adapter_sha256 = _adapter(adapter, adapter_scale, adapter_sha256)
         return cls(
             dtype=dtype,
             max_shard_size=parse_size(max_shard_size),
@@ -160,6 +204,9 @@ class Options:
             allow_globals=tuple(allow_globals),
             zarr_compressor=zarr_compressor,
             drop_cache=drop_cache,
+            adapter=adapter,
+            adapter_scale=adapter_scale,
+            adapter_sha256=adapter_sha256,
         )
 
     @classmethod

@@ -106,6 +106,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     quantization: dict | None = None  # the config block mlx-lm reads, when quantizing
+    fuses: list = field(default_factory=list)  # an adapter's Fuse stages (adapters.fuse), for the report
     fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)  # resume.fingerprint's
 
     @property

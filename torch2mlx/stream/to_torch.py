@@ -121,6 +121,11 @@ def to_torch(
     opts = Options.resolve(options, settings)
     if opts.quantizing:
         raise Torch2MLXError("q_bits/q_recipe do not apply to to_torch (quantized weights come back dequantized)")
+    if opts.adapter is not None:
+        raise Torch2MLXError(
+            "adapter does not apply to to_torch: fuse it in the conversion to MLX, or convert the adapter "
+            "itself (t2mlx stream ADAPTER_DIR OUT --to torch)"
+        )
     if opts.zarr_compressor != "none":
         raise Torch2MLXError(
             f"zarr_compressor does not apply to to_torch (it writes {' or '.join(sinks.names(sinks.REVERSE))})"

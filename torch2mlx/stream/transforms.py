@@ -52,10 +52,11 @@ class _FP8Dequant:
 
 
 class Chain:
-    """What happens to a block after the rule: optional float8 scaling, then cast or quantize."""
+    """What happens to a block after the rule: optional float8 scaling, an adapter fused in
+    (``stream.lora.fuse.Fuse``), then cast or quantize."""
 
-    def __init__(self, dequant: _FP8Dequant | None = None, spec: quant_recipes.QuantSpec | None = None):
-        self.dequant, self.spec = dequant, spec
+    def __init__(self, dequant: _FP8Dequant | None = None, spec: quant_recipes.QuantSpec | None = None, fuse=None):
+        self.dequant, self.spec, self.fuse = dequant, spec, fuse
         # the scale tensor is read too, though folded in and never written: the report counts it
         self.nbytes_read = dequant.scale.nbytes if dequant is not None else 0
 
@@ -66,9 +67,16 @@ class Chain:
             block, src = self.dequant(block, op, start, reader, float_dtype), float_dtype
         else:
             src = src or op.source_dtype
+        if self.fuse is not None:
+            block, src = self.fuse(casts.to_f32(block, src), start), F32
         if self.spec is None:
             return [casts.cast(block, src, float_dtype)]
-        return list(quant.quantize(block, self.spec.bits, self.spec.group_size, src, float_dtype))
+        parts = list(quant.quantize(block, self.spec.bits, self.spec.group_size, src, float_dtype))
+        if self.fuse is not None and self.spec.mode == "affine":  # what quantizing the fused rows cost, for the report
+            packed, scales, biases = parts
+            back = quant.dequantize(packed, scales, biases, self.spec.bits, self.spec.group_size, float_dtype)
+            self.fuse.saw_quantized(float(np.abs(casts.to_f32(back, float_dtype) - block).max(initial=0.0)))
+        return parts
 
     def info(self) -> dict:
         d: dict[str, object] = {}
@@ -79,6 +87,8 @@ class Chain:
             d["fp8_blocks"] = list(blocks)
         if self.spec is not None:
             d["quantization"] = self.spec.as_config()
+        if self.fuse is not None:
+            d.update(self.fuse.info())
         return d
 
 
