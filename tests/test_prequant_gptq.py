@@ -1,0 +1,142 @@
+"""GPTQ and AWQ checkpoints in: lossless repacks to MLX affine, exact dequantization + requantization.
+
+Oracle: the reference packers/dequantizers of ``prequant_ref`` (written from the formats' public
+descriptions) and transformers running the dequantized float32 weights; mlx-lm loads what we wrote.
+"""
+
+from __future__ import annotations
+
+import json
+
+import llm_checkpoints as L
+import mlx.core as mx
+import numpy as np
+import prequant_ref as R
+import pytest
+from mlx.utils import tree_flatten
+from mlx_lm.utils import load_model
+
+from torch2mlx import stream
+from torch2mlx.cli import main as t2mlx
+
+# name -> (method, bits, group size, sym, act-order, gptq_v2)
+LOSSLESS = {
+    "gptq-4-sym-g128-v1": ("gptq", 4, 128, True, False, False),
+    "gptq-4-asym-g64-v2": ("gptq", 4, 64, False, False, True),
+    "gptq-8-sym-g32-v1": ("gptq", 8, 32, True, False, False),
+    "gptq-8-asym-g128-v2": ("gptq", 8, 128, False, False, True),
+    "gptq-3-asym-g128-v2": ("gptq", 3, 128, False, False, True),
+    "gptq-2-sym-g64-v1": ("gptq", 2, 64, True, False, False),
+    "gptq-4-sym-perchannel-v1": ("gptq", 4, -1, True, False, False),
+    "awq-4-g128": ("awq", 4, 128, False, False, False),
+    "awq-4-g64": ("awq", 4, 64, False, False, False),
+}
+ACT_ORDER = {
+    "gptq-4-sym-g128-act": ("gptq", 4, 128, True, True, False),
+    "gptq-8-asym-g64-act-v2": ("gptq", 8, 64, False, True, True),
+    "gptq-4-asym-g32-act-v1": ("gptq", 4, 32, False, True, False),
+}
+
+
+def _mlx_weights(out):
+    model, cfg = load_model(out)
+    return model, cfg, dict(tree_flatten(model.parameters()))
+
+
+@pytest.fixture(scope="module", params=sorted(LOSSLESS))
+def lossless(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(request.param)
+    src, deq, ref = R.write_quantized_llama(root / "src", *LOSSLESS[request.param])
+    out = root / "out"
+    res = stream.convert(str(src), str(out))
+    return LOSSLESS[request.param], out, deq, ref, res
+
+
+@pytest.mark.slow
+def test_lossless_repack_dequantizes_exactly_and_loads_in_mlx_lm(lossless):
+    (method, bits, gs, *_), out, deq, ref, res = lossless
+    model, cfg, weights = _mlx_weights(out)
+    q = cfg["quantization"]
+    assert q["bits"] == bits and q["mode"] == "affine"
+    assert "quant_method" not in cfg["quantization_config"]  # the GPTQ/AWQ block is replaced
+    expect_gs = 128 if gs == -1 else gs
+    assert q["group_size"] == expect_gs
+    for base, w in deq.items():
+        got = mx.dequantize(
+            weights[base + ".weight"], weights[base + ".scales"], weights[base + ".biases"], expect_gs, bits
+        )
+        assert got.dtype == mx.float32
+        np.testing.assert_array_equal(np.array(got), w, err_msg=base)  # bit for bit
+    logits = np.array(model(mx.array(L.PROMPT)))
+    assert np.abs(logits - ref).max() <= 2e-3
+    assert any("repacked losslessly" in n for n in res.plan.notes)
+    assert any(f"{method.upper()} (bits={bits}" in n for n in res.plan.notes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(ACT_ORDER))
+def test_act_order_is_dequantized_and_requantized_with_its_error_reported(name, tmp_path):
+    method, bits, gs, *_ = ACT_ORDER[name]
+    src, deq, ref = R.write_quantized_llama(tmp_path / "src", *ACT_ORDER[name])
+    out = tmp_path / "out"
+    res = stream.convert(str(src), str(out))
+    model, cfg, weights = _mlx_weights(out)
+    assert cfg["quantization"] == {"group_size": gs, "bits": bits, "mode": "affine"}
+    records = json.loads((out / "torch2mlx.json").read_text())["tensors"]
+    notes = "\n".join(res.plan.notes)
+    worst, requantized, written = 0.0, 0, {}
+    for base, w in deq.items():
+        rec = records[base + ".weight"]
+        mlx_gs = cfg["quantization"].get(base, cfg["quantization"])["group_size"]
+        got = np.array(
+            mx.dequantize(weights[base + ".weight"], weights[base + ".scales"], weights[base + ".biases"], mlx_gs, bits)
+        ).astype(np.float32)
+        err = float(np.abs(got - w).max())
+        if rec["prequant"]["lossless"]:
+            # one source group spans all inputs (in = group size): any input order is still one MLX group
+            assert w.shape[1] == gs and err == 0, base
+            written[base] = got
+            continue
+        requantized += 1
+        # requantized = mx.quantize of the exact dequantization in the model's dtype (float32 here)
+        wq, sq, bq = mx.quantize(mx.array(w), mlx_gs, bits)
+        for k, want in (("weight", wq), ("scales", sq), ("biases", bq)):
+            assert weights[f"{base}.{k}"].dtype == want.dtype
+            np.testing.assert_array_equal(np.array(weights[f"{base}.{k}"]), np.array(want), err_msg=f"{base}.{k}")
+        # the error recorded is the error in what was written
+        assert rec["requant_max_abs_error"] == pytest.approx(err, rel=1e-6, abs=1e-12)
+        assert rec["requant_max_rel_error"] == pytest.approx(err / float(np.abs(w).max()), rel=1e-5)
+        assert f"requantized {base}.weight: max abs error {err:.3g}" in notes
+        worst = max(worst, err)
+        written[base] = got
+    assert 0 < worst and requantized >= 2
+    logits = np.array(model(mx.array(L.PROMPT)))
+    # mlx-lm runs what was written: transformers on the same (requantized) weights agrees
+    assert np.abs(logits - _torch_logits(written)).max() <= 2e-3
+    print(f"{name}: max weight error {worst:.3g}, max logit error vs the source {np.abs(logits - ref).max():.3g}")
+
+
+def _torch_logits(replaced: dict) -> np.ndarray:
+    import torch
+
+    model = L.build_model("llama", seed=7, config=R.llama_config())
+    sd = model.state_dict()
+    sd.update({b + ".weight": torch.from_numpy(w) for b, w in replaced.items()})
+    model.load_state_dict(sd)
+    return L.torch_logits(model)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [["--dtype", "float32"], ["--dtype", "bfloat16"]])
+def test_dtype_writes_unquantized_exact_dequantization(how, tmp_path):
+    src, deq, ref = R.write_quantized_llama(tmp_path / "src", "gptq", 4, 128, False, True, True)
+    out = tmp_path / "out"
+    assert t2mlx(["stream", str(src), str(out), "--quiet", *how]) == 0
+    model, cfg, weights = _mlx_weights(out)
+    assert "quantization" not in cfg and "quantization_config" not in cfg
+    for base, w in deq.items():
+        got = weights[base + ".weight"]
+        assert got.dtype == (mx.float32 if how[1] == "float32" else mx.bfloat16)
+        np.testing.assert_array_equal(np.array(got.astype(mx.float32)), np.array(mx.array(w).astype(got.dtype).astype(mx.float32)))
+    if how[1] == "float32":
+        assert np.abs(np.array(model(mx.array(L.PROMPT))) - ref).max() <= 1e-4
