@@ -118,7 +118,9 @@ def write_quantized_llama(root: Path, method: str, bits: int, gs: int, sym: bool
         base = name[: -len(".weight")]
         if name.endswith(".weight") and base.rsplit(".", 1)[-1] in LINEARS:
             q, scales, zeros, g_idx = quantize(p.numpy(), bits, gs, sym, act, seed=i)
-            parts = gptq_tensors(q, scales, zeros, g_idx, bits, v2) if method == "gptq" else awq_tensors(q, scales, zeros)
+            parts = (
+                gptq_tensors(q, scales, zeros, g_idx, bits, v2) if method == "gptq" else awq_tensors(q, scales, zeros)
+            )
             for k, t in parts.items():
                 tensors[f"{base}.{k}"] = t
             deq[base] = dequantize(q, scales, zeros, g_idx)
@@ -141,7 +143,9 @@ def write_quantized_llama(root: Path, method: str, bits: int, gs: int, sym: bool
     )
     root.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(root / "model.safetensors"))
-    (root / "config.json").write_text(json.dumps(dict(json.loads(cfg.to_json_string()), architectures=["LlamaForCausalLM"], quantization_config=qc)))
+    (root / "config.json").write_text(
+        json.dumps(dict(json.loads(cfg.to_json_string()), architectures=["LlamaForCausalLM"], quantization_config=qc))
+    )
     L.save_tokenizer(root)
     model.load_state_dict({**model.state_dict(), **{b + ".weight": torch.from_numpy(w) for b, w in deq.items()}})
     return root, deq, L.torch_logits(model)

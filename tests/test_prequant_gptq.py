@@ -137,6 +137,36 @@ def test_dtype_writes_unquantized_exact_dequantization(how, tmp_path):
     for base, w in deq.items():
         got = weights[base + ".weight"]
         assert got.dtype == (mx.float32 if how[1] == "float32" else mx.bfloat16)
-        np.testing.assert_array_equal(np.array(got.astype(mx.float32)), np.array(mx.array(w).astype(got.dtype).astype(mx.float32)))
+        np.testing.assert_array_equal(
+            np.array(got.astype(mx.float32)), np.array(mx.array(w).astype(got.dtype).astype(mx.float32))
+        )
     if how[1] == "float32":
         assert np.abs(np.array(model(mx.array(L.PROMPT))) - ref).max() <= 1e-4
+
+
+@pytest.mark.slow
+def test_q_bits_requantizes_every_weight_and_verify_recomputes(tmp_path):
+    """--q-bits asks for a quantization: every packed module is dequantized exactly and requantized to it
+    (as are the float weights, as mlx-lm's convert -q does); `verify` re-reads the packed source."""
+    src, deq, _ = R.write_quantized_llama(tmp_path / "src", "awq", 4, 128, False, False)
+    out = tmp_path / "out"
+    assert t2mlx(["stream", str(src), str(out), "--quiet", "--q-bits", "8", "--q-group-size", "32"]) == 0
+    _, cfg, weights = _mlx_weights(out)
+    assert cfg["quantization"] == {"group_size": 32, "bits": 8, "mode": "affine"}
+    for base, w in deq.items():
+        wq, sq, bq = mx.quantize(mx.array(w), 32, 8)
+        np.testing.assert_array_equal(np.array(weights[base + ".weight"]), np.array(wq))
+        np.testing.assert_array_equal(np.array(weights[base + ".scales"]), np.array(sq))
+    assert t2mlx(["verify", str(src), str(out)]) == 0
+    lossless = tmp_path / "lossless"
+    assert t2mlx(["stream", str(src), str(lossless), "--quiet"]) == 0
+    assert t2mlx(["verify", str(src), str(lossless)]) == 0
+
+
+def test_dry_run_reports_the_format_without_reading_codes(tmp_path, capsys):
+    src, _, _ = R.write_quantized_llama(tmp_path / "src", "gptq", 8, 64, True, False)
+    assert t2mlx(["stream", str(src), "--dry-run", "--no-model"]) == 0
+    text = capsys.readouterr().out
+    assert "GPTQ (bits=8, group_size=64, sym=True, desc_act=False, checkpoint_format=gptq)" in text
+    assert "14 module(s) repacked losslessly" in text
+    assert "model.layers.0.mlp.down_proj.biases" in text

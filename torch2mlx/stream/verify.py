@@ -25,7 +25,7 @@ from ..formats import pickled, remote
 from ..formats import safetensors as st_reader
 from ..formats.checkpoint import open_checkpoint
 from ..formats.data import DataReader
-from . import hashing
+from . import hashing, prequant
 from . import manifest as manifest_mod
 from .execute import CHUNK, compute_outputs, plan_tasks
 from .manifest import NAME as MANIFEST
@@ -270,6 +270,11 @@ def _ops_from_manifest(records: dict, by_name: dict, problems: list[str]):
 
 def _verify_values(src, manifest, outputs, rep: VerifyReport, progress) -> None:
     ck = open_checkpoint(src, key=manifest.key())
+    found = prequant.detect(ck)
+    if found is not None:  # the records name the repacked / dequantized view, as the conversion read it
+        from .options import Options
+
+        ck, _ = prequant.apply(ck, found, Options.make(**(manifest.options or {})))
     by_name = {e.name: e for e in ck.entries}
     with DataReader() as reader:
         _compare_ops(_ops_from_manifest(manifest.tensors or {}, by_name, rep.problems), outputs, reader, rep, progress)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ class Packed:
     group_size: int  # of the source, resolved (-1 -> in_features)
     in_features: int
     out_features: int
-    fmt: object = field(repr=False, default=None)
+    fmt: Any = field(repr=False, default=None)  # the format module: group_index, words, zeros
     zero_offset: int = 0  # GPTQ v1 stores zero - 1
 
     @property
@@ -94,7 +95,9 @@ def check_int32(m: Packed, *entries: TensorEntry) -> None:
         if e.dtype.name not in ("int32", "uint32") or len(e.shape) != 2:
             m.fail(e, f"expected a 2-D int32 tensor, got {e.dtype.name}{list(e.shape)}")
     if m.scales.dtype.name not in quant.SCALE_DTYPES or len(m.scales.shape) != 2:
-        m.fail(m.scales, f"expected 2-D float16/bfloat16/float32 scales, got {m.scales.dtype.name}{list(m.scales.shape)}")
+        m.fail(
+            m.scales, f"expected 2-D float16/bfloat16/float32 scales, got {m.scales.dtype.name}{list(m.scales.shape)}"
+        )
 
 
 def read_scales(m: Packed, reader, start: int, stop: int) -> np.ndarray:

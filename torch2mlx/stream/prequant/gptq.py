@@ -67,7 +67,11 @@ def _module(base: str, parts: dict[str, TensorEntry], bits: int, gs: int, zero_o
     m.group_size = m.in_features if gs <= 0 else gs
     groups = -(-m.in_features // m.group_size)
     if g_idx is not None and (g_idx.shape != (m.in_features,) or g_idx.dtype.is_float):
-        m.fail(g_idx, f"expected {m.in_features} integer group indices, got {g_idx.dtype.name}{list(g_idx.shape)}")
+        m.fail(
+            qw,
+            f"shape {list(qw.shape)} holds {m.in_features} inputs of {bits}-bit codes, but {g_idx.name} is "
+            f"{g_idx.dtype.name}{list(g_idx.shape)}",
+        )
     if scales.shape[1] != out or (g_idx is None and scales.shape[0] != groups):
         m.fail(
             scales,
@@ -75,7 +79,9 @@ def _module(base: str, parts: dict[str, TensorEntry], bits: int, gs: int, zero_o
             f"in groups of {m.group_size} ({list(qw.shape)} qweight of {bits}-bit codes)",
         )
     if qzeros.shape != (scales.shape[0], out * bits // 32):
-        m.fail(qzeros, f"shape {list(qzeros.shape)}, expected {[scales.shape[0], out * bits // 32]} for {bits}-bit zeros")
+        m.fail(
+            qzeros, f"shape {list(qzeros.shape)}, expected {[scales.shape[0], out * bits // 32]} for {bits}-bit zeros"
+        )
     return m
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from ...core import dtypes, quant, quant_recipes
 from ...core.entry import TensorEntry
 from ...formats.data import DataReader
-from ..plan import Output, assign_shards
+from ..plan import assign_shards
 from .common import Found, Packed, read_scales
 
 F32, U32 = dtypes.get("float32"), dtypes.get("uint32")
@@ -63,6 +63,7 @@ class _Part:
         z = fmt.zeros(m, r, start, stop)
         if self.what == "biases":
             return np.ascontiguousarray(-(s * z)[:, self.gmap])
+        assert self.gidx is not None  # a "float" part is made with its group index
         return dequantize_rows(fmt.words(m, r, start, stop), s, z, self.gidx, m.bits)
 
 
@@ -106,6 +107,14 @@ class Prepared:
         return {p + s for p in self.repacked for s in (".weight", ".scales", ".biases")}
 
 
+def _entry(m: Packed, suffix: str, dtype, cols: int, loader: _Part) -> TensorEntry:
+    # where the packed codes lie: the plan reads in file order
+    qw = m.qweight
+    return TensorEntry(
+        m.base + suffix, dtype, (m.out_features, cols), path=qw.path, offset=qw.offset, loader=loader, origin=qw.origin
+    )
+
+
 def prepare(ck, found: Found, opts) -> Prepared:
     reads = _Reads()
     unquantized = opts.dtype != "keep" or bool(getattr(opts, "dequantize", False))
@@ -117,22 +126,14 @@ def prepare(ck, found: Found, opts) -> Prepared:
         if gs is not None and m.bits in quant.BITS:
             gmap = gidx[::gs].copy()
             groups = m.in_features // gs
-            at = dict(path=m.qweight.path, offset=m.qweight.offset, origin=m.qweight.origin)
             virtual[m.qweight.name] = [
-                TensorEntry(base + ".weight", U32, (m.out_features, m.in_features * m.bits // 32),
-                            loader=_Part(m, reads, "weight", None, None), **at),
-                TensorEntry(base + ".scales", F32, (m.out_features, groups),
-                            loader=_Part(m, reads, "scales", gmap, None), **at),
-                TensorEntry(base + ".biases", F32, (m.out_features, groups),
-                            loader=_Part(m, reads, "biases", gmap, None), **at),
-            ]  # fmt: skip
+                _entry(m, ".weight", U32, m.in_features * m.bits // 32, _Part(m, reads, "weight", None, None)),
+                _entry(m, ".scales", F32, groups, _Part(m, reads, "scales", gmap, None)),
+                _entry(m, ".biases", F32, groups, _Part(m, reads, "biases", gmap, None)),
+            ]
             prep.repacked[base] = quant_recipes.QuantSpec(gs, m.bits)
             continue
-        virtual[m.qweight.name] = [
-            TensorEntry(base + ".weight", F32, (m.out_features, m.in_features),
-                        loader=_Part(m, reads, "float", None, gidx),
-                        path=m.qweight.path, offset=m.qweight.offset, origin=m.qweight.origin)
-        ]  # fmt: skip
+        virtual[m.qweight.name] = [_entry(m, ".weight", F32, m.in_features, _Part(m, reads, "float", None, gidx))]
         prep.floats[base + ".weight"] = m
         if unquantized or opts.quantizing:
             continue
@@ -176,7 +177,6 @@ def recipe(prep: Prepared) -> quant_recipes.Recipe | None:
     def per_layer(path: str):
         spec = specs.get(path)
         return False if spec is None else True if spec == default else spec
-
 
     return quant_recipes.Recipe(default, per_layer, "prequant")
 

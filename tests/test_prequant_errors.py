@@ -1,0 +1,86 @@
+"""Pre-quantized input that does not hold what it says: one `error:` line naming the tensor and the file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import prequant_ref as R
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from torch2mlx.cli import main as t2mlx
+
+
+def _gptq_dir(tmp_path, qc=None, edit=None):
+    w = np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32)
+    q, scales, zeros, g_idx = R.quantize(w, 4, 64, False, False, 0)
+    t = {f"layer.{k}": v for k, v in R.gptq_tensors(q, scales, zeros, g_idx, 4, True).items()}
+    t["norm.weight"] = torch.ones(128)
+    if edit:
+        edit(t)
+    save_file(t, str(tmp_path / "model.safetensors"))
+    qc = qc or {"quant_method": "gptq", "bits": 4, "group_size": 64, "sym": False, "desc_act": False,
+                "checkpoint_format": "gptq_v2"}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": qc}))
+    return tmp_path
+
+
+def _error(capsys, src, tmp_path) -> str:
+    rc = t2mlx(["stream", str(src), str(tmp_path / "out"), "--quiet", "--no-model"])
+    err = capsys.readouterr().err
+    assert rc != 0 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+    return err
+
+
+def test_converts_when_well_formed(tmp_path):
+    """The fixture itself is fine: each case below breaks one thing."""
+    (tmp_path / "src").mkdir()
+    src = _gptq_dir(tmp_path / "src")
+    assert t2mlx(["stream", str(src), str(tmp_path / "out"), "--quiet", "--no-model"]) == 0
+
+
+def test_qweight_shape_disagreeing_with_bits(capsys, tmp_path):
+    (tmp_path / "src").mkdir()
+    src = _gptq_dir(tmp_path / "src", edit=lambda t: t.update({"layer.qweight": t["layer.qweight"][:15].clone()}))
+    err = _error(capsys, src, tmp_path)
+    assert "layer.qweight" in err and "model.safetensors" in err and "120 inputs" in err
+
+
+def test_bits_in_config_disagreeing_with_the_tensors(capsys, tmp_path):
+    (tmp_path / "src").mkdir()
+    qc = {"quant_method": "gptq", "bits": 8, "group_size": 64, "checkpoint_format": "gptq_v2"}
+    err = _error(capsys, _gptq_dir(tmp_path / "src", qc=qc), tmp_path)
+    assert "layer.qweight" in err and "model.safetensors" in err and "8-bit" in err
+
+
+def test_missing_scales(capsys, tmp_path):
+    (tmp_path / "src").mkdir()
+    src = _gptq_dir(tmp_path / "src", edit=lambda t: t.pop("layer.scales"))
+    err = _error(capsys, src, tmp_path)
+    assert "layer.scales is missing" in err and "layer.qweight" in err and "model.safetensors" in err
+
+
+def test_unknown_quant_method(capsys, tmp_path):
+    (tmp_path / "src").mkdir()
+    src = _gptq_dir(tmp_path / "src", qc={"quant_method": "exl9", "bits": 4})
+    err = _error(capsys, src, tmp_path)
+    assert "'exl9'" in err and "layer.qweight" in err and str(src) in err
+
+
+def test_awq_other_packing_refused(capsys, tmp_path):
+    (tmp_path / "src").mkdir()
+    src = _gptq_dir(tmp_path / "src", qc={"quant_method": "awq", "bits": 4, "group_size": 64, "version": "gemv"})
+    assert "AWQ version 'gemv'" in _error(capsys, src, tmp_path)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_reference_packer_matches_compressed_tensors(bits):
+    """The tests' bit-stream packer (GPTQ's qweight columns, MLX's rows) against a library's dense int32 packing."""
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+
+    codes = np.random.default_rng(bits).integers(0, 2**bits, (5, 96))
+    theirs = pack_to_int32(torch.from_numpy(codes - 2 ** (bits - 1)).to(torch.int8), bits, packed_dim=1)
+    np.testing.assert_array_equal(R.pack_stream(codes, bits), theirs.numpy().view(np.uint32))
