@@ -108,8 +108,10 @@ def llama_config():
     )
 
 
-def write_quantized_llama(root: Path, method: str, bits: int, gs: int, sym: bool, act: bool, v2: bool = False):
-    """A tiny float32 Llama with every decoder Linear packed: (dir, {module: float32 dequantized (out, in)},
+def write_quantized_llama(
+    root: Path, method: str, bits: int, gs: int, sym: bool, act: bool, v2: bool = False, dtype=torch.float32
+):
+    """A tiny Llama (``dtype``: its unquantized tensors') with every decoder Linear packed: (dir, {module: float32 dequantized (out, in)},
     transformers' logits on the dequantized weights)."""
     cfg = llama_config()
     model = L.build_model("llama", seed=7, config=cfg)
@@ -124,8 +126,8 @@ def write_quantized_llama(root: Path, method: str, bits: int, gs: int, sym: bool
             for k, t in parts.items():
                 tensors[f"{base}.{k}"] = t
             deq[base] = dequantize(q, scales, zeros, g_idx)
-        else:
-            tensors[name] = p.detach().clone()
+        else:  # the unquantized tensors in the model's dtype
+            tensors[name] = p.detach().to(dtype)
     qc = (
         {
             "quant_method": "gptq",

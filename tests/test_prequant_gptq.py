@@ -170,3 +170,23 @@ def test_dry_run_reports_the_format_without_reading_codes(tmp_path, capsys):
     assert "GPTQ (bits=8, group_size=64, sym=True, desc_act=False, checkpoint_format=gptq)" in text
     assert "14 module(s) repacked losslessly" in text
     assert "model.layers.0.mlp.down_proj.biases" in text
+
+
+@pytest.mark.slow
+def test_float16_model_requantizes_in_float16_and_measures_that(tmp_path):
+    """The requantized weights take the model's dtype (its unquantized tensors', float16 here), as mlx-lm's
+    convert -q of a float16 model would; the recorded error is that of the float16 result."""
+    import torch
+
+    src, deq, _ = R.write_quantized_llama(tmp_path / "src", "gptq", 4, 32, False, True, False, dtype=torch.float16)
+    out = tmp_path / "out"
+    assert t2mlx(["stream", str(src), str(out), "--quiet"]) == 0
+    _, cfg, weights = _mlx_weights(out)
+    records = json.loads((out / "torch2mlx.json").read_text())["tensors"]
+    for base, w in deq.items():
+        wq, sq, bq = mx.quantize(mx.array(w).astype(mx.float16), 32, 4)
+        for k, want in (("weight", wq), ("scales", sq), ("biases", bq)):
+            assert weights[f"{base}.{k}"].dtype == want.dtype
+            np.testing.assert_array_equal(np.array(weights[f"{base}.{k}"]), np.array(want))
+        back = np.array(mx.dequantize(wq, sq, bq, 32, 4).astype(mx.float32))
+        assert records[base + ".weight"]["requant_max_abs_error"] == float(np.abs(back - w).max())

@@ -31,7 +31,7 @@ def detect(ck: Checkpoint) -> Found | None:
     qc = (ck.config or {}).get("quantization_config")
     qc = qc if isinstance(qc, dict) else {}
     method = str(qc.get("quant_method") or "").lower()
-    packed = next((e for e in ck.entries if e.name.endswith(".qweight")), None)
+    packed = next((e for e in ck.entries if e.name.endswith(".qweight") and e.dtype.name in ("int32", "uint32")), None)
     if method in FORMATS:
         return FORMATS[method].detect(ck, qc)
     if packed is None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...core import dtypes, quant, quant_recipes
+from ...core.casts import to_f32
 from ...core.entry import TensorEntry
 from ...formats.data import DataReader
 from ..plan import assign_shards
@@ -193,8 +194,7 @@ class _Measured:
     def __call__(self, block, op, start, reader, src=None):
         outs = self.chain(block, op, start, reader, src)
         spec = self.chain.spec
-        back = quant.dequantize(outs[0], outs[1], outs[2], spec.bits, spec.group_size, op.outputs[1].dtype)
-        back = dtypes_to_f32(back, op.outputs[1].dtype)
+        back = _dequantized_f32(outs, spec.bits, spec.group_size, op.outputs[1].dtype)
         err = float(np.max(np.abs(back - block))) if block.size else 0.0
         top = float(np.max(np.abs(block))) if block.size else 0.0
         with self._lock:
@@ -207,10 +207,23 @@ class _Measured:
         return self.info_
 
 
-def dtypes_to_f32(a: np.ndarray, dt) -> np.ndarray:
-    from ...core.casts import to_f32
+def _dequantized_f32(outs, bits: int, gs: int, dt) -> np.ndarray:
+    """``mx.dequantize`` of what was written, as float32 values (error measurement only).
 
-    return to_f32(a, dt)
+    float16 rounds through numpy's own conversion (round to nearest even, as MLX): about 3x faster
+    than ``quant.dequantize``'s exact-NaN path, and equal on the finite values a requantized weight holds.
+    """
+    if dt.name != "float16":
+        return to_f32(quant.dequantize(outs[0], outs[1], outs[2], bits, gs, dt), dt)
+    q = quant.unpack_codes(outs[0], bits).astype(np.float32)
+    q = q.reshape(q.shape[0], -1, gs)
+    s = to_f32(outs[1], dt)[..., None]
+    b = to_f32(outs[2], dt)[..., None]
+    with np.errstate(over="ignore", invalid="ignore"):
+        q *= s
+        q = q.astype(np.float16).astype(np.float32)
+        q += b
+        return q.astype(np.float16).astype(np.float32).reshape(q.shape[0], -1)
 
 
 def finish_plan(plan, prep: Prepared, opts) -> None:
