@@ -111,8 +111,9 @@ def llama_config():
 def write_quantized_llama(
     root: Path, method: str, bits: int, gs: int, sym: bool, act: bool, v2: bool = False, dtype=torch.float32
 ):
-    """A tiny Llama (``dtype``: its unquantized tensors') with every decoder Linear packed: (dir, {module: float32 dequantized (out, in)},
-    transformers' logits on the dequantized weights)."""
+    """A tiny Llama (``dtype``: its unquantized tensors') with every decoder Linear packed.
+
+    Returns (dir, {module: float32 dequantized (out, in)}, transformers' logits on the dequantized weights)."""
     cfg = llama_config()
     model = L.build_model("llama", seed=7, config=cfg)
     tensors, deq = {}, {}
