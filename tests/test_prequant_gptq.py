@@ -190,3 +190,21 @@ def test_float16_model_requantizes_in_float16_and_measures_that(tmp_path):
             np.testing.assert_array_equal(np.array(weights[f"{base}.{k}"]), np.array(want))
         back = np.array(mx.dequantize(wq, sq, bq, 32, 4).astype(mx.float32))
         assert records[base + ".weight"]["requant_max_abs_error"] == float(np.abs(back - w).max())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_repacked_output_verifies_and_goes_back_to_torch_as_the_exact_dequantization(method, tmp_path):
+    from safetensors.numpy import load_file
+
+    src, deq, _ = R.write_quantized_llama(tmp_path / "src", method, 4, 64, False, False, True)
+    out, back = tmp_path / "out", tmp_path / "back"
+    assert t2mlx(["stream", str(src), str(out), "--quiet"]) == 0
+    assert t2mlx(["verify", str(src), str(out)]) == 0
+    assert t2mlx(["stream", str(out), str(back), "--to", "torch", "--quiet"]) == 0
+    got = load_file(str(back / "model.safetensors"))
+    for base, w in deq.items():
+        assert got[base + ".weight"].dtype == np.float32  # the model's dtype
+        np.testing.assert_array_equal(got[base + ".weight"], w)
+    assert not any(n.endswith((".scales", ".biases", ".qweight")) for n in got)
+    assert "quantization_config" not in json.loads((back / "config.json").read_text())

@@ -241,6 +241,19 @@ def _ops_from_manifest(records: dict, by_name: dict, problems: list[str]):
     from .transforms import rebuild
 
     for name, rec in records.items():
+        if (rec.get("prequant") or {}).get("lossless"):
+            # a repacked GPTQ/AWQ tensor: read as written from the packed source's view (prequant.apply)
+            if name not in by_name:
+                problems.append(f"{name}: not in the source checkpoint's repacked view")
+            else:
+                yield Op(
+                    [by_name[name]],
+                    "identity",
+                    "prequant",
+                    {},
+                    [Output(name, dtypes.get(rec["dtype"]), tuple(rec["shape"]))],
+                )
+            continue
         role = rec.get("role")
         if role in ("scales", "biases"):
             continue  # built with its weight

@@ -262,9 +262,20 @@ def finish_plan(plan, prep: Prepared, opts) -> None:
     for op in plan.ops:
         loader = op.sources[0].loader if len(op.sources) == 1 else None
         if isinstance(loader, _Part):
+            m = loader.m
             info = dict(op.transform_info or {})
-            info["prequant"] = {"method": prep.found.method, "module": loader.m.base,
-                                "lossless": loader.what != "float"}  # fmt: skip
+            info["prequant"] = {"method": prep.found.method, "module": m.base, "lossless": loader.what != "float"}
+            if loader.what != "float":
+                # Recorded as one quantized weight of the float tensor it stands for, so that `--to torch`
+                # dequantizes the triple back to it (verify reads the three as written: see verify.py).
+                spec = prep.repacked[m.base]
+                info.update(
+                    source=m.base + ".weight",
+                    source_shape=[m.out_features, m.in_features],
+                    source_dtype=(prep.model_dtype or m.scales.dtype).name,
+                    role=loader.what,
+                    quantization=spec.as_config(),
+                )
             if op.transform_info is not None:
                 op.transform_info.update(info)
             else:
