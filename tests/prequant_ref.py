@@ -4,6 +4,7 @@ public descriptions (bit streams built bit by bit: independent of torch2mlx's pa
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import llm_checkpoints as L
@@ -109,7 +110,15 @@ def llama_config():
 
 
 def write_quantized_llama(
-    root: Path, method: str, bits: int, gs: int, sym: bool, act: bool, v2: bool = False, dtype=torch.float32
+    root: Path,
+    method: str,
+    bits: int,
+    gs: int,
+    sym: bool,
+    act: bool,
+    v2: bool = False,
+    dtype=torch.float32,
+    dynamic: dict | None = None,
 ):
     """A tiny Llama (``dtype``: its unquantized tensors') with every decoder Linear packed.
 
@@ -120,10 +129,13 @@ def write_quantized_llama(
     for i, (name, p) in enumerate(model.state_dict().items()):
         base = name[: -len(".weight")]
         if name.endswith(".weight") and base.rsplit(".", 1)[-1] in LINEARS:
-            q, scales, zeros, g_idx = quantize(p.numpy(), bits, gs, sym, act, seed=i)
-            parts = (
-                gptq_tensors(q, scales, zeros, g_idx, bits, v2) if method == "gptq" else awq_tensors(q, scales, zeros)
-            )
+            mb, mg = bits, gs
+            for pattern, override in (dynamic or {}).items():  # GPTQModel's per-module overrides
+                if re.match(pattern.removeprefix("+:"), base):
+                    mb, mg = override.get("bits", bits), override.get("group_size", gs)
+                    break
+            q, scales, zeros, g_idx = quantize(p.numpy(), mb, mg, sym, act, seed=i)
+            parts = gptq_tensors(q, scales, zeros, g_idx, mb, v2) if method == "gptq" else awq_tensors(q, scales, zeros)
             for k, t in parts.items():
                 tensors[f"{base}.{k}"] = t
             deq[base] = dequantize(q, scales, zeros, g_idx)
@@ -141,6 +153,7 @@ def write_quantized_llama(
             "static_groups": False,
             "checkpoint_format": "gptq_v2" if v2 else "gptq",
         }
+        | ({"dynamic": dynamic} if dynamic else {})
         if method == "gptq"
         else {"quant_method": "awq", "bits": bits, "group_size": gs, "zero_point": True, "version": "gemm"}
     )

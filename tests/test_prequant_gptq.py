@@ -208,3 +208,23 @@ def test_repacked_output_verifies_and_goes_back_to_torch_as_the_exact_dequantiza
         np.testing.assert_array_equal(got[base + ".weight"], w)
     assert not any(n.endswith((".scales", ".biases", ".qweight")) for n in got)
     assert "quantization_config" not in json.loads((back / "config.json").read_text())
+
+
+@pytest.mark.slow
+def test_gptqmodel_dynamic_bits_give_per_layer_entries(tmp_path):
+    """GPTQModel's `dynamic` overrides (8-bit group-64 down_proj in a 4-bit group-128 model): each module is
+    repacked at its own bits, and config.json's `quantization` has an entry per module that differs."""
+    dynamic = {"+:.*down_proj": {"bits": 8, "group_size": 64}}
+    src, deq, ref = R.write_quantized_llama(tmp_path / "src", "gptq", 4, 128, True, False, dynamic=dynamic)
+    out = tmp_path / "out"
+    assert t2mlx(["stream", str(src), str(out), "--quiet"]) == 0
+    model, cfg, weights = _mlx_weights(out)
+    q = cfg["quantization"]
+    assert {k: v for k, v in q.items() if not isinstance(v, dict)} == {"group_size": 128, "bits": 4, "mode": "affine"}
+    assert {k for k, v in q.items() if isinstance(v, dict)} == {f"model.layers.{i}.mlp.down_proj" for i in (0, 1)}
+    for base, w in deq.items():
+        gs, bits = (64, 8) if base.endswith("down_proj") else (128, 4)
+        assert q.get(base, {"group_size": 128, "bits": 4})["bits"] == bits
+        got = mx.dequantize(weights[base + ".weight"], weights[base + ".scales"], weights[base + ".biases"], gs, bits)
+        np.testing.assert_array_equal(np.array(got), w)
+    assert np.abs(np.array(model(mx.array(L.PROMPT))) - ref).max() <= 2e-3

@@ -16,6 +16,7 @@ codes into one continuous little-endian bit stream too): the repack is a transpo
 
 from __future__ import annotations
 
+import re
 import sys
 
 import numpy as np
@@ -44,11 +45,41 @@ def detect(ck, qc: dict) -> Found:
         desc_act=qc.get("desc_act"),
         checkpoint_format=fmt,
     )
+    dynamic = _dynamic(qc.get("dynamic"), path)
     for base, parts in modules_of(ck.entries).items():
-        m = _module(base, parts, bits, gs, 0 if fmt == "gptq_v2" else 1)
+        mb, mg = bits, gs
+        for pattern, override in dynamic:
+            if pattern.match(base):
+                mb = config_int(override, "bits", bits, path)
+                mg = config_int(override, "group_size", gs, path)
+                break
+        if mb not in BITS:
+            raise Torch2MLXError(f"{path}: GPTQ bits={mb} for {base} (supported: {', '.join(map(str, BITS))})")
+        m = _module(base, parts, mb, mg, 0 if fmt == "gptq_v2" else 1)
         found.modules[base] = m
         found.hidden.update(e.name for e in parts.values())
     return found
+
+
+def _dynamic(dynamic, path: str) -> list[tuple[re.Pattern, dict]]:
+    """GPTQModel's per-module overrides: ``{"[+:]regex": {"bits": ..., "group_size": ...}}``, first match wins.
+
+    ``-:`` patterns name modules left unquantized: they hold no ``qweight``, so they need no entry here.
+    """
+    if dynamic is None:
+        return []
+    if not isinstance(dynamic, dict):
+        raise Torch2MLXError(f"{path}: config.json quantization_config.dynamic must be an object, got {dynamic!r}")
+    out = []
+    for key, override in dynamic.items():
+        if str(key).startswith("-:"):
+            continue
+        try:
+            pattern = re.compile(str(key).removeprefix("+:"))
+        except re.error as e:
+            raise Torch2MLXError(f"{path}: quantization_config.dynamic pattern {key!r} is not a regex ({e})") from None
+        out.append((pattern, override if isinstance(override, dict) else {}))
+    return out
 
 
 def _module(base: str, parts: dict[str, TensorEntry], bits: int, gs: int, zero_offset: int) -> Packed:
