@@ -84,3 +84,42 @@ def test_reference_packer_matches_compressed_tensors(bits):
     codes = np.random.default_rng(bits).integers(0, 2**bits, (5, 96))
     theirs = pack_to_int32(torch.from_numpy(codes - 2 ** (bits - 1)).to(torch.int8), bits, packed_dim=1)
     np.testing.assert_array_equal(R.pack_stream(codes, bits), theirs.numpy().view(np.uint32))
+
+
+def test_gptq_without_config_is_known_by_its_g_idx(tmp_path):
+    """No quantization_config: a qweight next to a g_idx is GPTQ (v1 zeros); g_idx gives the groups."""
+    import mlx.core as mx
+    from safetensors.numpy import load_file
+
+    w = np.random.default_rng(1).standard_normal((64, 128)).astype(np.float32)
+    q, scales, zeros, g_idx = R.quantize(w, 4, 64, False, False, 0)
+    t = {f"layer.{k}": v for k, v in R.gptq_tensors(q, scales, zeros, g_idx, 4, False).items()}
+    (tmp_path / "src").mkdir()
+    save_file(t, str(tmp_path / "src" / "model.safetensors"))
+    assert t2mlx(["stream", str(tmp_path / "src"), str(tmp_path / "out"), "--quiet", "--no-model"]) == 0
+    got = load_file(str(tmp_path / "out" / "model.safetensors"))
+    back = mx.dequantize(*(mx.array(got[f"layer.{k}"]) for k in ("weight", "scales", "biases")), 64, 4)
+    np.testing.assert_array_equal(np.array(back), R.dequantize(q, scales, zeros, g_idx))
+
+
+def test_packed_without_config_or_g_idx(capsys, tmp_path):
+    (tmp_path / "src").mkdir()
+    w = np.random.default_rng(2).standard_normal((64, 128)).astype(np.float32)
+    q, scales, zeros, _ = R.quantize(w, 4, 64, False, False, 0)
+    save_file(
+        {f"layer.{k}": v for k, v in R.awq_tensors(q, scales, zeros).items()}, str(tmp_path / "src" / "x.safetensors")
+    )
+    err = _error(capsys, tmp_path / "src", tmp_path)
+    assert "layer.qweight is packed but no config.json quantization_config says how" in err and "x.safetensors" in err
+
+
+def test_awq_scales_disagreeing_with_qweight(capsys, tmp_path):
+    (tmp_path / "src").mkdir()
+    w = np.random.default_rng(3).standard_normal((64, 128)).astype(np.float32)
+    q, scales, zeros, _ = R.quantize(w, 4, 64, False, False, 0)
+    t = {f"layer.{k}": v for k, v in R.awq_tensors(q, scales, zeros).items()}
+    save_file(t, str(tmp_path / "src" / "model.safetensors"))
+    qc = {"quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True, "version": "gemm"}
+    (tmp_path / "src" / "config.json").write_text(json.dumps({"quantization_config": qc}))
+    err = _error(capsys, tmp_path / "src", tmp_path)
+    assert "layer.scales" in err and "model.safetensors" in err and "groups of 32" in err
