@@ -228,3 +228,30 @@ def test_gptqmodel_dynamic_bits_give_per_layer_entries(tmp_path):
         got = mx.dequantize(weights[base + ".weight"], weights[base + ".scales"], weights[base + ".biases"], gs, bits)
         np.testing.assert_array_equal(np.array(got), w)
     assert np.abs(np.array(model(mx.array(L.PROMPT))) - ref).max() <= 2e-3
+
+
+@pytest.mark.slow
+def test_repacked_and_requantized_modules_share_one_block(tmp_path):
+    """Act-order everywhere, 8-bit group-64 down_proj: the 128-input modules (one group) repack at 4 bits,
+    group 128; down_proj is requantized at 8 bits, group 64. The block's default is the common spec, with
+    an entry per down_proj; mlx-lm loads it."""
+    dynamic = {"+:.*down_proj": {"bits": 8, "group_size": 64}}
+    src, deq, _ = R.write_quantized_llama(tmp_path / "src", "gptq", 4, 128, False, True, True, dynamic=dynamic)
+    out = tmp_path / "out"
+    assert t2mlx(["stream", str(src), str(out), "--quiet", "--strip-prefix", "model."]) == 0
+    q = json.loads((out / "config.json").read_text())["quantization"]
+    downs = {f"layers.{i}.mlp.down_proj" for i in (0, 1)}
+    assert q == {"group_size": 128, "bits": 4, "mode": "affine"} | {
+        d: {"group_size": 64, "bits": 8, "mode": "affine"} for d in downs
+    }
+    from safetensors.numpy import load_file
+
+    got = load_file(str(out / "model.safetensors"))
+    for base, w in deq.items():
+        name = base.removeprefix("model.")
+        if name in downs:
+            want = mx.quantize(mx.array(w), 64, 8)
+            np.testing.assert_array_equal(got[name + ".weight"], np.array(want[0]))
+        else:
+            back = mx.dequantize(*(mx.array(got[f"{name}.{k}"]) for k in ("weight", "scales", "biases")), 128, 4)
+            np.testing.assert_array_equal(np.array(back), w)

@@ -63,7 +63,7 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
         specs, drop, notes = inputs.specs, inputs.drop, notes + list(inputs.notes)
         if inputs.report is not None or inputs.types is not None:
             module_types = inputs.module_types
-    plan = build(ck, opts, specs, drop, module_types, recipe=prequant.view.recipe(prep) if prep else None)
+    plan = build(ck, opts, specs, drop, module_types, recipe=prequant.view.recipe(prep, opts) if prep else None)
     if prep is not None:
         prequant.view.finish_plan(plan, prep, opts)
         notes, plan.warnings = prep.notes + notes, prep.warnings + plan.warnings

@@ -25,6 +25,7 @@ import numpy as np
 
 from ...core import dtypes, quant, quant_recipes
 from ...core.casts import to_f32
+from ...core.dtypes import DType
 from ...core.entry import TensorEntry
 from ...formats.data import DataReader
 from ..plan import assign_shards
@@ -100,7 +101,7 @@ class Prepared:
     floats: dict[str, Packed] = field(default_factory=dict)  # "<p>.weight" -> module, dequantized
     requant: dict[str, quant_recipes.QuantSpec] = field(default_factory=dict)  # module path -> target
     notes: list[str] = field(default_factory=list)
-    model_dtype: object = None
+    model_dtype: DType | None = None
     warnings: list[str] = field(default_factory=list)
 
     def packed_names(self) -> set[str]:
@@ -168,11 +169,17 @@ def prepare(ck, found: Found, opts) -> Prepared:
     return prep
 
 
-def recipe(prep: Prepared) -> quant_recipes.Recipe | None:
+def recipe(prep: Prepared, opts) -> quant_recipes.Recipe | None:
     """Requantize exactly the modules that were quantized and could not be repacked (nothing else)."""
     if not prep.requant:
         return None
-    specs = prep.requant
+    from ..planner import _strip
+
+    # the recipe sees output names: after --strip-prefix, as mlx-lm's model will load them
+    specs = {
+        quant_recipes.loaded_module_path(_strip(base + ".weight", opts.strip_prefix)[: -len(".weight")]): spec
+        for base, spec in prep.requant.items()
+    }
     default = max(set(specs.values()), key=list(specs.values()).count)
 
     def per_layer(path: str):
@@ -250,14 +257,19 @@ def finish_plan(plan, prep: Prepared, opts) -> None:
             f"{measured} dequantized module(s) requantized; the error each gets is in the report "
             "and the manifest (requant_max_abs_error / requant_max_rel_error)"
         )
-    if prep.repacked:
-        specs = prep.repacked
-        block = plan.quantization or max(set(specs.values()), key=list(specs.values()).count).as_config()
-        default = quant_recipes.QuantSpec(block["group_size"], block["bits"], block.get("mode", "affine"))
-        for path, spec in specs.items():
-            if spec != default:
-                block[quant_recipes.loaded_module_path(path)] = spec.as_config()
-        plan.quantization = block
+    if not opts.quantizing:  # (asked-for quantization: the options' recipe wrote the block)
+        # what each quantized module became, under its output name (after --strip-prefix)
+        specs: dict[str, quant_recipes.QuantSpec] = {}
+        for op in plan.ops:
+            loader = op.sources[0].loader if len(op.sources) == 1 else None
+            path = quant_recipes.module_path(op.outputs[0].name)
+            if path is None:
+                continue
+            if isinstance(op.transform, _Measured):
+                specs[quant_recipes.loaded_module_path(path)] = op.transform.chain.spec
+            elif isinstance(loader, _Part) and loader.what == "weight":
+                specs[quant_recipes.loaded_module_path(path)] = prep.repacked[loader.m.base]
+        plan.quantization = _block(specs) if specs else None
     # every tensor's record says where it came from: the packed tensors it was rebuilt from
     for op in plan.ops:
         loader = op.sources[0].loader if len(op.sources) == 1 else None
@@ -280,6 +292,15 @@ def finish_plan(plan, prep: Prepared, opts) -> None:
                 op.transform_info.update(info)
             else:
                 op.transform_info = info
+
+
+def _block(specs: dict[str, quant_recipes.QuantSpec]) -> dict:
+    """mlx-lm's ``quantization`` block: the most common spec, and an entry per module that differs."""
+    values = list(specs.values())
+    default = max(values, key=values.count)
+    block = default.as_config()
+    block.update({path: spec.as_config() for path, spec in specs.items() if spec != default})
+    return block
 
 
 def error_notes(plan) -> list[str]:
