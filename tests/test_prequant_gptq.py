@@ -110,6 +110,7 @@ def test_act_order_is_dequantized_and_requantized_with_its_error_reported(name, 
         worst = max(worst, err)
         written[base] = got
     assert 0 < worst and requantized >= 2
+    assert t2mlx(["verify", str(src), str(out)]) == 0  # recomputes the requantization from the packed source
     logits = np.array(model(mx.array(L.PROMPT)))
     # mlx-lm runs what was written: transformers on the same (requantized) weights agrees
     assert np.abs(logits - _torch_logits(written)).max() <= 2e-3
