@@ -123,3 +123,27 @@ def test_awq_scales_disagreeing_with_qweight(capsys, tmp_path):
     (tmp_path / "src" / "config.json").write_text(json.dumps({"quantization_config": qc}))
     err = _error(capsys, tmp_path / "src", tmp_path)
     assert "layer.scales" in err and "model.safetensors" in err and "groups of 32" in err
+
+
+def test_float32_scales_repack_within_one_ulp_and_say_so(tmp_path):
+    """float32 scales make scale*q + bias round twice: within one float32 ulp of scale*2^bits, reported."""
+    import mlx.core as mx
+    from safetensors.numpy import load_file
+
+    from torch2mlx import stream
+
+    w = np.random.default_rng(4).standard_normal((64, 256)).astype(np.float32)
+    q, scales, zeros, g_idx = R.quantize(w, 4, 64, False, False, 0)
+    scales = (scales.astype(np.float32) * np.float32(1.0001)).astype(np.float32)  # not float16 values
+    t = {f"layer.{k}": v for k, v in R.gptq_tensors(q, scales, zeros, g_idx, 4, True).items()}
+    (tmp_path / "src").mkdir()
+    save_file(t, str(tmp_path / "src" / "model.safetensors"))
+    qc = {"quant_method": "gptq", "bits": 4, "group_size": 64, "checkpoint_format": "gptq_v2"}
+    (tmp_path / "src" / "config.json").write_text(json.dumps({"quantization_config": qc}))
+    res = stream.convert(str(tmp_path / "src"), str(tmp_path / "out"), model=False)
+    assert any("float32 scales" in n and "not bit for bit" in n for n in res.plan.notes)
+    got = load_file(str(tmp_path / "out" / "model.safetensors"))
+    back = np.array(mx.dequantize(*(mx.array(got[f"layer.{k}"]) for k in ("weight", "scales", "biases")), 64, 4))
+    ref = R.dequantize(q, scales, zeros, g_idx)
+    ulp = scales.astype(np.float32)[g_idx].T * 16 * 2.0**-23
+    assert (np.abs(back - ref) <= ulp).all() and (back != ref).any()

@@ -160,6 +160,13 @@ def prepare(ck, found: Found, opts) -> Prepared:
             f"{len(prep.repacked)} module(s) repacked losslessly to MLX affine "
             "(codes kept; float32 scales and biases = -scale*zero, so mx.dequantize equals scale*(q-zero) exactly)"
         )
+    wide = [b for b in prep.repacked if found.modules[b].scales.dtype.name == "float32"]
+    if wide:
+        prep.notes.append(
+            f"{len(wide)} repacked module(s) have float32 scales: scale*q + bias then rounds twice where "
+            "scale*(q-zero) rounds once, so mx.dequantize may differ from it by up to one float32 ulp of "
+            "scale*2^bits (not bit for bit)"
+        )
     if prep.floats:
         why = "--dtype/--dequantize" if unquantized else "--q-bits/--q-recipe" if opts.quantizing else None
         prep.notes.append(
