@@ -147,3 +147,28 @@ def test_float32_scales_repack_within_one_ulp_and_say_so(tmp_path):
     ref = R.dequantize(q, scales, zeros, g_idx)
     ulp = scales.astype(np.float32)[g_idx].T * 16 * 2.0**-23
     assert (np.abs(back - ref) <= ulp).all() and (back != ref).any()
+
+
+@pytest.mark.parametrize("dtype", [[], ["--dtype", "float32"]])
+def test_model_rules_do_not_reach_the_packed_view(tmp_path, dtype):
+    """A model rule for the module's weight (a GPT-2 Conv1D's transposition) is not applied to the view:
+    packed codes and the dequantized weight are in MLX's (out, in) layout already."""
+    import mlx.core as mx
+    from safetensors.numpy import load_file
+
+    from torch2mlx import stream
+    from torch2mlx.core.spec import RuleSpec
+
+    (tmp_path / "src").mkdir()
+    src = _gptq_dir(tmp_path / "src")
+    w = np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32)
+    ref = R.dequantize(*R.quantize(w, 4, 64, False, False, 0))
+    spec = RuleSpec("layer.weight", ("layer.weight",), "linear_transposed")
+    opts = {"dtype": dtype[1]} if dtype else {}
+    stream.convert(str(src), str(tmp_path / "out"), model=[spec], **opts)
+    got = load_file(str(tmp_path / "out" / "model.safetensors"))
+    if dtype:
+        np.testing.assert_array_equal(got["layer.weight"], ref)
+    else:
+        back = mx.dequantize(*(mx.array(got[f"layer.{k}"]) for k in ("weight", "scales", "biases")), 64, 4)
+        np.testing.assert_array_equal(np.array(back), ref)

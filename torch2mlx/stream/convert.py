@@ -63,6 +63,9 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
         specs, drop, notes = inputs.specs, inputs.drop, notes + list(inputs.notes)
         if inputs.report is not None or inputs.types is not None:
             module_types = inputs.module_types
+    if prep is not None and specs:
+        # The view's tensors are in MLX layout already (a Conv1D's rule would transpose packed codes)
+        specs = [s for s in specs if not prep.virtual_names.intersection(s.sources)]
     plan = build(ck, opts, specs, drop, module_types, recipe=prequant.view.recipe(prep, opts) if prep else None)
     if prep is not None:
         prequant.view.finish_plan(plan, prep, opts)

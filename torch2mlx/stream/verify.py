@@ -284,7 +284,7 @@ def _ops_from_manifest(records: dict, by_name: dict, problems: list[str]):
 def _verify_values(src, manifest, outputs, rep: VerifyReport, progress) -> None:
     ck = open_checkpoint(src, key=manifest.key())
     found = prequant.detect(ck)
-    if found is not None and found.modules:  # the records name the repacked / dequantized view, as the conversion read it
+    if found is not None and found.modules:  # the records name the view the conversion read
         from .options import Options
 
         ck, _ = prequant.apply(ck, found, Options.make(**(manifest.options or {})))

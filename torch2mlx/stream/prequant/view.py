@@ -102,6 +102,7 @@ class Prepared:
     requant: dict[str, quant_recipes.QuantSpec] = field(default_factory=dict)  # module path -> target
     notes: list[str] = field(default_factory=list)
     model_dtype: DType | None = None
+    virtual_names: set[str] = field(default_factory=set)  # the entries the view made
     warnings: list[str] = field(default_factory=list)
 
     def packed_names(self) -> set[str]:
@@ -149,6 +150,7 @@ def prepare(ck, found: Found, opts) -> Prepared:
     floats = [e.dtype for e in ck.entries if e.name not in found.hidden and e.dtype.name in quant.SCALE_DTYPES]
     # the model's float dtype (its unquantized tensors'), else the scales'; float32 only carries exact values
     prep.model_dtype = max(set(floats), key=floats.count) if floats else None
+    prep.virtual_names = {v.name for vs in virtual.values() for v in vs}
     for e in ck.entries:
         if e.name in virtual:
             prep.entries += virtual[e.name]
