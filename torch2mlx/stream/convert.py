@@ -11,7 +11,7 @@ from ..errors import Torch2MLXError
 from ..formats import remote
 from ..formats.checkpoint import Checkpoint
 from ..formats.data import DataReader
-from . import mlx_source, sidecar_config, sinks
+from . import mlx_source, prequant, sidecar_config, sinks
 from . import resume as resume_mod
 from .execute import Executor, ShardResult
 from .gc_pause import paused
@@ -53,6 +53,10 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
         ck = dataclasses.replace(ck, layout="mlx")
         notes.append(f"source is {already.describe()}: names and layouts kept, no model analysis")
         use_model = False
+    found = prequant.detect(ck) if already is None else None
+    prep = None
+    if found is not None and found.modules:
+        ck, prep = prequant.apply(ck, found, opts)
     if inputs is None and (use_model or path is not None):
         from ..core.model_rules import stream_inputs
 
@@ -62,12 +66,18 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
         specs, drop, notes = inputs.specs, inputs.drop, notes + list(inputs.notes)
         if inputs.report is not None or inputs.types is not None:
             module_types = inputs.module_types
-    plan = build(ck, opts, specs, drop, module_types)
+    if prep is not None and specs:
+        # The view's tensors are in MLX layout already (a Conv1D's rule would transpose packed codes)
+        specs = [s for s in specs if not prep.virtual_names.intersection(s.sources)]
+    plan = build(ck, opts, specs, drop, module_types, recipe=prequant.view.recipe(prep, opts) if prep else None)
+    if prep is not None:
+        prequant.view.finish_plan(plan, prep, opts)
+        notes, plan.warnings = prep.notes + notes, prep.warnings + plan.warnings
     if already is not None:  # the note above says it better
         plan.warnings = [w for w in plan.warnings if not w.startswith("source is already in MLX layout")]
     plan.notes += notes
     if inputs is not None:
-        plan.warnings[:0] = inputs.all_warnings({n for n, _ in plan.dropped})
+        plan.warnings[:0] = inputs.all_warnings({n for n, _ in plan.dropped} | (prep.packed_names() if prep else set()))
     if opts.adapter is not None:
         _fuse_adapter(plan, opts, requant)
     return ck, plan
@@ -241,6 +251,7 @@ def convert(
                     resumable=sink.resumable and hook is None,
                 )
             )
+            plan.notes += prequant.view.error_notes(plan)
             if ck.remote:
                 got = remote.STATS.bytes - before[2]
                 plan.notes.append(
@@ -296,4 +307,5 @@ def _write_one_file(res: Result, path: str, progress: bool, workers) -> Result:
         if bar is not None:
             bar.close()
     res.seconds = time.perf_counter() - t0
+    res.plan.notes += prequant.view.error_notes(res.plan)
     return res

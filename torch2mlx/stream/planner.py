@@ -74,9 +74,11 @@ def build(
     specs: list[RuleSpec] | None = None,
     drop: dict[str, str] | None = None,
     module_types: dict[str, str] | None = None,
+    recipe=None,
 ) -> Plan:
     """Plan the conversion of ``ck``. ``specs`` (from the analyzer) fix rules and names exactly;
-    ``module_types`` (module path -> torch class name) sharpens which weights get quantized."""
+    ``module_types`` (module path -> torch class name) sharpens which weights get quantized;
+    ``recipe`` replaces the options' quantization (pre-quantized sources requantize only what was quantized)."""
     warnings: list[str] = []
     dropped: list[tuple[str, str]] = []
     by_name = {e.name: e for e in ck.entries}
@@ -182,7 +184,8 @@ def build(
                 )
             seen[o.name] = op.sources[0].name
     ops.sort(key=lambda op: (op.sources[0].path or "", op.sources[0].offset))
-    recipe = transforms.recipe_for(opts, [o.name for op in ops for o in op.outputs], ck.config)
+    if recipe is None:  # a given recipe (pre-quantized modules to requantize) wins
+        recipe = transforms.recipe_for(opts, [o.name for op in ops for o in op.outputs], ck.config)
     block = transforms.attach(ops, dequant, recipe, module_types, warnings)
     notes = list(ck.notes)
     scaled = [op for op in ops if op.transform is not None and op.transform_info and "fp8_scale" in op.transform_info]

@@ -41,9 +41,13 @@ def rewrite(ck: Checkpoint, opts: Options, plan: Plan) -> dict[str, dict] | None
     )
     if ck.config is None:
         return None
+    from .prequant import describes
+
+    # GPTQ/AWQ tensors are always rewritten (repacked or dequantized): their block no longer applies
+    stale_packed = describes(ck.config.get("quantization_config"))
     cfg = dict(ck.config)
     hoisted = _hoist_rope(cfg)
-    if plan.quantization is None and opts.dtype == "keep" and not stale_fp8 and not hoisted:
+    if plan.quantization is None and opts.dtype == "keep" and not stale_fp8 and not hoisted and not stale_packed:
         return None
     if hoisted:
         plan.notes.append(
@@ -53,6 +57,9 @@ def rewrite(ck: Checkpoint, opts: Options, plan: Plan) -> dict[str, dict] | None
     if stale_fp8:
         del cfg["quantization_config"]
         plan.notes.append("config.json: float8 quantization_config removed (the weights are dequantized)")
+    if stale_packed and plan.quantization is None:
+        del cfg["quantization_config"]
+        plan.notes.append("config.json: GPTQ/AWQ quantization_config removed (the weights are dequantized)")
     if plan.quantization is not None:
         from ..core.quant_recipes import with_quantization
 

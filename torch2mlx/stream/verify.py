@@ -25,7 +25,7 @@ from ..formats import pickled, remote
 from ..formats import safetensors as st_reader
 from ..formats.checkpoint import open_checkpoint
 from ..formats.data import DataReader
-from . import hashing
+from . import hashing, prequant
 from . import manifest as manifest_mod
 from .execute import CHUNK, compute_outputs, plan_tasks
 from .manifest import NAME as MANIFEST
@@ -246,6 +246,19 @@ def _ops_from_manifest(records: dict, by_name: dict, problems: list[str]):
     from .transforms import rebuild
 
     for name, rec in records.items():
+        if (rec.get("prequant") or {}).get("lossless"):
+            # a repacked GPTQ/AWQ tensor: read as written from the packed source's view (prequant.apply)
+            if name not in by_name:
+                problems.append(f"{name}: not in the source checkpoint's repacked view")
+            else:
+                yield Op(
+                    [by_name[name]],
+                    "identity",
+                    "prequant",
+                    {},
+                    [Output(name, dtypes.get(rec["dtype"]), tuple(rec["shape"]))],
+                )
+            continue
         role = rec.get("role")
         if role in ("scales", "biases"):
             continue  # built with its weight
@@ -275,6 +288,11 @@ def _ops_from_manifest(records: dict, by_name: dict, problems: list[str]):
 
 def _verify_values(src, manifest, outputs, rep: VerifyReport, progress) -> None:
     ck = open_checkpoint(src, key=manifest.key())
+    found = prequant.detect(ck)
+    if found is not None and found.modules:  # the records name the view the conversion read
+        from .options import Options
+
+        ck, _ = prequant.apply(ck, found, Options.make(**(manifest.options or {})))
     by_name = {e.name: e for e in ck.entries}
     with DataReader() as reader:
         _compare_ops(_ops_from_manifest(manifest.tensors or {}, by_name, rep.problems), outputs, reader, rep, progress)
