@@ -379,7 +379,7 @@ class GGUFResult:
         if worst:
             w = max(worst, key=lambda i: i.max_rel or 0.0)
             lines.append(
-                f"error: {len(worst)} tensor(s) not exact; worst {one_line(w.name)}: max abs {w.max_abs:.3g}, "
+                f"inexact: {len(worst)} tensor(s) rounded or requantized; worst {one_line(w.name)}: max abs {w.max_abs:.3g}, "
                 f"max rel {w.max_rel:.3g} (per tensor in --json)"
             )
         lines += [f"skipped: {one_line(n)} ({w})" for n, w in p.skipped[:5]]

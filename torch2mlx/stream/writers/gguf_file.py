@@ -112,7 +112,7 @@ def _write_item(it: Item, fout, reader: DataReader, gguf, chunk: int) -> int:
             data = _repack(it, reader, s, t)
         else:
             x = _values(it, reader, s, t)
-            flat = x.reshape(-1, it.shape[-1]) if it.shape else x.reshape(1, 1)
+            flat = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
             data = gguf.quants.quantize(flat, qtype)
             back = gguf.quants.dequantize(data, qtype).reshape(flat.shape)
             with np.errstate(invalid="ignore"):
