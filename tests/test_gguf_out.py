@@ -463,3 +463,23 @@ def test_without_torch(models, tmp_path):
     proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True)
     assert proc.returncode == 0 and "RC 0 []" in proc.stdout, proc.stdout + proc.stderr
     assert out.exists()
+
+
+def test_mlx_lm_quantized_output(models, tmp_path):
+    """mlx-lm's own 4-bit output (no manifest; bits from config.json; its tokenizer adds a token past the
+    embedding): requantized to q4_0, the extra token left out with a warning, transformers loads it."""
+    from mlx_lm.convert import convert as mlx_lm_convert
+
+    hf = models["qwen2"][0]
+    q = tmp_path / "mlxlm"
+    mlx_lm_convert(str(hf), str(q), quantize=True, q_group_size=64, q_bits=4)
+    out = tmp_path / "m.gguf"
+    rep = to_gguf(q, out, "--gguf-type", "q4_0")
+    assert {r["how"] for r in rep["tensors"].values()} == {"requantize", "cast"}
+    tokens = json.loads((q / "tokenizer.json").read_text())["added_tokens"]
+    if any(t["id"] >= 300 for t in tokens):
+        assert any("beyond the model's 300 embedding rows" in w for w in rep["warnings"])
+    _, r = read_tensors(out)
+    assert len(field(r, "tokenizer.ggml.tokens")) == 300
+    ref = mlx_logits(q)
+    assert np.abs(gguf_logits(out) - ref).max() / np.abs(ref).max() <= 2.5e-1

@@ -11,7 +11,9 @@ vocabulary would look complete and not run.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -28,6 +30,29 @@ class Vocab:
     metadata: list[tuple[str, tuple]]
     describe: str
     warnings: list[str] = field(default_factory=list)
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[str]):
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(f"gguf-py: {record.getMessage()}")
+
+
+@contextlib.contextmanager
+def gguf_warnings(into: list[str]):
+    """gguf-py's logged warnings (a special token id out of range, ...) into the report, not onto stderr."""
+    log = logging.getLogger("gguf")
+    h, was = _Collect(into), log.propagate
+    log.addHandler(h)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(h)
+        log.propagate = was
 
 
 def _merges(model: dict) -> list[str]:
@@ -58,7 +83,8 @@ def tokenizer_metadata(folder: str | None, config: dict, arch: str, vocab_size: 
     by_id: dict[int, str] = {int(i): t for t, i in vocab.items()}
     for t, a in added.items():
         by_id[int(a["id"])] = t
-    n = max(max(by_id) + 1 if by_id else 0, vocab_size)
+    n = vocab_size  # llama.cpp wants one token per embedding row
+    beyond = sorted(i for i in by_id if i >= n)
     T = gguf.TokenType
     tokens, types, scores = [], [], []
     byte_tok = re.compile(r"<0x[0-9A-Fa-f]{2}>")
@@ -86,11 +112,18 @@ def tokenizer_metadata(folder: str | None, config: dict, arch: str, vocab_size: 
         md += [("add_tokenizer_model", ("gpt2",)), ("add_tokenizer_pre", (pre,))]
         what = f"gpt2 (byte-level BPE, pre-tokenizer {pre})"
     md += [("add_token_list", (tokens,)), ("add_token_types", (types,))]
-    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=n)
+    warnings: list[str] = []
+    with gguf_warnings(warnings):
+        special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=n)
     if not special.merges:
         special.merges = _merges(model)
     md.append(("special_vocab", (special,)))
-    warnings = []
+    if beyond:
+        names = ", ".join(repr(by_id[i]) for i in beyond[:3]) + (" ..." if len(beyond) > 3 else "")
+        warnings.append(
+            f"{len(beyond)} token(s) of tokenizer.json have ids beyond the model's {n} embedding rows "
+            f"and are left out: {names}"
+        )
     if not byte_fallback and arch not in _PRE:
         warnings.append(
             "tokenizer.ggml.pre written as 'default': llama.cpp may split text before BPE differently "

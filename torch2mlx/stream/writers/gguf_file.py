@@ -21,6 +21,7 @@ from ...errors import Torch2MLXError
 from ...formats.data import DataReader
 from ..execute import CHUNK
 from ..to_gguf import LOSSLESS, GGUFPlan, Item, gguf_module
+from ..to_gguf_vocab import gguf_warnings
 from .files import os_error
 
 _BLOCK = 32  # Q8_0 and Q4_0 blocks, and the only MLX group size they take whole
@@ -142,11 +143,12 @@ def write(plan: GGUFPlan, path: str, reader: DataReader, progress=None, chunk: i
         raise os_error(folder, e) from None
     w = gguf.GGUFWriter(tmp, plan.arch)
     try:
-        for method, args in plan.metadata:
-            if method == "special_vocab":
-                args[0].add_to_gguf(w, quiet=True)
-            else:
-                getattr(w, method)(*args)
+        with gguf_warnings(plan.warnings):
+            for method, args in plan.metadata:
+                if method == "special_vocab":
+                    args[0].add_to_gguf(w, quiet=True)
+                else:
+                    getattr(w, method)(*args)
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         for it in plan.items:
             raw = gguf.GGMLQuantizationType[it.qtype]
