@@ -9,6 +9,7 @@ model's logits (mlx-lm), and gguf-py's own quantizers and dequantizers for the b
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -356,7 +357,7 @@ def test_blocks_stream_and_give_the_same_file(models, tmp_path):
     """Written a few rows at a time (heads kept whole for the permutation), byte for byte the same file."""
     from torch2mlx.formats.checkpoint import open_checkpoint
     from torch2mlx.formats.data import DataReader
-    from torch2mlx.stream import to_gguf as tg
+    tg = importlib.import_module("torch2mlx.stream.to_gguf")  # the module (the package exports the function)
     from torch2mlx.stream.to_gguf_vocab import tokenizer_metadata
     from torch2mlx.stream.writers import gguf_file
 
