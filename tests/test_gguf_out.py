@@ -362,16 +362,26 @@ def test_blocks_stream_and_give_the_same_file(models, tmp_path):
     from torch2mlx.stream.writers import gguf_file
 
     _, _, mlx8, _ = models["llama"]
-    files = []
+    files, biggest = [], {}
     for chunk in (16 << 20, 700):
         ck = open_checkpoint(str(mlx8))
         with DataReader() as reader:
+            read_rows = reader.read_rows
+
+            def counted(e, start, stop, axis=0, chunk=chunk):
+                a = read_rows(e, start, stop, axis)
+                biggest[chunk] = max(biggest.get(chunk, 0), a.nbytes)
+                return a
+
+            reader.read_rows = counted
             p = tg.plan(ck, reader, "q8_0")
             p.metadata += tokenizer_metadata(ck.folder, ck.config, p.arch, 300).metadata
             path = tmp_path / f"c{chunk}.gguf"
             gguf_file.write(p, str(path), reader, chunk=chunk)
         files.append(path.read_bytes())
     assert files[0] == files[1]
+    # whole tensors at 16 MiB; at 700 bytes a read is a head's 16 rows of 64 floats (the permutation's unit)
+    assert biggest[16 << 20] == 300 * 64 * 4 and biggest[700] == 16 * 64 * 4
 
 
 # ---- what it refuses -----------------------------------------------------------------------

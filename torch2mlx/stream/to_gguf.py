@@ -200,11 +200,11 @@ def _metadata(model_type: str, fam: Family, hp: dict, gguf_type: str, name: str,
         md.append(("add_rope_dimension_count", (int(head_dim),)))
     if fam.arch == "PHI3":
         md.append(("add_rope_dimension_count", (int(head_dim * hp.get("partial_rotary_factor", 1.0)),)))
-    if fam.head_dim_keys or "head_dim" in hp and head_dim != hidden // heads:
+    if fam.head_dim_keys or head_dim != hidden // heads:
         md += [("add_key_length", (int(head_dim),)), ("add_value_length", (int(head_dim),))]
-    if fam.arch in ("GEMMA2", "GEMMA3", "QWEN2", "QWEN3", "LLAMA", "PHI3") and hp.get("sliding_window"):
-        if fam.arch in ("GEMMA2", "GEMMA3") or hp.get("use_sliding_window"):
-            md.append(("add_sliding_window", (int(hp["sliding_window"]),)))
+    # Gemma always alternates local and global layers; the others only when their config turns it on
+    if hp.get("sliding_window") and (fam.norm_plus_one or hp.get("use_sliding_window")):
+        md.append(("add_sliding_window", (int(hp["sliding_window"]),)))
     if fam.arch == "GEMMA2":
         for key, method in (
             ("attn_logit_softcapping", "add_attn_logit_softcapping"),
