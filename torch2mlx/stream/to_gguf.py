@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from ..core.entry import TensorEntry
@@ -63,6 +64,7 @@ class Family:
     permute_qk: bool = False  # convert_hf_to_gguf's LlamaModel.permute on q_proj/k_proj
     norm_plus_one: bool = False  # Gemma: stored norm weights are w + 1
     head_dim_keys: bool = False  # attention.key_length/value_length always written
+    sliding_window: bool = False  # local layers always (Gemma); the others only when use_sliding_window
 
 
 FAMILIES = {
@@ -70,9 +72,9 @@ FAMILIES = {
     "mistral": Family("LLAMA", permute_qk=True),  # llama.cpp has no separate mistral text arch
     "qwen2": Family("QWEN2"),
     "qwen3": Family("QWEN3", head_dim_keys=True),
-    "gemma2": Family("GEMMA2", norm_plus_one=True, head_dim_keys=True),
-    "gemma3": Family("GEMMA3", norm_plus_one=True, head_dim_keys=True),
-    "gemma3_text": Family("GEMMA3", norm_plus_one=True, head_dim_keys=True),
+    "gemma2": Family("GEMMA2", norm_plus_one=True, head_dim_keys=True, sliding_window=True),
+    "gemma3": Family("GEMMA3", norm_plus_one=True, head_dim_keys=True, sliding_window=True),
+    "gemma3_text": Family("GEMMA3", norm_plus_one=True, head_dim_keys=True, sliding_window=True),
     "phi3": Family("PHI3"),
 }
 # Multimodal checkpoints: llama.cpp keeps these towers in a separate mmproj file.
@@ -202,8 +204,7 @@ def _metadata(model_type: str, fam: Family, hp: dict, gguf_type: str, name: str,
         md.append(("add_rope_dimension_count", (int(head_dim * hp.get("partial_rotary_factor", 1.0)),)))
     if fam.head_dim_keys or head_dim != hidden // heads:
         md += [("add_key_length", (int(head_dim),)), ("add_value_length", (int(head_dim),))]
-    # Gemma always alternates local and global layers; the others only when their config turns it on
-    if hp.get("sliding_window") and (fam.norm_plus_one or hp.get("use_sliding_window")):
+    if hp.get("sliding_window") and (fam.sliding_window or hp.get("use_sliding_window")):
         md.append(("add_sliding_window", (int(hp["sliding_window"]),)))
     if fam.arch == "GEMMA2":
         for key, method in (
@@ -259,9 +260,15 @@ def check_gguf_type(gguf_type: str, gguf=None) -> None:
         except NotImplementedError:
             has = False
         why = "it has no Q4_K quantizer" if not has else "the Q4_K/Q6_K mix is llama.cpp's"
+        try:
+            from importlib.metadata import version
+
+            v = f" {version('gguf')}"
+        except Exception:  # an unusual install: the version is only for the message
+            v = ""
         raise Torch2MLXError(
-            f"gguf_type 'q4_k_m' is not written: gguf-py {getattr(gguf, '__version__', '')}".rstrip()
-            + f" is what torch2mlx quantizes with and {why}; write q8_0 (or f16) and run llama.cpp's "
+            f"gguf_type 'q4_k_m' is not written: gguf-py{v} is what torch2mlx quantizes with and {why}; "
+            "write q8_0 (or f16) and run llama.cpp's "
             "`llama-quantize OUT.gguf OUT-Q4_K_M.gguf Q4_K_M`, or write q4_0/q4_1/q5_0/q5_1 here"
         )
 
@@ -312,7 +319,7 @@ def plan(ck: Checkpoint, reader: DataReader, gguf_type: str, name: str | None = 
         )
     if not items:
         raise Torch2MLXError(f"{ck.path}: no tensors to write")
-    dup = sorted({i.name for i in items if sum(j.name == i.name for j in items) > 1})
+    dup = sorted(n for n, k in Counter(i.name for i in items).items() if k > 1)
     if dup:
         raise Torch2MLXError(f"two MLX tensors map to the same GGUF tensor {dup[0]}")
     label = name or hp.get("_name_or_path") or os.path.basename(os.path.normpath(ck.folder or ck.path))
