@@ -494,3 +494,38 @@ def test_mlx_lm_quantized_output(models, tmp_path):
     assert len(field(r, "tokenizer.ggml.tokens")) == 300
     ref = mlx_logits(q)
     assert np.abs(gguf_logits(out) - ref).max() / np.abs(ref).max() <= 2.5e-1
+
+
+def test_sentencepiece_style_tokenizer(models, tmp_path):
+    """A byte-fallback BPE vocabulary (Llama 2, Mistral, Gemma) as tokenizer.ggml.model "llama": transformers'
+    GGUF loader tokenizes as the original (transformers' own LlamaTokenizer, saved) does."""
+    import shutil
+
+    from transformers import AutoTokenizer, LlamaTokenizer
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({f"<0x{i:02X}>": 3 + i for i in range(256)})
+    for ch in "\u2581helowrdtqucikbfxjmpsvazyg,.":
+        vocab.setdefault(ch, len(vocab))
+    merges = [("\u2581", "t"), ("h", "e"), ("\u2581t", "he"), ("l", "l"), ("o", "r"), ("\u2581", "w")]
+    merges += [("\u2581w", "or"), ("\u2581", "h"), ("e", "ll"), ("\u2581h", "ell"), ("\u2581hell", "o")]
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    while len(vocab) < 300:
+        vocab[f"x{len(vocab)}"] = len(vocab)
+    src = tmp_path / "spm"
+    LlamaTokenizer(vocab=vocab, merges=merges).save_pretrained(str(src))
+    for f in models["llama"][1].iterdir():
+        if not f.name.startswith("tokenizer"):
+            shutil.copy(f, src / f.name)
+    out = tmp_path / "m.gguf"
+    rep = to_gguf(src, out)
+    assert rep["tokenizer"].startswith("llama (sentencepiece-style BPE")
+    _, r = read_tensors(out)
+    assert field(r, "tokenizer.ggml.model") == "llama"
+    types = field(r, "tokenizer.ggml.token_type")
+    assert types[3:259] == [int(gguf.TokenType.BYTE)] * 256 and types[1] == int(gguf.TokenType.CONTROL)
+    assert field(r, "tokenizer.ggml.add_bos_token") is False  # as this tokenizer.json says (no template)
+    ref, ours = AutoTokenizer.from_pretrained(str(src)), AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=out.name)
+    for text in (TEXT, " the  hello\n w\u00f6rld"):
+        assert ours(text).input_ids == ref(text).input_ids

@@ -117,6 +117,10 @@ def tokenizer_metadata(folder: str | None, config: dict, arch: str, vocab_size: 
         special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=n)
     if not special.merges:
         special.merges = _merges(model)
+    for typ in ("bos", "eos"):
+        # unsaid, llama.cpp and transformers' loader add BOS to a "llama" vocabulary; say what this tokenizer
+        # does (SpecialVocab read its post-processor template and tokenizer_config.json's add_*_token)
+        special.add_special_token.setdefault(typ, False)
     md.append(("special_vocab", (special,)))
     if beyond:
         names = ", ".join(repr(by_id[i]) for i in beyond[:3]) + (" ..." if len(beyond) > 3 else "")
