@@ -357,6 +357,7 @@ def test_blocks_stream_and_give_the_same_file(models, tmp_path):
     """Written a few rows at a time (heads kept whole for the permutation), byte for byte the same file."""
     from torch2mlx.formats.checkpoint import open_checkpoint
     from torch2mlx.formats.data import DataReader
+
     tg = importlib.import_module("torch2mlx.stream.to_gguf")  # the module (the package exports the function)
     from torch2mlx.stream.to_gguf_vocab import tokenizer_metadata
     from torch2mlx.stream.writers import gguf_file
@@ -366,9 +367,8 @@ def test_blocks_stream_and_give_the_same_file(models, tmp_path):
     for chunk in (16 << 20, 700):
         ck = open_checkpoint(str(mlx8))
         with DataReader() as reader:
-            read_rows = reader.read_rows
 
-            def counted(e, start, stop, axis=0, chunk=chunk):
+            def counted(e, start, stop, axis=0, chunk=chunk, read_rows=reader.read_rows):
                 a = read_rows(e, start, stop, axis)
                 biggest[chunk] = max(biggest.get(chunk, 0), a.nbytes)
                 return a
@@ -526,6 +526,9 @@ def test_sentencepiece_style_tokenizer(models, tmp_path):
     types = field(r, "tokenizer.ggml.token_type")
     assert types[3:259] == [int(gguf.TokenType.BYTE)] * 256 and types[1] == int(gguf.TokenType.CONTROL)
     assert field(r, "tokenizer.ggml.add_bos_token") is False  # as this tokenizer.json says (no template)
-    ref, ours = AutoTokenizer.from_pretrained(str(src)), AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=out.name)
+    ref, ours = (
+        AutoTokenizer.from_pretrained(str(src)),
+        AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=out.name),
+    )
     for text in (TEXT, " the  hello\n w\u00f6rld"):
         assert ours(text).input_ids == ref(text).input_ids

@@ -10,6 +10,7 @@ import signal
 import sys
 import textwrap
 import threading
+from typing import Any
 
 from . import __version__
 from .errors import Torch2MLXError, one_line
@@ -318,6 +319,7 @@ def _cmd_stream(args) -> int:
     )
     if args.gguf_type is not None and args.to != "gguf":
         raise Torch2MLXError("--gguf-type applies only with --to gguf")
+    res: Any
     if args.to == "gguf":
         from .stream.to_gguf import to_gguf
 
@@ -346,7 +348,7 @@ def _cmd_stream(args) -> int:
 
 
 # The library names its parameters in errors; on the command line the same thing is a flag.
-_FLAG_SPELLINGS = [
+_FLAG_SPELLINGS: list[tuple[re.Pattern[str], Any]] = [
     (
         re.compile(
             r"^resume and overwrite contradict each other: resume keeps out's finished shards, "

@@ -12,7 +12,7 @@ import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import Torch2MLXError
 from ..formats import remote
@@ -181,11 +181,11 @@ def write_gguf(run: Run) -> None:
     from .progress import progress_bar
     from .writers import gguf_file
 
-    plan = run.res.plan
-    bar, update = progress_bar(plan.nbytes_out, run.progress, desc="to gguf")  # type: ignore[attr-defined]
+    plan: Any = run.res.plan  # a to_gguf.GGUFPlan
+    bar, update = progress_bar(plan.nbytes_out, run.progress, desc="to gguf")
     try:
         assert run.reader is not None  # the one serving the plan's dequantized views
-        run.res.bytes_out = gguf_file.write(plan, run.out, run.reader, progress=update)  # type: ignore[arg-type]
+        run.res.bytes_out = gguf_file.write(plan, run.out, run.reader, progress=update)
     finally:
         if bar is not None:
             bar.close()

@@ -102,12 +102,12 @@ class Item:
     heads: int = 0  # Q/K rotary permutation over this many heads (0: none)
     plus_one: bool = False
     nbytes: int = 0
-    how: str = ""  # set while writing: repack | requantize | cast | copy
+    how: str = ""  # set while writing: repack | requantize | dequantize | cast
     max_abs: float | None = None
     max_rel: float | None = None
 
     def record(self) -> dict:
-        r = {"source": self.source, "type": self.qtype, "shape": list(self.shape), "how": self.how}
+        r: dict = {"source": self.source, "type": self.qtype, "shape": list(self.shape), "how": self.how}
         if self.heads:
             r["rotary_permuted_heads"] = self.heads
         if self.plus_one:
@@ -157,10 +157,10 @@ def family_of(config: dict | None, path: str) -> tuple[str, Family, dict]:
 
 def _rope(hp: dict) -> tuple[float | None, dict | None]:
     """(rope theta, a non-default scaling block) from transformers 4 or 5 spellings."""
-    params = hp.get("rope_parameters") if isinstance(hp.get("rope_parameters"), dict) else {}
+    params = hp["rope_parameters"] if isinstance(hp.get("rope_parameters"), dict) else {}
     theta = hp.get("rope_theta", params.get("rope_theta"))
-    scaling = hp.get("rope_scaling") if isinstance(hp.get("rope_scaling"), dict) else params
-    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    scaling: dict = hp["rope_scaling"] if isinstance(hp.get("rope_scaling"), dict) else params
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
     return theta, (None if kind in (None, "default") else dict(scaling, rope_type=kind))
 
 
@@ -279,7 +279,8 @@ def plan(ck: Checkpoint, reader: DataReader, gguf_type: str, name: str | None = 
     check_gguf_type(gguf_type, gguf)
     if mlx_source.detect(ck) is None and ck.metadata.get("format") != "mlx":
         raise Torch2MLXError(
-            f"{ck.path}: not an MLX checkpoint (--to gguf reads MLX weights: convert with `t2mlx stream SRC MLX_DIR` first)"
+            f"{ck.path}: not an MLX checkpoint (--to gguf reads MLX weights: "
+            "convert with `t2mlx stream SRC MLX_DIR` first)"
         )
     model_type, fam, hp = family_of(ck.config, ck.path)
     m = reverse_plan.read_manifest(ck)
@@ -386,8 +387,8 @@ class GGUFResult:
         if worst:
             w = max(worst, key=lambda i: i.max_rel or 0.0)
             lines.append(
-                f"inexact: {len(worst)} tensor(s) rounded or requantized; worst {one_line(w.name)}: max abs {w.max_abs:.3g}, "
-                f"max rel {w.max_rel:.3g} (per tensor in --json)"
+                f"inexact: {len(worst)} tensor(s) rounded or requantized; worst {one_line(w.name)}: "
+                f"max abs {w.max_abs:.3g}, max rel {w.max_rel:.3g} (per tensor in --json)"
             )
         lines += [f"skipped: {one_line(n)} ({w})" for n, w in p.skipped[:5]]
         lines += [f"note: {one_line(n)}" for n in p.notes]

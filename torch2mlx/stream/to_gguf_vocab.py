@@ -66,7 +66,8 @@ def tokenizer_metadata(folder: str | None, config: dict, arch: str, vocab_size: 
     path = os.path.join(folder, "tokenizer.json") if folder else ""
     if not path or not os.path.isfile(path):
         raise Torch2MLXError(
-            f"{folder or 'the source'}: no tokenizer.json; a GGUF needs the vocabulary (llama.cpp reads it from the file)"
+            f"{folder or 'the source'}: no tokenizer.json; a GGUF needs the vocabulary "
+            "(llama.cpp reads it from the file)"
         )
     try:
         with open(path, "rb") as f:

@@ -121,7 +121,7 @@ def _write_item(it: Item, fout, reader: DataReader, gguf, chunk: int) -> int:
                 worst = max(worst, float(np.nanmax(err)) if err.size else 0.0)
                 top = max(top, float(np.nanmax(np.abs(flat))) if flat.size else 0.0)
         buf = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
-        fout.write(memoryview(buf))
+        fout.write(buf.data)
         written += buf.nbytes
     if not lossless:
         it.max_abs = worst
