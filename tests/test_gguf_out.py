@@ -347,9 +347,16 @@ def test_one_asymmetric_group_sends_the_tensor_to_requantization(models, tmp_pat
     b[-1, -1] += np.float32(1e-3)  # the last group of the last block
     w[name] = mx.array(b)
     mx.save_safetensors(str(sym / "model.safetensors"), w, metadata={"format": "mlx"})
+    # symmetric, but a scale float16 cannot hold (Q8_0's d is float16)
+    name = "model.layers.0.self_attn.o_proj"
+    sc = np.array(w[name + ".scales"])
+    sc[0, 0] = np.float32(sc[0, 0]) * np.float32(1 + 2**-20)
+    w[name + ".scales"], w[name + ".biases"] = mx.array(sc), mx.array(np.float32(-128) * sc)
+    mx.save_safetensors(str(sym / "model.safetensors"), w, metadata={"format": "mlx"})
     rep = to_gguf(sym, tmp_path / "m.gguf", "--gguf-type", "q8_0")
     hows = {r["source"]: r["how"] for r in rep["tensors"].values()}
     assert hows["model.layers.1.mlp.down_proj.weight"] == "requantize"
+    assert hows["model.layers.0.self_attn.o_proj.weight"] == "requantize"
     assert hows["model.layers.0.mlp.down_proj.weight"] == "repack"
 
 
@@ -532,3 +539,25 @@ def test_sentencepiece_style_tokenizer(models, tmp_path):
     )
     for text in (TEXT, " the  hello\n w\u00f6rld"):
         assert ours(text).input_ids == ref(text).input_ids
+
+
+@pytest.mark.parametrize("scale_dtype", [mx.bfloat16, mx.float16])
+def test_repack_with_half_precision_scales(models, scale_dtype, tmp_path):
+    """Scales stored in bfloat16/float16 (mlx-lm keeps them in the model's dtype): still exact in Q8_0's
+    float16 d, so still a repack; gguf-py's values are the MLX affine map's, scale * (code - 128), exactly."""
+    _, mlx32, _, _ = models["llama"]
+    sym = _symmetric_mlx(mlx32, tmp_path / "sym", 8, scale_dtype)
+    rep = to_gguf(sym, tmp_path / "m.gguf", "--gguf-type", "q8_0")
+    tensors, _ = read_tensors(tmp_path / "m.gguf")
+    w = mlx_weights(sym)
+    for gname, rec in rep["tensors"].items():
+        base = rec["source"][: -len(".weight")]
+        if base + ".scales" not in w:
+            continue
+        assert rec["how"] == "repack", gname
+        s, b = w[base + ".scales"].astype(mx.float32), w[base + ".biases"].astype(mx.float32)
+        exact = np.array(mx.dequantize(w[base + ".weight"], s, b, group_size=32, bits=8))
+        if rec.get("rotary_permuted_heads"):
+            exact = _permute_like_llama_cpp(exact, rec["rotary_permuted_heads"])
+        got = gguf.quants.dequantize(np.array(tensors[gname].data), gguf.GGMLQuantizationType.Q8_0)
+        np.testing.assert_array_equal(got.reshape(exact.shape), exact)

@@ -277,7 +277,7 @@ def plan(ck: Checkpoint, reader: DataReader, gguf_type: str, name: str | None = 
     """The GGUF plan of MLX checkpoint ``ck``; ``reader`` serves the dequantized views. Headers only."""
     gguf = gguf_module()
     check_gguf_type(gguf_type, gguf)
-    if mlx_source.detect(ck) is None and ck.metadata.get("format") != "mlx":
+    if mlx_source.detect(ck) is None:
         raise Torch2MLXError(
             f"{ck.path}: not an MLX checkpoint (--to gguf reads MLX weights: "
             "convert with `t2mlx stream SRC MLX_DIR` first)"
