@@ -35,7 +35,7 @@ class Run:
 
     res: Result
     opts: Options
-    out: str  # the directory written into (the Target's: OUT itself or a staging directory inside it)
+    out: str  # the directory written into (the Target's: OUT itself or a staging directory inside it); gguf: the file
     progress: bool = False
     workers: int | None = None
     rewrite: dict[str, dict] | None = None  # sidecar files whose JSON content is replaced
