@@ -561,3 +561,27 @@ def test_repack_with_half_precision_scales(models, scale_dtype, tmp_path):
             exact = _permute_like_llama_cpp(exact, rec["rotary_permuted_heads"])
         got = gguf.quants.dequantize(np.array(tensors[gname].data), gguf.GGMLQuantizationType.Q8_0)
         np.testing.assert_array_equal(got.reshape(exact.shape), exact)
+
+
+def test_a_failure_while_writing_leaves_nothing(models, tmp_path, monkeypatch):
+    """No space left half-way: one line, no OUT, no temporary file; an existing OUT stays as it was."""
+    import errno
+
+    from torch2mlx.stream.writers import gguf_file
+
+    values, calls = gguf_file._values, []
+
+    def failing(*a, **k):
+        calls.append(1)
+        if len(calls) == 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return values(*a, **k)
+
+    monkeypatch.setattr(gguf_file, "_values", failing)
+    out = tmp_path / "m.gguf"
+    assert_one_error(run_main("stream", models["llama"][1], out, "--to", "gguf"), "no space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    out.write_bytes(b"old")
+    calls.clear()
+    assert_one_error(run_main("stream", models["llama"][1], out, "--to", "gguf", "--overwrite"), "no space left")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"] and out.read_bytes() == b"old"
