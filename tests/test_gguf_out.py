@@ -382,7 +382,7 @@ def test_blocks_stream_and_give_the_same_file(models, tmp_path):
 
             reader.read_rows = counted
             p = tg.plan(ck, reader, "q8_0")
-            p.metadata += tokenizer_metadata(ck.folder, ck.config, p.arch, 300).metadata
+            p.metadata += tokenizer_metadata(ck.folder, p.arch, 300).metadata
             path = tmp_path / f"c{chunk}.gguf"
             gguf_file.write(p, str(path), reader, chunk=chunk)
         files.append(path.read_bytes())
@@ -431,6 +431,13 @@ def test_bad_input_is_one_line(models, tmp_path):
     (odd / "config.json").write_text(json.dumps(dict(cfg, model_type="bert")))
     assert_one_error(run_main("stream", odd, out, "--to", "gguf"), "model_type 'bert'")
     (odd / "config.json").write_text(json.dumps(cfg))
+    tj = json.loads((odd / "tokenizer.json").read_text())
+    (odd / "tokenizer.json").write_text(json.dumps(dict(tj, model={"type": "WordLevel", "vocab": {}})))
+    assert_one_error(run_main("stream", odd, out, "--to", "gguf"), "a WordLevel tokenizer is not written")
+    (odd / "tokenizer.json").write_text(json.dumps(dict(tj, pre_tokenizer=None, decoder=None)))
+    assert_one_error(run_main("stream", odd, out, "--to", "gguf"), "neither byte-level nor with byte fallback")
+    (odd / "tokenizer.json").write_text("{")
+    assert_one_error(run_main("stream", odd, out, "--to", "gguf"), "unreadable tokenizer")
     (odd / "tokenizer.json").unlink()
     assert_one_error(run_main("stream", odd, out, "--to", "gguf"), "no tokenizer.json")
     assert not out.exists()

@@ -453,8 +453,7 @@ def to_gguf(
         raise Torch2MLXError(f"{out}: is the source itself; choose another output path")
     with DataReader(drop_cache=opts.drop_cache) as reader:
         p = plan(ck, reader, gguf_type, name)
-        folder = ck.folder
-        tok = tokenizer_metadata(folder, ck.config or {}, p.arch, int(_hparams(ck.config or {})[1]["vocab_size"]))
+        tok = tokenizer_metadata(ck.folder, p.arch, int(_hparams(ck.config or {})[1]["vocab_size"]))
         p.metadata += tok.metadata
         p.warnings += tok.warnings
         res = GGUFResult(label, None if dry_run else out, p, ck, dry_run=dry_run, tokenizer=tok.describe)

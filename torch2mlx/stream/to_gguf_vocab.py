@@ -59,7 +59,7 @@ def _merges(model: dict) -> list[str]:
     return [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
 
 
-def tokenizer_metadata(folder: str | None, config: dict, arch: str, vocab_size: int) -> Vocab:
+def tokenizer_metadata(folder: str | None, arch: str, vocab_size: int) -> Vocab:
     from .to_gguf import gguf_module
 
     gguf = gguf_module()
@@ -74,16 +74,18 @@ def tokenizer_metadata(folder: str | None, config: dict, arch: str, vocab_size: 
             tj = json.loads(f.read())
         model = tj["model"]
         kind = model["type"]
-        vocab = model["vocab"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        if kind != "BPE":
+            raise Torch2MLXError(f"{path}: a {kind} tokenizer is not written by --to gguf (BPE only)")
+        added = {a["content"]: a for a in tj.get("added_tokens") or [] if isinstance(a, dict) and "id" in a}
+        by_id: dict[int, str] = {int(i): str(t) for t, i in model["vocab"].items()}
+        for t, a in added.items():
+            by_id[int(a["id"])] = t
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise Torch2MLXError(f"{path}: unreadable tokenizer ({type(e).__name__}: {e})") from None
-    if kind != "BPE" or not isinstance(vocab, dict):
-        raise Torch2MLXError(f"{path}: a {kind} tokenizer is not written by --to gguf (BPE only)")
     byte_fallback = bool(model.get("byte_fallback"))
-    added = {a["content"]: a for a in tj.get("added_tokens") or [] if isinstance(a, dict) and "id" in a}
-    by_id: dict[int, str] = {int(i): t for t, i in vocab.items()}
-    for t, a in added.items():
-        by_id[int(a["id"])] = t
+    if not byte_fallback and "ByteLevel" not in json.dumps([tj.get("pre_tokenizer"), tj.get("decoder")]):
+        # llama.cpp's gpt2 vocabulary is byte-level; a character BPE written as one would mis-tokenize
+        raise Torch2MLXError(f"{path}: a BPE tokenizer neither byte-level nor with byte fallback is not written")
     n = vocab_size  # llama.cpp wants one token per embedding row
     beyond = sorted(i for i in by_id if i >= n)
     T = gguf.TokenType
