@@ -58,7 +58,9 @@ def test_errors_list_the_formats_of_the_table(src, tmp_path, monkeypatch):
     monkeypatch.setitem(SINKS, "listing", _listing(str(tmp_path / "out"), []))
     with pytest.raises(Torch2MLXError) as e:
         stream.convert(src, tmp_path / "out", format="nope", model=False)
-    assert str(e.value) == "format must be one of safetensors, zarr, listing (bin: stream.to_torch), got 'nope'"
+    assert str(e.value) == (
+        "format must be one of safetensors, zarr, listing (bin: stream.to_torch; gguf: stream.to_gguf), got 'nope'"
+    )
     monkeypatch.setitem(SINKS, "back", Sink("back", sinks.write_safetensors, (REVERSE,)))
     with pytest.raises(Torch2MLXError) as e:
         stream.to_torch(src, tmp_path / "out", format="zarr")
@@ -68,8 +70,8 @@ def test_errors_list_the_formats_of_the_table(src, tmp_path, monkeypatch):
 def test_the_cli_offers_the_formats_and_directions_of_the_table(src, tmp_path):
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["stream"]
     by_dest = {a.dest: a for a in sub._actions}
-    assert tuple(by_dest["format"].choices) == tuple(SINKS) == ("safetensors", "zarr", "bin")
-    assert tuple(by_dest["to"].choices) == (FORWARD, REVERSE)
+    assert tuple(by_dest["format"].choices) == tuple(SINKS) == ("safetensors", "zarr", "bin", "gguf")
+    assert tuple(by_dest["to"].choices) == (FORWARD, REVERSE, sinks.GGUF)
     assert sinks.names(FORWARD) == ("safetensors", "zarr") and sinks.names(REVERSE) == ("safetensors", "bin")
     assert_one_error(
         run_main("stream", src, tmp_path / "out", "--format", "bin"), "--format must be one of safetensors, zarr"

@@ -10,6 +10,7 @@ import signal
 import sys
 import textwrap
 import threading
+from typing import Any
 
 from . import __version__
 from .errors import Torch2MLXError, one_line
@@ -69,7 +70,8 @@ def _add_stream(sub):
     from .core.quant_recipes import MIXED_RECIPES
     from .formats.checkpoint import FORMATS_READ
     from .stream.options import OUT_DTYPES
-    from .stream.sinks import FORWARD, REVERSE, SINKS
+    from .stream.sinks import SINKS, directions
+    from .stream.to_gguf import GGUF_TYPES
     from .stream.writers.zarr_store import COMPRESSORS
 
     p = sub.add_parser(
@@ -180,9 +182,18 @@ def _add_stream(sub):
     p.add_argument(
         "--to",
         default="mlx",
-        choices=(FORWARD, REVERSE),
-        help="direction: mlx (default) or torch: an MLX checkpoint (ours or mlx-lm's, quantized or not) "
-        "back to PyTorch names, layouts and dtypes",
+        choices=directions(),
+        help="direction: mlx (default); torch: an MLX checkpoint (ours or mlx-lm's, quantized or not) "
+        "back to PyTorch names, layouts and dtypes; gguf: an MLX checkpoint as one llama.cpp GGUF file "
+        "(OUT ends in .gguf; docs/gguf.md)",
+    )
+    p.add_argument(
+        "--gguf-type",
+        default=None,
+        metavar="TYPE",
+        help=f"with --to gguf: {', '.join(GGUF_TYPES)} (default f16; 1-D tensors stay F32). MLX 8-/4-bit "
+        "groups of 32 that are symmetric repack losslessly into q8_0/q4_0; the rest is requantized "
+        "with gguf-py, the error reported",
     )
     p.add_argument(
         "--format",
@@ -334,7 +345,26 @@ def _cmd_stream(args) -> int:
         workers=args.workers,
         progress=shown,
     )
-    if args.to == "torch":
+    if args.gguf_type is not None and args.to != "gguf":
+        raise Torch2MLXError("--gguf-type applies only with --to gguf")
+    res: Any
+    if args.to == "gguf":
+        from .stream.to_gguf import to_gguf
+
+        refused = [f for f, on in (("--resume", args.resume), ("--model", args.model)) if on]
+        if refused:
+            raise Torch2MLXError(f"{refused[0]} does not apply with --to gguf")
+        res = to_gguf(
+            args.src,
+            args.out,
+            gguf_type=args.gguf_type or "f16",
+            format="gguf" if args.format == "safetensors" else args.format,
+            overwrite=args.overwrite,
+            dry_run=args.dry_run,
+            progress=shown,
+            **settings,
+        )
+    elif args.to == "torch":
         res = stream.to_torch(args.src, args.out, **run, **settings)
     else:
         res = stream.convert(args.src, args.out, **run, **settings)
@@ -388,7 +418,7 @@ def _cmd_adapter(args) -> int:
 
 
 # The library names its parameters in errors; on the command line the same thing is a flag.
-_FLAG_SPELLINGS = [
+_FLAG_SPELLINGS: list[tuple[re.Pattern[str], Any]] = [
     (
         re.compile(
             r"^resume and overwrite contradict each other: resume keeps out's finished shards, "
@@ -409,8 +439,10 @@ _FLAG_SPELLINGS = [
     (re.compile(r"\brerun with overwrite\b"), "rerun with --overwrite"),
     (re.compile(r"format='zarr'"), "--format zarr"),
     (re.compile(r"does not combine with resume$"), "does not combine with --resume"),
-    (re.compile(r"\(bin: stream\.to_torch\)"), "(bin needs --to torch)"),
-    (re.compile(r"^to_torch writes format"), "--to torch writes --format"),
+    (re.compile(r"\b(\w+): stream\.to_(torch|gguf)\b"), r"\1 needs --to \2"),
+    (re.compile(r"^to_(torch|gguf) writes format"), r"--to \1 writes --format"),
+    (re.compile(r"\bgguf_type\b"), "--gguf-type"),
+    (re.compile(r"\b(do|does) not apply with --to gguf"), r"\1 not apply with --to gguf"),
     (re.compile(r"\b(do|does) not apply to to_torch"), r"\1 not apply with --to torch"),
 ]
 

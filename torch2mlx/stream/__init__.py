@@ -6,6 +6,7 @@
     torch2mlx.stream.convert("model_dir", "out", dtype="float16")          # or options=Options.make(dtype=...)
     torch2mlx.stream.convert(model, "w.safetensors")   # also a state dict or a live nn.Module; one file
     torch2mlx.stream.to_torch("out", "back")                                # MLX -> PyTorch, dequantizing
+    torch2mlx.stream.to_gguf("out", "model.gguf", gguf_type="q8_0")          # MLX -> llama.cpp GGUF
     state = torch2mlx.stream.to_torch(weights, model=model)   # no out: {name: torch.Tensor} in memory
     with torch2mlx.stream.ShardWriter("out") as w: w.add("x", array)   # mx.array, torch tensor or numpy
 
@@ -27,6 +28,7 @@ from .options import Options, parse_size
 from .plan import Plan
 from .planner import build as build_plan
 from .result import Result
+from .to_gguf import to_gguf
 from .to_torch import to_torch
 from .writers.incremental import ShardWriter
 
@@ -34,6 +36,7 @@ __all__ = [
     "open",
     "convert",
     "to_torch",
+    "to_gguf",
     "Checkpoint",
     "TensorEntry",
     "Result",

@@ -12,7 +12,7 @@ import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import Torch2MLXError
 from ..formats import remote
@@ -25,7 +25,7 @@ from .progress import progress_bar
 from .result import Result, manifest
 from .writers import output_dir
 
-FORWARD, REVERSE = "mlx", "torch"  # the directions, as --to names them
+FORWARD, REVERSE, GGUF = "mlx", "torch", "gguf"  # the directions, as --to names them
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Run:
 
     res: Result
     opts: Options
-    out: str  # the directory written into (the Target's: OUT itself or a staging directory inside it)
+    out: str  # the directory written into (the Target's: OUT itself or a staging directory inside it); gguf: the file
     progress: bool = False
     workers: int | None = None
     rewrite: dict[str, dict] | None = None  # sidecar files whose JSON content is replaced
@@ -175,6 +175,22 @@ def write_zarr(run: Run) -> None:
     res.format = "zarr"
 
 
+def write_gguf(run: Run) -> None:
+    """One llama.cpp GGUF file (``writers/gguf_file.py``): ``run.out`` is the file, ``run.res`` a
+    ``to_gguf.GGUFResult`` whose plan names each GGUF tensor."""
+    from .progress import progress_bar
+    from .writers import gguf_file
+
+    plan: Any = run.res.plan  # a to_gguf.GGUFPlan
+    bar, update = progress_bar(plan.nbytes_out, run.progress, desc="to gguf")
+    try:
+        assert run.reader is not None  # the one serving the plan's dequantized views
+        run.res.bytes_out = gguf_file.write(plan, run.out, run.reader, progress=update)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def _check_zarr_names(plan: Plan) -> None:
     from .writers import zarr_store
 
@@ -193,8 +209,14 @@ SINKS: dict[str, Sink] = {
         Sink("safetensors", write_safetensors, (FORWARD, REVERSE), resumable=True, takes_hook=True),
         Sink("zarr", write_zarr, (FORWARD,), check=_check_zarr_names),
         Sink("bin", write_bin, (REVERSE,), shard_name=_bin_shard_name),
+        Sink("gguf", write_gguf, (GGUF,)),
     )
 }
+
+
+def directions() -> tuple[str, ...]:
+    """Every direction some format is written in (``--to``'s choices), in the table's order."""
+    return tuple(dict.fromkeys(d for s in SINKS.values() for d in s.directions))
 
 
 def refuse_settings(s: Sink, plan: Plan, *, hook=None, resume: bool = False) -> None:
@@ -225,7 +247,10 @@ def sink(format: str, direction: str) -> Sink:
     if s is not None and direction in s.directions:
         return s
     if direction == FORWARD:
-        other = [n for n in SINKS if n not in names(FORWARD)]
-        where = f" ({', '.join(other)}: stream.to_torch)" if other else ""
+        by = {REVERSE: "stream.to_torch", GGUF: "stream.to_gguf"}
+        other = [f"{n}: {by[s.directions[0]]}" for n, s in SINKS.items() if FORWARD not in s.directions]
+        where = f" ({'; '.join(other)})" if other else ""
         raise Torch2MLXError(f"format must be one of {', '.join(names(FORWARD))}{where}, got {format!r}")
+    if direction == GGUF:
+        raise Torch2MLXError(f"to_gguf writes format {' or '.join(names(GGUF))}, not {format!r}")
     raise Torch2MLXError(f"to_torch writes format {' or '.join(names(REVERSE))}, not {format!r}")
