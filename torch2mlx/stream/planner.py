@@ -187,7 +187,7 @@ def build(
     notes = list(ck.notes)
     scaled = [op for op in ops if op.transform is not None and op.transform_info and "fp8_scale" in op.transform_info]
     if scaled:
-        kinds = sorted({op.outputs[-1].dtype.name for op in scaled})  # [-1]: quantized ops end in biases
+        kinds = sorted({(op.transform.float_dtype or op.outputs[-1].dtype).name for op in scaled})  # [-1]: biases
         notes.append(
             f"{len(scaled)} float8 weight(s) dequantized to {', '.join(kinds)} with their scales "
             "(the scale tensors are folded in, not written)"

@@ -253,7 +253,8 @@ def _ops_from_manifest(records: dict, by_name: dict, problems: list[str]):
         names = [name]
         if role == "weight":
             base = name[: -len("weight")]
-            names += [base + "scales", base + "biases"]
+            affine = (rec.get("quantization") or {}).get("mode", "affine") == "affine"
+            names += [base + "scales", base + "biases"] if affine else [base + "scales"]
         outs = []
         for n in names:
             r = records.get(n)
