@@ -347,11 +347,11 @@ _FLAG_SPELLINGS = [
     (re.compile(r"^(rules|exclude): "), lambda m: {"rules": "--rule ", "exclude": "--exclude "}[m.group(1)]),
     (
         re.compile(r"^(dtype|format|max_shard_size|zarr_compressor|model_kwargs)\b"),
-        lambda m: "--" + m.group(1).replace("_", "-"),
+        lambda m: "--" + m.group(0).replace("_", "-"),
     ),
     (
-        re.compile(r"\b(q_bits|q_group_size|q_recipe|q_mode|dequantize)\b"),
-        lambda m: "--" + m.group(1).replace("_", "-"),
+        re.compile(r"\b(q_bits|q_group_size|q_recipe|q_mode)\b|(?<![-\w])dequantize(?= writes| has nothing)"),
+        lambda m: "--" + m.group(0).replace("_", "-"),
     ),
     (re.compile(r"\ballow_globals\b"), "--allow-global"),
     (re.compile(r"^resume(:| does not)"), r"--resume\1"),

@@ -107,6 +107,12 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     quantization: dict | None = None  # the config block mlx-lm reads, when quantizing
     fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)  # resume.fingerprint's
+    # serves sources read through another reader (dequantized MLX weights); closed with ``close``
+    side_reader: object = field(default=None, init=False, repr=False, compare=False)
+
+    def close(self) -> None:
+        if self.side_reader is not None:
+            self.side_reader.close()
 
     @property
     def nbytes_in(self) -> int:

@@ -81,8 +81,9 @@ def _quant_params(base: str, records: dict, config: dict | None) -> dict | None:
     return q if "bits" in q and "group_size" in q else None
 
 
-def dequantized(ck: Checkpoint, records: dict, reader: DataReader) -> tuple[Checkpoint, int]:
-    """``ck`` with each quantized triple as one float weight read through ``reader``, and how many there were."""
+def dequantized(ck: Checkpoint, records: dict, reader: DataReader, fp_dtype=None) -> tuple[Checkpoint, int]:
+    """``ck`` with each quantized triple as one float weight read through ``reader``, and how many there were
+    (``fp_dtype``: see ``dequant.view``)."""
     found = {}
     for base, (w, s, b) in dequant.find(ck.entries).items():
         q = _quant_params(base, records, ck.config)
@@ -92,7 +93,7 @@ def dequantized(ck: Checkpoint, records: dict, reader: DataReader) -> tuple[Chec
                 "nor config.json says with how many bits and which group size"
             )
         found[base] = dequant.check(base, w, s, b, int(q["bits"]), int(q["group_size"]), q.get("mode", "affine"))
-    return (dequant.view(ck, found, reader) if found else ck), len(found)
+    return (dequant.view(ck, found, reader, fp_dtype) if found else ck), len(found)
 
 
 def _counters(names: list[str]) -> list[TensorEntry]:
