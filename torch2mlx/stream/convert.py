@@ -12,7 +12,7 @@ from ..errors import Torch2MLXError
 from ..formats import remote
 from ..formats.checkpoint import Checkpoint
 from ..formats.data import DataReader
-from . import mlx_source, sidecar_config, sinks
+from . import mlx_source, prequant_mxfp4, sidecar_config, sinks
 from . import resume as resume_mod
 from .execute import Executor, ShardResult
 from .gc_pause import paused
@@ -39,6 +39,13 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
     ck, _, model = open_source(src, opts, model)
     path, model_kwargs, use_model, inputs = model_choice(model, model_kwargs)
     notes = []
+    repacked: set[str] = set()
+    mxfp4 = prequant_mxfp4.view(ck)  # gpt-oss's MXFP4: repacked in place, no float round trip
+    if mxfp4 is not None:
+        if opts.quantizing:
+            raise Torch2MLXError(f"{ck.path}: its weights are MXFP4 already; q_bits/q_recipe/q_mode do not apply")
+        ck, more, repacked = mxfp4
+        notes += more
     module_types = None
     already = mlx_source.detect(ck) if path is None and inputs is None else None
     if opts.dequantize and (already is None or not already.quantized):
@@ -75,11 +82,13 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
             module_types = inputs.module_types
     plan = build(ck, opts, specs, drop, module_types)
     plan.side_reader = side
+    if mxfp4 is not None:
+        plan.quantization = dict(prequant_mxfp4.QUANTIZATION)
     if already is not None:  # the note above says it better
         plan.warnings = [w for w in plan.warnings if not w.startswith("source is already in MLX layout")]
     plan.notes += notes
     if inputs is not None:
-        plan.warnings[:0] = inputs.all_warnings({n for n, _ in plan.dropped})
+        plan.warnings[:0] = inputs.all_warnings({n for n, _ in plan.dropped} | repacked)
     return ck, plan
 
 

@@ -25,7 +25,7 @@ from ..formats import pickled, remote
 from ..formats import safetensors as st_reader
 from ..formats.checkpoint import open_checkpoint
 from ..formats.data import DataReader
-from . import hashing
+from . import hashing, prequant_mxfp4
 from . import manifest as manifest_mod
 from .execute import CHUNK, compute_outputs, plan_tasks
 from .manifest import NAME as MANIFEST
@@ -271,6 +271,9 @@ def _ops_from_manifest(records: dict, by_name: dict, problems: list[str]):
 
 def _verify_values(src, manifest, outputs, rep: VerifyReport, progress) -> None:
     ck = open_checkpoint(src, key=manifest.key())
+    mxfp4 = prequant_mxfp4.view(ck)  # the repacked tensors' sources: views of the MXFP4 ones
+    if mxfp4 is not None:
+        ck = mxfp4[0]
     with DataReader() as reader:
         if (manifest.options or {}).get("dequantize"):  # its sources: the quantized weights, dequantized
             from .reverse_plan import dequantized, read_manifest
