@@ -42,7 +42,7 @@ MODES = {"mxfp4": (32, 4), "nvfp4": (16, 4), "mxfp8": (32, 8)}
 _STEP_ELEMENTS = 1 << 17
 # e2m1's values by code, and the midpoints between neighbouring magnitudes
 E2M1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], np.float32)
-_MIDPOINTS = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], np.float32)
+_MIDPOINTS = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], np.float32)  # ties go to the smaller
 
 
 def _dtype(d: DType | str) -> DType:
@@ -100,15 +100,34 @@ def e8m0_values(s: np.ndarray) -> np.ndarray:
     return np.where(s == 0, np.uint32(0x00400000), s.astype(np.uint32) << 23).view(np.float32)
 
 
+def _code_table() -> np.ndarray:
+    """e2m1 code by ``ceil(float32 bits / 2**16)``, sign included; 0xFF beyond 8.0 (and for NaN).
+
+    Every midpoint between e2m1 magnitudes has its low 16 bits zero, so a positive value is
+    above midpoint m exactly when the ceiling of its bits over 2**16 is above m's top bits:
+    one addition, one shift and one lookup decide the nearest value, ties going down.
+    """
+    mids = (_MIDPOINTS.view(np.uint32) >> 16).astype(np.int64)
+    assert not (_MIDPOINTS.view(np.uint32) & 0xFFFF).any()
+    t = np.arange(1 << 16)
+    mag = t & 0x7FFF
+    code = np.searchsorted(mids, mag, side="left").astype(np.uint8)  # midpoints strictly below
+    code = np.where(((t & 0x8000) != 0) & (code > 0), code | 8, code).astype(np.uint8)
+    code[mag > 0x4100] = 0xFF
+    return code
+
+
+_CODES = _code_table()
+
+
 def _e2m1_codes(q: np.ndarray) -> np.ndarray:
     """Index of the nearest e2m1 value, first on ties (MLX takes an argmin over the 16 values)."""
-    a = np.abs(q)
-    code = np.searchsorted(_MIDPOINTS, a, side="left").astype(np.uint8)
-    code |= np.where((q < 0) & (code > 0), np.uint8(8), np.uint8(0))
-    far = ~(a <= 8)  # and NaN
+    bits = np.ascontiguousarray(q, np.float32).view(np.uint32)
+    code = _CODES[(bits + np.uint32(0xFFFF)) >> 16]
+    far = code == 0xFF
     if far.any():
-        # Out here float32 rounding of |q - v| can tie values that are not tied: do what MLX does.
-        qf = q[far]
+        # |q| > 8 or NaN. Out here float32 rounding of |q - v| ties values that are not tied: do as MLX does.
+        qf = q.reshape(code.shape)[far]
         with np.errstate(invalid="ignore"):
             d = np.abs(qf[:, None] - E2M1)
         idx = np.argmin(d, axis=1)

@@ -136,7 +136,9 @@ def convert(
         options: every conversion setting as one ``Options`` (``Options.make(dtype="float16", ...)``).
         **settings: instead of ``options``, its fields as keywords (``dtype``, ``max_shard_size``,
             ``strip_prefix``, ``exclude``, ``rules`` (``"REGEX=RULE"``), ``key``, ``q_bits``, ``q_group_size``,
-            ``q_recipe``, ``allow_globals``, ``zarr_compressor``, ``drop_cache``); giving both is refused.
+            ``q_recipe``, ``q_mode`` (``"mxfp4"``, ``"nvfp4"``, ``"mxfp8"``: MLX's fp modes), ``dequantize``
+            (an MLX-quantized source to float weights), ``allow_globals``, ``zarr_compressor``, ``drop_cache``);
+            giving both is refused.
         model: where exact rules come from. ``None``: a live module's own, or a config.json next to the
             weights that transformers knows (analyzed on the meta device; imports torch), else shape
             inference (always, for a state dict); ``False``: shape inference only, never imports torch;
