@@ -135,3 +135,22 @@ def test_requantizing_a_quantized_source_points_to_dequantize(mlx_lm_quantized, 
     rc = t2mlx(["stream", str(mlx_lm_quantized["mxfp4"]), str(tmp_path / "o"), "--q-bits", "4"])
     err = capsys.readouterr().err.strip()
     assert rc != 0 and len(err.splitlines()) == 1 and "mxfp4" in err and "--dequantize" in err
+
+
+def test_nvfp4_global_scale_is_refused_not_ignored(mlx_lm_quantized, tmp_path, capsys):
+    """A tensor scale multiplies every value: dequantizing without it would be silently wrong."""
+    import shutil
+
+    src = tmp_path / "gs"
+    shutil.copytree(mlx_lm_quantized["nvfp4"], src)
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    shard = index["weight_map"]["model.layers.0.mlp.down_proj.weight"]
+    arrays = mx.load(str(src / shard))
+    arrays["model.layers.0.mlp.down_proj.global_scale"] = mx.array(2.0)
+    mx.save_safetensors(str(src / shard), arrays, metadata={"format": "mlx"})
+    index["weight_map"]["model.layers.0.mlp.down_proj.global_scale"] = shard
+    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+    rc = t2mlx(["stream", str(src), str(tmp_path / "o"), "--dequantize"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "model.layers.0.mlp.down_proj" in err[0] and "global_scale" in err[0]
+    assert not (tmp_path / "o").exists()

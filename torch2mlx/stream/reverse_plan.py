@@ -85,7 +85,12 @@ def dequantized(ck: Checkpoint, records: dict, reader: DataReader, fp_dtype=None
     """``ck`` with each quantized triple as one float weight read through ``reader``, and how many there were
     (``fp_dtype``: see ``dequant.view``)."""
     found = {}
+    names = {e.name for e in ck.entries}
     for base, (w, s, b) in dequant.find(ck.entries).items():
+        if base + ".global_scale" in names:
+            raise Torch2MLXError(
+                f"{base}: an nvfp4 weight with a global_scale (mlx-lm's --global-scale) is not read yet"
+            )
         q = _quant_params(base, records, ck.config)
         if q is None:
             raise Torch2MLXError(
