@@ -89,7 +89,8 @@ def dequantized(ck: Checkpoint, records: dict, reader: DataReader, fp_dtype=None
     for base, (w, s, b) in dequant.find(ck.entries).items():
         if base + ".global_scale" in names:
             raise Torch2MLXError(
-                f"{base}: an nvfp4 weight with a global_scale (mlx-lm's --global-scale) is not read yet"
+                f"{base}: an nvfp4 weight with a global_scale (a tensor scale, as mlx-lm's "
+                "quantize_model(global_scale=True) writes) is not read yet"
             )
         q = _quant_params(base, records, ck.config)
         if q is None:
