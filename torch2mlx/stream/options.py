@@ -149,10 +149,11 @@ class Options:
                     f"q_recipe {q_recipe} mixes affine bit widths; it does not combine with q_mode {q_mode}"
                 )
             gs, bits = quant_fp.MODES[q_mode]
-            if q_bits not in (None, bits) or q_group_size not in (None, gs):
+            wrong = [f"q_bits {q_bits}"] if q_bits not in (None, bits) else []
+            wrong += [f"q_group_size {q_group_size}"] if q_group_size not in (None, gs) else []
+            if wrong:
                 raise Torch2MLXError(
-                    f"q_mode {q_mode} quantizes {bits}-bit codes in groups of {gs}; "
-                    f"q_bits {q_bits} / q_group_size {q_group_size} do not fit"
+                    f"q_mode {q_mode} quantizes {bits}-bit codes in groups of {gs}; {' and '.join(wrong)} do not fit"
                 )
             q_bits, q_group_size = bits, gs
         if dequantize and (q_bits is not None or q_recipe is not None):
