@@ -59,8 +59,11 @@ def test_q_mode_tensors_are_mx_quantize_of_the_float_output(ckpts, mode, tmp_pat
     "kwargs, msg",
     [
         (dict(q_mode="mxfp4", q_recipe="mixed_3_6"), "q_recipe mixed_3_6 mixes affine bit widths"),
-        (dict(q_mode="nvfp4", q_group_size=32), "nvfp4 quantizes 4-bit codes in groups of 16; q_group_size 32 do"),
-        (dict(q_mode="mxfp8", q_bits=4), "mxfp8 quantizes 8-bit codes in groups of 32; q_bits 4 do not"),
+        (
+            dict(q_mode="nvfp4", q_group_size=32),
+            "nvfp4 quantizes 4-bit codes in groups of 16; q_group_size 32 does not fit",
+        ),
+        (dict(q_mode="mxfp8", q_bits=4), "mxfp8 quantizes 8-bit codes in groups of 32; q_bits 4 does not fit"),
         (dict(q_mode="affine"), "q_mode affine has no effect without q_bits"),
         (dict(q_mode="int4"), "q_mode must be one of affine, mxfp4, nvfp4, mxfp8"),
         (dict(q_mode="mxfp4", dequantize=True), "dequantize writes float weights"),
