@@ -152,8 +152,9 @@ class Options:
             wrong = [f"q_bits {q_bits}"] if q_bits not in (None, bits) else []
             wrong += [f"q_group_size {q_group_size}"] if q_group_size not in (None, gs) else []
             if wrong:
+                verb = "does" if len(wrong) == 1 else "do"
                 raise Torch2MLXError(
-                    f"q_mode {q_mode} quantizes {bits}-bit codes in groups of {gs}; {' and '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not fit"
+                    f"q_mode {q_mode} quantizes {bits}-bit codes in groups of {gs}; {' and '.join(wrong)} {verb} not fit"
                 )
             q_bits, q_group_size = bits, gs
         if dequantize and (q_bits is not None or q_recipe is not None):
