@@ -154,7 +154,8 @@ class Options:
             if wrong:
                 verb = "does" if len(wrong) == 1 else "do"
                 raise Torch2MLXError(
-                    f"q_mode {q_mode} quantizes {bits}-bit codes in groups of {gs}; {' and '.join(wrong)} {verb} not fit"
+                    f"q_mode {q_mode} quantizes {bits}-bit codes in groups of {gs}; "
+                    f"{' and '.join(wrong)} {verb} not fit"
                 )
             q_bits, q_group_size = bits, gs
         if dequantize and (q_bits is not None or q_recipe is not None):
