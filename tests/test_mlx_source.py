@@ -98,7 +98,7 @@ def test_quantizing_a_quantized_mlx_source_is_one_error(sources, tmp_path, name,
     proc = t2mlx_probe("stream", sources / name, tmp_path / "out", *opt)
     assert "torch not imported" in proc.stderr
     proc.stderr = proc.stderr.replace("torch not imported", "").strip() + "\n"
-    assert_one_error(proc, f"already MLX (quantized: {what})", "--to torch", "dequantize")
+    assert_one_error(proc, f"already MLX (quantized: {what})", "OUT --dequantize`")
     assert not (tmp_path / "out").exists()
 
 
@@ -120,7 +120,7 @@ def test_library_api_detects_mlx_too(sources, tmp_path):
         "source is already MLX (quantized: 4-bit, group 64): names and layouts kept, no model analysis"
         in res.plan.notes
     )
-    with pytest.raises(torch2mlx.Torch2MLXError, match="--to torch"):
+    with pytest.raises(torch2mlx.Torch2MLXError, match="OUT --dequantize"):
         torch2mlx.convert(sources / "ours-q4", tmp_path / "o2", q_bits=4)
 
 

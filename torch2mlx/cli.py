@@ -69,7 +69,7 @@ def _add_stream(sub):
     from .core import quant, rules
     from .core.quant_recipes import MIXED_RECIPES
     from .formats.checkpoint import FORMATS_READ
-    from .stream.options import OUT_DTYPES
+    from .stream.options import OUT_DTYPES, Q_MODES
     from .stream.sinks import SINKS, directions
     from .stream.to_gguf import GGUF_TYPES
     from .stream.writers.zarr_store import COMPRESSORS
@@ -152,7 +152,8 @@ def _add_stream(sub):
         default=None,
         metavar="N",
         choices=quant.GROUP_SIZES,
-        help=f"quantization group size: {_listed(quant.GROUP_SIZES)} (default 64; only with --q-bits/--q-recipe)",
+        help=f"quantization group size: {_listed(quant.GROUP_SIZES)} (default 64; only with --q-bits/--q-recipe; "
+        "--q-mode's fp modes set their own)",
     )
     p.add_argument(
         "--q-recipe",
@@ -178,6 +179,19 @@ def _add_stream(sub):
         metavar="DIR",
         help="with an adapter directory as SRC: the base model (its config.json) whose module names the "
         "adapter's are mapped to (default: the adapter's base_model_name_or_path when local)",
+    )
+    p.add_argument(
+        "--q-mode",
+        metavar="MODE",
+        choices=Q_MODES,
+        help=f"quantization mode ({_listed(Q_MODES)}), as mx.quantize / mlx-lm's --q-mode: mxfp4 (4-bit, "
+        "group 32), nvfp4 (4-bit, group 16) and mxfp8 (8-bit, group 32) need no --q-bits; not with --q-recipe",
+    )
+    p.add_argument(
+        "--dequantize",
+        action="store_true",
+        help="an MLX-quantized source (ours or mlx-lm's, any mode) -> unquantized MLX weights, as mlx-lm's "
+        "convert -d (dtype: the scales' for affine, bfloat16 for the fp modes, or --dtype)",
     )
     p.add_argument(
         "--to",
@@ -329,6 +343,8 @@ def _cmd_stream(args) -> int:
         q_bits=args.q_bits,
         q_group_size=args.q_group_size,
         q_recipe=args.q_recipe,
+        q_mode=args.q_mode,
+        dequantize=args.dequantize,
         allow_globals=args.allow_global,
         zarr_compressor=args.zarr_compressor,
         drop_cache=not args.keep_cache,
@@ -431,9 +447,14 @@ _FLAG_SPELLINGS: list[tuple[re.Pattern[str], Any]] = [
     (re.compile(r"^(rules|exclude): "), lambda m: {"rules": "--rule ", "exclude": "--exclude "}[m.group(1)]),
     (
         re.compile(r"^(dtype|format|max_shard_size|zarr_compressor|model_kwargs)\b"),
-        lambda m: "--" + m.group(1).replace("_", "-"),
+        lambda m: "--" + m.group(0).replace("_", "-"),
     ),
-    (re.compile(r"\b(q_bits|q_group_size|q_recipe|adapter_scale)\b"), lambda m: "--" + m.group(1).replace("_", "-")),
+    (
+        re.compile(
+            r"\b(q_bits|q_group_size|q_recipe|q_mode|adapter_scale)\b|(?<![-\w])dequantize(?= writes| has nothing)"
+        ),
+        lambda m: "--" + m.group(0).replace("_", "-"),
+    ),
     (re.compile(r"\ballow_globals\b"), "--allow-global"),
     (re.compile(r"^resume(:| does not)"), r"--resume\1"),
     (re.compile(r"\brerun with overwrite\b"), "rerun with --overwrite"),

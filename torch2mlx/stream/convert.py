@@ -6,6 +6,7 @@ import dataclasses
 import os
 import time
 
+from ..core import dtypes
 from ..core.sizes import human_bytes
 from ..errors import Torch2MLXError
 from ..formats import remote
@@ -38,17 +39,37 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
     ck, _, model = open_source(src, opts, model)
     path, model_kwargs, use_model, inputs = model_choice(model, model_kwargs)
     notes = []
+    repacked: set[str] = set()
+    mxfp4 = prequant.mxfp4.view(ck)  # gpt-oss's MXFP4: repacked in place, no float round trip
+    if mxfp4 is not None:
+        if opts.quantizing:
+            raise Torch2MLXError(f"{ck.path}: its weights are MXFP4 already; q_bits/q_recipe/q_mode do not apply")
+        ck, more, repacked = mxfp4
+        notes += more
     module_types = None
     requant: dict = {}
     already = mlx_source.detect(ck) if path is None and inputs is None else None
+    if opts.dequantize and (already is None or not already.quantized):
+        raise Torch2MLXError(f"{ck.path}: not an MLX-quantized checkpoint; dequantize has nothing to undo")
+    side = None
+    if opts.dequantize:
+        from .reverse_plan import dequantized, read_manifest
+
+        # The virtual float entries read through this reader; closed with the plan (Plan.close).
+        side = DataReader(drop_cache=opts.drop_cache)
+        m = read_manifest(ck)
+        fp_dtype = dtypes.get(opts.dtype) if opts.dtype != "keep" else None
+        ck, n = dequantized(ck, (m.tensors or {}) if m is not None else {}, side, fp_dtype)
+        ck = dataclasses.replace(ck, config=_without_quantization(ck.config))
+        notes.append(f"{n} quantized weight(s) dequantized as mx.dequantize does")
     if already is not None:
         # No model for it: its tensors have MLX names and layouts already (and the analyzer needs torch).
-        if already.quantized and opts.adapter is not None:
+        if already.quantized and opts.adapter is not None and not opts.dequantize:
             ck, requant = _dequantized_for_adapter(ck, opts)
         if already.quantized and opts.quantizing:
             raise Torch2MLXError(
                 f"{ck.path}: {already.describe()}; q_bits/q_recipe need float weights: "
-                f"dequantize first with `t2mlx stream {ck.path} OUT --to torch`, then quantize that"
+                f"convert it with `t2mlx stream {ck.path} OUT --dequantize` (dequantize=True) first, then quantize that"
             )
         ck = dataclasses.replace(ck, layout="mlx")
         notes.append(f"source is {already.describe()}: names and layouts kept, no model analysis")
@@ -70,6 +91,9 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
         # The view's tensors are in MLX layout already (a Conv1D's rule would transpose packed codes)
         specs = [s for s in specs if not prep.virtual_names.intersection(s.sources)]
     plan = build(ck, opts, specs, drop, module_types, recipe=prequant.view.recipe(prep, opts) if prep else None)
+    plan.side_reader = side
+    if mxfp4 is not None:
+        plan.quantization = dict(prequant.mxfp4.QUANTIZATION)
     if prep is not None:
         prequant.view.finish_plan(plan, prep, opts)
         notes, plan.warnings = prep.notes + notes, prep.warnings + plan.warnings
@@ -77,7 +101,9 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
         plan.warnings = [w for w in plan.warnings if not w.startswith("source is already in MLX layout")]
     plan.notes += notes
     if inputs is not None:
-        plan.warnings[:0] = inputs.all_warnings({n for n, _ in plan.dropped} | (prep.packed_names() if prep else set()))
+        plan.warnings[:0] = inputs.all_warnings(
+            {n for n, _ in plan.dropped} | repacked | (prep.packed_names() if prep else set())
+        )
     if opts.adapter is not None:
         _fuse_adapter(plan, opts, requant)
     return ck, plan
@@ -109,6 +135,17 @@ def _fuse_adapter(plan: Plan, opts: Options, requant: dict) -> None:
         + (f", scale x{opts.adapter_scale:g}" if opts.adapter_scale != 1 else "")
         + (", before quantizing" if opts.quantizing else "")
     )
+
+
+def _without_quantization(config: dict | None) -> dict | None:
+    """config.json of dequantized weights: no ``quantization`` block, nor mlx-lm's copy of it (as ``convert -d``)."""
+    if config is None:
+        return None
+    cfg = {k: v for k, v in config.items() if k != "quantization"}
+    qc = cfg.get("quantization_config")
+    if isinstance(qc, dict) and "quant_method" not in qc:
+        del cfg["quantization_config"]
+    return cfg
 
 
 @paused
@@ -144,10 +181,11 @@ def convert(
         options: every conversion setting as one ``Options`` (``Options.make(dtype="float16", ...)``).
         **settings: instead of ``options``, its fields as keywords (``dtype``, ``max_shard_size``,
             ``strip_prefix``, ``exclude``, ``rules`` (``"REGEX=RULE"``), ``key``, ``q_bits``, ``q_group_size``,
-            ``q_recipe``, ``allow_globals``, ``zarr_compressor``, ``drop_cache``, ``adapter``, ``adapter_scale``);
-            giving both is refused. ``adapter``: a LoRA/DoRA adapter directory (PEFT's or mlx-lm's) fused into
-            the weights as they stream, before any quantization (docs/adapters.md); ``adapter_scale``
-            multiplies its scale.
+            ``q_recipe``, ``q_mode`` (``"mxfp4"``, ``"nvfp4"``, ``"mxfp8"``: MLX's fp modes), ``dequantize``
+            (an MLX-quantized source to float weights), ``allow_globals``, ``zarr_compressor``, ``drop_cache``,
+            ``adapter``, ``adapter_scale``); giving both is refused. ``adapter``: a LoRA/DoRA adapter directory
+            (PEFT's or mlx-lm's) fused into the weights as they stream, before any quantization
+            (docs/adapters.md); ``adapter_scale`` multiplies its scale.
         model: where exact rules come from. ``None``: a live module's own, or a config.json next to the
             weights that transformers knows (analyzed on the meta device; imports torch), else shape
             inference (always, for a state dict); ``False``: shape inference only, never imports torch;
@@ -199,66 +237,69 @@ def convert(
         opts = dataclasses.replace(opts, key=resume_mod.recorded_key(os.fspath(out)))
     ck, label, model = open_source(src, opts, model)
     ck, plan = plan_source(ck, opts, model=model, model_kwargs=model_kwargs, status=status_line if progress else None)
-    res = Result(label, None if dry_run else str(out), plan, ck, dry_run=dry_run)
-    if dry_run:
-        return res
-    out = os.fspath(out)
-    if one_file:
-        return _quantized_fuses(_write_one_file(res, out, progress, workers))
-    sinks.refuse_settings(sink, plan, hook=hook, resume=resume)  # before OUT is touched
-    if ck.remote:  # size and ETag by name: resume refuses a source that changed since
-        res.source_files = remote.remote_identity(ck.files)
-    else:
-        res.source_files = resume_mod.source_identity(ck.path, ck.files)
-    output_dir.check_target(out, ck.files)
-    existed = os.path.isdir(out)  # the lock creates OUT: what a failure restores is decided before it
-    with out_lock.locked(out):
-        fp = resume_mod.fingerprint(plan)
-        do_resume = resume and output_dir.has_contents(out)
-        if not (overwrite or resume or hook) and output_dir.has_contents(out):  # resume takes no hook
-            hint = resume_mod.interrupted_run(out, fp, ck.path, res.source_files)
-            if hint:
-                raise Torch2MLXError(hint)
-        done: dict[int, ShardResult] = {}
-        if do_resume:  # before OUT is touched: a refused resume leaves it as it was
-            keep, digests, notes = resume_mod.finished_shards(plan, out, fp, ck.path, res.source_files)
-            plan.notes += notes
-            done = {i: ShardResult(plan.shards[i].file, plan.shards[i].size, digests[i]) for i in keep}
-            res.reused = len(done)
-            res.bytes_in = sum(op.nbytes_in for op in plan.ops if op.outputs[0].shard not in done)
-            res.bytes_out = sum(plan.shards[i].data_size for i in range(len(plan.shards)) if i not in done)
-        # overwrite writes beside the old output and swaps at the end; a failure says what it left.
-        with Target(
-            out,
-            overwrite=overwrite,
-            src_paths=ck.files,
-            resume=do_resume,
-            existed=existed,
-            resumable=sink.resumable and hook is None,
-            shards=len(plan.shards),
-        ) as target:
-            sink.write(
-                sinks.Run(
-                    res,
-                    opts,
-                    target.dir,
-                    progress=progress,
-                    workers=workers,
-                    rewrite=sidecar_config.rewrite(ck, opts, plan),
-                    hook=hook,
-                    done=done,
-                    fresh=not do_resume,
-                    resumable=sink.resumable and hook is None,
+    try:
+        res = Result(label, None if dry_run else str(out), plan, ck, dry_run=dry_run)
+        if dry_run:
+            return res
+        out = os.fspath(out)
+        if one_file:
+            return _quantized_fuses(_write_one_file(res, out, progress, workers))
+        sinks.refuse_settings(sink, plan, hook=hook, resume=resume)  # before OUT is touched
+        if ck.remote:  # size and ETag by name: resume refuses a source that changed since
+            res.source_files = remote.remote_identity(ck.files)
+        else:
+            res.source_files = resume_mod.source_identity(ck.path, ck.files)
+        output_dir.check_target(out, ck.files)
+        existed = os.path.isdir(out)  # the lock creates OUT: what a failure restores is decided before it
+        with out_lock.locked(out):
+            fp = resume_mod.fingerprint(plan)
+            do_resume = resume and output_dir.has_contents(out)
+            if not (overwrite or resume or hook) and output_dir.has_contents(out):  # resume takes no hook
+                hint = resume_mod.interrupted_run(out, fp, ck.path, res.source_files)
+                if hint:
+                    raise Torch2MLXError(hint)
+            done: dict[int, ShardResult] = {}
+            if do_resume:  # before OUT is touched: a refused resume leaves it as it was
+                keep, digests, notes = resume_mod.finished_shards(plan, out, fp, ck.path, res.source_files)
+                plan.notes += notes
+                done = {i: ShardResult(plan.shards[i].file, plan.shards[i].size, digests[i]) for i in keep}
+                res.reused = len(done)
+                res.bytes_in = sum(op.nbytes_in for op in plan.ops if op.outputs[0].shard not in done)
+                res.bytes_out = sum(plan.shards[i].data_size for i in range(len(plan.shards)) if i not in done)
+            # overwrite writes beside the old output and swaps at the end; a failure says what it left.
+            with Target(
+                out,
+                overwrite=overwrite,
+                src_paths=ck.files,
+                resume=do_resume,
+                existed=existed,
+                resumable=sink.resumable and hook is None,
+                shards=len(plan.shards),
+            ) as target:
+                sink.write(
+                    sinks.Run(
+                        res,
+                        opts,
+                        target.dir,
+                        progress=progress,
+                        workers=workers,
+                        rewrite=sidecar_config.rewrite(ck, opts, plan),
+                        hook=hook,
+                        done=done,
+                        fresh=not do_resume,
+                        resumable=sink.resumable and hook is None,
+                    )
                 )
-            )
-            plan.notes += prequant.view.error_notes(plan)
-            if ck.remote:
-                got = remote.STATS.bytes - before[2]
-                plan.notes.append(
-                    f"fetched {human_bytes(got)} ({got:,} bytes) in {remote.STATS.requests - before[0]} range "
-                    f"request(s), {remote.STATS.retries - before[1]} retried"
-                )
-    return _quantized_fuses(res)
+                plan.notes += prequant.view.error_notes(plan)
+                if ck.remote:
+                    got = remote.STATS.bytes - before[2]
+                    plan.notes.append(
+                        f"fetched {human_bytes(got)} ({got:,} bytes) in {remote.STATS.requests - before[0]} range "
+                        f"request(s), {remote.STATS.retries - before[1]} retried"
+                    )
+        return _quantized_fuses(res)
+    finally:
+        plan.close()  # the reader of dequantized sources, if any
 
 
 def _quantized_fuses(res: Result) -> Result:

@@ -21,6 +21,7 @@ class MLXSource:
     bits: int | None = None
     group_size: int | None = None
     overrides: int = 0  # layers with their own bits/group (mixed recipes)
+    mode: str = "affine"
 
     def describe(self) -> str:
         if not self.quantized:
@@ -28,7 +29,8 @@ class MLXSource:
         if self.bits is None:
             return "already MLX (quantized; bits and group size not recorded)"
         more = f", {self.overrides} layer(s) with their own" if self.overrides else ""
-        return f"already MLX (quantized: {self.bits}-bit, group {self.group_size}{more})"
+        mode = f" {self.mode}" if self.mode != "affine" else ""
+        return f"already MLX (quantized:{mode} {self.bits}-bit, group {self.group_size}{more})"
 
 
 def _our_manifest(ck: Checkpoint) -> Manifest | None:
@@ -37,13 +39,14 @@ def _our_manifest(ck: Checkpoint) -> Manifest | None:
 
 
 def _has_quantized_triplets(ck: Checkpoint) -> bool:
-    """``p.weight`` (uint32) with ``p.scales`` and ``p.biases``: how MLX stores a quantized layer."""
+    """``p.weight`` (uint32) with ``p.scales`` and ``p.biases`` (affine), or with uint8 ``p.scales``
+    (mxfp4/nvfp4/mxfp8): how MLX stores a quantized layer."""
     dtypes = {e.name: e.dtype.name for e in ck.entries}
     return any(
         n.endswith(".scales")
-        and f"{n[: -len('.scales')]}.biases" in dtypes
+        and (f"{n[: -len('.scales')]}.biases" in dtypes or dt == "uint8")
         and dtypes.get(f"{n[: -len('.scales')]}.weight") == "uint32"
-        for n in dtypes
+        for n, dt in dtypes.items()
     )
 
 
@@ -57,8 +60,9 @@ def detect(ck: Checkpoint) -> MLXSource | None:
         return None
     if isinstance(block, dict):
         per_layer = [v for v in block.values() if isinstance(v, dict)]
-        return MLXSource(True, block.get("bits"), block.get("group_size"), len(per_layer))
+        mode = block.get("mode") or "affine"
+        return MLXSource(True, block.get("bits"), block.get("group_size"), len(per_layer), mode)
     opts = (ours.options if ours is not None else None) or {}
     if opts.get("q_bits") or opts.get("q_recipe"):
-        return MLXSource(True, opts.get("q_bits"), opts.get("q_group_size") or 64)
+        return MLXSource(True, opts.get("q_bits"), opts.get("q_group_size") or 64, mode=opts.get("q_mode") or "affine")
     return MLXSource(_has_quantized_triplets(ck))

@@ -21,6 +21,7 @@ _UNITS = {
     "TIB": 2**40,
 }
 OUT_DTYPES = ("keep", "float16", "bfloat16", "float32")
+Q_MODES = ("affine", "mxfp4", "nvfp4", "mxfp8")
 
 
 def parse_size(text, what: str = "max_shard_size") -> int:
@@ -115,6 +116,8 @@ class Options:
     q_bits: int | None = None
     q_group_size: int = 64
     q_recipe: str | None = None
+    q_mode: str = "affine"
+    dequantize: bool = False
     allow_globals: tuple[str, ...] = ()
     zarr_compressor: str = "none"
     drop_cache: bool = True
@@ -138,6 +141,8 @@ class Options:
             "q_bits": self.q_bits,
             "q_group_size": self.q_group_size if self.quantizing else None,
             "q_recipe": self.q_recipe,
+            "q_mode": self.q_mode if self.quantizing else None,
+            "dequantize": self.dequantize,
         } | (
             # only with an adapter: the manifests of other runs stay byte for byte as before
             {"adapter": self.adapter, "adapter_scale": self.adapter_scale, "adapter_sha256": self.adapter_sha256}
@@ -158,6 +163,8 @@ class Options:
         q_bits=None,
         q_group_size=None,
         q_recipe=None,
+        q_mode=None,
+        dequantize=False,
         allow_globals=(),
         zarr_compressor="none",
         drop_cache=True,
@@ -169,9 +176,33 @@ class Options:
 
         Raises:
             Torch2MLXError: a value out of its choices, naming the parameter (``dtype must be one of ...``);
-                ``q_group_size`` without ``q_bits`` or ``q_recipe`` (it would change nothing).
+                ``q_group_size`` without ``q_bits`` or ``q_recipe`` (it would change nothing);
+                a ``q_mode`` other than affine with a ``q_recipe`` (mlx-lm's recipes mix affine bit
+                widths) or with bits/group size the mode does not have; ``dequantize`` with quantizing.
         """
-        from ..core import quant, quant_recipes
+        from ..core import quant, quant_fp, quant_recipes
+
+        if q_mode not in (None, *Q_MODES):
+            raise Torch2MLXError(f"q_mode must be one of {', '.join(Q_MODES)}, got {q_mode!r}")
+        if q_mode == "affine" and q_bits is None and q_recipe is None:
+            raise Torch2MLXError("q_mode affine has no effect without q_bits or q_recipe")
+        if q_mode in quant_fp.MODES:
+            if q_recipe is not None:
+                raise Torch2MLXError(
+                    f"q_recipe {q_recipe} mixes affine bit widths; it does not combine with q_mode {q_mode}"
+                )
+            gs, bits = quant_fp.MODES[q_mode]
+            wrong = [f"q_bits {q_bits}"] if q_bits not in (None, bits) else []
+            wrong += [f"q_group_size {q_group_size}"] if q_group_size not in (None, gs) else []
+            if wrong:
+                verb = "does" if len(wrong) == 1 else "do"
+                raise Torch2MLXError(
+                    f"q_mode {q_mode} quantizes {bits}-bit codes in groups of {gs}; "
+                    f"{' and '.join(wrong)} {verb} not fit"
+                )
+            q_bits, q_group_size = bits, gs
+        if dequantize and (q_bits is not None or q_recipe is not None):
+            raise Torch2MLXError("dequantize writes float weights; it does not combine with q_bits/q_recipe/q_mode")
 
         if dtype not in OUT_DTYPES:
             raise Torch2MLXError(f"dtype must be one of {', '.join(OUT_DTYPES)}, got {dtype!r}")
@@ -181,7 +212,7 @@ class Options:
             q_group_size = 64
         elif q_bits is None and q_recipe is None:
             raise Torch2MLXError(f"q_group_size {q_group_size} has no effect without q_bits or q_recipe")
-        if q_group_size not in quant.GROUP_SIZES:
+        if q_group_size not in quant.GROUP_SIZES and q_mode not in quant_fp.MODES:
             raise Torch2MLXError(
                 f"q_group_size must be one of {', '.join(map(str, quant.GROUP_SIZES))}, got {q_group_size!r}"
             )
@@ -201,6 +232,8 @@ class Options:
             q_bits=q_bits,
             q_group_size=q_group_size,
             q_recipe=q_recipe,
+            q_mode=q_mode or "affine",
+            dequantize=bool(dequantize),
             allow_globals=tuple(allow_globals),
             zarr_compressor=zarr_compressor,
             drop_cache=drop_cache,

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from ..core.dtypes import DType
 from ..core.entry import TensorEntry
+from ..formats.data import DataReader
 from . import manifest
 
 SHARD_METADATA = {"format": "mlx"}
@@ -108,6 +109,12 @@ class Plan:
     quantization: dict | None = None  # the config block mlx-lm reads, when quantizing
     fuses: list = field(default_factory=list)  # an adapter's Fuse stages (adapters.fuse), for the report
     fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)  # resume.fingerprint's
+    # serves sources read through another reader (dequantized MLX weights); closed with ``close``
+    side_reader: DataReader | None = field(default=None, init=False, repr=False, compare=False)
+
+    def close(self) -> None:
+        if self.side_reader is not None:
+            self.side_reader.close()
 
     @property
     def nbytes_in(self) -> int:

@@ -188,9 +188,15 @@ def build(
         recipe = transforms.recipe_for(opts, [o.name for op in ops for o in op.outputs], ck.config)
     block = transforms.attach(ops, dequant, recipe, module_types, warnings)
     notes = list(ck.notes)
-    scaled = [op for op in ops if op.transform is not None and op.transform_info and "fp8_scale" in op.transform_info]
+    scaled = [
+        (op, op.transform)
+        for op in ops
+        if isinstance(op.transform, transforms.Chain) and "fp8_scale" in (op.transform_info or {})
+    ]
     if scaled:
-        kinds = sorted({op.outputs[-1].dtype.name for op in scaled})  # [-1]: quantized ops end in biases
+        kinds = sorted(
+            {(chain.float_dtype or op.outputs[-1].dtype).name for op, chain in scaled}
+        )  # [-1]: biases  # [-1]: biases
         notes.append(
             f"{len(scaled)} float8 weight(s) dequantized to {', '.join(kinds)} with their scales "
             "(the scale tensors are folded in, not written)"

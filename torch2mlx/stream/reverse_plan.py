@@ -81,10 +81,17 @@ def _quant_params(base: str, records: dict, config: dict | None) -> dict | None:
     return q if "bits" in q and "group_size" in q else None
 
 
-def dequantized(ck: Checkpoint, records: dict, reader: DataReader) -> tuple[Checkpoint, int]:
-    """``ck`` with each quantized triple as one float weight read through ``reader``, and how many there were."""
+def dequantized(ck: Checkpoint, records: dict, reader: DataReader, fp_dtype=None) -> tuple[Checkpoint, int]:
+    """``ck`` with each quantized triple as one float weight read through ``reader``, and how many there were
+    (``fp_dtype``: see ``dequant.view``)."""
     found = {}
+    names = {e.name for e in ck.entries}
     for base, (w, s, b) in dequant.find(ck.entries).items():
+        if base + ".global_scale" in names:
+            raise Torch2MLXError(
+                f"{base}: an nvfp4 weight with a global_scale (a tensor scale, as mlx-lm's "
+                "quantize_model(global_scale=True) writes) is not read yet"
+            )
         q = _quant_params(base, records, ck.config)
         if q is None:
             raise Torch2MLXError(
@@ -92,7 +99,7 @@ def dequantized(ck: Checkpoint, records: dict, reader: DataReader) -> tuple[Chec
                 "nor config.json says with how many bits and which group size"
             )
         found[base] = dequant.check(base, w, s, b, int(q["bits"]), int(q["group_size"]), q.get("mode", "affine"))
-    return (dequant.view(ck, found, reader) if found else ck), len(found)
+    return (dequant.view(ck, found, reader, fp_dtype) if found else ck), len(found)
 
 
 def _counters(names: list[str]) -> list[TensorEntry]:

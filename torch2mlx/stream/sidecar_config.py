@@ -31,7 +31,8 @@ def _hoist_rope(cfg: dict) -> list[str]:
 
 
 def rewrite(ck: Checkpoint, opts: Options, plan: Plan) -> dict[str, dict] | None:
-    """config.json as the converted weights need it: quantization block, new dtype, no stale fp8 block."""
+    """config.json as the converted weights need it: quantization block, new dtype, no stale fp8 block
+    (a dequantized source's ``ck.config`` comes without its quantization block already)."""
     from ..core.fp8 import FP8_WEIGHT_DTYPES, describes_fp8
 
     stale_fp8 = (
@@ -47,7 +48,14 @@ def rewrite(ck: Checkpoint, opts: Options, plan: Plan) -> dict[str, dict] | None
     stale_packed = describes(ck.config.get("quantization_config"))
     cfg = dict(ck.config)
     hoisted = _hoist_rope(cfg)
-    if plan.quantization is None and opts.dtype == "keep" and not stale_fp8 and not hoisted and not stale_packed:
+    if (
+        plan.quantization is None
+        and opts.dtype == "keep"
+        and not stale_fp8
+        and not hoisted
+        and not stale_packed
+        and not opts.dequantize
+    ):
         return None
     if hoisted:
         plan.notes.append(

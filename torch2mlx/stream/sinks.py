@@ -225,9 +225,9 @@ def refuse_settings(s: Sink, plan: Plan, *, hook=None, resume: bool = False) -> 
         no_hook = " or ".join(f"format={n!r}" for n in names(FORWARD) if not SINKS[n].takes_hook)
         raise Torch2MLXError(f"a hook does not combine with resume or {no_hook}")
     if hook is not None and any(len(op.outputs) > 1 for op in plan.ops):
-        # A hook sees one array a tensor; a quantized weight is three (codes, scales, biases).
+        # A hook sees one array a tensor; a quantized weight is three (codes, scales, biases), or two.
         raise Torch2MLXError(
-            "a hook cannot be combined with quantization (q_bits/q_recipe): "
+            "a hook cannot be combined with quantization (q_bits/q_recipe/q_mode): "
             "convert with the hook first, then quantize that output in a second run"
         )
     if resume and not s.resumable:

@@ -4,7 +4,8 @@ Both are decided at plan time from names, shapes and dtypes alone, and both
 work on a block of rows at a time, so a 0.7 GB tensor is dequantized or
 quantized in bounded memory. A transform replaces an op's final cast: it takes
 the block the rule produced (in the source dtype) and returns one array per
-output — three for a quantized weight (``weight`` uint32, ``scales``, ``biases``).
+output — three for an affine-quantized weight (``weight`` uint32, ``scales``, ``biases``),
+two for the fp modes (mxfp4/nvfp4/mxfp8: ``weight`` and uint8 ``scales``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import threading
 
 import numpy as np
 
-from ..core import casts, dtypes, fp8, quant, quant_recipes
+from ..core import casts, dtypes, fp8, quant, quant_fp, quant_recipes
 from ..core.dtypes import DType
 from ..core.entry import TensorEntry
 from ..errors import Torch2MLXError
@@ -55,14 +56,23 @@ class Chain:
     """What happens to a block after the rule: optional float8 scaling, an adapter fused in
     (``stream.lora.fuse.Fuse``), then cast or quantize."""
 
-    def __init__(self, dequant: _FP8Dequant | None = None, spec: quant_recipes.QuantSpec | None = None, fuse=None):
+    def __init__(
+        self,
+        dequant: _FP8Dequant | None = None,
+        spec: quant_recipes.QuantSpec | None = None,
+        fuse=None,
+        float_dtype: DType | None = None,
+    ):
+        """``float_dtype``: the dtype the weight would have had unquantized (MLX quantizes its values);
+        the fp modes need it named, their scales being uint8."""
         self.dequant, self.spec, self.fuse = dequant, spec, fuse
+        self.float_dtype = float_dtype
         # the scale tensor is read too, though folded in and never written: the report counts it
         self.nbytes_read = dequant.scale.nbytes if dequant is not None else 0
 
     def __call__(self, block, op: Op, start: int, reader, src: DType | None = None) -> list[np.ndarray]:
         """``src``: the dtype ``block`` is in (the rule may have widened it to float32)."""
-        float_dtype = op.outputs[1].dtype if self.spec else op.outputs[0].dtype
+        float_dtype = self.float_dtype or (op.outputs[1].dtype if self.spec else op.outputs[0].dtype)
         if self.dequant is not None:
             block, src = self.dequant(block, op, start, reader, float_dtype), float_dtype
         else:
@@ -71,8 +81,10 @@ class Chain:
             block, src = self.fuse(casts.to_f32(block, src), start), F32
         if self.spec is None:
             return [casts.cast(block, src, float_dtype)]
+        if self.spec.mode != "affine":
+            return list(quant_fp.quantize(block, self.spec.mode, src, float_dtype))
         parts = list(quant.quantize(block, self.spec.bits, self.spec.group_size, src, float_dtype))
-        if self.fuse is not None and self.spec.mode == "affine":  # what quantizing the fused rows cost, for the report
+        if self.fuse is not None:  # what quantizing the fused rows cost, for the report
             packed, scales, biases = parts
             back = quant.dequantize(packed, scales, biases, self.spec.bits, self.spec.group_size, float_dtype)
             self.fuse.saw_quantized(float(np.abs(casts.to_f32(back, float_dtype) - block).max(initial=0.0)))
@@ -87,6 +99,8 @@ class Chain:
             d["fp8_blocks"] = list(blocks)
         if self.spec is not None:
             d["quantization"] = self.spec.as_config()
+            if self.spec.mode != "affine" and self.float_dtype is not None:
+                d["quantized_from"] = self.float_dtype.name
         if self.fuse is not None:
             d.update(self.fuse.info())
         return d
@@ -103,7 +117,8 @@ def rebuild(info: dict, weight: TensorEntry, by_name: dict[str, TensorEntry]) ->
         )
     q = info.get("quantization")
     spec = quant_recipes.QuantSpec(q["group_size"], q["bits"], q.get("mode", "affine")) if q else None
-    return Chain(dequant, spec)
+    float_dtype = dtypes.get(info["quantized_from"]) if info.get("quantized_from") else None
+    return Chain(dequant, spec, float_dtype=float_dtype)
 
 
 def plan_fp8(
@@ -137,7 +152,7 @@ def recipe_for(opts: Options, out_names: list[str], config: dict | None) -> quan
         )
         return quant_recipes.mixed_recipe(opts.q_recipe, layers, loc, opts.q_group_size, opts.q_bits)
     assert opts.q_bits  # neither q_bits nor q_recipe returned above
-    return quant_recipes.Recipe(quant_recipes.QuantSpec(opts.q_group_size, opts.q_bits))
+    return quant_recipes.Recipe(quant_recipes.QuantSpec(opts.q_group_size, opts.q_bits, opts.q_mode))
 
 
 def attach(
@@ -161,17 +176,20 @@ def attach(
                 explicit[quant_recipes.loaded_module_path(path)] = spec
         if d is None and spec is None:
             continue
-        op.transform = Chain(d, spec)
+        op.transform = Chain(d, spec, float_dtype=out.dtype if spec is not None and spec.mode != "affine" else None)
         if spec is not None:
             quantized += 1
             lead, k = out.shape[:-1], out.shape[-1]
             groups = k // spec.group_size
             base = out.name[: -len("weight")]  # "a.b." (or "" for a bare Linear's "weight")
-            op.outputs = [
-                Output(out.name, dtypes.get("uint32"), lead + (k * spec.bits // 32,)),
-                Output(base + "scales", out.dtype, lead + (groups,)),
-                Output(base + "biases", out.dtype, lead + (groups,)),
-            ]
+            op.outputs = [Output(out.name, dtypes.get("uint32"), lead + (k * spec.bits // 32,))]
+            if spec.mode == "affine":
+                op.outputs += [
+                    Output(base + "scales", out.dtype, lead + (groups,)),
+                    Output(base + "biases", out.dtype, lead + (groups,)),
+                ]
+            else:  # one uint8 scale per group (e8m0 or e4m3), no biases
+                op.outputs.append(Output(base + "scales", dtypes.get("uint8"), lead + (groups,)))
         op.transform_info = op.transform.info()
     if recipe is None:
         return None

@@ -271,7 +271,8 @@ def _ops_from_manifest(records: dict, by_name: dict, problems: list[str]):
         names = [name]
         if role == "weight":
             base = name[: -len("weight")]
-            names += [base + "scales", base + "biases"]
+            affine = (rec.get("quantization") or {}).get("mode", "affine") == "affine"
+            names += [base + "scales", base + "biases"] if affine else [base + "scales"]
         outs = []
         for n in names:
             r = records.get(n)
@@ -288,6 +289,9 @@ def _ops_from_manifest(records: dict, by_name: dict, problems: list[str]):
 
 def _verify_values(src, manifest, outputs, rep: VerifyReport, progress) -> None:
     ck = open_checkpoint(src, key=manifest.key())
+    mxfp4 = prequant.mxfp4.view(ck)  # the repacked tensors' sources: views of the MXFP4 ones
+    if mxfp4 is not None:
+        ck = mxfp4[0]
     found = prequant.detect(ck)
     if found is not None and found.modules:  # the records name the view the conversion read
         from .options import Options
@@ -295,6 +299,13 @@ def _verify_values(src, manifest, outputs, rep: VerifyReport, progress) -> None:
         ck, _ = prequant.apply(ck, found, Options.make(**(manifest.options or {})))
     by_name = {e.name: e for e in ck.entries}
     with DataReader() as reader:
+        if (manifest.options or {}).get("dequantize"):  # its sources: the quantized weights, dequantized
+            from .reverse_plan import dequantized, read_manifest
+
+            m, dt = read_manifest(ck), (manifest.options or {}).get("dtype", "keep")
+            fp_dtype = dtypes.get(dt) if dt != "keep" else None
+            ck, _ = dequantized(ck, (m.tensors or {}) if m is not None else {}, reader, fp_dtype)
+        by_name = {e.name: e for e in ck.entries}
         _compare_ops(_ops_from_manifest(manifest.tensors or {}, by_name, rep.problems), outputs, reader, rep, progress)
 
 

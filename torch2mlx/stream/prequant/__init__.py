@@ -8,6 +8,9 @@ then replaces every packed module by virtual entries the plan treats like
 any other tensor (see ``view.py``): MLX affine ``weight``/``scales``/``biases``
 when the numbers fit MLX exactly, else one float32 ``weight`` requantized by
 the plan's usual quantization step.
+
+MXFP4 (gpt-oss) is the exception: its blocks are MLX's ``mxfp4`` codes as they
+are, so ``mxfp4.view`` renames and splits them without a float view.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ from types import ModuleType
 from ...errors import Torch2MLXError
 from ...formats.checkpoint import Checkpoint
 from . import awq, gptq, view
+from . import mxfp4 as mxfp4  # callers reach it as prequant.mxfp4
 from .common import Found
 
 # quant_method -> format module; each has detect(ck, qc, by_name) -> Found
 FORMATS: dict[str, ModuleType] = {"gptq": gptq, "awq": awq}
-# handled elsewhere (float8 in transforms.plan_fp8) or by later formats: not an error here
+# handled elsewhere (float8 in transforms.plan_fp8; MXFP4's codes are MLX's already: mxfp4.view repacks them in
+# place) or by later formats: not an error here
 _OTHERS = ("fp8", "fbgemm_fp8", "compressed-tensors", "bitsandbytes", "mxfp4", "modelopt", "hqq", "eetq")
 
 

@@ -51,7 +51,7 @@ def _symmetric(it: Item, reader: DataReader, per: int) -> bool:
     """Every group of the packed triple is d * (code - 2^(bits-1)) with d exact in float16."""
     q = it.quant
     assert q is not None
-    if LOSSLESS.get(q.bits) != it.qtype or q.group_size != _BLOCK:
+    if LOSSLESS.get(q.bits) != it.qtype or q.group_size != _BLOCK or q.biases is None:  # fp modes have no biases
         return False
     mid = np.float32(1 << (q.bits - 1))
     for s in range(0, it.shape[0], per):
