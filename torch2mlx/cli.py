@@ -71,7 +71,7 @@ def _add_stream(sub):
     from .formats.checkpoint import FORMATS_READ
     from .stream.options import OUT_DTYPES, Q_MODES
     from .stream.sinks import SINKS, directions
-    from .stream.to_gguf import GGUF_TYPES
+    from .stream.to_gguf_plan import GGUF_TYPES
     from .stream.writers.zarr_store import COMPRESSORS
 
     p = sub.add_parser(

@@ -181,7 +181,7 @@ def write_gguf(run: Run) -> None:
     from .progress import progress_bar
     from .writers import gguf_file
 
-    plan: Any = run.res.plan  # a to_gguf.GGUFPlan
+    plan: Any = run.res.plan  # a to_gguf_plan.GGUFPlan
     bar, update = progress_bar(plan.nbytes_out, run.progress, desc="to gguf")
     try:
         assert run.reader is not None  # the one serving the plan's dequantized views

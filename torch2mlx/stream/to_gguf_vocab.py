@@ -60,7 +60,7 @@ def _merges(model: dict) -> list[str]:
 
 
 def tokenizer_metadata(folder: str | None, arch: str, vocab_size: int) -> Vocab:
-    from .to_gguf import gguf_module
+    from .to_gguf_plan import gguf_module
 
     gguf = gguf_module()
     path = os.path.join(folder, "tokenizer.json") if folder else ""

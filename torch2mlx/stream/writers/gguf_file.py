@@ -20,7 +20,7 @@ from ...core.dtypes import load_numpy
 from ...errors import Torch2MLXError
 from ...formats.data import DataReader
 from ..execute import CHUNK
-from ..to_gguf import LOSSLESS, GGUFPlan, Item, gguf_module
+from ..to_gguf_plan import LOSSLESS, GGUFPlan, Item, gguf_module
 from ..to_gguf_vocab import gguf_warnings
 from .files import os_error
 
