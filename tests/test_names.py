@@ -28,6 +28,13 @@ SHARED_FUNCTIONS = {
     "from_module",
     "infer_kind",
     "generate_forward",
+    # one per quantization format (core.quant / quant_fp; prequant's gptq / awq; dequant / prequant.mxfp4 views)
+    "quantize",
+    "detect",
+    "view",
+    "group_index",
+    "words",
+    "zeros",
 }
 
 

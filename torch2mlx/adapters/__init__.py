@@ -99,9 +99,9 @@ def convert_adapter(src, out, *, to: str | None = None, base=None, overwrite: bo
     config, where = names.base_config(base, ad.config)
     rename, note = names.mapper(config, want)
     if want == "mlx":
-        written, notes = write.to_mlx(ad, out, rename, overwrite=overwrite)
+        written, notes = write.as_mlx_lm(ad, out, rename, overwrite=overwrite)
     else:
-        written, notes = write.to_peft(ad, out, rename, overwrite=overwrite)
+        written, notes = write.as_peft(ad, out, rename, overwrite=overwrite)
     if note:
         notes.insert(0, note)
     elif where and config is not None:

@@ -122,7 +122,7 @@ def _fuse_adapter(plan: Plan, opts: Options, requant: dict) -> None:
     from .lora.load import load
 
     ad = load(opts.adapter)
-    plan.fuses = fuse.attach(plan, ad, opts.adapter_scale)
+    plan.fuses = fuse.attach_fuses(plan, ad, opts.adapter_scale)
     if requant:
         fuse.requantize(plan, requant, opts.max_shard_size)
         plan.notes.append(

@@ -54,7 +54,7 @@ class Fuse:
         return {"adapter_module": self.name}
 
 
-def attach(plan, ad: Adapter, mult: float) -> list[Fuse]:
+def attach_fuses(plan, ad: Adapter, mult: float) -> list[Fuse]:
     """Give the plan's ops of the adapted weights their ``Fuse`` stage; returns the stages."""
     from ..plan import Op
     from ..transforms import Chain

@@ -37,7 +37,7 @@ from .fold import F32, fold, is_power_of_two
 CONFIG = "adapter_config.json"
 PEFT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 MLX_FILE = "adapters.safetensors"
-UNFOLDED_FILE = "torch2mlx_unfolded.safetensors"  # beside an mlx-lm adapter made from PEFT's (write.to_mlx)
+UNFOLDED_FILE = "torch2mlx_unfolded.safetensors"  # beside an mlx-lm adapter made from PEFT's (write.as_mlx_lm)
 PEFT_PREFIX = "base_model.model."
 
 # PEFT settings that change what the weights mean in ways neither converter nor mlx-lm reproduces.
@@ -278,7 +278,7 @@ def _load_mlx(path: str, config: dict) -> Adapter:
             mag[1] if mag else None,
             mag[0] if mag else None,
         )
-        # what a PEFT adapter held before ``to_mlx`` padded its rank and folded its scale
+        # what a PEFT adapter held before ``write.as_mlx_lm`` padded its rank and folded its scale
         if mod in ranks or mod in scales:
             modules[mod] = _unfold(modules[mod], ranks.get(mod), scales.get(mod), unfolded.get(mod + ".lora_b"))
     if not modules:
@@ -287,9 +287,9 @@ def _load_mlx(path: str, config: dict) -> Adapter:
 
 
 def _unfold(m: LoraModule, rank: int | None, scale: float | None, original=None) -> LoraModule:
-    """Undo ``to_mlx``'s zero padding and scale folding when that gives back exactly what mlx-lm computes.
+    """Undo ``write.as_mlx_lm``'s zero padding and scale folding when that gives back exactly what mlx-lm computes.
 
-    ``original``: the unrounded lora_b ``to_mlx`` kept when the fold rounded; used only if folding it
+    ``original``: the unrounded lora_b ``write.as_mlx_lm`` kept when the fold rounded; used only if folding it
     again still gives the lora_b in the adapter bit for bit (not trained since)."""
     a, b = m.a, m.b
     if rank is not None and rank < a.shape[0]:

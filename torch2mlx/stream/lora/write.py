@@ -27,7 +27,7 @@ from .load import CONFIG, MLX_FILE, PEFT_FILES, PEFT_PREFIX, UNFOLDED_FILE, Adap
 T = TypeVar("T")
 
 
-def write_safetensors(path: str, tensors: dict[str, tuple[DType, np.ndarray]], metadata: dict) -> None:
+def save_adapter_file(path: str, tensors: dict[str, tuple[DType, np.ndarray]], metadata: dict) -> None:
     """A whole safetensors file from arrays in memory (adapters are small): temp file, then rename."""
     outs = [Output(name, dt, tuple(arr.shape)) for name, (dt, arr) in tensors.items()]
     ordered = layout_shard(outs)
@@ -73,7 +73,7 @@ def _most_common(values: list[T]) -> T:
     return max(counts, key=lambda v: (counts[v], -values.index(v)))
 
 
-def to_mlx(ad: Adapter, out: str, rename, *, overwrite: bool = False) -> tuple[dict, list[str]]:
+def as_mlx_lm(ad: Adapter, out: str, rename, *, overwrite: bool = False) -> tuple[dict, list[str]]:
     """mlx-lm's ``adapters.safetensors`` + ``adapter_config.json`` for ``ad``; (config written, notes)."""
     if ad.full:
         saved = sorted({n.rsplit(".", 1)[0] for n in ad.full})
@@ -127,9 +127,9 @@ def to_mlx(ad: Adapter, out: str, rename, *, overwrite: bool = False) -> tuple[d
         "torch2mlx": {"from": ad.kind, "ranks": ranks, "scales": scales, "source_config": ad.config},
     }
     _prepare(out, overwrite)
-    write_safetensors(os.path.join(out, MLX_FILE), tensors, {"format": "mlx"})
+    save_adapter_file(os.path.join(out, MLX_FILE), tensors, {"format": "mlx"})
     if originals:  # mlx-lm reads only adapters.safetensors
-        write_safetensors(os.path.join(out, UNFOLDED_FILE), originals, {"format": "mlx"})
+        save_adapter_file(os.path.join(out, UNFOLDED_FILE), originals, {"format": "mlx"})
         notes.append(f"{UNFOLDED_FILE}: the unrounded lora_b of those modules, for an exact way back to PEFT")
     write_json_atomic(os.path.join(out, CONFIG), config)
     return config, notes
@@ -155,7 +155,7 @@ def _alpha_for(scale: float, r: int) -> float:
     return int(alpha) if alpha == int(alpha) else alpha
 
 
-def to_peft(ad: Adapter, out: str, rename, *, overwrite: bool = False) -> tuple[dict, list[str]]:
+def as_peft(ad: Adapter, out: str, rename, *, overwrite: bool = False) -> tuple[dict, list[str]]:
     """PEFT's ``adapter_model.safetensors`` + ``adapter_config.json``; (config written, notes)."""
     notes: list[str] = []
     mods = list(ad.modules.values())
@@ -206,7 +206,7 @@ def to_peft(ad: Adapter, out: str, rename, *, overwrite: bool = False) -> tuple[
             assert m.magnitude_dtype is not None
             tensors[key + ".lora_magnitude_vector"] = (m.magnitude_dtype, m.magnitude)
     _prepare(out, overwrite)
-    write_safetensors(os.path.join(out, "adapter_model.safetensors"), tensors, {"format": "pt"})
+    save_adapter_file(os.path.join(out, "adapter_model.safetensors"), tensors, {"format": "pt"})
     write_json_atomic(os.path.join(out, CONFIG), config)
     return config, notes
 
