@@ -4,7 +4,9 @@
 repo (model info, tree, paths-info, resolve with ``Range``) with the Hub's headers and error codes, so the real
 client works against it (tests/test_hub_server.py keeps it faithful), and plain ``/files/<path>`` for
 ``https://``-style URLs. Switches inject faults: 503 answers, dropped connections, short bodies, an ignored
-``Range``, a wrong ``Content-Range``; ``fetched`` counts the data bytes sent.
+``Range``, a wrong ``Content-Range``; ``fetched`` counts the data bytes sent. As on the Hub, a weight file's
+LFS oid (``X-Linked-Etag``, ``lfs.sha256``) is the sha256 of its bytes; ``lfs_oids`` advertises another
+(a file whose bytes differ from its oid, or a sparse test file too big to hash).
 """
 
 from __future__ import annotations
@@ -52,9 +54,11 @@ class HubServer:
     requests: list = field(default_factory=list)  # (method, path, Range header)
     max_requests: int = 100_000  # a runaway client fails instead of spinning forever
     authorized: list = field(default_factory=list)  # (path, whether an Authorization header came)
+    lfs_oids: dict = field(default_factory=dict)  # (repo, path) -> the sha256 advertised instead of the real one
 
     def __post_init__(self):
         self._lock = threading.Lock()
+        self._sha256: dict = {}  # (path, size, mtime_ns) -> hex
         self.httpd = _Quiet((self.host, self.port), _handler(self))
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
@@ -98,8 +102,19 @@ class HubServer:
         return rev in ("main", self.commit(repo)) or self.tags.get((repo, rev)) is not None
 
     def etag(self, repo: str, rel: str) -> str:
-        st = os.stat(os.path.join(self.repo_dir(repo), rel))
-        return hashlib.sha256(f"{repo}/{rel}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+        """The file's sha256 (the Hub's LFS oid), or what ``lfs_oids`` says."""
+        if (repo, rel) in self.lfs_oids:
+            return self.lfs_oids[(repo, rel)]
+        full = os.path.join(self.repo_dir(repo), rel)
+        st = os.stat(full)
+        key = (full, st.st_size, st.st_mtime_ns)
+        if key not in self._sha256:
+            h = hashlib.sha256()
+            with open(full, "rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
+            self._sha256[key] = h.hexdigest()
+        return self._sha256[key]
 
     def file_record(self, repo: str, rel: str) -> dict:
         size = os.path.getsize(os.path.join(self.repo_dir(repo), rel))

@@ -198,13 +198,29 @@ def test_resume_fetches_only_unfinished_shards(hub, big_repo, tmp_path, monkeypa
 
 def test_resume_refuses_a_changed_remote_file(hub, big_repo, tmp_path):
     kw = dict(model=False, max_shard_size="9MB", workers=1)
-    hub.faults.stop_after_bytes = os.path.getsize(big_repo / "model.safetensors") * 3 // 4
+    p = big_repo / "model.safetensors"
+    hub.faults.stop_after_bytes = os.path.getsize(p) * 3 // 4
     with pytest.raises(Torch2MLXError, match="gave up"):
         torch2mlx.stream.convert("hf://org/big", tmp_path / "out", **kw)
     hub.faults.stop_after_bytes = None
-    os.utime(big_repo / "model.safetensors")  # the server's ETag follows mtime: as a re-upload of the file
-    with pytest.raises(Torch2MLXError, match=r"resume: hf://org/big@\w+ changed since .*\(content hash\)"):
-        torch2mlx.stream.convert("hf://org/big", tmp_path / "out", resume=True, **kw)
+    first = json.load(open(tmp_path / "out" / "torch2mlx.json"))["source_files"]["model.safetensors"]["url"]
+    # a push that changes only another file: a new commit, the same weights (same LFS oid): resumed
+    (big_repo / "README.md").write_text("a new commit\n")
+    try:
+        with pytest.raises(Torch2MLXError, match=r"resume: hf://org/big@\w+ changed since .*\(content hash\)"):
+            # re-uploaded with other bytes (same size): its LFS oid, the ETag, differs
+            data = bytearray(p.read_bytes())
+            data[-1] ^= 0x40
+            p.write_bytes(bytes(data))
+            try:
+                torch2mlx.stream.convert("hf://org/big", tmp_path / "out", resume=True, **kw)
+            finally:
+                data[-1] ^= 0x40
+                p.write_bytes(bytes(data))
+        res = torch2mlx.stream.convert("hf://org/big", tmp_path / "out", resume=True, **kw)
+        assert res.reused >= 1 and not first.startswith(res.checkpoint.path + "/")  # another commit
+    finally:
+        os.remove(big_repo / "README.md")
 
 
 def _cli(hub, *args):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
 from ..errors import Torch2MLXError
+from . import integrity
 from .ranges import (
     STATS,
     RemoteFile,
@@ -65,6 +66,7 @@ def lookup_file(path: str) -> RemoteFile | None:
 def _register(listing: Listing) -> Listing:
     for f in listing.files.values():
         _FILES[f.label] = f
+        integrity.watch(f.label, f.size, f.digest)
     forget({f.label for f in listing.files.values()})
     return listing
 
@@ -78,6 +80,23 @@ def remote_identity(labels: list[str]) -> dict[str, dict]:
         f = _FILES[lab]
         out[f.name] = {"bytes": f.size, "blob": f.etag, "url": lab}
     return out
+
+
+def checked(labels: list[str]) -> dict[str, str]:
+    """What was checked of each remote source file's bytes this run (name -> e.g. "sha256 matched")."""
+    return {_FILES[lab].name: integrity.status(lab, _FILES[lab].etag) for lab in labels}
+
+
+def checked_summary(checks: dict[str, str]) -> str:
+    """One line for the report: ``verified: 3 of 4 source files by sha256 (...)``."""
+    ok = [n for n, s in checks.items() if s.endswith(" matched")]
+    algs = sorted({checks[n].split()[0] for n in ok})
+    why = sorted({s for s in checks.values() if not s.endswith(" matched")})
+    return (
+        f"verified: {len(ok)} of {len(checks)} source file(s)"
+        + (f" by {'/'.join(algs)}" if ok else "")
+        + (f" (others: {'; '.join(why)})" if why else "")
+    )
 
 
 def changed(src: str, recorded: dict) -> tuple[str, str] | None:
@@ -163,6 +182,7 @@ def _resolve_hub(url: str) -> Listing:
             f"{endpoint}/{repo}/resolve/{commit}/{quote(s.rfilename)}",
             etag=s.lfs.sha256 if s.lfs is not None else s.blob_id,
             headers=headers,
+            digest=integrity.digest_of("sha256", s.lfs.sha256) if s.lfs is not None else None,
         )
     return Listing(label, files, commit=commit)
 
@@ -171,13 +191,16 @@ def _resolve_http(url: str) -> Listing:
     name = os.path.basename(urlsplit(url).path)
     if not name:
         raise Torch2MLXError(f"{url}: an http(s) source names one file (a directory cannot be listed over HTTP)")
-    resp, final = open_url(url, "HEAD", (), None, url)
+    seen: dict[str, str] = {}
+    resp, final = open_url(url, "HEAD", (), None, url, seen=seen)
     size = resp.getheader("Content-Length")
     etag = resp.getheader("ETag")
+    # A file served by the Hub (.../resolve/REV/FILE) names its LFS sha256, on the redirect if there is one
+    linked = resp.getheader("X-Linked-Etag") or seen.get("x-linked-etag")
     resp.read()
     if size is None:
         raise Torch2MLXError(f"{url}: the server gives no Content-Length; cannot read it by range")
-    f = RemoteFile(url, name, int(size), final, etag=etag)
+    f = RemoteFile(url, name, int(size), final, etag=etag, digest=integrity.digest_of("sha256", linked))
     return Listing(url.rsplit("/", 1)[0], {name: f}, single=name)
 
 
