@@ -366,6 +366,39 @@ def test_bare_hub_id_when_no_such_local_path(hub, repos, tmp_path, monkeypatch):
         torch2mlx.stream.convert("org/single", tmp_path / "d", model=False)
 
 
+def _t2mlx(cwd, *args):
+    env = dict(os.environ, PYTHONPATH=os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(
+        [sys.executable, "-m", "torch2mlx", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_analyze_and_verify_take_a_bare_hub_id(hub, repos, tmp_path):
+    # the same decision as stream's (remote.source_url): ORG/NAME that is no local path is a Hub id
+    a = _t2mlx(tmp_path, "analyze", "org/sharded", "--json")
+    b = _t2mlx(tmp_path, "analyze", str(repos / "org" / "sharded"), "--json")
+    assert a.returncode == 0 == b.returncode, a.stderr + b.stderr
+    assert json.loads(a.stdout)["tensors"] == json.loads(b.stdout)["tensors"] and json.loads(a.stdout)["tensors"]
+    r = _t2mlx(tmp_path, "analyze", "org/absent")
+    assert (
+        r.returncode != 0
+        and r.stderr.strip().splitlines() == [r.stderr.strip()]
+        and r.stderr.startswith("error: org/absent: no such file or directory; as a Hub id: hf://org/absent: no such")
+    )
+    torch2mlx.stream.convert("hf://org/single", tmp_path / "out", dtype="float16", model=False)
+    fetched = hub.fetched
+    quick = _t2mlx(tmp_path, "verify", "org/single", "out", "--quick")
+    assert quick.returncode == 0, quick.stdout + quick.stderr
+    assert hub.fetched == fetched  # --quick: the listing only, no file bytes
+    full = _t2mlx(tmp_path, "verify", "org/single", "out")
+    assert full.returncode == 0, full.stdout + full.stderr
+    assert hub.fetched > fetched  # the values were read from the Hub
+    # a local directory of that shape wins: verify compares against it (it holds other weights)
+    (tmp_path / "org" / "single").mkdir(parents=True)
+    save_file(_tensors(4, 2), str(tmp_path / "org" / "single" / "model.safetensors"))
+    assert _t2mlx(tmp_path, "verify", "org/single", "out", "--quick").returncode != 0
+
+
 def test_progress_shows_bytes_fetched(hub, tmp_path, monkeypatch):
     from torch2mlx.stream import progress
 

@@ -225,14 +225,15 @@ def open_checkpoint(path: str, key: str | None = None, allow_globals=()) -> Chec
 
 def _open(path: str, key: str | None) -> Checkpoint:
     path = os.fspath(path)
-    if remote.is_remote(path):
+    url = remote.source_url(path)
+    if url == path:
         return _open_remote(path, key)
+    if url is not None:  # ORG/NAME[@REV] that is no local path
+        try:
+            return _open_remote(url, key)
+        except Torch2MLXError as err:
+            raise Torch2MLXError(f"{path}: no such file or directory; as a Hub id: {err}") from None
     if not os.path.exists(path):
-        if remote.looks_like_hub_id(path):  # as mlx-lm's --hf-path: ORG/NAME[@REV] that is no local path
-            try:
-                return _open_remote("hf://" + path, key)
-            except Torch2MLXError as err:
-                raise Torch2MLXError(f"{path}: no such file or directory; as a Hub id: {err}") from None
         raise Torch2MLXError(f"{path}: no such file or directory")
     if os.path.isdir(path) and zarr_store.is_zarr(path):
         entries, notes, attrs = zarr_store.read_entries(path)

@@ -48,6 +48,19 @@ def looks_like_hub_id(path: str) -> bool:
     return bool(_HUB_ID.fullmatch(path)) and ".." not in path
 
 
+def source_url(path) -> str | None:
+    """The URL a source names when it is remote, None for a local path: a URL as given, or ``ORG/NAME[@REV]``
+    naming no local path as ``hf://ORG/NAME[@REV]`` (as mlx-lm's ``--hf-path``; a local path of that shape
+    wins). Every command that takes a SRC (stream, analyze, verify, the library) decides here."""
+    if not isinstance(path, str):
+        return None
+    if is_remote(path):
+        return path
+    if looks_like_hub_id(path) and not os.path.exists(path):
+        return "hf://" + path
+    return None
+
+
 @dataclass
 class Listing:
     label: str  # the source as reports name it, e.g. hf://org/model@<commit>
