@@ -399,6 +399,33 @@ def test_cli_analyze_and_verify_take_a_bare_hub_id(hub, repos, tmp_path):
     assert _t2mlx(tmp_path, "verify", "org/single", "out", "--quick").returncode != 0
 
 
+def test_large_sidecars_fetched_only_when_copied_and_short_header_guesses(hub, repos, tmp_path, monkeypatch):
+    from torch2mlx.formats import checkpoint
+
+    d = repos / "org" / "wide"
+    d.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(9)
+    t = {f"model.layers.{i}.mlp.weight": torch.randn(16, 8, generator=g) for i in range(200)}
+    save_file(t, str(d / "model-00001-of-00001.safetensors"))
+    index = {"metadata": {}, "weight_map": dict.fromkeys(t, "model-00001-of-00001.safetensors")}
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    (d / "config.json").write_text(json.dumps({"model_type": "t2mlx-test"}))
+    (d / "tokenizer.json").write_text(json.dumps({"merges": ["a b"] * 100_000}))  # 700 KB
+    tokenizer = os.path.getsize(d / "tokenizer.json")
+    # the index says how many tensors a file holds, so its header is asked for at about its size; here the
+    # guess is made too short, and the rest of the header is one more request, not the whole header again
+    monkeypatch.setattr(checkpoint, "_RECORD", 8)
+    header = 8 + int.from_bytes((d / "model-00001-of-00001.safetensors").read_bytes()[:8], "little")
+    assert checkpoint._head_guess(list(t)) < header
+    res = torch2mlx.stream.convert("hf://org/wide", None, model=False, dry_run=True)
+    assert len(res.plan.ops) == 200
+    assert hub.fetched <= header + sum(os.path.getsize(d / n) for n in ("config.json", "model.safetensors.index.json"))
+    torch2mlx.stream.convert(str(d), tmp_path / "local", model=False)
+    torch2mlx.stream.convert("hf://org/wide", tmp_path / "remote", model=False)
+    _same_output(tmp_path / "local", tmp_path / "remote")  # the tokenizer too, fetched when copied
+    assert hub.fetched >= tokenizer
+
+
 def test_progress_shows_bytes_fetched(hub, tmp_path, monkeypatch):
     from torch2mlx.stream import progress
 

@@ -375,17 +375,34 @@ def _check_names(ck: Checkpoint):
 
 
 MAX_SIDECAR = 64 * 1024 * 1024  # a remote tokenizer or config larger than this is no sidecar
+EAGER_SIDECAR = 64 * 1024  # remote sidecars up to this size are fetched at open; larger ones when copied
 _HEAD_GUESS = 1 << 16  # first request for a remote safetensors header: most headers fit
+# Bytes of one tensor's header record besides its name: "":{"dtype":"BF16","shape":[8192,28672],
+# "data_offsets":[1409286144,1879048192]}, with room for more dimensions and longer numbers.
+_RECORD = 96
 
 
-def _remote_source(f: remote.RemoteFile):
-    """``(size, read)`` for ``safetensors.read_header``: the first request takes the header's likely size."""
-    first = remote.read_bytes(f, 0, min(f.size, _HEAD_GUESS))
+def _head_guess(names: list[str] | None) -> int:
+    """How many bytes to ask for first: the header's likely size when the index names the file's tensors
+    (a 70B model's 30 shards: 4 KiB each, not 64 KiB), else ``_HEAD_GUESS``."""
+    if not names:
+        return _HEAD_GUESS
+    est = 8 + 256 + sum(len(n) + _RECORD for n in names)
+    return min(_HEAD_GUESS, -(-est * 5 // 4 // 4096) * 4096)
+
+
+def _remote_source(f: remote.RemoteFile, guess: int = _HEAD_GUESS):
+    """``(size, read)`` for ``safetensors.read_header``: the first request takes the header's likely size,
+    a second one what it missed."""
+    first = remote.read_bytes(f, 0, min(f.size, guess))
 
     def read(offset: int, n: int) -> bytes:
+        n = min(n, f.size - offset)
         if offset + n <= len(first):
             return first[offset : offset + n]
-        return remote.read_bytes(f, offset, min(n, f.size - offset))
+        if offset < len(first):  # the rest of a header the guess cut short
+            return first[offset:] + remote.read_bytes(f, len(first), offset + n - len(first))
+        return remote.read_bytes(f, offset, n)
 
     return f.size, read
 
@@ -415,8 +432,13 @@ def _open_remote(url: str, key: str | None) -> Checkpoint:
         and (wanted is None or not n.endswith(".index.json"))
     ]
     for n in small:
-        with open(os.path.join(tmp, n), "wb") as out:
-            remote.stream_range(listing.files[n], 0, listing.files[n].size, lambda piece, at: out.write(piece))
+        rf = listing.files[n]
+        # What opening, planning and analyzing read (the index, configs, a conversion's manifest, model code)
+        # comes now; a tokenizer of megabytes only when a run copies it (analyze and --dry-run never do).
+        if rf.size <= EAGER_SIDECAR or n.endswith((".index.json", ".py")) or n in ("config.json",) + OUR_FILES:
+            remote.fetch_to(rf, os.path.join(tmp, n))
+        else:
+            remote.defer(rf, os.path.join(tmp, n))
     notes: list[str] = []
     index_path = None if wanted else _find_index(tmp, [n for n in names if n in small or n.endswith(WEIGHT_SUFFIXES)])
     if index_path:
@@ -446,10 +468,13 @@ def _open_remote(url: str, key: str | None) -> Checkpoint:
     meta: dict = {}
     fmts: set[str] = set()
     key_paths: set[str] = set()
+    in_file: dict[str, list[str]] = {}
+    for k, v in (weight_map or {}).items():
+        in_file.setdefault(v, []).append(k)
     for f in files:
         rf = listing.files[f]
         if f.endswith(".safetensors"):
-            e, m = safetensors.read_entries(rf.label, _remote_source(rf))
+            e, m = safetensors.read_entries(rf.label, _remote_source(rf, _head_guess(in_file.get(f))))
             fmts.add("safetensors")
         else:  # the zip's central directory, each member's local header and data.pkl, by range
             e, pickle_notes, key_path = pickled.read_entries_at(rf.label, key)

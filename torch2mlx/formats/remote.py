@@ -239,6 +239,28 @@ def _resolve_fsspec(url: str) -> Listing:
     return Listing(base, files, single=single)
 
 
+_DEFERRED: dict[str, RemoteFile] = {}  # local path -> the remote sidecar to fetch there when it is needed
+
+
+def fetch_to(f: RemoteFile, path: str) -> None:
+    """The whole (small) file into ``path``."""
+    with open(path, "wb") as out:
+        stream_range(f, 0, f.size, lambda piece, at: out.write(piece))
+
+
+def defer(f: RemoteFile, path: str) -> None:
+    """``path`` stands for ``f`` from now on; ``fetched(path)`` fetches it the first time it is asked for."""
+    _DEFERRED[path] = f
+
+
+def fetched(path: str) -> str:
+    """``path``, fetched first if it is a deferred remote sidecar not fetched yet."""
+    f = _DEFERRED.pop(path, None)
+    if f is not None:
+        fetch_to(f, path)
+    return path
+
+
 def open_binary(path: str):
     """``open(path, "rb")`` for a local file, a ``RemoteIO`` for a remote one."""
     rf = lookup_file(path) if "://" in path else None
