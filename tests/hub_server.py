@@ -22,6 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
+# files stored in LFS, as the Hub's default .gitattributes has them
+LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npz")
 
 
 @dataclass
@@ -119,7 +121,7 @@ class HubServer:
     def file_record(self, repo: str, rel: str) -> dict:
         size = os.path.getsize(os.path.join(self.repo_dir(repo), rel))
         rec = {"type": "file", "path": rel, "size": size, "oid": hashlib.sha1(rel.encode()).hexdigest()}
-        if rel.endswith((".safetensors", ".bin")):
+        if rel.endswith(LFS_SUFFIXES):
             rec["lfs"] = {"oid": self.etag(repo, rel), "size": size, "pointerSize": 134}
         return rec
 
@@ -244,7 +246,7 @@ def _handler(server: HubServer):
                             ("X-Linked-Etag", f'"{server.etag(repo, rel)}"'),
                             ("X-Linked-Size", str(_size(server, repo, rel))),
                         ]
-                        if rel.endswith((".safetensors", ".bin"))
+                        if rel.endswith(LFS_SUFFIXES)
                         else []
                     ),
                 )

@@ -490,9 +490,41 @@ def test_torch_zip_shards_match_local(hub, bin_repo, tmp_path, setting):
     assert src <= hub.fetched <= 1.01 * src + 2 * 8 * 64 * 1024
 
 
-def test_legacy_pickle_is_refused_remotely(hub, bin_repo, tmp_path):
-    with pytest.raises(Torch2MLXError, match="legacy .pre-1.6. pickles are not read remotely yet"):
-        torch2mlx.stream.convert("hf://org/legacy", tmp_path / "out", model=False)
+@pytest.mark.parametrize("setting", ["passthrough", "float16"])
+def test_legacy_pickle_matches_local(hub, bin_repo, repos, tmp_path, setting):
+    # pre-1.6 torch.save: the pickles before the storages and each storage's size record, read by range
+    d = repos / "org" / "legacy2"
+    d.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(21)
+    t = {"emb.weight": torch.randn(300, 64, generator=g), "proj.weight": torch.randn(96, 64, generator=g).t()}
+    t["half.weight"] = torch.randn(128, 128, generator=g).half()
+    torch.save({"state_dict": t, "epoch": 3}, d / "model.pt", _use_new_zipfile_serialization=False)
+    kw = dict(SETTINGS[setting], model=False)
+    local = torch2mlx.stream.convert(str(d), tmp_path / "local", **kw)
+    res = torch2mlx.stream.convert("hf://org/legacy2", tmp_path / "remote", **kw)
+    _same_output(tmp_path / "local", tmp_path / "remote")
+    assert res.tensors_out == local.tensors_out == 3 and res.checkpoint.key == "state_dict"
+    assert res.source_files["model.pt"]["checked"] == "sha256 matched"  # read whole: checked by its LFS oid
+    assert os.path.getsize(d / "model.pt") <= hub.fetched <= 1.01 * os.path.getsize(d / "model.pt") + 4 * 64 * 1024
+    torch2mlx.stream.convert("hf://org/legacy", tmp_path / "legacy", **kw)  # bin_repo's legacy .bin
+
+
+def test_npz_matches_local(hub, repos, tmp_path):
+    np = pytest.importorskip("numpy")
+    mx = pytest.importorskip("mlx.core")
+    d = repos / "org" / "npz"
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(4)
+    arrays = {f"layers.{i}.weight": mx.array(rng.standard_normal((64, 48)).astype(np.float32)) for i in range(5)}
+    arrays["norm"] = mx.array(rng.standard_normal(48).astype(np.float32)).astype(mx.bfloat16)
+    mx.savez(str(d / "weights.npz"), **arrays)
+    np.savez(d / "fortran.npz", cols=np.asfortranarray(rng.standard_normal((32, 16)).astype(np.float32)))
+    for kw in ({"dtype": "float16"}, {"q_bits": 4}):
+        local = torch2mlx.stream.convert(str(d), tmp_path / "local", model=False, overwrite=True, **kw)
+        res = torch2mlx.stream.convert("hf://org/npz", tmp_path / "remote", model=False, overwrite=True, **kw)
+        _same_output(tmp_path / "local", tmp_path / "remote")
+        assert res.tensors_out == local.tensors_out and res.checkpoint.format == "npz"
+        assert {r["checked"] for r in res.source_files.values()} == {"sha256 matched"}
 
 
 def test_redirects_followed_without_the_token(hub, repos, tmp_path, monkeypatch):

@@ -458,11 +458,11 @@ def _open_remote(url: str, key: str | None) -> Checkpoint:
             raise CheckpointError(
                 listing.label, f"holds no weight files (torch2mlx reads {', '.join(WEIGHT_SUFFIXES)})"
             )
-    other = [f for f in files if not f.endswith((".safetensors",) + PICKLE_SUFFIXES)]
+    other = [f for f in files if not f.endswith(WEIGHT_SUFFIXES)]
     if other:
         raise Torch2MLXError(
-            f"{listing.label}: {other[0]}: only .safetensors and torch zip (.bin/.pt/.pth/.ckpt) weights are "
-            "read remotely yet; download the repo first (e.g. `hf download`) and convert the folder"
+            f"{listing.label}: {other[0]}: only .safetensors, .npz and torch pickle (.bin/.pt/.pth/.ckpt) "
+            "weights are read remotely; download it first (e.g. `hf download`) and convert the folder"
         )
     entries: list[TensorEntry] = []
     meta: dict = {}
@@ -476,7 +476,11 @@ def _open_remote(url: str, key: str | None) -> Checkpoint:
         if f.endswith(".safetensors"):
             e, m = safetensors.read_entries(rf.label, _remote_source(rf, _head_guess(in_file.get(f))))
             fmts.add("safetensors")
-        else:  # the zip's central directory, each member's local header and data.pkl, by range
+        elif f.endswith(".npz"):  # the zip's central directory and each member's headers, by range
+            e, _ = npz.read_entries(rf.label)
+            m = {}
+            fmts.add("npz")
+        else:  # a zip's central directory, local headers and data.pkl, or a legacy pickle's, by range
             e, pickle_notes, key_path = pickled.read_entries_at(rf.label, key)
             m = {}
             notes += pickle_notes
