@@ -140,3 +140,19 @@ def test_https_source_checked_by_x_linked_etag(hub, repos, tmp_path):
     res = torch2mlx.stream.convert(f"{hub.url}/files/org/two/{SHARDS[0]}", tmp_path / "c", model=False)
     assert _manifest(tmp_path / "c")["source_files"][SHARDS[0]]["checked"] == "size and etag only"
     assert "verified: 0 of 1 source file(s) (others: size and etag only)" in res.report()
+
+
+@pytest.mark.parametrize("setting", [{}, {"dtype": "float16"}, {"q_bits": 4}])
+def test_many_windows_and_workers_still_hash_in_order(hub, big, tmp_path, monkeypatch, setting):
+    # 16-40 windows a file, four workers: batches of a remote source are about a window of source bytes
+    # each (not 64 MiB copies, nor 16 MiB of q4 output: 7x that read), and a worker too far ahead of the
+    # hash waits for the window on its way, so every file is still hashed in order
+    monkeypatch.setattr(ranges, "WINDOW", 1 << 20)
+    torch2mlx.stream.convert(str(big), tmp_path / "local", model=False, workers=4, **setting)
+    res = torch2mlx.stream.convert("hf://org/big", tmp_path / "out", model=False, workers=4, **setting)
+    files = _manifest(tmp_path / "out")["source_files"]
+    assert {n: files[n]["checked"] for n in SHARDS} == dict.fromkeys(SHARDS, "sha256 matched")
+    for n in os.listdir(tmp_path / "local"):
+        if n.endswith(".safetensors"):
+            assert (tmp_path / "local" / n).read_bytes() == (tmp_path / "out" / n).read_bytes(), n
+    assert res.tensors_out

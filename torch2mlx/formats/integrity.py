@@ -1,9 +1,11 @@
 """Checking a remote file's bytes against the sha256 its server gives (the Hub's LFS oid, ``X-Linked-Etag``).
 
 The windows of a file (ranges.py) are hashed as they arrive, in file order: no byte is read twice. A window
-that arrives ahead of the next one to hash waits for it, a few at most (``AHEAD``); a file read further out
-of order, or not read whole, is reported as not checked instead. When the last byte is hashed the digest is
-compared, and a mismatch is an ``IntegrityError`` raised where the window was fetched, so the run fails.
+that arrives ahead of the next one to hash is held until that one is in, a few at most (``AHEAD``): a thread
+bringing one more waits while the next one to hash is being fetched (the workers stay near each other, and
+memory bounded). A file read further out of order, or not read whole, is reported as not checked instead.
+When the last byte is hashed the digest is compared, and a mismatch is an ``IntegrityError`` raised where
+the window was fetched, so the run fails.
 Files without a digest from their server are never hashed (no cost). An S3 ETag is not taken for an md5:
 it is none for multipart uploads and SSE-KMS/SSE-C objects, which a listing cannot tell apart.
 """
@@ -13,10 +15,12 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+import time
 
 from ..errors import Torch2MLXError
 
 AHEAD = 4  # windows held, at most, while an earlier one of the same file is still on its way
+PATIENCE = 1.0  # seconds a thread ahead waits for the window to hash next to be asked for (once a file)
 _HEX = {"sha256": re.compile(r"[0-9a-f]{64}")}
 
 
@@ -46,10 +50,20 @@ class _FileHash:
         self.gave_up = False  # read too far out of order to hash without reading it twice
         self.starts: set[int] = set()  # windows seen, to tell a file read in part from one read out of order
         self.seen = 0  # bytes in those windows
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
 
-    def feed(self, start: int, data) -> None:
+    def feed(self, start: int, data, fetching=None) -> None:
         with self.lock:
+            # Too far ahead: wait for the window to hash next while it is being fetched, or (a worker between
+            # two windows) up to PATIENCE for it to be asked for, instead of giving up at once.
+            deadline = None
+            while not self.gave_up and start > self.pos and len(self.pending) >= AHEAD and fetching is not None:
+                if not fetching(self.pos):
+                    now = time.monotonic()
+                    deadline = deadline or now + PATIENCE
+                    if now >= deadline:
+                        break
+                self.lock.wait(0.05)
             if start not in self.starts:
                 self.starts.add(start)
                 self.seen += len(data)
@@ -67,6 +81,7 @@ class _FileHash:
             self.h.update(chunk)  # releases the GIL on large buffers: the other workers go on
             with self.lock:
                 self.pos += len(chunk)
+                self.lock.notify_all()
                 chunk = self.pending.pop(self.pos, None)
                 if chunk is None or self.gave_up:
                     self.busy = False
@@ -104,11 +119,12 @@ def watch(label: str, size: int, digest: tuple[str, str] | None) -> None:
             _STATE[label] = _FileHash(label, size, digest)
 
 
-def feed(label: str, start: int, data) -> None:
-    """Bytes ``[start, start + len(data))`` of the file, fetched (called once per window)."""
+def feed(label: str, start: int, data, fetching=None) -> None:
+    """Bytes ``[start, start + len(data))`` of the file, fetched (called once per window); ``fetching(at)``:
+    whether the window that starts at ``at`` is being fetched or was (its bytes are on their way here)."""
     st = _STATE.get(label)
     if st is not None and len(data):
-        st.feed(start, data)
+        st.feed(start, data, fetching)
 
 
 def status(label: str, etag: str | None) -> str:

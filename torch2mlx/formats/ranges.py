@@ -347,8 +347,13 @@ class _WindowCache:
             for old in done[: max(0, len(done) - (self._kept or WINDOWS_KEPT))]:
                 del self._windows[old]
         if self._hashed:  # after done.set(): the threads waiting for this window need not wait for its hash
-            integrity.feed(f.label, k * size, w.data)
+            integrity.feed(f.label, k * size, w.data, lambda at: self._known(f.label, at // size))
         return w
+
+    def _known(self, label: str, k: int) -> bool:
+        """Window ``k`` of the file is being fetched or held."""
+        with self._lock:
+            return (label, k) in self._windows
 
 
 _WINDOWS = _WindowCache(hashed=True)
