@@ -6,7 +6,8 @@ client works against it (tests/test_hub_server.py keeps it faithful), and plain 
 ``https://``-style URLs. Switches inject faults: 503 answers, dropped connections, short bodies, an ignored
 ``Range``, a wrong ``Content-Range``; ``fetched`` counts the data bytes sent. As on the Hub, a weight file's
 LFS oid (``X-Linked-Etag``, ``lfs.sha256``) is the sha256 of its bytes; ``lfs_oids`` advertises another
-(a file whose bytes differ from its oid, or a sparse test file too big to hash).
+(a file whose bytes differ from its oid, or a sparse test file too big to hash); ``hash_files=False`` serves
+weight files outside LFS (no sha256 advertised, nothing hashed: for a sparse repo read whole, as a bench does).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class HubServer:
     max_requests: int = 100_000  # a runaway client fails instead of spinning forever
     authorized: list = field(default_factory=list)  # (path, whether an Authorization header came)
     lfs_oids: dict = field(default_factory=dict)  # (repo, path) -> the sha256 advertised instead of the real one
+    hash_files: bool = True  # False: no file in LFS, ETag and blob id from name, size and mtime (nothing hashed)
 
     def __post_init__(self):
         self._lock = threading.Lock()
@@ -110,6 +112,8 @@ class HubServer:
         full = os.path.join(self.repo_dir(repo), rel)
         st = os.stat(full)
         key = (full, st.st_size, st.st_mtime_ns)
+        if not self.hash_files:  # changes when the file does, as an ETag should; not its content's hash
+            return hashlib.sha256(f"{repo}/{rel}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
         if key not in self._sha256:
             h = hashlib.sha256()
             with open(full, "rb") as f:
@@ -121,7 +125,9 @@ class HubServer:
     def file_record(self, repo: str, rel: str) -> dict:
         size = os.path.getsize(os.path.join(self.repo_dir(repo), rel))
         rec = {"type": "file", "path": rel, "size": size, "oid": hashlib.sha1(rel.encode()).hexdigest()}
-        if rel.endswith(LFS_SUFFIXES):
+        if not self.hash_files:
+            rec["oid"] = self.etag(repo, rel)[:40]
+        elif rel.endswith(LFS_SUFFIXES):
             rec["lfs"] = {"oid": self.etag(repo, rel), "size": size, "pointerSize": 134}
         return rec
 
@@ -233,8 +239,9 @@ def _handler(server: HubServer):
                     self.send_response(302)
                     self.send_header("Location", f"http://localhost:{server.port}/files/{repo}/{rel}")
                     self.send_header("X-Repo-Commit", server.commit(repo))
-                    self.send_header("X-Linked-Etag", f'"{server.etag(repo, rel)}"')
-                    self.send_header("X-Linked-Size", str(_size(server, repo, rel)))
+                    if server.hash_files:
+                        self.send_header("X-Linked-Etag", f'"{server.etag(repo, rel)}"')
+                        self.send_header("X-Linked-Size", str(_size(server, repo, rel)))
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
@@ -246,7 +253,7 @@ def _handler(server: HubServer):
                             ("X-Linked-Etag", f'"{server.etag(repo, rel)}"'),
                             ("X-Linked-Size", str(_size(server, repo, rel))),
                         ]
-                        if rel.endswith(LFS_SUFFIXES)
+                        if rel.endswith(LFS_SUFFIXES) and server.hash_files
                         else []
                     ),
                 )
@@ -366,9 +373,9 @@ def _tree(files: list[str], sub: str, recursive: bool, record) -> list[dict]:
 
 
 @contextlib.contextmanager
-def serving(root: str):
-    """A started server for ``root``; stopped on exit."""
-    srv = HubServer(root).start()
+def serving(root: str, **settings):
+    """A started server for ``root`` (``settings``: HubServer's fields); stopped on exit."""
+    srv = HubServer(root, **settings).start()
     try:
         yield srv
     finally:

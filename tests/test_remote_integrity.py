@@ -156,3 +156,16 @@ def test_many_windows_and_workers_still_hash_in_order(hub, big, tmp_path, monkey
         if n.endswith(".safetensors"):
             assert (tmp_path / "local" / n).read_bytes() == (tmp_path / "out" / n).read_bytes(), n
     assert res.tensors_out
+
+
+def test_server_without_sha256_is_not_hashed(repos, tmp_path, monkeypatch):
+    # tests/hub_server.py's hash_files=False (sparse repos too big to hash): no LFS record, so nothing to
+    # compare; the manifest says what was recorded instead
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with serving(str(repos), hash_files=False) as srv:
+        monkeypatch.setenv("HF_ENDPOINT", srv.url)
+        res = torch2mlx.stream.convert("hf://org/two", tmp_path / "out", model=False)
+    files = _manifest(tmp_path / "out")["source_files"]
+    assert {files[n]["checked"] for n in SHARDS} == {"size and etag only"}
+    assert "verified: 0 of 2 source file(s) (others: size and etag only)" in res.report()
