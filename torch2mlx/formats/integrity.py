@@ -55,12 +55,13 @@ class _FileHash:
     def feed(self, start: int, data, fetching=None) -> None:
         with self.lock:
             # Too far ahead: wait for the window to hash next while it is being fetched, or (a worker between
-            # two windows) up to PATIENCE for it to be asked for, instead of giving up at once.
+            # two windows) up to PATIENCE for it to be asked for, instead of giving up at once. A file whose
+            # first window nobody asked for is read from its middle (a resumed run): no wait.
             deadline = None
             while not self.gave_up and start > self.pos and len(self.pending) >= AHEAD and fetching is not None:
                 if not fetching(self.pos):
                     now = time.monotonic()
-                    deadline = deadline or now + PATIENCE
+                    deadline = deadline or now + (PATIENCE if self.pos else 0.0)
                     if now >= deadline:
                         break
                 self.lock.wait(0.05)
