@@ -4,7 +4,10 @@
 repo (model info, tree, paths-info, resolve with ``Range``) with the Hub's headers and error codes, so the real
 client works against it (tests/test_hub_server.py keeps it faithful), and plain ``/files/<path>`` for
 ``https://``-style URLs. Switches inject faults: 503 answers, dropped connections, short bodies, an ignored
-``Range``, a wrong ``Content-Range``; ``fetched`` counts the data bytes sent.
+``Range``, a wrong ``Content-Range``; ``fetched`` counts the data bytes sent. As on the Hub, a weight file's
+LFS oid (``X-Linked-Etag``, ``lfs.sha256``) is the sha256 of its bytes; ``lfs_oids`` advertises another
+(a file whose bytes differ from its oid, or a sparse test file too big to hash); ``hash_files=False`` serves
+weight files outside LFS (no sha256 advertised, nothing hashed: for a sparse repo read whole, as a bench does).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
+# files stored in LFS, as the Hub's default .gitattributes has them
+LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npz")
 
 
 @dataclass
@@ -52,9 +57,12 @@ class HubServer:
     requests: list = field(default_factory=list)  # (method, path, Range header)
     max_requests: int = 100_000  # a runaway client fails instead of spinning forever
     authorized: list = field(default_factory=list)  # (path, whether an Authorization header came)
+    lfs_oids: dict = field(default_factory=dict)  # (repo, path) -> the sha256 advertised instead of the real one
+    hash_files: bool = True  # False: no file in LFS, ETag and blob id from name, size and mtime (nothing hashed)
 
     def __post_init__(self):
         self._lock = threading.Lock()
+        self._sha256: dict = {}  # (path, size, mtime_ns) -> hex
         self.httpd = _Quiet((self.host, self.port), _handler(self))
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
@@ -98,13 +106,28 @@ class HubServer:
         return rev in ("main", self.commit(repo)) or self.tags.get((repo, rev)) is not None
 
     def etag(self, repo: str, rel: str) -> str:
-        st = os.stat(os.path.join(self.repo_dir(repo), rel))
-        return hashlib.sha256(f"{repo}/{rel}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+        """The file's sha256 (the Hub's LFS oid), or what ``lfs_oids`` says."""
+        if (repo, rel) in self.lfs_oids:
+            return self.lfs_oids[(repo, rel)]
+        full = os.path.join(self.repo_dir(repo), rel)
+        st = os.stat(full)
+        key = (full, st.st_size, st.st_mtime_ns)
+        if not self.hash_files:  # changes when the file does, as an ETag should; not its content's hash
+            return hashlib.sha256(f"{repo}/{rel}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+        if key not in self._sha256:
+            h = hashlib.sha256()
+            with open(full, "rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
+            self._sha256[key] = h.hexdigest()
+        return self._sha256[key]
 
     def file_record(self, repo: str, rel: str) -> dict:
         size = os.path.getsize(os.path.join(self.repo_dir(repo), rel))
         rec = {"type": "file", "path": rel, "size": size, "oid": hashlib.sha1(rel.encode()).hexdigest()}
-        if rel.endswith((".safetensors", ".bin")):
+        if not self.hash_files:
+            rec["oid"] = self.etag(repo, rel)[:40]
+        elif rel.endswith(LFS_SUFFIXES):
             rec["lfs"] = {"oid": self.etag(repo, rel), "size": size, "pointerSize": 134}
         return rec
 
@@ -216,8 +239,9 @@ def _handler(server: HubServer):
                     self.send_response(302)
                     self.send_header("Location", f"http://localhost:{server.port}/files/{repo}/{rel}")
                     self.send_header("X-Repo-Commit", server.commit(repo))
-                    self.send_header("X-Linked-Etag", f'"{server.etag(repo, rel)}"')
-                    self.send_header("X-Linked-Size", str(_size(server, repo, rel)))
+                    if server.hash_files:
+                        self.send_header("X-Linked-Etag", f'"{server.etag(repo, rel)}"')
+                        self.send_header("X-Linked-Size", str(_size(server, repo, rel)))
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
@@ -229,7 +253,7 @@ def _handler(server: HubServer):
                             ("X-Linked-Etag", f'"{server.etag(repo, rel)}"'),
                             ("X-Linked-Size", str(_size(server, repo, rel))),
                         ]
-                        if rel.endswith((".safetensors", ".bin"))
+                        if rel.endswith(LFS_SUFFIXES) and server.hash_files
                         else []
                     ),
                 )
@@ -349,9 +373,9 @@ def _tree(files: list[str], sub: str, recursive: bool, record) -> list[dict]:
 
 
 @contextlib.contextmanager
-def serving(root: str):
-    """A started server for ``root``; stopped on exit."""
-    srv = HubServer(root).start()
+def serving(root: str, **settings):
+    """A started server for ``root`` (``settings``: HubServer's fields); stopped on exit."""
+    srv = HubServer(root, **settings).start()
     try:
         yield srv
     finally:

@@ -198,13 +198,29 @@ def test_resume_fetches_only_unfinished_shards(hub, big_repo, tmp_path, monkeypa
 
 def test_resume_refuses_a_changed_remote_file(hub, big_repo, tmp_path):
     kw = dict(model=False, max_shard_size="9MB", workers=1)
-    hub.faults.stop_after_bytes = os.path.getsize(big_repo / "model.safetensors") * 3 // 4
+    p = big_repo / "model.safetensors"
+    hub.faults.stop_after_bytes = os.path.getsize(p) * 3 // 4
     with pytest.raises(Torch2MLXError, match="gave up"):
         torch2mlx.stream.convert("hf://org/big", tmp_path / "out", **kw)
     hub.faults.stop_after_bytes = None
-    os.utime(big_repo / "model.safetensors")  # the server's ETag follows mtime: as a re-upload of the file
-    with pytest.raises(Torch2MLXError, match=r"resume: hf://org/big@\w+ changed since .*\(content hash\)"):
-        torch2mlx.stream.convert("hf://org/big", tmp_path / "out", resume=True, **kw)
+    first = json.load(open(tmp_path / "out" / "torch2mlx.json"))["source_files"]["model.safetensors"]["url"]
+    # a push that changes only another file: a new commit, the same weights (same LFS oid): resumed
+    (big_repo / "README.md").write_text("a new commit\n")
+    try:
+        with pytest.raises(Torch2MLXError, match=r"resume: hf://org/big@\w+ changed since .*\(content hash\)"):
+            # re-uploaded with other bytes (same size): its LFS oid, the ETag, differs
+            data = bytearray(p.read_bytes())
+            data[-1] ^= 0x40
+            p.write_bytes(bytes(data))
+            try:
+                torch2mlx.stream.convert("hf://org/big", tmp_path / "out", resume=True, **kw)
+            finally:
+                data[-1] ^= 0x40
+                p.write_bytes(bytes(data))
+        res = torch2mlx.stream.convert("hf://org/big", tmp_path / "out", resume=True, **kw)
+        assert res.reused >= 1 and not first.startswith(res.checkpoint.path + "/")  # another commit
+    finally:
+        os.remove(big_repo / "README.md")
 
 
 def _cli(hub, *args):
@@ -350,6 +366,66 @@ def test_bare_hub_id_when_no_such_local_path(hub, repos, tmp_path, monkeypatch):
         torch2mlx.stream.convert("org/single", tmp_path / "d", model=False)
 
 
+def _t2mlx(cwd, *args):
+    env = dict(os.environ, PYTHONPATH=os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(
+        [sys.executable, "-m", "torch2mlx", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_analyze_and_verify_take_a_bare_hub_id(hub, repos, tmp_path):
+    # the same decision as stream's (remote.source_url): ORG/NAME that is no local path is a Hub id
+    a = _t2mlx(tmp_path, "analyze", "org/sharded", "--json")
+    b = _t2mlx(tmp_path, "analyze", str(repos / "org" / "sharded"), "--json")
+    assert a.returncode == 0 == b.returncode, a.stderr + b.stderr
+    assert json.loads(a.stdout)["tensors"] == json.loads(b.stdout)["tensors"] and json.loads(a.stdout)["tensors"]
+    r = _t2mlx(tmp_path, "analyze", "org/absent")
+    assert (
+        r.returncode != 0
+        and r.stderr.strip().splitlines() == [r.stderr.strip()]
+        and r.stderr.startswith("error: org/absent: no such file or directory; as a Hub id: hf://org/absent: no such")
+    )
+    torch2mlx.stream.convert("hf://org/single", tmp_path / "out", dtype="float16", model=False)
+    fetched = hub.fetched
+    quick = _t2mlx(tmp_path, "verify", "org/single", "out", "--quick")
+    assert quick.returncode == 0, quick.stdout + quick.stderr
+    assert hub.fetched == fetched  # --quick: the listing only, no file bytes
+    full = _t2mlx(tmp_path, "verify", "org/single", "out")
+    assert full.returncode == 0, full.stdout + full.stderr
+    assert hub.fetched > fetched  # the values were read from the Hub
+    # a local directory of that shape wins: verify compares against it (it holds other weights)
+    (tmp_path / "org" / "single").mkdir(parents=True)
+    save_file(_tensors(4, 2), str(tmp_path / "org" / "single" / "model.safetensors"))
+    assert _t2mlx(tmp_path, "verify", "org/single", "out", "--quick").returncode != 0
+
+
+def test_large_sidecars_fetched_only_when_copied_and_short_header_guesses(hub, repos, tmp_path, monkeypatch):
+    from torch2mlx.formats import checkpoint
+
+    d = repos / "org" / "wide"
+    d.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(9)
+    t = {f"model.layers.{i}.mlp.weight": torch.randn(16, 8, generator=g) for i in range(200)}
+    save_file(t, str(d / "model-00001-of-00001.safetensors"))
+    index = {"metadata": {}, "weight_map": dict.fromkeys(t, "model-00001-of-00001.safetensors")}
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    (d / "config.json").write_text(json.dumps({"model_type": "t2mlx-test"}))
+    (d / "tokenizer.json").write_text(json.dumps({"merges": ["a b"] * 100_000}))  # 700 KB
+    tokenizer = os.path.getsize(d / "tokenizer.json")
+    # the index says how many tensors a file holds, so its header is asked for at about its size; here the
+    # guess is made too short, and the rest of the header is one more request, not the whole header again
+    monkeypatch.setattr(checkpoint, "_RECORD", 8)
+    header = 8 + int.from_bytes((d / "model-00001-of-00001.safetensors").read_bytes()[:8], "little")
+    assert checkpoint._head_guess(list(t)) < header
+    res = torch2mlx.stream.convert("hf://org/wide", None, model=False, dry_run=True)
+    assert len(res.plan.ops) == 200
+    assert hub.fetched <= header + sum(os.path.getsize(d / n) for n in ("config.json", "model.safetensors.index.json"))
+    torch2mlx.stream.convert(str(d), tmp_path / "local", model=False)
+    torch2mlx.stream.convert("hf://org/wide", tmp_path / "remote", model=False)
+    _same_output(tmp_path / "local", tmp_path / "remote")  # the tokenizer too, fetched when copied
+    assert hub.fetched >= tokenizer
+
+
 def test_progress_shows_bytes_fetched(hub, tmp_path, monkeypatch):
     from torch2mlx.stream import progress
 
@@ -414,9 +490,41 @@ def test_torch_zip_shards_match_local(hub, bin_repo, tmp_path, setting):
     assert src <= hub.fetched <= 1.01 * src + 2 * 8 * 64 * 1024
 
 
-def test_legacy_pickle_is_refused_remotely(hub, bin_repo, tmp_path):
-    with pytest.raises(Torch2MLXError, match="legacy .pre-1.6. pickles are not read remotely yet"):
-        torch2mlx.stream.convert("hf://org/legacy", tmp_path / "out", model=False)
+@pytest.mark.parametrize("setting", ["passthrough", "float16"])
+def test_legacy_pickle_matches_local(hub, bin_repo, repos, tmp_path, setting):
+    # pre-1.6 torch.save: the pickles before the storages and each storage's size record, read by range
+    d = repos / "org" / "legacy2"
+    d.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(21)
+    t = {"emb.weight": torch.randn(300, 64, generator=g), "proj.weight": torch.randn(96, 64, generator=g).t()}
+    t["half.weight"] = torch.randn(128, 128, generator=g).half()
+    torch.save({"state_dict": t, "epoch": 3}, d / "model.pt", _use_new_zipfile_serialization=False)
+    kw = dict(SETTINGS[setting], model=False)
+    local = torch2mlx.stream.convert(str(d), tmp_path / "local", **kw)
+    res = torch2mlx.stream.convert("hf://org/legacy2", tmp_path / "remote", **kw)
+    _same_output(tmp_path / "local", tmp_path / "remote")
+    assert res.tensors_out == local.tensors_out == 3 and res.checkpoint.key == "state_dict"
+    assert res.source_files["model.pt"]["checked"] == "sha256 matched"  # read whole: checked by its LFS oid
+    assert os.path.getsize(d / "model.pt") <= hub.fetched <= 1.01 * os.path.getsize(d / "model.pt") + 4 * 64 * 1024
+    torch2mlx.stream.convert("hf://org/legacy", tmp_path / "legacy", **kw)  # bin_repo's legacy .bin
+
+
+def test_npz_matches_local(hub, repos, tmp_path):
+    np = pytest.importorskip("numpy")
+    mx = pytest.importorskip("mlx.core")
+    d = repos / "org" / "npz"
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(4)
+    arrays = {f"layers.{i}.weight": mx.array(rng.standard_normal((64, 48)).astype(np.float32)) for i in range(5)}
+    arrays["norm"] = mx.array(rng.standard_normal(48).astype(np.float32)).astype(mx.bfloat16)
+    mx.savez(str(d / "weights.npz"), **arrays)
+    np.savez(d / "fortran.npz", cols=np.asfortranarray(rng.standard_normal((32, 16)).astype(np.float32)))
+    for kw in ({"dtype": "float16"}, {"q_bits": 4}):
+        local = torch2mlx.stream.convert(str(d), tmp_path / "local", model=False, overwrite=True, **kw)
+        res = torch2mlx.stream.convert("hf://org/npz", tmp_path / "remote", model=False, overwrite=True, **kw)
+        _same_output(tmp_path / "local", tmp_path / "remote")
+        assert res.tensors_out == local.tensors_out and res.checkpoint.format == "npz"
+        assert {r["checked"] for r in res.source_files.values()} == {"sha256 matched"}
 
 
 def test_redirects_followed_without_the_token(hub, repos, tmp_path, monkeypatch):

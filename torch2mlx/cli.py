@@ -308,7 +308,12 @@ def _add_analyze(sub):
         epilog=ANALYZE_EPILOG + "\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("src", metavar="SRC", help="checkpoint / config directory, checkpoint file, or pkg.mod:Class")
+    p.add_argument(
+        "src",
+        metavar="SRC",
+        help="checkpoint / config directory, checkpoint file, pkg.mod:Class, or a remote source as for stream "
+        "(hf://ORG/NAME[@REV], ORG/NAME when no such local path exists, a URL): headers and config only",
+    )
     _add_model_options(p)
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     _add_allow_global(p)
@@ -543,7 +548,12 @@ def _add_verify(sub):
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("src", metavar="SRC", help="the checkpoint that was converted")
+    p.add_argument(
+        "src",
+        metavar="SRC",
+        help="the checkpoint that was converted (a path, or a remote source as for stream: hf://ORG/NAME[@REV], "
+        "ORG/NAME when no such local path exists, a URL)",
+    )
     p.add_argument("out", metavar="OUT", help="the conversion's output directory")
     p.add_argument(
         "--quick",

@@ -65,10 +65,11 @@ def analyze(x, *, model: str | None = None, model_kwargs=None, allow_globals=())
 
 
 def _from_path(path: str, model, model_kwargs, allow_globals=()) -> Report:
+    from ..formats import remote
     from ..formats.checkpoint import open_checkpoint
     from . import build, headers
 
-    if "://" in path:  # a remote source: headers by range, config.json fetched beside them
+    if remote.source_url(path) is not None:  # a remote source: headers by range, config.json fetched beside them
         ck = open_checkpoint(path, allow_globals=allow_globals)
         path = ck.path
         config_dir = ck.config_dir if ck.config is not None else None

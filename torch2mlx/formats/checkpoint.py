@@ -225,14 +225,15 @@ def open_checkpoint(path: str, key: str | None = None, allow_globals=()) -> Chec
 
 def _open(path: str, key: str | None) -> Checkpoint:
     path = os.fspath(path)
-    if remote.is_remote(path):
+    url = remote.source_url(path)
+    if url == path:
         return _open_remote(path, key)
+    if url is not None:  # ORG/NAME[@REV] that is no local path
+        try:
+            return _open_remote(url, key)
+        except Torch2MLXError as err:
+            raise Torch2MLXError(f"{path}: no such file or directory; as a Hub id: {err}") from None
     if not os.path.exists(path):
-        if remote.looks_like_hub_id(path):  # as mlx-lm's --hf-path: ORG/NAME[@REV] that is no local path
-            try:
-                return _open_remote("hf://" + path, key)
-            except Torch2MLXError as err:
-                raise Torch2MLXError(f"{path}: no such file or directory; as a Hub id: {err}") from None
         raise Torch2MLXError(f"{path}: no such file or directory")
     if os.path.isdir(path) and zarr_store.is_zarr(path):
         entries, notes, attrs = zarr_store.read_entries(path)
@@ -374,17 +375,34 @@ def _check_names(ck: Checkpoint):
 
 
 MAX_SIDECAR = 64 * 1024 * 1024  # a remote tokenizer or config larger than this is no sidecar
+EAGER_SIDECAR = 64 * 1024  # remote sidecars up to this size are fetched at open; larger ones when copied
 _HEAD_GUESS = 1 << 16  # first request for a remote safetensors header: most headers fit
+# Bytes of one tensor's header record besides its name: "":{"dtype":"BF16","shape":[8192,28672],
+# "data_offsets":[1409286144,1879048192]}, with room for more dimensions and longer numbers.
+_RECORD = 96
 
 
-def _remote_source(f: remote.RemoteFile):
-    """``(size, read)`` for ``safetensors.read_header``: the first request takes the header's likely size."""
-    first = remote.read_bytes(f, 0, min(f.size, _HEAD_GUESS))
+def _head_guess(names: list[str] | None) -> int:
+    """How many bytes to ask for first: the header's likely size when the index names the file's tensors
+    (a 70B model's 30 shards: 4 KiB each, not 64 KiB), else ``_HEAD_GUESS``."""
+    if not names:
+        return _HEAD_GUESS
+    est = 8 + 256 + sum(len(n) + _RECORD for n in names)
+    return min(_HEAD_GUESS, -(-est * 5 // 4 // 4096) * 4096)
+
+
+def _remote_source(f: remote.RemoteFile, guess: int = _HEAD_GUESS):
+    """``(size, read)`` for ``safetensors.read_header``: the first request takes the header's likely size,
+    a second one what it missed."""
+    first = remote.read_bytes(f, 0, min(f.size, guess))
 
     def read(offset: int, n: int) -> bytes:
+        n = min(n, f.size - offset)
         if offset + n <= len(first):
             return first[offset : offset + n]
-        return remote.read_bytes(f, offset, min(n, f.size - offset))
+        if offset < len(first):  # the rest of a header the guess cut short
+            return first[offset:] + remote.read_bytes(f, len(first), offset + n - len(first))
+        return remote.read_bytes(f, offset, n)
 
     return f.size, read
 
@@ -414,8 +432,13 @@ def _open_remote(url: str, key: str | None) -> Checkpoint:
         and (wanted is None or not n.endswith(".index.json"))
     ]
     for n in small:
-        with open(os.path.join(tmp, n), "wb") as out:
-            remote.stream_range(listing.files[n], 0, listing.files[n].size, lambda piece, at: out.write(piece))
+        rf = listing.files[n]
+        # What opening, planning and analyzing read (the index, configs, a conversion's manifest, model code)
+        # comes now; a tokenizer of megabytes only when a run copies it (analyze and --dry-run never do).
+        if rf.size <= EAGER_SIDECAR or n.endswith((".index.json", ".py")) or n in ("config.json",) + OUR_FILES:
+            remote.fetch_to(rf, os.path.join(tmp, n))
+        else:
+            remote.defer(rf, os.path.join(tmp, n))
     notes: list[str] = []
     index_path = None if wanted else _find_index(tmp, [n for n in names if n in small or n.endswith(WEIGHT_SUFFIXES)])
     if index_path:
@@ -435,22 +458,29 @@ def _open_remote(url: str, key: str | None) -> Checkpoint:
             raise CheckpointError(
                 listing.label, f"holds no weight files (torch2mlx reads {', '.join(WEIGHT_SUFFIXES)})"
             )
-    other = [f for f in files if not f.endswith((".safetensors",) + PICKLE_SUFFIXES)]
+    other = [f for f in files if not f.endswith(WEIGHT_SUFFIXES)]
     if other:
         raise Torch2MLXError(
-            f"{listing.label}: {other[0]}: only .safetensors and torch zip (.bin/.pt/.pth/.ckpt) weights are "
-            "read remotely yet; download the repo first (e.g. `hf download`) and convert the folder"
+            f"{listing.label}: {other[0]}: only .safetensors, .npz and torch pickle (.bin/.pt/.pth/.ckpt) "
+            "weights are read remotely; download it first (e.g. `hf download`) and convert the folder"
         )
     entries: list[TensorEntry] = []
     meta: dict = {}
     fmts: set[str] = set()
     key_paths: set[str] = set()
+    in_file: dict[str, list[str]] = {}
+    for k, v in (weight_map or {}).items():
+        in_file.setdefault(v, []).append(k)
     for f in files:
         rf = listing.files[f]
         if f.endswith(".safetensors"):
-            e, m = safetensors.read_entries(rf.label, _remote_source(rf))
+            e, m = safetensors.read_entries(rf.label, _remote_source(rf, _head_guess(in_file.get(f))))
             fmts.add("safetensors")
-        else:  # the zip's central directory, each member's local header and data.pkl, by range
+        elif f.endswith(".npz"):  # the zip's central directory and each member's headers, by range
+            e, _ = npz.read_entries(rf.label)
+            m = {}
+            fmts.add("npz")
+        else:  # a zip's central directory, local headers and data.pkl, or a legacy pickle's, by range
             e, pickle_notes, key_path = pickled.read_entries_at(rf.label, key)
             m = {}
             notes += pickle_notes

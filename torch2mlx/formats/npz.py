@@ -16,7 +16,7 @@ import zipfile
 from ..core import dtypes
 from ..core.entry import TensorEntry
 from ..errors import CheckpointError
-from . import zip_members
+from . import remote, zip_members
 
 _DESCR = {
     "<f8": "float64",
@@ -79,9 +79,10 @@ def _npy_header(f, start: int, size: int, path: str, member: str):
 
 
 def read_entries(path: str) -> tuple[list[TensorEntry], list[str]]:
+    far = remote.open_binary(path) if "://" in path else None  # a remote archive: read by range
     try:
-        size = os.path.getsize(path)
-        zf = zipfile.ZipFile(path)
+        size = remote.file_size(path) if far is not None else os.path.getsize(path)
+        zf = zipfile.ZipFile(far or path)
     except (
         zipfile.BadZipFile,
         OSError,
@@ -91,7 +92,7 @@ def read_entries(path: str) -> tuple[list[TensorEntry], list[str]]:
     ) as e:  # NotImplementedError: an unsupported zip version
         raise CheckpointError(path, f"not a readable .npz archive ({e})") from None
     entries = []
-    with zf, open(path, "rb") as f:
+    with zf, far or open(path, "rb") as f:
         for info in zf.infolist():
             if not info.filename.endswith(".npy"):
                 continue

@@ -75,10 +75,6 @@ def open_pickle(path: str):
     try:
         if is_zip(path):
             return ZipCheckpoint(path)
-        if "://" in path:
-            raise CheckpointError(
-                path, "not a torch zip checkpoint; legacy (pre-1.6) pickles are not read remotely yet: download it"
-            )
         if is_legacy(path):
             return LegacyCheckpoint(path)
     except OSError as e:

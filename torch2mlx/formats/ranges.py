@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
 from ..errors import Torch2MLXError
+from . import integrity
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)$")
 RETRIES = 6  # per request: 429/5xx, dropped connections, short bodies
@@ -37,6 +38,7 @@ class RemoteFile:
     url: str  # http(s) URL read by range, or an fsspec URL
     etag: str | None = None
     headers: tuple = ()  # (name, value) sent with each request (the Hub token, user agent)
+    digest: tuple[str, str] | None = None  # (algorithm, hex) of the whole file, as its server gives it
 
 
 @dataclass
@@ -95,8 +97,9 @@ def _drop(scheme: str, netloc: str) -> None:
         c.close()
 
 
-def open_url(url: str, method: str, headers, rng: tuple[int, int] | None, label: str):
-    """The response to ``method url`` after redirects, status checked (2xx); ``_Retry`` or an error otherwise."""
+def open_url(url: str, method: str, headers, rng: tuple[int, int] | None, label: str, seen: dict | None = None):
+    """The response to ``method url`` after redirects, status checked (2xx); ``_Retry`` or an error otherwise.
+    ``seen`` collects the headers of the redirects on the way (lower-case names, the first answer's first)."""
     hdrs = dict(headers)
     hdrs["Accept-Encoding"] = "identity"
     if rng is not None:
@@ -117,6 +120,9 @@ def open_url(url: str, method: str, headers, rng: tuple[int, int] | None, label:
             raise _Retry(f"{type(e).__name__}: {e}") from None
         status = resp.status
         if status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
+            if seen is not None:
+                for k, v in resp.getheaders():
+                    seen.setdefault(k.lower(), v)
             resp.read()
             url = urljoin(url, resp.getheader("Location"))
             continue
@@ -270,10 +276,11 @@ class _WindowCache:
     ``window``/``kept``: sizes of a cache of its own (None: the module's ``WINDOW``/``WINDOWS_KEPT``, read
     at each call so tests can scale them)."""
 
-    def __init__(self, window: int | None = None, kept: int | None = None):
+    def __init__(self, window: int | None = None, kept: int | None = None, hashed: bool = False):
         self._lock = threading.Lock()
         self._windows: dict[tuple[str, int], _Window] = {}  # insertion order = recency
         self._size, self._kept = window, kept
+        self._hashed = hashed  # windows go to integrity.feed as they arrive (tensor data, read in order)
 
     def forget(self, labels: set[str]) -> None:
         with self._lock:
@@ -339,10 +346,17 @@ class _WindowCache:
             done = [key for key, x in self._windows.items() if x.done.is_set()]
             for old in done[: max(0, len(done) - (self._kept or WINDOWS_KEPT))]:
                 del self._windows[old]
+        if self._hashed:  # after done.set(): the threads waiting for this window need not wait for its hash
+            integrity.feed(f.label, k * size, w.data, lambda at: self._known(f.label, at // size))
         return w
 
+    def _known(self, label: str, k: int) -> bool:
+        """Window ``k`` of the file is being fetched or held."""
+        with self._lock:
+            return (label, k) in self._windows
 
-_WINDOWS = _WindowCache()
+
+_WINDOWS = _WindowCache(hashed=True)
 # Metadata (zip directories, local headers, pickles) is read in small scattered pieces: small windows.
 _META = _WindowCache(window=64 * 1024, kept=32)
 DIRECT = 1024 * 1024  # a metadata read at least this long is one request of its own

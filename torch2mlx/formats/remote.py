@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
 from ..errors import Torch2MLXError
+from . import integrity
 from .ranges import (
     STATS,
     RemoteFile,
@@ -47,6 +48,19 @@ def looks_like_hub_id(path: str) -> bool:
     return bool(_HUB_ID.fullmatch(path)) and ".." not in path
 
 
+def source_url(path) -> str | None:
+    """The URL a source names when it is remote, None for a local path: a URL as given, or ``ORG/NAME[@REV]``
+    naming no local path as ``hf://ORG/NAME[@REV]`` (as mlx-lm's ``--hf-path``; a local path of that shape
+    wins). Every command that takes a SRC (stream, analyze, verify, the library) decides here."""
+    if not isinstance(path, str):
+        return None
+    if is_remote(path):
+        return path
+    if looks_like_hub_id(path) and not os.path.exists(path):
+        return "hf://" + path
+    return None
+
+
 @dataclass
 class Listing:
     label: str  # the source as reports name it, e.g. hf://org/model@<commit>
@@ -65,6 +79,7 @@ def lookup_file(path: str) -> RemoteFile | None:
 def _register(listing: Listing) -> Listing:
     for f in listing.files.values():
         _FILES[f.label] = f
+        integrity.watch(f.label, f.size, f.digest)
     forget({f.label for f in listing.files.values()})
     return listing
 
@@ -78,6 +93,23 @@ def remote_identity(labels: list[str]) -> dict[str, dict]:
         f = _FILES[lab]
         out[f.name] = {"bytes": f.size, "blob": f.etag, "url": lab}
     return out
+
+
+def checked(labels: list[str]) -> dict[str, str]:
+    """What was checked of each remote source file's bytes this run (name -> e.g. "sha256 matched")."""
+    return {_FILES[lab].name: integrity.status(lab, _FILES[lab].etag) for lab in labels}
+
+
+def checked_summary(checks: dict[str, str]) -> str:
+    """One line for the report: ``verified: 3 of 4 source files by sha256 (...)``."""
+    ok = [n for n, s in checks.items() if s.endswith(" matched")]
+    algs = sorted({checks[n].split()[0] for n in ok})
+    why = sorted({s for s in checks.values() if not s.endswith(" matched")})
+    return (
+        f"verified: {len(ok)} of {len(checks)} source file(s)"
+        + (f" by {'/'.join(algs)}" if ok else "")
+        + (f" (others: {'; '.join(why)})" if why else "")
+    )
 
 
 def changed(src: str, recorded: dict) -> tuple[str, str] | None:
@@ -163,6 +195,7 @@ def _resolve_hub(url: str) -> Listing:
             f"{endpoint}/{repo}/resolve/{commit}/{quote(s.rfilename)}",
             etag=s.lfs.sha256 if s.lfs is not None else s.blob_id,
             headers=headers,
+            digest=integrity.digest_of("sha256", s.lfs.sha256) if s.lfs is not None else None,
         )
     return Listing(label, files, commit=commit)
 
@@ -171,13 +204,16 @@ def _resolve_http(url: str) -> Listing:
     name = os.path.basename(urlsplit(url).path)
     if not name:
         raise Torch2MLXError(f"{url}: an http(s) source names one file (a directory cannot be listed over HTTP)")
-    resp, final = open_url(url, "HEAD", (), None, url)
+    seen: dict[str, str] = {}
+    resp, final = open_url(url, "HEAD", (), None, url, seen=seen)
     size = resp.getheader("Content-Length")
     etag = resp.getheader("ETag")
+    # A file served by the Hub (.../resolve/REV/FILE) names its LFS sha256, on the redirect if there is one
+    linked = resp.getheader("X-Linked-Etag") or seen.get("x-linked-etag")
     resp.read()
     if size is None:
         raise Torch2MLXError(f"{url}: the server gives no Content-Length; cannot read it by range")
-    f = RemoteFile(url, name, int(size), final, etag=etag)
+    f = RemoteFile(url, name, int(size), final, etag=etag, digest=integrity.digest_of("sha256", linked))
     return Listing(url.rsplit("/", 1)[0], {name: f}, single=name)
 
 
@@ -201,6 +237,28 @@ def _resolve_fsspec(url: str) -> Listing:
         for n, i in found.items()
     }
     return Listing(base, files, single=single)
+
+
+_DEFERRED: dict[str, RemoteFile] = {}  # local path -> the remote sidecar to fetch there when it is needed
+
+
+def fetch_to(f: RemoteFile, path: str) -> None:
+    """The whole (small) file into ``path``."""
+    with open(path, "wb") as out:
+        stream_range(f, 0, f.size, lambda piece, at: out.write(piece))
+
+
+def defer(f: RemoteFile, path: str) -> None:
+    """``path`` stands for ``f`` from now on; ``fetched(path)`` fetches it the first time it is asked for."""
+    _DEFERRED[path] = f
+
+
+def fetched(path: str) -> str:
+    """``path``, fetched first if it is a deferred remote sidecar not fetched yet."""
+    f = _DEFERRED.pop(path, None)
+    if f is not None:
+        fetch_to(f, path)
+    return path
 
 
 def open_binary(path: str):

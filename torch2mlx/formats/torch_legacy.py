@@ -9,12 +9,12 @@ counts, so locating every storage reads 8 bytes per storage and no data.
 
 from __future__ import annotations
 
-import os
+import io
 import pickle
 import struct
 
 from ..errors import CheckpointError
-from . import unpickler
+from . import remote, unpickler
 from .unpickler import StorageRef
 
 MAGIC = 0x1950A86A20F9469CFC6C
@@ -25,8 +25,16 @@ def _no_persistent(pid):
     raise pickle.UnpicklingError("unexpected persistent id in a header pickle")
 
 
+def _open(path: str, buffered: bool = False):
+    """The file to read. A remote one is read by range through small windows, which are dropped once every
+    byte of them was served: the unpickler's many small reads go through a small buffer, the 8-byte size
+    records unbuffered (a buffer as large as a window would serve it whole and have it fetched again)."""
+    f = remote.open_binary(path)
+    return io.BufferedReader(f, 8192) if buffered and isinstance(f, remote.RemoteIO) else f
+
+
 def is_legacy(path: str) -> bool:
-    with open(path, "rb") as f:
+    with _open(path) as f:
         head = f.read(2)
     # protocol 2+: PROTO opcode; protocol 0/1 (torch.save(pickle_protocol=1)): the magic number as a text LONG
     return len(head) == 2 and ((head[0] == 0x80 and 2 <= head[1] <= 5) or (head[:1] == b"L" and head[1:].isdigit()))
@@ -35,11 +43,11 @@ def is_legacy(path: str) -> bool:
 class LegacyCheckpoint:
     def __init__(self, path: str):
         self.path = path
-        self.size = os.path.getsize(path)
+        self.size = remote.file_size(path)
         self.byteorder = "little"
         self._pids: dict[str, StorageRef] = {}
         self.offsets: dict[str, tuple[int, int]] = {}
-        with open(path, "rb") as f:
+        with _open(path, buffered=True) as f:
             values = []
             for what in ("magic number", "protocol version", "sys info"):
                 values.append(self._header_pickle(f, what))
@@ -93,7 +101,7 @@ class LegacyCheckpoint:
     def _locate(self):
         """Walk the storage records: an int64 count, then count x itemsize bytes each."""
         pos = self.data_start
-        with open(self.path, "rb") as f:
+        with _open(self.path) as f:
             for key in self.keys:
                 f.seek(pos)
                 raw = f.read(8)

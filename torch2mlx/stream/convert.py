@@ -297,6 +297,8 @@ def convert(
                         f"fetched {human_bytes(got)} ({got:,} bytes) in {remote.STATS.requests - before[0]} range "
                         f"request(s), {remote.STATS.retries - before[1]} retried"
                     )
+                    checks = {n: r["checked"] for n, r in res.source_files.items() if "checked" in r}
+                    plan.notes.append(remote.checked_summary(checks))
         return _quantized_fuses(res)
     finally:
         plan.close()  # the reader of dequantized sources, if any

@@ -119,11 +119,14 @@ def batches(plan: Plan, ops: list[Op], chunk: int) -> list[list]:
         assert src.path is not None  # a passthrough source without an array is bytes in a file
         # plan_tasks' pieces of a kernel copy, made here without a _Task each (100,000 tensors a plan)
         dst = op.outputs[0]
-        total, step = dst.nbytes, max(chunk * 4, 1)
+        # A remote file's bytes are hashed as they arrive, in file order (formats/integrity.py): copies of
+        # one batch each keep the workers on neighbouring windows, not four 64 MiB stretches apart.
+        far = _is_remote(src.path)
+        total, step = dst.nbytes, max(chunk if far else chunk * 4, 1)
         at = heads[dst.shard] + dst.offset
         for s in range(0, total, step) or (0,):
             c = _Copy(src.path, src.offset + s, dst.shard, at + s, min(s + step, total) - s)
-            if last is not None and c.follows(last) and last.n + c.n <= 4 * chunk:
+            if last is not None and c.follows(last) and last.n + c.n <= step:
                 last.n += c.n
                 continue
             units.append(c)
@@ -132,7 +135,11 @@ def batches(plan: Plan, ops: list[Op], chunk: int) -> list[list]:
     cur: list = []
     size = 0
     for u in units:
-        n = u.n if type(u) is _Copy else u.op.nbytes_out * (u.stop - u.start) // max(_rows_of(u), 1)
+        if type(u) is _Copy:
+            n = u.n
+        else:  # a remote source's batches by the bytes they read, about a window each (see above)
+            of = u.op.nbytes_in if _is_remote(u.op.sources[0].path) else u.op.nbytes_out
+            n = of * (u.stop - u.start) // max(_rows_of(u), 1)
         if cur and size + n > chunk:
             out.append(cur)
             cur, size = [], 0
@@ -141,6 +148,10 @@ def batches(plan: Plan, ops: list[Op], chunk: int) -> list[list]:
     if cur:
         out.append(cur)
     return out
+
+
+def _is_remote(path: str | None) -> bool:
+    return path is not None and "://" in path and remote.lookup_file(path) is not None
 
 
 def _rows_of(t: _Task) -> int:

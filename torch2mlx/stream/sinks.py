@@ -9,6 +9,7 @@ formats from this table.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any, Callable
 from ..errors import Torch2MLXError
 from ..formats import remote
 from ..formats.data import DataReader
+from ..formats.integrity import IntegrityError
 from . import manifest as manifest_mod
 from .execute import Executor, ShardResult
 from .options import Options
@@ -102,17 +104,39 @@ def _write_shards(run: Run, index: str, write: Callable[[Callable, Callable], No
                 plan, out, run.hook, run.opts, update, res.source, res.source_files
             )
         else:
-            write(update, shard_done)
+            try:
+                write(update, shard_done)
+            except IntegrityError as e:
+                _drop_shards_from(run, e.label, done)
+                raise
             res.shards = [done[i] for i in sorted(done)]
     finally:
         if bar is not None:
             bar.close()
+    if res.checkpoint.remote:  # what the bytes read were checked against, per source file
+        for name, how in remote.checked(res.checkpoint.files).items():
+            if isinstance(res.source_files.get(name), dict):
+                res.source_files[name]["checked"] = how
     if run.hook is None:  # the ShardWriter behind a hook wrote its own manifest and index
         weight_map = {o.name: plan.shards[o.shard].file for op in plan.ops for o in op.outputs}
         output_dir.write_index(out, weight_map, plan.nbytes_out, index)
         # complete only once the index exists (a failure here removes the index again)
         manifest_mod.write(out, run.manifest())
     res.seconds = time.perf_counter() - t0
+
+
+def _drop_shards_from(run: Run, label: str, done: dict[int, ShardResult]) -> None:
+    """Unrecord and remove the finished shards made from a source file whose bytes failed their check:
+    they were written before its last byte arrived, and --resume must not keep them."""
+    plan = run.plan
+    bad = {o.shard for op in plan.ops if any(e.path == label for e in op.sources) for o in op.outputs}
+    for i in sorted(bad & done.keys()):
+        del done[i]
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(run.out, plan.shards[i].file))
+    run.res.shards = [done[i] for i in sorted(done)]
+    if run.resumable:
+        manifest_mod.write(run.out, run.manifest(complete=False))
 
 
 def write_safetensors(run: Run) -> None:

@@ -195,7 +195,8 @@ def _check_source(src, manifest: Manifest, rep: VerifyReport, quick: bool) -> No
             )
         return
     src = os.fspath(src)
-    changed = remote.changed(src, recorded) if remote.is_remote(src) else changed_source(src, recorded)
+    url = remote.source_url(src)
+    changed = remote.changed(url, recorded) if url is not None else changed_source(src, recorded)
     if changed is None:
         return
     path, what = changed

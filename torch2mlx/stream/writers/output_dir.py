@@ -7,6 +7,7 @@ import os
 import shutil
 
 from ...errors import Torch2MLXError
+from ...formats import remote
 from ..manifest import NAME as MANIFEST
 from .files import os_error, write_json_atomic
 from .out_lock import LOCK
@@ -75,7 +76,7 @@ def copy_sidecars(paths: list[str], out_dir: str, rewrite: dict[str, dict] | Non
             if rewrite and name in rewrite:
                 write_json_atomic(dst, rewrite[name])
             else:
-                shutil.copyfile(p, dst)
+                shutil.copyfile(remote.fetched(p), dst)  # a remote source's tokenizer arrives now
         except OSError as e:
             raise os_error(dst, e) from None
         copied.append(name)
