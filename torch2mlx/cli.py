@@ -151,6 +151,13 @@ def _add_stream(sub):
         help=f"quantization group size: {_listed(quant.GROUP_SIZES)} (default 64; only with --q-bits/--q-recipe)",
     )
     p.add_argument(
+        "--gguf-scales",
+        default="float32",
+        choices=quant.SCALE_DTYPES,
+        help="dtype of the scales/biases of GGUF blocks repacked to MLX (Q8_0, Q4_0/1, Q5_0/1, Q4_K, Q5_K): "
+        "float32 (default) is exact; float16/bfloat16 round them and the report gives the error",
+    )
+    p.add_argument(
         "--q-recipe",
         metavar="NAME",
         choices=tuple(MIXED_RECIPES),
@@ -295,6 +302,7 @@ def _cmd_stream(args) -> int:
         allow_globals=args.allow_global,
         zarr_compressor=args.zarr_compressor,
         drop_cache=not args.keep_cache,
+        gguf_scales=args.gguf_scales,
     )
     run = dict(
         model=args.model,

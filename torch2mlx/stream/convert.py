@@ -50,6 +50,10 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
         ck = dataclasses.replace(ck, layout="mlx")
         notes.append(f"source is {already.describe()}: names and layouts kept, no model analysis")
         use_model = False
+    if ck.gguf is not None and path is None and inputs is None:
+        # llama.cpp's names are mapped back to the HF ones while reading, and its Linear weights are
+        # (out, in) as in MLX: no model analysis (which needs torch and a config.json beside the file).
+        use_model = False
     if inputs is None and (use_model or path is not None):
         from ..core.model_rules import stream_inputs
 
@@ -60,7 +64,7 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
         if inputs.report is not None or inputs.types is not None:
             module_types = inputs.module_types
     plan = build(ck, opts, specs, drop, module_types)
-    if already is not None:  # the note above says it better
+    if already is not None or ck.gguf is not None:  # the note above says it better
         plan.warnings = [w for w in plan.warnings if not w.startswith("source is already in MLX layout")]
     plan.notes += notes
     if inputs is not None:
@@ -205,6 +209,10 @@ def convert(
                     resumable=sink.resumable and hook is None,
                 )
             )
+            if ck.gguf is not None:
+                from .gguf_plan import error_notes
+
+                plan.notes += error_notes(plan.ops)
             if ck.remote:
                 got = remote.STATS.bytes - before[2]
                 plan.notes.append(

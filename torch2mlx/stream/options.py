@@ -86,6 +86,7 @@ class Options:
     allow_globals: tuple[str, ...] = ()
     zarr_compressor: str = "none"
     drop_cache: bool = True
+    gguf_scales: str = "float32"  # scales/biases of GGUF blocks repacked to MLX (float32: exact)
 
     @property
     def quantizing(self) -> bool:
@@ -103,7 +104,7 @@ class Options:
             "q_bits": self.q_bits,
             "q_group_size": self.q_group_size if self.quantizing else None,
             "q_recipe": self.q_recipe,
-        }
+        } | ({"gguf_scales": self.gguf_scales} if self.gguf_scales != "float32" else {})
 
     @classmethod
     def make(
@@ -121,6 +122,7 @@ class Options:
         allow_globals=(),
         zarr_compressor="none",
         drop_cache=True,
+        gguf_scales="float32",
     ) -> "Options":
         """Build options from user-facing values (strings as the CLI takes them).
 
@@ -146,6 +148,8 @@ class Options:
             raise Torch2MLXError(
                 f"q_recipe must be one of {', '.join(sorted(quant_recipes.MIXED_RECIPES))}, got {q_recipe!r}"
             )
+        if gguf_scales not in quant.SCALE_DTYPES:
+            raise Torch2MLXError(f"gguf_scales must be one of {', '.join(quant.SCALE_DTYPES)}, got {gguf_scales!r}")
         parsed_rules = [_rule_pair(r) for r in rules]
         return cls(
             dtype=dtype,
@@ -160,6 +164,7 @@ class Options:
             allow_globals=tuple(allow_globals),
             zarr_compressor=zarr_compressor,
             drop_cache=drop_cache,
+            gguf_scales=gguf_scales,
         )
 
     @classmethod

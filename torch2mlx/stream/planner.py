@@ -185,6 +185,10 @@ def build(
     recipe = transforms.recipe_for(opts, [o.name for op in ops for o in op.outputs], ck.config)
     block = transforms.attach(ops, dequant, recipe, module_types, warnings)
     notes = list(ck.notes)
+    if ck.gguf is not None:  # block-quantized GGUF tensors: repacked, dequantized or requantized
+        from . import gguf_plan
+
+        block = gguf_plan.attach(ops, ck.gguf.qtypes, opts, opts.gguf_scales, block, notes)
     scaled = [op for op in ops if op.transform is not None and op.transform_info and "fp8_scale" in op.transform_info]
     if scaled:
         kinds = sorted({op.outputs[-1].dtype.name for op in scaled})  # [-1]: quantized ops end in biases
