@@ -41,13 +41,28 @@ def tokenizer(vocab: int = VOCAB):
     return tokens, merges
 
 
-def hf_model(kind: str, seed: int = 0):
+# Where each type keeps its float16 super-block scale(s) (d, dmin): set small in random blocks.
+_D_AT = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (-2,), "Q2_K": (-4, -2), "Q3_K": (-2,), "IQ4_NL": (0,),
+         "IQ4_XS": (0,), "TQ2_0": (-2,), "Q8_0": (0,), "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2)}
+
+
+def random_blocks(qtype: str, rows: int, cols: int, rng, d: float = 2e-4) -> np.ndarray:
+    """Raw GGML rows of random codes and sub-scales (gguf-py quantizes no K-quant), super-scales set to ``d``."""
+    block, tsize = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[qtype]]
+    raw = rng.integers(0, 256, (rows * cols // block, tsize), dtype=np.uint8)
+    for at in _D_AT[qtype]:
+        at = at % tsize
+        raw[:, at : at + 2] = np.frombuffer(np.float16(d).tobytes(), np.uint8)
+    return raw.reshape(rows, cols // block * tsize)
+
+
+def hf_model(kind: str, seed: int = 0, hidden: int = 64):
     import torch
     import transformers as tf
 
     torch.manual_seed(seed)
     common = dict(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-6, bos_token_id=VOCAB - 2,
         eos_token_id=VOCAB - 1,
     )
@@ -58,8 +73,8 @@ def hf_model(kind: str, seed: int = 0):
         cfg = tf.Qwen2Config(**common, tie_word_embeddings=False)
         model = tf.Qwen2ForCausalLM(cfg)
     elif kind == "gemma2":
-        cfg = tf.Gemma2Config(**common, head_dim=16, tie_word_embeddings=True, attn_logit_softcapping=50.0,
-                              final_logit_softcapping=30.0, query_pre_attn_scalar=16, sliding_window=64)
+        cfg = tf.Gemma2Config(**common, head_dim=hidden // 4, tie_word_embeddings=True, attn_logit_softcapping=50.0,
+                              final_logit_softcapping=30.0, query_pre_attn_scalar=hidden // 4, sliding_window=64)
         model = tf.Gemma2ForCausalLM(cfg)
     else:
         raise ValueError(kind)
@@ -75,13 +90,16 @@ def _permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write(path: str, kind: str, model, qtype=None) -> None:
-    """Write ``model`` as a GGUF file; ``qtype(gguf_name, shape)`` picks each 2-D weight's GGML type (F32 default)."""
+def write(path: str, kind: str, model, qtype=None, seed: int = 0, **writer) -> None:
+    """Write ``model`` as a GGUF file; ``qtype(gguf_name, shape)`` picks each 2-D weight's GGML type (F32 default).
+
+    Types gguf-py cannot quantize (the K-quants, IQ4, TQ2) get random blocks instead of the weight."""
+    rng = np.random.default_rng(seed)
     arch = {"llama": "llama", "qwen2": "qwen2", "gemma2": "gemma2"}[kind]
     archs = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}
     cfg = model.config
     tmap = gguf.get_tensor_name_map(archs[arch], cfg.num_hidden_layers)
-    w = gguf.GGUFWriter(path, arch)
+    w = gguf.GGUFWriter(path, arch, **writer)
     w.add_name(f"tiny-{kind}")
     w.add_block_count(cfg.num_hidden_layers)
     w.add_context_length(cfg.max_position_embeddings)
@@ -124,10 +142,15 @@ def write(path: str, kind: str, model, qtype=None) -> None:
         qt = qtype(gname, data.shape) if (qtype and data.ndim == 2) else None
         if qt is None or qt == gguf.GGMLQuantizationType.F32:
             w.add_tensor(gname, data.astype(np.float32))
-        elif qt in (gguf.GGMLQuantizationType.F16,):
+        elif qt == gguf.GGMLQuantizationType.F16:
             w.add_tensor(gname, data.astype(np.float16))
+        elif qt == gguf.GGMLQuantizationType.BF16:
+            w.add_tensor(gname, gguf.quants.quantize(data, qt), raw_dtype=qt)
         else:
-            q = gguf.quants.quantize(data, qt)
+            try:
+                q = gguf.quants.quantize(data, qt)
+            except NotImplementedError:
+                q = random_blocks(qt.name, data.shape[0], data.shape[1], rng)
             w.add_tensor(gname, q, raw_shape=q.shape, raw_dtype=qt)
     w.write_header_to_file()
     w.write_kv_data_to_file()

@@ -97,7 +97,7 @@ def _reader(path: str):
         return gguf.GGUFReader(path, "r")
     except ValueError as e:
         msg = str(e)
-        m = re.match(r"(\d+) is not a valid GGMLQuantizationType", msg)
+        m = re.match(r"(?:np\.uint32\()?(\d+)\)? is not a valid GGMLQuantizationType", msg)
         if m:
             raise CheckpointError(path, f"unknown GGML tensor type {m.group(1)} (not in gguf-py's table)") from None
         if "reshape" in msg or "buffer is smaller" in msg:
@@ -208,16 +208,36 @@ _FLOAT_TYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "
 _INT_TYPES = {"I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64"}
 
 
-def read_gguf(path: str, hf_names: set[str] | None = None):
-    """``(entries, GGUFSource, files, notes)`` of a GGUF file or split set (``*-00001-of-0000N.gguf``)."""
+def open_readers(path: str) -> tuple[list[str], list]:
+    """The files of a GGUF file or split set (``*-00001-of-0000N.gguf``) and gguf-py's reader of each,
+    checked: magic, version, tensor types, every tensor's data inside its file."""
     import gguf
 
     files = _split_files(path)
     readers = [_reader(f) for f in files]
+    for fpath, reader in zip(files, readers, strict=True):
+        size = os.path.getsize(fpath)
+        for t in reader.tensors:
+            block, tsize = gguf.GGML_QUANT_SIZES[t.tensor_type]
+            nbytes = math.prod(int(x) for x in t.shape) * tsize // block
+            if t.data_offset + nbytes > size:
+                raise CheckpointError(
+                    fpath,
+                    f"tensor {t.name!r}: data [{t.data_offset}, {t.data_offset + nbytes}) runs past the end "
+                    f"of the file ({size} bytes; truncated?)",
+                )
+    if not isinstance(field_value(readers[0], "general.architecture"), str):
+        raise CheckpointError(files[0], "GGUF metadata has no general.architecture")
+    return files, readers
+
+
+def read_gguf(files: list[str], readers: list, hf_names: set[str] | None = None):
+    """``(entries, GGUFSource, notes)`` of checked readers (``open_readers``); ``hf_names``: the HF
+    model's parameter names, to choose among gguf-py's spellings."""
+    import gguf
+
     first = readers[0]
     arch = field_value(first, "general.architecture")
-    if not isinstance(arch, str):
-        raise CheckpointError(files[0], "GGUF metadata has no general.architecture")
     n_blocks = field_value(first, f"{arch}.block_count")
     n_blocks = int(n_blocks) if isinstance(n_blocks, (int, np.integer)) else 0
     names = name_map(arch, max(n_blocks, 1), hf_names)
@@ -233,19 +253,10 @@ def read_gguf(path: str, hf_names: set[str] | None = None):
     skipped: list[str] = []
     shared = DataReader(drop_cache=False)  # the loaders' own reads (entries outlive any run's reader)
     for fpath, reader in zip(files, readers, strict=True):
-        size = os.path.getsize(fpath)
         for t in reader.tensors:
             qtype = t.tensor_type.name
-            ne = [int(x) for x in t.shape]
-            shape = tuple(reversed(ne))
+            shape = tuple(reversed([int(x) for x in t.shape]))
             block, tsize = gguf.GGML_QUANT_SIZES[t.tensor_type]
-            nbytes = math.prod(ne) * tsize // block
-            if t.data_offset + nbytes > size:
-                raise CheckpointError(
-                    fpath,
-                    f"tensor {t.name!r}: data [{t.data_offset}, {t.data_offset + nbytes}) runs past the end "
-                    f"of the file ({size} bytes; truncated?)",
-                )
             hf = _hf_name(t.name, names)
             if hf is None:
                 skipped.append(t.name)
@@ -286,4 +297,4 @@ def read_gguf(path: str, hf_names: set[str] | None = None):
         notes.append(f"{arch}: rotary permutation of attn_q/attn_k rows undone (convert_hf_to_gguf's LlamaModel.permute)")
     if arch in NORM_PLUS_ONE:
         notes.append(f"{arch}: norm weights stored as w + 1 by llama.cpp's converter; 1 subtracted (float32)")
-    return entries, info, files, notes
+    return entries, info, notes

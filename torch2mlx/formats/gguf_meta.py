@@ -19,7 +19,7 @@ import sys
 import tempfile
 
 from .checkpoint import Checkpoint, _check_names, _read_json
-from .gguf import read_gguf
+from .gguf import open_readers, read_gguf
 
 _CHILD = r"""
 import json, sys
@@ -79,17 +79,28 @@ def _sidecars(first: str) -> tuple[str, dict]:
     return out, json.loads(lines[-1])
 
 
+def _tie_from_all_files(config, entries, cfg_path: str, notes: list[str]) -> None:
+    """transformers decides ``tie_word_embeddings`` from the tensors of the file it was given: of a split
+    set, the first only. The head may sit in any file; it is tied when no file holds it."""
+    if not isinstance(config, dict):
+        return
+    tied = not any(e.name == "lm_head.weight" for e in entries)
+    if config.get("tie_word_embeddings") != tied:
+        config["tie_word_embeddings"] = tied
+        with open(cfg_path, "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+        notes.append(f"config.json: tie_word_embeddings set to {tied} (lm_head.weight is {'absent' if tied else 'present'})")
+
+
 def open_gguf(path: str) -> Checkpoint:
     """A GGUF file or split set as a ``Checkpoint`` (entries, sidecars, config); no tensor data read."""
-    from .gguf import _split_files
-
-    first = _split_files(path)[0]
-    tmp, answer = _sidecars(first)
+    files, readers = open_readers(path)  # a bad file fails here, before transformers is started
+    tmp, answer = _sidecars(files[0])
     names = answer.get("names")
     known = None
     if names:
         known = set(names) | {n.rpartition(".")[0] for n in names}
-    entries, info, files, notes = read_gguf(path, known)
+    entries, info, notes = read_gguf(files, readers, known)
     config = None
     if "missing" in answer:
         notes.append(
@@ -104,6 +115,7 @@ def open_gguf(path: str) -> Checkpoint:
     cfg_path = os.path.join(tmp, "config.json")
     if os.path.isfile(cfg_path):
         config = _read_json(cfg_path)
+        _tie_from_all_files(config, entries, cfg_path, notes)
     sidecars = sorted(os.path.join(tmp, n) for n in os.listdir(tmp) if os.path.isfile(os.path.join(tmp, n)))
     if sidecars:
         notes.append(
