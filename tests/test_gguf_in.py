@@ -198,12 +198,14 @@ def test_requantized_and_dequantized_types(tmp_path):
     proc = _convert(src, out)
     assert "requantized to 6-bit" in proc.stdout and "not exact" in proc.stdout
     man = json.loads((out / "torch2mlx.json").read_text())
-    errs = [
-        r["transform"]["gguf"] for r in man["tensors"].values() if "max_abs_error" in r.get("transform", {}).get("gguf", {})
-    ]
+    errs = [r["gguf"] for r in man["tensors"].values() if "max_abs_error" in r.get("gguf", {})]
     assert errs and all(e["max_abs_error"] > 0 for e in errs)
     cfg = json.loads((out / "config.json").read_text())["quantization"]
-    assert cfg["model.layers.0.self_attn.q_proj"]["bits"] == 6
+    kinds = {name[: -len(".weight")]: r["gguf"]["type"] for name, r in man["tensors"].items() if "gguf" in r}
+    assert set(kinds.values()) == set(types)
+    for path, qtype in kinds.items():
+        bits = cfg.get(path, cfg)["bits"]
+        assert bits == (4 if qtype == "Q4_K" else {"Q6_K": 6, "Q3_K": 3, "Q2_K": 2}[qtype]), path
     got = _mlx_logits(out)
     measured = float(np.max(np.abs(got - want)))
     assert 0 < measured < 0.5 * float(np.max(np.abs(want)))
