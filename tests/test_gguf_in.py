@@ -71,8 +71,8 @@ def test_rounded_scales_report_the_error_they_make(scales):
     got = np.array(mx.dequantize(mx.array(packed), s_mx, b_mx, group_size=32, bits=4).astype(mx.float32))
     err = float(np.max(np.abs(got - want)))
     assert err > 0
-    assert t.info["gguf"]["max_abs_error"] == pytest.approx(err, rel=0, abs=0)
-    assert t.info["gguf"]["repack"] == "rounded scales"
+    assert t.info()["gguf"]["max_abs_error"] == pytest.approx(err, rel=0, abs=0)
+    assert t.info()["gguf"]["repack"] == "rounded scales"
 
 
 @pytest.mark.parametrize("qtype", ["Q6_K", "Q3_K", "Q2_K", "IQ4_NL", "TQ2_0"])
@@ -85,8 +85,8 @@ def test_requantized_types_measure_their_error(qtype):
     packed, s, b = t(raw, None, 0, None)
     back = quant.dequantize(packed, s, b, bits, 32, "float32")
     err = float(np.max(np.abs(back - values)))
-    assert t.info["gguf"]["max_abs_error"] == err
-    assert t.info["gguf"]["max_rel_error"] == pytest.approx(err / float(np.max(np.abs(values))))
+    assert t.info()["gguf"]["max_abs_error"] == err
+    assert t.info()["gguf"]["max_rel_error"] == pytest.approx(err / float(np.max(np.abs(values))))
     assert {"Q6_K": 6, "Q3_K": 3, "Q2_K": 2, "IQ4_NL": 4, "TQ2_0": 2}[qtype] == bits
 
 
@@ -314,3 +314,22 @@ def test_bad_files_are_one_line_errors(tmp_path, good_gguf, case, mention):
     assert_one_error(proc, mention)
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
+
+
+def test_verify_recomputes_every_gguf_tensor(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    src = tmp_path / "m.gguf"
+    write(str(src), "llama", hf_model("llama", hidden=256), _types("Q4_K", "Q6_K", "F16"))
+    out = tmp_path / "out"
+    _convert(src, out)
+    proc = run_cli("verify", src, out, timeout=600)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr
+    # one scale changed: verify names the tensor
+    shard = out / "model.safetensors"
+    tensors = load_file(str(shard))
+    tensors["model.layers.0.self_attn.q_proj.scales"][0, 0] *= 2
+    save_file(tensors, str(shard), metadata={"format": "mlx"})
+    proc = run_cli("verify", src, out, timeout=600)
+    assert proc.returncode != 0
+    assert "model.layers.0.self_attn.q_proj" in proc.stdout + proc.stderr

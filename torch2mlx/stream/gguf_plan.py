@@ -64,8 +64,8 @@ class Repack:
 
     def __init__(self, qtype: str, scales: DType):
         self.qtype, self.bits, self.scales = qtype, LOSSLESS[qtype], scales
-        self.info = {"gguf": {"type": qtype, "repack": "lossless" if scales is F32 else "rounded scales"}}
-        self.error = None if scales.name == "float32" else _Error(self.info["gguf"])
+        self._info = {"gguf": {"type": qtype, "repack": "lossless" if scales is F32 else "rounded scales"}}
+        self.error = None if scales.name == "float32" else _Error(self._info["gguf"])
 
     def __call__(self, block, op: Op, start: int, reader, src=None) -> list[np.ndarray]:
         lead = block.shape[:-1]
@@ -85,8 +85,9 @@ class Repack:
             b.reshape(lead + (k // GROUP,)),
         ]
 
-    def info_dict(self) -> dict:
-        return self.info
+    def info(self) -> dict:
+        """The manifest record's keys (the same dict the measured error is added to while writing)."""
+        return self._info
 
 
 def dequantize(raw: np.ndarray, qtype: str) -> np.ndarray:
@@ -102,9 +103,9 @@ class Dequant:
     def __init__(self, qtype: str, spec: QuantSpec | None, out: DType):
         self.qtype, self.spec, self.out = qtype, spec, out
         g = {"type": qtype, "dequantized": "gguf.quants.dequantize"}
-        self.info: dict = {"gguf": g}
+        self._info: dict = {"gguf": g}
         if spec is not None:
-            self.info["quantization"] = spec.as_config()
+            self._info["quantization"] = spec.as_config()
         self.error = _Error(g) if spec is not None else None
 
     def __call__(self, block, op: Op, start: int, reader, src=None) -> list[np.ndarray]:
@@ -117,8 +118,9 @@ class Dequant:
         self.error.add(casts.to_f32(got, self.out), values)
         return [packed, s, b]
 
-    def info_dict(self) -> dict:
-        return self.info
+    def info(self) -> dict:
+        """The manifest record's keys (the same dict the measured error is added to while writing)."""
+        return self._info
 
 
 def _float_shape(op: Op, qtype: str) -> tuple[int, ...]:
@@ -161,7 +163,7 @@ def attach(ops: list[Op], qtypes: dict[str, str], opts: Options, gguf_scales: st
             t = Dequant(qtype, spec, float_out)
             counts[f"dequantized and requantized to {bits}-bit"] += 1
         op.transform = t
-        op.transform_info = t.info
+        op.transform_info = t.info()
         if spec is None:
             op.outputs = [Output(out.name, sdt, shape, out.shard, out.offset)]
             continue
@@ -188,6 +190,17 @@ def attach(ops: list[Op], qtypes: dict[str, str], opts: Options, gguf_scales: st
         if spec != default:
             block[path] = spec.as_config()
     return block
+
+
+def rebuild(rec: dict, outputs: list[Output]):
+    """The transform a manifest record of a GGUF tensor describes (``verify`` recomputes outputs with it)."""
+    g = rec["gguf"]
+    if "repack" in g:
+        return Repack(g["type"], outputs[1].dtype)
+    q = rec.get("quantization")
+    if q:
+        return Dequant(g["type"], QuantSpec(q["group_size"], q["bits"], q.get("mode", "affine")), outputs[1].dtype)
+    return Dequant(g["type"], None, outputs[0].dtype)
 
 
 def error_notes(ops: list[Op]) -> list[str]:
