@@ -72,6 +72,12 @@ def hf_model(kind: str, seed: int = 0, hidden: int = 64):
     elif kind == "qwen2":
         cfg = tf.Qwen2Config(**common, tie_word_embeddings=False)
         model = tf.Qwen2ForCausalLM(cfg)
+    elif kind == "qwen3":
+        cfg = tf.Qwen3Config(**common, head_dim=hidden // 4, tie_word_embeddings=False)
+        model = tf.Qwen3ForCausalLM(cfg)
+    elif kind == "phi3":
+        cfg = tf.Phi3Config(**common, tie_word_embeddings=False, pad_token_id=0)
+        model = tf.Phi3ForCausalLM(cfg)
     elif kind == "gemma2":
         cfg = tf.Gemma2Config(**common, head_dim=hidden // 4, tie_word_embeddings=True, attn_logit_softcapping=50.0,
                               final_logit_softcapping=30.0, query_pre_attn_scalar=hidden // 4, sliding_window=64)
@@ -95,7 +101,7 @@ def write(path: str, kind: str, model, qtype=None, seed: int = 0, **writer) -> N
 
     Types gguf-py cannot quantize (the K-quants, IQ4, TQ2) get random blocks instead of the weight."""
     rng = np.random.default_rng(seed)
-    arch = {"llama": "llama", "qwen2": "qwen2", "gemma2": "gemma2"}[kind]
+    arch = kind
     archs = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}
     cfg = model.config
     tmap = gguf.get_tensor_name_map(archs[arch], cfg.num_hidden_layers)
@@ -110,6 +116,11 @@ def write(path: str, kind: str, model, qtype=None, seed: int = 0, **writer) -> N
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_rope_freq_base(getattr(cfg, "rope_theta", None) or cfg.rope_parameters["rope_theta"])
     w.add_vocab_size(cfg.vocab_size)
+    if kind == "qwen3":
+        w.add_key_length(cfg.head_dim)
+        w.add_value_length(cfg.head_dim)
+    if kind == "phi3":
+        w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
     if kind == "gemma2":
         w.add_key_length(cfg.head_dim)
         w.add_value_length(cfg.head_dim)
@@ -125,6 +136,7 @@ def write(path: str, kind: str, model, qtype=None, seed: int = 0, **writer) -> N
     w.add_bos_token_id(cfg.vocab_size - 2)
     w.add_eos_token_id(cfg.vocab_size - 1)
     w.add_add_bos_token(False)
+    w.add_pad_token_id(0)
     for name, t in model.state_dict().items():
         if kind == "gemma2" and name == "lm_head.weight":
             continue  # tied

@@ -140,8 +140,10 @@ def _types(*names):
         ("llama", ("Q4_K", "Q5_K", "F16"), 256),
         ("qwen2", ("F32", "Q8_0", "Q5_1"), 64),
         ("gemma2", ("F16", "Q4_0", "Q8_0"), 64),
+        ("qwen3", ("Q8_0", "F32", "Q5_0"), 512),  # transformers reads no head_dim from GGUF: 128 it is
+        ("phi3", ("Q8_0", "F32", "Q4_1"), 64),  # fused qkv_proj and gate_up_proj
     ],
-    ids=["llama-float", "llama-q", "llama-k", "qwen2", "gemma2"],
+    ids=["llama-float", "llama-q", "llama-k", "qwen2", "gemma2", "qwen3", "phi3"],
 )
 def test_logits_match_transformers_gguf_loader(tmp_path, kind, types, hidden):
     src = tmp_path / f"{kind}.gguf"
