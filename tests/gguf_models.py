@@ -23,7 +23,7 @@ def byte_chars() -> list[str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return [chr(c) for _, c in sorted(zip(bs, cs))]
+    return [chr(c) for _, c in sorted(zip(bs, cs, strict=True))]
 
 
 def tokenizer(vocab: int = VOCAB):
@@ -42,8 +42,21 @@ def tokenizer(vocab: int = VOCAB):
 
 
 # Where each type keeps its float16 super-block scale(s) (d, dmin): set small in random blocks.
-_D_AT = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (-2,), "Q2_K": (-4, -2), "Q3_K": (-2,), "IQ4_NL": (0,),
-         "IQ4_XS": (0,), "TQ2_0": (-2,), "Q8_0": (0,), "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2)}
+_D_AT = {
+    "Q4_K": (0, 2),
+    "Q5_K": (0, 2),
+    "Q6_K": (-2,),
+    "Q2_K": (-4, -2),
+    "Q3_K": (-2,),
+    "IQ4_NL": (0,),
+    "IQ4_XS": (0,),
+    "TQ2_0": (-2,),
+    "Q8_0": (0,),
+    "Q4_0": (0,),
+    "Q4_1": (0, 2),
+    "Q5_0": (0,),
+    "Q5_1": (0, 2),
+}
 
 
 def random_blocks(qtype: str, rows: int, cols: int, rng, d: float = 2e-4) -> np.ndarray:
@@ -62,8 +75,15 @@ def hf_model(kind: str, seed: int = 0, hidden: int = 64):
 
     torch.manual_seed(seed)
     common = dict(
-        vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-6, bos_token_id=VOCAB - 2,
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-6,
+        bos_token_id=VOCAB - 2,
         eos_token_id=VOCAB - 1,
     )
     if kind == "llama":
@@ -79,8 +99,15 @@ def hf_model(kind: str, seed: int = 0, hidden: int = 64):
         cfg = tf.Phi3Config(**common, tie_word_embeddings=False, pad_token_id=0)
         model = tf.Phi3ForCausalLM(cfg)
     elif kind == "gemma2":
-        cfg = tf.Gemma2Config(**common, head_dim=hidden // 4, tie_word_embeddings=True, attn_logit_softcapping=50.0,
-                              final_logit_softcapping=30.0, query_pre_attn_scalar=hidden // 4, sliding_window=64)
+        cfg = tf.Gemma2Config(
+            **common,
+            head_dim=hidden // 4,
+            tie_word_embeddings=True,
+            attn_logit_softcapping=50.0,
+            final_logit_softcapping=30.0,
+            query_pre_attn_scalar=hidden // 4,
+            sliding_window=64,
+        )
         model = tf.Gemma2ForCausalLM(cfg)
     else:
         raise ValueError(kind)

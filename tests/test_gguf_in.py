@@ -317,7 +317,6 @@ def test_bad_files_are_one_line_errors(tmp_path, good_gguf, case, mention):
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
-
 def test_verify_recomputes_every_gguf_tensor(tmp_path):
     from safetensors.numpy import load_file, save_file
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..core.entry import TensorEntry
 from ..errors import CheckpointError, Torch2MLXError
 from . import npz, pickled, remote, safetensors, unpickler, zarr_store
+
+if TYPE_CHECKING:
+    from .gguf import GGUFSource
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 WEIGHT_SUFFIXES = (".safetensors", ".npz") + PICKLE_SUFFIXES
@@ -42,7 +46,7 @@ class Checkpoint:
     # A remote source: the temporary directory its sidecars (config, tokenizer, index) were fetched into.
     local_dir: str | None = None
     # A GGUF source: its architecture and the GGML type of each block-quantized entry (formats/gguf.py).
-    gguf: object | None = None
+    gguf: GGUFSource | None = None
 
     @property
     def config_dir(self) -> str:

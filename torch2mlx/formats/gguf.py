@@ -294,7 +294,9 @@ def read_gguf(files: list[str], readers: list, hf_names: set[str] | None = None)
             f"(llama.cpp-only data): {', '.join(skipped[:4])}{' ...' if len(skipped) > 4 else ''}"
         )
     if arch in PERMUTED_QK:
-        notes.append(f"{arch}: rotary permutation of attn_q/attn_k rows undone (convert_hf_to_gguf's LlamaModel.permute)")
+        notes.append(
+            f"{arch}: rotary permutation of attn_q/attn_k rows undone (convert_hf_to_gguf's LlamaModel.permute)"
+        )
     if arch in NORM_PLUS_ONE:
         notes.append(f"{arch}: norm weights stored as w + 1 by llama.cpp's converter; 1 subtracted (float32)")
     return entries, info, notes

@@ -89,7 +89,9 @@ def _tie_from_all_files(config, entries, cfg_path: str, notes: list[str]) -> Non
         config["tie_word_embeddings"] = tied
         with open(cfg_path, "w") as f:
             json.dump(config, f, indent=2, sort_keys=True)
-        notes.append(f"config.json: tie_word_embeddings set to {tied} (lm_head.weight is {'absent' if tied else 'present'})")
+        notes.append(
+            f"config.json: tie_word_embeddings set to {tied} (lm_head.weight is {'absent' if tied else 'present'})"
+        )
 
 
 def open_gguf(path: str) -> Checkpoint:
@@ -111,7 +113,9 @@ def open_gguf(path: str) -> Checkpoint:
         if key in answer:
             notes.append(f"{what} not written: {answer[key]}")
     if "names_error" in answer:
-        notes.append(f"HF names from gguf-py's map alone (transformers could not build the model: {answer['names_error']})")
+        notes.append(
+            f"HF names from gguf-py's map alone (transformers could not build the model: {answer['names_error']})"
+        )
     cfg_path = os.path.join(tmp, "config.json")
     if os.path.isfile(cfg_path):
         config = _read_json(cfg_path)

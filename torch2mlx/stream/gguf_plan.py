@@ -131,8 +131,9 @@ def _float_shape(op: Op, qtype: str) -> tuple[int, ...]:
     return raw[:-1] + (raw[-1] // tsize * block,)
 
 
-def attach(ops: list[Op], qtypes: dict[str, str], opts: Options, gguf_scales: str, recipe_block: dict | None,
-           notes: list[str]) -> dict | None:
+def attach(
+    ops: list[Op], qtypes: dict[str, str], opts: Options, gguf_scales: str, recipe_block: dict | None, notes: list[str]
+) -> dict | None:
     """Give each quantized GGUF tensor's op its transform and outputs; returns the config ``quantization`` block."""
     scales = dtypes.get(gguf_scales)
     float_out = F32 if opts.dtype == "keep" else dtypes.get(opts.dtype)
@@ -146,6 +147,7 @@ def attach(ops: list[Op], qtypes: dict[str, str], opts: Options, gguf_scales: st
         shape = _float_shape(op, qtype)
         lead, k = shape[:-1], shape[-1]
         spec = None
+        t: Repack | Dequant
         if qtype in LOSSLESS and (opts.dtype == "keep" or opts.quantizing):
             t = Repack(qtype, scales)
             spec, sdt = QuantSpec(GROUP, LOSSLESS[qtype]), scales
