@@ -98,6 +98,16 @@ def hf_model(kind: str, seed: int = 0, hidden: int = 64):
     elif kind == "phi3":
         cfg = tf.Phi3Config(**common, tie_word_embeddings=False, pad_token_id=0)
         model = tf.Phi3ForCausalLM(cfg)
+    elif kind == "gemma3":  # 6 layers: mlx-lm's gemma3_text takes its global mask from layer 6 (pattern 6)
+        common["num_hidden_layers"] = 6
+        cfg = tf.Gemma3TextConfig(
+            **common,
+            head_dim=hidden // 4,
+            tie_word_embeddings=True,
+            sliding_window=64,
+            query_pre_attn_scalar=hidden // 4,
+        )
+        model = tf.Gemma3ForCausalLM(cfg)
     elif kind == "gemma2":
         cfg = tf.Gemma2Config(
             **common,
@@ -114,7 +124,7 @@ def hf_model(kind: str, seed: int = 0, hidden: int = 64):
     with torch.no_grad():  # norms away from 1, so a missed +1/-1 shows
         for n, p in model.named_parameters():
             if n.endswith("norm.weight"):
-                p.copy_(torch.randn_like(p) * 0.1 + (0.0 if kind == "gemma2" else 1.0))
+                p.copy_(torch.randn_like(p) * 0.1 + (0.0 if kind.startswith("gemma") else 1.0))
     return model.float().eval()
 
 
@@ -141,13 +151,19 @@ def write(path: str, kind: str, model, qtype=None, seed: int = 0, **writer) -> N
     w.add_head_count(cfg.num_attention_heads)
     w.add_head_count_kv(cfg.num_key_value_heads)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_rope_freq_base(getattr(cfg, "rope_theta", None) or cfg.rope_parameters["rope_theta"])
+    rope = getattr(cfg, "rope_theta", None) or cfg.rope_parameters
+    rope = rope.get("full_attention", rope)["rope_theta"] if isinstance(rope, dict) else rope
+    w.add_rope_freq_base(rope)
     w.add_vocab_size(cfg.vocab_size)
     if kind == "qwen3":
         w.add_key_length(cfg.head_dim)
         w.add_value_length(cfg.head_dim)
     if kind == "phi3":
         w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+    if kind == "gemma3":
+        w.add_key_length(cfg.head_dim)
+        w.add_value_length(cfg.head_dim)
+        w.add_sliding_window(cfg.sliding_window)
     if kind == "gemma2":
         w.add_key_length(cfg.head_dim)
         w.add_value_length(cfg.head_dim)
@@ -165,7 +181,7 @@ def write(path: str, kind: str, model, qtype=None, seed: int = 0, **writer) -> N
     w.add_add_bos_token(False)
     w.add_pad_token_id(0)
     for name, t in model.state_dict().items():
-        if kind == "gemma2" and name == "lm_head.weight":
+        if kind in ("gemma2", "gemma3") and name == "lm_head.weight":
             continue  # tied
         base, _, suffix = name.rpartition(".")
         gname = tmap.get_name(base)
@@ -176,7 +192,7 @@ def write(path: str, kind: str, model, qtype=None, seed: int = 0, **writer) -> N
             data = _permute(data, cfg.num_attention_heads)
         if kind == "llama" and base.endswith("k_proj"):
             data = _permute(data, cfg.num_key_value_heads)
-        if kind == "gemma2" and name.endswith("norm.weight"):
+        if kind in ("gemma2", "gemma3") and name.endswith("norm.weight"):
             data = data + 1
         qt = qtype(gname, data.shape) if (qtype and data.ndim == 2) else None
         if qt is None or qt == gguf.GGMLQuantizationType.F32:

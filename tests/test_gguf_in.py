@@ -142,8 +142,9 @@ def _types(*names):
         ("gemma2", ("F16", "Q4_0", "Q8_0"), 64),
         ("qwen3", ("Q8_0", "F32", "Q5_0"), 512),  # transformers reads no head_dim from GGUF: 128 it is
         ("phi3", ("Q8_0", "F32", "Q4_1"), 64),  # fused qkv_proj and gate_up_proj
+        ("gemma3", ("Q8_0", "F32", "Q5_1"), 64),  # q_norm/k_norm also stored + 1
     ],
-    ids=["llama-float", "llama-q", "llama-k", "qwen2", "gemma2", "qwen3", "phi3"],
+    ids=["llama-float", "llama-q", "llama-k", "qwen2", "gemma2", "qwen3", "phi3", "gemma3"],
 )
 def test_logits_match_transformers_gguf_loader(tmp_path, kind, types, hidden):
     src = tmp_path / f"{kind}.gguf"
