@@ -335,3 +335,34 @@ def test_verify_recomputes_every_gguf_tensor(tmp_path):
     proc = run_cli("verify", src, out, timeout=600)
     assert proc.returncode != 0
     assert "model.layers.0.self_attn.q_proj" in proc.stdout + proc.stderr
+
+
+def test_written_blocks_dequantize_to_gguf_py_values(tmp_path):
+    """Every repacked tensor of a whole file, read back from OUT by MLX, is gguf-py's dequantization of the
+    GGUF tensor (attn_q/attn_k with llama's permutation undone, as transformers' loader undoes it)."""
+    import mlx.core as mx
+
+    model = hf_model("llama", hidden=256)
+    src = tmp_path / "m.gguf"
+    write(str(src), "llama", model, _types(*sorted(LOSSLESS)))
+    out = tmp_path / "out"
+    _convert(src, out)
+    got = mx.load(str(out / "model.safetensors"))
+    cfg = model.config
+    # the writer's own naming (gguf-py's forward map), read backwards
+    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
+    hf_base = {tmap.get_name(k.rpartition(".")[0]): k.rpartition(".")[0] for k in model.state_dict()}
+    seen = set()
+    for t in gguf.GGUFReader(str(src)).tensors:
+        if t.tensor_type.name not in LOSSLESS:
+            continue
+        want = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
+        if ".attn_q." in t.name or ".attn_k." in t.name:
+            heads = cfg.num_attention_heads if ".attn_q." in t.name else cfg.num_key_value_heads
+            want = want.reshape(heads, want.shape[0] // heads // 2, 2, -1).swapaxes(2, 1).reshape(want.shape)
+        base = hf_base[t.name.rpartition(".")[0]]
+        w, s, b = got[base + ".weight"], got[base + ".scales"], got[base + ".biases"]
+        back = np.array(mx.dequantize(w, s, b, group_size=32, bits=LOSSLESS[t.tensor_type.name]))
+        assert np.array_equal(back, want), t.name
+        seen.add(t.tensor_type.name)
+    assert seen == set(LOSSLESS)
