@@ -366,3 +366,13 @@ def test_written_blocks_dequantize_to_gguf_py_values(tmp_path):
         assert np.array_equal(back, want), t.name
         seen.add(t.tensor_type.name)
     assert seen == set(LOSSLESS)
+
+
+def test_without_gguf_py_the_error_says_how_to_install_it(tmp_path, good_gguf):
+    fake = tmp_path / "fake"
+    (fake / "gguf").mkdir(parents=True)
+    (fake / "gguf" / "__init__.py").write_text("raise ImportError('gguf blocked in this test')\n")
+    src = tmp_path / "m.gguf"
+    src.write_bytes(good_gguf)
+    env = {"PYTHONPATH": os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")])}
+    assert_one_error(run_cli("stream", src, tmp_path / "out", env=env), "pip install 'torch2mlx[gguf]'")

@@ -108,13 +108,19 @@ def _reader(path: str):
 
 
 def field_value(reader, key: str):
-    """A metadata value as Python data (``None`` when absent)."""
+    """A scalar or string metadata value (``None`` when absent or an array); read from the field's parts,
+    which every gguf-py version has."""
+    from gguf import GGUFValueType
+
     f = reader.fields.get(key)
-    if f is None:
+    if f is None or len(f.types) != 1 or not f.data:
         return None
+    part = f.parts[f.data[0]]
     try:
-        return f.contents()
-    except (ValueError, IndexError, UnicodeDecodeError):
+        if f.types[0] == GGUFValueType.STRING:
+            return bytes(part).decode("utf-8")
+        return part[0].item()
+    except (IndexError, UnicodeDecodeError, AttributeError):
         return None
 
 
@@ -211,7 +217,10 @@ _INT_TYPES = {"I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64"}
 def open_readers(path: str) -> tuple[list[str], list]:
     """The files of a GGUF file or split set (``*-00001-of-0000N.gguf``) and gguf-py's reader of each,
     checked: magic, version, tensor types, every tensor's data inside its file."""
-    import gguf
+    try:
+        import gguf
+    except ImportError:
+        raise Torch2MLXError(f"{path}: reading GGUF needs gguf-py: pip install 'torch2mlx[gguf]'") from None
 
     files = _split_files(path)
     readers = [_reader(f) for f in files]
@@ -239,11 +248,17 @@ def read_gguf(files: list[str], readers: list, hf_names: set[str] | None = None)
     first = readers[0]
     arch = field_value(first, "general.architecture")
     n_blocks = field_value(first, f"{arch}.block_count")
-    n_blocks = int(n_blocks) if isinstance(n_blocks, (int, np.integer)) else 0
+    n_blocks = n_blocks if isinstance(n_blocks, int) else 0
     names = name_map(arch, max(n_blocks, 1), hf_names)
     heads = field_value(first, f"{arch}.attention.head_count")
     kv_heads = field_value(first, f"{arch}.attention.head_count_kv")
     kv_heads = kv_heads if kv_heads is not None else heads
+    if arch in PERMUTED_QK and not (isinstance(heads, int) and isinstance(kv_heads, int) and heads > 0 < kv_heads):
+        raise CheckpointError(
+            files[0],
+            f"{arch}.attention.head_count(_kv) is missing or not one number: the Q/K rotary permutation "
+            "cannot be undone",
+        )
     info = GGUFSource(arch, files[0])
     info.metadata = {
         k: field_value(first, k) for k in ("general.name", "general.file_type") if field_value(first, k) is not None
@@ -271,12 +286,13 @@ def read_gguf(files: list[str], readers: list, hf_names: set[str] | None = None)
                 e = TensorEntry(hf, dtypes.get("uint8"), raw_shape, path=fpath, offset=t.data_offset, origin=fpath)
                 info.qtypes[hf] = qtype
             base = t.name.rpartition(".")[0]
-            if arch in PERMUTED_QK and base.endswith((".attn_q", ".attn_k")) and heads:
+            if arch in PERMUTED_QK and base.endswith((".attn_q", ".attn_k")):
                 n = heads if base.endswith(".attn_q") else kv_heads
-                if e.shape and e.shape[0] % (2 * n) == 0:
-                    e = TensorEntry(
-                        hf, e.dtype, e.shape, path=fpath, offset=e.offset, loader=_Permuted(e, n, shared), origin=fpath
-                    )
+                if not e.shape or e.shape[0] % (2 * n):
+                    raise CheckpointError(fpath, f"tensor {t.name!r}: {e.shape[:1]} rows are not {n} heads of pairs")
+                e = TensorEntry(
+                    hf, e.dtype, e.shape, path=fpath, offset=e.offset, loader=_Permuted(e, n, shared), origin=fpath
+                )
             if arch in NORM_PLUS_ONE and t.name.endswith("norm.weight") and hf not in info.qtypes:
                 e = TensorEntry(
                     hf,
