@@ -376,3 +376,15 @@ def test_without_gguf_py_the_error_says_how_to_install_it(tmp_path, good_gguf):
     src.write_bytes(good_gguf)
     env = {"PYTHONPATH": os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")])}
     assert_one_error(run_cli("stream", src, tmp_path / "out", env=env), "pip install 'torch2mlx[gguf]'")
+
+
+def test_a_directory_with_one_gguf_model_reads_it_and_refuses_a_choice(tmp_path, good_gguf):
+    d = tmp_path / "repo"
+    d.mkdir()
+    (d / "model-Q8_0.gguf").write_bytes(good_gguf)
+    (d / "README.md").write_text("x")
+    _convert(d, tmp_path / "out")
+    assert (tmp_path / "out" / "model.safetensors").exists()
+    (d / "model-F32.gguf").write_bytes(good_gguf)
+    err = assert_one_error(run_cli("stream", d, tmp_path / "out2"), "holds 2 GGUF models", "name the file")
+    assert "model-F32.gguf" in err and "model-Q8_0.gguf" in err

@@ -281,6 +281,10 @@ def _open(path: str, key: str | None) -> Checkpoint:
     if not os.path.isdir(path):
         raise Torch2MLXError(f"{path}: not a regular file or directory")
     names = sorted(n for n in os.listdir(path) if os.path.isfile(os.path.join(path, n)))
+    if not any(n.endswith(WEIGHT_SUFFIXES) for n in names) and any(n.endswith(".gguf") for n in names):
+        from .gguf import one_model
+
+        return _open(one_model(path, [n for n in names if n.endswith(".gguf")]), key)
     notes = []
     index_path = _find_index(path, names)
     weight_map = None

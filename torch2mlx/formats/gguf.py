@@ -73,6 +73,24 @@ def _split_files(path: str) -> list[str]:
     return files
 
 
+def one_model(d: str, names: list[str]) -> str:
+    """The GGUF file to read in directory ``d``: its only one, or the first of its only split set.
+
+    Hub repos often hold one file per quantization (``-Q4_K_M``, ``-Q8_0``): which one is the user's choice."""
+    firsts = {}
+    for n in names:
+        m = _SPLIT.match(n)
+        key = m.group(1) if m else n
+        if m is None or int(m.group(2)) == 1:
+            firsts[key] = n
+        else:
+            firsts.setdefault(key, None)
+    if len(firsts) == 1 and None not in firsts.values():
+        return os.path.join(d, next(iter(firsts.values())))
+    shown = ", ".join(sorted(str(v or k) for k, v in firsts.items())[:6])
+    raise Torch2MLXError(f"{d}: holds {len(firsts)} GGUF models ({shown}); name the file to convert")
+
+
 def _check_head(path: str) -> None:
     """Magic and version before gguf-py maps the file (its messages name neither file nor fix)."""
     try:
