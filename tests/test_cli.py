@@ -288,7 +288,7 @@ def bad_inputs(tmp_path_factory, net) -> dict:
     out = OUT
     sd = net_state_dict()
     cases = {"missing path": ([tmp_path / "nope.pt", out], "nope.pt")}
-    f = tmp_path / "weights.gguf"
+    f = tmp_path / "weights.onnx"
     f.write_bytes(b"\x93NUMPY not a checkpoint")
     cases["unknown format"] = ([f, out], "unknown checkpoint format")
     f = tmp_path / "garbage.pt"

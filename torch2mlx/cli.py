@@ -156,6 +156,13 @@ def _add_stream(sub):
         "--q-mode's fp modes set their own)",
     )
     p.add_argument(
+        "--gguf-scales",
+        default="float32",
+        choices=quant.SCALE_DTYPES,
+        help="dtype of the scales/biases of GGUF blocks repacked to MLX (Q8_0, Q4_0/1, Q5_0/1, Q4_K, Q5_K): "
+        "float32 (default) is exact; float16/bfloat16 round them and the report gives the error",
+    )
+    p.add_argument(
         "--q-recipe",
         metavar="NAME",
         choices=tuple(MIXED_RECIPES),
@@ -355,6 +362,7 @@ def _cmd_stream(args) -> int:
         drop_cache=not args.keep_cache,
         adapter=args.adapter,
         adapter_scale=args.adapter_scale,
+        gguf_scales=args.gguf_scales,
     )
     run = dict(
         model=args.model,

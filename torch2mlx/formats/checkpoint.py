@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..core.entry import TensorEntry
 from ..errors import CheckpointError, Torch2MLXError
 from . import npz, pickled, remote, safetensors, unpickler, zarr_store
 
+if TYPE_CHECKING:
+    from .gguf import GGUFSource
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 WEIGHT_SUFFIXES = (".safetensors", ".npz") + PICKLE_SUFFIXES
-FORMATS_READ = ", ".join(WEIGHT_SUFFIXES) + ", a zarr store"  # for errors and --help
+FORMATS_READ = ", ".join(WEIGHT_SUFFIXES) + ", .gguf, a zarr store"  # for errors and --help
 # Files in model directories that hold training state, not weights.
 NOT_WEIGHTS = ("optimizer.pt", "scheduler.pt", "training_args.bin", "rng_state.pth", "scaler.pt")
 SIDECAR_SUFFIXES = (".json", ".txt", ".model", ".py", ".jinja", ".tiktoken", ".md")
@@ -41,6 +45,8 @@ class Checkpoint:
     key: str | None = None
     # A remote source: the temporary directory its sidecars (config, tokenizer, index) were fetched into.
     local_dir: str | None = None
+    # A GGUF source: its architecture and the GGML type of each block-quantized entry (formats/gguf.py).
+    gguf: GGUFSource | None = None
 
     @property
     def config_dir(self) -> str:
@@ -240,6 +246,10 @@ def _open(path: str, key: str | None) -> Checkpoint:
         ck = Checkpoint(path, entries, [], "zarr", notes=notes, metadata=attrs, layout=_layout("zarr", attrs))
         _check_names(ck)
         return ck
+    if os.path.isfile(path) and path.endswith(".gguf"):
+        from .gguf_meta import open_gguf
+
+        return open_gguf(path)
     if os.path.isfile(path):
         entries, notes, meta, fmt, key_path = _read_file(path, key)
         # A file inside a model directory (config.json beside it) brings the directory's sidecars, as the
@@ -272,6 +282,10 @@ def _open(path: str, key: str | None) -> Checkpoint:
     if not os.path.isdir(path):
         raise Torch2MLXError(f"{path}: not a regular file or directory")
     names = sorted(n for n in os.listdir(path) if os.path.isfile(os.path.join(path, n)))
+    if not any(n.endswith(WEIGHT_SUFFIXES) for n in names) and any(n.endswith(".gguf") for n in names):
+        from .gguf import one_model
+
+        return _open(one_model(path, [n for n in names if n.endswith(".gguf")]), key)
     notes = []
     index_path = _find_index(path, names)
     weight_map = None

@@ -74,6 +74,10 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
         ck = dataclasses.replace(ck, layout="mlx")
         notes.append(f"source is {already.describe()}: names and layouts kept, no model analysis")
         use_model = False
+    if ck.gguf is not None and path is None and inputs is None:
+        # llama.cpp's names are mapped back to the HF ones while reading, and its Linear weights are
+        # (out, in) as in MLX: no model analysis (which needs torch and a config.json beside the file).
+        use_model = False
     found = prequant.detect(ck) if already is None else None
     prep = None
     if found is not None and found.modules:
@@ -97,7 +101,7 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
     if prep is not None:
         prequant.view.finish_plan(plan, prep, opts)
         notes, plan.warnings = prep.notes + notes, prep.warnings + plan.warnings
-    if already is not None:  # the note above says it better
+    if already is not None or ck.gguf is not None:  # the note above says it better
         plan.warnings = [w for w in plan.warnings if not w.startswith("source is already in MLX layout")]
     plan.notes += notes
     if inputs is not None:

@@ -124,6 +124,7 @@ class Options:
     adapter: str | None = None  # a LoRA adapter directory fused into the weights (PEFT's or mlx-lm's)
     adapter_scale: float = 1.0  # multiplies the adapter's own scale(s)
     adapter_sha256: str | None = None  # of the adapter's files, as read when the options were made
+    gguf_scales: str = "float32"  # scales/biases of GGUF blocks repacked to MLX (float32: exact)
 
     @property
     def quantizing(self) -> bool:
@@ -131,23 +132,27 @@ class Options:
 
     def to_dict(self) -> dict:
         """The options as ``make`` takes them (recorded in the manifest, so verify can re-plan)."""
-        return {
-            "dtype": self.dtype,
-            "max_shard_size": self.max_shard_size,
-            "strip_prefix": self.strip_prefix,
-            "exclude": [p.pattern for p in self.exclude],
-            "rules": [f"{p.pattern}={r}" for p, r in self.rules],
-            "key": self.key,
-            "q_bits": self.q_bits,
-            "q_group_size": self.q_group_size if self.quantizing else None,
-            "q_recipe": self.q_recipe,
-            "q_mode": self.q_mode if self.quantizing else None,
-            "dequantize": self.dequantize,
-        } | (
-            # only with an adapter: the manifests of other runs stay byte for byte as before
-            {"adapter": self.adapter, "adapter_scale": self.adapter_scale, "adapter_sha256": self.adapter_sha256}
-            if self.adapter is not None
-            else {}
+        return (
+            {
+                "dtype": self.dtype,
+                "max_shard_size": self.max_shard_size,
+                "strip_prefix": self.strip_prefix,
+                "exclude": [p.pattern for p in self.exclude],
+                "rules": [f"{p.pattern}={r}" for p, r in self.rules],
+                "key": self.key,
+                "q_bits": self.q_bits,
+                "q_group_size": self.q_group_size if self.quantizing else None,
+                "q_recipe": self.q_recipe,
+                "q_mode": self.q_mode if self.quantizing else None,
+                "dequantize": self.dequantize,
+            }
+            | (
+                # only with an adapter: the manifests of other runs stay byte for byte as before
+                {"adapter": self.adapter, "adapter_scale": self.adapter_scale, "adapter_sha256": self.adapter_sha256}
+                if self.adapter is not None
+                else {}
+            )
+            | ({"gguf_scales": self.gguf_scales} if self.gguf_scales != "float32" else {})
         )
 
     @classmethod
@@ -171,6 +176,7 @@ class Options:
         adapter=None,
         adapter_scale=None,
         adapter_sha256=None,
+        gguf_scales="float32",
     ) -> "Options":
         """Build options from user-facing values (strings as the CLI takes them).
 
@@ -220,6 +226,8 @@ class Options:
             raise Torch2MLXError(
                 f"q_recipe must be one of {', '.join(sorted(quant_recipes.MIXED_RECIPES))}, got {q_recipe!r}"
             )
+        if gguf_scales not in quant.SCALE_DTYPES:
+            raise Torch2MLXError(f"gguf_scales must be one of {', '.join(quant.SCALE_DTYPES)}, got {gguf_scales!r}")
         parsed_rules = [_rule_pair(r) for r in rules]
         adapter, adapter_scale, adapter_sha256 = _adapter(adapter, adapter_scale, adapter_sha256)
         return cls(
@@ -240,6 +248,7 @@ class Options:
             adapter=adapter,
             adapter_scale=adapter_scale,
             adapter_sha256=adapter_sha256,
+            gguf_scales=gguf_scales,
         )
 
     @classmethod

@@ -188,6 +188,10 @@ def build(
         recipe = transforms.recipe_for(opts, [o.name for op in ops for o in op.outputs], ck.config)
     block = transforms.attach(ops, dequant, recipe, module_types, warnings)
     notes = list(ck.notes)
+    if ck.gguf is not None:  # block-quantized GGUF tensors: repacked, dequantized or requantized
+        from . import gguf_plan
+
+        block = gguf_plan.attach(ops, ck.gguf.qtypes, opts, opts.gguf_scales, block, notes)
     scaled = [
         (op, op.transform)
         for op in ops

@@ -283,7 +283,11 @@ def _ops_from_manifest(records: dict, by_name: dict, problems: list[str]):
             outs.append(Output(n, dtypes.get(r["dtype"]), tuple(r["shape"])))
         else:
             op = Op(entries, rec["rule"], rec.get("rule_source", "?"), rec.get("args") or {}, outs)
-            if rec.get("quantization") or rec.get("fp8_scale"):
+            if rec.get("gguf"):  # a GGUF block-quantized tensor: repacked, requantized or dequantized
+                from .gguf_plan import rebuild as rebuild_gguf
+
+                op.transform = rebuild_gguf(rec, outs)
+            elif rec.get("quantization") or rec.get("fp8_scale"):
                 op.transform = rebuild(rec, entries[0], by_name)
             yield op
 
