@@ -35,6 +35,10 @@ SHARED_FUNCTIONS = {
     "group_index",
     "words",
     "zeros",
+    # one per kind of transform the planner attaches (transforms: float8 and quantization; gguf_plan: GGUF blocks)
+    "attach",
+    "rebuild",
+    "error_notes",
 }
 
 

@@ -249,7 +249,9 @@ def _open(path: str, key: str | None) -> Checkpoint:
     if os.path.isfile(path) and path.endswith(".gguf"):
         from .gguf_meta import open_gguf
 
-        return open_gguf(path)
+        ck = Checkpoint(**open_gguf(path))
+        _check_names(ck)
+        return ck
     if os.path.isfile(path):
         entries, notes, meta, fmt, key_path = _read_file(path, key)
         # A file inside a model directory (config.json beside it) brings the directory's sidecars, as the

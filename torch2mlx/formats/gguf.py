@@ -85,9 +85,10 @@ def one_model(d: str, names: list[str]) -> str:
             firsts[key] = n
         else:
             firsts.setdefault(key, None)
-    if len(firsts) == 1 and None not in firsts.values():
-        return os.path.join(d, next(iter(firsts.values())))
-    shown = ", ".join(sorted(str(v or k) for k, v in firsts.items())[:6])
+    only = next(iter(firsts.values())) if len(firsts) == 1 else None
+    if only is not None:
+        return os.path.join(d, only)
+    shown = ", ".join(sorted(v or k for k, v in firsts.items())[:6])
     raise Torch2MLXError(f"{d}: holds {len(firsts)} GGUF models ({shown}); name the file to convert")
 
 

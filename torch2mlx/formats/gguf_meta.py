@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 
-from .checkpoint import Checkpoint, _check_names, _read_json
 from .gguf import open_readers, read_gguf
 
 _CHILD = r"""
@@ -94,8 +93,9 @@ def _tie_from_all_files(config, entries, cfg_path: str, notes: list[str]) -> Non
         )
 
 
-def open_gguf(path: str) -> Checkpoint:
-    """A GGUF file or split set as a ``Checkpoint`` (entries, sidecars, config); no tensor data read."""
+def open_gguf(path: str) -> dict:
+    """A GGUF file or split set as the fields of a ``Checkpoint`` (entries, sidecars, config); no tensor
+    data read. (``checkpoint.open_checkpoint`` builds it: this module does not import that one.)"""
     files, readers = open_readers(path)  # a bad file fails here, before transformers is started
     tmp, answer = _sidecars(files[0])
     names = answer.get("names")
@@ -118,7 +118,8 @@ def open_gguf(path: str) -> Checkpoint:
         )
     cfg_path = os.path.join(tmp, "config.json")
     if os.path.isfile(cfg_path):
-        config = _read_json(cfg_path)
+        with open(cfg_path, encoding="utf-8") as f:  # our own child wrote it, in our temp directory
+            config = json.load(f)
         _tie_from_all_files(config, entries, cfg_path, notes)
     sidecars = sorted(os.path.join(tmp, n) for n in os.listdir(tmp) if os.path.isfile(os.path.join(tmp, n)))
     if sidecars:
@@ -126,11 +127,11 @@ def open_gguf(path: str) -> Checkpoint:
             "config.json and tokenizer made from the GGUF metadata by transformers: "
             + ", ".join(os.path.basename(s) for s in sidecars)
         )
-    ck = Checkpoint(
-        path,
-        entries,
-        files,
-        "gguf",
+    return dict(
+        path=path,
+        entries=entries,
+        files=files,
+        format="gguf",
         sidecars=sidecars,
         notes=notes,
         metadata={},
@@ -138,5 +139,3 @@ def open_gguf(path: str) -> Checkpoint:
         layout="mlx",  # llama.cpp stores Linear weights (out, in) as HF and MLX do: no layout rule applies
         gguf=info,
     )
-    _check_names(ck)
-    return ck

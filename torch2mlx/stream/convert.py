@@ -294,7 +294,7 @@ def convert(
                         resumable=sink.resumable and hook is None,
                     )
                 )
-                plan.notes += prequant.view.error_notes(plan)
+                plan.notes += _error_notes(plan, ck)
                 if ck.remote:
                     got = remote.STATS.bytes - before[2]
                     plan.notes.append(
@@ -306,6 +306,16 @@ def convert(
         return _quantized_fuses(res)
     finally:
         plan.close()  # the reader of dequantized sources, if any
+
+
+def _error_notes(plan: Plan, ck: Checkpoint) -> list[str]:
+    """After the run: what requantizing cost, as each transform measured it while writing."""
+    notes = prequant.view.error_notes(plan)
+    if ck.gguf is not None:
+        from .gguf_plan import error_notes
+
+        notes += error_notes(plan.ops)
+    return notes
 
 
 def _quantized_fuses(res: Result) -> Result:
@@ -354,5 +364,5 @@ def _write_one_file(res: Result, path: str, progress: bool, workers) -> Result:
         if bar is not None:
             bar.close()
     res.seconds = time.perf_counter() - t0
-    res.plan.notes += prequant.view.error_notes(res.plan)
+    res.plan.notes += _error_notes(res.plan, res.checkpoint)
     return res
