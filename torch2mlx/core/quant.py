@@ -39,6 +39,8 @@ at a rounding tie.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import dtypes
@@ -223,6 +225,32 @@ def _groups_T(block: np.ndarray, dt: DType, group_size: int) -> np.ndarray:
     return to_f32(np.ascontiguousarray(block.reshape(-1, group_size).T), dt)
 
 
+def row_blocks(w, group_size: int, src_dtype, out_dtype):
+    """``w`` checked as ``mx.quantize`` checks it, for any mode: ``(lead, K, out, blocks)``, where ``blocks``
+    yields ``(first row, rows cast to out)`` over ``w`` seen as ``(rows, K)``, a few hundred KB at a time."""
+    w = np.asarray(w)
+    if src_dtype is None:
+        if w.dtype.kind != "f":
+            raise ValueError(f"{w.dtype} holds raw bits: name src_dtype (e.g. 'bfloat16')")
+        src_dtype = str(w.dtype)
+    src = _dtype(src_dtype)
+    out = _dtype(out_dtype) if out_dtype is not None else dtypes.mlx_target(src)
+    if out.name not in SCALE_DTYPES:
+        raise ValueError(f"MLX quantizes only {SCALE_DTYPES}, not {out.name}")
+    if w.ndim < 1 or w.shape[-1] % group_size:
+        raise ValueError(f"last axis of shape {w.shape} is not divisible by group_size {group_size}")
+    lead, k = w.shape[:-1], w.shape[-1]
+    rows = w.reshape(-1, k)
+    step = max(1, _STEP_ELEMENTS // k)
+
+    def blocks():
+        for r in range(0, rows.shape[0], step):
+            block = rows[r : r + step]
+            yield r, (cast(block, src, out) if src.name != out.name else block)
+
+    return lead, k, out, blocks()
+
+
 def quantize(
     w: np.ndarray,
     bits: int = 4,
@@ -245,28 +273,13 @@ def quantize(
     rows gives those rows of the whole result, so a stream can bound its memory.
     """
     _check(bits, group_size)
-    w = np.asarray(w)
-    if src_dtype is None:
-        if w.dtype.kind != "f":
-            raise ValueError(f"{w.dtype} holds raw bits: name src_dtype (e.g. 'bfloat16')")
-        src_dtype = str(w.dtype)
-    src = _dtype(src_dtype)
-    out = _dtype(out_dtype) if out_dtype is not None else dtypes.mlx_target(src)
-    if out.name not in SCALE_DTYPES:
-        raise ValueError(f"MLX quantizes only {SCALE_DTYPES}, not {out.name}")
-    if w.ndim < 1 or w.shape[-1] % group_size:
-        raise ValueError(f"last axis of shape {w.shape} is not divisible by group_size {group_size}")
-    lead, k = w.shape[:-1], w.shape[-1]
-    rows = w.reshape(-1, k)
-    n, groups = rows.shape[0], k // group_size
+    lead, k, out, blocks = row_blocks(w, group_size, src_dtype, out_dtype)
+    n, groups = math.prod(lead), k // group_size
     packed = np.empty((n, k * bits // 32), np.uint32)
     scales = np.empty((n, groups), np.float32)
     biases = np.empty((n, groups), np.float32)
-    step = max(1, _STEP_ELEMENTS // k)
-    for r in range(0, n, step):
-        block = rows[r : r + step]
-        if src.name != out.name:
-            block = cast(block, src, out)
+    for r, block in blocks:
+        step = block.shape[0]
         codes, scale, bias = _codes_T(_groups_T(block, out, group_size), bits)
         packed[r : r + step] = _pack_T(codes, bits, block.shape[0])
         scales[r : r + step] = scale.reshape(-1, groups)

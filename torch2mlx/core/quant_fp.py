@@ -30,12 +30,14 @@ dtype of the weight and ``T(.)`` a rounding to it:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import dtypes
-from .casts import cast, to_f32
+from .casts import to_f32
 from .dtypes import DType
-from .quant import SCALE_DTYPES, _from_f32
+from .quant import _from_f32, row_blocks
 
 # mode -> (group size, bits): MLX accepts no other pair
 MODES = {"mxfp4": (32, 4), "nvfp4": (16, 4), "mxfp8": (32, 8)}
@@ -173,27 +175,12 @@ def quantize(
     quantize any block of rows.
     """
     gs, bits = check_mode(mode)
-    w = np.asarray(w)
-    if src_dtype is None:
-        if w.dtype.kind != "f":
-            raise ValueError(f"{w.dtype} holds raw bits: name src_dtype (e.g. 'bfloat16')")
-        src_dtype = str(w.dtype)
-    src = _dtype(src_dtype)
-    t = _dtype(out_dtype) if out_dtype is not None else dtypes.mlx_target(src)
-    if t.name not in SCALE_DTYPES:
-        raise ValueError(f"MLX quantizes only {SCALE_DTYPES}, not {t.name}")
-    if w.ndim < 1 or w.shape[-1] % gs:
-        raise ValueError(f"last axis of shape {w.shape} is not divisible by group_size {gs}")
-    lead, k = w.shape[:-1], w.shape[-1]
-    rows = w.reshape(-1, k)
-    n = rows.shape[0]
+    lead, k, t, blocks = row_blocks(w, gs, src_dtype, out_dtype)
+    n = math.prod(lead)
     packed = np.empty((n, k * bits // 8), np.uint8)
     scales = np.empty((n, k // gs), np.uint8)
-    step = max(1, _STEP_ELEMENTS // k)
-    for r in range(0, n, step):
-        block = rows[r : r + step]
-        if src.name != t.name:
-            block = cast(block, src, t)
+    for r, block in blocks:
+        step = block.shape[0]
         vals = to_f32(np.ascontiguousarray(block), t).reshape(-1, gs)
         codes, s = _quantize_groups(vals, mode, bits, t)
         packed[r : r + step] = codes.reshape(block.shape[0], -1)
