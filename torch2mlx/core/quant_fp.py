@@ -41,7 +41,6 @@ from .quant import _from_f32, row_blocks
 
 # mode -> (group size, bits): MLX accepts no other pair
 MODES = {"mxfp4": (32, 4), "nvfp4": (16, 4), "mxfp8": (32, 8)}
-_STEP_ELEMENTS = 1 << 17
 # e2m1's values by code, and the midpoints between neighbouring magnitudes
 E2M1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], np.float32)
 _MIDPOINTS = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], np.float32)  # ties go to the smaller
