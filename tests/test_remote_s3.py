@@ -140,6 +140,15 @@ def test_library_convert_takes_an_s3_url(s3, tmp_path):
     assert (tmp_path / "remote" / "tokenizer.json").read_bytes() == (root / "sharded" / "tokenizer.json").read_bytes()
 
 
+def test_one_object_matches_the_local_file(s3, tmp_path):
+    _, root = s3
+    name = "sharded/model-00002-of-00002.safetensors"
+    torch2mlx.stream.convert(str(root / name), tmp_path / "local", model=False, dtype="float16")
+    res = torch2mlx.stream.convert(f"s3://{BUCKET}/{name}", tmp_path / "remote", model=False, dtype="float16")
+    _same_output(tmp_path / "local", tmp_path / "remote")
+    assert res.tensors_out == 9
+
+
 def _cli(env_changes: dict, *args):
     env = dict(os.environ)
     for k, v in env_changes.items():
@@ -174,6 +183,29 @@ def test_cli_public_bucket_without_credentials(s3, tmp_path):
     (tmp_path / "one" / single).write_bytes((root / "sharded" / single).read_bytes())
     torch2mlx.stream.convert(str(tmp_path / "one"), tmp_path / "local", model=False)
     _same_output(tmp_path / "local", tmp_path / "out")
+
+
+def test_one_object_without_leave_to_list_its_folder(s3, tmp_path, monkeypatch):
+    # S3 grants reading an object and listing its bucket apart (moto does not enforce the second): a
+    # refused listing of the folder leaves the object alone, as the user named it
+    import fsspec
+
+    _, root = s3
+    fs, _ = fsspec.core.url_to_fs(f"s3://{BUCKET}/sharded")  # the instance the converter gets (fsspec caches it)
+    real_ls = fs.ls
+
+    def ls(path, *args, **kwargs):
+        if path.rstrip("/") == f"{BUCKET}/sharded":
+            raise PermissionError("Access Denied")
+        return real_ls(path, *args, **kwargs)
+
+    monkeypatch.setattr(fs, "ls", ls)
+    single = "model-00001-of-00002.safetensors"
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / single).write_bytes((root / "sharded" / single).read_bytes())
+    torch2mlx.stream.convert(str(tmp_path / "one" / single), tmp_path / "local", model=False)
+    torch2mlx.stream.convert(f"s3://{BUCKET}/sharded/{single}", tmp_path / "remote", model=False)
+    _same_output(tmp_path / "local", tmp_path / "remote")
 
 
 @pytest.mark.parametrize(

@@ -186,19 +186,30 @@ def _resolve_fsspec(url: str) -> Listing:
     proto = url.split("://", 1)[0]
     try:
         if fs.isdir(path):
-            found = {os.path.basename(i["name"]): i for i in fs.ls(path, detail=True) if i.get("type") == "file"}
-            single = None
+            found, single = _ls_files(fs, path), None
         else:
             info = fs.info(path)
             found, single = {os.path.basename(path): info}, os.path.basename(path)
     except Exception as e:  # OSErrors, and botocore's own (no credentials, no connection) from s3fs
         raise Torch2MLXError(f"{url}: {_listing_failed(fs, path, proto, e)}") from None
+    parent = path.rstrip("/").rpartition("/")[0]
+    if single is not None and parent:
+        # One file of a model folder brings the folder's config and tokenizer, as a local file does. Reading
+        # an object does not imply listing its bucket (S3 grants them apart): without the listing, the file alone.
+        try:
+            found = {**_ls_files(fs, parent), single: info}
+        except Exception:
+            pass
     base = url.rstrip("/") if single is None else url.rsplit("/", 1)[0]
     files = {
         n: RemoteFile(f"{base}/{n}", n, int(i["size"]), f"{proto}://{i['name']}", etag=i.get("ETag") or i.get("etag"))
         for n, i in found.items()
     }
     return Listing(base, files, single=single)
+
+
+def _ls_files(fs, path: str) -> dict:
+    return {os.path.basename(i["name"]): i for i in fs.ls(path, detail=True) if i.get("type") == "file"}
 
 
 _S3_HOW = (
