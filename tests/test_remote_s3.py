@@ -149,6 +149,26 @@ def test_one_object_matches_the_local_file(s3, tmp_path):
     assert res.tensors_out == 9
 
 
+def test_verify_sees_an_object_replaced_since(s3, tmp_path):
+    import boto3
+
+    from torch2mlx.stream.verify import verify
+
+    endpoint, root = s3
+    name = "sharded/model-00001-of-00002.safetensors"
+    torch2mlx.stream.convert(f"s3://{BUCKET}/sharded", tmp_path / "out", model=False)
+    assert verify(f"s3://{BUCKET}/sharded", tmp_path / "out", quick=True).ok
+    data = bytearray((root / name).read_bytes())
+    data[-1] ^= 0x40  # same size, other bytes: S3 gives it another ETag
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.put_object(Bucket=BUCKET, Key=name, Body=bytes(data))
+    try:
+        rep = verify(f"s3://{BUCKET}/sharded", tmp_path / "out", quick=True)
+        assert not rep.ok and "(etag differ)" in rep.problems[0], rep.problems
+    finally:
+        client.upload_file(str(root / name), BUCKET, name)
+
+
 def _cli(env_changes: dict, *args):
     env = dict(os.environ)
     for k, v in env_changes.items():

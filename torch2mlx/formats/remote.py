@@ -184,6 +184,11 @@ def _resolve_http(url: str) -> Listing:
 def _resolve_fsspec(url: str) -> Listing:
     fs, path = fsspec_fs(url)
     proto = url.split("://", 1)[0]
+    parent = path.rstrip("/").rpartition("/")[0]
+    # fsspec keeps listings for the life of the filesystem object (one per process): a URL opened again
+    # (verify, --resume, another convert) must see the objects as they are now, not as they were
+    for p in (path, parent):
+        fs.invalidate_cache(p)
     try:
         if fs.isdir(path):
             found, single = _ls_files(fs, path), None
@@ -192,7 +197,6 @@ def _resolve_fsspec(url: str) -> Listing:
             found, single = {os.path.basename(path): info}, os.path.basename(path)
     except Exception as e:  # OSErrors, and botocore's own (no credentials, no connection) from s3fs
         raise Torch2MLXError(f"{url}: {_listing_failed(fs, path, proto, e)}") from None
-    parent = path.rstrip("/").rpartition("/")[0]
     if single is not None and parent:
         # One file of a model folder brings the folder's config and tokenizer, as a local file does. Reading
         # an object does not imply listing its bucket (S3 grants them apart): without the listing, the file alone.
