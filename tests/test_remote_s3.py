@@ -25,6 +25,7 @@ from test_remote import _same_output, _tensors  # noqa: E402
 
 import torch2mlx  # noqa: E402
 import torch2mlx.stream  # noqa: E402
+from torch2mlx.errors import Torch2MLXError  # noqa: E402
 from torch2mlx.formats import ranges  # noqa: E402
 
 BUCKET = "models"
@@ -149,7 +150,7 @@ def test_one_object_matches_the_local_file(s3, tmp_path):
     assert res.tensors_out == 9
 
 
-def test_verify_sees_an_object_replaced_since(s3, tmp_path):
+def test_verify_and_resume_see_an_object_replaced_since(s3, tmp_path):
     import boto3
 
     from torch2mlx.stream.verify import verify
@@ -165,6 +166,8 @@ def test_verify_sees_an_object_replaced_since(s3, tmp_path):
     try:
         rep = verify(f"s3://{BUCKET}/sharded", tmp_path / "out", quick=True)
         assert not rep.ok and "(etag differ)" in rep.problems[0], rep.problems
+        with pytest.raises(Torch2MLXError, match=rf"resume: s3://{BUCKET}/sharded changed since .*\(content hash\)"):
+            torch2mlx.stream.convert(f"s3://{BUCKET}/sharded", tmp_path / "out", model=False, resume=True)
     finally:
         client.upload_file(str(root / name), BUCKET, name)
 
