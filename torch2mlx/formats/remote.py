@@ -220,17 +220,26 @@ def _resolve_http(url: str) -> Listing:
 def _resolve_fsspec(url: str) -> Listing:
     fs, path = fsspec_fs(url)
     proto = url.split("://", 1)[0]
+    parent = path.rstrip("/").rpartition("/")[0]
+    # fsspec keeps listings for the life of the filesystem object (one per process): a URL opened again
+    # (verify, --resume, another convert) must see the objects as they are now, not as they were
+    for p in (path, parent):
+        fs.invalidate_cache(p)
     try:
         if fs.isdir(path):
-            found = {os.path.basename(i["name"]): i for i in fs.ls(path, detail=True) if i.get("type") == "file"}
-            single = None
+            found, single = _ls_files(fs, path), None
         else:
             info = fs.info(path)
             found, single = {os.path.basename(path): info}, os.path.basename(path)
-    except FileNotFoundError:
-        raise Torch2MLXError(f"{url}: no such file or directory") from None
-    except OSError as e:
-        raise Torch2MLXError(f"{url}: cannot list ({e})") from None
+    except Exception as e:  # OSErrors, and botocore's own (no credentials, no connection) from s3fs
+        raise Torch2MLXError(f"{url}: {_listing_failed(fs, path, proto, e)}") from None
+    if single is not None and parent:
+        # One file of a model folder brings the folder's config and tokenizer, as a local file does. Reading
+        # an object does not imply listing its bucket (S3 grants them apart): without the listing, the file alone.
+        try:
+            found = {**_ls_files(fs, parent), single: info}
+        except Exception:
+            pass
     base = url.rstrip("/") if single is None else url.rsplit("/", 1)[0]
     files = {
         n: RemoteFile(f"{base}/{n}", n, int(i["size"]), f"{proto}://{i['name']}", etag=i.get("ETag") or i.get("etag"))
@@ -259,6 +268,53 @@ def fetched(path: str) -> str:
     if f is not None:
         fetch_to(f, path)
     return path
+
+
+def _ls_files(fs, path: str) -> dict:
+    return {os.path.basename(i["name"]): i for i in fs.ls(path, detail=True) if i.get("type") == "file"}
+
+
+_S3_HOW = (
+    "credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or `aws configure`; "
+    "FSSPEC_S3_ANON=true for a public bucket"
+)
+
+
+def _listing_failed(fs, path: str, proto: str, e: Exception) -> str:
+    """What went wrong listing ``path``, saying what to do; S3's usual failures are spelled out."""
+    if proto not in ("s3", "s3a"):
+        if isinstance(e, FileNotFoundError):
+            return "no such file or directory"
+        return f"cannot list ({type(e).__name__}: {e})"
+    endpoint = _s3_endpoint(fs)
+    why = str(e).strip() or type(e).__name__
+    if type(e).__name__ == "NoCredentialsError":
+        return f"no AWS credentials found; set {_S3_HOW}"
+    if type(e).__name__ == "EndpointConnectionError":
+        return f"cannot connect to {endpoint}; check the endpoint (AWS_ENDPOINT_URL) and the network"
+    if isinstance(e, PermissionError):
+        return f"access denied by {endpoint} ({why}); check the {_S3_HOW}"
+    if isinstance(e, FileNotFoundError):
+        bucket, _, key = path.partition("/")
+        try:
+            has_bucket = fs.exists(bucket)
+        except Exception:  # a bucket we may not list: say what is missing as the server put it
+            return f"not found at {endpoint} ({why})"
+        if not has_bucket:
+            return (
+                f"no bucket {bucket!r} at {endpoint}; check the name, and the endpoint (AWS_ENDPOINT_URL or "
+                "FSSPEC_S3_ENDPOINT_URL for an S3-compatible server other than AWS)"
+            )
+        return f"no object or prefix {key!r} in bucket {bucket!r} at {endpoint}; check the path"
+    return f"cannot list at {endpoint} ({type(e).__name__}: {why})"
+
+
+def _s3_endpoint(fs) -> str:
+    """The endpoint s3fs talks to, as botocore resolved it (AWS_ENDPOINT_URL, FSSPEC_S3_ENDPOINT_URL, AWS)."""
+    try:
+        return fs.s3.meta.endpoint_url
+    except Exception:  # no client was made (the failure came first)
+        return (getattr(fs, "client_kwargs", None) or {}).get("endpoint_url") or "the S3 endpoint"
 
 
 def open_binary(path: str):
