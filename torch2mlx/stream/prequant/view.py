@@ -47,11 +47,12 @@ class _Part:
 
     def __init__(self, m: Packed, reads: _Reads, what: str, gmap: np.ndarray | None, gidx: np.ndarray | None):
         self.m, self.reads, self.what, self.gmap, self.gidx = m, reads, what, gmap, gidx
+        zb = m.qzeros.nbytes if m.qzeros is not None else 0
         self.nbytes_read = {
             "weight": m.qweight.nbytes,
             "scales": m.scales.nbytes,
-            "biases": m.qzeros.nbytes,
-            "float": m.qweight.nbytes + m.qzeros.nbytes + m.scales.nbytes,
+            "biases": zb,
+            "float": m.qweight.nbytes + zb + m.scales.nbytes,
         }[what]
 
     def read(self, axis: int, start: int, stop: int) -> np.ndarray:
