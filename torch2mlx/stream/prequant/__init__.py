@@ -20,15 +20,15 @@ from types import ModuleType
 
 from ...errors import Torch2MLXError
 from ...formats.checkpoint import Checkpoint
-from . import awq, ctensors, gptq, view
+from . import awq, bnb, ctensors, gptq, view
 from . import mxfp4 as mxfp4  # callers reach it as prequant.mxfp4
 from .common import Found
 
 # quant_method -> format module; each has detect(ck, qc, by_name) -> Found
-FORMATS: dict[str, ModuleType] = {"gptq": gptq, "awq": awq, "compressed-tensors": ctensors}
+FORMATS: dict[str, ModuleType] = {"gptq": gptq, "awq": awq, "compressed-tensors": ctensors, "bitsandbytes": bnb}
 # handled elsewhere (float8 in transforms.plan_fp8; MXFP4's codes are MLX's already: mxfp4.view repacks them in
 # place) or by later formats: not an error here
-_OTHERS = ("fp8", "fbgemm_fp8", "bitsandbytes", "mxfp4", "modelopt", "hqq", "eetq")
+_OTHERS = ("fp8", "fbgemm_fp8", "mxfp4", "modelopt", "hqq", "eetq")
 
 
 def detect(ck: Checkpoint) -> Found | None:

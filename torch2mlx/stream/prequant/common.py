@@ -31,6 +31,7 @@ class Packed:
     fmt: Any = field(repr=False, default=None)  # the format module: group_index, words, zeros
     zero_offset: int = 0  # GPTQ v1 stores zero - 1
     shape: TensorEntry | None = None  # compressed-tensors' weight_shape
+    extra: dict = field(default_factory=dict)  # what else a format needs to read it (bitsandbytes' quant state)
 
     @property
     def groups(self) -> int:

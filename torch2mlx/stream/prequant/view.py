@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...core import dtypes, quant, quant_recipes
+from ...core import dtypes, quant, quant_fp, quant_recipes
 from ...core.casts import to_f32
 from ...core.dtypes import DType
 from ...core.entry import TensorEntry
@@ -58,6 +58,8 @@ class _Part:
     def read(self, axis: int, start: int, stop: int) -> np.ndarray:
         assert axis == 0  # the plan reads these by rows (identity rule)
         m, r, fmt = self.m, self.reads.reader, self.m.fmt
+        if self.what == "float" and hasattr(fmt, "dequantized"):  # no affine form: the format's own
+            return fmt.dequantized(m, r, start, stop)
         if self.what == "weight":
             return fmt.words(m, r, start, stop)
         s = read_scales(m, r, start, stop)
@@ -126,7 +128,7 @@ def prepare(ck, found: Found, opts) -> Prepared:
     virtual: dict[str, list[TensorEntry]] = {}
     for base, m in found.modules.items():
         gidx = m.fmt.group_index(m, reads.reader)
-        gs = None if (unquantized or opts.quantizing) else mlx_group_size(gidx)
+        gs = None if (unquantized or opts.quantizing or gidx is None) else mlx_group_size(gidx)
         if gs is not None and m.bits in quant.BITS:
             gmap = gidx[::gs].copy()
             groups = m.in_features // gs
@@ -172,9 +174,18 @@ def prepare(ck, found: Found, opts) -> Prepared:
         )
     if prep.floats:
         why = "--dtype/--dequantize" if unquantized else "--q-bits/--q-recipe" if opts.quantizing else None
+        fmts = {m.fmt for m in prep.floats.values()}
+        # a format with no affine form says what its exact dequantization is and why MLX cannot hold it
+        how = "; ".join(sorted({getattr(f, "DEQUANTIZED", "") for f in fmts} - {""}))
         prep.notes.append(
-            f"{len(prep.floats)} module(s) dequantized exactly (float32 scale*(q-zero))"
-            + (f", as {why} asks" if why else ": their groups do not map onto MLX's (act-order g_idx or group size)")
+            f"{len(prep.floats)} module(s) dequantized exactly ({how or 'float32 scale*(q-zero)'})"
+            + (
+                f", as {why} asks"
+                if why
+                else ""
+                if how
+                else ": their groups do not map onto MLX's (act-order g_idx or group size)"
+            )
         )
     return prep
 
@@ -211,7 +222,10 @@ class _Measured:
     def __call__(self, block, op, start, reader, src=None):
         outs = self.chain(block, op, start, reader, src)
         spec = self.chain.spec
-        back = _dequantized_f32(outs, spec.bits, spec.group_size, op.outputs[1].dtype)
+        if getattr(spec, "mode", "affine") != "affine":  # one uint8 scale per group: value * scale is exact
+            back = quant_fp.dequantize(outs[0], outs[1], spec.mode, "float32")
+        else:
+            back = _dequantized_f32(outs, spec.bits, spec.group_size, op.outputs[1].dtype)
         err = float(np.max(np.abs(back - block))) if block.size else 0.0
         top = float(np.max(np.abs(block))) if block.size else 0.0
         with self._lock:
