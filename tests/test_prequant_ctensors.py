@@ -160,3 +160,83 @@ def test_missing_scale_and_unsupported_format_are_one_line_errors(tmp_path):
     cfg["quantization_config"]["format"] = "sparse-24-bitmask"
     (src / "config.json").write_text(json.dumps(cfg))
     assert_one_error(run_main("stream", src, tmp_path / "o2"), "'sparse-24-bitmask'")
+
+
+def write_nvfp4_llama(root, unit_global_scale: bool):
+    """A tiny float32 Llama with every decoder Linear compressed as compressed-tensors' NVFP4 (NVFP4A16 preset).
+
+    Returns (dir, {module: float32 dequantization by compressed-tensors' own functions}, {module: packed dict})."""
+    from compressed_tensors.compressors.nvfp4.base import NVFP4PackedCompressor
+    from compressed_tensors.compressors.nvfp4.helpers import unpack_fp4_from_uint8
+    from compressed_tensors.quantization import preset_name_to_scheme
+    from compressed_tensors.quantization.lifecycle.forward import dequantize
+    from compressed_tensors.quantization.utils import generate_gparam
+
+    scheme = preset_name_to_scheme("NVFP4A16", ["Linear"])
+    model = L.build_model("llama", seed=7, config=R.llama_config())
+    tensors, deq, packed = {}, {}, {}
+    for name, p in model.state_dict().items():
+        base = name[: -len(".weight")]
+        if not (name.endswith(".weight") and base.rsplit(".", 1)[-1] in R.LINEARS):
+            tensors[name] = p.detach().clone()
+            continue
+        w = p.detach().clone()
+        g = w.reshape(w.shape[0], -1, 16)
+        gs = torch.ones(1) if unit_global_scale else generate_gparam(w.amin(), w.amax())
+        scale, _ = calculate_qparams(g.amin(-1), g.amax(-1), scheme.weights, global_scale=gs)
+        sd = NVFP4PackedCompressor.compress({"weight": w, "weight_scale": scale, "weight_global_scale": gs}, scheme)
+        tensors.update({f"{base}.{k}": v for k, v in sd.items()})
+        packed[base] = sd
+        # the library's dequantization, unpacked to float32 (its decompress rounds the result to bfloat16)
+        codes = unpack_fp4_from_uint8(sd["weight_packed"], w.shape[0], w.shape[1], dtype=torch.float32)
+        deq[base] = dequantize(
+            codes, sd["weight_scale"].float(), args=scheme.weights, global_scale=gs, dtype=torch.float32
+        ).numpy()
+        theirs = NVFP4PackedCompressor.decompress(sd, scheme)["weight"]
+        assert torch.equal(theirs, torch.from_numpy(deq[base]).to(theirs.dtype))
+    qc = QuantizationConfig(
+        config_groups={"group_0": scheme}, format="nvfp4-pack-quantized", quantization_status="compressed"
+    ).model_dump(mode="json")
+    root.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(root / "model.safetensors"))
+    cfg = json.loads(R.llama_config().to_json_string())
+    (root / "config.json").write_text(json.dumps(dict(cfg, architectures=["LlamaForCausalLM"], quantization_config=qc)))
+    L.save_tokenizer(root)
+    return root, deq, packed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("unit", [True, False], ids=["global-scale-1", "global-scale"])
+def test_nvfp4_becomes_mlx_nvfp4(unit, tmp_path):
+    """NVFP4 -> mx.quantize(nvfp4) of the exact dequantization. A global scale of 1 gives the source's own
+    scales and codes back (error 0; -0 codes become +0); another global scale folds into re-rounded e4m3 scales, its error measured."""
+    src, deq, packed = write_nvfp4_llama(tmp_path / "src", unit)
+    out = tmp_path / "out"
+    res = stream.convert(str(src), str(out))
+    model, cfg, weights = _mlx(out)
+    assert cfg["quantization"] == {"group_size": 16, "bits": 4, "mode": "nvfp4"}
+    records = json.loads((out / "torch2mlx.json").read_text())["tensors"]
+    written = {}
+    for base, w in deq.items():
+        wq, sq = mx.quantize(mx.array(w), mode="nvfp4")[:2]
+        np.testing.assert_array_equal(np.array(weights[base + ".weight"]), np.array(wq), err_msg=base)
+        np.testing.assert_array_equal(np.array(weights[base + ".scales"]), np.array(sq), err_msg=base)
+        written[base] = np.array(mx.dequantize(wq, sq, mode="nvfp4", dtype=mx.float32))
+        err = float(np.abs(written[base] - w).max())
+        assert records[base + ".weight"]["requant_max_abs_error"] == pytest.approx(err, rel=1e-6, abs=0)
+        if unit:
+            assert err == 0
+            # the source's codes back, but for the sign of zero (mx.quantize writes -0 as +0)
+            got, src_b = np.array(weights[base + ".weight"]).view(np.uint8), packed[base]["weight_packed"].numpy()
+            zero = lambda c: np.where((c & 7) == 0, c & 7, c)  # noqa: E731
+            np.testing.assert_array_equal(zero(got & 15), zero(src_b & 15))
+            np.testing.assert_array_equal(zero(got >> 4), zero(src_b >> 4))
+            np.testing.assert_array_equal(np.array(sq), packed[base]["weight_scale"].view(torch.uint8).numpy())
+        else:
+            assert err > 0
+    model_t = L.build_model("llama", seed=7, config=R.llama_config())
+    model_t.load_state_dict(
+        {**model_t.state_dict(), **{b + ".weight": torch.from_numpy(w) for b, w in written.items()}}
+    )
+    assert np.abs(np.array(model(mx.array(L.PROMPT))) - L.torch_logits(model_t)).max() <= 2e-3
+    assert any("NVFP4" in n and "dequantized exactly" in n for n in res.plan.notes)

@@ -18,7 +18,8 @@ inputs and ``out`` outputs, with signed integer codes ``c`` in ``[-2**(b-1), 2**
 With ``u = c + 2**(b-1)`` (the packed code) this is ``scale * (u - (zero + 2**(b-1)))``: MLX's affine
 codes are ``u`` unchanged, and ``weight_packed`` rows are MLX's packed ``weight`` rows as they are.
 Activation quantization parameters (``input_scale``, ...) are for kernels MLX has not: not written.
-``float-quantized`` (FP8) is read by the float8 path (``core.fp8``); NVFP4 and the MX formats are refused.
+``float-quantized`` (FP8) is read by the float8 path (``core.fp8``), ``nvfp4-pack-quantized`` by ``nvfp4``;
+the MX formats are refused.
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ from ...core import quant
 from ...core.casts import to_f32
 from ...core.entry import TensorEntry
 from ...errors import Torch2MLXError
+from . import nvfp4
 from .common import Found, Packed
 
 INT_FORMATS = ("pack-quantized", "int-quantized", "naive-quantized")
 FLOAT_FORMATS = ("float-quantized",)  # core.fp8 reads these
+NVFP4 = "nvfp4-pack-quantized"  # nvfp4.py reads these
 _ACTIVATIONS = ("input_scale", "input_zero_point", "input_global_scale", "output_scale", "output_zero_point")
 
 
@@ -82,10 +85,12 @@ def detect(ck, qc: dict) -> Found | None:
         return None  # float8: core.fp8
     groups = _groups(qc, path)
     for _, args, fmt in groups:
+        if fmt == NVFP4 and str(args.get("type")).lower() == "float" and args.get("num_bits") == 4:
+            continue
         if fmt not in INT_FORMATS or str(args.get("type", "int")).lower() != "int":
             raise Torch2MLXError(
                 f"{path}: compressed-tensors format {fmt or '?'!r} with {args.get('type', '?')} weights is not "
-                f"read (supported: {', '.join(INT_FORMATS)} with int weights; float-quantized as float8)"
+                f"read (supported: {', '.join(INT_FORMATS)} with int weights, {NVFP4}; float-quantized as float8)"
             )
     first = groups[0][1]
     found = Found(
@@ -107,12 +112,23 @@ def detect(ck, qc: dict) -> Found | None:
         scheme = _scheme(base, groups)
         if scheme is None:
             raise Torch2MLXError(f"{path}: {e.name} is quantized but no compressed-tensors config group targets it")
-        m = _module(base, e, by_name, scheme[0], path)
+        if scheme[1] == NVFP4:
+            m = nvfp4.module(base, e, by_name)
+        else:
+            m = _module(base, e, by_name, scheme[0], path)
         found.modules[base] = m
         found.hidden.update(
             n
             for n in (
-                base + s for s in (".weight_packed", ".weight", ".weight_scale", ".weight_zero_point", ".weight_shape")
+                base + s
+                for s in (
+                    ".weight_packed",
+                    ".weight",
+                    ".weight_scale",
+                    ".weight_zero_point",
+                    ".weight_shape",
+                    ".weight_global_scale",
+                )
             )
             if n in by_name
         )

@@ -143,6 +143,10 @@ def prepare(ck, found: Found, opts) -> Prepared:
         prep.floats[base + ".weight"] = m
         if unquantized or opts.quantizing:
             continue
+        own = getattr(m.fmt, "target", None)  # a format whose nearest MLX form is not affine (NVFP4)
+        if own is not None:
+            prep.requant[base] = own(m)
+            continue
         target = nearest_group_size(m.group_size, m.in_features)
         if target is None:
             prep.warnings.append(
