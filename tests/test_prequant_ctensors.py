@@ -209,7 +209,8 @@ def write_nvfp4_llama(root, unit_global_scale: bool):
 @pytest.mark.parametrize("unit", [True, False], ids=["global-scale-1", "global-scale"])
 def test_nvfp4_becomes_mlx_nvfp4(unit, tmp_path):
     """NVFP4 -> mx.quantize(nvfp4) of the exact dequantization. A global scale of 1 gives the source's own
-    scales and codes back (error 0; -0 codes become +0); another global scale folds into re-rounded e4m3 scales, its error measured."""
+    scales and codes back (error 0; -0 codes become +0); another global scale folds into re-rounded e4m3
+    scales, its error measured."""
     src, deq, packed = write_nvfp4_llama(tmp_path / "src", unit)
     out = tmp_path / "out"
     res = stream.convert(str(src), str(out))

@@ -14,7 +14,8 @@ MLX's nvfp4 Linear has no global scale (mlx-lm gives one to MoE switch layers on
 in range). So each module is dequantized exactly and quantized again with ``mx.quantize(..., mode="nvfp4")``
 (the plan's usual step, error measured): with a global scale of 1 that gives back the same scales and
 codes (but -0 codes, which become +0) -- a group whose largest code is 6 has largest magnitude 6 times
-its scale, so MLX finds the same scale, and every value divides exactly -- error 0; otherwise the measured error of re-rounding the folded scales.
+its scale, so MLX finds the same scale, and every value divides exactly -- error 0; otherwise the
+measured error of re-rounding the folded scales.
 """
 
 from __future__ import annotations
