@@ -241,3 +241,25 @@ def test_nvfp4_becomes_mlx_nvfp4(unit, tmp_path):
     )
     assert np.abs(np.array(model(mx.array(L.PROMPT))) - L.torch_logits(model_t)).max() <= 2e-3
     assert any("NVFP4" in n and "dequantized exactly" in n for n in res.plan.notes)
+
+
+def test_dense_format_is_converted_as_float_weights(tmp_path):
+    """format "dense" (weights stored unquantized, e.g. an activation-only scheme): nothing to unpack."""
+    model = L.build_model("llama", seed=7, config=R.llama_config())
+    src = tmp_path / "src"
+    src.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(src / "model.safetensors"))
+    scheme = QuantizationScheme(targets=["Linear"], weights=_args(8, "channel", None, True))
+    qc = QuantizationConfig(config_groups={"group_0": scheme}, format="dense").model_dump(mode="json")
+    cfg = json.loads(R.llama_config().to_json_string())
+    (src / "config.json").write_text(json.dumps(dict(cfg, architectures=["LlamaForCausalLM"], quantization_config=qc)))
+    out = tmp_path / "out"
+    proc = run_main("stream", src, out, "--no-model")
+    assert proc.returncode == 0, proc.stderr
+    assert "pre-quantized" not in proc.stdout
+    from safetensors.numpy import load_file
+
+    got = load_file(str(out / "model.safetensors"))
+    np.testing.assert_array_equal(
+        got["model.layers.0.mlp.up_proj.weight"], model.model.layers[0].mlp.up_proj.weight.detach().numpy()
+    )

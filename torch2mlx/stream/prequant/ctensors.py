@@ -39,12 +39,13 @@ from .common import Found, Packed
 INT_FORMATS = ("pack-quantized", "int-quantized", "naive-quantized")
 FLOAT_FORMATS = ("float-quantized",)  # core.fp8 reads these
 NVFP4 = "nvfp4-pack-quantized"  # nvfp4.py reads these
+DENSE = "dense"  # weights stored unquantized
 _ACTIVATIONS = ("input_scale", "input_zero_point", "input_global_scale", "output_scale", "output_zero_point")
 
 
 def describes(qc: dict) -> bool:
     """Whether this module rewrites the weights ``qc`` describes (float8 ones are core.fp8's)."""
-    return _format(qc, qc) not in FLOAT_FORMATS
+    return _format(qc, qc) not in (*FLOAT_FORMATS, DENSE)
 
 
 def _format(qc: dict, group: dict) -> str:
@@ -58,8 +59,10 @@ def _groups(qc: dict, path: str) -> list[tuple[list[str], dict, str]]:
         raise Torch2MLXError(f"{path}: compressed-tensors quantization_config has no config_groups")
     out = []
     for name, g in groups.items():
-        if not isinstance(g, dict) or not isinstance(g.get("weights"), dict):
-            raise Torch2MLXError(f"{path}: compressed-tensors config group {name!r} has no weights arguments")
+        if not isinstance(g, dict):
+            raise Torch2MLXError(f"{path}: compressed-tensors config group {name!r} is not an object")
+        if not isinstance(g.get("weights"), dict):
+            continue  # activations or KV cache only: the weights are float
         targets = g.get("targets") or []
         out.append(
             ([str(t) for t in targets] if isinstance(targets, list) else [str(targets)], g["weights"], _format(qc, g))
@@ -83,7 +86,9 @@ def detect(ck, qc: dict) -> Found | None:
     top = _format(qc, qc)
     if top in FLOAT_FORMATS:
         return None  # float8: core.fp8
-    groups = _groups(qc, path)
+    groups = [g for g in _groups(qc, path) if g[2] != DENSE]
+    if not groups:
+        return None  # float weights (fake-quantized or activation-only schemes): converted as they are
     for _, args, fmt in groups:
         if fmt == NVFP4 and str(args.get("type")).lower() == "float" and args.get("num_bits") == 4:
             continue
