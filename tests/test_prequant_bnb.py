@@ -118,7 +118,12 @@ def test_dequantization_equals_bitsandbytes(name, tmp_path):
     out = tmp_path / "out"
     proc = run_main("stream", src, out, "--dtype", "float32")
     assert proc.returncode == 0, proc.stderr
-    assert "BITSANDBYTES" in proc.stdout and "14 module(s) dequantized exactly (bitsandbytes" in proc.stdout
+    kind, blocksize, _ = CASES[name]
+    assert (
+        f"BITSANDBYTES (bits={8 if kind == 'int8' else 4}, group_size={blocksize or -1}, checkpoint_format={kind})"
+        in proc.stdout
+    )
+    assert "14 module(s) dequantized exactly (bitsandbytes" in proc.stdout
     model, cfg, weights = _mlx(out)
     assert "quantization" not in cfg and "quantization_config" not in cfg
     for base, w in deq.items():

@@ -64,7 +64,8 @@ def detect(ck, qc: dict) -> Found:
     finally:
         reader.close()
     if found.modules:
-        found.group_size = next(iter(found.modules.values())).group_size
+        # the source's blocks (int8: one scale per row, -1), not the requantization's groups
+        found.group_size = next(iter(found.modules.values())).extra.get("blocksize", -1)
     if not found.modules and any(e.dtype.name in ("uint8", "int8") and e.name.endswith(".weight") for e in ck.entries):
         raise Torch2MLXError(
             f"{path}: config.json says bitsandbytes but no module has its quantization state "
