@@ -171,3 +171,43 @@ def test_blocks_without_scales_is_one_error(gpt_oss, tmp_path):
 def test_quantizing_mxfp4_again_is_refused(gpt_oss, tmp_path):
     src, _, _ = gpt_oss
     assert_one_error(run_main("stream", src, tmp_path / "o", "--q-bits", "4"), "MXFP4 already", "--q-bits")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_unquantized_gpt_oss_loads_in_mlx_lm(dtype, tmp_path):
+    """A float gpt-oss (transformers' save_pretrained): its experts' gate_up_proj [E, hidden, 2I] (gate/up
+    interleaved along the outputs) becomes gate_proj/up_proj [E, I, hidden], down_proj is transposed,
+    biases split: mlx-lm loads it and its logits match transformers' (float32: <= 1e-4)."""
+    from mlx_lm.utils import load_model
+    from transformers import GptOssForCausalLM
+
+    torch.manual_seed(1)
+    model = GptOssForCausalLM(gpt_oss_config()).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2 if p.dim() >= 2 else 0.05)
+    model = model.to(dtype)
+    src = tmp_path / "src"
+    model.save_pretrained(src)
+    with torch.no_grad():
+        ref = model.float()(torch.tensor(PROMPT)).logits.numpy()
+    out = tmp_path / "out"
+    # MLX's CPU gather_mm (the experts' matmul) runs in float32 only: a bfloat16 source is written as float32
+    # (exactly) so that mlx-lm can run it here
+    proc = run_main("stream", src, out, *(["--dtype", "float32"] if dtype == torch.bfloat16 else []))
+    assert proc.returncode == 0, proc.stderr
+    assert "gate_up_proj split into gate_proj/up_proj" in proc.stdout
+    got = {}
+    for f in out.glob("*.safetensors"):
+        got.update({k: np.array(v.astype(mx.float32)) for k, v in mx.load(str(f)).items()})
+    assert not any("gate_up_proj" in k for k in got)
+    sd = {k: v.float().numpy() for k, v in model.state_dict().items()}
+    p = "model.layers.1.mlp.experts."
+    np.testing.assert_array_equal(got[p + "gate_proj.weight"], sd[p + "gate_up_proj"][:, :, 0::2].transpose(0, 2, 1))
+    np.testing.assert_array_equal(got[p + "up_proj.weight"], sd[p + "gate_up_proj"][:, :, 1::2].transpose(0, 2, 1))
+    np.testing.assert_array_equal(got[p + "down_proj.weight"], sd[p + "down_proj"].transpose(0, 2, 1))
+    np.testing.assert_array_equal(got[p + "up_proj.bias"], sd[p + "gate_up_proj_bias"][:, 1::2])
+    mlx_model, _ = load_model(out)
+    logits = np.array(mlx_model(mx.array(PROMPT)).astype(mx.float32))
+    assert np.abs(logits - ref).max() <= 1e-4
+    assert run_main("verify", src, out).returncode == 0

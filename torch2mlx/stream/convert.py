@@ -12,7 +12,7 @@ from ..errors import Torch2MLXError
 from ..formats import remote
 from ..formats.checkpoint import Checkpoint
 from ..formats.data import DataReader
-from . import mlx_source, prequant, sidecar_config, sinks
+from . import gpt_oss, mlx_source, prequant, sidecar_config, sinks
 from . import resume as resume_mod
 from .execute import Executor, ShardResult
 from .gc_pause import paused
@@ -45,6 +45,10 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
         if opts.quantizing:
             raise Torch2MLXError(f"{ck.path}: its weights are MXFP4 already; q_bits/q_recipe/q_mode do not apply")
         ck, more, repacked = mxfp4
+        notes += more
+    experts = gpt_oss.view(ck) if mxfp4 is None else None  # unquantized gpt-oss: mlx-lm's expert layout
+    if experts is not None:
+        ck, more, repacked = experts
         notes += more
     module_types = None
     requant: dict = {}
@@ -94,6 +98,8 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
     if prep is not None and specs:
         # The view's tensors are in MLX layout already (a Conv1D's rule would transpose packed codes)
         specs = [s for s in specs if not prep.virtual_names.intersection(s.sources)]
+    if experts is not None:  # in MLX layout already: no rule for a 3-D weight may transpose them again
+        specs = gpt_oss.identity_specs(specs, repacked)
     plan = build(ck, opts, specs, drop, module_types, recipe=prequant.view.recipe(prep, opts) if prep else None)
     plan.side_reader = side
     if mxfp4 is not None:

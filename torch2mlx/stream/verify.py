@@ -25,7 +25,7 @@ from ..formats import pickled, remote
 from ..formats import safetensors as st_reader
 from ..formats.checkpoint import open_checkpoint
 from ..formats.data import DataReader
-from . import hashing, prequant
+from . import gpt_oss, hashing, prequant
 from . import manifest as manifest_mod
 from .execute import CHUNK, compute_outputs, plan_tasks
 from .manifest import NAME as MANIFEST
@@ -297,6 +297,9 @@ def _verify_values(src, manifest, outputs, rep: VerifyReport, progress) -> None:
     mxfp4 = prequant.mxfp4.view(ck)  # the repacked tensors' sources: views of the MXFP4 ones
     if mxfp4 is not None:
         ck = mxfp4[0]
+    experts = gpt_oss.view(ck) if mxfp4 is None else None  # likewise: views of gpt-oss's expert tensors
+    if experts is not None:
+        ck = experts[0]
     found = prequant.detect(ck)
     if found is not None and found.modules:  # the records name the view the conversion read
         from .options import Options

@@ -20,15 +20,15 @@ from types import ModuleType
 
 from ...errors import Torch2MLXError
 from ...formats.checkpoint import Checkpoint
-from . import awq, gptq, view
+from . import awq, bnb, ctensors, gptq, view
 from . import mxfp4 as mxfp4  # callers reach it as prequant.mxfp4
 from .common import Found
 
 # quant_method -> format module; each has detect(ck, qc, by_name) -> Found
-FORMATS: dict[str, ModuleType] = {"gptq": gptq, "awq": awq}
+FORMATS: dict[str, ModuleType] = {"gptq": gptq, "awq": awq, "compressed-tensors": ctensors, "bitsandbytes": bnb}
 # handled elsewhere (float8 in transforms.plan_fp8; MXFP4's codes are MLX's already: mxfp4.view repacks them in
 # place) or by later formats: not an error here
-_OTHERS = ("fp8", "fbgemm_fp8", "compressed-tensors", "bitsandbytes", "mxfp4", "modelopt", "hqq", "eetq")
+_OTHERS = ("fp8", "fbgemm_fp8", "mxfp4", "modelopt", "hqq", "eetq")
 
 
 def detect(ck: Checkpoint) -> Found | None:
@@ -66,4 +66,6 @@ def apply(ck: Checkpoint, found: Found, opts) -> tuple[Checkpoint, view.Prepared
 def describes(quantization_config) -> bool:
     """Whether a config.json ``quantization_config`` is one of ``FORMATS`` (stale once the weights are rewritten)."""
     qc = quantization_config if isinstance(quantization_config, dict) else {}
-    return str(qc.get("quant_method") or "").lower() in FORMATS
+    fmt = FORMATS.get(str(qc.get("quant_method") or "").lower())
+    # a format may leave some of its configs to another path (compressed-tensors' float8: core.fp8)
+    return fmt is not None and getattr(fmt, "describes", lambda qc: True)(qc)

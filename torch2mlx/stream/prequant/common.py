@@ -22,7 +22,7 @@ class Packed:
     base: str  # module path, "model.layers.0.self_attn.q_proj"
     qweight: TensorEntry
     scales: TensorEntry
-    qzeros: TensorEntry
+    qzeros: TensorEntry | None  # None: symmetric, the format's fixed zero point
     g_idx: TensorEntry | None
     bits: int
     group_size: int  # of the source, resolved (-1 -> in_features)
@@ -30,6 +30,8 @@ class Packed:
     out_features: int
     fmt: Any = field(repr=False, default=None)  # the format module: group_index, words, zeros
     zero_offset: int = 0  # GPTQ v1 stores zero - 1
+    shape: TensorEntry | None = None  # compressed-tensors' weight_shape
+    extra: dict = field(default_factory=dict)  # what else a format needs to read it (bitsandbytes' quant state)
 
     @property
     def groups(self) -> int:
@@ -51,12 +53,13 @@ class Found:
     checkpoint_format: str | None = None
     version: str | None = None
     zero_point: bool | None = None
+    strategy: str | None = None  # compressed-tensors: group / channel / tensor
     modules: dict[str, Packed] = field(default_factory=dict)
     hidden: set[str] = field(default_factory=set)  # source tensors the view replaces
 
     def describe(self) -> str:
         parts = [f"bits={self.bits}", f"group_size={self.group_size}"]
-        for k in ("sym", "desc_act", "zero_point", "checkpoint_format", "version"):
+        for k in ("strategy", "sym", "desc_act", "zero_point", "checkpoint_format", "version"):
             v = getattr(self, k)
             if v is not None:
                 parts.append(f"{k}={v}")
@@ -102,6 +105,9 @@ def check_int32(m: Packed, *entries: TensorEntry) -> None:
 
 def read_scales(m: Packed, reader, start: int, stop: int) -> np.ndarray:
     """float32 scales of output rows [start, stop): (rows, groups)."""
+    own = getattr(m.fmt, "read_scales", None)  # a format storing them (out, groups)
+    if own is not None:
+        return own(m, reader, start, stop)
     s = reader.read_rows(m.scales, start, stop, 1)
     return np.ascontiguousarray(to_f32(s, m.scales.dtype).T)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...core import dtypes, quant, quant_recipes
+from ...core import dtypes, quant, quant_fp, quant_recipes
 from ...core.casts import to_f32
 from ...core.dtypes import DType
 from ...core.entry import TensorEntry
@@ -47,16 +47,19 @@ class _Part:
 
     def __init__(self, m: Packed, reads: _Reads, what: str, gmap: np.ndarray | None, gidx: np.ndarray | None):
         self.m, self.reads, self.what, self.gmap, self.gidx = m, reads, what, gmap, gidx
+        zb = m.qzeros.nbytes if m.qzeros is not None else 0
         self.nbytes_read = {
             "weight": m.qweight.nbytes,
             "scales": m.scales.nbytes,
-            "biases": m.qzeros.nbytes,
-            "float": m.qweight.nbytes + m.qzeros.nbytes + m.scales.nbytes,
+            "biases": zb,
+            "float": m.qweight.nbytes + zb + m.scales.nbytes,
         }[what]
 
     def read(self, axis: int, start: int, stop: int) -> np.ndarray:
         assert axis == 0  # the plan reads these by rows (identity rule)
         m, r, fmt = self.m, self.reads.reader, self.m.fmt
+        if self.what == "float" and hasattr(fmt, "dequantized"):  # no affine form: the format's own
+            return fmt.dequantized(m, r, start, stop)
         if self.what == "weight":
             return fmt.words(m, r, start, stop)
         s = read_scales(m, r, start, stop)
@@ -125,7 +128,7 @@ def prepare(ck, found: Found, opts) -> Prepared:
     virtual: dict[str, list[TensorEntry]] = {}
     for base, m in found.modules.items():
         gidx = m.fmt.group_index(m, reads.reader)
-        gs = None if (unquantized or opts.quantizing) else mlx_group_size(gidx)
+        gs = None if (unquantized or opts.quantizing or gidx is None) else mlx_group_size(gidx)
         if gs is not None and m.bits in quant.BITS:
             gmap = gidx[::gs].copy()
             groups = m.in_features // gs
@@ -139,6 +142,10 @@ def prepare(ck, found: Found, opts) -> Prepared:
         virtual[m.qweight.name] = [_entry(m, ".weight", F32, m.in_features, _Part(m, reads, "float", None, gidx))]
         prep.floats[base + ".weight"] = m
         if unquantized or opts.quantizing:
+            continue
+        own = getattr(m.fmt, "target", None)  # a format whose nearest MLX form is not affine (NVFP4)
+        if own is not None:
+            prep.requant[base] = own(m)
             continue
         target = nearest_group_size(m.group_size, m.in_features)
         if target is None:
@@ -171,9 +178,18 @@ def prepare(ck, found: Found, opts) -> Prepared:
         )
     if prep.floats:
         why = "--dtype/--dequantize" if unquantized else "--q-bits/--q-recipe" if opts.quantizing else None
+        fmts = {m.fmt for m in prep.floats.values()}
+        # a format with no affine form says what its exact dequantization is and why MLX cannot hold it
+        how = "; ".join(sorted({getattr(f, "DEQUANTIZED", "") for f in fmts} - {""}))
         prep.notes.append(
-            f"{len(prep.floats)} module(s) dequantized exactly (float32 scale*(q-zero))"
-            + (f", as {why} asks" if why else ": their groups do not map onto MLX's (act-order g_idx or group size)")
+            f"{len(prep.floats)} module(s) dequantized exactly ({how or 'float32 scale*(q-zero)'})"
+            + (
+                f", as {why} asks"
+                if why
+                else ""
+                if how
+                else ": their groups do not map onto MLX's (act-order g_idx or group size)"
+            )
         )
     return prep
 
@@ -210,7 +226,10 @@ class _Measured:
     def __call__(self, block, op, start, reader, src=None):
         outs = self.chain(block, op, start, reader, src)
         spec = self.chain.spec
-        back = _dequantized_f32(outs, spec.bits, spec.group_size, op.outputs[1].dtype)
+        if getattr(spec, "mode", "affine") != "affine":  # one uint8 scale per group: value * scale is exact
+            back = quant_fp.dequantize(outs[0], outs[1], spec.mode, "float32")
+        else:
+            back = _dequantized_f32(outs, spec.bits, spec.group_size, op.outputs[1].dtype)
         err = float(np.max(np.abs(back - block))) if block.size else 0.0
         top = float(np.max(np.abs(block))) if block.size else 0.0
         with self._lock:
