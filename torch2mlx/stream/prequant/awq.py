@@ -77,4 +77,5 @@ def words(m: Packed, reader, start: int, stop: int) -> np.ndarray:
 
 
 def zeros(m: Packed, reader, start: int, stop: int) -> np.ndarray:
+    assert m.qzeros is not None  # AWQ GEMM always stores them
     return np.ascontiguousarray(_along_out(m.qzeros, reader, start, stop).T).astype(np.float32)

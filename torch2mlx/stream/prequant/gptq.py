@@ -133,5 +133,6 @@ def words(m: Packed, reader, start: int, stop: int) -> np.ndarray:
 
 def zeros(m: Packed, reader, start: int, stop: int) -> np.ndarray:
     """float32 zero points of output rows [start, stop): (rows, groups)."""
+    assert m.qzeros is not None  # GPTQ always stores them (sym included)
     z = codes_along_out(m.qzeros, m.bits, reader, start, stop).astype(np.float32)
     return np.ascontiguousarray(z.T) + np.float32(m.zero_offset)
