@@ -35,6 +35,9 @@ SHARED_FUNCTIONS = {
     "group_index",
     "words",
     "zeros",
+    "describes",
+    "dequantized",
+    "read_scales",
     # one per kind of transform the planner attaches (transforms: float8 and quantization; gguf_plan: GGUF blocks)
     "attach",
     "rebuild",

@@ -57,13 +57,12 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
         raise Torch2MLXError(f"{ck.path}: not an MLX-quantized checkpoint; dequantize has nothing to undo")
     side = None
     if opts.dequantize:
-        from .reverse_plan import dequantized, read_manifest
+        from .reverse_plan import with_dequantized
 
         # The virtual float entries read through this reader; closed with the plan (Plan.close).
         side = DataReader(drop_cache=opts.drop_cache)
-        m = read_manifest(ck)
         fp_dtype = dtypes.get(opts.dtype) if opts.dtype != "keep" else None
-        ck, n = dequantized(ck, (m.tensors or {}) if m is not None else {}, side, fp_dtype)
+        ck, n = with_dequantized(ck, side, fp_dtype)
         ck = dataclasses.replace(ck, config=_without_quantization(ck.config))
         notes.append(f"{n} quantized weight(s) dequantized as mx.dequantize does")
     if already is not None:

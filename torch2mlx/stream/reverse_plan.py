@@ -81,7 +81,16 @@ def _quant_params(base: str, records: dict, config: dict | None) -> dict | None:
     return q if "bits" in q and "group_size" in q else None
 
 
-def dequantized(ck: Checkpoint, records: dict, reader: DataReader, fp_dtype=None) -> tuple[Checkpoint, int]:
+def with_dequantized(
+    ck: Checkpoint, reader: DataReader, fp_dtype=None, manifest: Manifest | None | bool = True
+) -> tuple[Checkpoint, int]:
+    """``with_float_views`` with the records of ``ck``'s own manifest (``manifest``: that manifest, already
+    read, or None for none)."""
+    m = read_manifest(ck) if manifest is True else manifest or None
+    return with_float_views(ck, (m.tensors or {}) if m is not None else {}, reader, fp_dtype)
+
+
+def with_float_views(ck: Checkpoint, records: dict, reader: DataReader, fp_dtype=None) -> tuple[Checkpoint, int]:
     """``ck`` with each quantized triple as one float weight read through ``reader``, and how many there were
     (``fp_dtype``: see ``dequant.view``)."""
     found = {}
@@ -284,7 +293,7 @@ def plan_reverse(
     copied_mlx = m is not None and m.source_layout == "mlx"
     if copied_mlx:  # its records map MLX tensors to themselves: nothing about torch layouts in them
         m = None
-    view, n_quant = dequantized(ck, (m.tensors or {}) if m is not None else {}, reader)
+    view, n_quant = with_dequantized(ck, reader, manifest=m)
     view = dataclasses.replace(view, layout="mlx")  # no forward layout may be guessed on the way back
     r = _rules(m, view, specs, model, model_kwargs, use_model)
     if strict is not None:

@@ -279,8 +279,7 @@ def plan(ck: Checkpoint, reader: DataReader, gguf_type: str, name: str | None = 
             "convert with `t2mlx stream SRC MLX_DIR` first)"
         )
     model_type, fam, hp = family_of(ck.config, ck.path)
-    m = reverse_plan.read_manifest(ck)
-    view, _ = reverse_plan.dequantized(ck, (m.tensors or {}) if m is not None else {}, reader)
+    view, _ = reverse_plan.with_dequantized(ck, reader)
     arch = gguf.MODEL_ARCH[fam.arch]
     n_layers = int(hp.get("num_hidden_layers") or 0)
     tmap = gguf.get_tensor_name_map(arch, n_layers)

@@ -308,11 +308,10 @@ def _verify_values(src, manifest, outputs, rep: VerifyReport, progress) -> None:
     by_name = {e.name: e for e in ck.entries}
     with DataReader() as reader:
         if (manifest.options or {}).get("dequantize"):  # its sources: the quantized weights, dequantized
-            from .reverse_plan import dequantized, read_manifest
+            from .reverse_plan import with_dequantized
 
-            m, dt = read_manifest(ck), (manifest.options or {}).get("dtype", "keep")
-            fp_dtype = dtypes.get(dt) if dt != "keep" else None
-            ck, _ = dequantized(ck, (m.tensors or {}) if m is not None else {}, reader, fp_dtype)
+            dt = (manifest.options or {}).get("dtype", "keep")
+            ck, _ = with_dequantized(ck, reader, dtypes.get(dt) if dt != "keep" else None)
         by_name = {e.name: e for e in ck.entries}
         _compare_ops(_ops_from_manifest(manifest.tensors or {}, by_name, rep.problems), outputs, reader, rep, progress)
 
