@@ -110,6 +110,29 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
         )
     if opts.adapter is not None:
         _fuse_adapter(plan, opts, requant)
+    return _for_target(ck, opts, plan)
+
+
+def _for_target(ck: Checkpoint, opts: Options, plan: Plan) -> tuple[Checkpoint, Plan]:
+    """The target's names, layouts and config (stream/targets); a source without config.json gets the
+    config its target module reads from it (OpenAI's Whisper ``.pt``), so config.json is written."""
+    from . import targets
+
+    config = targets.source_config(ck)
+    try:
+        plan.target = targets.choose(config, opts.target)
+    except Torch2MLXError as e:
+        raise Torch2MLXError(f"{ck.path}: {e}") from None
+    mod = targets.module(plan.target)
+    if mod is None:
+        return ck, plan
+    if config is not ck.config:
+        ck = dataclasses.replace(ck, config=config)
+    keep = getattr(mod, "sidecars", None)
+    if keep is not None:
+        wanted = set(keep([os.path.basename(p) for p in ck.sidecars], opts))
+        ck = dataclasses.replace(ck, sidecars=[p for p in ck.sidecars if os.path.basename(p) in wanted])
+    plan.notes += mod.apply(ck, opts, plan)
     return ck, plan
 
 
