@@ -35,10 +35,9 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
     ``model`` as for ``convert``; ``status(text)`` is told before a slow step without output starts
     (the analyzer's first run), ``status(None)`` when it is over.
     """
-    opts = options
-    ck, _, model = open_source(src, opts, model)
+    ck, _, model = open_source(src, options, model)
+    target, target_config, opts, notes = _choose_target(ck, options)
     path, model_kwargs, use_model, inputs = model_choice(model, model_kwargs)
-    notes = []
     repacked: set[str] = set()
     mxfp4 = prequant.mxfp4.view(ck)  # gpt-oss's MXFP4: repacked in place, no float round trip
     if mxfp4 is not None:
@@ -110,20 +109,34 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
         )
     if opts.adapter is not None:
         _fuse_adapter(plan, opts, requant)
-    return _for_target(ck, opts, plan)
+    return _for_target(ck, opts, plan, target, target_config)
 
 
-def _for_target(ck: Checkpoint, opts: Options, plan: Plan) -> tuple[Checkpoint, Plan]:
-    """The target's names, layouts and config (stream/targets); a source without config.json gets the
-    config its target module reads from it (OpenAI's Whisper ``.pt``), so config.json is written."""
+def _choose_target(ck: Checkpoint, opts: Options) -> tuple[str, dict | None, Options, list[str]]:
+    """The target (stream/targets) and the config it was chosen from, chosen before planning: a target's
+    module may set what the plan needs (mlx-whisper: float16 unless a dtype is given)."""
     from . import targets
 
     config = targets.source_config(ck)
     try:
-        plan.target = targets.choose(config, opts.target)
+        target = targets.choose(config, opts.target)
     except Torch2MLXError as e:
         raise Torch2MLXError(f"{ck.path}: {e}") from None
-    mod = targets.module(plan.target)
+    mod = targets.module(target)
+    adjust = getattr(mod, "options", None)
+    if adjust is None:
+        return target, config, opts, []
+    opts, notes = adjust(opts, ck)
+    return target, config, opts, list(notes)
+
+
+def _for_target(ck: Checkpoint, opts: Options, plan: Plan, target: str, config: dict | None) -> tuple[Checkpoint, Plan]:
+    """The target's names, layouts and config (stream/targets); a source without config.json gets the
+    config its target module reads from it (OpenAI's Whisper ``.pt``), so config.json is written."""
+    from . import targets
+
+    plan.target = target
+    mod = targets.module(target)
     if mod is None:
         return ck, plan
     if config is not ck.config:

@@ -13,6 +13,9 @@ imported only when chosen or asked, exposing:
   conversion would write it (its ``quantization`` block included when quantizing).
 - optional ``source_config(ck) -> dict | None``: a config for a source that has no config.json
   (e.g. OpenAI's Whisper ``.pt`` keeps its dimensions in the pickle); used for ``choose`` and ``config``.
+- optional ``options(opts, ck) -> (opts, notes)``: options the plan is made with (called before planning;
+  the manifest keeps the options as given, and re-planning from them chooses the same).
+- optional ``mismatch(config) -> str``: why ``matches`` said no (default: what config.json describes).
 - optional ``sidecars(names, opts) -> list[str]``: which of the source's sidecar file names to copy.
 """
 
@@ -79,7 +82,8 @@ def choose(config: dict | None, requested: str | None) -> str:
     if requested is not None:
         mod = module(requested)
         if mod is not None and config is not None and not mod.matches(config):
-            raise Torch2MLXError(f"target {requested} does not fit this model: {describe(config)}")
+            why = getattr(mod, "mismatch", describe)(config)
+            raise Torch2MLXError(f"target {requested} does not fit this model: {why}")
         return requested
     if config is None:
         return "mlx"
