@@ -72,8 +72,10 @@ _HF_NAMES = (
 _HF_COMPILED = tuple((re.compile(p), r) for p, r in _HF_NAMES)
 # Source tensors mlx-whisper has no parameter for, and why they are not needed
 _DROP = (
-    (re.compile(r"^(model\.)?encoder\.(embed_positions\.weight|positional_embedding)$"),
-     "mlx-whisper computes the encoder's sinusoidal positions"),
+    (
+        re.compile(r"^(model\.)?encoder\.(embed_positions\.weight|positional_embedding)$"),
+        "mlx-whisper computes the encoder's sinusoidal positions",
+    ),
     (re.compile(r"^proj_out\.weight$"), "mlx-whisper's decoder projects with token_embedding (tied)"),
 )
 _PARAM = "(weight|bias|scales|biases)"
@@ -125,8 +127,9 @@ def source_config(ck) -> dict | None:
 
 
 def options(opts, ck):
-    """No mixed recipes (one group size and bit width in mlx-whisper's config); float16 unless a dtype is given: ``mlx_whisper.transcribe`` computes in float16 by default
-    (``fp16=True``) and refuses float32 audio features (``--dtype float32``: transcribe with fp16=False)."""
+    """No mixed recipes (mlx-whisper's config has one group size and bit width); float16 unless a dtype
+    is given: ``mlx_whisper.transcribe`` computes in float16 by default (``fp16=True``) and refuses
+    float32 audio features (``--dtype float32``: transcribe with fp16=False)."""
     import dataclasses
 
     if opts.q_recipe is not None:
@@ -154,11 +157,7 @@ def dims(config: dict) -> dict:
     if missing:
         raise Torch2MLXError(f"target mlx-whisper: config.json lacks {', '.join(missing)}")
     d = config["d_model"]
-    odd = [
-        f"{k} {config[k]}"
-        for k in ("encoder_ffn_dim", "decoder_ffn_dim")
-        if k in config and config[k] != 4 * d
-    ]
+    odd = [f"{k} {config[k]}" for k in ("encoder_ffn_dim", "decoder_ffn_dim") if k in config and config[k] != 4 * d]
     if config.get("activation_function", "gelu") != "gelu":
         odd.append(f"activation_function {config['activation_function']}")
     if config.get("scale_embedding"):
@@ -207,7 +206,9 @@ def apply(ck, opts, plan) -> list[str]:
                 plan.warnings = [w for w in plan.warnings if not w.startswith(f"{src}: rule conv1d inferred")]
         kept.append(op)
     if any(op.rule == "identity" and _CONV.match(op.outputs[0].name) for op in kept) and ck.layout != "mlx":
-        raise Torch2MLXError("target mlx-whisper: the convolutions would stay channels-first (a --rule made them identity)")
+        raise Torch2MLXError(
+            "target mlx-whisper: the convolutions would stay channels-first (a --rule made them identity)"
+        )
     plan.ops = kept
     plan.shards = assign_shards(kept, 1 << 62)
     (shard,) = plan.shards
