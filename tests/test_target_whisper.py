@@ -220,9 +220,19 @@ def test_openai_pt_converts_without_torch_and_loads(hf, reference, tone, tmp_pat
     assert "warning" not in proc.stdout  # the conv rules come from the target's table, not a guess
     assert json.loads((out / "config.json").read_text()) == {"model_type": "whisper", **DIMS}
     assert_same_outputs(reference, out, tone[1])
+    # back to torch: OpenAI's names (its state dict's, as read), without the encoder's position table
+    back = tmp_path / "back"
+    proc = run_cli("stream", out, back, "--to", "torch", env=env)
+    assert proc.returncode == 0, proc.stderr
+    from safetensors.numpy import load_file
+
+    got = load_file(str(back / "model.safetensors"))
+    assert set(got) == set(sd) - {"encoder.positional_embedding"}
+    assert all(np.array_equal(got[k], sd[k].numpy()) for k in got)
+    assert json.loads((back / "config.json").read_text()) == {"model_type": "whisper", **DIMS}
 
 
-def test_back_to_torch_gives_transformers_names(hf, tmp_path):
+def test_back_to_torch_gives_transformers_names(hf, tone, tmp_path):
     model, src = hf
     out, back = tmp_path / "out", tmp_path / "back"
     assert run_cli("stream", src, out, "--dtype", "float32").returncode == 0
@@ -236,6 +246,16 @@ def test_back_to_torch_gives_transformers_names(hf, tmp_path):
     assert set(got) == set(sd) - {"proj_out.weight", "model.encoder.embed_positions.weight"}
     for k, v in got.items():
         assert torch.equal(v, sd[k]), k
+    # config.json is a WhisperConfig again; transformers rebuilds the sinusoidal table it lacks
+    from transformers import WhisperForConditionalGeneration
+
+    again = WhisperForConditionalGeneration.from_pretrained(back).eval()
+    assert torch.equal(again.model.encoder.embed_positions.weight, sd["model.encoder.embed_positions.weight"])
+    feats = torch.from_numpy(tone[1].T.copy())[None]
+    with torch.no_grad():
+        a = again(input_features=feats, decoder_input_ids=torch.tensor([TOKENS])).logits
+        b = model(input_features=feats, decoder_input_ids=torch.tensor([TOKENS])).logits
+    assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize(

@@ -219,6 +219,17 @@ def apply(ck, opts, plan) -> list[str]:
     return notes
 
 
+def hf_config(cfg: dict) -> dict:
+    """transformers' WhisperConfig keys for mlx-whisper's config.json (``--to torch`` of a transformers
+    source); any other config as it is. The keys mlx-whisper does not keep take WhisperConfig's defaults."""
+    if not all(k in cfg for k in DIMS) or "d_model" in cfg:
+        return cfg
+    d = cfg["n_audio_state"]
+    out = {"architectures": ["WhisperForConditionalGeneration"], "model_type": "whisper"}
+    out |= {hf: cfg[k] for k, hf in _FROM_HF.items()}
+    return out | {"encoder_ffn_dim": 4 * d, "decoder_ffn_dim": 4 * d}
+
+
 def _unquantized(op, opts, warnings: list[str]) -> None:
     from ...core import rules
     from ..plan import Output
