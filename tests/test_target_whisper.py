@@ -300,3 +300,34 @@ def test_default_choice_from_config():
     assert targets.choose({"model_type": "bert", "architectures": ["BertModel"]}, None) == "mlx"
     assert targets.choose(None, None) == "mlx"
     assert targets.choose({"model_type": "llama"}, "mlx") == "mlx"
+
+
+def test_float16_openai_pt_quantized_loads_and_transcribes(hf, tone, tmp_path):
+    """OpenAI's checkpoints are float16: kept so; --q-bits 4 as the library takes it."""
+    import mlx.nn as nn
+
+    from torch2mlx import stream
+
+    sd = {openai_name(k): v.half() for k, v in hf[0].state_dict().items() if k != "proj_out.weight"}
+    pt = tmp_path / "tiny.pt"
+    torch.save({"dims": dict(DIMS), "model_state_dict": sd}, pt)
+    res = stream.convert(pt, tmp_path / "out", q_bits=4, target="mlx-whisper")
+    assert res.plan.target == "mlx-whisper" and res.to_dict()["target"] == "mlx-whisper"
+    assert not any("float16, as mlx_whisper.transcribe" in n for n in res.plan.notes)  # float16 already
+    m = load_model(str(tmp_path / "out"))
+    assert isinstance(m.encoder.blocks[1].mlp2, nn.QuantizedLinear) and m.encoder.blocks[1].mlp2.bits == 4
+    text = mlx_whisper.transcribe(tone[0], path_or_hf_repo=str(tmp_path / "out"), temperature=0.0, language="en")
+    assert isinstance(text["text"], str)
+
+
+def test_target_option_checked_and_other_configs_do_not_crash():
+    from torch2mlx.errors import Torch2MLXError
+    from torch2mlx.stream import Options, targets
+
+    with pytest.raises(Torch2MLXError, match="target must be one of mlx, mlx-lm, mlx-whisper, mlx-vlm"):
+        Options.make(target="whisper")
+    assert Options.make(target="mlx-whisper").to_dict()["target"] == "mlx-whisper"
+    assert "target" not in Options.make().to_dict()  # other runs' manifests unchanged
+    # a vision-language config: whatever the mlx-vlm module says, the default choice is one of the targets
+    llava = {"model_type": "llava", "architectures": ["LlavaForConditionalGeneration"]}
+    assert targets.choose(llava, None) in targets.TARGETS

@@ -223,7 +223,9 @@ def convert(
             ``strip_prefix``, ``exclude``, ``rules`` (``"REGEX=RULE"``), ``key``, ``q_bits``, ``q_group_size``,
             ``q_recipe``, ``q_mode`` (``"mxfp4"``, ``"nvfp4"``, ``"mxfp8"``: MLX's fp modes), ``dequantize``
             (an MLX-quantized source to float weights), ``allow_globals``, ``zarr_compressor``, ``drop_cache``,
-            ``adapter``, ``adapter_scale``); giving both is refused. ``adapter``: a LoRA/DoRA adapter directory
+            ``adapter``, ``adapter_scale``, ``target``); giving both is refused. ``target``: the MLX tool OUT is
+            for (``"mlx-whisper"``, ``"mlx-vlm"``, ``"mlx-lm"``, ``"mlx"``; default chosen from config.json:
+            docs/targets.md). ``adapter``: a LoRA/DoRA adapter directory
             (PEFT's or mlx-lm's) fused into the weights as they stream, before any quantization
             (docs/adapters.md); ``adapter_scale`` multiplies its scale.
         model: where exact rules come from. ``None``: a live module's own, or a config.json next to the
