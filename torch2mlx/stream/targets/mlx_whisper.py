@@ -213,7 +213,7 @@ def apply(ck, opts, plan) -> list[str]:
     plan.shards = assign_shards(kept, 1 << 62)
     (shard,) = plan.shards
     shard.file = WEIGHTS
-    notes = [f"target mlx-whisper: {len(kept)} tensor(s) with mlx-whisper's names in one {WEIGHTS}"]
+    notes = [f"target mlx-whisper: {len(kept)} tensor(s) with mlx-whisper's names, unsharded ({WEIGHTS})"]
     if dropped:
         notes[0] += f", {dropped} not needed by it dropped"
     return notes
