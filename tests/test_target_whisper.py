@@ -331,3 +331,12 @@ def test_target_option_checked_and_other_configs_do_not_crash():
     # a vision-language config: whatever the mlx-vlm module says, the default choice is one of the targets
     llava = {"model_type": "llava", "architectures": ["LlavaForConditionalGeneration"]}
     assert targets.choose(llava, None) in targets.TARGETS
+
+
+def test_hook_refused_for_mlx_whisper(hf, tmp_path):
+    from torch2mlx import stream
+    from torch2mlx.errors import Torch2MLXError
+
+    with pytest.raises(Torch2MLXError, match="target mlx-whisper reads weights.safetensors"):
+        stream.convert(hf[1], tmp_path / "out", hook=lambda n, a, d: (n, a))
+    assert not (tmp_path / "out").exists()
