@@ -71,6 +71,7 @@ def _add_stream(sub):
     from .formats.checkpoint import FORMATS_READ
     from .stream.options import OUT_DTYPES, Q_MODES
     from .stream.sinks import SINKS, directions
+    from .stream.targets import TARGETS
     from .stream.to_gguf_plan import GGUF_TYPES
     from .stream.writers.zarr_store import COMPRESSORS
 
@@ -199,6 +200,13 @@ def _add_stream(sub):
         action="store_true",
         help="an MLX-quantized source (ours or mlx-lm's, any mode) -> unquantized MLX weights, as mlx-lm's "
         "convert -d (dtype: the scales' for affine, bfloat16 for the fp modes, or --dtype)",
+    )
+    p.add_argument(
+        "--target",
+        choices=TARGETS,
+        default=None,
+        help="the MLX tool OUT is laid out for: mlx-whisper (mlx_whisper.load_models), mlx-vlm (mlx_vlm.load), "
+        "mlx-lm, mlx (plain MLX names); default: chosen from config.json (docs/targets.md)",
     )
     p.add_argument(
         "--to",
@@ -364,6 +372,8 @@ def _cmd_stream(args) -> int:
         adapter_scale=args.adapter_scale,
         gguf_scales=args.gguf_scales,
     )
+    if args.target is not None:  # only when given: --to torch and --to gguf refuse it
+        settings["target"] = args.target
     run = dict(
         model=args.model,
         model_kwargs=args.model_kwargs,
@@ -469,6 +479,7 @@ _FLAG_SPELLINGS: list[tuple[re.Pattern[str], Any]] = [
         lambda m: "--" + m.group(0).replace("_", "-"),
     ),
     (re.compile(r"\ballow_globals\b"), "--allow-global"),
+    (re.compile(r"\btarget (mlx[-\w]*) (does not|is not)"), r"--target \1 \2"),
     (re.compile(r"^resume(:| does not)"), r"--resume\1"),
     (re.compile(r"\brerun with overwrite\b"), "rerun with --overwrite"),
     (re.compile(r"format='zarr'"), "--format zarr"),

@@ -35,10 +35,9 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
     ``model`` as for ``convert``; ``status(text)`` is told before a slow step without output starts
     (the analyzer's first run), ``status(None)`` when it is over.
     """
-    opts = options
-    ck, _, model = open_source(src, opts, model)
+    ck, _, model = open_source(src, options, model)
+    target, target_config, opts, notes = _choose_target(ck, options)
     path, model_kwargs, use_model, inputs = model_choice(model, model_kwargs)
-    notes = []
     repacked: set[str] = set()
     mxfp4 = prequant.mxfp4.view(ck)  # gpt-oss's MXFP4: repacked in place, no float round trip
     if mxfp4 is not None:
@@ -115,6 +114,43 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
         )
     if opts.adapter is not None:
         _fuse_adapter(plan, opts, requant)
+    return _for_target(ck, opts, plan, target, target_config)
+
+
+def _choose_target(ck: Checkpoint, opts: Options) -> tuple[str, dict | None, Options, list[str]]:
+    """The target (stream/targets) and the config it was chosen from, chosen before planning: a target's
+    module may set what the plan needs (mlx-whisper: float16 unless a dtype is given)."""
+    from . import targets
+
+    config = targets.source_config(ck)
+    try:
+        target = targets.choose(config, opts.target)
+    except Torch2MLXError as e:
+        raise Torch2MLXError(f"{ck.path}: {e}") from None
+    mod = targets.module(target)
+    adjust = getattr(mod, "options", None)
+    if adjust is None:
+        return target, config, opts, []
+    opts, notes = adjust(opts, ck)
+    return target, config, opts, list(notes)
+
+
+def _for_target(ck: Checkpoint, opts: Options, plan: Plan, target: str, config: dict | None) -> tuple[Checkpoint, Plan]:
+    """The target's names, layouts and config (stream/targets); a source without config.json gets the
+    config its target module reads from it (OpenAI's Whisper ``.pt``), so config.json is written."""
+    from . import targets
+
+    plan.target = target
+    mod = targets.module(target)
+    if mod is None:
+        return ck, plan
+    if config is not ck.config:
+        ck = dataclasses.replace(ck, config=config)
+    keep = getattr(mod, "sidecars", None)
+    if keep is not None:
+        wanted = set(keep([os.path.basename(p) for p in ck.sidecars], opts))
+        ck = dataclasses.replace(ck, sidecars=[p for p in ck.sidecars if os.path.basename(p) in wanted])
+    plan.notes += mod.apply(ck, opts, plan)
     return ck, plan
 
 
@@ -192,7 +228,9 @@ def convert(
             ``strip_prefix``, ``exclude``, ``rules`` (``"REGEX=RULE"``), ``key``, ``q_bits``, ``q_group_size``,
             ``q_recipe``, ``q_mode`` (``"mxfp4"``, ``"nvfp4"``, ``"mxfp8"``: MLX's fp modes), ``dequantize``
             (an MLX-quantized source to float weights), ``allow_globals``, ``zarr_compressor``, ``drop_cache``,
-            ``adapter``, ``adapter_scale``); giving both is refused. ``adapter``: a LoRA/DoRA adapter directory
+            ``adapter``, ``adapter_scale``, ``target``); giving both is refused. ``target``: the MLX tool OUT is
+            for (``"mlx-whisper"``, ``"mlx-vlm"``, ``"mlx-lm"``, ``"mlx"``; default chosen from config.json:
+            docs/targets.md). ``adapter``: a LoRA/DoRA adapter directory
             (PEFT's or mlx-lm's) fused into the weights as they stream, before any quantization
             (docs/adapters.md); ``adapter_scale`` multiplies its scale.
         model: where exact rules come from. ``None``: a live module's own, or a config.json next to the

@@ -49,6 +49,7 @@ KEYS = (
     "torch2mlx",
     "source",
     "options",
+    "target",
     "format",
     "source_key",
     "source_layout",
@@ -74,6 +75,7 @@ class Manifest:
     version: str | None = None  # the torch2mlx that wrote it
     source: str | None = None
     options: dict | None = None  # Options.to_dict()
+    target: str | None = None  # the MLX tool the output is laid out for (stream/targets)
     format: str | None = None  # zarr, or --to torch's safetensors/bin
     source_key: str | None = None  # key path chosen inside a nested source
     source_layout: str | None = None  # "mlx": the source was already MLX (its records say nothing of torch)
@@ -180,10 +182,13 @@ def for_run(
     plan_sha256: str,
     source_files: dict,
     to_torch: dict | None = None,
+    target: str | None = None,
 ) -> Manifest:
     """A planned run (either direction). ``tensors`` None while it goes on (complete: false);
-    ``to_torch``: ``{"format", "model", "model_kwargs", "use_model"}`` of a --to torch run."""
+    ``to_torch``: ``{"format", "model", "model_kwargs", "use_model"}`` of a --to torch run;
+    ``target``: the forward run's target (stream/targets)."""
     layout = ["torch2mlx", "source", "options"]
+    layout += ["target"] if target is not None else []
     layout += ["source_key"] if source_key is not None else []
     layout += ["source_layout"] if mlx_source else []
     layout += ["tensors"] if tensors is not None else []
@@ -197,6 +202,7 @@ def for_run(
         torch2mlx=version,
         source=source,
         options=options,
+        target=target,
         source_key=source_key,
         source_layout="mlx" if mlx_source else None,
         tensors=tensors,

@@ -125,6 +125,7 @@ class Options:
     adapter_scale: float = 1.0  # multiplies the adapter's own scale(s)
     adapter_sha256: str | None = None  # of the adapter's files, as read when the options were made
     gguf_scales: str = "float32"  # scales/biases of GGUF blocks repacked to MLX (float32: exact)
+    target: str | None = None  # the MLX tool the output is for (stream/targets); None: chosen from config.json
 
     @property
     def quantizing(self) -> bool:
@@ -153,6 +154,7 @@ class Options:
                 else {}
             )
             | ({"gguf_scales": self.gguf_scales} if self.gguf_scales != "float32" else {})
+            | ({"target": self.target} if self.target is not None else {})
         )
 
     @classmethod
@@ -177,6 +179,7 @@ class Options:
         adapter_scale=None,
         adapter_sha256=None,
         gguf_scales="float32",
+        target=None,
     ) -> "Options":
         """Build options from user-facing values (strings as the CLI takes them).
 
@@ -228,6 +231,11 @@ class Options:
             )
         if gguf_scales not in quant.SCALE_DTYPES:
             raise Torch2MLXError(f"gguf_scales must be one of {', '.join(quant.SCALE_DTYPES)}, got {gguf_scales!r}")
+        if target is not None:
+            from .targets import TARGETS
+
+            if target not in TARGETS:
+                raise Torch2MLXError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
         parsed_rules = [_rule_pair(r) for r in rules]
         adapter, adapter_scale, adapter_sha256 = _adapter(adapter, adapter_scale, adapter_sha256)
         return cls(
@@ -249,6 +257,7 @@ class Options:
             adapter_scale=adapter_scale,
             adapter_sha256=adapter_sha256,
             gguf_scales=gguf_scales,
+            target=target,
         )
 
     @classmethod

@@ -107,6 +107,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     quantization: dict | None = None  # the config block mlx-lm reads, when quantizing
+    target: str | None = None  # the MLX tool a forward run's output is laid out for (stream/targets)
     fuses: list = field(default_factory=list)  # an adapter's Fuse stages (adapters.fuse), for the report
     fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)  # resume.fingerprint's
     # serves sources read through another reader (dequantized MLX weights); closed with ``close``

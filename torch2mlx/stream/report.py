@@ -46,7 +46,9 @@ def format_plan(plan, limit: int | None = None) -> str:
 
 
 def _tail(plan) -> list[str]:
-    lines = ["rules: " + ", ".join(f"{k} {v}" for k, v in plan.rules_by_source().items())]
+    target = getattr(plan, "target", None)
+    lines = [f"target: {target}"] if target is not None else []
+    lines += ["rules: " + ", ".join(f"{k} {v}" for k, v in plan.rules_by_source().items())]
     if plan.dropped:
         lines.append(
             f"dropped: {len(plan.dropped)} ("

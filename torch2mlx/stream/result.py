@@ -61,6 +61,7 @@ class Result:
             "reused_shards": self.reused,
             "seconds": round(self.seconds, 3),
             "mib_per_s": round(self.nbytes_in / 2**20 / self.seconds, 1) if self.seconds else None,
+            "target": self.plan.target,
             "rules_by_source": self.plan.rules_by_source(),
             "shards": [{"file": s.file, "bytes": s.bytes, s.hash: s.digest} for s in self.shards]
             or [{"file": s.file, "bytes": s.size} for s in self.plan.shards],
@@ -100,4 +101,5 @@ def manifest(res: Result, opts: Options, complete: bool = True, to_torch: dict |
         plan_sha256=resume_mod.fingerprint(res.plan),
         source_files=res.source_files,
         to_torch=to_torch,
+        target=res.plan.target,
     )

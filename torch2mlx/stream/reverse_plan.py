@@ -188,6 +188,10 @@ def torch_config(config: dict | None, opts: Options, plan: Plan) -> dict | None:
     fp8_left = any(o.dtype.name.startswith("float8") for op in plan.ops for o in op.outputs)
     if isinstance(qc, dict) and ("quant_method" not in qc or (qc.get("quant_method") == "fp8" and not fp8_left)):
         del cfg["quantization_config"]  # mlx-lm's copy of its block, or fp8 weights now dequantized
+    if any(o.name.startswith("model.decoder.") for op in plan.ops for o in op.outputs):
+        from .targets.mlx_whisper import hf_config
+
+        cfg = hf_config(cfg)  # mlx-whisper's ModelDimensions back to a WhisperConfig (else as it is)
     floats = sorted({o.dtype.name for op in plan.ops for o in op.outputs if o.dtype.is_float and o.shape})
     if len(floats) == 1:
         for k in ("torch_dtype", "dtype"):

@@ -32,7 +32,19 @@ def _hoist_rope(cfg: dict) -> list[str]:
 
 def rewrite(ck: Checkpoint, opts: Options, plan: Plan) -> dict[str, dict] | None:
     """config.json as the converted weights need it: quantization block, new dtype, no stale fp8 block
-    (a dequantized source's ``ck.config`` comes without its quantization block already)."""
+    (a dequantized source's ``ck.config`` comes without its quantization block already); a target with a
+    module (stream/targets) makes its own from that."""
+    from . import targets
+
+    mod = targets.module(plan.target) if plan.target is not None else None
+    if mod is None:
+        return _rewrite(ck, opts, plan)
+    done = _rewrite(ck, opts, plan)
+    cfg = done["config.json"] if done else ck.config
+    return {"config.json": mod.config(dict(cfg or {}), opts)}
+
+
+def _rewrite(ck: Checkpoint, opts: Options, plan: Plan) -> dict[str, dict] | None:
     from ..core.fp8 import FP8_WEIGHT_DTYPES, describes_fp8
 
     stale_fp8 = (

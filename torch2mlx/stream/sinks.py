@@ -22,7 +22,7 @@ from ..formats.integrity import IntegrityError
 from . import manifest as manifest_mod
 from .execute import Executor, ShardResult
 from .options import Options
-from .plan import Plan
+from .plan import Plan, shard_name
 from .progress import progress_bar
 from .result import Result, manifest
 from .writers import output_dir
@@ -253,6 +253,12 @@ def refuse_settings(s: Sink, plan: Plan, *, hook=None, resume: bool = False) -> 
         raise Torch2MLXError(
             "a hook cannot be combined with quantization (q_bits/q_recipe/q_mode): "
             "convert with the hook first, then quantize that output in a second run"
+        )
+    if hook is not None and plan.shards and plan.shards[0].file != shard_name(0, len(plan.shards)):
+        # ShardWriter names its own shards: a target that reads one fixed file (mlx-whisper) would not find it
+        raise Torch2MLXError(
+            f"a hook writes model*.safetensors shards; target {plan.target} reads {plan.shards[0].file} "
+            "(give target='mlx' to use a hook)"
         )
     if resume and not s.resumable:
         raise Torch2MLXError(f"format={s.name!r} does not combine with resume")

@@ -119,6 +119,8 @@ def to_gguf(
         )
     if opts.zarr_compressor != "none":
         raise Torch2MLXError("zarr_compressor does not apply with --to gguf")
+    if opts.target is not None:
+        raise Torch2MLXError(f"target {opts.target} does not apply with --to gguf (it writes llama.cpp's layout)")
     if not isinstance(gguf_type, str):
         raise Torch2MLXError(f"gguf_type must be one of {', '.join(GGUF_TYPES)}, got {gguf_type!r}")
     check_gguf_type(gguf_type)

@@ -121,6 +121,10 @@ def to_torch(
     opts = Options.resolve(options, settings)
     if opts.quantizing:
         raise Torch2MLXError("q_bits/q_recipe do not apply to to_torch (quantized weights come back dequantized)")
+    if opts.target is not None:
+        raise Torch2MLXError(
+            f"target {opts.target} does not apply to to_torch (the source's manifest says how it was converted)"
+        )
     if opts.adapter is not None:
         raise Torch2MLXError(
             "adapter does not apply to to_torch: fuse it in the conversion to MLX, or convert the adapter "

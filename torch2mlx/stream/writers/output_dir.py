@@ -80,6 +80,13 @@ def copy_sidecars(paths: list[str], out_dir: str, rewrite: dict[str, dict] | Non
         except OSError as e:
             raise os_error(dst, e) from None
         copied.append(name)
+    for name in sorted(set(rewrite or ()) - set(copied)):  # made for a source that has none (a target's config)
+        dst = os.path.join(out_dir, name)
+        try:
+            write_json_atomic(dst, rewrite[name])
+        except OSError as e:
+            raise os_error(dst, e) from None
+        copied.append(name)
     return copied
 
 
