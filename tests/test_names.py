@@ -42,6 +42,9 @@ SHARED_FUNCTIONS = {
     "attach",
     "rebuild",
     "error_notes",
+    # one per output target (stream/targets: the dispatch and each target's module)
+    "apply",
+    "source_config",
 }
 
 

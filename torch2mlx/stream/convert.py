@@ -83,7 +83,7 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
     found = prequant.detect(ck) if already is None else None
     prep = None
     if found is not None and found.modules:
-        ck, prep = prequant.apply(ck, found, opts)
+        ck, prep = prequant.packed_view(ck, found, opts)
     if inputs is None and (use_model or path is not None):
         from ..core.model_rules import stream_inputs
 

@@ -248,7 +248,7 @@ def _ops_from_manifest(records: dict, by_name: dict, problems: list[str]):
 
     for name, rec in records.items():
         if (rec.get("prequant") or {}).get("lossless"):
-            # a repacked GPTQ/AWQ tensor: read as written from the packed source's view (prequant.apply)
+            # a repacked GPTQ/AWQ tensor: read as written from the packed source's view (prequant.packed_view)
             if name not in by_name:
                 problems.append(f"{name}: not in the source checkpoint's repacked view")
             else:
@@ -304,7 +304,7 @@ def _verify_values(src, manifest, outputs, rep: VerifyReport, progress) -> None:
     if found is not None and found.modules:  # the records name the view the conversion read
         from .options import Options
 
-        ck, _ = prequant.apply(ck, found, Options.make(**(manifest.options or {})))
+        ck, _ = prequant.packed_view(ck, found, Options.make(**(manifest.options or {})))
     by_name = {e.name: e for e in ck.entries}
     with DataReader() as reader:
         if (manifest.options or {}).get("dequantize"):  # its sources: the quantized weights, dequantized

@@ -57,7 +57,7 @@ def detect(ck: Checkpoint) -> Found | None:
     return None
 
 
-def apply(ck: Checkpoint, found: Found, opts) -> tuple[Checkpoint, view.Prepared]:
+def packed_view(ck: Checkpoint, found: Found, opts) -> tuple[Checkpoint, view.Prepared]:
     """``ck`` with each packed module as virtual entries, and what the planner needs to finish the job."""
     prepared = view.prepare(ck, found, opts)
     return dataclasses.replace(ck, entries=prepared.entries), prepared

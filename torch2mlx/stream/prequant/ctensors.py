@@ -118,7 +118,7 @@ def detect(ck, qc: dict) -> Found | None:
         if scheme is None:
             raise Torch2MLXError(f"{path}: {e.name} is quantized but no compressed-tensors config group targets it")
         if scheme[1] == NVFP4:
-            m = nvfp4.module(base, e, by_name)
+            m = nvfp4.packed_module(base, e, by_name)
         else:
             m = _module(base, e, by_name, scheme[0], path)
         found.modules[base] = m

@@ -32,7 +32,7 @@ DEQUANTIZED = "NVFP4: e2m1 value * e4m3 scale / global scale in float32; MLX's n
 GROUP = 16
 
 
-def module(base: str, packed: TensorEntry, by_name: dict) -> Packed:
+def packed_module(base: str, packed: TensorEntry, by_name: dict) -> Packed:
     scale = by_name.get(base + ".weight_scale")
     gscale = by_name.get(base + ".weight_global_scale")
     m = Packed(base, packed, scale, None, None, 4, GROUP, 0, 0, fmt=sys.modules[__name__])  # type: ignore[arg-type]

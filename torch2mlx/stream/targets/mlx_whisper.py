@@ -170,7 +170,7 @@ def dims(config: dict) -> dict:
     return {k: config[v] for k, v in _FROM_HF.items()}
 
 
-def mlx_name(name: str) -> str:
+def whisper_name(name: str) -> str:
     """mlx-whisper's name of a transformers or OpenAI Whisper tensor (its own names stay as they are)."""
     if name.startswith("model."):
         name = name[len("model.") :]
@@ -198,7 +198,7 @@ def apply(ck, opts, plan) -> list[str]:
         if _POSITIONS.match(src) and op.transform is not None and len(op.outputs) > 1:
             _unquantized(op, opts, plan.warnings)  # an nn.Embedding in transformers, a plain array in mlx-whisper
         for o in op.outputs:
-            o.name = mlx_name(o.name)
+            o.name = whisper_name(o.name)
             if not _KNOWN.match(o.name):
                 raise Torch2MLXError(f"target mlx-whisper: mlx-whisper's Whisper has no parameter for {src!r}")
             if _CONV.match(o.name) and op.rule_source == "inferred":

@@ -80,10 +80,11 @@ def copy_sidecars(paths: list[str], out_dir: str, rewrite: dict[str, dict] | Non
         except OSError as e:
             raise os_error(dst, e) from None
         copied.append(name)
-    for name in sorted(set(rewrite or ()) - set(copied)):  # made for a source that has none (a target's config)
+    made = rewrite or {}
+    for name in sorted(set(made) - set(copied)):  # made for a source that has none (a target's config)
         dst = os.path.join(out_dir, name)
         try:
-            write_json_atomic(dst, rewrite[name])
+            write_json_atomic(dst, made[name])
         except OSError as e:
             raise os_error(dst, e) from None
         copied.append(name)
