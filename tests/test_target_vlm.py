@@ -66,7 +66,11 @@ def _llava(out):
     model.save_pretrained(out)
     ip = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
     LlavaProcessor(
-        image_processor=ip, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default", chat_template=TEMPLATE
+        image_processor=ip,
+        tokenizer=tok,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        chat_template=TEMPLATE,
     ).save_pretrained(out)
     pixels = torch.randn(1, 3, 28, 28, generator=torch.Generator().manual_seed(1))
     ids = [1, 5, 6] + [vocab - 1] * 4 + [7, 8, 9]
@@ -124,7 +128,10 @@ def _qwen(out, five: bool):
     # one 56x56 image: a 4x4 grid of 14x14 patches, two frames each, merged 2x2 into 4 tokens
     pixels = torch.randn(16, 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(1))
     ids = [1, 5, vocab - 4] + [vocab - 2] * 4 + [vocab - 3, 7, 8]
-    hf = {"image_grid_thw": torch.tensor([[1, 4, 4]]), "mm_token_type_ids": torch.tensor([[int(i == vocab - 2) for i in ids]])}
+    hf = {
+        "image_grid_thw": torch.tensor([[1, 4, 4]]),
+        "mm_token_type_ids": torch.tensor([[int(i == vocab - 2) for i in ids]]),
+    }
     return model, ids, {"pixel_values": pixels} | hf
 
 
@@ -289,3 +296,59 @@ def test_refuses_a_model_mlx_vlm_target_does_not_cover(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     assert "mlx-vlm" in proc.stderr and "llama" in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_refuses_weights_without_config(tmp_path):
+    from safetensors.torch import save_file
+
+    src = tmp_path / "w.safetensors"
+    save_file({"language_model.model.norm.weight": torch.ones(4)}, src)
+    proc = run_cli("stream", src, tmp_path / "out", "--target", "mlx-vlm")
+    assert proc.returncode != 0
+    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
+    assert "config.json" in proc.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "family,name,want",
+    [
+        # the legacy top-level prefixes (what transformers 5 still saves) and the model.* ones of 4.5x
+        (
+            "llava",
+            "language_model.model.layers.0.mlp.up_proj.weight",
+            "language_model.model.layers.0.mlp.up_proj.weight",
+        ),
+        (
+            "llava",
+            "model.language_model.layers.0.mlp.up_proj.weight",
+            "language_model.model.layers.0.mlp.up_proj.weight",
+        ),
+        ("llava", "lm_head.weight", "language_model.lm_head.weight"),
+        ("llava", "language_model.lm_head.weight", "language_model.lm_head.weight"),
+        (
+            "llava",
+            "vision_tower.embeddings.patch_embedding.weight",
+            "vision_tower.vision_model.embeddings.patch_embedding.weight",
+        ),
+        (
+            "llava",
+            "model.vision_tower.vision_model.post_layernorm.bias",
+            "vision_tower.vision_model.post_layernorm.bias",
+        ),
+        ("llava", "model.multi_modal_projector.linear_1.weight", "multi_modal_projector.linear_1.weight"),
+        ("qwen", "model.layers.0.self_attn.q_proj.bias", "language_model.model.layers.0.self_attn.q_proj.bias"),
+        (
+            "qwen",
+            "model.language_model.layers.0.self_attn.q_proj.bias",
+            "language_model.model.layers.0.self_attn.q_proj.bias",
+        ),
+        ("qwen", "visual.patch_embed.proj.weight", "vision_tower.patch_embed.proj.weight"),
+        ("qwen", "model.visual.merger.mlp.0.weight", "vision_tower.merger.mlp.0.weight"),
+        ("qwen", "lm_head.weight", "language_model.lm_head.weight"),
+    ],
+)
+def test_names_as_mlx_vlm_loads_them(family, name, want):
+    from torch2mlx.stream.targets.mlx_vlm import vlm_name
+
+    assert vlm_name(name, family) == want
+    assert vlm_name(want, family) == want  # a fixed point, as mlx-vlm's sanitize needs

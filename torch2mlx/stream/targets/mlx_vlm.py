@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from ...core import rules
 from ...core.quant_recipes import module_path
+from ...errors import Torch2MLXError
 from ..plan import Output, assign_shards
 from ..sidecar_config import _hoist_rope
 from ..transforms import Chain
@@ -80,7 +81,10 @@ def _unquantize(op) -> None:
 
 
 def apply(ck, opts, plan) -> list[str]:
-    family = MODEL_TYPES[(ck.config or {}).get("model_type")]
+    if ck.config is None or not matches(ck.config):
+        why = mismatch(ck.config) if ck.config is not None else "no config.json beside the weights"
+        raise Torch2MLXError(f"{ck.path}: target mlx-vlm needs the model's config.json: {why}")
+    family = MODEL_TYPES[ck.config["model_type"]]
     renamed = 0
     for op in plan.ops:
         for o in op.outputs:
