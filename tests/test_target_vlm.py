@@ -352,3 +352,30 @@ def test_names_as_mlx_vlm_loads_them(family, name, want):
 
     assert vlm_name(name, family) == want
     assert vlm_name(want, family) == want  # a fixed point, as mlx-vlm's sanitize needs
+
+
+def test_transformers_4_5x_names(tmp_path):
+    """A LLaVA saved with the ``model.language_model.*`` / ``model.vision_tower.vision_model.*`` names of
+    transformers 4.52+ loads as well, with the same logits."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    src = tmp_path / "llava"
+    model, ids, extra = _llava(src)
+    renamed = {}
+    for name, t in load_file(src / "model.safetensors").items():
+        if name.startswith("language_model.model."):
+            name = "model.language_model." + name[len("language_model.model.") :]
+        elif name.startswith("language_model.lm_head."):
+            name = name[len("language_model.") :]
+        elif name.startswith("vision_tower."):
+            name = "model.vision_tower.vision_model." + name[len("vision_tower.") :]
+        else:
+            name = "model." + name
+        renamed[name] = t
+    assert "model.language_model.embed_tokens.weight" in renamed
+    save_file(renamed, src / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "out"
+    convert(src, out, target="mlx-vlm")
+    loaded, _ = mlx_vlm.load(str(out))
+    np.testing.assert_allclose(_mlx_logits(loaded, ids, extra), _hf_logits(model, ids, extra), atol=1e-4, rtol=0)
