@@ -257,6 +257,8 @@ def test_quantizes_the_language_model_only(vlm, tmp_path):
     assert vision and all(head[n]["dtype"] != "U32" for n in vision)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["quantization"] == {"group_size": 32, "bits": 8, "mode": "affine"}
+    check = run_cli("verify", src, out)  # re-planned from the manifest: the same names, the same codes
+    assert check.returncode == 0, check.stdout + check.stderr
     loaded, _ = mlx_vlm.load(str(out))
     import mlx.nn as nn
 
