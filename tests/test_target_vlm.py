@@ -381,3 +381,18 @@ def test_transformers_4_5x_names(tmp_path):
     convert(src, out, target="mlx-vlm")
     loaded, _ = mlx_vlm.load(str(out))
     np.testing.assert_allclose(_mlx_logits(loaded, ids, extra), _hf_logits(model, ids, extra), atol=1e-4, rtol=0)
+
+
+def test_one_tensor_under_both_spellings_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    src = tmp_path / "llava"
+    _llava(src)
+    tensors = load_file(src / "model.safetensors")
+    tensors["model.language_model.norm.weight"] = tensors["language_model.model.norm.weight"].clone()
+    save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
+    proc = run_cli("stream", src, tmp_path / "out", "--target", "mlx-vlm", "--no-model")
+    assert proc.returncode != 0
+    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
+    assert "language_model.model.norm.weight" in proc.stderr and not (tmp_path / "out").exists()

@@ -16,7 +16,7 @@ from __future__ import annotations
 from ...core import rules
 from ...core.quant_recipes import module_path
 from ...errors import Torch2MLXError
-from ..plan import Output, assign_shards
+from ..plan import Op, Output, assign_shards
 from ..sidecar_config import _hoist_rope
 from ..transforms import Chain
 
@@ -112,8 +112,14 @@ def apply(ck, opts, plan) -> list[str]:
         extra = _tied_quantized_head(ck.config, plan)
         if extra:
             notes.append(extra)
-    names = [o.name for op in plan.ops for o in op.outputs]
-    assert len(names) == len(set(names)), "mlx-vlm renames collide"
+    seen: dict[str, str] = {}
+    for op in plan.ops:
+        for o in op.outputs:
+            if o.name in seen:  # a checkpoint holding one tensor under both spellings
+                raise Torch2MLXError(
+                    f"{ck.path}: {seen[o.name]} and {op.sources[0].name} would both be mlx-vlm's {o.name}"
+                )
+            seen[o.name] = op.sources[0].name
     plan.shards = assign_shards(plan.ops, opts.max_shard_size)
     return notes
 
@@ -125,10 +131,10 @@ def _tied_quantized_head(config: dict, plan) -> str | None:
         return None
     head = "language_model.lm_head.weight"
     emb = next((op for op in plan.ops if op.outputs[0].name == "language_model.model.embed_tokens.weight"), None)
-    if emb is None or emb.transform is None or any(o.name == head for op in plan.ops for o in op.outputs):
+    if emb is None or getattr(emb.transform, "spec", None) is None:
         return None
-    from ..plan import Op
-
+    if any(o.name == head for op in plan.ops for o in op.outputs):
+        return None
     base = "language_model.lm_head."
     outs = [Output(base + o.name.rsplit(".", 1)[1], o.dtype, o.shape) for o in emb.outputs]
     plan.ops.append(Op(emb.sources, emb.rule, emb.rule_source, dict(emb.args), outs, emb.transform, emb.transform_info))
