@@ -144,7 +144,7 @@ def _tied_quantized_head(config: dict, plan) -> str | None:
 def config(source_config: dict, opts) -> dict:
     cfg = dict(source_config)
     text = dict(cfg.get("text_config") or {})
-    family = MODEL_TYPES.get(cfg.get("model_type"))
+    family = MODEL_TYPES.get(str(cfg.get("model_type")))
     rp = text.get("rope_parameters")
     if cfg.get("model_type") == "gemma3":
         if "mm_tokens_per_image" in cfg:
