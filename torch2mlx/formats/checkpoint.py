@@ -439,7 +439,11 @@ def _open_remote(url: str, key: str | None) -> Checkpoint:
         wanted = None
     tmp = tempfile.mkdtemp(prefix="t2mlx-remote-")
     atexit.register(shutil.rmtree, tmp, True)
-    if wanted is None and not any(n.endswith(WEIGHT_SUFFIXES) for n in names) and any(n.endswith(".gguf") for n in names):
+    if (
+        wanted is None
+        and not any(n.endswith(WEIGHT_SUFFIXES) for n in names)
+        and any(n.endswith(".gguf") for n in names)
+    ):
         from .gguf import one_model
 
         wanted = [os.path.basename(one_model(listing.label, [n for n in names if n.endswith(".gguf")]))]
