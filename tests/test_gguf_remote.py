@@ -113,6 +113,9 @@ def test_header_is_what_gguf_py_reads_and_the_stand_in_is_sparse(hub, repos, tmp
     assert st.st_blocks * 512 <= len(head) + 64 * 1024  # a hole where the tensor data is
     with open(stand_in, "rb") as s:
         assert s.read(len(head)) == head
+    before = hub.fetched  # a dry run (and analyze) reads the header only
+    torch2mlx.stream.convert("hf://org/one/tiny-Q8_0.gguf", tmp_path / "dry", dry_run=True)
+    assert 0 < hub.fetched - before <= max(gguf_remote.FIRST, 2 * len(head))
 
 
 def test_remote_split_set_matches_local(hub, repos, tmp_path):
@@ -123,6 +126,14 @@ def test_remote_split_set_matches_local(hub, repos, tmp_path):
     _same_output(tmp_path / "local", tmp_path / "a")
     torch2mlx.stream.convert("hf://org/split", tmp_path / "b")
     _same_output(tmp_path / "local", tmp_path / "b")
+    torch2mlx.stream.convert(f"{hub.url}/files/org/split/{names[0]}", tmp_path / "c")  # the others by name
+    _same_output(tmp_path / "local", tmp_path / "c")
+    partial = repos / "org" / "partial"
+    partial.mkdir(exist_ok=True)
+    for n in (names[0], names[2]):
+        shutil.copy(repos / "org" / "split" / n, partial / n)
+    with pytest.raises(Torch2MLXError, match="split GGUF set of 3 files: tiny-00002-of-00003.gguf is missing"):
+        torch2mlx.stream.convert(f"{hub.url}/files/org/partial/{names[0]}", tmp_path / "d")
 
 
 def test_choices_and_missing_files_are_one_line_errors(hub, tmp_path):

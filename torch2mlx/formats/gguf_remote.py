@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import struct
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, Torch2MLXError
 from . import remote
 from .gguf import MAGIC, VERSIONS, _reader, check_readers, split_names
 
@@ -104,6 +104,14 @@ def open_remote(listing, name: str, folder: str) -> dict:
     from .gguf_meta import checkpoint_fields
 
     names = split_names(name)
+    if listing.single is not None and listing.label.startswith(("http://", "https://")):
+        # HTTP cannot list: the other files of a split set are asked for by name, beside the first
+        for n in names:
+            if n not in listing.files:
+                try:
+                    listing.files[n] = remote.resolve_url(f"{listing.label}/{n}").files[n]
+                except Torch2MLXError:
+                    pass  # reported as missing below
     missing = [n for n in names if n not in listing.files]
     if missing:
         raise CheckpointError(
