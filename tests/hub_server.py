@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 # files stored in LFS, as the Hub's default .gitattributes has them
-LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npz")
+LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npz", ".gguf")
 
 
 @dataclass

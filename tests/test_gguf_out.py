@@ -394,18 +394,6 @@ def test_blocks_stream_and_give_the_same_file(models, tmp_path):
 # ---- what it refuses -----------------------------------------------------------------------
 
 
-def test_q4_k_m_is_refused_with_the_reason(models, tmp_path):
-    with pytest.raises(NotImplementedError):  # the evidence: gguf-py has no Q4_K quantizer
-        gguf.quants.quantize(np.zeros((1, 256), np.float32), gguf.GGMLQuantizationType.Q4_K)
-    out = tmp_path / "m.gguf"
-    assert_one_error(
-        run_main("stream", models["llama"][1], out, "--to", "gguf", "--gguf-type", "q4_k_m"),
-        "no Q4_K quantizer",
-        "llama-quantize",
-    )
-    assert not out.exists()
-
-
 def test_bad_input_is_one_line(models, tmp_path):
     hf, mlx32, _, _ = models["llama"]
     out = tmp_path / "m.gguf"

@@ -222,7 +222,7 @@ def _add_stream(sub):
         metavar="TYPE",
         help=f"with --to gguf: {', '.join(GGUF_TYPES)} (default f16; 1-D tensors stay F32). MLX 8-/4-bit "
         "groups of 32 that are symmetric repack losslessly into q8_0/q4_0; the rest is requantized "
-        "with gguf-py, the error reported",
+        "with gguf-py (K-quants: ours; q4_k_m/q5_k_m: llama.cpp's mixes), the error reported",
     )
     p.add_argument(
         "--format",

@@ -439,6 +439,20 @@ def _open_remote(url: str, key: str | None) -> Checkpoint:
         wanted = None
     tmp = tempfile.mkdtemp(prefix="t2mlx-remote-")
     atexit.register(shutil.rmtree, tmp, True)
+    if (
+        wanted is None
+        and not any(n.endswith(WEIGHT_SUFFIXES) for n in names)
+        and any(n.endswith(".gguf") for n in names)
+    ):
+        from .gguf import one_model
+
+        wanted = [os.path.basename(one_model(listing.label, [n for n in names if n.endswith(".gguf")]))]
+    if wanted and wanted[0].endswith(".gguf"):  # the header by range into a sparse stand-in (gguf_remote.py)
+        from .gguf_remote import open_remote
+
+        ck = Checkpoint(**open_remote(listing, wanted[0], os.path.join(tmp, "gguf")), local_dir=tmp)
+        _check_names(ck)
+        return ck
     small = [
         n
         for n in names

@@ -60,16 +60,21 @@ class GGUFSource:
     metadata: dict = field(default_factory=dict)  # a few scalar keys, for the report
 
 
-def _split_files(path: str) -> list[str]:
-    m = _SPLIT.match(os.path.basename(path))
+def split_names(name: str) -> list[str]:
+    """The file names of the split set whose file is ``name`` (``[name]`` for a single file)."""
+    m = _SPLIT.match(name)
     if not m:
-        return [path]
-    d = os.path.dirname(path)
+        return [name]
     n = int(m.group(3))
-    files = [os.path.join(d, f"{m.group(1)}-{i:05d}-of-{n:05d}.gguf") for i in range(1, n + 1)]
+    return [f"{m.group(1)}-{i:05d}-of-{n:05d}.gguf" for i in range(1, n + 1)]
+
+
+def _split_files(path: str) -> list[str]:
+    d = os.path.dirname(path)
+    files = [os.path.join(d, n) for n in split_names(os.path.basename(path))]
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
-        raise CheckpointError(path, f"split GGUF set of {n} files: {os.path.basename(missing[0])} is missing")
+        raise CheckpointError(path, f"split GGUF set of {len(files)} files: {os.path.basename(missing[0])} is missing")
     return files
 
 
@@ -237,14 +242,21 @@ def open_readers(path: str) -> tuple[list[str], list]:
     """The files of a GGUF file or split set (``*-00001-of-0000N.gguf``) and gguf-py's reader of each,
     checked: magic, version, tensor types, every tensor's data inside its file."""
     try:
-        import gguf
+        import gguf  # noqa: F401
     except ImportError:
         raise Torch2MLXError(f"{path}: reading GGUF needs gguf-py: pip install 'torch2mlx[gguf]'") from None
 
     files = _split_files(path)
-    readers = [_reader(f) for f in files]
-    for fpath, reader in zip(files, readers, strict=True):
-        size = os.path.getsize(fpath)
+    return files, check_readers(files, [_reader(f) for f in files])
+
+
+def check_readers(files: list[str], readers: list, shown: list[str] | None = None) -> list:
+    """``readers`` (of ``files``, named ``shown`` in errors), checked: every tensor's data inside its file,
+    an architecture named."""
+    import gguf
+
+    for path, fpath, reader in zip(files, shown or files, readers, strict=True):
+        size = os.path.getsize(path)
         for t in reader.tensors:
             block, tsize = gguf.GGML_QUANT_SIZES[t.tensor_type]
             nbytes = math.prod(int(x) for x in t.shape) * tsize // block
@@ -255,8 +267,8 @@ def open_readers(path: str) -> tuple[list[str], list]:
                     f"of the file ({size} bytes; truncated?)",
                 )
     if not isinstance(field_value(readers[0], "general.architecture"), str):
-        raise CheckpointError(files[0], "GGUF metadata has no general.architecture")
-    return files, readers
+        raise CheckpointError((shown or files)[0], "GGUF metadata has no general.architecture")
+    return readers
 
 
 def read_gguf(files: list[str], readers: list, hf_names: set[str] | None = None):

@@ -97,12 +97,18 @@ def open_gguf(path: str) -> dict:
     """A GGUF file or split set as the fields of a ``Checkpoint`` (entries, sidecars, config); no tensor
     data read. (``checkpoint.open_checkpoint`` builds it: this module does not import that one.)"""
     files, readers = open_readers(path)  # a bad file fails here, before transformers is started
+    return checkpoint_fields(path, files, readers, files)
+
+
+def checkpoint_fields(path: str, files: list[str], readers: list, labels: list[str]) -> dict:
+    """The ``Checkpoint`` fields of checked readers: ``files`` are local (the files themselves, or a remote
+    source's header stand-ins, which transformers reads in the child), ``labels`` where tensor bytes are read."""
     tmp, answer = _sidecars(files[0])
     names = answer.get("names")
     known = None
     if names:
         known = set(names) | {n.rpartition(".")[0] for n in names}
-    entries, info, notes = read_gguf(files, readers, known)
+    entries, info, notes = read_gguf(labels, readers, known)
     config = None
     if "missing" in answer:
         notes.append(
@@ -130,7 +136,7 @@ def open_gguf(path: str) -> dict:
     return dict(
         path=path,
         entries=entries,
-        files=files,
+        files=labels,
         format="gguf",
         sidecars=sidecars,
         notes=notes,

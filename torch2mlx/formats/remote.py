@@ -140,14 +140,20 @@ def resolve_url(url: str) -> Listing:
     return _register(_resolve_fsspec(url))
 
 
-def _hub_parts(url: str) -> tuple[str, str | None]:
+def _hub_parts(url: str) -> tuple[str, str | None, str | None]:
+    """(repo, revision, file): ``hf://ORG/NAME[@REV][/FILE.gguf]`` (one GGUF file of a repo of several)."""
     rest = url[len("hf://") :].strip("/")
     if rest.startswith("models/"):
         rest = rest[len("models/") :]
+    file = None
+    if rest.endswith(".gguf") and rest.count("/") >= 2:
+        rest, _, file = rest.rpartition("/")
     repo, _, rev = rest.partition("@")
     if repo.count("/") != 1 or not all(repo.split("/")):
-        raise Torch2MLXError(f"{url}: a Hub source is hf://ORG/NAME or hf://ORG/NAME@REVISION")
-    return repo, (rev or None)
+        raise Torch2MLXError(
+            f"{url}: a Hub source is hf://ORG/NAME or hf://ORG/NAME@REVISION (or .../FILE.gguf for one GGUF file)"
+        )
+    return repo, (rev or None), file
 
 
 def _resolve_hub(url: str) -> Listing:
@@ -159,7 +165,7 @@ def _resolve_hub(url: str) -> Listing:
         raise Torch2MLXError(
             f"{url}: reading from the Hub needs huggingface_hub: pip install 'torch2mlx[hub]'"
         ) from None
-    repo, rev = _hub_parts(url)
+    repo, rev, single = _hub_parts(url)
     endpoint = (os.environ.get("HF_ENDPOINT") or huggingface_hub.constants.ENDPOINT).rstrip("/")
     shown = f"hf://{repo}" + (f"@{rev}" if rev else "")
     try:
@@ -197,7 +203,13 @@ def _resolve_hub(url: str) -> Listing:
             headers=headers,
             digest=integrity.digest_of("sha256", s.lfs.sha256) if s.lfs is not None else None,
         )
-    return Listing(label, files, commit=commit)
+    if single is not None and single not in files:
+        ggufs = sorted(n for n in files if n.endswith(".gguf"))
+        raise Torch2MLXError(
+            f"{shown}: no file {single!r} in {repo}"
+            + (f" (its GGUF files: {', '.join(ggufs[:6])}{' ...' if len(ggufs) > 6 else ''})" if ggufs else "")
+        )
+    return Listing(label, files, commit=commit, single=single)
 
 
 def _resolve_http(url: str) -> Listing:

@@ -102,8 +102,8 @@ def to_gguf(
         src: an MLX checkpoint directory (config.json names the architecture: llama, mistral, qwen2,
             qwen3, gemma2, gemma3, phi3) with its tokenizer.json.
         out: the ``.gguf`` file to write (a temporary file next to it, renamed when whole).
-        gguf_type: f32, f16 (default), bf16, q8_0, q4_0, q4_1, q5_0, q5_1 (1-D tensors stay F32);
-            ``q4_k_m`` is refused with the reason (gguf-py cannot quantize K-quants).
+        gguf_type: f32, f16 (default), bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q6_k, or llama.cpp's K-quant
+            mixes q4_k_m / q5_k_m (aliases q4_k / q5_k); 1-D tensors stay F32.
         name: ``general.name`` (default: config.json's ``_name_or_path`` or the directory's name).
         overwrite: replace an existing ``out``.
         dry_run: plan only (names, types, metadata); no tensor data is read.

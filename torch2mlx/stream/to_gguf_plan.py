@@ -7,7 +7,8 @@ architecture config.json names), its GGML type, and what becomes of the MLX valu
 - MLX affine 8-/4-bit weights in groups of 32 whose every group is symmetric (bias = -2^(bits-1) * scale,
   scale exact in float16) repack losslessly into Q8_0/Q4_0: codes and scales are moved, not recomputed.
   Anything else is dequantized (``stream.dequant``, block by block) and quantized with gguf-py's own
-  quantizers (``gguf.quants.quantize``); each tensor's max abs / rel error is measured while writing.
+  quantizers (``gguf.quants.quantize``), or ours for the K-quants (``core.kquants``; the mixes such as
+  Q4_K_M in ``to_gguf_mix``); each tensor's max abs / rel error is measured while writing.
 
 Only the writer (``writers/gguf_file.py``) touches data; this module reads headers, config.json and the
 tokenizer files (``to_gguf_vocab``); ``to_gguf`` runs it. gguf-py is imported lazily:
@@ -25,9 +26,10 @@ from ..errors import Torch2MLXError
 from ..formats.checkpoint import Checkpoint
 from ..formats.data import DataReader
 from . import dequant, mlx_source, reverse_plan
+from .to_gguf_mix import K_TYPES, fallback, mixed_type
 
 # --gguf-type: what each name writes (GGML types by name, resolved when gguf-py is imported).
-GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k_m")
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1") + tuple(K_TYPES)
 _QTYPE = {
     "f32": "F32",
     "f16": "F16",
@@ -172,7 +174,7 @@ def _metadata(model_type: str, fam: LlamaCppArch, hp: dict, gguf_type: str, name
     head_dim = hp.get("head_dim") or hidden // heads
     md: list[tuple[str, tuple]] = [
         ("add_name", (name,)),
-        ("add_file_type", (int(gguf.LlamaFileType[_FILE_TYPE[gguf_type]]),)),
+        ("add_file_type", (int(gguf.LlamaFileType[_file_type(gguf_type)]),)),
         ("add_context_length", (int(need("max_position_embeddings")),)),
         ("add_embedding_length", (int(hidden),)),
         ("add_block_count", (int(need("num_hidden_layers")),)),
@@ -225,16 +227,26 @@ def _gguf_name(name: str, tmap, gguf) -> str | None:
     return None
 
 
-def _qtype_for(shape: tuple[int, ...], gguf_name: str, gguf_type: str, gguf, notes: list[str]) -> str:
-    """convert_hf_to_gguf's choice: 1-D tensors and norms F32; rows a block cannot divide fall back to F16."""
+def _file_type(gguf_type: str) -> str:
+    return K_TYPES[gguf_type][2] if gguf_type in K_TYPES else _FILE_TYPE[gguf_type]
+
+
+def _qtype_for(
+    shape: tuple[int, ...], gguf_name: str, gguf_type: str, gguf, notes: list[str], n_layers: int, tied: bool
+) -> str:
+    """convert_hf_to_gguf's choice: 1-D tensors and norms F32; then the type or llama.cpp's K-quant mix;
+    rows a block cannot divide fall back as llama.cpp does (to F16 for the legacy types)."""
     if len(shape) <= 1 or gguf_name.endswith("_norm.weight"):
         return "F32"
-    q = _QTYPE[gguf_type]
-    block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[q]][0]
-    if shape[-1] % block:
-        notes.append(f"{gguf_name}: rows of {shape[-1]} are not whole {q} blocks of {block}; written as F16")
-        return "F16"
-    return q
+    if gguf_type in K_TYPES:
+        q = mixed_type(gguf_name, gguf_type, n_layers, tied)
+    else:
+        q = _QTYPE[gguf_type]
+    got = fallback(q, shape[-1], lambda t: gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[t]][0])
+    if got != q:
+        block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[q]][0]
+        notes.append(f"{gguf_name}: rows of {shape[-1]} are not whole {q} blocks of {block}; written as {got}")
+    return got
 
 
 def nbytes_of(shape: tuple[int, ...], qtype: str, gguf) -> int:
@@ -248,25 +260,6 @@ def nbytes_of(shape: tuple[int, ...], qtype: str, gguf) -> int:
 def check_gguf_type(gguf_type: str, gguf=None) -> None:
     if gguf_type not in GGUF_TYPES:
         raise Torch2MLXError(f"gguf_type must be one of {', '.join(GGUF_TYPES)}, got {gguf_type!r}")
-    if gguf_type == "q4_k_m":
-        gguf = gguf or gguf_module()
-        try:  # gguf-py ships K-quant dequantizers only: ask it rather than assume
-            gguf.quants.quantize(__import__("numpy").zeros((1, 256), "float32"), gguf.GGMLQuantizationType.Q4_K)
-            has = True
-        except NotImplementedError:
-            has = False
-        why = "it has no Q4_K quantizer" if not has else "the Q4_K/Q6_K mix is llama.cpp's"
-        try:
-            from importlib.metadata import version
-
-            v = f" {version('gguf')}"
-        except Exception:  # an unusual install: the version is only for the message
-            v = ""
-        raise Torch2MLXError(
-            f"gguf_type 'q4_k_m' is not written: gguf-py{v} is what torch2mlx quantizes with and {why}; "
-            "write q8_0 (or f16) and run llama.cpp's "
-            "`llama-quantize OUT.gguf OUT-Q4_K_M.gguf Q4_K_M`, or write q4_0/q4_1/q5_0/q5_1 here"
-        )
 
 
 def plan(ck: Checkpoint, reader: DataReader, gguf_type: str, name: str | None = None) -> GGUFPlan:
@@ -287,6 +280,7 @@ def plan(ck: Checkpoint, reader: DataReader, gguf_type: str, name: str | None = 
     kv_heads = int(hp.get("num_key_value_heads") or heads)
     notes: list[str] = []
     items, skipped, unknown = [], [], []
+    named = []
     for e in view.entries:
         if e.name.startswith(_NOT_TEXT):
             skipped.append((e.name, "vision/projector tensor (llama.cpp keeps it in a separate mmproj GGUF)"))
@@ -298,9 +292,12 @@ def plan(ck: Checkpoint, reader: DataReader, gguf_type: str, name: str | None = 
         if gname is None:
             unknown.append(e.name)
             continue
+        named.append((gname, e))
+    tied = not any(g == "output.weight" for g, _ in named)
+    for gname, e in named:
         q = e.loader.q if isinstance(e.loader, dequant.DequantRows) else None
         shape = tuple(e.shape)
-        qtype = _qtype_for(shape, gname, gguf_type, gguf, notes)
+        qtype = _qtype_for(shape, gname, gguf_type, gguf, notes, n_layers, tied)
         n_perm = 0
         if fam.permute_qk and gname.startswith("blk.") and (".attn_q." in gname or ".attn_k." in gname):
             n_perm = heads if ".attn_q." in gname else kv_heads

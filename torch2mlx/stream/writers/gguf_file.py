@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from ...core import quant
+from ...core import kquants, quant
 from ...core.casts import to_f32
 from ...core.dtypes import load_numpy
 from ...errors import Torch2MLXError
@@ -95,6 +95,16 @@ def _values(it: Item, reader: DataReader, s: int, t: int) -> np.ndarray:
     return x
 
 
+def _quantize(flat: np.ndarray, it: Item, qtype, gguf) -> np.ndarray:
+    """gguf-py's quantizer, or ours for the K-quants it has none for."""
+    if it.qtype not in kquants.BLOCK_BYTES:
+        return gguf.quants.quantize(flat, qtype)
+    try:
+        return kquants.quantize(flat, it.qtype)
+    except ValueError as e:
+        raise Torch2MLXError(f"{it.source}: {e}") from None
+
+
 def _write_item(it: Item, fout, reader: DataReader, gguf, chunk: int) -> int:
     qtype = gguf.GGMLQuantizationType[it.qtype]
     rows = it.shape[0] if it.shape else 1
@@ -114,7 +124,7 @@ def _write_item(it: Item, fout, reader: DataReader, gguf, chunk: int) -> int:
         else:
             x = _values(it, reader, s, t)
             flat = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
-            data = gguf.quants.quantize(flat, qtype)
+            data = _quantize(flat, it, qtype, gguf)
             back = gguf.quants.dequantize(data, qtype).reshape(flat.shape)
             with np.errstate(invalid="ignore"):
                 err = np.abs(back - flat)
