@@ -45,6 +45,9 @@ SHARED_FUNCTIONS = {
     # one per output target (stream/targets: the dispatch and each target's module)
     "apply",
     "source_config",
+    "matches",
+    "mismatch",
+    "config",
 }
 
 
