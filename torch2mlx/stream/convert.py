@@ -167,6 +167,8 @@ def convert(
     workers: int | None = None,
     progress: bool = False,
     hook=None,
+    card: bool = True,
+    command: str | None = None,
     **settings,
 ) -> Result:
     """Convert PyTorch weights (a checkpoint, a state dict or a live model) to MLX names and layouts.
@@ -206,6 +208,10 @@ def convert(
         hook: ``hook(name, array, dtype)`` sees each planned tensor (an ``mx.array``) and may rename it
             (return ``(new_name, array[, dtype])``), drop it (``None``) or replace it; tensors then go
             through ``ShardWriter`` one at a time. Not with quantization, ``resume``, zarr or one file.
+        card: write a model card, ``README.md`` (front matter for the Hub, how it was made, how to load it),
+            built on the source's own README.md when it has one; ``False``: the source's README.md is
+            copied as it is. Sharded safetensors outputs only (docs/cli.md#model-cards).
+        command: what the card says made the output (the CLI passes its command line); default: this call.
 
     Returns:
         Result: ``report()`` is the text the CLI prints, ``to_dict()`` its JSON, ``plan`` the plan.
@@ -292,6 +298,7 @@ def convert(
                         done=done,
                         fresh=not do_resume,
                         resumable=sink.resumable and hook is None,
+                        card=_card_command(card, command, src, out, opts, model, format),
                     )
                 )
                 plan.notes += _error_notes(plan, ck)
@@ -306,6 +313,17 @@ def convert(
         return _quantized_fuses(res)
     finally:
         plan.close()  # the reader of dequantized sources, if any
+
+
+def _card_command(card: bool, command: str | None, src, out: str, opts: Options, model, format: str) -> str | None:
+    """The command a model card names, or None for no card (one is written in safetensors directories)."""
+    if not card or format != "safetensors":
+        return None
+    if command is not None:
+        return command
+    from .card import library_call
+
+    return library_call(src, out, opts, model)
 
 
 def _error_notes(plan: Plan, ck: Checkpoint) -> list[str]:

@@ -103,7 +103,8 @@ class Options:
     ``stream.to_torch`` also take the same names as keywords and build it themselves.
     ``allow_globals`` (pickle globals accepted as inert placeholders), ``zarr_compressor``
     and ``drop_cache`` (drop converted pages from the page cache) are run settings the
-    manifest does not replay. ``adapter`` (with ``adapter_scale`` and the adapter files' ``adapter_sha256``)
+    manifest does not replay. ``keep`` (regexes) writes tensors the model's rules would drop (recorded only
+    when given). ``adapter`` (with ``adapter_scale`` and the adapter files' ``adapter_sha256``)
     is recorded only when given, so other runs' manifests are unchanged.
     """
 
@@ -125,6 +126,7 @@ class Options:
     adapter_scale: float = 1.0  # multiplies the adapter's own scale(s)
     adapter_sha256: str | None = None  # of the adapter's files, as read when the options were made
     gguf_scales: str = "float32"  # scales/biases of GGUF blocks repacked to MLX (float32: exact)
+    keep: list[re.Pattern] = field(default_factory=list)  # tensors the model's rules drop, written anyway
 
     @property
     def quantizing(self) -> bool:
@@ -153,6 +155,7 @@ class Options:
                 else {}
             )
             | ({"gguf_scales": self.gguf_scales} if self.gguf_scales != "float32" else {})
+            | ({"keep": [p.pattern for p in self.keep]} if self.keep else {})
         )
 
     @classmethod
@@ -177,6 +180,7 @@ class Options:
         adapter_scale=None,
         adapter_sha256=None,
         gguf_scales="float32",
+        keep=(),
     ) -> "Options":
         """Build options from user-facing values (strings as the CLI takes them).
 
@@ -249,6 +253,7 @@ class Options:
             adapter_scale=adapter_scale,
             adapter_sha256=adapter_sha256,
             gguf_scales=gguf_scales,
+            keep=[x if isinstance(x, re.Pattern) else _regex(x, "keep:") for x in keep],
         )
 
     @classmethod

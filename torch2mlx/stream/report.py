@@ -78,4 +78,6 @@ def format_result(res) -> str:
     ]
     if res.sidecars:
         lines.append("copied: " + one_line(", ".join(res.sidecars)))
+    if res.card:
+        lines.append(f"card: {res.card}")
     return "\n".join(lines + _tail(p))
