@@ -60,8 +60,12 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
         m = read_manifest(ck)
         fp_dtype = dtypes.get(opts.dtype) if opts.dtype != "keep" else None
         ck, n = dequantized(ck, (m.tensors or {}) if m is not None else {}, side, fp_dtype)
-        ck = dataclasses.replace(ck, config=_without_quantization(ck.config))
+        cfg = _without_quantization(ck.config)
+        gone = [k for k in ck.config or {} if k not in (cfg or {})]
+        ck = dataclasses.replace(ck, config=cfg)
         notes.append(f"{n} quantized weight(s) dequantized as mx.dequantize does")
+        if gone:  # no config.json key goes without a word
+            notes.append(f"config.json: {', '.join(gone)} removed (the weights are dequantized)")
     if already is not None:
         # No model for it: its tensors have MLX names and layouts already (and the analyzer needs torch).
         if already.quantized and opts.adapter is not None and not opts.dequantize:
