@@ -182,8 +182,9 @@ def source_card(sidecars: list[str]) -> str | None:
     return None
 
 
-def facts_for_run(res, opts, command: str, config: dict | None) -> CardFacts:
-    """The facts of a finished ``convert`` run (``res``: its Result; ``config``: the output's config.json)."""
+def facts_for_run(res, opts, command: str, config: dict | None, sizes: list[int], tensors: int) -> CardFacts:
+    """The facts of a ``convert`` run whose shards are written (``res``: its Result; ``config``: the output's
+    config.json; ``sizes``: each shard's bytes, as written; ``tensors``: how many were written)."""
     ck, plan = res.checkpoint, res.plan
     by_rules = [n for n, w in plan.dropped if w != "excluded by --exclude"]
     return CardFacts(
@@ -196,9 +197,9 @@ def facts_for_run(res, opts, command: str, config: dict | None) -> CardFacts:
         dtype=opts.dtype,
         quantization=plan.quantization,
         recipe=opts.q_recipe,
-        size=sum(s.bytes for s in res.shards),
-        shards=len(res.shards),
-        tensors=res.tensors_out,
+        size=sum(sizes),
+        shards=len(sizes),
+        tensors=tensors,
         dropped=len(by_rules),
         kept=[p.pattern for p in opts.keep],
     )

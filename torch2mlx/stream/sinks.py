@@ -105,8 +105,9 @@ def _write_shards(run: Run, index: str, write: Callable[[Callable, Callable], No
         if run.hook is not None:
             from .user_hook import run_hook
 
+            card_now = None if run.card is None else (lambda sizes, n: _write_card(run, sizes, n))
             res.shards, res.written, res.bytes_out = run_hook(
-                plan, out, run.hook, run.opts, update, res.source, res.source_files
+                plan, out, run.hook, run.opts, update, res.source, res.source_files, before_index=card_now
             )
         else:
             try:
@@ -122,17 +123,23 @@ def _write_shards(run: Run, index: str, write: Callable[[Callable, Callable], No
         for name, how in remote.checked(res.checkpoint.files).items():
             if isinstance(res.source_files.get(name), dict):
                 res.source_files[name]["checked"] = how
-    if run.card is not None:  # before the index (a hook's ShardWriter wrote its index already)
-        config = (run.rewrite or {}).get("config.json", res.checkpoint.config)
-        facts = card.facts_for_run(res, run.opts, run.card, config)
-        res.card = card.write(out, facts)
-        res.plan.notes += facts.notes
-    if run.hook is None:  # the ShardWriter behind a hook wrote its own manifest and index
+    if run.hook is None:  # the ShardWriter behind a hook wrote its own manifest, card and index
+        if run.card is not None:  # before the index: nothing follows it but the manifest
+            _write_card(run, [s.bytes for s in res.shards], res.tensors_out)
         weight_map = {o.name: plan.shards[o.shard].file for op in plan.ops for o in op.outputs}
         output_dir.write_index(out, weight_map, plan.nbytes_out, index)
         # complete only once the index exists (a failure here removes the index again)
         manifest_mod.write(out, run.manifest())
     res.seconds = time.perf_counter() - t0
+
+
+def _write_card(run: Run, sizes: list[int], tensors: int) -> None:
+    """The model card of a finished output (``sizes``: its shards' bytes; ``tensors``: how many)."""
+    res = run.res
+    config = (run.rewrite or {}).get("config.json", res.checkpoint.config)
+    facts = card.facts_for_run(res, run.opts, run.card, config, sizes, tensors)
+    res.card = card.write(run.out, facts)
+    res.plan.notes += facts.notes
 
 
 def _drop_shards_from(run: Run, label: str, done: dict[int, ShardResult]) -> None:
