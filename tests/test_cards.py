@@ -220,3 +220,31 @@ def test_invalid_source_front_matter_is_kept_as_text(tmp_path):
     assert "tags: [unclosed" in body and body.rstrip().endswith("```") and "\nbody\n" in body
     assert any("front matter is not valid YAML" in n for n in res.plan.notes)
     np.testing.assert_array_equal(np.array(torch2mlx.load_converted(tmp_path / "out")["w"]), np.arange(6).reshape(2, 3))
+
+
+def test_hf_source_is_the_base_model(tmp_path, monkeypatch):
+    from hub_server import serving
+
+    from torch2mlx.formats import ranges
+
+    repo = tmp_path / "repos" / "org" / "carded"
+    repo.mkdir(parents=True)
+    save_file({"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}, str(repo / "model.safetensors"))
+    (repo / "README.md").write_text("---\nlicense: mit\nbase_model: meta/original\npipeline_tag: fill-mask\n---\nhi\n")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(ranges, "BACKOFF", 0.01)
+    with serving(str(tmp_path / "repos")) as srv:
+        monkeypatch.setenv("HF_ENDPOINT", srv.url)
+        res = torch2mlx.stream.convert("hf://org/carded", tmp_path / "out", model=False)
+    meta, body = _card(tmp_path / "out")
+    # the output's base model is the repo converted; the rest of theirs is kept (pipeline_tag theirs)
+    assert meta == {
+        "license": "mit",
+        "base_model": "org/carded",
+        "pipeline_tag": "fill-mask",
+        "library_name": "mlx",
+        "tags": ["mlx"],
+    }
+    assert "[org/carded](https://huggingface.co/org/carded)" in body and body.rstrip().endswith("hi")
+    assert res.source == "hf://org/carded" and f"source: `{res.checkpoint.path}`" in body

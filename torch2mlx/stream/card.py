@@ -189,7 +189,7 @@ def facts_for_run(res, opts, command: str, config: dict | None, sizes: list[int]
     by_rules = [n for n, w in plan.dropped if w != "excluded by --exclude"]
     return CardFacts(
         out=str(res.out),
-        source=res.source,
+        source=ck.path if ck.remote else res.source,  # a remote source pinned to the commit read
         command=command,
         base_model=base_model_of(ck.path, ck.config),
         config=config,
