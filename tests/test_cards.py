@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 import llm_checkpoints as L  # noqa: E402
@@ -112,7 +112,9 @@ def test_no_card_copies_the_source_readme(llama, tmp_path):
 
 def _bn_net() -> torch.nn.Module:
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(4, 2)
+    )
     net[1].num_batches_tracked.fill_(7)
     return net
 
@@ -195,7 +197,9 @@ def test_front_matter_values_are_quoted_safely():
 
 
 def test_front_matter_merge_without_pyyaml(monkeypatch):
-    theirs = "# comment\ntags:\n  - one  # c\n  - \"two\"\nlicense: mit\nlibrary_name: transformers\nextra:\n  deep: [1]\n"
+    theirs = (
+        '# comment\ntags:\n  - one  # c\n  - "two"\nlicense: mit\nlibrary_name: transformers\nextra:\n  deep: [1]\n'
+    )
     ours = {"library_name": "mlx", "tags": ["mlx", "one"], "license": "apache-2.0", "pipeline_tag": None}
     with_yaml, _ = card_meta.merge(ours, theirs)
     monkeypatch.setitem(sys.modules, "yaml", None)  # import yaml fails

@@ -447,7 +447,7 @@ def _card_command(args) -> str:
 
 
 # what an adapter SRC is converted with; anything else given would be a silent no-op
-_ADAPTER_DEFAULTS = dict(
+_ADAPTER_DEFAULTS: dict[str, Any] = dict(
     dtype="keep",
     max_shard_size="5GB",
     strip_prefix=[],

@@ -68,9 +68,7 @@ def is_llm(config: dict | None) -> bool:
     if not isinstance(archs, list):
         return False
     return any(
-        isinstance(a, str)
-        and (a.endswith("ForCausalLM") or a == "GPT2LMHeadModel")
-        and not a.startswith(_NOT_MLX_LM)
+        isinstance(a, str) and (a.endswith("ForCausalLM") or a == "GPT2LMHeadModel") and not a.startswith(_NOT_MLX_LM)
         for a in archs
     )
 
@@ -162,7 +160,9 @@ def card_text(f: CardFacts) -> str:
     text = "\n".join(lines) + "\n"
     body = theirs_body.strip("\n")
     if why and theirs_front is not None:
-        body = (body + "\n\n" if body else "") + "Front matter of the original card:\n\n```yaml\n" + theirs_front + "```"
+        body = (
+            (body + "\n\n" if body else "") + "Front matter of the original card:\n\n```yaml\n" + theirs_front + "```"
+        )
     if body:
         text += "\n## Original model card\n\n" + body + "\n"
     return text

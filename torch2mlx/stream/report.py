@@ -51,7 +51,11 @@ def _tail(plan) -> list[str]:
         lines.append(
             f"dropped: {len(plan.dropped)} ("
             + "; ".join(one_line(f"{n}: {w}") for n, w in plan.dropped[:5])
-            + (" ..." if len(plan.dropped) > 5 else "")
+            + (
+                f"; ... and {len(plan.dropped) - 5} more, all in --json and torch2mlx.json"
+                if len(plan.dropped) > 5
+                else ""
+            )
             + ")"
         )
     for n in plan.notes:

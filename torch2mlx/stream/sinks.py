@@ -136,6 +136,7 @@ def _write_shards(run: Run, index: str, write: Callable[[Callable, Callable], No
 def _write_card(run: Run, sizes: list[int], tensors: int) -> None:
     """The model card of a finished output (``sizes``: its shards' bytes; ``tensors``: how many)."""
     res = run.res
+    assert run.card is not None  # called only when a card is asked for
     config = (run.rewrite or {}).get("config.json", res.checkpoint.config)
     facts = card.facts_for_run(res, run.opts, run.card, config, sizes, tensors)
     res.card = card.write(run.out, facts)

@@ -83,7 +83,9 @@ def run_hook(
                     writer.add_bits(name, bits, dt, record=manifest.transform_record(op, transformed=not same))
                 if progress:
                     progress(op.nbytes_in)
-        last = None if before_index is None else (lambda rs: before_index([r["bytes"] for r in rs], len(writer.records)))
+        last = (
+            None if before_index is None else (lambda rs: before_index([r["bytes"] for r in rs], len(writer.records)))
+        )
         results = writer.close(before_index=last)
     except BaseException:
         writer.abort()
