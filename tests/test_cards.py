@@ -252,3 +252,10 @@ def test_hf_source_is_the_base_model(tmp_path, monkeypatch):
     }
     assert "[org/carded](https://huggingface.co/org/carded)" in body and body.rstrip().endswith("hi")
     assert res.source == "hf://org/carded" and f"source: `{res.checkpoint.path}`" in body
+
+
+def test_keep_refused_by_the_way_back(tmp_path):
+    w = tmp_path / "w.safetensors"
+    save_file({"a": torch.ones(2)}, str(w))
+    with pytest.raises(torch2mlx.Torch2MLXError, match="keep does not apply to to_torch"):
+        torch2mlx.stream.to_torch(w, tmp_path / "o", keep=["a"])

@@ -478,7 +478,7 @@ def _cmd_adapter(args) -> int:
 
     given = [k for k, v in _ADAPTER_DEFAULTS.items() if getattr(args, k) != v]
     if given:
-        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        flags = ", ".join("--no-card" if k == "card" else "--" + k.replace("_", "-") for k in given)
         raise Torch2MLXError(
             f"{args.src} is a LoRA adapter directory: it is converted as it is ({flags} would change nothing; "
             "to fuse it into a model: t2mlx stream BASE OUT --adapter DIR)"

@@ -126,6 +126,8 @@ def to_torch(
             "adapter does not apply to to_torch: fuse it in the conversion to MLX, or convert the adapter "
             "itself (t2mlx stream ADAPTER_DIR OUT --to torch)"
         )
+    if opts.keep:
+        raise Torch2MLXError("keep does not apply to to_torch (the way back drops no tensor by rule)")
     if opts.zarr_compressor != "none":
         raise Torch2MLXError(
             f"zarr_compressor does not apply to to_torch (it writes {' or '.join(sinks.names(sinks.REVERSE))})"
