@@ -259,3 +259,11 @@ def test_keep_refused_by_the_way_back(tmp_path):
     save_file({"a": torch.ones(2)}, str(w))
     with pytest.raises(torch2mlx.Torch2MLXError, match="keep does not apply to to_torch"):
         torch2mlx.stream.to_torch(w, tmp_path / "o", keep=["a"])
+
+
+def test_the_way_back_does_not_copy_an_mlx_card(llama, tmp_path):
+    torch2mlx.stream.convert(llama, tmp_path / "mlx")
+    assert 'library_name: "mlx"' in (tmp_path / "mlx" / "README.md").read_text()
+    res = torch2mlx.stream.to_torch(tmp_path / "mlx", tmp_path / "back")
+    assert "README.md" not in res.sidecars and not (tmp_path / "back" / "README.md").exists()
+    assert "config.json" in res.sidecars

@@ -225,3 +225,19 @@ def library_call(src, out, opts, model=None) -> str:
         args.append(f"model={model!r}")
     args += [f"{k}={v!r}" for k, v in given.items()]
     return f"torch2mlx.convert({', '.join(args)})"
+
+
+def is_mlx_card(path: str) -> bool:
+    """``path`` is a model card of an MLX model (``library_name: mlx``): the way back to PyTorch does not copy
+    it, since it would describe the PyTorch output as MLX weights."""
+    if os.path.basename(path) != NAME:
+        return False
+    text = source_card([path]) or ""
+    front, _ = card_meta.split_card(text)
+    if front is None:
+        return False
+    return any(key == "library_name" and _value(block) == "mlx" for key, block in card_meta.blocks(front))
+
+
+def _value(block: str) -> str:
+    return block.split(":", 1)[1].split(" #", 1)[0].strip().strip("'\"")
