@@ -416,7 +416,7 @@ def _cmd_stream(args) -> int:
     elif args.to == "torch":
         res = stream.to_torch(args.src, args.out, **run, **settings)
     else:
-        res = stream.convert(args.src, args.out, **run, **settings, card=args.card, command=_card_command(args))
+        res = stream.convert(args.src, args.out, **run, **settings, card=_card_command(args) if args.card else False)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))
     else:

@@ -171,8 +171,6 @@ def convert(
     workers: int | None = None,
     progress: bool = False,
     hook=None,
-    card: bool = True,
-    command: str | None = None,
     **settings,
 ) -> Result:
     """Convert PyTorch weights (a checkpoint, a state dict or a live model) to MLX names and layouts.
@@ -193,7 +191,11 @@ def convert(
             ``strip_prefix``, ``exclude``, ``rules`` (``"REGEX=RULE"``), ``key``, ``q_bits``, ``q_group_size``,
             ``q_recipe``, ``q_mode`` (``"mxfp4"``, ``"nvfp4"``, ``"mxfp8"``: MLX's fp modes), ``dequantize``
             (an MLX-quantized source to float weights), ``allow_globals``, ``zarr_compressor``, ``drop_cache``,
-            ``adapter``, ``adapter_scale``); giving both is refused. ``adapter``: a LoRA/DoRA adapter directory
+            ``adapter``, ``adapter_scale``, ``keep``, ``card``); giving both is refused. ``keep``: regexes of
+            tensors the model's rules drop to write anyway. ``card``: a model card, ``README.md`` (Hub front
+            matter, how it was made, how to load it; built on the source's README.md), naming this call
+            (``True``, the default) or the command given as a string; ``False``: the source's README.md
+            copied as it is (docs/cli.md#model-cards). ``adapter``: a LoRA/DoRA adapter directory
             (PEFT's or mlx-lm's) fused into the weights as they stream, before any quantization
             (docs/adapters.md); ``adapter_scale`` multiplies its scale.
         model: where exact rules come from. ``None``: a live module's own, or a config.json next to the
@@ -212,10 +214,6 @@ def convert(
         hook: ``hook(name, array, dtype)`` sees each planned tensor (an ``mx.array``) and may rename it
             (return ``(new_name, array[, dtype])``), drop it (``None``) or replace it; tensors then go
             through ``ShardWriter`` one at a time. Not with quantization, ``resume``, zarr or one file.
-        card: write a model card, ``README.md`` (front matter for the Hub, how it was made, how to load it),
-            built on the source's own README.md when it has one; ``False``: the source's README.md is
-            copied as it is. Sharded safetensors outputs only (docs/cli.md#model-cards).
-        command: what the card says made the output (the CLI passes its command line); default: this call.
 
     Returns:
         Result: ``report()`` is the text the CLI prints, ``to_dict()`` its JSON, ``plan`` the plan.
@@ -302,7 +300,7 @@ def convert(
                         done=done,
                         fresh=not do_resume,
                         resumable=sink.resumable and hook is None,
-                        card=_card_command(card, command, src, out, opts, model, format),
+                        card=_card_command(src, out, opts, model, format),
                     )
                 )
                 plan.notes += _error_notes(plan, ck)
@@ -319,12 +317,12 @@ def convert(
         plan.close()  # the reader of dequantized sources, if any
 
 
-def _card_command(card: bool, command: str | None, src, out: str, opts: Options, model, format: str) -> str | None:
+def _card_command(src, out: str, opts: Options, model, format: str) -> str | None:
     """The command a model card names, or None for no card (one is written in safetensors directories)."""
-    if not card or format != "safetensors":
+    if opts.card is False or format != "safetensors":
         return None
-    if command is not None:
-        return command
+    if isinstance(opts.card, str):
+        return opts.card
     from .card import library_call
 
     return library_call(src, out, opts, model)

@@ -101,9 +101,9 @@ class Options:
     Build it with ``Options.make(...)`` from user-facing values (``"5GB"``, ``"REGEX=RULE"``),
     then pass it whole: ``stream.convert(src, out, options=opts)``. ``stream.convert`` and
     ``stream.to_torch`` also take the same names as keywords and build it themselves.
-    ``allow_globals`` (pickle globals accepted as inert placeholders), ``zarr_compressor``
-    and ``drop_cache`` (drop converted pages from the page cache) are run settings the
-    manifest does not replay. ``keep`` (regexes) writes tensors the model's rules would drop (recorded only
+    ``allow_globals`` (pickle globals accepted as inert placeholders), ``zarr_compressor``,
+    ``drop_cache`` (drop converted pages from the page cache) and ``card`` (the model card) are run
+    settings the manifest does not replay. ``keep`` (regexes) writes tensors the model's rules would drop (recorded only
     when given). ``adapter`` (with ``adapter_scale`` and the adapter files' ``adapter_sha256``)
     is recorded only when given, so other runs' manifests are unchanged.
     """
@@ -127,6 +127,7 @@ class Options:
     adapter_sha256: str | None = None  # of the adapter's files, as read when the options were made
     gguf_scales: str = "float32"  # scales/biases of GGUF blocks repacked to MLX (float32: exact)
     keep: list[re.Pattern] = field(default_factory=list)  # tensors the model's rules drop, written anyway
+    card: bool | str = True  # a model card (naming the library call, or this command); False: none
 
     @property
     def quantizing(self) -> bool:
@@ -181,6 +182,7 @@ class Options:
         adapter_sha256=None,
         gguf_scales="float32",
         keep=(),
+        card=True,
     ) -> "Options":
         """Build options from user-facing values (strings as the CLI takes them).
 
@@ -232,6 +234,8 @@ class Options:
             )
         if gguf_scales not in quant.SCALE_DTYPES:
             raise Torch2MLXError(f"gguf_scales must be one of {', '.join(quant.SCALE_DTYPES)}, got {gguf_scales!r}")
+        if not isinstance(card, (bool, str)):
+            raise Torch2MLXError(f"card must be True, False or the command to name, got {type(card).__name__}")
         parsed_rules = [_rule_pair(r) for r in rules]
         adapter, adapter_scale, adapter_sha256 = _adapter(adapter, adapter_scale, adapter_sha256)
         return cls(
@@ -254,6 +258,7 @@ class Options:
             adapter_sha256=adapter_sha256,
             gguf_scales=gguf_scales,
             keep=[x if isinstance(x, re.Pattern) else _regex(x, "keep:") for x in keep],
+            card=card,
         )
 
     @classmethod

@@ -128,6 +128,8 @@ def to_torch(
         )
     if opts.keep:
         raise Torch2MLXError("keep does not apply to to_torch (the way back drops no tensor by rule)")
+    if opts.card is not True:
+        raise Torch2MLXError("card does not apply to to_torch (a PyTorch output gets no model card)")
     if opts.zarr_compressor != "none":
         raise Torch2MLXError(
             f"zarr_compressor does not apply to to_torch (it writes {' or '.join(sinks.names(sinks.REVERSE))})"
