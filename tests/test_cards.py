@@ -267,3 +267,18 @@ def test_the_way_back_does_not_copy_an_mlx_card(llama, tmp_path):
     res = torch2mlx.stream.to_torch(tmp_path / "mlx", tmp_path / "back")
     assert "README.md" not in res.sidecars and not (tmp_path / "back" / "README.md").exists()
     assert "config.json" in res.sidecars
+
+
+def test_many_dropped_tensors_are_summarized_in_the_report_and_all_listed_in_the_manifest(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    sd = {f"layers.{i}.rotary_emb.inv_freq": torch.rand(4) for i in range(8)} | {"w": torch.ones(2, 2)}
+    save_file(sd, str(src / "model.safetensors"))
+    (src / "config.json").write_text("{}")
+    p = run_main("stream", src, tmp_path / "out", "--no-model")
+    assert p.returncode == 0, p.stderr
+    line = next(x for x in p.stdout.splitlines() if x.startswith("dropped: "))
+    assert line.startswith("dropped: 8 (layers.0.rotary_emb.inv_freq: rotary cache, recomputed at load time; ")
+    assert line.count("rotary_emb.inv_freq") == 5 and line.endswith("... and 3 more, all in --json and torch2mlx.json)")
+    listed = [d["source"] for d in read_json(tmp_path / "out" / MANIFEST)["dropped"]]
+    assert sorted(listed) == sorted(n for n in sd if n != "w")
