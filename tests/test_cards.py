@@ -282,3 +282,15 @@ def test_many_dropped_tensors_are_summarized_in_the_report_and_all_listed_in_the
     assert line.count("rotary_emb.inv_freq") == 5 and line.endswith("... and 3 more, all in --json and torch2mlx.json)")
     listed = [d["source"] for d in read_json(tmp_path / "out" / MANIFEST)["dropped"]]
     assert sorted(listed) == sorted(n for n in sd if n != "w")
+
+
+def test_overwrite_without_a_card_leaves_no_stale_card(tmp_path):
+    torch2mlx.stream.convert({"w": torch.ones(2, 2)}, tmp_path / "out", q_bits=None)
+    assert (tmp_path / "out" / "README.md").exists()
+    torch2mlx.stream.convert({"v": torch.ones(2, 2)}, tmp_path / "out", card=False, overwrite=True)
+    assert not (tmp_path / "out" / "README.md").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("# my notes, not a card\n")
+    torch2mlx.stream.convert({"v": torch.ones(2, 2)}, mine, card=False, overwrite=True)
+    assert (mine / "README.md").read_text() == "# my notes, not a card\n"  # not ours: left alone
