@@ -365,3 +365,10 @@ def assert_no_index(out) -> None:
     assert not (out / INDEX).exists(), f"{out} has an index after a failed run"
     leftovers = [p.name for p in out.glob(".*.tmp")] if out.is_dir() else []
     assert not leftovers, f"temporary files left in {out}: {leftovers}"
+
+
+def file_bytes(out, p) -> bytes:
+    """A file of output ``out``; the model card (README.md) with ``out``'s path as ``<OUT>``: it names the
+    directory it is in, so outputs of the same run into two directories compare equal."""
+    data = Path(p).read_bytes()
+    return data.replace(str(out).encode(), b"<OUT>") if Path(p).name == "README.md" else data

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import INDEX, MANIFEST, T2MLX, assert_one_error, read_json, run_main
+from helpers import INDEX, MANIFEST, T2MLX, assert_one_error, file_bytes, read_json, run_main
 from safetensors.numpy import save_file
 
 import torch2mlx.stream.execute as execute
@@ -60,7 +60,7 @@ def other_src(tmp_path_factory) -> Path:
 
 def _files(out: Path) -> dict[str, bytes]:
     # a SIGKILLed run's lock file holds nothing and is not part of an output
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file() and p.name != ".torch2mlx.lock"}
+    return {p.name: file_bytes(out, p) for p in sorted(out.iterdir()) if p.is_file() and p.name != ".torch2mlx.lock"}
 
 
 def _reference(src: Path, out: Path, opts=OPTS) -> dict[str, bytes]:

@@ -95,6 +95,7 @@ def test_a_directory_output_is_what_t2mlx_stream_writes(tmp_path):
     assert len(res.shards) > 1 and {p.name for p in (tmp_path / "out").iterdir()} == {s.file for s in res.shards} | {
         INDEX,
         MANIFEST,
+        "README.md",
     }
     man = read_json(tmp_path / "out" / MANIFEST)
     assert man["tensors"]["lstm.bias"]["source"] == ["lstm.bias_ih_l0", "lstm.bias_hh_l0"]

@@ -65,7 +65,12 @@ def hub(repos, tmp_path, monkeypatch):
 
 
 def _files(d) -> dict[str, bytes]:
-    return {n: open(os.path.join(d, n), "rb").read() for n in sorted(os.listdir(d)) if n != "torch2mlx.json"}
+    # the manifest and the model card name the source (tests/test_cards.py checks the card)
+    return {
+        n: open(os.path.join(d, n), "rb").read()
+        for n in sorted(os.listdir(d))
+        if n not in ("torch2mlx.json", "README.md")
+    }
 
 
 def _same_output(a, b):

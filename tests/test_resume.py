@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import INDEX, MANIFEST, T2MLX, assert_one_error, read_json, run_cli
+from helpers import INDEX, MANIFEST, T2MLX, assert_one_error, file_bytes, read_json, run_cli
 from safetensors.numpy import save_file
 
 # seconds per test (subprocesses, real models or many examples): `make test-fast` leaves this file out
@@ -44,7 +44,7 @@ def reference(source, tmp_path_factory) -> dict[str, bytes]:
 
 
 def _files(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    return {p.name: file_bytes(out, p) for p in sorted(out.iterdir())}
 
 
 def _shards(out: Path) -> list[Path]:

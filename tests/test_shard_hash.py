@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import MANIFEST, check_converted, file_hash, read_json, run_main
+from helpers import MANIFEST, check_converted, file_bytes, file_hash, read_json, run_main
 from safetensors.torch import save_file
 
 OPTS = ["--max-shard-size", "300KB", "--no-model", "--quiet"]  # passthrough: bfloat16 kept, kernel copies
@@ -27,7 +27,7 @@ def source(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
 def _convert(src: Path, out: Path) -> dict[str, bytes]:
     proc = run_main("stream", src, out, *OPTS)
     assert proc.returncode == 0, proc.stderr
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    return {p.name: file_bytes(out, p) for p in sorted(out.iterdir())}
 
 
 def _shards(out: Path) -> list[str]:
@@ -77,7 +77,7 @@ def test_a_flipped_byte_in_any_shard_fails_verify_and_resume_redoes_it(source, t
         assert "resume: reusing 2 of 3 shard(s)" in proc.stdout, proc.stdout
         man = read_json(out / MANIFEST)
         assert man["hash"] == "xxh3-128"  # resumed over an older manifest: every shard recorded anew
-        assert {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name != MANIFEST} == {
+        assert {p.name: file_bytes(out, p) for p in sorted(out.iterdir()) if p.name != MANIFEST} == {
             k: v for k, v in reference.items() if k != MANIFEST
         }
         check_converted(out, sd)  # values against torch's tensors, records and every shard's digest
@@ -109,7 +109,7 @@ def test_an_unknown_hash_is_a_problem_not_a_pass(source, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "records shard hash 'md7', unknown here; converting everything" in proc.stdout, proc.stdout
     assert "reusing" not in proc.stdout
-    assert {p.name: p.read_bytes() for p in sorted(out.iterdir())} == reference
+    assert {p.name: file_bytes(out, p) for p in sorted(out.iterdir())} == reference
 
 
 @pytest.mark.parametrize("cuts", [[], [1], [4095, 4097, 65537], [8 << 20, (8 << 20) + 1]])

@@ -67,8 +67,10 @@ def test_a_file_alone_copies_nothing(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "copied:" not in proc.stdout and "sidecars" not in proc.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "README.md",  # our model card, not built on the folder's README.md
         "model.safetensors",
         "model.safetensors.index.json",
         "torch2mlx.json",
     ]
+    assert "# mine" not in (tmp_path / "out" / "README.md").read_text()
     check_converted(tmp_path / "out", sd)

@@ -251,6 +251,21 @@ def _add_stream(sub):
         "its manifest, redo the rest (output identical to an uninterrupted run); refused when a "
         "source file changed since (size, mtime or inode)",
     )
+    p.add_argument(
+        "--keep",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="write tensors the model's rules drop (rotary caches, tied heads, extra heads...) whose name "
+        "matches REGEX, with the rules' name or as they are (repeatable; --exclude still wins)",
+    )
+    p.add_argument(
+        "--no-card",
+        dest="card",
+        action="store_false",
+        help="no model card: the source's README.md (if any) is copied as it is instead of a README.md with "
+        "Hub front matter, how the output was made and how to load it",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop; reads headers only")
     p.add_argument("--json", action="store_true", help="print the report (or plan) as JSON on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or status lines on stderr")
@@ -374,6 +389,8 @@ def _cmd_stream(args) -> int:
     )
     if args.target is not None:  # only when given: --to torch and --to gguf refuse it
         settings["target"] = args.target
+    if args.keep:  # the way back and GGUF have no rules that drop
+        settings["keep"] = args.keep
     run = dict(
         model=args.model,
         model_kwargs=args.model_kwargs,
@@ -384,6 +401,9 @@ def _cmd_stream(args) -> int:
         workers=args.workers,
         progress=shown,
     )
+    other = [f for f, on in (("--keep", args.keep), ("--no-card", not args.card)) if on]
+    if other and args.to != "mlx":
+        raise Torch2MLXError(f"{other[0]} applies to a conversion to MLX (not with --to {args.to})")
     if args.gguf_type is not None and args.to != "gguf":
         raise Torch2MLXError("--gguf-type applies only with --to gguf")
     res: Any
@@ -406,7 +426,7 @@ def _cmd_stream(args) -> int:
     elif args.to == "torch":
         res = stream.to_torch(args.src, args.out, **run, **settings)
     else:
-        res = stream.convert(args.src, args.out, **run, **settings)
+        res = stream.convert(args.src, args.out, **run, **settings, card=_card_command(args) if args.card else False)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))
     else:
@@ -414,8 +434,30 @@ def _cmd_stream(args) -> int:
     return 0
 
 
+# flags that change how a run goes, not what it writes: a model card leaves them out, so the card of
+# a resumed or overwritten run is the card of the same run done at once
+_RUN_ONLY = {"--resume": 0, "--overwrite": 0, "--quiet": 0, "-q": 0, "--json": 0, "--keep-cache": 0, "--workers": 1}
+
+
+def _card_command(args) -> str:
+    """The command line a model card names (``t2mlx stream ...``, as typed, less the run-only flags)."""
+    import shlex
+
+    argv, kept, skip = getattr(args, "argv", None) or [], [], 0
+    for a in argv:
+        if skip:
+            skip -= 1
+            continue
+        flag = a.split("=", 1)[0]
+        if flag in _RUN_ONLY:
+            skip = _RUN_ONLY[flag] if "=" not in a else 0
+            continue
+        kept.append(a)
+    return "t2mlx " + shlex.join(kept)
+
+
 # what an adapter SRC is converted with; anything else given would be a silent no-op
-_ADAPTER_DEFAULTS = dict(
+_ADAPTER_DEFAULTS: dict[str, Any] = dict(
     dtype="keep",
     max_shard_size="5GB",
     strip_prefix=[],
@@ -436,6 +478,8 @@ _ADAPTER_DEFAULTS = dict(
     allow_global=[],
     adapter=None,
     adapter_scale=None,
+    keep=[],
+    card=True,
 )
 
 
@@ -444,7 +488,7 @@ def _cmd_adapter(args) -> int:
 
     given = [k for k, v in _ADAPTER_DEFAULTS.items() if getattr(args, k) != v]
     if given:
-        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        flags = ", ".join("--no-card" if k == "card" else "--" + k.replace("_", "-") for k in given)
         raise Torch2MLXError(
             f"{args.src} is a LoRA adapter directory: it is converted as it is ({flags} would change nothing; "
             "to fuse it into a model: t2mlx stream BASE OUT --adapter DIR)"
@@ -467,7 +511,10 @@ _FLAG_SPELLINGS: list[tuple[re.Pattern[str], Any]] = [
         "--overwrite throws them away",
     ),
     (re.compile(r"^out is required \(or dry_run=True\)"), "OUT is required (or use --dry-run)"),
-    (re.compile(r"^(rules|exclude): "), lambda m: {"rules": "--rule ", "exclude": "--exclude "}[m.group(1)]),
+    (
+        re.compile(r"^(rules|exclude|keep): "),
+        lambda m: {"rules": "--rule ", "exclude": "--exclude ", "keep": "--keep "}[m.group(1)],
+    ),
     (
         re.compile(r"^(dtype|format|max_shard_size|zarr_compressor|model_kwargs)\b"),
         lambda m: "--" + m.group(0).replace("_", "-"),
@@ -716,6 +763,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # a model card names the command
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:

@@ -62,8 +62,12 @@ def plan_source(src, options: Options, *, model=None, model_kwargs=None, status=
         side = DataReader(drop_cache=opts.drop_cache)
         fp_dtype = dtypes.get(opts.dtype) if opts.dtype != "keep" else None
         ck, n = with_dequantized(ck, side, fp_dtype)
-        ck = dataclasses.replace(ck, config=_without_quantization(ck.config))
+        cfg = _without_quantization(ck.config)
+        gone = [k for k in ck.config or {} if k not in (cfg or {})]
+        ck = dataclasses.replace(ck, config=cfg)
         notes.append(f"{n} quantized weight(s) dequantized as mx.dequantize does")
+        if gone:  # no config.json key goes without a word
+            notes.append(f"config.json: {', '.join(gone)} removed (the weights are dequantized)")
     if already is not None:
         # No model for it: its tensors have MLX names and layouts already (and the analyzer needs torch).
         if already.quantized and opts.adapter is not None and not opts.dequantize:
@@ -228,9 +232,13 @@ def convert(
             ``strip_prefix``, ``exclude``, ``rules`` (``"REGEX=RULE"``), ``key``, ``q_bits``, ``q_group_size``,
             ``q_recipe``, ``q_mode`` (``"mxfp4"``, ``"nvfp4"``, ``"mxfp8"``: MLX's fp modes), ``dequantize``
             (an MLX-quantized source to float weights), ``allow_globals``, ``zarr_compressor``, ``drop_cache``,
-            ``adapter``, ``adapter_scale``, ``target``); giving both is refused. ``target``: the MLX tool OUT is
-            for (``"mlx-whisper"``, ``"mlx-vlm"``, ``"mlx-lm"``, ``"mlx"``; default chosen from config.json:
-            docs/targets.md). ``adapter``: a LoRA/DoRA adapter directory
+            ``adapter``, ``adapter_scale``, ``target``, ``keep``, ``card``); giving both is refused. ``target``:
+            the MLX tool OUT is for (``"mlx-whisper"``, ``"mlx-vlm"``, ``"mlx-lm"``, ``"mlx"``; default chosen
+            from config.json: docs/targets.md). ``keep``: regexes of tensors the model's rules drop to write
+            anyway. ``card``: a model card, ``README.md`` (Hub front matter, how it was made, how to load it;
+            built on the source's README.md), naming this call (``True``, the default) or the command given as
+            a string; ``False``: the source's README.md copied as it is (docs/cli.md#model-cards).
+            ``adapter``: a LoRA/DoRA adapter directory
             (PEFT's or mlx-lm's) fused into the weights as they stream, before any quantization
             (docs/adapters.md); ``adapter_scale`` multiplies its scale.
         model: where exact rules come from. ``None``: a live module's own, or a config.json next to the
@@ -335,6 +343,7 @@ def convert(
                         done=done,
                         fresh=not do_resume,
                         resumable=sink.resumable and hook is None,
+                        card=_card_command(src, out, opts, model, format),
                     )
                 )
                 plan.notes += _error_notes(plan, ck)
@@ -349,6 +358,17 @@ def convert(
         return _quantized_fuses(res)
     finally:
         plan.close()  # the reader of dequantized sources, if any
+
+
+def _card_command(src, out: str, opts: Options, model, format: str) -> str | None:
+    """The command a model card names, or None for no card (one is written in safetensors directories)."""
+    if opts.card is False or format != "safetensors":
+        return None
+    if isinstance(opts.card, str):
+        return opts.card
+    from .card import library_call
+
+    return library_call(src, out, opts, model)
 
 
 def _error_notes(plan: Plan, ck: Checkpoint) -> list[str]:

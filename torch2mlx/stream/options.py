@@ -101,9 +101,10 @@ class Options:
     Build it with ``Options.make(...)`` from user-facing values (``"5GB"``, ``"REGEX=RULE"``),
     then pass it whole: ``stream.convert(src, out, options=opts)``. ``stream.convert`` and
     ``stream.to_torch`` also take the same names as keywords and build it themselves.
-    ``allow_globals`` (pickle globals accepted as inert placeholders), ``zarr_compressor``
-    and ``drop_cache`` (drop converted pages from the page cache) are run settings the
-    manifest does not replay. ``adapter`` (with ``adapter_scale`` and the adapter files' ``adapter_sha256``)
+    ``allow_globals`` (pickle globals accepted as inert placeholders), ``zarr_compressor``,
+    ``drop_cache`` (drop converted pages from the page cache) and ``card`` (the model card) are run
+    settings the manifest does not replay. ``keep`` (regexes) writes tensors the model's rules would drop (recorded only
+    when given). ``adapter`` (with ``adapter_scale`` and the adapter files' ``adapter_sha256``)
     is recorded only when given, so other runs' manifests are unchanged.
     """
 
@@ -126,6 +127,8 @@ class Options:
     adapter_sha256: str | None = None  # of the adapter's files, as read when the options were made
     gguf_scales: str = "float32"  # scales/biases of GGUF blocks repacked to MLX (float32: exact)
     target: str | None = None  # the MLX tool the output is for (stream/targets); None: chosen from config.json
+    keep: list[re.Pattern] = field(default_factory=list)  # tensors the model's rules drop, written anyway
+    card: bool | str = True  # a model card (naming the library call, or this command); False: none
 
     @property
     def quantizing(self) -> bool:
@@ -155,6 +158,7 @@ class Options:
             )
             | ({"gguf_scales": self.gguf_scales} if self.gguf_scales != "float32" else {})
             | ({"target": self.target} if self.target is not None else {})
+            | ({"keep": [p.pattern for p in self.keep]} if self.keep else {})
         )
 
     @classmethod
@@ -180,6 +184,8 @@ class Options:
         adapter_sha256=None,
         gguf_scales="float32",
         target=None,
+        keep=(),
+        card=True,
     ) -> "Options":
         """Build options from user-facing values (strings as the CLI takes them).
 
@@ -236,6 +242,8 @@ class Options:
 
             if target not in TARGETS:
                 raise Torch2MLXError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+        if not isinstance(card, (bool, str)):
+            raise Torch2MLXError(f"card must be True, False or the command to name, got {type(card).__name__}")
         parsed_rules = [_rule_pair(r) for r in rules]
         adapter, adapter_scale, adapter_sha256 = _adapter(adapter, adapter_scale, adapter_sha256)
         return cls(
@@ -258,6 +266,8 @@ class Options:
             adapter_sha256=adapter_sha256,
             gguf_scales=gguf_scales,
             target=target,
+            keep=[x if isinstance(x, re.Pattern) else _regex(x, "keep:") for x in keep],
+            card=card,
         )
 
     @classmethod

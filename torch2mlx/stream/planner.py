@@ -104,6 +104,7 @@ def build(
     dequant, fp8_drop, fp8_errors = transforms.plan_fp8(ck, by_name)
     drop.update(fp8_drop)
     warnings += fp8_errors
+    kept, keep_notes = _kept(drop, opts, warnings)
     # A float8 weight with a scale is dequantized, not cast: it gets no per-tensor warning
     # (a DeepSeek-V3 has 45,000 of them), but one note below.
     quiet: list[str] = []
@@ -157,7 +158,9 @@ def build(
             continue
         rule = _user_rule((e.name, out_name), opts, ruled)
         source = "user"
-        if rule is None and ck.layout == "mlx":
+        if rule is None and e.name in kept:  # as it is: the rules had no layout for it
+            rule = "identity"
+        elif rule is None and ck.layout == "mlx":
             rule, source = "identity", "default"
         elif rule is None:
             guess = rules.infer(e.name, e.shape, e.dtype.is_float)
@@ -187,7 +190,7 @@ def build(
     if recipe is None:  # a given recipe (pre-quantized modules to requantize) wins
         recipe = transforms.recipe_for(opts, [o.name for op in ops for o in op.outputs], ck.config)
     block = transforms.attach(ops, dequant, recipe, module_types, warnings)
-    notes = list(ck.notes)
+    notes = list(ck.notes) + keep_notes
     if ck.gguf is not None:  # block-quantized GGUF tensors: repacked, dequantized or requantized
         from . import gguf_plan
 
@@ -208,6 +211,26 @@ def build(
     plan = Plan(ops, assign_shards(ops, opts.max_shard_size), dropped, warnings, notes)
     plan.quantization = block
     return plan
+
+
+def _kept(drop: dict[str, str], opts: Options, warnings: list[str]) -> tuple[set[str], list[str]]:
+    """Take the tensors ``--keep`` names out of ``drop`` (they are written with the rules' name, or as they
+    are); a pattern that names no dropped tensor is a warning, as an unused --exclude is."""
+    if not opts.keep:
+        return set(), []
+    kept: set[str] = set()
+    for p in opts.keep:
+        hit = {n for n in drop if p.search(n)}
+        if not hit:
+            warnings.append(f"--keep '{p.pattern}' matched no tensor the rules drop")
+        kept |= hit
+    for n in kept:
+        del drop[n]
+    if not kept:
+        return kept, []
+    names = sorted(kept)
+    shown = ", ".join(names[:5]) + (f" ... and {len(names) - 5} more" if len(names) > 5 else "")
+    return kept, [f"{len(names)} tensor(s) the rules drop kept by --keep: {shown}"]
 
 
 def _make_op(

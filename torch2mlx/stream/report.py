@@ -53,7 +53,11 @@ def _tail(plan) -> list[str]:
         lines.append(
             f"dropped: {len(plan.dropped)} ("
             + "; ".join(one_line(f"{n}: {w}") for n, w in plan.dropped[:5])
-            + (" ..." if len(plan.dropped) > 5 else "")
+            + (
+                f"; ... and {len(plan.dropped) - 5} more, all in --json and torch2mlx.json"
+                if len(plan.dropped) > 5
+                else ""
+            )
             + ")"
         )
     for n in plan.notes:
@@ -80,4 +84,6 @@ def format_result(res) -> str:
     ]
     if res.sidecars:
         lines.append("copied: " + one_line(", ".join(res.sidecars)))
+    if res.card:
+        lines.append(f"card: {res.card}")
     return "\n".join(lines + _tail(p))

@@ -36,6 +36,7 @@ class Result:
     bytes_in: int | None = None
     bytes_out: int | None = None
     reused: int = 0
+    card: str | None = None  # the model card written (README.md), if any
 
     @property
     def tensors_out(self) -> int:
@@ -66,6 +67,7 @@ class Result:
             "shards": [{"file": s.file, "bytes": s.bytes, s.hash: s.digest} for s in self.shards]
             or [{"file": s.file, "bytes": s.size} for s in self.plan.shards],
             "sidecars": self.sidecars,
+            "card": self.card,
             "dropped": [{"source": n, "why": w} for n, w in self.plan.dropped],
             "warnings": self.plan.warnings,
             "notes": self.plan.notes,

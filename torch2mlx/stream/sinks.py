@@ -19,6 +19,7 @@ from ..errors import Torch2MLXError
 from ..formats import remote
 from ..formats.data import DataReader
 from ..formats.integrity import IntegrityError
+from . import card
 from . import manifest as manifest_mod
 from .execute import Executor, ShardResult
 from .options import Options
@@ -47,6 +48,7 @@ class Run:
     resumable: bool = False  # a failure may keep finished shards: the manifest says so from the start
     reader: DataReader | None = None  # the reverse plan's reader, serving its dequantized sources
     to_torch: dict | None = None  # what a run back to PyTorch records in its manifest
+    card: str | None = None  # the command the model card names; None: no card (the source's README.md copied)
 
     @property
     def plan(self) -> Plan:
@@ -79,7 +81,10 @@ def _write_shards(run: Run, index: str, write: Callable[[Callable, Callable], No
     res, plan, out = run.res, run.plan, run.out
     # Sidecars first: a ShardWriter (hook) writes its index when it closes, and nothing follows an index
     # but the manifest that says complete.
-    res.sidecars = output_dir.copy_sidecars(res.checkpoint.sidecars, out, rewrite=run.rewrite)
+    sidecars = res.checkpoint.sidecars
+    if run.card is not None:  # the card is built on the source's README.md instead
+        sidecars = [p for p in sidecars if os.path.basename(p) != card.NAME]
+    res.sidecars = output_dir.copy_sidecars(sidecars, out, rewrite=run.rewrite)
     if run.resumable and run.fresh:
         # Before any shard: an interrupted run is known as one (and resumable) from the start.
         manifest_mod.write(out, run.manifest(complete=False))
@@ -100,8 +105,9 @@ def _write_shards(run: Run, index: str, write: Callable[[Callable, Callable], No
         if run.hook is not None:
             from .user_hook import run_hook
 
+            card_now = None if run.card is None else (lambda sizes, n: _write_card(run, sizes, n))
             res.shards, res.written, res.bytes_out = run_hook(
-                plan, out, run.hook, run.opts, update, res.source, res.source_files
+                plan, out, run.hook, run.opts, update, res.source, res.source_files, before_index=card_now
             )
         else:
             try:
@@ -117,12 +123,24 @@ def _write_shards(run: Run, index: str, write: Callable[[Callable, Callable], No
         for name, how in remote.checked(res.checkpoint.files).items():
             if isinstance(res.source_files.get(name), dict):
                 res.source_files[name]["checked"] = how
-    if run.hook is None:  # the ShardWriter behind a hook wrote its own manifest and index
+    if run.hook is None:  # the ShardWriter behind a hook wrote its own manifest, card and index
+        if run.card is not None:  # before the index: nothing follows it but the manifest
+            _write_card(run, [s.bytes for s in res.shards], res.tensors_out)
         weight_map = {o.name: plan.shards[o.shard].file for op in plan.ops for o in op.outputs}
         output_dir.write_index(out, weight_map, plan.nbytes_out, index)
         # complete only once the index exists (a failure here removes the index again)
         manifest_mod.write(out, run.manifest())
     res.seconds = time.perf_counter() - t0
+
+
+def _write_card(run: Run, sizes: list[int], tensors: int) -> None:
+    """The model card of a finished output (``sizes``: its shards' bytes; ``tensors``: how many)."""
+    res = run.res
+    assert run.card is not None  # called only when a card is asked for
+    config = (run.rewrite or {}).get("config.json", res.checkpoint.config)
+    facts = card.facts_for_run(res, run.opts, run.card, config, sizes, tensors)
+    res.card = card.write(run.out, facts)
+    res.plan.notes += facts.notes
 
 
 def _drop_shards_from(run: Run, label: str, done: dict[int, ShardResult]) -> None:

@@ -121,6 +121,10 @@ def to_gguf(
         raise Torch2MLXError("zarr_compressor does not apply with --to gguf")
     if opts.target is not None:
         raise Torch2MLXError(f"target {opts.target} does not apply with --to gguf (it writes llama.cpp's layout)")
+    if opts.keep:
+        raise Torch2MLXError("keep does not apply with --to gguf (its source is an MLX checkpoint)")
+    if opts.card is not True:
+        raise Torch2MLXError("card does not apply with --to gguf (a GGUF file gets no model card)")
     if not isinstance(gguf_type, str):
         raise Torch2MLXError(f"gguf_type must be one of {', '.join(GGUF_TYPES)}, got {gguf_type!r}")
     check_gguf_type(gguf_type)

@@ -22,9 +22,9 @@ from ..errors import Torch2MLXError
 from ..formats import remote
 from ..formats.checkpoint import OUR_FILES, SIDECAR_SUFFIXES, Checkpoint
 from ..formats.data import DataReader
+from . import card, reverse_plan, sinks
 from . import manifest as manifest_mod
 from . import resume as resume_mod
-from . import reverse_plan, sinks
 from .execute import compute_block
 from .manifest import Manifest
 from .memory import is_module, names_only
@@ -130,6 +130,10 @@ def to_torch(
             "adapter does not apply to to_torch: fuse it in the conversion to MLX, or convert the adapter "
             "itself (t2mlx stream ADAPTER_DIR OUT --to torch)"
         )
+    if opts.keep:
+        raise Torch2MLXError("keep does not apply to to_torch (the way back drops no tensor by rule)")
+    if opts.card is not True:
+        raise Torch2MLXError("card does not apply to to_torch (a PyTorch output gets no model card)")
     if opts.zarr_compressor != "none":
         raise Torch2MLXError(
             f"zarr_compressor does not apply to to_torch (it writes {' or '.join(sinks.names(sinks.REVERSE))})"
@@ -144,6 +148,7 @@ def to_torch(
     in_memory = out is None and not dry_run
     ck, label, _ = open_source(src, opts, False, label="<MLX weights>")
     ck = _with_store_files(ck)
+    ck = dataclasses.replace(ck, sidecars=[p for p in ck.sidecars if not card.is_mlx_card(p)])
     rules = _rules(model, model_kwargs, ck, in_memory)
     if strict is None:
         strict = True if in_memory else None

@@ -40,9 +40,17 @@ def _results(value, name, dtype):
 
 
 def run_hook(
-    plan: Plan, out: str, hook, opts: Options, progress=None, source: str = "", source_files: dict | None = None
+    plan: Plan,
+    out: str,
+    hook,
+    opts: Options,
+    progress=None,
+    source: str = "",
+    source_files: dict | None = None,
+    before_index=None,
 ) -> tuple[list[ShardResult], int, int]:
-    """Shard results, tensors written and their bytes (what the hook returned, not what was planned)."""
+    """Shard results, tensors written and their bytes (what the hook returned, not what was planned);
+    ``before_index(shard bytes, tensors)`` is called once the shards are whole, before the index."""
     writer = ShardWriter(
         out,
         opts.max_shard_size,
@@ -75,7 +83,10 @@ def run_hook(
                     writer.add_bits(name, bits, dt, record=manifest.transform_record(op, transformed=not same))
                 if progress:
                     progress(op.nbytes_in)
-        results = writer.close()
+        last = (
+            None if before_index is None else (lambda rs: before_index([r["bytes"] for r in rs], len(writer.records)))
+        )
+        results = writer.close(before_index=last)
     except BaseException:
         writer.abort()
         raise

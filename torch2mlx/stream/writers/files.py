@@ -192,3 +192,22 @@ def write_json_atomic(path: str, obj) -> None:
         except OSError:
             pass
         raise os_error(path, e) from None
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """UTF-8 text to a temp file, fsync, rename (as ``write_json_atomic``)."""
+    tmp = temp_name(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            pwrite_all(fd, text.encode("utf-8"), 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise os_error(path, e) from None

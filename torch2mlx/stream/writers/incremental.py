@@ -138,8 +138,9 @@ class ShardWriter:
         self._sealed.append((path, [o for o, _ in outs], dst, digest))
         self._pending = []
 
-    def close(self) -> list[dict]:
-        """Finish the last shard, name every shard, write the manifest and then the index."""
+    def close(self, before_index=None) -> list[dict]:
+        """Finish the last shard, name every shard, write the manifest and then the index;
+        ``before_index(results)`` is called just before the index is written (a model card goes there)."""
         if self._closed:
             return self.results
         if self._pending or not self._sealed:
@@ -165,6 +166,8 @@ class ShardWriter:
             self.out_dir,
             manifest.for_writer(version=__version__, extra=self.manifest_extra, records=self.records, shards=shards),
         )
+        if before_index is not None:
+            before_index([{"file": k, **v} for k, v in shards.items()])
         output_dir.write_index(self.out_dir, weight_map, total)
         self.nbytes = total
         self._closed = True

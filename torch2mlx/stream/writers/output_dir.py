@@ -8,6 +8,7 @@ import shutil
 
 from ...errors import Torch2MLXError
 from ...formats import remote
+from .. import card
 from ..manifest import NAME as MANIFEST
 from .files import os_error, write_json_atomic
 from .out_lock import LOCK
@@ -53,11 +54,16 @@ def ready_for_writing(out_dir: str, *, overwrite: bool, src_paths: list[str], re
 
 
 def clear(out_dir: str, resume: bool = False) -> None:
-    """Remove an earlier output's index, manifest, shards and temporaries (``resume``: keep shards, manifest)."""
+    """Remove an earlier output's index, manifest, model card, shards and temporaries (``resume``: keep shards,
+    manifest)."""
     # The index goes first so the directory never looks complete while we work.
     for name in (INDEX, BIN_INDEX) if resume else (INDEX, BIN_INDEX, MANIFEST):
         if os.path.exists(os.path.join(out_dir, name)):
             os.unlink(os.path.join(out_dir, name))
+    # an earlier output's model card describes that output (a run without a card must not keep it)
+    old_card = os.path.join(out_dir, card.NAME)
+    if os.path.isfile(old_card) and card.is_mlx_card(old_card):
+        os.unlink(old_card)
     if not resume:
         for pattern in ("model*.safetensors", "pytorch_model*.bin"):
             for f in glob.glob(os.path.join(glob.escape(out_dir), pattern)):
