@@ -273,7 +273,12 @@ def _convert_variants(src, out, variants, options, settings, *, model, model_kwa
     if options is not None:
         Options.resolve(options, settings)  # both at once is refused as in a single run
         settings = variants_mod.settings_of(options)
-    refused = [w for w, on in (("resume", resume), ("a hook", hook is not None)) if on]
+    if resume:
+        raise Torch2MLXError(
+            "variants do not combine with resume: a failed variants run keeps no shard; run it again, or convert "
+            "the variants one at a time (each OUT/<variant> is what that single run writes)"
+        )
+    refused = ["a hook"] if hook is not None else []
     if format != "safetensors":
         refused.append(f"format={format!r}")
     if refused:
@@ -355,6 +360,8 @@ def _write_dir(
     transfer counters as the run began (None: no transfer note); ``execute``: writes the shards instead of an
     own Executor (``Run.execute``: several variants fed by one read of the source)."""
     plan = res.plan
+    # --variants (``execute``) refuses resume: a failure there keeps no shard, so none is recorded for it
+    resumable = sink.resumable and hook is None and execute is None
     sinks.refuse_settings(sink, plan, hook=hook, resume=resume)  # before OUT is touched
     if ck.remote:  # size and ETag by name: resume refuses a source that changed since
         res.source_files = remote.remote_identity(ck.files)
@@ -384,7 +391,7 @@ def _write_dir(
             src_paths=ck.files,
             resume=do_resume,
             existed=existed,
-            resumable=sink.resumable and hook is None,
+            resumable=resumable,
             shards=len(plan.shards),
         ) as target:
             sink.write(
@@ -398,17 +405,14 @@ def _write_dir(
                     hook=hook,
                     done=done,
                     fresh=not do_resume,
-                    resumable=sink.resumable and hook is None,
+                    resumable=resumable,
                     execute=execute,
                 )
             )
             plan.notes += _error_notes(plan, ck)
             if ck.remote:
-                got = remote.STATS.bytes - before[2]
-                plan.notes.append(
-                    f"fetched {human_bytes(got)} ({got:,} bytes) in {remote.STATS.requests - before[0]} range "
-                    f"request(s), {remote.STATS.retries - before[1]} retried"
-                )
+                if before is not None:
+                    plan.notes.append(fetched_note(before))
                 checks = {n: r["checked"] for n, r in res.source_files.items() if "checked" in r}
                 plan.notes.append(remote.checked_summary(checks))
 
