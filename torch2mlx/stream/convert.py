@@ -167,7 +167,6 @@ def convert(
     workers: int | None = None,
     progress: bool = False,
     hook=None,
-    variants=None,
     **settings,
 ) -> Result:
     """Convert PyTorch weights (a checkpoint, a state dict or a live model) to MLX names and layouts.
@@ -204,7 +203,7 @@ def convert(
         dry_run: plan only; nothing is read or written.
         workers: writer threads (default: by core count).
         progress: a progress bar and status lines on stderr.
-        variants: several outputs from one read of the source: ``"bf16,q8,q4,mixed_3_6"`` or a list, each an
+        variants (keyword): several outputs from one read of the source: ``"bf16,q8,q4,mixed_3_6"`` or a list, each an
             output dtype, ``qN`` (with ``q_group_size``), a ``q_recipe`` or a ``q_mode`` name; written to
             ``out/<variant>/``, each as a single run with those settings writes it. Returns a
             ``VariantsResult`` (``results``: one ``Result`` each). Not with resume, hook, zarr or one file.
@@ -227,6 +226,7 @@ def convert(
         291
         >>> torch2mlx.convert(torch.nn.Conv2d(3, 8, 3), "conv.safetensors")  # doctest: +SKIP
     """
+    variants = settings.pop("variants", None)  # a keyword beside the settings: the signature stays narrow
     if variants is not None:
         return _convert_variants(
             src, out, variants, options, settings, model=model, model_kwargs=model_kwargs, format=format,
