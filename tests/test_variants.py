@@ -213,3 +213,30 @@ def test_a_failing_variant_stops_all_and_leaves_no_complete_output(llama, tmp_pa
     monkeypatch.undo()
     stream.convert(str(src), str(tmp_path / "out"), variants="bf16,q4")  # the same call again
     assert (tmp_path / "out" / "q4" / "model.safetensors.index.json").exists()
+
+
+def test_ctrl_c_stops_every_variant_and_keeps_no_shard(llama, tmp_path, monkeypatch):
+    """Ctrl-C lands in the thread that waits for the variants: the shared pass stops, every directory goes."""
+    import threading
+    import time
+
+    from torch2mlx.stream import variants
+
+    src, _ = llama
+    real_compute, real_join = variants.compute_outputs, threading.Thread.join
+    monkeypatch.setattr(variants, "compute_outputs", lambda *a, **k: (time.sleep(0.02), real_compute(*a, **k))[1])
+    fired = []
+
+    def join(self, timeout=None):
+        if self.name.startswith("t2mlx-variant") and not fired:
+            fired.append(1)
+            time.sleep(0.3)  # the shared pass is under way
+            raise KeyboardInterrupt
+        return real_join(self, timeout)
+
+    monkeypatch.setattr(threading.Thread, "join", join)
+    with pytest.raises(KeyboardInterrupt) as e:
+        stream.convert(str(src), str(tmp_path / "out"), variants="bf16,q4", max_shard_size="90KB")
+    assert "no shard kept" in e.value.__dict__["left"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("t2mlx-")]
+    assert os.listdir(tmp_path / "out") == []

@@ -22,7 +22,7 @@ from ..core.sizes import human_bytes
 from ..errors import Torch2MLXError, one_line
 from ..formats import remote
 from ..formats.data import DataReader
-from .execute import CHUNK, Executor, _row_bytes, compute_outputs
+from .execute import CHUNK, Executor, _row_bytes, _yield_to_hasher, compute_outputs
 from .options import OUT_DTYPES, Options
 from .progress import progress_bar
 from .result import Result
@@ -198,8 +198,11 @@ def _blocks(group, chunk: int) -> list[tuple[int, int]]:
     return [(s, min(s + per, rows)) for s in range(0, rows, per)] or [(0, 0)]
 
 
-def run_together(execs: list[Executor], reader: DataReader, workers: int, progress=None, chunk: int = CHUNK) -> None:
-    """Write every executor's shards (all of them) from one pass over the source."""
+def run_together(
+    execs: list[Executor], reader: DataReader, workers: int, progress=None, chunk: int = CHUNK, stop=None
+) -> None:
+    """Write every executor's shards (all of them) from one pass over the source; ``stop`` (an Event) set:
+    stop at the next block (Ctrl-C in the thread that waits for the variants)."""
     groups = _groups([ex.plan for ex in execs])
     if any(reader.remote_file(g[0][1].sources[0].path or "") for g in groups):
         # as Executor.run: a remote source in its own order, so its windows are fetched once
@@ -223,6 +226,8 @@ def run_together(execs: list[Executor], reader: DataReader, workers: int, progre
         ranges: list[list] = [[] for _ in execs]
         done_in = 0
         for g, s, t in batch:
+            if stop is not None and stop.is_set():
+                raise KeyboardInterrupt
             once = _OnceReader(reader)
             for i, op in g:
                 ex = execs[i]
@@ -246,7 +251,7 @@ def run_together(execs: list[Executor], reader: DataReader, workers: int, progre
         return done_in
 
     hasher = ThreadPoolExecutor(len(execs), thread_name_prefix="t2mlx-hash")
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="t2mlx-work")
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="t2mlx-work", initializer=_yield_to_hasher)
     try:
         for ex in execs:
             if ex._in_memory:
@@ -288,7 +293,13 @@ class _Together:
         self.workers = workers or min(4, (os.cpu_count() or 2) + 1)
         self.drop_cache, self.update = drop_cache, update
         self.finished = threading.Event()
+        self.stop = threading.Event()
         self.error: BaseException | None = None
+
+    def cancel(self) -> None:
+        """Stop every variant: those not at the meeting point yet, and the shared pass at its next block."""
+        self.stop.set()
+        self.barrier.abort()
 
     def execute(self, i: int):
         def run(plan, out, _update, on_shard, todo) -> None:
@@ -301,7 +312,7 @@ class _Together:
             if first:
                 try:
                     with DataReader(drop_cache=self.drop_cache) as reader:
-                        run_together(self.execs, reader, self.workers, self.update)  # type: ignore[arg-type]
+                        run_together(self.execs, reader, self.workers, self.update, stop=self.stop)  # type: ignore[arg-type]
                 except BaseException as e:
                     self.error = e
                     raise
@@ -348,10 +359,23 @@ def write_all(names: list[str], results: list[Result], opts_list: list[Options],
 
     threads = [threading.Thread(target=one, args=(i,), name=f"t2mlx-variant-{n}") for i, n in enumerate(names)]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        except BaseException as e:  # Ctrl-C or SIGTERM while the variants write: every one stops and cleans up
+            together.cancel()
+            for t in threads:
+                if t.is_alive() or t.ident is not None:
+                    t.join()
+            done = all(x is None for x in errors)  # it came as the last variant finished
+            e.__dict__["left"] = (
+                "every variant had been written whole"
+                if done
+                else "no shard kept: each OUT/<variant> of this run removed or emptied again"
+            )
+            raise
     finally:
         if bar is not None:
             bar.close()
