@@ -125,7 +125,9 @@ def main(argv=None) -> int:
     env = fast_storage.child_env(work)
     tiny = fast_storage.checkpoint("tiny", os.path.abspath(a.data))  # untimed: fills the bytecode cache
     warm = os.path.join(work, "warm")
-    measure.run(fast_storage.t2mlx_argv(tiny, warm, ["--variants", ",".join(VARIANTS)]), inputs=[tiny], out=warm, env=env)
+    measure.run(
+        fast_storage.t2mlx_argv(tiny, warm, ["--variants", ",".join(VARIANTS)]), inputs=[tiny], out=warm, env=env
+    )
     measure.remove(warm)
     rounds: dict[str, list] = {"together": [], "four": []}
     identical = True

@@ -85,7 +85,7 @@ def test_the_source_is_read_once(llama, tmp_path, monkeypatch):
     got = sum(n for _, _, n in reads)
     assert got == res.nbytes_in == res.results[0].plan.nbytes_in  # every source byte once, not five times
     spans = sorted(reads)
-    for (p1, o1, n1), (p2, o2, _) in zip(spans, spans[1:]):
+    for (p1, o1, n1), (p2, o2, _) in zip(spans, spans[1:], strict=False):
         assert p1 != p2 or o1 + n1 <= o2, "a source range was read twice"
     reads.clear()
     stream.convert(str(src), str(tmp_path / "one"), dtype="bfloat16")

@@ -482,7 +482,7 @@ _FLAG_SPELLINGS: list[tuple[re.Pattern[str], Any]] = [
     ),
     (re.compile(r"\ballow_globals\b"), "--allow-global"),
     (re.compile(r"^variants\b|(?<=with )variants\b|(?<=: )variants\b"), "--variants"),
-    (re.compile(r"(?<=do not combine with )(resume|a hook)\b"), lambda m: "--" + m.group(1) if m.group(1) == "resume" else m.group(1)),
+    (re.compile(r"(?<=do not combine with )resume\b"), "--resume"),
     (re.compile(r"\bdequantize(?= does not combine)"), "--dequantize"),
     (re.compile(r"^resume(:| does not)"), r"--resume\1"),
     (re.compile(r"\brerun with overwrite\b"), "rerun with --overwrite"),

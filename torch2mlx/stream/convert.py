@@ -229,8 +229,20 @@ def convert(
     variants = settings.pop("variants", None)  # a keyword beside the settings: the signature stays narrow
     if variants is not None:
         return _convert_variants(
-            src, out, variants, options, settings, model=model, model_kwargs=model_kwargs, format=format,
-            overwrite=overwrite, resume=resume, dry_run=dry_run, workers=workers, progress=progress, hook=hook,
+            src,
+            out,
+            variants,
+            options,
+            settings,
+            model=model,
+            model_kwargs=model_kwargs,
+            format=format,
+            overwrite=overwrite,
+            resume=resume,
+            dry_run=dry_run,
+            workers=workers,
+            progress=progress,
+            hook=hook,
         )
     opts = Options.resolve(options, settings)
     before = (remote.STATS.requests, remote.STATS.retries, remote.STATS.bytes)  # a remote source's transfer
@@ -258,15 +270,41 @@ def convert(
         out = os.fspath(out)
         if one_file:
             return _quantized_fuses(_write_one_file(res, out, progress, workers))
-        _write_dir(res, ck, opts, out, sink, overwrite=overwrite, resume=resume, hook=hook, progress=progress,
-                   workers=workers, before=before)
+        _write_dir(
+            res,
+            ck,
+            opts,
+            out,
+            sink,
+            overwrite=overwrite,
+            resume=resume,
+            hook=hook,
+            progress=progress,
+            workers=workers,
+            before=before,
+        )
         return _quantized_fuses(res)
     finally:
         plan.close()  # the reader of dequantized sources, if any
 
 
-def _convert_variants(src, out, variants, options, settings, *, model, model_kwargs, format, overwrite, resume,
-                      dry_run, workers, progress, hook):
+def _convert_variants(
+    src,
+    out,
+    variants,
+    options,
+    settings,
+    *,
+    model,
+    model_kwargs,
+    format,
+    overwrite,
+    resume,
+    dry_run,
+    workers,
+    progress,
+    hook,
+):
     """``convert(..., variants=...)``: every variant planned alone, all written from one read of the source."""
     from . import variants as variants_mod
 
@@ -324,8 +362,20 @@ def _convert_variants(src, out, variants, options, settings, *, model, model_kwa
         sink = sinks.sink(format, sinks.FORWARD)
 
         def write_dir(res, ck_v, opts, d, *, overwrite, workers, execute):
-            _write_dir(res, ck_v, opts, d, sink, overwrite=overwrite, resume=False, hook=None, progress=False,
-                       workers=workers, before=None, execute=execute)
+            _write_dir(
+                res,
+                ck_v,
+                opts,
+                d,
+                sink,
+                overwrite=overwrite,
+                resume=False,
+                hook=None,
+                progress=False,
+                workers=workers,
+                before=None,
+                execute=execute,
+            )
 
         variants_mod.write_all(
             names, results, opts_list, out, write_dir, overwrite=overwrite, workers=workers, progress=progress

@@ -14,6 +14,7 @@ import dataclasses
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any, cast
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from ..formats import remote
 from ..formats.data import DataReader
 from .execute import CHUNK, Executor, _row_bytes, _yield_to_hasher, compute_outputs
 from .options import OUT_DTYPES, Options
+from .plan import Op
 from .progress import progress_bar
 from .result import Result
 from .writers.files import check_free_space, fsync_dir, os_error, pwrite_all
@@ -125,7 +127,7 @@ class VariantsResult:
             lines.append(f"  {n.ljust(width)}  {size} in {len(p.shards)} shard(s){where}")
         lines += [f"note: {one_line(x)}" for x in self.notes]
         shown: set[str] = set()
-        for n, r in zip(self.names, self.results, strict=True):
+        for r in self.results:
             for w in r.plan.warnings:
                 if w not in shown:
                     shown.add(w)
@@ -169,13 +171,18 @@ def _entry_key(e):
     return id(e.loader if e.loader is not None else e.array if e.array is not None else e)
 
 
-def _groups(plans) -> list[list[tuple[int, object]]]:
+def _groups(plans) -> list[list[tuple[int, Op]]]:
     """The ops that read the same source tensors the same way, one from each plan (in the first plan's order)."""
     by_key: dict = {}
     order: list = []
     for i, plan in enumerate(plans):
         for op in plan.ops:
-            key = (op.rule, tuple(_entry_key(e) for e in op.sources), op.outputs[0].name, op.outputs[0].shape[:1])
+            key: tuple[Any, ...] = (
+                op.rule,
+                tuple(_entry_key(e) for e in op.sources),
+                op.outputs[0].name,
+                op.outputs[0].shape[:1],
+            )
             while key in by_key and i in by_key[key]:  # the same source read twice by one plan: its own group
                 key = (*key, "again")
             if key not in by_key:
@@ -231,7 +238,7 @@ def run_together(
             once = _OnceReader(reader)
             for i, op in g:
                 ex = execs[i]
-                for o, block in zip(op.outputs, compute_outputs(op, once, s, t), strict=True):
+                for o, block in zip(op.outputs, compute_outputs(op, cast(DataReader, once), s, t), strict=True):
                     block = np.ascontiguousarray(block)
                     unit = _row_bytes(o.shape, o.dtype.itemsize) if o.shape else 0
                     at = len(ex.plan.shards[o.shard].header) + o.offset + s * unit
@@ -333,8 +340,17 @@ class _OtherFailed(Torch2MLXError):
         super().__init__("stopped: another variant failed")
 
 
-def write_all(names: list[str], results: list[Result], opts_list: list[Options], out: str, write_dir, *,
-              overwrite: bool, workers, progress: bool) -> None:
+def write_all(
+    names: list[str],
+    results: list[Result],
+    opts_list: list[Options],
+    out: str,
+    write_dir,
+    *,
+    overwrite: bool,
+    workers,
+    progress: bool,
+) -> None:
     """Every variant's directory, their shards from one read (``write_dir``: ``convert._write_dir``)."""
     plan0 = results[0].plan
     fetched = (lambda: remote.STATS.bytes) if results[0].checkpoint.remote else None
