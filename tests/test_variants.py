@@ -240,3 +240,20 @@ def test_ctrl_c_stops_every_variant_and_keeps_no_shard(llama, tmp_path, monkeypa
     assert "no shard kept" in e.value.__dict__["left"]
     assert not [t for t in threading.enumerate() if t.name.startswith("t2mlx-")]
     assert os.listdir(tmp_path / "out") == []
+
+
+def test_modes_and_group_sizes_on_a_moe_equal_single_runs(tmp_path):
+    """Mixtral (experts stacked), --q-mode variants and --q-group-size for the qN/recipe ones."""
+    src = L.save_safetensors(L.build_model("mixtral"), tmp_path / "mixtral")
+    single = {
+        "fp16": ["--dtype", "float16"],
+        "mxfp4": ["--q-mode", "mxfp4"],
+        "nvfp4": ["--q-mode", "nvfp4"],
+        "q2": ["--q-bits", "2", "--q-group-size", "32"],
+        "mixed_4_6": ["--q-recipe", "mixed_4_6", "--q-group-size", "32"],
+    }
+    _stream(src, tmp_path / "out", "--variants", ",".join(single), "--q-group-size", "32", *SHARD)
+    for name, flags in single.items():
+        _stream(src, tmp_path / name, *flags, *SHARD)
+        a, b = _tree(tmp_path / "out" / name), _tree(tmp_path / name)
+        assert sorted(a) == sorted(b) and [f for f in a if a[f] != b[f]] == [], name
