@@ -238,6 +238,13 @@ def _add_stream(sub):
         choices=COMPRESSORS,
         help="compression of zarr chunks (default none: fastest)",
     )
+    p.add_argument(
+        "--variants",
+        metavar="LIST",
+        help="several outputs from one read of SRC, OUT/<variant>/ each, e.g. bf16,q8,q4,mixed_3_6: output dtypes "
+        "(float16, bfloat16, float32; bf16, fp16, fp32), qN (N-bit affine, with --q-group-size), --q-recipe or "
+        "--q-mode names; each directory is byte for byte a single run's with those options (docs/cli.md)",
+    )
     p.add_argument("--key", metavar="KEY", help="which entry of a nested checkpoint holds the weights (dotted path)")
     p.add_argument(
         "--overwrite",
@@ -406,6 +413,10 @@ def _cmd_stream(args) -> int:
         raise Torch2MLXError(f"{other[0]} applies to a conversion to MLX (not with --to {args.to})")
     if args.gguf_type is not None and args.to != "gguf":
         raise Torch2MLXError("--gguf-type applies only with --to gguf")
+    if args.variants is not None:
+        if args.to != "mlx":
+            raise Torch2MLXError(f"--variants applies to conversions to MLX, not --to {args.to}")
+        run["variants"] = args.variants
     res: Any
     if args.to == "gguf":
         from .stream.to_gguf import to_gguf
@@ -480,6 +491,7 @@ _ADAPTER_DEFAULTS: dict[str, Any] = dict(
     adapter_scale=None,
     keep=[],
     card=True,
+    variants=None,
 )
 
 
@@ -527,6 +539,9 @@ _FLAG_SPELLINGS: list[tuple[re.Pattern[str], Any]] = [
     ),
     (re.compile(r"\ballow_globals\b"), "--allow-global"),
     (re.compile(r"\btarget (mlx[-\w]*) (does not|is not)"), r"--target \1 \2"),
+    (re.compile(r"^variants\b|(?<=with )variants\b|(?<=: )variants\b"), "--variants"),
+    (re.compile(r"(?<=do not combine with )resume\b"), "--resume"),
+    (re.compile(r"\bdequantize(?= does not combine)"), "--dequantize"),
     (re.compile(r"^resume(:| does not)"), r"--resume\1"),
     (re.compile(r"\brerun with overwrite\b"), "rerun with --overwrite"),
     (re.compile(r"format='zarr'"), "--format zarr"),
@@ -716,7 +731,7 @@ def _interrupted(args, argv: list[str], what: str, left: str | None) -> str:
     prog = "t2mlx" if os.path.basename(sys.argv[0] or "") == "t2mlx" else "python -m torch2mlx"
     from .stream.sinks import FORWARD, SINKS
 
-    if args.to == FORWARD and SINKS[args.format].resumable:
+    if args.to == FORWARD and SINKS[args.format].resumable and args.variants is None:  # --variants keeps none
         # --overwrite would throw the finished shards away (argparse also takes it abbreviated)
         again = [a for a in argv if not (a.startswith("--o") and "--overwrite".startswith(a))]
         again += [] if args.resume else ["--resume"]

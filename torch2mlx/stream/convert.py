@@ -254,6 +254,10 @@ def convert(
         dry_run: plan only; nothing is read or written.
         workers: writer threads (default: by core count).
         progress: a progress bar and status lines on stderr.
+        variants (keyword): several outputs from one read of the source: ``"bf16,q8,q4,mixed_3_6"`` or a list, each an
+            output dtype, ``qN`` (with ``q_group_size``), a ``q_recipe`` or a ``q_mode`` name; written to
+            ``out/<variant>/``, each as a single run with those settings writes it. Returns a
+            ``VariantsResult`` (``results``: one ``Result`` each). Not with resume, hook, zarr or one file.
         hook: ``hook(name, array, dtype)`` sees each planned tensor (an ``mx.array``) and may rename it
             (return ``(new_name, array[, dtype])``), drop it (``None``) or replace it; tensors then go
             through ``ShardWriter`` one at a time. Not with quantization, ``resume``, zarr or one file.
@@ -273,6 +277,24 @@ def convert(
         291
         >>> torch2mlx.convert(torch.nn.Conv2d(3, 8, 3), "conv.safetensors")  # doctest: +SKIP
     """
+    variants = settings.pop("variants", None)  # a keyword beside the settings: the signature stays narrow
+    if variants is not None:
+        return _convert_variants(
+            src,
+            out,
+            variants,
+            options,
+            settings,
+            model=model,
+            model_kwargs=model_kwargs,
+            format=format,
+            overwrite=overwrite,
+            resume=resume,
+            dry_run=dry_run,
+            workers=workers,
+            progress=progress,
+            hook=hook,
+        )
     opts = Options.resolve(options, settings)
     before = (remote.STATS.requests, remote.STATS.retries, remote.STATS.bytes)  # a remote source's transfer
     if resume and overwrite:
@@ -299,62 +321,20 @@ def convert(
         out = os.fspath(out)
         if one_file:
             return _quantized_fuses(_write_one_file(res, out, progress, workers))
-        sinks.refuse_settings(sink, plan, hook=hook, resume=resume)  # before OUT is touched
-        if ck.remote:  # size and ETag by name: resume refuses a source that changed since
-            res.source_files = remote.remote_identity(ck.files)
-        else:
-            res.source_files = resume_mod.source_identity(ck.path, ck.files)
-        output_dir.check_target(out, ck.files)
-        existed = os.path.isdir(out)  # the lock creates OUT: what a failure restores is decided before it
-        with out_lock.locked(out):
-            fp = resume_mod.fingerprint(plan)
-            do_resume = resume and output_dir.has_contents(out)
-            if not (overwrite or resume or hook) and output_dir.has_contents(out):  # resume takes no hook
-                hint = resume_mod.interrupted_run(out, fp, ck.path, res.source_files)
-                if hint:
-                    raise Torch2MLXError(hint)
-            done: dict[int, ShardResult] = {}
-            if do_resume:  # before OUT is touched: a refused resume leaves it as it was
-                keep, digests, notes = resume_mod.finished_shards(plan, out, fp, ck.path, res.source_files)
-                plan.notes += notes
-                done = {i: ShardResult(plan.shards[i].file, plan.shards[i].size, digests[i]) for i in keep}
-                res.reused = len(done)
-                res.bytes_in = sum(op.nbytes_in for op in plan.ops if op.outputs[0].shard not in done)
-                res.bytes_out = sum(plan.shards[i].data_size for i in range(len(plan.shards)) if i not in done)
-            # overwrite writes beside the old output and swaps at the end; a failure says what it left.
-            with Target(
-                out,
-                overwrite=overwrite,
-                src_paths=ck.files,
-                resume=do_resume,
-                existed=existed,
-                resumable=sink.resumable and hook is None,
-                shards=len(plan.shards),
-            ) as target:
-                sink.write(
-                    sinks.Run(
-                        res,
-                        opts,
-                        target.dir,
-                        progress=progress,
-                        workers=workers,
-                        rewrite=sidecar_config.rewrite(ck, opts, plan),
-                        hook=hook,
-                        done=done,
-                        fresh=not do_resume,
-                        resumable=sink.resumable and hook is None,
-                        card=_card_command(src, out, opts, model, format),
-                    )
-                )
-                plan.notes += _error_notes(plan, ck)
-                if ck.remote:
-                    got = remote.STATS.bytes - before[2]
-                    plan.notes.append(
-                        f"fetched {human_bytes(got)} ({got:,} bytes) in {remote.STATS.requests - before[0]} range "
-                        f"request(s), {remote.STATS.retries - before[1]} retried"
-                    )
-                    checks = {n: r["checked"] for n, r in res.source_files.items() if "checked" in r}
-                    plan.notes.append(remote.checked_summary(checks))
+        _write_dir(
+            res,
+            ck,
+            opts,
+            out,
+            sink,
+            overwrite=overwrite,
+            resume=resume,
+            hook=hook,
+            progress=progress,
+            workers=workers,
+            before=before,
+            card=_card_command(src, out, opts, model, format),
+        )
         return _quantized_fuses(res)
     finally:
         plan.close()  # the reader of dequantized sources, if any
@@ -369,6 +349,198 @@ def _card_command(src, out: str, opts: Options, model, format: str) -> str | Non
     from .card import library_call
 
     return library_call(src, out, opts, model)
+
+
+def _convert_variants(
+    src,
+    out,
+    variants,
+    options,
+    settings,
+    *,
+    model,
+    model_kwargs,
+    format,
+    overwrite,
+    resume,
+    dry_run,
+    workers,
+    progress,
+    hook,
+):
+    """``convert(..., variants=...)``: every variant planned alone, all written from one read of the source."""
+    from . import variants as variants_mod
+
+    if options is not None:
+        Options.resolve(options, settings)  # both at once is refused as in a single run
+        settings = variants_mod.settings_of(options)
+    if resume:
+        raise Torch2MLXError(
+            "variants do not combine with resume: a failed variants run keeps no shard; run it again, or convert "
+            "the variants one at a time (each OUT/<variant> is what that single run writes)"
+        )
+    refused = ["a hook"] if hook is not None else []
+    if format != "safetensors":
+        refused.append(f"format={format!r}")
+    if refused:
+        raise Torch2MLXError(
+            f"variants do not combine with {refused[0]} (each variant is a safetensors directory written in one run)"
+        )
+    if (out is None or out == "") and not dry_run:
+        raise Torch2MLXError("out is required (or dry_run=True)")
+    if out and os.fspath(out).endswith(".safetensors"):
+        raise Torch2MLXError(
+            f"{os.fspath(out)}: variants write a directory each (OUT/<variant>/); a path ending in .safetensors "
+            "is one file"
+        )
+    parsed = variants_mod.parse(variants, settings)
+    names = [n for n, _ in parsed]
+    opts_list = [Options.make(**s) for _, s in parsed]
+    before = (remote.STATS.requests, remote.STATS.retries, remote.STATS.bytes)
+    ck, label, model = open_source(src, opts_list[0], model)
+    results: list[Result] = []
+    try:
+        for name, opts in zip(names, opts_list, strict=True):
+            ck_v, plan = plan_source(
+                ck, opts, model=model, model_kwargs=model_kwargs, status=status_line if progress else None
+            )
+            where = None if dry_run else os.path.join(os.fspath(out), name)
+            results.append(Result(label, where, plan, ck_v, dry_run=dry_run))
+        vr = variants_mod.VariantsResult(label, os.fspath(out) if out else None, names, results, dry_run=dry_run)
+        if dry_run:
+            return vr
+        out = os.fspath(out)
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise Torch2MLXError(f"{out}: exists and is not a directory")
+        for name, res in zip(names, results, strict=True):  # before anything is written anywhere
+            d = os.path.join(out, name)
+            output_dir.check_target(d, res.checkpoint.files)
+            if not overwrite and output_dir.has_contents(d):
+                raise Torch2MLXError(f"{d}: exists and is not empty (use --overwrite to replace its contents)")
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as e:
+            raise Torch2MLXError(f"{out}: cannot create the output folder ({e.strerror})") from None
+        t0 = time.perf_counter()
+        sink = sinks.sink(format, sinks.FORWARD)
+
+        def write_dir(res, ck_v, opts, d, *, overwrite, workers, execute):
+            _write_dir(
+                res,
+                ck_v,
+                opts,
+                d,
+                sink,
+                overwrite=overwrite,
+                resume=False,
+                hook=None,
+                progress=False,
+                workers=workers,
+                before=None,
+                execute=execute,
+                card=_card_command(src, d, opts, model, format),
+            )
+
+        variants_mod.write_all(
+            names, results, opts_list, out, write_dir, overwrite=overwrite, workers=workers, progress=progress
+        )
+        vr.seconds = time.perf_counter() - t0
+        if ck.remote:
+            vr.notes.append(fetched_note(before))
+        for res in results:
+            _quantized_fuses(res)
+        return vr
+    finally:
+        for res in results:
+            res.plan.close()
+
+
+def _write_dir(
+    res: Result,
+    ck: Checkpoint,
+    opts: Options,
+    out: str,
+    sink,
+    *,
+    overwrite: bool,
+    resume: bool,
+    hook,
+    progress: bool,
+    workers,
+    before: tuple | None,
+    execute=None,
+    card: str | None = None,
+) -> None:
+    """The plan written into directory ``out`` (sidecars, shards, index, manifest). ``before``: the remote
+    transfer counters as the run began (None: no transfer note); ``execute``: writes the shards instead of an
+    own Executor (``Run.execute``: several variants fed by one read of the source); ``card``: the command the
+    model card names (None: no card)."""
+    plan = res.plan
+    # --variants (``execute``) refuses resume: a failure there keeps no shard, so none is recorded for it
+    resumable = sink.resumable and hook is None and execute is None
+    sinks.refuse_settings(sink, plan, hook=hook, resume=resume)  # before OUT is touched
+    if ck.remote:  # size and ETag by name: resume refuses a source that changed since
+        res.source_files = remote.remote_identity(ck.files)
+    else:
+        res.source_files = resume_mod.source_identity(ck.path, ck.files)
+    output_dir.check_target(out, ck.files)
+    existed = os.path.isdir(out)  # the lock creates OUT: what a failure restores is decided before it
+    with out_lock.locked(out):
+        fp = resume_mod.fingerprint(plan)
+        do_resume = resume and output_dir.has_contents(out)
+        if not (overwrite or resume or hook) and output_dir.has_contents(out):  # resume takes no hook
+            hint = resume_mod.interrupted_run(out, fp, ck.path, res.source_files)
+            if hint:
+                raise Torch2MLXError(hint)
+        done: dict[int, ShardResult] = {}
+        if do_resume:  # before OUT is touched: a refused resume leaves it as it was
+            keep, digests, notes = resume_mod.finished_shards(plan, out, fp, ck.path, res.source_files)
+            plan.notes += notes
+            done = {i: ShardResult(plan.shards[i].file, plan.shards[i].size, digests[i]) for i in keep}
+            res.reused = len(done)
+            res.bytes_in = sum(op.nbytes_in for op in plan.ops if op.outputs[0].shard not in done)
+            res.bytes_out = sum(plan.shards[i].data_size for i in range(len(plan.shards)) if i not in done)
+        # overwrite writes beside the old output and swaps at the end; a failure says what it left.
+        with Target(
+            out,
+            overwrite=overwrite,
+            src_paths=ck.files,
+            resume=do_resume,
+            existed=existed,
+            resumable=resumable,
+            shards=len(plan.shards),
+        ) as target:
+            sink.write(
+                sinks.Run(
+                    res,
+                    opts,
+                    target.dir,
+                    progress=progress,
+                    workers=workers,
+                    rewrite=sidecar_config.rewrite(ck, opts, plan),
+                    hook=hook,
+                    done=done,
+                    fresh=not do_resume,
+                    resumable=resumable,
+                    execute=execute,
+                    card=card,
+                )
+            )
+            plan.notes += _error_notes(plan, ck)
+            if ck.remote:
+                if before is not None:
+                    plan.notes.append(fetched_note(before))
+                checks = {n: r["checked"] for n, r in res.source_files.items() if "checked" in r}
+                plan.notes.append(remote.checked_summary(checks))
+
+
+def fetched_note(before: tuple) -> str:
+    """What a remote source's transfer took since ``before`` (the counters as the run began)."""
+    got = remote.STATS.bytes - before[2]
+    return (
+        f"fetched {human_bytes(got)} ({got:,} bytes) in {remote.STATS.requests - before[0]} range "
+        f"request(s), {remote.STATS.retries - before[1]} retried"
+    )
 
 
 def _error_notes(plan: Plan, ck: Checkpoint) -> list[str]:

@@ -49,6 +49,9 @@ class Run:
     reader: DataReader | None = None  # the reverse plan's reader, serving its dequantized sources
     to_torch: dict | None = None  # what a run back to PyTorch records in its manifest
     card: str | None = None  # the command the model card names; None: no card (the source's README.md copied)
+    # writes the shards instead of an own Executor: ``execute(plan, out, progress, on_shard, todo)``
+    # (--variants: one read of the source feeds every variant's shards)
+    execute: Callable | None = None
 
     @property
     def plan(self) -> Plan:
@@ -162,6 +165,9 @@ def write_safetensors(run: Run) -> None:
 
     def write(update, shard_done):
         todo = [i for i in range(len(run.plan.shards)) if i not in run.done]
+        if run.execute is not None:
+            run.execute(run.plan, run.out, update, shard_done, todo)
+            return
         drop_cache = run.opts.drop_cache
         with DataReader(drop_cache=drop_cache) as reader:
             Executor(
