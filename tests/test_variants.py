@@ -14,6 +14,7 @@ from pathlib import Path
 import llm_checkpoints as L
 import numpy as np
 import pytest
+import yaml
 
 from torch2mlx import stream
 from torch2mlx.cli import main as t2mlx
@@ -41,7 +42,10 @@ def llama(tmp_path_factory):
 
 
 def _tree(d: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+    """Every file but the model card, which names its own OUT and command (each variant gets one: see below)."""
+    return {
+        str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file() and p.name != "README.md"
+    }
 
 
 def _stream(*args) -> None:
@@ -67,6 +71,8 @@ def test_each_variant_equals_its_single_run_byte_for_byte(llama, together, tmp_p
         # every file, the manifest (torch2mlx.json) included: it names the source and options, not OUT or a time
         differ = [f for f in a if a[f] != b[f]]
         assert not differ, (name, differ)
+        front = (together / name / "README.md").read_text().split("---\n")[1]
+        assert yaml.safe_load(front)["library_name"] == "mlx", name
     shards = {n: json.loads((together / n / "torch2mlx.json").read_text())["shards"] for n in SINGLE}
     assert len(shards["float32"]) > 1 and len(shards["float32"]) > len(shards["q4"])
 

@@ -393,7 +393,7 @@ def _convert_variants(
             f"{os.fspath(out)}: variants write a directory each (OUT/<variant>/); a path ending in .safetensors "
             "is one file"
         )
-    parsed = variants_mod.parse(variants, settings)
+    parsed = variants_mod.parse_variants(variants, settings)
     names = [n for n, _ in parsed]
     opts_list = [Options.make(**s) for _, s in parsed]
     before = (remote.STATS.requests, remote.STATS.retries, remote.STATS.bytes)

@@ -34,7 +34,7 @@ DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "f16": "float16", "fp32": 
 _QUANT_SETTINGS = ("q_bits", "q_recipe", "q_mode")
 
 
-def parse(variants, settings: dict) -> list[tuple[str, dict]]:
+def parse_variants(variants, settings: dict) -> list[tuple[str, dict]]:
     """``variants`` ("bf16,q8,q4,mixed_3_6" or a list) -> ``[(name, settings of its single run)]``.
 
     ``settings`` are the run's other keyword settings; ``q_group_size`` applies to the ``qN`` and recipe
