@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import INDEX, MANIFEST, check_converted, read_json
+from helpers import INDEX, MANIFEST, check_converted, file_bytes, read_json
 from torch import nn
 
 import torch2mlx
@@ -29,7 +29,7 @@ def _model(seed: int) -> nn.Module:
 
 
 def _files(d: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
+    return {p.name: file_bytes(d, p) for p in sorted(d.iterdir()) if p.is_file()}
 
 
 def _disk_full_at(monkeypatch, name_part: str) -> None:

@@ -142,7 +142,8 @@ def _read_json(path: str):
     if len(raw) > MAX_JSON:
         raise ValueError(f"larger than the {MAX_JSON}-byte limit")
     try:
-        return json.loads(raw)
+        # JSON files are UTF-8 (RFC 8259); json.loads of bytes would guess UTF-16/32, importing their codecs
+        return json.loads(raw.decode("utf-8"))
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
 
