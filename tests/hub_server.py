@@ -380,3 +380,15 @@ def serving(root: str, **settings):
         yield srv
     finally:
         srv.stop()
+
+
+def as_the_hub(root: str, tmp_path, monkeypatch):
+    """A fixture's body: ``root`` served as the Hub (HF_ENDPOINT), a fresh HF_HOME, retries without waiting."""
+    from torch2mlx.formats import ranges
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(ranges, "BACKOFF", 0.01)
+    with serving(root) as srv:
+        monkeypatch.setenv("HF_ENDPOINT", srv.url)
+        yield srv

@@ -18,12 +18,12 @@ from gguf_models import hf_model, write
 pytest.importorskip("huggingface_hub")
 pytest.importorskip("transformers")
 
-from hub_server import serving  # noqa: E402
+from hub_server import as_the_hub  # noqa: E402
 from test_remote import _same_output  # noqa: E402
 
 import torch2mlx.stream  # noqa: E402
 from torch2mlx.errors import Torch2MLXError  # noqa: E402
-from torch2mlx.formats import gguf_remote, ranges, remote  # noqa: E402
+from torch2mlx.formats import gguf_remote, remote  # noqa: E402
 
 T = gguf.GGMLQuantizationType
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -54,12 +54,7 @@ def repos(tmp_path_factory):
 
 @pytest.fixture
 def hub(repos, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(ranges, "BACKOFF", 0.01)
-    with serving(str(repos)) as srv:
-        monkeypatch.setenv("HF_ENDPOINT", srv.url)
-        yield srv
+    yield from as_the_hub(str(repos), tmp_path, monkeypatch)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 pytest.importorskip("huggingface_hub")
 
-from hub_server import serving  # noqa: E402
+from hub_server import as_the_hub  # noqa: E402
 
 import torch2mlx.stream  # noqa: E402
 from torch2mlx.errors import Torch2MLXError  # noqa: E402
@@ -56,12 +56,7 @@ def repos(tmp_path_factory):
 
 @pytest.fixture
 def hub(repos, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(ranges, "BACKOFF", 0.01)
-    with serving(str(repos)) as srv:
-        monkeypatch.setenv("HF_ENDPOINT", srv.url)
-        yield srv
+    yield from as_the_hub(str(repos), tmp_path, monkeypatch)
 
 
 def _files(d) -> dict[str, bytes]:

@@ -163,51 +163,46 @@ def _ENCODE(obj) -> str:
 _encode_str = json.encoder.encode_basestring
 
 
+def _write_atomic(path: str, write) -> None:
+    """``write(fd)`` into a temp file beside ``path``, fsync, rename: readers see the old file or the new one."""
+    tmp = temp_name(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write(fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise os_error(path, e) from None
+
+
 def write_json_atomic(path: str, obj) -> None:
     """Write JSON to a temp file, fsync, rename: readers see the old file or the new one.
 
     Written piece by piece through a buffer: the text of a 100,000-tensor manifest is
     never held whole (it was the peak of such a conversion).
     """
-    tmp = temp_name(path)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            buf, pos, size = [], 0, 0
-            for piece in _pieces(obj, 2, 0):
-                buf.append(piece)
-                size += len(piece)
-                if size >= 1 << 20:
-                    data = "".join(buf).encode("utf-8")
-                    pwrite_all(fd, data, pos)
-                    pos, buf, size = pos + len(data), [], 0
-            pwrite_all(fd, ("".join(buf) + "\n").encode("utf-8"), pos)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise os_error(path, e) from None
+
+    def write(fd: int) -> None:
+        buf, pos, size = [], 0, 0
+        for piece in _pieces(obj, 2, 0):
+            buf.append(piece)
+            size += len(piece)
+            if size >= 1 << 20:
+                data = "".join(buf).encode("utf-8")
+                pwrite_all(fd, data, pos)
+                pos, buf, size = pos + len(data), [], 0
+        pwrite_all(fd, ("".join(buf) + "\n").encode("utf-8"), pos)
+
+    _write_atomic(path, write)
 
 
 def write_text_atomic(path: str, text: str) -> None:
     """UTF-8 text to a temp file, fsync, rename (as ``write_json_atomic``)."""
-    tmp = temp_name(path)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            pwrite_all(fd, text.encode("utf-8"), 0)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise os_error(path, e) from None
+    _write_atomic(path, lambda fd: pwrite_all(fd, text.encode("utf-8"), 0))
